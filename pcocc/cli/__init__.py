@@ -1,0 +1,1 @@
+"""Click commands only: parse arguments, call the library, print results."""

@@ -1,0 +1,36 @@
+"""The per-invocation session: global options, and the configuration loaded on first use."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from pcocc.config import Config
+
+
+@dataclass
+class Session:
+    system_dir: str
+    user_dir: str
+    debug: bool = False
+    quiet: bool = False
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @functools.cached_property
+    def config(self) -> Config:
+        from pcocc.config import load_config
+
+        return load_config(self.system_dir, self.user_dir)
+
+    @property
+    def show_progress(self) -> bool:
+        """Progress bars only on a terminal, never with --quiet."""
+        return not self.quiet and sys.stderr.isatty()
+
+
+pass_session = click.make_pass_decorator(Session)

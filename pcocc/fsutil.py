@@ -1,0 +1,105 @@
+"""Crash-safe file operations: atomic writes, directory fsync, flock-based locks."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from pcocc.errors import Busy, PcoccError, PermissionDenied
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def tmp_name(path: Path) -> Path:
+    """A hidden, unique sibling name for writing ``path`` before renaming it in."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
+
+    The data is written to a sibling temporary file, fsynced, renamed over ``path``, and the
+    directory is fsynced. A failure (including a full disk) leaves ``path`` untouched.
+    """
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode()
+    tmp = tmp_name(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # umask must not weaken or strengthen the wanted mode
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        if isinstance(err, OSError):
+            raise os_error(err, f"cannot write {path}") from err
+        raise
+    fsync_dir(path.parent)
+
+
+def os_error(err: OSError, what: str) -> PcoccError:
+    """Turn an OSError into a one-line pcocc error that says what to do."""
+    reason = err.strerror or str(err)
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PermissionDenied(f"{what}: {reason}", hint="check the permissions of that path")
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return PcoccError(f"{what}: {reason}", hint="free some space (see 'pcocc image repo gc')")
+    return PcoccError(f"{what}: {reason}")
+
+
+@contextlib.contextmanager
+def locked(
+    lock_path: str | os.PathLike,
+    *,
+    shared: bool = False,
+    wait_s: float | None = 60.0,
+    what: str = "the lock",
+) -> Iterator[None]:
+    """Hold an flock on ``lock_path`` (created 0666 so that group repos can share it).
+
+    :param wait_s: give up after this many seconds with ``Busy``; None waits forever
+    """
+    lock_path = Path(lock_path)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EROFS) and lock_path.exists():
+            fd = os.open(lock_path, os.O_RDONLY)
+        else:
+            raise os_error(err, f"cannot open {lock_path}") from err
+    op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    try:
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+        delay = 0.005
+        while True:
+            try:
+                fcntl.flock(fd, op | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise Busy(
+                        f"{what} ({lock_path}) is held by another process",
+                        hint="another pcocc command is writing; try again when it ends",
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -1,0 +1,14 @@
+"""Image repositories: content-addressed blobs, image metadata, revisions, drivers, cache.
+
+Who owns what (one place per concern):
+
+- ``layout.py``   every path inside a repository (data/, meta/, tmp/, lock, repo.json)
+- ``uri.py``      ``[REPO:]IMAGE[@REVISION]`` parsing
+- ``model.py``    the records exchanged between the store and the drivers
+- ``store.py``    Repository / RepoSet: blobs in, metadata commit under the lock, look-ups,
+                  delete, copy, gc, fsck
+- ``qemu_img.py`` + ``vm.py``       VM images (qcow2 layer chains)
+- ``skopeo.py`` + ``oci.py`` + ``sif.py``   container images (OCI), SIF import
+- ``unpack.py``   safe extraction of OCI layers (no escapes, whiteouts applied)
+- ``cache.py``    unpacked bundles / squashfs files keyed by image digest, LRU
+"""

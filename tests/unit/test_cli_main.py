@@ -1,0 +1,37 @@
+import subprocess
+
+from click.testing import CliRunner
+
+from pcocc.cli.main import COMMANDS, HIDDEN, cli, run_cli
+
+
+def test_help_lists_every_public_group():
+    res = CliRunner().invoke(cli, ["--help"])
+    assert res.exit_code == 0
+    for name, (_, help_) in COMMANDS.items():
+        if name in HIDDEN:
+            assert f"  {name} " not in res.output
+        else:
+            assert name in res.output and help_ in res.output
+
+
+def test_unknown_command_is_usage_error(capsys):
+    assert run_cli(["no-such-command"]) == 2
+    assert "No such command 'no-such-command'" in capsys.readouterr().err
+
+
+def test_version_through_real_process(pcocc_bin):
+    out = subprocess.run([pcocc_bin, "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("pcocc, version ")
+
+
+def test_help_does_not_import_command_modules(pcocc_bin):
+    code = (
+        "import sys; from pcocc.cli.main import run_cli; run_cli(['--help']);"
+        "print(sorted(m for m in sys.modules if m.startswith('pcocc.cli.') and m not in"
+        " ('pcocc.cli.main', 'pcocc.cli.context')))"
+    )
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
