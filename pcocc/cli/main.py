@@ -32,7 +32,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pod": ("pcocc.cli.containers:pod", "List, inspect, enter and collect container pods"),
     "image": ("pcocc.cli.image:image", "List and manage VM and container images"),
     "template": ("pcocc.cli.template:template", "List and show VM templates"),
-    "trust": ("pcocc.cli.trust:trust", "Trust a key for signed images"),
     "internal": ("pcocc.cli.internal:internal", "Commands run by pcocc itself on the nodes"),
 }
 HIDDEN = {"internal"}
