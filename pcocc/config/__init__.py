@@ -30,14 +30,14 @@ from pcocc.config.placeholders import expand_runtime
 from pcocc.config.sizes import format_size, parse_size
 
 __all__ = [
-    "load_config",
-    "Config",
-    "RepoConfig",
     "CacheConfig",
+    "Config",
     "Origin",
+    "RepoConfig",
     "expand_runtime",
-    "parse_size",
     "format_size",
+    "load_config",
+    "parse_size",
 ]
 
 

@@ -73,7 +73,7 @@ def _type_text(schema: dict[str, Any]) -> str:
         items = schema.get("items", {})
         inner = items.get("type")
         return f"list of {inner}s" if isinstance(inner, str) else "list"
-    return words.get(kind, str(kind) if kind else "any")
+    return words.get(str(kind), str(kind)) if kind else "any"
 
 
 def _default_text(schema: dict[str, Any]) -> str:

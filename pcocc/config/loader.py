@@ -62,11 +62,17 @@ def config_files(directory: Path, name: str) -> list[Path]:
     """The files of one level for ``name``: the main file, then the drop-in directory."""
     files = []
     main = directory / f"{name}.yaml"
-    if main.is_file():
-        files.append(main)
     drop_in = directory / f"{name}.d"
-    if drop_in.is_dir():
-        files.extend(sorted(p for p in drop_in.glob("*.yaml") if p.is_file()))
+    try:
+        if main.is_file():
+            files.append(main)
+        if drop_in.is_dir():
+            files.extend(sorted(p for p in drop_in.glob("*.yaml") if p.is_file()))
+    except OSError as err:
+        raise ConfigError(
+            f"{err.filename or directory}: cannot read: {err.strerror}",
+            hint="check the permissions of the configuration directory",
+        ) from err
     return files
 
 
@@ -182,7 +188,7 @@ def _load_docs(name: str, system_dir: Path, user_dir: Path, cfg: Config) -> _Mer
         for path in config_files(directory, name):
             doc = load_yaml(path)
             validate(name, doc)
-            expand_tree(doc.data, lambda p, msg, d=doc: d.error(p, msg))
+            expand_tree(doc.data, doc.error)
             if name == "networks" and level == "user":
                 _refuse_user_ethernet(doc)
             merger.add(doc, level)
@@ -221,7 +227,8 @@ def _copy(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _path(value: str, origin: Origin) -> Path:
-    path = Path(value).expanduser()
+    """A path used as is from now on: ``%%{`` becomes ``%{``; relative to its file."""
+    path = Path(value.replace("%%{", "%{")).expanduser()
     if not path.is_absolute() and origin.file is not None:
         path = origin.file.parent / path
     return path
@@ -231,7 +238,9 @@ def _fill_repos(cfg: Config, data: dict[str, Any]) -> None:
     for name, entry in data.get("repos", {}).items():
         origin = cfg.origin("repos", "repos", name)
         cfg.repos.append(
-            RepoConfig(name, _path(entry["path"], origin), entry.get("description", ""), origin.level)
+            RepoConfig(
+                name, _path(entry["path"], origin), entry.get("description", ""), origin.level
+            )
         )
     if not cfg.repos:
         cfg.repos.append(
@@ -256,19 +265,34 @@ def _check_references(cfg: Config) -> None:
         for i, net in enumerate(rs.get("networks", [])):
             if net not in cfg.networks:
                 raise _missing(
-                    cfg, ("resources", "resource-sets", rs_name, "networks"), i, "network", net,
-                    list(cfg.networks), "networks.yaml",
+                    cfg,
+                    ("resources", "resource-sets", rs_name, "networks"),
+                    i,
+                    "network",
+                    net,
+                    list(cfg.networks),
+                    "networks.yaml",
                 )
     for i, mod in enumerate(cfg.containers.get("default-modules", [])):
         if mod not in cfg.containers.get("modules", {}):
             raise _missing(
-                cfg, ("containers", "default-modules"), i, "module", mod,
-                list(cfg.containers.get("modules", {})), "containers.yaml",
+                cfg,
+                ("containers", "default-modules"),
+                i,
+                "module",
+                mod,
+                list(cfg.containers.get("modules", {})),
+                "containers.yaml",
             )
 
 
 def _missing(
-    cfg: Config, key: tuple[Any, ...], index: int, word: str, name: str, known: list[str],
+    cfg: Config,
+    key: tuple[Any, ...],
+    index: int,
+    word: str,
+    name: str,
+    known: list[str],
     where_defined: str,
 ) -> ConfigError:
     origin = cfg.origin(*key)

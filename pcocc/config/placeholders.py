@@ -83,7 +83,9 @@ def expand_runtime(value: Any, *, clusterdir: str, vm_rank: int | None = None) -
     :raise ConfigError: ``%{vm_rank}`` used where no VM rank applies
     """
     if isinstance(value, dict):
-        return {k: expand_runtime(v, clusterdir=clusterdir, vm_rank=vm_rank) for k, v in value.items()}
+        return {
+            k: expand_runtime(v, clusterdir=clusterdir, vm_rank=vm_rank) for k, v in value.items()
+        }
     if isinstance(value, list):
         return [expand_runtime(v, clusterdir=clusterdir, vm_rank=vm_rank) for v in value]
     if not isinstance(value, str):
@@ -101,8 +103,12 @@ def expand_runtime(value: Any, *, clusterdir: str, vm_rank: int | None = None) -
     return _substitute(value, lookup).replace("%%{", "%{")
 
 
-def expand_tree(data: Any, on_error: Callable[[tuple[Any, ...], str], Exception],
-                env: Mapping[str, str] | None = None, path: tuple[Any, ...] = ()) -> Any:
+def expand_tree(
+    data: Any,
+    on_error: Callable[[tuple[Any, ...], str], Exception],
+    env: Mapping[str, str] | None = None,
+    path: tuple[Any, ...] = (),
+) -> Any:
     """Expand load-time placeholders in every string value (not keys) of ``data``, in place
     for containers. ``on_error(path, message)`` builds the exception to raise."""
     if isinstance(data, dict):

@@ -13,13 +13,9 @@ def parse_size(value: int | str) -> int:
 
     :raise ValueError: not a size
     """
-    if isinstance(value, bool):
-        raise ValueError(f"not a size: {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"negative size: {value}")
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
-    m = _SIZE.match(value)
+    m = _SIZE.match(value) if isinstance(value, str) else None
     if not m:
         raise ValueError(f"not a size: {value!r} (expected e.g. 512M, 20G)")
     number, unit = float(m.group(1)), m.group(2).upper()

@@ -81,9 +81,13 @@ def _deepest(err: Any) -> Any:
         best = min(likely, key=len)
         nxt = max(best, key=lambda e: len(e.absolute_path))
         same_value = len(nxt.absolute_path) == len(err.absolute_path)
-        if same_value and nxt.validator not in ("additionalProperties", "required"):
-            if err.schema.get("x-expected") and not nxt.schema.get("x-expected"):
-                return err
+        if (
+            same_value
+            and nxt.validator not in ("additionalProperties", "required")
+            and err.schema.get("x-expected")
+            and not nxt.schema.get("x-expected")
+        ):
+            return err
         err = nxt
     return err
 
@@ -127,7 +131,9 @@ def _to_config_error(doc: YamlDoc, err: Any) -> ConfigError:
         return doc.error((*path, key), what, key=True, hint=hint)
     if _is_bad_name(err):
         expected = err.schema.get("x-expected", "a valid name")
-        return doc.error((*path, err.instance), f"bad name '{err.instance}': expected {expected}", key=True)
+        return doc.error(
+            (*path, err.instance), f"bad name '{err.instance}': expected {expected}", key=True
+        )
     if err.validator == "required":
         missing = [k for k in err.validator_value if k not in err.instance]
         return doc.error(path, f"missing required key '{missing[0]}'")
@@ -135,13 +141,17 @@ def _to_config_error(doc: YamlDoc, err: Any) -> ConfigError:
     if expected:
         return doc.error(path, f"expected {expected}, got {_show(err.instance)}")
     if err.validator == "type":
-        types = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
-        words = " or ".join(_TYPE_WORDS.get(t, t) for t in types)
+        types = (
+            err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+        )
+        words = " or ".join(_TYPE_WORDS.get(str(t), str(t)) for t in types)
         return doc.error(path, f"expected {words}, got {_show(err.instance)}")
     if err.validator == "enum":
         choices = ", ".join(str(c) for c in err.validator_value)
         msg = f"expected one of {choices}, got {_show(err.instance)}"
-        near = difflib.get_close_matches(str(err.instance), [str(c) for c in err.validator_value], 1)
+        near = difflib.get_close_matches(
+            str(err.instance), [str(c) for c in err.validator_value], 1
+        )
         if near:
             msg += f", did you mean '{near[0]}'?"
         return doc.error(path, msg)
@@ -149,7 +159,9 @@ def _to_config_error(doc: YamlDoc, err: Any) -> ConfigError:
         return doc.error(path, f"expected {err.validator_value}, got {_show(err.instance)}")
     if err.validator in ("minimum", "maximum"):
         word = "at least" if err.validator == "minimum" else "at most"
-        return doc.error(path, f"expected a number {word} {err.validator_value}, got {err.instance}")
+        return doc.error(
+            path, f"expected a number {word} {err.validator_value}, got {err.instance}"
+        )
     if err.validator == "minItems":
         return doc.error(path, f"expected at least {err.validator_value} item(s)")
     if err.validator == "minLength":

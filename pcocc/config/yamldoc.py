@@ -52,7 +52,9 @@ class YamlDoc:
         line, col = self.values.get((), (1, 1))
         return f"{self.path}:{line}:{col}"
 
-    def error(self, path: KeyPath, what: str, *, key: bool = False, hint: str | None = None):
+    def error(
+        self, path: KeyPath, what: str, *, key: bool = False, hint: str | None = None
+    ) -> ConfigError:
         """A ConfigError ``file:line:col: key.path: what``."""
         return ConfigError(f"{self.where(path, key=key)}: {format_path(path)}: {what}", hint=hint)
 

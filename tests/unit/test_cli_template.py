@@ -104,13 +104,21 @@ def test_bad_config_exits_2_without_traceback(templates, capsys):
 
 
 def test_real_process_list_and_show(templates, pcocc_bin):
-    out = subprocess.run([pcocc_bin, "template", "list"], capture_output=True, text=True)
+    out = subprocess.run(
+        [pcocc_bin, "template", "list"], capture_output=True, text=True, check=False
+    )
     assert out.returncode == 0, out.stderr
     assert [line.split()[0] for line in out.stdout.splitlines()] == [
-        "NAME", "base", "compute", "mine"
+        "NAME",
+        "base",
+        "compute",
+        "mine",
     ]
     out = subprocess.run(
-        [pcocc_bin, "template", "show", "compute", "--json"], capture_output=True, text=True
+        [pcocc_bin, "template", "show", "compute", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert json.loads(out.stdout)["settings"]["image"]["value"] == "global:debian@2"
 
@@ -118,7 +126,9 @@ def test_real_process_list_and_show(templates, pcocc_bin):
 def test_real_process_cycle_exits_2(templates, pcocc_bin):
     f = templates["user"] / "templates.yaml"
     f.write_text("templates:\n  a: {inherits: b}\n  b: {inherits: a}\n")
-    out = subprocess.run([pcocc_bin, "template", "list"], capture_output=True, text=True)
+    out = subprocess.run(
+        [pcocc_bin, "template", "list"], capture_output=True, text=True, check=False
+    )
     assert out.returncode == 2
     assert out.stderr.splitlines()[0] == (
         f"pcocc: error: {f}:3:7: templates.b.inherits: inheritance cycle a -> b -> a"

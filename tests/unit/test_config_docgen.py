@@ -14,9 +14,11 @@ def test_committed_reference_is_up_to_date():
     actual = DOC.read_text()
     if actual != expected:
         diff = "".join(
-            list(difflib.unified_diff(
-                actual.splitlines(True), expected.splitlines(True), "committed", "generated"
-            ))[:40]
+            list(
+                difflib.unified_diff(
+                    actual.splitlines(True), expected.splitlines(True), "committed", "generated"
+                )
+            )[:40]
         )
         raise AssertionError(
             "docs/configuration.md is out of date with pcocc/config/schemas/*.json; "

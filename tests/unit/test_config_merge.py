@@ -143,7 +143,9 @@ def test_same_name_twice_in_one_level_is_an_error(pcocc_env):
     second = _write(pcocc_env["system"], "templates.d/x.yaml", "templates:\n  a: {image: b}\n")
     with pytest.raises(ConfigError) as exc:
         _load(pcocc_env)
-    assert str(exc.value) == f"{second}:2:3: templates.a: template 'a' is already defined in {first}:2"
+    assert (
+        str(exc.value) == f"{second}:2:3: templates.a: template 'a' is already defined in {first}:2"
+    )
 
 
 def test_each_drop_in_file_is_validated_on_its_own(pcocc_env):
@@ -201,8 +203,15 @@ def test_unknown_default_module(pcocc_env):
 
 @pytest.mark.parametrize(
     "text, size_bytes",
-    [("20G", 20 * 2**30), ("512M", 512 * 2**20), ("1.5T", int(1.5 * 2**40)), ("10GiB", 10 * 2**30),
-     ("4096", 4096), (123, 123), ("7k", 7 * 1024)],
+    [
+        ("20G", 20 * 2**30),
+        ("512M", 512 * 2**20),
+        ("1.5T", int(1.5 * 2**40)),
+        ("10GiB", 10 * 2**30),
+        ("4096", 4096),
+        (123, 123),
+        ("7k", 7 * 1024),
+    ],
 )
 def test_parse_size(text, size_bytes):
     assert parse_size(text) == size_bytes
@@ -217,3 +226,23 @@ def test_parse_size_rejects(text):
 def test_format_size():
     assert format_size(20 * 2**30) == "20G"
     assert format_size(1000) == "1000"
+
+
+def test_unreadable_directory_is_config_error(pcocc_env, monkeypatch):
+    # Running as root in CI, permissions cannot deny us: simulate what a user sees when
+    # /etc/pcocc is 0700 (is_file() raises PermissionError there).
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "is_file", denied)
+    with pytest.raises(ConfigError) as exc:
+        _load(pcocc_env)
+    assert str(exc.value) == (
+        f"{pcocc_env['system'] / 'batch.yaml'}: cannot read: Permission denied"
+    )
+    assert exc.value.hint == "check the permissions of the configuration directory"
+
+
+def test_escaped_placeholder_in_repo_path(pcocc_env):
+    _write(pcocc_env["system"], "repos.yaml", "repos: [{name: g, path: '/x/%%{user}'}]\n")
+    assert str(_load(pcocc_env).repos[0].path) == "/x/%{user}"

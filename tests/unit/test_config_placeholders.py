@@ -31,11 +31,15 @@ def test_escaped_percent_survives_until_run_time():
         ("%{homdir}/x", "unknown placeholder '%{homdir}', did you mean '%{homedir}'?"),
         (
             "%{nothing_like_it}",
-            "unknown placeholder '%{nothing_like_it}' (known: %{user}, %{homedir}, "
-            "%{env:VAR}, %{clusterdir}, %{vm_rank})",
+            (
+                "unknown placeholder '%{nothing_like_it}' (known: %{user}, %{homedir}, "
+                "%{env:VAR}, %{clusterdir}, %{vm_rank})"
+            ),
         ),
-        ("%{env:PCOCC_UNSET_VAR}", "environment variable PCOCC_UNSET_VAR in "
-         "'%{env:PCOCC_UNSET_VAR}' is not set"),
+        (
+            "%{env:PCOCC_UNSET_VAR}",
+            "environment variable PCOCC_UNSET_VAR in '%{env:PCOCC_UNSET_VAR}' is not set",
+        ),
     ],
 )
 def test_bad_placeholders(value, message):

@@ -38,7 +38,10 @@ def test_empty_file_is_empty_mapping(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("a: 1\nb: [\n", "{f}:3:1: invalid YAML: expected the node content, but found '<stream end>'"),
+        (
+            "a: 1\nb: [\n",
+            "{f}:3:1: invalid YAML: expected the node content, but found '<stream end>'",
+        ),
         ("a: 1\nb: 2\na: 3\n", "{f}:3:1: a: duplicate key (first defined on line 1)"),
         ("a:\n  1: x\n", "{f}:2:3: a.1: keys must be strings (quote this key)"),
         ("- a\n- b\n", "{f}:1:1: expected a mapping of keys at the top level"),

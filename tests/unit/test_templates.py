@@ -8,7 +8,6 @@ from pcocc.config import load_config
 from pcocc.errors import ConfigError, NotFound
 from pcocc.templates import TEMPLATE_DEFAULTS, resolve_all, resolve_template
 
-
 SMALL = "resource-sets:\n  small: {cores: 2}\n"
 
 
@@ -80,8 +79,12 @@ def test_user_template_inherits_system_one(pcocc_env):
     "text, line, key, cycle",
     [
         ("templates:\n  a: {inherits: a}\n", 2, "a", "a -> a"),
-        ("templates:\n  a: {inherits: b}\n  b: {inherits: c}\n  c: {inherits: a}\n", 4, "c",
-         "a -> b -> c -> a"),
+        (
+            "templates:\n  a: {inherits: b}\n  b: {inherits: c}\n  c: {inherits: a}\n",
+            4,
+            "c",
+            "a -> b -> c -> a",
+        ),
     ],
 )
 def test_cycles_are_config_errors(pcocc_env, text, line, key, cycle):
@@ -89,9 +92,7 @@ def test_cycles_are_config_errors(pcocc_env, text, line, key, cycle):
     f = pcocc_env["system"] / "templates.yaml"
     with pytest.raises(ConfigError) as exc:
         resolve_template(cfg, "a")
-    assert str(exc.value) == (
-        f"{f}:{line}:7: templates.{key}.inherits: inheritance cycle {cycle}"
-    )
+    assert str(exc.value) == (f"{f}:{line}:7: templates.{key}.inherits: inheritance cycle {cycle}")
 
 
 def test_missing_parent(pcocc_env):
@@ -114,8 +115,7 @@ def test_unknown_resource_set_is_reported_where_it_is_set(pcocc_env):
     with pytest.raises(ConfigError) as exc:
         resolve_template(cfg, "child")
     assert str(exc.value) == (
-        f"{f}:2:10: templates.base.resource-set: unknown resource set 'smal', "
-        "did you mean 'small'?"
+        f"{f}:2:10: templates.base.resource-set: unknown resource set 'smal', did you mean 'small'?"
     )
 
 
