@@ -26,6 +26,12 @@ def list_(session: Session, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([t.to_json() for t in templates.values()], indent=2))
         return
+    if not templates:
+        click.echo(
+            "pcocc: no templates: admins define them in templates.yaml of the system "
+            "configuration, users in ~/.pcocc/templates.yaml",
+            err=True,
+        )
     rows = [
         [
             t.name,

@@ -27,7 +27,11 @@ class PlaceholderError(ValueError):
 
 
 def user_name() -> str:
-    return os.environ.get("USER") or pwd.getpwuid(os.getuid()).pw_name
+    """The account running pcocc (from the password database, not from $USER)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a uid without a passwd entry, as in some containers
+        return os.environ.get("USER") or str(os.getuid())
 
 
 def home_dir() -> str:

@@ -23,6 +23,13 @@ from pcocc.errors import ConfigError
 #: The configuration files, in the order they are documented.
 FILES = ("batch", "repos", "templates", "resources", "networks", "containers")
 
+#: Files whose entries go under one top-level key, and the word for an entry.
+_ENTRIES_UNDER = {
+    "templates": ("templates", "template"),
+    "resources": ("resource-sets", "resource set"),
+    "networks": ("networks", "network"),
+}
+
 
 @functools.cache
 def load_schema(name: str) -> dict[str, Any]:
@@ -44,7 +51,13 @@ def validate(name: str, doc: YamlDoc) -> None:
     if not errors:
         return
     err = min(errors, key=lambda e: _position(doc, e))
-    raise _to_config_error(doc, err)
+    error = _to_config_error(doc, err)
+    key = _unknown_key(err)
+    if key is not None and not err.absolute_path and name in _ENTRIES_UNDER:
+        if isinstance(doc.data.get(key), dict):
+            top, word = _ENTRIES_UNDER[name]
+            error.hint = f"if '{key}' is a {word}, put it under '{top}:'"
+    raise error
 
 
 def _position(doc: YamlDoc, err: Any) -> tuple[int, int]:

@@ -134,3 +134,10 @@ def test_real_process_cycle_exits_2(templates, pcocc_bin):
         f"pcocc: error: {f}:3:7: templates.b.inherits: inheritance cycle a -> b -> a"
     )
     assert "Traceback" not in out.stderr
+
+
+def test_list_without_templates_says_where_to_define_them(pcocc_env):
+    res = CliRunner().invoke(cli, ["template", "list"])
+    assert res.exit_code == 0
+    assert res.stdout.splitlines() == ["NAME  DESCRIPTION  IMAGE  RESOURCES  INHERITS"]
+    assert "no templates" in res.stderr

@@ -1,5 +1,8 @@
 """%{...} placeholders: load-time expansion, run-time expansion, errors."""
 
+import os
+import pwd
+
 import pytest
 
 from pcocc.config import expand_runtime, load_config
@@ -9,9 +12,10 @@ from pcocc.errors import ConfigError
 
 def test_load_time_placeholders(monkeypatch):
     monkeypatch.setenv("HOME", "/home/ann")
-    monkeypatch.setenv("USER", "ann")
+    monkeypatch.setenv("USER", "not-trusted")
     env = {"SCRATCH": "/scratch/ann"}
-    assert expand_load("%{homedir}/x-%{user}", env) == "/home/ann/x-ann"
+    me = pwd.getpwuid(os.getuid()).pw_name
+    assert expand_load("%{homedir}/x-%{user}", env) == f"/home/ann/x-{me}"
     assert expand_load("%{env:SCRATCH}/img", env) == "/scratch/ann/img"
 
 

@@ -281,3 +281,12 @@ def test_schema_is_draft_2020_12_and_closed(name):
         assert obj["additionalProperties"] is False or isinstance(
             obj["additionalProperties"], dict
         ), path
+
+
+def test_entry_at_top_level_gets_a_hint(pcocc_env):
+    f = pcocc_env["system"] / "templates.yaml"
+    f.write_text("compute:\n  image: x\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(pcocc_env["system"], pcocc_env["user"])
+    assert str(exc.value) == f"{f}:1:1: compute: unknown key 'compute'"
+    assert exc.value.hint == "if 'compute' is a template, put it under 'templates:'"
