@@ -6,15 +6,20 @@ The message names the file, line and column, the key path and what was expected:
 
 Schemas may carry an ``x-expected`` annotation: the words after "expected" for any error on a
 value they describe. jsonschema is imported here only, so commands that never read the
-configuration do not pay for it.
+configuration do not pay for it; and a file already found valid (same schema, same bytes) is
+not checked again: a marker named by their digest in ``~/.cache/pcocc/config-checked`` says
+so, which spares commands the import of jsonschema.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import json
+import os
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from pcocc.config.yamldoc import KeyPath, YamlDoc
@@ -32,10 +37,32 @@ _ENTRIES_UNDER = {
 
 
 @functools.cache
+def _schema_text(name: str) -> str:
+    return resources.files("pcocc.config").joinpath("schemas", f"{name}.json").read_text()
+
+
+@functools.cache
 def load_schema(name: str) -> dict[str, Any]:
     """The schema of ``<name>.yaml``, from the package data."""
-    text = resources.files("pcocc.config").joinpath("schemas", f"{name}.json").read_text()
-    return json.loads(text)
+    return json.loads(_schema_text(name))
+
+
+def checked_marker(name: str, doc: YamlDoc) -> Path:
+    """The file whose existence says that ``doc`` passed the schema of ``name``."""
+    digest = hashlib.sha256()
+    for part in (name, _schema_text(name), doc.text):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "pcocc" / "config-checked" / digest.hexdigest()
+
+
+def _remember_valid(marker: Path) -> None:
+    try:
+        marker.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:
+        pass  # only an optimisation: a read-only home just means checking every time
 
 
 @functools.cache
@@ -47,16 +74,20 @@ def _validator(name: str) -> Any:
 
 def validate(name: str, doc: YamlDoc) -> None:
     """Raise ConfigError for the first (in file order) schema error of ``doc``."""
+    marker = checked_marker(name, doc)
+    if marker.exists():
+        return
     errors = [_deepest(e) for e in _validator(name).iter_errors(doc.data)]
     if not errors:
+        _remember_valid(marker)
         return
     err = min(errors, key=lambda e: _position(doc, e))
     error = _to_config_error(doc, err)
     key = _unknown_key(err)
-    if key is not None and not err.absolute_path and name in _ENTRIES_UNDER:
-        if isinstance(doc.data.get(key), dict):
-            top, word = _ENTRIES_UNDER[name]
-            error.hint = f"if '{key}' is a {word}, put it under '{top}:'"
+    at_top = key is not None and not err.absolute_path
+    if at_top and name in _ENTRIES_UNDER and isinstance(doc.data.get(key), dict):
+        top, word = _ENTRIES_UNDER[name]
+        error.hint = f"if '{key}' is a {word}, put it under '{top}:'"
     raise error
 
 

@@ -36,6 +36,7 @@ class YamlDoc:
     data: dict[str, Any]
     values: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
     keys: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
+    text: str = ""
 
     def where(self, path: KeyPath, *, key: bool = False) -> str:
         """``file:line:col`` of the value at ``path`` (or of its key), or of its nearest parent."""
@@ -71,8 +72,8 @@ def load_yaml(path: Path) -> YamlDoc:
     try:
         node = loader.get_single_node()
         if node is None:
-            return YamlDoc(path, {})
-        doc = YamlDoc(path, {})
+            return YamlDoc(path, {}, text=text)
+        doc = YamlDoc(path, {}, text=text)
         _check_duplicates(doc, node)
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as err:

@@ -31,3 +31,22 @@ def test_loading_without_any_file_skips_jsonschema(tmp_path):
     )
     assert "pcocc.config.loader" in mods
     assert "jsonschema" not in mods
+
+
+def test_valid_files_are_checked_once(pcocc_env, tmp_path):
+    f = pcocc_env["system"] / "templates.yaml"
+    f.write_text("templates:\n  a: {image: x}\n")
+    code = (
+        f"from pcocc.config import load_config; load_config({str(pcocc_env['system'])!r}, "
+        f"{str(pcocc_env['user'])!r})"
+    )
+    assert "jsonschema" in _modules_after(code)  # first time: validated, marker written
+    markers = list((pcocc_env["home"] / ".cache" / "pcocc" / "config-checked").iterdir())
+    assert len(markers) == 1
+    assert "jsonschema" not in _modules_after(code)  # same bytes: not checked again
+    # Any change to the file is checked again, and an invalid file is never remembered.
+    f.write_text("templates:\n  a: {imag: x}\n")
+    probe = code + "\nimport sys; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
+    assert "unknown key 'imag', did you mean 'image'?" in out.stderr
+    assert len(list(markers[0].parent.iterdir())) == 1
