@@ -187,12 +187,20 @@ def _load_docs(name: str, system_dir: Path, user_dir: Path, cfg: Config) -> _Mer
     for level, directory in (("system", system_dir), ("user", user_dir)):
         for path in config_files(directory, name):
             doc = load_yaml(path)
+            _drop_empty_collections(doc, merger.spec)
             validate(name, doc)
             expand_tree(doc.data, doc.error)
             if name == "networks" and level == "user":
                 _refuse_user_ethernet(doc)
             merger.add(doc, level)
     return merger
+
+
+def _drop_empty_collections(doc: YamlDoc, spec: FileSpec) -> None:
+    """``templates:`` with every entry commented out is an empty collection, not an error."""
+    for key in (*spec.named, *spec.appended):
+        if key in doc.data and doc.data[key] is None:
+            del doc.data[key]
 
 
 def _refuse_user_ethernet(doc: YamlDoc) -> None:

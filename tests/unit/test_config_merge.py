@@ -246,3 +246,13 @@ def test_unreadable_directory_is_config_error(pcocc_env, monkeypatch):
 def test_escaped_placeholder_in_repo_path(pcocc_env):
     _write(pcocc_env["system"], "repos.yaml", "repos: [{name: g, path: '/x/%%{user}'}]\n")
     assert str(_load(pcocc_env).repos[0].path) == "/x/%{user}"
+
+
+def test_collection_with_every_entry_commented_out_is_empty(pcocc_env):
+    _write(pcocc_env["system"], "templates.yaml", "templates:\n#  a: {image: x}\n")
+    _write(pcocc_env["system"], "containers.yaml", "mounts:\nmodules:\n")
+    cfg = _load(pcocc_env)
+    assert cfg.templates == {} and cfg.containers["mounts"] == []
+    _write(pcocc_env["system"], "batch.yaml", "type:\n")  # a setting left empty stays an error
+    with pytest.raises(ConfigError, match="type: expected one of local, slurm, got nothing"):
+        _load(pcocc_env)
