@@ -95,7 +95,10 @@ def apply_layer(layer: Path, rootfs: Path, *, name: str | None = None) -> list[s
     :raise UnsafeLayer: naming the layer and the member
     """
     label = name or layer.name
-    root_fd = os.open(rootfs, _DIR_FLAGS)
+    try:
+        root_fd = os.open(rootfs, _DIR_FLAGS)
+    except OSError as err:
+        raise os_error(err, f"cannot open the root filesystem {rootfs}") from err
     applier = _Applier(root_fd, label)
     try:
         with _tar_stream(layer, label) as tar:
@@ -146,10 +149,17 @@ def _zstd_reader(f: IO[bytes], label: str) -> Iterator[IO[bytes]]:
     assert child.stdout is not None
     try:
         yield child.stdout
-        child.stdout.read()
-    finally:
+        while child.stdout.read(1 << 20):
+            pass
+    except BaseException:
         child.stdout.close()
-        status = proc.stop(child, timeout_s=5.0) if child.poll() is None else child.returncode
+        proc.stop(child, timeout_s=5.0)
+        raise
+    child.stdout.close()
+    try:
+        status = child.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        status = proc.stop(child, timeout_s=5.0)
     if status != 0:
         raise Corrupt(f"{label}: zstd could not decompress the layer (exit status {status})")
 

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -185,8 +186,16 @@ except PcoccError as err:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to a throwaway user")
-def test_non_root_user(tmp_path):
+def test_non_root_user(tmp_path_factory):
     """As an unprivileged user: devices skipped, escapes refused, read-only dirs handled."""
+    tmp_path = Path(tempfile.mkdtemp(prefix="pcocc-nonroot-"))  # pytest's tmp is root-only
+    try:
+        _check_non_root(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path)
+
+
+def _check_non_root(tmp_path: Path) -> None:
     if not shutil.which("setpriv"):
         pytest.skip("setpriv (util-linux) not installed")
     python = shutil.which("python3", path="/usr/bin:/bin")
