@@ -302,7 +302,8 @@ def write_layout(image: OciImage, blob_path: Callable[[str], Path], layout: Path
     blob_dir = layout / "blobs" / "sha256"
     blob_dir.mkdir(parents=True, exist_ok=True)
     config_desc, layer_descs = check_manifest(image.manifest, image.manifest_digest)
-    for digest in [image.manifest_digest, config_desc["digest"], *(d["digest"] for d in layer_descs)]:
+    digests = [image.manifest_digest, config_desc["digest"], *(d["digest"] for d in layer_descs)]
+    for digest in digests:
         target = blob_dir / digest.split(":", 1)[1]
         if not target.exists():
             link_blob(Path(blob_path(digest)), target)

@@ -281,7 +281,8 @@ def _tar_rootfs(rootfs: Path, out: Path) -> str:
         fileobj=raw, mode="wb", compresslevel=6, mtime=0, filename=""
     ) as gz:
         hw = _HashingWriter(gz)
-        with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+        stream = tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT)
+        with stream as tar:
             for name in sorted(os.listdir(rootfs)):
                 tar.add(rootfs / name, arcname=name, recursive=True, filter=normalize)
     with contextlib.suppress(OSError):

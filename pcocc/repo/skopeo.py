@@ -88,9 +88,12 @@ def copy(
     proc.run(argv, what=f"copying {src} to {dest}", timeout_s=timeout_s)
 
 
-def inspect_raw(ref: str, *, tls_verify: bool | None = None, config: bool = False) -> dict[str, Any]:
+def inspect_raw(
+    ref: str, *, tls_verify: bool | None = None, config: bool = False
+) -> dict[str, Any]:
     """The raw manifest (or with ``config`` the config) of ``ref``, parsed and checked."""
-    argv = ["skopeo", *_policy_args(None), "inspect", "--raw", *_tls_args("--tls-verify", ref, tls_verify)]
+    argv = ["skopeo", *_policy_args(None), "inspect", "--raw",
+            *_tls_args("--tls-verify", ref, tls_verify)]
     if config:
         argv.append("--config")
     argv.append(ref)

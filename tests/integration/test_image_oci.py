@@ -76,7 +76,8 @@ def test_identical_layers_are_stored_once(tmp_path, multilayer_image):  # noqa: 
     a = import_into(store, tmp_path, str(multilayer_image.layout) + ":multi", "oci")
     ref = testimages.convert(multilayer_image, "oci-archive", str(tmp_path / "m.tar"))
     b = import_into(store, tmp_path, ref.split(":", 1)[1], "oci-archive")
-    assert [d["digest"] for d in a.manifest["layers"]] == [d["digest"] for d in b.manifest["layers"]]
+    layers = [[d["digest"] for d in x.manifest["layers"]] for x in (a, b)]
+    assert layers[0] == layers[1]
     files = sorted(p.name for p in store.root.iterdir())
     assert len(files) == len({x.digest for x in a.blobs + b.blobs})
 

@@ -77,8 +77,10 @@ def test_delete_through_the_store_resolver(setup, monkeypatch):
 def test_gc_uses_live_digests_when_the_store_offers_them(setup, monkeypatch):
     session, cache = setup
     live = {fake_image(2).manifest_digest}
-    monkeypatch.setattr(image_cache, "_hook",
-                        lambda spec: (lambda cfg: live) if spec == image_cache.LIVE_DIGESTS else None)
+    def hook(spec):
+        return (lambda cfg: live) if spec == image_cache.LIVE_DIGESTS else None
+
+    monkeypatch.setattr(image_cache, "_hook", hook)
     res = invoke(session, "gc")
     assert res.exit_code == 0, res.output
     assert "removed 1 cached images" in res.output
