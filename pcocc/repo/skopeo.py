@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,7 @@ def transports() -> frozenset[str]:
 def require_transport(fmt: str) -> None:
     """Raise ToolMissing-like error when the installed skopeo lacks transport ``fmt``."""
     if fmt not in transports():
-        raise ToolError(
-            f"this skopeo does not support the '{fmt}' transport",
-            tool="skopeo",
-            hint="install a skopeo built with it (Debian's skopeo package), or use another format",
-        )
+        raise _no_transport(fmt)
 
 
 def _policy_args(policy: Path | None) -> list[str]:
@@ -85,7 +82,25 @@ def copy(
         *_tls_args("--dest-tls-verify", dest, dest_tls_verify),
         *extra, src, dest,
     ]
-    proc.run(argv, what=f"copying {src} to {dest}", timeout_s=timeout_s)
+    try:
+        proc.run(argv, what=f"copying {src} to {dest}", timeout_s=timeout_s)
+    except ToolError as err:
+        missing = _UNSUPPORTED_RE.search(err.stderr)
+        if missing:
+            raise _no_transport(missing.group(1)) from err
+        raise
+
+
+#: skopeo built without a transport (e.g. Debian's, for ostree) says so only when used.
+_UNSUPPORTED_RE = re.compile(r'transport \\?"?([a-z-]+):?\\?"? is not supported in this build')
+
+
+def _no_transport(fmt: str) -> ToolError:
+    return ToolError(
+        f"this skopeo does not support the '{fmt}' transport",
+        tool="skopeo",
+        hint="install a skopeo built with it, or convert the image to another format first",
+    )
 
 
 def inspect_raw(

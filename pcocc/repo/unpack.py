@@ -284,10 +284,10 @@ class _Applier:
             st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
         except FileNotFoundError:
             return False
+        if stat.S_ISDIR(st.st_mode) and keep_dir:
+            return True
+        self._drop_cache()  # the cached parent may have gone through what we remove
         if stat.S_ISDIR(st.st_mode):
-            if keep_dir:
-                return True
-            self._drop_cache()
             self._make_writable(pfd, name)
             shutil.rmtree(name, dir_fd=pfd)
         else:

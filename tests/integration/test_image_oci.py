@@ -136,6 +136,14 @@ def test_unknown_or_missing_transport(tmp_path, monkeypatch):
         import_into(BlobDir(tmp_path / "s"), tmp_path, "/nonexistent", "ostree")
 
 
+def test_transport_missing_from_the_build(tmp_path):
+    """Debian's skopeo lists ostree in its help but is built without it."""
+    with pytest.raises(ToolError, match="'ostree'") as info:
+        import_into(BlobDir(tmp_path / "s"), tmp_path, f"img@{tmp_path}/repo", "ostree")
+    if "not supported" in info.value.stderr:
+        assert str(info.value).startswith("this skopeo does not support the 'ostree' transport")
+
+
 def test_missing_source_is_a_clear_error(tmp_path):
     with pytest.raises(ToolError, match=r"copying docker-archive:.*nope\.tar"):
         import_into(BlobDir(tmp_path / "s"), tmp_path, str(tmp_path / "nope.tar"), "docker-archive")

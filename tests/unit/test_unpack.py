@@ -113,6 +113,20 @@ def test_symlink_then_write_in_same_layer_is_refused(box):
         (rootfs / "esc").unlink()
 
 
+def test_symlink_replaced_in_layer_is_not_followed(box):
+    """A path resolved through a lower-layer link must be re-checked once the link changes."""
+    rootfs, victim, tmp = box
+    apply_layer(make_layer(tmp / "1.tar", [("dir", "x/b"), ("sym", "a", "x")]), rootfs)
+    layer = make_layer(tmp / "2.tar", [
+        ("file", "a/b/f1", b"1"), ("sym", "a", "../victim"), ("file", "a/b/f2", b"2"),
+    ])
+    with pytest.raises(UnsafeLayer, match="symbolic link 'a' created by the same layer"):
+        apply_layer(layer, rootfs)
+    assert (rootfs / "x/b/f1").read_bytes() == b"1"
+    assert not (rootfs / "x/b/f2").exists()
+    outside_untouched(victim, tmp)
+
+
 def test_symlink_from_lower_layer_stays_inside_root(box):
     rootfs, victim, tmp = box
     apply_layer(make_layer(tmp / "1.tar", [
