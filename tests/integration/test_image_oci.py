@@ -66,6 +66,16 @@ def test_import_from_local_registry(tmp_path, busybox_image, registry):  # noqa:
     image = import_into(store, tmp_path, "//" + location, "docker", tls_verify=False)
     assert image.config["config"]["Cmd"] == ["/bin/sh"]
     _check_imported(store, image, busybox_image, tmp_path / "rootfs")
+    # Push it back under another name, pull that: same image.
+    work = tmp_path / "push"
+    work.mkdir()
+    pushed = registry.ref("pcocc/again", "2")
+    oci.export_image(image, store.path, pushed, "docker", work, lambda d, t: None,
+                     tls_verify=False)
+    again = import_into(BlobDir(tmp_path / "s3"), tmp_path, pushed, "docker", tls_verify=False)
+    assert again.config == image.config
+    assert [d["digest"] for d in again.manifest["layers"]] == [
+        d["digest"] for d in image.manifest["layers"]]
     # Without tls_verify=False, skopeo insists on HTTPS and says so.
     with pytest.raises(ToolError, match="copying docker://"):
         import_into(BlobDir(tmp_path / "s2"), tmp_path, location, "docker")
