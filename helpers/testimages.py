@@ -125,32 +125,61 @@ def build_multilayer(
     new_layout(layout, tag)
     layers = workdir / "layers"
     base = _busybox_entries() + [
-        ("dir", "data", None), ("file", "data/old1", b"old 1\n"), ("file", "data/old2", b"old 2\n"),
-        ("dir", "data/sub", None), ("file", "data/sub/deep", b"deep\n"),
-        ("file", "etc/gone", b"to be deleted\n"), ("dir", "var", None), ("dir", "var/cache", None),
+        ("dir", "data", None),
+        ("file", "data/old1", b"old 1\n"),
+        ("file", "data/old2", b"old 2\n"),
+        ("dir", "data/sub", None),
+        ("file", "data/sub/deep", b"deep\n"),
+        ("file", "etc/gone", b"to be deleted\n"),
+        ("dir", "var", None),
+        ("dir", "var/cache", None),
         ("file", "var/cache/blob", b"cache\n"),
     ]
     add_layer(layout, tag, base, layers)
-    add_layer(layout, tag, [
-        ("file", "etc/.wh.gone", b""),
-        ("dir", "data", None), ("file", "data/.wh..wh..opq", b""), ("file", "data/new", b"new\n"),
-        ("dir", "var", None), ("file", "var/.wh.cache", b""),
-        ("file", "etc/added", b"added in layer 2\n", 0o600),
-    ], layers)
-    add_layer(layout, tag, [
-        ("dir", "data", None), ("file", "data/top", b"layer 3\n"),
-        ("sym", "etc/hello-link", "hello"),
-    ], layers)
+    add_layer(
+        layout,
+        tag,
+        [
+            ("file", "etc/.wh.gone", b""),
+            ("dir", "data", None),
+            ("file", "data/.wh..wh..opq", b""),
+            ("file", "data/new", b"new\n"),
+            ("dir", "var", None),
+            ("file", "var/.wh.cache", b""),
+            ("file", "etc/added", b"added in layer 2\n", 0o600),
+        ],
+        layers,
+    )
+    add_layer(
+        layout,
+        tag,
+        [
+            ("dir", "data", None),
+            ("file", "data/top", b"layer 3\n"),
+            ("sym", "etc/hello-link", "hello"),
+        ],
+        layers,
+    )
     for i in range(extra_layers):
-        add_layer(layout, tag, [
-            ("dir", "bulk", None), ("file", f"bulk/{i}.bin", os.urandom(layer_size_bytes)),
-        ], layers)
+        add_layer(
+            layout,
+            tag,
+            [
+                ("dir", "bulk", None),
+                ("file", f"bulk/{i}.bin", os.urandom(layer_size_bytes)),
+            ],
+            layers,
+        )
     configure(layout, tag, cmd=["/bin/cat", "/etc/hello"], env=["PCOCC_TEST=multi"])
     exp = _busybox_expected()
-    exp.update({
-        "data/new": b"new\n", "data/top": b"layer 3\n", "etc/added": b"added in layer 2\n",
-        "etc/hello-link": "->hello",
-    })
+    exp.update(
+        {
+            "data/new": b"new\n",
+            "data/top": b"layer 3\n",
+            "etc/added": b"added in layer 2\n",
+            "etc/hello-link": "->hello",
+        }
+    )
     absent = ["etc/gone", "data/old1", "data/old2", "data/sub", "var/cache"]
     return TestImage(f"oci:{layout}:{tag}", layout, tag, exp, absent)
 
@@ -251,8 +280,15 @@ class BlobDir:
         return digest
 
 
-def build_sif(squashfs: Path, out: Path, *, arch: str = "02", with_deffile: bool = True,
-              fs_type: int = 1, part_type: int = 2) -> Path:
+def build_sif(
+    squashfs: Path,
+    out: Path,
+    *,
+    arch: str = "02",
+    with_deffile: bool = True,
+    fs_type: int = 1,
+    part_type: int = 2,
+) -> Path:
     """Write a SIF file around a squashfs image, following the SIF format, no Singularity.
 
     Global header (128 bytes), a table of 4 descriptors of 585 bytes (an optional
@@ -279,16 +315,40 @@ def build_sif(squashfs: Path, out: Path, *, arch: str = "02", with_deffile: bool
     for i, (dtype, payload, extra, name) in enumerate(objects, start=1):
         pad = (-len(payload)) % 4096
         table += struct.pack(
-            "<iBIIIqqqqqqq128s384s", dtype, 1, i, 0, 0, offset, len(payload),
-            len(payload) + pad, now, now, 0, 0, name.encode(), extra,
+            "<iBIIIqqqqqqq128s384s",
+            dtype,
+            1,
+            i,
+            0,
+            0,
+            offset,
+            len(payload),
+            len(payload) + pad,
+            now,
+            now,
+            0,
+            0,
+            name.encode(),
+            extra,
         )
         data += payload + b"\0" * pad
         offset += len(payload) + pad
     table += b"\0" * (desc_size - len(table))  # unused descriptors: used = 0
     header = struct.pack(
-        "<32s10s3s3s16s8q", b"#!/usr/bin/env run-singularity\n", b"SIF_MAGIC\0", b"01\0",
-        arch.encode() + b"\0", uuid.uuid4().bytes, now, now, n_desc - len(objects), n_desc,
-        desc_off, desc_size, data_off, len(data),
+        "<32s10s3s3s16s8q",
+        b"#!/usr/bin/env run-singularity\n",
+        b"SIF_MAGIC\0",
+        b"01\0",
+        arch.encode() + b"\0",
+        uuid.uuid4().bytes,
+        now,
+        now,
+        n_desc - len(objects),
+        n_desc,
+        desc_off,
+        desc_size,
+        data_off,
+        len(data),
     )
     out.write_bytes(header + table + b"\0" * (data_off - desc_off - desc_size) + data)
     return out
@@ -296,6 +356,20 @@ def build_sif(squashfs: Path, out: Path, *, arch: str = "02", with_deffile: bool
 
 def make_squashfs(tree: Path, out: Path) -> Path:
     """mksquashfs a directory (squashfs-tools), reproducibly."""
-    proc.run(["mksquashfs", tree, out, "-noappend", "-no-progress", "-quiet",
-              "-all-root", "-mkfs-time", "0", "-all-time", "0"], what="mksquashfs")
+    proc.run(
+        [
+            "mksquashfs",
+            tree,
+            out,
+            "-noappend",
+            "-no-progress",
+            "-quiet",
+            "-all-root",
+            "-mkfs-time",
+            "0",
+            "-all-time",
+            "0",
+        ],
+        what="mksquashfs",
+    )
     return out

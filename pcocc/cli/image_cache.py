@@ -62,10 +62,21 @@ def list_(session: Session, as_json: bool) -> None:
     """List cached images, least recently used first."""
     entries = _cache(session).list()
     if as_json:
-        click.echo(json.dumps([
-            {"digest": e.digest, "mode": e.mode, "size_bytes": e.size_bytes,
-             "last_used": e.last_used, "path": str(e.payload)} for e in entries
-        ], indent=1))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "digest": e.digest,
+                        "mode": e.mode,
+                        "size_bytes": e.size_bytes,
+                        "last_used": e.last_used,
+                        "path": str(e.payload),
+                    }
+                    for e in entries
+                ],
+                indent=1,
+            )
+        )
         return
     rows = [("IMAGE DIGEST", "MODE", "SIZE", "LAST USED")]
     rows += [(e.digest[:19], e.mode, _human(e.size_bytes), _when(e.last_used)) for e in entries]
@@ -91,8 +102,10 @@ def delete(session: Session, image: str) -> None:
     if digest is None:
         resolver = _hook(RESOLVER)
         if resolver is None:
-            raise NotFound(f"no cached image matches '{image}'",
-                           hint="give a digest shown by 'pcocc image cache list'")
+            raise NotFound(
+                f"no cached image matches '{image}'",
+                hint="give a digest shown by 'pcocc image cache list'",
+            )
         digest = resolver(session.config, image)
     for e in c.delete(digest):
         click.echo(f"deleted {e.digest[:19]} ({e.mode}, {_human(e.size_bytes)})", err=True)

@@ -151,16 +151,26 @@ class ContainerCache:
             progress(0, image.size)
             unpack_image(image, blob_path, rootfs)
             if mode == "squashfs":
-                argv = ["mksquashfs", rootfs, work / PAYLOAD["squashfs"], "-noappend",
-                        "-no-progress", "-quiet"]
+                argv = [
+                    "mksquashfs",
+                    rootfs,
+                    work / PAYLOAD["squashfs"],
+                    "-noappend",
+                    "-no-progress",
+                    "-quiet",
+                ]
                 if os.geteuid() != 0:
                     argv.append("-all-root")  # owners could not be kept when unpacking
                 proc.run(argv, what=f"mksquashfs of image {image.manifest_digest}")
                 _rmtree(rootfs)
             size = _disk_usage(work / PAYLOAD[mode])
             write_atomic(work / "image-config.json", json.dumps(image.config, indent=1))
-            meta = {"digest": image.manifest_digest, "mode": mode, "size_bytes": size,
-                    "created": time.time()}
+            meta = {
+                "digest": image.manifest_digest,
+                "mode": mode,
+                "size_bytes": size,
+                "created": time.time(),
+            }
             write_atomic(work / "meta.json", json.dumps(meta))
             (work / "last-use").touch()
             fsync_dir(work)
@@ -222,8 +232,9 @@ class ContainerCache:
             for e in gone:
                 self._remove_entry(e)
         if not gone:
-            raise NotFound(f"image {digest} is not in the container cache",
-                           hint="run 'pcocc image cache list'")
+            raise NotFound(
+                f"image {digest} is not in the container cache", hint="run 'pcocc image cache list'"
+            )
         return gone
 
     def evict(self, keep: Iterable[str] = ()) -> list[CacheEntry]:
@@ -365,4 +376,4 @@ def resolve_prefix(cache: ContainerCache, text: str) -> str:
     return matches.pop()
 
 
-__all__ = ["ContainerCache", "CacheEntry", "GcReport", "MODES", "resolve_prefix"]
+__all__ = ["MODES", "CacheEntry", "ContainerCache", "GcReport", "resolve_prefix"]

@@ -114,8 +114,11 @@ def ingest_layout(
     has_blob = getattr(add_blob, "has_blob", None)
     total = sum(d["size"] for d in layer_descs) + config_desc["size"] + mdesc["size"]
     done = 0
-    todo = [*zip(layer_descs, layer_paths), (config_desc, config_path),
-            (mdesc, _blob_file(layout, mdesc, what, "manifest"))]
+    todo = [
+        *zip(layer_descs, layer_paths),
+        (config_desc, config_path),
+        (mdesc, _blob_file(layout, mdesc, what, "manifest")),
+    ]
     for desc, path in todo:
         digest = desc["digest"]
         if has_blob is not None and has_blob(digest):
@@ -193,8 +196,11 @@ def _pick_manifest(index: Any, tag: str | None, what: str) -> dict[str, Any]:
     if not isinstance(manifests, list) or not manifests:
         raise Corrupt(f"{what}: index.json lists no manifest")
     if tag is not None:
-        tagged = [m for m in manifests if isinstance(m, dict)
-                  and (m.get("annotations") or {}).get(REF_ANNOTATION) == tag]
+        tagged = [
+            m
+            for m in manifests
+            if isinstance(m, dict) and (m.get("annotations") or {}).get(REF_ANNOTATION) == tag
+        ]
         if tagged:
             manifests = tagged
     if len(manifests) != 1:
@@ -230,11 +236,11 @@ def check_config(config: Any, n_layers: int, what: str) -> None:
     if not isinstance(rootfs, dict) or not isinstance(rootfs.get("diff_ids"), list):
         raise Corrupt(f"{what}: image config has no rootfs.diff_ids")
     if len(rootfs["diff_ids"]) != n_layers:
-        raise Corrupt(
-            f"{what}: config lists {len(rootfs['diff_ids'])} layers, manifest {n_layers}"
-        )
-    if "config" in config and config["config"] is not None and not isinstance(
-        config["config"], dict
+        raise Corrupt(f"{what}: config lists {len(rootfs['diff_ids'])} layers, manifest {n_layers}")
+    if (
+        "config" in config
+        and config["config"] is not None
+        and not isinstance(config["config"], dict)
     ):
         raise Corrupt(f"{what}: image config 'config' is not an object")
 
@@ -310,12 +316,14 @@ def write_layout(image: OciImage, blob_path: Callable[[str], Path], layout: Path
     manifest_size = (blob_dir / image.manifest_digest.split(":", 1)[1]).stat().st_size
     index = {
         "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": MT_OCI_MANIFEST,
-            "digest": image.manifest_digest,
-            "size": manifest_size,
-            "annotations": {REF_ANNOTATION: STAGING_TAG},
-        }],
+        "manifests": [
+            {
+                "mediaType": MT_OCI_MANIFEST,
+                "digest": image.manifest_digest,
+                "size": manifest_size,
+                "annotations": {REF_ANNOTATION: STAGING_TAG},
+            }
+        ],
     }
     (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
     (layout / "index.json").write_text(json.dumps(index))

@@ -53,8 +53,16 @@ SQUASHFS_MAGIC = b"hsqs"
 
 #: SIF architecture codes -> OCI architecture names
 ARCHES = {
-    "01": "386", "02": "amd64", "03": "arm", "04": "arm64", "05": "ppc64",
-    "06": "ppc64le", "07": "mips", "08": "mipsle", "09": "mips64", "10": "mips64le",
+    "01": "386",
+    "02": "amd64",
+    "03": "arm",
+    "04": "arm64",
+    "05": "ppc64",
+    "06": "ppc64le",
+    "07": "mips",
+    "08": "mipsle",
+    "09": "mips64",
+    "10": "mips64le",
     "11": "s390x",
 }
 
@@ -94,33 +102,55 @@ def read_sif(path: Path) -> tuple[SifHeader, list[SifDescriptor]]:
     :raise Corrupt: not a SIF file, or offsets outside the file
     """
     try:
-        f = open(path, "rb")
+        with open(path, "rb") as f:
+            return _read_sif(path, f)
     except OSError as err:
         from pcocc.fsutil import os_error
 
         raise os_error(err, f"cannot read {path}") from err
-    with f:
-        file_size = os.fstat(f.fileno()).st_size
-        raw = f.read(HEADER.size)
-        if len(raw) < HEADER.size:
-            raise Corrupt(f"{path}: too short to be a SIF image")
-        (_launch, magic, version, arch, _uuid, created, _modified, _free, total,
-         doff, dsize, data_off, data_size) = HEADER.unpack(raw)
-        if magic != SIF_MAGIC:
-            raise Corrupt(f"{path}: not a SIF image (no SIF_MAGIC)",
-                          hint="only SIF images (Singularity >= 3) can be imported")
-        hdr = SifHeader(_cstr(version), _cstr(arch), created, total, doff, dsize,
-                        data_off, data_size)
-        if total < 0 or total > 1_000_000 or doff < HEADER.size or (
-            doff + total * DESCRIPTOR.size > file_size
-        ):
-            raise Corrupt(f"{path}: SIF descriptor table lies outside the file")
-        f.seek(doff)
-        table = f.read(total * DESCRIPTOR.size)
+
+
+def _read_sif(path: Path, f: IO[bytes]) -> tuple[SifHeader, list[SifDescriptor]]:
+    """Header and descriptors from an open SIF file."""
+    file_size = os.fstat(f.fileno()).st_size
+    raw = f.read(HEADER.size)
+    if len(raw) < HEADER.size:
+        raise Corrupt(f"{path}: too short to be a SIF image")
+    (
+        _launch,
+        magic,
+        version,
+        arch,
+        _uuid,
+        created,
+        _modified,
+        _free,
+        total,
+        doff,
+        dsize,
+        data_off,
+        data_size,
+    ) = HEADER.unpack(raw)
+    if magic != SIF_MAGIC:
+        raise Corrupt(
+            f"{path}: not a SIF image (no SIF_MAGIC)",
+            hint="only SIF images (Singularity >= 3) can be imported",
+        )
+    hdr = SifHeader(_cstr(version), _cstr(arch), created, total, doff, dsize, data_off, data_size)
+    if (
+        total < 0
+        or total > 1_000_000
+        or doff < HEADER.size
+        or (doff + total * DESCRIPTOR.size > file_size)
+    ):
+        raise Corrupt(f"{path}: SIF descriptor table lies outside the file")
+    f.seek(doff)
+    table = f.read(total * DESCRIPTOR.size)
     descs = []
     for i in range(total):
-        (dtype, used, did, _group, _linked, off, size, _padded, _c, _m, _uid, _gid, name,
-         extra) = DESCRIPTOR.unpack_from(table, i * DESCRIPTOR.size)
+        (dtype, used, did, _group, _linked, off, size, _padded, _c, _m, _uid, _gid, name, extra) = (
+            DESCRIPTOR.unpack_from(table, i * DESCRIPTOR.size)
+        )
         if not used:
             continue
         if off < 0 or size < 0 or off + size > file_size:
@@ -277,12 +307,12 @@ def _tar_rootfs(rootfs: Path, out: Path) -> str:
             info.uid = info.gid = 0
         return info
 
-    with open(out, "wb") as raw, gzip.GzipFile(
-        fileobj=raw, mode="wb", compresslevel=6, mtime=0, filename=""
-    ) as gz:
+    with (
+        open(out, "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0, filename="") as gz,
+    ):
         hw = _HashingWriter(gz)
-        stream = tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT)
-        with stream as tar:
+        with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             for name in sorted(os.listdir(rootfs)):
                 tar.add(rootfs / name, arcname=name, recursive=True, filter=normalize)
     with contextlib.suppress(OSError):

@@ -77,10 +77,15 @@ def copy(
     :raise ToolError: skopeo failed; the message ends with its last stderr lines
     """
     argv = [
-        "skopeo", *_policy_args(policy), "copy", "--quiet",
+        "skopeo",
+        *_policy_args(policy),
+        "copy",
+        "--quiet",
         *_tls_args("--src-tls-verify", src, src_tls_verify),
         *_tls_args("--dest-tls-verify", dest, dest_tls_verify),
-        *extra, src, dest,
+        *extra,
+        src,
+        dest,
     ]
     try:
         proc.run(argv, what=f"copying {src} to {dest}", timeout_s=timeout_s)
@@ -107,8 +112,13 @@ def inspect_raw(
     ref: str, *, tls_verify: bool | None = None, config: bool = False
 ) -> dict[str, Any]:
     """The raw manifest (or with ``config`` the config) of ``ref``, parsed and checked."""
-    argv = ["skopeo", *_policy_args(None), "inspect", "--raw",
-            *_tls_args("--tls-verify", ref, tls_verify)]
+    argv = [
+        "skopeo",
+        *_policy_args(None),
+        "inspect",
+        "--raw",
+        *_tls_args("--tls-verify", ref, tls_verify),
+    ]
     if config:
         argv.append("--config")
     argv.append(ref)

@@ -91,9 +91,12 @@ def test_concurrent_prepare_shares_one_copy(tmp_path, stored, monkeypatch):
     monkeypatch.setattr(cache_mod, "unpack_image", slow_counted_unpack)
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
-    children = [ctx.Process(target=_prepare_in_child,
-                            args=(str(tmp_path / "cache"), image, str(store.root), out))
-                for _ in range(4)]
+    children = [
+        ctx.Process(
+            target=_prepare_in_child, args=(str(tmp_path / "cache"), image, str(store.root), out)
+        )
+        for _ in range(4)
+    ]
     for c in children:
         c.start()
     results = [out.get(timeout=60) for _ in children]
@@ -136,7 +139,9 @@ def test_list_and_delete(tmp_path, stored):
         cache.prepare(img, store.path, mode)
         time.sleep(0.02)
     assert [(e.digest, e.mode) for e in cache.list()] == [  # least recently used first
-        (a.manifest_digest, "dir"), (a.manifest_digest, "squashfs"), (b.manifest_digest, "dir")
+        (a.manifest_digest, "dir"),
+        (a.manifest_digest, "squashfs"),
+        (b.manifest_digest, "dir"),
     ]
     gone = cache.delete(a.manifest_digest)
     assert sorted(e.mode for e in gone) == ["dir", "squashfs"]

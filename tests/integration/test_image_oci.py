@@ -16,15 +16,22 @@ from conftest_registry import busybox_image, multilayer_image, registry  # noqa:
 from helpers import testimages
 from helpers.testimages import BlobDir
 from pcocc.errors import Corrupt, ToolError, UsageError
-from pcocc.repo import oci, skopeo, sif
+from pcocc.repo import oci, sif, skopeo
 from pcocc.repo.unpack import unpack_image
 
 FILE_FORMATS = ["oci", "oci-archive", "docker-archive", "dir"]
 
 
 def _location(tmp_path: Path, fmt: str) -> str:
-    return str(tmp_path / {"oci": "layout:img", "oci-archive": "img.oci.tar",
-                           "docker-archive": "img.docker.tar", "dir": "img.dir"}[fmt])
+    return str(
+        tmp_path
+        / {
+            "oci": "layout:img",
+            "oci-archive": "img.oci.tar",
+            "docker-archive": "img.docker.tar",
+            "dir": "img.dir",
+        }[fmt]
+    )
 
 
 def import_into(store: BlobDir, tmp_path: Path, source: str, fmt: str, **kw):
@@ -70,12 +77,12 @@ def test_import_from_local_registry(tmp_path, busybox_image, registry):  # noqa:
     work = tmp_path / "push"
     work.mkdir()
     pushed = registry.ref("pcocc/again", "2")
-    oci.export_image(image, store.path, pushed, "docker", work, lambda d, t: None,
-                     tls_verify=False)
+    oci.export_image(image, store.path, pushed, "docker", work, lambda d, t: None, tls_verify=False)
     again = import_into(BlobDir(tmp_path / "s3"), tmp_path, pushed, "docker", tls_verify=False)
     assert again.config == image.config
     assert [d["digest"] for d in again.manifest["layers"]] == [
-        d["digest"] for d in image.manifest["layers"]]
+        d["digest"] for d in image.manifest["layers"]
+    ]
     # Without tls_verify=False, skopeo insists on HTTPS and says so.
     with pytest.raises(ToolError, match="copying docker://"):
         import_into(BlobDir(tmp_path / "s2"), tmp_path, location, "docker")
@@ -179,8 +186,14 @@ def test_tampered_blob_is_refused(tmp_path, busybox_image):  # noqa: F811
 def test_malformed_manifest_is_refused(tmp_path, busybox_image):  # noqa: F811
     layout = tmp_path / "layout"
     shutil.copytree(busybox_image.layout, layout)
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": oci.MT_OCI_MANIFEST, "digest": "md5:abc", "size": 3}]}))
+    (layout / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [{"mediaType": oci.MT_OCI_MANIFEST, "digest": "md5:abc", "size": 3}],
+            }
+        )
+    )
     with pytest.raises(Corrupt, match="invalid or unsupported digest"):
         oci.ingest_layout(layout, BlobDir(tmp_path / "s"))
 
@@ -190,8 +203,9 @@ def test_sif_import_of_busybox_rootfs(tmp_path, busybox_image):  # noqa: F811
     store = BlobDir(tmp_path / "store")
     img = import_into(store, tmp_path, str(busybox_image.layout) + ":busybox", "oci")
     rootfs = unpacked(store, img, tmp_path / "rootfs")
-    image = testimages.build_sif(testimages.make_squashfs(rootfs, tmp_path / "r.sqfs"),
-                                 tmp_path / "busybox.sif")
+    image = testimages.build_sif(
+        testimages.make_squashfs(rootfs, tmp_path / "r.sqfs"), tmp_path / "busybox.sif"
+    )
     staging = tmp_path / "sif-staging"
     staging.mkdir()
     from_sif = sif.import_sif(image, staging, store)

@@ -14,9 +14,11 @@ from pcocc.repo.model import OciImage
 
 
 def fake_image(n: int) -> OciImage:
-    return OciImage(manifest_digest="sha256:" + f"{n:x}" * 64,
-                    manifest={"schemaVersion": 2, "layers": []},
-                    config={"architecture": "amd64", "os": "linux"})
+    return OciImage(
+        manifest_digest="sha256:" + f"{n:x}" * 64,
+        manifest={"schemaVersion": 2, "layers": []},
+        config={"architecture": "amd64", "os": "linux"},
+    )
 
 
 @pytest.fixture
@@ -66,8 +68,9 @@ def test_delete_through_the_store_resolver(setup, monkeypatch):
         calls.append(uri)
         return fake_image(1).manifest_digest
 
-    monkeypatch.setattr(image_cache, "_hook",
-                        lambda spec: resolve if spec == image_cache.RESOLVER else None)
+    monkeypatch.setattr(
+        image_cache, "_hook", lambda spec: resolve if spec == image_cache.RESOLVER else None
+    )
     res = invoke(session, "delete", "user:busybox@2")
     assert res.exit_code == 0, res.output
     assert calls == ["user:busybox@2"]
@@ -77,6 +80,7 @@ def test_delete_through_the_store_resolver(setup, monkeypatch):
 def test_gc_uses_live_digests_when_the_store_offers_them(setup, monkeypatch):
     session, cache = setup
     live = {fake_image(2).manifest_digest}
+
     def hook(spec):
         return (lambda cfg: live) if spec == image_cache.LIVE_DIGESTS else None
 

@@ -51,8 +51,9 @@ def make_layer(path: Path, entries: list[tuple], *, compress: str = "") -> Path:
     if compress == "gzip":
         raw = gzip.compress(raw)
     elif compress == "zstd":
-        raw = subprocess.run(["zstd", "-c", "-q"], input=raw, stdout=subprocess.PIPE,
-                             check=True).stdout
+        raw = subprocess.run(
+            ["zstd", "-c", "-q"], input=raw, stdout=subprocess.PIPE, check=True
+        ).stdout
     path.write_bytes(raw)
     return path
 
@@ -77,14 +78,21 @@ def outside_untouched(victim: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("compress", ["", "gzip", "zstd"])
 def test_regular_layer_is_extracted(box, compress):
-    rootfs, victim, tmp = box
+    rootfs, _victim, tmp = box
     if compress == "zstd" and not shutil.which("zstd"):
         pytest.skip("zstd not installed")
-    layer = make_layer(tmp / "l.tar", [
-        ("dir", "etc"), ("file", "etc/hostname", b"box\n", 0o600),
-        ("sym", "etc/alias", "hostname"), ("hard", "etc/hard", "etc/hostname"),
-        ("fifo", "run.fifo"), ("file", "./usr/bin/tool", b"#!/bin/sh\n", 0o755),
-    ], compress=compress)
+    layer = make_layer(
+        tmp / "l.tar",
+        [
+            ("dir", "etc"),
+            ("file", "etc/hostname", b"box\n", 0o600),
+            ("sym", "etc/alias", "hostname"),
+            ("hard", "etc/hard", "etc/hostname"),
+            ("fifo", "run.fifo"),
+            ("file", "./usr/bin/tool", b"#!/bin/sh\n", 0o755),
+        ],
+        compress=compress,
+    )
     apply_layer(layer, rootfs)
     assert (rootfs / "etc/hostname").read_bytes() == b"box\n"
     assert (rootfs / "etc/hostname").stat().st_mode & 0o777 == 0o600
@@ -117,9 +125,14 @@ def test_symlink_replaced_in_layer_is_not_followed(box):
     """A path resolved through a lower-layer link must be re-checked once the link changes."""
     rootfs, victim, tmp = box
     apply_layer(make_layer(tmp / "1.tar", [("dir", "x/b"), ("sym", "a", "x")]), rootfs)
-    layer = make_layer(tmp / "2.tar", [
-        ("file", "a/b/f1", b"1"), ("sym", "a", "../victim"), ("file", "a/b/f2", b"2"),
-    ])
+    layer = make_layer(
+        tmp / "2.tar",
+        [
+            ("file", "a/b/f1", b"1"),
+            ("sym", "a", "../victim"),
+            ("file", "a/b/f2", b"2"),
+        ],
+    )
     with pytest.raises(UnsafeLayer, match="symbolic link 'a' created by the same layer"):
         apply_layer(layer, rootfs)
     assert (rootfs / "x/b/f1").read_bytes() == b"1"
@@ -129,14 +142,29 @@ def test_symlink_replaced_in_layer_is_not_followed(box):
 
 def test_symlink_from_lower_layer_stays_inside_root(box):
     rootfs, victim, tmp = box
-    apply_layer(make_layer(tmp / "1.tar", [
-        ("sym", "abs", str(victim)), ("sym", "rel", "../../../victim"),
-        ("dir", "usr/lib"), ("sym", "lib", "usr/lib"),
-    ]), rootfs)
-    apply_layer(make_layer(tmp / "2.tar", [
-        ("file", "abs/secret", b"in root 1"), ("file", "rel/secret", b"in root 2"),
-        ("file", "lib/libc.so", b"elf"),
-    ]), rootfs)
+    apply_layer(
+        make_layer(
+            tmp / "1.tar",
+            [
+                ("sym", "abs", str(victim)),
+                ("sym", "rel", "../../../victim"),
+                ("dir", "usr/lib"),
+                ("sym", "lib", "usr/lib"),
+            ],
+        ),
+        rootfs,
+    )
+    apply_layer(
+        make_layer(
+            tmp / "2.tar",
+            [
+                ("file", "abs/secret", b"in root 1"),
+                ("file", "rel/secret", b"in root 2"),
+                ("file", "lib/libc.so", b"elf"),
+            ],
+        ),
+        rootfs,
+    )
     outside_untouched(victim, tmp)
     # Absolute and climbing links resolve as if the rootfs were '/'.
     assert (rootfs / str(victim).lstrip("/") / "secret").read_bytes() == b"in root 1"
@@ -172,13 +200,13 @@ def test_hardlink_through_lower_symlink_stays_inside(box):
 
 
 def test_hardlink_to_missing_target_is_refused(box):
-    rootfs, victim, tmp = box
+    rootfs, _victim, tmp = box
     with pytest.raises(UnsafeLayer, match="'nope', which does not exist"):
         apply_layer(make_layer(tmp / "l.tar", [("hard", "x", "nope")]), rootfs)
 
 
 def test_device_nodes_are_skipped_with_a_warning(box, caplog):
-    rootfs, victim, tmp = box
+    rootfs, _victim, tmp = box
     layer = make_layer(tmp / "l.tar", [("dir", "dev"), ("chr", "dev/null"), ("file", "ok", b"1")])
     skipped = apply_layer(layer, rootfs, name="layer 0")
     assert skipped == ["layer 0: dev/null"]
@@ -219,18 +247,34 @@ def _check_non_root(tmp_path: Path) -> None:
     rootfs = tmp_path / "rootfs"
     rootfs.mkdir()
     os.chown(rootfs, 65534, 65534)
-    good = make_layer(tmp_path / "good.tar", [
-        ("dir", "ro", 0o555), ("file", "ro/f", b"1"), ("chr", "ro/null"),
-    ])
+    good = make_layer(
+        tmp_path / "good.tar",
+        [
+            ("dir", "ro", 0o555),
+            ("file", "ro/f", b"1"),
+            ("chr", "ro/null"),
+        ],
+    )
     bad = make_layer(tmp_path / "bad.tar", [("sym", "e", "/"), ("file", "e/x", b"1")])
     for layer in (good, bad):
         layer.chmod(0o644)
 
     def run(layer: Path) -> str:
         out = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-             python, "-c", NONROOT_SCRIPT, str(layer), str(rootfs)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                python,
+                "-c",
+                NONROOT_SCRIPT,
+                str(layer),
+                str(rootfs),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
             env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(SOURCE_ROOT)},
         )
         assert out.returncode == 0, out.stderr
@@ -245,16 +289,38 @@ def _check_non_root(tmp_path: Path) -> None:
 
 def test_whiteouts_across_layers(box):
     rootfs, victim, tmp = box
-    apply_layer(make_layer(tmp / "1.tar", [
-        ("file", "a", b"a"), ("file", "keep", b"k"), ("dir", "d"), ("file", "d/x", b"x"),
-        ("dir", "opq"), ("file", "opq/old1", b"1"), ("dir", "opq/sub"), ("file", "opq/sub/y", b""),
-        ("sym", "link", "d"),
-    ]), rootfs)
-    apply_layer(make_layer(tmp / "2.tar", [
-        ("file", ".wh.a"), ("file", ".wh.d"), ("file", ".wh.link"),
-        ("file", "opq/new", b"n"), ("file", "opq/.wh..wh..opq"),
-        ("file", "opq/.wh.sub"), ("file", ".wh.nothing-there"),
-    ]), rootfs)
+    apply_layer(
+        make_layer(
+            tmp / "1.tar",
+            [
+                ("file", "a", b"a"),
+                ("file", "keep", b"k"),
+                ("dir", "d"),
+                ("file", "d/x", b"x"),
+                ("dir", "opq"),
+                ("file", "opq/old1", b"1"),
+                ("dir", "opq/sub"),
+                ("file", "opq/sub/y", b""),
+                ("sym", "link", "d"),
+            ],
+        ),
+        rootfs,
+    )
+    apply_layer(
+        make_layer(
+            tmp / "2.tar",
+            [
+                ("file", ".wh.a"),
+                ("file", ".wh.d"),
+                ("file", ".wh.link"),
+                ("file", "opq/new", b"n"),
+                ("file", "opq/.wh..wh..opq"),
+                ("file", "opq/.wh.sub"),
+                ("file", ".wh.nothing-there"),
+            ],
+        ),
+        rootfs,
+    )
     assert sorted(p.name for p in rootfs.iterdir()) == ["keep", "opq"]
     assert sorted(p.name for p in (rootfs / "opq").iterdir()) == ["new"]
     # A later layer may re-create a deleted path.
@@ -264,11 +330,19 @@ def test_whiteouts_across_layers(box):
 
 
 def test_whiteout_does_not_delete_same_layer_entry(box):
-    rootfs, victim, tmp = box
+    rootfs, _victim, tmp = box
     apply_layer(make_layer(tmp / "1.tar", [("dir", "d"), ("file", "d/lower", b"")]), rootfs)
-    apply_layer(make_layer(tmp / "2.tar", [
-        ("dir", "d"), ("file", "d/upper", b"u"), ("file", "d/.wh..wh..opq"),
-    ]), rootfs)
+    apply_layer(
+        make_layer(
+            tmp / "2.tar",
+            [
+                ("dir", "d"),
+                ("file", "d/upper", b"u"),
+                ("file", "d/.wh..wh..opq"),
+            ],
+        ),
+        rootfs,
+    )
     assert sorted(p.name for p in (rootfs / "d").iterdir()) == ["upper"]
 
 
@@ -282,7 +356,7 @@ def test_whiteout_cannot_escape(box):
 
 
 def test_type_changes_between_layers(box):
-    rootfs, victim, tmp = box
+    rootfs, _victim, tmp = box
     apply_layer(make_layer(tmp / "1.tar", [("dir", "x"), ("file", "x/f"), ("file", "y")]), rootfs)
     apply_layer(make_layer(tmp / "2.tar", [("file", "x", b"now a file"), ("dir", "y")]), rootfs)
     assert (rootfs / "x").read_bytes() == b"now a file"
@@ -290,7 +364,7 @@ def test_type_changes_between_layers(box):
 
 
 def test_garbage_is_a_clear_error(box):
-    rootfs, victim, tmp = box
+    rootfs, _victim, tmp = box
     bad = tmp / "garbage"
     bad.write_bytes(b"\x1f\x8b" + os.urandom(2000))
     with pytest.raises(Corrupt, match="garbage"):
