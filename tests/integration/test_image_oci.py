@@ -6,6 +6,7 @@ the same tests run through the real repository store once both are merged.
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from pathlib import Path
@@ -211,3 +212,21 @@ def test_sif_import_of_busybox_rootfs(tmp_path, busybox_image):  # noqa: F811
     from_sif = sif.import_sif(image, staging, store)
     assert testimages.check_tree(unpacked(store, from_sif, tmp_path / "r2"), busybox_image) == []
     assert from_sif.config["architecture"] == "amd64"
+
+
+def test_export_with_symlinks_when_hard_links_fail(tmp_path, busybox_image, monkeypatch):  # noqa: F811
+    store = BlobDir(tmp_path / "store")
+    img = import_into(store, tmp_path, str(busybox_image.layout) + ":busybox", "oci")
+
+    def no_link(src, dst, *a, **kw):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(oci.os, "link", no_link)
+    work = tmp_path / "work"
+    work.mkdir()
+    oci.export_image(img, store.path, str(tmp_path / "o.tar"), "oci-archive", work)
+    blobs = list((work / "oci-export/blobs/sha256").iterdir())
+    assert blobs and all(p.is_symlink() for p in blobs)
+    monkeypatch.undo()
+    back = import_into(BlobDir(tmp_path / "s2"), tmp_path, str(tmp_path / "o.tar"), "oci-archive")
+    assert back.manifest_digest == img.manifest_digest
