@@ -134,6 +134,8 @@ def build_multilayer(
         ("dir", "var", None),
         ("dir", "var/cache", None),
         ("file", "var/cache/blob", b"cache\n"),
+        ("dir", "ro", None, 0o555),
+        ("file", "ro/file", b"in a read-only directory\n", 0o444),
     ]
     add_layer(layout, tag, base, layers)
     add_layer(
@@ -178,6 +180,7 @@ def build_multilayer(
             "data/top": b"layer 3\n",
             "etc/added": b"added in layer 2\n",
             "etc/hello-link": "->hello",
+            "ro/file": b"in a read-only directory\n",
         }
     )
     absent = ["etc/gone", "data/old1", "data/old2", "data/sub", "var/cache"]

@@ -191,3 +191,83 @@ def test_bad_mode_is_a_usage_error(tmp_path, stored):
     store, image = stored
     with pytest.raises(UsageError, match="unknown cache mode 'ext4'"):
         ContainerCache(tmp_path / "c").prepare(image, store.path, "ext4")
+
+
+NONROOT_SCRIPT = """
+import json, sys
+from pathlib import Path
+from helpers.testimages import BlobDir
+from pcocc.repo.cache import ContainerCache
+from pcocc.repo.model import OciImage
+data = json.loads(Path(sys.argv[1]).read_text())
+image = OciImage(data["digest"], data["manifest"], data["config"])
+cache = ContainerCache(Path(sys.argv[2]))
+store = BlobDir(Path(sys.argv[3]), hooks=False)
+out = {m: str(cache.prepare(image, store.path, m)) for m in ("dir", "squashfs")}
+out["deleted"] = len(cache.delete(image.manifest_digest))
+out["left"] = [p.name for p in (Path(sys.argv[2]) / "tmp").iterdir()]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to a throwaway user")
+def test_prepare_and_delete_as_non_root_user(stored, multilayer_image):  # noqa: F811
+    """A user's own cache: read-only directories in the image must not block deletion."""
+    import json
+    import subprocess
+    import tempfile
+
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if not shutil.which("setpriv") or python is None:
+        pytest.skip("setpriv or a system python3 is missing")
+    store, image = stored
+    top = Path(tempfile.mkdtemp(prefix="pcocc-cache-nonroot-"))  # pytest's tmp is root-only
+    try:
+        top.chmod(0o755)
+        blobs = top / "blobs"
+        shutil.copytree(store.root, blobs)
+        cache_dir = top / "cache"
+        cache_dir.mkdir()
+        os.chown(cache_dir, 65534, 65534)
+        spec = top / "image.json"
+        spec.write_text(
+            json.dumps(
+                {
+                    "digest": image.manifest_digest,
+                    "manifest": image.manifest,
+                    "config": image.config,
+                }
+            )
+        )
+        for p in [blobs, spec, *blobs.iterdir()]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        res = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                python,
+                "-c",
+                NONROOT_SCRIPT,
+                str(spec),
+                str(cache_dir),
+                str(blobs),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={
+                "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
+                "HOME": str(top),
+                "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+            },
+        )
+        assert res.returncode == 0, res.stderr
+        out = json.loads(res.stdout)
+        assert out["dir"].endswith("/rootfs") and out["squashfs"].endswith(".squashfs")
+        assert out["deleted"] == 2
+        assert out["left"] == []
+        assert list((cache_dir / "entries").iterdir()) == []
+    finally:
+        shutil.rmtree(top)
