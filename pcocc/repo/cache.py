@@ -126,11 +126,18 @@ class ContainerCache:
         key = _key(image.manifest_digest, mode)
         self._init()
         entry = self.entries_dir / key
-        if not (entry / "meta.json").is_file():
-            with locked(self.locks_dir / f"{key}.lock", wait_s=None, what=f"cache entry {key}"):
+        lock = self.locks_dir / f"{key}.lock"
+        # Holding the entry lock (shared to use, exclusive to build) keeps gc and eviction
+        # of other processes away from it until its last use is recorded.
+        with locked(lock, shared=True, wait_s=None, what=f"cache entry {key}"):
+            ready = (entry / "meta.json").is_file()
+            if ready:
+                self._touch(entry)
+        if not ready:
+            with locked(lock, wait_s=None, what=f"cache entry {key}"):
                 if not (entry / "meta.json").is_file():
                     self._build(image, blob_path, mode, entry, progress)
-        self._touch(entry)
+                self._touch(entry)
         if self.max_size_bytes is not None:
             self.evict(keep={key})
         return entry / PAYLOAD[mode]
