@@ -56,7 +56,6 @@ def test_sbatch_job_completes(slurm_cluster, tmp_path):
     assert sorted(line.split(":")[0] for line in out.read_text().splitlines()) == ["0", "1"]
 
 
-@pytest.mark.slow
 def test_cli_start_env_stop_leaves_nothing():
     directory = Path(tempfile.mkdtemp(prefix="pcocc-dc-cli-"))
     script = [sys.executable, str(REPO_ROOT / "helpers" / "devcluster.py")]
