@@ -208,3 +208,17 @@ def test_bad_endpoints_are_config_errors():
         KvClient("https://127.0.0.1:2379")
     with pytest.raises(ConfigError, match="no etcd endpoint"):
         KvClient.from_env({})
+
+
+def test_private_etcd_serves_a_job_and_stops(tmp_path):
+    from pcocc.kv import daemon
+    from pcocc.kv.private import private_etcd
+
+    if __import__("shutil").which("etcd") is None:
+        pytest.skip("etcd is not installed (Debian package etcd-server)")
+    with private_etcd(tmp_path / "job 1") as env:
+        with KvClient.from_env(env) as client:
+            client.put(keys.cluster_definition("me", "local-1"), b"{}")
+            assert client.get(keys.cluster_definition("me", "local-1")) == b"{}"
+        assert daemon.processes_mentioning(str(tmp_path / "job 1"))
+    assert daemon.processes_mentioning(str(tmp_path / "job 1")) == []
