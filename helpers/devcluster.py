@@ -22,6 +22,7 @@ import socket
 import stat
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from pcocc import proc
@@ -61,12 +62,15 @@ class DevCluster:
         cpus_per_node: int = 2,
         with_etcd: bool = True,
         start_timeout_s: float = 60.0,
+        extra_conf: Sequence[str] = (),
     ):
+        """``extra_conf``: more slurm.conf lines (they win over the generated ones)."""
         self.directory = Path(directory).resolve()
         self.nodes = [f"n{i}" for i in range(1, nodes + 1)]
         self.cpus_per_node = cpus_per_node
         self.with_etcd = with_etcd
         self.start_timeout_s = start_timeout_s
+        self.extra_conf = list(extra_conf)
         self.etcd: EtcdServer | None = None
         self._procs: dict[str, object] = {}
         self._pids: dict[str, int] = {}
@@ -154,6 +158,7 @@ class DevCluster:
             f"PartitionName=debug Nodes={','.join(self.nodes)} Default=YES "
             "MaxTime=INFINITE State=UP OverSubscribe=NO"
         )
+        lines.extend(self.extra_conf)
         self.slurm_conf.write_text("\n".join(lines) + "\n")
         (d / "plugstack.conf").write_text("")
 

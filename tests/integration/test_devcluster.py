@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pcocc import proc
+from pcocc.errors import ServiceUnavailable
 from pcocc.kv import daemon
 
 import devcluster
@@ -78,8 +80,6 @@ def test_cli_start_env_stop_leaves_nothing():
         assert pgrep.stdout == ""
     finally:
         subprocess.run([*script, "stop", str(directory)], timeout=120)
-        import shutil
-
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -88,3 +88,18 @@ def test_start_failure_names_the_log(tmp_path_factory):
     directory = tmp_path_factory.mktemp("refused")
     with pytest.raises(Exception, match="searchable by all"):
         devcluster.DevCluster(directory, with_etcd=False).start()
+
+
+def test_daemon_that_fails_to_start_is_named_with_its_log():
+    directory = Path(tempfile.mkdtemp(prefix="pcocc-dc-bad-"))
+    cluster = devcluster.DevCluster(
+        directory, with_etcd=False, extra_conf=["SelectType=select/no_such_plugin"]
+    )
+    try:
+        with pytest.raises(ServiceUnavailable, match="slurmctld exited") as info:
+            cluster.start()
+        assert str(directory / "log" / "slurmctld.log") in info.value.hint
+        assert daemon.processes_mentioning(str(directory)) == []
+    finally:
+        cluster.stop()
+        shutil.rmtree(directory, ignore_errors=True)

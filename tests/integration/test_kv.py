@@ -222,3 +222,24 @@ def test_private_etcd_serves_a_job_and_stops(tmp_path):
             assert client.get(keys.cluster_definition("me", "local-1")) == b"{}"
         assert daemon.processes_mentioning(str(tmp_path / "job 1"))
     assert daemon.processes_mentioning(str(tmp_path / "job 1")) == []
+
+
+def test_ctrl_c_in_a_lease_block_revokes_it(kv, cluster):
+    key = keys.rnat(*cluster, 0, 2222)
+    with pytest.raises(KeyboardInterrupt), kv.lease(60) as lease:
+        kv.put(key, b"127.0.0.1:40000", lease=lease)
+        raise KeyboardInterrupt
+    assert kv.get(key) is None
+
+
+def test_etcd_that_cannot_start_names_its_log(tmp_path):
+    from pcocc.kv.server import EtcdServer
+
+    if __import__("shutil").which("etcd") is None:
+        pytest.skip("etcd is not installed (Debian package etcd-server)")
+    server = EtcdServer(tmp_path, start_timeout_s=20)
+    server.data_dir.write_text("a file where etcd wants its data directory")
+    with pytest.raises(ServiceUnavailable, match="did not become healthy") as info:
+        server.start()
+    assert str(tmp_path / "etcd.log") in info.value.hint
+    assert server.pid is None
