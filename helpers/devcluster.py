@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Self
 
 from pcocc import proc
 from pcocc.errors import PcoccError, ServiceUnavailable
@@ -102,7 +103,11 @@ class DevCluster:
         return env
 
     def _daemon_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SALLOC_"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("SLURM_", "SBATCH_", "SALLOC_"))
+        }
         env.update(self.env())
         env[MARKER_VAR] = str(self.directory)
         return env
@@ -215,9 +220,7 @@ class DevCluster:
             f"--pid-file={self.directory / 'run' / 'munged.pid'}",
             f"--seed-file={self.directory / 'munge' / 'munged.seed'}",
         ])  # fmt: skip
-        self._wait(
-            lambda: self.munge_socket.exists(), "munged", self.log_path("munged"), "munged"
-        )
+        self._wait(lambda: self.munge_socket.exists(), "munged", self.log_path("munged"), "munged")
 
     def _start_slurm(self) -> None:
         ctld_port, *node_ports = daemon.free_ports(1 + len(self.nodes))
@@ -314,7 +317,7 @@ class DevCluster:
             cluster.etcd = etcd
         return cluster
 
-    def __enter__(self) -> DevCluster:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:

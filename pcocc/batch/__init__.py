@@ -2,4 +2,4 @@
 
 from pcocc.batch.base import BatchManager, JobSpec, get_manager, known_types, task_rank
 
-__all__ = ["get_manager", "JobSpec", "BatchManager", "task_rank", "known_types"]
+__all__ = ["BatchManager", "JobSpec", "get_manager", "known_types", "task_rank"]

@@ -47,7 +47,9 @@ class JobSpec:
         for name in ("ntasks", "cpus_per_task"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UsageError(f"{name.replace('_', '-')} must be a positive integer, not {value!r}")
+                raise UsageError(
+                    f"{name.replace('_', '-')} must be a positive integer, not {value!r}"
+                )
         if self.nodes is not None and (not isinstance(self.nodes, int) or self.nodes < 1):
             raise UsageError(f"nodes must be a positive integer, not {self.nodes!r}")
         if isinstance(self.options, str):

@@ -211,7 +211,9 @@ class SlurmManager(BatchManager):
                 )
             raise ToolError(
                 f"cannot read job {job_id} (scontrol)",
-                argv=res.argv, returncode=res.returncode, stderr=res.stderr,
+                argv=res.argv,
+                returncode=res.returncode,
+                stderr=res.stderr,
             )
         return res.stdout
 

@@ -21,7 +21,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 from pcocc.errors import (
@@ -45,7 +45,7 @@ with warnings.catch_warnings():
     import etcd3
     import etcd3.events
     import etcd3.exceptions
-import grpc  # noqa: E402
+import grpc
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
@@ -154,8 +154,7 @@ class KvWatch:
             return None
         if isinstance(item, BaseException):
             raise ServiceUnavailable(
-                f"etcd watch on {self.prefix} at {self._client.endpoint} broke: "
-                f"{_describe(item)}",
+                f"etcd watch on {self.prefix} at {self._client.endpoint} broke: {_describe(item)}",
                 hint=self._client.hint,
             ) from item
         return item
@@ -217,7 +216,7 @@ class KvClient:
     def close(self) -> None:
         self._etcd.close()
 
-    def __enter__(self) -> KvClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -388,9 +387,7 @@ class KvClient:
         watch = KvWatch(self, prefix)
         kwargs = {} if start_revision is None else {"start_revision": start_revision}
         with self._errors(f"watch {prefix}"):
-            watch.watch_id = self._etcd.add_watch_prefix_callback(
-                prefix, watch._callback, **kwargs
-            )
+            watch.watch_id = self._etcd.add_watch_prefix_callback(prefix, watch._callback, **kwargs)
         try:
             yield watch
         finally:

@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Self
 
 from pcocc import proc
 from pcocc.errors import PcoccError, ServiceUnavailable
@@ -160,7 +161,7 @@ class EtcdServer:
             pass
         return server
 
-    def __enter__(self) -> EtcdServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -22,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT / "helpers") not in sys.path:
     sys.path.insert(0, str(REPO_ROOT / "helpers"))
 
-import devcluster  # noqa: E402
+import devcluster
 
 
 def _private_dir(prefix: str) -> Path:

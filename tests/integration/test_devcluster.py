@@ -10,13 +10,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import devcluster
 import pytest
 
 from pcocc import proc
 from pcocc.errors import ServiceUnavailable
 from pcocc.kv import daemon
-
-import devcluster
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,8 +32,9 @@ def _env(cluster) -> dict[str, str]:
 
 
 def test_srun_runs_one_task_per_node(slurm_cluster):
-    res = proc.run(["srun", "-N4", "-l", "printenv", "SLURMD_NODENAME"], env=_env(slurm_cluster),
-                   timeout_s=60)
+    res = proc.run(
+        ["srun", "-N4", "-l", "printenv", "SLURMD_NODENAME"], env=_env(slurm_cluster), timeout_s=60
+    )
     by_rank = dict(line.split(": ", 1) for line in res.stdout.splitlines())
     assert sorted(by_rank.values()) == ["n1", "n2", "n3", "n4"]
 
@@ -44,7 +44,9 @@ def test_sbatch_job_completes(slurm_cluster, tmp_path):
     env = _env(slurm_cluster)
     res = proc.run(
         ["sbatch", "--parsable", "-N2", f"--output={out}", "--wrap", "srun -l hostname"],
-        env=env, cwd=tmp_path, timeout_s=30,
+        env=env,
+        cwd=tmp_path,
+        timeout_s=30,
     )
     job_id = res.stdout.strip().split(";")[0]
     deadline = time.monotonic() + 60
@@ -62,10 +64,12 @@ def test_cli_start_env_stop_leaves_nothing():
     directory = Path(tempfile.mkdtemp(prefix="pcocc-dc-cli-"))
     script = [sys.executable, str(REPO_ROOT / "helpers" / "devcluster.py")]
     try:
-        subprocess.run([*script, "start", str(directory)], check=True, timeout=120,
-                       stdout=subprocess.DEVNULL)
-        env_text = subprocess.run([*script, "env", str(directory)], check=True,
-                                  capture_output=True, text=True).stdout
+        subprocess.run(
+            [*script, "start", str(directory)], check=True, timeout=120, stdout=subprocess.DEVNULL
+        )
+        env_text = subprocess.run(
+            [*script, "env", str(directory)], check=True, capture_output=True, text=True
+        ).stdout
         assert f"SLURM_CONF={directory}/slurm.conf" in env_text
         assert "PCOCC_ETCD_ENDPOINTS=http://127.0.0.1:" in env_text
         cluster = devcluster.DevCluster.attach(directory)
@@ -76,10 +80,12 @@ def test_cli_start_env_stop_leaves_nothing():
         assert daemon.processes_mentioning(str(directory))
         subprocess.run([*script, "stop", str(directory)], check=True, timeout=120)
         assert daemon.processes_mentioning(str(directory)) == []
-        pgrep = subprocess.run(["pgrep", "-f", str(directory)], capture_output=True, text=True)
+        pgrep = subprocess.run(
+            ["pgrep", "-f", str(directory)], capture_output=True, text=True, check=False
+        )
         assert pgrep.stdout == ""
     finally:
-        subprocess.run([*script, "stop", str(directory)], timeout=120)
+        subprocess.run([*script, "stop", str(directory)], timeout=120, check=False)
         shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -36,7 +36,10 @@ def test_put_get_prefix_delete(kv, cluster):
     kv.put(keys.vm_state(*cluster, 1), "booting")
     assert kv.get_json(definition) == {"vms": 2}
     states = kv.get_prefix(keys.vms_prefix(*cluster))
-    assert states == {keys.vm_state(*cluster, 0): b"running", keys.vm_state(*cluster, 1): b"booting"}
+    assert states == {
+        keys.vm_state(*cluster, 0): b"running",
+        keys.vm_state(*cluster, 1): b"booting",
+    }
     assert kv.delete(keys.vm_state(*cluster, 0)) is True
     assert kv.delete(keys.vm_state(*cluster, 0)) is False
     assert kv.delete_prefix(keys.cluster_prefix(*cluster)) == 2
@@ -135,8 +138,9 @@ def test_allocation_under_contention_gives_distinct_values(kv, cluster):
     prefix = keys.node_allocations_prefix(f"host-{cluster[1]}", "ports")
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    workers = [ctx.Process(target=_allocate_many, args=(kv.endpoint, prefix, 6, out))
-               for _ in range(4)]
+    workers = [
+        ctx.Process(target=_allocate_many, args=(kv.endpoint, prefix, 6, out)) for _ in range(4)
+    ]
     for w in workers:
         w.start()
     got = [port for _ in workers for port in out.get(timeout=60)]
@@ -194,9 +198,8 @@ def test_replace_detects_a_concurrent_change(kv, cluster):
 
 def test_unreachable_etcd_is_a_clear_service_error():
     endpoint = f"http://127.0.0.1:{free_port()}"
-    with KvClient(endpoint, timeout_s=2) as client:
-        with pytest.raises(ServiceUnavailable) as info:
-            client.get(keys.cluster_definition("u", 1))
+    with KvClient(endpoint, timeout_s=2) as client, pytest.raises(ServiceUnavailable) as info:
+        client.get(keys.cluster_definition("u", 1))
     message = str(info.value)
     assert endpoint in message and "/pcocc/users/u/clusters/1/definition" in message
     assert info.value.__cause__ is not None

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pcocc.batch import JobSpec, get_manager, known_types, task_rank
-from pcocc.batch.local import LocalManager, main as local_main
+from pcocc.batch.local import LocalManager
+from pcocc.batch.local import main as local_main
 from pcocc.batch.slurm import SlurmManager
 from pcocc.errors import ConfigError, UsageError
 
@@ -40,8 +41,15 @@ def test_unknown_setting_is_a_config_error():
     assert "salloc-options" in info.value.hint
 
 
-@pytest.mark.parametrize("bad", [{"ntasks": 0}, {"ntasks": 1, "cpus_per_task": -1},
-                                 {"ntasks": True}, {"ntasks": 1, "nodes": 0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"ntasks": 0},
+        {"ntasks": 1, "cpus_per_task": -1},
+        {"ntasks": True},
+        {"ntasks": 1, "nodes": 0},
+    ],
+)
 def test_job_spec_refuses_bad_counts(bad):
     with pytest.raises(UsageError):
         JobSpec(**bad)

@@ -8,7 +8,7 @@ from pcocc.batch import slurm
 from pcocc.batch.base import JobSpec
 from pcocc.errors import ToolError
 
-AWKWARD = "/tmp/a dir/it's \"quoted\"; $(x) \\ back"
+AWKWARD = '/tmp/a dir/it\'s "quoted"; $(x) \\ back'
 
 
 def test_salloc_argv_passes_options_and_protects_the_command():
@@ -22,8 +22,14 @@ def test_salloc_argv_passes_options_and_protects_the_command():
 
 
 def test_sbatch_argv_with_awkward_paths():
-    spec = JobSpec(ntasks=2, nodes=2, job_name="my job", output=f"{AWKWARD}/%j.out",
-                   workdir=AWKWARD, options=["-t", "5"])
+    spec = JobSpec(
+        ntasks=2,
+        nodes=2,
+        job_name="my job",
+        output=f"{AWKWARD}/%j.out",
+        workdir=AWKWARD,
+        options=["-t", "5"],
+    )
     assert slurm.sbatch_argv(spec) == [
         "sbatch", "--parsable", "--job-name=my job", "--ntasks=2", "--cpus-per-task=1",
         "--nodes=2", f"--output={AWKWARD}/%j.out", f"--chdir={AWKWARD}", "-t", "5",
@@ -80,8 +86,13 @@ def test_parse_job_info_keeps_values_with_spaces():
 
 
 @pytest.mark.parametrize(
-    ("state", "expected"), [("COMPLETED", "COMPLETED"), ("CANCELLED by 0", "CANCELLED"),
-                            ("RUNNING", "RUNNING"), ("FAILED+", "FAILED")],
+    ("state", "expected"),
+    [
+        ("COMPLETED", "COMPLETED"),
+        ("CANCELLED by 0", "CANCELLED"),
+        ("RUNNING", "RUNNING"),
+        ("FAILED+", "FAILED"),
+    ],
 )
 def test_parse_job_state(state, expected):
     assert slurm.parse_job_state(f"JobId=3 JobState={state} Reason=None") == expected
