@@ -176,6 +176,30 @@ def _describe(err: BaseException) -> str:
     return str(err) or type(err).__name__
 
 
+class _WatchStubWithBackoff:
+    """Wrap the gRPC watch stub: wait longer before each new stream after a failed one."""
+
+    max_delay_s = 2.0
+
+    def __init__(self, stub: Any):
+        self._stub = stub
+        self._delay_s = 0.0
+
+    def Watch(self, requests: Any, **kwargs: Any) -> Iterator[Any]:  # noqa: N802 - gRPC name
+        if self._delay_s:
+            time.sleep(self._delay_s)
+        return self._track(self._stub.Watch(requests, **kwargs))
+
+    def _track(self, stream: Iterator[Any]) -> Iterator[Any]:
+        try:
+            for response in stream:
+                self._delay_s = 0.0
+                yield response
+        except grpc.RpcError:
+            self._delay_s = min(max(self._delay_s * 2, 0.1), self.max_delay_s)
+            raise
+
+
 class KvClient:
     """A connection to one etcd v3 endpoint (the first of ``endpoints``)."""
 
@@ -195,8 +219,13 @@ class KvClient:
         self._quiet_watch_thread_on_close()
 
     def _quiet_watch_thread_on_close(self) -> None:
-        """etcd3's watch thread dies with ValueError once ``close`` closed the channel."""
+        """Tame etcd3's watch thread: back off while etcd is down, end quietly on close.
+
+        etcd3 reopens a broken watch stream at once, in a loop: without a delay it spins on
+        a CPU for as long as etcd is away. After ``close`` it dies with ValueError.
+        """
         watcher = self._etcd.watcher
+        watcher._watch_stub = _WatchStubWithBackoff(watcher._watch_stub)
         run = watcher._run
 
         def run_until_closed() -> None:

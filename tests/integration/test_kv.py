@@ -246,3 +246,18 @@ def test_etcd_that_cannot_start_names_its_log(tmp_path):
         server.start()
     assert str(tmp_path / "etcd.log") in info.value.hint
     assert server.pid is None
+
+
+def test_watch_on_a_stopped_etcd_raises_service_unavailable(tmp_path):
+    from pcocc.kv.server import EtcdServer
+
+    if __import__("shutil").which("etcd") is None:
+        pytest.skip("etcd is not installed (Debian package etcd-server)")
+    with EtcdServer(tmp_path) as server, KvClient(server.endpoints, timeout_s=2) as client:
+        prefix = keys.vms_prefix("u", "1")
+        with client.watch_prefix(prefix) as watch:
+            client.put(keys.vm_state("u", "1", 0), b"up")
+            assert watch.get(10).value == b"up"
+            server.stop()
+            with pytest.raises(ServiceUnavailable, match="watch on /pcocc/users/u/clusters/1/vms/"):
+                watch.get(10)
