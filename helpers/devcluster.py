@@ -176,6 +176,11 @@ class DevCluster:
         """
         for name in SLURM_BINARIES:
             proc.which(name)
+        if self.is_running():
+            raise PcoccError(
+                f"a dev cluster already runs in {self.directory}",
+                hint=f"stop it first: helpers/devcluster.py stop {self.directory}",
+            )
         self.directory.mkdir(parents=True, exist_ok=True)
         bad = _unsearchable_ancestor(self.directory)
         if bad is not None:
@@ -233,7 +238,7 @@ class DevCluster:
     def _all_idle(self) -> bool:
         for name, p in self._procs.items():
             if p.poll() is not None:
-                log = self.log_path("slurmctld" if name == "slurmctld" else f"slurmd-{name}")
+                log = self.log_path(name if name in ("slurmctld", "munged") else f"slurmd-{name}")
                 raise ServiceUnavailable(
                     f"{name} exited with status {p.returncode} during start-up",
                     hint=f"see {log} and {self.log_path(name + '.out')}",
@@ -261,6 +266,17 @@ class DevCluster:
             f"timed out after {self.start_timeout_s:g} s waiting for {what}", hint=f"see {log}"
         )
 
+    def _recorded_pids(self) -> dict[str, int]:
+        try:
+            return json.loads(self.state_path.read_text()).get("pids", {})
+        except (OSError, ValueError):
+            return {}
+
+    def is_running(self) -> bool:
+        """True if a daemon recorded in ``directory`` still runs."""
+        pids = self._pids or self._recorded_pids()
+        return any(daemon.is_alive(pid) for pid in pids.values())
+
     def _save_state(self) -> None:
         state = {"pids": self._pids, "env": self.env()}
         tmp = self.state_path.with_suffix(".tmp")
@@ -272,12 +288,7 @@ class DevCluster:
 
         :raise PcoccError: a process of this cluster survived
         """
-        pids = dict(self._pids)
-        if not pids and self.state_path.exists():
-            try:
-                pids = json.loads(self.state_path.read_text()).get("pids", {})
-            except ValueError:
-                pids = {}
+        pids = dict(self._pids) or self._recorded_pids()
         etcd = self.etcd or EtcdServer.attach(self.directory / "etcd")
         errors = []
         try:
@@ -310,8 +321,7 @@ class DevCluster:
     def attach(cls, directory: str | os.PathLike) -> DevCluster:
         """The cluster that ``start`` (maybe in another process) left in ``directory``."""
         cluster = cls(directory)
-        if cluster.state_path.exists():
-            cluster._pids = json.loads(cluster.state_path.read_text()).get("pids", {})
+        cluster._pids = cluster._recorded_pids()
         etcd = EtcdServer.attach(cluster.directory / "etcd")
         if etcd.client_port is not None:
             cluster.etcd = etcd
@@ -357,6 +367,11 @@ def main(argv: list[str] | None = None) -> int:
         cluster = DevCluster.attach(args.directory)
         if args.action == "stop":
             cluster.stop()
+        elif not cluster.is_running():
+            raise PcoccError(
+                f"no dev cluster runs in {cluster.directory}",
+                hint=f"start one: helpers/devcluster.py start {cluster.directory}",
+            )
         else:
             for key, value in cluster.env().items():
                 print(f"export {key}={shlex.quote(value)}")

@@ -185,7 +185,7 @@ class _WatchStubWithBackoff:
         self._stub = stub
         self._delay_s = 0.0
 
-    def Watch(self, requests: Any, **kwargs: Any) -> Iterator[Any]:  # noqa: N802 - gRPC name
+    def Watch(self, requests: Any, **kwargs: Any) -> Iterator[Any]:  # the gRPC method name
         if self._delay_s:
             time.sleep(self._delay_s)
         return self._track(self._stub.Watch(requests, **kwargs))

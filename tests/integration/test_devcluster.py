@@ -73,6 +73,10 @@ def test_cli_start_env_stop_leaves_nothing():
         assert f"SLURM_CONF={directory}/slurm.conf" in env_text
         assert "PCOCC_ETCD_ENDPOINTS=http://127.0.0.1:" in env_text
         cluster = devcluster.DevCluster.attach(directory)
+        again = subprocess.run(
+            [*script, "start", str(directory)], capture_output=True, text=True, check=False
+        )
+        assert again.returncode == 1 and "already runs" in again.stderr
         env = _env(cluster)
         # a running job at stop time must not survive either
         proc.run(["sbatch", "-N1", "--wrap", "sleep 300"], env=env, cwd=directory)
@@ -80,6 +84,10 @@ def test_cli_start_env_stop_leaves_nothing():
         assert daemon.processes_mentioning(str(directory))
         subprocess.run([*script, "stop", str(directory)], check=True, timeout=120)
         assert daemon.processes_mentioning(str(directory)) == []
+        gone = subprocess.run(
+            [*script, "env", str(directory)], capture_output=True, text=True, check=False
+        )
+        assert gone.returncode == 1 and "no dev cluster runs" in gone.stderr
         pgrep = subprocess.run(
             ["pgrep", "-f", str(directory)], capture_output=True, text=True, check=False
         )
