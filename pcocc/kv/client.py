@@ -30,6 +30,7 @@ from pcocc.errors import (
     Corrupt,
     KvConflict,
     PcoccError,
+    PermissionDenied,
     ServiceUnavailable,
     TimedOut,
 )
@@ -37,6 +38,8 @@ from pcocc.errors import (
 log = logging.getLogger(__name__)
 
 ENDPOINTS_VAR = "PCOCC_ETCD_ENDPOINTS"
+USER_VAR = "PCOCC_ETCD_USER"
+PASSWORD_VAR = "PCOCC_ETCD_PASSWORD"
 
 # etcd3 ships old generated protobuf modules: they need protobuf<4 (see setup.cfg) and warn
 # about deprecated descriptor calls on import
@@ -200,10 +203,31 @@ class _WatchStubWithBackoff:
             raise
 
 
+def _is_auth_error(err: grpc.RpcError) -> bool:
+    code = err.code() if hasattr(err, "code") else None
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        return True
+    details = (err.details() if hasattr(err, "details") else "") or ""
+    return code == grpc.StatusCode.INVALID_ARGUMENT and "authentication" in details
+
+
 class KvClient:
     """A connection to one etcd v3 endpoint (the first of ``endpoints``)."""
 
-    def __init__(self, endpoints: Sequence[str] | str, *, timeout_s: float = 5.0):
+    def __init__(
+        self,
+        endpoints: Sequence[str] | str,
+        *,
+        timeout_s: float = 5.0,
+        user: str | None = None,
+        password: str | None = None,
+    ):
+        """Connect to the first of ``endpoints``, as ``user`` if etcd has auth enabled.
+
+        :raise ConfigError: no or malformed endpoint
+        :raise PermissionDenied: etcd refused the user name or password
+        :raise ServiceUnavailable: etcd cannot be reached (only checked here with a user)
+        """
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
         if not endpoints:
@@ -214,8 +238,16 @@ class KvClient:
         host, port = parse_endpoint(self.endpoints[0])
         self.endpoint = f"http://{host}:{port}"
         self.timeout_s = timeout_s
+        self.user = user
         self.hint = f"check that etcd runs at {self.endpoint} ({ENDPOINTS_VAR})"
-        self._etcd = etcd3.client(host=host, port=port, timeout=timeout_s)
+        credentials = {} if user is None else {"user": user, "password": password or ""}
+        with self._errors(f"log in as {user}" if user else "connect"):
+            self._etcd = etcd3.client(host=host, port=port, timeout=timeout_s, **credentials)
+        if not self._etcd.uses_secure_channel:
+            # etcd3 sends the auth token twice: as call credentials, which gRPC refuses on a
+            # plain channel, and as metadata, which is enough for etcd
+            self._etcd.call_credentials = None
+            self._etcd.watcher._credentials = None
         self._quiet_watch_thread_on_close()
 
     def _quiet_watch_thread_on_close(self) -> None:
@@ -238,8 +270,13 @@ class KvClient:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> KvClient:
-        """A client for ``$PCOCC_ETCD_ENDPOINTS`` (comma-separated URLs)."""
+        """A client for ``$PCOCC_ETCD_ENDPOINTS`` (comma-separated URLs).
+
+        With etcd auth, ``$PCOCC_ETCD_USER`` and ``$PCOCC_ETCD_PASSWORD`` give the login.
+        """
         env = os.environ if env is None else env
+        kwargs.setdefault("user", env.get(USER_VAR) or None)
+        kwargs.setdefault("password", env.get(PASSWORD_VAR) or None)
         return cls(env.get(ENDPOINTS_VAR, ""), **kwargs)
 
     def close(self) -> None:
@@ -257,13 +294,23 @@ class KvClient:
             yield
         except etcd3.exceptions.PreconditionFailedError as err:
             raise KvConflict(f"etcd refused to {what}: {_describe(err)}") from err
-        except (etcd3.exceptions.Etcd3Exception, grpc.RpcError) as err:
+        except grpc.RpcError as err:
+            if _is_auth_error(err):
+                who = f"user {self.user!r}" if self.user else "an anonymous client"
+                raise PermissionDenied(
+                    f"etcd at {self.endpoint} refused to let {who} {what}: {_describe(err)}",
+                    hint=f"check {USER_VAR}/{PASSWORD_VAR} and the role of the user",
+                ) from err
+            raise ServiceUnavailable(
+                f"cannot {what} in etcd at {self.endpoint}: {_describe(err)}", hint=self.hint
+            ) from err
+        except etcd3.exceptions.Etcd3Exception as err:
             raise ServiceUnavailable(
                 f"cannot {what} in etcd at {self.endpoint}: {_describe(err)}", hint=self.hint
             ) from err
         except ValueError as err:
             # grpc raises ValueError on a closed channel
-            if "closed channel" not in str(err):
+            if "channel closed" not in str(err).lower():
                 raise
             raise ServiceUnavailable(f"cannot {what}: the etcd client is closed") from err
 

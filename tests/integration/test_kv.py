@@ -261,3 +261,41 @@ def test_watch_on_a_stopped_etcd_raises_service_unavailable(tmp_path):
             server.stop()
             with pytest.raises(ServiceUnavailable, match="watch on /pcocc/users/u/clusters/1/vms/"):
                 watch.get(10)
+
+
+def _etcdctl(endpoint: str, *args: str, user: str | None = None) -> None:
+    from pcocc import proc
+
+    login = [f"--user={user}"] if user else []
+    proc.run(["etcdctl", f"--endpoints={endpoint}", *login, *args], env={"ETCDCTL_API": "3"})
+
+
+def test_user_roles_limit_a_user_to_their_prefix(tmp_path):
+    from pcocc.errors import PermissionDenied
+    from pcocc.kv.server import EtcdServer
+
+    if __import__("shutil").which("etcdctl") is None:
+        pytest.skip("etcdctl is not installed (Debian package etcd-client)")
+    with EtcdServer(tmp_path) as server:
+        ep = server.endpoint
+        _etcdctl(ep, "user", "add", "root:rootpw")
+        _etcdctl(ep, "user", "grant-role", "root", "root")
+        _etcdctl(ep, "auth", "enable")
+        admin = "root:rootpw"
+        _etcdctl(ep, "role", "add", "pcocc-alice", user=admin)
+        _etcdctl(ep, "role", "grant-permission", "pcocc-alice", "--prefix=true", "readwrite",
+                 keys.user_prefix("alice"), user=admin)  # fmt: skip
+        _etcdctl(ep, "user", "add", "alice:alicepw", user=admin)
+        _etcdctl(ep, "user", "grant-role", "alice", "pcocc-alice", user=admin)
+
+        env = {"PCOCC_ETCD_ENDPOINTS": ep, "PCOCC_ETCD_USER": "alice",
+               "PCOCC_ETCD_PASSWORD": "alicepw"}  # fmt: skip
+        with KvClient.from_env(env) as alice:
+            with alice.watch_prefix(keys.user_prefix("alice")) as watch:
+                alice.put(keys.cluster_definition("alice", 1), b"{}")
+                assert watch.get(10).key == keys.cluster_definition("alice", 1)
+            assert alice.get(keys.cluster_definition("alice", 1)) == b"{}"
+            with pytest.raises(PermissionDenied, match="refused to let user 'alice'"):
+                alice.put(keys.cluster_definition("bob", 1), b"{}")
+        with pytest.raises(PermissionDenied, match="log in as alice"):
+            KvClient(ep, user="alice", password="wrong")
