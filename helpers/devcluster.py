@@ -26,6 +26,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
+try:
+    import pcocc  # noqa: F401
+except ImportError:  # run from a checkout without the virtualenv: use the source tree
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from pcocc import proc
 from pcocc.errors import PcoccError, ServiceUnavailable
 from pcocc.kv import daemon
@@ -306,7 +311,8 @@ class DevCluster:
         for p in self._procs.values():
             p.wait()
         stray = daemon.processes_mentioning(f"{MARKER_VAR}={self.directory}")
-        stray += daemon.processes_mentioning(str(self.directory / "slurm.conf"))
+        # command lines only: a user's shell may have SLURM_CONF in its environment
+        stray += daemon.processes_mentioning(str(self.directory), environ=False)
         stray = [p for p in set(stray) if p not in _ancestors()]
         if stray:
             daemon.stop_pids(stray, what=f"leftovers of {self.directory}")

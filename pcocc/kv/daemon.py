@@ -81,15 +81,15 @@ def is_alive(pid: int) -> bool:
     return stat[stat.rfind(")") + 2 :].split()[0] != "Z"
 
 
-def processes_mentioning(marker: str) -> list[int]:
-    """Living processes whose command line or environment contains ``marker``."""
+def processes_mentioning(marker: str, *, environ: bool = True) -> list[int]:
+    """Living processes whose command line (or environment) contains ``marker``."""
     found = []
     me = os.getpid()
     needle = marker.encode()
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
             continue
-        for name in ("cmdline", "environ"):
+        for name in ("cmdline", "environ") if environ else ("cmdline",):
             try:
                 with open(f"/proc/{entry}/{name}", "rb") as f:
                     if needle in f.read():
