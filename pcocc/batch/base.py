@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import abc
 import difflib
+import importlib
 import os
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pcocc.errors import ConfigError, UsageError
+from pcocc.errors import ConfigError, TimedOut, UsageError
 
 DEFAULT_TYPE = "local"
 
@@ -106,10 +108,6 @@ class BatchManager(abc.ABC):
 
         :raise TimedOut: still not finished after ``timeout_s``
         """
-        import time
-
-        from pcocc.errors import TimedOut
-
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         delay = 0.1
         while True:
@@ -151,8 +149,7 @@ def register(name: str) -> Callable[[type[BatchManager]], type[BatchManager]]:
 
 
 def known_types() -> list[str]:
-    import importlib
-
+    """Names of the registered batch managers (importing the built-in ones first)."""
     for module in _BUILTIN_MODULES:
         importlib.import_module(module)
     return sorted(_REGISTRY)

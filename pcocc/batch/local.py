@@ -13,10 +13,12 @@ fails, forwards SIGTERM/SIGINT, and exits with the first failing status.
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -127,6 +129,7 @@ class LocalManager(BatchManager):
         argv: Sequence[str],
         env: Mapping[str, str] | None = None,
     ) -> subprocess.Popen:
+        self._job_dir(job_id)
         task_env = dict(os.environ if env is None else env)
         task_env[JOB_ID_VAR] = str(job_id)
         runner = [sys.executable, "-m", "pcocc.batch.local", "--tasks", str(ntasks), "--", *argv]
@@ -173,39 +176,47 @@ class LocalManager(BatchManager):
 def run_tasks(ntasks: int, argv: Sequence[str]) -> int:
     """Run ``ntasks`` copies of ``argv``; end all when one fails; return the first failure."""
     children: list[subprocess.Popen] = []
-    stopping = False
 
     def forward(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
         for child in children:
-            if child.poll() is None:
+            if child.returncode is None:
                 child.send_signal(signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _start_and_wait(ntasks, argv, children)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _start_and_wait(ntasks: int, argv: Sequence[str], children: list[subprocess.Popen]) -> int:
+    finished: queue.Queue[subprocess.Popen] = queue.Queue()
     for rank in range(ntasks):
         env = dict(os.environ, PCOCC_TASK_RANK=str(rank), PCOCC_NTASKS=str(ntasks))
-        children.append(
-            proc.spawn(argv, env=env, stdin=None, stdout=None, stderr=None, new_session=False)
-        )
+        child = proc.spawn(argv, env=env, stdin=None, stdout=None, stderr=None, new_session=False)
+        children.append(child)
+        # one waiter per task: wait for exactly our children, never for any child
+        threading.Thread(target=lambda c=child: (c.wait(), finished.put(c)), daemon=True).start()
     first_failure = 0
-    pending = {child.pid: child for child in children}
-    while pending:
-        try:
-            pid, wait_status = os.wait()
-        except ChildProcessError:
-            break
-        child = pending.pop(pid, None)
-        if child is None:
-            continue
-        child.returncode = os.waitstatus_to_exitcode(wait_status)
+    for _ in range(ntasks):
+        child = _get(finished)
         status = child.returncode if child.returncode >= 0 else 128 - child.returncode
         if status != 0 and first_failure == 0:
             first_failure = status
-            for other in pending.values():
-                other.terminate()
+            for other in children:
+                if other.returncode is None:
+                    other.terminate()
     return first_failure
+
+
+def _get(finished: queue.Queue) -> subprocess.Popen:
+    # a timeout keeps the main thread responsive to signals while it waits
+    while True:
+        try:
+            return finished.get(timeout=1.0)
+        except queue.Empty:
+            continue
 
 
 def main(argv: Sequence[str] | None = None) -> int:
