@@ -29,6 +29,7 @@ from pcocc.errors import (
     ConfigError,
     Corrupt,
     KvConflict,
+    NotFound,
     PcoccError,
     PermissionDenied,
     ServiceUnavailable,
@@ -98,8 +99,17 @@ class KvLease:
         return self._lease.id
 
     def refresh(self) -> None:
+        """Restart the lease's time to live.
+
+        :raise NotFound: the lease already expired (the keys put under it are gone)
+        """
         with self._client._errors("refresh lease"):
-            self._lease.refresh()
+            responses = self._lease.refresh()
+        if not responses or responses[-1].TTL <= 0:
+            raise NotFound(
+                f"etcd lease {self.id:x} expired: the keys put under it are gone",
+                hint="the process was stalled or cut from etcd for longer than the lease TTL",
+            )
 
     def remaining_ttl_s(self) -> int:
         """Seconds left before expiry (-1 once expired or revoked)."""
@@ -117,6 +127,9 @@ class KvLease:
         while not self._stop.wait(period):
             try:
                 self.refresh()
+            except NotFound as err:
+                log.error("%s", err)
+                return
             except PcoccError as err:
                 log.warning("cannot refresh etcd lease %x: %s", self.id, err)
 

@@ -299,3 +299,14 @@ def test_user_roles_limit_a_user_to_their_prefix(tmp_path):
                 alice.put(keys.cluster_definition("bob", 1), b"{}")
         with pytest.raises(PermissionDenied, match="log in as alice"):
             KvClient(ep, user="alice", password="wrong")
+
+
+def test_refreshing_an_expired_lease_is_not_found(kv, cluster):
+    from pcocc.errors import NotFound
+
+    with kv.lease(60, keepalive=False) as lease:
+        kv.put(keys.vm_state(*cluster, 0), b"up", lease=lease)
+        kv._etcd.revoke_lease(lease.id)  # as if it had expired
+        with pytest.raises(NotFound, match="expired"):
+            lease.refresh()
+    assert kv.get(keys.vm_state(*cluster, 0)) is None
