@@ -225,7 +225,7 @@ def _is_auth_error(err: grpc.RpcError) -> bool:
 
 
 class KvClient:
-    """A connection to one etcd v3 endpoint (the first of ``endpoints``)."""
+    """A connection to one etcd v3 endpoint: the first of ``endpoints`` that answers."""
 
     def __init__(
         self,
@@ -235,11 +235,12 @@ class KvClient:
         user: str | None = None,
         password: str | None = None,
     ):
-        """Connect to the first of ``endpoints``, as ``user`` if etcd has auth enabled.
+        """Connect to one of ``endpoints``, as ``user`` if etcd has auth enabled.
 
         :raise ConfigError: no or malformed endpoint
         :raise PermissionDenied: etcd refused the user name or password
-        :raise ServiceUnavailable: etcd cannot be reached (only checked here with a user)
+        :raise ServiceUnavailable: no endpoint answers (checked here only with several
+            endpoints or a user; otherwise on the first call)
         """
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
@@ -248,19 +249,37 @@ class KvClient:
                 "no etcd endpoint configured", hint=f"set {ENDPOINTS_VAR}=http://HOST:PORT"
             )
         self.endpoints = list(endpoints)
-        host, port = parse_endpoint(self.endpoints[0])
-        self.endpoint = f"http://{host}:{port}"
+        addresses = [parse_endpoint(e) for e in self.endpoints]
         self.timeout_s = timeout_s
         self.user = user
-        self.hint = f"check that etcd runs at {self.endpoint} ({ENDPOINTS_VAR})"
         credentials = {} if user is None else {"user": user, "password": password or ""}
-        with self._errors(f"log in as {user}" if user else "connect"):
-            self._etcd = etcd3.client(host=host, port=port, timeout=timeout_s, **credentials)
+        # with several endpoints, use the first that answers; with one, connect lazily
+        for i, (host, port) in enumerate(addresses):
+            self.endpoint = f"http://{host}:{port}"
+            self.hint = f"check that etcd runs at {self.endpoint} ({ENDPOINTS_VAR})"
+            try:
+                self._connect(host, port, credentials, probe=len(addresses) > 1)
+                break
+            except ServiceUnavailable as err:
+                if i == len(addresses) - 1:
+                    raise
+                log.debug("etcd endpoint %s unusable, trying the next: %s", self.endpoint, err)
+
+    def _connect(self, host: str, port: int, credentials: dict[str, str], probe: bool) -> None:
+        with self._errors(f"log in as {self.user}" if self.user else "connect"):
+            self._etcd = etcd3.client(host=host, port=port, timeout=self.timeout_s, **credentials)
         if not self._etcd.uses_secure_channel:
             # etcd3 sends the auth token twice: as call credentials, which gRPC refuses on a
             # plain channel, and as metadata, which is enough for etcd
             self._etcd.call_credentials = None
             self._etcd.watcher._credentials = None
+        if probe:
+            try:
+                with self._errors("connect"):
+                    self._etcd.status()
+            except ServiceUnavailable:
+                self._etcd.close()
+                raise
         self._quiet_watch_thread_on_close()
 
     def _quiet_watch_thread_on_close(self) -> None:

@@ -310,3 +310,13 @@ def test_refreshing_an_expired_lease_is_not_found(kv, cluster):
         with pytest.raises(NotFound, match="expired"):
             lease.refresh()
     assert kv.get(keys.vm_state(*cluster, 0)) is None
+
+
+def test_first_answering_endpoint_is_used(etcd_server, cluster):
+    dead = f"http://127.0.0.1:{free_port()}"
+    with KvClient(f"{dead},{etcd_server.endpoint}", timeout_s=2) as client:
+        assert client.endpoint == etcd_server.endpoint
+        client.put(keys.cluster_definition(*cluster), b"x")
+        assert client.get(keys.cluster_definition(*cluster)) == b"x"
+    with pytest.raises(ServiceUnavailable, match="cannot connect"):
+        KvClient([dead, dead], timeout_s=2)
