@@ -160,13 +160,16 @@ def get_manager(batch_config: Mapping[str, Any] | None = None) -> BatchManager:
 
     :raise ConfigError: unknown ``type`` or an unknown setting for that type
     """
-    settings = dict(batch_config or {})
-    name = settings.pop("type", DEFAULT_TYPE)
+    batch_config = dict(batch_config or {})
+    name = batch_config.get("type", DEFAULT_TYPE)
     names = known_types()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(str(name), names, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"use one of: {', '.join(names)}"
         raise ConfigError(f"batch.yaml: type: unknown batch manager {name!r}", hint=hint)
+    # Each manager reads its own section (``slurm:``, ``local:``); ``etcd`` and the
+    # override list belong to other readers of batch.yaml.
+    settings = dict(batch_config.get(name) or {})
     return _REGISTRY[name].from_settings(settings)  # type: ignore[attr-defined]
 
 
@@ -176,4 +179,4 @@ def check_settings(kind: str, settings: Mapping[str, Any], allowed: Sequence[str
         if key not in allowed:
             close = difflib.get_close_matches(key, allowed, n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(allowed)}"
-            raise ConfigError(f"batch.yaml: {key}: unknown setting for type {kind}", hint=hint)
+            raise ConfigError(f"batch.yaml: {kind}.{key}: unknown setting", hint=hint)

@@ -39,7 +39,7 @@ def _default_state_dir() -> Path:
 
 @register("local")
 class LocalManager(BatchManager):
-    """Run virtual clusters on this host only (batch.yaml setting: ``state-dir``)."""
+    """Run virtual clusters on this host only (batch.yaml: ``local: {state-dir: DIR}``)."""
 
     SETTINGS = ("state-dir",)
 

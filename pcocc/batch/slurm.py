@@ -131,11 +131,13 @@ def _clean_env(env: Mapping[str, str] | None) -> dict[str, str]:
 class SlurmManager(BatchManager):
     """Run virtual clusters in Slurm jobs.
 
-    batch.yaml settings: ``salloc-options``, ``sbatch-options``, ``srun-options`` (lists of
-    arguments added to every call, before the user's).
+    batch.yaml settings, section ``slurm:``: ``partition`` (default ``-p``), ``alloc-args``
+    (added to every salloc and sbatch), ``srun-args`` (added to every srun), ``bin-dir``
+    (where the Slurm commands are; default: PATH). They come before the user's options, so
+    the user's win.
     """
 
-    SETTINGS = ("salloc-options", "sbatch-options", "srun-options")
+    SETTINGS = ("partition", "alloc-args", "srun-args", "bin-dir")
 
     def __init__(
         self,
@@ -151,7 +153,17 @@ class SlurmManager(BatchManager):
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> SlurmManager:
         check_settings("slurm", settings, cls.SETTINGS)
-        return cls(**{k.replace("-", "_"): list(v) for k, v in settings.items()})
+        alloc = list(settings.get("alloc-args") or [])
+        if settings.get("partition"):
+            alloc = ["--partition", str(settings["partition"]), *alloc]
+        bin_dir = settings.get("bin-dir")
+        if bin_dir:
+            os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+        return cls(
+            salloc_options=alloc,
+            sbatch_options=alloc,
+            srun_options=list(settings.get("srun-args") or []),
+        )
 
     def allocate(self, spec: JobSpec, command: Sequence[str]) -> int:
         argv = salloc_argv(spec, command, self.salloc_options)

@@ -34,7 +34,7 @@ def batch(request, tmp_path):
         request.getfixturevalue("slurm_env")
         settings = {"type": "slurm"}
     else:
-        settings = {"type": "local", "state-dir": str(tmp_path / "local jobs")}
+        settings = {"type": "local", "local": {"state-dir": str(tmp_path / "local jobs")}}
     return settings, get_manager(settings)
 
 

@@ -23,9 +23,9 @@ def test_default_is_local(tmp_path, monkeypatch):
 
 
 def test_settings_reach_the_manager(tmp_path):
-    manager = get_manager({"type": "slurm", "salloc-options": ["-p", "vms"]})
-    assert isinstance(manager, SlurmManager) and manager.salloc_options == ["-p", "vms"]
-    local = get_manager({"type": "local", "state-dir": str(tmp_path)})
+    manager = get_manager({"type": "slurm", "slurm": {"partition": "vms"}})
+    assert isinstance(manager, SlurmManager) and manager.salloc_options == ["--partition", "vms"]
+    local = get_manager({"type": "local", "local": {"state-dir": str(tmp_path)}})
     assert local.state_dir == tmp_path
 
 
@@ -36,9 +36,9 @@ def test_unknown_type_is_a_config_error_with_a_suggestion():
 
 
 def test_unknown_setting_is_a_config_error():
-    with pytest.raises(ConfigError, match="salloc-option: unknown setting for type slurm") as info:
-        get_manager({"type": "slurm", "salloc-option": []})
-    assert "salloc-options" in info.value.hint
+    with pytest.raises(ConfigError, match="slurm.alloc-arg: unknown setting") as info:
+        get_manager({"type": "slurm", "slurm": {"alloc-arg": []}})
+    assert "alloc-args" in info.value.hint
 
 
 @pytest.mark.parametrize(

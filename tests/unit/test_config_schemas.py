@@ -253,7 +253,7 @@ def test_unknown_key_hint_lists_allowed_keys(pcocc_env):
     (pcocc_env["system"] / "batch.yaml").write_text("typ: local\n")
     with pytest.raises(ConfigError) as exc:
         load_config(pcocc_env["system"], pcocc_env["user"])
-    assert exc.value.hint == "allowed keys: allow-user-override, etcd, slurm, type"
+    assert exc.value.hint == "allowed keys: allow-user-override, etcd, local, slurm, type"
 
 
 def _objects(schema, path="$"):
