@@ -523,8 +523,13 @@ class RepoSet:
         for r in self.repos:
             if r.is_writable:
                 return r
-        raise PermissionDenied("no writable repository is configured",
-                               hint="add one of your own to ~/.pcocc/repos.yaml")
+        if not self.repos:
+            raise PermissionDenied("no repository is configured",
+                                   hint="add one of your own to ~/.pcocc/repos.yaml")
+        raise PermissionDenied(
+            "every configured repository is read-only for you ("
+            + ", ".join(self.names()) + ")",
+            hint="add one of your own to ~/.pcocc/repos.yaml")
 
     def images(self, repo: str | None = None, regex: str | None = None) -> list[ImageMeta]:
         repos = [self.get(repo)] if repo else self.repos
