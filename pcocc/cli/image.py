@@ -71,7 +71,7 @@ def _kind(kind: str) -> str:
 def _table(headers: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(headers)]
-    line = "  ".join("{:<%d}" % w for w in widths)
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
     click.echo(line.format(*headers).rstrip())
     click.echo(line.format(*("-" * len(h) for h in headers)).rstrip())
     for r in rows:
@@ -164,8 +164,8 @@ def show(session: Session, image_uri: str, as_json: bool, full: bool) -> None:
             ("size", f"{_human(m.size)} ({m.size} bytes)"),
         ]
         if "virtual_size" in d:
-            rows.append(("virtual size", f"{_human(d['virtual_size'])} "
-                                         f"({d['virtual_size']} bytes)"))
+            vsize = d["virtual_size"]
+            rows.append(("virtual size", f"{_human(vsize)} ({vsize} bytes)"))
         rows += [("description", m.description or "-"), ("source", m.source or "-"),
                  ("parent", m.parent or "-")]
         if "manifest_digest" in d:
@@ -301,10 +301,10 @@ def repo_gc(session: Session, name: str | None, grace_period: str) -> None:
     for r in targets:
         with progress_bar(f"gc {r.name}", enabled=session.show_progress) as report:
             res = r.gc(grace_s, progress=report)
+        kept = f", kept {res.kept_young} younger than the grace period" if res.kept_young else ""
         click.echo(f"{r.name}: removed {res.blobs_removed} blobs and {res.tmp_removed} "
-                   f"temporary entries, freed {res.bytes_freed} bytes ({_human(res.bytes_freed)})"
-                   + (f", kept {res.kept_young} younger than the grace period"
-                      if res.kept_young else ""))
+                   f"temporary entries, freed {res.bytes_freed} bytes "
+                   f"({_human(res.bytes_freed)}){kept}")
 
 
 @repo.command("fsck")

@@ -19,10 +19,12 @@ def progress_bar(description: str, *, enabled: bool) -> Iterator[Progress]:
     from rich.progress import (
         BarColumn,
         DownloadColumn,
-        Progress as RichProgress,
         TextColumn,
         TimeRemainingColumn,
         TransferSpeedColumn,
+    )
+    from rich.progress import (
+        Progress as RichProgress,
     )
 
     bar = RichProgress(

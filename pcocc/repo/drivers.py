@@ -40,7 +40,7 @@ EXTENSIONS = {
     ".simg": "simg", ".sif": "sif",
 }
 
-_PREFIX_RE = re.compile(r"^([a-z][a-z0-9-]*):(.*)$", re.S)
+_PREFIX_RE = re.compile(r"^([a-z][a-z0-9-]*):(.*)$", re.DOTALL)
 
 
 @dataclass(frozen=True)

@@ -54,9 +54,9 @@ def import_image(repos: RepoSet, source: str, dest: str, *, fmt: str | None = No
             raise NotFound(f"source image file {path} does not exist")
         if not path.is_file():
             raise UsageError(f"source image {path} is not a regular file")
-        fmt_ = vm.resolve_import_format(path, spec.fmt, spec.origin)
+        fmt_, info = vm.resolve_import_format(path, spec.fmt, spec.origin)
         with repo.staging("import") as staging:
-            layers = vm.import_vm(path, fmt_, staging, repo.add_blob, progress)
+            layers = vm.import_vm(path, fmt_, staging, repo.add_blob, progress, info)
             meta = new_meta(uri.name, KIND_VM, layers.layers, description=description,
                             source=f"{fmt_}:{os.path.abspath(path)}", vm=_vm_fields(layers))
             return repo.commit(meta, new_image=True)
@@ -161,7 +161,7 @@ def resize_image(repos: RepoSet, image: str, new_size_bytes: int, *, shrink: boo
 
 def parse_size(text: str) -> int:
     """``20G``, ``512M``, ``1.5T``, ``10GiB`` or a byte count; binary units."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:i?B)?\s*", text, re.I)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:i?B)?\s*", text, re.IGNORECASE)
     if not m:
         raise UsageError(f"invalid size {text!r}", hint="write e.g. 20G, 512M or 1073741824")
     mult = 1024 ** " KMGTP".index(m.group(2).upper() or " ")
@@ -171,4 +171,4 @@ def parse_size(text: str) -> int:
     return size
 
 
-__all__ = ["import_image", "export_image", "copy_image", "resize_image", "parse_size"]
+__all__ = ["copy_image", "export_image", "import_image", "parse_size", "resize_image"]

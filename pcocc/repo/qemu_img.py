@@ -7,7 +7,6 @@ import os
 import re
 import subprocess  # only for the PIPE constant: pcocc.proc starts the programs
 from dataclasses import dataclass
-from pathlib import Path
 
 from pcocc import proc
 from pcocc.errors import Corrupt, ToolError

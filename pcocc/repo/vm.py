@@ -16,7 +16,8 @@ from pcocc.repo.qemu_img import VM_FORMATS
 QCOW2_MEDIA_TYPE = "application/vnd.pcocc.qcow2"
 
 
-def resolve_import_format(path: Path, fmt: str | None, origin: str) -> str:
+def resolve_import_format(path: Path, fmt: str | None, origin: str
+                          ) -> tuple[str, qemu_img.ImageInfo]:
     """Choose the format of a VM image file and check it against its contents.
 
     Order: the given format (-t, prefix, extension), else a probe. A probe that only finds
@@ -26,7 +27,8 @@ def resolve_import_format(path: Path, fmt: str | None, origin: str) -> str:
     if fmt is not None and fmt not in VM_FORMATS:
         raise UsageError(f"{fmt!r} is not a VM image format")
     try:
-        probed = qemu_img.info(path).format
+        info = qemu_img.info(path)
+        probed = info.format
     except ToolError as err:
         raise PcoccError(f"cannot read image {path}: {err}") from err
     if fmt is None:
@@ -38,20 +40,25 @@ def resolve_import_format(path: Path, fmt: str | None, origin: str) -> str:
         if probed not in VM_FORMATS:
             raise UsageError(f"{path} is a {probed} image, which pcocc does not import",
                              hint="supported VM formats: " + ", ".join(VM_FORMATS))
-        return probed
+        return probed, info
     if probed != fmt:
         how = {"option": "-t", "prefix": "the format prefix", "extension": "its extension"}
         raise UsageError(
             f"{path} is a {probed} image, not {fmt} as {how.get(origin, 'given')} says",
             hint=f"use '-t {probed}'" if probed in VM_FORMATS else None,
         )
-    return fmt
+    return fmt, info
 
 
 def import_vm(path: Path, fmt: str, staging: Path, add_blob: AddBlob,
-              progress: Progress = no_progress) -> VmLayers:
-    """Convert ``path`` to a standalone qcow2 (flattening any backing chain) and add it."""
-    src = qemu_img.info(path, fmt)
+              progress: Progress = no_progress, src: qemu_img.ImageInfo | None = None
+              ) -> VmLayers:
+    """Convert ``path`` to a standalone qcow2 (flattening any backing chain) and add it.
+
+    :param src: ``qemu-img info`` of ``path`` when the caller already has it
+    """
+    if src is None or src.format != fmt:
+        src = qemu_img.info(path, fmt)
     if src.backing_filename:
         full = src.full_backing_filename or src.backing_filename
         if not os.path.exists(full if os.path.isabs(full) else path.parent / full):

@@ -75,7 +75,7 @@ def test_sigkill_during_imports(pcocc_env, pcocc_bin, tmp_path):
     for name, rc in outcomes.items():
         if rc == 0:
             assert name in listed, (seed, name)
-    for name, meta in listed.items():  # whatever is listed is complete and correct
+    for name in listed:  # whatever is listed is complete and correct
         src = sources[0] if name == "reference" else sources[int(name[1:])]
         out = tmp_path / f"{name}.out"
         ok(pcocc_bin, "image", "export", "-t", "raw", name, out)
