@@ -320,3 +320,65 @@ def test_non_root_user_cannot_write_a_root_repository(pcocc_bin, tmp_path):
         assert res.returncode == 0 and "img" in res.stdout
     finally:
         shutil.rmtree(base)
+
+
+def test_progress_only_on_a_terminal(env, pcocc_bin):
+    import pty
+    import select
+
+    raw = make_raw(env["work"] / "p.raw", size=32 << 20)
+    res = pcocc(pcocc_bin, "image", "import", raw, "quiet")
+    assert res.returncode == 0 and res.stdout == ""
+    assert res.stderr.splitlines() == [res.stderr.strip()]  # just the "imported" line
+    assert res.stderr.startswith("imported user:quiet@0 (sha256-")
+    master, slave = pty.openpty()
+    p = subprocess.Popen([pcocc_bin, "image", "export", "quiet", env["work"] / "p.qcow2"],
+                         stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    drawn = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        try:
+            chunk = os.read(master, 65536) if ready else b""
+        except OSError:  # EIO: the terminal's other side is closed
+            chunk = b""
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(master)
+    assert p.wait(timeout=60) == 0
+    assert p.stdout.read() == b""
+    p.stdout.close()
+    assert b"exporting" in drawn  # the rich bar was drawn on the terminal
+
+
+def test_fsck_checks_qcow2_backing_chains(env, pcocc_bin):
+    from pcocc.repo.model import BlobRef
+    from pcocc.repo.store import new_meta
+
+    raw = make_raw(env["work"] / "f.raw")
+    ok(pcocc_bin, "image", "import", raw, "img")
+    ok(pcocc_bin, "image", "resize", "img", "9M")
+    repo, meta = env["set"].resolve("img")
+    base, top = meta.vm["layers"]
+    # A layer that claims to sit on 'base' but whose backing file points elsewhere:
+    with repo.staging() as st:
+        bad = st / "bad.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "../00/nothere",
+                        "-F", "qcow2", str(bad), "9M"], check=True)
+        bad_digest = repo.add_blob(bad)
+    forged = new_meta("forged", "vm", [*meta.blobs[:1], BlobRef(bad_digest, 1)],
+                      vm={"layers": [base, bad_digest], "virtual_size": 9 << 20})
+    repo.commit(forged, new_image=True)
+    res = pcocc(pcocc_bin, "image", "repo", "fsck")
+    assert res.returncode == 1
+    assert f"image user:forged@0: layer {bad_digest} has backing file '../00/nothere'" \
+        in res.stdout
+    assert "user:img" not in res.stdout
+    ok(pcocc_bin, "image", "delete", "forged")
+    os.unlink(repo.blob_path(base))  # the top layer's parent disappears
+    res = pcocc(pcocc_bin, "image", "repo", "fsck")
+    assert res.returncode == 1
+    assert f"image user:img@1: blob {base} is missing" in res.stdout
+    assert f"image user:img@1: layer {top}: backing blob {base} is missing" in res.stdout
+    assert_one_line_error(res, 1, "problems found")
