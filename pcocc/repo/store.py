@@ -157,6 +157,7 @@ class Repository:
         self.description = cfg.description
         self.origin = cfg.origin
         self.layout = RepoLayout(self.path)
+        self._checked: bool | None = None
 
     def __repr__(self) -> str:
         return f"Repository({self.name!r}, {str(self.path)!r})"
@@ -188,13 +189,23 @@ class Repository:
 
     def ensure(self) -> None:
         """Make sure the repository exists, creating it when we may write."""
-        if self.layout.is_initialized():
-            self.layout.check_format()
+        if self.check():
             return
         self.require_writable()
         self.layout.initialize()
+        self._checked = True
 
     # -- reading -------------------------------------------------------------------------
+
+    def check(self) -> bool:
+        """True when the repository exists and has a format this pcocc reads (else an error);
+        False when its directory was not created yet. Checked once per object."""
+        if self._checked is None:
+            exists = self.layout.is_initialized()
+            if exists:
+                self.layout.check_format()
+            self._checked = exists
+        return self._checked
 
     def read_meta(self, name: str, revision: int) -> ImageMeta:
         path = self.layout.meta_path(name, revision)
@@ -213,14 +224,14 @@ class Repository:
 
     def get(self, name: str, revision: int | None = None) -> ImageMeta:
         """A revision of an image (the highest when ``revision`` is None)."""
-        revs = self.layout.revisions(name)
+        revs = self.layout.revisions(name) if self.check() else []
         if not revs:
             raise NotFound(f"image '{self.name}:{name}' not found",
                            hint=f"run 'pcocc image list -R {self.name}'")
         return self.read_meta(name, revs[-1] if revision is None else revision)
 
     def has_image(self, name: str) -> bool:
-        return bool(self.layout.revisions(name))
+        return self.check() and bool(self.layout.revisions(name))
 
     def images(self, regex: str | None = None, *, all_revisions: bool = False
                ) -> list[ImageMeta]:
@@ -229,7 +240,9 @@ class Repository:
         Reads one small JSON file per result and nothing else: no blob is hashed.
         """
         pattern = _compile(regex)
-        out = []
+        out: list[ImageMeta] = []
+        if not self.check():
+            return out
         for name in self.layout.image_names():
             if pattern and not pattern.search(name):
                 continue
@@ -274,7 +287,9 @@ class Repository:
                 raise Corrupt(f"{path.name}: content does not match digest {expected_digest} "
                               f"(got {digest})", hint="the source is damaged or changed")
             dst = self.layout.blob_path(digest)
-            dst.parent.mkdir(exist_ok=True)
+            if not dst.parent.is_dir():
+                dst.parent.mkdir(exist_ok=True)
+                fsync_dir(self.layout.data_dir)
             if dst.exists():
                 with contextlib.suppress(OSError):
                     os.utime(dst)
@@ -388,15 +403,17 @@ class Repository:
         now = time.time()
         with locked(self.layout.lock, wait_s=_LOCK_WAIT_S, what=f"repository '{self.name}'"):
             refs = self._referenced()
-            files = list(self._blob_files())
-            for i, f in enumerate(files):
-                progress(i, len(files))
+            files = []
+            for f in self._blob_files():
+                with contextlib.suppress(FileNotFoundError):
+                    files.append((f, f.lstat()))
+            total = sum(st.st_size for _f, st in files)
+            done = 0
+            for f, st in files:
+                done += st.st_size
+                progress(done, total)
                 digest = "sha256:" + f.name
                 if HEX_RE.match(f.name) and f.parent.name == f.name[:2] and digest in refs:
-                    continue
-                try:
-                    st = f.lstat()
-                except FileNotFoundError:
                     continue
                 if now - st.st_mtime < grace_period_s:
                     report.kept_young += 1
@@ -404,7 +421,6 @@ class Repository:
                 f.unlink(missing_ok=True)
                 report.blobs_removed += 1
                 report.bytes_freed += st.st_size
-            progress(len(files), len(files))
             stale: list[Path] = []
             if self.layout.tmp_dir.is_dir():
                 stale += list(self.layout.tmp_dir.iterdir())
@@ -555,8 +571,7 @@ class RepoSet:
         _compile(regex)
         out = []
         for r in repos:
-            if r.layout.is_initialized():
-                out += r.images(regex)
+            out += r.images(regex)
         return out
 
     def resolve(self, text: str) -> tuple[Repository, ImageMeta]:
@@ -577,9 +592,8 @@ class RepoSet:
             raise UsageError(f"invalid image ID {prefix!r}", hint="IDs look like sha256-1a2b3c...")
         found = []
         for r in self.repos:
-            if r.layout.is_initialized():
-                found += [(r, m) for m in r.images(all_revisions=True)
-                          if m.image_id.startswith(prefix)]
+            found += [(r, m) for m in r.images(all_revisions=True)
+                      if m.image_id.startswith(prefix)]
         if not found:
             raise NotFound(f"no image has an ID starting with {prefix}")
         if len(found) > 1:

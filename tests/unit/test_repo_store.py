@@ -253,3 +253,23 @@ def test_parse_size():
     for bad in ("", "-1G", "12X", "0"):
         with pytest.raises(UsageError):
             ops.parse_size(bad)
+
+
+def test_unknown_repository_format_is_refused_on_every_path(repos):
+    user = repos.get("user")
+    commit_ctr(user, "img", b"a")
+    user.layout.marker.chmod(0o644)
+    user.layout.marker.write_text('{"format": "pcocc-repo", "version": 2}')
+    fresh = RepoSet([RepoConfig("user", user.path)])
+    for call in (fresh.images, lambda: fresh.resolve("img"),
+                 lambda: commit_ctr(fresh.get("user"), "new", b"b")):
+        with pytest.raises(PcoccError, match="format version 2 is not supported"):
+            call()
+
+
+def test_gc_progress_counts_bytes(repos):
+    user = repos.get("user")
+    commit_ctr(user, "img", b"x" * 300, b"y" * 700)
+    seen = []
+    user.gc(0, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (1000, 1000) and len(seen) == 2
