@@ -34,7 +34,7 @@ from pcocc.errors import (
     UsageError,
 )
 from pcocc.fsutil import fsync_dir, locked, os_error, write_atomic
-from pcocc.repo.layout import HEX_RE, RepoLayout, digest_hex
+from pcocc.repo.layout import HEX_RE, META_FILE_RE, RepoLayout, digest_hex
 from pcocc.repo.meta import ID_PREFIX, ImageMeta
 from pcocc.repo.model import KIND_VM, Progress, no_progress
 from pcocc.repo.uri import ImageUri
@@ -237,19 +237,39 @@ class Repository:
                ) -> list[ImageMeta]:
         """Images (latest revision only unless ``all_revisions``), names matching ``regex``.
 
-        Reads one small JSON file per result and nothing else: no blob is hashed.
+        Reads one small JSON file per result and nothing else: no blob is hashed. This is the
+        path of ``pcocc image list``, hence plain os calls. A damaged metadata file is skipped
+        with a warning (fsck reports it).
         """
         pattern = _compile(regex)
         out: list[ImageMeta] = []
         if not self.check():
             return out
+        meta_dir = os.fspath(self.layout.meta_dir)
         for name in self.layout.image_names():
             if pattern and not pattern.search(name):
                 continue
-            revs = self.layout.revisions(name)
+            image_dir = os.path.join(meta_dir, name)
+            try:
+                entries = os.listdir(image_dir)
+            except FileNotFoundError:  # deleted while we list
+                continue
+            revs = sorted(int(e[:-5]) for e in entries if META_FILE_RE.match(e))
             for rev in revs if all_revisions else revs[-1:]:
-                with contextlib.suppress(NotFound):  # deleted while we list
-                    out.append(self.read_meta(name, rev))
+                path = os.path.join(image_dir, f"{rev}.json")
+                try:
+                    with open(path, "rb") as f:
+                        data = f.read()
+                    meta = ImageMeta.from_bytes(data, repo=self.name, where=path)
+                except FileNotFoundError:
+                    continue
+                except Corrupt as err:
+                    log.warning("skipping %s", err)
+                    continue
+                if meta.name == name and meta.revision == rev:
+                    out.append(meta)
+                else:
+                    log.warning("skipping %s: it names %s@%s", path, meta.name, meta.revision)
         return out
 
     def blob_path(self, digest: str) -> Path:

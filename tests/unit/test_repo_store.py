@@ -180,6 +180,8 @@ def test_fsck_reports_unreadable_metadata(repos):
     os.chmod(path, 0o644)
     path.write_text("{not json")
     assert any("invalid image metadata" in p for p in user.fsck().problems)
+    commit_ctr(user, "fine", b"b")
+    assert [m.name for m in user.images()] == ["fine"]  # listing skips the damaged one
     with pytest.raises(Corrupt):
         user.gc(grace_period_s=0)  # never collect when references are unknown
 
