@@ -35,7 +35,8 @@ def resolve_import_format(path: Path, fmt: str | None, origin: str
         if probed == "raw":
             raise UsageError(
                 f"cannot tell the format of {path}: it looks like raw data",
-                hint=f"say so with '-t raw' or 'raw:{path}', or give another format",
+                hint=f"for a raw disk say '-t raw' (or 'raw:{path}'); for a container image "
+                     f"give its format, e.g. 'docker-archive:{path}'",
             )
         if probed not in VM_FORMATS:
             raise UsageError(f"{path} is a {probed} image, which pcocc does not import",
