@@ -100,6 +100,8 @@ class RepoLayout:
             entries = os.listdir(self.image_dir(name))
         except FileNotFoundError:
             return []
+        except OSError as err:
+            raise os_error(err, f"cannot read {self.image_dir(name)}") from err
         return sorted(int(e[:-5]) for e in entries if META_FILE_RE.match(e))
 
     def image_names(self) -> list[str]:
@@ -107,6 +109,8 @@ class RepoLayout:
             entries = os.listdir(self.meta_dir)
         except FileNotFoundError:
             return []
+        except OSError as err:
+            raise os_error(err, f"cannot read {self.meta_dir}") from err
         return sorted(e for e in entries if NAME_RE.match(e))
 
     def is_initialized(self) -> bool:

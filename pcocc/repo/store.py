@@ -254,6 +254,8 @@ class Repository:
                 entries = os.listdir(image_dir)
             except FileNotFoundError:  # deleted while we list
                 continue
+            except OSError as err:
+                raise os_error(err, f"cannot read {image_dir}") from err
             revs = sorted(int(e[:-5]) for e in entries if META_FILE_RE.match(e))
             for rev in revs if all_revisions else revs[-1:]:
                 path = os.path.join(image_dir, f"{rev}.json")
@@ -263,6 +265,8 @@ class Repository:
                     meta = ImageMeta.from_bytes(data, repo=self.name, where=path)
                 except FileNotFoundError:
                     continue
+                except OSError as err:
+                    raise os_error(err, f"cannot read {path}") from err
                 except Corrupt as err:
                     log.warning("skipping %s", err)
                     continue

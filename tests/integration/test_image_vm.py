@@ -382,3 +382,17 @@ def test_fsck_checks_qcow2_backing_chains(env, pcocc_bin):
     assert f"image user:img@1: blob {base} is missing" in res.stdout
     assert f"image user:img@1: layer {top}: backing blob {base} is missing" in res.stdout
     assert_one_line_error(res, 1, "problems found")
+
+
+def test_awkward_paths(pcocc_env, pcocc_bin, tmp_path):
+    weird = tmp_path / "dir with 'quotes'; and \\ spaces"
+    weird.mkdir()
+    write_repos(pcocc_env["user"], {"user": weird / "repo $HOME"})
+    raw = make_raw(weird / "disk \"1\".raw")
+    qcow = convert(raw, weird / "a:b c.qcow2", "qcow2")
+    ok(pcocc_bin, "image", "import", qcow, "img")
+    ok(pcocc_bin, "image", "resize", "img", "9M")
+    out = weird / "out put.vmdk"
+    ok(pcocc_bin, "image", "export", "img@0", out)
+    assert same_content(raw, out)
+    assert "0 problems" in ok(pcocc_bin, "image", "repo", "fsck").stdout
