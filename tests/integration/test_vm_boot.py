@@ -1,0 +1,218 @@
+"""Boot the real test VM under TCG with Machine: ssh, user-data, QMP, guest agent, reset,
+boot failures and clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest_vm import ssh_run, ssh_user_key, testvm_artifacts  # noqa: F401 - fixtures
+from pcocc.errors import PcoccError
+from pcocc.vm.accel import probe_kvm
+from pcocc.vm.machine import Machine, VmBootError, ssh_banner_ready
+from pcocc.vm.qemu import Drive, VmSpec
+from pcocc.vm.seed import SeedSpec, generate_host_key
+
+USER_DATA = """#!/bin/sh
+echo "user-data ran on $(hostname)" > /run/pcocc-test-marker
+"""
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.3)
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purpose
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def booted(tmp_path_factory, testvm_artifacts, ssh_user_key):  # noqa: F811
+    """One test VM for the module, in a long run directory with awkward characters."""
+    base = tmp_path_factory.mktemp("vm run")
+    run_dir = base / ("dir with space, comma 'quote' \"dq\" " + "x" * 80)
+    host_key = generate_host_key()
+    seed = SeedSpec(hostname="vm5", instance_id="test-vm5",
+                    authorized_keys=(ssh_user_key.public,), host_key=host_key,
+                    user_data=USER_DATA)
+    machine = Machine(testvm_artifacts.spec("vm5"), run_dir, image=testvm_artifacts.disk,
+                      seed=seed, boot_timeout_s=180)
+    with machine:
+        known_hosts = base / "known_hosts"
+        known_hosts.write_text(f"[127.0.0.1]:{machine.ssh_port} {host_key.public}\n")
+        yield machine, known_hosts
+    assert not run_dir.exists()
+
+
+@pytest.mark.slow
+def test_ssh_with_published_host_key_prints_seed_hostname(booted, ssh_user_key):  # noqa: F811
+    machine, known_hosts = booted
+    res = ssh_run(ssh_user_key, machine.ssh_port, known_hosts, "hostname")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "vm5"
+
+
+@pytest.mark.slow
+def test_wrong_host_key_is_refused(booted, ssh_user_key, tmp_path):  # noqa: F811
+    machine, _ = booted
+    other = tmp_path / "known_hosts"
+    other.write_text(f"[127.0.0.1]:{machine.ssh_port} {generate_host_key().public}\n")
+    res = ssh_run(ssh_user_key, machine.ssh_port, other, "hostname")
+    assert res.returncode != 0
+    assert "vm5" not in res.stdout
+
+
+@pytest.mark.slow
+def test_user_data_script_ran(booted, ssh_user_key):  # noqa: F811
+    machine, known_hosts = booted
+
+    def marker():
+        res = ssh_run(ssh_user_key, machine.ssh_port, known_hosts,
+                      "cat /run/pcocc-test-marker 2>/dev/null")
+        return res.stdout.strip()
+
+    assert wait_for(marker, 60, "the user-data marker") == "user-data ran on vm5"
+
+
+@pytest.mark.slow
+def test_image_disk_is_mounted_from_the_overlay(booted, ssh_user_key):  # noqa: F811
+    machine, known_hosts = booted
+    res = ssh_run(ssh_user_key, machine.ssh_port, known_hosts, "cat /disk/etc/os-release")
+    assert "ID=pcocc-testvm" in res.stdout
+    assert machine.overlay is not None and machine.overlay.exists()
+
+
+@pytest.mark.slow
+def test_qmp_and_guest_agent(booted, testvm_artifacts):  # noqa: F811
+    machine, _ = booted
+    with machine.qmp() as qmp:
+        assert qmp.query_status() == "running"
+        assert "running" in qmp.human_monitor_command("info status")
+        blocks = qmp.execute("query-block")
+        assert {b["device"] for b in blocks} >= {"disk0", "seed"}
+    if not testvm_artifacts.has_guest_agent:
+        pytest.skip("qemu-guest-agent is not in the test VM")
+    agent = machine.agent()
+    assert wait_for(lambda: agent.ping(timeout_s=2), 60, "the guest agent")
+    code, out, _ = agent.exec("/bin/hostname")
+    assert (code, out.strip()) == (0, "vm5")
+
+
+@pytest.mark.slow
+def test_sockets_are_private(booted):
+    machine, _ = booted
+    assert os.stat(machine.run_dir).st_mode & 0o777 == 0o700
+    for name in ("qmp.sock", "qga.sock", "console.sock"):
+        assert os.stat(machine.run_dir / name).st_mode & 0o077 == 0, name
+
+
+@pytest.mark.slow
+def test_system_reset_reboots_the_guest(booted, ssh_user_key):  # noqa: F811
+    # runs last among the tests of this VM (pytest keeps file order)
+    machine, known_hosts = booted
+
+    def boots() -> int:
+        return machine.console_log.read_text(errors="replace").count("testvm: init started")
+
+    assert boots() == 1
+    with machine.qmp() as qmp:
+        qmp.system_reset()
+        assert qmp.query_status() == "running"
+    wait_for(lambda: boots() == 2, 120, "a second boot in the console log")
+    wait_for(lambda: ssh_banner_ready(machine.ssh_port), 120, "ssh after the reset")
+    res = ssh_run(ssh_user_key, machine.ssh_port, known_hosts, "hostname")
+    assert res.stdout.strip() == "vm5"
+
+
+@pytest.mark.slow
+def test_agent_readiness_and_shutdown_leave_nothing(testvm_artifacts, tmp_path):  # noqa: F811
+    if not testvm_artifacts.has_guest_agent:
+        pytest.skip("qemu-guest-agent is not in the test VM")
+    run_dir = tmp_path / "run"
+    seed = SeedSpec(hostname="vm1", instance_id="i-1")
+    machine = Machine(testvm_artifacts.spec("vm1", network=False), run_dir,
+                      image=testvm_artifacts.disk, seed=seed, boot_timeout_s=180)
+    with machine:
+        assert machine.ready == "agent" and machine.ssh_port is None
+        assert machine.agent().exec("/bin/hostname")[1].strip() == "vm1"
+        pid = machine.pid
+        assert is_alive(pid)
+    assert not is_alive(pid)
+    assert not run_dir.exists()
+    machine.shutdown()  # a second call is harmless
+
+
+@pytest.mark.slow
+def test_guest_that_never_boots_times_out_naming_the_console_log(testvm_artifacts, tmp_path):  # noqa: F811
+    # No initramfs: the kernel panics (cannot mount root) and, with panic=0, waits forever.
+    spec = VmSpec(name="broken", accel="tcg", kernel=testvm_artifacts.kernel,
+                  append="console=ttyS0 panic=0")
+    machine = Machine(spec, tmp_path / "run", boot_timeout_s=8)
+    with pytest.raises(VmBootError) as info:
+        machine.launch()
+    message = str(info.value)
+    assert str(machine.console_log) in message
+    assert "tcg" in message and "within 8 s" in message
+    assert machine.console_log.exists()  # kept for the user to read
+    assert not is_alive(machine.pid)
+    assert not (tmp_path / "run" / "qmp.sock").exists()
+
+
+def test_qemu_that_fails_at_once_reports_its_message(tmp_path):
+    spec = VmSpec(name="bad", network=False, custom_args=("-no-such-option",))
+    machine = Machine(spec, tmp_path / "run", ready="agent", boot_timeout_s=30)
+    with pytest.raises(VmBootError) as info:
+        machine.launch()
+    assert "no-such-option" in str(info.value)
+    assert "QEMU exited with status 1" in str(info.value)
+    assert not is_alive(machine.pid)
+
+
+def test_run_dir_in_use_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "qmp.sock").write_text("")
+    with pytest.raises(PcoccError) as info:
+        Machine(VmSpec(name="v", network=False), run_dir).launch()
+    assert "not empty" in str(info.value)
+    assert (run_dir / "qmp.sock").exists()  # not ours: untouched
+
+
+def test_kvm_probe_fails_for_a_guest_that_cannot_start():
+    # A CPU model QEMU does not know: QEMU exits at once, the probe must not say "usable".
+    result = probe_kvm(cpu_model="no-such-cpu-model", timeout_s=20)
+    assert not result.is_usable
+    assert result.reason
+
+
+def test_extra_disks_are_attached(testvm_artifacts, tmp_path):  # noqa: F811
+    # The argv Machine builds contains the overlay first, then the extra disks.
+    machine = Machine(testvm_artifacts.spec("v", disks=(Drive(testvm_artifacts.disk,
+                                                              readonly=True),)),
+                      tmp_path / "run", image=testvm_artifacts.disk)
+    try:
+        machine._prepare()
+        drives = [d.path for d in machine.spec.disks]
+        assert drives == [Path("disk0.qcow2"), testvm_artifacts.disk]
+        assert (tmp_path / "run" / "disk0.qcow2").exists()
+    finally:
+        machine.shutdown()
+    assert not (tmp_path / "run").exists()
