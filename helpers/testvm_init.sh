@@ -13,7 +13,7 @@ mkdir -p /dev/pts
 mount -t devpts -o mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=755 tmpfs /run
-say() { echo "testvm: $*"; }
+say() { read -r up _ < /proc/uptime; echo "testvm: $* (${up} s)"; }
 say "init started"
 
 cmdline_opt() {
@@ -26,6 +26,7 @@ cmdline_opt() {
 while read -r mod; do
     insmod "/lib/modules/$mod.ko" 2>/dev/null || say "insmod $mod failed"
 done < /etc/testvm/modules
+say "modules loaded"
 
 ip link set lo up
 net=$(cmdline_opt testvm.net)
