@@ -132,6 +132,7 @@ class _Reader:
             line, sep, rest = self.buf.partition(b"\n")
             if sep:
                 self.buf = rest
+                line = line.replace(b"\xff", b"")  # a delimiter may precede any reply
                 if line.strip():
                     try:
                         msg = json.loads(line)
