@@ -35,8 +35,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pcocc import proc  # noqa: E402
-from pcocc.errors import PcoccError  # noqa: E402
+from pcocc import proc
+from pcocc.errors import PcoccError
 
 HERE = Path(__file__).resolve().parent
 INIT_SCRIPT = HERE / "testvm_init.sh"

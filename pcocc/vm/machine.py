@@ -26,9 +26,10 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Self
 
 from pcocc import proc
-from pcocc.errors import PcoccError, ServiceUnavailable
+from pcocc.errors import PcoccError
 from pcocc.vm.agent import GuestAgent
 from pcocc.vm.qemu import Drive, VmSpec, build_argv
 from pcocc.vm.qmp import QmpClient
@@ -151,7 +152,7 @@ class Machine:
         return self.base_spec.accel
 
     # -- lifetime -------------------------------------------------------------------------
-    def __enter__(self) -> Machine:
+    def __enter__(self) -> Self:
         self.launch()
         return self
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from qemu.qmp import ConnectError, ExecuteError, QMPClient, QMPError
 
@@ -38,7 +38,7 @@ class QmpClient:
         self._client = QMPClient(name)
         self._connected = False
 
-    def __enter__(self) -> QmpClient:
+    def __enter__(self) -> Self:
         if not self._connected:
             self.connect()
         return self
@@ -50,7 +50,7 @@ class QmpClient:
         timeout = self.timeout_s if timeout_s is None else timeout_s
         try:
             return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
-        except (asyncio.TimeoutError, TimeoutError) as err:
+        except TimeoutError as err:
             raise ServiceUnavailable(
                 f"QMP {what} on {self.socket_path} timed out after {timeout:g} s"
             ) from err
@@ -111,7 +111,7 @@ class QmpClient:
                 self._loop.run_until_complete(
                     asyncio.wait_for(self._client.disconnect(), self.timeout_s)
                 )
-        except (QMPError, OSError, EOFError, asyncio.TimeoutError) as err:
+        except (TimeoutError, QMPError, OSError, EOFError) as err:
             log.debug("QMP disconnect from %s: %s", self.socket_path, err)
         finally:
             self._connected = False

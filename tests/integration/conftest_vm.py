@@ -41,8 +41,8 @@ class TestVmArtifacts:
 
     def spec(self, name: str = "vm0", **overrides) -> VmSpec:
         """A TCG direct-boot VmSpec of the test VM."""
-        fields = dict(name=name, accel="tcg", memory_mib=256, kernel=self.kernel,
-                      initrd=self.initrd, append=self.append)
+        fields = {"name": name, "accel": "tcg", "memory_mib": 256, "kernel": self.kernel,
+                  "initrd": self.initrd, "append": self.append}
         fields.update(overrides)
         return VmSpec(**fields)
 

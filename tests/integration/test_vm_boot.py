@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest_vm import ssh_run, ssh_user_key, testvm_artifacts  # noqa: F401 - fixtures
+
 from pcocc.errors import PcoccError
 from pcocc.vm.accel import probe_kvm
 from pcocc.vm.machine import Machine, VmBootError, ssh_banner_ready

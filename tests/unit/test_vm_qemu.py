@@ -15,23 +15,23 @@ AWKWARD = Path("/tmp/my dir, \"quoted\" 'x';\\ a=b")
 
 
 def full_spec(base: Path = Path("/run/vm0"), **overrides) -> VmSpec:
-    fields = dict(
-        name="vm0",
-        accel="tcg",
-        memory_mib=512,
-        smp=2,
-        kernel=base / "vmlinuz",
-        initrd=base / "initrd.img",
-        append="console=ttyS0 quiet",
-        disks=(Drive(base / "disk0.qcow2"),),
-        seed=base / "seed.iso",
-        console_socket=base / "console.sock",
-        console_log=base / "console.log",
-        qmp_socket=base / "qmp.sock",
-        agent_socket=base / "qga.sock",
-        ssh_host_port=40022,
-        custom_args=("-rtc", "base=utc"),
-    )
+    fields = {
+        "name": "vm0",
+        "accel": "tcg",
+        "memory_mib": 512,
+        "smp": 2,
+        "kernel": base / "vmlinuz",
+        "initrd": base / "initrd.img",
+        "append": "console=ttyS0 quiet",
+        "disks": (Drive(base / "disk0.qcow2"),),
+        "seed": base / "seed.iso",
+        "console_socket": base / "console.sock",
+        "console_log": base / "console.log",
+        "qmp_socket": base / "qmp.sock",
+        "agent_socket": base / "qga.sock",
+        "ssh_host_port": 40022,
+        "custom_args": ("-rtc", "base=utc"),
+    }
     fields.update(overrides)
     return VmSpec(**fields)
 
