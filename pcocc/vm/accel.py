@@ -34,7 +34,7 @@ ACCEL_ENV = "PCOCC_ACCEL"
 SETTINGS = ("auto", "kvm", "tcg")
 KVM_DEVICE = Path("/dev/kvm")
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
-PROBE_TIMEOUT_S = 15.0
+PROBE_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -177,8 +177,10 @@ def probe_kvm(
         if res.returncode == 0 and expected in text:
             spent = time.monotonic() - started
             return ProbeResult(True, f"{what} booted under KVM in {spent:.1f} s")
-        tail = " | ".join(ln for ln in res.stderr.splitlines() if ln.strip())[-200:]
-        return ProbeResult(False, f"QEMU exited with status {res.returncode}: {tail or 'no output'}")
+        lines = [ln.strip() for ln in res.stderr.splitlines() if ln.strip()]
+        first = lines[0][:160] if lines else "no message"
+        return ProbeResult(False, f"the probe guest's QEMU exited with status {res.returncode}: "
+                                  f"{first}")
 
 
 def _read(path: Path) -> str:

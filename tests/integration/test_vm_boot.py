@@ -216,3 +216,28 @@ def test_extra_disks_are_attached(testvm_artifacts, tmp_path):  # noqa: F811
     finally:
         machine.shutdown()
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cpu_model", ["host", "qemu64"])
+def test_kvm_probe_agrees_with_a_real_kvm_boot(testvm_artifacts, tmp_path, cpu_model):  # noqa: F811
+    """Whatever the probe says about KVM here, booting the test VM under KVM must agree.
+
+    On the development machines /dev/kvm opens but guests hang (or ``-cpu host`` aborts): the
+    probe must say "not usable" and the boot must fail; on a host with working KVM, both
+    must succeed.
+    """
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("/dev/kvm cannot be opened here: the probe is not even tried")
+    result = probe_kvm(cpu_model=cpu_model)
+    spec = testvm_artifacts.spec("kvm0", accel="kvm", cpu_model=cpu_model, network=False)
+    machine = Machine(spec, tmp_path / "run", seed=SeedSpec("kvm0", "i-kvm"),
+                      ready="agent", boot_timeout_s=20)
+    if result.is_usable:
+        with machine:
+            assert machine.agent().ping()
+    else:
+        assert result.reason
+        with pytest.raises(VmBootError) as info:
+            machine.launch()
+        assert "kvm" in str(info.value)
