@@ -4,10 +4,13 @@ Files in the image:
 
 ``meta-data``
     ``instance-id``, ``local-hostname`` and ``public-keys`` (read by cloud-init).
+``vendor-data``
+    a ``#cloud-config`` that sets the host name, the authorized keys and the host key pair
+    (``ssh_keys``), so that images running cloud-init present the host key that pcocc
+    published to the user's known_hosts. cloud-init merges it under the user-data, which
+    therefore stays the user's own, unchanged.
 ``user-data``
-    the template's user-data as given; without one, a ``#cloud-config`` that sets the host
-    name, the authorized keys and the host key pair (``ssh_keys``), so that images running
-    cloud-init present the host key that pcocc published to the user's known_hosts.
+    the template's user-data as given, or an empty ``#cloud-config``.
 ``pcocc/authorized_keys``, ``pcocc/ssh_host_ed25519_key[.pub]``
     the same keys as plain files, for small images without cloud-init (the test VM's init
     reads these).
@@ -64,18 +67,18 @@ def seed_files(spec: SeedSpec) -> dict[str, str]:
                                "local-hostname": spec.hostname}
     if keys:
         meta["public-keys"] = keys
-    files = {"meta-data": yaml.safe_dump(meta, sort_keys=False)}
-    if spec.user_data is not None:
-        files["user-data"] = spec.user_data
-    else:
-        config: dict[str, object] = {"hostname": spec.hostname}
-        if keys:
-            config["ssh_authorized_keys"] = keys
-        if spec.host_key:
-            config["ssh_deletekeys"] = True
-            config["ssh_keys"] = {"ed25519_private": spec.host_key.private,
-                                  "ed25519_public": spec.host_key.public}
-        files["user-data"] = "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False)
+    config: dict[str, object] = {"hostname": spec.hostname}
+    if keys:
+        config["ssh_authorized_keys"] = keys
+    if spec.host_key:
+        config["ssh_deletekeys"] = True
+        config["ssh_keys"] = {"ed25519_private": spec.host_key.private,
+                              "ed25519_public": spec.host_key.public}
+    files = {
+        "meta-data": yaml.safe_dump(meta, sort_keys=False),
+        "vendor-data": "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False),
+        "user-data": spec.user_data if spec.user_data is not None else "#cloud-config\n",
+    }
     files["pcocc/authorized_keys"] = "".join(k + "\n" for k in keys)
     if spec.host_key:
         files["pcocc/ssh_host_ed25519_key"] = spec.host_key.private
