@@ -218,6 +218,8 @@ class Machine:
                 self.ssh_port = explicit_port or free_tcp_port()
                 spec = dataclasses.replace(spec, ssh_host_port=self.ssh_port)
             argv = build_argv(spec)
+            with contextlib.suppress(FileNotFoundError):
+                self.qemu_log.unlink()  # judge each attempt by its own messages
             log.debug("VM %s: starting QEMU (%s)", spec.name, spec.accel)
             self.process = proc.spawn(argv, cwd=self.run_dir, log_path=self.qemu_log)
             if not self._lost_port_race() or explicit_port or attempt == PORT_ATTEMPTS - 1:
@@ -286,6 +288,20 @@ class Machine:
 
     def agent(self) -> GuestAgent:
         return GuestAgent(self.agent_socket)
+
+    def describe(self) -> dict[str, object]:
+        """What others need to reach this VM (published in the cluster state)."""
+        return {
+            "name": self.base_spec.name,
+            "accel": self.accel,
+            "pid": self.pid,
+            "ssh_port": self.ssh_port,
+            "run_dir": str(self.run_dir),
+            "qmp_socket": str(self.run_dir / QMP_SOCKET),
+            "agent_socket": str(self.run_dir / AGENT_SOCKET),
+            "console_socket": str(self.run_dir / CONSOLE_SOCKET),
+            "console_log": str(self.console_log),
+        }
 
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None

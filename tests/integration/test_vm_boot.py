@@ -152,6 +152,9 @@ def test_agent_readiness_and_shutdown_leave_nothing(testvm_artifacts, tmp_path):
                       image=testvm_artifacts.disk, seed=seed, boot_timeout_s=180)
     with machine:
         assert machine.ready == "agent" and machine.ssh_port is None
+        info = machine.describe()
+        assert info["pid"] == machine.pid and info["accel"] == "tcg"
+        assert Path(info["console_log"]).read_text().count("testvm: ready") == 1
         assert machine.agent().exec("/bin/hostname")[1].strip() == "vm1"
         pid = machine.pid
         assert is_alive(pid)
