@@ -14,6 +14,7 @@ from pcocc.errors import PcoccError
 from pcocc.vm.accel import probe_kvm
 from pcocc.vm.machine import Machine, VmBootError, ssh_banner_ready
 from pcocc.vm.qemu import Drive, VmSpec
+from pcocc.vm.qmp import QmpError
 from pcocc.vm.seed import SeedSpec, generate_host_key
 
 USER_DATA = """#!/bin/sh
@@ -108,6 +109,10 @@ def test_qmp_and_guest_agent(booted, testvm_artifacts):  # noqa: F811
         assert "running" in qmp.human_monitor_command("info status")
         blocks = qmp.execute("query-block")
         assert {b["device"] for b in blocks} >= {"disk0", "seed"}
+        with pytest.raises(QmpError) as info:
+            qmp.execute("no-such-command")
+        assert "CommandNotFound" in str(info.value)
+        assert qmp.query_status() == "running"  # the session survives an error
     if not testvm_artifacts.has_guest_agent:
         pytest.skip("qemu-guest-agent is not in the test VM")
     agent = machine.agent()
