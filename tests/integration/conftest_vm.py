@@ -47,7 +47,8 @@ class TestVmArtifacts:
         return VmSpec(**fields)
 
 
-def _load_builder():
+def load_builder():
+    """helpers/build_testvm.py as a module (helpers/ is not a package)."""
     spec = importlib.util.spec_from_file_location("pcocc_build_testvm", BUILDER)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -63,7 +64,7 @@ def testvm_artifacts(tmp_path_factory) -> TestVmArtifacts:
         if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
             pytest.skip(f"'{tool}' is not installed (run helpers/setup)")
     outdir = Path(os.environ.get(CACHE_ENV) or tmp_path_factory.mktemp("testvm"))
-    manifest = _load_builder().build(outdir)
+    manifest = load_builder().build(outdir)
     return TestVmArtifacts(
         directory=outdir,
         kernel=Path(manifest["kernel"]),

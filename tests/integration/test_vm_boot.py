@@ -3,13 +3,16 @@ boot failures and clean shutdown."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import time
 from pathlib import Path
 
 import pytest
-from conftest_vm import ssh_run, ssh_user_key, testvm_artifacts  # noqa: F401 - fixtures
+from conftest_vm import load_builder, ssh_run, ssh_user_key, testvm_artifacts  # noqa: F401
 
+from pcocc import proc
 from pcocc.errors import PcoccError
 from pcocc.vm.accel import probe_kvm
 from pcocc.vm.machine import Machine, VmBootError, ssh_banner_ready
@@ -119,6 +122,22 @@ def test_qmp_and_guest_agent(booted, testvm_artifacts):  # noqa: F811
     assert wait_for(lambda: agent.ping(timeout_s=2), 60, "the guest agent")
     code, out, _ = agent.exec("/bin/hostname")
     assert (code, out.strip()) == (0, "vm5")
+
+
+@pytest.mark.slow
+def test_serial_console_socket_reaches_the_guest_shell(booted):
+    machine, _ = booted
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(machine.console_socket)
+        sock.settimeout(1)
+        seen = b""
+        deadline = time.monotonic() + 60
+        while b"CONSOLE-42" not in seen and time.monotonic() < deadline:
+            sock.sendall(b"echo CONSOLE-$((6*7))\n")
+            with contextlib.suppress(TimeoutError):
+                seen += sock.recv(4096)
+    assert b"CONSOLE-42" in seen
+    assert b"CONSOLE-42" in machine.console_log.read_bytes()  # the log records the session
 
 
 @pytest.mark.slow
@@ -249,3 +268,31 @@ def test_kvm_probe_agrees_with_a_real_kvm_boot(testvm_artifacts, tmp_path, cpu_m
         with pytest.raises(VmBootError) as info:
             machine.launch()
         assert "kvm" in str(info.value)
+
+
+def test_testvm_build_is_cached_by_content(tmp_path, monkeypatch, testvm_artifacts):  # noqa: F811
+    builder = load_builder()
+    out = tmp_path / "out"
+    first = builder.build(out)
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    second = builder.build(out)
+    assert second["key"] == first["key"]
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps  # nothing rewritten
+    # a changed input (the init script) gives a new build
+    changed = tmp_path / "init.sh"
+    changed.write_text(builder.INIT_SCRIPT.read_text() + "# changed for a test\n")
+    monkeypatch.setattr(builder, "INIT_SCRIPT", changed)
+    third = builder.build(out)
+    assert third["key"] != first["key"]
+    assert b"# changed for a test" in (out / "initrd.img").read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == ["disk.qcow2", "initrd.img",
+                                                      "manifest.json", "vmlinuz"]
+
+
+def test_testvm_initramfs_is_a_valid_cpio_archive(testvm_artifacts):  # noqa: F811
+    listing = proc.run(["cpio", "-it", "--quiet", "-F", testvm_artifacts.initrd]).stdout.split()
+    for member in ("init", "bin/busybox", "bin/sh", "bin/dropbear", "etc/passwd",
+                   "lib/modules/virtio_net.ko", "lib/modules/isofs.ko", "etc/testvm/modules"):
+        assert member in listing, member
+    info = proc.run(["qemu-img", "info", "--output=json", testvm_artifacts.disk]).stdout
+    assert '"format": "qcow2"' in info
