@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Self
 
 from pcocc import proc
-from pcocc.errors import PcoccError
+from pcocc.errors import PcoccError, UsageError
 from pcocc.vm.agent import GuestAgent
 from pcocc.vm.qemu import Drive, VmSpec, build_argv
 from pcocc.vm.qmp import QmpClient
@@ -97,9 +97,10 @@ class Machine:
         self.seed = seed
         self.ready = ready or ("ssh" if spec.network else "agent")
         if self.ready not in ("ssh", "agent"):
-            raise ValueError(f"unknown readiness check {self.ready!r}")
+            raise UsageError(f"VM {spec.name}: unknown readiness check '{self.ready}'",
+                             hint="use 'ssh' or 'agent'")
         if self.ready == "ssh" and not spec.network:
-            raise ValueError("the ssh readiness check needs user networking")
+            raise UsageError(f"VM {spec.name}: the ssh readiness check needs user networking")
         self.boot_timeout_s = boot_timeout_s
         self.keep_overlay = keep_overlay
         self.base_spec = spec

@@ -4,6 +4,7 @@ boot failures and clean shutdown."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import time
@@ -13,7 +14,7 @@ import pytest
 from conftest_vm import load_builder, ssh_run, ssh_user_key, testvm_artifacts  # noqa: F401
 
 from pcocc import proc
-from pcocc.errors import PcoccError
+from pcocc.errors import PcoccError, UsageError
 from pcocc.vm.accel import probe_kvm
 from pcocc.vm.machine import Machine, VmBootError, ssh_banner_ready
 from pcocc.vm.qemu import Drive, VmSpec
@@ -243,6 +244,26 @@ def test_extra_disks_are_attached(testvm_artifacts, tmp_path):  # noqa: F811
     finally:
         machine.shutdown()
     assert not (tmp_path / "run").exists()
+
+
+def test_kept_overlay_points_at_the_image(testvm_artifacts, tmp_path):  # noqa: F811
+    machine = Machine(testvm_artifacts.spec("v"), tmp_path / "run",
+                      image=testvm_artifacts.disk, keep_overlay=True)
+    machine._prepare()
+    machine.shutdown()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["disk0.qcow2"]
+    info = json.loads(proc.run(["qemu-img", "info", "--output=json",
+                                tmp_path / "run" / "disk0.qcow2"]).stdout)
+    assert info["backing-filename"] == str(testvm_artifacts.disk)
+    assert info["backing-filename-format"] == "qcow2"
+
+
+def test_bad_readiness_choices_are_usage_errors(tmp_path):
+    with pytest.raises(UsageError):
+        Machine(VmSpec(name="v"), tmp_path / "run", ready="ping")
+    with pytest.raises(UsageError) as info:
+        Machine(VmSpec(name="v", network=False), tmp_path / "run", ready="ssh")
+    assert "networking" in str(info.value)
 
 
 @pytest.mark.slow
