@@ -317,3 +317,19 @@ def test_testvm_initramfs_is_a_valid_cpio_archive(testvm_artifacts):  # noqa: F8
         assert member in listing, member
     info = proc.run(["qemu-img", "info", "--output=json", testvm_artifacts.disk]).stdout
     assert '"format": "qcow2"' in info
+
+
+def test_testvm_modules_are_loaded_after_their_dependencies(testvm_artifacts):  # noqa: F811
+    manifest = json.loads((testvm_artifacts.directory / "manifest.json").read_text())
+    moddir = Path("/lib/modules") / manifest["kernel_version"]
+    deps = {}
+    for line in (moddir / "modules.dep").read_text().splitlines():
+        target, _, rest = line.partition(":")
+        deps[Path(target).name.removesuffix(".ko")] = [
+            Path(d).name.removesuffix(".ko") for d in rest.split()]
+    order = manifest["modules"]
+    for wanted in ("virtio_pci", "virtio_net", "virtio_blk", "virtio_console", "isofs"):
+        assert wanted in order
+    for index, module in enumerate(order):
+        missing = [d for d in deps[module] if d not in order[:index]]
+        assert not missing, f"{module} is loaded before its dependencies {missing}"
