@@ -63,7 +63,7 @@ done
 # The image disk (ext2 with /etc/os-release), mounted read-write when present.
 if [ -z "$disk_mounted" ]; then
     for dev in /dev/vd?; do
-        [ "$dev" = "$seed_found" ] && continue
+        [ -b "$dev" ] && [ "$dev" != "$seed_found" ] || continue
         mount -t ext4 "$dev" /disk 2>/dev/null && { disk_mounted=$dev; break; }
     done
 fi
