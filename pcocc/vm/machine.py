@@ -51,6 +51,14 @@ class VmBootError(PcoccError):
     """The VM did not come up (QEMU failed, or the guest did not answer in time)."""
 
 
+class _PortTaken(Exception):
+    """QEMU could not bind the ssh port that was free a moment ago; try another one."""
+
+    def __init__(self, error: VmBootError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def free_tcp_port() -> int:
     """A TCP port on 127.0.0.1 that is free now (QEMU may still lose a race for it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -168,8 +176,16 @@ class Machine:
         """
         try:
             self._prepare()
-            self._start_qemu()
-            self._wait_until_up()
+            for attempt in range(PORT_ATTEMPTS):
+                self._start_qemu()
+                try:
+                    self._wait_until_up()
+                    break
+                except _PortTaken as taken:
+                    if attempt == PORT_ATTEMPTS - 1:
+                        raise taken.error from None
+                    log.debug("VM %s: port %s was taken, retrying", self.spec.name,
+                              self.ssh_port)
         except BaseException as err:
             self._keep_logs = isinstance(err, VmBootError)
             self.shutdown()
@@ -212,31 +228,16 @@ class Machine:
 
     def _start_qemu(self) -> None:
         assert self.spec is not None
-        explicit_port = self.base_spec.ssh_host_port
-        for attempt in range(PORT_ATTEMPTS):
-            spec = self.spec
-            if spec.network:
-                self.ssh_port = explicit_port or free_tcp_port()
-                spec = dataclasses.replace(spec, ssh_host_port=self.ssh_port)
-            argv = build_argv(spec)
-            with contextlib.suppress(FileNotFoundError):
-                self.qemu_log.unlink()  # judge each attempt by its own messages
-            log.debug("VM %s: starting QEMU (%s)", spec.name, spec.accel)
-            self.process = proc.spawn(argv, cwd=self.run_dir, log_path=self.qemu_log)
-            if not self._lost_port_race() or explicit_port or attempt == PORT_ATTEMPTS - 1:
-                self.spec = spec
-                return
-            log.debug("VM %s: port %s was taken, retrying", spec.name, self.ssh_port)
-            self.process.wait()
-
-    def _lost_port_race(self) -> bool:
-        """True when QEMU exited at once because it could not bind the ssh forwarding port."""
-        assert self.process is not None
-        try:
-            self.process.wait(timeout=0.3)
-        except subprocess.TimeoutExpired:
-            return False
-        return "host forwarding" in self._qemu_log_tail()
+        spec = self.spec
+        if spec.network:
+            self.ssh_port = self.base_spec.ssh_host_port or free_tcp_port()
+            spec = dataclasses.replace(spec, ssh_host_port=self.ssh_port)
+        argv = build_argv(spec)
+        with contextlib.suppress(FileNotFoundError):
+            self.qemu_log.unlink()  # judge each attempt by its own messages
+        log.debug("VM %s: starting QEMU (%s)", spec.name, spec.accel)
+        self.process = proc.spawn(argv, cwd=self.run_dir, log_path=self.qemu_log)
+        self.spec = spec
 
     def _wait_until_up(self) -> None:
         assert self.process is not None and self.spec is not None
@@ -244,10 +245,14 @@ class Machine:
         agent = GuestAgent(self.agent_socket)
         while True:
             if self.process.poll() is not None:
-                raise self._boot_error(
+                tail = self._qemu_log_tail()
+                error = self._boot_error(
                     f"QEMU exited with status {self.process.returncode} before VM "
-                    f"{self.spec.name} was up: {self._qemu_log_tail() or 'no message'}"
+                    f"{self.spec.name} was up: {tail or 'no message'}"
                 )
+                if "host forwarding" in tail and self.base_spec.ssh_host_port is None:
+                    raise _PortTaken(error)  # lost the race for the port we picked
+                raise error
             if self.ready == "ssh":
                 assert self.ssh_port is not None
                 if ssh_banner_ready(self.ssh_port):

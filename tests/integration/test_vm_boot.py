@@ -333,3 +333,28 @@ def test_testvm_modules_are_loaded_after_their_dependencies(testvm_artifacts):  
     for index, module in enumerate(order):
         missing = [d for d in deps[module] if d not in order[:index]]
         assert not missing, f"{module} is loaded before its dependencies {missing}"
+
+
+def test_taken_ssh_port_is_retried_then_reported(tmp_path, monkeypatch):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        picks = []
+
+        def always_taken() -> int:
+            picks.append(port)
+            return port
+
+        monkeypatch.setattr("pcocc.vm.machine.free_tcp_port", always_taken)
+        machine = Machine(VmSpec(name="p"), tmp_path / "run", boot_timeout_s=30)
+        with pytest.raises(VmBootError) as info:
+            machine.launch()
+        assert len(picks) == 3  # picked, lost the race, tried again
+        assert "host forwarding" in str(info.value)
+        # an explicit port is not replaced by another one
+        explicit = Machine(VmSpec(name="p", ssh_host_port=port), tmp_path / "run2",
+                           boot_timeout_s=30)
+        with pytest.raises(VmBootError):
+            explicit.launch()
+        assert len(picks) == 3
