@@ -169,12 +169,17 @@ class Cpio:
             self.entries.setdefault("/".join(parts[:i]), (0o040000 | mode, b""))
 
     def add_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        self.add_dir(os.path.dirname(path.strip("/"))) if "/" in path.strip("/") else None
+        self._add_parent(path)
         self.entries[path.strip("/")] = (0o100000 | mode, data)
 
     def add_symlink(self, path: str, target: str) -> None:
-        self.add_dir(os.path.dirname(path.strip("/"))) if "/" in path.strip("/") else None
+        self._add_parent(path)
         self.entries[path.strip("/")] = (0o120777, target.encode())
+
+    def _add_parent(self, path: str) -> None:
+        parent = os.path.dirname(path.strip("/"))
+        if parent:
+            self.add_dir(parent)
 
     def write(self, path: Path) -> None:
         with open(path, "wb") as out:
