@@ -71,3 +71,7 @@ def slurm_env(slurm_cluster, monkeypatch):
     for key, value in slurm_cluster.env().items():
         monkeypatch.setenv(key, value)
     return slurm_cluster
+
+
+# The test VM (kernel + initramfs + disk built from Debian packages) and a user ssh key.
+from conftest_vm import ssh_user_key, testvm_artifacts  # noqa: E402, F401
