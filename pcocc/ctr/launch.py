@@ -254,6 +254,7 @@ def enter_pod(store: PodStore, rec: PodRecord, app_name: str | None,
     record: dict[str, Any] = {"bundle": str(store.app_dir(rec.uuid, app.name))}
     if isinstance(runtime, Unshare) and app.pid:
         record["init_pid"] = Unshare.init_pid(app.pid)
+        record["runtime_pid"] = app.pid
     cmd, env = runtime.exec_argv(app.container_id, list(argv) or ["/bin/sh"],
                                  record=record, tty=tty)
     p = proc.spawn(cmd, env=env, stdin=None, stdout=None, stderr=None, new_session=False)

@@ -136,6 +136,18 @@ def mask(root: str, masked: list[str], readonly: list[str]) -> None:
             pass
 
 
+def loopback_up() -> None:
+    """Bring ``lo`` up in a new network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS, IFF_UP)."""
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), 0x8913, req))[1]
+        fcntl.ioctl(s.fileno(), 0x8914, struct.pack("16sH14x", b"lo", flags | 1))
+
+
 def pivot(root: str) -> None:
     nr = SYS_PIVOT_ROOT.get(platform.machine())
     os.chdir(root)
@@ -175,6 +187,8 @@ def main(config_path: str) -> int:
     proc = cfg["process"]
     linux = cfg.get("linux", {})
     mount(None, "/", None, MS_REC | MS_PRIVATE)
+    if any(n.get("type") == "network" for n in linux.get("namespaces", [])):
+        loopback_up()
     mount(root, root, None, MS_BIND | MS_REC)
     if cfg.get("hostname"):
         name = cfg["hostname"].encode()

@@ -170,12 +170,21 @@ class OciRuntime(Runtime):
                 container_id]
 
     def exec_argv(self, container_id, argv, *, record, tty=False):
-        # exec joins existing namespaces: no wrapper needed (the caller owns them).
-        base = [proc.which(self.binary or self.name), "--root", str(self.state_root())]
-        if self.mode.get("wrap") == "unified-bind" and not is_rootless():
-            return [*self.wrapper(), *self.global_args(), "exec",
-                    *(["--tty"] if tty else []), container_id, *argv], None
-        return [*base, "exec", *(["--tty"] if tty else []), container_id, *argv], None
+        if self.mode.get("wrap") == "unified-bind" and is_rootless():
+            # The container's ids are relative to the wrapper's user namespace, which crun
+            # exec cannot recreate: join the container's namespaces directly.
+            return nsenter_argv(self.container_pid(container_id), Path(record["bundle"]), argv)
+
+        return [*self.wrapper(), *self.global_args(), "exec", *(["--tty"] if tty else []),
+                container_id, *argv], None
+
+    def container_pid(self, container_id: str) -> int:
+        res = proc.run([*self.global_args(), "state", container_id],
+                       what=f"{self.name} state {container_id}", timeout_s=10)
+        try:
+            return int(json.loads(res.stdout)["pid"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise PcoccError(f"{self.name} state {container_id}: no pid in its output") from err
 
     def cleanup(self, container_id: str) -> None:
         argv = [*self.wrapper(), *self.global_args(), "delete", "--force", container_id]
@@ -235,12 +244,11 @@ class Unshare(Runtime):
         pid = record.get("init_pid")
         if not pid:
             raise PcoccError(f"container {container_id} has no known process to enter")
-        spec = json.loads((Path(record["bundle"]) / "config.json").read_text())
-        user = spec["process"]["user"]
-        env = dict(e.split("=", 1) for e in spec["process"].get("env", []) if "=" in e)
-        nsenter = [proc.which("nsenter"), "-t", str(pid), "--all", "--root", "--wd",
-                   "--setuid", str(user["uid"]), "--setgid", str(user["gid"])]
-        return [*nsenter, *argv], env
+        # The namespaces belong to the user namespace unshare made (where we are root); the
+        # app may sit in a nested one for its uid, which nsenter cannot join on top. So the
+        # command runs as root of the container (the caller on the host).
+        return nsenter_argv(pid, Path(record["bundle"]), argv,
+                            userns_pid=record.get("runtime_pid"))
 
     @staticmethod
     def init_pid(unshare_pid: int) -> int | None:
@@ -250,6 +258,29 @@ class Unshare(Runtime):
         except OSError:
             return None
         return int(kids[0]) if kids else None
+
+
+def nsenter_argv(pid: int, bundle: Path, argv: Sequence[str], *, userns_pid: int | None = None,
+                 ids: tuple[int, int] | None = None) -> tuple[list[str], dict]:
+    """Join the namespaces of ``pid`` (not its cgroup one) with the app's env.
+
+    :param userns_pid: take the user namespace of this process instead of ``pid``'s
+    :param ids: (uid, gid) to switch to; None keeps our own (mapped) credentials
+    """
+    spec = json.loads((bundle / "config.json").read_text())
+    env = dict(e.split("=", 1) for e in spec["process"].get("env", []) if "=" in e)
+    private = {n["type"] for n in spec.get("linux", {}).get("namespaces", [])}
+    # Joining a namespace we already share with the container (the host network) would
+    # need privileges over the host's: skip it.
+    flags = {"mount": "--mount", "uts": "--uts", "ipc": "--ipc", "pid": "--pid",
+             "network": "--net"}
+    user = f"--user=/proc/{userns_pid}/ns/user" if userns_pid else "--user"
+    creds = ["--setuid", str(ids[0]), "--setgid", str(ids[1])] if ids else [
+        "--preserve-credentials"]
+    nsenter = [proc.which("nsenter"), "-t", str(pid), user,
+               *(flag for ns, flag in flags.items() if ns in private), "--root", "--wd",
+               *creds]
+    return [*nsenter, *argv], env
 
 
 class VmRuntime(Runtime):
