@@ -77,7 +77,7 @@ def exit_status(returncode: int) -> int:
 
 
 def prepare_pod(store: PodStore, apps: Sequence[AppSpec], opts: RunOptions,
-                settings: ContainerSettings, *, runtime_name: str,
+                settings: ContainerSettings, *, runtime: Any,
                 host_env: Mapping[str, str] | None = None) -> PodRecord:
     """Check every input, create the pod record and write the app bundles (state prepared)."""
     if not apps:
@@ -103,7 +103,7 @@ def prepare_pod(store: PodStore, apps: Sequence[AppSpec], opts: RunOptions,
     ]
     rec = store.create(
         [AppRecord(n, a.image, list(a.args)) for n, a in zip(names, apps)],
-        runtime=runtime_name,
+        runtime=runtime.name, save=False,
     )
     try:
         rec.hostname = opts.hostname or f"pcocc-{rec.short_id}"
@@ -121,7 +121,8 @@ def prepare_pod(store: PodStore, apps: Sequence[AppSpec], opts: RunOptions,
             )
             app.container_id = f"pcocc-{rec.uuid}-{app.name}"
             bundle = store.app_dir(rec.uuid, app.name)
-            (bundle / "config.json").write_text(json.dumps(build_spec(req), indent=1))
+            spec = runtime.adapt_spec(build_spec(req))
+            (bundle / "config.json").write_text(json.dumps(spec, indent=1))
         store.save(rec)
     except BaseException:
         store.remove(rec)
@@ -145,15 +146,10 @@ def start_pod(store: PodStore, rec: PodRecord, runtime: Any, *, interactive: boo
     """
     out = out or sys.stdout.buffer
     err = err or sys.stderr.buffer
-    for app in rec.apps:
-        bundle = store.app_dir(rec.uuid, app.name)
-        cfg = json.loads((bundle / "config.json").read_text())
-        (bundle / "config.json").write_text(json.dumps(runtime.adapt_spec(cfg), indent=1))
     rec.pid = os.getpid()
     rec.pid_start = process_start_ticks(rec.pid)
     rec.started = time.time()
     rec.state = "running"
-    store.save(rec)
     popens: list[subprocess.Popen] = []
     logs: list[BinaryIO] = []
     old_term = signal.signal(signal.SIGTERM, _on_term)
@@ -220,7 +216,7 @@ def run_pod(store: PodStore, apps: Sequence[AppSpec], opts: RunOptions,
     from pcocc.ctr.runtime import get_runtime
 
     runtime = get_runtime(opts.runtime or settings.runtime or "auto")
-    rec = prepare_pod(store, apps, opts, settings, runtime_name=runtime.name)
+    rec = prepare_pod(store, apps, opts, settings, runtime=runtime)
     status = start_pod(store, rec, runtime, interactive=opts.interactive)
     return rec, status
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import time
-import uuid as uuidlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +41,15 @@ def _boot_id() -> str:
     from pcocc.ctr.runtime import boot_id
 
     return boot_id()
+
+
+def new_uuid() -> str:
+    """A random (version 4) UUID, without the import cost of :mod:`uuid`."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def process_start_ticks(pid: int) -> int | None:
@@ -69,7 +76,7 @@ class AppRecord:
 class PodRecord:
     uuid: str
     state: str = "prepared"
-    node: str = field(default_factory=socket.gethostname)
+    node: str = field(default_factory=lambda: os.uname().nodename)
     boot_id: str = ""
     runtime: str = ""
     hostname: str = ""
@@ -107,7 +114,7 @@ class PodRecord:
         """Is the supervisor process of this pod still running (same boot, same process)?"""
         if self.pid is None or self.boot_id != _boot_id():
             return False
-        if self.node != socket.gethostname():
+        if self.node != os.uname().nodename:
             return True  # cannot tell from here; trust the record
         return process_start_ticks(self.pid) == self.pid_start
 
@@ -127,13 +134,15 @@ class PodStore:
     def log_path(self, uuid: str, app: str) -> Path:
         return self.app_dir(uuid, app) / "log"
 
-    def create(self, apps: list[AppRecord], **fields: Any) -> PodRecord:
-        rec = PodRecord(uuid=str(uuidlib.uuid4()), apps=apps, boot_id=_boot_id(), **fields)
+    def create(self, apps: list[AppRecord], *, save: bool = True, **fields: Any) -> PodRecord:
+        """A new pod directory; ``save=False`` leaves writing the record to the caller."""
+        rec = PodRecord(uuid=new_uuid(), apps=apps, boot_id=_boot_id(), **fields)
         d = self.pod_dir(rec.uuid)
         d.mkdir(parents=True, mode=0o700)
         for app in apps:
             self.app_dir(rec.uuid, app.name).mkdir(parents=True)
-        self.save(rec)
+        if save:
+            self.save(rec)
         return rec
 
     def save(self, rec: PodRecord) -> None:
@@ -245,7 +254,7 @@ class PodStore:
 
 def cleanup_containers(rec: PodRecord) -> None:
     """Ask the runtime to forget the pod's containers (after a crash of the supervisor)."""
-    if rec.runtime not in ("crun", "runc") or rec.node != socket.gethostname():
+    if rec.runtime not in ("crun", "runc") or rec.node != os.uname().nodename:
         return
     from pcocc.ctr.runtime import probe
 

@@ -22,10 +22,8 @@ import copy
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -48,7 +46,8 @@ class RuntimeUnusable(PcoccError):
 def runtime_dir() -> Path:
     """The caller's private runtime directory: $XDG_RUNTIME_DIR/pcocc or /tmp/pcocc-<uid>."""
     base = os.environ.get("XDG_RUNTIME_DIR")
-    path = Path(base) / "pcocc" if base else Path(tempfile.gettempdir()) / f"pcocc-{os.getuid()}"
+    tmp = os.environ.get("TMPDIR") or "/tmp"
+    path = Path(base) / "pcocc" if base else Path(tmp) / f"pcocc-{os.getuid()}"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = path.stat()
     if st.st_uid != os.getuid():
@@ -337,6 +336,8 @@ def probe_bundle(dest: Path) -> Path:
     for d in ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32"):
         if os.path.isdir(d):
             mounts.append(Mount(os.path.realpath(d), d, readonly=True))
+    import shutil
+
     true = shutil.which("true") or "/bin/true"
     req = SpecRequest(
         rootfs=str(rootfs), args=[true], env={}, mounts=mounts, hostname="pcocc-probe",
@@ -348,6 +349,8 @@ def probe_bundle(dest: Path) -> Path:
 
 def try_mode(cls: type[Runtime], mode: dict[str, Any]) -> str | None:
     """Run the probe container with ``cls`` in ``mode``: None if it worked, else why not."""
+    import tempfile
+
     rt = cls(mode)
     with tempfile.TemporaryDirectory(prefix="probe-", dir=runtime_dir()) as tmp:
         bundle = probe_bundle(Path(tmp) / "bundle")

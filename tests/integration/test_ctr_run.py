@@ -280,6 +280,7 @@ def test_private_net_has_only_loopback(env, pcocc_bin, image_dir, runtime):
 
 
 # -- bad input --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_bad_inputs_give_clear_errors(env, pcocc_bin, image_dir, tmp_path):
     cases = [
         (["run", tmp_path / "no-such-image"], 1, "image '"),
