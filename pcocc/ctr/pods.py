@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -219,6 +218,8 @@ class PodStore:
                              hint="wait for it to exit ('pcocc pod status --wait')")
         d = self.pod_dir(rec.uuid)
         trash = d.with_name(f".{rec.uuid}.removing")
+        import shutil
+
         os.replace(d, trash)  # atomic: the pod disappears at once, then is deleted
         shutil.rmtree(trash, ignore_errors=True)
 
@@ -230,6 +231,8 @@ class PodStore:
         Returns (action, uuid) with action ``garbage`` or ``removed``.
         """
         now = time.time() if now is None else now
+        import shutil
+
         done: list[tuple[str, str]] = []
         for stale in self.root.glob(".*.removing") if self.root.is_dir() else []:
             shutil.rmtree(stale, ignore_errors=True)

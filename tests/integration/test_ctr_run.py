@@ -107,6 +107,26 @@ def test_runs_as_the_caller_by_default(env, pcocc_bin, image_dir, runtime):
     assert res.stdout.strip() == str(os.getuid())
 
 
+def test_runtime_from_containers_yaml_and_auto(env, pcocc_bin, image_dir):
+    (env["user"] / "containers.yaml").write_text("runtime: runc\n")
+    pcocc(pcocc_bin, "run", image_dir, "--", "true", check=0)
+    (env["user"] / "containers.yaml").write_text("runtime: auto\n")
+    pcocc(pcocc_bin, "run", image_dir, "--", "true", check=0)
+    pcocc(pcocc_bin, "run", "--runtime", "unshare", image_dir, "--", "true", check=0)
+    used = [p["runtime"] for p in pods(pcocc_bin)]
+    assert used[0] == "runc" and used[2] == "unshare"
+    assert used[1] in ("crun", "runc", "unshare")
+
+
+def test_interactive_passes_stdin(env, pcocc_bin, image_dir, runtime):
+    res = pcocc(pcocc_bin, "run", "--runtime", runtime, "--interactive", image_dir, "--",
+                "sh", "-c", "read line; echo got:$line", input="hello\n", check=0)
+    assert res.stdout.strip() == "got:hello"
+    res = pcocc(pcocc_bin, "run", "--runtime", runtime, image_dir, "--",
+                "sh", "-c", "read line; echo got:$line", input="hello\n", check=0)
+    assert res.stdout.strip() == "got:"  # without -i the app reads /dev/null
+
+
 # -- environment ------------------------------------------------------------------------
 def test_env_precedence(env, pcocc_bin, image_dir, runtime, tmp_path, monkeypatch):
     (env["user"] / "containers.yaml").write_text(
