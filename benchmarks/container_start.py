@@ -31,20 +31,28 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "helpers"))
 
-from testrootfs import build_rootfs  # noqa: E402
+from testrootfs import build_rootfs
 
-from pcocc.ctr import runtime as rt  # noqa: E402
-from pcocc.ctr.spec import Identity, SpecRequest, build_spec  # noqa: E402
+from pcocc.ctr import runtime as rt
+from pcocc.ctr.spec import Identity, SpecRequest, build_spec
 
 
 def timed(argv: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
-    res = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE)
+    res = subprocess.run(
+        argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        check=False,
+    )
     elapsed = time.perf_counter() - start
     if res.returncode != 0:
-        raise SystemExit(f"benchmark command failed ({res.returncode}): {' '.join(argv)}\n"
-                         f"{res.stderr.decode(errors='replace')[-800:]}")
+        raise SystemExit(
+            f"benchmark command failed ({res.returncode}): {' '.join(argv)}\n"
+            f"{res.stderr.decode(errors='replace')[-800:]}"
+        )
     return elapsed
 
 
@@ -57,12 +65,15 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="pcocc-bench-ctr-"))
     try:
         env = dict(os.environ)
-        env.update(HOME=str(work / "home"), XDG_RUNTIME_DIR=str(work / "run"),
-                   PCOCC_SYSTEM_CONF_DIR=str(work / "etc"),
-                   PCOCC_USER_CONF_DIR=str(work / "home" / ".pcocc"),
-                   USER=env.get("USER") or "root",
-                   # installed packages have their bytecode: do not time the compiler
-                   PYTHONPYCACHEPREFIX=str(work / "pycache"))
+        env.update(
+            HOME=str(work / "home"),
+            XDG_RUNTIME_DIR=str(work / "run"),
+            PCOCC_SYSTEM_CONF_DIR=str(work / "etc"),
+            PCOCC_USER_CONF_DIR=str(work / "home" / ".pcocc"),
+            USER=env.get("USER") or "root",
+            # installed packages have their bytecode: do not time the compiler
+            PYTHONPYCACHEPREFIX=str(work / "pycache"),
+        )
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         for d in ("home", "run", "etc"):
             (work / d).mkdir(mode=0o700)
@@ -72,8 +83,15 @@ def main() -> int:
 
         pcocc = shutil.which("pcocc", path=str(Path(sys.executable).parent)) or "pcocc"
         commands: dict[str, list[str]] = {
-            f"pcocc run ({args.runtime})": [pcocc, "run", "--runtime", args.runtime,
-                                            str(image), "--", "true"],
+            f"pcocc run ({args.runtime})": [
+                pcocc,
+                "run",
+                "--runtime",
+                args.runtime,
+                str(image),
+                "--",
+                "true",
+            ],
             # the floor of any pcocc command: interpreter + click, no container
             "pcocc --version": [pcocc, "--version"],
         }
@@ -82,8 +100,13 @@ def main() -> int:
         crun = rt.probe("crun")
         bundle = work / "bundle"
         bundle.mkdir()
-        req = SpecRequest(rootfs=str(rootfs), args=["/bin/true"], env={},
-                          identity=Identity(os.getuid(), os.getgid()), hostname="bench")
+        req = SpecRequest(
+            rootfs=str(rootfs),
+            args=["/bin/true"],
+            env={},
+            identity=Identity(os.getuid(), os.getgid()),
+            hostname="bench",
+        )
         (bundle / "config.json").write_text(json.dumps(crun.adapt_spec(build_spec(req))))
         commands["crun direct"] = crun.run_argv(bundle, "pcocc-bench")
 
@@ -93,10 +116,24 @@ def main() -> int:
             shutil.copytree(rootfs, pm_rootfs, symlinks=True)
             pm_runtime = ["--runtime", "runc"] if rt.cgroup_layout() == "hybrid" else []
             commands["podman run"] = [
-                "podman", "--root", str(pm_root / "storage"), "--runroot", str(pm_root / "run"),
-                *pm_runtime, "--cgroup-manager=cgroupfs", "--events-backend=file", "run",
-                "--rm", "--network=none", "--ulimit", "nofile=20000:20000",
-                "--ulimit", "nproc=4096:4096", "--rootfs", str(pm_rootfs), "true",
+                "podman",
+                "--root",
+                str(pm_root / "storage"),
+                "--runroot",
+                str(pm_root / "run"),
+                *pm_runtime,
+                "--cgroup-manager=cgroupfs",
+                "--events-backend=file",
+                "run",
+                "--rm",
+                "--network=none",
+                "--ulimit",
+                "nofile=20000:20000",
+                "--ulimit",
+                "nproc=4096:4096",
+                "--rootfs",
+                str(pm_rootfs),
+                "true",
             ]
         if shutil.which("ch-run"):
             commands["ch-run"] = ["ch-run", str(rootfs), "--", "true"]
@@ -112,8 +149,10 @@ def main() -> int:
         base = med["crun direct"]
         ours = med[f"pcocc run ({args.runtime})"]
         load = os.getloadavg()[0]
-        print(f"median start+exit of 'true' over {args.runs} runs "
-              f"(load average {load:.1f} on {os.cpu_count()} CPUs)")
+        print(
+            f"median start+exit of 'true' over {args.runs} runs "
+            f"(load average {load:.1f} on {os.cpu_count()} CPUs)"
+        )
         for name, ms in med.items():
             print(f"  {name:<22} {ms:8.1f} ms   x{ms / base:5.2f} of crun direct")
         print(f"pcocc / crun direct = {ours / base:.2f}  (target <= 1.5)")
@@ -122,8 +161,10 @@ def main() -> int:
         if "ch-run" in med:
             print(f"pcocc / ch-run      = {ours / med['ch-run']:.2f}")
         own = ours - med["pcocc --version"]
-        print(f"pcocc run minus 'pcocc --version' = {own:.1f} ms "
-              f"(x{own / base:.2f} of crun direct: pcocc's own work plus the runtime)")
+        print(
+            f"pcocc run minus 'pcocc --version' = {own:.1f} ms "
+            f"(x{own / base:.2f} of crun direct: pcocc's own work plus the runtime)"
+        )
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -17,9 +17,31 @@ from pathlib import Path
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 APPLETS = (
-    "sh", "true", "false", "echo", "cat", "hostname", "sleep", "ls", "id", "env", "ip",
-    "touch", "mkdir", "rm", "test", "printf", "wc", "grep", "ps", "pwd", "head", "uname",
-    "stat", "mount", "readlink",
+    "sh",
+    "true",
+    "false",
+    "echo",
+    "cat",
+    "hostname",
+    "sleep",
+    "ls",
+    "id",
+    "env",
+    "ip",
+    "touch",
+    "mkdir",
+    "rm",
+    "test",
+    "printf",
+    "wc",
+    "grep",
+    "ps",
+    "pwd",
+    "head",
+    "uname",
+    "stat",
+    "mount",
+    "readlink",
 )
 DIRS = ("bin", "etc", "proc", "sys", "dev", "tmp", "root", "home", "mnt", "data", "work")
 
@@ -50,8 +72,9 @@ def build_rootfs(dest: str | Path, config: dict | None = None) -> Path:
         link = root / "bin" / applet
         if not link.is_symlink():
             link.symlink_to("busybox")
-    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n"
-                                         "nobody:x:65534:65534:nobody:/:/bin/false\n")
+    (root / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
+    )
     (root / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
     (root / "etc" / "os-release").write_text('NAME="pcocc test rootfs"\nID=pcocctest\n')
     (root / "tmp").chmod(0o1777)

@@ -37,8 +37,10 @@ def split_apps(tokens: Sequence[str]) -> list[tuple[str, list[str]]]:
     apps = []
     for g in groups:
         if not g or g[0] == "--":
-            raise UsageError("an image is missing before '--' or around '---'",
-                             hint="pcocc run IMAGE [-- ARGS] [--- IMAGE2 [-- ARGS]]")
+            raise UsageError(
+                "an image is missing before '--' or around '---'",
+                hint="pcocc run IMAGE [-- ARGS] [--- IMAGE2 [-- ARGS]]",
+            )
         image, rest = g[0], g[1:]
         if rest and rest[0] == "--":
             rest = rest[1:]
@@ -60,37 +62,76 @@ def _settings(session: Session):
 @click.option("-n", "--tasks", type=click.IntRange(min=1), help="Number of tasks (Slurm).")
 @click.option("--runtime", metavar="NAME", help="auto, crun, runc, unshare or vm.")
 @click.option("--set-env", multiple=True, metavar="NAME=VALUE", help="Set a variable.")
-@click.option("--set-env-file", multiple=True, metavar="FILE",
-              help="Set the NAME=VALUE lines of FILE.")
+@click.option(
+    "--set-env-file", multiple=True, metavar="FILE", help="Set the NAME=VALUE lines of FILE."
+)
 @click.option("--inherit-env", is_flag=True, help="Pass the host environment to the apps.")
-@click.option("--volume", multiple=True, metavar="NAME,kind=host,source=PATH[,readOnly=true]",
-              help="Declare a volume (kind=host or kind=empty).")
-@click.option("--mount", multiple=True, metavar="volume=NAME,target=PATH",
-              help="Mount a declared volume in the apps.")
-@click.option("-M", "--module", multiple=True, metavar="NAME",
-              help="Add a module of containers.yaml (mounts and env).")
+@click.option(
+    "--volume",
+    multiple=True,
+    metavar="NAME,kind=host,source=PATH[,readOnly=true]",
+    help="Declare a volume (kind=host or kind=empty).",
+)
+@click.option(
+    "--mount",
+    multiple=True,
+    metavar="volume=NAME,target=PATH",
+    help="Mount a declared volume in the apps.",
+)
+@click.option(
+    "-M",
+    "--module",
+    multiple=True,
+    metavar="NAME",
+    help="Add a module of containers.yaml (mounts and env).",
+)
 @click.option("--private-net", is_flag=True, help="Own network namespace (loopback only).")
-@click.option("--insecure-options", multiple=True, metavar="capabilities,paths,seccomp",
-              help="Relax these protections.")
+@click.option(
+    "--insecure-options",
+    multiple=True,
+    metavar="capabilities,paths,seccomp",
+    help="Relax these protections.",
+)
 @click.option("-i", "--interactive", is_flag=True, help="Attach the terminal to the app.")
 @click.option("--hostname", help="Host name of the pod [default: pcocc-<uuid>].")
 @click.option("--root", "as_root", is_flag=True, help="Run as root of the container.")
 @click.argument("cmdline", nargs=-1, type=click.UNPROCESSED, required=True)
 @pass_session
 @click.pass_context
-def run(ctx: click.Context, session: Session, nodes: int | None, tasks: int | None,
-        runtime: str | None, set_env: tuple[str, ...], set_env_file: tuple[str, ...],
-        inherit_env: bool, volume: tuple[str, ...], mount: tuple[str, ...],
-        module: tuple[str, ...], private_net: bool, insecure_options: tuple[str, ...],
-        interactive: bool, hostname: str | None, as_root: bool,
-        cmdline: tuple[str, ...]) -> None:
+def run(
+    ctx: click.Context,
+    session: Session,
+    nodes: int | None,
+    tasks: int | None,
+    runtime: str | None,
+    set_env: tuple[str, ...],
+    set_env_file: tuple[str, ...],
+    inherit_env: bool,
+    volume: tuple[str, ...],
+    mount: tuple[str, ...],
+    module: tuple[str, ...],
+    private_net: bool,
+    insecure_options: tuple[str, ...],
+    interactive: bool,
+    hostname: str | None,
+    as_root: bool,
+    cmdline: tuple[str, ...],
+) -> None:
     """Run IMAGE [-- ARGS] [--- IMAGE2 [-- ARGS]] as a pod; exit with the app's status."""
     from pcocc.ctr.launch import RunOptions
 
     opts = RunOptions(
-        runtime=runtime, set_env=set_env, env_files=set_env_file, inherit_env=inherit_env,
-        volumes=volume, mounts=mount, modules=module, private_net=private_net,
-        insecure=insecure_options, interactive=interactive, hostname=hostname,
+        runtime=runtime,
+        set_env=set_env,
+        env_files=set_env_file,
+        inherit_env=inherit_env,
+        volumes=volume,
+        mounts=mount,
+        modules=module,
+        private_net=private_net,
+        insecure=insecure_options,
+        interactive=interactive,
+        hostname=hostname,
         as_root=as_root,
     )
     apps = split_apps(cmdline)
@@ -141,14 +182,16 @@ def list_(full: bool, no_legend: bool, as_json: bool) -> None:
     for r in recs:
         for i, app in enumerate(r.apps or [None]):
             first = i == 0
-            rows.append((
-                (r.uuid if full else r.short_id) if first else "",
-                app.name if app else "-",
-                app.image if app else "-",
-                r.state if first else "",
-                r.node if first else "",
-                _iso(r.created) if first else "",
-            ))
+            rows.append(
+                (
+                    (r.uuid if full else r.short_id) if first else "",
+                    app.name if app else "-",
+                    app.image if app else "-",
+                    r.state if first else "",
+                    r.node if first else "",
+                    _iso(r.created) if first else "",
+                )
+            )
     header = ("UUID", "APP", "IMAGE", "STATE", "NODE", "CREATED")
     _table(rows, None if no_legend else header)
 
@@ -184,15 +227,17 @@ def status(wait: bool, uuid: str) -> None:
             click.echo(f"{app.name}={app.exit_status}")
 
 
-@pod.command("enter", context_settings={"ignore_unknown_options": True,
-                                        "allow_interspersed_args": False})
+@pod.command(
+    "enter", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
 @click.option("--app", "app_name", metavar="NAME", help="The app to enter.")
 @click.option("-t", "--tty", is_flag=True, help="Allocate a terminal.")
 @click.argument("uuid")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def enter(ctx: click.Context, app_name: str | None, tty: bool, uuid: str,
-          command: tuple[str, ...]) -> None:
+def enter(
+    ctx: click.Context, app_name: str | None, tty: bool, uuid: str, command: tuple[str, ...]
+) -> None:
     """Run COMMAND (default /bin/sh) inside an app of a running pod."""
     from pcocc.ctr.launch import enter_pod
     from pcocc.ctr.pods import PodStore
@@ -226,8 +271,13 @@ def logs(app_name: str | None, uuid: str) -> None:
 
 
 @pod.command("gc")
-@click.option("--grace-period", default="30m", show_default=True, metavar="DURATION",
-              help="How long exited pods stay, then how long garbage stays (e.g. 30m, 0s).")
+@click.option(
+    "--grace-period",
+    default="30m",
+    show_default=True,
+    metavar="DURATION",
+    help="How long exited pods stay, then how long garbage stays (e.g. 30m, 0s).",
+)
 def gc(grace_period: str) -> None:
     """Move exited pods to the garbage, and remove old garbage."""
     from pcocc.ctr.pods import PodStore, parse_duration

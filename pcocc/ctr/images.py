@@ -72,8 +72,10 @@ def resolve_rootfs(session: Session | None, image_ref: str) -> tuple[Path, dict[
 
 def _repos_available() -> bool:
     try:
-        return (importlib.util.find_spec("pcocc.repo.store") is not None
-                and importlib.util.find_spec("pcocc.repo.cache") is not None)
+        return (
+            importlib.util.find_spec("pcocc.repo.store") is not None
+            and importlib.util.find_spec("pcocc.repo.cache") is not None
+        )
     except ImportError:
         return False
 
@@ -84,7 +86,7 @@ def _resolve_from_repos(session: Session, image_ref: str) -> tuple[Path, dict[st
     Expected shape: the store gives the image (and its blob path), the cache
     ``prepare(image, blob_path, mode) -> Path`` an unpacked bundle directory.
     """
-    from pcocc.repo import cache, store  # noqa: F401 - present only after the merge
+    from pcocc.repo import cache, store
 
     resolver = getattr(store, "resolve_container_image", None)
     if resolver is None:

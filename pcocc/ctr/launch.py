@@ -18,7 +18,6 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, BinaryIO
 
 from pcocc import proc
@@ -76,9 +75,15 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def prepare_pod(store: PodStore, apps: Sequence[AppSpec], opts: RunOptions,
-                settings: ContainerSettings, *, runtime: Any,
-                host_env: Mapping[str, str] | None = None) -> PodRecord:
+def prepare_pod(
+    store: PodStore,
+    apps: Sequence[AppSpec],
+    opts: RunOptions,
+    settings: ContainerSettings,
+    *,
+    runtime: Any,
+    host_env: Mapping[str, str] | None = None,
+) -> PodRecord:
     """Check every input, create the pod record and write the app bundles (state prepared)."""
     if not apps:
         raise UsageError("no image given", hint="pcocc run IMAGE [-- ARGS]")
@@ -95,7 +100,8 @@ def prepare_pod(store: PodStore, apps: Sequence[AppSpec], opts: RunOptions,
             image_env=a.image_config.get("Env") or (),
             config_env={**settings.env, **mod_env},
             host_env=(host_env if host_env is not None else os.environ)
-            if opts.inherit_env else None,
+            if opts.inherit_env
+            else None,
             env_files=opts.env_files,
             set_env=opts.set_env,
         )
@@ -103,20 +109,29 @@ def prepare_pod(store: PodStore, apps: Sequence[AppSpec], opts: RunOptions,
     ]
     rec = store.create(
         [AppRecord(n, a.image, list(a.args)) for n, a in zip(names, apps)],
-        runtime=runtime.name, save=False,
+        runtime=runtime.name,
+        save=False,
     )
     try:
         rec.hostname = opts.hostname or f"pcocc-{rec.short_id}"
         mounts = resolve_mounts(
-            volumes, mount_reqs, empty_dir=store.pod_dir(rec.uuid) / "volumes",
-            config_mounts=[*settings.mounts, *mod_mounts], config_name=where,
+            volumes,
+            mount_reqs,
+            empty_dir=store.pod_dir(rec.uuid) / "volumes",
+            config_mounts=[*settings.mounts, *mod_mounts],
+            config_name=where,
         )
         ident = Identity(os.getuid(), os.getgid(), tuple(os.getgroups()), opts.as_root)
         for app, spec_app, argv, env in zip(rec.apps, apps, argvs, envs):
             req = SpecRequest(
-                rootfs=str(spec_app.rootfs), args=argv, env=env, identity=ident,
+                rootfs=str(spec_app.rootfs),
+                args=argv,
+                env=env,
+                identity=ident,
                 cwd=str(spec_app.image_config.get("WorkingDir") or "/"),
-                hostname=rec.hostname, mounts=mounts, private_net=opts.private_net,
+                hostname=rec.hostname,
+                mounts=mounts,
+                private_net=opts.private_net,
                 insecure=insecure,
             )
             app.container_id = f"pcocc-{rec.uuid}-{app.name}"
@@ -138,8 +153,15 @@ def _on_term(signum: int, frame: Any) -> None:
     raise _Terminate(signum)
 
 
-def start_pod(store: PodStore, rec: PodRecord, runtime: Any, *, interactive: bool = False,
-              out: BinaryIO | None = None, err: BinaryIO | None = None) -> int:
+def start_pod(
+    store: PodStore,
+    rec: PodRecord,
+    runtime: Any,
+    *,
+    interactive: bool = False,
+    out: BinaryIO | None = None,
+    err: BinaryIO | None = None,
+) -> int:
     """Run the prepared pod's apps side by side and wait for them all.
 
     :return: 0 if every app exited 0, else the first non-zero exit status (in app order)
@@ -186,8 +208,9 @@ def start_pod(store: PodStore, rec: PodRecord, runtime: Any, *, interactive: boo
     return next((a.exit_status for a in rec.apps if a.exit_status), 0) or 0
 
 
-def _pump(popens: Sequence[subprocess.Popen], logs: Sequence[BinaryIO],
-          out: BinaryIO, err: BinaryIO) -> None:
+def _pump(
+    popens: Sequence[subprocess.Popen], logs: Sequence[BinaryIO], out: BinaryIO, err: BinaryIO
+) -> None:
     """Copy every app's stdout/stderr to ours and to its log until all pipes close."""
     sel = selectors.DefaultSelector()
     for p, log in zip(popens, logs):
@@ -210,8 +233,9 @@ def _pump(popens: Sequence[subprocess.Popen], logs: Sequence[BinaryIO],
     sel.close()
 
 
-def run_pod(store: PodStore, apps: Sequence[AppSpec], opts: RunOptions,
-            settings: ContainerSettings) -> tuple[PodRecord, int]:
+def run_pod(
+    store: PodStore, apps: Sequence[AppSpec], opts: RunOptions, settings: ContainerSettings
+) -> tuple[PodRecord, int]:
     """Prepare and run a pod on this node; returns its record and exit status."""
     from pcocc.ctr.runtime import get_runtime
 
@@ -233,26 +257,32 @@ def pick_app(rec: PodRecord, name: str | None) -> AppRecord:
     for app in rec.apps:
         if app.name == name:
             return app
-    raise UsageError(f"pod {rec.short_id} has no app '{name}'",
-                     hint=f"apps: {', '.join(a.name for a in rec.apps)}")
+    raise UsageError(
+        f"pod {rec.short_id} has no app '{name}'",
+        hint=f"apps: {', '.join(a.name for a in rec.apps)}",
+    )
 
 
-def enter_pod(store: PodStore, rec: PodRecord, app_name: str | None,
-              argv: Sequence[str], *, tty: bool = False) -> int:
+def enter_pod(
+    store: PodStore, rec: PodRecord, app_name: str | None, argv: Sequence[str], *, tty: bool = False
+) -> int:
     """Run ``argv`` (default /bin/sh) inside a running app; returns its exit status."""
     from pcocc.ctr.runtime import Unshare, probe
 
     if rec.state != "running":
-        raise PcoccError(f"pod {rec.short_id} is {rec.state}, not running",
-                         hint="only running pods can be entered")
+        raise PcoccError(
+            f"pod {rec.short_id} is {rec.state}, not running",
+            hint="only running pods can be entered",
+        )
     app = pick_app(rec, app_name)
     runtime = probe(rec.runtime)
     record: dict[str, Any] = {"bundle": str(store.app_dir(rec.uuid, app.name))}
     if isinstance(runtime, Unshare) and app.pid:
         record["init_pid"] = Unshare.init_pid(app.pid)
         record["runtime_pid"] = app.pid
-    cmd, env = runtime.exec_argv(app.container_id, list(argv) or ["/bin/sh"],
-                                 record=record, tty=tty)
+    cmd, env = runtime.exec_argv(
+        app.container_id, list(argv) or ["/bin/sh"], record=record, tty=tty
+    )
     p = proc.spawn(cmd, env=env, stdin=None, stdout=None, stderr=None, new_session=False)
     return exit_status(p.wait())
 

@@ -54,8 +54,14 @@ def task_argv(request: Path) -> list[str]:
     return [*head, "internal", "ctr-task", str(request)]
 
 
-def run_tasks(session: Session, apps: list[tuple[str, list[str]]], opts: RunOptions, *,
-              nodes: int | None, tasks: int | None) -> int:
+def run_tasks(
+    session: Session,
+    apps: list[tuple[str, list[str]]],
+    opts: RunOptions,
+    *,
+    nodes: int | None,
+    tasks: int | None,
+) -> int:
     """Run one pod per task in the current allocation; returns the launcher's status."""
     try:
         from pcocc.batch.base import get_manager
@@ -67,8 +73,10 @@ def run_tasks(session: Session, apps: list[tuple[str, list[str]]], opts: RunOpti
     manager = get_manager(session.config.batch)
     job_id = manager.job_id_from_env()
     if job_id is None:
-        raise UsageError("pcocc run -N/-n must run inside an allocation",
-                         hint="start one first, e.g. 'salloc -N 2' then 'pcocc run -N 2 ...'")
+        raise UsageError(
+            "pcocc run -N/-n must run inside an allocation",
+            hint="start one first, e.g. 'salloc -N 2' then 'pcocc run -N 2 ...'",
+        )
     if opts.interactive:
         raise UsageError("--interactive cannot be combined with -N/-n")
     ntasks = tasks or nodes or 1

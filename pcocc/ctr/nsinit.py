@@ -25,10 +25,24 @@ CLONE_NEWUSER = 0x10000000
 PR_SET_NO_NEW_PRIVS = 38
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203}
 #: statvfs f_flag bits -> mount flags that a bind remount in a user namespace must keep.
-_LOCKED = ((1, MS_RDONLY), (2, MS_NOSUID), (4, MS_NODEV), (8, MS_NOEXEC),
-           (1024, MS_NOATIME), (2048, MS_NODIRATIME), (4096, MS_RELATIME))
-_FLAG_OPTS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC,
-              "strictatime": MS_STRICTATIME, "relatime": MS_RELATIME, "noatime": MS_NOATIME}
+_LOCKED = (
+    (1, MS_RDONLY),
+    (2, MS_NOSUID),
+    (4, MS_NODEV),
+    (8, MS_NOEXEC),
+    (1024, MS_NOATIME),
+    (2048, MS_NODIRATIME),
+    (4096, MS_RELATIME),
+)
+_FLAG_OPTS = {
+    "ro": MS_RDONLY,
+    "nosuid": MS_NOSUID,
+    "nodev": MS_NODEV,
+    "noexec": MS_NOEXEC,
+    "strictatime": MS_STRICTATIME,
+    "relatime": MS_RELATIME,
+    "noatime": MS_NOATIME,
+}
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -45,9 +59,11 @@ def _check(ret: int, what: str) -> None:
 
 
 def mount(src: str | None, dst: str, fstype: str | None, flags: int, data: str | None = None):
-    enc = (lambda s: s.encode() if s is not None else None)
-    _check(libc.mount(enc(src), enc(dst), enc(fstype), ctypes.c_ulong(flags), enc(data)),
-           f"mount {src or fstype} on {dst}")
+    enc = lambda s: s.encode() if s is not None else None
+    _check(
+        libc.mount(enc(src), enc(dst), enc(fstype), ctypes.c_ulong(flags), enc(data)),
+        f"mount {src or fstype} on {dst}",
+    )
 
 
 def remount_ro(path: str, extra: int = 0) -> None:
@@ -110,9 +126,13 @@ def do_mount(root: str, m: dict) -> None:
             if os.path.exists(f"/dev/{name}"):
                 _ensure(f"{dest}/{name}", False)
                 mount(f"/dev/{name}", f"{dest}/{name}", None, MS_BIND)
-        for link, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
-                             ("ptmx", "pts/ptmx")):
+        for link, target in (
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+            ("ptmx", "pts/ptmx"),
+        ):
             os.symlink(target, f"{dest}/{link}")
 
 
@@ -164,8 +184,7 @@ def become(uid: int, gid: int) -> None:
     if uid == 0 and gid == 0:
         return
     _check(libc.unshare(CLONE_NEWUSER), "unshare the user namespace")
-    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} 0 1"),
-                       ("gid_map", f"{gid} 0 1")):
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} 0 1"), ("gid_map", f"{gid} 0 1")):
         with open(f"/proc/self/{name}", "w") as f:
             f.write(text)
 
@@ -209,8 +228,10 @@ def main(config_path: str) -> int:
         exe = find(args[0], env)
         os.execve(exe, args, env)
     except OSError as err:
-        print(f"pcocc: cannot execute '{args[0]}' in the container: {err.strerror or err}",
-              file=sys.stderr)
+        print(
+            f"pcocc: cannot execute '{args[0]}' in the container: {err.strerror or err}",
+            file=sys.stderr,
+        )
         return 127 if isinstance(err, FileNotFoundError) else 126
     return 0
 

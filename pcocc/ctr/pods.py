@@ -31,8 +31,9 @@ STATES = ("prepared", "running", "exited", "garbage")
 
 
 def pods_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"),
-                                                            ".local", "state")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
     return Path(base) / "pcocc" / "pods"
 
 
@@ -145,8 +146,9 @@ class PodStore:
         return rec
 
     def save(self, rec: PodRecord) -> None:
-        write_atomic(self.pod_dir(rec.uuid) / "pod.json",
-                     json.dumps(rec.to_json(), indent=1), mode=0o600)
+        write_atomic(
+            self.pod_dir(rec.uuid) / "pod.json", json.dumps(rec.to_json(), indent=1), mode=0o600
+        )
 
     def load(self, uuid: str) -> PodRecord:
         path = self.pod_dir(uuid) / "pod.json"
@@ -172,8 +174,9 @@ class PodStore:
     def uuids(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and not p.name.startswith("."))
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
 
     def list(self) -> Iterator[PodRecord]:
         """All readable pods, oldest first; unreadable ones are skipped."""
@@ -196,8 +199,10 @@ class PodStore:
         if not matches:
             raise NotFound(f"no pod with UUID '{prefix}'", hint="see 'pcocc pod list'")
         if len(matches) > 1:
-            raise UsageError(f"pod UUID prefix '{prefix}' is ambiguous: {len(matches)} pods",
-                             hint="give more characters of the UUID")
+            raise UsageError(
+                f"pod UUID prefix '{prefix}' is ambiguous: {len(matches)} pods",
+                hint="give more characters of the UUID",
+            )
         return self.load(matches[0])
 
     def wait(self, rec: PodRecord, timeout_s: float | None = None) -> PodRecord:
@@ -214,8 +219,10 @@ class PodStore:
 
     def remove(self, rec: PodRecord) -> None:
         if rec.state in ("running",) or (rec.state == "prepared" and rec.is_alive()):
-            raise PcoccError(f"pod {rec.uuid} is {rec.state}",
-                             hint="wait for it to exit ('pcocc pod status --wait')")
+            raise PcoccError(
+                f"pod {rec.uuid} is {rec.state}",
+                hint="wait for it to exit ('pcocc pod status --wait')",
+            )
         d = self.pod_dir(rec.uuid)
         trash = d.with_name(f".{rec.uuid}.removing")
         import shutil
@@ -248,10 +255,15 @@ class PodStore:
                     rec.garbage_since = now
                     self.save(rec)
                     done.append(("garbage", rec.uuid))
-            elif rec.state == "prepared" and rec.pid is None:
-                if now - rec.created >= grace_period_s and not rec.started:
-                    rec.state, rec.exited = "exited", now
-                    self.save(rec)
+            elif (
+                rec.state == "prepared"
+                and rec.pid is None
+                and not rec.started
+                and now - rec.created >= grace_period_s
+            ):
+                # abandoned while being prepared: collect it like an exited pod
+                rec.state, rec.exited = "exited", now
+                self.save(rec)
         return done
 
 

@@ -51,8 +51,10 @@ def runtime_dir() -> Path:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = path.stat()
     if st.st_uid != os.getuid():
-        raise PcoccError(f"runtime directory {path} belongs to another user",
-                         hint="set XDG_RUNTIME_DIR to a directory of yours")
+        raise PcoccError(
+            f"runtime directory {path} belongs to another user",
+            hint="set XDG_RUNTIME_DIR to a directory of yours",
+        )
     return path
 
 
@@ -121,8 +123,14 @@ class Runtime(ABC):
         """Run the container in the foreground; exits with the app's status."""
 
     @abstractmethod
-    def exec_argv(self, container_id: str, argv: Sequence[str], *, record: Mapping[str, Any],
-                  tty: bool = False) -> tuple[list[str], dict[str, str] | None]:
+    def exec_argv(
+        self,
+        container_id: str,
+        argv: Sequence[str],
+        *,
+        record: Mapping[str, Any],
+        tty: bool = False,
+    ) -> tuple[list[str], dict[str, str] | None]:
         """argv (and env, or None to inherit) that runs ``argv`` inside a running container."""
 
     def cleanup(self, container_id: str) -> None:
@@ -144,8 +152,18 @@ class OciRuntime(Runtime):
             return []
         userns = ["--user", "--map-root-user"] if is_rootless() else []
         script = 'mount --bind "$0" /sys/fs/cgroup && exec "$@"'
-        return [proc.which("unshare"), *userns, "--mount", "--propagation", "private", "--",
-                "/bin/sh", "-c", script, f"{CGROUP_ROOT}/unified"]
+        return [
+            proc.which("unshare"),
+            *userns,
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+            f"{CGROUP_ROOT}/unified",
+        ]
 
     def global_args(self) -> list[str]:
         args = [proc.which(self.binary or self.name), "--root", str(self.state_root())]
@@ -165,8 +183,7 @@ class OciRuntime(Runtime):
         return spec
 
     def run_argv(self, bundle: Path, container_id: str) -> list[str]:
-        return [*self.wrapper(), *self.global_args(), "run", "--bundle", str(bundle),
-                container_id]
+        return [*self.wrapper(), *self.global_args(), "run", "--bundle", str(bundle), container_id]
 
     def exec_argv(self, container_id, argv, *, record, tty=False):
         if self.mode.get("wrap") == "unified-bind" and is_rootless():
@@ -174,12 +191,21 @@ class OciRuntime(Runtime):
             # exec cannot recreate: join the container's namespaces directly.
             return nsenter_argv(self.container_pid(container_id), Path(record["bundle"]), argv)
 
-        return [*self.wrapper(), *self.global_args(), "exec", *(["--tty"] if tty else []),
-                container_id, *argv], None
+        return [
+            *self.wrapper(),
+            *self.global_args(),
+            "exec",
+            *(["--tty"] if tty else []),
+            container_id,
+            *argv,
+        ], None
 
     def container_pid(self, container_id: str) -> int:
-        res = proc.run([*self.global_args(), "state", container_id],
-                       what=f"{self.name} state {container_id}", timeout_s=10)
+        res = proc.run(
+            [*self.global_args(), "state", container_id],
+            what=f"{self.name} state {container_id}",
+            timeout_s=10,
+        )
         try:
             return int(json.loads(res.stdout)["pid"])
         except (ValueError, KeyError, TypeError) as err:
@@ -231,13 +257,21 @@ class Unshare(Runtime):
     def run_argv(self, bundle: Path, container_id: str) -> list[str]:
         spec = json.loads((bundle / "config.json").read_text())
         ns_types = {n["type"] for n in spec.get("linux", {}).get("namespaces", [])}
-        argv = [proc.which("unshare"), "--user", "--map-root-user", "--mount", "--uts",
-                "--ipc", "--pid", "--fork", "--kill-child"]
+        argv = [
+            proc.which("unshare"),
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--pid",
+            "--fork",
+            "--kill-child",
+        ]
         if "network" in ns_types:
             argv.append("--net")
         nsinit = Path(__file__).with_name("nsinit.py")
-        return [*argv, "--", sys.executable, "-I", "-S", str(nsinit),
-                str(bundle / "config.json")]
+        return [*argv, "--", sys.executable, "-I", "-S", str(nsinit), str(bundle / "config.json")]
 
     def exec_argv(self, container_id, argv, *, record, tty=False):
         pid = record.get("init_pid")
@@ -246,8 +280,7 @@ class Unshare(Runtime):
         # The namespaces belong to the user namespace unshare made (where we are root); the
         # app may sit in a nested one for its uid, which nsenter cannot join on top. So the
         # command runs as root of the container (the caller on the host).
-        return nsenter_argv(pid, Path(record["bundle"]), argv,
-                            userns_pid=record.get("runtime_pid"))
+        return nsenter_argv(pid, Path(record["bundle"]), argv, userns_pid=record.get("runtime_pid"))
 
     @staticmethod
     def init_pid(unshare_pid: int) -> int | None:
@@ -259,8 +292,14 @@ class Unshare(Runtime):
         return int(kids[0]) if kids else None
 
 
-def nsenter_argv(pid: int, bundle: Path, argv: Sequence[str], *, userns_pid: int | None = None,
-                 ids: tuple[int, int] | None = None) -> tuple[list[str], dict]:
+def nsenter_argv(
+    pid: int,
+    bundle: Path,
+    argv: Sequence[str],
+    *,
+    userns_pid: int | None = None,
+    ids: tuple[int, int] | None = None,
+) -> tuple[list[str], dict]:
     """Join the namespaces of ``pid`` (not its cgroup one) with the app's env.
 
     :param userns_pid: take the user namespace of this process instead of ``pid``'s
@@ -271,14 +310,21 @@ def nsenter_argv(pid: int, bundle: Path, argv: Sequence[str], *, userns_pid: int
     private = {n["type"] for n in spec.get("linux", {}).get("namespaces", [])}
     # Joining a namespace we already share with the container (the host network) would
     # need privileges over the host's: skip it.
-    flags = {"mount": "--mount", "uts": "--uts", "ipc": "--ipc", "pid": "--pid",
-             "network": "--net"}
+    flags = {"mount": "--mount", "uts": "--uts", "ipc": "--ipc", "pid": "--pid", "network": "--net"}
     user = f"--user=/proc/{userns_pid}/ns/user" if userns_pid else "--user"
-    creds = ["--setuid", str(ids[0]), "--setgid", str(ids[1])] if ids else [
-        "--preserve-credentials"]
-    nsenter = [proc.which("nsenter"), "-t", str(pid), user,
-               *(flag for ns, flag in flags.items() if ns in private), "--root", "--wd",
-               *creds]
+    creds = (
+        ["--setuid", str(ids[0]), "--setgid", str(ids[1])] if ids else ["--preserve-credentials"]
+    )
+    nsenter = [
+        proc.which("nsenter"),
+        "-t",
+        str(pid),
+        user,
+        *(flag for ns, flag in flags.items() if ns in private),
+        "--root",
+        "--wd",
+        *creds,
+    ]
     return [*nsenter, *argv], env
 
 
@@ -299,9 +345,7 @@ class VmRuntime(Runtime):
         raise RuntimeUnusable("the 'vm' container runtime is not available yet")
 
 
-RUNTIMES: dict[str, type[Runtime]] = {
-    cls.name: cls for cls in (Crun, Runc, Unshare, VmRuntime)
-}
+RUNTIMES: dict[str, type[Runtime]] = {cls.name: cls for cls in (Crun, Runc, Unshare, VmRuntime)}
 
 
 # -- probing ------------------------------------------------------------------------------
@@ -340,7 +384,11 @@ def probe_bundle(dest: Path) -> Path:
 
     true = shutil.which("true") or "/bin/true"
     req = SpecRequest(
-        rootfs=str(rootfs), args=[true], env={}, mounts=mounts, hostname="pcocc-probe",
+        rootfs=str(rootfs),
+        args=[true],
+        env={},
+        mounts=mounts,
+        hostname="pcocc-probe",
         identity=Identity(os.getuid(), os.getgid()),
     )
     (dest / "config.json").write_text(json.dumps(build_spec(req)))
@@ -403,7 +451,7 @@ def probe(name: str, *, refresh: bool = False) -> Runtime:
         raise RuntimeUnusable(
             f"container runtime '{name}' does not work on this host: {entry.get('reason')}",
             hint=f"try another --runtime (one of {', '.join(AUTO_ORDER)}); "
-                 f"the result is cached in {path}",
+            f"the result is cached in {path}",
         )
     return cls(entry.get("mode"))
 

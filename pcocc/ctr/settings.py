@@ -51,8 +51,7 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
-def merge(settings: ContainerSettings, data: Mapping[str, Any], where: str,
-          *, admin: bool) -> None:
+def merge(settings: ContainerSettings, data: Mapping[str, Any], where: str, *, admin: bool) -> None:
     from pcocc.ctr.env import env_mapping
 
     settings.sources.append(where)
@@ -78,8 +77,11 @@ def merge(settings: ContainerSettings, data: Mapping[str, Any], where: str,
     settings.default_modules.extend(str(d) for d in defaults)
 
 
-def load_settings(system_dir: str | os.PathLike, user_dir: str | os.PathLike,
-                  preloaded: Mapping[str, Any] | None = None) -> ContainerSettings:
+def load_settings(
+    system_dir: str | os.PathLike,
+    user_dir: str | os.PathLike,
+    preloaded: Mapping[str, Any] | None = None,
+) -> ContainerSettings:
     """Settings from ``preloaded`` (the config loader's ``containers``) or from the files."""
     settings = ContainerSettings()
     if preloaded:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pcocc.errors import ConfigError, NotFound, UsageError
+from pcocc.errors import ConfigError, UsageError
 
 KINDS = ("host", "empty")
 _TRUE = ("true", "yes", "1", "on")
@@ -80,8 +80,10 @@ def parse_volume(text: str) -> Volume:
     source = keyed.pop("source", None)
     readonly = _bool(keyed.pop("readOnly", keyed.pop("readonly", "false")), option, text)
     if keyed:
-        raise UsageError(f"{option} '{text}': unknown key '{next(iter(keyed))}'",
-                         hint="keys are kind, source and readOnly")
+        raise UsageError(
+            f"{option} '{text}': unknown key '{next(iter(keyed))}'",
+            hint="keys are kind, source and readOnly",
+        )
     if kind == "host" and not source:
         raise UsageError(f"{option} '{text}': a host volume needs source=PATH")
     if kind == "empty" and source:

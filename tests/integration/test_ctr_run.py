@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -57,8 +56,14 @@ def runtime(request):
 
 
 def pcocc(pcocc_bin, *args, check=None, timeout=60, **kw):
-    res = subprocess.run([pcocc_bin, *map(str, args)], capture_output=True, text=True,
-                         timeout=timeout, **kw)
+    res = subprocess.run(
+        [pcocc_bin, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **kw,
+    )
     if check is not None:
         assert res.returncode == check, (res.returncode, res.stdout, res.stderr)
     return res
@@ -82,13 +87,22 @@ def wait_running(pcocc_bin, timeout_s=20.0):
 def test_exit_status_propagates(env, pcocc_bin, image_dir, runtime):
     pcocc(pcocc_bin, "run", "--runtime", runtime, image_dir, "--", "true", check=0)
     pcocc(pcocc_bin, "run", "--runtime", runtime, image_dir, "--", "false", check=1)
-    pcocc(pcocc_bin, "run", "--runtime", runtime, image_dir, "--", "sh", "-c", "exit 7",
-          check=7)
+    pcocc(pcocc_bin, "run", "--runtime", runtime, image_dir, "--", "sh", "-c", "exit 7", check=7)
 
 
 def test_hostname_output_and_logs(env, pcocc_bin, image_dir, runtime):
-    res = pcocc(pcocc_bin, "run", "--runtime", runtime, image_dir, "--", "sh", "-c",
-                "hostname; echo to-stderr >&2", check=0)
+    res = pcocc(
+        pcocc_bin,
+        "run",
+        "--runtime",
+        runtime,
+        image_dir,
+        "--",
+        "sh",
+        "-c",
+        "hostname; echo to-stderr >&2",
+        check=0,
+    )
     [pod] = pods(pcocc_bin)
     assert res.stdout.strip() == f"pcocc-{pod['uuid'][:8]}"
     assert "to-stderr" in res.stderr
@@ -119,29 +133,85 @@ def test_runtime_from_containers_yaml_and_auto(env, pcocc_bin, image_dir):
 
 
 def test_interactive_passes_stdin(env, pcocc_bin, image_dir, runtime):
-    res = pcocc(pcocc_bin, "run", "--runtime", runtime, "--interactive", image_dir, "--",
-                "sh", "-c", "read line; echo got:$line", input="hello\n", check=0)
+    res = pcocc(
+        pcocc_bin,
+        "run",
+        "--runtime",
+        runtime,
+        "--interactive",
+        image_dir,
+        "--",
+        "sh",
+        "-c",
+        "read line; echo got:$line",
+        input="hello\n",
+        check=0,
+    )
     assert res.stdout.strip() == "got:hello"
-    res = pcocc(pcocc_bin, "run", "--runtime", runtime, image_dir, "--",
-                "sh", "-c", "read line; echo got:$line", input="hello\n", check=0)
+    res = pcocc(
+        pcocc_bin,
+        "run",
+        "--runtime",
+        runtime,
+        image_dir,
+        "--",
+        "sh",
+        "-c",
+        "read line; echo got:$line",
+        input="hello\n",
+        check=0,
+    )
     assert res.stdout.strip() == "got:"  # without -i the app reads /dev/null
 
 
 # -- environment ------------------------------------------------------------------------
 def test_env_precedence(env, pcocc_bin, image_dir, runtime, tmp_path, monkeypatch):
     (env["user"] / "containers.yaml").write_text(
-        "env:\n  CONF_VAR: from-config\n  OVERRIDE_ME: config\n  HOST_WINS: config\n")
+        "env:\n  CONF_VAR: from-config\n  OVERRIDE_ME: config\n  HOST_WINS: config\n"
+    )
     env_file = tmp_path / "vars.env"
     env_file.write_text("# set by file\nFILE_VAR=from-file\nOVERRIDE_ME=file\n")
     monkeypatch.setenv("HOST_WINS", "host")
     script = "echo $IMAGE_VAR $CONF_VAR $HOST_WINS $FILE_VAR $OVERRIDE_ME $SET_VAR"
-    res = pcocc(pcocc_bin, "run", "--runtime", runtime, "--inherit-env",
-                "--set-env-file", env_file, "--set-env", "OVERRIDE_ME=explicit",
-                "--set-env", "SET_VAR=a=b", image_dir, "--", "sh", "-c", script, check=0)
-    assert res.stdout.split() == ["from-image", "from-config", "host", "from-file",
-                                  "explicit", "a=b"]
-    res = pcocc(pcocc_bin, "run", "--runtime", runtime, image_dir, "--", "sh", "-c",
-                "echo ${HOST_WINS:-unset}", check=0)
+    res = pcocc(
+        pcocc_bin,
+        "run",
+        "--runtime",
+        runtime,
+        "--inherit-env",
+        "--set-env-file",
+        env_file,
+        "--set-env",
+        "OVERRIDE_ME=explicit",
+        "--set-env",
+        "SET_VAR=a=b",
+        image_dir,
+        "--",
+        "sh",
+        "-c",
+        script,
+        check=0,
+    )
+    assert res.stdout.split() == [
+        "from-image",
+        "from-config",
+        "host",
+        "from-file",
+        "explicit",
+        "a=b",
+    ]
+    res = pcocc(
+        pcocc_bin,
+        "run",
+        "--runtime",
+        runtime,
+        image_dir,
+        "--",
+        "sh",
+        "-c",
+        "echo ${HOST_WINS:-unset}",
+        check=0,
+    )
     assert res.stdout.strip() == "config"  # no --inherit-env: the host's value stays out
 
 
@@ -150,16 +220,40 @@ def test_volumes_read_only_and_read_write(env, pcocc_bin, image_dir, runtime, tm
     data = tmp_path / "data dir"
     data.mkdir()
     (data / "in.txt").write_text("hello\n")
-    ro = pcocc(pcocc_bin, "run", "--runtime", runtime,
-               "--volume", f"d,kind=host,source={data},readOnly=true",
-               "--mount", "volume=d,target=/data", image_dir, "--",
-               "sh", "-c", "cat /data/in.txt; touch /data/new")
+    ro = pcocc(
+        pcocc_bin,
+        "run",
+        "--runtime",
+        runtime,
+        "--volume",
+        f"d,kind=host,source={data},readOnly=true",
+        "--mount",
+        "volume=d,target=/data",
+        image_dir,
+        "--",
+        "sh",
+        "-c",
+        "cat /data/in.txt; touch /data/new",
+    )
     assert ro.returncode != 0 and "hello" in ro.stdout
     assert "Read-only file system" in ro.stderr
     assert not (data / "new").exists()
-    pcocc(pcocc_bin, "run", "--runtime", runtime, "--volume", f"d,kind=host,source={data}",
-          "--mount", "volume=d,target=/data", image_dir, "--",
-          "sh", "-c", "echo written > /data/new", check=0)
+    pcocc(
+        pcocc_bin,
+        "run",
+        "--runtime",
+        runtime,
+        "--volume",
+        f"d,kind=host,source={data}",
+        "--mount",
+        "volume=d,target=/data",
+        image_dir,
+        "--",
+        "sh",
+        "-c",
+        "echo written > /data/new",
+        check=0,
+    )
     assert (data / "new").read_text() == "written\n"
 
 
@@ -170,18 +264,49 @@ def test_containers_yaml_mounts_and_modules(env, pcocc_bin, image_dir, runtime, 
     (env["system"] / "containers.yaml").write_text(
         f"mounts:\n  - {{source: '{site}', target: /site, readonly: true}}\n"
         f"modules:\n  tools:\n    mounts: [{{source: '{site}', target: /tools}}]\n"
-        f"    env: {{TOOLS: enabled}}\n")
-    res = pcocc(pcocc_bin, "run", "--runtime", runtime, "--module", "tools", image_dir, "--",
-                "sh", "-c", "cat /site/f /tools/f; echo $TOOLS", check=0)
+        f"    env: {{TOOLS: enabled}}\n"
+    )
+    res = pcocc(
+        pcocc_bin,
+        "run",
+        "--runtime",
+        runtime,
+        "--module",
+        "tools",
+        image_dir,
+        "--",
+        "sh",
+        "-c",
+        "cat /site/f /tools/f; echo $TOOLS",
+        check=0,
+    )
     assert res.stdout.split() == ["site-file", "site-file", "enabled"]
 
 
 # -- pods with several apps -------------------------------------------------------------
 def test_two_apps_in_one_pod(env, pcocc_bin, image_dir, runtime):
-    res = pcocc(pcocc_bin, "run", "--runtime", runtime,
-                "--volume", "shared,kind=empty", "--mount", "volume=shared,target=/shared",
-                image_dir, "--", "sh", "-c", "hostname; echo one > /shared/one", "---",
-                image_dir, "--", "sh", "-c", "hostname; sleep 0.3; cat /shared/one", check=0)
+    res = pcocc(
+        pcocc_bin,
+        "run",
+        "--runtime",
+        runtime,
+        "--volume",
+        "shared,kind=empty",
+        "--mount",
+        "volume=shared,target=/shared",
+        image_dir,
+        "--",
+        "sh",
+        "-c",
+        "hostname; echo one > /shared/one",
+        "---",
+        image_dir,
+        "--",
+        "sh",
+        "-c",
+        "hostname; sleep 0.3; cat /shared/one",
+        check=0,
+    )
     [pod] = pods(pcocc_bin)
     lines = res.stdout.split()
     host = f"pcocc-{pod['uuid'][:8]}"
@@ -192,21 +317,50 @@ def test_two_apps_in_one_pod(env, pcocc_bin, image_dir, runtime):
 
 
 def test_first_failing_app_gives_the_status(env, pcocc_bin, image_dir, runtime):
-    pcocc(pcocc_bin, "run", "--runtime", runtime, image_dir, "--", "true", "---",
-          image_dir, "--", "sh", "-c", "exit 4", "---", image_dir, "--", "sh", "-c", "exit 5",
-          check=4)
+    pcocc(
+        pcocc_bin,
+        "run",
+        "--runtime",
+        runtime,
+        image_dir,
+        "--",
+        "true",
+        "---",
+        image_dir,
+        "--",
+        "sh",
+        "-c",
+        "exit 4",
+        "---",
+        image_dir,
+        "--",
+        "sh",
+        "-c",
+        "exit 5",
+        check=4,
+    )
 
 
 # -- enter, status --wait ---------------------------------------------------------------
 def test_enter_a_running_pod(env, pcocc_bin, image_dir, runtime):
-    run = subprocess.Popen([pcocc_bin, "run", "--runtime", runtime, str(image_dir), "--",
-                            "sleep", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    run = subprocess.Popen(
+        [pcocc_bin, "run", "--runtime", runtime, str(image_dir), "--", "sleep", "30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         pod = wait_running(pcocc_bin)
         short = pod["uuid"][:8]
-        res = pcocc(pcocc_bin, "pod", "enter", short, "sh", "-c",
-                    "cat /proc/1/cmdline | tr '\\0' ' '; echo; hostname; echo $IMAGE_VAR",
-                    check=0)
+        res = pcocc(
+            pcocc_bin,
+            "pod",
+            "enter",
+            short,
+            "sh",
+            "-c",
+            "cat /proc/1/cmdline | tr '\\0' ' '; echo; hostname; echo $IMAGE_VAR",
+            check=0,
+        )
         assert res.stdout.split() == ["sleep", "30", f"pcocc-{short}", "from-image"]
         assert pcocc(pcocc_bin, "pod", "enter", short, "sh", "-c", "exit 3").returncode == 3
         status = pcocc(pcocc_bin, "pod", "status", short, check=0).stdout
@@ -225,9 +379,25 @@ def test_enter_a_running_pod(env, pcocc_bin, image_dir, runtime):
 
 
 def test_enter_needs_the_app_name_when_several(env, pcocc_bin, image_dir):
-    run = subprocess.Popen([pcocc_bin, "run", "--runtime", "crun", str(image_dir), "--",
-                            "sleep", "30", "---", str(image_dir), "--", "sleep", "30"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = subprocess.Popen(
+        [
+            pcocc_bin,
+            "run",
+            "--runtime",
+            "crun",
+            str(image_dir),
+            "--",
+            "sleep",
+            "30",
+            "---",
+            str(image_dir),
+            "--",
+            "sleep",
+            "30",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         pod = wait_running(pcocc_bin)
         res = pcocc(pcocc_bin, "pod", "enter", pod["uuid"][:8], "true")
@@ -239,8 +409,11 @@ def test_enter_needs_the_app_name_when_several(env, pcocc_bin, image_dir):
 
 
 def test_killed_supervisor_shows_exited_and_gc_cleans(env, pcocc_bin, image_dir):
-    run = subprocess.Popen([pcocc_bin, "run", "--runtime", "crun", str(image_dir), "--",
-                            "sleep", "29"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = subprocess.Popen(
+        [pcocc_bin, "run", "--runtime", "crun", str(image_dir), "--", "sleep", "29"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     pod = wait_running(pcocc_bin)
     run.kill()  # the supervisor dies without recording anything
     run.wait()
@@ -286,16 +459,38 @@ def test_rm(env, pcocc_bin, image_dir):
 
 # -- private network --------------------------------------------------------------------
 def test_private_net_has_only_loopback(env, pcocc_bin, image_dir, runtime):
-    res = pcocc(pcocc_bin, "run", "--runtime", runtime, "--private-net", image_dir, "--",
-                "sh", "-c", "tail -n +3 /proc/net/dev | cut -d: -f1; ip -o link", check=0)
+    res = pcocc(
+        pcocc_bin,
+        "run",
+        "--runtime",
+        runtime,
+        "--private-net",
+        image_dir,
+        "--",
+        "sh",
+        "-c",
+        "tail -n +3 /proc/net/dev | cut -d: -f1; ip -o link",
+        check=0,
+    )
     lines = res.stdout.split("\n")
     ifaces = [ln.strip() for ln in lines if ln.strip() and ":" not in ln]
     assert ifaces == ["lo"]
     assert "state UNKNOWN" in res.stdout or "LOOPBACK,UP" in res.stdout  # lo is up
-    host_ifaces = [ln.split(":")[0].strip()
-                   for ln in Path("/proc/net/dev").read_text().splitlines()[2:]]
-    shared = pcocc(pcocc_bin, "run", "--runtime", runtime, image_dir, "--",
-                   "sh", "-c", "tail -n +3 /proc/net/dev | cut -d: -f1", check=0)
+    host_ifaces = [
+        ln.split(":")[0].strip() for ln in Path("/proc/net/dev").read_text().splitlines()[2:]
+    ]
+    shared = pcocc(
+        pcocc_bin,
+        "run",
+        "--runtime",
+        runtime,
+        image_dir,
+        "--",
+        "sh",
+        "-c",
+        "tail -n +3 /proc/net/dev | cut -d: -f1",
+        check=0,
+    )
     assert sorted(shared.stdout.split()) == sorted(host_ifaces)
 
 
@@ -305,8 +500,18 @@ def test_bad_inputs_give_clear_errors(env, pcocc_bin, image_dir, tmp_path):
     cases = [
         (["run", tmp_path / "no-such-image"], 1, "image '"),
         (["run", "--volume", "broken", image_dir], 2, "--volume 'broken'"),
-        (["run", "--volume", f"v,kind=host,source={tmp_path}/gone", "--mount",
-          "volume=v,target=/v", image_dir], 2, f"source '{tmp_path}/gone' does not exist"),
+        (
+            [
+                "run",
+                "--volume",
+                f"v,kind=host,source={tmp_path}/gone",
+                "--mount",
+                "volume=v,target=/v",
+                image_dir,
+            ],
+            2,
+            f"source '{tmp_path}/gone' does not exist",
+        ),
         (["run", "--set-env", "NOEQUALS", image_dir], 2, "'NOEQUALS' is not NAME=VALUE"),
         (["run", "--runtime", "nosuch", image_dir], 2, "unknown container runtime 'nosuch'"),
         (["run", "--runtime", "vm", image_dir], 1, "'vm' container runtime is not available"),
@@ -328,11 +533,20 @@ def test_missing_runtime_binary(env, pcocc_bin, image_dir, tmp_path):
     bindir.mkdir()
     for tool in ("sh", "mount", "unshare"):
         (bindir / tool).symlink_to(shutil.which(tool))
-    res = pcocc(pcocc_bin, "run", "--runtime", "crun", image_dir, "--", "true",
-                env={**os.environ, "PATH": str(bindir)})
+    res = pcocc(
+        pcocc_bin,
+        "run",
+        "--runtime",
+        "crun",
+        image_dir,
+        "--",
+        "true",
+        env={**os.environ, "PATH": str(bindir)},
+    )
     assert res.returncode == 1
-    assert "'crun' is not installed" in res.stderr and "hint: install the Debian package" \
-        in res.stderr
+    assert (
+        "'crun' is not installed" in res.stderr and "hint: install the Debian package" in res.stderr
+    )
 
 
 # -- rootless ---------------------------------------------------------------------------
@@ -378,35 +592,88 @@ def throwaway_user():
 @pytest.mark.slow
 def test_rootless_runs_and_enter(throwaway_user):
     name, home, deps, image_dir = throwaway_user
-    base = ["runuser", "-u", name, "--", "env", "-i", "PATH=/usr/bin:/bin", f"HOME={home}",
-            f"XDG_RUNTIME_DIR={home}/run",
-            f"PYTHONPATH={deps}:{REPO}", "PCOCC_SYSTEM_CONF_DIR=/nonexistent",
-            "/usr/bin/python3", "-S", "-m", "pcocc.cli.main"]
-    uid = subprocess.run(["id", "-u", name], capture_output=True, text=True).stdout.strip()
+    base = [
+        "runuser",
+        "-u",
+        name,
+        "--",
+        "env",
+        "-i",
+        "PATH=/usr/bin:/bin",
+        f"HOME={home}",
+        f"XDG_RUNTIME_DIR={home}/run",
+        f"PYTHONPATH={deps}:{REPO}",
+        "PCOCC_SYSTEM_CONF_DIR=/nonexistent",
+        "/usr/bin/python3",
+        "-S",
+        "-m",
+        "pcocc.cli.main",
+    ]
+    uid = subprocess.run(
+        ["id", "-u", name], capture_output=True, text=True, check=True
+    ).stdout.strip()
     expected = {"crun": uid, "unshare": uid, "runc": "0"}  # runc needs root mapped
     for runtime, want in expected.items():
-        res = subprocess.run([*base, "run", "--runtime", runtime, str(image_dir), "--",
-                              "sh", "-c", "id -u; hostname"], capture_output=True, text=True,
-                             timeout=60, cwd=home)
+        res = subprocess.run(
+            [
+                *base,
+                "run",
+                "--runtime",
+                runtime,
+                str(image_dir),
+                "--",
+                "sh",
+                "-c",
+                "id -u; hostname",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=home,
+            check=False,
+        )
         assert res.returncode == 0, (runtime, res.stderr)
         assert res.stdout.split()[0] == want, (runtime, res.stdout)
-    run = subprocess.Popen([*base, "run", "--runtime", "crun", str(image_dir), "--",
-                            "sleep", "30"], cwd=home, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    run = subprocess.Popen(
+        [*base, "run", "--runtime", "crun", str(image_dir), "--", "sleep", "30"],
+        cwd=home,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            listed = json.loads(subprocess.run([*base, "pod", "list", "--json"],
-                                               capture_output=True, text=True, cwd=home).stdout)
+            listed = json.loads(
+                subprocess.run(
+                    [*base, "pod", "list", "--json"],
+                    capture_output=True,
+                    text=True,
+                    cwd=home,
+                    check=True,
+                ).stdout
+            )
             running = [p for p in listed if p["state"] == "running"]
             if running:
                 break
             time.sleep(0.2)
         else:
             pytest.fail("rootless pod never ran")
-        res = subprocess.run([*base, "pod", "enter", running[0]["uuid"][:8], "sh", "-c",
-                              "id -u; cat /proc/1/cmdline"], capture_output=True, text=True,
-                             timeout=30, cwd=home)
+        res = subprocess.run(
+            [
+                *base,
+                "pod",
+                "enter",
+                running[0]["uuid"][:8],
+                "sh",
+                "-c",
+                "id -u; cat /proc/1/cmdline",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=home,
+            check=False,
+        )
         assert res.returncode == 0, res.stderr
         assert res.stdout.split("\n")[0] == uid and "sleep" in res.stdout
     finally:

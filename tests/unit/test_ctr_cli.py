@@ -13,7 +13,10 @@ def test_split_apps():
     assert split_apps(["img"]) == [("img", [])]
     assert split_apps(["img", "--", "-x", "--", "y"]) == [("img", ["-x", "--", "y"])]
     assert split_apps(["a", "--", "1", "---", "b", "2", "---", "c"]) == [
-        ("a", ["1"]), ("b", ["2"]), ("c", [])]
+        ("a", ["1"]),
+        ("b", ["2"]),
+        ("c", []),
+    ]
 
 
 @pytest.mark.parametrize("tokens", [["--", "x"], ["a", "---"], ["---", "b"]])
@@ -24,7 +27,11 @@ def test_split_apps_missing_image(tokens):
 
 def test_app_names_are_unique_and_readable():
     assert app_names(["/x/busybox", "/y/busybox/", "user:My_Img@3", "/a/b/rootfs"]) == [
-        "busybox", "busybox-2", "my-img", "b"]
+        "busybox",
+        "busybox-2",
+        "my-img",
+        "b",
+    ]
 
 
 def test_exit_status_of_signals():

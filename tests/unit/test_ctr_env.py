@@ -21,8 +21,15 @@ def test_precedence_later_layers_win(tmp_path):
         set_env=["SET=explicit", "EMPTY=", "EQ=a=b"],
     )
     assert env == {
-        "PATH": "/host", "IMG": "image", "CONF": "config", "HOSTVAR": "from-file",
-        "FILE": "one", "BOTH": "file2", "SET": "explicit", "EMPTY": "", "EQ": "a=b",
+        "PATH": "/host",
+        "IMG": "image",
+        "CONF": "config",
+        "HOSTVAR": "from-file",
+        "FILE": "one",
+        "BOTH": "file2",
+        "SET": "explicit",
+        "EMPTY": "",
+        "EQ": "a=b",
     }
 
 

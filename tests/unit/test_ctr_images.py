@@ -14,8 +14,11 @@ from pcocc.errors import Corrupt, NotFound
 
 def test_bundle_like_directory(tmp_path):
     (tmp_path / "rootfs").mkdir()
-    (tmp_path / "config.json").write_text(json.dumps(
-        {"architecture": "amd64", "config": {"Env": ["A=1"], "Cmd": ["sh"], "Labels": {}}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {"architecture": "amd64", "config": {"Env": ["A=1"], "Cmd": ["sh"], "Labels": {}}}
+        )
+    )
     rootfs, cfg = resolve_rootfs(None, str(tmp_path))
     assert rootfs == tmp_path / "rootfs" and cfg == {"Env": ["A=1"], "Cmd": ["sh"]}
 
@@ -31,8 +34,7 @@ def test_plain_rootfs_with_sibling_config(tmp_path):
 
 def test_runtime_spec_as_config():
     spec = {"process": {"args": ["/bin/x"], "env": ["A=1"], "cwd": "/w"}}
-    assert image_config_from(spec, "x") == {"Env": ["A=1"], "Cmd": ["/bin/x"],
-                                            "WorkingDir": "/w"}
+    assert image_config_from(spec, "x") == {"Env": ["A=1"], "Cmd": ["/bin/x"], "WorkingDir": "/w"}
 
 
 def test_unknown_image_and_bad_config(tmp_path):
@@ -46,8 +48,13 @@ def test_unknown_image_and_bad_config(tmp_path):
 
 def test_run_request_roundtrip(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
-    opts = RunOptions(runtime="runc", set_env=["A=1"], volumes=["v,kind=empty"],
-                      mounts=["volume=v,target=/v"], private_net=True)
+    opts = RunOptions(
+        runtime="runc",
+        set_env=["A=1"],
+        volumes=["v,kind=empty"],
+        mounts=["volume=v,target=/v"],
+        private_net=True,
+    )
     path = write_request([("img", ["-c", "x"]), ("img2", [])], opts)
     apps, back = read_request(path)
     assert apps == [("img", ["-c", "x"]), ("img2", [])]

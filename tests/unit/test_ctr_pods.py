@@ -24,8 +24,9 @@ def _exited(store, when, name="a"):
 
 
 def test_create_save_load_roundtrip(store):
-    rec = store.create([AppRecord("a", "img", ["x"]), AppRecord("b", "img2", [])],
-                       runtime="runc", hostname="h")
+    rec = store.create(
+        [AppRecord("a", "img", ["x"]), AppRecord("b", "img2", [])], runtime="runc", hostname="h"
+    )
     loaded = store.load(rec.uuid)
     assert loaded == rec
     assert store.app_dir(rec.uuid, "b").is_dir()
@@ -72,8 +73,9 @@ def test_gc_moves_to_garbage_then_removes_after_grace(store):
     assert store.load(old.uuid).state == "garbage"
     assert store.load(young.uuid).state == "exited"
     assert store.gc(600, now=2100.0) == []  # garbage for only 100 s
-    assert sorted(store.gc(600, now=2700.0)) == sorted([("removed", old.uuid),
-                                                         ("garbage", young.uuid)])
+    assert sorted(store.gc(600, now=2700.0)) == sorted(
+        [("removed", old.uuid), ("garbage", young.uuid)]
+    )
     assert store.uuids() == [young.uuid]
 
 
@@ -101,10 +103,18 @@ def test_corrupt_record_is_reported_and_skipped_by_list(store):
     assert list(store.list()) == []
 
 
-@pytest.mark.parametrize("text,seconds", [
-    ("0s", 0), ("30m", 1800), ("30m0s", 1800), ("1h30m", 5400), ("90", 90),
-    ("500ms", 0.5), ("2d", 172800),
-])
+@pytest.mark.parametrize(
+    "text,seconds",
+    [
+        ("0s", 0),
+        ("30m", 1800),
+        ("30m0s", 1800),
+        ("1h30m", 5400),
+        ("90", 90),
+        ("500ms", 0.5),
+        ("2d", 172800),
+    ],
+)
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 

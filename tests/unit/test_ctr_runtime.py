@@ -16,8 +16,7 @@ HYBRID = """\
 28 26 0:25 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
 """
 UNIFIED = "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n"
-LEGACY = HYBRID.replace("27 26 0:24 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n",
-                        "")
+LEGACY = HYBRID.replace("27 26 0:24 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n", "")
 
 
 def test_cgroup_layout_detection():
@@ -28,10 +27,14 @@ def test_cgroup_layout_detection():
 
 
 def _spec():
-    return {"process": {"user": {"uid": 1000, "gid": 100}},
-            "linux": {"resources": {"devices": []},
-                      "uidMappings": [{"containerID": 1000, "hostID": 1000, "size": 1}],
-                      "gidMappings": [{"containerID": 100, "hostID": 100, "size": 1}]}}
+    return {
+        "process": {"user": {"uid": 1000, "gid": 100}},
+        "linux": {
+            "resources": {"devices": []},
+            "uidMappings": [{"containerID": 1000, "hostID": 1000, "size": 1}],
+            "gidMappings": [{"containerID": 100, "hostID": 100, "size": 1}],
+        },
+    }
 
 
 def test_crun_wrapped_rootless_rewrites_host_ids(monkeypatch):

@@ -25,15 +25,15 @@ DATA = Path(__file__).parent / "data"
 
 
 def _request(**kw) -> SpecRequest:
-    base = dict(
-        rootfs="/cache/rootfs dir;'x",
-        args=["/bin/sh", "-c", "echo hi"],
-        env={"PATH": "/bin", "A": "1"},
-        identity=Identity(1000, 1000, (1000, 27)),
-        cwd="/work",
-        hostname="pcocc-1234abcd",
-        mounts=[Mount("/scratch", "/scratch"), Mount("/opt/ro", "/opt/ro", readonly=True)],
-    )
+    base = {
+        "rootfs": "/cache/rootfs dir;'x",
+        "args": ["/bin/sh", "-c", "echo hi"],
+        "env": {"PATH": "/bin", "A": "1"},
+        "identity": Identity(1000, 1000, (1000, 27)),
+        "cwd": "/work",
+        "hostname": "pcocc-1234abcd",
+        "mounts": [Mount("/scratch", "/scratch"), Mount("/opt/ro", "/opt/ro", readonly=True)],
+    }
     base.update(kw)
     return SpecRequest(**base)
 
@@ -45,8 +45,11 @@ def check_golden(name: str, data: dict) -> None:
         path.write_text(text)
     expected = path.read_text()
     if text != expected:
-        diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True),
-                                            str(path), "built"))
+        diff = "".join(
+            difflib.unified_diff(
+                expected.splitlines(True), text.splitlines(True), str(path), "built"
+            )
+        )
         pytest.fail(f"spec differs from {path} (PCOCC_UPDATE_GOLDEN=1 to refresh):\n{diff}")
 
 
@@ -82,7 +85,10 @@ def test_each_insecure_option_relaxes_only_itself(option):
     paths_relaxed = "maskedPaths" not in loose["linux"] and "readonlyPaths" not in loose["linux"]
     seccomp_relaxed = "seccomp" not in loose["linux"]
     assert (caps_relaxed, paths_relaxed, seccomp_relaxed) == (
-        option == "capabilities", option == "paths", option == "seccomp")
+        option == "capabilities",
+        option == "paths",
+        option == "seccomp",
+    )
     assert strict["process"]["capabilities"]["bounding"] == list(DEFAULT_CAPABILITIES)
 
 
@@ -99,9 +105,9 @@ def test_seccomp_profile_denies_host_administration():
 def test_private_net_adds_a_network_namespace_and_mounts_sysfs():
     host = build_spec(_request())
     private = build_spec(_request(private_net=True))
-    types = lambda s: [n["type"] for n in s["linux"]["namespaces"]]  # noqa: E731
+    types = lambda s: [n["type"] for n in s["linux"]["namespaces"]]
     assert "network" not in types(host) and "network" in types(private)
-    sys_of = lambda s: next(m for m in s["mounts"] if m["destination"] == "/sys")  # noqa: E731
+    sys_of = lambda s: next(m for m in s["mounts"] if m["destination"] == "/sys")
     assert sys_of(host)["type"] == "bind" and sys_of(private)["type"] == "sysfs"
 
 
@@ -112,7 +118,10 @@ def test_readonly_mount_option():
 
 def test_parse_insecure_options():
     assert parse_insecure_options(["paths,seccomp", "capabilities"]) == {
-        "paths", "seccomp", "capabilities"}
+        "paths",
+        "seccomp",
+        "capabilities",
+    }
     with pytest.raises(UsageError, match="unknown value 'image'"):
         parse_insecure_options(["image"])
 

@@ -17,19 +17,23 @@ from pcocc.errors import ConfigError, UsageError
 
 def test_parse_host_and_empty_volumes(tmp_path):
     assert parse_volume(f"work,kind=host,source={tmp_path},readOnly=true") == Volume(
-        "work", "host", str(tmp_path), True)
+        "work", "host", str(tmp_path), True
+    )
     assert parse_volume("scratch,kind=empty") == Volume("scratch", "empty", None, False)
     assert parse_volume(f"w,source={tmp_path}").kind == "host"
 
 
-@pytest.mark.parametrize("text,msg", [
-    ("", "expected NAME"),
-    ("w,kind=nfs,source=/x", "kind must be one of"),
-    ("w,kind=host", "needs source=PATH"),
-    ("w,kind=empty,source=/x", "takes no source"),
-    ("w,kind=host,source=/x,readOnly=maybe", "readOnly must be true or false"),
-    ("w,kind=host,source=/x,color=red", "unknown key 'color'"),
-])
+@pytest.mark.parametrize(
+    "text,msg",
+    [
+        ("", "expected NAME"),
+        ("w,kind=nfs,source=/x", "kind must be one of"),
+        ("w,kind=host", "needs source=PATH"),
+        ("w,kind=empty,source=/x", "takes no source"),
+        ("w,kind=host,source=/x,readOnly=maybe", "readOnly must be true or false"),
+        ("w,kind=host,source=/x,color=red", "unknown key 'color'"),
+    ],
+)
 def test_bad_volume_specs(text, msg):
     with pytest.raises(UsageError, match=msg):
         parse_volume(text)
@@ -51,8 +55,10 @@ def test_resolve_mounts_host_empty_and_config(tmp_path):
         [Volume("h", "host", str(host), True), Volume("e", "empty")],
         [("h", "/h"), ("e", "/e"), ("h", "/h2")],
         empty_dir=tmp_path / "pod" / "volumes",
-        config_mounts=[{"source": str(conf_src), "target": "/conf", "readonly": True},
-                       {"source": str(tmp_path / "absent"), "optional": True}],
+        config_mounts=[
+            {"source": str(conf_src), "target": "/conf", "readonly": True},
+            {"source": str(tmp_path / "absent"), "optional": True},
+        ],
     )
     assert mounts == [
         Mount(str(conf_src), "/conf", True),
@@ -68,8 +74,13 @@ def test_missing_sources_are_named(tmp_path):
     with pytest.raises(UsageError, match=f"source '{missing}' does not exist"):
         resolve_mounts([Volume("v", "host", str(missing))], [("v", "/v")], empty_dir=tmp_path)
     with pytest.raises(ConfigError, match=f"site.yaml: mount source '{missing}' does not"):
-        resolve_mounts([], [], empty_dir=tmp_path, config_name="site.yaml",
-                       config_mounts=[{"source": str(missing), "target": "/m"}])
+        resolve_mounts(
+            [],
+            [],
+            empty_dir=tmp_path,
+            config_name="site.yaml",
+            config_mounts=[{"source": str(missing), "target": "/m"}],
+        )
 
 
 def test_unknown_and_unmounted_volumes(tmp_path):
@@ -82,8 +93,10 @@ def test_unknown_and_unmounted_volumes(tmp_path):
 
 
 def test_select_modules():
-    modules = {"mpi": {"mounts": [{"source": "/opt/mpi"}], "env": {"MPI": "1"}},
-               "gpu": {"env": ["CUDA=1"]}}
+    modules = {
+        "mpi": {"mounts": [{"source": "/opt/mpi"}], "env": {"MPI": "1"}},
+        "gpu": {"env": ["CUDA=1"]},
+    }
     mounts, env = select_modules(modules, ["mpi", "gpu"])
     assert mounts == [{"source": "/opt/mpi"}] and env == {"MPI": "1", "CUDA": "1"}
     with pytest.raises(UsageError, match="unknown module 'x'"):
