@@ -243,6 +243,15 @@ class PodStore:
         done: list[tuple[str, str]] = []
         for stale in self.root.glob(".*.removing") if self.root.is_dir() else []:
             shutil.rmtree(stale, ignore_errors=True)
+        for uuid in self.uuids():  # a run that died before its first record
+            d = self.pod_dir(uuid)
+            try:
+                age_s = now - d.stat().st_mtime
+                # a minute at least: a run being started has no record yet either
+                if not (d / "pod.json").exists() and age_s >= max(grace_period_s, 60.0):
+                    shutil.rmtree(d, ignore_errors=True)
+            except FileNotFoundError:
+                continue
         for rec in self.list():
             if rec.state == "garbage":
                 if now - (rec.garbage_since or now) >= grace_period_s:

@@ -123,3 +123,12 @@ def test_parse_duration(text, seconds):
 def test_parse_duration_rejects(bad):
     with pytest.raises(UsageError, match="invalid duration"):
         parse_duration(bad)
+
+
+def test_gc_removes_directories_of_runs_that_never_recorded(store):
+    rec = store.create([AppRecord("a", "img", [])], save=False)
+    d = store.pod_dir(rec.uuid)
+    assert store.gc(0, now=d.stat().st_mtime + 1) == []  # maybe still starting
+    assert d.exists()
+    store.gc(0, now=d.stat().st_mtime + 61)
+    assert not d.exists()
