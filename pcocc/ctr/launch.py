@@ -191,7 +191,7 @@ def start_pod(
                 p = proc.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             popens.append(p)
             logs.append(open(bundle / "log", "ab", buffering=0))  # noqa: SIM115
-            app.pid = p.pid
+            app.pid, app.pid_start = p.pid, process_start_ticks(p.pid)
         store.save(rec)
         if not interactive:
             _pump(popens, logs, out, err)

@@ -68,8 +68,9 @@ class AppRecord:
     args: list[str]
     container_id: str = ""
     exit_status: int | None = None
-    #: pid of the runtime process that runs the app (crun/runc/unshare)
+    #: pid of the runtime process that runs the app (crun/runc/unshare), and its start time
     pid: int | None = None
+    pid_start: int | None = None
 
 
 @dataclass
@@ -277,8 +278,22 @@ class PodStore:
 
 
 def cleanup_containers(rec: PodRecord) -> None:
-    """Ask the runtime to forget the pod's containers (after a crash of the supervisor)."""
-    if rec.runtime not in ("crun", "runc") or rec.node != os.uname().nodename:
+    """Stop what a crashed supervisor left behind: runtime processes, container states."""
+    if rec.node != os.uname().nodename or rec.boot_id != _boot_id():
+        return
+    import signal
+
+    for app in rec.apps:
+        # the same process (pid and start time) as recorded: it is still ours
+        if app.pid and app.pid_start and process_start_ticks(app.pid) == app.pid_start:
+            try:
+                if os.getpgid(app.pid) == app.pid:  # spawned in its own session
+                    os.killpg(app.pid, signal.SIGKILL)
+                else:
+                    os.kill(app.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    if rec.runtime not in ("crun", "runc"):
         return
     from pcocc.ctr.runtime import probe
 

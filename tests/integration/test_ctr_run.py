@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -408,9 +409,9 @@ def test_enter_needs_the_app_name_when_several(env, pcocc_bin, image_dir):
         run.wait(timeout=20)
 
 
-def test_killed_supervisor_shows_exited_and_gc_cleans(env, pcocc_bin, image_dir):
+def test_killed_supervisor_shows_exited_and_gc_cleans(env, pcocc_bin, image_dir, runtime):
     run = subprocess.Popen(
-        [pcocc_bin, "run", "--runtime", "crun", str(image_dir), "--", "sleep", "29"],
+        [pcocc_bin, "run", "--runtime", runtime, str(image_dir), "--", "sleep", "29"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -419,12 +420,20 @@ def test_killed_supervisor_shows_exited_and_gc_cleans(env, pcocc_bin, image_dir)
     run.wait()
     [listed] = pods(pcocc_bin)
     assert listed["state"] == "exited"
+    app_pid = pod["apps"][0]["pid"]
+    assert Path(f"/proc/{app_pid}").exists(), "the orphan runtime process should still run"
     pcocc(pcocc_bin, "pod", "gc", "--grace-period", "0s", check=0)
     out = pcocc(pcocc_bin, "pod", "gc", "--grace-period", "0s", check=0).stdout
     assert f'Garbage collecting pod "{pod["uuid"]}"' in out
-    cid = pod["apps"][0]["container_id"]
-    crun_root = Path(os.environ["XDG_RUNTIME_DIR"]) / "pcocc" / "crun"
-    assert not (crun_root / cid).exists(), "gc should delete the orphan container"
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{app_pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # killed; reaped by init
+    stat = Path(f"/proc/{app_pid}/stat")
+    assert not stat.exists() or stat.read_text().split(") ")[1][0] == "Z"
+    if runtime != "unshare":
+        cid = pod["apps"][0]["container_id"]
+        state_root = Path(os.environ["XDG_RUNTIME_DIR"]) / "pcocc" / runtime
+        assert not (state_root / cid).exists(), "gc should delete the orphan container"
 
 
 # -- list and gc ------------------------------------------------------------------------
@@ -679,3 +688,31 @@ def test_rootless_runs_and_enter(throwaway_user):
     finally:
         run.terminate()
         run.wait(timeout=20)
+
+
+# -- one task of a multi-node run -------------------------------------------------------
+def test_ctr_task_runs_a_saved_request(env, pcocc_bin, image_dir):
+    """What each srun task runs: ``pcocc internal ctr-task FILE`` (called here directly)."""
+    from pcocc.ctr.launch import RunOptions
+    from pcocc.ctr.multinode import write_request
+
+    request = write_request(
+        [(str(image_dir), ["sh", "-c", "echo task-$TASK_VAR; exit 6"])],
+        RunOptions(runtime="crun", set_env=["TASK_VAR=ok"]),
+    )
+    code = (
+        "import sys; from pcocc.cli.internal_ctr import ctr_task; "
+        "from pcocc.cli.context import Session; "
+        "ctr_task.main([sys.argv[1]], obj=Session(sys.argv[2], sys.argv[3]))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(request), str(env["system"]), str(env["user"])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 6, res.stderr
+    assert res.stdout.strip() == "task-ok"
+    [pod] = pods(pcocc_bin)
+    assert pod["apps"][0]["exit_status"] == 6
