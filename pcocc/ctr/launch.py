@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from pcocc import proc
@@ -181,9 +182,16 @@ def start_pod(
     popens: list[subprocess.Popen] = []
     logs: list[BinaryIO] = []
     old_term = signal.signal(signal.SIGTERM, _on_term)
+    ns_fds: dict[str, int] = {}
     try:
-        for app in rec.apps:
+        for i, app in enumerate(rec.apps):
             bundle = store.app_dir(rec.uuid, app.name)
+            if i == 1:
+                holder = runtime.namespace_holder(rec.apps[0].container_id, popens[0])
+                if holder is not None:
+                    ns_fds = _hold_namespaces(holder)
+            if ns_fds:
+                _share_with(bundle, ns_fds)
             argv = runtime.run_argv(bundle, app.container_id)
             if interactive:
                 p = proc.spawn(argv, stdin=None, stdout=None, stderr=None, new_session=False)
@@ -208,10 +216,39 @@ def start_pod(
         signal.signal(signal.SIGTERM, old_term)
         for f in logs:
             f.close()
+        for fd in ns_fds.values():
+            os.close(fd)
         rec.state = "exited"
         rec.exited = time.time()
         store.save(rec)
     return next((a.exit_status for a in rec.apps if a.exit_status), 0) or 0
+
+
+def _hold_namespaces(pid: int) -> dict[str, int]:
+    """Open the shareable namespaces of ``pid``: they outlive it while we hold them.
+
+    Returns OCI type -> fd, or {} when ``pid`` is already gone (no sharing then).
+    """
+    from pcocc.ctr.runtime import SHARED_NAMESPACES
+
+    fds: dict[str, int] = {}
+    try:
+        for oci_type, name in SHARED_NAMESPACES.items():
+            fds[oci_type] = os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        for fd in fds.values():
+            os.close(fd)
+        return {}
+    return fds
+
+
+def _share_with(bundle: Path, ns_fds: Mapping[str, int]) -> None:
+    """Make the app of ``bundle`` join the namespaces held in ``ns_fds``."""
+    from pcocc.ctr.runtime import join_namespaces
+
+    paths = {t: f"/proc/{os.getpid()}/fd/{fd}" for t, fd in ns_fds.items()}
+    path = bundle / "config.json"
+    path.write_text(json.dumps(join_namespaces(json.loads(path.read_text()), paths), indent=1))
 
 
 def _pump(

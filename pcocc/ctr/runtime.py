@@ -24,6 +24,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -136,6 +137,10 @@ class Runtime(ABC):
     def cleanup(self, container_id: str) -> None:
         """Forget a container that is gone (best effort)."""
 
+    def namespace_holder(self, container_id: str, popen: subprocess.Popen) -> int | None:
+        """A pid whose namespaces the next apps of the pod may join, or None (no sharing)."""
+        return None
+
     def kill(self, container_id: str, popen: subprocess.Popen | None) -> None:
         if popen is not None:
             proc.kill_group(popen)
@@ -199,6 +204,17 @@ class OciRuntime(Runtime):
             container_id,
             *argv,
         ], None
+
+    def namespace_holder(self, container_id: str, popen: subprocess.Popen) -> int | None:
+        if self.mode.get("wrap") == "unified-bind" and is_rootless():
+            return None  # each app's wrapper is its own user namespace: nothing to join
+        deadline = time.monotonic() + 10.0
+        while popen.poll() is None and time.monotonic() < deadline:
+            try:
+                return self.container_pid(container_id)
+            except PcoccError:
+                time.sleep(0.01)  # not created yet
+        return None
 
     def container_pid(self, container_id: str) -> int:
         res = proc.run(
@@ -290,6 +306,19 @@ class Unshare(Runtime):
         except OSError:
             return None
         return int(kids[0]) if kids else None
+
+
+#: namespaces the apps of a pod share (the pid and mount namespaces stay per app)
+SHARED_NAMESPACES = {"user": "user", "ipc": "ipc", "uts": "uts", "network": "net"}
+
+
+def join_namespaces(spec: dict[str, Any], paths: Mapping[str, str]) -> dict[str, Any]:
+    """``spec`` joining the namespaces in ``paths`` (OCI type -> namespace file)."""
+    spec = copy.deepcopy(spec)
+    for ns in spec.get("linux", {}).get("namespaces", []):
+        if ns["type"] in paths:
+            ns["path"] = paths[ns["type"]]
+    return spec
 
 
 def nsenter_argv(

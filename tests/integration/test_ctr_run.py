@@ -716,3 +716,32 @@ def test_ctr_task_runs_a_saved_request(env, pcocc_bin, image_dir):
     assert res.stdout.strip() == "task-ok"
     [pod] = pods(pcocc_bin)
     assert pod["apps"][0]["exit_status"] == 6
+
+
+@pytest.mark.parametrize("oci_runtime", ["crun", "runc"])
+def test_apps_of_a_pod_share_namespaces(env, pcocc_bin, image_dir, oci_runtime):
+    show = "for n in net uts ipc; do readlink /proc/self/ns/$n; done"
+    res = pcocc(
+        pcocc_bin,
+        "run",
+        "--runtime",
+        oci_runtime,
+        "--private-net",
+        image_dir,
+        "--",
+        "sh",
+        "-c",
+        f"{show}; sleep 2",
+        "---",
+        image_dir,
+        "--",
+        "sh",
+        "-c",
+        f"sleep 0.5; {show}",
+        check=0,
+    )
+    lines = res.stdout.split()
+    assert len(lines) == 6
+    assert sorted(lines[:3]) == sorted(lines[3:]), "both apps should share net, uts, ipc"
+    host_net = os.readlink("/proc/self/ns/net")
+    assert host_net not in lines

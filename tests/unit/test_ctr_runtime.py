@@ -113,3 +113,16 @@ def test_auto_takes_the_first_usable(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     monkeypatch.setattr(rt, "try_mode", lambda cls, mode: None if cls is rt.Runc else "no")
     assert rt.get_runtime("auto").name == "runc"
+
+
+def test_join_namespaces_sets_paths_of_shared_ones_only():
+    spec = {"linux": {"namespaces": [{"type": t} for t in ("pid", "mount", "user", "network")]}}
+    joined = rt.join_namespaces(spec, {"user": "/proc/1/fd/3", "network": "/proc/1/fd/4"})
+    assert joined["linux"]["namespaces"] == [
+        {"type": "pid"},
+        {"type": "mount"},
+        {"type": "user", "path": "/proc/1/fd/3"},
+        {"type": "network", "path": "/proc/1/fd/4"},
+    ]
+    assert "path" not in spec["linux"]["namespaces"][2]  # the input is left alone
+    assert set(rt.SHARED_NAMESPACES) == {"user", "ipc", "uts", "network"}
