@@ -95,7 +95,9 @@ def _settings(session: Session):
 @click.option("-i", "--interactive", is_flag=True, help="Attach the terminal to the app.")
 @click.option("--hostname", help="Host name of the pod [default: pcocc-<uuid>].")
 @click.option("--root", "as_root", is_flag=True, help="Run as root of the container.")
-@click.argument("cmdline", nargs=-1, type=click.UNPROCESSED, required=True)
+@click.argument(
+    "cmdline", nargs=-1, type=click.UNPROCESSED, required=True, metavar="IMAGE [-- ARGS]..."
+)
 @pass_session
 @click.pass_context
 def run(
