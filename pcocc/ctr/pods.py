@@ -295,15 +295,22 @@ def cleanup_containers(rec: PodRecord) -> None:
                 pass
     if rec.runtime not in ("crun", "runc"):
         return
-    from pcocc.ctr.runtime import probe
+    from pcocc.ctr.runtime import probe, runtime_dir
 
+    # crun and runc keep a state directory per container under their --root
+    left = [
+        a
+        for a in rec.apps
+        if a.container_id and (runtime_dir() / rec.runtime / a.container_id).exists()
+    ]
+    if not left:
+        return
     try:
         rt = probe(rec.runtime)
     except PcoccError:
         return
-    for app in rec.apps:
-        if app.container_id:
-            rt.cleanup(app.container_id)
+    for app in left:
+        rt.cleanup(app.container_id)
 
 
 def parse_duration(text: str) -> float:

@@ -12,7 +12,9 @@ from pcocc.errors import Corrupt, NotFound, PcoccError, UsageError
 
 
 @pytest.fixture
-def store(tmp_path):
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir(mode=0o700)
     return PodStore(tmp_path / "pods")
 
 
