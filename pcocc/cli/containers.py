@@ -15,13 +15,9 @@ APP_SEPARATOR = "---"
 
 
 def exit_with(status: int) -> None:
-    """End the command with an app's exit status.
-
-    ``ctx.exit`` is swallowed by ``run_cli`` (click returns it in non-standalone mode), so
-    a non-zero status leaves as SystemExit, past the error handling of ``pcocc.cli.main``.
-    """
+    """End the command with an app's exit status (0 returns normally)."""
     if status:
-        raise SystemExit(status)
+        click.get_current_context().exit(status)
 
 
 def split_apps(tokens: Sequence[str]) -> list[tuple[str, list[str]]]:
