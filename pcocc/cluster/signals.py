@@ -1,0 +1,53 @@
+"""Turn termination signals into exceptions, so that ``finally`` blocks tear down."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+
+from pcocc.errors import PcoccError
+
+TERMINATING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(PcoccError):
+    """A signal asked us to stop (Ctrl-C, scancel, a closed terminal)."""
+
+    exit_status = 130
+
+    def __init__(self, signum: int):
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {name}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def raising_on_signals(signals: tuple[int, ...] = TERMINATING) -> Iterator[None]:
+    """Raise :class:`Interrupted` in the main thread when one of ``signals`` arrives."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise Interrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def deferred_signals(signals: tuple[int, ...] = TERMINATING) -> Iterator[list[int]]:
+    """Ignore ``signals`` in this block (teardown must finish); yields those received."""
+    received: list[int] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        received.append(signum)
+
+    old = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield received
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
