@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,6 +81,8 @@ class NodeProcess:
         )
         self._lease: Lease | None = None
         self._def_key = keys.definition(settings.user, settings.batchid)
+        #: set by whoever runs this node in a thread (signals reach only the main thread)
+        self.stop_requested = threading.Event()
 
     def run(self) -> int:
         """Run the VM until it stops or we are told to; 0 when stopped on request."""
@@ -148,7 +151,7 @@ class NodeProcess:
             status = vm.wait(0)
             if status is not None:
                 return ("exited", status)
-            if self._def_key not in snapshot:
+            if self._def_key not in snapshot or self.stop_requested.is_set():
                 return ("released", None)
             return None
 
@@ -170,7 +173,11 @@ class NodeProcess:
         # Keep the record visible a moment (the launcher watches for it); SIGTERM ends it.
         deadline = time.monotonic() + self.s.linger_s
         try:
-            while time.monotonic() < deadline and self.kv.get(self._def_key) is not None:
+            while (
+                time.monotonic() < deadline
+                and not self.stop_requested.is_set()
+                and self.kv.get(self._def_key) is not None
+            ):
                 time.sleep(min(self.s.tick_s, 0.2))
         except Interrupted:
             pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 from collections.abc import Iterator
 
 from pcocc.errors import PcoccError
@@ -29,6 +30,9 @@ def raising_on_signals(signals: tuple[int, ...] = TERMINATING) -> Iterator[None]
     def handler(signum: int, _frame: object) -> None:
         raise Interrupted(signum)
 
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread can own signal handlers
+        return
     old = {s: signal.signal(s, handler) for s in signals}
     try:
         yield
@@ -45,6 +49,9 @@ def deferred_signals(signals: tuple[int, ...] = TERMINATING) -> Iterator[list[in
     def handler(signum: int, _frame: object) -> None:
         received.append(signum)
 
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
     old = {s: signal.signal(s, handler) for s in signals}
     try:
         yield received
