@@ -1,61 +1,50 @@
-"""etcd keys of a cluster, as built by :mod:`pcocc.kv.keys` (the owner of every key name).
+"""The etcd keys the cluster runtime uses, built by :mod:`pcocc.kv.keys` (their only owner).
 
-This module only re-exports the few names the cluster code uses, so that the rest of
-``pcocc.cluster`` does not depend on how ``pcocc.kv.keys`` spells them.
+Re-exported under the names used in ``pcocc.cluster``; the two parsers read keys back.
 """
 
 from __future__ import annotations
 
-try:  # pragma: no cover - depends on the kv package being present
-    from pcocc.kv import keys as _kv_keys
-except ImportError:  # pragma: no cover
-    _kv_keys = None  # type: ignore[assignment]
+from pcocc.errors import Corrupt
 
-ROOT = "/pcocc/users"
+try:
+    from pcocc.kv import keys as _k
+except ImportError:  # pragma: no cover - before pcocc.kv is merged: the same layout
+    from pcocc.cluster import _keys_fallback as _k  # type: ignore[no-redef]
 
 
 def user_clusters_prefix(user: str) -> str:
     """Prefix of every cluster of ``user`` (ends with '/')."""
-    if _kv_keys is not None and hasattr(_kv_keys, "user_clusters_prefix"):
-        return _kv_keys.user_clusters_prefix(user)
-    return f"{ROOT}/{_check(user)}/clusters/"
+    return _k.clusters_prefix(user)
 
 
 def cluster_prefix(user: str, batchid: str) -> str:
     """Prefix of every key of one cluster (ends with '/')."""
-    if _kv_keys is not None and hasattr(_kv_keys, "cluster_prefix"):
-        return _kv_keys.cluster_prefix(user, batchid)
-    return f"{user_clusters_prefix(user)}{_check(batchid)}/"
+    return _k.cluster_prefix(user, batchid)
 
 
 def definition(user: str, batchid: str) -> str:
-    if _kv_keys is not None and hasattr(_kv_keys, "cluster_definition"):
-        return _kv_keys.cluster_definition(user, batchid)
-    return f"{cluster_prefix(user, batchid)}definition"
+    return _k.cluster_definition(user, batchid)
 
 
 def vms_prefix(user: str, batchid: str) -> str:
-    return f"{cluster_prefix(user, batchid)}vms/"
+    return _k.vms_prefix(user, batchid)
 
 
 def vm_state(user: str, batchid: str, rank: int) -> str:
-    if _kv_keys is not None and hasattr(_kv_keys, "vm_state"):
-        return _kv_keys.vm_state(user, batchid, rank)
-    return f"{vms_prefix(user, batchid)}{int(rank)}/state"
+    return _k.vm_state(user, batchid, rank)
 
 
 def rnat(user: str, batchid: str, rank: int, port: int) -> str:
-    if _kv_keys is not None and hasattr(_kv_keys, "rnat"):
-        return _kv_keys.rnat(user, batchid, rank, port)
-    return f"{cluster_prefix(user, batchid)}rnat/{int(rank)}/{int(port)}"
+    return _k.rnat(user, batchid, rank, port)
 
 
 def rnat_prefix(user: str, batchid: str, rank: int) -> str:
-    return f"{cluster_prefix(user, batchid)}rnat/{int(rank)}/"
+    return _k.rnat_prefix(user, batchid, rank)
 
 
 def parse_cluster_key(user: str, key: str) -> tuple[str, str] | None:
-    """Split a key under the user's clusters into (batchid, rest), or None."""
+    """Split a key of one of the user's clusters into (batchid, rest), or None."""
     prefix = user_clusters_prefix(user)
     if not key.startswith(prefix):
         return None
@@ -65,13 +54,8 @@ def parse_cluster_key(user: str, key: str) -> tuple[str, str] | None:
 
 def parse_vm_state_key(key: str) -> int | None:
     """Rank of a ``.../vms/<rank>/state`` key, None for any other key."""
-    parts = key.rstrip("/").split("/")
-    if len(parts) >= 3 and parts[-1] == "state" and parts[-3] == "vms" and parts[-2].isdigit():
-        return int(parts[-2])
-    return None
-
-
-def _check(part: str) -> str:
-    if not part or "/" in part or part in (".", ".."):
-        raise ValueError(f"invalid etcd key component {part!r}")
-    return part
+    try:
+        parsed = _k.parse_cluster_key(key)
+    except Corrupt:
+        return None
+    return parsed.rank if parsed.kind == "vm_state" else None

@@ -47,6 +47,9 @@ class LaunchSettings:
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     host: str = field(default_factory=socket.gethostname)
     tick_s: float = 0.5
+    #: remove the cluster's run dir on this host at the end (off when something else, like a
+    #: private etcd, still lives in it and its owner removes it)
+    remove_run_dir: bool = True
 
 
 class Launcher:
@@ -89,7 +92,8 @@ class Launcher:
                     finally:
                         self._teardown()
         finally:
-            rundir.remove_cluster_dir(self.s.batchid)
+            if self.s.remove_run_dir:
+                rundir.remove_cluster_dir(self.s.batchid)
 
     def _start_and_run(self) -> int:
         self.lifecycle.to(ClusterState.BOOTING)
@@ -272,11 +276,6 @@ def node_command(python: str, *, debug: bool = False) -> list[str]:
     if debug:
         argv.append("--debug")
     return [*argv, "internal", "run"]
-
-
-def default_shell_command(command: str | None, host_script: str | None) -> str | None:
-    """The command the launcher runs: ``-E`` text, or the content of a host script file."""
-    return host_script if host_script is not None else command
 
 
 __all__: Sequence[str] = ("Launcher", "LaunchSettings", "ClusterFailed", "node_command")

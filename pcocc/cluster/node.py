@@ -33,7 +33,8 @@ LEASE_TTL_S = 10
 FAILED_LINGER_S = 5.0
 SSH_PORT = 22
 
-#: Builds the VM of one rank: (definition, entry, vm run dir, host key file) -> handle
+#: Builds the VM of one rank: (definition, entry, node dir, host key file) -> handle. The
+#: node dir is private to this VM; the VM may use a subdirectory of it as its run dir.
 MakeVm = Callable[[ClusterDefinition, VmEntry, Path, Path], VmHandle]
 
 
@@ -98,6 +99,8 @@ class NodeProcess:
                     host_key = generate_host_key(vm_dir, entry.name)
                     self.record.host_key = host_key.with_suffix(".pub").read_text().strip()
                     vm = self.make_vm(definition, entry, vm_dir, host_key)
+                    self.record.console_log = vm.console_log
+                    self._publish()
                     info = vm.launch()
                     self.record.pid = info.pid
                     self.record.ssh_port = info.ssh_port
@@ -105,8 +108,6 @@ class NodeProcess:
                     self.record.console_socket = info.console_socket
                     self.record.console_log = info.console_log
                     self.record.extra = dict(info.extra)
-                    self._publish()
-                    vm.wait_ready(definition.boot_timeout_s)
                     self.record.status = RUNNING
                     self._publish()
                     self.kv.put(

@@ -103,10 +103,11 @@ class MachineInfo:
 class VmHandle(Protocol):
     """One QEMU VM, started and stopped by the node process."""
 
-    def launch(self) -> MachineInfo: ...
+    #: path of the serial console log, known before the VM starts (for error messages)
+    console_log: str
 
-    def wait_ready(self, timeout_s: float) -> None:
-        """Block until the guest answers (ssh or agent); raise PcoccError otherwise."""
+    def launch(self) -> MachineInfo:
+        """Start QEMU and block until the guest answers; raise PcoccError otherwise."""
         ...
 
     def wait(self, timeout_s: float | None) -> int | None:

@@ -30,22 +30,21 @@ class FakeVm:
         self.status = None
         self.shut_down = False
         self.stop = threading.Event()
+        self.console_log = str(vm_dir / "console.log")
 
     def launch(self):
         if self.behaviour.get("launch_fails"):
             raise PcoccError("qemu-system-x86_64 failed: cannot open disk")
         log = self.vm_dir / "console.log"
         log.write_text("booting\n")
+        if self.behaviour.get("never_ready"):
+            self.stop.wait(30)
+            raise PcoccError(f"vm{self.rank} not ready")
         return MachineInfo(
             pid=1000 + self.rank, ssh_port=22000 + self.rank,
             qmp_socket=str(self.vm_dir / "qmp.sock"), console_socket=str(self.vm_dir / "c.sock"),
             console_log=str(log),
         )
-
-    def wait_ready(self, timeout_s):
-        if self.behaviour.get("never_ready"):
-            self.stop.wait(timeout_s)
-            raise PcoccError(f"vm{self.rank} not ready after {timeout_s:g} s")
 
     def wait(self, timeout_s):
         if self.exited.wait(timeout_s or 0):
@@ -76,6 +75,8 @@ class FakeTasks:
         self.stopped = True
         for n in self.nodes:
             n.stop_requested.set()
+        for vm in self.vms.values():
+            vm.stop.set()  # a signal would interrupt a blocking launch
         for t in self.threads:
             t.join(timeout_s)
 
@@ -94,6 +95,7 @@ class FakeBatch:
         self.launched = (job_id, ntasks, list(argv), dict(env))
         nodes, threads = [], []
         tasks = FakeTasks(nodes, threads)
+        tasks.vms = self.vms
         for rank in range(ntasks):
             behaviour = self.behaviours.get(rank, {})
             node = NodeProcess(
