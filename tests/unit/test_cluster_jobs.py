@@ -1,0 +1,86 @@
+"""The glue of alloc/batch: job script, definition transport, CLI errors before allocation."""
+
+import base64
+import subprocess
+
+import pytest
+
+from pcocc.cli.main import run_cli
+from pcocc.cluster.definition import build_definition
+from pcocc.cluster.jobs import (
+    DEFINITION_VAR,
+    batch_script,
+    boot_timeout_s,
+    decode_definition,
+    encode_definition,
+)
+from pcocc.cluster.adapters import hosts_file, mount_args
+from pcocc.errors import UsageError
+
+
+class FakeConfig:
+    system_dir = "/etc/pcocc"
+    user_dir = "/home/u/.pcocc"
+
+
+def test_definition_transport_round_trip(tmp_path):
+    d = build_definition("t:2", {"t": {"kernel": "/k"}}, user_data_file=None)
+    assert decode_definition(encode_definition(d)) == d
+    with pytest.raises(UsageError):
+        decode_definition("not base64 !")
+
+
+def test_batch_script_runs_launcher_with_quoted_command(tmp_path):
+    d = build_definition("t:2", {"t": {"kernel": "/k"}})
+    cmd = "echo 'it''s' $HOME; touch \"x y\"\nexit 4"
+    script = batch_script(d, cmd, FakeConfig())
+    assert script.startswith("#!/bin/sh\n")
+    # run the script with the launcher replaced by a printer of its arguments
+    lines = script.splitlines()
+    exec_line = next(ln for ln in script.split("\nexec ")[1:])
+    env_lines = [ln for ln in lines if ln.startswith("export ")]
+    probe = "\n".join(env_lines) + "\nprintf '%s\\n' \"$" + DEFINITION_VAR + "\"\n" \
+        + "set -- " + exec_line + "\nshift 3\nprintf '<%s>' \"$@\"\n"
+    out = subprocess.run(["sh", "-c", probe], capture_output=True, text=True, check=True).stdout
+    encoded, args = out.split("\n", 1)
+    assert decode_definition(encoded) == d
+    assert args == "<internal><launcher><-E><" + cmd + ">"
+    assert "PCOCC_USER_CONF_DIR=/home/u/.pcocc" in script
+
+
+def test_boot_timeout_from_env():
+    assert boot_timeout_s({}) == 600.0
+    assert boot_timeout_s({"PCOCC_BOOT_TIMEOUT": "30"}) == 30.0
+    for bad in ("0", "x", "-3"):
+        with pytest.raises(UsageError):
+            boot_timeout_s({"PCOCC_BOOT_TIMEOUT": bad})
+
+
+def test_hosts_and_mount_args(tmp_path):
+    d = build_definition("t:2", {"t": {"kernel": "/k"}}, mounts=[f"{tmp_path}:/data"])
+    assert hosts_file(d).splitlines() == [f"{d.vms[0].address} vm0", f"{d.vms[1].address} vm1"]
+    args, table = mount_args(d)
+    assert table == "pcocc0 /data\n"
+    assert f"local,id=fs0,path={tmp_path},security_model=none" in args
+
+
+def test_internal_commands_are_hidden_and_need_their_context(pcocc_env, capsys, monkeypatch):
+    monkeypatch.delenv(DEFINITION_VAR, raising=False)
+    assert run_cli(["internal", "launcher"]) == 2
+    err = capsys.readouterr().err
+    assert "no cluster definition" in err and "hint:" in err
+    monkeypatch.delenv("PCOCC_JOB_ID", raising=False)
+    assert run_cli(["internal", "run", "--rank", "0"]) == 2
+    assert "no cluster id" in capsys.readouterr().err
+
+
+def test_ssh_without_any_cluster_is_clear(pcocc_env, capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("PCOCC_ETCD_ENDPOINTS", raising=False)
+    monkeypatch.setenv("PCOCC_RUN_DIR", str(tmp_path / "run"))
+    for var in ("PCOCC_JOB_ID", "SLURM_JOB_ID"):
+        monkeypatch.delenv(var, raising=False)
+    assert run_cli(["ssh", "vm0", "hostname"]) == 1
+    err = capsys.readouterr().err
+    assert "pcocc: error: you have no running cluster" in err
+    assert run_cli(["ps", "--json"]) == 0
+    assert capsys.readouterr().out.strip() == "[]"
