@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from pcocc.cli.context import Session, pass_session
+
 _job_option = click.option(
     "-j", "--jobid", "job_id", metavar="JOBID",
     help="Cluster to use [default: $PCOCC_JOB_ID, $SLURM_JOB_ID, or your only cluster].",
@@ -15,24 +17,26 @@ _job_option = click.option(
 @_job_option
 @click.argument("target", metavar="[USER@]vmN")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_session
 @click.pass_context
-def ssh(ctx, job_id: str | None, target: str, command: tuple[str, ...]) -> None:
+def ssh(ctx, session: Session, job_id: str | None, target: str, command: tuple[str, ...]) -> None:
     """Connect to a VM with ssh (host keys are checked), or run COMMAND there."""
     from pcocc.cluster.access import find_cluster, run_interactive, ssh_argv
 
-    view = find_cluster(job_id)
+    view = find_cluster(job_id, config=session.config)
     ctx.exit(run_interactive(ssh_argv(view, target, command)))
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
 @_job_option
 @click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_session
 @click.pass_context
-def scp(ctx, job_id: str | None, args: tuple[str, ...]) -> None:
+def scp(ctx, session: Session, job_id: str | None, args: tuple[str, ...]) -> None:
     """Copy files to and from VMs: pcocc scp [SCP_OPTIONS] SRC... DST, with vmN:PATH."""
     from pcocc.cluster.access import find_cluster, run_interactive, scp_argv
 
-    view = find_cluster(job_id)
+    view = find_cluster(job_id, config=session.config)
     ctx.exit(run_interactive(scp_argv(view, args)))
 
 
@@ -40,22 +44,24 @@ def scp(ctx, job_id: str | None, args: tuple[str, ...]) -> None:
 @_job_option
 @click.argument("vm", metavar="vmN")
 @click.argument("port", type=click.IntRange(1, 65535))
-def nc(job_id: str | None, vm: str, port: int) -> None:
+@pass_session
+def nc(session: Session, job_id: str | None, vm: str, port: int) -> None:
     """Connect stdin and stdout to TCP PORT of a VM."""
     from pcocc.cluster.access import find_cluster, nc as relay
 
-    relay(find_cluster(job_id), vm, port)
+    relay(find_cluster(job_id, config=session.config), vm, port)
 
 
 @click.command()
 @_job_option
 @click.option("--log", "show_log", is_flag=True, help="Print the console log and exit.")
 @click.argument("vm", metavar="vmN")
-def console(job_id: str | None, show_log: bool, vm: str) -> None:
+@pass_session
+def console(session: Session, job_id: str | None, show_log: bool, vm: str) -> None:
     """Attach to the serial console of a VM (Ctrl-] to quit)."""
     from pcocc.cluster.access import attach_console, console_log, find_cluster
 
-    view = find_cluster(job_id)
+    view = find_cluster(job_id, config=session.config)
     if show_log:
         click.echo(console_log(view, vm), nl=False)
     else:
@@ -65,19 +71,21 @@ def console(job_id: str | None, show_log: bool, vm: str) -> None:
 @click.command()
 @_job_option
 @click.argument("vm", metavar="vmN")
-def reset(job_id: str | None, vm: str) -> None:
+@pass_session
+def reset(session: Session, job_id: str | None, vm: str) -> None:
     """Reset a VM (like pressing its reset button)."""
     from pcocc.cluster.access import find_cluster, reset as do_reset
 
-    do_reset(find_cluster(job_id), vm)
+    do_reset(find_cluster(job_id, config=session.config), vm)
 
 
 @click.command("monitor-cmd")
 @_job_option
 @click.argument("vm", metavar="vmN")
 @click.argument("words", nargs=-1, required=True, metavar="CMD")
-def monitor_cmd(job_id: str | None, vm: str, words: tuple[str, ...]) -> None:
+@pass_session
+def monitor_cmd(session: Session, job_id: str | None, vm: str, words: tuple[str, ...]) -> None:
     """Send a monitor command to a VM: HMP ('info status'), QMP name or QMP JSON."""
     from pcocc.cluster.access import find_cluster, monitor_command
 
-    click.echo(monitor_command(find_cluster(job_id), vm, words))
+    click.echo(monitor_command(find_cluster(job_id, config=session.config), vm, words))

@@ -13,8 +13,8 @@ from pcocc.errors import UsageError
 
 def _definition_options(func):
     options = [
-        click.option("-c", "--cores", type=int, default=1, show_default=True,
-                     help="CPU cores of each VM."),
+        click.option("-c", "--cores", type=click.IntRange(min=1), default=None,
+                     help="CPU cores of each VM [default: from the template's resource set]."),
         click.option("--image", "images", multiple=True, metavar="[TPL=]IMAGE",
                      help="Use IMAGE for template TPL (or for every template); repeatable."),
         click.option("--mount", "mounts", multiple=True, metavar="SRC:DST",
@@ -86,12 +86,13 @@ def batch(session: Session, command, host_script, cores, images, mounts, user_da
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def ps(as_json: bool) -> None:
+@pass_session
+def ps(session: Session, as_json: bool) -> None:
     """List your running virtual clusters."""
     from pcocc.cluster.access import list_clusters
     from pcocc.cluster.lookup import ps_table
 
-    clusters = list_clusters()
+    clusters = list_clusters(config=session.config)
     if as_json:
         click.echo(json.dumps([c.to_json() for c in clusters], indent=2))
     elif clusters:

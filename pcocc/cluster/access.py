@@ -17,6 +17,7 @@ import termios
 import tty
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pcocc import proc
 from pcocc.cluster import adapters, rundir
@@ -25,6 +26,9 @@ from pcocc.cluster.sshkeys import ensure_user_key, write_ssh_files
 from pcocc.cluster.vmstate import VmRecord
 from pcocc.errors import NotFound, PcoccError, ServiceUnavailable, UsageError
 
+if TYPE_CHECKING:
+    from pcocc.config import Config
+
 log = logging.getLogger(__name__)
 
 #: Ctrl-] ends ``pcocc console`` (as in telnet)
@@ -32,8 +36,8 @@ CONSOLE_ESCAPE = b"\x1d"
 
 
 @contextlib.contextmanager
-def _kvs(env: Mapping[str, str]) -> Iterator[list[adapters.EtcdKv]]:
-    sets = adapters.kv_endpoint_sets(env, rundir.run_root())
+def _kvs(env: Mapping[str, str], config: Config | None) -> Iterator[list[adapters.EtcdKv]]:
+    sets = adapters.kv_endpoint_sets(env, rundir.run_root(), config)
     kvs: list[adapters.EtcdKv] = []
     try:
         for endpoints in sets:
@@ -44,9 +48,11 @@ def _kvs(env: Mapping[str, str]) -> Iterator[list[adapters.EtcdKv]]:
             kv.close()
 
 
-def list_clusters(env: Mapping[str, str] | None = None) -> list[ClusterView]:
+def list_clusters(
+    env: Mapping[str, str] | None = None, config: Config | None = None
+) -> list[ClusterView]:
     env = os.environ if env is None else env
-    with _kvs(env) as kvs:
+    with _kvs(env, config) as kvs:
         found = []
         for kv in kvs:
             try:
@@ -58,9 +64,11 @@ def list_clusters(env: Mapping[str, str] | None = None) -> list[ClusterView]:
         return found
 
 
-def find_cluster(job_id: str | None, env: Mapping[str, str] | None = None) -> ClusterView:
+def find_cluster(
+    job_id: str | None, env: Mapping[str, str] | None = None, config: Config | None = None
+) -> ClusterView:
     env = os.environ if env is None else env
-    return select_cluster(list_clusters(env), job_id, env)
+    return select_cluster(list_clusters(env, config), job_id, env)
 
 
 def _target(text: str) -> tuple[str | None, str]:

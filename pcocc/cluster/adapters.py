@@ -98,14 +98,27 @@ class EtcdKv:
                     return result
 
 
+def configured_endpoints(config: Config | None, env: Mapping[str, str]) -> str | None:
+    """``$PCOCC_ETCD_ENDPOINTS``, else the external etcd of batch.yaml, else None (private)."""
+    if env.get(ENDPOINTS_VAR):
+        return env[ENDPOINTS_VAR]
+    etcd = (config.batch if config is not None else {}).get("etcd") or {}
+    if etcd.get("mode", "external") == "external" and etcd.get("endpoints"):
+        return ",".join(e if "://" in e else f"http://{e}" for e in etcd["endpoints"])
+    return None
+
+
 @contextlib.contextmanager
-def etcd_for_job(run_dir: Path, env: dict[str, str]) -> Iterator[dict[str, str]]:
+def etcd_for_job(
+    run_dir: Path, env: dict[str, str], config: Config | None = None
+) -> Iterator[dict[str, str]]:
     """The configured etcd, or a private one in ``run_dir`` when none is (local mode).
 
     Yields the variables that point children at it.
     """
-    if env.get(ENDPOINTS_VAR):
-        yield {ENDPOINTS_VAR: env[ENDPOINTS_VAR]}
+    endpoints = configured_endpoints(config, env)
+    if endpoints:
+        yield {ENDPOINTS_VAR: endpoints}
         return
     from pcocc.kv.private import private_etcd
 
@@ -119,11 +132,14 @@ def etcd_for_job(run_dir: Path, env: dict[str, str]) -> Iterator[dict[str, str]]
             endpoints_file.unlink(missing_ok=True)
 
 
-def kv_endpoint_sets(env: Mapping[str, str], run_root: Path) -> list[str]:
+def kv_endpoint_sets(
+    env: Mapping[str, str], run_root: Path, config: Config | None = None
+) -> list[str]:
     """Where a user command looks for clusters: the configured etcd, else the private etcd
     of each local cluster of this user (``<run root>/<job>/etcd-endpoints``)."""
-    if env.get(ENDPOINTS_VAR):
-        return [env[ENDPOINTS_VAR]]
+    endpoints = configured_endpoints(config, env)
+    if endpoints:
+        return [endpoints]
     found = []
     for path in sorted(run_root.glob("*/etcd-endpoints")):
         with contextlib.suppress(OSError):

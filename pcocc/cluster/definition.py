@@ -176,11 +176,18 @@ def vm_address(rank: int) -> str:
     return f"{PRIVATE_NET}.{rank // 250}.{rank % 250 + 1}"
 
 
+def _template_cores(name: str, settings: Mapping[str, Any]) -> int:
+    value = (settings.get("resources") or {}).get("cores", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"template '{name}': cores of its resource set must be a positive integer")
+    return value
+
+
 def build_definition(
     spec: str,
     templates: Mapping[str, Mapping[str, Any]],
     *,
-    cores: int = 1,
+    cores: int | None = None,
     images: Sequence[str] = (),
     mounts: Sequence[str] = (),
     user_data_file: str | None = None,
@@ -192,11 +199,12 @@ def build_definition(
     """Validate a cluster definition and produce one entry per VM rank.
 
     :param templates: resolved templates (inheritance already applied), by name
+    :param cores: cores of every VM (``-c``); default: the template's resource set, else 1
     :param check_image: raises NotFound/UsageError when an image URI cannot be resolved
     :raise UsageError: bad definition or option
     :raise ConfigError: a template cannot run (no image and no kernel)
     """
-    if cores < 1:
+    if cores is not None and cores < 1:
         raise UsageError(f"-c/--cores must be at least 1, not {cores}")
     parts = parse_spec(spec)
     names = [name for name, _ in parts]
@@ -226,6 +234,7 @@ def build_definition(
             except NotFound as err:
                 raise UsageError(f"template '{name}': {err}", hint=err.hint) from err
             checked.add(image)
+        vm_cores = cores if cores is not None else _template_cores(name, settings)
         for _ in range(count):
             rank = len(vms)
             vms.append(
@@ -235,13 +244,13 @@ def build_definition(
                     template=name,
                     settings=settings,
                     image=image,
-                    cores=cores,
+                    cores=vm_cores,
                     address=vm_address(rank),
                 )
             )
     return ClusterDefinition(
         vms=vms,
-        cores=cores,
+        cores=max(vm.cores for vm in vms),
         mounts=mount_list,
         user_data=user_data,
         ssh_authorized_keys=list(ssh_authorized_keys),

@@ -48,7 +48,7 @@ def prepare_definition(
     config: Config,
     spec: str,
     *,
-    cores: int,
+    cores: int | None,
     images: Sequence[str],
     mounts: Sequence[str],
     user_data_file: str | None,
@@ -166,7 +166,7 @@ def run_launcher(
     cluster_dir = rundir.cluster_dir(batchid)
     env = {k: v for k, v in os.environ.items() if k != DEFINITION_VAR}
     try:
-        with adapters.etcd_for_job(cluster_dir, env) as kv_env:
+        with adapters.etcd_for_job(cluster_dir, env, config) as kv_env:
             env.update(kv_env)
             kv = adapters.EtcdKv.from_env(env)
             try:
@@ -193,7 +193,11 @@ def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int
     batchid = job_id or os.environ.get("PCOCC_JOB_ID")
     if not batchid:
         raise UsageError("no cluster id: give --job or set PCOCC_JOB_ID")
-    kv = adapters.EtcdKv.from_env()
+    endpoints = adapters.configured_endpoints(config, os.environ)
+    if not endpoints:
+        raise UsageError(f"no etcd to use: {adapters.ENDPOINTS_VAR} is not set",
+                         hint="'pcocc internal run' is started by 'pcocc internal launcher'")
+    kv = adapters.open_kv(endpoints)
     try:
         node = NodeProcess(
             kv,

@@ -93,6 +93,14 @@ def test_mounts(tmp_path):
             parse_mount(bad)
 
 
+def test_cores_default_to_the_resource_set():
+    tpls = {"big": {"image": "x", "resources": {"cores": 4}}, "small": {"image": "y"}}
+    d = build_definition("big:1,small:1", tpls)
+    assert [v.cores for v in d.vms] == [4, 1] and d.cores == 4
+    d = build_definition("big:1,small:1", tpls, cores=2)
+    assert [v.cores for v in d.vms] == [2, 2] and d.cores == 2
+
+
 def test_user_data_and_cores(tmp_path):
     ud = tmp_path / "ud.yaml"
     ud.write_text("#cloud-config\nruncmd: [touch /x]\n")
