@@ -9,12 +9,15 @@ a boot timeout.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pcocc import proc
 from pcocc.cluster import keys, rundir
@@ -147,15 +150,12 @@ class Launcher:
             except Corrupt as err:
                 raise ClusterFailed(f"vm{rank}: {err}") from err
         for rank, rec in sorted(records.items()):
-            if rec.status == FAILED:
+            if rec.status in (FAILED, STOPPED):
+                what = "failed" if rec.status == FAILED else "stopped"
+                tail = rec.extra.get("console_tail")
                 raise ClusterFailed(
-                    f"{rec.name} failed on {rec.host}: {rec.error or 'unknown error'}",
-                    hint=f"console log: {rec.host}:{rec.console_log}" if rec.console_log else None,
-                )
-            if rec.status == STOPPED:
-                raise ClusterFailed(
-                    f"{rec.name} stopped on {rec.host}: {rec.error or 'QEMU exited'}",
-                    hint=f"console log: {rec.host}:{rec.console_log}" if rec.console_log else None,
+                    f"{rec.name} {what} on {rec.host}: {rec.error or 'QEMU exited'}",
+                    hint=f"last console lines: {tail}" if tail else None,
                 )
         for rank, old in sorted(self._seen.items()):
             if rank not in records:
@@ -197,8 +197,6 @@ class Launcher:
         self._command = proc.spawn(
             [shell], env=env, stdin=None, stdout=None, stderr=None, new_session=False
         )
-        import signal
-
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             return self._supervise_command()
@@ -231,6 +229,7 @@ class Launcher:
                     self._tasks.stop(timeout_s=15)
                 except Exception as err:  # keep tearing down; say what was left
                     log.warning("could not stop the node processes: %s", err)
+            self._reap_orphans()
             try:
                 self.kv.delete_prefix(self.prefix)
             except Exception as err:
@@ -238,6 +237,19 @@ class Launcher:
             self.lifecycle.finish()
             if received:
                 log.debug("signals received during teardown: %s", received)
+
+    def _reap_orphans(self) -> None:
+        """Kill QEMUs on this host whose node process died without stopping them.
+
+        A node process killed with SIGKILL cannot stop its QEMU (which runs in a session of
+        its own); the launcher knows their pids from etcd. Elsewhere the batch system's
+        process tracking does the same at the end of the job.
+        """
+        for rec in self._seen.values():
+            if rec.pid and rec.host == self.s.host and is_our_qemu(rec.pid):
+                log.info("%s: stopping QEMU (pid %d) left by its node process", rec.name, rec.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rec.pid, signal.SIGKILL)
 
     def _publish(self, state: ClusterState) -> None:
         if state.is_final:
@@ -258,6 +270,16 @@ class Launcher:
                 log.warning("could not record the teardown of cluster %s", self.s.batchid)
                 return
             raise
+
+
+def is_our_qemu(pid: int) -> bool:
+    """True when ``pid`` is a living QEMU of this user (pids are reused: check both)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        owner = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return False
+    return owner == os.getuid() and bool(cmdline) and b"qemu-system" in cmdline[0]
 
 
 def _describe(err: BaseException) -> str:

@@ -72,6 +72,21 @@ def generate_host_key(vm_dir: Path, name: str) -> Path:
     return path
 
 
+def console_tail(path: str | None, max_lines: int = 5) -> str:
+    """The last non-empty lines of a console log, joined with ' | '."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
+    return " | ".join(lines[-max_lines:])
+
+
 class NodeProcess:
     def __init__(self, kv: Kv, settings: NodeSettings, make_vm: MakeVm):
         self.kv = kv
@@ -166,6 +181,10 @@ class NodeProcess:
     def _report_failure(self, status: str, error: str) -> None:
         self.record.status = status
         self.record.error = error
+        tail = console_tail(self.record.console_log)
+        if tail:
+            # the run dir goes away with the cluster: keep the last words of the guest
+            self.record.extra["console_tail"] = tail
         try:
             self._publish()
         except Exception as err:

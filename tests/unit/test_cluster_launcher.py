@@ -184,6 +184,7 @@ def test_vm_failure_during_boot_is_reported_and_cleaned(run_dir):
     with pytest.raises(ClusterFailed) as exc:
         launcher.run()
     assert "vm1 failed on n1: qemu-system-x86_64 failed: cannot open disk" in str(exc.value)
+    assert exc.value.hint is None  # no console output yet
     assert launcher.lifecycle.state.value == "failed"
     assert_all_gone(kv, batch, run_dir)
 
@@ -223,8 +224,9 @@ def test_qemu_crash_while_command_runs_stops_command(run_dir, tmp_path):
 
     threading.Thread(target=crash_when_running, daemon=True).start()
     t0 = time.monotonic()
-    with pytest.raises(ClusterFailed, match="vm1 stopped on n1: QEMU exited with status -9"):
+    with pytest.raises(ClusterFailed, match="vm1 stopped on n1: QEMU exited with status -9") as exc:
         launcher.run()
+    assert exc.value.hint == "last console lines: booting"
     assert time.monotonic() - t0 < 25  # the sleep was stopped, not waited for
     assert_all_gone(kv, batch, run_dir)
 
