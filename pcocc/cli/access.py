@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from pcocc.cli.cluster import exit_with
+
 from pcocc.cli.context import Session, pass_session
 
 _job_option = click.option(
@@ -18,26 +20,24 @@ _job_option = click.option(
 @click.argument("target", metavar="[USER@]vmN")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_session
-@click.pass_context
-def ssh(ctx, session: Session, job_id: str | None, target: str, command: tuple[str, ...]) -> None:
+def ssh(session: Session, job_id: str | None, target: str, command: tuple[str, ...]) -> None:
     """Connect to a VM with ssh (host keys are checked), or run COMMAND there."""
     from pcocc.cluster.access import find_cluster, run_interactive, ssh_argv
 
     view = find_cluster(job_id, config=session.config)
-    ctx.exit(run_interactive(ssh_argv(view, target, command)))
+    exit_with(run_interactive(ssh_argv(view, target, command)))
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
 @_job_option
 @click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_session
-@click.pass_context
-def scp(ctx, session: Session, job_id: str | None, args: tuple[str, ...]) -> None:
+def scp(session: Session, job_id: str | None, args: tuple[str, ...]) -> None:
     """Copy files to and from VMs: pcocc scp [SCP_OPTIONS] SRC... DST, with vmN:PATH."""
     from pcocc.cluster.access import find_cluster, run_interactive, scp_argv
 
     view = find_cluster(job_id, config=session.config)
-    ctx.exit(run_interactive(scp_argv(view, args)))
+    exit_with(run_interactive(scp_argv(view, args)))
 
 
 @click.command()

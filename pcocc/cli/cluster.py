@@ -11,6 +11,16 @@ from pcocc.cli.context import Session, pass_session
 from pcocc.errors import UsageError
 
 
+def exit_with(status: int) -> None:
+    """Leave pcocc with ``status`` (the exit status of a command it ran).
+
+    A SystemExit, because click's non-standalone mode returns ``ctx.exit`` codes instead of
+    raising them, and ``pcocc.cli.main.run_cli`` does not pass those on.
+    """
+    if status:
+        raise SystemExit(status)
+
+
 def _definition_options(func):
     options = [
         click.option("-c", "--cores", type=click.IntRange(min=1), default=None,
@@ -42,8 +52,7 @@ def _definition(session: Session, spec, cores, images, mounts, user_data):
               help="Run CMD on the first node once the VMs run, instead of a shell.")
 @_definition_options
 @pass_session
-@click.pass_context
-def alloc(ctx, session: Session, command, cores, images, mounts, user_data, spec, batch_args):
+def alloc(session: Session, command, cores, images, mounts, user_data, spec, batch_args):
     """Run a virtual cluster interactively.
 
     Allocates one task per VM (options after '--' go to the batch system, e.g. -- -p debug),
@@ -54,7 +63,7 @@ def alloc(ctx, session: Session, command, cores, images, mounts, user_data, spec
 
     definition = _definition(session, spec, cores, images, mounts, user_data)
     status = run_alloc(session.config, definition, batch_args, command, debug=session.debug)
-    ctx.exit(status)
+    exit_with(status)
 
 
 @click.command()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from pcocc.cli.cluster import exit_with
+
 from pcocc.cli.context import Session, pass_session
 
 
@@ -15,8 +17,7 @@ def internal() -> None:
 @internal.command()
 @click.option("-E", "--command", metavar="CMD", help="Run CMD instead of the user's shell.")
 @pass_session
-@click.pass_context
-def launcher(ctx, session: Session, command: str | None) -> None:
+def launcher(session: Session, command: str | None) -> None:
     """Start the VMs of the job's cluster, run CMD or a shell, then tear down."""
     from pcocc.cluster.jobs import run_launcher
 
@@ -24,16 +25,15 @@ def launcher(ctx, session: Session, command: str | None) -> None:
         if not session.quiet:
             click.echo(f"pcocc: {message}", err=True)
 
-    ctx.exit(run_launcher(session.config, command, report=report, debug=session.debug))
+    exit_with(run_launcher(session.config, command, report=report, debug=session.debug))
 
 
 @internal.command()
 @click.option("--rank", type=int, default=None, help="VM rank [default: the task's rank].")
 @click.option("--job", "job_id", default=None, help="Cluster id [default: $PCOCC_JOB_ID].")
 @pass_session
-@click.pass_context
-def run(ctx, session: Session, rank: int | None, job_id: str | None) -> None:
+def run(session: Session, rank: int | None, job_id: str | None) -> None:
     """Run the VM of one rank until the cluster ends."""
     from pcocc.cluster.jobs import run_node
 
-    ctx.exit(run_node(session.config, rank, job_id))
+    exit_with(run_node(session.config, rank, job_id))

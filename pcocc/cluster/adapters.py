@@ -210,10 +210,31 @@ class BatchAdapter:
         return self.manager.nodes(job_id)
 
 
+def manager_settings(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """batch.yaml as loaded by pcocc.config -> the settings of the selected batch manager.
+
+    batch.yaml also holds ``etcd`` (not a batch manager setting) and Slurm options under
+    ``slurm:`` (``partition``, ``alloc-args``, ``srun-args``).
+    """
+    kind = batch.get("type", "local")
+    settings: dict[str, Any] = {"type": kind}
+    if kind == "slurm":
+        slurm = batch.get("slurm") or {}
+        alloc = list(slurm.get("alloc-args") or [])
+        if slurm.get("partition"):
+            alloc = ["-p", str(slurm["partition"]), *alloc]
+        if alloc:
+            settings["salloc-options"] = alloc
+            settings["sbatch-options"] = alloc
+        if slurm.get("srun-args"):
+            settings["srun-options"] = list(slurm["srun-args"])
+    return settings
+
+
 def batch_manager(config: Config) -> BatchAdapter:
     from pcocc.batch.base import get_manager
 
-    return BatchAdapter(get_manager(config.batch))
+    return BatchAdapter(get_manager(manager_settings(config.batch)))
 
 
 def task_rank(env: Mapping[str, str]) -> int | None:

@@ -107,7 +107,8 @@ def our_processes(env: Env) -> list[str]:
         if state == "Z":
             continue
         if marker in environ or marker in cmdline:
-            found.append(f"{entry}: {cmdline.replace(b'\0', b' ').decode(errors='replace')}")
+            text = cmdline.replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{entry}: {text}")
     return found
 
 
@@ -201,12 +202,13 @@ def test_batch_runs_in_background(cluster_env):
     job_id = res.stdout.strip()
     assert job_id
     from pcocc.batch.base import get_manager
+    from pcocc.cluster.adapters import manager_settings
 
     old = dict(os.environ)
     os.environ.update(env.env)
     try:
-        manager = get_manager(yaml.safe_load(
-            (Path(env.env["PCOCC_SYSTEM_CONF_DIR"]) / "batch.yaml").read_text()))
+        manager = get_manager(manager_settings(yaml.safe_load(
+            (Path(env.env["PCOCC_SYSTEM_CONF_DIR"]) / "batch.yaml").read_text())))
         state = manager.wait(job_id, timeout_s=600)
     finally:
         os.environ.clear()
@@ -281,7 +283,6 @@ def test_scancel_mid_boot_cleans_up(slurm_test_env):
             break
         time.sleep(0.5)
     assert_nothing_left(env, _endpoints(env))
-    output = (env.tmp / f"slurm-{job_id}.out")
-    if output.exists():
-        text = output.read_text()
-        assert "Traceback" not in text
+    text = (env.tmp / f"slurm-{job_id}.out").read_text()
+    assert "pcocc: error: interrupted by SIGTERM" in text, text
+    assert "Traceback" not in text
