@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -229,9 +230,26 @@ def test_bad_definition_fails_before_allocation(local_env):
         (local_env.tmp / "home" / ".pcocc" / "local-jobs").iterdir())
 
 
+def assert_private(run_dir: Path) -> None:
+    """Run dirs are 0700; nothing in them is open to group or others."""
+    found = 0
+    for path in [run_dir, *run_dir.rglob("*")]:
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            continue
+        found += 1
+        if stat.S_ISDIR(mode):
+            assert stat.S_IMODE(mode) == 0o700, path
+        elif not stat.S_ISLNK(mode):
+            assert stat.S_IMODE(mode) & 0o077 == 0, f"{path}: {oct(stat.S_IMODE(mode))}"
+    assert found > 3
+
+
 def _start_and_wait_running(env: Env, n: int = 2) -> subprocess.Popen:
     proc = env.start("alloc", "-E", "sleep 600", f"testvm:{n}")
     env.wait_ps(lambda cs: len(cs) == 1 and cs[0]["running"] == n, "the VMs to run", proc=proc)
+    assert_private(env.run_dir)
     return proc
 
 
@@ -286,3 +304,41 @@ def test_scancel_mid_boot_cleans_up(slurm_test_env):
     text = (env.tmp / f"slurm-{job_id}.out").read_text()
     assert "pcocc: error: interrupted by SIGTERM" in text, text
     assert "Traceback" not in text
+
+
+ACCESS = (
+    "set -e; pcocc console --log vm0 > console.txt; "
+    "pcocc monitor-cmd vm0 info status > hmp.txt; "
+    "pcocc monitor-cmd vm0 query-status > qmp.json; "
+    "(pcocc nc vm0 22 < /dev/null | head -c 4 > banner.txt) || true; "
+    "pcocc ssh vm0 'echo $((6 * 7))' > ssh.txt; "
+    "pcocc reset vm0; sleep 1; "
+    "pcocc monitor-cmd vm0 '{\"execute\": \"query-status\"}' > after-reset.json; "
+    "if pcocc ssh vm9 true 2> vm9.err; then exit 9; fi"
+)
+
+
+def test_access_commands(local_env):
+    env = local_env
+    res = env.run("alloc", "-E", ACCESS, "testvm:1")
+    assert res.returncode == 0, res.stderr
+    tmp = env.tmp
+    assert "ready" in (tmp / "console.txt").read_text()
+    assert "VM status: running" in (tmp / "hmp.txt").read_text()
+    assert json.loads((tmp / "qmp.json").read_text())["status"] == "running"
+    assert (tmp / "banner.txt").read_text() == "SSH-"
+    assert (tmp / "ssh.txt").read_text().strip() == "42"
+    assert json.loads((tmp / "after-reset.json").read_text())["running"] is True
+    assert "vm9 does not exist" in (tmp / "vm9.err").read_text()
+    assert_nothing_left(env)
+
+
+def test_interactive_shell_without_command(local_env):
+    env = local_env
+    env.env["SHELL"] = "/bin/sh"
+    res = env.run("alloc", "testvm:1",
+                  input="pcocc ssh vm0 hostname > shell.out\necho \"$PCOCC_JOB_ID\" > id\nexit 3\n")
+    assert res.returncode == 3, res.stderr
+    assert (env.tmp / "shell.out").read_text().strip() == "vm0"
+    assert (env.tmp / "id").read_text().strip()
+    assert_nothing_left(env)
