@@ -158,6 +158,7 @@ def run_launcher(
             hint="'pcocc internal launcher' is started by 'pcocc alloc' or 'pcocc batch'",
         )
     definition = decode_definition(text)
+    os.umask(0o077)  # run files, sockets, logs, the private etcd: for this user only
     batch = adapters.batch_manager(config)
     batchid = batch.job_id_from_env(os.environ)
     if not batchid:
@@ -187,6 +188,7 @@ def run_launcher(
 
 def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int:
     """``pcocc internal run``: the node process of one VM."""
+    os.umask(0o077)  # the VM's run files, sockets and logs: for this user only
     rank = rank if rank is not None else adapters.task_rank(os.environ)
     if rank is None:
         raise UsageError("no VM rank: give --rank or run as a task of the launcher")
