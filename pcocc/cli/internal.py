@@ -16,8 +16,9 @@ def internal() -> None:
 
 @internal.command()
 @click.option("-E", "--command", metavar="CMD", help="Run CMD instead of the user's shell.")
+@click.option("--hold", is_flag=True, help="Without CMD: keep the cluster until a signal.")
 @pass_session
-def launcher(session: Session, command: str | None) -> None:
+def launcher(session: Session, command: str | None, hold: bool) -> None:
     """Start the VMs of the job's cluster, run CMD or a shell, then tear down."""
     from pcocc.cluster.jobs import run_launcher
 
@@ -25,7 +26,7 @@ def launcher(session: Session, command: str | None) -> None:
         if not session.quiet:
             click.echo(f"pcocc: {message}", err=True)
 
-    exit_with(run_launcher(session.config, command, report=report, debug=session.debug))
+    exit_with(run_launcher(session.config, command, report=report, debug=session.debug, hold=hold))
 
 
 @internal.command()

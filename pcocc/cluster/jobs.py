@@ -80,13 +80,15 @@ def decode_definition(text: str) -> ClusterDefinition:
     return ClusterDefinition.from_json(raw)
 
 
-def launcher_argv(command: str | None, *, debug: bool = False) -> list[str]:
+def launcher_argv(command: str | None, *, debug: bool = False, hold: bool = False) -> list[str]:
     argv = adapters.python_command()
     if debug:
         argv.append("--debug")
     argv += ["internal", "launcher"]
     if command is not None:
         argv += ["-E", command]
+    elif hold:
+        argv.append("--hold")
     return argv
 
 
@@ -128,7 +130,7 @@ def batch_script(definition: ClusterDefinition, command: str | None, config: Con
         "# pcocc virtual cluster: " + definition.spec.replace("\n", " ") + "\n"
         + exports
         + f"export {DEFINITION_VAR}={shlex.quote(encode_definition(definition))}\n"
-        + "exec " + shlex.join(launcher_argv(command)) + "\n"
+        + "exec " + shlex.join(launcher_argv(command, hold=True)) + "\n"
     )
 
 
@@ -149,6 +151,7 @@ def run_launcher(
     *,
     report: Callable[[str], None],
     debug: bool = False,
+    hold: bool = False,
 ) -> int:
     """``pcocc internal launcher``: the cluster's life inside its allocation."""
     text = os.environ.get(DEFINITION_VAR)
@@ -177,7 +180,7 @@ def run_launcher(
                 node_argv += ["internal", "run"]
                 settings = LaunchSettings(
                     user=user, batchid=batchid, node_argv=node_argv, command=command, env=env,
-                    remove_run_dir=False,
+                    hold=hold, remove_run_dir=False,
                 )
                 return Launcher(kv, batch, definition, settings, report=report).run()
             finally:

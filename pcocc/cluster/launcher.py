@@ -46,6 +46,8 @@ class LaunchSettings:
     node_argv: list[str]
     #: the ``-E`` command (run with ``sh -c``) or None for the interactive shell
     command: str | None = None
+    #: without a command: keep the cluster until a signal (batch jobs) instead of a shell
+    hold: bool = False
     shell: str = "/bin/sh"
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     host: str = field(default_factory=socket.gethostname)
@@ -191,6 +193,9 @@ class Launcher:
             argv = [self.s.shell, "-c", self.s.command]
             self._command = proc.spawn(argv, env=env, stdout=None, stderr=None, new_session=True)
             return self._supervise_command()
+        if self.s.hold:
+            self.report("no command: the cluster runs until the job ends or is cancelled")
+            return self._supervise_command()
         # The interactive shell stays in the terminal's process group and handles Ctrl-C
         # itself; the launcher only reacts to SIGTERM/SIGHUP meanwhile.
         shell = env.get("SHELL") or "/bin/sh"
@@ -205,10 +210,9 @@ class Launcher:
 
     def _supervise_command(self) -> int:
         cmd = self._command
-        assert cmd is not None
 
         def done(snapshot: dict[str, str]) -> int | None:
-            status = cmd.poll()
+            status = cmd.poll() if cmd is not None else None
             if status is not None:
                 return status
             self._check(snapshot, booting=False)

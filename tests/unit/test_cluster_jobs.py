@@ -14,7 +14,13 @@ from pcocc.cluster.jobs import (
     decode_definition,
     encode_definition,
 )
-from pcocc.cluster.adapters import hosts_file, mount_args
+from pcocc.cluster.adapters import (
+    configured_endpoints,
+    hosts_file,
+    kv_endpoint_sets,
+    manager_settings,
+    mount_args,
+)
 from pcocc.errors import UsageError
 
 
@@ -46,6 +52,8 @@ def test_batch_script_runs_launcher_with_quoted_command(tmp_path):
     assert decode_definition(encoded) == d
     assert args == "<internal><launcher><-E><" + cmd + ">"
     assert "PCOCC_USER_CONF_DIR=/home/u/.pcocc" in script
+    assert "--hold" not in script
+    assert batch_script(d, None, FakeConfig()).rstrip().endswith("internal launcher --hold")
 
 
 def test_boot_timeout_from_env():
@@ -84,3 +92,26 @@ def test_ssh_without_any_cluster_is_clear(pcocc_env, capsys, monkeypatch, tmp_pa
     assert "pcocc: error: you have no running cluster" in err
     assert run_cli(["ps", "--json"]) == 0
     assert capsys.readouterr().out.strip() == "[]"
+
+
+def test_batch_yaml_to_manager_settings():
+    assert manager_settings({"type": "local", "etcd": {"mode": "private"}}) == {"type": "local"}
+    got = manager_settings({"type": "slurm", "etcd": {"endpoints": ["h:1"]},
+                            "slurm": {"partition": "p1", "alloc-args": ["-t", "5"],
+                                      "srun-args": ["--mpi=none"]}})
+    assert got == {"type": "slurm", "salloc-options": ["-p", "p1", "-t", "5"],
+                   "sbatch-options": ["-p", "p1", "-t", "5"], "srun-options": ["--mpi=none"]}
+
+
+def test_etcd_endpoints_env_then_config(tmp_path):
+    class Cfg:
+        batch = {"etcd": {"endpoints": ["10.0.0.1:2379", "10.0.0.2:2379"]}}
+
+    assert configured_endpoints(Cfg(), {"PCOCC_ETCD_ENDPOINTS": "http://x:1"}) == "http://x:1"
+    assert configured_endpoints(Cfg(), {}) == "http://10.0.0.1:2379,http://10.0.0.2:2379"
+    Cfg.batch = {"etcd": {"mode": "private"}}
+    assert configured_endpoints(Cfg(), {}) is None
+    # user commands then look for the private etcd of each local cluster
+    (tmp_path / "5").mkdir()
+    (tmp_path / "5" / "etcd-endpoints").write_text("http://127.0.0.1:999\n")
+    assert kv_endpoint_sets({}, tmp_path, Cfg()) == ["http://127.0.0.1:999"]

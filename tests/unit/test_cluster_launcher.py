@@ -304,3 +304,36 @@ def test_records_are_json_with_expected_fields(run_dir):
     assert data["status"] == "running" and data["ssh_port"] == 1
     with pytest.raises(PcoccError):
         VmRecord.from_json(json.dumps({**data, "status": "weird"}))
+
+
+def test_hold_keeps_the_cluster_until_a_signal(run_dir):
+    kv = MemoryKv()
+    batch = FakeBatch(kv)
+    launcher = make_launcher(kv, batch, n=1, command=None)
+    launcher.s.hold = True
+    state_key = keys.vm_state(USER, JOB, 0)
+
+    def cancel_later():
+        kv.wait_for(state_key, lambda s: True if '"running"' in s.get(state_key, "") else None, 10)
+        time.sleep(0.3)
+        assert kv.get(state_key) is not None  # still held, no shell was started
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=cancel_later, daemon=True).start()
+    with pytest.raises(Interrupted):
+        launcher.run()
+    assert launcher._command is None
+    assert_all_gone(kv, batch, run_dir)
+
+
+def test_console_tail_and_qemu_check(tmp_path):
+    from pcocc.cluster.launcher import is_our_qemu
+    from pcocc.cluster.node import console_tail
+
+    log = tmp_path / "console.log"
+    log.write_text("a\r\n\r\nb\nc\nd\ne\nf\n")
+    assert console_tail(str(log), max_lines=3) == "d | e | f"
+    assert console_tail(str(tmp_path / "missing")) == ""
+    assert console_tail(None) == ""
+    assert not is_our_qemu(os.getpid())  # a python process, not QEMU
+    assert not is_our_qemu(2**22 + 12345)  # no such pid

@@ -127,3 +127,18 @@ def test_ssh_files_pin_host_keys(tmp_path, monkeypatch):
 def test_booting_vms_get_no_host_entry():
     vms = {0: VmRecord(rank=0, host="n1", status="booting", node_pid=1)}
     assert "Host vm0" not in ssh_config_text("7", vms, "/k", "/i")
+
+
+def test_scp_checks_vm_names(tmp_path, monkeypatch):
+    from pcocc.cluster.access import scp_argv
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PCOCC_RUN_DIR", str(tmp_path / "run"))
+    kv = MemoryKv()
+    add_cluster(kv, "7")
+    view = clusters_of(kv, USER)[0]
+    argv = scp_argv(view, ["-r", "./dir", "root@vm1:/tmp/x"])
+    assert argv[:2] == ["scp", "-F"] and argv[3:] == ["-r", "./dir", "root@vm1:/tmp/x"]
+    assert "Host vm1" in open(argv[2]).read()
+    with pytest.raises(NotFound, match="vm0 to vm1"):
+        scp_argv(view, ["f", "vm4:/tmp"])
