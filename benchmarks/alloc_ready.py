@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_builder():
-    spec = importlib.util.spec_from_file_location("build_testvm", ROOT / "helpers" / "build_testvm.py")
+    spec = importlib.util.spec_from_file_location(
+        "build_testvm", ROOT / "helpers" / "build_testvm.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -48,18 +50,37 @@ def pcocc_env(work: Path, vm: dict) -> dict[str, str]:
     system, home = work / "etc", work / "home"
     for d in (system, home / ".pcocc"):
         d.mkdir(parents=True, exist_ok=True)
-    (system / "templates.yaml").write_text(yaml.safe_dump({"templates": {"testvm": {
-        "kernel": vm["kernel"], "initrd": vm["initrd"], "append": vm["append"],
-        "accel": "tcg", "resource-set": "tiny"}}}))
+    (system / "templates.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "templates": {
+                    "testvm": {
+                        "kernel": vm["kernel"],
+                        "initrd": vm["initrd"],
+                        "append": vm["append"],
+                        "accel": "tcg",
+                        "resource-set": "tiny",
+                    }
+                }
+            }
+        )
+    )
     (system / "resources.yaml").write_text(
-        yaml.safe_dump({"resource-sets": {"tiny": {"cores": 1, "memory": "256M"}}}))
+        yaml.safe_dump({"resource-sets": {"tiny": {"cores": 1, "memory": "256M"}}})
+    )
     (system / "batch.yaml").write_text(yaml.safe_dump({"type": "local"}))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PCOCC_"))}
     env.pop("XDG_RUNTIME_DIR", None)
-    env.update({"HOME": str(home), "PCOCC_SYSTEM_CONF_DIR": str(system),
-                "PCOCC_USER_CONF_DIR": str(home / ".pcocc"), "PCOCC_ACCEL": "tcg",
-                "PCOCC_RUN_DIR": str(work / "run"),
-                "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    env.update(
+        {
+            "HOME": str(home),
+            "PCOCC_SYSTEM_CONF_DIR": str(system),
+            "PCOCC_USER_CONF_DIR": str(home / ".pcocc"),
+            "PCOCC_ACCEL": "tcg",
+            "PCOCC_RUN_DIR": str(work / "run"),
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        }
+    )
     return env
 
 
@@ -70,8 +91,13 @@ def time_ours(work: Path, vm: dict) -> float:
     pcocc = str(Path(sys.executable).parent / "pcocc")
     command = f"pcocc ssh vm0 true && date +%s.%N > {stamp}"
     t0 = time.time()
-    res = subprocess.run([pcocc, "alloc", "-E", command, "testvm:1"], env=env,
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [pcocc, "alloc", "-E", command, "testvm:1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if res.returncode != 0 or not stamp.exists():
         raise SystemExit(f"pcocc alloc failed ({res.returncode}): {res.stderr.strip()}")
     return float(stamp.read_text()) - t0
@@ -84,20 +110,63 @@ def time_baseline(work: Path, vm: dict) -> float:
     if not key.exists():
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
     host_key = generate_host_key()
-    seed = build_seed(SeedSpec("vm0", "bench", (key.with_suffix(".pub").read_text().strip(),),
-                               host_key), work / "seed.iso")
+    seed = build_seed(
+        SeedSpec("vm0", "bench", (key.with_suffix(".pub").read_text().strip(),), host_key),
+        work / "seed.iso",
+    )
     known = work / "known_hosts"
     known.write_text(f"bench {host_key.public}\n")
     port = free_port()
-    argv = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "256", "-smp", "1",
-            "-display", "none", "-nodefaults", "-no-user-config", "-serial", "null",
-            "-kernel", vm["kernel"], "-initrd", vm["initrd"], "-append", vm["append"],
-            "-drive", f"file={seed},format=raw,if=virtio,readonly=on",
-            "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
-            "-device", "virtio-net-pci,netdev=n0"]
-    ssh = ["ssh", "-i", str(key), "-p", str(port), "-o", f"UserKnownHostsFile={known}",
-           "-o", "HostKeyAlias=bench", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-           "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", "root@127.0.0.1", "true"]
+    argv = [
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-m",
+        "256",
+        "-smp",
+        "1",
+        "-display",
+        "none",
+        "-nodefaults",
+        "-no-user-config",
+        "-serial",
+        "null",
+        "-kernel",
+        vm["kernel"],
+        "-initrd",
+        vm["initrd"],
+        "-append",
+        vm["append"],
+        "-drive",
+        f"file={seed},format=raw,if=virtio,readonly=on",
+        "-netdev",
+        f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-device",
+        "virtio-net-pci,netdev=n0",
+    ]
+    ssh = [
+        "ssh",
+        "-i",
+        str(key),
+        "-p",
+        str(port),
+        "-o",
+        f"UserKnownHostsFile={known}",
+        "-o",
+        "HostKeyAlias=bench",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=5",
+        "-o",
+        "LogLevel=ERROR",
+        "root@127.0.0.1",
+        "true",
+    ]
     t0 = time.time()
     qemu = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

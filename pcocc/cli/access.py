@@ -5,17 +5,18 @@ from __future__ import annotations
 import click
 
 from pcocc.cli.cluster import exit_with
-
 from pcocc.cli.context import Session, pass_session
 
 _job_option = click.option(
-    "-j", "--jobid", "job_id", metavar="JOBID",
+    "-j",
+    "--jobid",
+    "job_id",
+    metavar="JOBID",
     help="Cluster to use [default: $PCOCC_JOB_ID, $SLURM_JOB_ID, or your only cluster].",
 )
 
 
-@click.command(context_settings={"ignore_unknown_options": True,
-                                 "allow_interspersed_args": False})
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @_job_option
 @click.argument("target", metavar="[USER@]vmN")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -47,7 +48,8 @@ def scp(session: Session, job_id: str | None, args: tuple[str, ...]) -> None:
 @pass_session
 def nc(session: Session, job_id: str | None, vm: str, port: int) -> None:
     """Connect stdin and stdout to TCP PORT of a VM."""
-    from pcocc.cluster.access import find_cluster, nc as relay
+    from pcocc.cluster.access import find_cluster
+    from pcocc.cluster.access import nc as relay
 
     relay(find_cluster(job_id, config=session.config), vm, port)
 
@@ -74,7 +76,8 @@ def console(session: Session, job_id: str | None, show_log: bool, vm: str) -> No
 @pass_session
 def reset(session: Session, job_id: str | None, vm: str) -> None:
     """Reset a VM (like pressing its reset button)."""
-    from pcocc.cluster.access import find_cluster, reset as do_reset
+    from pcocc.cluster.access import find_cluster
+    from pcocc.cluster.access import reset as do_reset
 
     do_reset(find_cluster(job_id, config=session.config), vm)
 

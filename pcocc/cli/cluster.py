@@ -23,15 +23,32 @@ def exit_with(status: int) -> None:
 
 def _definition_options(func):
     options = [
-        click.option("-c", "--cores", type=click.IntRange(min=1), default=None,
-                     help="CPU cores of each VM [default: from the template's resource set]."),
-        click.option("--image", "images", multiple=True, metavar="[TPL=]IMAGE",
-                     help="Use IMAGE for template TPL (or for every template); repeatable."),
-        click.option("--mount", "mounts", multiple=True, metavar="SRC:DST",
-                     help="Share host directory SRC at DST in the VMs; repeatable."),
+        click.option(
+            "-c",
+            "--cores",
+            type=click.IntRange(min=1),
+            default=None,
+            help="CPU cores of each VM [default: from the template's resource set].",
+        ),
+        click.option(
+            "--image",
+            "images",
+            multiple=True,
+            metavar="[TPL=]IMAGE",
+            help="Use IMAGE for template TPL (or for every template); repeatable.",
+        ),
+        click.option(
+            "--mount",
+            "mounts",
+            multiple=True,
+            metavar="SRC:DST",
+            help="Share host directory SRC at DST in the VMs; repeatable.",
+        ),
         click.option("--user-data", metavar="FILE", help="cloud-init user-data for the VMs."),
         click.argument("spec", metavar="TPL:N[,TPL2:M]"),
-        click.argument("batch_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- BATCH_OPTIONS]"),
+        click.argument(
+            "batch_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- BATCH_OPTIONS]"
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -42,14 +59,22 @@ def _definition(session: Session, spec, cores, images, mounts, user_data):
     from pcocc.cluster.jobs import prepare_definition
 
     return prepare_definition(
-        session.config, spec, cores=cores, images=images, mounts=mounts,
+        session.config,
+        spec,
+        cores=cores,
+        images=images,
+        mounts=mounts,
         user_data_file=user_data,
     )
 
 
 @click.command()
-@click.option("-E", "--command", metavar="CMD",
-              help="Run CMD on the first node once the VMs run, instead of a shell.")
+@click.option(
+    "-E",
+    "--command",
+    metavar="CMD",
+    help="Run CMD on the first node once the VMs run, instead of a shell.",
+)
 @_definition_options
 @pass_session
 def alloc(session: Session, command, cores, images, mounts, user_data, spec, batch_args):
@@ -68,12 +93,18 @@ def alloc(session: Session, command, cores, images, mounts, user_data, spec, bat
 
 @click.command()
 @click.option("-E", "--command", metavar="CMD", help="Run CMD on the first node once the VMs run.")
-@click.option("-b", "--host-script", metavar="FILE", type=click.Path(dir_okay=False),
-              help="Run the script FILE on the first node once the VMs run.")
+@click.option(
+    "-b",
+    "--host-script",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="Run the script FILE on the first node once the VMs run.",
+)
 @_definition_options
 @pass_session
-def batch(session: Session, command, host_script, cores, images, mounts, user_data, spec,
-          batch_args):
+def batch(
+    session: Session, command, host_script, cores, images, mounts, user_data, spec, batch_args
+):
     """Run a virtual cluster in a batch job; print the job id.
 
     Like 'pcocc alloc', but the job runs in the background; it ends when -E CMD or the
@@ -88,7 +119,9 @@ def batch(session: Session, command, host_script, cores, images, mounts, user_da
         try:
             command = Path(host_script).read_text()
         except OSError as err:
-            raise UsageError(f"--host-script '{host_script}': cannot read it: {err.strerror}")
+            raise UsageError(
+                f"--host-script '{host_script}': cannot read it: {err.strerror}"
+            ) from err
     definition = _definition(session, spec, cores, images, mounts, user_data)
     click.echo(submit(session.config, definition, batch_args, command))
 

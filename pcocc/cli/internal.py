@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from pcocc.cli.cluster import exit_with
-
 from pcocc.cli.context import Session, pass_session
 
 

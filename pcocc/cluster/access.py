@@ -84,13 +84,16 @@ def ssh_files(view: ClusterView) -> Path:
     return write_ssh_files(rundir.cluster_dir(view.batchid), view.batchid, view.vms)
 
 
-def ssh_argv(view: ClusterView, target: str, command: Sequence[str], ssh_args: Sequence[str] = ()
-             ) -> list[str]:
+def ssh_argv(
+    view: ClusterView, target: str, command: Sequence[str], ssh_args: Sequence[str] = ()
+) -> list[str]:
     user, name = _target(target)
     rec = view.vm(name)
     if rec.ssh_port is None:
-        raise NotFound(f"{name} of cluster {view.batchid} has no ssh port yet",
-                       hint="wait until 'pcocc ps' shows it running")
+        raise NotFound(
+            f"{name} of cluster {view.batchid} has no ssh port yet",
+            hint="wait until 'pcocc ps' shows it running",
+        )
     config = ssh_files(view)
     dest = f"{user}@{rec.name}" if user else rec.name
     return ["ssh", "-F", str(config), *ssh_args, dest, *command]
@@ -156,7 +159,9 @@ def console_log(view: ClusterView, name: str) -> str:
     try:
         return Path(path).read_text(errors="replace")
     except OSError as err:
-        raise NotFound(f"cannot read the console log of {rec.name} ({path}): {err.strerror}") from err
+        raise NotFound(
+            f"cannot read the console log of {rec.name} ({path}): {err.strerror}"
+        ) from err
 
 
 def attach_console(view: ClusterView, name: str) -> None:
@@ -167,8 +172,11 @@ def attach_console(view: ClusterView, name: str) -> None:
     is_tty = os.isatty(stdin)
     with _unix_socket(path) as sock:
         if is_tty:
-            print(f"pcocc: connected to the console of {rec.name}; Ctrl-] to quit",
-                  file=sys.stderr, flush=True)
+            print(
+                f"pcocc: connected to the console of {rec.name}; Ctrl-] to quit",
+                file=sys.stderr,
+                flush=True,
+            )
         saved = termios.tcgetattr(stdin) if is_tty else None
         try:
             if is_tty:
@@ -222,7 +230,9 @@ def nc(view: ClusterView, name: str, port: int) -> None:
     try:
         sock = socket.create_connection((host, int(port_text)), timeout=20)
     except OSError as err:
-        raise ServiceUnavailable(f"cannot connect to {rec.name}:{port} via {address}: {err}") from err
+        raise ServiceUnavailable(
+            f"cannot connect to {rec.name}:{port} via {address}: {err}"
+        ) from err
     with sock:
         sock.settimeout(None)
         _relay(sock, sys.stdin.fileno(), sys.stdout.fileno(), escape=None)

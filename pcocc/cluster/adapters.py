@@ -303,8 +303,12 @@ def mount_args(definition: ClusterDefinition) -> tuple[list[str], str]:
     for index, mount in enumerate(definition.mounts):
         tag = f"pcocc{index}"
         path = mount.source.replace(",", ",,")
-        args += ["-fsdev", f"local,id=fs{index},path={path},security_model=none",
-                 "-device", f"virtio-9p-pci,fsdev=fs{index},mount_tag={tag}"]
+        args += [
+            "-fsdev",
+            f"local,id=fs{index},path={path},security_model=none",
+            "-device",
+            f"virtio-9p-pci,fsdev=fs{index},mount_tag={tag}",
+        ]
         table += f"{tag} {mount.target}\n"
     return args, table
 
@@ -382,9 +386,13 @@ def machine_factory(
         }
         share_args, mounts_table = mount_args(definition)
         spec_args["custom_args"] = tuple(s.get("custom-args") or ()) + tuple(share_args)
-        for key, field_name in (("cpu-model", "cpu_model"), ("machine-type", "machine_type"),
-                                ("qemu-bin", "qemu_bin"), ("nic-model", "nic_model"),
-                                ("append", "append")):
+        for key, field_name in (
+            ("cpu-model", "cpu_model"),
+            ("machine-type", "machine_type"),
+            ("qemu-bin", "qemu_bin"),
+            ("nic-model", "nic_model"),
+            ("append", "append"),
+        ):
             if s.get(key):
                 spec_args[field_name] = s[key]
         for key in ("kernel", "initrd"):
@@ -396,7 +404,8 @@ def machine_factory(
             instance_id=f"pcocc-{batchid}-{entry.rank}",
             authorized_keys=tuple(definition.ssh_authorized_keys),
             host_key=HostKey(host_key.read_text(), public),
-            user_data=definition.user_data if definition.user_data is not None
+            user_data=definition.user_data
+            if definition.user_data is not None
             else _template_user_data(s.get("user-data")),
             extra_files={"pcocc/hosts": hosts_file(definition), "pcocc/mounts": mounts_table},
         )

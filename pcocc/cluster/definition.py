@@ -128,7 +128,9 @@ def parse_spec(spec: str) -> list[tuple[str, int]]:
     return parts
 
 
-def parse_image_overrides(values: Sequence[str], templates_in_spec: Sequence[str]) -> dict[str, str]:
+def parse_image_overrides(
+    values: Sequence[str], templates_in_spec: Sequence[str]
+) -> dict[str, str]:
     """``--image [TPL=]IMAGE`` options -> {template: image} for templates of the definition."""
     result: dict[str, str] = {}
     for value in values:
@@ -179,7 +181,9 @@ def vm_address(rank: int) -> str:
 def _template_cores(name: str, settings: Mapping[str, Any]) -> int:
     value = (settings.get("resources") or {}).get("cores", 1)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"template '{name}': cores of its resource set must be a positive integer")
+        raise ConfigError(
+            f"template '{name}': cores of its resource set must be a positive integer"
+        )
     return value
 
 

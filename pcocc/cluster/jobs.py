@@ -127,10 +127,14 @@ def batch_script(definition: ClusterDefinition, command: str | None, config: Con
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     return (
         "#!/bin/sh\n"
-        "# pcocc virtual cluster: " + definition.spec.replace("\n", " ") + "\n"
+        "# pcocc virtual cluster: "
+        + definition.spec.replace("\n", " ")
+        + "\n"
         + exports
         + f"export {DEFINITION_VAR}={shlex.quote(encode_definition(definition))}\n"
-        + "exec " + shlex.join(launcher_argv(command, hold=True)) + "\n"
+        + "exec "
+        + shlex.join(launcher_argv(command, hold=True))
+        + "\n"
     )
 
 
@@ -179,8 +183,13 @@ def run_launcher(
                     node_argv.append("--debug")
                 node_argv += ["internal", "run"]
                 settings = LaunchSettings(
-                    user=user, batchid=batchid, node_argv=node_argv, command=command, env=env,
-                    hold=hold, remove_run_dir=False,
+                    user=user,
+                    batchid=batchid,
+                    node_argv=node_argv,
+                    command=command,
+                    env=env,
+                    hold=hold,
+                    remove_run_dir=False,
                 )
                 return Launcher(kv, batch, definition, settings, report=report).run()
             finally:
@@ -200,8 +209,10 @@ def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int
         raise UsageError("no cluster id: give --job or set PCOCC_JOB_ID")
     endpoints = adapters.configured_endpoints(config, os.environ)
     if not endpoints:
-        raise UsageError(f"no etcd to use: {adapters.ENDPOINTS_VAR} is not set",
-                         hint="'pcocc internal run' is started by 'pcocc internal launcher'")
+        raise UsageError(
+            f"no etcd to use: {adapters.ENDPOINTS_VAR} is not set",
+            hint="'pcocc internal run' is started by 'pcocc internal launcher'",
+        )
     kv = adapters.open_kv(endpoints)
     try:
         node = NodeProcess(

@@ -48,7 +48,7 @@ def parse_cluster_key(user: str, key: str) -> tuple[str, str] | None:
     prefix = user_clusters_prefix(user)
     if not key.startswith(prefix):
         return None
-    batchid, _, rest = key[len(prefix):].partition("/")
+    batchid, _, rest = key[len(prefix) :].partition("/")
     return (batchid, rest) if batchid else None
 
 

@@ -124,7 +124,8 @@ class Launcher:
             )
         except TimeoutError:
             missing = [
-                f"vm{r}" for r in range(self.definition.size)
+                f"vm{r}"
+                for r in range(self.definition.size)
                 if r not in self._seen or self._seen[r].status != RUNNING
             ]
             logs = [
@@ -136,8 +137,9 @@ class Launcher:
             raise ClusterFailed(
                 f"{', '.join(missing)} not running after {timeout_s:g} s"
                 f" (accelerator: {', '.join(sorted(accel))})",
-                hint=("console logs: " + "; ".join(logs)) if logs else
-                "no node process reported; check the batch job's output",
+                hint=("console logs: " + "; ".join(logs))
+                if logs
+                else "no node process reported; check the batch job's output",
             ) from None
 
     def _check(self, snapshot: Mapping[str, str], *, booting: bool) -> bool:
@@ -151,7 +153,7 @@ class Launcher:
                 records[rank] = VmRecord.from_json(value)
             except Corrupt as err:
                 raise ClusterFailed(f"vm{rank}: {err}") from err
-        for rank, rec in sorted(records.items()):
+        for _, rec in sorted(records.items()):
             if rec.status in (FAILED, STOPPED):
                 what = "failed" if rec.status == FAILED else "stopped"
                 tail = rec.extra.get("console_tail")

@@ -145,8 +145,9 @@ def select_cluster(
         if value and value in by_id:
             return by_id[value]
         if value and var == "PCOCC_JOB_ID":
-            raise NotFound(f"cluster {value} (from {var}) is not running",
-                           hint=_running_hint(clusters))
+            raise NotFound(
+                f"cluster {value} (from {var}) is not running", hint=_running_hint(clusters)
+            )
     if not clusters:
         raise NotFound(
             "you have no running cluster",
@@ -191,9 +192,8 @@ def ps_table(clusters: Sequence[ClusterView]) -> str:
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows
-    )
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 #: opens a Kv from an endpoints string

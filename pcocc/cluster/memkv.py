@@ -81,7 +81,9 @@ class MemoryKv:
                 return result
             with self._cond:
                 if seen == len(self._events):
-                    remaining = tick_s if deadline is None else min(tick_s, deadline - time.monotonic())
+                    remaining = (
+                        tick_s if deadline is None else min(tick_s, deadline - time.monotonic())
+                    )
                     if remaining <= 0:
                         raise TimeoutError(f"nothing under {prefix} satisfied the wait")
                     self._cond.wait(remaining)

@@ -150,6 +150,7 @@ class NodeProcess:
             return 0
         finally:
             rundir.remove_tree(vm_dir)
+            rundir.remove_empty_parents(vm_dir)
 
     def _read_definition(self) -> ClusterDefinition:
         text = self.kv.get(self._def_key)

@@ -52,6 +52,15 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def remove_empty_parents(path: Path) -> None:
+    """Remove the cluster dir and the run root above ``path`` if they are empty now."""
+    for parent in (path.parent, path.parent.parent):
+        try:
+            parent.rmdir()
+        except OSError:
+            return
+
+
 def remove_cluster_dir(batchid: str) -> None:
     """Remove the cluster's run dir, and the run root if that leaves it empty."""
     path = cluster_dir(batchid, create=False)

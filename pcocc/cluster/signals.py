@@ -21,6 +21,7 @@ class Interrupted(PcoccError):
         name = signal.Signals(signum).name
         super().__init__(f"interrupted by {name}")
         self.signum = signum
+        self.exit_status = 128 + signum  # as a shell reports a command killed by it
 
 
 @contextlib.contextmanager

@@ -81,7 +81,5 @@ def write_ssh_files(directory: Path, batchid: str, vms: dict[int, VmRecord]) -> 
     known = directory / "known_hosts"
     config = directory / "ssh_config"
     write_atomic(known, known_hosts_text(batchid, vms).encode(), mode=0o600)
-    write_atomic(
-        config, ssh_config_text(batchid, vms, known, user_key_path()).encode(), mode=0o600
-    )
+    write_atomic(config, ssh_config_text(batchid, vms, known, user_key_path()).encode(), mode=0o600)
     return config

@@ -11,13 +11,11 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest_vm import testvm_artifacts  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.slow
@@ -31,52 +29,94 @@ WAIT_HOSTS = "for i in $(seq 100); do grep -q vm1 /etc/hosts && break; sleep 0.2
 class Env:
     """Configuration, environment and helpers of one test's pcocc user."""
 
-    def __init__(self, tmp_path: Path, pcocc_env: dict, pcocc_bin: str, artifacts,
-                 batch: dict, extra_env: dict[str, str]):
+    def __init__(
+        self,
+        tmp_path: Path,
+        pcocc_env: dict,
+        pcocc_bin: str,
+        artifacts,
+        batch: dict,
+        extra_env: dict[str, str],
+    ):
         self.tmp = tmp_path
         self.run_dir = tmp_path / "run"
         self.pcocc = pcocc_bin
         system = pcocc_env["system"]
-        (system / "templates.yaml").write_text(yaml.safe_dump({"templates": {"testvm": {
-            "kernel": str(artifacts.kernel), "initrd": str(artifacts.initrd),
-            "append": artifacts.append, "accel": "tcg", "resource-set": "tiny",
-        }}}))
-        (system / "resources.yaml").write_text(yaml.safe_dump(
-            {"resource-sets": {"tiny": {"cores": 1, "memory": "256M"}}}))
+        (system / "templates.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "templates": {
+                        "testvm": {
+                            "kernel": str(artifacts.kernel),
+                            "initrd": str(artifacts.initrd),
+                            "append": artifacts.append,
+                            "accel": "tcg",
+                            "resource-set": "tiny",
+                        }
+                    }
+                }
+            )
+        )
+        (system / "resources.yaml").write_text(
+            yaml.safe_dump({"resource-sets": {"tiny": {"cores": 1, "memory": "256M"}}})
+        )
         (system / "batch.yaml").write_text(yaml.safe_dump(batch))
         self.user_data = tmp_path / "hosts.sh"
         self.user_data.write_text(HOSTS_USER_DATA)
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("SLURM_", "SBATCH_", "SALLOC_", "PCOCC_"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("SLURM_", "SBATCH_", "SALLOC_", "PCOCC_"))
+        }
         env.pop("XDG_RUNTIME_DIR", None)
-        env.update({
-            "HOME": str(pcocc_env["home"]),
-            "PCOCC_SYSTEM_CONF_DIR": str(system),
-            "PCOCC_USER_CONF_DIR": str(pcocc_env["user"]),
-            "PCOCC_RUN_DIR": str(self.run_dir),
-            "PCOCC_BOOT_TIMEOUT": str(BOOT_TIMEOUT_S),
-            "PCOCC_ACCEL": "tcg",
-            "PATH": f"{Path(pcocc_bin).parent}:{os.environ['PATH']}",
-        })
+        env.update(
+            {
+                "HOME": str(pcocc_env["home"]),
+                "PCOCC_SYSTEM_CONF_DIR": str(system),
+                "PCOCC_USER_CONF_DIR": str(pcocc_env["user"]),
+                "PCOCC_RUN_DIR": str(self.run_dir),
+                "PCOCC_BOOT_TIMEOUT": str(BOOT_TIMEOUT_S),
+                "PCOCC_ACCEL": "tcg",
+                "PATH": f"{Path(pcocc_bin).parent}:{os.environ['PATH']}",
+            }
+        )
         env.update(extra_env)
         self.env = env
 
     def run(self, *args: str, timeout_s: float = 600, **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run([self.pcocc, *args], env=self.env, cwd=self.tmp, text=True,
-                              capture_output=True, timeout=timeout_s, **kwargs)
+        return subprocess.run(
+            [self.pcocc, *args],
+            env=self.env,
+            cwd=self.tmp,
+            text=True,
+            capture_output=True,
+            timeout=timeout_s,
+            **kwargs,
+        )
 
     def start(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([self.pcocc, *args], env=self.env, cwd=self.tmp, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [self.pcocc, *args],
+            env=self.env,
+            cwd=self.tmp,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
 
     def ps(self) -> list[dict]:
         res = self.run("ps", "--json", timeout_s=60)
         assert res.returncode == 0, res.stderr
         return json.loads(res.stdout)
 
-    def wait_ps(self, predicate, what: str, timeout_s: float = BOOT_TIMEOUT_S,
-                proc: subprocess.Popen | None = None) -> list[dict]:
+    def wait_ps(
+        self,
+        predicate,
+        what: str,
+        timeout_s: float = BOOT_TIMEOUT_S,
+        proc: subprocess.Popen | None = None,
+    ) -> list[dict]:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
@@ -122,8 +162,11 @@ def assert_nothing_left(env: Env, etcd_endpoints: str | None = None) -> None:
     while our_processes(env) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert our_processes(env) == []
-    leftovers = sorted(str(p.relative_to(env.run_dir)) for p in env.run_dir.rglob("*")) \
-        if env.run_dir.exists() else []
+    leftovers = (
+        sorted(str(p.relative_to(env.run_dir)) for p in env.run_dir.rglob("*"))
+        if env.run_dir.exists()
+        else []
+    )
     assert leftovers == []
     if etcd_endpoints:
         from pcocc.kv.client import KvClient
@@ -135,18 +178,37 @@ def assert_nothing_left(env: Env, etcd_endpoints: str | None = None) -> None:
 # -- environments ------------------------------------------------------------------------
 @pytest.fixture
 def local_env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts):  # noqa: F811
-    return Env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts,
-               {"type": "local", "etcd": {"mode": "private"}}, {})
+    return Env(
+        tmp_path,
+        pcocc_env,
+        pcocc_bin,
+        testvm_artifacts,
+        {"type": "local", "etcd": {"mode": "private"}},
+        {},
+    )
 
 
 @pytest.fixture
-def slurm_test_env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts, slurm_cluster,  # noqa: F811
-                   etcd_server):
+def slurm_test_env(
+    tmp_path,
+    pcocc_env,
+    pcocc_bin,
+    testvm_artifacts,  # noqa: F811
+    slurm_cluster,
+    etcd_server,
+):
     endpoints = ",".join(etcd_server.endpoints)
-    env = Env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts,
-              {"type": "slurm", "etcd": {"endpoints": [e.split("://")[-1]
-                                                       for e in etcd_server.endpoints]}},
-              {**slurm_cluster.env(), "PCOCC_ETCD_ENDPOINTS": endpoints})
+    env = Env(
+        tmp_path,
+        pcocc_env,
+        pcocc_bin,
+        testvm_artifacts,
+        {
+            "type": "slurm",
+            "etcd": {"endpoints": [e.split("://")[-1] for e in etcd_server.endpoints]},
+        },
+        {**slurm_cluster.env(), "PCOCC_ETCD_ENDPOINTS": endpoints},
+    )
     env.endpoints = endpoints
     return env
 
@@ -165,7 +227,7 @@ CHECKS = (
     "set -e; pcocc ssh vm0 hostname > vm0.name; pcocc ssh vm1 hostname > vm1.name; "
     f"pcocc ssh vm0 '{WAIT_HOSTS} grep -w vm1 /etc/hosts' > vm0.hosts; "
     f"pcocc ssh vm1 '{WAIT_HOSTS.replace('vm1', 'vm0')} grep -w vm0 /etc/hosts' > vm1.hosts; "
-    "pcocc ps --json > ps.json; echo \"$PCOCC_JOB_ID\" > job.id"
+    'pcocc ps --json > ps.json; echo "$PCOCC_JOB_ID" > job.id'
 )
 
 
@@ -178,7 +240,8 @@ def _check_outputs(env: Env) -> None:
     job_id = (tmp / "job.id").read_text().strip()
     ps = json.loads((tmp / "ps.json").read_text())
     assert [(c["id"], c["state"], c["vms"], c["running"]) for c in ps] == [
-        (job_id, "running", 2, 2)]
+        (job_id, "running", 2, 2)
+    ]
 
 
 def test_alloc_runs_command_on_a_booted_cluster(cluster_env):
@@ -203,13 +266,17 @@ def test_batch_runs_in_background(cluster_env):
     job_id = res.stdout.strip()
     assert job_id
     from pcocc.batch.base import get_manager
+
     from pcocc.cluster.adapters import manager_settings
 
     old = dict(os.environ)
     os.environ.update(env.env)
     try:
-        manager = get_manager(manager_settings(yaml.safe_load(
-            (Path(env.env["PCOCC_SYSTEM_CONF_DIR"]) / "batch.yaml").read_text())))
+        manager = get_manager(
+            manager_settings(
+                yaml.safe_load((Path(env.env["PCOCC_SYSTEM_CONF_DIR"]) / "batch.yaml").read_text())
+            )
+        )
         state = manager.wait(job_id, timeout_s=600)
     finally:
         os.environ.clear()
@@ -225,9 +292,12 @@ def test_bad_definition_fails_before_allocation(local_env):
     assert res.returncode == 2
     assert "unknown template 'nosuch'" in res.stderr and "Traceback" not in res.stderr
     res = local_env.run("alloc", "--image", "nosuch=img", "-E", "true", "testvm:1")
-    assert res.returncode == 2 and "template 'nosuch' is not in the cluster definition" in res.stderr
+    assert (
+        res.returncode == 2 and "template 'nosuch' is not in the cluster definition" in res.stderr
+    )
     assert not (local_env.tmp / "home" / ".pcocc" / "local-jobs").exists() or not any(
-        (local_env.tmp / "home" / ".pcocc" / "local-jobs").iterdir())
+        (local_env.tmp / "home" / ".pcocc" / "local-jobs").iterdir()
+    )
 
 
 def assert_private(run_dir: Path) -> None:
@@ -295,8 +365,9 @@ def test_scancel_mid_boot_cleans_up(slurm_test_env):
     subprocess.run(["scancel", job_id], env=env.env, check=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], env=env.env,
-                               capture_output=True, text=True).stdout.strip()
+        state = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%T"], env=env.env, capture_output=True, text=True
+        ).stdout.strip()
         if not state:
             break
         time.sleep(0.5)
@@ -313,7 +384,7 @@ ACCESS = (
     "(pcocc nc vm0 22 < /dev/null | head -c 4 > banner.txt) || true; "
     "pcocc ssh vm0 'echo $((6 * 7))' > ssh.txt; "
     "pcocc reset vm0; sleep 1; "
-    "pcocc monitor-cmd vm0 '{\"execute\": \"query-status\"}' > after-reset.json; "
+    'pcocc monitor-cmd vm0 \'{"execute": "query-status"}\' > after-reset.json; '
     "if pcocc ssh vm9 true 2> vm9.err; then exit 9; fi"
 )
 
@@ -336,8 +407,11 @@ def test_access_commands(local_env):
 def test_interactive_shell_without_command(local_env):
     env = local_env
     env.env["SHELL"] = "/bin/sh"
-    res = env.run("alloc", "testvm:1",
-                  input="pcocc ssh vm0 hostname > shell.out\necho \"$PCOCC_JOB_ID\" > id\nexit 3\n")
+    res = env.run(
+        "alloc",
+        "testvm:1",
+        input='pcocc ssh vm0 hostname > shell.out\necho "$PCOCC_JOB_ID" > id\nexit 3\n',
+    )
     assert res.returncode == 3, res.stderr
     assert (env.tmp / "shell.out").read_text().strip() == "vm0"
     assert (env.tmp / "id").read_text().strip()

@@ -36,7 +36,9 @@ def test_parse_spec_rejects(spec):
 def test_build_gives_one_entry_per_rank_in_order():
     d = build_definition("compute:2,login:1", TEMPLATES, cores=3, owner="alice")
     assert [(v.rank, v.name, v.template, v.cores) for v in d.vms] == [
-        (0, "vm0", "compute", 3), (1, "vm1", "compute", 3), (2, "vm2", "login", 3),
+        (0, "vm0", "compute", 3),
+        (1, "vm1", "compute", 3),
+        (2, "vm2", "login", 3),
     ]
     assert d.vms[0].image == "global:centos@2" and d.vms[2].image == "user:login"
     assert len(set(d.hosts_entries().values())) == 3

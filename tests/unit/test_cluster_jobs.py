@@ -1,11 +1,17 @@
 """The glue of alloc/batch: job script, definition transport, CLI errors before allocation."""
 
-import base64
 import subprocess
 
 import pytest
 
 from pcocc.cli.main import run_cli
+from pcocc.cluster.adapters import (
+    configured_endpoints,
+    hosts_file,
+    kv_endpoint_sets,
+    manager_settings,
+    mount_args,
+)
 from pcocc.cluster.definition import build_definition
 from pcocc.cluster.jobs import (
     DEFINITION_VAR,
@@ -13,13 +19,6 @@ from pcocc.cluster.jobs import (
     boot_timeout_s,
     decode_definition,
     encode_definition,
-)
-from pcocc.cluster.adapters import (
-    configured_endpoints,
-    hosts_file,
-    kv_endpoint_sets,
-    manager_settings,
-    mount_args,
 )
 from pcocc.errors import UsageError
 
@@ -45,8 +44,15 @@ def test_batch_script_runs_launcher_with_quoted_command(tmp_path):
     lines = script.splitlines()
     exec_line = next(ln for ln in script.split("\nexec ")[1:])
     env_lines = [ln for ln in lines if ln.startswith("export ")]
-    probe = "\n".join(env_lines) + "\nprintf '%s\\n' \"$" + DEFINITION_VAR + "\"\n" \
-        + "set -- " + exec_line + "\nshift 3\nprintf '<%s>' \"$@\"\n"
+    probe = (
+        "\n".join(env_lines)
+        + "\nprintf '%s\\n' \"$"
+        + DEFINITION_VAR
+        + '"\n'
+        + "set -- "
+        + exec_line
+        + "\nshift 3\nprintf '<%s>' \"$@\"\n"
+    )
     out = subprocess.run(["sh", "-c", probe], capture_output=True, text=True, check=True).stdout
     encoded, args = out.split("\n", 1)
     assert decode_definition(encoded) == d
@@ -96,11 +102,19 @@ def test_ssh_without_any_cluster_is_clear(pcocc_env, capsys, monkeypatch, tmp_pa
 
 def test_batch_yaml_to_manager_settings():
     assert manager_settings({"type": "local", "etcd": {"mode": "private"}}) == {"type": "local"}
-    got = manager_settings({"type": "slurm", "etcd": {"endpoints": ["h:1"]},
-                            "slurm": {"partition": "p1", "alloc-args": ["-t", "5"],
-                                      "srun-args": ["--mpi=none"]}})
-    assert got == {"type": "slurm", "salloc-options": ["-p", "p1", "-t", "5"],
-                   "sbatch-options": ["-p", "p1", "-t", "5"], "srun-options": ["--mpi=none"]}
+    got = manager_settings(
+        {
+            "type": "slurm",
+            "etcd": {"endpoints": ["h:1"]},
+            "slurm": {"partition": "p1", "alloc-args": ["-t", "5"], "srun-args": ["--mpi=none"]},
+        }
+    )
+    assert got == {
+        "type": "slurm",
+        "salloc-options": ["-p", "p1", "-t", "5"],
+        "sbatch-options": ["-p", "p1", "-t", "5"],
+        "srun-options": ["--mpi=none"],
+    }
 
 
 def test_etcd_endpoints_env_then_config(tmp_path):

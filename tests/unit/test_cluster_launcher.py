@@ -41,8 +41,10 @@ class FakeVm:
             self.stop.wait(30)
             raise PcoccError(f"vm{self.rank} not ready")
         return MachineInfo(
-            pid=1000 + self.rank, ssh_port=22000 + self.rank,
-            qmp_socket=str(self.vm_dir / "qmp.sock"), console_socket=str(self.vm_dir / "c.sock"),
+            pid=1000 + self.rank,
+            ssh_port=22000 + self.rank,
+            qmp_socket=str(self.vm_dir / "qmp.sock"),
+            console_socket=str(self.vm_dir / "c.sock"),
             console_log=str(log),
         )
 
@@ -99,8 +101,8 @@ class FakeBatch:
         for rank in range(ntasks):
             behaviour = self.behaviours.get(rank, {})
             node = NodeProcess(
-                self.kv, NodeSettings(USER, job_id, rank, host=f"n{rank}", tick_s=0.05,
-                                      linger_s=1.0),
+                self.kv,
+                NodeSettings(USER, job_id, rank, host=f"n{rank}", tick_s=0.05, linger_s=1.0),
                 lambda d, e, vm_dir, key, b=behaviour: self._make(e.rank, vm_dir, b),
             )
 
@@ -135,8 +137,13 @@ def run_dir(tmp_path, monkeypatch):
 def make_launcher(kv, batch, n=2, command="true", timeout_s=20.0):
     d = build_definition(f"tpl:{n}", TEMPLATES, owner=USER, boot_timeout_s=timeout_s)
     settings = LaunchSettings(
-        user=USER, batchid=JOB, node_argv=["pcocc", "internal", "run"], command=command,
-        env={"PATH": os.environ["PATH"]}, host="login", tick_s=0.05,
+        user=USER,
+        batchid=JOB,
+        node_argv=["pcocc", "internal", "run"],
+        command=command,
+        env={"PATH": os.environ["PATH"]},
+        host="login",
+        tick_s=0.05,
     )
     return Launcher(kv, batch, d, settings)
 
@@ -167,7 +174,9 @@ def test_command_runs_with_job_id_once_all_vms_run(run_dir, tmp_path):
     # while running: definition + 3 leased states + 3 rnat entries
     states = [VmRecord.from_json(v) for k, v in snap.items() if k.endswith("/state")]
     assert sorted((s.rank, s.status, s.host, s.ssh_port) for s in states) == [
-        (0, "running", "n0", 22000), (1, "running", "n1", 22001), (2, "running", "n2", 22002)
+        (0, "running", "n0", 22000),
+        (1, "running", "n1", 22001),
+        (2, "running", "n2", 22002),
     ]
     assert all(s.host_key.startswith("ssh-ed25519 ") for s in states)
     assert snap[keys.rnat(USER, JOB, 1, 22)] == "n1:22001"
@@ -217,8 +226,11 @@ def test_qemu_crash_while_command_runs_stops_command(run_dir, tmp_path):
     launcher = make_launcher(kv, batch, command="sleep 30")
 
     def crash_when_running():
-        kv.wait_for(keys.definition(USER, JOB),
-                    lambda s: True if any('"running"' in v for v in s.values()) else None, 10)
+        kv.wait_for(
+            keys.definition(USER, JOB),
+            lambda s: True if any('"running"' in v for v in s.values()) else None,
+            10,
+        )
         time.sleep(0.2)
         batch.vms[1].crash(-9)
 
@@ -258,8 +270,9 @@ def test_sigterm_tears_down(run_dir):
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=scancel, daemon=True).start()
-    with pytest.raises(Interrupted, match="SIGTERM"):
+    with pytest.raises(Interrupted, match="SIGTERM") as exc:
         launcher.run()
+    assert exc.value.exit_status == 143
     assert launcher.lifecycle.state.value == "failed"
     assert batch.tasks.stopped
     assert_all_gone(kv, batch, run_dir)
@@ -284,8 +297,11 @@ def test_node_stops_when_launcher_definition_vanishes(run_dir):
         result = {}
         t = threading.Thread(target=lambda: result.setdefault("rc", node.run()))
         t.start()
-        kv.wait_for(keys.vm_state(USER, JOB, 0),
-                    lambda s: True if any('"running"' in v for v in s.values()) else None, 10)
+        kv.wait_for(
+            keys.vm_state(USER, JOB, 0),
+            lambda s: True if any('"running"' in v for v in s.values()) else None,
+            10,
+        )
     # leaving the block revoked the launcher's lease: the definition is gone
     t.join(10)
     assert result == {"rc": 0}

@@ -1,5 +1,3 @@
-import json
-import os
 import stat
 import subprocess
 
@@ -25,8 +23,14 @@ def add_cluster(kv, batchid, n=2, running=2, other_user=False):
     rec = ClusterRecord(batchid, d, ClusterState.RUNNING, "n1", 123, batch="slurm")
     kv.put(keys.definition(user, batchid), rec.to_json())
     for rank in range(running):
-        vm = VmRecord(rank=rank, host=f"n{rank + 1}", status="running", node_pid=10 + rank,
-                      ssh_port=2200 + rank, host_key=f"ssh-ed25519 KEY{rank}")
+        vm = VmRecord(
+            rank=rank,
+            host=f"n{rank + 1}",
+            status="running",
+            node_pid=10 + rank,
+            ssh_port=2200 + rank,
+            host_key=f"ssh-ed25519 KEY{rank}",
+        )
         kv.put(keys.vm_state(user, batchid, rank), vm.to_json())
         kv.put(keys.rnat(user, batchid, rank, 22), f"n{rank + 1}:{2200 + rank}")
 
@@ -114,12 +118,14 @@ def test_ssh_files_pin_host_keys(tmp_path, monkeypatch):
     assert "Host vm1\n    HostName n2\n    Port 2201\n    HostKeyAlias pcocc-7-vm1" in text
     assert "StrictHostKeyChecking yes" in text
     assert (tmp_path / "known_hosts").read_text().splitlines() == [
-        "pcocc-7-vm0 ssh-ed25519 KEY0", "pcocc-7-vm1 ssh-ed25519 KEY1"
+        "pcocc-7-vm0 ssh-ed25519 KEY0",
+        "pcocc-7-vm1 ssh-ed25519 KEY1",
     ]
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
     # ssh itself accepts the file and resolves vm1 through it
-    out = subprocess.run(["ssh", "-G", "-F", str(config), "vm1"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["ssh", "-G", "-F", str(config), "vm1"], capture_output=True, text=True, check=True
+    ).stdout
     assert "port 2201" in out and "stricthostkeychecking true" in out
     assert "hostkeyalias pcocc-7-vm1" in out
 

@@ -27,8 +27,12 @@ def test_failure_while_booting_tears_down_then_fails():
 
 @pytest.mark.parametrize(
     "path",
-    [(S.RUNNING,), (S.BOOTING, S.ALLOCATING), (S.BOOTING, S.RUNNING, S.BOOTING),
-     (S.BOOTING, S.DONE)],
+    [
+        (S.RUNNING,),
+        (S.BOOTING, S.ALLOCATING),
+        (S.BOOTING, S.RUNNING, S.BOOTING),
+        (S.BOOTING, S.DONE),
+    ],
 )
 def test_forbidden_transitions(path):
     lc = ClusterLifecycle()
