@@ -336,16 +336,15 @@ class MachineVm:
 
     def launch(self) -> MachineInfo:
         self.machine.launch()
-        m = self.machine
-        run_dir = Path(m.run_dir)
+        # real paths: the /proc/self/fd/N forms of long ones only work inside this process
+        info = dict(self.machine.describe())
         return MachineInfo(
-            pid=m.pid,
-            ssh_port=m.ssh_port,
-            # real paths: /proc/self/fd/N forms only work inside this process
-            qmp_socket=str(run_dir / "qmp.sock"),
-            console_socket=str(run_dir / "console.sock"),
-            console_log=str(m.console_log),
-            extra={"accel": m.accel, "agent_socket": str(run_dir / "qga.sock")},
+            pid=int(info.pop("pid")),
+            ssh_port=int(info.pop("ssh_port")),
+            qmp_socket=str(info.pop("qmp_socket")),
+            console_socket=str(info.pop("console_socket")),
+            console_log=str(info.pop("console_log")),
+            extra={k: v for k, v in info.items() if k != "name"},
         )
 
     def wait(self, timeout_s: float | None) -> int | None:
