@@ -15,6 +15,8 @@ The library raises these; only ``pcocc.cli.main`` turns them into text and exit 
      +-- ToolError             an external program failed (keeps argv, status, stderr tail)
      |    +-- ToolMissing      an external program is not installed
      +-- ServiceUnavailable    etcd, Slurm... cannot be reached
+     +-- KvConflict            an etcd transaction lost a race (the keys changed meanwhile)
+     +-- TimedOut              a wait for a condition (VMs running, a job...) ran out of time
 """
 
 from __future__ import annotations
@@ -65,6 +67,14 @@ class Corrupt(PcoccError):
 
 
 class ServiceUnavailable(PcoccError):
+    pass
+
+
+class KvConflict(PcoccError):
+    pass
+
+
+class TimedOut(PcoccError):
     pass
 
 

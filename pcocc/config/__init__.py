@@ -5,25 +5,55 @@ Public surface (others import only this)::
     load_config(system_dir, user_dir) -> Config
     Config.repos       list[RepoConfig]   in priority order (system first)
     Config.cache       CacheConfig
-    Config.templates   dict[str, dict]    raw template entries (see pcocc.templates)
-    Config.batch       dict               batch.yaml content
-    Config.networks, Config.resources, Config.containers   dicts
+    Config.templates   dict[str, dict]    raw template entries by name (see pcocc.templates)
+    Config.batch       dict               batch.yaml: type, etcd, slurm (defaults filled in)
+    Config.resources   dict[str, dict]    resource sets by name
+    Config.networks    dict[str, dict]    networks by name
+    Config.containers  dict               containers.yaml: runtime, env, mounts, modules, ...
+    Config.origins     dict[tuple, Origin] where each entry or setting was defined
+    expand_runtime(value, clusterdir=..., vm_rank=...)   fill %{clusterdir} and %{vm_rank}
+    parse_size("20G") -> bytes
 
-This first version reads repos.yaml without validation; the schema-checked loader replaces
-it behind the same interface.
+Loading reads ``<file>.yaml`` then ``<file>.d/*.yaml`` of the system directory, then the same
+in the user directory; see docs/admin-guide.md for the merge and override rules. This module
+imports neither yaml nor jsonschema: the loader does, on first use.
 """
 
 from __future__ import annotations
 
 import os
-import pwd
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pcocc.config.placeholders import expand_runtime
+from pcocc.config.sizes import format_size, parse_size
 
-from pcocc.errors import ConfigError
+__all__ = [
+    "CacheConfig",
+    "Config",
+    "Origin",
+    "RepoConfig",
+    "expand_runtime",
+    "format_size",
+    "load_config",
+    "parse_size",
+]
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a setting comes from: a file position, or the built-in defaults."""
+
+    level: str  # "system", "user" or "default"
+    file: Path | None = None
+    line: int = 0
+    column: int = 0
+
+    def __str__(self) -> str:
+        if self.file is None:
+            return "built-in default"
+        return f"{self.file}:{self.line}"
 
 
 @dataclass(frozen=True)
@@ -52,44 +82,20 @@ class Config:
     networks: dict[str, Any] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
     containers: dict[str, Any] = field(default_factory=dict)
+    #: ("templates", "compute") -> Origin of that template; ("templates", "compute", "image")
+    #: -> Origin of that key; ("batch", "type") -> Origin of that setting; and so on.
+    origins: dict[tuple[Any, ...], Origin] = field(default_factory=dict)
+
+    def origin(self, *path: Any) -> Origin:
+        """Origin of an entry or setting; built-in default when no file set it."""
+        return self.origins.get(tuple(path), Origin("default"))
 
 
-def _home() -> str:
-    return os.environ.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir
+def load_config(system_dir: str | os.PathLike[str], user_dir: str | os.PathLike[str]) -> Config:
+    """Load, validate and merge the six configuration files of both directories.
 
+    :raise ConfigError: a file is invalid (message: ``file:line:col: key.path: what``)
+    """
+    from pcocc.config.loader import load
 
-def _expand(value: str) -> str:
-    user = pwd.getpwuid(os.getuid()).pw_name
-    return value.replace("%{homedir}", _home()).replace("%{user}", user)
-
-
-def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return data
-
-
-def load_config(system_dir: str | os.PathLike, user_dir: str | os.PathLike) -> Config:
-    sysd, userd = Path(system_dir), Path(user_dir)
-    cfg = Config(system_dir=sysd, user_dir=userd)
-    for origin, d in (("system", sysd), ("user", userd)):
-        data = _read(d / "repos.yaml")
-        for r in data.get("repos", []) or []:
-            cfg.repos.append(
-                RepoConfig(r["name"], Path(_expand(r["path"])), r.get("description", ""), origin)
-            )
-        if "cache" in data:
-            cfg.cache = CacheConfig(Path(_expand(data["cache"]["path"])))
-    if not cfg.repos:
-        cfg.repos.append(
-            RepoConfig("user", Path(_home()) / ".pcocc" / "repo", "your images", "default")
-        )
-    if cfg.cache is None:
-        cfg.cache = CacheConfig(Path(_home()) / ".cache" / "pcocc")
-    return cfg
+    return load(Path(system_dir), Path(user_dir))

@@ -5,8 +5,11 @@ Who owns what (one place per concern):
 - ``layout.py``   every path inside a repository (data/, meta/, tmp/, lock, repo.json)
 - ``uri.py``      ``[REPO:]IMAGE[@REVISION]`` parsing
 - ``model.py``    the records exchanged between the store and the drivers
+- ``meta.py``     image metadata (canonical JSON; its sha256 is the image ID)
 - ``store.py``    Repository / RepoSet: blobs in, metadata commit under the lock, look-ups,
-                  delete, copy, gc, fsck
+                  delete, gc, fsck
+- ``drivers.py``  ``[FORMAT:]SOURCE`` parsing and the lazily imported driver registry
+- ``ops.py``      import / export / copy / resize: the store and the drivers together
 - ``qemu_img.py`` + ``vm.py``       VM images (qcow2 layer chains)
 - ``skopeo.py`` + ``oci.py`` + ``sif.py``   container images (OCI), SIF import
 - ``unpack.py``   safe extraction of OCI layers (no escapes, whiteouts applied)

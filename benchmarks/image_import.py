@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Image store timings, ours next to a baseline in the same run; prints ratios.
+
+VM part:
+  1. ``pcocc image import`` of a 1 GiB raw image vs ``qemu-img convert -O qcow2`` alone
+     (target: <= 1.3x).
+  2. ``pcocc image list`` on a repository of 1,000 images vs ``pcocc --help``
+     (target: <= 3x).
+
+Usage: benchmarks/image_import.py [--size-mib N] [--images N] [--repeat N]
+Runs in a private temporary directory with its own configuration; removes it at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+
+
+def pcocc_bin() -> str:
+    exe = Path(sys.executable).parent / "pcocc"
+    return str(exe) if exe.exists() else shutil.which("pcocc") or "pcocc"
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def make_disk(path: Path, size_mib: int) -> None:
+    """A raw disk like a real one: a quarter random data in chunks, the rest zeros."""
+    chunk = 4 << 20
+    with open(path, "wb") as f:
+        f.truncate(size_mib << 20)
+        for off in range(0, size_mib << 20, 4 * chunk):
+            f.seek(off)
+            f.write(os.urandom(chunk))
+
+
+def report(name: str, ours: list[float], base: list[float], target: float) -> bool:
+    o, b = statistics.median(ours), statistics.median(base)
+    ratio = o / b
+    verdict = "ok" if ratio <= target else "OVER TARGET"
+    print(f"{name}: pcocc {o:.3f} s, baseline {b:.3f} s, ratio {ratio:.2f}x "
+          f"(target <= {target}x) {verdict}")
+    return ratio <= target
+
+
+def vm_import(work: Path, env: dict[str, str], size_mib: int, repeat: int) -> bool:
+    raw = work / "disk.raw"
+    make_disk(raw, size_mib)
+    ours, base, durable = [], [], []
+    for i in range(repeat):
+        out = work / f"baseline{i}.qcow2"
+        subprocess.run(["sync"], check=True)
+        base.append(timed(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw),
+                           str(out)]))
+        out.unlink()
+        subprocess.run(["sync"], check=True)
+        t0 = time.perf_counter()
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out)],
+                       check=True)
+        subprocess.run(["sync", str(out)], check=True)  # what pcocc also pays: fsync
+        durable.append(time.perf_counter() - t0)
+        out.unlink()
+        subprocess.run(["sync"], check=True)
+        ours.append(timed([pcocc_bin(), "image", "import", "-t", "raw", str(raw),
+                           f"bench{i}"], env))
+    raw.unlink()
+    print(f"  for reference: qemu-img convert + fsync of the result takes "
+          f"{statistics.median(durable):.3f} s, ratio "
+          f"{statistics.median(ours) / statistics.median(durable):.2f}x")
+    return report(f"VM import of a {size_mib} MiB raw image", ours, base, 1.3)
+
+
+def vm_list(env: dict[str, str], n_images: int, repeat: int) -> bool:
+    sys.path.insert(0, str(HERE.parent))
+    from pcocc.config import load_config
+    from pcocc.repo import ops
+    from pcocc.repo.store import RepoSet
+
+    repos = RepoSet(load_config(env["PCOCC_SYSTEM_CONF_DIR"], env["PCOCC_USER_CONF_DIR"]).repos)
+    first = repos.images()[0].name
+    existing = len(repos.images())
+    for i in range(existing, n_images):
+        ops.copy_image(repos, first, f"img{i:05d}")
+    assert len(repos.images()) >= n_images
+    ours = [timed([pcocc_bin(), "image", "list"], env) for _ in range(repeat)]
+    base = [timed([pcocc_bin(), "--help"], env) for _ in range(repeat)]
+    return report(f"image list of {n_images} images vs pcocc --help", ours, base, 3.0)
+
+
+def container_part(work: Path, env: dict[str, str], repeat: int) -> bool:
+    # ---- CONTAINER PART (added by the container drivers' branch) ------------------------
+    # Import/export of container images (skopeo / umoci baselines) goes here, using the same
+    # `work` directory, `env` and `report(...)`. Return True when within its targets.
+    # -------------------------------------------------------------------------------------
+    return True
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    if shutil.which("qemu-img") is None:
+        print("qemu-img is not installed (Debian package qemu-utils)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="pcocc-bench-", dir=os.environ.get("TMPDIR")) as d:
+        work = Path(d)
+        conf = work / "conf"
+        conf.mkdir()
+        (conf / "repos.yaml").write_text(yaml.safe_dump(
+            {"repos": [{"name": "bench", "path": str(work / "repo")}]}))
+        env = {**os.environ, "HOME": str(work), "PCOCC_USER_CONF_DIR": str(conf),
+               "PCOCC_SYSTEM_CONF_DIR": str(work / "no-system-conf")}
+        os.environ.update({k: env[k] for k in ("PCOCC_USER_CONF_DIR", "PCOCC_SYSTEM_CONF_DIR")})
+        results = [
+            vm_import(work, env, args.size_mib, args.repeat),
+            vm_list(env, args.images, args.repeat),
+            container_part(work, env, args.repeat),
+        ]
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

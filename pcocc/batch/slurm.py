@@ -1,0 +1,228 @@
+"""Slurm: salloc for interactive clusters, sbatch for batch ones, srun for tasks.
+
+Building command lines and reading Slurm's answers are pure functions (unit-tested with
+golden argv lists); ``SlurmManager`` only runs them through ``pcocc.proc``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pcocc import proc
+from pcocc.batch.base import BatchManager, JobSpec, check_settings, register
+from pcocc.errors import NotFound, ToolError
+
+#: variables of an enclosing job that would leak into a new sbatch/salloc
+_INHERITED_PREFIXES = ("SBATCH_", "SALLOC_")
+
+
+def _common_args(spec: JobSpec) -> list[str]:
+    args = [
+        f"--job-name={spec.job_name}",
+        f"--ntasks={spec.ntasks}",
+        f"--cpus-per-task={spec.cpus_per_task}",
+    ]
+    if spec.nodes is not None:
+        args.append(f"--nodes={spec.nodes}")
+    return args
+
+
+def salloc_argv(spec: JobSpec, command: Sequence[str], defaults: Sequence[str] = ()) -> list[str]:
+    """``salloc`` running ``command`` in a new allocation.
+
+    ``defaults`` (batch.yaml) come before the user's ``spec.options`` so that the user's
+    win; ``--`` ends the options so a command may start with ``-``.
+    """
+    return ["salloc", *_common_args(spec), *defaults, *spec.options, "--", *command]
+
+
+def sbatch_argv(spec: JobSpec, defaults: Sequence[str] = ()) -> list[str]:
+    """``sbatch`` reading the job script on its standard input; prints ``id[;cluster]``."""
+    args = ["sbatch", "--parsable", *_common_args(spec)]
+    if spec.output is not None:
+        args.append(f"--output={spec.output}")
+    if spec.workdir is not None:
+        args.append(f"--chdir={spec.workdir}")
+    return [*args, *defaults, *spec.options]
+
+
+def srun_argv(
+    job_id: str, ntasks: int, argv: Sequence[str], options: Sequence[str] = ()
+) -> list[str]:
+    """``srun`` starting ``ntasks`` tasks of ``argv`` in job ``job_id``.
+
+    ``--kill-on-bad-exit`` ends every task when one fails, like a dead VM ends the cluster.
+    """
+    return [
+        "srun",
+        f"--jobid={job_id}",
+        f"--ntasks={ntasks}",
+        "--kill-on-bad-exit=1",
+        *options,
+        "--",
+        *argv,
+    ]
+
+
+def scancel_argv(job_id: str) -> list[str]:
+    return ["scancel", str(job_id)]
+
+
+def scontrol_show_job_argv(job_id: str) -> list[str]:
+    return ["scontrol", "--oneliner", "show", "job", str(job_id)]
+
+
+def hostnames_argv(nodelist: str) -> list[str]:
+    return ["scontrol", "show", "hostnames", nodelist]
+
+
+_JOB_ID_PATTERNS = (
+    re.compile(r"^\s*(\d+)(?:;\S+)?\s*$"),  # sbatch --parsable: "123" or "123;cluster"
+    re.compile(r"Submitted batch job (\d+)"),
+    re.compile(r"Granted job allocation (\d+)"),
+    re.compile(r"Pending job allocation (\d+)"),
+)
+
+
+def parse_job_id(text: str) -> str:
+    """The job id in sbatch's or salloc's output.
+
+    :raise ToolError: no job id in ``text`` (the message quotes it)
+    """
+    for pattern in _JOB_ID_PATTERNS:
+        match = pattern.search(text)
+        if match:
+            return match.group(1)
+    raise ToolError(f"no Slurm job id in the output {text.strip()[:200]!r}", tool="sbatch")
+
+
+_FIELD = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_:/]*)=")
+
+
+def parse_job_info(text: str) -> dict[str, str]:
+    """``scontrol --oneliner show job`` -> {field: value}; values may contain spaces."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    matches = list(_FIELD.finditer(line))
+    fields = {}
+    for i, match in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(line)
+        fields[match.group(1)] = line[match.end() : end].strip()
+    return fields
+
+
+def parse_job_state(text: str) -> str:
+    """The JobState of ``scontrol show job`` output, without its reason suffix."""
+    state = parse_job_info(text).get("JobState")
+    if not state:
+        raise ToolError(f"no JobState in scontrol output {text.strip()[:200]!r}", tool="scontrol")
+    return state.split()[0].rstrip("+")
+
+
+def _clean_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    base = dict(os.environ if env is None else env)
+    return {k: v for k, v in base.items() if not k.startswith(_INHERITED_PREFIXES)}
+
+
+@register("slurm")
+class SlurmManager(BatchManager):
+    """Run virtual clusters in Slurm jobs.
+
+    batch.yaml settings: ``salloc-options``, ``sbatch-options``, ``srun-options`` (lists of
+    arguments added to every call, before the user's).
+    """
+
+    SETTINGS = ("salloc-options", "sbatch-options", "srun-options")
+
+    def __init__(
+        self,
+        *,
+        salloc_options: Sequence[str] = (),
+        sbatch_options: Sequence[str] = (),
+        srun_options: Sequence[str] = (),
+    ):
+        self.salloc_options = list(salloc_options)
+        self.sbatch_options = list(sbatch_options)
+        self.srun_options = list(srun_options)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> SlurmManager:
+        check_settings("slurm", settings, cls.SETTINGS)
+        return cls(**{k.replace("-", "_"): list(v) for k, v in settings.items()})
+
+    def allocate(self, spec: JobSpec, command: Sequence[str]) -> int:
+        argv = salloc_argv(spec, command, self.salloc_options)
+        env = _clean_env(None)
+        env.update(spec.env)
+        # salloc keeps our terminal and process group: Ctrl-C reaches it and its command
+        child = proc.spawn(argv, env=env, stdin=None, stdout=None, stderr=None, new_session=False)
+        try:
+            return child.wait()
+        except BaseException:
+            proc.stop(child)
+            raise
+
+    def submit(self, spec: JobSpec, script: str) -> str:
+        if not script.startswith("#!"):
+            script = "#!/bin/sh\n" + script
+        env = _clean_env(None)
+        env.update(spec.env)
+        res = proc.run(
+            sbatch_argv(spec, self.sbatch_options),
+            input=script,
+            env=env,
+            cwd=spec.workdir,
+            what="submit the batch job (sbatch)",
+            timeout_s=120,
+        )
+        return parse_job_id(res.stdout)
+
+    def launch_tasks(
+        self,
+        job_id: str,
+        ntasks: int,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.Popen:
+        return proc.spawn(
+            srun_argv(job_id, ntasks, argv, self.srun_options),
+            env=env,
+            stdout=None,
+            stderr=None,
+        )
+
+    def job_id_from_env(self, env: Mapping[str, str] | None = None) -> str | None:
+        env = os.environ if env is None else env
+        return env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID") or None
+
+    def cancel(self, job_id: str) -> None:
+        proc.run(scancel_argv(job_id), what=f"cancel job {job_id} (scancel)", timeout_s=60)
+
+    def _job_info(self, job_id: str) -> str:
+        res = proc.run(scontrol_show_job_argv(job_id), check=False, timeout_s=60)
+        if res.returncode != 0:
+            if "Invalid job id" in res.stderr:
+                raise NotFound(
+                    f"Slurm job {job_id} not found (unknown or finished long ago)",
+                    hint="list your jobs with 'squeue --me'",
+                )
+            raise ToolError(
+                f"cannot read job {job_id} (scontrol)",
+                argv=res.argv,
+                returncode=res.returncode,
+                stderr=res.stderr,
+            )
+        return res.stdout
+
+    def state(self, job_id: str) -> str:
+        return parse_job_state(self._job_info(job_id))
+
+    def nodes(self, job_id: str) -> list[str]:
+        nodelist = parse_job_info(self._job_info(job_id)).get("NodeList", "")
+        if not nodelist or nodelist == "(null)":
+            return []
+        out = proc.run(hostnames_argv(nodelist), what="expand the node list", timeout_s=60)
+        return out.stdout.split()

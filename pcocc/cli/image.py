@@ -1,0 +1,334 @@
+"""``pcocc image``: list, show, import, export, copy, delete, resize, repo, cache."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import time
+from typing import Any
+
+import click
+
+from pcocc.cli.context import Session, pass_session
+
+#: Lazily imported subgroups: name -> (module:attribute, help).
+SUBGROUPS = {
+    "cache": ("pcocc.cli.image_cache:cache", "List and clean the container image cache"),
+}
+
+
+class ImageGroup(click.Group):
+    """``pcocc image`` with subgroups imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *SUBGROUPS]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in SUBGROUPS:
+            return super().get_command(ctx, name)
+        target, help_ = SUBGROUPS[name]
+        module, _, attr = target.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+        return _unavailable(name, help_)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(n, self.commands[n].get_short_help_str(60)) for n in self.commands]
+        rows += [(n, h) for n, (_t, h) in SUBGROUPS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def _unavailable(name: str, help_: str) -> click.Command:
+    @click.command(name, help=help_, context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def cmd(args: tuple[str, ...]) -> None:
+        from pcocc.errors import PcoccError
+
+        raise PcoccError(f"'pcocc image {name}' is not available in this installation")
+
+    return cmd
+
+
+def _repos(session: Session):
+    from pcocc.repo.store import RepoSet
+
+    return RepoSet(session.config.repos)
+
+
+def _date(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _kind(kind: str) -> str:
+    return "vm" if kind == "vm" else "cont"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    click.echo(line.format(*headers).rstrip())
+    click.echo(line.format(*("-" * len(h) for h in headers)).rstrip())
+    for r in rows:
+        click.echo(line.format(*r).rstrip())
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+@click.group(cls=ImageGroup)
+def image() -> None:
+    """List and manage VM and container images."""
+
+
+@image.command("list")
+@click.option("-R", "--repo", metavar="REPO", help="Only this repository.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.argument("regex", required=False)
+@pass_session
+def list_(session: Session, repo: str | None, regex: str | None, as_json: bool) -> None:
+    """List images (latest revision), optionally only names matching REGEX."""
+    images = sorted(_repos(session).images(repo, regex), key=lambda m: (m.name, m.repo))
+    if as_json:
+        click.echo(json.dumps([
+            {"name": m.name, "type": _kind(m.kind), "revision": m.revision, "repo": m.repo,
+             "owner": m.owner, "created": m.created, "id": m.image_id, "size": m.size}
+            for m in images], indent=2))
+        return
+    _table(["NAME", "TYPE", "REVISION", "REPO", "OWNER", "DATE"],
+           [[m.name, _kind(m.kind), str(m.revision), m.repo, m.owner, _date(m.created)]
+            for m in images])
+
+
+def _show_dict(meta) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "name": meta.name, "repo": meta.repo, "revision": meta.revision, "id": meta.image_id,
+        "type": _kind(meta.kind), "owner": meta.owner, "created": meta.created,
+        "size": meta.size, "description": meta.description, "source": meta.source,
+        "parent": meta.parent,
+    }
+    if meta.vm is not None:
+        d["virtual_size"] = meta.vm["virtual_size"]
+        d["layers"] = meta.vm["layers"]
+    if meta.oci is not None:
+        cfg = (meta.oci.get("config") or {}).get("config") or {}
+        d["manifest_digest"] = meta.oci.get("manifest_digest")
+        d["layers"] = [layer.get("digest") for layer in
+                       (meta.oci.get("manifest") or {}).get("layers", [])]
+        d["entrypoint"] = cfg.get("Entrypoint")
+        d["cmd"] = cfg.get("Cmd")
+        d["env"] = cfg.get("Env") or []
+        d["labels"] = cfg.get("Labels") or {}
+    d["blobs"] = [{"digest": b.digest, "size": b.size, "media_type": b.media_type}
+                  for b in meta.blobs]
+    return d
+
+
+@image.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--full", is_flag=True, help="Print whole image IDs.")
+@click.argument("image_uri", metavar="IMAGE")
+@pass_session
+def show(session: Session, image_uri: str, as_json: bool, full: bool) -> None:
+    """Show every revision of IMAGE (or only IMAGE@REV)."""
+    from pcocc.repo.uri import ImageUri
+
+    repos = _repos(session)
+    repo, meta = repos.resolve(image_uri)
+    if image_uri.startswith("sha256-") or ImageUri.parse(image_uri).revision is not None:
+        revisions = [meta]
+    else:
+        revisions = repo.images(f"^{re.escape(meta.name)}$", all_revisions=True)
+    if as_json:
+        click.echo(json.dumps([_show_dict(m) for m in revisions], indent=2))
+        return
+    for i, m in enumerate(revisions):
+        d = _show_dict(m)
+        if i:
+            click.echo("")
+        click.echo(f"{m.repo}:{m.name}@{m.revision}")
+        rows = [
+            ("id", m.image_id if full else m.short_id),
+            ("type", d["type"]), ("owner", m.owner), ("date", _date(m.created)),
+            ("size", f"{_human(m.size)} ({m.size} bytes)"),
+        ]
+        if "virtual_size" in d:
+            vsize = d["virtual_size"]
+            rows.append(("virtual size", f"{_human(vsize)} ({vsize} bytes)"))
+        rows += [("description", m.description or "-"), ("source", m.source or "-"),
+                 ("parent", m.parent or "-")]
+        if "manifest_digest" in d:
+            rows += [("manifest", d["manifest_digest"]),
+                     ("entrypoint", json.dumps(d["entrypoint"])),
+                     ("cmd", json.dumps(d["cmd"])),
+                     ("env", ", ".join(d["env"]) or "-"),
+                     ("labels", ", ".join(f"{k}={v}" for k, v in d["labels"].items()) or "-")]
+        for k, v in rows:
+            click.echo(f"  {k + ':':<14}{v}")
+        sizes = {b.digest: b.size for b in m.blobs}
+        click.echo(f"  {'layers:':<14}{len(d['layers'])}")
+        for digest in d["layers"]:
+            click.echo(f"    {digest}  {_human(sizes.get(digest, 0))}")
+
+
+@image.command("import")
+@click.option("-t", "--type", "fmt", metavar="FMT", help="Format of SOURCE.")
+@click.option("--description", default="", help="A description stored with the image.")
+@click.argument("source", metavar="[FORMAT:]SOURCE")
+@click.argument("dest", metavar="DEST")
+@pass_session
+def import_(session: Session, source: str, dest: str, fmt: str | None,
+            description: str) -> None:
+    """Import SOURCE as the new image DEST ([REPO:]NAME)."""
+    from pcocc.cli.progress import progress_bar
+    from pcocc.repo import ops
+
+    with progress_bar("importing", enabled=session.show_progress) as report:
+        meta = ops.import_image(_repos(session), source, dest, fmt=fmt,
+                                description=description, progress=report)
+    if not session.quiet:
+        click.echo(f"imported {meta.repo}:{meta.name}@{meta.revision} ({meta.short_id})",
+                   err=True)
+
+
+@image.command("export")
+@click.option("-t", "--type", "fmt", metavar="FMT", help="Format of DEST.")
+@click.argument("image_uri", metavar="IMAGE")
+@click.argument("dest", metavar="[FORMAT:]DEST")
+@pass_session
+def export(session: Session, image_uri: str, dest: str, fmt: str | None) -> None:
+    """Export IMAGE to the file (or container reference) DEST."""
+    from pcocc.cli.progress import progress_bar
+    from pcocc.repo import ops
+
+    with progress_bar("exporting", enabled=session.show_progress) as report:
+        ops.export_image(_repos(session), image_uri, dest, fmt=fmt, progress=report)
+
+
+@image.command("copy")
+@click.argument("source", metavar="SOURCE")
+@click.argument("dest", metavar="DEST")
+@pass_session
+def copy(session: Session, source: str, dest: str) -> None:
+    """Copy image SOURCE to the new image DEST ([REPO:]NAME)."""
+    from pcocc.cli.progress import progress_bar
+    from pcocc.repo import ops
+
+    with progress_bar("copying", enabled=session.show_progress) as report:
+        meta = ops.copy_image(_repos(session), source, dest, progress=report)
+    if not session.quiet:
+        click.echo(f"copied to {meta.repo}:{meta.name}@{meta.revision}", err=True)
+
+
+@image.command("delete")
+@click.argument("image_uri", metavar="IMAGE[@REV]")
+@pass_session
+def delete(session: Session, image_uri: str) -> None:
+    """Delete one revision, or every revision, of an image."""
+    gone = _repos(session).delete(image_uri)
+    if not session.quiet:
+        for m in gone:
+            click.echo(f"deleted {m.repo}:{m.name}@{m.revision}", err=True)
+
+
+@image.command("resize")
+@click.option("--shrink", is_flag=True, help="Allow a smaller size (only if no data is lost).")
+@click.argument("image_uri", metavar="IMAGE")
+@click.argument("size", metavar="SIZE")
+@pass_session
+def resize(session: Session, image_uri: str, size: str, shrink: bool) -> None:
+    """Make a new revision of a VM image with virtual size SIZE (e.g. 20G)."""
+    from pcocc.repo import ops
+
+    meta = ops.resize_image(_repos(session), image_uri, ops.parse_size(size), shrink=shrink)
+    if not session.quiet:
+        click.echo(f"resized: {meta.repo}:{meta.name}@{meta.revision}", err=True)
+
+
+@image.group("repo")
+def repo() -> None:
+    """List, collect and check repositories."""
+
+
+@repo.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_session
+def repo_list(session: Session, as_json: bool) -> None:
+    """List the configured repositories, in priority order."""
+    repos = _repos(session).repos
+    rows = [{"name": r.name, "path": str(r.path), "writable": r.is_writable,
+             "origin": r.origin, "description": r.description} for r in repos]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    _table(["NAME", "ACCESS", "PATH", "DESCRIPTION"],
+           [[r["name"], "rw" if r["writable"] else "ro", r["path"], r["description"]]
+            for r in rows])
+
+
+def _parse_duration(text: str) -> float:
+    from pcocc.errors import UsageError
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not m:
+        raise UsageError(f"invalid duration {text!r}", hint="write e.g. 0, 90s, 10m, 1h or 2d")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+@repo.command("gc")
+@click.option("--grace-period", default="1h", show_default=True, metavar="DURATION",
+              help="Keep unreferenced data younger than this (in-flight imports).")
+@click.argument("name", metavar="[REPO]", required=False)
+@pass_session
+def repo_gc(session: Session, name: str | None, grace_period: str) -> None:
+    """Remove data that no image uses (every writable repository by default)."""
+    from pcocc.cli.progress import progress_bar
+
+    grace_s = _parse_duration(grace_period)
+    repos = _repos(session)
+    targets = [repos.get(name)] if name else [r for r in repos.repos if r.is_writable]
+    for r in targets:
+        with progress_bar(f"gc {r.name}", enabled=session.show_progress) as report:
+            res = r.gc(grace_s, progress=report)
+        kept = f", kept {res.kept_young} younger than the grace period" if res.kept_young else ""
+        click.echo(f"{r.name}: removed {res.blobs_removed} blobs and {res.tmp_removed} "
+                   f"temporary entries, freed {res.bytes_freed} bytes "
+                   f"({_human(res.bytes_freed)}){kept}")
+
+
+@repo.command("fsck")
+@click.option("--quarantine", is_flag=True, help="Move damaged blobs aside.")
+@click.argument("name", metavar="[REPO]", required=False)
+@pass_session
+def repo_fsck(session: Session, name: str | None, quarantine: bool) -> None:
+    """Check every blob digest and every reference; exit 1 when something is wrong."""
+    from pcocc.cli.progress import progress_bar
+    from pcocc.errors import Corrupt
+
+    repos = _repos(session)
+    targets = [repos.get(name)] if name else repos.repos
+    problems = 0
+    for r in targets:
+        with progress_bar(f"fsck {r.name}", enabled=session.show_progress) as report:
+            res = r.fsck(quarantine=quarantine, progress=report)
+        for p in res.problems:
+            click.echo(f"{r.name}: {p}")
+        for d in res.quarantined:
+            click.echo(f"{r.name}: moved {d} to {r.layout.quarantine_dir}")
+        click.echo(f"{r.name}: {res.blobs_checked} blobs, {res.images_checked} image revisions "
+                   f"checked, {len(res.problems)} problems")
+        problems += len(res.problems)
+    if problems:
+        raise Corrupt(f"{problems} problems found", hint="see above; run with --quarantine "
+                      "to move damaged blobs aside, then delete the affected images")

@@ -1,0 +1,151 @@
+"""Every path inside a repository, and its on-disk format marker.
+
+::
+
+    <root>/repo.json                     {"format": "pcocc-repo", "version": 1}
+    <root>/data/<2 hex>/<64 hex>         immutable blobs (mode 0444), named by sha256
+    <root>/meta/<name>/<revision>.json   image metadata, one file per revision
+    <root>/tmp/                          in-flight work (staging dirs), reclaimed by gc
+    <root>/quarantine/                   damaged blobs moved aside by ``fsck --quarantine``
+    <root>/lock                          flock taken only for short metadata commits
+
+Nobody else builds these paths. Blob references between qcow2 layers are relative
+(``../<2 hex>/<64 hex>``), so a repository can be moved or its blobs hard-linked elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pcocc.errors import Corrupt, PcoccError, UsageError
+from pcocc.fsutil import fsync_dir, os_error, write_atomic
+
+FORMAT_NAME = "pcocc-repo"
+FORMAT_VERSION = 1
+
+DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
+HEX_RE = re.compile(r"^[0-9a-f]{64}$")
+#: Image names: a letter or digit first, then letters, digits, '.', '_', '-'.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+META_FILE_RE = re.compile(r"^(0|[1-9][0-9]{0,8})\.json$")
+
+
+def digest_hex(digest: str) -> str:
+    """The 64 hex digits of a ``sha256:<hex>`` digest (Corrupt when malformed)."""
+    m = DIGEST_RE.match(digest)
+    if not m:
+        raise Corrupt(f"malformed blob digest {digest!r}")
+    return m.group(1)
+
+
+def check_image_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise UsageError(
+            f"invalid image name {name!r}",
+            hint="use letters, digits, '.', '_' and '-', starting with a letter or digit",
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class RepoLayout:
+    root: Path
+
+    @property
+    def marker(self) -> Path:
+        return self.root / "repo.json"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def meta_dir(self) -> Path:
+        return self.root / "meta"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "lock"
+
+    def blob_path(self, digest: str) -> Path:
+        hexd = digest_hex(digest)
+        return self.data_dir / hexd[:2] / hexd
+
+    def blob_relpath_from_blob(self, digest: str) -> str:
+        """Path of a blob as seen from another blob's directory (qcow2 backing files)."""
+        hexd = digest_hex(digest)
+        return f"../{hexd[:2]}/{hexd}"
+
+    def image_dir(self, name: str) -> Path:
+        return self.meta_dir / check_image_name(name)
+
+    def meta_path(self, name: str, revision: int) -> Path:
+        return self.image_dir(name) / f"{int(revision)}.json"
+
+    def revisions(self, name: str) -> list[int]:
+        """Committed revisions of an image, sorted (an empty list when there is none)."""
+        try:
+            entries = os.listdir(self.image_dir(name))
+        except FileNotFoundError:
+            return []
+        except OSError as err:
+            raise os_error(err, f"cannot read {self.image_dir(name)}") from err
+        return sorted(int(e[:-5]) for e in entries if META_FILE_RE.match(e))
+
+    def image_names(self) -> list[str]:
+        try:
+            entries = os.listdir(self.meta_dir)
+        except FileNotFoundError:
+            return []
+        except OSError as err:
+            raise os_error(err, f"cannot read {self.meta_dir}") from err
+        return sorted(e for e in entries if NAME_RE.match(e))
+
+    def is_initialized(self) -> bool:
+        return self.marker.is_file()
+
+    def check_format(self) -> None:
+        """Refuse a directory that is not a repository of a format this pcocc knows."""
+        try:
+            data = json.loads(self.marker.read_text())
+        except FileNotFoundError:
+            raise PcoccError(
+                f"{self.root} is not a pcocc repository (no repo.json)",
+                hint="check the path in repos.yaml",
+            ) from None
+        except (OSError, ValueError) as err:
+            raise Corrupt(f"cannot read {self.marker}: {err}") from err
+        if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+            raise Corrupt(f"{self.marker}: not a pcocc repository marker")
+        version = data.get("version")
+        if version != FORMAT_VERSION:
+            raise PcoccError(
+                f"{self.root}: repository format version {version!r} is not supported "
+                f"(this pcocc knows version {FORMAT_VERSION})",
+                hint="use the pcocc version that created it",
+            )
+
+    def initialize(self) -> None:
+        """Create the directories and the marker (idempotent, safe when racing)."""
+        try:
+            for d in (self.root, self.data_dir, self.meta_dir, self.tmp_dir):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise os_error(err, f"cannot create repository {self.root}") from err
+        if not self.marker.exists():
+            marker = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
+            write_atomic(self.marker, json.dumps(marker) + "\n", mode=0o644)
+            fsync_dir(self.root)
+        self.check_format()

@@ -1,0 +1,126 @@
+"""Image metadata: one JSON file per revision, canonical so that its digest is the image ID."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pcocc.errors import Corrupt
+from pcocc.repo.layout import DIGEST_RE, NAME_RE
+from pcocc.repo.model import KIND_CTR, KIND_VM, BlobRef, OciImage, VmLayers
+
+META_VERSION = 1
+ID_PREFIX = "sha256-"
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """One revision of an image. ``repo`` and ``image_id`` are not stored: they come from
+    where the file was read and from its bytes."""
+
+    name: str
+    revision: int
+    kind: str
+    owner: str
+    created: float  # seconds since the epoch (UTC)
+    blobs: tuple[BlobRef, ...]
+    description: str = ""
+    source: str = ""
+    parent: str | None = None  # "name@rev" this revision was derived from
+    vm: dict[str, Any] | None = None  # {"layers": [digest, ...], "virtual_size": int}
+    oci: dict[str, Any] | None = None  # {"manifest_digest", "manifest", "config"}
+    repo: str = field(default="", compare=False)
+    image_id: str = field(default="", compare=False)
+
+    @property
+    def size(self) -> int:
+        return sum(b.size for b in self.blobs)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.repo}:{self.name}@{self.revision}"
+
+    @property
+    def short_id(self) -> str:
+        return self.image_id[: len(ID_PREFIX) + 12]
+
+    def vm_layers(self) -> VmLayers:
+        if self.kind != KIND_VM or self.vm is None:
+            raise Corrupt(f"image {self.ref} is not a VM image")
+        by_digest = {b.digest: b for b in self.blobs}
+        return VmLayers([by_digest[d] for d in self.vm["layers"]], self.vm["virtual_size"])
+
+    def oci_image(self) -> OciImage:
+        if self.kind != KIND_CTR or self.oci is None:
+            raise Corrupt(f"image {self.ref} is not a container image")
+        return OciImage(self.oci["manifest_digest"], self.oci["manifest"], self.oci["config"],
+                        list(self.blobs))
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "version": META_VERSION,
+            "name": self.name,
+            "revision": self.revision,
+            "kind": self.kind,
+            "owner": self.owner,
+            "created": self.created,
+            "description": self.description,
+            "source": self.source,
+            "parent": self.parent,
+            "blobs": [
+                {"digest": b.digest, "size": b.size, "media_type": b.media_type}
+                for b in self.blobs
+            ],
+        }
+        if self.vm is not None:
+            d["vm"] = self.vm
+        if self.oci is not None:
+            d["oci"] = self.oci
+        return d
+
+    def to_bytes(self) -> bytes:
+        """Canonical JSON: sorted keys, no spaces, UTF-8; its sha256 is the image ID."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+    def with_revision(self, revision: int) -> ImageMeta:
+        return replace(self, revision=revision)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, repo: str, where: str) -> ImageMeta:
+        """Parse and check a metadata file; anything unexpected is Corrupt naming ``where``."""
+        try:
+            d = json.loads(data)
+            if not isinstance(d, dict) or d.get("version") != META_VERSION:
+                raise ValueError("unknown metadata version")
+            if not NAME_RE.match(d["name"]) or not isinstance(d["revision"], int):
+                raise ValueError("bad name or revision")
+            if d["kind"] not in (KIND_VM, KIND_CTR):
+                raise ValueError(f"bad kind {d['kind']!r}")
+            blobs = []
+            for b in d["blobs"]:
+                if not DIGEST_RE.match(b["digest"]) or not isinstance(b["size"], int):
+                    raise ValueError(f"bad blob entry {b!r}")
+                blobs.append(BlobRef(b["digest"], b["size"], b.get("media_type", "")))
+            vm = d.get("vm")
+            if d["kind"] == KIND_VM:
+                if not isinstance(vm, dict) or not vm.get("layers"):
+                    raise ValueError("VM image without layers")
+                known = {b.digest for b in blobs}
+                if any(layer not in known for layer in vm["layers"]):
+                    raise ValueError("VM layer not listed in blobs")
+            oci = d.get("oci")
+            if d["kind"] == KIND_CTR and not isinstance(oci, dict):
+                raise ValueError("container image without OCI manifest")
+            return cls(
+                name=d["name"], revision=d["revision"], kind=d["kind"],
+                owner=str(d.get("owner", "")), created=float(d.get("created", 0)),
+                blobs=tuple(blobs), description=str(d.get("description") or ""),
+                source=str(d.get("source") or ""), parent=d.get("parent"),
+                vm=vm, oci=oci, repo=repo,
+                image_id=ID_PREFIX + hashlib.sha256(data).hexdigest(),
+            )
+        except (ValueError, KeyError, TypeError) as err:
+            raise Corrupt(f"{where}: invalid image metadata ({err})",
+                          hint="run 'pcocc image repo fsck'") from err

@@ -1,0 +1,174 @@
+"""Image operations that combine the store and the drivers: import, export, copy, resize.
+
+Library functions with plain values; the CLI only parses arguments and prints results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from pcocc.errors import AlreadyExists, NotFound, UsageError
+from pcocc.fsutil import os_error
+from pcocc.repo import drivers, vm
+from pcocc.repo.meta import ImageMeta
+from pcocc.repo.model import KIND_CTR, KIND_VM, OciImage, Progress, VmLayers, no_progress
+from pcocc.repo.store import RepoSet, Repository, new_meta
+from pcocc.repo.uri import ImageUri
+
+
+def _dest(repos: RepoSet, dest: str) -> tuple[Repository, ImageUri]:
+    uri = ImageUri.parse(dest)
+    repo = repos.for_write(uri.repo)
+    if repo.layout.is_initialized() and repo.has_image(uri.name):
+        raise_exists(repo, uri.name)
+    return repo, uri
+
+
+def raise_exists(repo: Repository, name: str) -> None:
+    raise AlreadyExists(f"image '{repo.name}:{name}' already exists",
+                        hint="choose another name, or delete it first with 'pcocc image delete'")
+
+
+def _vm_fields(layers: VmLayers) -> dict:
+    return {"layers": [b.digest for b in layers.layers], "virtual_size": layers.virtual_size}
+
+
+def _oci_fields(img: OciImage) -> dict:
+    return {"manifest_digest": img.manifest_digest, "manifest": img.manifest,
+            "config": img.config}
+
+
+def import_image(repos: RepoSet, source: str, dest: str, *, fmt: str | None = None,
+                 description: str = "", progress: Progress = no_progress) -> ImageMeta:
+    """Import ``[FORMAT:]SOURCE`` as revision 0 of the new image ``dest`` ([REPO:]NAME)."""
+    spec = drivers.parse_format(source, fmt)
+    repo, uri = _dest(repos, dest)
+    if not spec.is_container:
+        path = Path(spec.location)
+        if not path.exists():
+            raise NotFound(f"source image file {path} does not exist")
+        if not path.is_file():
+            raise UsageError(f"source image {path} is not a regular file")
+        fmt_, info = vm.resolve_import_format(path, spec.fmt, spec.origin)
+        with repo.staging("import") as staging:
+            layers = vm.import_vm(path, fmt_, staging, repo.add_blob, progress, info)
+            meta = new_meta(uri.name, KIND_VM, layers.layers, description=description,
+                            source=f"{fmt_}:{os.path.abspath(path)}", vm=_vm_fields(layers))
+            return repo.commit(meta, new_image=True)
+    driver = drivers.load_driver(spec.fmt)  # type: ignore[arg-type]
+    with repo.staging("import") as staging:
+        if spec.fmt in drivers.SIF_FORMATS:
+            path = Path(spec.location)
+            if not path.is_file():
+                raise NotFound(f"source image file {path} does not exist")
+            img = driver.import_sif(path, staging, repo.add_blob, progress)
+        else:
+            img = driver.import_image(spec.location, spec.fmt, staging, repo.add_blob, progress)
+        meta = new_meta(uri.name, KIND_CTR, img.blobs, description=description,
+                        source=f"{spec.fmt}:{spec.location}", oci=_oci_fields(img))
+        return repo.commit(meta, new_image=True)
+
+
+def export_image(repos: RepoSet, image: str, dest: str, *, fmt: str | None = None,
+                 progress: Progress = no_progress) -> ImageMeta:
+    """Export an image to ``[FORMAT:]DEST``; VM images default to qcow2."""
+    repo, meta = repos.resolve(image)
+    spec = drivers.parse_format(dest, fmt)
+    if meta.kind == KIND_VM:
+        if spec.is_container:
+            raise UsageError(f"{meta.ref} is a VM image: it cannot be exported as {spec.fmt}",
+                             hint="VM formats: raw, qcow2, qed, vdi, vmdk")
+        vm.export_vm(meta.vm_layers(), repo.blob_path, Path(spec.location),
+                     spec.fmt or "qcow2", progress)
+        return meta
+    if spec.fmt is None:
+        raise UsageError(f"say which container format to export {meta.ref} to",
+                         hint="e.g. 'docker-archive:out.tar' or 'oci:./dir'")
+    if not spec.is_container:
+        raise UsageError(f"{meta.ref} is a container image: it cannot be exported as {spec.fmt}")
+    if spec.fmt in drivers.SIF_FORMATS:
+        raise UsageError(f"export to {spec.fmt} is not supported (import only)")
+    driver = drivers.load_driver(spec.fmt)
+    with _workdir(repo) as work:
+        driver.export_image(meta.oci_image(), repo.blob_path, spec.location, spec.fmt, work,
+                            progress)
+    return meta
+
+
+@contextlib.contextmanager
+def _workdir(repo: Repository):
+    if repo.is_writable:
+        with repo.staging("export") as d:
+            yield d
+    else:
+        with tempfile.TemporaryDirectory(prefix="pcocc-export-") as d:
+            yield Path(d)
+
+
+def copy_image(repos: RepoSet, src: str, dest: str, *, progress: Progress = no_progress
+               ) -> ImageMeta:
+    """Copy one revision to a new image; blobs are shared in one repo, hard-linked or copied
+    (and verified) across repositories."""
+    src_repo, meta = repos.resolve(src)
+    dst_repo, uri = _dest(repos, dest)
+    new = new_meta(uri.name, meta.kind, meta.blobs, description=meta.description,
+                   source=meta.source, parent=None, vm=meta.vm, oci=meta.oci)
+    if src_repo.path.resolve() == dst_repo.path.resolve():
+        return dst_repo.commit(new, new_image=True)
+    total = meta.size
+    done = 0
+    with dst_repo.staging("copy") as staging:
+        for b in meta.blobs:
+            if not dst_repo.blob_path(b.digest).exists():
+                src_path = src_repo.blob_path(b.digest)
+                tmp = staging / src_path.name
+                try:
+                    try:
+                        os.link(src_path, tmp)
+                    except OSError:
+                        shutil.copyfile(src_path, tmp)
+                except OSError as err:
+                    raise os_error(err, f"cannot copy blob {b.digest}") from err
+                dst_repo.add_blob(tmp, expected_digest=b.digest)
+            done += b.size
+            progress(done, total)
+        return dst_repo.commit(new, new_image=True)
+
+
+def resize_image(repos: RepoSet, image: str, new_size_bytes: int, *, shrink: bool = False
+                 ) -> ImageMeta:
+    """A new revision of a VM image with a new virtual size (grow only unless ``shrink``)."""
+    repo, meta = repos.resolve(image)
+    if meta.kind != KIND_VM:
+        raise UsageError(f"{meta.ref} is a container image: only VM images can be resized")
+    repo.require_writable()
+    layers = meta.vm_layers()
+    if new_size_bytes == layers.virtual_size:
+        raise UsageError(f"{meta.ref} already has a size of {new_size_bytes} bytes")
+    with repo.staging("resize") as staging:
+        new = vm.add_layer(layers, repo.blob_path, repo.layout.blob_relpath_from_blob, staging,
+                           repo.add_blob, new_size=new_size_bytes, shrink=shrink)
+        rev = new_meta(meta.name, KIND_VM, new.layers, description=meta.description,
+                       source=meta.source, parent=f"{meta.name}@{meta.revision}",
+                       vm=_vm_fields(new))
+        return repo.commit(rev, new_image=False)
+
+
+def parse_size(text: str) -> int:
+    """``20G``, ``512M``, ``1.5T``, ``10GiB`` or a byte count; binary units."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise UsageError(f"invalid size {text!r}", hint="write e.g. 20G, 512M or 1073741824")
+    mult = 1024 ** " KMGTP".index(m.group(2).upper() or " ")
+    size = int(float(m.group(1)) * mult)
+    if size <= 0:
+        raise UsageError(f"invalid size {text!r}: must be positive")
+    return size
+
+
+__all__ = ["copy_image", "export_image", "import_image", "parse_size", "resize_image"]

@@ -1,0 +1,649 @@
+"""The repository store: blobs in, metadata committed under a short lock, look-ups, delete,
+gc and fsck (``Repository``), and the ordered set of configured repositories (``RepoSet``).
+
+Writers put every blob in place first (``add_blob``: hash, verify, fsync, rename into
+``data/``), then commit one metadata file under the repository lock. A killed writer leaves
+only unreferenced blobs and ``tmp/`` entries, which ``gc`` removes once they are older than
+its grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import pwd
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pcocc.config import RepoConfig
+from pcocc.errors import (
+    AlreadyExists,
+    Corrupt,
+    NotFound,
+    PcoccError,
+    PermissionDenied,
+    ToolError,
+    UsageError,
+)
+from pcocc.fsutil import fsync_dir, locked, os_error, write_atomic
+from pcocc.repo.layout import HEX_RE, META_FILE_RE, RepoLayout, digest_hex
+from pcocc.repo.meta import ID_PREFIX, ImageMeta
+from pcocc.repo.model import KIND_VM, Progress, no_progress
+from pcocc.repo.uri import ImageUri
+
+log = logging.getLogger(__name__)
+
+#: Default age under which gc leaves unreferenced blobs and tmp/ entries alone.
+DEFAULT_GRACE_PERIOD_S = 3600.0
+_CHUNK = 4 << 20
+_LOCK_WAIT_S = 120.0
+
+
+def _owner() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+def hash_file(path: Path, progress: Progress = no_progress, done0: int = 0,
+              total: int | None = None, *, fsync: bool = True) -> str:
+    """``sha256:<hex>`` of a file; with ``fsync``, also flush it to disk (it is about to
+    become a blob). The flush runs in a thread while we hash: both release the GIL, so the
+    cost is the longer of the two rather than their sum."""
+    h = hashlib.sha256()
+    done = done0
+    with open(path, "rb") as f:
+        flusher = None
+        errors: list[OSError] = []
+        if fsync:
+            def flush() -> None:
+                try:
+                    os.fsync(f.fileno())
+                except OSError as err:
+                    errors.append(err)
+
+            flusher = threading.Thread(target=flush, name="pcocc-fsync")
+            flusher.start()
+        try:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+                done += len(chunk)
+                progress(done, total)
+        finally:
+            if flusher is not None:
+                flusher.join()
+        if errors:
+            raise errors[0]
+    return "sha256:" + h.hexdigest()
+
+
+def _tree_newest_mtime(path: Path) -> float:
+    """Newest mtime in a tree: a staging dir still being written to looks young."""
+    try:
+        newest = path.lstat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+    if path.is_dir() and not path.is_symlink():
+        for root, dirs, files in os.walk(path):
+            for n in dirs + files:
+                with contextlib.suppress(FileNotFoundError):
+                    newest = max(newest, os.lstat(os.path.join(root, n)).st_mtime)
+    return newest
+
+
+def _tree_size(path: Path) -> int:
+    try:
+        if not path.is_dir() or path.is_symlink():
+            return path.lstat().st_size
+    except FileNotFoundError:
+        return 0
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for n in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(root, n)).st_size
+    return total
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a file or tree, making read-only directories writable first."""
+    if path.is_dir() and not path.is_symlink():
+        for root, dirs, _files in os.walk(path):
+            for d in dirs:
+                with contextlib.suppress(OSError):
+                    os.chmod(os.path.join(root, d), 0o700)
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o700)
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@dataclass
+class GcReport:
+    blobs_removed: int = 0
+    tmp_removed: int = 0
+    bytes_freed: int = 0
+    kept_young: int = 0
+
+
+@dataclass
+class FsckReport:
+    blobs_checked: int = 0
+    images_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
+
+    @property
+    def is_clean(self) -> bool:
+        return not self.problems
+
+
+class Repository:
+    """One repository directory (see ``layout.py``)."""
+
+    def __init__(self, cfg: RepoConfig):
+        self.name = cfg.name
+        self.path = Path(cfg.path)
+        self.description = cfg.description
+        self.origin = cfg.origin
+        self.layout = RepoLayout(self.path)
+        self._checked: bool | None = None
+
+    def __repr__(self) -> str:
+        return f"Repository({self.name!r}, {str(self.path)!r})"
+
+    # -- permissions ---------------------------------------------------------------------
+
+    @property
+    def is_writable(self) -> bool:
+        """System repositories are read-only; others when their directory (or, before it
+        exists, its nearest existing parent) is writable by us."""
+        if self.origin == "system":
+            return False
+        p = self.path
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        return os.access(p, os.W_OK | os.X_OK)
+
+    def require_writable(self) -> None:
+        if self.origin == "system":
+            raise PermissionDenied(
+                f"repository '{self.name}' is a system repository and read-only",
+                hint="write to one of your own repositories (see 'pcocc image repo list')",
+            )
+        if not self.is_writable:
+            raise PermissionDenied(
+                f"repository '{self.name}' ({self.path}) is read-only for you",
+                hint="write to another repository (see 'pcocc image repo list')",
+            )
+
+    def ensure(self) -> None:
+        """Make sure the repository exists, creating it when we may write."""
+        if self.check():
+            return
+        self.require_writable()
+        self.layout.initialize()
+        self._checked = True
+
+    # -- reading -------------------------------------------------------------------------
+
+    def check(self) -> bool:
+        """True when the repository exists and has a format this pcocc reads (else an error);
+        False when its directory was not created yet. Checked once per object."""
+        if self._checked is None:
+            exists = self.layout.is_initialized()
+            if exists:
+                self.layout.check_format()
+            self._checked = exists
+        return self._checked
+
+    def read_meta(self, name: str, revision: int) -> ImageMeta:
+        path = self.layout.meta_path(name, revision)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"image '{self.name}:{name}@{revision}' not found",
+                           hint=f"run 'pcocc image show {self.name}:{name}'") from None
+        except OSError as err:
+            raise os_error(err, f"cannot read {path}") from err
+        meta = ImageMeta.from_bytes(data, repo=self.name, where=str(path))
+        if meta.name != name or meta.revision != revision:
+            raise Corrupt(f"{path}: metadata names {meta.name}@{meta.revision}",
+                          hint="run 'pcocc image repo fsck'")
+        return meta
+
+    def get(self, name: str, revision: int | None = None) -> ImageMeta:
+        """A revision of an image (the highest when ``revision`` is None)."""
+        revs = self.layout.revisions(name) if self.check() else []
+        if not revs:
+            raise NotFound(f"image '{self.name}:{name}' not found",
+                           hint=f"run 'pcocc image list -R {self.name}'")
+        return self.read_meta(name, revs[-1] if revision is None else revision)
+
+    def has_image(self, name: str) -> bool:
+        return self.check() and bool(self.layout.revisions(name))
+
+    def images(self, regex: str | None = None, *, all_revisions: bool = False
+               ) -> list[ImageMeta]:
+        """Images (latest revision only unless ``all_revisions``), names matching ``regex``.
+
+        Reads one small JSON file per result and nothing else: no blob is hashed. This is the
+        path of ``pcocc image list``, hence plain os calls. A damaged metadata file is skipped
+        with a warning (fsck reports it).
+        """
+        pattern = _compile(regex)
+        out: list[ImageMeta] = []
+        if not self.check():
+            return out
+        meta_dir = os.fspath(self.layout.meta_dir)
+        for name in self.layout.image_names():
+            if pattern and not pattern.search(name):
+                continue
+            image_dir = os.path.join(meta_dir, name)
+            try:
+                entries = os.listdir(image_dir)
+            except FileNotFoundError:  # deleted while we list
+                continue
+            except OSError as err:
+                raise os_error(err, f"cannot read {image_dir}") from err
+            revs = sorted(int(e[:-5]) for e in entries if META_FILE_RE.match(e))
+            for rev in revs if all_revisions else revs[-1:]:
+                path = os.path.join(image_dir, f"{rev}.json")
+                try:
+                    with open(path, "rb") as f:
+                        data = f.read()
+                    meta = ImageMeta.from_bytes(data, repo=self.name, where=path)
+                except FileNotFoundError:
+                    continue
+                except OSError as err:
+                    raise os_error(err, f"cannot read {path}") from err
+                except Corrupt as err:
+                    log.warning("skipping %s", err)
+                    continue
+                if meta.name == name and meta.revision == rev:
+                    out.append(meta)
+                else:
+                    log.warning("skipping %s: it names %s@%s", path, meta.name, meta.revision)
+        return out
+
+    def blob_path(self, digest: str) -> Path:
+        return self.layout.blob_path(digest)
+
+    # -- writing -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def staging(self, what: str = "import") -> Iterator[Path]:
+        """A private directory in ``tmp/``, removed on exit (gc reclaims it after a crash)."""
+        self.require_writable()
+        self.ensure()
+        d = self.layout.tmp_dir / f"{what}-{os.getpid()}-{secrets.token_hex(6)}"
+        try:
+            d.mkdir(mode=0o700)
+        except OSError as err:
+            raise os_error(err, f"cannot create a staging directory in {self.layout.tmp_dir}"
+                           ) from err
+        try:
+            yield d
+        finally:
+            _remove_tree(d)
+
+    def add_blob(self, path: Path, expected_digest: str | None = None) -> str:
+        """Hash, verify, fsync and move ``path`` into ``data/``; return its digest.
+
+        When the blob is already stored the file is dropped (deduplication) and the stored
+        blob's time is refreshed, so that gc does not take it while our commit is pending.
+        """
+        path = Path(path)
+        try:
+            digest = hash_file(path)
+            if expected_digest is not None and digest != expected_digest:
+                path.unlink(missing_ok=True)
+                raise Corrupt(f"{path.name}: content does not match digest {expected_digest} "
+                              f"(got {digest})", hint="the source is damaged or changed")
+            dst = self.layout.blob_path(digest)
+            if not dst.parent.is_dir():
+                dst.parent.mkdir(exist_ok=True)
+                fsync_dir(self.layout.data_dir)
+            if dst.exists():
+                with contextlib.suppress(OSError):
+                    os.utime(dst)
+                path.unlink()
+                return digest
+            if (path.stat().st_mode & 0o777) != 0o444:
+                os.chmod(path, 0o444)
+            os.rename(path, dst)
+            fsync_dir(dst.parent)
+        except OSError as err:
+            raise os_error(err, f"cannot store blob in repository '{self.name}'") from err
+        return digest
+
+    def commit(self, meta: ImageMeta, *, new_image: bool) -> ImageMeta:
+        """Write the next revision of ``meta.name`` under the lock; return it as stored.
+
+        :raise AlreadyExists: ``new_image`` and the name is taken
+        :raise Corrupt: a blob vanished (a concurrent gc removed it)
+        """
+        self.require_writable()
+        self.ensure()
+        with locked(self.layout.lock, wait_s=_LOCK_WAIT_S, what=f"repository '{self.name}'"):
+            revs = self.layout.revisions(meta.name)
+            if new_image and revs:
+                raise AlreadyExists(
+                    f"image '{self.name}:{meta.name}' already exists",
+                    hint="choose another name, or delete it first with 'pcocc image delete'",
+                )
+            if not new_image and not revs:
+                raise NotFound(f"image '{self.name}:{meta.name}' was deleted meanwhile")
+            for b in meta.blobs:
+                if not self.layout.blob_path(b.digest).exists():
+                    raise Corrupt(f"blob {b.digest} vanished from repository '{self.name}' "
+                                  "before the commit", hint="run the command again")
+            stored = meta.with_revision(revs[-1] + 1 if revs else 0)
+            image_dir = self.layout.image_dir(meta.name)
+            try:
+                image_dir.mkdir(exist_ok=True)
+            except OSError as err:
+                raise os_error(err, f"cannot create {image_dir}") from err
+            data = stored.to_bytes()
+            write_atomic(self.layout.meta_path(meta.name, stored.revision), data, mode=0o444)
+            fsync_dir(self.layout.meta_dir)
+        return ImageMeta.from_bytes(data, repo=self.name, where="(new metadata)")
+
+    def delete(self, name: str, revision: int | None = None) -> list[ImageMeta]:
+        """Remove one revision or all of an image; blobs stay until gc."""
+        self.require_writable()
+        with locked(self.layout.lock, wait_s=_LOCK_WAIT_S, what=f"repository '{self.name}'"):
+            revs = self.layout.revisions(name)
+            if revision is not None:
+                if revision not in revs:
+                    raise NotFound(f"image '{self.name}:{name}@{revision}' not found",
+                                   hint=f"run 'pcocc image show {self.name}:{name}'")
+                revs = [revision]
+            elif not revs:
+                raise NotFound(f"image '{self.name}:{name}' not found",
+                               hint=f"run 'pcocc image list -R {self.name}'")
+            gone = []
+            for rev in revs:
+                with contextlib.suppress(Corrupt):
+                    gone.append(self.read_meta(name, rev))
+                try:
+                    self.layout.meta_path(name, rev).unlink()
+                except OSError as err:
+                    raise os_error(err, f"cannot delete {self.name}:{name}@{rev}") from err
+            image_dir = self.layout.image_dir(name)
+            if not self.layout.revisions(name):
+                for leftover in image_dir.iterdir():  # stale temporary files
+                    leftover.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    image_dir.rmdir()
+            fsync_dir(self.layout.meta_dir)
+        return gone
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    def _referenced(self) -> set[str]:
+        refs: set[str] = set()
+        for name in self.layout.image_names():
+            for rev in self.layout.revisions(name):
+                try:
+                    meta = self.read_meta(name, rev)
+                except NotFound:
+                    continue
+                refs.update(b.digest for b in meta.blobs)
+        return refs
+
+    def _blob_files(self) -> Iterator[Path]:
+        try:
+            subdirs = sorted(os.listdir(self.layout.data_dir))
+        except FileNotFoundError:
+            return
+        for sub in subdirs:
+            d = self.layout.data_dir / sub
+            if d.is_dir():
+                for n in sorted(os.listdir(d)):
+                    yield d / n
+
+    def gc(self, grace_period_s: float = DEFAULT_GRACE_PERIOD_S,
+           progress: Progress = no_progress) -> GcReport:
+        """Remove unreferenced blobs and stale ``tmp/`` entries older than the grace period.
+
+        A metadata file that cannot be read stops gc (Corrupt): what it references is unknown.
+        """
+        self.require_writable()
+        report = GcReport()
+        if not self.layout.is_initialized():
+            return report
+        self.layout.check_format()
+        now = time.time()
+        with locked(self.layout.lock, wait_s=_LOCK_WAIT_S, what=f"repository '{self.name}'"):
+            refs = self._referenced()
+            files = []
+            for f in self._blob_files():
+                with contextlib.suppress(FileNotFoundError):
+                    files.append((f, f.lstat()))
+            total = sum(st.st_size for _f, st in files)
+            done = 0
+            for f, st in files:
+                done += st.st_size
+                progress(done, total)
+                digest = "sha256:" + f.name
+                if HEX_RE.match(f.name) and f.parent.name == f.name[:2] and digest in refs:
+                    continue
+                if now - st.st_mtime < grace_period_s:
+                    report.kept_young += 1
+                    continue
+                f.unlink(missing_ok=True)
+                report.blobs_removed += 1
+                report.bytes_freed += st.st_size
+            stale: list[Path] = []
+            if self.layout.tmp_dir.is_dir():
+                stale += list(self.layout.tmp_dir.iterdir())
+            for name in self.layout.image_names():
+                stale += [p for p in self.layout.image_dir(name).glob(".*.tmp")]
+            stale += [p for p in self.layout.root.glob(".*.tmp")]
+            for entry in stale:
+                if now - _tree_newest_mtime(entry) < grace_period_s:
+                    report.kept_young += 1
+                    continue
+                report.bytes_freed += _tree_size(entry)
+                report.tmp_removed += 1
+                _remove_tree(entry)
+            for name in self.layout.image_names():  # directories left by deleted images
+                if not self.layout.revisions(name):
+                    with contextlib.suppress(OSError):
+                        self.layout.image_dir(name).rmdir()
+        return report
+
+    def fsck(self, *, quarantine: bool = False, progress: Progress = no_progress
+             ) -> FsckReport:
+        """Check every blob's digest and every reference (metadata -> blobs, qcow2 chains)."""
+        from pcocc.repo import qemu_img  # VM checks only
+
+        if quarantine:
+            self.require_writable()
+        report = FsckReport()
+        if not self.layout.is_initialized():
+            return report
+        self.layout.check_format()
+        files = list(self._blob_files())
+        total = sum(f.lstat().st_size for f in files)
+        done = 0
+        damaged: set[str] = set()
+        for f in files:
+            report.blobs_checked += 1
+            if not HEX_RE.match(f.name) or f.parent.name != f.name[:2]:
+                report.problems.append(f"{f}: not a blob name")
+                continue
+            digest = "sha256:" + f.name
+            try:
+                actual = hash_file(f, progress, done, total, fsync=False)
+            except OSError as err:
+                actual = f"unreadable ({err.strerror})"
+            done += f.lstat().st_size
+            if actual != digest:
+                damaged.add(digest)
+                report.problems.append(f"blob {digest}: content hashes to {actual}")
+                if quarantine:
+                    self._quarantine(f)
+                    report.quarantined.append(digest)
+        layer_ok: dict[str, str | None] = {}
+        for name in self.layout.image_names():
+            for rev in self.layout.revisions(name):
+                report.images_checked += 1
+                where = f"image {self.name}:{name}@{rev}"
+                try:
+                    meta = self.read_meta(name, rev)
+                except PcoccError as err:
+                    report.problems.append(f"{where}: {err}")
+                    continue
+                for b in meta.blobs:
+                    if b.digest in damaged:
+                        report.problems.append(f"{where}: blob {b.digest} is damaged")
+                    elif not self.layout.blob_path(b.digest).exists():
+                        report.problems.append(f"{where}: blob {b.digest} is missing")
+                if meta.kind == KIND_VM and meta.vm is not None:
+                    parent = None
+                    for digest in meta.vm["layers"]:
+                        key = f"{digest}<{parent}"
+                        if key not in layer_ok:
+                            layer_ok[key] = self._check_layer(qemu_img, digest, parent)
+                        if layer_ok[key]:
+                            report.problems.append(f"{where}: {layer_ok[key]}")
+                        parent = digest
+        return report
+
+    def _check_layer(self, qemu_img, digest: str, parent: str | None) -> str | None:
+        path = self.layout.blob_path(digest)
+        if not path.exists():
+            return None  # already reported as missing
+        try:
+            info = qemu_img.info(path, "qcow2")
+        except (ToolError, Corrupt) as err:
+            return f"layer {digest} is not a readable qcow2 ({err})"
+        want = None if parent is None else self.layout.blob_relpath_from_blob(parent)
+        if info.backing_filename != want:
+            return (f"layer {digest} has backing file {info.backing_filename!r}, "
+                    f"expected {want!r}")
+        if want is not None and not (path.parent / want).exists():
+            return f"layer {digest}: backing blob {parent} is missing"
+        return None
+
+    def _quarantine(self, blob: Path) -> None:
+        qdir = self.layout.quarantine_dir
+        try:
+            qdir.mkdir(exist_ok=True)
+            os.rename(blob, qdir / f"{blob.name}.{int(time.time())}")
+        except OSError as err:
+            raise os_error(err, f"cannot move {blob} to {qdir}") from err
+
+
+def _compile(regex: str | None) -> re.Pattern[str] | None:
+    if not regex:
+        return None
+    try:
+        return re.compile(regex)
+    except re.error as err:
+        raise UsageError(f"invalid regular expression {regex!r}: {err}") from err
+
+
+class RepoSet:
+    """The configured repositories, in priority order."""
+
+    def __init__(self, repos: list[RepoConfig]):
+        self.repos = [Repository(r) for r in repos]
+
+    def names(self) -> list[str]:
+        return [r.name for r in self.repos]
+
+    def get(self, name: str) -> Repository:
+        for r in self.repos:
+            if r.name == name:
+                return r
+        raise NotFound(f"repository '{name}' is not configured",
+                       hint="known repositories: " + (", ".join(self.names()) or "none")
+                       + " (see repos.yaml)")
+
+    def for_write(self, name: str | None) -> Repository:
+        """The named repository, or the first writable one; PermissionDenied if read-only."""
+        if name is not None:
+            repo = self.get(name)
+            repo.require_writable()
+            return repo
+        for r in self.repos:
+            if r.is_writable:
+                return r
+        if not self.repos:
+            raise PermissionDenied("no repository is configured",
+                                   hint="add one of your own to ~/.pcocc/repos.yaml")
+        raise PermissionDenied(
+            "every configured repository is read-only for you ("
+            + ", ".join(self.names()) + ")",
+            hint="add one of your own to ~/.pcocc/repos.yaml")
+
+    def images(self, repo: str | None = None, regex: str | None = None) -> list[ImageMeta]:
+        repos = [self.get(repo)] if repo else self.repos
+        _compile(regex)
+        out = []
+        for r in repos:
+            out += r.images(regex)
+        return out
+
+    def resolve(self, text: str) -> tuple[Repository, ImageMeta]:
+        """Find an image by ``[REPO:]IMAGE[@REV]`` (repos searched in order) or ID prefix."""
+        if text.startswith(ID_PREFIX):
+            return self._by_id(text)
+        uri = ImageUri.parse(text)
+        repos = [self.get(uri.repo)] if uri.repo else self.repos
+        for r in repos:
+            if r.has_image(uri.name):
+                return r, r.get(uri.name, uri.revision)
+        where = f"repository '{uri.repo}'" if uri.repo else "any repository"
+        raise NotFound(f"image '{text}' not found in {where}",
+                       hint="run 'pcocc image list' to see the images")
+
+    def _by_id(self, prefix: str) -> tuple[Repository, ImageMeta]:
+        if len(prefix) <= len(ID_PREFIX) or not re.fullmatch(r"sha256-[0-9a-f]+", prefix):
+            raise UsageError(f"invalid image ID {prefix!r}", hint="IDs look like sha256-1a2b3c...")
+        found = []
+        for r in self.repos:
+            found += [(r, m) for m in r.images(all_revisions=True)
+                      if m.image_id.startswith(prefix)]
+        if not found:
+            raise NotFound(f"no image has an ID starting with {prefix}")
+        if len(found) > 1:
+            raise UsageError(f"image ID prefix {prefix} is ambiguous ({len(found)} images)",
+                             hint="give more digits")
+        return found[0]
+
+    def delete(self, text: str) -> list[ImageMeta]:
+        """Delete ``[REPO:]IMAGE`` (every revision) or ``[REPO:]IMAGE@REV`` (that one)."""
+        if text.startswith(ID_PREFIX):
+            repo, meta = self._by_id(text)
+            return repo.delete(meta.name, meta.revision)
+        uri = ImageUri.parse(text)
+        repo, meta = self.resolve(str(ImageUri(uri.name, uri.repo)))
+        return repo.delete(uri.name, uri.revision)
+
+
+def new_meta(name: str, kind: str, blobs, *, description: str = "", source: str = "",
+             parent: str | None = None, vm: dict | None = None, oci: dict | None = None
+             ) -> ImageMeta:
+    """Metadata for a revision about to be committed (the store assigns the revision)."""
+    return ImageMeta(
+        name=name, revision=0, kind=kind, owner=_owner(), created=round(time.time(), 3),
+        blobs=tuple(blobs), description=description, source=source, parent=parent,
+        vm=vm, oci=oci,
+    )
+
+
+__all__ = ["FsckReport", "GcReport", "RepoSet", "Repository", "digest_hex", "new_meta"]
