@@ -150,9 +150,10 @@ def kv_endpoint_sets(
 
 
 def open_kv(endpoints: str) -> EtcdKv:
+    """A client of ``endpoints``, logged in as $PCOCC_ETCD_USER when etcd has auth on."""
     from pcocc.kv.client import KvClient
 
-    return EtcdKv(KvClient(endpoints))
+    return EtcdKv(KvClient.from_env({**os.environ, ENDPOINTS_VAR: endpoints}))
 
 
 # -- batch --------------------------------------------------------------------------------
@@ -238,14 +239,9 @@ def batch_manager(config: Config) -> BatchAdapter:
 
 
 def task_rank(env: Mapping[str, str]) -> int | None:
-    try:
-        from pcocc.batch.base import task_rank as rank_of
-    except ImportError:  # pragma: no cover
-        rank_of = None
-    if rank_of is not None:
-        return rank_of(env)
-    value = env.get("SLURM_PROCID", "")
-    return int(value) if value.isdigit() else None
+    from pcocc.batch.base import task_rank as rank_of
+
+    return rank_of(env)
 
 
 # -- templates and images -----------------------------------------------------------------

@@ -6,11 +6,7 @@ Re-exported under the names used in ``pcocc.cluster``; the two parsers read keys
 from __future__ import annotations
 
 from pcocc.errors import Corrupt
-
-try:
-    from pcocc.kv import keys as _k
-except ImportError:  # pragma: no cover - before pcocc.kv is merged: the same layout
-    from pcocc.cluster import _keys_fallback as _k  # type: ignore[no-redef]
+from pcocc.kv import keys as _k
 
 
 def user_clusters_prefix(user: str) -> str:
@@ -43,7 +39,7 @@ def rnat_prefix(user: str, batchid: str, rank: int) -> str:
     return _k.rnat_prefix(user, batchid, rank)
 
 
-def parse_cluster_key(user: str, key: str) -> tuple[str, str] | None:
+def split_cluster_key(user: str, key: str) -> tuple[str, str] | None:
     """Split a key of one of the user's clusters into (batchid, rest), or None."""
     prefix = user_clusters_prefix(user)
     if not key.startswith(prefix):

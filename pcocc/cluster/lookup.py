@@ -83,7 +83,7 @@ def clusters_of(kv: Kv, user: str) -> list[ClusterView]:
     views: dict[str, ClusterView] = {}
     parts: dict[str, list[tuple[str, str]]] = {}
     for key, value in snapshot.items():
-        parsed = keys.parse_cluster_key(user, key)
+        parsed = keys.split_cluster_key(user, key)
         if parsed is None:
             continue
         batchid, rest = parsed

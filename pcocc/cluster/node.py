@@ -24,7 +24,7 @@ from pcocc.cluster.ports import Kv, Lease, VmHandle
 from pcocc.cluster.record import ClusterRecord
 from pcocc.cluster.signals import Interrupted, deferred_signals, raising_on_signals
 from pcocc.cluster.vmstate import BOOTING, FAILED, RUNNING, STOPPED, VmRecord
-from pcocc.errors import NotFound, PcoccError, UsageError
+from pcocc.errors import NotFound, PcoccError
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +46,6 @@ class NodeSettings:
     host: str = field(default_factory=socket.gethostname)
     tick_s: float = 0.5
     linger_s: float = FAILED_LINGER_S
-
-
-def rank_from_env(env: dict[str, str] | os._Environ[str]) -> int:
-    """The VM rank of this task: PCOCC_VM_RANK, else SLURM_PROCID."""
-    for name in ("PCOCC_VM_RANK", "SLURM_PROCID"):
-        value = env.get(name)
-        if value is not None:
-            if not value.isdigit():
-                raise UsageError(f"{name}={value!r} is not a rank")
-            return int(value)
-    raise UsageError("no VM rank: give --rank or run under srun (SLURM_PROCID)")
 
 
 def generate_host_key(vm_dir: Path, name: str) -> Path:

@@ -266,7 +266,6 @@ def test_batch_runs_in_background(cluster_env):
     job_id = res.stdout.strip()
     assert job_id
     from pcocc.batch.base import get_manager
-
     from pcocc.cluster.adapters import manager_settings
 
     old = dict(os.environ)
