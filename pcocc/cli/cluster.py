@@ -1,0 +1,141 @@
+"""``pcocc alloc``, ``pcocc batch`` and ``pcocc ps``: start and list virtual clusters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from pcocc.cli.context import Session, pass_session
+from pcocc.errors import UsageError
+
+
+def exit_with(status: int) -> None:
+    """Leave pcocc with ``status`` (the exit status of a command it ran).
+
+    A SystemExit, because click's non-standalone mode returns ``ctx.exit`` codes instead of
+    raising them, and ``pcocc.cli.main.run_cli`` does not pass those on.
+    """
+    if status:
+        raise SystemExit(status)
+
+
+def _definition_options(func):
+    options = [
+        click.option(
+            "-c",
+            "--cores",
+            type=click.IntRange(min=1),
+            default=None,
+            help="CPU cores of each VM [default: from the template's resource set].",
+        ),
+        click.option(
+            "--image",
+            "images",
+            multiple=True,
+            metavar="[TPL=]IMAGE",
+            help="Use IMAGE for template TPL (or for every template); repeatable.",
+        ),
+        click.option(
+            "--mount",
+            "mounts",
+            multiple=True,
+            metavar="SRC:DST",
+            help="Share host directory SRC at DST in the VMs; repeatable.",
+        ),
+        click.option("--user-data", metavar="FILE", help="cloud-init user-data for the VMs."),
+        click.argument("spec", metavar="TPL:N[,TPL2:M]"),
+        click.argument(
+            "batch_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- BATCH_OPTIONS]"
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _definition(session: Session, spec, cores, images, mounts, user_data):
+    from pcocc.cluster.jobs import prepare_definition
+
+    return prepare_definition(
+        session.config,
+        spec,
+        cores=cores,
+        images=images,
+        mounts=mounts,
+        user_data_file=user_data,
+    )
+
+
+@click.command()
+@click.option(
+    "-E",
+    "--command",
+    metavar="CMD",
+    help="Run CMD on the first node once the VMs run, instead of a shell.",
+)
+@_definition_options
+@pass_session
+def alloc(session: Session, command, cores, images, mounts, user_data, spec, batch_args):
+    """Run a virtual cluster interactively.
+
+    Allocates one task per VM (options after '--' go to the batch system, e.g. -- -p debug),
+    boots the VMs of TPL:N[,TPL2:M], then opens a shell (or runs -E CMD) with PCOCC_JOB_ID
+    set. The cluster is torn down when the shell or command ends.
+    """
+    from pcocc.cluster.jobs import alloc as run_alloc
+
+    definition = _definition(session, spec, cores, images, mounts, user_data)
+    status = run_alloc(session.config, definition, batch_args, command, debug=session.debug)
+    exit_with(status)
+
+
+@click.command()
+@click.option("-E", "--command", metavar="CMD", help="Run CMD on the first node once the VMs run.")
+@click.option(
+    "-b",
+    "--host-script",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="Run the script FILE on the first node once the VMs run.",
+)
+@_definition_options
+@pass_session
+def batch(
+    session: Session, command, host_script, cores, images, mounts, user_data, spec, batch_args
+):
+    """Run a virtual cluster in a batch job; print the job id.
+
+    Like 'pcocc alloc', but the job runs in the background; it ends when -E CMD or the
+    host script ends (without either, when the job's time limit is reached or it is
+    cancelled).
+    """
+    from pcocc.cluster.jobs import submit
+
+    if command is not None and host_script is not None:
+        raise UsageError("give either -E CMD or -b FILE, not both")
+    if host_script is not None:
+        try:
+            command = Path(host_script).read_text()
+        except OSError as err:
+            raise UsageError(
+                f"--host-script '{host_script}': cannot read it: {err.strerror}"
+            ) from err
+    definition = _definition(session, spec, cores, images, mounts, user_data)
+    click.echo(submit(session.config, definition, batch_args, command))
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_session
+def ps(session: Session, as_json: bool) -> None:
+    """List your running virtual clusters."""
+    from pcocc.cluster.access import list_clusters
+    from pcocc.cluster.lookup import ps_table
+
+    clusters = list_clusters(config=session.config)
+    if as_json:
+        click.echo(json.dumps([c.to_json() for c in clusters], indent=2))
+    elif clusters:
+        click.echo(ps_table(clusters))

@@ -1,0 +1,39 @@
+"""``pcocc internal``: commands that pcocc runs itself inside allocations (hidden)."""
+
+from __future__ import annotations
+
+import click
+
+from pcocc.cli.cluster import exit_with
+from pcocc.cli.context import Session, pass_session
+
+
+@click.group(hidden=True)
+def internal() -> None:
+    """Commands run by pcocc itself on the nodes."""
+
+
+@internal.command()
+@click.option("-E", "--command", metavar="CMD", help="Run CMD instead of the user's shell.")
+@click.option("--hold", is_flag=True, help="Without CMD: keep the cluster until a signal.")
+@pass_session
+def launcher(session: Session, command: str | None, hold: bool) -> None:
+    """Start the VMs of the job's cluster, run CMD or a shell, then tear down."""
+    from pcocc.cluster.jobs import run_launcher
+
+    def report(message: str) -> None:
+        if not session.quiet:
+            click.echo(f"pcocc: {message}", err=True)
+
+    exit_with(run_launcher(session.config, command, report=report, debug=session.debug, hold=hold))
+
+
+@internal.command()
+@click.option("--rank", type=int, default=None, help="VM rank [default: the task's rank].")
+@click.option("--job", "job_id", default=None, help="Cluster id [default: $PCOCC_JOB_ID].")
+@pass_session
+def run(session: Session, rank: int | None, job_id: str | None) -> None:
+    """Run the VM of one rank until the cluster ends."""
+    from pcocc.cluster.jobs import run_node
+
+    exit_with(run_node(session.config, rank, job_id))

@@ -1,0 +1,284 @@
+"""What the user commands on a running cluster do: ssh, scp, nc, console, reset, monitor.
+
+The cluster comes from ``-j JOBID``, ``$PCOCC_JOB_ID``/``$SLURM_JOB_ID``, or is the user's
+only one (see :func:`pcocc.cluster.lookup.select_cluster`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import socket
+import sys
+import termios
+import tty
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pcocc import proc
+from pcocc.cluster import adapters, rundir
+from pcocc.cluster.lookup import ClusterView, all_clusters, parse_vm_name, select_cluster
+from pcocc.cluster.sshkeys import ensure_user_key, write_ssh_files
+from pcocc.cluster.vmstate import VmRecord
+from pcocc.errors import NotFound, PcoccError, ServiceUnavailable, UsageError
+
+if TYPE_CHECKING:
+    from pcocc.config import Config
+
+log = logging.getLogger(__name__)
+
+#: Ctrl-] ends ``pcocc console`` (as in telnet)
+CONSOLE_ESCAPE = b"\x1d"
+
+
+@contextlib.contextmanager
+def _kvs(env: Mapping[str, str], config: Config | None) -> Iterator[list[adapters.EtcdKv]]:
+    sets = adapters.kv_endpoint_sets(env, rundir.run_root(), config)
+    kvs: list[adapters.EtcdKv] = []
+    try:
+        for endpoints in sets:
+            kvs.append(adapters.open_kv(endpoints))
+        yield kvs
+    finally:
+        for kv in kvs:
+            kv.close()
+
+
+def list_clusters(
+    env: Mapping[str, str] | None = None, config: Config | None = None
+) -> list[ClusterView]:
+    env = os.environ if env is None else env
+    with _kvs(env, config) as kvs:
+        found = []
+        for kv in kvs:
+            try:
+                found += all_clusters([kv], adapters.user_name())
+            except ServiceUnavailable:
+                if len(kvs) == 1:
+                    raise
+                log.debug("skipping an unreachable private etcd at %s", kv.client.endpoint)
+        return found
+
+
+def find_cluster(
+    job_id: str | None, env: Mapping[str, str] | None = None, config: Config | None = None
+) -> ClusterView:
+    env = os.environ if env is None else env
+    return select_cluster(list_clusters(env, config), job_id, env)
+
+
+def _target(text: str) -> tuple[str | None, str]:
+    """``[user@]vmN`` -> (user or None, 'vmN')."""
+    user, sep, name = text.rpartition("@")
+    parse_vm_name(name)
+    return (user if sep else None), name
+
+
+def ssh_files(view: ClusterView) -> Path:
+    """The cluster's ssh_config (and known_hosts with its host keys) on this host."""
+    ensure_user_key()
+    return write_ssh_files(rundir.cluster_dir(view.batchid), view.batchid, view.vms)
+
+
+def ssh_argv(
+    view: ClusterView, target: str, command: Sequence[str], ssh_args: Sequence[str] = ()
+) -> list[str]:
+    user, name = _target(target)
+    rec = view.vm(name)
+    if rec.ssh_port is None:
+        raise NotFound(
+            f"{name} of cluster {view.batchid} has no ssh port yet",
+            hint="wait until 'pcocc ps' shows it running",
+        )
+    config = ssh_files(view)
+    dest = f"{user}@{rec.name}" if user else rec.name
+    return ["ssh", "-F", str(config), *ssh_args, dest, *command]
+
+
+def scp_argv(view: ClusterView, args: Sequence[str]) -> list[str]:
+    for arg in args:
+        host, sep, _path = arg.partition(":")
+        if sep and "/" not in host:
+            _user, name = _target(host)
+            view.vm(name)
+    return ["scp", "-F", str(ssh_files(view)), *args]
+
+
+def run_interactive(argv: Sequence[str]) -> int:
+    """Run a program on our terminal and return its exit status (Ctrl-C goes to it)."""
+    child = proc.spawn(argv, stdin=None, stdout=None, stderr=None, new_session=False)
+    while True:
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            continue  # the child got it too and decides
+
+
+def _local_path(rec: VmRecord, path: str | None, what: str) -> str:
+    if not path:
+        raise NotFound(f"{rec.name} has no {what} yet", hint="wait until it runs")
+    if rec.host != socket.gethostname():
+        raise UsageError(
+            f"{rec.name} runs on host {rec.host}; its {what} is only reachable there",
+            hint=f"run this command on {rec.host}",
+        )
+    return path
+
+
+def _short_socket_path(path: str) -> tuple[str, int | None]:
+    """A connectable name for a unix socket path longer than sockaddr_un allows."""
+    if len(path.encode()) < 100:
+        return path, None
+    fd = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY)
+    return f"/proc/self/fd/{fd}/{os.path.basename(path)}", fd
+
+
+@contextlib.contextmanager
+def _unix_socket(path: str) -> Iterator[socket.socket]:
+    name, fd = _short_socket_path(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            sock.connect(name)
+        except OSError as err:
+            raise ServiceUnavailable(f"cannot connect to {path}: {err.strerror}") from err
+        yield sock
+    finally:
+        sock.close()
+        if fd is not None:
+            os.close(fd)
+
+
+def console_log(view: ClusterView, name: str) -> str:
+    rec = view.vm(name)
+    path = _local_path(rec, rec.console_log, "console log")
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError as err:
+        raise NotFound(
+            f"cannot read the console log of {rec.name} ({path}): {err.strerror}"
+        ) from err
+
+
+def attach_console(view: ClusterView, name: str) -> None:
+    """Relay the terminal to the VM's serial console until Ctrl-] or the VM goes."""
+    rec = view.vm(name)
+    path = _local_path(rec, rec.console_socket, "console")
+    stdin = sys.stdin.fileno()
+    is_tty = os.isatty(stdin)
+    with _unix_socket(path) as sock:
+        if is_tty:
+            print(
+                f"pcocc: connected to the console of {rec.name}; Ctrl-] to quit",
+                file=sys.stderr,
+                flush=True,
+            )
+        saved = termios.tcgetattr(stdin) if is_tty else None
+        try:
+            if is_tty:
+                tty.setraw(stdin)
+            _relay(sock, stdin, sys.stdout.fileno(), escape=CONSOLE_ESCAPE if is_tty else None)
+        finally:
+            if saved is not None:
+                termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+
+
+def _relay(sock: socket.socket, in_fd: int, out_fd: int, escape: bytes | None) -> None:
+    """Copy in_fd -> sock and sock -> out_fd until either side closes."""
+    in_open = True
+    while True:
+        readers = [sock] + ([in_fd] if in_open else [])
+        ready, _, _ = select.select(readers, [], [])
+        if sock in ready:
+            data = sock.recv(65536)
+            if not data:
+                return
+            os.write(out_fd, data)
+        if in_open and in_fd in ready:
+            data = os.read(in_fd, 65536)
+            if not data:
+                in_open = False
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_WR)
+                continue
+            if escape is not None and escape in data:
+                data = data.split(escape, 1)[0]
+                if data:
+                    sock.sendall(data)
+                return
+            sock.sendall(data)
+
+
+def nc(view: ClusterView, name: str, port: int) -> None:
+    """Relay stdin/stdout to TCP ``port`` of a VM, through its forwarded address."""
+    rank = parse_vm_name(name)
+    rec = view.vm(name)
+    address = view.rnat.get((rank, port))
+    if address is None:
+        forwarded = sorted(p for (r, p) in view.rnat if r == rank)
+        raise NotFound(
+            f"port {port} of {rec.name} is not forwarded",
+            hint=f"forwarded ports: {', '.join(map(str, forwarded)) or 'none'}",
+        )
+    host, _, port_text = address.rpartition(":")
+    if host == socket.gethostname():
+        host = "127.0.0.1"
+    try:
+        sock = socket.create_connection((host, int(port_text)), timeout=20)
+    except OSError as err:
+        raise ServiceUnavailable(
+            f"cannot connect to {rec.name}:{port} via {address}: {err}"
+        ) from err
+    with sock:
+        sock.settimeout(None)
+        _relay(sock, sys.stdin.fileno(), sys.stdout.fileno(), escape=None)
+
+
+def _qmp(rec: VmRecord):
+    from pcocc.vm.qmp import QmpClient
+
+    path = _local_path(rec, rec.qmp_socket, "monitor socket")
+    name, fd = _short_socket_path(path)
+    client = QmpClient(name, name=rec.name)
+    return client, fd
+
+
+def reset(view: ClusterView, name: str) -> None:
+    rec = view.vm(name)
+    client, fd = _qmp(rec)
+    try:
+        with client:
+            client.system_reset()
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def monitor_command(view: ClusterView, name: str, words: Sequence[str]) -> str:
+    """Run a QMP command (``{"execute": ...}`` JSON, or a bare command name) or an HMP line."""
+    rec = view.vm(name)
+    text = " ".join(words).strip()
+    if not text:
+        raise UsageError("no monitor command given", hint="e.g. 'info status' or 'query-status'")
+    client, fd = _qmp(rec)
+    try:
+        with client:
+            if text.startswith("{"):
+                try:
+                    msg = json.loads(text)
+                    command, arguments = msg["execute"], msg.get("arguments")
+                except (ValueError, KeyError, TypeError) as err:
+                    raise UsageError(f"invalid QMP command {text!r}: {err}") from err
+                return json.dumps(client.execute(command, arguments), indent=2)
+            if len(words) == 1 and words[0].startswith("query-"):
+                return json.dumps(client.execute(words[0]), indent=2)
+            return client.human_monitor_command(text)
+    except PcoccError:
+        raise
+    finally:
+        if fd is not None:
+            os.close(fd)

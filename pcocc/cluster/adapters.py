@@ -1,0 +1,427 @@
+"""Bind the cluster runtime's ports to the real etcd client, batch managers, QEMU machines,
+templates and image repositories. Everything here is glue; the logic is elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import logging
+import os
+import subprocess
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pcocc import proc
+from pcocc.cluster.definition import ClusterDefinition, VmEntry
+from pcocc.cluster.ports import AllocRequest, MachineInfo
+from pcocc.errors import PcoccError
+
+if TYPE_CHECKING:
+    from pcocc.config import Config
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ENDPOINTS_VAR = "PCOCC_ETCD_ENDPOINTS"
+
+
+def user_name() -> str:
+    """The user whose etcd prefix and run dirs we use."""
+    return getpass.getuser()
+
+
+# -- etcd ---------------------------------------------------------------------------------
+class EtcdKv:
+    """:class:`~pcocc.cluster.ports.Kv` over :class:`pcocc.kv.client.KvClient` (text values)."""
+
+    def __init__(self, client: Any):
+        self.client = client
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> EtcdKv:
+        from pcocc.kv.client import KvClient
+
+        return cls(KvClient.from_env(env))
+
+    def close(self) -> None:
+        self.client.close()
+
+    def put(self, key: str, value: str, lease: Any = None) -> None:
+        self.client.put(key, value, lease=lease)
+
+    def get(self, key: str) -> str | None:
+        value = self.client.get(key)
+        return None if value is None else value.decode()
+
+    def get_prefix(self, prefix: str) -> dict[str, str]:
+        return {k: v.decode() for k, v in self.client.get_prefix(prefix).items()}
+
+    def delete_prefix(self, prefix: str) -> None:
+        self.client.delete_prefix(prefix)
+
+    def lease(self, ttl_s: int) -> contextlib.AbstractContextManager[Any]:
+        return self.client.lease(ttl_s)
+
+    def wait_for(
+        self,
+        prefix: str,
+        predicate: Callable[[dict[str, str]], T | None],
+        timeout_s: float | None,
+        tick_s: float = 0.5,
+    ) -> T:
+        import time
+
+        read_at = getattr(self.client, "get_prefix_at", None) or self.client._get_prefix_at
+        raw, revision = read_at(prefix)
+        values = {k: v.decode() for k, v in raw.items()}
+        result = predicate(dict(values))
+        if result is not None:
+            return result
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self.client.watch_prefix(prefix, start_revision=revision + 1) as watch:
+            while True:
+                wait_s = tick_s
+                if deadline is not None:
+                    wait_s = min(tick_s, deadline - time.monotonic())
+                    if wait_s <= 0:
+                        raise TimeoutError(f"timed out waiting on {prefix}")
+                event = watch.get(wait_s)
+                if event is not None:
+                    if event.value is None:
+                        values.pop(event.key, None)
+                    else:
+                        values[event.key] = event.value.decode()
+                result = predicate(dict(values))
+                if result is not None:
+                    return result
+
+
+def configured_endpoints(config: Config | None, env: Mapping[str, str]) -> str | None:
+    """``$PCOCC_ETCD_ENDPOINTS``, else the external etcd of batch.yaml, else None (private)."""
+    if env.get(ENDPOINTS_VAR):
+        return env[ENDPOINTS_VAR]
+    etcd = (config.batch if config is not None else {}).get("etcd") or {}
+    if etcd.get("mode", "external") == "external" and etcd.get("endpoints"):
+        return ",".join(e if "://" in e else f"http://{e}" for e in etcd["endpoints"])
+    return None
+
+
+@contextlib.contextmanager
+def etcd_for_job(
+    run_dir: Path, env: dict[str, str], config: Config | None = None
+) -> Iterator[dict[str, str]]:
+    """The configured etcd, or a private one in ``run_dir`` when none is (local mode).
+
+    Yields the variables that point children at it.
+    """
+    endpoints = configured_endpoints(config, env)
+    if endpoints:
+        yield {ENDPOINTS_VAR: endpoints}
+        return
+    from pcocc.kv.private import private_etcd
+
+    with private_etcd(run_dir) as extra:
+        endpoints_file = run_dir / "etcd-endpoints"
+        endpoints_file.write_text(extra[ENDPOINTS_VAR] + "\n")
+        endpoints_file.chmod(0o600)
+        try:
+            yield dict(extra)
+        finally:
+            endpoints_file.unlink(missing_ok=True)
+
+
+def kv_endpoint_sets(
+    env: Mapping[str, str], run_root: Path, config: Config | None = None
+) -> list[str]:
+    """Where a user command looks for clusters: the configured etcd, else the private etcd
+    of each local cluster of this user (``<run root>/<job>/etcd-endpoints``)."""
+    endpoints = configured_endpoints(config, env)
+    if endpoints:
+        return [endpoints]
+    found = []
+    for path in sorted(run_root.glob("*/etcd-endpoints")):
+        with contextlib.suppress(OSError):
+            text = path.read_text().strip()
+            if text:
+                found.append(text)
+    return found
+
+
+def open_kv(endpoints: str) -> EtcdKv:
+    """A client of ``endpoints``, logged in as $PCOCC_ETCD_USER when etcd has auth on."""
+    from pcocc.kv.client import KvClient
+
+    return EtcdKv(KvClient.from_env({**os.environ, ENDPOINTS_VAR: endpoints}))
+
+
+# -- batch --------------------------------------------------------------------------------
+class PopenTasks:
+    """:class:`~pcocc.cluster.ports.TaskGroup` over the Popen that ``launch_tasks`` returns."""
+
+    def __init__(self, popen: subprocess.Popen):
+        self.popen = popen
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        proc.stop(self.popen, timeout_s=timeout_s)
+
+
+class BatchAdapter:
+    """:class:`~pcocc.cluster.ports.Batch` over a :class:`pcocc.batch.base.BatchManager`."""
+
+    def __init__(self, manager: Any):
+        self.manager = manager
+        self.name = manager.name
+
+    def _spec(self, request: AllocRequest, env: Mapping[str, str] | None = None) -> Any:
+        from pcocc.batch.base import JobSpec
+
+        return JobSpec(
+            ntasks=request.ntasks,
+            cpus_per_task=request.cpus_per_task,
+            job_name=request.job_name,
+            options=tuple(request.extra_args),
+            env=dict(env or {}),
+        )
+
+    def allocate(
+        self, request: AllocRequest, command: Sequence[str], env: Mapping[str, str] | None = None
+    ) -> int:
+        return self.manager.allocate(self._spec(request, env), list(command))
+
+    def submit(self, request: AllocRequest, script: str) -> str:
+        return self.manager.submit(self._spec(request), script)
+
+    def launch_tasks(
+        self, job_id: str, ntasks: int, argv: Sequence[str], env: Mapping[str, str]
+    ) -> PopenTasks:
+        return PopenTasks(self.manager.launch_tasks(job_id, ntasks, list(argv), dict(env)))
+
+    def job_id_from_env(self, env: Mapping[str, str]) -> str | None:
+        return self.manager.job_id_from_env(env)
+
+    def cancel(self, job_id: str) -> None:
+        self.manager.cancel(job_id)
+
+    def nodes(self, job_id: str) -> list[str]:
+        return self.manager.nodes(job_id)
+
+
+def manager_settings(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """batch.yaml as loaded by pcocc.config -> the settings of the selected batch manager.
+
+    batch.yaml also holds ``etcd`` (not a batch manager setting) and Slurm options under
+    ``slurm:`` (``partition``, ``alloc-args``, ``srun-args``).
+    """
+    kind = batch.get("type", "local")
+    settings: dict[str, Any] = {"type": kind}
+    if kind == "slurm":
+        slurm = batch.get("slurm") or {}
+        alloc = list(slurm.get("alloc-args") or [])
+        if slurm.get("partition"):
+            alloc = ["-p", str(slurm["partition"]), *alloc]
+        if alloc:
+            settings["salloc-options"] = alloc
+            settings["sbatch-options"] = alloc
+        if slurm.get("srun-args"):
+            settings["srun-options"] = list(slurm["srun-args"])
+    return settings
+
+
+def batch_manager(config: Config) -> BatchAdapter:
+    from pcocc.batch.base import get_manager
+
+    return BatchAdapter(get_manager(manager_settings(config.batch)))
+
+
+def task_rank(env: Mapping[str, str]) -> int | None:
+    from pcocc.batch.base import task_rank as rank_of
+
+    return rank_of(env)
+
+
+# -- templates and images -----------------------------------------------------------------
+def resolved_templates(config: Config) -> dict[str, dict[str, Any]]:
+    """Every template with inheritance applied, as plain settings (plus ``resources``)."""
+    from pcocc.templates import resolve_all
+
+    result: dict[str, dict[str, Any]] = {}
+    for name, tpl in resolve_all(config).items():
+        settings = {key: s.value for key, s in tpl.settings.items()}
+        settings["resources"] = dict(tpl.resources)
+        result[name] = settings
+    return result
+
+
+def image_checker(config: Config) -> Callable[[str], None]:
+    """A function that raises NotFound when an image URI does not resolve to a VM image."""
+    from pcocc.repo.store import RepoSet
+
+    repos = RepoSet(config.repos)
+
+    def check(uri: str) -> None:
+        _repo, meta = repos.resolve(uri)
+        meta.vm_layers()  # Corrupt when it is a container image
+
+    return check
+
+
+def image_top_layer(config: Config, uri: str) -> Path:
+    """Path of the top qcow2 layer of image ``uri`` (its backing chain follows)."""
+    from pcocc.repo.store import RepoSet
+
+    repo, meta = RepoSet(config.repos).resolve(uri)
+    return Path(repo.blob_path(meta.vm_layers().layers[-1].digest))
+
+
+# -- QEMU ---------------------------------------------------------------------------------
+def _memory_mib(settings: Mapping[str, Any]) -> int:
+    resources = settings.get("resources") or {}
+    memory = resources.get("memory") or settings.get("memory")
+    if memory is None:
+        return 256
+    if isinstance(memory, int):
+        return max(memory // (1024 * 1024), 64)
+    from pcocc.config import parse_size
+
+    return max(parse_size(str(memory)) // (1024 * 1024), 64)
+
+
+def mount_args(definition: ClusterDefinition) -> tuple[list[str], str]:
+    """QEMU arguments sharing each ``--mount`` over 9p, and the ``pcocc/mounts`` seed file
+    (``TAG TARGET`` lines) that tells the guest where to mount them."""
+    args: list[str] = []
+    table = ""
+    for index, mount in enumerate(definition.mounts):
+        tag = f"pcocc{index}"
+        path = mount.source.replace(",", ",,")
+        args += [
+            "-fsdev",
+            f"local,id=fs{index},path={path},security_model=none",
+            "-device",
+            f"virtio-9p-pci,fsdev=fs{index},mount_tag={tag}",
+        ]
+        table += f"{tag} {mount.target}\n"
+    return args, table
+
+
+def _template_user_data(value: Any) -> str | None:
+    """A template's ``user-data``: a file name (read it) or the text itself."""
+    if not value:
+        return None
+    text = str(value)
+    if "\n" not in text and os.path.isfile(os.path.expanduser(text)):
+        return Path(os.path.expanduser(text)).read_text()
+    return text
+
+
+def hosts_file(definition: ClusterDefinition) -> str:
+    return "".join(f"{addr} {name}\n" for name, addr in definition.hosts_entries().items())
+
+
+class MachineVm:
+    """:class:`~pcocc.cluster.ports.VmHandle` over :class:`pcocc.vm.machine.Machine`."""
+
+    def __init__(self, machine: Any):
+        self.machine = machine
+        self.console_log = str(machine.console_log)
+
+    def launch(self) -> MachineInfo:
+        self.machine.launch()
+        # real paths: the /proc/self/fd/N forms of long ones only work inside this process
+        info = dict(self.machine.describe())
+        return MachineInfo(
+            pid=int(info.pop("pid")),
+            ssh_port=int(info.pop("ssh_port")),
+            qmp_socket=str(info.pop("qmp_socket")),
+            console_socket=str(info.pop("console_socket")),
+            console_log=str(info.pop("console_log")),
+            extra={k: v for k, v in info.items() if k != "name"},
+        )
+
+    def wait(self, timeout_s: float | None) -> int | None:
+        popen = self.machine.process
+        if popen is None:
+            return None
+        try:
+            return popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def shutdown(self) -> None:
+        self.machine.shutdown()
+
+
+def machine_factory(
+    config: Config | None, batchid: str
+) -> Callable[[ClusterDefinition, VmEntry, Path, Path], MachineVm]:
+    """Build the VM of one rank from its template (``make_vm`` of the node process)."""
+
+    def make(definition: ClusterDefinition, entry: VmEntry, node_dir: Path, host_key: Path):
+        from pcocc.vm.accel import resolve_accel
+        from pcocc.vm.machine import Machine
+        from pcocc.vm.qemu import VmSpec
+        from pcocc.vm.seed import HostKey, SeedSpec
+
+        s = entry.settings
+        image = None
+        if entry.image:
+            if config is None:
+                raise PcoccError(f"{entry.name}: no configuration to resolve '{entry.image}'")
+            image = image_top_layer(config, entry.image)
+        spec_args: dict[str, Any] = {
+            "name": entry.name,
+            "accel": resolve_accel(s.get("accel")),
+            "memory_mib": _memory_mib(s),
+            "smp": entry.cores,
+        }
+        share_args, mounts_table = mount_args(definition)
+        spec_args["custom_args"] = tuple(s.get("custom-args") or ()) + tuple(share_args)
+        for key, field_name in (
+            ("cpu-model", "cpu_model"),
+            ("machine-type", "machine_type"),
+            ("qemu-bin", "qemu_bin"),
+            ("nic-model", "nic_model"),
+            ("append", "append"),
+        ):
+            if s.get(key):
+                spec_args[field_name] = s[key]
+        for key in ("kernel", "initrd"):
+            if s.get(key):
+                spec_args[key] = Path(s[key])
+        public = host_key.with_suffix(".pub").read_text().strip()
+        seed = SeedSpec(
+            hostname=entry.name,
+            instance_id=f"pcocc-{batchid}-{entry.rank}",
+            authorized_keys=tuple(definition.ssh_authorized_keys),
+            host_key=HostKey(host_key.read_text(), public),
+            user_data=definition.user_data
+            if definition.user_data is not None
+            else _template_user_data(s.get("user-data")),
+            extra_files={"pcocc/hosts": hosts_file(definition), "pcocc/mounts": mounts_table},
+        )
+        machine = Machine(
+            VmSpec(**spec_args),
+            node_dir / "qemu",
+            image=image,
+            seed=seed,
+            boot_timeout_s=definition.boot_timeout_s,
+        )
+        return MachineVm(machine)
+
+    return make
+
+
+def python_command() -> list[str]:
+    """How to run this very pcocc on the nodes (same interpreter, no PATH lookup)."""
+    import sys
+
+    return [sys.executable, "-m", "pcocc.cli.main"]
+
+
+def config_env(system_dir: str, user_dir: str) -> dict[str, str]:
+    return {"PCOCC_SYSTEM_CONF_DIR": str(system_dir), "PCOCC_USER_CONF_DIR": str(user_dir)}

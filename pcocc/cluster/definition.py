@@ -1,0 +1,264 @@
+"""The cluster definition: which VMs to start, from which templates, with what.
+
+``parse_spec("compute:4,login:1")`` gives the (template, count) pairs; ``build_definition``
+checks them against the templates and the command-line overrides and produces a
+:class:`ClusterDefinition` with one :class:`VmEntry` per rank. Everything is checked here,
+before anything is allocated: a bad definition is a usage or configuration error (exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pcocc.errors import ConfigError, Corrupt, NotFound, UsageError
+
+FORMAT_VERSION = 1
+_TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+#: Subnet of the cluster's private addresses, used for /etc/hosts entries in the VMs.
+PRIVATE_NET = "10.252"
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+
+
+@dataclass
+class VmEntry:
+    rank: int
+    name: str
+    template: str
+    settings: dict[str, Any]
+    image: str | None
+    cores: int
+    address: str
+
+    @property
+    def hostname(self) -> str:
+        return self.name
+
+
+@dataclass
+class ClusterDefinition:
+    """Everything the node processes need to build their VM; stored in etcd as JSON."""
+
+    vms: list[VmEntry]
+    cores: int
+    mounts: list[Mount] = field(default_factory=list)
+    user_data: str | None = None
+    ssh_authorized_keys: list[str] = field(default_factory=list)
+    boot_timeout_s: float = 600.0
+    owner: str = ""
+    created: float = field(default_factory=time.time)
+    spec: str = ""
+    version: int = FORMAT_VERSION
+
+    @property
+    def size(self) -> int:
+        return len(self.vms)
+
+    def hosts_entries(self) -> dict[str, str]:
+        """Hostname -> private address of every VM (goes into each VM's /etc/hosts)."""
+        return {vm.name: vm.address for vm in self.vms}
+
+    def vm(self, rank: int) -> VmEntry:
+        if not 0 <= rank < len(self.vms):
+            raise NotFound(f"vm{rank} does not exist: the cluster has vm0 to vm{self.size - 1}")
+        return self.vms[rank]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ClusterDefinition:
+        """Parse a stored definition; anything unexpected is :class:`Corrupt`."""
+        try:
+            data = json.loads(text)
+            if data.get("version") != FORMAT_VERSION:
+                raise Corrupt(
+                    f"cluster definition has format version {data.get('version')!r},"
+                    f" expected {FORMAT_VERSION}",
+                    hint="the cluster was started by another version of pcocc",
+                )
+            vms = [VmEntry(**v) for v in data.pop("vms")]
+            mounts = [Mount(**m) for m in data.pop("mounts")]
+            for i, vm in enumerate(vms):
+                if vm.rank != i or not isinstance(vm.settings, dict):
+                    raise ValueError(f"entry {i} is not rank {i}")
+            return cls(vms=vms, mounts=mounts, **data)
+        except Corrupt:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise Corrupt(f"invalid cluster definition: {err}") from err
+
+
+def parse_spec(spec: str) -> list[tuple[str, int]]:
+    """``"tpl:N[,tpl2:M]"`` -> [(tpl, N), (tpl2, M)]; a bare ``tpl`` means one VM."""
+    if not spec or not spec.strip():
+        raise UsageError("empty cluster definition", hint="give it as TEMPLATE:COUNT, e.g. mytpl:2")
+    parts: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    for item in spec.split(","):
+        name, sep, count_text = item.strip().partition(":")
+        if not _TEMPLATE_NAME.match(name):
+            raise UsageError(
+                f"cluster definition '{spec}': '{item}' is not TEMPLATE:COUNT",
+                hint="e.g. 'mytpl:2,other:1'",
+            )
+        if sep:
+            if not count_text.isdigit() or int(count_text) < 1:
+                raise UsageError(
+                    f"cluster definition '{spec}': the count of '{name}' must be a positive"
+                    f" integer, not '{count_text}'"
+                )
+            count = int(count_text)
+        else:
+            count = 1
+        if name in seen:
+            raise UsageError(f"cluster definition '{spec}': template '{name}' is given twice")
+        seen.add(name)
+        parts.append((name, count))
+    return parts
+
+
+def parse_image_overrides(
+    values: Sequence[str], templates_in_spec: Sequence[str]
+) -> dict[str, str]:
+    """``--image [TPL=]IMAGE`` options -> {template: image} for templates of the definition."""
+    result: dict[str, str] = {}
+    for value in values:
+        tpl, sep, image = value.partition("=")
+        if not sep:
+            tpl, image = "", value
+        if not image:
+            raise UsageError(f"--image '{value}': no image given", hint="use --image [TPL=]IMAGE")
+        if tpl:
+            if tpl not in templates_in_spec:
+                raise UsageError(
+                    f"--image '{value}': template '{tpl}' is not in the cluster definition",
+                    hint=f"templates of this definition: {', '.join(templates_in_spec)}",
+                )
+            result[tpl] = image
+        else:
+            for name in templates_in_spec:
+                result[name] = image
+    return result
+
+
+def parse_mount(value: str) -> Mount:
+    """``SRC:DST`` -> Mount; the source must exist, the target must be absolute."""
+    src, sep, dst = value.partition(":")
+    if not sep or not src or not dst:
+        raise UsageError(f"--mount '{value}': expected SRC:DST")
+    if not dst.startswith("/"):
+        raise UsageError(f"--mount '{value}': the target '{dst}' must be an absolute path")
+    path = Path(src).expanduser()
+    if not path.exists():
+        raise UsageError(f"--mount '{value}': '{src}' does not exist")
+    return Mount(str(path.resolve()), dst)
+
+
+def read_user_data(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as err:
+        raise UsageError(f"--user-data '{path}': cannot read it: {err.strerror}") from err
+
+
+def vm_address(rank: int) -> str:
+    if rank >= 250 * 256:
+        raise UsageError(f"too many VMs ({rank + 1}) in one cluster")
+    return f"{PRIVATE_NET}.{rank // 250}.{rank % 250 + 1}"
+
+
+def _template_cores(name: str, settings: Mapping[str, Any]) -> int:
+    value = (settings.get("resources") or {}).get("cores", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"template '{name}': cores of its resource set must be a positive integer"
+        )
+    return value
+
+
+def build_definition(
+    spec: str,
+    templates: Mapping[str, Mapping[str, Any]],
+    *,
+    cores: int | None = None,
+    images: Sequence[str] = (),
+    mounts: Sequence[str] = (),
+    user_data_file: str | None = None,
+    ssh_authorized_keys: Sequence[str] = (),
+    owner: str = "",
+    boot_timeout_s: float = 600.0,
+    check_image: Callable[[str], None] | None = None,
+) -> ClusterDefinition:
+    """Validate a cluster definition and produce one entry per VM rank.
+
+    :param templates: resolved templates (inheritance already applied), by name
+    :param cores: cores of every VM (``-c``); default: the template's resource set, else 1
+    :param check_image: raises NotFound/UsageError when an image URI cannot be resolved
+    :raise UsageError: bad definition or option
+    :raise ConfigError: a template cannot run (no image and no kernel)
+    """
+    if cores is not None and cores < 1:
+        raise UsageError(f"-c/--cores must be at least 1, not {cores}")
+    parts = parse_spec(spec)
+    names = [name for name, _ in parts]
+    for name in names:
+        if name not in templates:
+            known = ", ".join(sorted(templates)) or "none defined"
+            raise UsageError(
+                f"cluster definition '{spec}': unknown template '{name}'",
+                hint=f"known templates: {known} (see 'pcocc template list')",
+            )
+    overrides = parse_image_overrides(images, names)
+    mount_list = [parse_mount(m) for m in mounts]
+    user_data = read_user_data(user_data_file) if user_data_file else None
+    checked: set[str] = set()
+    vms: list[VmEntry] = []
+    for name, count in parts:
+        settings = dict(templates[name])
+        image = overrides.get(name, settings.get("image"))
+        if not image and not settings.get("kernel"):
+            raise ConfigError(
+                f"template '{name}' has no image",
+                hint=f"set 'image' in the template or give --image {name}=IMAGE",
+            )
+        if image and check_image is not None and image not in checked:
+            try:
+                check_image(image)
+            except NotFound as err:
+                raise UsageError(f"template '{name}': {err}", hint=err.hint) from err
+            checked.add(image)
+        vm_cores = cores if cores is not None else _template_cores(name, settings)
+        for _ in range(count):
+            rank = len(vms)
+            vms.append(
+                VmEntry(
+                    rank=rank,
+                    name=f"vm{rank}",
+                    template=name,
+                    settings=settings,
+                    image=image,
+                    cores=vm_cores,
+                    address=vm_address(rank),
+                )
+            )
+    return ClusterDefinition(
+        vms=vms,
+        cores=max(vm.cores for vm in vms),
+        mounts=mount_list,
+        user_data=user_data,
+        ssh_authorized_keys=list(ssh_authorized_keys),
+        owner=owner,
+        boot_timeout_s=boot_timeout_s,
+        spec=spec,
+    )

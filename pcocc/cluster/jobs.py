@@ -1,0 +1,225 @@
+"""What ``pcocc alloc``, ``batch``, ``internal launcher`` and ``internal run`` do.
+
+The CLI parses options and calls these; they bind the runtime to the configuration, the
+batch manager, etcd and QEMU (through :mod:`pcocc.cluster.adapters`).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from pcocc.cluster import adapters, rundir
+from pcocc.cluster.definition import ClusterDefinition, build_definition
+from pcocc.cluster.launcher import Launcher, LaunchSettings
+from pcocc.cluster.node import NodeProcess, NodeSettings
+from pcocc.cluster.ports import AllocRequest
+from pcocc.cluster.sshkeys import ensure_user_key
+from pcocc.errors import UsageError
+
+if TYPE_CHECKING:
+    from pcocc.config import Config
+
+log = logging.getLogger(__name__)
+
+DEFINITION_VAR = "PCOCC_CLUSTER_DEFINITION"
+BOOT_TIMEOUT_VAR = "PCOCC_BOOT_TIMEOUT"
+DEFAULT_BOOT_TIMEOUT_S = 600.0
+
+
+def boot_timeout_s(env: Mapping[str, str]) -> float:
+    text = env.get(BOOT_TIMEOUT_VAR)
+    if not text:
+        return DEFAULT_BOOT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise UsageError(f"{BOOT_TIMEOUT_VAR}={text!r} is not a positive number of seconds")
+    return value
+
+
+def prepare_definition(
+    config: Config,
+    spec: str,
+    *,
+    cores: int | None,
+    images: Sequence[str],
+    mounts: Sequence[str],
+    user_data_file: str | None,
+) -> ClusterDefinition:
+    """Check the whole definition (templates, images, files) before anything is allocated."""
+    return build_definition(
+        spec,
+        adapters.resolved_templates(config),
+        cores=cores,
+        images=images,
+        mounts=mounts,
+        user_data_file=user_data_file,
+        ssh_authorized_keys=[ensure_user_key()],
+        owner=adapters.user_name(),
+        boot_timeout_s=boot_timeout_s(os.environ),
+        check_image=adapters.image_checker(config),
+    )
+
+
+def encode_definition(definition: ClusterDefinition) -> str:
+    return base64.b64encode(definition.to_json().encode()).decode()
+
+
+def decode_definition(text: str) -> ClusterDefinition:
+    try:
+        raw = base64.b64decode(text.encode(), validate=True).decode()
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UsageError(f"{DEFINITION_VAR} is not a pcocc cluster definition") from err
+    return ClusterDefinition.from_json(raw)
+
+
+def launcher_argv(command: str | None, *, debug: bool = False, hold: bool = False) -> list[str]:
+    argv = adapters.python_command()
+    if debug:
+        argv.append("--debug")
+    argv += ["internal", "launcher"]
+    if command is not None:
+        argv += ["-E", command]
+    elif hold:
+        argv.append("--hold")
+    return argv
+
+
+def _request(definition: ClusterDefinition, batch_args: Sequence[str]) -> AllocRequest:
+    return AllocRequest(
+        ntasks=definition.size,
+        cpus_per_task=definition.cores,
+        job_name="pcocc",
+        extra_args=tuple(batch_args),
+    )
+
+
+def alloc(
+    config: Config,
+    definition: ClusterDefinition,
+    batch_args: Sequence[str],
+    command: str | None,
+    *,
+    debug: bool = False,
+) -> int:
+    """Allocate and run the launcher interactively inside; return its exit status."""
+    batch = adapters.batch_manager(config)
+    env = {
+        DEFINITION_VAR: encode_definition(definition),
+        **adapters.config_env(str(config.system_dir), str(config.user_dir)),
+    }
+    os.environ.update(env)  # salloc passes our environment to the launcher
+    return batch.allocate(
+        _request(definition, batch_args), launcher_argv(command, debug=debug), env=env
+    )
+
+
+def batch_script(definition: ClusterDefinition, command: str | None, config: Config) -> str:
+    """The job script of ``pcocc batch``: it runs the launcher with the definition inline."""
+    env = adapters.config_env(str(config.system_dir), str(config.user_dir))
+    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+    return (
+        "#!/bin/sh\n"
+        "# pcocc virtual cluster: "
+        + definition.spec.replace("\n", " ")
+        + "\n"
+        + exports
+        + f"export {DEFINITION_VAR}={shlex.quote(encode_definition(definition))}\n"
+        + "exec "
+        + shlex.join(launcher_argv(command, hold=True))
+        + "\n"
+    )
+
+
+def submit(
+    config: Config,
+    definition: ClusterDefinition,
+    batch_args: Sequence[str],
+    command: str | None,
+) -> str:
+    """Submit a batch job running the cluster and ``command``; return the job id."""
+    batch = adapters.batch_manager(config)
+    return batch.submit(_request(definition, batch_args), batch_script(definition, command, config))
+
+
+def run_launcher(
+    config: Config,
+    command: str | None,
+    *,
+    report: Callable[[str], None],
+    debug: bool = False,
+    hold: bool = False,
+) -> int:
+    """``pcocc internal launcher``: the cluster's life inside its allocation."""
+    text = os.environ.get(DEFINITION_VAR)
+    if not text:
+        raise UsageError(
+            f"no cluster definition ({DEFINITION_VAR} is not set)",
+            hint="'pcocc internal launcher' is started by 'pcocc alloc' or 'pcocc batch'",
+        )
+    definition = decode_definition(text)
+    os.umask(0o077)  # run files, sockets, logs, the private etcd: for this user only
+    batch = adapters.batch_manager(config)
+    batchid = batch.job_id_from_env(os.environ)
+    if not batchid:
+        raise UsageError("the launcher does not run inside a job (no job id in the environment)")
+    user = adapters.user_name()
+    cluster_dir = rundir.cluster_dir(batchid)
+    env = {k: v for k, v in os.environ.items() if k != DEFINITION_VAR}
+    try:
+        with adapters.etcd_for_job(cluster_dir, env, config) as kv_env:
+            env.update(kv_env)
+            kv = adapters.EtcdKv.from_env(env)
+            try:
+                node_argv = adapters.python_command()
+                if debug:
+                    node_argv.append("--debug")
+                node_argv += ["internal", "run"]
+                settings = LaunchSettings(
+                    user=user,
+                    batchid=batchid,
+                    node_argv=node_argv,
+                    command=command,
+                    env=env,
+                    hold=hold,
+                    remove_run_dir=False,
+                )
+                return Launcher(kv, batch, definition, settings, report=report).run()
+            finally:
+                kv.close()
+    finally:
+        rundir.remove_cluster_dir(batchid)
+
+
+def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int:
+    """``pcocc internal run``: the node process of one VM."""
+    os.umask(0o077)  # the VM's run files, sockets and logs: for this user only
+    rank = rank if rank is not None else adapters.task_rank(os.environ)
+    if rank is None:
+        raise UsageError("no VM rank: give --rank or run as a task of the launcher")
+    batchid = job_id or os.environ.get("PCOCC_JOB_ID")
+    if not batchid:
+        raise UsageError("no cluster id: give --job or set PCOCC_JOB_ID")
+    endpoints = adapters.configured_endpoints(config, os.environ)
+    if not endpoints:
+        raise UsageError(
+            f"no etcd to use: {adapters.ENDPOINTS_VAR} is not set",
+            hint="'pcocc internal run' is started by 'pcocc internal launcher'",
+        )
+    kv = adapters.open_kv(endpoints)
+    try:
+        node = NodeProcess(
+            kv,
+            NodeSettings(user=adapters.user_name(), batchid=batchid, rank=rank),
+            adapters.machine_factory(config, batchid),
+        )
+        return node.run()
+    finally:
+        kv.close()

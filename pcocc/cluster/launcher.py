@@ -1,0 +1,309 @@
+"""``pcocc internal launcher``: runs inside the allocation, owns the cluster's life.
+
+It publishes the definition (leased), starts one node process per VM through the batch
+manager, waits (etcd watch) until every VM runs, runs the user's command or shell with
+``PCOCC_JOB_ID`` set, and always tears down: stops the node processes and removes every key
+of the cluster — after the command, on Ctrl-C, scancel (SIGTERM), a node or QEMU failure, or
+a boot timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pcocc import proc
+from pcocc.cluster import keys, rundir
+from pcocc.cluster.definition import ClusterDefinition
+from pcocc.cluster.ports import Batch, Kv, Lease, TaskGroup
+from pcocc.cluster.record import ClusterRecord
+from pcocc.cluster.signals import Interrupted, deferred_signals, raising_on_signals
+from pcocc.cluster.state import ClusterLifecycle, ClusterState
+from pcocc.cluster.vmstate import FAILED, RUNNING, STOPPED, VmRecord
+from pcocc.errors import Corrupt, PcoccError
+
+log = logging.getLogger(__name__)
+
+LEASE_TTL_S = 10
+
+
+class ClusterFailed(PcoccError):
+    """The virtual cluster could not start or stopped working."""
+
+
+@dataclass
+class LaunchSettings:
+    user: str
+    batchid: str
+    #: argv of one node process (``pcocc internal run``), started once per VM
+    node_argv: list[str]
+    #: the ``-E`` command (run with ``sh -c``) or None for the interactive shell
+    command: str | None = None
+    #: without a command: keep the cluster until a signal (batch jobs) instead of a shell
+    hold: bool = False
+    shell: str = "/bin/sh"
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    host: str = field(default_factory=socket.gethostname)
+    tick_s: float = 0.5
+    #: remove the cluster's run dir on this host at the end (off when something else, like a
+    #: private etcd, still lives in it and its owner removes it)
+    remove_run_dir: bool = True
+
+
+class Launcher:
+    def __init__(
+        self,
+        kv: Kv,
+        batch: Batch,
+        definition: ClusterDefinition,
+        settings: LaunchSettings,
+        report: Callable[[str], None] = lambda msg: log.info("%s", msg),
+    ):
+        self.kv = kv
+        self.batch = batch
+        self.definition = definition
+        self.s = settings
+        self.report = report
+        self.lifecycle = ClusterLifecycle(on_change=self._publish)
+        self.prefix = keys.cluster_prefix(settings.user, settings.batchid)
+        self._lease: Lease | None = None
+        self._tasks: TaskGroup | None = None
+        self._command: subprocess.Popen | None = None
+        self._seen: dict[int, VmRecord] = {}
+
+    # -- the whole life -------------------------------------------------------------------
+    def run(self) -> int:
+        """Start the cluster, run the command, tear down; return the command's exit status.
+
+        :raise ClusterFailed: a VM failed, disappeared or did not boot in time
+        :raise Interrupted: a signal stopped the cluster (after the teardown)
+        """
+        try:
+            with raising_on_signals():
+                with self.kv.lease(LEASE_TTL_S) as lease:
+                    self._lease = lease
+                    try:
+                        return self._start_and_run()
+                    except BaseException as err:
+                        self.lifecycle.fail(_describe(err))
+                        raise
+                    finally:
+                        self._teardown()
+        finally:
+            if self.s.remove_run_dir:
+                rundir.remove_cluster_dir(self.s.batchid)
+
+    def _start_and_run(self) -> int:
+        self.lifecycle.to(ClusterState.BOOTING)
+        n = self.definition.size
+        env = dict(self.s.env)
+        env["PCOCC_JOB_ID"] = self.s.batchid
+        self._tasks = self.batch.launch_tasks(self.s.batchid, n, self.s.node_argv, env)
+        self.report(f"booting {n} VM{'s' if n > 1 else ''}")
+        self._wait_running()
+        self.lifecycle.to(ClusterState.RUNNING)
+        self.report(f"cluster {self.s.batchid} is running: " + ", ".join(self._vm_places()))
+        return self._run_command(env)
+
+    # -- boot -----------------------------------------------------------------------------
+    def _wait_running(self) -> None:
+        timeout_s = self.definition.boot_timeout_s
+        try:
+            self.kv.wait_for(
+                keys.vms_prefix(self.s.user, self.s.batchid),
+                lambda snap: True if self._check(snap, booting=True) else None,
+                timeout_s,
+                self.s.tick_s,
+            )
+        except TimeoutError:
+            missing = [
+                f"vm{r}"
+                for r in range(self.definition.size)
+                if r not in self._seen or self._seen[r].status != RUNNING
+            ]
+            logs = [
+                f"{rec.name}: {rec.host}:{rec.console_log}"
+                for r, rec in sorted(self._seen.items())
+                if rec.console_log and rec.status != RUNNING
+            ]
+            accel = {vm.settings.get("accel", "auto") for vm in self.definition.vms}
+            raise ClusterFailed(
+                f"{', '.join(missing)} not running after {timeout_s:g} s"
+                f" (accelerator: {', '.join(sorted(accel))})",
+                hint=("console logs: " + "; ".join(logs))
+                if logs
+                else "no node process reported; check the batch job's output",
+            ) from None
+
+    def _check(self, snapshot: Mapping[str, str], *, booting: bool) -> bool:
+        """Raise ClusterFailed on any failed or vanished VM; True when all are running."""
+        records: dict[int, VmRecord] = {}
+        for key, value in snapshot.items():
+            rank = keys.parse_vm_state_key(key)
+            if rank is None:
+                continue
+            try:
+                records[rank] = VmRecord.from_json(value)
+            except Corrupt as err:
+                raise ClusterFailed(f"vm{rank}: {err}") from err
+        for _, rec in sorted(records.items()):
+            if rec.status in (FAILED, STOPPED):
+                what = "failed" if rec.status == FAILED else "stopped"
+                tail = rec.extra.get("console_tail")
+                raise ClusterFailed(
+                    f"{rec.name} {what} on {rec.host}: {rec.error or 'QEMU exited'}",
+                    hint=f"last console lines: {tail}" if tail else None,
+                )
+        for rank, old in sorted(self._seen.items()):
+            if rank not in records:
+                raise ClusterFailed(
+                    f"{old.name} disappeared: its node process on {old.host}"
+                    f" (pid {old.node_pid}) stopped without cleaning up",
+                    hint="the node may have failed; check the batch job's output",
+                )
+        self._seen.update(records)
+        all_running = len(records) == self.definition.size and all(
+            rec.status == RUNNING for rec in records.values()
+        )
+        if self._tasks is not None:
+            status = self._tasks.poll()
+            if status is not None:
+                missing = [f"vm{r}" for r in range(self.definition.size) if r not in records]
+                what = f" ({', '.join(missing)} never reported)" if missing else ""
+                raise ClusterFailed(
+                    f"the node processes exited with status {status}{what}",
+                    hint="check the batch job's output for their messages",
+                )
+        if not booting and not all_running:
+            raise ClusterFailed("a VM is no longer running")
+        return all_running
+
+    def _vm_places(self) -> list[str]:
+        return [f"{rec.name}@{rec.host}" for _, rec in sorted(self._seen.items())]
+
+    # -- the user's command -----------------------------------------------------------------
+    def _run_command(self, env: dict[str, str]) -> int:
+        if self.s.command is not None:
+            # Its own session: Ctrl-C reaches the launcher, which stops the whole group.
+            argv = [self.s.shell, "-c", self.s.command]
+            self._command = proc.spawn(argv, env=env, stdout=None, stderr=None, new_session=True)
+            return self._supervise_command()
+        if self.s.hold:
+            self.report("no command: the cluster runs until the job ends or is cancelled")
+            return self._supervise_command()
+        # The interactive shell stays in the terminal's process group and handles Ctrl-C
+        # itself; the launcher only reacts to SIGTERM/SIGHUP meanwhile.
+        shell = env.get("SHELL") or "/bin/sh"
+        self._command = proc.spawn(
+            [shell], env=env, stdin=None, stdout=None, stderr=None, new_session=False
+        )
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            return self._supervise_command()
+        finally:
+            signal.signal(signal.SIGINT, old)
+
+    def _supervise_command(self) -> int:
+        cmd = self._command
+
+        def done(snapshot: dict[str, str]) -> int | None:
+            status = cmd.poll() if cmd is not None else None
+            if status is not None:
+                return status
+            self._check(snapshot, booting=False)
+            return None
+
+        return self.kv.wait_for(
+            keys.vms_prefix(self.s.user, self.s.batchid), done, None, self.s.tick_s
+        )
+
+    # -- teardown ---------------------------------------------------------------------------
+    def _teardown(self) -> None:
+        with deferred_signals() as received:
+            self.lifecycle.tear_down()
+            if self._command is not None and self._command.poll() is None:
+                proc.stop(self._command, timeout_s=5)
+            if self._tasks is not None:
+                try:
+                    self._tasks.stop(timeout_s=15)
+                except Exception as err:  # keep tearing down; say what was left
+                    log.warning("could not stop the node processes: %s", err)
+            self._reap_orphans()
+            try:
+                self.kv.delete_prefix(self.prefix)
+            except Exception as err:
+                log.warning("could not remove the keys of cluster %s: %s", self.s.batchid, err)
+            self.lifecycle.finish()
+            if received:
+                log.debug("signals received during teardown: %s", received)
+
+    def _reap_orphans(self) -> None:
+        """Kill QEMUs on this host whose node process died without stopping them.
+
+        A node process killed with SIGKILL cannot stop its QEMU (which runs in a session of
+        its own); the launcher knows their pids from etcd. Elsewhere the batch system's
+        process tracking does the same at the end of the job.
+        """
+        for rec in self._seen.values():
+            if rec.pid and rec.host == self.s.host and is_our_qemu(rec.pid):
+                log.info("%s: stopping QEMU (pid %d) left by its node process", rec.name, rec.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rec.pid, signal.SIGKILL)
+
+    def _publish(self, state: ClusterState) -> None:
+        if state.is_final:
+            return  # the keys are gone by then
+        record = ClusterRecord(
+            batchid=self.s.batchid,
+            definition=self.definition,
+            state=state,
+            host=self.s.host,
+            launcher_pid=os.getpid(),
+            batch=getattr(self.batch, "name", ""),
+            error=self.lifecycle.error,
+        )
+        try:
+            self.kv.put(keys.definition(self.s.user, self.s.batchid), record.to_json(), self._lease)
+        except Exception:
+            if state is ClusterState.TEARING_DOWN:
+                log.warning("could not record the teardown of cluster %s", self.s.batchid)
+                return
+            raise
+
+
+def is_our_qemu(pid: int) -> bool:
+    """True when ``pid`` is a living QEMU of this user (pids are reused: check both)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        owner = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return False
+    return owner == os.getuid() and bool(cmdline) and b"qemu-system" in cmdline[0]
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, Interrupted):
+        return str(err)
+    if isinstance(err, PcoccError):
+        return err.message
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted"
+    return f"{type(err).__name__}: {err}"
+
+
+def node_command(python: str, *, debug: bool = False) -> list[str]:
+    """argv of one node process, run with the same Python as this pcocc."""
+    argv = [python, "-m", "pcocc.cli.main"]
+    if debug:
+        argv.append("--debug")
+    return [*argv, "internal", "run"]
+
+
+__all__: Sequence[str] = ("Launcher", "LaunchSettings", "ClusterFailed", "node_command")

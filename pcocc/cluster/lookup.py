@@ -1,0 +1,200 @@
+"""Find the user's running clusters in etcd, for ``ps``, ``ssh``, ``console`` and friends."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pcocc.cluster import keys
+from pcocc.cluster.ports import Kv
+from pcocc.cluster.record import ClusterRecord
+from pcocc.cluster.vmstate import RUNNING, VmRecord
+from pcocc.errors import Corrupt, NotFound, UsageError
+
+log = logging.getLogger(__name__)
+
+JOB_VARS = ("PCOCC_JOB_ID", "SLURM_JOB_ID")
+
+
+@dataclass
+class ClusterView:
+    """One cluster as etcd shows it: the launcher's record, VM states, forwarded ports."""
+
+    batchid: str
+    record: ClusterRecord
+    vms: dict[int, VmRecord] = field(default_factory=dict)
+    rnat: dict[tuple[int, int], str] = field(default_factory=dict)
+    kv: Kv | None = None
+
+    @property
+    def size(self) -> int:
+        return self.record.definition.size
+
+    @property
+    def hosts(self) -> list[str]:
+        return sorted({rec.host for rec in self.vms.values()})
+
+    @property
+    def age_s(self) -> float:
+        return max(0.0, time.time() - self.record.definition.created)
+
+    def running_count(self) -> int:
+        return sum(1 for rec in self.vms.values() if rec.status == RUNNING)
+
+    def vm(self, name: str) -> VmRecord:
+        """The state of ``vmN`` (or ``N``); NotFound with the valid names otherwise."""
+        rank = parse_vm_name(name)
+        self.record.definition.vm(rank)  # NotFound when out of range
+        rec = self.vms.get(rank)
+        if rec is None:
+            raise NotFound(
+                f"vm{rank} of cluster {self.batchid} is not running",
+                hint=f"the cluster is {self.record.state.value}; see 'pcocc ps'",
+            )
+        return rec
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.batchid,
+            "state": self.record.state.value,
+            "vms": self.size,
+            "running": self.running_count(),
+            "nodes": self.hosts,
+            "age_s": round(self.age_s, 1),
+            "spec": self.record.definition.spec,
+            "batch": self.record.batch,
+            "launcher_host": self.record.host,
+            "error": self.record.error,
+        }
+
+
+def parse_vm_name(name: str) -> int:
+    text = name[2:] if name.startswith("vm") else name
+    if not text.isdigit():
+        raise UsageError(f"'{name}' is not a VM name", hint="VMs are named vm0, vm1, ...")
+    return int(text)
+
+
+def clusters_of(kv: Kv, user: str) -> list[ClusterView]:
+    """Every cluster of ``user`` in this etcd, by batch id."""
+    snapshot = kv.get_prefix(keys.user_clusters_prefix(user))
+    views: dict[str, ClusterView] = {}
+    parts: dict[str, list[tuple[str, str]]] = {}
+    for key, value in snapshot.items():
+        parsed = keys.split_cluster_key(user, key)
+        if parsed is None:
+            continue
+        batchid, rest = parsed
+        parts.setdefault(batchid, []).append((rest, value))
+    for batchid, entries in parts.items():
+        defs = [v for rest, v in entries if rest == "definition"]
+        if not defs:
+            continue  # a cluster being torn down: its definition goes first
+        try:
+            view = ClusterView(batchid, ClusterRecord.from_json(defs[0]), kv=kv)
+        except Corrupt as err:
+            log.warning("cluster %s: %s", batchid, err)
+            continue
+        for rest, value in entries:
+            segs = rest.split("/")
+            if len(segs) == 3 and segs[0] == "vms" and segs[2] == "state" and segs[1].isdigit():
+                try:
+                    view.vms[int(segs[1])] = VmRecord.from_json(value)
+                except Corrupt as err:
+                    log.warning("cluster %s: vm%s: %s", batchid, segs[1], err)
+            elif len(segs) == 3 and segs[0] == "rnat" and segs[1].isdigit() and segs[2].isdigit():
+                view.rnat[(int(segs[1]), int(segs[2]))] = value
+        views[batchid] = view
+    return [views[b] for b in sorted(views, key=_batchid_order)]
+
+
+def _batchid_order(batchid: str) -> tuple[int, str]:
+    return (int(batchid), "") if batchid.isdigit() else (1 << 62, batchid)
+
+
+def all_clusters(kvs: Sequence[Kv], user: str) -> list[ClusterView]:
+    found: list[ClusterView] = []
+    for kv in kvs:
+        found += clusters_of(kv, user)
+    return found
+
+
+def select_cluster(
+    clusters: Sequence[ClusterView], job_id: str | None, env: Mapping[str, str]
+) -> ClusterView:
+    """The cluster a user command acts on.
+
+    ``-j JOBID`` first, then ``PCOCC_JOB_ID``/``SLURM_JOB_ID`` (when a cluster runs in that
+    job), else the only cluster of the user.
+
+    :raise NotFound: no such cluster, or none at all
+    :raise UsageError: several clusters and nothing says which
+    """
+    by_id = {c.batchid: c for c in clusters}
+    if job_id is not None:
+        if job_id not in by_id:
+            raise NotFound(
+                f"no running cluster with id {job_id}",
+                hint=_running_hint(clusters),
+            )
+        return by_id[job_id]
+    for var in JOB_VARS:
+        value = env.get(var)
+        if value and value in by_id:
+            return by_id[value]
+        if value and var == "PCOCC_JOB_ID":
+            raise NotFound(
+                f"cluster {value} (from {var}) is not running", hint=_running_hint(clusters)
+            )
+    if not clusters:
+        raise NotFound(
+            "you have no running cluster",
+            hint="start one with 'pcocc alloc' or 'pcocc batch'",
+        )
+    if len(clusters) > 1:
+        ids = ", ".join(c.batchid for c in clusters)
+        raise UsageError(
+            f"you have several running clusters ({ids})",
+            hint="choose one with -j JOBID",
+        )
+    return clusters[0]
+
+
+def _running_hint(clusters: Sequence[ClusterView]) -> str:
+    if not clusters:
+        return "you have no running cluster; see 'pcocc ps'"
+    return "running clusters: " + ", ".join(c.batchid for c in clusters)
+
+
+def format_age(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+def ps_table(clusters: Sequence[ClusterView]) -> str:
+    rows = [("ID", "STATE", "VMS", "NODES", "AGE")]
+    for c in clusters:
+        rows.append(
+            (
+                c.batchid,
+                c.record.state.value,
+                f"{c.running_count()}/{c.size}",
+                ",".join(c.hosts) or "-",
+                format_age(c.age_s),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+#: opens a Kv from an endpoints string
+OpenKv = Callable[[str], Kv]

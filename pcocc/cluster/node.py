@@ -1,0 +1,200 @@
+"""``pcocc internal run``: the node process of one VM.
+
+It reads the cluster definition from etcd, builds and starts the VM of its rank in a private
+run dir, publishes the VM's state under a lease kept alive while QEMU runs (so a dead node
+process makes its VM disappear from etcd), and stops QEMU and cleans up when QEMU exits, when
+the launcher's definition key vanishes, or on SIGTERM (srun or scancel stopping the step).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pcocc import proc
+from pcocc.cluster import keys, rundir
+from pcocc.cluster.definition import ClusterDefinition, VmEntry
+from pcocc.cluster.ports import Kv, Lease, VmHandle
+from pcocc.cluster.record import ClusterRecord
+from pcocc.cluster.signals import Interrupted, deferred_signals, raising_on_signals
+from pcocc.cluster.vmstate import BOOTING, FAILED, RUNNING, STOPPED, VmRecord
+from pcocc.errors import NotFound, PcoccError
+
+log = logging.getLogger(__name__)
+
+LEASE_TTL_S = 10
+#: How long a failed node keeps its 'failed' record visible before it exits.
+FAILED_LINGER_S = 5.0
+SSH_PORT = 22
+
+#: Builds the VM of one rank: (definition, entry, node dir, host key file) -> handle. The
+#: node dir is private to this VM; the VM may use a subdirectory of it as its run dir.
+MakeVm = Callable[[ClusterDefinition, VmEntry, Path, Path], VmHandle]
+
+
+@dataclass
+class NodeSettings:
+    user: str
+    batchid: str
+    rank: int
+    host: str = field(default_factory=socket.gethostname)
+    tick_s: float = 0.5
+    linger_s: float = FAILED_LINGER_S
+
+
+def generate_host_key(vm_dir: Path, name: str) -> Path:
+    """A fresh ed25519 host key for the VM (private file 0600, public next to it)."""
+    path = vm_dir / "ssh_host_ed25519_key"
+    for p in (path, path.with_suffix(".pub")):
+        p.unlink(missing_ok=True)
+    proc.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", path],
+        what="generate the VM's ssh host key",
+    )
+    path.chmod(0o600)
+    return path
+
+
+def console_tail(path: str | None, max_lines: int = 5) -> str:
+    """The last non-empty lines of a console log, joined with ' | '."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
+    return " | ".join(lines[-max_lines:])
+
+
+class NodeProcess:
+    def __init__(self, kv: Kv, settings: NodeSettings, make_vm: MakeVm):
+        self.kv = kv
+        self.s = settings
+        self.make_vm = make_vm
+        self.record = VmRecord(
+            rank=settings.rank, host=settings.host, status=BOOTING, node_pid=os.getpid()
+        )
+        self._lease: Lease | None = None
+        self._def_key = keys.definition(settings.user, settings.batchid)
+        #: set by whoever runs this node in a thread (signals reach only the main thread)
+        self.stop_requested = threading.Event()
+
+    def run(self) -> int:
+        """Run the VM until it stops or we are told to; 0 when stopped on request."""
+        definition = self._read_definition()
+        entry = definition.vm(self.s.rank)
+        vm_dir = rundir.vm_dir(self.s.batchid, self.s.rank)
+        vm: VmHandle | None = None
+        try:
+            with raising_on_signals(), self.kv.lease(LEASE_TTL_S) as lease:
+                self._lease = lease
+                self._publish()
+                try:
+                    host_key = generate_host_key(vm_dir, entry.name)
+                    self.record.host_key = host_key.with_suffix(".pub").read_text().strip()
+                    vm = self.make_vm(definition, entry, vm_dir, host_key)
+                    self.record.console_log = vm.console_log
+                    self._publish()
+                    info = vm.launch()
+                    self.record.pid = info.pid
+                    self.record.ssh_port = info.ssh_port
+                    self.record.qmp_socket = info.qmp_socket
+                    self.record.console_socket = info.console_socket
+                    self.record.console_log = info.console_log
+                    self.record.extra = dict(info.extra)
+                    self.record.status = RUNNING
+                    self._publish()
+                    self.kv.put(
+                        keys.rnat(self.s.user, self.s.batchid, self.s.rank, SSH_PORT),
+                        f"{self.s.host}:{info.ssh_port}",
+                        lease,
+                    )
+                    return self._supervise(vm)
+                except Interrupted:
+                    return 0
+                except PcoccError as err:
+                    self._report_failure(FAILED, err.message)
+                    raise
+                except Exception as err:
+                    self._report_failure(FAILED, f"{type(err).__name__}: {err}")
+                    raise
+                finally:
+                    with deferred_signals():
+                        if vm is not None:
+                            try:
+                                vm.shutdown()
+                            except Exception as err:
+                                log.warning("vm%d: shutdown failed: %s", self.s.rank, err)
+        except Interrupted:
+            return 0
+        finally:
+            rundir.remove_tree(vm_dir)
+            rundir.remove_empty_parents(vm_dir)
+
+    def _read_definition(self) -> ClusterDefinition:
+        text = self.kv.get(self._def_key)
+        if text is None:
+            raise NotFound(
+                f"cluster {self.s.batchid} has no definition in etcd",
+                hint="'pcocc internal run' is started by 'pcocc internal launcher'",
+            )
+        return ClusterRecord.from_json(text).definition
+
+    def _supervise(self, vm: VmHandle) -> int:
+        """Wait for QEMU to exit or the launcher's definition to vanish."""
+
+        def check(snapshot: dict[str, str]) -> tuple[str, int | None] | None:
+            status = vm.wait(0)
+            if status is not None:
+                return ("exited", status)
+            if self._def_key not in snapshot or self.stop_requested.is_set():
+                return ("released", None)
+            return None
+
+        what, status = self.kv.wait_for(self._def_key, check, None, self.s.tick_s)
+        if what == "released":
+            log.info("vm%d: the cluster is being torn down; stopping", self.s.rank)
+            return 0
+        self._report_failure(STOPPED, f"QEMU exited with status {status}")
+        return 1
+
+    def _report_failure(self, status: str, error: str) -> None:
+        self.record.status = status
+        self.record.error = error
+        tail = console_tail(self.record.console_log)
+        if tail:
+            # the run dir goes away with the cluster: keep the last words of the guest
+            self.record.extra["console_tail"] = tail
+        try:
+            self._publish()
+        except Exception as err:
+            log.warning("vm%d: could not publish its failure: %s", self.s.rank, err)
+            return
+        # Keep the record visible a moment (the launcher watches for it); SIGTERM ends it.
+        deadline = time.monotonic() + self.s.linger_s
+        try:
+            while (
+                time.monotonic() < deadline
+                and not self.stop_requested.is_set()
+                and self.kv.get(self._def_key) is not None
+            ):
+                time.sleep(min(self.s.tick_s, 0.2))
+        except Interrupted:
+            pass
+
+    def _publish(self) -> None:
+        self.kv.put(
+            keys.vm_state(self.s.user, self.s.batchid, self.s.rank),
+            self.record.to_json(),
+            self._lease,
+        )

@@ -1,0 +1,61 @@
+"""Turn termination signals into exceptions, so that ``finally`` blocks tear down."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+from pcocc.errors import PcoccError
+
+TERMINATING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(PcoccError):
+    """A signal asked us to stop (Ctrl-C, scancel, a closed terminal)."""
+
+    exit_status = 130
+
+    def __init__(self, signum: int):
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {name}")
+        self.signum = signum
+        self.exit_status = 128 + signum  # as a shell reports a command killed by it
+
+
+@contextlib.contextmanager
+def raising_on_signals(signals: tuple[int, ...] = TERMINATING) -> Iterator[None]:
+    """Raise :class:`Interrupted` in the main thread when one of ``signals`` arrives."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread can own signal handlers
+        return
+    old = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def deferred_signals(signals: tuple[int, ...] = TERMINATING) -> Iterator[list[int]]:
+    """Ignore ``signals`` in this block (teardown must finish); yields those received."""
+    received: list[int] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        received.append(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    old = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield received
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

@@ -1,0 +1,85 @@
+"""The user's ssh key for VMs, and per-cluster ssh configuration with pinned host keys."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pcocc import proc
+from pcocc.cluster.vmstate import RUNNING, VmRecord
+from pcocc.fsutil import write_atomic
+
+
+def user_key_path() -> Path:
+    return Path(os.path.expanduser("~")) / ".pcocc" / "ssh" / "id_ed25519"
+
+
+def ensure_user_key(path: Path | None = None) -> str:
+    """The public key of ``~/.pcocc/ssh/id_ed25519``, generated (no passphrase) if missing."""
+    path = path or user_key_path()
+    pub = path.with_name(path.name + ".pub")
+    if not path.exists() or not pub.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        pub.unlink(missing_ok=True)
+        proc.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pcocc", "-f", path],
+            what="generate your pcocc ssh key",
+        )
+    return pub.read_text().strip()
+
+
+def host_alias(batchid: str, name: str) -> str:
+    return f"pcocc-{batchid}-{name}"
+
+
+def known_hosts_text(batchid: str, vms: dict[int, VmRecord]) -> str:
+    return "".join(
+        f"{host_alias(batchid, rec.name)} {rec.host_key}\n"
+        for _, rec in sorted(vms.items())
+        if rec.host_key
+    )
+
+
+def ssh_config_text(
+    batchid: str, vms: dict[int, VmRecord], known_hosts: Path, identity: Path
+) -> str:
+    """An ssh_config with one ``Host vmN`` per running VM; host keys are checked strictly."""
+    lines = []
+    for _, rec in sorted(vms.items()):
+        if rec.status != RUNNING or rec.ssh_port is None:
+            continue
+        lines += [
+            f"Host {rec.name}",
+            f"    HostName {_ssh_host(rec.host)}",
+            f"    Port {rec.ssh_port}",
+            f"    HostKeyAlias {host_alias(batchid, rec.name)}",
+        ]
+    lines += [
+        "Host *",
+        f'    UserKnownHostsFile "{known_hosts}"',
+        "    GlobalKnownHostsFile /dev/null",
+        "    StrictHostKeyChecking yes",
+        "    CheckHostIP no",
+        f'    IdentityFile "{identity}"',
+        "    IdentitiesOnly yes",
+        "    LogLevel ERROR",
+        "    ConnectTimeout 20",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _ssh_host(host: str) -> str:
+    """QEMU forwards the ssh port on the node's loopback: reach it there when it is us."""
+    import socket
+
+    return "127.0.0.1" if host in (socket.gethostname(), "localhost") else host
+
+
+def write_ssh_files(directory: Path, batchid: str, vms: dict[int, VmRecord]) -> Path:
+    """Write known_hosts and ssh_config (0600) in ``directory``; return the config path."""
+    known = directory / "known_hosts"
+    config = directory / "ssh_config"
+    write_atomic(known, known_hosts_text(batchid, vms).encode(), mode=0o600)
+    write_atomic(config, ssh_config_text(batchid, vms, known, user_key_path()).encode(), mode=0o600)
+    return config

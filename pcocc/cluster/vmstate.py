@@ -1,0 +1,49 @@
+"""The state record each node process publishes for its VM (leased etcd key)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pcocc.errors import Corrupt
+
+BOOTING = "booting"
+RUNNING = "running"
+FAILED = "failed"
+STOPPED = "stopped"
+STATUSES = (BOOTING, RUNNING, FAILED, STOPPED)
+
+
+@dataclass
+class VmRecord:
+    rank: int
+    host: str
+    status: str
+    node_pid: int
+    pid: int | None = None
+    ssh_port: int | None = None
+    qmp_socket: str | None = None
+    console_socket: str | None = None
+    console_log: str | None = None
+    host_key: str | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"vm{self.rank}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> VmRecord:
+        try:
+            data = json.loads(text)
+            rec = cls(**data)
+        except (ValueError, TypeError) as err:
+            raise Corrupt(f"invalid VM state record: {err}") from err
+        if rec.status not in STATUSES or not isinstance(rec.rank, int):
+            raise Corrupt(f"invalid VM state record: status {rec.status!r}")
+        return rec

@@ -1,0 +1,417 @@
+"""Virtual clusters of the real test VM under TCG, in local mode and on the Slurm dev cluster.
+
+Each scenario checks what a user sees (exit status, messages, ssh answers) and that nothing
+is left afterwards: no process, no etcd key, no file in the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest_vm import testvm_artifacts  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.slow
+
+BOOT_TIMEOUT_S = 240
+#: Appends the cluster's hosts table (from the seed) to /etc/hosts in the test VM.
+HOSTS_USER_DATA = "#!/bin/sh\ncat /seed/pcocc/hosts >> /etc/hosts\n"
+WAIT_HOSTS = "for i in $(seq 100); do grep -q vm1 /etc/hosts && break; sleep 0.2; done; "
+
+
+class Env:
+    """Configuration, environment and helpers of one test's pcocc user."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        pcocc_env: dict,
+        pcocc_bin: str,
+        artifacts,
+        batch: dict,
+        extra_env: dict[str, str],
+    ):
+        self.tmp = tmp_path
+        self.run_dir = tmp_path / "run"
+        self.pcocc = pcocc_bin
+        system = pcocc_env["system"]
+        (system / "templates.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "templates": {
+                        "testvm": {
+                            "kernel": str(artifacts.kernel),
+                            "initrd": str(artifacts.initrd),
+                            "append": artifacts.append,
+                            "accel": "tcg",
+                            "resource-set": "tiny",
+                        }
+                    }
+                }
+            )
+        )
+        (system / "resources.yaml").write_text(
+            yaml.safe_dump({"resource-sets": {"tiny": {"cores": 1, "memory": "256M"}}})
+        )
+        (system / "batch.yaml").write_text(yaml.safe_dump(batch))
+        self.user_data = tmp_path / "hosts.sh"
+        self.user_data.write_text(HOSTS_USER_DATA)
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("SLURM_", "SBATCH_", "SALLOC_", "PCOCC_"))
+        }
+        env.pop("XDG_RUNTIME_DIR", None)
+        env.update(
+            {
+                "HOME": str(pcocc_env["home"]),
+                "PCOCC_SYSTEM_CONF_DIR": str(system),
+                "PCOCC_USER_CONF_DIR": str(pcocc_env["user"]),
+                "PCOCC_RUN_DIR": str(self.run_dir),
+                "PCOCC_BOOT_TIMEOUT": str(BOOT_TIMEOUT_S),
+                "PCOCC_ACCEL": "tcg",
+                "PATH": f"{Path(pcocc_bin).parent}:{os.environ['PATH']}",
+            }
+        )
+        env.update(extra_env)
+        self.env = env
+
+    def run(self, *args: str, timeout_s: float = 600, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [self.pcocc, *args],
+            env=self.env,
+            cwd=self.tmp,
+            text=True,
+            capture_output=True,
+            timeout=timeout_s,
+            **kwargs,
+        )
+
+    def start(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [self.pcocc, *args],
+            env=self.env,
+            cwd=self.tmp,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+
+    def ps(self) -> list[dict]:
+        res = self.run("ps", "--json", timeout_s=60)
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)
+
+    def wait_ps(
+        self,
+        predicate,
+        what: str,
+        timeout_s: float = BOOT_TIMEOUT_S,
+        proc: subprocess.Popen | None = None,
+    ) -> list[dict]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                out, err = proc.communicate()
+                pytest.fail(f"pcocc ended ({proc.returncode}) before {what}: {err}")
+            try:
+                clusters = self.ps()
+            except AssertionError:
+                clusters = []
+            if predicate(clusters):
+                return clusters
+            time.sleep(0.5)
+        pytest.fail(f"timed out waiting for {what}")
+
+
+def our_processes(env: Env) -> list[str]:
+    """Processes that belong to this test's clusters (QEMU, node processes, launchers)."""
+    found = []
+    marker = str(env.run_dir).encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(") ", 1)[1][0]
+        except OSError:
+            continue
+        if state == "Z":
+            continue
+        if marker in environ or marker in cmdline:
+            text = cmdline.replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{entry}: {text}")
+    return found
+
+
+def pids_matching(env: Env, needle: str) -> list[int]:
+    return [int(p.split(":")[0]) for p in our_processes(env) if needle in p]
+
+
+def assert_nothing_left(env: Env, etcd_endpoints: str | None = None) -> None:
+    deadline = time.monotonic() + 30
+    while our_processes(env) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert our_processes(env) == []
+    leftovers = (
+        sorted(str(p.relative_to(env.run_dir)) for p in env.run_dir.rglob("*"))
+        if env.run_dir.exists()
+        else []
+    )
+    assert leftovers == []
+    if etcd_endpoints:
+        from pcocc.kv.client import KvClient
+
+        with KvClient(etcd_endpoints) as kv:
+            assert kv.get_prefix("/pcocc/users/") == {}
+
+
+# -- environments ------------------------------------------------------------------------
+@pytest.fixture
+def local_env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts):  # noqa: F811
+    return Env(
+        tmp_path,
+        pcocc_env,
+        pcocc_bin,
+        testvm_artifacts,
+        {"type": "local", "etcd": {"mode": "private"}},
+        {},
+    )
+
+
+@pytest.fixture
+def slurm_test_env(
+    tmp_path,
+    pcocc_env,
+    pcocc_bin,
+    testvm_artifacts,  # noqa: F811
+    slurm_cluster,
+    etcd_server,
+):
+    endpoints = ",".join(etcd_server.endpoints)
+    env = Env(
+        tmp_path,
+        pcocc_env,
+        pcocc_bin,
+        testvm_artifacts,
+        {
+            "type": "slurm",
+            "etcd": {"endpoints": [e.split("://")[-1] for e in etcd_server.endpoints]},
+        },
+        {**slurm_cluster.env(), "PCOCC_ETCD_ENDPOINTS": endpoints},
+    )
+    env.endpoints = endpoints
+    return env
+
+
+@pytest.fixture(params=["local", "slurm"])
+def cluster_env(request):
+    return request.getfixturevalue("local_env" if request.param == "local" else "slurm_test_env")
+
+
+def _endpoints(env: Env) -> str | None:
+    return getattr(env, "endpoints", None)
+
+
+# -- scenarios ---------------------------------------------------------------------------
+CHECKS = (
+    "set -e; pcocc ssh vm0 hostname > vm0.name; pcocc ssh vm1 hostname > vm1.name; "
+    f"pcocc ssh vm0 '{WAIT_HOSTS} grep -w vm1 /etc/hosts' > vm0.hosts; "
+    f"pcocc ssh vm1 '{WAIT_HOSTS.replace('vm1', 'vm0')} grep -w vm0 /etc/hosts' > vm1.hosts; "
+    'pcocc ps --json > ps.json; echo "$PCOCC_JOB_ID" > job.id'
+)
+
+
+def _check_outputs(env: Env) -> None:
+    tmp = env.tmp
+    assert (tmp / "vm0.name").read_text().strip() == "vm0"
+    assert (tmp / "vm1.name").read_text().strip() == "vm1"
+    assert (tmp / "vm0.hosts").read_text().split()[1] == "vm1"
+    assert (tmp / "vm1.hosts").read_text().split()[1] == "vm0"
+    job_id = (tmp / "job.id").read_text().strip()
+    ps = json.loads((tmp / "ps.json").read_text())
+    assert [(c["id"], c["state"], c["vms"], c["running"]) for c in ps] == [
+        (job_id, "running", 2, 2)
+    ]
+
+
+def test_alloc_runs_command_on_a_booted_cluster(cluster_env):
+    env = cluster_env
+    res = env.run("alloc", "--user-data", str(env.user_data), "-E", CHECKS, "testvm:2")
+    assert res.returncode == 0, res.stderr
+    _check_outputs(env)
+    assert env.ps() == []
+    assert_nothing_left(env, _endpoints(env))
+
+
+def test_alloc_returns_the_command_status(local_env):
+    res = local_env.run("alloc", "-E", "pcocc ssh vm0 'exit 7'", "testvm:1")
+    assert res.returncode == 7, res.stderr
+    assert_nothing_left(local_env)
+
+
+def test_batch_runs_in_background(cluster_env):
+    env = cluster_env
+    res = env.run("batch", "--user-data", str(env.user_data), "-E", CHECKS, "testvm:2")
+    assert res.returncode == 0, res.stderr
+    job_id = res.stdout.strip()
+    assert job_id
+    from pcocc.batch.base import get_manager
+    from pcocc.cluster.adapters import manager_settings
+
+    old = dict(os.environ)
+    os.environ.update(env.env)
+    try:
+        manager = get_manager(
+            manager_settings(
+                yaml.safe_load((Path(env.env["PCOCC_SYSTEM_CONF_DIR"]) / "batch.yaml").read_text())
+            )
+        )
+        state = manager.wait(job_id, timeout_s=600)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    assert state == "COMPLETED"
+    _check_outputs(env)
+    assert (env.tmp / "job.id").read_text().strip() == job_id
+    assert_nothing_left(env, _endpoints(env))
+
+
+def test_bad_definition_fails_before_allocation(local_env):
+    res = local_env.run("alloc", "-E", "true", "nosuch:2")
+    assert res.returncode == 2
+    assert "unknown template 'nosuch'" in res.stderr and "Traceback" not in res.stderr
+    res = local_env.run("alloc", "--image", "nosuch=img", "-E", "true", "testvm:1")
+    assert (
+        res.returncode == 2 and "template 'nosuch' is not in the cluster definition" in res.stderr
+    )
+    assert not (local_env.tmp / "home" / ".pcocc" / "local-jobs").exists() or not any(
+        (local_env.tmp / "home" / ".pcocc" / "local-jobs").iterdir()
+    )
+
+
+def assert_private(run_dir: Path) -> None:
+    """Run dirs are 0700; nothing in them is open to group or others."""
+    found = 0
+    for path in [run_dir, *run_dir.rglob("*")]:
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            continue
+        found += 1
+        if stat.S_ISDIR(mode):
+            assert stat.S_IMODE(mode) == 0o700, path
+        elif not stat.S_ISLNK(mode):
+            assert stat.S_IMODE(mode) & 0o077 == 0, f"{path}: {oct(stat.S_IMODE(mode))}"
+    assert found > 3
+
+
+def _start_and_wait_running(env: Env, n: int = 2) -> subprocess.Popen:
+    proc = env.start("alloc", "-E", "sleep 600", f"testvm:{n}")
+    env.wait_ps(lambda cs: len(cs) == 1 and cs[0]["running"] == n, "the VMs to run", proc=proc)
+    assert_private(env.run_dir)
+    return proc
+
+
+def test_killed_qemu_ends_the_cluster_with_a_message(cluster_env):
+    env = cluster_env
+    proc = _start_and_wait_running(env)
+    qemus = pids_matching(env, "qemu-system")
+    assert len(qemus) == 2
+    os.kill(qemus[1], signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "QEMU exited with status -9" in err
+    assert_nothing_left(env, _endpoints(env))
+
+
+def test_killed_node_process_ends_the_cluster(cluster_env):
+    env = cluster_env
+    proc = _start_and_wait_running(env)
+    nodes = pids_matching(env, "internal run")
+    assert nodes
+    os.kill(nodes[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 1, err
+    assert "pcocc: error:" in err and "Traceback" not in err
+    assert_nothing_left(env, _endpoints(env))
+
+
+def test_ctrl_c_tears_down(local_env):
+    proc = _start_and_wait_running(local_env, n=1)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert_nothing_left(local_env)
+
+
+def test_scancel_mid_boot_cleans_up(slurm_test_env):
+    env = slurm_test_env
+    res = env.run("batch", "-E", "sleep 600", "testvm:2")
+    assert res.returncode == 0, res.stderr
+    job_id = res.stdout.strip()
+    env.wait_ps(lambda cs: any(c["id"] == job_id for c in cs), "the cluster to be defined")
+    subprocess.run(["scancel", job_id], env=env.env, check=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        state = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%T"], env=env.env, capture_output=True, text=True
+        ).stdout.strip()
+        if not state:
+            break
+        time.sleep(0.5)
+    assert_nothing_left(env, _endpoints(env))
+    text = (env.tmp / f"slurm-{job_id}.out").read_text()
+    assert "pcocc: error: interrupted by SIGTERM" in text, text
+    assert "Traceback" not in text
+
+
+ACCESS = (
+    "set -e; pcocc console --log vm0 > console.txt; "
+    "pcocc monitor-cmd vm0 info status > hmp.txt; "
+    "pcocc monitor-cmd vm0 query-status > qmp.json; "
+    "(pcocc nc vm0 22 < /dev/null | head -c 4 > banner.txt) || true; "
+    "pcocc ssh vm0 'echo $((6 * 7))' > ssh.txt; "
+    "pcocc reset vm0; sleep 1; "
+    'pcocc monitor-cmd vm0 \'{"execute": "query-status"}\' > after-reset.json; '
+    "if pcocc ssh vm9 true 2> vm9.err; then exit 9; fi"
+)
+
+
+def test_access_commands(local_env):
+    env = local_env
+    res = env.run("alloc", "-E", ACCESS, "testvm:1")
+    assert res.returncode == 0, res.stderr
+    tmp = env.tmp
+    assert "ready" in (tmp / "console.txt").read_text()
+    assert "VM status: running" in (tmp / "hmp.txt").read_text()
+    assert json.loads((tmp / "qmp.json").read_text())["status"] == "running"
+    assert (tmp / "banner.txt").read_text() == "SSH-"
+    assert (tmp / "ssh.txt").read_text().strip() == "42"
+    assert json.loads((tmp / "after-reset.json").read_text())["running"] is True
+    assert "vm9 does not exist" in (tmp / "vm9.err").read_text()
+    assert_nothing_left(env)
+
+
+def test_interactive_shell_without_command(local_env):
+    env = local_env
+    env.env["SHELL"] = "/bin/sh"
+    res = env.run(
+        "alloc",
+        "testvm:1",
+        input='pcocc ssh vm0 hostname > shell.out\necho "$PCOCC_JOB_ID" > id\nexit 3\n',
+    )
+    assert res.returncode == 3, res.stderr
+    assert (env.tmp / "shell.out").read_text().strip() == "vm0"
+    assert (env.tmp / "id").read_text().strip()
+    assert_nothing_left(env)

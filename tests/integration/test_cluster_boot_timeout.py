@@ -1,0 +1,25 @@
+"""A VM that cannot boot ends the cluster with a message naming the VM and the accelerator."""
+
+from __future__ import annotations
+
+import pytest
+from conftest_vm import testvm_artifacts  # noqa: F401 - fixture
+from test_cluster import Env, assert_nothing_left
+
+pytestmark = pytest.mark.slow
+
+
+def test_boot_timeout(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts):  # noqa: F811
+    env = Env(
+        tmp_path,
+        pcocc_env,
+        pcocc_bin,
+        testvm_artifacts,
+        {"type": "local", "etcd": {"mode": "private"}},
+        {"PCOCC_BOOT_TIMEOUT": "1"},
+    )
+    res = env.run("alloc", "-E", "true", "testvm:1", timeout_s=120)
+    assert res.returncode == 1
+    assert "vm0" in res.stderr and "tcg" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert_nothing_left(env)

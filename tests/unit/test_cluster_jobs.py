@@ -1,0 +1,131 @@
+"""The glue of alloc/batch: job script, definition transport, CLI errors before allocation."""
+
+import subprocess
+
+import pytest
+
+from pcocc.cli.main import run_cli
+from pcocc.cluster.adapters import (
+    configured_endpoints,
+    hosts_file,
+    kv_endpoint_sets,
+    manager_settings,
+    mount_args,
+)
+from pcocc.cluster.definition import build_definition
+from pcocc.cluster.jobs import (
+    DEFINITION_VAR,
+    batch_script,
+    boot_timeout_s,
+    decode_definition,
+    encode_definition,
+)
+from pcocc.errors import UsageError
+
+
+class FakeConfig:
+    system_dir = "/etc/pcocc"
+    user_dir = "/home/u/.pcocc"
+
+
+def test_definition_transport_round_trip(tmp_path):
+    d = build_definition("t:2", {"t": {"kernel": "/k"}}, user_data_file=None)
+    assert decode_definition(encode_definition(d)) == d
+    with pytest.raises(UsageError):
+        decode_definition("not base64 !")
+
+
+def test_batch_script_runs_launcher_with_quoted_command(tmp_path):
+    d = build_definition("t:2", {"t": {"kernel": "/k"}})
+    cmd = "echo 'it''s' $HOME; touch \"x y\"\nexit 4"
+    script = batch_script(d, cmd, FakeConfig())
+    assert script.startswith("#!/bin/sh\n")
+    # run the script with the launcher replaced by a printer of its arguments
+    lines = script.splitlines()
+    exec_line = next(ln for ln in script.split("\nexec ")[1:])
+    env_lines = [ln for ln in lines if ln.startswith("export ")]
+    probe = (
+        "\n".join(env_lines)
+        + "\nprintf '%s\\n' \"$"
+        + DEFINITION_VAR
+        + '"\n'
+        + "set -- "
+        + exec_line
+        + "\nshift 3\nprintf '<%s>' \"$@\"\n"
+    )
+    out = subprocess.run(["sh", "-c", probe], capture_output=True, text=True, check=True).stdout
+    encoded, args = out.split("\n", 1)
+    assert decode_definition(encoded) == d
+    assert args == "<internal><launcher><-E><" + cmd + ">"
+    assert "PCOCC_USER_CONF_DIR=/home/u/.pcocc" in script
+    assert "--hold" not in script
+    assert batch_script(d, None, FakeConfig()).rstrip().endswith("internal launcher --hold")
+
+
+def test_boot_timeout_from_env():
+    assert boot_timeout_s({}) == 600.0
+    assert boot_timeout_s({"PCOCC_BOOT_TIMEOUT": "30"}) == 30.0
+    for bad in ("0", "x", "-3"):
+        with pytest.raises(UsageError):
+            boot_timeout_s({"PCOCC_BOOT_TIMEOUT": bad})
+
+
+def test_hosts_and_mount_args(tmp_path):
+    d = build_definition("t:2", {"t": {"kernel": "/k"}}, mounts=[f"{tmp_path}:/data"])
+    assert hosts_file(d).splitlines() == [f"{d.vms[0].address} vm0", f"{d.vms[1].address} vm1"]
+    args, table = mount_args(d)
+    assert table == "pcocc0 /data\n"
+    assert f"local,id=fs0,path={tmp_path},security_model=none" in args
+
+
+def test_internal_commands_are_hidden_and_need_their_context(pcocc_env, capsys, monkeypatch):
+    monkeypatch.delenv(DEFINITION_VAR, raising=False)
+    assert run_cli(["internal", "launcher"]) == 2
+    err = capsys.readouterr().err
+    assert "no cluster definition" in err and "hint:" in err
+    monkeypatch.delenv("PCOCC_JOB_ID", raising=False)
+    assert run_cli(["internal", "run", "--rank", "0"]) == 2
+    assert "no cluster id" in capsys.readouterr().err
+
+
+def test_ssh_without_any_cluster_is_clear(pcocc_env, capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("PCOCC_ETCD_ENDPOINTS", raising=False)
+    monkeypatch.setenv("PCOCC_RUN_DIR", str(tmp_path / "run"))
+    for var in ("PCOCC_JOB_ID", "SLURM_JOB_ID"):
+        monkeypatch.delenv(var, raising=False)
+    assert run_cli(["ssh", "vm0", "hostname"]) == 1
+    err = capsys.readouterr().err
+    assert "pcocc: error: you have no running cluster" in err
+    assert run_cli(["ps", "--json"]) == 0
+    assert capsys.readouterr().out.strip() == "[]"
+
+
+def test_batch_yaml_to_manager_settings():
+    assert manager_settings({"type": "local", "etcd": {"mode": "private"}}) == {"type": "local"}
+    got = manager_settings(
+        {
+            "type": "slurm",
+            "etcd": {"endpoints": ["h:1"]},
+            "slurm": {"partition": "p1", "alloc-args": ["-t", "5"], "srun-args": ["--mpi=none"]},
+        }
+    )
+    assert got == {
+        "type": "slurm",
+        "salloc-options": ["-p", "p1", "-t", "5"],
+        "sbatch-options": ["-p", "p1", "-t", "5"],
+        "srun-options": ["--mpi=none"],
+    }
+
+
+def test_etcd_endpoints_env_then_config(tmp_path):
+    class Cfg:
+        batch = {"etcd": {"endpoints": ["10.0.0.1:2379", "10.0.0.2:2379"]}}
+
+    assert configured_endpoints(Cfg(), {"PCOCC_ETCD_ENDPOINTS": "http://x:1"}) == "http://x:1"
+    assert configured_endpoints(Cfg(), {}) == "http://10.0.0.1:2379,http://10.0.0.2:2379"
+    Cfg.batch = {"etcd": {"mode": "private"}}
+    assert configured_endpoints(Cfg(), {}) is None
+    # user commands then look for the private etcd of each local cluster
+    (tmp_path / "5").mkdir()
+    (tmp_path / "5" / "etcd-endpoints").write_text("http://127.0.0.1:999\n")
+    assert kv_endpoint_sets({}, tmp_path, Cfg()) == ["http://127.0.0.1:999"]

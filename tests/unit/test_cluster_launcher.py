@@ -1,0 +1,355 @@
+"""Launcher and node logic with an in-memory kv, node processes in threads and fake VMs."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from pcocc.cluster import keys
+from pcocc.cluster.definition import build_definition
+from pcocc.cluster.launcher import ClusterFailed, Launcher, LaunchSettings
+from pcocc.cluster.memkv import MemoryKv
+from pcocc.cluster.node import NodeProcess, NodeSettings
+from pcocc.cluster.ports import MachineInfo
+from pcocc.cluster.record import ClusterRecord
+from pcocc.cluster.signals import Interrupted
+from pcocc.cluster.vmstate import VmRecord
+from pcocc.errors import PcoccError
+
+USER, JOB = "alice", "42"
+TEMPLATES = {"tpl": {"kernel": "/k", "accel": "tcg"}}
+
+
+class FakeVm:
+    def __init__(self, rank, vm_dir, behaviour):
+        self.rank, self.vm_dir, self.behaviour = rank, vm_dir, behaviour
+        self.exited = threading.Event()
+        self.status = None
+        self.shut_down = False
+        self.stop = threading.Event()
+        self.console_log = str(vm_dir / "console.log")
+
+    def launch(self):
+        if self.behaviour.get("launch_fails"):
+            raise PcoccError("qemu-system-x86_64 failed: cannot open disk")
+        log = self.vm_dir / "console.log"
+        log.write_text("booting\n")
+        if self.behaviour.get("never_ready"):
+            self.stop.wait(30)
+            raise PcoccError(f"vm{self.rank} not ready")
+        return MachineInfo(
+            pid=1000 + self.rank,
+            ssh_port=22000 + self.rank,
+            qmp_socket=str(self.vm_dir / "qmp.sock"),
+            console_socket=str(self.vm_dir / "c.sock"),
+            console_log=str(log),
+        )
+
+    def wait(self, timeout_s):
+        if self.exited.wait(timeout_s or 0):
+            return self.status
+        return None
+
+    def crash(self, status=-9):
+        self.status = status
+        self.exited.set()
+
+    def shutdown(self):
+        self.shut_down = True
+        self.stop.set()
+
+
+class FakeTasks:
+    def __init__(self, nodes, threads):
+        self.nodes, self.threads = nodes, threads
+        self.results = {}
+        self.stopped = False
+
+    def poll(self):
+        if any(t.is_alive() for t in self.threads):
+            return None
+        return max((r if isinstance(r, int) else 1) for r in self.results.values())
+
+    def stop(self, timeout_s=10.0):
+        self.stopped = True
+        for n in self.nodes:
+            n.stop_requested.set()
+        for vm in self.vms.values():
+            vm.stop.set()  # a signal would interrupt a blocking launch
+        for t in self.threads:
+            t.join(timeout_s)
+
+
+class FakeBatch:
+    name = "fake"
+
+    def __init__(self, kv, behaviours=None):
+        self.kv = kv
+        self.behaviours = behaviours or {}
+        self.vms = {}
+        self.tasks = None
+        self.launched = None
+
+    def launch_tasks(self, job_id, ntasks, argv, env):
+        self.launched = (job_id, ntasks, list(argv), dict(env))
+        nodes, threads = [], []
+        tasks = FakeTasks(nodes, threads)
+        tasks.vms = self.vms
+        for rank in range(ntasks):
+            behaviour = self.behaviours.get(rank, {})
+            node = NodeProcess(
+                self.kv,
+                NodeSettings(USER, job_id, rank, host=f"n{rank}", tick_s=0.05, linger_s=1.0),
+                lambda d, e, vm_dir, key, b=behaviour: self._make(e.rank, vm_dir, b),
+            )
+
+            def body(node=node, rank=rank):
+                if self.behaviours.get(rank, {}).get("node_dies"):
+                    return  # never publishes anything
+                try:
+                    tasks.results[rank] = node.run()
+                except Exception as err:  # what the CLI would print
+                    tasks.results[rank] = err
+
+            nodes.append(node)
+            threads.append(threading.Thread(target=body, daemon=True))
+        for t in threads:
+            t.start()
+        self.tasks = tasks
+        return tasks
+
+    def _make(self, rank, vm_dir, behaviour):
+        vm = FakeVm(rank, vm_dir, behaviour)
+        self.vms[rank] = vm
+        return vm
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch):
+    d = tmp_path / "run"
+    monkeypatch.setenv("PCOCC_RUN_DIR", str(d))
+    return d
+
+
+def make_launcher(kv, batch, n=2, command="true", timeout_s=20.0):
+    d = build_definition(f"tpl:{n}", TEMPLATES, owner=USER, boot_timeout_s=timeout_s)
+    settings = LaunchSettings(
+        user=USER,
+        batchid=JOB,
+        node_argv=["pcocc", "internal", "run"],
+        command=command,
+        env={"PATH": os.environ["PATH"]},
+        host="login",
+        tick_s=0.05,
+    )
+    return Launcher(kv, batch, d, settings)
+
+
+def assert_all_gone(kv, batch, run_dir):
+    assert kv.keys() == []
+    assert kv.live_leases == set()
+    assert all(vm.shut_down for vm in batch.vms.values())
+    assert not (run_dir / JOB).exists()
+    assert batch.tasks is None or all(not t.is_alive() for t in batch.tasks.threads)
+
+
+def test_command_runs_with_job_id_once_all_vms_run(run_dir, tmp_path):
+    kv = MemoryKv()
+    batch = FakeBatch(kv)
+    out = tmp_path / "out"
+    snap = {}
+
+    def spy(msg):
+        if "is running" in msg:
+            snap.update(kv.get_prefix("/"))
+
+    launcher = make_launcher(kv, batch, n=3, command=f'echo "$PCOCC_JOB_ID" > {out}; exit 3')
+    launcher.report = spy
+    assert launcher.run() == 3
+    assert out.read_text().strip() == JOB
+    assert batch.launched[1] == 3 and batch.launched[3]["PCOCC_JOB_ID"] == JOB
+    # while running: definition + 3 leased states + 3 rnat entries
+    states = [VmRecord.from_json(v) for k, v in snap.items() if k.endswith("/state")]
+    assert sorted((s.rank, s.status, s.host, s.ssh_port) for s in states) == [
+        (0, "running", "n0", 22000),
+        (1, "running", "n1", 22001),
+        (2, "running", "n2", 22002),
+    ]
+    assert all(s.host_key.startswith("ssh-ed25519 ") for s in states)
+    assert snap[keys.rnat(USER, JOB, 1, 22)] == "n1:22001"
+    rec = ClusterRecord.from_json(snap[keys.definition(USER, JOB)])
+    assert rec.state.value == "running" and rec.definition.size == 3
+    assert launcher.lifecycle.state.value == "done"
+    assert_all_gone(kv, batch, run_dir)
+
+
+def test_vm_failure_during_boot_is_reported_and_cleaned(run_dir):
+    kv = MemoryKv()
+    batch = FakeBatch(kv, {1: {"launch_fails": True}})
+    launcher = make_launcher(kv, batch)
+    with pytest.raises(ClusterFailed) as exc:
+        launcher.run()
+    assert "vm1 failed on n1: qemu-system-x86_64 failed: cannot open disk" in str(exc.value)
+    assert exc.value.hint is None  # no console output yet
+    assert launcher.lifecycle.state.value == "failed"
+    assert_all_gone(kv, batch, run_dir)
+
+
+def test_boot_timeout_names_vm_and_console_log(run_dir):
+    kv = MemoryKv()
+    batch = FakeBatch(kv, {0: {"never_ready": True}})
+    launcher = make_launcher(kv, batch, timeout_s=0.5)
+    with pytest.raises(ClusterFailed) as exc:
+        launcher.run()
+    assert "vm0 not running after 0.5 s (accelerator: tcg)" in str(exc.value)
+    assert "console.log" in exc.value.hint and "n0:" in exc.value.hint
+    assert_all_gone(kv, batch, run_dir)
+
+
+def test_node_process_that_never_reports(run_dir):
+    kv = MemoryKv()
+    batch = FakeBatch(kv, {1: {"node_dies": True}})
+    # rank 1's thread ends at once; rank 0 keeps running, so the group has not exited yet:
+    # the boot times out and names vm1
+    launcher = make_launcher(kv, batch, timeout_s=0.5)
+    with pytest.raises(ClusterFailed, match="vm1 not running"):
+        launcher.run()
+    assert_all_gone(kv, batch, run_dir)
+
+
+def test_qemu_crash_while_command_runs_stops_command(run_dir, tmp_path):
+    kv = MemoryKv()
+    batch = FakeBatch(kv)
+    launcher = make_launcher(kv, batch, command="sleep 30")
+
+    def crash_when_running():
+        kv.wait_for(
+            keys.definition(USER, JOB),
+            lambda s: True if any('"running"' in v for v in s.values()) else None,
+            10,
+        )
+        time.sleep(0.2)
+        batch.vms[1].crash(-9)
+
+    threading.Thread(target=crash_when_running, daemon=True).start()
+    t0 = time.monotonic()
+    with pytest.raises(ClusterFailed, match="vm1 stopped on n1: QEMU exited with status -9") as exc:
+        launcher.run()
+    assert exc.value.hint == "last console lines: booting"
+    assert time.monotonic() - t0 < 25  # the sleep was stopped, not waited for
+    assert_all_gone(kv, batch, run_dir)
+
+
+def test_node_lease_expiry_while_running(run_dir):
+    kv = MemoryKv()
+    batch = FakeBatch(kv)
+    launcher = make_launcher(kv, batch, command="sleep 30")
+    state_key = keys.vm_state(USER, JOB, 0)
+
+    def kill_node():
+        kv.wait_for(state_key, lambda s: True if '"running"' in s.get(state_key, "") else None, 10)
+        kv.expire(kv.lease_of(state_key))
+
+    threading.Thread(target=kill_node, daemon=True).start()
+    with pytest.raises(ClusterFailed, match="vm0 disappeared: its node process on n0"):
+        launcher.run()
+    assert_all_gone(kv, batch, run_dir)
+
+
+def test_sigterm_tears_down(run_dir):
+    kv = MemoryKv()
+    batch = FakeBatch(kv)
+    launcher = make_launcher(kv, batch, command="sleep 30")
+    state_key = keys.vm_state(USER, JOB, 1)
+
+    def scancel():
+        kv.wait_for(state_key, lambda s: True if '"running"' in s.get(state_key, "") else None, 10)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=scancel, daemon=True).start()
+    with pytest.raises(Interrupted, match="SIGTERM") as exc:
+        launcher.run()
+    assert exc.value.exit_status == 143
+    assert launcher.lifecycle.state.value == "failed"
+    assert batch.tasks.stopped
+    assert_all_gone(kv, batch, run_dir)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_node_stops_when_launcher_definition_vanishes(run_dir):
+    kv = MemoryKv()
+    d = build_definition("tpl:1", TEMPLATES, owner=USER)
+    from pcocc.cluster.state import ClusterState
+
+    rec = ClusterRecord(JOB, d, ClusterState.BOOTING, "login", 1)
+    with kv.lease(10) as lease:
+        kv.put(keys.definition(USER, JOB), rec.to_json(), lease)
+        vms = {}
+
+        def make(defn, entry, vm_dir, key):
+            vms[0] = FakeVm(0, vm_dir, {})
+            return vms[0]
+
+        node = NodeProcess(kv, NodeSettings(USER, JOB, 0, host="n0", tick_s=0.05), make)
+        result = {}
+        t = threading.Thread(target=lambda: result.setdefault("rc", node.run()))
+        t.start()
+        kv.wait_for(
+            keys.vm_state(USER, JOB, 0),
+            lambda s: True if any('"running"' in v for v in s.values()) else None,
+            10,
+        )
+    # leaving the block revoked the launcher's lease: the definition is gone
+    t.join(10)
+    assert result == {"rc": 0}
+    assert vms[0].shut_down and kv.keys() == [] and not (run_dir / JOB / "vm0").exists()
+
+
+def test_node_without_definition_is_clear_error(run_dir):
+    node = NodeProcess(MemoryKv(), NodeSettings(USER, JOB, 0), lambda *a: None)
+    with pytest.raises(PcoccError, match="cluster 42 has no definition"):
+        node.run()
+
+
+def test_records_are_json_with_expected_fields(run_dir):
+    rec = VmRecord(rank=2, host="n", status="running", node_pid=5, ssh_port=1)
+    data = json.loads(rec.to_json())
+    assert data["status"] == "running" and data["ssh_port"] == 1
+    with pytest.raises(PcoccError):
+        VmRecord.from_json(json.dumps({**data, "status": "weird"}))
+
+
+def test_hold_keeps_the_cluster_until_a_signal(run_dir):
+    kv = MemoryKv()
+    batch = FakeBatch(kv)
+    launcher = make_launcher(kv, batch, n=1, command=None)
+    launcher.s.hold = True
+    state_key = keys.vm_state(USER, JOB, 0)
+
+    def cancel_later():
+        kv.wait_for(state_key, lambda s: True if '"running"' in s.get(state_key, "") else None, 10)
+        time.sleep(0.3)
+        assert kv.get(state_key) is not None  # still held, no shell was started
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=cancel_later, daemon=True).start()
+    with pytest.raises(Interrupted):
+        launcher.run()
+    assert launcher._command is None
+    assert_all_gone(kv, batch, run_dir)
+
+
+def test_console_tail_and_qemu_check(tmp_path):
+    from pcocc.cluster.launcher import is_our_qemu
+    from pcocc.cluster.node import console_tail
+
+    log = tmp_path / "console.log"
+    log.write_text("a\r\n\r\nb\nc\nd\ne\nf\n")
+    assert console_tail(str(log), max_lines=3) == "d | e | f"
+    assert console_tail(str(tmp_path / "missing")) == ""
+    assert console_tail(None) == ""
+    assert not is_our_qemu(os.getpid())  # a python process, not QEMU
+    assert not is_our_qemu(2**22 + 12345)  # no such pid

@@ -1,0 +1,150 @@
+import stat
+import subprocess
+
+import pytest
+
+from pcocc.cluster import keys
+from pcocc.cluster.definition import build_definition
+from pcocc.cluster.lookup import clusters_of, format_age, ps_table, select_cluster
+from pcocc.cluster.memkv import MemoryKv
+from pcocc.cluster.record import ClusterRecord
+from pcocc.cluster.sshkeys import ensure_user_key, ssh_config_text, write_ssh_files
+from pcocc.cluster.state import ClusterState
+from pcocc.cluster.vmstate import VmRecord
+from pcocc.errors import NotFound, UsageError
+
+USER = "bob"
+TEMPLATES = {"tpl": {"kernel": "/k"}}
+
+
+def add_cluster(kv, batchid, n=2, running=2, other_user=False):
+    user = "mallory" if other_user else USER
+    d = build_definition(f"tpl:{n}", TEMPLATES, owner=user)
+    rec = ClusterRecord(batchid, d, ClusterState.RUNNING, "n1", 123, batch="slurm")
+    kv.put(keys.definition(user, batchid), rec.to_json())
+    for rank in range(running):
+        vm = VmRecord(
+            rank=rank,
+            host=f"n{rank + 1}",
+            status="running",
+            node_pid=10 + rank,
+            ssh_port=2200 + rank,
+            host_key=f"ssh-ed25519 KEY{rank}",
+        )
+        kv.put(keys.vm_state(user, batchid, rank), vm.to_json())
+        kv.put(keys.rnat(user, batchid, rank, 22), f"n{rank + 1}:{2200 + rank}")
+
+
+def test_clusters_of_reads_only_the_users_prefix():
+    kv = MemoryKv()
+    add_cluster(kv, "7")
+    add_cluster(kv, "12", n=3, running=1)
+    add_cluster(kv, "9", other_user=True)
+    views = clusters_of(kv, USER)
+    assert [v.batchid for v in views] == ["7", "12"]
+    assert views[1].size == 3 and views[1].running_count() == 1
+    assert views[0].rnat == {(0, 22): "n1:2200", (1, 22): "n2:2201"}
+    assert views[0].hosts == ["n1", "n2"]
+    data = views[1].to_json()
+    assert (data["id"], data["state"], data["vms"], data["running"]) == ("12", "running", 3, 1)
+    table = ps_table(views).splitlines()
+    assert table[0].split() == ["ID", "STATE", "VMS", "NODES", "AGE"]
+    assert table[2].split()[:4] == ["12", "running", "1/3", "n1"]
+
+
+def test_vm_lookup_errors():
+    kv = MemoryKv()
+    add_cluster(kv, "7", n=3, running=1)
+    view = clusters_of(kv, USER)[0]
+    assert view.vm("vm0").ssh_port == 2200 and view.vm("0").rank == 0
+    with pytest.raises(NotFound, match="vm2 of cluster 7 is not running"):
+        view.vm("vm2")
+    with pytest.raises(NotFound, match="vm0 to vm2"):
+        view.vm("vm5")
+    with pytest.raises(UsageError, match="not a VM name"):
+        view.vm("node1")
+
+
+def test_select_cluster_rules():
+    kv = MemoryKv()
+    add_cluster(kv, "7")
+    one = clusters_of(kv, USER)
+    assert select_cluster(one, None, {}).batchid == "7"
+    add_cluster(kv, "8")
+    two = clusters_of(kv, USER)
+    with pytest.raises(UsageError, match=r"several running clusters \(7, 8\)") as exc:
+        select_cluster(two, None, {})
+    assert "-j" in exc.value.hint
+    assert select_cluster(two, "8", {}).batchid == "8"
+    assert select_cluster(two, None, {"PCOCC_JOB_ID": "7"}).batchid == "7"
+    assert select_cluster(two, None, {"SLURM_JOB_ID": "8"}).batchid == "8"
+    # -j wins over the environment
+    assert select_cluster(two, "8", {"PCOCC_JOB_ID": "7"}).batchid == "8"
+    with pytest.raises(NotFound, match="no running cluster with id 99") as exc:
+        select_cluster(two, "99", {})
+    assert "7, 8" in exc.value.hint
+    with pytest.raises(NotFound, match="you have no running cluster"):
+        select_cluster([], None, {})
+    # a Slurm job without a cluster falls back to the only cluster
+    assert select_cluster(one, None, {"SLURM_JOB_ID": "55"}).batchid == "7"
+
+
+def test_corrupt_definition_is_skipped():
+    kv = MemoryKv()
+    add_cluster(kv, "7")
+    kv.put(keys.definition(USER, "8"), "{broken")
+    assert [v.batchid for v in clusters_of(kv, USER)] == ["7"]
+
+
+def test_format_age():
+    assert [format_age(s) for s in (5, 65, 3700, 90000)] == ["5s", "1m05s", "1h01m", "1d01h"]
+
+
+def test_user_key_generated_once(tmp_path):
+    path = tmp_path / "ssh" / "id_ed25519"
+    pub = ensure_user_key(path)
+    assert pub.startswith("ssh-ed25519 ")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert ensure_user_key(path) == pub
+
+
+def test_ssh_files_pin_host_keys(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    kv = MemoryKv()
+    add_cluster(kv, "7")
+    view = clusters_of(kv, USER)[0]
+    config = write_ssh_files(tmp_path, "7", view.vms)
+    text = config.read_text()
+    assert "Host vm1\n    HostName n2\n    Port 2201\n    HostKeyAlias pcocc-7-vm1" in text
+    assert "StrictHostKeyChecking yes" in text
+    assert (tmp_path / "known_hosts").read_text().splitlines() == [
+        "pcocc-7-vm0 ssh-ed25519 KEY0",
+        "pcocc-7-vm1 ssh-ed25519 KEY1",
+    ]
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    # ssh itself accepts the file and resolves vm1 through it
+    out = subprocess.run(
+        ["ssh", "-G", "-F", str(config), "vm1"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "port 2201" in out and "stricthostkeychecking true" in out
+    assert "hostkeyalias pcocc-7-vm1" in out
+
+
+def test_booting_vms_get_no_host_entry():
+    vms = {0: VmRecord(rank=0, host="n1", status="booting", node_pid=1)}
+    assert "Host vm0" not in ssh_config_text("7", vms, "/k", "/i")
+
+
+def test_scp_checks_vm_names(tmp_path, monkeypatch):
+    from pcocc.cluster.access import scp_argv
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PCOCC_RUN_DIR", str(tmp_path / "run"))
+    kv = MemoryKv()
+    add_cluster(kv, "7")
+    view = clusters_of(kv, USER)[0]
+    argv = scp_argv(view, ["-r", "./dir", "root@vm1:/tmp/x"])
+    assert argv[:2] == ["scp", "-F"] and argv[3:] == ["-r", "./dir", "root@vm1:/tmp/x"]
+    assert "Host vm1" in open(argv[2]).read()
+    with pytest.raises(NotFound, match="vm0 to vm1"):
+        scp_argv(view, ["f", "vm4:/tmp"])
