@@ -73,7 +73,7 @@ class EtcdKv:
     ) -> T:
         import time
 
-        read_at = getattr(self.client, "get_prefix_at", None) or self.client._get_prefix_at
+        read_at = self.client.get_prefix_at
         raw, revision = read_at(prefix)
         values = {k: v.decode() for k, v in raw.items()}
         result = predicate(dict(values))
@@ -211,31 +211,10 @@ class BatchAdapter:
         return self.manager.nodes(job_id)
 
 
-def manager_settings(batch: Mapping[str, Any]) -> dict[str, Any]:
-    """batch.yaml as loaded by pcocc.config -> the settings of the selected batch manager.
-
-    batch.yaml also holds ``etcd`` (not a batch manager setting) and Slurm options under
-    ``slurm:`` (``partition``, ``alloc-args``, ``srun-args``).
-    """
-    kind = batch.get("type", "local")
-    settings: dict[str, Any] = {"type": kind}
-    if kind == "slurm":
-        slurm = batch.get("slurm") or {}
-        alloc = list(slurm.get("alloc-args") or [])
-        if slurm.get("partition"):
-            alloc = ["-p", str(slurm["partition"]), *alloc]
-        if alloc:
-            settings["salloc-options"] = alloc
-            settings["sbatch-options"] = alloc
-        if slurm.get("srun-args"):
-            settings["srun-options"] = list(slurm["srun-args"])
-    return settings
-
-
 def batch_manager(config: Config) -> BatchAdapter:
     from pcocc.batch.base import get_manager
 
-    return BatchAdapter(get_manager(manager_settings(config.batch)))
+    return BatchAdapter(get_manager(config.batch))
 
 
 def task_rank(env: Mapping[str, str]) -> int | None:

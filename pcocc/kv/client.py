@@ -363,9 +363,9 @@ class KvClient:
             raise Corrupt(f"etcd key {key} does not hold JSON: {value[:60]!r}") from err
 
     def get_prefix(self, prefix: str) -> dict[str, bytes]:
-        return self._get_prefix_at(prefix)[0]
+        return self.get_prefix_at(prefix)[0]
 
-    def _get_prefix_at(self, prefix: str) -> tuple[dict[str, bytes], int]:
+    def get_prefix_at(self, prefix: str) -> tuple[dict[str, bytes], int]:
         """The keys under ``prefix`` and the store revision they were read at."""
         with self._errors(f"read {prefix}"):
             response = self._etcd.get_prefix_response(prefix)
@@ -519,7 +519,7 @@ class KvClient:
 
         :raise TimedOut: still false after ``timeout_s`` (names ``what`` or the prefix)
         """
-        values, revision = self._get_prefix_at(prefix)
+        values, revision = self.get_prefix_at(prefix)
         if predicate(dict(values)):
             return values
         deadline = None if timeout_s is None else time.monotonic() + timeout_s

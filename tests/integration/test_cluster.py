@@ -266,15 +266,12 @@ def test_batch_runs_in_background(cluster_env):
     job_id = res.stdout.strip()
     assert job_id
     from pcocc.batch.base import get_manager
-    from pcocc.cluster.adapters import manager_settings
 
     old = dict(os.environ)
     os.environ.update(env.env)
     try:
         manager = get_manager(
-            manager_settings(
-                yaml.safe_load((Path(env.env["PCOCC_SYSTEM_CONF_DIR"]) / "batch.yaml").read_text())
-            )
+            yaml.safe_load((Path(env.env["PCOCC_SYSTEM_CONF_DIR"]) / "batch.yaml").read_text())
         )
         state = manager.wait(job_id, timeout_s=600)
     finally:

@@ -9,7 +9,7 @@ from pcocc.cluster.adapters import (
     configured_endpoints,
     hosts_file,
     kv_endpoint_sets,
-    manager_settings,
+    batch_manager,
     mount_args,
 )
 from pcocc.cluster.definition import build_definition
@@ -100,21 +100,21 @@ def test_ssh_without_any_cluster_is_clear(pcocc_env, capsys, monkeypatch, tmp_pa
     assert capsys.readouterr().out.strip() == "[]"
 
 
-def test_batch_yaml_to_manager_settings():
-    assert manager_settings({"type": "local", "etcd": {"mode": "private"}}) == {"type": "local"}
-    got = manager_settings(
-        {
+def test_batch_yaml_reaches_the_manager_through_its_section():
+    from pcocc.batch.slurm import SlurmManager
+
+    class Cfg:
+        batch = {
             "type": "slurm",
             "etcd": {"endpoints": ["h:1"]},
             "slurm": {"partition": "p1", "alloc-args": ["-t", "5"], "srun-args": ["--mpi=none"]},
         }
-    )
-    assert got == {
-        "type": "slurm",
-        "salloc-options": ["-p", "p1", "-t", "5"],
-        "sbatch-options": ["-p", "p1", "-t", "5"],
-        "srun-options": ["--mpi=none"],
-    }
+
+    manager = batch_manager(Cfg()).manager
+    assert isinstance(manager, SlurmManager)
+    assert manager.salloc_options == ["--partition", "p1", "-t", "5"]
+    assert manager.sbatch_options == ["--partition", "p1", "-t", "5"]
+    assert manager.srun_options == ["--mpi=none"]
 
 
 def test_etcd_endpoints_env_then_config(tmp_path):
