@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest_registry import busybox_image, multilayer_image  # noqa: F401
 
 from helpers import testimages
 from helpers.testimages import BlobDir
@@ -23,7 +22,7 @@ from pcocc.repo.cache import ContainerCache
 
 
 @pytest.fixture(scope="module")
-def stored(tmp_path_factory, multilayer_image):  # noqa: F811
+def stored(tmp_path_factory, multilayer_image):
     """The multi-layer test image imported into a blob directory."""
     tmp = tmp_path_factory.mktemp("cache-store")
     store = BlobDir(tmp / "blobs")
@@ -38,7 +37,7 @@ def variant(image, n: int):
     return dataclasses.replace(image, manifest_digest="sha256:" + f"{n:x}" * 64)
 
 
-def test_prepare_dir_builds_once_and_records_use(tmp_path, stored, multilayer_image):  # noqa: F811
+def test_prepare_dir_builds_once_and_records_use(tmp_path, stored, multilayer_image):
     store, image = stored
     cache = ContainerCache(tmp_path / "cache")
     rootfs = cache.prepare(image, store.path, "dir")
@@ -211,7 +210,7 @@ print(json.dumps(out))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to a throwaway user")
-def test_prepare_and_delete_as_non_root_user(stored, multilayer_image):  # noqa: F811
+def test_prepare_and_delete_as_non_root_user(stored, multilayer_image):
     """A user's own cache: read-only directories in the image must not block deletion."""
     import json
     import subprocess

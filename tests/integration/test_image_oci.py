@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest_registry import busybox_image, multilayer_image, registry  # noqa: F401
 
 from helpers import testimages
 from helpers.testimages import BlobDir
@@ -57,7 +56,7 @@ def _check_imported(store: BlobDir, image, test_image, rootfs: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt", FILE_FORMATS)
-def test_import_from_file_formats(tmp_path, multilayer_image, fmt):  # noqa: F811
+def test_import_from_file_formats(tmp_path, multilayer_image, fmt):
     ref = testimages.convert(multilayer_image, fmt, _location(tmp_path, fmt))
     store = BlobDir(tmp_path / "store")
     image = import_into(store, tmp_path, ref.split(":", 1)[1], fmt)
@@ -67,7 +66,7 @@ def test_import_from_file_formats(tmp_path, multilayer_image, fmt):  # noqa: F81
     _check_imported(store, image, multilayer_image, tmp_path / "rootfs")
 
 
-def test_import_from_local_registry(tmp_path, busybox_image, registry):  # noqa: F811
+def test_import_from_local_registry(tmp_path, busybox_image, registry):
     location = registry.ref("pcocc/busybox", "1")
     testimages.convert(busybox_image, "docker", location, tls_verify=False)
     store = BlobDir(tmp_path / "store")
@@ -89,7 +88,7 @@ def test_import_from_local_registry(tmp_path, busybox_image, registry):  # noqa:
         import_into(BlobDir(tmp_path / "s2"), tmp_path, location, "docker")
 
 
-def test_identical_layers_are_stored_once(tmp_path, multilayer_image):  # noqa: F811
+def test_identical_layers_are_stored_once(tmp_path, multilayer_image):
     store = BlobDir(tmp_path / "store", hooks=False)
     a = import_into(store, tmp_path, str(multilayer_image.layout) + ":multi", "oci")
     ref = testimages.convert(multilayer_image, "oci-archive", str(tmp_path / "m.tar"))
@@ -101,7 +100,7 @@ def test_identical_layers_are_stored_once(tmp_path, multilayer_image):  # noqa: 
 
 
 @pytest.mark.parametrize("hooks", [True, False])
-def test_reimport_changes_no_blob(tmp_path, multilayer_image, hooks):  # noqa: F811
+def test_reimport_changes_no_blob(tmp_path, multilayer_image, hooks):
     ref = testimages.convert(multilayer_image, "docker-archive", str(tmp_path / "m.tar"))
     store = BlobDir(tmp_path / "store", hooks=hooks)
     first = import_into(store, tmp_path, ref.split(":", 1)[1], "docker-archive")
@@ -117,7 +116,7 @@ def test_reimport_changes_no_blob(tmp_path, multilayer_image, hooks):  # noqa: F
 
 
 @pytest.mark.parametrize("fmt", FILE_FORMATS)
-def test_export_round_trip(tmp_path, multilayer_image, fmt):  # noqa: F811
+def test_export_round_trip(tmp_path, multilayer_image, fmt):
     store = BlobDir(tmp_path / "store")
     src = import_into(store, tmp_path, str(multilayer_image.layout) + ":multi", "oci")
     work = tmp_path / "export-work"
@@ -136,7 +135,7 @@ def test_export_round_trip(tmp_path, multilayer_image, fmt):  # noqa: F811
     assert testimages.check_tree(tmp_path / "r2", multilayer_image) == []
 
 
-def test_export_refuses_sif_and_unknown(tmp_path, busybox_image):  # noqa: F811
+def test_export_refuses_sif_and_unknown(tmp_path, busybox_image):
     store = BlobDir(tmp_path / "store")
     img = import_into(store, tmp_path, str(busybox_image.layout) + ":busybox", "oci")
     for fmt in ("simg", "sif"):
@@ -167,7 +166,7 @@ def test_missing_source_is_a_clear_error(tmp_path):
         import_into(BlobDir(tmp_path / "s"), tmp_path, str(tmp_path / "nope.tar"), "docker-archive")
 
 
-def test_tampered_blob_is_refused(tmp_path, busybox_image):  # noqa: F811
+def test_tampered_blob_is_refused(tmp_path, busybox_image):
     layout = tmp_path / "layout"
     shutil.copytree(busybox_image.layout, layout)
     index = json.loads((layout / "index.json").read_text())
@@ -184,7 +183,7 @@ def test_tampered_blob_is_refused(tmp_path, busybox_image):  # noqa: F811
     assert manifest["config"]["digest"] not in store.digests()
 
 
-def test_malformed_manifest_is_refused(tmp_path, busybox_image):  # noqa: F811
+def test_malformed_manifest_is_refused(tmp_path, busybox_image):
     layout = tmp_path / "layout"
     shutil.copytree(busybox_image.layout, layout)
     (layout / "index.json").write_text(
@@ -200,7 +199,7 @@ def test_malformed_manifest_is_refused(tmp_path, busybox_image):  # noqa: F811
 
 
 @pytest.mark.skipif(not shutil.which("mksquashfs"), reason="squashfs-tools not installed")
-def test_sif_import_of_busybox_rootfs(tmp_path, busybox_image):  # noqa: F811
+def test_sif_import_of_busybox_rootfs(tmp_path, busybox_image):
     store = BlobDir(tmp_path / "store")
     img = import_into(store, tmp_path, str(busybox_image.layout) + ":busybox", "oci")
     rootfs = unpacked(store, img, tmp_path / "rootfs")
@@ -214,7 +213,7 @@ def test_sif_import_of_busybox_rootfs(tmp_path, busybox_image):  # noqa: F811
     assert from_sif.config["architecture"] == "amd64"
 
 
-def test_export_through_symlinks(tmp_path, busybox_image, monkeypatch):  # noqa: F811
+def test_export_through_symlinks(tmp_path, busybox_image, monkeypatch):
     """Hard links are impossible across file systems: the export layout uses symlinks."""
     store = BlobDir(tmp_path / "store")
     img = import_into(store, tmp_path, str(busybox_image.layout) + ":busybox", "oci")
