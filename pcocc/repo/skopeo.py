@@ -47,8 +47,14 @@ def transports() -> frozenset[str]:
     return frozenset(TRANSPORTS)  # unknown help layout: let skopeo itself complain
 
 
+#: Transports of every skopeo build: not looked up (that costs one skopeo run per command).
+_ALWAYS_BUILT = frozenset({"docker", "docker-archive", "oci", "oci-archive", "dir"})
+
+
 def require_transport(fmt: str) -> None:
     """Raise ToolMissing-like error when the installed skopeo lacks transport ``fmt``."""
+    if fmt in _ALWAYS_BUILT:
+        return
     if fmt not in transports():
         raise _no_transport(fmt)
 

@@ -13,7 +13,7 @@ import pytest
 
 from helpers import testimages
 from pcocc.config import RepoConfig
-from pcocc.errors import Corrupt, ToolError, UsageError
+from pcocc.errors import Corrupt, NotFound, ToolError, UsageError
 from pcocc.repo import oci, sif, skopeo
 from pcocc.repo.store import Repository
 from pcocc.repo.unpack import unpack_image
@@ -190,7 +190,7 @@ def test_transport_missing_from_the_build(tmp_path):
 
 
 def test_missing_source_is_a_clear_error(tmp_path):
-    with pytest.raises(ToolError, match=r"copying docker-archive:.*nope\.tar"):
+    with pytest.raises(NotFound, match=r"docker-archive:.*nope\.tar: no such file"):
         import_into(Store(tmp_path / "s"), tmp_path, str(tmp_path / "nope.tar"), "docker-archive")
 
 

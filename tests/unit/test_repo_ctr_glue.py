@@ -95,13 +95,18 @@ def recorder(monkeypatch):
         ("docker://127.0.0.1:5000/x:1", {}, "docker://127.0.0.1:5000/x:1", "false"),
         ("docker://localhost:5000/x", {"tls_verify": True}, "docker://localhost:5000/x", "true"),
         ("docker-archive:img.tar", {}, "docker-archive:img.tar", None),
-        ("oci-archive:/a b/img.tar", {"tls_verify": False}, "oci-archive:/a b/img.tar", None),
+        ("oci-archive:a b/img.tar", {"tls_verify": False}, "oci-archive:a b/img.tar", None),
         ("oci:layout:tag", {}, "oci:layout:tag", None),
         ("dir:some/dir", {}, "dir:some/dir", None),
     ],
 )
 def test_import_reaches_skopeo_with_a_whole_reference(repos, recorder, source, opts, want_ref,
-                                                      want_tls):
+                                                      want_tls, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for d in ("layout", "some/dir", "a b"):
+        (tmp_path / d).mkdir(parents=True)
+    for f in ("img.tar", "a b/img.tar"):
+        (tmp_path / f).write_bytes(b"")
     with pytest.raises(ToolError, match="stopped by the test"):
         ops.import_image(repos, source, "user:img", **opts)
     argv = recorder.copy_argv()
@@ -110,6 +115,14 @@ def test_import_reaches_skopeo_with_a_whole_reference(repos, recorder, source, o
     tls = [a.split("=", 1)[1] for a in argv if a.startswith("--src-tls-verify=")]
     assert tls == ([] if want_tls is None else [want_tls])
     assert not repos.get("user").has_image("img")
+
+
+def test_missing_local_source_fails_before_skopeo(repos, recorder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for source in ("docker-archive:img.tar", "oci:layout:tag", "dir:d", "oci-archive:a:b"):
+        with pytest.raises(NotFound, match=f"{source}: no such file"):
+            ops.import_image(repos, source, "user:x")
+    assert recorder.calls == []
 
 
 def test_export_reaches_skopeo_with_a_whole_reference(repos, recorder, monkeypatch):
