@@ -6,7 +6,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 def tmp_name(path: Path) -> Path:
     """A hidden, unique sibling name for writing ``path`` before renaming it in."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    return path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str, mode: int = 0o644) -> None:

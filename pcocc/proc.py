@@ -33,7 +33,7 @@ PACKAGE_OF = {
     "squashfuse": "squashfuse",
     "fusermount": "fuse3",
     "fusermount3": "fuse3",
-    "gpg": "gnupg",
+    "gpg": "gpg",
     "genisoimage": "genisoimage",
     "salloc": "slurm-client",
     "sbatch": "slurm-client",

@@ -145,8 +145,9 @@ def run_cli(argv: list[str]) -> int:
 
     debug = _debug_requested(argv)
     try:
-        cli.main(args=argv, prog_name="pcocc", standalone_mode=False)
-        return 0
+        # Without standalone mode, click returns ctx.exit(N)'s status instead of raising.
+        status = cli.main(args=argv, prog_name="pcocc", standalone_mode=False)
+        return status if isinstance(status, int) else 0
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.exceptions.Abort:

@@ -75,8 +75,11 @@ def _validator(name: str) -> Any:
 def validate(name: str, doc: YamlDoc) -> None:
     """Raise ConfigError for the first (in file order) schema error of ``doc``."""
     marker = checked_marker(name, doc)
-    if marker.exists():
-        return
+    try:
+        if marker.exists():
+            return
+    except OSError:
+        pass  # an unreadable cache only means checking again
     errors = [_deepest(e) for e in _validator(name).iter_errors(doc.data)]
     if not errors:
         _remember_valid(marker)

@@ -105,3 +105,7 @@ def multilayer_image(tmp_path_factory) -> testimages.TestImage:
     """busybox plus two layers with whiteouts (deleted file and dir, opaque dir)."""
     _need("umoci", "skopeo")
     return testimages.build_multilayer(tmp_path_factory.mktemp("multi-image"))
+
+
+# The test VM (kernel + initramfs + disk built from Debian packages) and a user ssh key.
+from conftest_vm import ssh_user_key, testvm_artifacts  # noqa: E402, F401

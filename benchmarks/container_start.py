@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Start-up cost of ``pcocc run`` against the container tools it competes with.
+
+Runs ``true`` from the same busybox root filesystem, interleaved, N times each:
+
+- ``pcocc run --runtime R IMAGE -- true`` (the console script, as a user runs it)
+- ``crun run`` of an equivalent bundle, with the same quirk handling as pcocc (the private
+  mount namespace and ``--cgroup-manager=disabled`` on hybrid cgroups) — the floor for pcocc
+- ``podman run --rootfs`` with the flags these machines need (its crun refuses hybrid
+  cgroups, so podman uses runc here when the host is hybrid)
+- ``ch-run`` on the directory (Charliecloud)
+
+Prints the median per tool and the ratios; target: pcocc <= 1.5x crun direct, and faster
+than podman. Usage: ``benchmarks/container_start.py [-n RUNS] [--runtime crun]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "helpers"))
+
+from testrootfs import build_rootfs
+
+from pcocc.ctr import runtime as rt
+from pcocc.ctr.spec import Identity, SpecRequest, build_spec
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    res = subprocess.run(
+        argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        check=False,
+    )
+    elapsed = time.perf_counter() - start
+    if res.returncode != 0:
+        raise SystemExit(
+            f"benchmark command failed ({res.returncode}): {' '.join(argv)}\n"
+            f"{res.stderr.decode(errors='replace')[-800:]}"
+        )
+    return elapsed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", "--runs", type=int, default=20)
+    ap.add_argument("--runtime", default="crun", help="pcocc's runtime (default crun)")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="pcocc-bench-ctr-"))
+    try:
+        env = dict(os.environ)
+        env.update(
+            HOME=str(work / "home"),
+            XDG_RUNTIME_DIR=str(work / "run"),
+            PCOCC_SYSTEM_CONF_DIR=str(work / "etc"),
+            PCOCC_USER_CONF_DIR=str(work / "home" / ".pcocc"),
+            USER=env.get("USER") or "root",
+            # installed packages have their bytecode: do not time the compiler
+            PYTHONPYCACHEPREFIX=str(work / "pycache"),
+        )
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        for d in ("home", "run", "etc"):
+            (work / d).mkdir(mode=0o700)
+        os.environ.update(XDG_RUNTIME_DIR=env["XDG_RUNTIME_DIR"])
+        image = build_rootfs(work / "img")
+        rootfs = image / "rootfs"
+
+        pcocc = shutil.which("pcocc", path=str(Path(sys.executable).parent)) or "pcocc"
+        commands: dict[str, list[str]] = {
+            f"pcocc run ({args.runtime})": [
+                pcocc,
+                "run",
+                "--runtime",
+                args.runtime,
+                str(image),
+                "--",
+                "true",
+            ],
+            # the floor of any pcocc command: interpreter + click, no container
+            "pcocc --version": [pcocc, "--version"],
+        }
+
+        # crun direct, with pcocc's quirk handling (found by the same probe)
+        crun = rt.probe("crun")
+        bundle = work / "bundle"
+        bundle.mkdir()
+        req = SpecRequest(
+            rootfs=str(rootfs),
+            args=["/bin/true"],
+            env={},
+            identity=Identity(os.getuid(), os.getgid()),
+            hostname="bench",
+        )
+        (bundle / "config.json").write_text(json.dumps(crun.adapt_spec(build_spec(req))))
+        commands["crun direct"] = crun.run_argv(bundle, "pcocc-bench")
+
+        if shutil.which("podman"):
+            pm_root = work / "podman"
+            pm_rootfs = work / "podman-rootfs"
+            shutil.copytree(rootfs, pm_rootfs, symlinks=True)
+            pm_runtime = ["--runtime", "runc"] if rt.cgroup_layout() == "hybrid" else []
+            commands["podman run"] = [
+                "podman",
+                "--root",
+                str(pm_root / "storage"),
+                "--runroot",
+                str(pm_root / "run"),
+                *pm_runtime,
+                "--cgroup-manager=cgroupfs",
+                "--events-backend=file",
+                "run",
+                "--rm",
+                "--network=none",
+                "--ulimit",
+                "nofile=20000:20000",
+                "--ulimit",
+                "nproc=4096:4096",
+                "--rootfs",
+                str(pm_rootfs),
+                "true",
+            ]
+        if shutil.which("ch-run"):
+            commands["ch-run"] = ["ch-run", str(rootfs), "--", "true"]
+
+        for argv in commands.values():  # warm up (and the per-boot probe of pcocc)
+            timed(argv, env)
+        samples: dict[str, list[float]] = {k: [] for k in commands}
+        for _ in range(args.runs):
+            for name, argv in commands.items():
+                samples[name].append(timed(argv, env))
+
+        med = {k: statistics.median(v) * 1000 for k, v in samples.items()}
+        base = med["crun direct"]
+        ours = med[f"pcocc run ({args.runtime})"]
+        load = os.getloadavg()[0]
+        print(
+            f"median start+exit of 'true' over {args.runs} runs "
+            f"(load average {load:.1f} on {os.cpu_count()} CPUs)"
+        )
+        for name, ms in med.items():
+            print(f"  {name:<22} {ms:8.1f} ms   x{ms / base:5.2f} of crun direct")
+        print(f"pcocc / crun direct = {ours / base:.2f}  (target <= 1.5)")
+        if "podman run" in med:
+            print(f"pcocc / podman      = {ours / med['podman run']:.2f}  (target < 1)")
+        if "ch-run" in med:
+            print(f"pcocc / ch-run      = {ours / med['ch-run']:.2f}")
+        own = ours - med["pcocc --version"]
+        print(
+            f"pcocc run minus 'pcocc --version' = {own:.1f} ms "
+            f"(x{own / base:.2f} of crun direct: pcocc's own work plus the runtime)"
+        )
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+#!/usr/bin/env python3
+"""Build the small x86_64 test VM of pcocc from Debian packages installed on this host.
+
+Usage: build_testvm.py OUTDIR   (prints the manifest as JSON)
+
+OUTDIR receives:
+  vmlinuz      Debian's cloud kernel, for direct boot (-kernel)
+  initrd.img   a busybox initramfs (uncompressed newc cpio) whose /init loads the virtio
+               modules, configures eth0, mounts the seed, sets the hostname, installs
+               authorized_keys and the host key, starts dropbear on port 22 and qemu-ga on
+               the org.qemu.guest_agent.0 port, and runs user-data when it is a script
+  disk.qcow2   a tiny ext2 disk holding /etc/os-release, to import into a repository
+  manifest.json what was built, from which inputs, and the kernel command line to use
+
+The seed the initramfs reads (see pcocc/vm/seed.py) is a NoCloud-style iso9660 image with
+volume id 'cidata' attached as a virtio disk (mounting it needs only cdrom + isofs, which is
+faster than an emulated CD drive): meta-data (local-hostname), user-data, and pcocc/
+authorized_keys and pcocc/ssh_host_ed25519_key (OpenSSH format).
+
+Builds are cached by content: the digest of every input (kernel, modules, binaries, their
+libraries, the init script and this file) is kept in the manifest; a build with the same
+inputs returns at once.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pcocc import proc
+from pcocc.errors import PcoccError
+
+HERE = Path(__file__).resolve().parent
+INIT_SCRIPT = HERE / "testvm_init.sh"
+
+#: Modules we need, loaded with their dependencies first (order from modules.dep).
+#: The order virtio_ring, virtio, virtio_pci_modern_dev, virtio_pci_legacy_dev, virtio_pci,
+#: failover, net_failover, virtio_net is what the kernel needs; modules.dep yields it.
+WANTED_MODULES = ["virtio_pci", "virtio_net", "virtio_console", "virtio_blk", "isofs"]
+
+#: Programs copied into the initramfs with the libraries ldd lists.
+BINARIES = {
+    "dropbear": "/usr/sbin/dropbear",
+    "dropbearkey": "/usr/bin/dropbearkey",
+    "dropbearconvert": "/usr/bin/dropbearconvert",
+}
+OPTIONAL_BINARIES = {"qemu-ga": "/usr/sbin/qemu-ga"}
+BUSYBOX = "/bin/busybox"
+
+#: Kernel command line for the test VM (console on the first serial port).
+APPEND = "console=ttyS0 quiet panic=-1 rdinit=/init"
+
+OS_RELEASE = """\
+PRETTY_NAME="pcocc test VM"
+NAME="pcocc-testvm"
+ID=pcocc-testvm
+VERSION_ID=1
+"""
+
+INITTAB = """\
+::respawn:-/bin/sh
+::ctrlaltdel:/bin/reboot
+::shutdown:/bin/umount -a -r
+"""
+
+UDHCPC_SCRIPT = """\
+#!/bin/sh
+case "$1" in
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    [ -n "$router" ] && ip route add default via ${router%% *}
+    : > /etc/resolv.conf
+    for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done ;;
+esac
+"""
+
+
+def find_kernel() -> tuple[Path, str]:
+    """The newest /boot/vmlinuz-*-cloud-amd64 and its version."""
+    found = sorted(glob.glob("/boot/vmlinuz-*-cloud-amd64"), key=_version_key)
+    if not found:
+        raise PcoccError(
+            "no Debian cloud kernel in /boot (vmlinuz-*-cloud-amd64)",
+            hint="install the Debian package 'linux-image-cloud-amd64'",
+        )
+    kernel = Path(found[-1])
+    return kernel, kernel.name.removeprefix("vmlinuz-")
+
+
+def _version_key(path: str) -> list:
+    return [int(p) if p.isdigit() else p for p in re.split(r"[.-]", path)]
+
+
+def module_order(moddir: Path, wanted: list[str]) -> list[str]:
+    """Relative module paths (without .ko) of ``wanted`` and their dependencies, deps first."""
+    deps: dict[str, list[str]] = {}
+    for line in (moddir / "modules.dep").read_text().splitlines():
+        target, _, rest = line.partition(":")
+        deps[target] = rest.split()
+    by_name = {Path(t).name.removesuffix(".ko").replace("-", "_"): t for t in deps}
+    order: list[str] = []
+
+    def visit(rel: str) -> None:
+        if rel in order:
+            return
+        # modules.dep lists every (transitive) dependency; the last ones are the deepest.
+        for dep in reversed(deps[rel]):
+            visit(dep)
+        order.append(rel)
+
+    for name in wanted:
+        rel = by_name.get(name)
+        if rel is None:
+            if _is_builtin(moddir, name):
+                continue
+            raise PcoccError(f"kernel module '{name}' not found in {moddir}")
+        visit(rel)
+    for rel in order:
+        if not rel.endswith(".ko"):
+            raise PcoccError(f"compressed module {rel} is not supported by the test VM builder")
+    return [rel.removesuffix(".ko") for rel in order]
+
+
+def _is_builtin(moddir: Path, name: str) -> bool:
+    builtin = moddir / "modules.builtin"
+    return builtin.exists() and any(
+        Path(ln).name.removesuffix(".ko").replace("-", "_") == name
+        for ln in builtin.read_text().splitlines()
+    )
+
+
+def shared_libraries(binary: str) -> list[str]:
+    """Paths of the shared libraries ``binary`` loads (including the dynamic loader)."""
+    out = proc.run(["ldd", binary], what=f"list the libraries of {binary}").stdout
+    libs = []
+    for line in out.splitlines():
+        m = re.search(r"=>\s*(/\S+)", line) or re.match(r"\s*(/\S+)", line)
+        if m:
+            libs.append(m.group(1))
+    return libs
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Cpio:
+    """A minimal writer of uncompressed 'newc' cpio archives with fixed timestamps."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[int, bytes]] = {}  # path -> (mode, data)
+
+    def add_dir(self, path: str, mode: int = 0o755) -> None:
+        parts = path.strip("/").split("/")
+        for i in range(1, len(parts) + 1):
+            self.entries.setdefault("/".join(parts[:i]), (0o040000 | mode, b""))
+
+    def add_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        self._add_parent(path)
+        self.entries[path.strip("/")] = (0o100000 | mode, data)
+
+    def add_symlink(self, path: str, target: str) -> None:
+        self._add_parent(path)
+        self.entries[path.strip("/")] = (0o120777, target.encode())
+
+    def _add_parent(self, path: str) -> None:
+        parent = os.path.dirname(path.strip("/"))
+        if parent:
+            self.add_dir(parent)
+
+    def write(self, path: Path) -> None:
+        with open(path, "wb") as out:
+            for ino, name in enumerate(sorted(self.entries), start=1):
+                mode, data = self.entries[name]
+                self._entry(out, ino, name, mode, data)
+            self._entry(out, 0, "TRAILER!!!", 0, b"")
+
+    @staticmethod
+    def _entry(out, ino: int, name: str, mode: int, data: bytes) -> None:
+        nlink = 2 if mode & 0o040000 else 1
+        fields = [ino, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0]
+        header = b"070701" + b"".join(b"%08X" % f for f in fields)
+        out.write(header + name.encode() + b"\0")
+        out.write(b"\0" * (-(len(header) + len(name) + 1) % 4))
+        out.write(data)
+        out.write(b"\0" * (-len(data) % 4))
+
+
+def collect_inputs(kernel: Path, moddir: Path, modules: list[str]) -> dict[str, str]:
+    """Every input file -> its digest; the cache key is computed from this."""
+    files = [str(kernel), BUSYBOX, str(INIT_SCRIPT), __file__]
+    files += [str(moddir / f"{m}.ko") for m in modules]
+    for binary in [*BINARIES.values(), *_present(OPTIONAL_BINARIES).values()]:
+        files.append(binary)
+        files += shared_libraries(binary)
+    return {f: file_digest(f) for f in sorted(set(files))}
+
+
+def _present(binaries: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in binaries.items() if os.path.exists(v)}
+
+
+def build_initramfs(dest: Path, moddir: Path, modules: list[str]) -> None:
+    cpio = Cpio()
+    for d in ("bin", "dev", "proc", "sys", "tmp", "run", "seed", "disk", "root", "var/log",
+              "etc/dropbear", "etc/testvm", "lib/modules"):
+        cpio.add_dir(d)
+    cpio.add_symlink("sbin", "bin")
+    cpio.add_symlink("usr/bin", "../bin")
+    cpio.add_symlink("usr/sbin", "../bin")
+    cpio.add_symlink("var/run", "../run")
+    cpio.add_file("bin/busybox", Path(BUSYBOX).read_bytes(), 0o755)
+    applets = proc.run([BUSYBOX, "--list"]).stdout.split()
+    for applet in applets:
+        if applet != "busybox":
+            cpio.add_symlink(f"bin/{applet}", "busybox")
+    libs: set[str] = set()
+    for name, path in [*BINARIES.items(), *_present(OPTIONAL_BINARIES).items()]:
+        cpio.add_file(f"bin/{name}", Path(path).read_bytes(), 0o755)
+        libs.update(shared_libraries(path))
+    for lib in sorted(libs):
+        cpio.add_file(lib, Path(lib).read_bytes(), 0o755)
+    for mod in modules:
+        name = Path(mod).name
+        cpio.add_file(f"lib/modules/{name}.ko", (moddir / f"{mod}.ko").read_bytes())
+    cpio.add_file(
+        "etc/testvm/modules", "".join(f"{Path(m).name}\n" for m in modules).encode()
+    )
+    cpio.add_file("etc/testvm/udhcpc.script", UDHCPC_SCRIPT.encode(), 0o755)
+    cpio.add_file("init", INIT_SCRIPT.read_bytes(), 0o755)
+    cpio.add_file("etc/inittab", INITTAB.encode())
+    cpio.add_file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+    cpio.add_file("etc/group", b"root:x:0:\n")
+    cpio.add_file("etc/shells", b"/bin/sh\n/bin/ash\n")
+    cpio.add_file("etc/os-release", OS_RELEASE.encode())
+    cpio.add_file("etc/profile", b"export PATH=/bin\n")
+    cpio.write(dest)
+
+
+def build_disk(dest: Path, workdir: Path) -> None:
+    """A 4 MiB ext2 file system with /etc/os-release, as qcow2; reproducible bytes."""
+    root = workdir / "diskroot"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "os-release").write_text(OS_RELEASE)
+    raw = workdir / "disk.raw"
+    env = dict(os.environ, E2FSPROGS_FAKE_TIME="1700000000")
+    proc.run(
+        ["mke2fs", "-q", "-F", "-t", "ext2", "-L", "pcocc-testvm", "-d", root,
+         "-U", "6b1d5c9e-0000-4000-8000-00000000cafe",
+         "-E", "hash_seed=6b1d5c9e-0000-4000-8000-00000000beef", "-m", "0", raw, "4M"],
+        env=env, what="create the test disk file system",
+    )
+    proc.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, dest],
+             what="convert the test disk to qcow2")
+
+
+def build(outdir: Path) -> dict:
+    """Build the test VM into ``outdir`` unless the same inputs were already built there."""
+    kernel, version = find_kernel()
+    moddir = Path("/lib/modules") / version
+    modules = module_order(moddir, WANTED_MODULES)
+    inputs = collect_inputs(kernel, moddir, modules)
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    manifest_path = outdir / "manifest.json"
+    if manifest_path.exists():
+        try:
+            old = json.loads(manifest_path.read_text())
+        except ValueError:
+            old = {}
+        if old.get("key") == key and all((outdir / old[k]).exists()
+                                          for k in ("kernel", "initrd", "disk")):
+            return _absolute(old, outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".build-", dir=outdir) as tmp:
+        work = Path(tmp)
+        shutil.copyfile(kernel, work / "vmlinuz")
+        build_initramfs(work / "initrd.img", moddir, modules)
+        build_disk(work / "disk.qcow2", work)
+        manifest = {
+            "key": key,
+            "kernel_version": version,
+            "kernel": "vmlinuz",
+            "initrd": "initrd.img",
+            "disk": "disk.qcow2",
+            "append": APPEND,
+            "modules": [Path(m).name for m in modules],
+            "has_guest_agent": bool(_present(OPTIONAL_BINARIES)),
+            "inputs": inputs,
+        }
+        for name in ("vmlinuz", "initrd.img", "disk.qcow2"):
+            os.replace(work / name, outdir / name)
+        (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(work / "manifest.json", manifest_path)  # last: marks the build complete
+    return _absolute(manifest, outdir)
+
+
+def _absolute(manifest: dict, outdir: Path) -> dict:
+    out = dict(manifest)
+    for k in ("kernel", "initrd", "disk"):
+        out[k] = str((outdir / manifest[k]).resolve())
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: build_testvm.py OUTDIR", file=sys.stderr)
+        return 2
+    try:
+        manifest = build(Path(argv[0]))
+    except PcoccError as err:
+        print(f"build_testvm: error: {err}", file=sys.stderr)
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr)
+        return 1
+    manifest.pop("inputs")
+    print(json.dumps(manifest, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

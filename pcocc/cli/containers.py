@@ -1,0 +1,301 @@
+"""``pcocc run`` and ``pcocc pod``: parse, call pcocc.ctr, print."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+import click
+
+from pcocc.cli.context import Session, pass_session
+
+APP_SEPARATOR = "---"
+
+
+def exit_with(status: int) -> None:
+    """End the command with an app's exit status (0 returns normally)."""
+    if status:
+        click.get_current_context().exit(status)
+
+
+def split_apps(tokens: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """``IMAGE [--] ARGS [--- IMAGE2 [--] ARGS]`` -> [(image, args), ...]."""
+    from pcocc.errors import UsageError
+
+    groups: list[list[str]] = [[]]
+    for tok in tokens:
+        if tok == APP_SEPARATOR:
+            groups.append([])
+        else:
+            groups[-1].append(tok)
+    apps = []
+    for g in groups:
+        if not g or g[0] == "--":
+            raise UsageError(
+                "an image is missing before '--' or around '---'",
+                hint="pcocc run IMAGE [-- ARGS] [--- IMAGE2 [-- ARGS]]",
+            )
+        image, rest = g[0], g[1:]
+        if rest and rest[0] == "--":
+            rest = rest[1:]
+        apps.append((image, rest))
+    return apps
+
+
+def _settings(session: Session):
+    from pcocc.ctr.settings import load_settings
+
+    return load_settings(session.system_dir, session.user_dir)
+
+
+@click.command(
+    "run",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@click.option("-N", "--nodes", type=click.IntRange(min=1), help="Number of nodes (Slurm).")
+@click.option("-n", "--tasks", type=click.IntRange(min=1), help="Number of tasks (Slurm).")
+@click.option("--runtime", metavar="NAME", help="auto, crun, runc, unshare or vm.")
+@click.option("--set-env", multiple=True, metavar="NAME=VALUE", help="Set a variable.")
+@click.option(
+    "--set-env-file", multiple=True, metavar="FILE", help="Set the NAME=VALUE lines of FILE."
+)
+@click.option("--inherit-env", is_flag=True, help="Pass the host environment to the apps.")
+@click.option(
+    "--volume",
+    multiple=True,
+    metavar="NAME,kind=host,source=PATH[,readOnly=true]",
+    help="Declare a volume (kind=host or kind=empty).",
+)
+@click.option(
+    "--mount",
+    multiple=True,
+    metavar="volume=NAME,target=PATH",
+    help="Mount a declared volume in the apps.",
+)
+@click.option(
+    "-M",
+    "--module",
+    multiple=True,
+    metavar="NAME",
+    help="Add a module of containers.yaml (mounts and env).",
+)
+@click.option("--private-net", is_flag=True, help="Own network namespace (loopback only).")
+@click.option(
+    "--insecure-options",
+    multiple=True,
+    metavar="capabilities,paths,seccomp",
+    help="Relax these protections.",
+)
+@click.option("-i", "--interactive", is_flag=True, help="Attach the terminal to the app.")
+@click.option("--hostname", help="Host name of the pod [default: pcocc-<uuid>].")
+@click.option("--root", "as_root", is_flag=True, help="Run as root of the container.")
+@click.argument(
+    "cmdline", nargs=-1, type=click.UNPROCESSED, required=True, metavar="IMAGE [-- ARGS]..."
+)
+@pass_session
+@click.pass_context
+def run(
+    ctx: click.Context,
+    session: Session,
+    nodes: int | None,
+    tasks: int | None,
+    runtime: str | None,
+    set_env: tuple[str, ...],
+    set_env_file: tuple[str, ...],
+    inherit_env: bool,
+    volume: tuple[str, ...],
+    mount: tuple[str, ...],
+    module: tuple[str, ...],
+    private_net: bool,
+    insecure_options: tuple[str, ...],
+    interactive: bool,
+    hostname: str | None,
+    as_root: bool,
+    cmdline: tuple[str, ...],
+) -> None:
+    """Run IMAGE [-- ARGS] [--- IMAGE2 [-- ARGS]] as a pod; exit with the app's status."""
+    from pcocc.ctr.launch import RunOptions
+
+    opts = RunOptions(
+        runtime=runtime,
+        set_env=set_env,
+        env_files=set_env_file,
+        inherit_env=inherit_env,
+        volumes=volume,
+        mounts=mount,
+        modules=module,
+        private_net=private_net,
+        insecure=insecure_options,
+        interactive=interactive,
+        hostname=hostname,
+        as_root=as_root,
+    )
+    apps = split_apps(cmdline)
+    if nodes is not None or tasks is not None:
+        from pcocc.ctr.multinode import run_tasks
+
+        exit_with(run_tasks(session, apps, opts, nodes=nodes, tasks=tasks))
+        return
+    exit_with(run_local(session, apps, opts))
+
+
+def run_local(session: Session, apps: list[tuple[str, list[str]]], opts) -> int:
+    from pcocc.ctr.images import resolve_rootfs
+    from pcocc.ctr.launch import AppSpec, run_pod
+    from pcocc.ctr.pods import PodStore
+
+    specs = []
+    for image, args in apps:
+        rootfs, config = resolve_rootfs(session, image)
+        specs.append(AppSpec(image, str(rootfs), config, args))
+    _, status = run_pod(PodStore(), specs, opts, _settings(session))
+    return status
+
+
+# -- pod ----------------------------------------------------------------------------------
+@click.group("pod")
+def pod() -> None:
+    """List, inspect, enter and collect container pods."""
+
+
+def _iso(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+@pod.command("list")
+@click.option("--full", is_flag=True, help="Full UUIDs and image names.")
+@click.option("--no-legend", is_flag=True, help="No header line.")
+@click.option("--json", "as_json", is_flag=True, help="JSON records.")
+def list_(full: bool, no_legend: bool, as_json: bool) -> None:
+    """List your pods."""
+    from pcocc.ctr.pods import PodStore
+
+    recs = list(PodStore().list())
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in recs], indent=1))
+        return
+    rows = []
+    for r in recs:
+        for i, app in enumerate(r.apps or [None]):
+            first = i == 0
+            rows.append(
+                (
+                    (r.uuid if full else r.short_id) if first else "",
+                    app.name if app else "-",
+                    app.image if app else "-",
+                    r.state if first else "",
+                    r.node if first else "",
+                    _iso(r.created) if first else "",
+                )
+            )
+    header = ("UUID", "APP", "IMAGE", "STATE", "NODE", "CREATED")
+    _table(rows, None if no_legend else header)
+
+
+def _table(rows: list[tuple[str, ...]], header: tuple[str, ...] | None) -> None:
+    all_rows = ([header] if header else []) + rows
+    if not all_rows:
+        return
+    widths = [max(len(r[i]) for r in all_rows) for i in range(len(all_rows[0]))]
+    for r in all_rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+@pod.command("status")
+@click.option("--wait", is_flag=True, help="Wait for the pod to exit first.")
+@click.argument("uuid")
+def status(wait: bool, uuid: str) -> None:
+    """Show the state of a pod and the exit status of its apps."""
+    from pcocc.ctr.pods import PodStore
+
+    store = PodStore()
+    rec = store.resolve(uuid)
+    if wait:
+        rec = store.wait(rec)
+    running = rec.state == "running"
+    click.echo(f"uuid={rec.uuid}")
+    click.echo(f"state={rec.state}")
+    click.echo(f"pid={rec.pid if running and rec.pid else -1}")
+    click.echo(f"exited={'false' if running or rec.state == 'prepared' else 'true'}")
+    click.echo(f"node={rec.node}")
+    for app in rec.apps:
+        if app.exit_status is not None:
+            click.echo(f"{app.name}={app.exit_status}")
+
+
+@pod.command(
+    "enter", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+@click.option("--app", "app_name", metavar="NAME", help="The app to enter.")
+@click.option("-t", "--tty", is_flag=True, help="Allocate a terminal.")
+@click.argument("uuid")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def enter(
+    ctx: click.Context, app_name: str | None, tty: bool, uuid: str, command: tuple[str, ...]
+) -> None:
+    """Run COMMAND (default /bin/sh) inside an app of a running pod."""
+    from pcocc.ctr.launch import enter_pod
+    from pcocc.ctr.pods import PodStore
+
+    store = PodStore()
+    rec = store.resolve(uuid)
+    argv = list(command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        click.echo('pcocc: no command given, assuming "/bin/sh"', err=True)
+    exit_with(enter_pod(store, rec, app_name, argv, tty=tty))
+
+
+@pod.command("logs")
+@click.option("--app", "app_name", metavar="NAME", help="Only this app.")
+@click.argument("uuid")
+def logs(app_name: str | None, uuid: str) -> None:
+    """Print the output of a pod's apps."""
+    from pcocc.ctr.launch import read_logs
+    from pcocc.ctr.pods import PodStore
+
+    store = PodStore()
+    rec = store.resolve(uuid)
+    entries = read_logs(store, rec, app_name)
+    for name, data in entries:
+        if len(entries) > 1:
+            click.echo(f"==> {name} <==")
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+
+@pod.command("gc")
+@click.option(
+    "--grace-period",
+    default="30m",
+    show_default=True,
+    metavar="DURATION",
+    help="How long exited pods stay, then how long garbage stays (e.g. 30m, 0s).",
+)
+def gc(grace_period: str) -> None:
+    """Move exited pods to the garbage, and remove old garbage."""
+    from pcocc.ctr.pods import PodStore, parse_duration
+
+    for action, uuid in PodStore().gc(parse_duration(grace_period)):
+        if action == "garbage":
+            click.echo(f'Moving pod "{uuid}" to garbage')
+        else:
+            click.echo(f'Garbage collecting pod "{uuid}"')
+
+
+@pod.command("rm")
+@click.argument("uuids", nargs=-1, required=True)
+def rm(uuids: tuple[str, ...]) -> None:
+    """Remove exited pods."""
+    from pcocc.ctr.pods import PodStore, cleanup_containers
+
+    store = PodStore()
+    for u in uuids:
+        rec = store.resolve(u)
+        cleanup_containers(rec)
+        store.remove(rec)
+        click.echo(f'Removed pod "{rec.uuid}"')

@@ -1,0 +1,22 @@
+"""``pcocc internal ctr-task FILE``: run one task's pod of a multi-node ``pcocc run``.
+
+The lead attaches ``ctr_task`` to the hidden ``internal`` group.
+"""
+
+from __future__ import annotations
+
+import click
+
+from pcocc.cli.context import Session, pass_session
+
+
+@click.command("ctr-task", hidden=True)
+@click.argument("request")
+@pass_session
+def ctr_task(session: Session, request: str) -> None:
+    """Run the pod described by the run request REQUEST on this node."""
+    from pcocc.cli.containers import exit_with, run_local
+    from pcocc.ctr.multinode import read_request
+
+    apps, opts = read_request(request)
+    exit_with(run_local(session, apps, opts))

@@ -1,0 +1,342 @@
+"""Run a pod: build one bundle per app, start them with the runtime, record, wait, collect.
+
+``run_pod`` is what ``pcocc run`` (one node) and ``pcocc internal ctr-task`` (one Slurm task)
+call. The calling process supervises the pod: its pid and start time are in the record, so a
+pod whose supervisor died shows as exited. App output goes to our stdout/stderr and to the
+app's log file (except with ``interactive``, where the app owns the terminal).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pcocc import proc
+from pcocc.ctr.env import merge_env
+from pcocc.ctr.pods import AppRecord, PodRecord, PodStore, process_start_ticks
+from pcocc.ctr.settings import ContainerSettings
+from pcocc.ctr.spec import Identity, SpecRequest, app_args, build_spec, parse_insecure_options
+from pcocc.ctr.volumes import parse_mount, parse_volume, resolve_mounts, select_modules
+from pcocc.errors import PcoccError, UsageError
+
+
+@dataclass
+class AppSpec:
+    """One app of ``pcocc run``: its image reference, rootfs and image config, and args."""
+
+    image: str
+    rootfs: str
+    image_config: Mapping[str, Any] = field(default_factory=dict)
+    args: Sequence[str] = ()
+
+
+@dataclass
+class RunOptions:
+    runtime: str | None = None
+    set_env: Sequence[str] = ()
+    env_files: Sequence[str] = ()
+    inherit_env: bool = False
+    volumes: Sequence[str] = ()
+    mounts: Sequence[str] = ()
+    modules: Sequence[str] = ()
+    private_net: bool = False
+    insecure: Sequence[str] = ()
+    interactive: bool = False
+    hostname: str | None = None
+    as_root: bool = False
+
+
+def app_names(images: Sequence[str]) -> list[str]:
+    """Readable, unique app names from image references (``busybox``, ``busybox-2``)."""
+    names: list[str] = []
+    for ref in images:
+        base = ref.rstrip("/").rsplit("/", 1)[-1].split("@")[0].split(":")[-1]
+        if base == "rootfs":
+            base = ref.rstrip("/").rsplit("/", 2)[-2] if ref.count("/") >= 1 else base
+        name = re.sub(r"[^a-z0-9-]+", "-", base.lower()).strip("-") or "app"
+        cand, i = name, 2
+        while cand in names:
+            cand, i = f"{name}-{i}", i + 1
+        names.append(cand)
+    return names
+
+
+def exit_status(returncode: int) -> int:
+    """A Popen return code as a shell would report it (128+N for signal N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def prepare_pod(
+    store: PodStore,
+    apps: Sequence[AppSpec],
+    opts: RunOptions,
+    settings: ContainerSettings,
+    *,
+    runtime: Any,
+    host_env: Mapping[str, str] | None = None,
+    save: bool = True,
+) -> PodRecord:
+    """Check every input, create the pod and write the app bundles (state prepared).
+
+    :param save: write the record now; ``run_pod`` saves it first when the apps have
+        started, which spares one synced write on the start-up path
+    """
+    if not apps:
+        raise UsageError("no image given", hint="pcocc run IMAGE [-- ARGS]")
+    insecure = parse_insecure_options(opts.insecure)
+    volumes = [parse_volume(v) for v in opts.volumes]
+    mount_reqs = [parse_mount(m) for m in opts.mounts]
+    module_names = list(dict.fromkeys([*settings.default_modules, *opts.modules]))
+    where = settings.sources[0] if settings.sources else "containers.yaml"
+    mod_mounts, mod_env = select_modules(settings.modules, module_names, where)
+    argvs = [app_args(a.image_config, a.args, a.image) for a in apps]
+    names = app_names([a.image for a in apps])
+    envs = [
+        merge_env(
+            image_env=a.image_config.get("Env") or (),
+            config_env={**settings.env, **mod_env},
+            host_env=(host_env if host_env is not None else os.environ)
+            if opts.inherit_env
+            else None,
+            env_files=opts.env_files,
+            set_env=opts.set_env,
+        )
+        for a in apps
+    ]
+    rec = store.create(
+        [AppRecord(n, a.image, list(a.args)) for n, a in zip(names, apps)],
+        runtime=runtime.name,
+        save=False,
+    )
+    try:
+        rec.hostname = opts.hostname or f"pcocc-{rec.short_id}"
+        mounts = resolve_mounts(
+            volumes,
+            mount_reqs,
+            empty_dir=store.pod_dir(rec.uuid) / "volumes",
+            config_mounts=[*settings.mounts, *mod_mounts],
+            config_name=where,
+        )
+        ident = Identity(os.getuid(), os.getgid(), tuple(os.getgroups()), opts.as_root)
+        for app, spec_app, argv, env in zip(rec.apps, apps, argvs, envs):
+            req = SpecRequest(
+                rootfs=str(spec_app.rootfs),
+                args=argv,
+                env=env,
+                identity=ident,
+                cwd=str(spec_app.image_config.get("WorkingDir") or "/"),
+                hostname=rec.hostname,
+                mounts=mounts,
+                private_net=opts.private_net,
+                insecure=insecure,
+            )
+            app.container_id = f"pcocc-{rec.uuid}-{app.name}"
+            bundle = store.app_dir(rec.uuid, app.name)
+            spec = runtime.adapt_spec(build_spec(req))
+            (bundle / "config.json").write_text(json.dumps(spec, indent=1))
+        if save:
+            store.save(rec)
+    except BaseException:
+        store.remove(rec)
+        raise
+    return rec
+
+
+class _Terminate(Exception):
+    pass
+
+
+def _on_term(signum: int, frame: Any) -> None:
+    raise _Terminate(signum)
+
+
+def start_pod(
+    store: PodStore,
+    rec: PodRecord,
+    runtime: Any,
+    *,
+    interactive: bool = False,
+    out: BinaryIO | None = None,
+    err: BinaryIO | None = None,
+) -> int:
+    """Run the prepared pod's apps side by side and wait for them all.
+
+    :return: 0 if every app exited 0, else the first non-zero exit status (in app order)
+    """
+    out = out or sys.stdout.buffer
+    err = err or sys.stderr.buffer
+    rec.pid = os.getpid()
+    rec.pid_start = process_start_ticks(rec.pid)
+    rec.started = time.time()
+    rec.state = "running"
+    popens: list[subprocess.Popen] = []
+    logs: list[BinaryIO] = []
+    old_term = signal.signal(signal.SIGTERM, _on_term)
+    ns_fds: dict[str, int] = {}
+    try:
+        for i, app in enumerate(rec.apps):
+            bundle = store.app_dir(rec.uuid, app.name)
+            if i == 1:
+                holder = runtime.namespace_holder(rec.apps[0].container_id, popens[0])
+                if holder is not None:
+                    ns_fds = _hold_namespaces(holder)
+            if ns_fds:
+                _share_with(bundle, ns_fds)
+            argv = runtime.run_argv(bundle, app.container_id)
+            if interactive:
+                p = proc.spawn(argv, stdin=None, stdout=None, stderr=None, new_session=False)
+            else:
+                p = proc.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            popens.append(p)
+            logs.append(open(bundle / "log", "ab", buffering=0))  # noqa: SIM115
+            app.pid, app.pid_start = p.pid, process_start_ticks(p.pid)
+        store.save(rec)
+        if not interactive:
+            _pump(popens, logs, out, err)
+        for app, p in zip(rec.apps, popens):
+            app.exit_status = exit_status(p.wait())
+    except (KeyboardInterrupt, _Terminate):
+        for app, p in zip(rec.apps, popens):
+            if p.poll() is None:
+                runtime.kill(app.container_id, p)
+        for app, p in zip(rec.apps, popens):
+            app.exit_status = exit_status(p.wait())
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        for f in logs:
+            f.close()
+        for fd in ns_fds.values():
+            os.close(fd)
+        rec.state = "exited"
+        rec.exited = time.time()
+        store.save(rec)
+    return next((a.exit_status for a in rec.apps if a.exit_status), 0) or 0
+
+
+def _hold_namespaces(pid: int) -> dict[str, int]:
+    """Open the shareable namespaces of ``pid``: they outlive it while we hold them.
+
+    Returns OCI type -> fd, or {} when ``pid`` is already gone (no sharing then).
+    """
+    from pcocc.ctr.runtime import SHARED_NAMESPACES
+
+    fds: dict[str, int] = {}
+    try:
+        for oci_type, name in SHARED_NAMESPACES.items():
+            fds[oci_type] = os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        for fd in fds.values():
+            os.close(fd)
+        return {}
+    return fds
+
+
+def _share_with(bundle: Path, ns_fds: Mapping[str, int]) -> None:
+    """Make the app of ``bundle`` join the namespaces held in ``ns_fds``."""
+    from pcocc.ctr.runtime import join_namespaces
+
+    paths = {t: f"/proc/{os.getpid()}/fd/{fd}" for t, fd in ns_fds.items()}
+    path = bundle / "config.json"
+    path.write_text(json.dumps(join_namespaces(json.loads(path.read_text()), paths), indent=1))
+
+
+def _pump(
+    popens: Sequence[subprocess.Popen], logs: Sequence[BinaryIO], out: BinaryIO, err: BinaryIO
+) -> None:
+    """Copy every app's stdout/stderr to ours and to its log until all pipes close."""
+    sel = selectors.DefaultSelector()
+    for p, log in zip(popens, logs):
+        sel.register(p.stdout, selectors.EVENT_READ, (log, out))
+        sel.register(p.stderr, selectors.EVENT_READ, (log, err))
+    while sel.get_map():
+        for key, _ in sel.select():
+            data = os.read(key.fd, 65536)
+            if not data:
+                sel.unregister(key.fileobj)
+                key.fileobj.close()
+                continue
+            log, dest = key.data
+            log.write(data)
+            try:
+                dest.write(data)
+                dest.flush()
+            except BrokenPipeError:
+                pass
+    sel.close()
+
+
+def run_pod(
+    store: PodStore, apps: Sequence[AppSpec], opts: RunOptions, settings: ContainerSettings
+) -> tuple[PodRecord, int]:
+    """Prepare and run a pod on this node; returns its record and exit status."""
+    from pcocc.ctr.runtime import get_runtime
+
+    runtime = get_runtime(opts.runtime or settings.runtime or "auto")
+    rec = prepare_pod(store, apps, opts, settings, runtime=runtime, save=False)
+    status = start_pod(store, rec, runtime, interactive=opts.interactive)
+    return rec, status
+
+
+# -- operations on existing pods --------------------------------------------------------
+def pick_app(rec: PodRecord, name: str | None) -> AppRecord:
+    if name is None:
+        if len(rec.apps) == 1:
+            return rec.apps[0]
+        raise UsageError(
+            f"pod {rec.short_id} has several apps: {', '.join(a.name for a in rec.apps)}",
+            hint="choose one with --app NAME",
+        )
+    for app in rec.apps:
+        if app.name == name:
+            return app
+    raise UsageError(
+        f"pod {rec.short_id} has no app '{name}'",
+        hint=f"apps: {', '.join(a.name for a in rec.apps)}",
+    )
+
+
+def enter_pod(
+    store: PodStore, rec: PodRecord, app_name: str | None, argv: Sequence[str], *, tty: bool = False
+) -> int:
+    """Run ``argv`` (default /bin/sh) inside a running app; returns its exit status."""
+    from pcocc.ctr.runtime import Unshare, probe
+
+    if rec.state != "running":
+        raise PcoccError(
+            f"pod {rec.short_id} is {rec.state}, not running",
+            hint="only running pods can be entered",
+        )
+    app = pick_app(rec, app_name)
+    runtime = probe(rec.runtime)
+    record: dict[str, Any] = {"bundle": str(store.app_dir(rec.uuid, app.name))}
+    if isinstance(runtime, Unshare) and app.pid:
+        record["init_pid"] = Unshare.init_pid(app.pid)
+        record["runtime_pid"] = app.pid
+    cmd, env = runtime.exec_argv(
+        app.container_id, list(argv) or ["/bin/sh"], record=record, tty=tty
+    )
+    p = proc.spawn(cmd, env=env, stdin=None, stdout=None, stderr=None, new_session=False)
+    return exit_status(p.wait())
+
+
+def read_logs(store: PodStore, rec: PodRecord, app_name: str | None) -> list[tuple[str, bytes]]:
+    """(app name, log content) of one app or of all."""
+    apps = [pick_app(rec, app_name)] if app_name else rec.apps
+    out = []
+    for app in apps:
+        try:
+            out.append((app.name, store.log_path(rec.uuid, app.name).read_bytes()))
+        except FileNotFoundError:
+            out.append((app.name, b""))
+    return out

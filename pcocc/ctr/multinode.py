@@ -1,0 +1,88 @@
+"""``pcocc run -N/-n``: one pod per task of the allocation, through ``pcocc.batch``.
+
+The run request (images, args, options) is written to a JSON file in the user's state
+directory, and the batch manager starts ``pcocc internal ctr-task FILE`` once per task; each
+task runs its own pod on its node. The exit status is the launcher's (srun reports the
+first failing task's status).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid as uuidlib
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pcocc.ctr.launch import RunOptions, exit_status
+from pcocc.ctr.pods import pods_dir
+from pcocc.errors import PcoccError, UsageError
+from pcocc.fsutil import write_atomic
+
+if TYPE_CHECKING:
+    from pcocc.cli.context import Session
+
+REQUEST_VERSION = 1
+
+
+def write_request(apps: list[tuple[str, list[str]]], opts: RunOptions) -> Path:
+    """Save a run request where every node can read it (the user's state directory)."""
+    d = pods_dir().parent / "requests"
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = d / f"{uuidlib.uuid4()}.json"
+    data = {"version": REQUEST_VERSION, "apps": [list(a) for a in apps], "options": asdict(opts)}
+    write_atomic(path, json.dumps(data), mode=0o600)
+    return path
+
+
+def read_request(path: str | Path) -> tuple[list[tuple[str, list[str]]], RunOptions]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise UsageError(f"cannot read the run request {path}: {err}") from err
+    if data.get("version") != REQUEST_VERSION:
+        raise UsageError(f"{path}: not a run request of version {REQUEST_VERSION}")
+    options: dict[str, Any] = data["options"]
+    return [(a[0], list(a[1])) for a in data["apps"]], RunOptions(**options)
+
+
+def task_argv(request: Path) -> list[str]:
+    exe = Path(sys.executable).parent / "pcocc"
+    head = [str(exe)] if exe.exists() else [sys.executable, "-m", "pcocc.cli.main"]
+    return [*head, "internal", "ctr-task", str(request)]
+
+
+def run_tasks(
+    session: Session,
+    apps: list[tuple[str, list[str]]],
+    opts: RunOptions,
+    *,
+    nodes: int | None,
+    tasks: int | None,
+) -> int:
+    """Run one pod per task in the current allocation; returns the launcher's status."""
+    try:
+        from pcocc.batch.base import get_manager
+    except ImportError:
+        raise PcoccError(
+            "multi-node runs (-N/-n) need the batch managers, not in this version",
+            hint="run without -N/-n to use this node only",
+        ) from None
+    manager = get_manager(session.config.batch)
+    job_id = manager.job_id_from_env()
+    if job_id is None:
+        raise UsageError(
+            "pcocc run -N/-n must run inside an allocation",
+            hint="start one first, e.g. 'salloc -N 2' then 'pcocc run -N 2 ...'",
+        )
+    if opts.interactive:
+        raise UsageError("--interactive cannot be combined with -N/-n")
+    ntasks = tasks or nodes or 1
+    request = write_request(apps, opts)
+    try:
+        popen = manager.launch_tasks(job_id, ntasks, task_argv(request), env=dict(os.environ))
+        return exit_status(popen.wait())
+    finally:
+        request.unlink(missing_ok=True)

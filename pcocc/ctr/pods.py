@@ -1,0 +1,327 @@
+"""Pod records: one directory per pod under the user's state directory.
+
+Location: ``$XDG_STATE_HOME/pcocc/pods`` (default ``~/.local/state/pcocc/pods``): pods outlive
+a reboot so that their status and logs stay readable until ``gc``. Per pod::
+
+    <uuid>/pod.json           the record (written atomically)
+    <uuid>/apps/<app>/        the app's OCI bundle (config.json) and its ``log``
+    <uuid>/volumes/<name>/    ``kind=empty`` volumes, shared by the pod's apps
+
+States: ``prepared`` (created, not started), ``running``, ``exited``, ``garbage`` (exited
+for longer than a gc grace period; removed by a later gc after another grace period).
+A pod recorded as running whose supervisor process is gone (pid reused, other boot) is
+reported as ``exited``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pcocc.errors import Corrupt, NotFound, PcoccError, UsageError
+from pcocc.fsutil import write_atomic
+
+RECORD_VERSION = 1
+STATES = ("prepared", "running", "exited", "garbage")
+
+
+def pods_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return Path(base) / "pcocc" / "pods"
+
+
+def _boot_id() -> str:
+    from pcocc.ctr.runtime import boot_id
+
+    return boot_id()
+
+
+def new_uuid() -> str:
+    """A random (version 4) UUID, without the import cost of :mod:`uuid`."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[19])
+
+
+@dataclass
+class AppRecord:
+    name: str
+    image: str
+    args: list[str]
+    container_id: str = ""
+    exit_status: int | None = None
+    #: pid of the runtime process that runs the app (crun/runc/unshare), and its start time
+    pid: int | None = None
+    pid_start: int | None = None
+
+
+@dataclass
+class PodRecord:
+    uuid: str
+    state: str = "prepared"
+    node: str = field(default_factory=lambda: os.uname().nodename)
+    boot_id: str = ""
+    runtime: str = ""
+    hostname: str = ""
+    pid: int | None = None
+    pid_start: int | None = None
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    exited: float | None = None
+    garbage_since: float | None = None
+    apps: list[AppRecord] = field(default_factory=list)
+    version: int = RECORD_VERSION
+
+    @property
+    def short_id(self) -> str:
+        return self.uuid[:8]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str) -> PodRecord:
+        if not isinstance(data, dict) or data.get("version") != RECORD_VERSION:
+            raise Corrupt(f"{where}: not a pod record of version {RECORD_VERSION}")
+        try:
+            apps = [AppRecord(**a) for a in data.get("apps", [])]
+            fields = {k: v for k, v in data.items() if k != "apps"}
+            rec = cls(**fields, apps=apps)
+        except TypeError as err:
+            raise Corrupt(f"{where}: bad pod record: {err}") from err
+        if rec.state not in STATES:
+            raise Corrupt(f"{where}: unknown pod state '{rec.state}'")
+        return rec
+
+    def is_alive(self) -> bool:
+        """Is the supervisor process of this pod still running (same boot, same process)?"""
+        if self.pid is None or self.boot_id != _boot_id():
+            return False
+        if self.node != os.uname().nodename:
+            return True  # cannot tell from here; trust the record
+        return process_start_ticks(self.pid) == self.pid_start
+
+
+class PodStore:
+    """The pods of the current user."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = root or pods_dir()
+
+    def pod_dir(self, uuid: str) -> Path:
+        return self.root / uuid
+
+    def app_dir(self, uuid: str, app: str) -> Path:
+        return self.root / uuid / "apps" / app
+
+    def log_path(self, uuid: str, app: str) -> Path:
+        return self.app_dir(uuid, app) / "log"
+
+    def create(self, apps: list[AppRecord], *, save: bool = True, **fields: Any) -> PodRecord:
+        """A new pod directory; ``save=False`` leaves writing the record to the caller."""
+        rec = PodRecord(uuid=new_uuid(), apps=apps, boot_id=_boot_id(), **fields)
+        d = self.pod_dir(rec.uuid)
+        d.mkdir(parents=True, mode=0o700)
+        for app in apps:
+            self.app_dir(rec.uuid, app.name).mkdir(parents=True)
+        if save:
+            self.save(rec)
+        return rec
+
+    def save(self, rec: PodRecord) -> None:
+        write_atomic(
+            self.pod_dir(rec.uuid) / "pod.json", json.dumps(rec.to_json(), indent=1), mode=0o600
+        )
+
+    def load(self, uuid: str) -> PodRecord:
+        path = self.pod_dir(uuid) / "pod.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise NotFound(f"pod '{uuid}' not found") from None
+        except ValueError as err:
+            raise Corrupt(f"{path}: invalid JSON: {err}") from err
+        return self.refresh(PodRecord.from_json(data, str(path)))
+
+    def refresh(self, rec: PodRecord) -> PodRecord:
+        """Report a running pod whose supervisor died as exited (not saved)."""
+        if rec.state == "running" and not rec.is_alive():
+            rec.state = "exited"
+            if rec.exited is None:
+                rec.exited = rec.started or rec.created
+        elif rec.state == "prepared" and rec.pid is not None and not rec.is_alive():
+            rec.state = "exited"
+            rec.exited = rec.exited or rec.created
+        return rec
+
+    def uuids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+
+    def list(self) -> Iterator[PodRecord]:
+        """All readable pods, oldest first; unreadable ones are skipped."""
+        recs = []
+        for u in self.uuids():
+            try:
+                recs.append(self.load(u))
+            except (NotFound, Corrupt):
+                continue
+        yield from sorted(recs, key=lambda r: r.created)
+
+    def resolve(self, prefix: str) -> PodRecord:
+        """The pod whose UUID starts with ``prefix``.
+
+        :raise NotFound: none; :raise UsageError: several
+        """
+        if not prefix:
+            raise UsageError("a pod UUID (or a prefix of it) is required")
+        matches = [u for u in self.uuids() if u.startswith(prefix)]
+        if not matches:
+            raise NotFound(f"no pod with UUID '{prefix}'", hint="see 'pcocc pod list'")
+        if len(matches) > 1:
+            raise UsageError(
+                f"pod UUID prefix '{prefix}' is ambiguous: {len(matches)} pods",
+                hint="give more characters of the UUID",
+            )
+        return self.load(matches[0])
+
+    def wait(self, rec: PodRecord, timeout_s: float | None = None) -> PodRecord:
+        """Wait until the pod is no longer running."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        delay = 0.02
+        while rec.state == "running" or (rec.state == "prepared" and rec.pid is not None):
+            if deadline is not None and time.monotonic() > deadline:
+                raise PcoccError(f"pod {rec.uuid} still running after {timeout_s:g} s")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+            rec = self.load(rec.uuid)
+        return rec
+
+    def remove(self, rec: PodRecord) -> None:
+        if rec.state in ("running",) or (rec.state == "prepared" and rec.is_alive()):
+            raise PcoccError(
+                f"pod {rec.uuid} is {rec.state}",
+                hint="wait for it to exit ('pcocc pod status --wait')",
+            )
+        d = self.pod_dir(rec.uuid)
+        trash = d.with_name(f".{rec.uuid}.removing")
+        import shutil
+
+        os.replace(d, trash)  # atomic: the pod disappears at once, then is deleted
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def gc(self, grace_period_s: float, now: float | None = None) -> list[tuple[str, str]]:
+        """One gc pass: exited pods -> garbage, garbage older than the grace -> removed.
+
+        A pod exited for at least the grace period becomes garbage; a pod garbage for at least
+        the grace period is removed (so a pod lives at least twice the grace period).
+        Returns (action, uuid) with action ``garbage`` or ``removed``.
+        """
+        now = time.time() if now is None else now
+        import shutil
+
+        done: list[tuple[str, str]] = []
+        for stale in self.root.glob(".*.removing") if self.root.is_dir() else []:
+            shutil.rmtree(stale, ignore_errors=True)
+        for uuid in self.uuids():  # a run that died before its first record
+            d = self.pod_dir(uuid)
+            try:
+                age_s = now - d.stat().st_mtime
+                # a minute at least: a run being started has no record yet either
+                if not (d / "pod.json").exists() and age_s >= max(grace_period_s, 60.0):
+                    shutil.rmtree(d, ignore_errors=True)
+            except FileNotFoundError:
+                continue
+        for rec in self.list():
+            if rec.state == "garbage":
+                if now - (rec.garbage_since or now) >= grace_period_s:
+                    cleanup_containers(rec)
+                    self.remove(rec)
+                    done.append(("removed", rec.uuid))
+            elif rec.state == "exited":
+                if now - (rec.exited or rec.created) >= grace_period_s:
+                    rec.state = "garbage"
+                    rec.garbage_since = now
+                    self.save(rec)
+                    done.append(("garbage", rec.uuid))
+            elif (
+                rec.state == "prepared"
+                and rec.pid is None
+                and not rec.started
+                and now - rec.created >= grace_period_s
+            ):
+                # abandoned while being prepared: collect it like an exited pod
+                rec.state, rec.exited = "exited", now
+                self.save(rec)
+        return done
+
+
+def cleanup_containers(rec: PodRecord) -> None:
+    """Stop what a crashed supervisor left behind: runtime processes, container states."""
+    if rec.node != os.uname().nodename or rec.boot_id != _boot_id():
+        return
+    import signal
+
+    for app in rec.apps:
+        # the same process (pid and start time) as recorded: it is still ours
+        if app.pid and app.pid_start and process_start_ticks(app.pid) == app.pid_start:
+            try:
+                if os.getpgid(app.pid) == app.pid:  # spawned in its own session
+                    os.killpg(app.pid, signal.SIGKILL)
+                else:
+                    os.kill(app.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    if rec.runtime not in ("crun", "runc"):
+        return
+    from pcocc.ctr.runtime import probe, runtime_dir
+
+    # crun and runc keep a state directory per container under their --root
+    left = [
+        a
+        for a in rec.apps
+        if a.container_id and (runtime_dir() / rec.runtime / a.container_id).exists()
+    ]
+    if not left:
+        return
+    try:
+        rt = probe(rec.runtime)
+    except PcoccError:
+        return
+    for app in left:
+        rt.cleanup(app.container_id)
+
+
+def parse_duration(text: str) -> float:
+    """``30m``, ``1h30m0s``, ``0s``, ``500ms``, ``90`` (seconds) -> seconds."""
+    import re
+
+    text = text.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s|d)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise UsageError(f"invalid duration '{text}'", hint="use e.g. 30m, 1h30m, 10s or 0s")
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    return sum(float(n) * scale[u] for n, u in parts)

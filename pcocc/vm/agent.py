@@ -1,0 +1,144 @@
+"""A minimal client of the QEMU guest agent, over the host side of its virtio-serial port.
+
+QEMU listens on a unix socket (chardev ``qga0``); the agent in the guest reads and writes
+JSON on the other end. Before the guest opens the port, what we send is lost and nothing
+answers, so every exchange starts with ``guest-sync-delimited``: the agent answers with a
+0xFF byte then the id we sent, which also discards stale replies.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from pcocc.errors import PcoccError, ServiceUnavailable
+
+
+class AgentError(PcoccError):
+    """The guest agent answered with an error."""
+
+
+class GuestAgent:
+    """Talk to the guest agent of one VM; each call opens its own short connection."""
+
+    def __init__(self, socket_path: str | os.PathLike) -> None:
+        self.socket_path = Path(socket_path)
+
+    def execute(self, command: str, arguments: dict[str, Any] | None = None, *,
+                timeout_s: float = 5.0) -> Any:
+        """Run one agent command and return its ``return`` value.
+
+        :raise ServiceUnavailable: the agent did not answer within ``timeout_s``
+        :raise AgentError: the agent answered with an error
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._connect(timeout_s) as sock:
+            reader = _Reader(sock, deadline, self.socket_path)
+            sync_id = secrets.randbelow(2**31)
+            sock.sendall(b"\xff" + _encode("guest-sync-delimited", {"id": sync_id}))
+            reader.skip_to_delimiter()
+            while reader.message().get("return") != sync_id:
+                pass
+            sock.sendall(_encode(command, arguments))
+            reply = reader.message()
+        if "error" in reply:
+            err = reply["error"]
+            raise AgentError(f"guest agent {command}: {err.get('class')}: {err.get('desc')}")
+        return reply.get("return")
+
+    def ping(self, timeout_s: float = 2.0) -> bool:
+        """True when the agent answers within ``timeout_s``."""
+        try:
+            self.execute("guest-ping", timeout_s=timeout_s)
+        except (ServiceUnavailable, AgentError):
+            return False
+        return True
+
+    def exec(self, path: str, args: list[str] | None = None, *,
+             timeout_s: float = 30.0) -> tuple[int, str, str]:
+        """Run a program in the guest; return (exit code, stdout, stderr)."""
+        deadline = time.monotonic() + timeout_s
+        pid = self.execute("guest-exec", {"path": path, "arg": args or [],
+                                          "capture-output": True})["pid"]
+        while True:
+            status = self.execute("guest-exec-status", {"pid": pid},
+                                  timeout_s=max(0.5, deadline - time.monotonic()))
+            if status.get("exited"):
+                out = base64.b64decode(status.get("out-data", "")).decode(errors="replace")
+                err = base64.b64decode(status.get("err-data", "")).decode(errors="replace")
+                return int(status.get("exitcode", -1)), out, err
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(f"guest command {path} did not end in {timeout_s:g} s")
+            time.sleep(0.1)
+
+    def _connect(self, timeout_s: float) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout_s)
+        try:
+            sock.connect(os.fspath(self.socket_path))
+        except OSError as err:
+            sock.close()
+            raise ServiceUnavailable(
+                f"cannot connect to the guest agent socket {self.socket_path}: {err}"
+            ) from err
+        return sock
+
+
+def _encode(command: str, arguments: dict[str, Any] | None) -> bytes:
+    msg: dict[str, Any] = {"execute": command}
+    if arguments is not None:
+        msg["arguments"] = arguments
+    return json.dumps(msg).encode() + b"\n"
+
+
+class _Reader:
+    """Read JSON messages (one per line) from the agent socket before a deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: float, path: Path) -> None:
+        self.sock, self.deadline, self.path = sock, deadline, path
+        self.buf = b""
+
+    def _fill(self) -> None:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise ServiceUnavailable(f"the guest agent on {self.path} did not answer in time")
+        self.sock.settimeout(remaining)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError as err:
+            raise ServiceUnavailable(
+                f"the guest agent on {self.path} did not answer in time"
+            ) from err
+        except OSError as err:
+            raise ServiceUnavailable(f"guest agent socket {self.path}: {err}") from err
+        if not data:
+            raise ServiceUnavailable(f"guest agent socket {self.path} was closed")
+        self.buf += data
+
+    def skip_to_delimiter(self) -> None:
+        while b"\xff" not in self.buf:
+            self.buf = b""
+            self._fill()
+        self.buf = self.buf[self.buf.index(b"\xff") + 1:]
+
+    def message(self) -> dict[str, Any]:
+        while True:
+            line, sep, rest = self.buf.partition(b"\n")
+            if sep:
+                self.buf = rest
+                line = line.replace(b"\xff", b"")  # a delimiter may precede any reply
+                if line.strip():
+                    try:
+                        msg = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(msg, dict):
+                        return msg
+                continue
+            self._fill()

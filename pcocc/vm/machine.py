@@ -1,0 +1,349 @@
+"""Run one QEMU VM: start it, wait until the guest is up, stop it, and always clean up.
+
+``Machine`` is a context manager. In its run directory (created mode 0700) it puts the qcow2
+overlay over the image's top layer, the seed, the QMP, console and guest agent sockets
+(0600), the console log and QEMU's own log. QEMU runs with that directory as its working
+directory and gets relative socket names, so long run directories do not hit the 108-byte
+limit of unix socket paths; pcocc reaches them through ``/proc/self/fd/N/``.
+
+The guest is "up" when its ssh server sends its banner through the forwarded port (the
+default when the VM has user networking: it is what users need next), or when its guest
+agent answers a ping (``ready="agent"``). QEMU's hostfwd accepts connections before the guest
+listens, so a mere TCP connect proves nothing; the banner does.
+
+On a boot failure or timeout the console log and QEMU's log are kept (the error names
+them); everything else is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Self
+
+from pcocc import proc
+from pcocc.errors import PcoccError, UsageError
+from pcocc.vm.agent import GuestAgent
+from pcocc.vm.qemu import Drive, VmSpec, build_argv
+from pcocc.vm.qmp import QmpClient
+from pcocc.vm.seed import SeedSpec, build_seed
+
+log = logging.getLogger(__name__)
+
+CONSOLE_SOCKET = "console.sock"
+CONSOLE_LOG = "console.log"
+QMP_SOCKET = "qmp.sock"
+AGENT_SOCKET = "qga.sock"
+QEMU_LOG = "qemu.log"
+OVERLAY = "disk0.qcow2"
+SEED = "seed.iso"
+PORT_ATTEMPTS = 3
+
+
+class VmBootError(PcoccError):
+    """The VM did not come up (QEMU failed, or the guest did not answer in time)."""
+
+
+class _PortTaken(Exception):
+    """QEMU could not bind the ssh port that was free a moment ago; try another one."""
+
+    def __init__(self, error: VmBootError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def free_tcp_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (QEMU may still lose a race for it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ssh_banner_ready(port: int, timeout_s: float = 1.0) -> bool:
+    """True when something on 127.0.0.1:port sends an SSH protocol banner."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as s:
+            s.settimeout(timeout_s)
+            return s.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+class Machine:
+    """One QEMU VM with a lifetime: ``with Machine(spec, run_dir, ...) as vm: ...``.
+
+    :param spec: the VM; the socket, log, overlay and seed fields are filled in here
+    :param run_dir: private directory for this VM; created (0700), must not hold files
+    :param image: top qcow2 layer of the VM image; an overlay over it becomes the first disk
+    :param seed: cloud-init seed content; built into ``run_dir/seed.iso``
+    :param ready: "ssh" (banner on the forwarded port) or "agent" (guest agent ping);
+        default: "ssh" when the VM has user networking, else "agent"
+    :param boot_timeout_s: how long the guest may take to come up
+    :param keep_overlay: leave the overlay in place after shutdown (for ``save``)
+    """
+
+    def __init__(
+        self,
+        spec: VmSpec,
+        run_dir: str | os.PathLike,
+        *,
+        image: str | os.PathLike | None = None,
+        seed: SeedSpec | None = None,
+        ready: str | None = None,
+        boot_timeout_s: float = 120.0,
+        keep_overlay: bool = False,
+    ) -> None:
+        self.run_dir = Path(run_dir).absolute()
+        self.image = Path(image).absolute() if image is not None else None
+        self.seed = seed
+        self.ready = ready or ("ssh" if spec.network else "agent")
+        if self.ready not in ("ssh", "agent"):
+            raise UsageError(f"VM {spec.name}: unknown readiness check '{self.ready}'",
+                             hint="use 'ssh' or 'agent'")
+        if self.ready == "ssh" and not spec.network:
+            raise UsageError(f"VM {spec.name}: the ssh readiness check needs user networking")
+        self.boot_timeout_s = boot_timeout_s
+        self.keep_overlay = keep_overlay
+        self.base_spec = spec
+        self.spec: VmSpec | None = None
+        self.process: subprocess.Popen | None = None
+        self.ssh_port: int | None = None
+        self._dir_fd: int | None = None
+        self._created: list[Path] = []
+        self._created_dir = False
+        self._keep_logs = False
+
+    # -- paths ----------------------------------------------------------------------------
+    @property
+    def console_log(self) -> Path:
+        return self.run_dir / CONSOLE_LOG
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.run_dir / QEMU_LOG
+
+    @property
+    def overlay(self) -> Path | None:
+        return self.run_dir / OVERLAY if self.image else None
+
+    def socket_path(self, name: str) -> str:
+        """A path to a socket of the run directory that fits in a sockaddr_un."""
+        full = str(self.run_dir / name)
+        if len(full.encode()) < 100 or self._dir_fd is None:
+            return full
+        return f"/proc/self/fd/{self._dir_fd}/{name}"
+
+    @property
+    def qmp_socket(self) -> str:
+        return self.socket_path(QMP_SOCKET)
+
+    @property
+    def agent_socket(self) -> str:
+        return self.socket_path(AGENT_SOCKET)
+
+    @property
+    def console_socket(self) -> str:
+        return self.socket_path(CONSOLE_SOCKET)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def accel(self) -> str:
+        return self.base_spec.accel
+
+    # -- lifetime -------------------------------------------------------------------------
+    def __enter__(self) -> Self:
+        self.launch()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def launch(self) -> None:
+        """Prepare the run directory, start QEMU and wait until the guest is up.
+
+        :raise VmBootError: QEMU failed or the guest did not come up in time; the message
+            names the console log and the accelerator
+        """
+        try:
+            self._prepare()
+            for attempt in range(PORT_ATTEMPTS):
+                self._start_qemu()
+                try:
+                    self._wait_until_up()
+                    break
+                except _PortTaken as taken:
+                    if attempt == PORT_ATTEMPTS - 1:
+                        raise taken.error from None
+                    log.debug("VM %s: port %s was taken, retrying", self.spec.name,
+                              self.ssh_port)
+        except BaseException as err:
+            self._keep_logs = isinstance(err, VmBootError)
+            self.shutdown()
+            raise
+
+    def _prepare(self) -> None:
+        if self.run_dir.exists():
+            if any(self.run_dir.iterdir()):
+                raise PcoccError(f"run directory {self.run_dir} is not empty",
+                                 hint="is another VM using it? remove it if not")
+            os.chmod(self.run_dir, 0o700)
+        else:
+            self.run_dir.mkdir(mode=0o700, parents=True)
+            self._created_dir = True
+        self._dir_fd = os.open(self.run_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._created += [self.run_dir / n for n in
+                          (CONSOLE_SOCKET, QMP_SOCKET, AGENT_SOCKET, CONSOLE_LOG, QEMU_LOG)]
+        disks = list(self.base_spec.disks)
+        if self.image is not None:
+            self._created.append(self.run_dir / OVERLAY)
+            proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", self.image,
+                      "-F", "qcow2", self.run_dir / OVERLAY],
+                     what=f"create the disk overlay of VM {self.base_spec.name}")
+            disks.insert(0, Drive(Path(OVERLAY), id="disk0"))
+        seed_path = None
+        if self.seed is not None:
+            self._created.append(self.run_dir / SEED)
+            build_seed(self.seed, self.run_dir / SEED)
+            seed_path = Path(SEED)
+        # QEMU runs in run_dir: relative names keep socket paths short.
+        self.spec = dataclasses.replace(
+            self.base_spec,
+            disks=tuple(disks),
+            seed=seed_path or self.base_spec.seed,
+            console_socket=Path(CONSOLE_SOCKET),
+            console_log=Path(CONSOLE_LOG),
+            qmp_socket=Path(QMP_SOCKET),
+            agent_socket=Path(AGENT_SOCKET),
+        )
+
+    def _start_qemu(self) -> None:
+        assert self.spec is not None
+        spec = self.spec
+        if spec.network:
+            self.ssh_port = self.base_spec.ssh_host_port or free_tcp_port()
+            spec = dataclasses.replace(spec, ssh_host_port=self.ssh_port)
+        argv = build_argv(spec)
+        with contextlib.suppress(FileNotFoundError):
+            self.qemu_log.unlink()  # judge each attempt by its own messages
+        log.debug("VM %s: starting QEMU (%s)", spec.name, spec.accel)
+        self.process = proc.spawn(argv, cwd=self.run_dir, log_path=self.qemu_log)
+        self.spec = spec
+
+    def _wait_until_up(self) -> None:
+        assert self.process is not None and self.spec is not None
+        deadline = time.monotonic() + self.boot_timeout_s
+        agent = GuestAgent(self.agent_socket)
+        while True:
+            if self.process.poll() is not None:
+                tail = self._qemu_log_tail()
+                error = self._boot_error(
+                    f"QEMU exited with status {self.process.returncode} before VM "
+                    f"{self.spec.name} was up: {tail or 'no message'}"
+                )
+                if "host forwarding" in tail and self.base_spec.ssh_host_port is None:
+                    raise _PortTaken(error)  # lost the race for the port we picked
+                raise error
+            if self.ready == "ssh":
+                assert self.ssh_port is not None
+                if ssh_banner_ready(self.ssh_port):
+                    break
+            elif agent.ping(timeout_s=1.0):
+                break
+            if time.monotonic() > deadline:
+                check = "ssh server" if self.ready == "ssh" else "guest agent"
+                raise self._boot_error(
+                    f"VM {self.spec.name} did not answer ({check}) within "
+                    f"{self.boot_timeout_s:g} s"
+                )
+            time.sleep(0.2)
+        for name in (QMP_SOCKET, AGENT_SOCKET, CONSOLE_SOCKET):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(self.run_dir / name, 0o600)
+
+    def _boot_error(self, message: str) -> VmBootError:
+        accel = self.spec.accel if self.spec else self.base_spec.accel
+        hint = f"see the console log {self.console_log} (accelerator: {accel})"
+        if accel == "tcg":
+            hint += "; TCG is slow, a larger boot timeout may help"
+        return VmBootError(f"{message} (accelerator {accel}, console log {self.console_log})",
+                           hint=hint)
+
+    def _qemu_log_tail(self) -> str:
+        try:
+            lines = self.qemu_log.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return " | ".join(ln.strip() for ln in lines if ln.strip())[-300:]
+
+    # -- use ------------------------------------------------------------------------------
+    def qmp(self, timeout_s: float = 10.0) -> QmpClient:
+        """A connected QMP client (use it as a context manager)."""
+        client = QmpClient(self.qmp_socket, name=self.base_spec.name, timeout_s=timeout_s)
+        client.connect()
+        return client
+
+    def agent(self) -> GuestAgent:
+        return GuestAgent(self.agent_socket)
+
+    def describe(self) -> dict[str, object]:
+        """What others need to reach this VM (published in the cluster state)."""
+        return {
+            "name": self.base_spec.name,
+            "accel": self.accel,
+            "pid": self.pid,
+            "ssh_port": self.ssh_port,
+            "run_dir": str(self.run_dir),
+            "qmp_socket": str(self.run_dir / QMP_SOCKET),
+            "agent_socket": str(self.run_dir / AGENT_SOCKET),
+            "console_socket": str(self.run_dir / CONSOLE_SOCKET),
+            "console_log": str(self.console_log),
+        }
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    # -- teardown -------------------------------------------------------------------------
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        """Ask QEMU to quit over QMP, kill it if it does not, then remove the run files.
+
+        Safe to call more than once.
+        """
+        if self.process is not None:
+            if self.process.poll() is None:
+                try:
+                    with QmpClient(self.qmp_socket, timeout_s=min(timeout_s, 3.0)) as qmp:
+                        qmp.quit()
+                    self.process.wait(timeout=timeout_s)
+                except (PcoccError, subprocess.TimeoutExpired) as err:
+                    log.debug("VM %s: QMP quit failed (%s); killing QEMU",
+                              self.base_spec.name, err)
+            proc.stop(self.process, timeout_s=timeout_s)
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        keep = {self.console_log, self.qemu_log} if self._keep_logs else set()
+        if self.keep_overlay and self.image is not None:
+            keep.add(self.run_dir / OVERLAY)
+        for path in self._created:
+            if path not in keep:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        self._created = [p for p in self._created if p in keep]
+        for tmp in self.run_dir.glob(".seed-*") if self.run_dir.exists() else ():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+        if self._created_dir and not keep:
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()

@@ -1,0 +1,159 @@
+"""Build the QEMU command line of a VM: a pure function from a VmSpec to an argv list.
+
+QEMU parses ``key=value,key=value`` option strings; a comma inside a value must be doubled.
+``-kernel``, ``-initrd`` and ``-append`` take their argument verbatim (checked with QEMU 7.2:
+a path with commas boots as is), so they are never escaped.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pcocc.errors import UsageError
+
+ACCELERATORS = ("tcg", "kvm")
+
+#: Name of the virtio-serial port that qemu-guest-agent opens in the guest.
+GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
+
+
+@dataclass(frozen=True)
+class Drive:
+    """A disk attached to the VM."""
+
+    path: Path
+    format: str = "qcow2"
+    interface: str = "virtio"  # QEMU -drive if=
+    readonly: bool = False
+    cache: str | None = None  # e.g. "unsafe" for throwaway overlays
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """Everything needed to start one VM; paths are absolute or relative to QEMU's cwd."""
+
+    name: str
+    accel: str = "tcg"
+    cpu_model: str | None = None  # default: "max" under TCG, "host" under KVM
+    memory_mib: int = 256
+    smp: int = 1
+    machine_type: str | None = None
+    qemu_bin: str = "qemu-system-x86_64"
+    kernel: Path | None = None
+    initrd: Path | None = None
+    append: str | None = None
+    disks: tuple[Drive, ...] = ()
+    seed: Path | None = None  # iso9660 cloud-init seed, attached as a read-only virtio disk
+    console_socket: Path | None = None
+    console_log: Path | None = None
+    qmp_socket: Path | None = None
+    agent_socket: Path | None = None
+    ssh_host_port: int | None = None  # user networking: 127.0.0.1:PORT -> guest port 22
+    nic_model: str = "virtio-net-pci"
+    network: bool = True
+    custom_args: tuple[str, ...] = field(default_factory=tuple)
+
+
+def escape(value: str | os.PathLike) -> str:
+    """Quote a value for a QEMU ``key=value,...`` option string (commas are doubled)."""
+    return os.fspath(value).replace(",", ",,")
+
+
+def _opts(head: str, **kwargs: object) -> str:
+    """``head,key=value,...`` with escaped values; ``None`` values are left out."""
+    parts = [head] if head else []
+    for key, value in kwargs.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = "on" if value else "off"
+        parts.append(f"{key.replace('_', '-')}={escape(str(value))}")
+    return ",".join(parts)
+
+
+def default_cpu_model(accel: str) -> str:
+    """``max`` under TCG; ``host`` only under KVM (which the caller has probed)."""
+    return "host" if accel == "kvm" else "max"
+
+
+def validate(spec: VmSpec) -> None:
+    """Refuse specs QEMU would reject with a less clear message.
+
+    :raise UsageError: naming the VM and the bad field
+    """
+    if spec.accel not in ACCELERATORS:
+        raise UsageError(
+            f"VM {spec.name}: unknown accelerator '{spec.accel}'",
+            hint="use one of: " + ", ".join(ACCELERATORS),
+        )
+    if spec.memory_mib < 16:
+        raise UsageError(f"VM {spec.name}: memory must be at least 16 MiB, not {spec.memory_mib}")
+    if spec.smp < 1:
+        raise UsageError(f"VM {spec.name}: needs at least one CPU, not {spec.smp}")
+    if (spec.initrd or spec.append) and not spec.kernel:
+        raise UsageError(f"VM {spec.name}: initrd and append need a kernel")
+    if spec.ssh_host_port is not None and not 0 < spec.ssh_host_port < 65536:
+        raise UsageError(f"VM {spec.name}: bad ssh port {spec.ssh_host_port}")
+    for text in (spec.name, *(os.fspath(d.path) for d in spec.disks)):
+        if "\n" in text or "\0" in text:
+            raise UsageError(f"VM {spec.name}: newlines are not allowed in names and paths")
+
+
+def build_argv(spec: VmSpec) -> list[str]:
+    """The full QEMU command line for ``spec``.
+
+    :raise UsageError: the spec is inconsistent (see :func:`validate`)
+    """
+    validate(spec)
+    argv = [spec.qemu_bin, "-name", _opts("", guest=spec.name)]
+    argv += ["-accel", spec.accel]
+    if spec.machine_type:
+        argv += ["-machine", spec.machine_type]
+    argv += ["-cpu", spec.cpu_model or default_cpu_model(spec.accel)]
+    argv += ["-m", str(spec.memory_mib), "-smp", str(spec.smp)]
+    argv += ["-display", "none", "-nodefaults", "-no-user-config"]
+
+    if spec.console_socket or spec.console_log:
+        if spec.console_socket:
+            chardev = _opts("socket", id="console", path=spec.console_socket, server=True,
+                            wait=False, logfile=spec.console_log,
+                            logappend=True if spec.console_log else None)
+        else:
+            chardev = _opts("file", id="console", path=spec.console_log)
+        argv += ["-chardev", chardev, "-serial", "chardev:console"]
+    if spec.qmp_socket:
+        argv += ["-chardev", _opts("socket", id="qmp", path=spec.qmp_socket, server=True,
+                                   wait=False),
+                 "-mon", "chardev=qmp,mode=control"]
+    if spec.agent_socket:
+        argv += ["-chardev", _opts("socket", id="qga0", path=spec.agent_socket, server=True,
+                                   wait=False),
+                 "-device", "virtio-serial-pci,id=vser0",
+                 "-device", _opts("virtserialport", bus="vser0.0", chardev="qga0",
+                                  name=GUEST_AGENT_PORT)]
+
+    if spec.kernel:
+        argv += ["-kernel", os.fspath(spec.kernel)]
+        if spec.initrd:
+            argv += ["-initrd", os.fspath(spec.initrd)]
+        if spec.append:
+            argv += ["-append", spec.append]
+
+    for index, drive in enumerate(spec.disks):
+        argv += ["-drive", _opts("", file=drive.path, format=drive.format, id=drive.id
+                                 or f"disk{index}", **{"if": drive.interface},
+                                 readonly=True if drive.readonly else None, cache=drive.cache)]
+    if spec.seed:
+        argv += ["-drive", _opts("", file=spec.seed, format="raw", id="seed",
+                                 **{"if": "virtio"}, readonly=True)]
+
+    if spec.network:
+        hostfwd = (f"tcp:127.0.0.1:{spec.ssh_host_port}-:22"
+                   if spec.ssh_host_port is not None else None)
+        argv += ["-netdev", _opts("user", id="net0", hostfwd=hostfwd),
+                 "-device", _opts(spec.nic_model, netdev="net0")]
+    argv += list(spec.custom_args)
+    return argv

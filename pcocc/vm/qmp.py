@@ -1,0 +1,118 @@
+"""A small synchronous QMP client on top of ``qemu.qmp`` (QMPClient).
+
+Each ``QmpClient`` owns a private asyncio event loop and runs every call to completion in
+it, so callers stay synchronous. Every ``qemu.qmp`` error is wrapped in a pcocc error that
+names the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Any, Self
+
+from qemu.qmp import ConnectError, ExecuteError, QMPClient, QMPError
+
+from pcocc.errors import PcoccError, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class QmpError(PcoccError):
+    """QEMU refused or failed a QMP command."""
+
+
+class QmpClient:
+    """Connect to the QMP socket of one VM and run commands, synchronously.
+
+    Use as a context manager: ``with QmpClient(path, timeout_s=5) as qmp: qmp.execute(...)``.
+    """
+
+    def __init__(self, socket_path: str | os.PathLike, *, name: str = "vm",
+                 timeout_s: float = 10.0) -> None:
+        self.socket_path = Path(socket_path)
+        self.timeout_s = timeout_s
+        self._loop = asyncio.new_event_loop()
+        self._client = QMPClient(name)
+        self._connected = False
+
+    def __enter__(self) -> Self:
+        if not self._connected:
+            self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, coro: Any, what: str, timeout_s: float | None = None) -> Any:
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
+        except TimeoutError as err:
+            raise ServiceUnavailable(
+                f"QMP {what} on {self.socket_path} timed out after {timeout:g} s"
+            ) from err
+        except ExecuteError as err:
+            raise QmpError(f"QMP {what} failed: {err.error_class}: {err}") from err
+        except ConnectError as err:
+            raise ServiceUnavailable(
+                f"cannot connect to QMP socket {self.socket_path}: {err.exc}",
+                hint="is the VM still running?",
+            ) from err
+        except (QMPError, OSError, EOFError) as err:
+            raise ServiceUnavailable(f"QMP {what} on {self.socket_path} failed: {err}") from err
+
+    def connect(self) -> None:
+        """Connect and negotiate capabilities.
+
+        :raise ServiceUnavailable: no QEMU answers on the socket within the timeout
+        """
+        if self._loop.is_closed():
+            raise PcoccError(f"QMP client for {self.socket_path} is closed")
+        self._run(self._client.connect(os.fspath(self.socket_path)), "connect")
+        self._connected = True
+
+    def execute(self, command: str, arguments: dict[str, Any] | None = None, *,
+                timeout_s: float | None = None) -> Any:
+        """Run one QMP command and return its ``return`` value.
+
+        :raise QmpError: QEMU answered with an error
+        :raise ServiceUnavailable: the connection failed or timed out
+        """
+        log.debug("qmp %s: %s %s", self.socket_path, command, arguments or "")
+        return self._run(self._client.execute(command, arguments), command, timeout_s)
+
+    def query_status(self) -> str:
+        """The run state of the VM ("running", "paused", ...)."""
+        reply = self.execute("query-status")
+        if not isinstance(reply, dict) or "status" not in reply:
+            raise QmpError(f"unexpected reply to query-status: {reply!r}")
+        return str(reply["status"])
+
+    def system_reset(self) -> None:
+        self.execute("system_reset")
+
+    def human_monitor_command(self, command_line: str) -> str:
+        """Run an HMP command (e.g. ``info block``) and return its text output."""
+        return str(self.execute("human-monitor-command", {"command-line": command_line}))
+
+    def quit(self) -> None:
+        """Ask QEMU to exit; the connection drops as it does, which is not an error."""
+        try:
+            self.execute("quit")
+        except ServiceUnavailable as err:
+            log.debug("connection closed during quit: %s", err)
+
+    def close(self) -> None:
+        try:
+            if self._connected:
+                self._loop.run_until_complete(
+                    asyncio.wait_for(self._client.disconnect(), self.timeout_s)
+                )
+        except (TimeoutError, QMPError, OSError, EOFError) as err:
+            log.debug("QMP disconnect from %s: %s", self.socket_path, err)
+        finally:
+            self._connected = False
+            self._loop.close()

@@ -1,0 +1,68 @@
+"""Seed content (pure) and the real seed image built with genisoimage."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import yaml
+
+from pcocc import proc
+from pcocc.vm.seed import HostKey, SeedSpec, build_seed, seed_files
+
+KEY = HostKey(private="-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n",
+              public="ssh-ed25519 AAAAhost pcocc")
+
+
+def test_keys_go_to_vendor_data_and_plain_files():
+    files = seed_files(SeedSpec("vm2", "cluster-7-vm2", authorized_keys=("ssh-ed25519 AAAAuser u",),
+                                host_key=KEY))
+    meta = yaml.safe_load(files["meta-data"])
+    assert meta == {"instance-id": "cluster-7-vm2", "local-hostname": "vm2",
+                    "public-keys": ["ssh-ed25519 AAAAuser u"]}
+    assert files["user-data"] == "#cloud-config\n"
+    assert files["vendor-data"].startswith("#cloud-config\n")
+    config = yaml.safe_load(files["vendor-data"])
+    assert config["hostname"] == "vm2"
+    assert config["ssh_authorized_keys"] == ["ssh-ed25519 AAAAuser u"]
+    assert config["ssh_keys"] == {"ed25519_private": KEY.private, "ed25519_public": KEY.public}
+    assert files["pcocc/authorized_keys"] == "ssh-ed25519 AAAAuser u\n"
+    assert files["pcocc/ssh_host_ed25519_key"] == KEY.private
+    assert files["pcocc/ssh_host_ed25519_key.pub"] == KEY.public + "\n"
+
+
+def test_user_data_is_kept_as_given():
+    files = seed_files(SeedSpec("vm0", "i", user_data="#!/bin/sh\necho hi\n", host_key=KEY))
+    assert files["user-data"] == "#!/bin/sh\necho hi\n"
+    assert yaml.safe_load(files["vendor-data"])["ssh_keys"]["ed25519_public"] == KEY.public
+
+
+def test_without_keys_nothing_about_keys_is_written():
+    files = seed_files(SeedSpec("vm0", "i"))
+    assert "pcocc/ssh_host_ed25519_key" not in files
+    assert files["pcocc/authorized_keys"] == ""
+    assert yaml.safe_load(files["vendor-data"]) == {"hostname": "vm0"}
+    assert "public-keys" not in yaml.safe_load(files["meta-data"])
+    assert "public-keys" not in yaml.safe_load(files["meta-data"])
+
+
+def test_odd_hostname_survives_yaml():
+    files = seed_files(SeedSpec("123", "i"))
+    assert yaml.safe_load(files["meta-data"])["local-hostname"] == "123"
+
+
+@pytest.mark.skipif(shutil.which("genisoimage") is None, reason="genisoimage not installed")
+def test_seed_image_has_cidata_label_and_files(tmp_path):
+    dest = tmp_path / "dir, with 'odd' name" / "seed.iso"
+    dest.parent.mkdir()
+    build_seed(SeedSpec("vm4", "i-4", authorized_keys=("ssh-ed25519 AAAAuser",),
+                        host_key=KEY), dest)
+    assert dest.stat().st_mode & 0o777 == 0o600
+    assert list(dest.parent.iterdir()) == [dest]  # no staging leftovers
+    info = proc.run(["isoinfo", "-d", "-i", dest]).stdout
+    assert "Volume id: cidata" in info
+    listing = proc.run(["isoinfo", "-R", "-f", "-i", dest]).stdout.split()
+    assert {"/meta-data", "/user-data", "/vendor-data", "/pcocc/authorized_keys",
+            "/pcocc/ssh_host_ed25519_key"} <= set(listing)
+    meta = proc.run(["isoinfo", "-R", "-i", dest, "-x", "/meta-data"]).stdout
+    assert "local-hostname: vm4" in meta
