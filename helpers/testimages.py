@@ -238,7 +238,7 @@ def remove(path: Path) -> None:
 
 
 class BlobDir:
-    """A minimal stand-in for the repository store's ``add_blob`` (tests and benchmarks).
+    """A minimal stand-in for the repository store's ``add_blob`` (unit tests).
 
     Blobs live in ``root/<hex>``; adding checks the digest, dedups and renames. With
     ``hooks`` it also offers the optional ``has_blob``/``blob_path`` the drivers look for.

@@ -122,17 +122,34 @@ def _show_dict(meta) -> dict[str, Any]:
         d["virtual_size"] = meta.vm["virtual_size"]
         d["layers"] = meta.vm["layers"]
     if meta.oci is not None:
-        cfg = (meta.oci.get("config") or {}).get("config") or {}
+        image_cfg = meta.oci.get("config") or {}
+        cfg = image_cfg.get("config") or {}
+        manifest = meta.oci.get("manifest") or {}
         d["manifest_digest"] = meta.oci.get("manifest_digest")
-        d["layers"] = [layer.get("digest") for layer in
-                       (meta.oci.get("manifest") or {}).get("layers", [])]
+        d["config_digest"] = (manifest.get("config") or {}).get("digest")
+        d["layers"] = [layer.get("digest") for layer in manifest.get("layers", [])]
+        d["platform"] = "/".join(str(image_cfg[k]) for k in ("os", "architecture", "variant")
+                                 if image_cfg.get(k))
         d["entrypoint"] = cfg.get("Entrypoint")
         d["cmd"] = cfg.get("Cmd")
+        d["workdir"] = cfg.get("WorkingDir") or ""
+        d["user"] = cfg.get("User") or ""
         d["env"] = cfg.get("Env") or []
         d["labels"] = cfg.get("Labels") or {}
     d["blobs"] = [{"digest": b.digest, "size": b.size, "media_type": b.media_type}
                   for b in meta.blobs]
     return d
+
+
+def _argv(value: Any) -> str:
+    return json.dumps(value) if value else "-"
+
+
+def _show_items(title: str, items: list[str]) -> None:
+    """One item per line: values may hold commas and spaces."""
+    click.echo(f"  {title + ':':<14}{items[0] if items else '-'}")
+    for item in items[1:]:
+        click.echo(f"  {'':<14}{item}")
 
 
 @image.command("show")
@@ -169,34 +186,68 @@ def show(session: Session, image_uri: str, as_json: bool, full: bool) -> None:
         rows += [("description", m.description or "-"), ("source", m.source or "-"),
                  ("parent", m.parent or "-")]
         if "manifest_digest" in d:
-            rows += [("manifest", d["manifest_digest"]),
-                     ("entrypoint", json.dumps(d["entrypoint"])),
-                     ("cmd", json.dumps(d["cmd"])),
-                     ("env", ", ".join(d["env"]) or "-"),
-                     ("labels", ", ".join(f"{k}={v}" for k, v in d["labels"].items()) or "-")]
+            rows += [("manifest", d["manifest_digest"]), ("config", d["config_digest"]),
+                     ("platform", d["platform"] or "-"),
+                     ("entrypoint", _argv(d["entrypoint"])), ("cmd", _argv(d["cmd"])),
+                     ("workdir", d["workdir"] or "-"), ("user", d["user"] or "-")]
         for k, v in rows:
             click.echo(f"  {k + ':':<14}{v}")
+        if "manifest_digest" in d:
+            _show_items("env", d["env"])
+            _show_items("labels", [f"{k}={v}" for k, v in sorted(d["labels"].items())])
         sizes = {b.digest: b.size for b in m.blobs}
         click.echo(f"  {'layers:':<14}{len(d['layers'])}")
         for digest in d["layers"]:
             click.echo(f"    {digest}  {_human(sizes.get(digest, 0))}")
 
 
+#: ``--insecure-options`` values: ``tls`` talks to a registry over plain HTTP or with an
+#: unverified certificate; ``none`` insists on verified HTTPS even for loopback registries.
+INSECURE_OPTIONS = ("none", "tls")
+_INSECURE_HELP = ("For docker:// registries: 'tls' allows plain HTTP and unverified "
+                  "certificates; 'none' insists on verified HTTPS (registries on this host "
+                  "need no TLS by default).")
+
+
+def _tls_verify(insecure_options: str | None) -> bool | None:
+    """``--insecure-options=tls`` -> False (skopeo's --tls-verify=false); none -> None."""
+    from pcocc.errors import UsageError
+
+    if insecure_options is None:
+        return None
+    values = {v.strip() for v in insecure_options.split(",") if v.strip()}
+    unknown = values - set(INSECURE_OPTIONS)
+    if unknown or not values:
+        raise UsageError(f"invalid --insecure-options value {insecure_options!r}",
+                         hint="known values: " + ", ".join(INSECURE_OPTIONS))
+    if len(values) > 1:
+        raise UsageError("--insecure-options: 'none' and 'tls' contradict each other")
+    return False if "tls" in values else True
+
+
 @image.command("import")
 @click.option("-t", "--type", "fmt", metavar="FMT", help="Format of SOURCE.")
 @click.option("--description", default="", help="A description stored with the image.")
+@click.option("--insecure-options", metavar="tls|none", help=_INSECURE_HELP)
 @click.argument("source", metavar="[FORMAT:]SOURCE")
 @click.argument("dest", metavar="DEST")
 @pass_session
 def import_(session: Session, source: str, dest: str, fmt: str | None,
-            description: str) -> None:
-    """Import SOURCE as the new image DEST ([REPO:]NAME)."""
+            description: str, insecure_options: str | None) -> None:
+    """Import SOURCE as the new image DEST ([REPO:]NAME).
+
+    VM formats: raw, qcow2, qed, vdi, vmdk. Container formats (as a prefix, or -t):
+    docker://REGISTRY/NAME[:TAG], docker-archive:FILE, docker-daemon:NAME, oci:DIR[:TAG],
+    oci-archive:FILE, dir:DIR, and Singularity images (simg/sif, or a .sif/.simg file).
+    """
     from pcocc.cli.progress import progress_bar
     from pcocc.repo import ops
 
+    tls_verify = _tls_verify(insecure_options)
     with progress_bar("importing", enabled=session.show_progress) as report:
         meta = ops.import_image(_repos(session), source, dest, fmt=fmt,
-                                description=description, progress=report)
+                                description=description, progress=report,
+                                tls_verify=tls_verify)
     if not session.quiet:
         click.echo(f"imported {meta.repo}:{meta.name}@{meta.revision} ({meta.short_id})",
                    err=True)
@@ -204,16 +255,24 @@ def import_(session: Session, source: str, dest: str, fmt: str | None,
 
 @image.command("export")
 @click.option("-t", "--type", "fmt", metavar="FMT", help="Format of DEST.")
+@click.option("--insecure-options", metavar="tls|none", help=_INSECURE_HELP)
 @click.argument("image_uri", metavar="IMAGE")
 @click.argument("dest", metavar="[FORMAT:]DEST")
 @pass_session
-def export(session: Session, image_uri: str, dest: str, fmt: str | None) -> None:
-    """Export IMAGE to the file (or container reference) DEST."""
+def export(session: Session, image_uri: str, dest: str, fmt: str | None,
+           insecure_options: str | None) -> None:
+    """Export IMAGE to the file (or container reference) DEST.
+
+    VM images: raw, qcow2 (default), qed, vdi, vmdk. Container images: docker-archive:FILE,
+    oci:DIR[:TAG], oci-archive:FILE, dir:DIR or docker://REGISTRY/NAME[:TAG].
+    """
     from pcocc.cli.progress import progress_bar
     from pcocc.repo import ops
 
+    tls_verify = _tls_verify(insecure_options)
     with progress_bar("exporting", enabled=session.show_progress) as report:
-        ops.export_image(_repos(session), image_uri, dest, fmt=fmt, progress=report)
+        ops.export_image(_repos(session), image_uri, dest, fmt=fmt, progress=report,
+                         tls_verify=tls_verify)
 
 
 @image.command("copy")

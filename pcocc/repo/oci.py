@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pcocc.errors import Corrupt, ToolError, UsageError
+from pcocc.errors import Corrupt, NotFound, ToolError, UsageError
 from pcocc.repo import skopeo
 from pcocc.repo.model import AddBlob, BlobRef, OciImage, Progress, no_progress
 
@@ -72,6 +72,7 @@ def import_image(
     :raise Corrupt: the copied image is malformed or a blob fails its digest
     """
     src_ref = skopeo.image_ref(fmt, source)
+    _check_local_source(fmt, source)
     skopeo.require_transport(fmt)
     layout = staging / "oci-layout"
     layout.mkdir(parents=True, exist_ok=True)
@@ -85,6 +86,15 @@ def import_image(
         extra=["--dest-oci-accept-uncompressed-layers"],
     )
     return ingest_layout(layout, add_blob, progress, tag=STAGING_TAG, what=src_ref)
+
+
+def _check_local_source(fmt: str, source: str) -> None:
+    """A missing local source fails with a short message, before skopeo's long one."""
+    if fmt in ("docker", "docker-daemon", "ostree"):
+        return
+    # docker-archive:FILE[:REF], oci:DIR[:TAG], oci-archive:FILE[:TAG], dir:DIR
+    if not os.path.exists(source) and not os.path.exists(source.rpartition(":")[0] or source):
+        raise NotFound(f"source image {fmt}:{source}: no such file or directory")
 
 
 def ingest_layout(

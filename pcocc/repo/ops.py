@@ -43,9 +43,35 @@ def _oci_fields(img: OciImage) -> dict:
             "config": img.config}
 
 
+#: Container formats whose location is not a local path (recorded as given).
+_REMOTE_FORMATS = ("docker", "docker-daemon", "ostree")
+
+
+def _container_source(spec: drivers.FormatSpec) -> str:
+    """What ``source`` records: the skopeo-style reference, local paths made absolute."""
+    if spec.fmt in _REMOTE_FORMATS:
+        return f"{spec.fmt}:{spec.location}"
+    return f"{spec.fmt}:{os.path.abspath(spec.location)}"
+
+
+def _tls_kw(tls_verify: bool | None) -> dict:
+    # Only passed when set, so drivers without registry access need not accept it.
+    return {} if tls_verify is None else {"tls_verify": tls_verify}
+
+
 def import_image(repos: RepoSet, source: str, dest: str, *, fmt: str | None = None,
-                 description: str = "", progress: Progress = no_progress) -> ImageMeta:
-    """Import ``[FORMAT:]SOURCE`` as revision 0 of the new image ``dest`` ([REPO:]NAME)."""
+                 description: str = "", progress: Progress = no_progress,
+                 tls_verify: bool | None = None) -> ImageMeta:
+    """Import ``[FORMAT:]SOURCE`` as revision 0 of the new image ``dest`` ([REPO:]NAME).
+
+    Container sources reach the driver as ``(location, fmt)`` with the format prefix cut
+    off: ``docker://busybox`` is ``("//busybox", "docker")``; the driver rebuilds the
+    skopeo reference (``skopeo.image_ref``).
+
+    :param tls_verify: registries (docker://): False allows plain HTTP and unverified
+        certificates, True insists on verified HTTPS, None lets skopeo decide (its
+        registries.conf), except for loopback registries, which need no TLS
+    """
     spec = drivers.parse_format(source, fmt)
     repo, uri = _dest(repos, dest)
     if not spec.is_container:
@@ -68,15 +94,18 @@ def import_image(repos: RepoSet, source: str, dest: str, *, fmt: str | None = No
                 raise NotFound(f"source image file {path} does not exist")
             img = driver.import_sif(path, staging, repo.add_blob, progress)
         else:
-            img = driver.import_image(spec.location, spec.fmt, staging, repo.add_blob, progress)
+            img = driver.import_image(spec.location, spec.fmt, staging, repo.add_blob, progress,
+                                      **_tls_kw(tls_verify))
         meta = new_meta(uri.name, KIND_CTR, img.blobs, description=description,
-                        source=f"{spec.fmt}:{spec.location}", oci=_oci_fields(img))
+                        source=_container_source(spec), oci=_oci_fields(img))
         return repo.commit(meta, new_image=True)
 
 
 def export_image(repos: RepoSet, image: str, dest: str, *, fmt: str | None = None,
-                 progress: Progress = no_progress) -> ImageMeta:
-    """Export an image to ``[FORMAT:]DEST``; VM images default to qcow2."""
+                 progress: Progress = no_progress, tls_verify: bool | None = None
+                 ) -> ImageMeta:
+    """Export an image to ``[FORMAT:]DEST``; VM images default to qcow2, container images
+    need a format (docker-archive, oci, oci-archive, dir, docker)."""
     repo, meta = repos.resolve(image)
     spec = drivers.parse_format(dest, fmt)
     if meta.kind == KIND_VM:
@@ -86,17 +115,20 @@ def export_image(repos: RepoSet, image: str, dest: str, *, fmt: str | None = Non
         vm.export_vm(meta.vm_layers(), repo.blob_path, Path(spec.location),
                      spec.fmt or "qcow2", progress)
         return meta
+    hint = ("use docker-archive:FILE, oci:DIR[:TAG], oci-archive:FILE, dir:DIR "
+            "or docker://REGISTRY/NAME[:TAG]")
     if spec.fmt is None:
-        raise UsageError(f"say which container format to export {meta.ref} to",
-                         hint="e.g. 'docker-archive:out.tar' or 'oci:./dir'")
-    if not spec.is_container:
-        raise UsageError(f"{meta.ref} is a container image: it cannot be exported as {spec.fmt}")
+        raise UsageError(f"say which container format to export {meta.ref} to", hint=hint)
     if spec.fmt in drivers.SIF_FORMATS:
-        raise UsageError(f"export to {spec.fmt} is not supported (import only)")
+        raise UsageError(f"{meta.ref} cannot be exported as {spec.fmt}: Singularity images "
+                         "can only be imported", hint=hint + " (Singularity builds from those)")
+    if not spec.is_container:
+        raise UsageError(f"{meta.ref} is a container image: it cannot be exported as {spec.fmt}",
+                         hint=hint)
     driver = drivers.load_driver(spec.fmt)
     with _workdir(repo) as work:
         driver.export_image(meta.oci_image(), repo.blob_path, spec.location, spec.fmt, work,
-                            progress)
+                            progress, **_tls_kw(tls_verify))
     return meta
 
 

@@ -7,6 +7,7 @@ Every call goes through :mod:`pcocc.proc`. Signature policy: pcocc checks trust 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import os
 import re
@@ -46,8 +47,14 @@ def transports() -> frozenset[str]:
     return frozenset(TRANSPORTS)  # unknown help layout: let skopeo itself complain
 
 
+#: Transports of every skopeo build: not looked up (that costs one skopeo run per command).
+_ALWAYS_BUILT = frozenset({"docker", "docker-archive", "oci", "oci-archive", "dir"})
+
+
 def require_transport(fmt: str) -> None:
     """Raise ToolMissing-like error when the installed skopeo lacks transport ``fmt``."""
+    if fmt in _ALWAYS_BUILT:
+        return
     if fmt not in transports():
         raise _no_transport(fmt)
 
@@ -56,7 +63,45 @@ def _policy_args(policy: Path | None) -> list[str]:
     return ["--insecure-policy"] if policy is None else ["--policy", os.fspath(policy)]
 
 
+def registry_host(ref: str) -> str | None:
+    """The registry host of a ``docker://`` reference (without port), or None when the
+    reference names no registry (``docker://busybox`` goes to the default one)."""
+    if not ref.startswith("docker://"):
+        return None
+    first, sep, _rest = ref.removeprefix("docker://").partition("/")
+    # As docker: the first component is a registry when it has a dot or a port, or is
+    # "localhost"; "library/busybox" is a path on the default registry.
+    if not sep or not ("." in first or ":" in first or first == "localhost"):
+        return None
+    if first.startswith("["):  # [::1]:5000
+        return first[1:].partition("]")[0]
+    return first.rpartition(":")[0] if ":" in first else first
+
+
+def is_loopback_registry(ref: str) -> bool:
+    """True for registries on this host (127.0.0.0/8, ::1, localhost), which docker too
+    lets speak plain HTTP: no traffic leaves the machine."""
+    host = registry_host(ref)
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_verify_for(ref: str, tls_verify: bool | None) -> bool | None:
+    """The TLS setting to give skopeo: explicit when set, off for loopback registries,
+    else None (skopeo's own registries.conf decides)."""
+    if tls_verify is None and is_loopback_registry(ref):
+        return False
+    return tls_verify
+
+
 def _tls_args(option: str, ref: str, tls_verify: bool | None) -> list[str]:
+    tls_verify = tls_verify_for(ref, tls_verify)
     if tls_verify is None or not ref.startswith("docker://"):
         return []
     return [f"{option}={'true' if tls_verify else 'false'}"]

@@ -10,6 +10,7 @@ its grace period.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -36,7 +37,7 @@ from pcocc.errors import (
 from pcocc.fsutil import fsync_dir, locked, os_error, write_atomic
 from pcocc.repo.layout import HEX_RE, META_FILE_RE, RepoLayout, digest_hex
 from pcocc.repo.meta import ID_PREFIX, ImageMeta
-from pcocc.repo.model import KIND_VM, Progress, no_progress
+from pcocc.repo.model import KIND_CTR, KIND_VM, Progress, no_progress
 from pcocc.repo.uri import ImageUri
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,23 @@ class FsckReport:
     @property
     def is_clean(self) -> bool:
         return not self.problems
+
+
+class BlobSink:
+    """``Repository.add_blob``: a callable that stores a blob, with the optional hooks
+    ``has_blob(digest)`` and ``blob_path(digest)`` that drivers look up as attributes."""
+
+    def __init__(self, repo: Repository):
+        self._repo = repo
+
+    def __call__(self, path: Path, expected_digest: str | None = None) -> str:
+        return self._repo.store_blob(path, expected_digest)
+
+    def has_blob(self, digest: str) -> bool:
+        return self._repo.has_blob(digest)
+
+    def blob_path(self, digest: str) -> Path:
+        return self._repo.blob_path(digest)
 
 
 class Repository:
@@ -297,7 +315,24 @@ class Repository:
         finally:
             _remove_tree(d)
 
-    def add_blob(self, path: Path, expected_digest: str | None = None) -> str:
+    @functools.cached_property
+    def add_blob(self) -> BlobSink:
+        """``add_blob(path, expected_digest=None) -> digest`` for the drivers (see
+        :meth:`store_blob`), which also offers the optional ``has_blob``/``blob_path`` hooks
+        the OCI driver probes for, so that a re-import reuses stored blobs unhashed."""
+        return BlobSink(self)
+
+    def has_blob(self, digest: str) -> bool:
+        """True when the blob is stored. A hit refreshes the blob's time, as a deduplicated
+        ``store_blob`` does, so that gc leaves it alone while our commit is pending."""
+        path = self.layout.blob_path(digest)
+        if not path.is_file():
+            return False
+        with contextlib.suppress(OSError):
+            os.utime(path)
+        return True
+
+    def store_blob(self, path: Path, expected_digest: str | None = None) -> str:
         """Hash, verify, fsync and move ``path`` into ``data/``; return its digest.
 
         When the blob is already stored the file is dropped (deduplication) and the stored
@@ -646,4 +681,34 @@ def new_meta(name: str, kind: str, blobs, *, description: str = "", source: str 
     )
 
 
-__all__ = ["FsckReport", "GcReport", "RepoSet", "Repository", "digest_hex", "new_meta"]
+def resolve_container_digest(config, uri: str) -> str:
+    """The manifest digest of the container image ``uri`` ([REPO:]NAME[@REV] or an ID
+    prefix) in the repositories of ``config`` (a loaded ``Config``); the container cache
+    is keyed by it.
+
+    :raise NotFound: no such image
+    :raise UsageError: the image is a VM image
+    """
+    _repo, meta = RepoSet(config.repos).resolve(uri)
+    if meta.kind != KIND_CTR or not meta.oci:
+        raise UsageError(f"{meta.ref} is a VM image: the container cache holds only "
+                         "container images")
+    return meta.oci["manifest_digest"]
+
+
+def live_container_digests(config) -> set[str]:
+    """Manifest digests of every revision of every container image in every configured
+    repository: cache entries of other digests belong to deleted images.
+
+    A repository that cannot be read raises (rather than making its images look dead).
+    """
+    live: set[str] = set()
+    for repo in RepoSet(config.repos).repos:
+        for meta in repo.images(all_revisions=True):
+            if meta.kind == KIND_CTR and meta.oci:
+                live.add(meta.oci["manifest_digest"])
+    return live
+
+
+__all__ = ["BlobSink", "FsckReport", "GcReport", "RepoSet", "Repository", "digest_hex",
+           "live_container_digests", "new_meta", "resolve_container_digest"]

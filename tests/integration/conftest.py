@@ -24,6 +24,9 @@ if str(REPO_ROOT / "helpers") not in sys.path:
 
 import devcluster
 
+from helpers import testimages
+from helpers.registry import REGISTRY_BIN, local_registry
+
 
 def _private_dir(prefix: str) -> Path:
     # not below pytest's basetemp: munged wants every parent directory searchable by all
@@ -71,6 +74,37 @@ def slurm_env(slurm_cluster, monkeypatch):
     for key, value in slurm_cluster.env().items():
         monkeypatch.setenv(key, value)
     return slurm_cluster
+
+
+# --- container images ---------------------------------------------------------------------
+
+
+def _need(*tools: str) -> None:
+    missing = [t for t in tools if not shutil.which(t)]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (run helpers/setup)")
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    """A docker-registry on a free loopback port (plain HTTP), stopped with the session."""
+    _need(REGISTRY_BIN)
+    with local_registry(tmp_path_factory.mktemp("registry")) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def busybox_image(tmp_path_factory) -> testimages.TestImage:
+    """A one-layer OCI layout with a static busybox (built with umoci)."""
+    _need("umoci", "skopeo")
+    return testimages.build_busybox(tmp_path_factory.mktemp("busybox-image"))
+
+
+@pytest.fixture(scope="session")
+def multilayer_image(tmp_path_factory) -> testimages.TestImage:
+    """busybox plus two layers with whiteouts (deleted file and dir, opaque dir)."""
+    _need("umoci", "skopeo")
+    return testimages.build_multilayer(tmp_path_factory.mktemp("multi-image"))
 
 
 # The test VM (kernel + initramfs + disk built from Debian packages) and a user ssh key.

@@ -11,25 +11,33 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest_registry import busybox_image, multilayer_image  # noqa: F401
 
 from helpers import testimages
-from helpers.testimages import BlobDir
 from pcocc import proc
+from pcocc.config import RepoConfig
 from pcocc.errors import NotFound, UsageError
 from pcocc.repo import cache as cache_mod
 from pcocc.repo import oci
 from pcocc.repo.cache import ContainerCache
+from pcocc.repo.store import Repository
+
+
+class Store:
+    """A real repository; ``path`` is what the cache gets to find blobs."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.repo = Repository(RepoConfig("test", root))
+        self.path = self.repo.blob_path
 
 
 @pytest.fixture(scope="module")
-def stored(tmp_path_factory, multilayer_image):  # noqa: F811
-    """The multi-layer test image imported into a blob directory."""
-    tmp = tmp_path_factory.mktemp("cache-store")
-    store = BlobDir(tmp / "blobs")
-    staging = tmp / "staging"
-    staging.mkdir()
-    image = oci.import_image(str(multilayer_image.layout) + ":multi", "oci", staging, store)
+def stored(tmp_path_factory, multilayer_image):
+    """The multi-layer test image imported into a repository."""
+    store = Store(tmp_path_factory.mktemp("cache-store") / "repo")
+    with store.repo.staging() as staging:
+        image = oci.import_image(str(multilayer_image.layout) + ":multi", "oci", staging,
+                                 store.repo.add_blob)
     return store, image
 
 
@@ -38,7 +46,7 @@ def variant(image, n: int):
     return dataclasses.replace(image, manifest_digest="sha256:" + f"{n:x}" * 64)
 
 
-def test_prepare_dir_builds_once_and_records_use(tmp_path, stored, multilayer_image):  # noqa: F811
+def test_prepare_dir_builds_once_and_records_use(tmp_path, stored, multilayer_image):
     store, image = stored
     cache = ContainerCache(tmp_path / "cache")
     rootfs = cache.prepare(image, store.path, "dir")
@@ -73,7 +81,7 @@ def test_prepare_squashfs(tmp_path, stored):
 
 
 def _prepare_in_child(cache_root: str, image, blob_root: str, out: multiprocessing.Queue) -> None:
-    path = ContainerCache(Path(cache_root)).prepare(image, BlobDir(Path(blob_root)).path, "dir")
+    path = ContainerCache(Path(cache_root)).prepare(image, Store(Path(blob_root)).path, "dir")
     out.put((str(path), path.stat().st_ino))
 
 
@@ -196,14 +204,15 @@ def test_bad_mode_is_a_usage_error(tmp_path, stored):
 NONROOT_SCRIPT = """
 import json, sys
 from pathlib import Path
-from helpers.testimages import BlobDir
+from pcocc.config import RepoConfig
 from pcocc.repo.cache import ContainerCache
 from pcocc.repo.model import OciImage
+from pcocc.repo.store import Repository
 data = json.loads(Path(sys.argv[1]).read_text())
 image = OciImage(data["digest"], data["manifest"], data["config"])
 cache = ContainerCache(Path(sys.argv[2]))
-store = BlobDir(Path(sys.argv[3]), hooks=False)
-out = {m: str(cache.prepare(image, store.path, m)) for m in ("dir", "squashfs")}
+repo = Repository(RepoConfig("shared", Path(sys.argv[3]), origin="system"))
+out = {m: str(cache.prepare(image, repo.blob_path, m)) for m in ("dir", "squashfs")}
 out["deleted"] = len(cache.delete(image.manifest_digest))
 out["left"] = [p.name for p in (Path(sys.argv[2]) / "tmp").iterdir()]
 print(json.dumps(out))
@@ -211,7 +220,7 @@ print(json.dumps(out))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to a throwaway user")
-def test_prepare_and_delete_as_non_root_user(stored, multilayer_image):  # noqa: F811
+def test_prepare_and_delete_as_non_root_user(stored, multilayer_image):
     """A user's own cache: read-only directories in the image must not block deletion."""
     import json
     import subprocess
@@ -239,7 +248,7 @@ def test_prepare_and_delete_as_non_root_user(stored, multilayer_image):  # noqa:
                 }
             )
         )
-        for p in [blobs, spec, *blobs.iterdir()]:
+        for p in [blobs, spec, *blobs.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
         res = subprocess.run(
             [

@@ -60,7 +60,8 @@ def test_container_image_list_and_show(pcocc_env, capsys, monkeypatch):
     assert rows[2].split()[:4] == ["app", "cont", "0", "mine"]
     assert run_cli(["image", "show", "app"]) == 0
     out = capsys.readouterr().out
-    assert 'entrypoint:   ["/bin/app"]' in out and "PATH=/bin, X=1" in out
+    assert 'entrypoint:   ["/bin/app"]' in out
+    assert "  env:          PATH=/bin\n                X=1\n" in out
     assert "org.example=yes" in out and "source:       oci-archive:/x/app.tar:v1" in out
     assert "sha256:" + hashlib.sha256(b"layer").hexdigest() in out
     assert run_cli(["image", "show", "--json", "mine:app@0"]) == 0
