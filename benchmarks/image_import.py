@@ -3,7 +3,9 @@
 
 VM part:
   1. ``pcocc image import`` of a 1 GiB raw image vs ``qemu-img convert -O qcow2`` alone
-     (target: <= 1.3x).
+     (target: <= 1.3x). Also printed: the convert followed by an fsync of its result, and
+     by ``sync -f``: pcocc must make the blob durable before committing, so the convert +
+     fsync line is the floor of what an import can cost on the machine.
   2. ``pcocc image list`` on a repository of 1,000 images vs ``pcocc --help``
      (target: <= 3x).
 
