@@ -72,10 +72,9 @@ def _table(headers: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(headers)]
     line = "  ".join(f"{{:<{w}}}" for w in widths)
-    click.echo(line.format(*headers).rstrip())
-    click.echo(line.format(*("-" * len(h) for h in headers)).rstrip())
-    for r in rows:
-        click.echo(line.format(*r).rstrip())
+    out = [line.format(*headers).rstrip(), line.format(*("-" * len(h) for h in headers)).rstrip()]
+    out += [line.format(*r).rstrip() for r in rows]
+    click.echo("\n".join(out))  # one write, not one per image
 
 
 def _human(n: int) -> str:

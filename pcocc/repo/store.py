@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 #: Default age under which gc leaves unreferenced blobs and tmp/ entries alone.
 DEFAULT_GRACE_PERIOD_S = 3600.0
-_CHUNK = 4 << 20
+_CHUNK = 1 << 20
 _LOCK_WAIT_S = 120.0
 
 
@@ -62,7 +62,9 @@ def hash_file(path: Path, progress: Progress = no_progress, done0: int = 0,
     cost is the longer of the two rather than their sum."""
     h = hashlib.sha256()
     done = done0
-    with open(path, "rb") as f:
+    buf = bytearray(_CHUNK)  # one buffer, refilled in place: no 4 MiB allocation per read
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
         flusher = None
         errors: list[OSError] = []
         if fsync:
@@ -75,9 +77,9 @@ def hash_file(path: Path, progress: Progress = no_progress, done0: int = 0,
             flusher = threading.Thread(target=flush, name="pcocc-fsync")
             flusher.start()
         try:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-                done += len(chunk)
+            while n := f.readinto(buf):
+                h.update(view[:n])
+                done += n
                 progress(done, total)
         finally:
             if flusher is not None:

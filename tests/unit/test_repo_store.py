@@ -275,3 +275,17 @@ def test_gc_progress_counts_bytes(repos):
     seen = []
     user.gc(0, progress=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (1000, 1000) and len(seen) == 2
+
+
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, (3 << 20) + 17])
+def test_hash_file_digest_and_progress_across_read_buffers(tmp_path, size):
+    from pcocc.repo.store import hash_file
+
+    data = os.urandom(size)
+    f = tmp_path / "blob"
+    f.write_bytes(data)
+    seen: list[tuple[int, int | None]] = []
+    assert hash_file(f, lambda done, total: seen.append((done, total)), 5, size + 5) == sha(data)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert (seen[-1][0] if seen else 5) == size + 5
+    assert hash_file(f, fsync=False) == sha(data)
