@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -369,7 +370,11 @@ def test_scancel_mid_boot_cleans_up(slurm_test_env):
         time.sleep(0.5)
     assert_nothing_left(env, _endpoints(env))
     text = (env.tmp / f"slurm-{job_id}.out").read_text()
-    assert "pcocc: error: interrupted by SIGTERM" in text, text
+    # scancel signals the launcher and the node processes at once: whichever the launcher
+    # notices first is what it reports, and both are clear, one-line errors.
+    assert re.search(
+        r"pcocc: error: (interrupted by SIGTERM|vm\d disappeared: its node process)", text
+    ), text
     assert "Traceback" not in text
 
 
