@@ -133,16 +133,13 @@ def find_image(
     if source is not None:
         return _imported(repos, image_ref, source, notify)
     try:
-        repo, meta = repos.resolve(image_ref)
+        repo, meta = repos.resolve(image_ref)  # NotFound says where it looked
     except UsageError as err:
+        if image_ref.startswith("sha256-"):
+            raise
         raise UsageError(
             f"'{image_ref}' is neither a directory, an image file nor an image name",
             hint="give [REPO:]NAME[@REV], an image ID prefix, a file, or docker://REF",
-        ) from err
-    except NotFound as err:
-        raise NotFound(
-            f"image '{image_ref}' not found",
-            hint="run 'pcocc image list' to see the images, or give a file or docker://REF",
         ) from err
     if meta.kind != "ctr":
         raise UsageError(

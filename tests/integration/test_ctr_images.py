@@ -158,7 +158,19 @@ def test_unknown_and_malformed_images(env, pcocc_bin):
     res = pcocc(pcocc_bin, "run", "bad name!", "--", "true", check=2)
     assert "neither a directory, an image file nor an image name" in res.stderr
     res = pcocc(pcocc_bin, "run", "sha256-zz", "--", "true", check=2)
-    assert "invalid image ID" in res.stderr or "neither" in res.stderr
+    assert "invalid image ID" in res.stderr
+    res = pcocc(pcocc_bin, "run", "sha256-0123", "--", "true", check=1)
+    assert "no image has an ID starting with sha256-0123" in res.stderr
+    res = pcocc(pcocc_bin, "run", "elsewhere:busy", "--", "true", check=1)
+    assert "repository 'elsewhere' is not configured" in res.stderr
+
+
+def test_a_vm_image_is_refused(env, pcocc_bin, tmp_path):
+    disk = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", disk, "1M"], check=True)
+    pcocc(pcocc_bin, "image", "import", disk, "vmimg", check=0)
+    res = pcocc(pcocc_bin, "run", "vmimg", "--", "true", check=2)
+    assert "is a VM image, not a container image" in res.stderr
 
 
 def test_a_tarball_that_is_no_image(env, pcocc_bin, tmp_path):
