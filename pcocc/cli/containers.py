@@ -136,9 +136,7 @@ def run(
     if nodes is not None or tasks is not None:
         from pcocc.ctr.multinode import run_tasks
 
-        status = run_tasks(
-            session, apps, opts, nodes=nodes, tasks=tasks, rerun_argv=_rerun_argv()
-        )
+        status = run_tasks(session, apps, opts, nodes=nodes, tasks=tasks, rerun_argv=_rerun_argv())
         exit_with(status)
         return
     exit_with(run_local(session, apps, opts))

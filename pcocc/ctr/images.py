@@ -151,7 +151,7 @@ def find_image(
 
 def import_source(image_ref: str, repo_names: list[str]) -> str | None:
     """``FORMAT:LOCATION`` to import for ``image_ref``, or None if it is not a source."""
-    fmt, sep, rest = image_ref.partition(":")
+    fmt, sep, _ = image_ref.partition(":")
     if sep and fmt in IMPORT_FORMATS and fmt not in repo_names:
         return image_ref
     path = Path(image_ref).expanduser()

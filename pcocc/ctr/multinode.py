@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import socket
+import sys
 import uuid as uuidlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict

@@ -100,9 +100,7 @@ def test_oci_archive_file_is_imported_once(env, pcocc_bin, busybox_image, tmp_pa
     assert "importing" not in again.stderr and "preparing" not in again.stderr
 
 
-def test_docker_reference_on_the_local_registry(
-    env, pcocc_bin, busybox_image, registry  # noqa: F811
-):
+def test_docker_reference_on_the_local_registry(env, pcocc_bin, busybox_image, registry):  # noqa: F811
     location = registry.ref("pcocc/run-busybox", "1")
     testimages.convert(busybox_image, "docker", location, tls_verify=False)
     # a plain-HTTP registry is declared insecure where skopeo looks for it (registries.conf)

@@ -65,9 +65,7 @@ def test_inside_an_allocation_with_the_slurm_environment(slurm, pcocc_bin):
 
 @pytest.mark.slow
 def test_one_failing_task_fails_the_run(slurm, pcocc_bin):
-    res = _pcocc(
-        pcocc_bin, "run", "-N", "4", "busy", "--", "sh", "-c", 'test "$(hostname)" != n3'
-    )
+    res = _pcocc(pcocc_bin, "run", "-N", "4", "busy", "--", "sh", "-c", 'test "$(hostname)" != n3')
     assert res.returncode != 0, (res.stdout, res.stderr)
 
 
@@ -82,8 +80,14 @@ def test_whiteouts_on_every_node(slurm, pcocc_bin, multilayer_image):  # noqa: F
     assert res.stdout == "new\n" * 4
 
 
-def test_local_batch_manager_runs_every_task(pcocc_env, runtime_dir, monkeypatch, pcocc_bin,
-                                             busybox_image, tmp_path):  # noqa: F811
+def test_local_batch_manager_runs_every_task(
+    pcocc_env,
+    runtime_dir,
+    monkeypatch,
+    pcocc_bin,
+    busybox_image,  # noqa: F811
+    tmp_path,
+):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime_dir))
     monkeypatch.delenv("XDG_STATE_HOME", raising=False)
     (pcocc_env["system"] / "batch.yaml").write_text(

@@ -1,15 +1,23 @@
-"""Image references that are directories; run requests for multi-node runs."""
+"""Image references (directories, sources to import), settings, multi-node run requests."""
 
 from __future__ import annotations
 
 import json
+import tarfile
 
 import pytest
 
-from pcocc.ctr.images import image_config_from, resolve_rootfs
+from pcocc.ctr.images import (
+    file_format,
+    image_config_from,
+    import_source,
+    imported_name,
+    resolve_rootfs,
+)
 from pcocc.ctr.launch import RunOptions
-from pcocc.ctr.multinode import read_request, write_request
-from pcocc.errors import Corrupt, NotFound
+from pcocc.ctr.multinode import read_request, task_hostname, write_request
+from pcocc.ctr.settings import load_settings
+from pcocc.errors import ConfigError, Corrupt, NotFound, UsageError
 
 
 def test_bundle_like_directory(tmp_path):
@@ -62,12 +70,6 @@ def test_run_request_roundtrip(tmp_path, monkeypatch):
 
 
 # -- image sources that pcocc run imports ---------------------------------------------------
-import tarfile  # noqa: E402
-
-from pcocc.ctr.images import file_format, import_source, imported_name  # noqa: E402
-from pcocc.ctr.multinode import task_hostname  # noqa: E402
-from pcocc.ctr.settings import load_settings  # noqa: E402
-from pcocc.errors import UsageError  # noqa: E402
 
 
 def _tar(path, names):
@@ -134,8 +136,6 @@ def test_settings_come_from_the_config_loader(pcocc_env):
 
 
 def test_a_bad_containers_yaml_names_file_and_key(pcocc_env):
-    from pcocc.errors import ConfigError
-
     (pcocc_env["user"] / "containers.yaml").write_text("runtime: docker\n")
     with pytest.raises(ConfigError, match=r"containers.yaml:1.*runtime"):
         load_settings(pcocc_env["system"], pcocc_env["user"])
