@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from pcocc.cli.context import Session
 
 REQUEST_VERSION = 1
+#: set in the allocation that ``pcocc run -N/-n`` makes for itself
+ALLOCATED_VAR = "PCOCC_RUN_ALLOCATED"
 
 
 def write_request(apps: list[tuple[str, list[str]]], opts: RunOptions) -> Path:
@@ -102,14 +104,15 @@ def run_tasks(
     if nodes is not None and nodes > ntasks:
         raise UsageError(f"-N {nodes} needs at least as many tasks (-n {ntasks})")
     if job_id is None:
-        if not rerun_argv:
+        if not rerun_argv or os.environ.get(ALLOCATED_VAR):
+            # (the second case: we allocated, yet see no job: never allocate again)
             raise UsageError(
                 "pcocc run -N/-n must run inside an allocation",
                 hint="start one first, e.g. 'salloc -N 2' then 'pcocc run -N 2 ...'",
             )
         from pcocc.batch.base import JobSpec
 
-        spec = JobSpec(ntasks=ntasks, nodes=nodes, job_name="pcocc-run")
+        spec = JobSpec(ntasks=ntasks, nodes=nodes, job_name="pcocc-run", env={ALLOCATED_VAR: "1"})
         return exit_status(manager.allocate(spec, list(rerun_argv)))
     request = write_request(apps, opts)
     try:

@@ -139,3 +139,20 @@ def test_a_bad_containers_yaml_names_file_and_key(pcocc_env):
     (pcocc_env["user"] / "containers.yaml").write_text("runtime: docker\n")
     with pytest.raises(ConfigError, match=r"containers.yaml:1.*runtime"):
         load_settings(pcocc_env["system"], pcocc_env["user"])
+
+
+def test_multinode_run_never_allocates_twice(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from pcocc.ctr.multinode import ALLOCATED_VAR, run_tasks
+
+    session = SimpleNamespace(
+        config=SimpleNamespace(batch={"type": "local", "local": {"state-dir": str(tmp_path)}})
+    )
+    monkeypatch.delenv("PCOCC_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setenv(ALLOCATED_VAR, "1")
+    with pytest.raises(UsageError, match="must run inside an allocation"):
+        run_tasks(session, [("img", [])], RunOptions(), nodes=2, tasks=None, rerun_argv=["x"])
+    with pytest.raises(UsageError, match="-N 3 needs at least as many tasks"):
+        run_tasks(session, [("img", [])], RunOptions(), nodes=3, tasks=2, rerun_argv=["x"])
