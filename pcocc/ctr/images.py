@@ -132,6 +132,11 @@ def find_image(
     source = import_source(image_ref, repos.names())
     if source is not None:
         return _imported(repos, image_ref, source, notify)
+    if "/" in image_ref or image_ref.startswith((".", "~")):  # a path: URIs have no '/'
+        raise NotFound(
+            f"image '{image_ref}' not found: no such file or directory",
+            hint="give an existing rootfs directory or image file, or an image name",
+        )
     try:
         repo, meta = repos.resolve(image_ref)  # NotFound says where it looked
     except UsageError as err:
@@ -305,6 +310,7 @@ def mount_squashfs(image: Path, mounts: contextlib.ExitStack) -> Path:
 
     base = runtime_dir() / "mnt"
     base.mkdir(mode=0o700, exist_ok=True)
+    sweep_stale_mounts(base)
     top = base / f"{os.getpid()}-{secrets.token_hex(4)}"
     top.mkdir(mode=0o700)
     mounts.callback(_remove_tree, top)
@@ -323,6 +329,28 @@ def mount_squashfs(image: Path, mounts: contextlib.ExitStack) -> Path:
     )  # fmt: skip
     mounts.callback(fuse_unmount, merged)
     return merged
+
+
+def sweep_stale_mounts(base: Path) -> None:
+    """Unmount and remove what pods of dead pcocc processes left (they were killed)."""
+    for top in base.iterdir():
+        pid = top.name.split("-", 1)[0]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        log.info("cleaning the mounts of dead process %s in %s", pid, top)
+        for point in sorted(_mount_points_below(top), reverse=True):  # overlay first
+            fuse_unmount(point)
+        _remove_tree(top)
+
+
+def _mount_points_below(top: Path) -> list[Path]:
+    try:
+        with open("/proc/self/mounts") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    points = [Path(line.split()[1].replace("\\040", " ")) for line in lines if line.strip()]
+    return [p for p in points if top in p.parents]
 
 
 def _escape(path: Path) -> str:

@@ -149,10 +149,24 @@ def test_squashfs_cache_is_mounted_for_the_pod(env, pcocc_bin, busy, runtime_dir
     with open("/proc/mounts") as f:
         assert str(mnt) not in f.read()
 
+    # the mounts of a killed pcocc are cleaned by the next squashfs run
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    [squashfs] = (cache / "entries").glob("squashfs-*/rootfs.squashfs")
+    left = mnt / f"{dead.pid}-0000"
+    (left / "lower").mkdir(parents=True)
+    subprocess.run(["squashfuse", squashfs, left / "lower"], check=True)
+    pcocc(pcocc_bin, "run", busy, "--", "true", check=0)
+    assert not left.exists()
+    with open("/proc/mounts") as f:
+        assert str(left) not in f.read()
+
 
 def test_unknown_and_malformed_images(env, pcocc_bin):
     res = pcocc(pcocc_bin, "run", "nope", "--", "true", check=1)
     assert "image 'nope' not found" in res.stderr and "Traceback" not in res.stderr
+    res = pcocc(pcocc_bin, "run", "./missing.sif", "--", "true", check=1)
+    assert "image './missing.sif' not found: no such file or directory" in res.stderr
     res = pcocc(pcocc_bin, "run", "bad name!", "--", "true", check=2)
     assert "neither a directory, an image file nor an image name" in res.stderr
     res = pcocc(pcocc_bin, "run", "sha256-zz", "--", "true", check=2)
