@@ -47,7 +47,7 @@ def split_apps(tokens: Sequence[str]) -> list[tuple[str, list[str]]]:
 def _settings(session: Session):
     from pcocc.ctr.settings import load_settings
 
-    return load_settings(session.system_dir, session.user_dir)
+    return load_settings(session.system_dir, session.user_dir, preloaded=session.config.containers)
 
 
 @click.command(
@@ -136,21 +136,40 @@ def run(
     if nodes is not None or tasks is not None:
         from pcocc.ctr.multinode import run_tasks
 
-        exit_with(run_tasks(session, apps, opts, nodes=nodes, tasks=tasks))
+        status = run_tasks(session, apps, opts, nodes=nodes, tasks=tasks, rerun_argv=_rerun_argv())
+        exit_with(status)
         return
     exit_with(run_local(session, apps, opts))
 
 
+def _rerun_argv() -> list[str]:
+    """This very command line, to run again inside a new allocation."""
+    from pcocc.ctr.multinode import pcocc_argv
+
+    return [*pcocc_argv(), *sys.argv[1:]]
+
+
+def _notify(session: Session):
+    def notify(message: str) -> None:
+        if not session.quiet:
+            click.echo(f"pcocc: {message}", err=True)
+
+    return notify
+
+
 def run_local(session: Session, apps: list[tuple[str, list[str]]], opts) -> int:
+    import contextlib
+
     from pcocc.ctr.images import resolve_rootfs
     from pcocc.ctr.launch import AppSpec, run_pod
     from pcocc.ctr.pods import PodStore
 
-    specs = []
-    for image, args in apps:
-        rootfs, config = resolve_rootfs(session, image)
-        specs.append(AppSpec(image, str(rootfs), config, args))
-    _, status = run_pod(PodStore(), specs, opts, _settings(session))
+    with contextlib.ExitStack() as mounts:  # squashfs images stay mounted for the pod
+        specs = []
+        for image, args in apps:
+            rootfs, config = resolve_rootfs(session, image, mounts=mounts, notify=_notify(session))
+            specs.append(AppSpec(image, str(rootfs), config, args))
+        _, status = run_pod(PodStore(), specs, opts, _settings(session))
     return status
 
 

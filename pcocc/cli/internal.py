@@ -37,3 +37,9 @@ def run(session: Session, rank: int | None, job_id: str | None) -> None:
     from pcocc.cluster.jobs import run_node
 
     exit_with(run_node(session.config, rank, job_id))
+
+
+# One task of a multi-node `pcocc run` (see pcocc/cli/internal_ctr.py).
+from pcocc.cli.internal_ctr import ctr_task  # noqa: E402
+
+internal.add_command(ctr_task)

@@ -3,15 +3,21 @@
 The run request (images, args, options) is written to a JSON file in the user's state
 directory, and the batch manager starts ``pcocc internal ctr-task FILE`` once per task; each
 task runs its own pod on its node. The exit status is the launcher's (srun reports the
-first failing task's status).
+first failing task's status). Outside an allocation, ``pcocc run -N/-n`` first allocates
+(salloc, or the local batch manager) and runs itself again inside.
+
+Each task's pod is named after its node (``--hostname`` wins): ``hostname`` in the
+container prints the Slurm node name.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import uuid as uuidlib
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +31,8 @@ if TYPE_CHECKING:
     from pcocc.cli.context import Session
 
 REQUEST_VERSION = 1
+#: set in the allocation that ``pcocc run -N/-n`` makes for itself
+ALLOCATED_VAR = "PCOCC_RUN_ALLOCATED"
 
 
 def write_request(apps: list[tuple[str, list[str]]], opts: RunOptions) -> Path:
@@ -48,10 +56,22 @@ def read_request(path: str | Path) -> tuple[list[tuple[str, list[str]]], RunOpti
     return [(a[0], list(a[1])) for a in data["apps"]], RunOptions(**options)
 
 
-def task_argv(request: Path) -> list[str]:
+def pcocc_argv() -> list[str]:
+    """How to start this pcocc again (the console script of this environment)."""
     exe = Path(sys.executable).parent / "pcocc"
-    head = [str(exe)] if exe.exists() else [sys.executable, "-m", "pcocc.cli.main"]
-    return [*head, "internal", "ctr-task", str(request)]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "pcocc.cli.main"]
+
+
+def task_argv(request: Path) -> list[str]:
+    return [*pcocc_argv(), "internal", "ctr-task", str(request)]
+
+
+def task_hostname(env: Mapping[str, str] | None = None) -> str:
+    """Host name of a task's pod: the node's name, so that ``hostname`` in the container
+    tells the nodes apart (Slurm's node name, which differs from the host name when several
+    slurmd share a host)."""
+    env = os.environ if env is None else env
+    return env.get("SLURMD_NODENAME") or socket.gethostname()
 
 
 def run_tasks(
@@ -61,8 +81,14 @@ def run_tasks(
     *,
     nodes: int | None,
     tasks: int | None,
+    rerun_argv: Sequence[str] | None = None,
 ) -> int:
-    """Run one pod per task in the current allocation; returns the launcher's status."""
+    """Run one pod per task in the current allocation; returns the launcher's status.
+
+    Outside an allocation, allocate ``nodes`` nodes and ``tasks`` tasks through the batch
+    manager (salloc, or the local manager) and run ``rerun_argv`` (this same ``pcocc run``)
+    inside it.
+    """
     try:
         from pcocc.batch.base import get_manager
     except ImportError:
@@ -72,14 +98,22 @@ def run_tasks(
         ) from None
     manager = get_manager(session.config.batch)
     job_id = manager.job_id_from_env()
-    if job_id is None:
-        raise UsageError(
-            "pcocc run -N/-n must run inside an allocation",
-            hint="start one first, e.g. 'salloc -N 2' then 'pcocc run -N 2 ...'",
-        )
     if opts.interactive:
         raise UsageError("--interactive cannot be combined with -N/-n")
     ntasks = tasks or nodes or 1
+    if nodes is not None and nodes > ntasks:
+        raise UsageError(f"-N {nodes} needs at least as many tasks (-n {ntasks})")
+    if job_id is None:
+        if not rerun_argv or os.environ.get(ALLOCATED_VAR):
+            # (the second case: we allocated, yet see no job: never allocate again)
+            raise UsageError(
+                "pcocc run -N/-n must run inside an allocation",
+                hint="start one first, e.g. 'salloc -N 2' then 'pcocc run -N 2 ...'",
+            )
+        from pcocc.batch.base import JobSpec
+
+        spec = JobSpec(ntasks=ntasks, nodes=nodes, job_name="pcocc-run", env={ALLOCATED_VAR: "1"})
+        return exit_status(manager.allocate(spec, list(rerun_argv)))
     request = write_request(apps, opts)
     try:
         popen = manager.launch_tasks(job_id, ntasks, task_argv(request), env=dict(os.environ))

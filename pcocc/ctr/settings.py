@@ -1,13 +1,15 @@
-"""The ``containers.yaml`` settings (system file, then user file)::
+"""The ``containers.yaml`` settings, as the configuration loader validated and merged them
+(schema ``pcocc/config/schemas/containers.json``)::
 
     runtime: auto            # or crun, runc, unshare, vm
-    env: {NAME: VALUE}       # or a list of NAME=VALUE
+    env: {NAME: VALUE}
     mounts: [{source: PATH, target: PATH, readonly: BOOL, optional: BOOL}]
-    modules: {NAME: {mounts: [...], env: {...}}}
+    modules: {NAME: {description: TEXT, mounts: [...], env: {...}}}
     default-modules: [NAME]
+    allow-user-override: false   # system file: what users may redefine
 
-The user file may add env, mounts and modules and choose the runtime; it cannot replace a
-module the admin defined.
+The user file may add env, mounts and modules; it may replace the runtime or a module of
+the admin only when ``allow-user-override`` allows it (enforced by the loader).
 """
 
 from __future__ import annotations
@@ -15,12 +17,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pcocc.errors import ConfigError
 
-KEYS = ("runtime", "env", "mounts", "modules", "default-modules")
+KEYS = ("runtime", "env", "mounts", "modules", "default-modules", "allow-user-override")
 
 
 @dataclass
@@ -32,23 +33,6 @@ class ContainerSettings:
     default_modules: list[str] = field(default_factory=list)
     #: the files read, for error messages
     sources: list[str] = field(default_factory=list)
-
-
-def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    for key in data:
-        if key not in KEYS:
-            raise ConfigError(f"{path}: unknown key '{key}'", hint=f"known keys: {', '.join(KEYS)}")
-    return data
 
 
 def merge(settings: ContainerSettings, data: Mapping[str, Any], where: str, *, admin: bool) -> None:
@@ -77,19 +61,23 @@ def merge(settings: ContainerSettings, data: Mapping[str, Any], where: str, *, a
     settings.default_modules.extend(str(d) for d in defaults)
 
 
+def from_config(containers: Mapping[str, Any], where: str = "containers.yaml") -> ContainerSettings:
+    """Settings from ``Config.containers``: the loader has validated both files against
+    ``schemas/containers.json`` and merged them (admin rules on overrides applied)."""
+    settings = ContainerSettings()
+    merge(settings, containers, where, admin=True)
+    return settings
+
+
 def load_settings(
     system_dir: str | os.PathLike,
     user_dir: str | os.PathLike,
     preloaded: Mapping[str, Any] | None = None,
 ) -> ContainerSettings:
-    """Settings from ``preloaded`` (the config loader's ``containers``) or from the files."""
-    settings = ContainerSettings()
-    if preloaded:
-        merge(settings, preloaded, "containers.yaml", admin=True)
-        return settings
-    for d, admin in ((Path(system_dir), True), (Path(user_dir), False)):
-        path = d / "containers.yaml"
-        data = _read(path)
-        if data:
-            merge(settings, data, str(path), admin=admin)
-    return settings
+    """Settings from ``preloaded`` (a session's ``config.containers``), else loaded through
+    the configuration loader from both directories."""
+    if preloaded is None:
+        from pcocc.config import load_config
+
+        preloaded = load_config(system_dir, user_dir).containers
+    return from_config(preloaded)

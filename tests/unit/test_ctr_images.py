@@ -1,15 +1,23 @@
-"""Image references that are directories; run requests for multi-node runs."""
+"""Image references (directories, sources to import), settings, multi-node run requests."""
 
 from __future__ import annotations
 
 import json
+import tarfile
 
 import pytest
 
-from pcocc.ctr.images import image_config_from, resolve_rootfs
+from pcocc.ctr.images import (
+    file_format,
+    image_config_from,
+    import_source,
+    imported_name,
+    resolve_rootfs,
+)
 from pcocc.ctr.launch import RunOptions
-from pcocc.ctr.multinode import read_request, write_request
-from pcocc.errors import Corrupt, NotFound
+from pcocc.ctr.multinode import read_request, task_hostname, write_request
+from pcocc.ctr.settings import load_settings
+from pcocc.errors import ConfigError, Corrupt, NotFound, UsageError
 
 
 def test_bundle_like_directory(tmp_path):
@@ -59,3 +67,92 @@ def test_run_request_roundtrip(tmp_path, monkeypatch):
     apps, back = read_request(path)
     assert apps == [("img", ["-c", "x"]), ("img2", [])]
     assert back.runtime == "runc" and list(back.set_env) == ["A=1"] and back.private_net
+
+
+# -- image sources that pcocc run imports ---------------------------------------------------
+
+
+def _tar(path, names):
+    with tarfile.open(path, "w") as tar:
+        for name in names:
+            info = tarfile.TarInfo(name)
+            tar.addfile(info)
+    return path
+
+
+def test_transport_prefixes_are_sources_unless_a_repo_has_that_name():
+    assert import_source("docker://reg:5000/a/b:1", []) == "docker://reg:5000/a/b:1"
+    assert import_source("oci-archive:/x.tar", []) == "oci-archive:/x.tar"
+    assert import_source("user:busy@2", ["user"]) is None
+    assert import_source("oci:layout", ["oci"]) is None  # a repository named oci wins
+    assert import_source("busy", []) is None
+
+
+def test_image_files_by_extension_and_tarball_content(tmp_path):
+    assert file_format(tmp_path / "a.sif") == "sif"
+    oci = _tar(tmp_path / "o.tar", ["blobs/", "index.json", "oci-layout"])
+    docker = _tar(tmp_path / "d.tar", ["abc/layer.tar", "manifest.json"])
+    assert file_format(oci) == "oci-archive"
+    assert file_format(docker) == "docker-archive"
+    assert import_source(str(docker), []) == f"docker-archive:{docker}"
+    with pytest.raises(UsageError, match="neither an oci-archive nor a docker-archive"):
+        file_format(_tar(tmp_path / "x.tar", ["hello"]))
+    (tmp_path / "junk").write_text("not a tarball")
+    with pytest.raises(UsageError, match="not an image file"):
+        file_format(tmp_path / "junk")
+
+
+def test_imported_names_are_valid_stable_and_change_with_the_file(tmp_path):
+    from pcocc.repo.uri import ImageUri
+
+    ref = "docker://127.0.0.1:5000/pcocc/busy box:1"
+    name = imported_name(ref)
+    assert name == imported_name(ref) and name.startswith("run-busy-box-1-")
+    assert ImageUri.parse(name).name == name
+    f = tmp_path / "img.tar"
+    f.write_text("one")
+    before = imported_name(f"oci-archive:{f}")
+    f.write_text("two, longer")
+    assert imported_name(f"oci-archive:{f}") != before
+
+
+def test_task_hostname_is_the_slurm_node_name():
+    assert task_hostname({"SLURMD_NODENAME": "n3"}) == "n3"
+    assert task_hostname({}) != ""
+
+
+def test_settings_come_from_the_config_loader(pcocc_env):
+    (pcocc_env["system"] / "containers.yaml").write_text(
+        "runtime: runc\nenv: {A: '1'}\nmodules:\n  mpi:\n    description: MPI\n"
+        "    mounts: [{source: /opt, target: /opt, readonly: true}]\n"
+    )
+    (pcocc_env["user"] / "containers.yaml").write_text("env: {B: '2'}\n")
+    s = load_settings(pcocc_env["system"], pcocc_env["user"])
+    assert s.runtime == "runc" and s.env == {"A": "1", "B": "2"}
+    assert s.modules["mpi"]["mounts"][0]["target"] == "/opt"
+    assert load_settings("/nonexistent", "/nonexistent", preloaded={"runtime": "crun"}).runtime == (
+        "crun"
+    )
+
+
+def test_a_bad_containers_yaml_names_file_and_key(pcocc_env):
+    (pcocc_env["user"] / "containers.yaml").write_text("runtime: docker\n")
+    with pytest.raises(ConfigError, match=r"containers.yaml:1.*runtime"):
+        load_settings(pcocc_env["system"], pcocc_env["user"])
+
+
+def test_multinode_run_never_allocates_twice(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from pcocc.ctr.multinode import ALLOCATED_VAR, run_tasks
+
+    session = SimpleNamespace(
+        config=SimpleNamespace(batch={"type": "local", "local": {"state-dir": str(tmp_path)}})
+    )
+    monkeypatch.delenv("PCOCC_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setenv(ALLOCATED_VAR, "1")
+    with pytest.raises(UsageError, match="must run inside an allocation"):
+        run_tasks(session, [("img", [])], RunOptions(), nodes=2, tasks=None, rerun_argv=["x"])
+    with pytest.raises(UsageError, match="-N 3 needs at least as many tasks"):
+        run_tasks(session, [("img", [])], RunOptions(), nodes=3, tasks=2, rerun_argv=["x"])
