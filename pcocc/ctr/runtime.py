@@ -22,6 +22,7 @@ import copy
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -394,7 +395,17 @@ class VmRuntime(Runtime):
         return spec
 
     def run_argv(self, bundle: Path, container_id: str) -> list[str]:
-        return [sys.executable, "-I", "-m", "pcocc.ctr.vmrun", str(bundle)]
+        return [sys.executable, "-I", "-m", "pcocc.ctr.vmrun", str(bundle), container_id]
+
+    def kill(self, container_id: str, popen: subprocess.Popen | None) -> None:
+        """SIGTERM first: the host side then stops QEMU and removes its files."""
+        if popen is None:
+            return
+        proc.kill_group(popen, signal.SIGTERM)
+        try:
+            popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill_group(popen)
 
     def exec_argv(self, container_id, argv, *, record, tty=False):
         raise PcoccError(

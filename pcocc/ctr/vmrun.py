@@ -1,6 +1,6 @@
 """Host side of the ``vm`` container runtime: run an OCI bundle's app in a small QEMU VM.
 
-``python -I -m pcocc.ctr.vmrun BUNDLE`` (what :class:`pcocc.ctr.runtime.VmRuntime` starts)
+``python -I -m pcocc.ctr.vmrun BUNDLE [VM-NAME]`` (what :class:`pcocc.ctr.runtime.VmRuntime` starts)
 packs the bundle's rootfs and read-only bind mounts as squashfs images, writes the initramfs
 of :mod:`pcocc.vm.stage1`, boots the host's cloud kernel under QEMU (accelerator chosen by
 :mod:`pcocc.vm.accel`), and exits with the app's exit status. QEMU writes the app's stdout
@@ -151,8 +151,8 @@ def _check_output_fds() -> None:
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
 
 
-def run_bundle(bundle: Path) -> int:
-    """Run the app of ``bundle`` in a VM; returns its exit status."""
+def run_bundle(bundle: Path, name: str | None = None) -> int:
+    """Run the app of ``bundle`` in a VM (named ``name``); returns its exit status."""
     spec = json.loads((bundle / "config.json").read_text())
     rootfs = Path(spec["root"]["path"])
     if not rootfs.is_absolute():
@@ -186,7 +186,7 @@ def run_bundle(bundle: Path) -> int:
                                          modules=modules)
         cpio.write(tmp / "initrd.img")
         (tmp / "status").touch()
-        vm = VmSpec(name=f"pcocc-ctr-{bundle.name}", accel=accel, memory_mib=MEMORY_MIB,
+        vm = VmSpec(name=name or f"pcocc-ctr-{bundle.name}", accel=accel, memory_mib=MEMORY_MIB,
                     kernel=kernel, initrd=tmp / "initrd.img", append=stage1.kernel_cmdline(),
                     console_log=tmp / "console.log", network=False,
                     custom_args=tuple(qemu_extra_args(tmp, disks)))
@@ -223,8 +223,8 @@ def _tail(path: Path, lines: int = 3) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: python -m pcocc.ctr.vmrun BUNDLE", file=sys.stderr)
+    if len(args) not in (1, 2):
+        print("usage: python -m pcocc.ctr.vmrun BUNDLE [VM-NAME]", file=sys.stderr)
         return 2
 
     def on_signal(signum, _frame):
@@ -233,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, on_signal)
     try:
-        return run_bundle(Path(args[0]).resolve())
+        return run_bundle(Path(args[0]).resolve(), args[1] if len(args) > 1 else None)
     except _Terminated as term:
         return 128 + term.signum
     except PcoccError as err:
