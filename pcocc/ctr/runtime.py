@@ -2,7 +2,8 @@
 
 Backends by name: ``crun`` (preferred), ``runc``, ``unshare`` (util-linux ``unshare`` plus a
 small Python stage 2, :mod:`pcocc.ctr.nsinit`, when no OCI runtime works) and ``vm`` (each
-app in a small QEMU VM, :mod:`pcocc.ctr.vmrun`; only when asked for by name). ``auto`` takes the first usable one in :data:`AUTO_ORDER`.
+app in a small QEMU VM, :mod:`pcocc.ctr.vmrun`; only when asked for by name). ``auto``
+takes the first usable one in :data:`AUTO_ORDER`.
 
 Whether a backend works is found by running a real container (``true`` from the host's
 /usr, bound read-only) once per boot and per user; the result is cached in

@@ -81,7 +81,7 @@ def test_stage2_script_runs_the_app_with_exactly_its_env_and_cwd(tmp_path):
 
 def test_stage2_script_removes_itself_before_exec():
     script = stage1.stage2_script(_app())
-    first = [ln for ln in script.splitlines() if not ln.startswith("#")][0]
+    first = next(ln for ln in script.splitlines() if not ln.startswith("#"))
     assert first == f"{stage1.STAGE2_DIR}/busybox rm -rf {stage1.STAGE2_DIR}"
     assert script.rstrip().splitlines()[-1].startswith("exec ")
 
@@ -146,7 +146,8 @@ def test_initramfs_writes_a_cpio_archive(tmp_path):
         pytest.skip("cpio is not installed")
     cpio = stage1.initramfs_contents(_app(), busybox=b"BB", applets=["sh"], modules={})
     cpio.write(tmp_path / "initrd.img")
-    res = subprocess.run(["cpio", "-it", "--quiet"], stdin=open(tmp_path / "initrd.img", "rb"),
-                         capture_output=True, text=True, check=True)
+    with open(tmp_path / "initrd.img", "rb") as archive:
+        res = subprocess.run(["cpio", "-it", "--quiet"], stdin=archive, capture_output=True,
+                             text=True, check=True)
     names = res.stdout.split()
     assert {"init", "bin/busybox", "bin/sh", "etc/pcocc/stage2"} <= set(names)
