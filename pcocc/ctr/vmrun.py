@@ -4,8 +4,9 @@
 packs the bundle's rootfs and read-only bind mounts as squashfs images, writes the initramfs
 of :mod:`pcocc.vm.stage1`, boots the host's cloud kernel under QEMU (accelerator chosen by
 :mod:`pcocc.vm.accel`), and exits with the app's exit status. QEMU writes the app's stdout
-and stderr straight to our own file descriptors 1 and 2 (file chardevs on /dev/fd/N; they
-must be pipes, terminals or files, not sockets). Every file lives in a temporary directory
+and stderr into pipes of ours (file chardevs on /dev/fd/N of the pipes it inherits), which
+we copy to our stdout and stderr: whatever those are (files of another owner, sockets),
+QEMU never has to reopen them. Every file lives in a temporary directory
 of the bundle, removed at the end; QEMU stays in our process group, so killing the group
 (as the pod supervisor does) stops the VM too.
 
@@ -14,12 +15,11 @@ Exit status 125 means the VM could not run the app (the reason is printed on std
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
+import selectors
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -97,15 +97,19 @@ def pack(source: Path, dest: Path) -> None:
     proc.run(squashfs_argv(source, dest), what=f"pack {source} for the VM")
 
 
-def qemu_extra_args(tmp: Path, disks: Sequence[tuple[str, Path]]) -> list[str]:
-    """Devices of the run: serial ports for stdout/stderr/status, one virtio disk per image."""
+def qemu_extra_args(tmp: Path, disks: Sequence[tuple[str, Path]], out_fd: int = 1,
+                    err_fd: int = 2) -> list[str]:
+    """Devices of the run: serial ports for stdout/stderr/status, one virtio disk per image.
+
+    :param out_fd: QEMU's descriptor that receives the app's stdout (``err_fd``: stderr)
+    """
 
     def esc(path: os.PathLike | str) -> str:
         return os.fspath(path).replace(",", ",,")
 
     args = ["-no-reboot", "-device", "virtio-serial-pci,id=pcoccser"]
-    ports = [("out", "/dev/fd/1", stage1.PORT_STDOUT, True),
-             ("err", "/dev/fd/2", stage1.PORT_STDERR, True),
+    ports = [("out", f"/dev/fd/{out_fd}", stage1.PORT_STDOUT, True),
+             ("err", f"/dev/fd/{err_fd}", stage1.PORT_STDERR, True),
              ("status", tmp / "status", stage1.PORT_STATUS, False)]
     for cid, path, name, append in ports:
         args += ["-chardev", f"file,id={cid},path={esc(path)}" + (",append=on" if append else ""),
@@ -130,27 +134,6 @@ def parse_status(text: str) -> int:
     raise PcoccError("vm runtime: the VM stopped without reporting the app's exit status")
 
 
-def _check_output_fds() -> None:
-    """Make fds 1 and 2 usable by QEMU's file chardevs.
-
-    QEMU reopens them (/dev/fd/N, in append mode): a socket cannot be reopened, and a regular
-    file opened without O_APPEND would be written at two offsets (ours and QEMU's), so we
-    switch it to append mode.
-    """
-    for fd in (1, 2):
-        try:
-            mode = os.fstat(fd).st_mode
-        except OSError:
-            continue
-        if stat.S_ISSOCK(mode):
-            raise PcoccError(
-                f"vm runtime: file descriptor {fd} is a socket, which QEMU cannot open",
-                hint="redirect the output through a pipe or a file",
-            )
-        if stat.S_ISREG(mode):
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
-
-
 def run_bundle(bundle: Path, name: str | None = None) -> int:
     """Run the app of ``bundle`` in a VM (named ``name``); returns its exit status."""
     spec = json.loads((bundle / "config.json").read_text())
@@ -168,11 +151,10 @@ def run_bundle(bundle: Path, name: str | None = None) -> int:
     app = stage1.guest_app(spec.get("process") or {},
                            readonly_rootfs=bool(spec["root"].get("readonly")), volumes=volumes,
                            hostname=str(spec.get("hostname") or "pcocc"))
-    _check_output_fds()
     kernel, version = initramfs.find_kernel()
     moddir = Path("/lib/modules") / version
     busybox = find_static_busybox()
-    accel = resolve_accel(None)
+    accel = resolve_accel(None, warn=lambda msg: print(f"pcocc: warning: {msg}", file=sys.stderr))
     with tempfile.TemporaryDirectory(prefix=".vm-", dir=bundle) as tmpdir:
         tmp = Path(tmpdir)
         disks = [(stage1.ROOT_SERIAL, tmp / "rootfs.sqfs")]
@@ -186,11 +168,13 @@ def run_bundle(bundle: Path, name: str | None = None) -> int:
                                          modules=modules)
         cpio.write(tmp / "initrd.img")
         (tmp / "status").touch()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
         vm = VmSpec(name=name or f"pcocc-ctr-{bundle.name}", accel=accel, memory_mib=MEMORY_MIB,
                     kernel=kernel, initrd=tmp / "initrd.img", append=stage1.kernel_cmdline(),
                     console_log=tmp / "console.log", network=False,
-                    custom_args=tuple(qemu_extra_args(tmp, disks)))
-        returncode = _run_qemu(build_argv(vm))
+                    custom_args=tuple(qemu_extra_args(tmp, disks, out_w, err_w)))
+        returncode = _run_qemu(build_argv(vm), {out_r: 1, err_r: 2}, (out_w, err_w))
         try:
             return parse_status((tmp / "status").read_text(errors="replace"))
         except PcoccError as err:
@@ -200,16 +184,55 @@ def run_bundle(bundle: Path, name: str | None = None) -> int:
             ) from None
 
 
-def _run_qemu(argv: list[str]) -> int:
-    """Run QEMU in our process group; stop it if we are interrupted."""
-    qemu = proc.spawn(argv, stdin=subprocess.DEVNULL, stdout=None, stderr=None,
-                      new_session=False)
+def _run_qemu(argv: list[str], copies: dict[int, int], child_fds: Sequence[int]) -> int:
+    """Run QEMU in our process group, copying its output pipes to our descriptors.
+
+    :param copies: read end of a pipe -> where to copy it (closed here)
+    :param child_fds: the write ends QEMU inherits (closed here once it has them)
+    """
     try:
+        qemu = proc.spawn(argv, stdin=subprocess.DEVNULL, stdout=None, stderr=None,
+                          new_session=False, pass_fds=child_fds)
+    finally:
+        for fd in child_fds:
+            os.close(fd)
+    try:
+        _copy_until_eof(copies)
         return qemu.wait()
     except BaseException:
         qemu.kill()
         qemu.wait()
         raise
+    finally:
+        for fd in copies:
+            os.close(fd)
+
+
+def _copy_until_eof(copies: dict[int, int]) -> None:
+    """Copy each source descriptor to its destination until every source is at EOF."""
+    sel = selectors.DefaultSelector()
+    for src, dest in copies.items():
+        sel.register(src, selectors.EVENT_READ, dest)
+    broken: set[int] = set()
+    try:
+        while sel.get_map():
+            for key, _ in sel.select():
+                data = os.read(key.fd, 65536)
+                if not data:
+                    sel.unregister(key.fd)
+                elif key.data not in broken:
+                    try:
+                        _write_all(key.data, data)
+                    except OSError:  # the reader went away: keep draining, drop the data
+                        broken.add(key.data)
+    finally:
+        sel.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _tail(path: Path, lines: int = 3) -> str:
