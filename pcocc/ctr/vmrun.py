@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,6 +191,9 @@ def _run_qemu(argv: list[str], copies: dict[int, int], child_fds: Sequence[int])
     :param copies: read end of a pipe -> where to copy it (closed here)
     :param child_fds: the write ends QEMU inherits (closed here once it has them)
     """
+    setpriv = shutil.which("setpriv")
+    if setpriv:  # QEMU dies with us even if we are killed alone (SIGKILL, OOM killer)
+        argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
     try:
         qemu = proc.spawn(argv, stdin=subprocess.DEVNULL, stdout=None, stderr=None,
                           new_session=False, pass_fds=child_fds)

@@ -117,6 +117,10 @@ def stage2_script(app: GuestApp) -> str:
         "unset PWD OLDPWD SHLVL",
     ]
     lines += [f"export {q(f'{k}={v}')}" for k, v in app.env]
+    arg0 = q(app.args[0])
+    lines.append(f"command -v {arg0} >/dev/null || "
+                 f"{{ echo {q(f'pcocc: {app.args[0]}: command not found in the container')} >&2; "
+                 "exit 127; }")
     lines.append("exec " + " ".join(q(a) for a in app.args))
     return "\n".join(lines) + "\n"
 

@@ -151,3 +151,11 @@ def test_initramfs_writes_a_cpio_archive(tmp_path):
                              text=True, check=True)
     names = res.stdout.split()
     assert {"init", "bin/busybox", "bin/sh", "etc/pcocc/stage2"} <= set(names)
+
+
+def test_stage2_says_which_command_is_missing():
+    app = _app(args=["no-such-command-xyz", "arg"], env=["PATH=/nonexistent"])
+    res = subprocess.run(["sh", "-c", stage1.stage2_script(app)], capture_output=True,
+                         text=True, check=False)
+    assert res.returncode == 127
+    assert "pcocc: no-such-command-xyz: command not found in the container" in res.stderr
