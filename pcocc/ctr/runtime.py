@@ -1,8 +1,9 @@
 """Container runtime backends, and the one place that knows the quirks of the host.
 
 Backends by name: ``crun`` (preferred), ``runc``, ``unshare`` (util-linux ``unshare`` plus a
-small Python stage 2, :mod:`pcocc.ctr.nsinit`, when no OCI runtime works) and ``vm`` (not
-available yet). ``auto`` takes the first usable one in :data:`AUTO_ORDER`.
+small Python stage 2, :mod:`pcocc.ctr.nsinit`, when no OCI runtime works) and ``vm`` (each
+app in a small QEMU VM, :mod:`pcocc.ctr.vmrun`; only when asked for by name). ``auto``
+takes the first usable one in :data:`AUTO_ORDER`.
 
 Whether a backend works is found by running a real container (``true`` from the host's
 /usr, bound read-only) once per boot and per user; the result is cached in
@@ -22,6 +23,7 @@ import copy
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -100,6 +102,8 @@ class Runtime(ABC):
 
     name: ClassVar[str]
     binary: ClassVar[str | None] = None
+    #: whether probing runs a real container (False: installed means usable)
+    probe_runs_container: ClassVar[bool] = True
 
     def __init__(self, mode: Mapping[str, Any] | None = None):
         #: what the probe found (e.g. {"wrap": "unified-bind"}); empty before probing
@@ -358,20 +362,57 @@ def nsenter_argv(
 
 
 class VmRuntime(Runtime):
+    """Each app in its own small QEMU VM booted from the host's cloud kernel.
+
+    The work is done by :mod:`pcocc.ctr.vmrun` (host side) and :mod:`pcocc.vm.stage1`
+    (guest side). Never chosen by ``auto``; ``pcocc pod enter`` is not supported.
+    """
+
     name = "vm"
-    binary = None
+    binary = "qemu-system-x86_64"
+    probe_runs_container = False
 
     def check_installed(self) -> None:
-        raise RuntimeUnusable(
-            "the 'vm' container runtime is not available yet",
-            hint="use --runtime crun, runc or unshare",
+        """:raise ToolMissing: QEMU or mksquashfs missing
+        :raise PcoccError: no cloud kernel or no static busybox"""
+        from pcocc.ctr.vmrun import find_static_busybox
+        from pcocc.vm.initramfs import find_kernel
+
+        proc.which("qemu-system-x86_64")
+        proc.which("mksquashfs")
+        find_kernel()
+        find_static_busybox()
+
+    def adapt_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Check now what the VM cannot do (writable volumes), before the pod starts.
+
+        :raise UsageError: naming the volume or the environment entry
+        """
+        from pcocc.ctr.vmrun import bind_volumes
+        from pcocc.vm.stage1 import guest_app
+
+        bind_volumes(spec)
+        guest_app(spec.get("process") or {})
+        return spec
+
+    def run_argv(self, bundle: Path, container_id: str) -> list[str]:
+        return [sys.executable, "-I", "-m", "pcocc.ctr.vmrun", str(bundle), container_id]
+
+    def kill(self, container_id: str, popen: subprocess.Popen | None) -> None:
+        """SIGTERM first: the host side then stops QEMU and removes its files."""
+        if popen is None:
+            return
+        proc.kill_group(popen, signal.SIGTERM)
+        try:
+            popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill_group(popen)
+
+    def exec_argv(self, container_id, argv, *, record, tty=False):
+        raise PcoccError(
+            "apps of the 'vm' container runtime cannot be entered",
+            hint="run the command as the app itself: pcocc run --runtime vm IMAGE -- COMMAND",
         )
-
-    def run_argv(self, bundle, container_id):  # pragma: no cover - never reached
-        raise RuntimeUnusable("the 'vm' container runtime is not available yet")
-
-    def exec_argv(self, container_id, argv, *, record, tty=False):  # pragma: no cover
-        raise RuntimeUnusable("the 'vm' container runtime is not available yet")
 
 
 RUNTIMES: dict[str, type[Runtime]] = {cls.name: cls for cls in (Crun, Runc, Unshare, VmRuntime)}
@@ -457,6 +498,8 @@ def probe(name: str, *, refresh: bool = False) -> Runtime:
     cls = RUNTIMES[name]
     rt = cls()
     rt.check_installed()
+    if not rt.probe_runs_container:
+        return rt
     path = probe_cache_path()
     cache = _read_cache(path)
     key = f"{name}:{os.geteuid()}"

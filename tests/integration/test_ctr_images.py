@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest_registry import busybox_image, multilayer_image, registry  # noqa: F401
 
 from helpers import testimages
 

@@ -523,7 +523,6 @@ def test_bad_inputs_give_clear_errors(env, pcocc_bin, image_dir, tmp_path):
         ),
         (["run", "--set-env", "NOEQUALS", image_dir], 2, "'NOEQUALS' is not NAME=VALUE"),
         (["run", "--runtime", "nosuch", image_dir], 2, "unknown container runtime 'nosuch'"),
-        (["run", "--runtime", "vm", image_dir], 1, "'vm' container runtime is not available"),
         (["run", "--insecure-options", "image", image_dir], 2, "unknown value 'image'"),
         (["pod", "status", "ffffffff-none"], 1, "no pod with UUID"),
         (["pod", "gc", "--grace-period", "soon"], 2, "invalid duration 'soon'"),

@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest_registry import busybox_image, multilayer_image  # noqa: F401
 
 NODES = ["n1", "n2", "n3", "n4"]
 

@@ -75,9 +75,17 @@ def test_unknown_runtime_is_a_config_error():
         rt.get_runtime("docker")
 
 
-def test_vm_runtime_is_not_available_yet():
-    with pytest.raises(rt.RuntimeUnusable, match="'vm' container runtime is not available"):
-        rt.get_runtime("vm")
+def test_vm_runtime_is_chosen_only_by_name(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert "vm" not in rt.AUTO_ORDER and "vm" in rt.RUNTIMES
+    monkeypatch.setattr(rt.VmRuntime, "check_installed", lambda self: None)
+    monkeypatch.setattr(rt, "try_mode", lambda cls, mode: pytest.fail("vm must not be probed"))
+    vm = rt.get_runtime("vm")
+    assert isinstance(vm, rt.VmRuntime)
+    argv = vm.run_argv(tmp_path / "bundle", "pcocc-x-app")
+    assert argv[-3:] == ["pcocc.ctr.vmrun", str(tmp_path / "bundle"), "pcocc-x-app"]
+    with pytest.raises(rt.PcoccError, match="cannot be entered"):
+        vm.exec_argv("c", ["sh"], record={})
 
 
 def test_probe_result_is_cached_per_boot(monkeypatch, tmp_path):

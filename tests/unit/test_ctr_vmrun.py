@@ -1,0 +1,82 @@
+"""Host side of the vm container runtime: the parts that need no VM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pcocc.ctr import runtime as rt
+from pcocc.ctr import vmrun
+from pcocc.ctr.spec import Identity, SpecRequest, build_spec
+from pcocc.ctr.volumes import Mount
+from pcocc.errors import PcoccError, UsageError
+from pcocc.vm import stage1
+
+
+def _spec(mounts=(), private_net=False):
+    req = SpecRequest(rootfs="rootfs", args=["true"], env={"A": "1"}, identity=Identity(1000, 1000),
+                      mounts=list(mounts), private_net=private_net)
+    return build_spec(req)
+
+
+@pytest.mark.parametrize("private_net", [False, True])
+def test_bind_volumes_skips_what_the_guest_provides(private_net):
+    spec = _spec([Mount("/srv/data", "/data", readonly=True)], private_net=private_net)
+    assert vmrun.bind_volumes(spec) == [("/srv/data", "/data")]
+
+
+def test_writable_bind_is_refused_before_the_pod_starts():
+    spec = _spec([Mount("/srv/data", "/data", readonly=False)])
+    with pytest.raises(UsageError, match="cannot mount /srv/data read-write at /data"):
+        vmrun.bind_volumes(spec)
+    with pytest.raises(UsageError, match="read-write"):
+        rt.VmRuntime().adapt_spec(spec)
+    ok = _spec([Mount("/srv/data", "/data", readonly=True)])
+    assert rt.VmRuntime().adapt_spec(ok) == ok
+
+
+@pytest.mark.parametrize(
+    ("text", "status"), [("exit 0\n", 0), ("exit 3\n", 3), ("exit 137", 137)]
+)
+def test_parse_status(text, status):
+    assert vmrun.parse_status(text) == status
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("fail cannot mount the rootfs image\n", "cannot mount the rootfs image"),
+     ("", "without reporting"), ("exit x\n", "without reporting")],
+)
+def test_parse_status_failures(text, message):
+    with pytest.raises(PcoccError, match=message):
+        vmrun.parse_status(text)
+
+
+def test_qemu_extra_args_name_ports_and_disks_and_escape_commas(tmp_path):
+    tmp = tmp_path / "a,b"
+    args = vmrun.qemu_extra_args(tmp, [(stage1.ROOT_SERIAL, tmp / "root.sqfs"),
+                                       ("pcocc-vol0", tmp / "v.sqfs")])
+    joined = " ".join(args)
+    assert "-no-reboot" in args
+    for port in (stage1.PORT_STDOUT, stage1.PORT_STDERR, stage1.PORT_STATUS):
+        assert f"name={port}" in joined
+    assert "path=/dev/fd/1,append=on" in joined and "path=/dev/fd/2,append=on" in joined
+    assert f"file={tmp_path}/a,,b/root.sqfs,format=raw" in joined
+    assert f"serial={stage1.ROOT_SERIAL}" in joined and "serial=pcocc-vol0" in joined
+    assert joined.count("readonly=on") == 2
+
+
+def test_squashfs_argv_packs_without_compression(tmp_path):
+    argv = vmrun.squashfs_argv(Path("/src"), tmp_path / "x.sqfs")
+    assert argv[:3] == ["mksquashfs", "/src", str(tmp_path / "x.sqfs")]
+    assert {"-noappend", "-noI", "-noD", "-noF", "-noX"} <= set(argv)
+
+
+def test_main_reports_errors_in_one_line(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(
+        '{"root": {"path": "missing"}, "process": {"args": ["true"]}}')
+    assert vmrun.main([str(tmp_path)]) == vmrun.FAILED
+    err = capsys.readouterr().err
+    assert err.startswith("pcocc: error: vm runtime: rootfs") and "Traceback" not in err
+    assert vmrun.main([]) == 2
