@@ -7,6 +7,12 @@ one on the way in. Layers keep the compression they had at the source (skopeo ru
 ``--dest-oci-accept-uncompressed-layers``): digests then match the source's, which lets
 identical layers dedup across imports and lets a re-import skip the work.
 
+The manifest's layer media types are checked against the layers' bytes (gzip, zstd or
+plain tar, from their magic numbers): some skopeo versions (1.9 of Debian 12) copy the
+uncompressed layers of a docker-archive with a ``+gzip`` media type. A wrong type is
+corrected, and the corrected manifest (a new digest) is what the store keeps. Exports
+apply the same check, for images stored before this correction existed.
+
 Optional store hooks, looked up as attributes of ``add_blob``:
 
 - ``add_blob.has_blob(digest) -> bool``: blobs the store already has are not re-hashed;
@@ -19,6 +25,7 @@ symbolic links across file systems), then skopeo copies it to the destination.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -38,6 +45,8 @@ MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 MT_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 MT_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+MT_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+MT_LAYER_NONDIST_TAR = "application/vnd.oci.image.layer.nondistributable.v1.tar"
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
 
 IMPORT_FORMATS = skopeo.TRANSPORTS
@@ -120,6 +129,12 @@ def ingest_layout(
     config = _parse_json(config_path.read_bytes(), f"{what}: config {config_desc['digest']}")
     check_config(config, len(layer_descs), what)
     layer_paths = [_blob_file(layout, d, what, f"layer {i}") for i, d in enumerate(layer_descs)]
+    fixed = corrected_manifest(manifest, layer_paths)
+    if fixed is not None:
+        log.info("%s: layer media types did not match the layers' data; corrected", what)
+        mdesc = _write_manifest(layout / "blobs" / "sha256", fixed)
+        manifest = fixed
+        config_desc, layer_descs = check_manifest(manifest, what)
 
     has_blob = getattr(add_blob, "has_blob", None)
     total = sum(d["size"] for d in layer_descs) + config_desc["size"] + mdesc["size"]
@@ -165,6 +180,66 @@ def _link_known_blobs(
             continue
         blob_dir.mkdir(parents=True, exist_ok=True)
         link_blob(Path(blob_path(digest)), blob_dir / digest.split(":", 1)[1])
+
+
+# --- layer media types vs layer bytes ------------------------------------------------------
+
+#: Media types of layers by base (without compression suffix); docker's map to OCI's.
+_LAYER_BASES = {
+    MT_LAYER_TAR: MT_LAYER_TAR,
+    MT_LAYER_NONDIST_TAR: MT_LAYER_NONDIST_TAR,
+    "application/vnd.docker.image.rootfs.diff.tar": MT_LAYER_TAR,
+    "application/vnd.docker.image.rootfs.foreign.diff.tar": MT_LAYER_NONDIST_TAR,
+}
+_SUFFIXES = {"gzip": ("+gzip", ".gzip"), "zstd": ("+zstd", ".zstd"), "": ("",)}
+
+
+def layer_compression(path: Path) -> str:
+    """The compression of a layer blob from its first bytes: "gzip", "zstd" or "" (tar)."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic[:2] == b"\x1f\x8b":
+        return "gzip"
+    if magic == b"\x28\xb5\x2f\xfd":
+        return "zstd"
+    return ""
+
+
+def layer_media_type(media_type: str, compression: str) -> str | None:
+    """The layer media type that says ``compression`` for the same kind of layer as
+    ``media_type``; None for media types that are not known tar layers (left alone)."""
+    for base, oci_base in _LAYER_BASES.items():
+        for comp, suffixes in _SUFFIXES.items():
+            if any(media_type == base + sfx for sfx in suffixes):
+                if comp == compression:
+                    return media_type  # already right: docker's names are kept as they are
+                return oci_base + _SUFFIXES[compression][0]
+    return None
+
+
+def corrected_manifest(manifest: dict[str, Any], layer_paths: list[Path]) -> dict[str, Any] | None:
+    """A copy of ``manifest`` whose layer media types say the layers' real compression,
+    or None when every known layer media type already does."""
+    layers = []
+    changed = False
+    for desc, path in zip(manifest["layers"], layer_paths, strict=True):
+        right = layer_media_type(desc.get("mediaType", ""), layer_compression(path))
+        if right is not None and right != desc.get("mediaType"):
+            desc = {**desc, "mediaType": right}
+            changed = True
+        layers.append(desc)
+    return {**manifest, "layers": layers} if changed else None
+
+
+def _write_manifest(blob_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write ``manifest`` as a blob of ``blob_dir``; return its descriptor."""
+    data = json.dumps(manifest, separators=(",", ":")).encode()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    path = blob_dir / digest.split(":", 1)[1]
+    if path.is_symlink() or path.exists():
+        path.unlink()  # a link to a store blob must not be written through
+    path.write_bytes(data)
+    return {"mediaType": MT_OCI_MANIFEST, "digest": digest, "size": len(data)}
 
 
 # --- checks of data from the outside --------------------------------------------------------
@@ -323,17 +398,19 @@ def write_layout(image: OciImage, blob_path: Callable[[str], Path], layout: Path
         target = blob_dir / digest.split(":", 1)[1]
         if not target.exists():
             link_blob(Path(blob_path(digest)), target)
-    manifest_size = (blob_dir / image.manifest_digest.split(":", 1)[1]).stat().st_size
+    mdesc = {
+        "mediaType": MT_OCI_MANIFEST,
+        "digest": image.manifest_digest,
+        "size": (blob_dir / image.manifest_digest.split(":", 1)[1]).stat().st_size,
+    }
+    # Images stored before imports corrected media types may still say +gzip for tar.
+    layer_paths = [blob_dir / d["digest"].split(":", 1)[1] for d in layer_descs]
+    fixed = corrected_manifest(image.manifest, layer_paths)
+    if fixed is not None:
+        mdesc = _write_manifest(blob_dir, fixed)
     index = {
         "schemaVersion": 2,
-        "manifests": [
-            {
-                "mediaType": MT_OCI_MANIFEST,
-                "digest": image.manifest_digest,
-                "size": manifest_size,
-                "annotations": {REF_ANNOTATION: STAGING_TAG},
-            }
-        ],
+        "manifests": [{**mdesc, "annotations": {REF_ANNOTATION: STAGING_TAG}}],
     }
     (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
     (layout / "index.json").write_text(json.dumps(index))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from repo_testlib import assert_one_line_error, ok, pcocc
+from test_image_oci import layer_type_mismatches
 
 from helpers import testimages
 from pcocc.config import load_config
@@ -64,6 +65,15 @@ def _rootfs(env, image: str, dest: Path) -> Path:
     return dest
 
 
+def _stored_type_mismatches(env, image: str) -> list[str]:
+    """Layers of the stored manifest of ``image`` whose media type lies about their bytes."""
+    repo, meta = _store(env).resolve(image)
+    oci_image = meta.oci_image()
+    stored = json.loads(repo.blob_path(oci_image.manifest_digest).read_bytes())
+    assert stored == oci_image.manifest
+    return layer_type_mismatches(stored, repo.blob_path)
+
+
 def _fsck_clean(pcocc_bin) -> None:
     res = ok(pcocc_bin, "image", "repo", "fsck")
     assert " 0 problems" in res.stdout and "problems found" not in res.stdout, res.stdout
@@ -75,6 +85,7 @@ def test_import_show_export_round_trip(env, pcocc_bin, multilayer_image, fmt):
     (work / "in").mkdir()
     src = testimages.convert(multilayer_image, fmt, str(work / "in" / FILE_FORMATS[fmt]))
     ok(pcocc_bin, "image", "import", src, "multi")
+    assert _stored_type_mismatches(env, "multi") == []
 
     [listed] = json.loads(ok(pcocc_bin, "image", "list", "--json").stdout)
     assert (listed["name"], listed["type"], listed["repo"]) == ("multi", "cont", "user")
@@ -95,6 +106,7 @@ def test_import_show_export_round_trip(env, pcocc_bin, multilayer_image, fmt):
     ok(pcocc_bin, "image", "export", "multi", f"{fmt}:{out}")
     ok(pcocc_bin, "image", "import", f"{fmt}:{out}", "other:back")
     back = _show(pcocc_bin, "other:back")
+    assert _stored_type_mismatches(env, "other:back") == []
     for key in ("cmd", "env", "entrypoint", "workdir", "platform", "labels", "layers"):
         assert back[key] == shown[key], key
     t1 = testimages.tree_listing(_rootfs(env, "multi", work / "r1"))
@@ -122,6 +134,7 @@ def test_local_registry_pull_and_push(env, pcocc_bin, busybox_image, registry):
     ok(pcocc_bin, "image", "import", f"docker://{location}", "bb")
     shown = _show(pcocc_bin, "bb")
     assert shown["source"] == f"docker://{location}" and shown["cmd"] == ["/bin/sh"]
+    assert _stored_type_mismatches(env, "bb") == []
     assert testimages.check_tree(_rootfs(env, "bb", env["work"] / "r"), busybox_image) == []
     # Insisting on verified HTTPS fails, with skopeo's reason on one line.
     res = pcocc(pcocc_bin, "image", "import", "--insecure-options=none",
@@ -136,6 +149,7 @@ def test_local_registry_pull_and_push(env, pcocc_bin, busybox_image, registry):
     ok(pcocc_bin, "image", "import", "--insecure-options", "tls", f"docker://{pushed}",
        "other:bb")
     again = _show(pcocc_bin, "other:bb")
+    assert _stored_type_mismatches(env, "other:bb") == []
     assert again["layers"] == shown["layers"] and again["cmd"] == shown["cmd"]
 
 

@@ -72,11 +72,44 @@ def unpacked(store: Store, image, dest: Path) -> Path:
     return dest
 
 
+#: compression suffix a layer media type must have, by the first bytes of the layer
+_MAGIC_SUFFIXES = ((b"\x1f\x8b", ("+gzip", ".gzip")), (b"\x28\xb5\x2f\xfd", ("+zstd",)))
+
+
+def layer_type_mismatches(manifest: dict, blob_path) -> list[str]:
+    """Layers whose media type does not say the compression their bytes have."""
+    bad = []
+    for desc in manifest["layers"]:
+        head = Path(blob_path(desc["digest"])).read_bytes()[:4]
+        suffixes = next((sfx for magic, sfx in _MAGIC_SUFFIXES if head.startswith(magic)), ())
+        mt = desc["mediaType"]
+        ok = mt.endswith(suffixes) if suffixes else mt.endswith(".tar")
+        if not ok:
+            bad.append(f"{desc['digest'][:19]}: {mt} but starts with {head.hex()}")
+    return bad
+
+
+def layout_type_mismatches(layout: Path) -> list[str]:
+    """The same check on every image of an OCI layout, plus its manifests' digests."""
+    blob = lambda d: layout / "blobs" / "sha256" / d.split(":", 1)[1]  # noqa: E731
+    bad = []
+    for mdesc in json.loads((layout / "index.json").read_text())["manifests"]:
+        data = blob(mdesc["digest"]).read_bytes()
+        assert oci.hashlib.sha256(data).hexdigest() == mdesc["digest"].split(":", 1)[1]
+        assert mdesc["mediaType"] == oci.MT_OCI_MANIFEST
+        bad += layer_type_mismatches(json.loads(data), blob)
+    return bad
+
+
 def _check_imported(store: Store, image, test_image, rootfs: Path) -> None:
     assert {b.digest for b in image.blobs} <= store.digests()
     assert image.manifest_digest in store.digests()
     stored_manifest = json.loads(store.path(image.manifest_digest).read_bytes())
     assert stored_manifest == image.manifest
+    assert layer_type_mismatches(stored_manifest, store.path) == []
+    assert [b.media_type for b in image.blobs[1:-1]] == [
+        d["mediaType"] for d in stored_manifest["layers"]
+    ]
     assert len(image.manifest["layers"]) == len(image.config["rootfs"]["diff_ids"])
     assert testimages.check_tree(unpacked(store, image, rootfs), test_image) == []
 
@@ -116,6 +149,88 @@ def test_import_from_local_registry(tmp_path, busybox_image, registry):
         import_into(Store(tmp_path / "s2"), tmp_path, location, "docker", tls_verify=True)
 
 
+def test_docker_archive_tar_layers_are_labelled_tar(tmp_path, multilayer_image):
+    """skopeo 1.9 copies a docker-archive's plain tar layers as '+gzip': corrected."""
+    ref = testimages.convert(multilayer_image, "docker-archive", str(tmp_path / "m.tar"))
+    store = Store(tmp_path / "store")
+    image = import_into(store, tmp_path, ref.split(":", 1)[1], "docker-archive")
+    assert {d["mediaType"] for d in image.manifest["layers"]} == {oci.MT_LAYER_TAR}
+    # plain tar layers: their digests are the config's diff_ids, and the config says so
+    assert [d["digest"] for d in image.manifest["layers"]] == image.config["rootfs"]["diff_ids"]
+    assert image.manifest["config"]["digest"] == image.blobs[0].digest
+    assert image.blobs[-1].digest == image.manifest_digest
+
+
+@pytest.mark.parametrize("src_fmt", ["docker-archive", "oci"])
+def test_exported_layout_media_types_match_bytes(tmp_path, multilayer_image, src_fmt):
+    ref = testimages.convert(multilayer_image, src_fmt, _location(tmp_path, src_fmt))
+    store = Store(tmp_path / "store")
+    image = import_into(store, tmp_path, ref.split(":", 1)[1], src_fmt)
+    for fmt in ("oci", "oci-archive"):
+        work = tmp_path / f"work-{fmt}"
+        work.mkdir()
+        dest = _location(tmp_path / f"out-{fmt}", fmt)
+        (tmp_path / f"out-{fmt}").mkdir()
+        oci.export_image(image, store.path, dest, fmt, work)
+        layout = Path(dest.rpartition(":")[0]) if fmt == "oci" else tmp_path / "unpacked-archive"
+        if fmt == "oci-archive":
+            shutil.unpack_archive(dest, layout, "tar")
+        assert layout_type_mismatches(layout) == []
+
+
+def test_export_corrects_an_image_stored_with_wrong_media_types(tmp_path, multilayer_image):
+    """Images imported before the correction existed still export with the right types."""
+    ref = testimages.convert(multilayer_image, "docker-archive", str(tmp_path / "m.tar"))
+    store = Store(tmp_path / "store")
+    good = import_into(store, tmp_path, ref.split(":", 1)[1], "docker-archive")
+    wrong = {**good.manifest, "layers": [{**d, "mediaType": oci.MT_LAYER_GZIP}
+                                         for d in good.manifest["layers"]]}
+    (tmp_path / "wrong.json").write_bytes(json.dumps(wrong).encode())
+    old = oci.OciImage(manifest_digest=store(tmp_path / "wrong.json"), manifest=wrong,
+                       config=good.config, blobs=good.blobs)
+    assert layer_type_mismatches(old.manifest, store.path) != []  # the test can fail
+    # dir: keeps layers and manifest as they come (oci compresses what is not gzip)
+    work = tmp_path / "work-dir"
+    work.mkdir()
+    oci.export_image(old, store.path, str(tmp_path / "out.dir"), "dir", work)
+    manifest = json.loads((tmp_path / "out.dir" / "manifest.json").read_text())
+    dir_blob = lambda d: tmp_path / "out.dir" / d.split(":", 1)[1]  # noqa: E731
+    assert layer_type_mismatches(manifest, dir_blob) == []
+    work = tmp_path / "work"
+    work.mkdir()
+    oci.export_image(old, store.path, str(tmp_path / "out:img"), "oci", work)
+    assert layout_type_mismatches(tmp_path / "out") == []
+    back = import_into(Store(tmp_path / "s2"), tmp_path, str(tmp_path / "out:img"), "oci")
+    # skopeo compressed the (now rightly labelled) tar layers, as for a fresh import's export
+    (tmp_path / "work2").mkdir()
+    oci.export_image(good, store.path, str(tmp_path / "out2:img"), "oci", tmp_path / "work2")
+    fresh = import_into(Store(tmp_path / "s3"), tmp_path, str(tmp_path / "out2:img"), "oci")
+    assert back.manifest_digest == fresh.manifest_digest
+    assert back.config == good.config
+    assert json.loads(store.path(old.manifest_digest).read_bytes()) == wrong  # store untouched
+
+
+def test_registry_push_and_pull_of_tar_layers(tmp_path, multilayer_image, registry):
+    ref = testimages.convert(multilayer_image, "docker-archive", str(tmp_path / "m.tar"))
+    store = Store(tmp_path / "store")
+    image = import_into(store, tmp_path, ref.split(":", 1)[1], "docker-archive")
+    work = tmp_path / "work"
+    work.mkdir()
+    pushed = registry.ref("pcocc/multi-tar", "1")
+    oci.export_image(image, store.path, pushed, "docker", work, tls_verify=False)
+    # What the registry serves, byte for byte (dir: keeps the manifest as it is).
+    pulled = tmp_path / "pulled"
+    skopeo.copy(f"docker://{pushed}", f"dir:{pulled}")  # loopback registry: plain HTTP
+    manifest = json.loads((pulled / "manifest.json").read_text())
+    assert layer_type_mismatches(manifest, lambda d: pulled / d.split(":", 1)[1]) == []
+    store2 = Store(tmp_path / "store2")
+    back = import_into(store2, tmp_path, "//" + pushed, "docker", tls_verify=False)
+    assert layer_type_mismatches(back.manifest, store2.path) == []
+    assert back.config["rootfs"] == image.config["rootfs"]
+    t1 = testimages.tree_listing(unpacked(store, image, tmp_path / "r1"))
+    assert testimages.tree_listing(unpacked(store2, back, tmp_path / "r2")) == t1
+
+
 def test_identical_layers_are_stored_once(tmp_path, multilayer_image):
     store = Store(tmp_path / "store", hooks=False)
     a = import_into(store, tmp_path, str(multilayer_image.layout) + ":multi", "oci")
@@ -143,10 +258,13 @@ def test_reimport_changes_no_blob(tmp_path, multilayer_image, hooks):
         assert len(store.added) == hashed  # nothing re-hashed: the store had every blob
 
 
+@pytest.mark.parametrize("src_fmt", ["oci", "docker-archive"])
 @pytest.mark.parametrize("fmt", FILE_FORMATS)
-def test_export_round_trip(tmp_path, multilayer_image, fmt):
+def test_export_round_trip(tmp_path, multilayer_image, fmt, src_fmt):
     store = Store(tmp_path / "store")
-    src = import_into(store, tmp_path, str(multilayer_image.layout) + ":multi", "oci")
+    (tmp_path / "in").mkdir()
+    ref = testimages.convert(multilayer_image, src_fmt, _location(tmp_path / "in", src_fmt))
+    src = import_into(store, tmp_path, ref.split(":", 1)[1], src_fmt)
     work = tmp_path / "export-work"
     work.mkdir()
     dest = _location(tmp_path / "out", fmt)
@@ -154,6 +272,7 @@ def test_export_round_trip(tmp_path, multilayer_image, fmt):
     oci.export_image(src, store.path, dest, fmt, work, lambda d, t: None)
     store2 = Store(tmp_path / "store2")
     back = import_into(store2, tmp_path, dest, fmt)
+    assert layer_type_mismatches(back.manifest, store2.path) == []
     for key in ("architecture", "os", "config"):
         assert back.config[key] == src.config[key]
     assert back.config["rootfs"]["diff_ids"] == src.config["rootfs"]["diff_ids"]
