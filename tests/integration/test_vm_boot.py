@@ -138,7 +138,11 @@ def test_serial_console_socket_reaches_the_guest_shell(booted):
             with contextlib.suppress(TimeoutError):
                 seen += sock.recv(4096)
     assert b"CONSOLE-42" in seen
-    assert b"CONSOLE-42" in machine.console_log.read_bytes()  # the log records the session
+    # the log records the session (QEMU writes it a moment after the socket sees it)
+    deadline = time.monotonic() + 10
+    while b"CONSOLE-42" not in machine.console_log.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert b"CONSOLE-42" in machine.console_log.read_bytes()
 
 
 @pytest.mark.slow

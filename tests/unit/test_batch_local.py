@@ -29,7 +29,13 @@ def test_runner_gives_ranks_and_the_first_failure(tmp_path, capfd):
         "import os, sys\n"
         "rank = int(os.environ['PCOCC_TASK_RANK'])\n"
         f"open(os.path.join({str(tmp_path)!r}, str(rank)), 'w').write(os.environ['PCOCC_NTASKS'])\n"
-        "sys.exit(4 if rank == 2 else 0)\n"
+        "if rank == 2:\n"
+        "    # fail only once the others have written: a failure stops the other tasks\n"
+        "    import time\n"
+        "    deadline = time.monotonic() + 30\n"
+        f"    while len(os.listdir({str(tmp_path)!r})) < 3 and time.monotonic() < deadline:\n"
+        "        time.sleep(0.01)\n"
+        "    sys.exit(4)\n"
     )
     assert run_tasks(3, [sys.executable, "-c", script]) == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0", "1", "2"]
