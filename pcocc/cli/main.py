@@ -8,7 +8,6 @@ statuses (0 ok, 1 operation failed, 2 usage or configuration error, 130 interrup
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
 
@@ -35,9 +34,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "internal": ("pcocc.cli.internal:internal", "Commands run by pcocc itself on the nodes"),
 }
 HIDDEN = {"internal"}
-
-log = logging.getLogger("pcocc")
-
 
 class LazyGroup(click.Group):
     """A click group whose subcommands are imported on first use."""
@@ -116,6 +112,9 @@ def cli(
 
 
 def _setup_logging(debug: bool, verbose: int, quiet: bool) -> None:
+    # Imported here: --help and --version never get this far and need no logging.
+    import logging
+
     level = logging.WARNING
     if quiet:
         level = logging.ERROR

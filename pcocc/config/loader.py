@@ -24,7 +24,8 @@ from typing import Any
 from pcocc.config import CacheConfig, Config, Origin, RepoConfig
 from pcocc.config.placeholders import expand_load, expand_tree, home_dir
 from pcocc.config.sizes import parse_size
-from pcocc.config.validate import FILES, validate
+from pcocc.config.doccache import cached_doc, remember_doc
+from pcocc.config.validate import FILES, schema_text, validate
 from pcocc.config.yamldoc import YamlDoc, format_path, load_yaml
 from pcocc.errors import ConfigError
 
@@ -186,9 +187,13 @@ def _load_docs(name: str, system_dir: Path, user_dir: Path, cfg: Config) -> _Mer
     merger = _Merger(name, cfg.origins)
     for level, directory in (("system", system_dir), ("user", user_dir)):
         for path in config_files(directory, name):
-            doc = load_yaml(path)
-            _drop_empty_collections(doc, merger.spec)
-            validate(name, doc)
+            schema = schema_text(name)
+            doc = cached_doc(path, schema)
+            if doc is None:
+                doc = load_yaml(path)
+                _drop_empty_collections(doc, merger.spec)
+                validate(name, doc)
+                remember_doc(doc, schema)
             expand_tree(doc.data, doc.error)
             if name == "networks" and level == "user":
                 _refuse_user_ethernet(doc)

@@ -1,0 +1,80 @@
+"""Remember configuration files already parsed and found valid, so that commands skip yaml.
+
+Every command reads the configuration; importing yaml and parsing six files costs more than
+the rest of a quick command. After a file has been parsed and has passed its schema, its
+data and key positions are saved in ``~/.cache/pcocc/config-docs/`` together with the exact
+text of the file and of the schema. A later load reads the file again and uses the saved
+copy only when both texts are still the same, byte for byte: an edited file (or a new pcocc
+with another schema) is parsed and checked again. The copy is taken before placeholders are
+expanded, so the values that depend on the user or the environment are always computed.
+
+Data that ``marshal`` cannot hold (YAML dates) is simply not cached. Any problem with the
+cache (missing, unreadable, from another Python) means parsing the file as if it was absent.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import sys
+from pathlib import Path
+
+from pcocc.config.yamldoc import YamlDoc
+
+#: Changes whenever the saved tuple or marshal's format may change.
+_FORMAT = f"pcocc-config-doc-1 {sys.version}"
+
+
+def _cache_dir() -> str:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "pcocc", "config-docs")
+
+
+def _entry(path: Path) -> str:
+    name = os.path.abspath(path).replace("%", "%25").replace("/", "%2F")
+    return os.path.join(_cache_dir(), name)
+
+
+def cached_doc(path: Path, schema_text: str) -> YamlDoc | None:
+    """The saved document of ``path`` if its text and schema are unchanged, else None."""
+    try:
+        with open(_entry(path), "rb") as f:
+            saved = marshal.load(f)
+        fmt, where, text, schema, data, values, keys = saved
+    except (OSError, EOFError, ValueError, TypeError):
+        return None
+    if fmt != _FORMAT or where != os.path.abspath(path) or schema != schema_text:
+        return None
+    try:
+        current = path.read_text()
+    except OSError:
+        return None  # the parser reports it
+    if current != text or not isinstance(data, dict):
+        return None
+    return YamlDoc(path, data, values, keys, text)
+
+
+def remember_doc(doc: YamlDoc, schema_text: str) -> None:
+    """Save ``doc`` (parsed and valid, placeholders not expanded) for :func:`cached_doc`."""
+    try:
+        blob = marshal.dumps(
+            (
+                _FORMAT,
+                os.path.abspath(doc.path),
+                doc.text,
+                schema_text,
+                doc.data,
+                doc.values,
+                doc.keys,
+            )
+        )
+    except ValueError:
+        return  # data marshal cannot hold: parse this file every time
+    from pcocc.errors import PcoccError
+    from pcocc.fsutil import write_atomic
+
+    try:
+        os.makedirs(_cache_dir(), mode=0o700, exist_ok=True)
+        write_atomic(_entry(doc.path), blob, mode=0o600)
+    except (OSError, PcoccError):
+        pass  # only an optimisation: a read-only home just means parsing every time
