@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 from pcocc import __version__
+
+TYPE_CHECKING = False  # the typing module is not needed at run time here
+if TYPE_CHECKING:
+    from typing import Any
 
 #: name -> (module:attribute, one-line help). Order is the order of ``pcocc --help``.
 COMMANDS: dict[str, tuple[str, str]] = {
