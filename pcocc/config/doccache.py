@@ -14,15 +14,28 @@ cache (missing, unreadable, from another Python) means parsing the file as if it
 
 from __future__ import annotations
 
+import functools
 import marshal
 import os
 import sys
 from pathlib import Path
 
+from pcocc import __version__
 from pcocc.config.yamldoc import YamlDoc
 
-#: Changes whenever the saved tuple or marshal's format may change.
-_FORMAT = f"pcocc-config-doc-1 {sys.version}"
+
+@functools.cache
+def _format() -> str:
+    """Changes whenever the saved data may: tuple layout, Python (marshal), pcocc, or the
+    code that builds a document (parser, positions, the clean-up done before caching)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    stamps = []
+    for module in ("yamldoc.py", "loader.py", "doccache.py"):
+        try:
+            stamps.append(str(os.stat(os.path.join(here, module)).st_mtime_ns))
+        except OSError:
+            stamps.append("-")
+    return f"pcocc-config-doc-1 {__version__} {sys.version} {' '.join(stamps)}"
 
 
 def _cache_dir() -> str:
@@ -43,7 +56,7 @@ def cached_doc(path: Path, schema_text: str) -> YamlDoc | None:
         fmt, where, text, schema, data, values, keys = saved
     except (OSError, EOFError, ValueError, TypeError):
         return None
-    if fmt != _FORMAT or where != os.path.abspath(path) or schema != schema_text:
+    if fmt != _format() or where != os.path.abspath(path) or schema != schema_text:
         return None
     try:
         current = path.read_text()
@@ -59,7 +72,7 @@ def remember_doc(doc: YamlDoc, schema_text: str) -> None:
     try:
         blob = marshal.dumps(
             (
-                _FORMAT,
+                _format(),
                 os.path.abspath(doc.path),
                 doc.text,
                 schema_text,

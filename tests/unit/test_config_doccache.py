@@ -69,3 +69,14 @@ def test_unmarshallable_data_is_not_cached_but_loads(pcocc_env):
         assert "templates.a.description" in str(err)
     cache = pcocc_env["home"] / ".cache" / "pcocc" / "config-docs"
     assert not cache.exists() or not list(cache.iterdir())
+
+
+def test_damaged_cache_entries_are_ignored(pcocc_env):
+    (pcocc_env["system"] / "templates.yaml").write_text("templates:\n  a: {image: x}\n")
+    assert _load(pcocc_env).templates["a"]["image"] == "x"
+    entries = list((pcocc_env["home"] / ".cache" / "pcocc" / "config-docs").iterdir())
+    assert entries
+    for junk in (b"", b"\x00garbage", __import__("marshal").dumps(("other", 1))):
+        for entry in entries:
+            entry.write_bytes(junk)
+        assert _load(pcocc_env).templates["a"]["image"] == "x"
