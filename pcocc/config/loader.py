@@ -16,7 +16,6 @@ expanded, then it is merged:
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -311,6 +310,8 @@ def _missing(
     origin = cfg.origin(*key)
     path = format_path((*key[1:], index))
     msg = f"{origin.file}:{origin.line}:{origin.column}: {path}: unknown {word} '{name}'"
+    import difflib  # only for the hint of an error
+
     near = difflib.get_close_matches(name, known, n=1)
     if near:
         msg += f", did you mean '{near[0]}'?"

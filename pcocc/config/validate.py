@@ -13,7 +13,6 @@ so, which spares commands the import of jsonschema.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import os
@@ -172,6 +171,8 @@ def _to_config_error(doc: YamlDoc, err: Any) -> ConfigError:
     key = _unknown_key(err)
     if key is not None:
         allowed = sorted(err.schema.get("properties", {}))
+        import difflib  # only for the hint of an error
+
         near = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
         what = f"unknown key '{key}'"
         if near:
@@ -198,6 +199,8 @@ def _to_config_error(doc: YamlDoc, err: Any) -> ConfigError:
     if err.validator == "enum":
         choices = ", ".join(str(c) for c in err.validator_value)
         msg = f"expected one of {choices}, got {_show(err.instance)}"
+        import difflib  # only for the hint of an error
+
         near = difflib.get_close_matches(
             str(err.instance), [str(c) for c in err.validator_value], 1
         )
