@@ -14,6 +14,7 @@ cache (missing, unreadable, from another Python) means parsing the file as if it
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import marshal
 import os
@@ -83,11 +84,16 @@ def remember_doc(doc: YamlDoc, schema_text: str) -> None:
         )
     except ValueError:
         return  # data marshal cannot hold: parse this file every time
-    from pcocc.errors import PcoccError
-    from pcocc.fsutil import write_atomic
-
+    entry = _entry(doc.path)
+    tmp = f"{entry}.{os.getpid()}.tmp"
     try:
         os.makedirs(_cache_dir(), mode=0o700, exist_ok=True)
-        write_atomic(_entry(doc.path), blob, mode=0o600)
-    except (OSError, PcoccError):
-        pass  # only an optimisation: a read-only home just means parsing every time
+        # No fsync: after a crash a torn entry only fails to load, and the file is parsed.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, entry)
+    except OSError:
+        # Only an optimisation: a read-only home just means parsing every time.
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
