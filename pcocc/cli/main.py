@@ -1,21 +1,22 @@
 """Entry point of the ``pcocc`` command.
 
 Command groups live in their own modules and are imported only when used, so that
-``pcocc --help`` stays fast. This is the only place that turns errors into messages and exit
-statuses (0 ok, 1 operation failed, 2 usage or configuration error, 130 interrupted).
+``pcocc --help`` stays fast; the click group itself lives in :mod:`pcocc.cli.app`, so that
+``pcocc --version`` does not even import click. This is the only place that turns errors
+into messages and exit statuses (0 ok, 1 operation failed, 2 usage or configuration error,
+130 interrupted).
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
 import os
 import sys
 
-import click
-
 from pcocc import __version__
-from pcocc.cli.context import Session
+
+TYPE_CHECKING = False  # the typing module is not needed at run time here
+if TYPE_CHECKING:
+    from typing import Any
 
 #: name -> (module:attribute, one-line help). Order is the order of ``pcocc --help``.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -36,98 +37,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 HIDDEN = {"internal"}
 
-log = logging.getLogger("pcocc")
 
+def __getattr__(name: str) -> Any:
+    # ``cli`` (the click group) is built on first use: see pcocc.cli.app.
+    if name in ("cli", "LazyGroup"):
+        from pcocc.cli import app
 
-class LazyGroup(click.Group):
-    """A click group whose subcommands are imported on first use."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return [n for n in COMMANDS if n not in HIDDEN]
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        entry = COMMANDS.get(name)
-        if entry is None:
-            return None
-        module, _, attr = entry[0].partition(":")
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name == module:
-                return _not_yet(name, entry[1])
-            raise
-        return getattr(mod, attr)
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        # Use the table above so that --help imports nothing.
-        rows = [(n, COMMANDS[n][1]) for n in self.list_commands(ctx)]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
-
-
-def _not_yet(name: str, help_: str) -> click.Command:
-    @click.command(name, help=help_, context_settings={"ignore_unknown_options": True})
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def cmd(args: tuple[str, ...]) -> None:
-        from pcocc.errors import PcoccError
-
-        raise PcoccError(f"'pcocc {name}' is not available in this version")
-
-    return cmd
-
-
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", prog_name="pcocc")
-@click.option("--debug", is_flag=True, help="Show debug logs and tracebacks.")
-@click.option("-v", "--verbose", count=True, help="More messages (repeat for more).")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
-@click.option(
-    "--system-config",
-    metavar="DIR",
-    envvar="PCOCC_SYSTEM_CONF_DIR",
-    default="/etc/pcocc",
-    show_default=True,
-    help="System configuration directory (env PCOCC_SYSTEM_CONF_DIR).",
-)
-@click.option(
-    "--user-config",
-    metavar="DIR",
-    envvar="PCOCC_USER_CONF_DIR",
-    default=None,
-    help="User configuration directory [default: ~/.pcocc] (env PCOCC_USER_CONF_DIR).",
-)
-@click.pass_context
-def cli(
-    ctx: click.Context,
-    debug: bool,
-    verbose: int,
-    quiet: bool,
-    system_config: str,
-    user_config: str | None,
-) -> None:
-    """pcocc: virtual clusters of VMs and containers inside Slurm jobs."""
-    _setup_logging(debug, verbose, quiet)
-    ctx.obj = Session(
-        system_dir=system_config,
-        user_dir=user_config or os.path.join(os.path.expanduser("~"), ".pcocc"),
-        debug=debug,
-        quiet=quiet,
-    )
-
-
-def _setup_logging(debug: bool, verbose: int, quiet: bool) -> None:
-    level = logging.WARNING
-    if quiet:
-        level = logging.ERROR
-    elif debug or verbose >= 2:
-        level = logging.DEBUG
-    elif verbose:
-        level = logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("pcocc: %(levelname)s: %(message)s"))
-    root = logging.getLogger("pcocc")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+        return getattr(app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _debug_requested(argv: list[str]) -> bool:
@@ -137,10 +54,17 @@ def _debug_requested(argv: list[str]) -> bool:
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI and exit with pcocc's exit status convention."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:
+        # click's version option prints the same line; this answers without importing click.
+        sys.stdout.write(f"pcocc, version {__version__}\n")
+        sys.exit(0)
     sys.exit(run_cli(argv))
 
 
 def run_cli(argv: list[str]) -> int:
+    import click
+
+    from pcocc.cli.app import cli
     from pcocc.errors import PcoccError
 
     debug = _debug_requested(argv)

@@ -16,7 +16,6 @@ expanded, then it is merged:
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,8 @@ from typing import Any
 from pcocc.config import CacheConfig, Config, Origin, RepoConfig
 from pcocc.config.placeholders import expand_load, expand_tree, home_dir
 from pcocc.config.sizes import parse_size
-from pcocc.config.validate import FILES, validate
+from pcocc.config.doccache import cached_doc, remember_doc
+from pcocc.config.validate import FILES, schema_text, validate
 from pcocc.config.yamldoc import YamlDoc, format_path, load_yaml
 from pcocc.errors import ConfigError
 
@@ -186,9 +186,13 @@ def _load_docs(name: str, system_dir: Path, user_dir: Path, cfg: Config) -> _Mer
     merger = _Merger(name, cfg.origins)
     for level, directory in (("system", system_dir), ("user", user_dir)):
         for path in config_files(directory, name):
-            doc = load_yaml(path)
-            _drop_empty_collections(doc, merger.spec)
-            validate(name, doc)
+            schema = schema_text(name)
+            doc = cached_doc(path, schema)
+            if doc is None:
+                doc = load_yaml(path)
+                _drop_empty_collections(doc, merger.spec)
+                validate(name, doc)
+                remember_doc(doc, schema)
             expand_tree(doc.data, doc.error)
             if name == "networks" and level == "user":
                 _refuse_user_ethernet(doc)
@@ -306,6 +310,8 @@ def _missing(
     origin = cfg.origin(*key)
     path = format_path((*key[1:], index))
     msg = f"{origin.file}:{origin.line}:{origin.column}: {path}: unknown {word} '{name}'"
+    import difflib  # only for the hint of an error
+
     near = difflib.get_close_matches(name, known, n=1)
     if near:
         msg += f", did you mean '{near[0]}'?"

@@ -7,7 +7,6 @@ written and :func:`expand_runtime` fills them in. ``%%{`` writes a literal ``%{`
 
 from __future__ import annotations
 
-import difflib
 import os
 import pwd
 import re
@@ -61,6 +60,8 @@ def _load_lookup(env: Mapping[str, str]) -> Callable[[str], str | None]:
             return env[var]
         if name in RUN_TIME:
             return None
+        import difflib  # only for the hint of an error
+
         near = difflib.get_close_matches(name, [k for k in KNOWN if k != "env:VAR"], n=1)
         msg = f"unknown placeholder '%{{{name}}}'"
         if near:

@@ -13,12 +13,9 @@ so, which spares commands the import of jsonschema.
 
 from __future__ import annotations
 
-import difflib
 import functools
-import hashlib
 import json
 import os
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +34,24 @@ _ENTRIES_UNDER = {
 
 
 @functools.cache
-def _schema_text(name: str) -> str:
-    return resources.files("pcocc.config").joinpath("schemas", f"{name}.json").read_text()
+def schema_text(name: str) -> str:
+    """The text of the schema of ``<name>.yaml``, from the package data."""
+    # A plain path: importlib.resources costs more to import than the read itself.
+    return (Path(__file__).parent / "schemas" / f"{name}.json").read_text()
 
 
 @functools.cache
 def load_schema(name: str) -> dict[str, Any]:
     """The schema of ``<name>.yaml``, from the package data."""
-    return json.loads(_schema_text(name))
+    return json.loads(schema_text(name))
 
 
 def checked_marker(name: str, doc: YamlDoc) -> Path:
     """The file whose existence says that ``doc`` passed the schema of ``name``."""
+    import hashlib  # only here: its OpenSSL backend is slow to import
+
     digest = hashlib.sha256()
-    for part in (name, _schema_text(name), doc.text):
+    for part in (name, schema_text(name), doc.text):
         digest.update(part.encode())
         digest.update(b"\0")
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -170,6 +171,8 @@ def _to_config_error(doc: YamlDoc, err: Any) -> ConfigError:
     key = _unknown_key(err)
     if key is not None:
         allowed = sorted(err.schema.get("properties", {}))
+        import difflib  # only for the hint of an error
+
         near = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
         what = f"unknown key '{key}'"
         if near:
@@ -196,6 +199,8 @@ def _to_config_error(doc: YamlDoc, err: Any) -> ConfigError:
     if err.validator == "enum":
         choices = ", ".join(str(c) for c in err.validator_value)
         msg = f"expected one of {choices}, got {_show(err.instance)}"
+        import difflib  # only for the hint of an error
+
         near = difflib.get_close_matches(
             str(err.instance), [str(c) for c in err.validator_value], 1
         )

@@ -68,7 +68,19 @@ def load_yaml(path: Path) -> YamlDoc:
         text = path.read_text()
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
-    loader = yaml.SafeLoader(text)
+    try:
+        return _parse(path, text, getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except ConfigError:
+        # libyaml words its syntax errors differently: report what the Python parser says.
+        if yaml.SafeLoader is getattr(yaml, "CSafeLoader", yaml.SafeLoader):
+            raise
+        return _parse(path, text, yaml.SafeLoader)
+
+
+def _parse(path: Path, text: str, loader_class: Any) -> YamlDoc:
+    import yaml
+
+    loader = loader_class(text)
     try:
         node = loader.get_single_node()
         if node is None:

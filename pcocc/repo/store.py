@@ -16,9 +16,6 @@ import logging
 import os
 import pwd
 import re
-import secrets
-import shutil
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -74,6 +71,8 @@ def hash_file(path: Path, progress: Progress = no_progress, done0: int = 0,
                 except OSError as err:
                     errors.append(err)
 
+            import threading  # here: most commands never hash a file
+
             flusher = threading.Thread(target=flush, name="pcocc-fsync")
             flusher.start()
         try:
@@ -126,6 +125,8 @@ def _remove_tree(path: Path) -> None:
                     os.chmod(os.path.join(root, d), 0o700)
         with contextlib.suppress(OSError):
             os.chmod(path, 0o700)
+        import shutil  # here: listing images never removes a tree
+
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
@@ -306,7 +307,7 @@ class Repository:
         """A private directory in ``tmp/``, removed on exit (gc reclaims it after a crash)."""
         self.require_writable()
         self.ensure()
-        d = self.layout.tmp_dir / f"{what}-{os.getpid()}-{secrets.token_hex(6)}"
+        d = self.layout.tmp_dir / f"{what}-{os.getpid()}-{os.urandom(6).hex()}"
         try:
             d.mkdir(mode=0o700)
         except OSError as err:

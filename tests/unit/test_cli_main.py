@@ -1,7 +1,9 @@
 import subprocess
+import sys
 
 from click.testing import CliRunner
 
+import pcocc
 from pcocc.cli.main import COMMANDS, HIDDEN, cli, run_cli
 
 
@@ -29,9 +31,20 @@ def test_help_does_not_import_command_modules(pcocc_bin):
     code = (
         "import sys; from pcocc.cli.main import run_cli; run_cli(['--help']);"
         "print(sorted(m for m in sys.modules if m.startswith('pcocc.cli.') and m not in"
-        " ('pcocc.cli.main', 'pcocc.cli.context')))"
+        " ('pcocc.cli.main', 'pcocc.cli.app', 'pcocc.cli.context')))"
     )
     import sys
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_version_answers_without_click(pcocc_bin):
+    code = (
+        "import sys\nfrom pcocc.cli.main import main\ntry:\n    main(['--version'])\n"
+        "except SystemExit as e:\n    print(e.code, 'click' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == ["pcocc, version " + pcocc.__version__, "0 False"]
+    # The same line as click's own version option, which still handles e.g. '-v --version'.
+    assert run_cli(["--version"]) == 0
