@@ -125,6 +125,14 @@ def bare_flag_value(args: list[str], flag: str, takes_value: set[str]) -> list[s
     help="With --private-net: let the pod reach the host's loopback at 10.0.2.2.",
 )
 @click.option(
+    "-p",
+    "--port",
+    "ports",
+    multiple=True,
+    metavar="[HOSTADDR:]HOSTPORT:PODPORT[/udp]",
+    help="With --private-net: forward a host port to the pod (through slirp4netns).",
+)
+@click.option(
     "--insecure-options",
     multiple=True,
     metavar="capabilities,paths,seccomp",
@@ -152,6 +160,7 @@ def run(
     module: tuple[str, ...],
     private_net: str | None,
     allow_host_loopback: bool,
+    ports: tuple[str, ...],
     insecure_options: tuple[str, ...],
     interactive: bool,
     hostname: str | None,
@@ -172,6 +181,7 @@ def run(
         private_net=private_net is not None,
         net_mode=private_net or "auto",
         allow_host_loopback=allow_host_loopback,
+        ports=ports,
         insecure=insecure_options,
         interactive=interactive,
         hostname=hostname,

@@ -57,6 +57,8 @@ class RunOptions:
     #: with private_net: auto, slirp or loopback (:mod:`pcocc.ctr.net`)
     net_mode: str = "auto"
     allow_host_loopback: bool = False
+    #: ``[HOSTADDR:]HOSTPORT:PODPORT[/tcp|/udp]`` forwarded by slirp4netns
+    ports: Sequence[str] = ()
     insecure: Sequence[str] = ()
     interactive: bool = False
     hostname: str | None = None
@@ -201,7 +203,12 @@ def start_pod(
     ns_fds: dict[str, int] = {}
     network = None
     if net is not None and net.mode == "slirp":
-        network = PodNetwork(net, _gate_path(rec), store.pod_dir(rec.uuid) / "slirp4netns.log")
+        network = PodNetwork(
+            net,
+            _gate_path(rec),
+            store.pod_dir(rec.uuid) / "slirp4netns.log",
+            api_path=_gate_path(rec, "slirp"),
+        )
         network.open_gate()
     try:
         for i, app in enumerate(rec.apps):
@@ -311,6 +318,7 @@ def run_pod(
         opts.private_net,
         opts.net_mode,
         allow_host_loopback=opts.allow_host_loopback,
+        ports=opts.ports,
         runtime_name=runtime.name,
         warn=log.warning,
     )
@@ -319,10 +327,10 @@ def run_pod(
     return rec, status
 
 
-def _gate_path(rec: PodRecord) -> Path:
+def _gate_path(rec: PodRecord, kind: str = "net") -> Path:
     from pcocc.ctr.runtime import runtime_dir
 
-    return gate_path_for(runtime_dir(), rec.uuid)
+    return gate_path_for(runtime_dir(), rec.uuid, kind)
 
 
 # -- operations on existing pods --------------------------------------------------------

@@ -21,6 +21,7 @@ socket's peer credentials. The supervisor starts slirp4netns on that pid, waits 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import select
@@ -53,11 +54,58 @@ READY_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
+class PortForward:
+    """``--port [HOSTADDR:]HOSTPORT:PODPORT[/tcp|/udp]``: a host port forwarded into the pod."""
+
+    host_port: int
+    pod_port: int
+    host_addr: str = "0.0.0.0"
+    proto: str = "tcp"
+
+    def hostfwd_request(self) -> dict[str, Any]:
+        """The slirp4netns API request that sets this forwarding up."""
+        return {
+            "execute": "add_hostfwd",
+            "arguments": {
+                "proto": self.proto,
+                "host_addr": self.host_addr,
+                "host_port": self.host_port,
+                "guest_port": self.pod_port,
+            },
+        }
+
+
+@dataclass(frozen=True)
 class NetPlan:
     """What the pod's network is: ``host``, ``loopback`` or ``slirp``."""
 
     mode: str = "host"
     allow_host_loopback: bool = False
+    ports: tuple[PortForward, ...] = ()
+
+
+def parse_port(value: str) -> PortForward:
+    """``[HOSTADDR:]HOSTPORT:PODPORT[/tcp|/udp]`` -> PortForward.
+
+    :raise UsageError: naming the value and the expected form
+    """
+    spec, _, proto = value.partition("/")
+    proto = proto or "tcp"
+    parts = spec.rsplit(":", 2)
+    bad = UsageError(
+        f"--port: bad value '{value}'",
+        hint="use [HOSTADDR:]HOSTPORT:PODPORT[/tcp|/udp], e.g. 8080:80 or 127.0.0.1:8080:80",
+    )
+    if proto not in ("tcp", "udp") or len(parts) < 2:
+        raise bad
+    addr = parts[0] if len(parts) == 3 else "0.0.0.0"
+    try:
+        host_port, pod_port = int(parts[-2]), int(parts[-1])
+    except ValueError:
+        raise bad from None
+    if not (0 < host_port < 65536 and 0 < pod_port < 65536) or not addr:
+        raise bad
+    return PortForward(host_port, pod_port, addr, proto)
 
 
 def parse_net_mode(value: str) -> str:
@@ -78,6 +126,7 @@ def plan_network(
     mode: str = "auto",
     *,
     allow_host_loopback: bool = False,
+    ports: Sequence[str] = (),
     runtime_name: str = "",
     warn: Callable[[str], None] | None = None,
 ) -> NetPlan:
@@ -86,8 +135,17 @@ def plan_network(
     ``auto`` is ``slirp`` when slirp4netns is installed, else ``loopback`` with a warning.
     The ``vm`` runtime has no network device: its apps see loopback only.
 
-    :raise ToolMissing: mode ``slirp`` asked for explicitly and slirp4netns is missing
+    :raise ToolMissing: mode ``slirp`` asked for explicitly, or ports to forward, and
+        slirp4netns is missing
+    :raise UsageError: options that need another mode; a bad ``--port``
     """
+    forwards = tuple(parse_port(p) for p in ports)
+    if forwards and not (private_net and mode in ("auto", "slirp") and runtime_name != "vm"):
+        raise UsageError(
+            "--port needs --private-net with slirp4netns",
+            hint="add --private-net (auto or slirp); with the host network, the apps "
+            "listen on the host's ports directly",
+        )
     if not private_net:
         if allow_host_loopback:
             raise UsageError(
@@ -98,13 +156,13 @@ def plan_network(
     mode = parse_net_mode(mode)
     if mode == "loopback" or runtime_name == "vm":
         return NetPlan("loopback")
-    if mode == "slirp":
+    if mode == "slirp" or forwards:
         proc.which("slirp4netns")
     elif not is_slirp_installed():
         if warn:
             warn("slirp4netns is not installed: the pod's network has loopback only")
         return NetPlan("loopback")
-    return NetPlan("slirp", allow_host_loopback)
+    return NetPlan("slirp", allow_host_loopback, forwards)
 
 
 def is_slirp_installed() -> bool:
@@ -159,9 +217,13 @@ def add_gate(spec: dict[str, Any], gate_path: str) -> dict[str, Any]:
 class PodNetwork:
     """The supervisor's side: the gate, then slirp4netns for the life of the pod."""
 
-    def __init__(self, plan: NetPlan, gate_path: Path, log_path: Path):
+    def __init__(
+        self, plan: NetPlan, gate_path: Path, log_path: Path, api_path: Path | None = None
+    ):
         self.plan = plan
         self.gate_path = gate_path
+        #: slirp4netns's API socket (port forwarding); only when the plan forwards ports
+        self.api_path = api_path if plan.ports else None
         self.log_path = log_path
         self._listener: socket.socket | None = None
         self._slirp: subprocess.Popen | None = None
@@ -190,6 +252,8 @@ class PodNetwork:
         try:
             pid = self._read_pid(conn, timeout_s)
             self._start_slirp(pid)
+            for fwd in self.plan.ports:
+                self._forward(fwd)
             conn.sendall(b"go\n")
         finally:
             conn.close()
@@ -240,7 +304,10 @@ class PodNetwork:
             ready_fd=ready_w,
             exit_fd=exit_r,
             allow_host_loopback=self.plan.allow_host_loopback,
+            api_socket=str(self.api_path) if self.api_path else None,
         )
+        if self.api_path:
+            self.api_path.unlink(missing_ok=True)
         try:
             self._slirp = proc.spawn(argv, log_path=self.log_path, pass_fds=(ready_w, exit_r))
         except BaseException:
@@ -264,6 +331,32 @@ class PodNetwork:
             )
         log.debug("slirp4netns %d serves the network of pid %d", self._slirp.pid, pid)
 
+    def _forward(self, fwd: PortForward) -> None:
+        """Ask slirp4netns to forward ``fwd``.
+
+        :raise PcoccError: slirp4netns refused (port in use, ...), with its reason
+        """
+        assert self.api_path is not None
+        what = f"port {fwd.host_addr}:{fwd.host_port} -> {fwd.pod_port}/{fwd.proto}"
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(10)
+                s.connect(str(self.api_path))
+                s.sendall(json.dumps(fwd.hostfwd_request()).encode())
+                s.shutdown(socket.SHUT_WR)
+                reply = b""
+                while chunk := s.recv(4096):
+                    reply += chunk
+            answer = json.loads(reply or b"{}")
+        except (OSError, ValueError) as err:
+            raise PcoccError(f"cannot forward {what}: slirp4netns API: {err}") from err
+        if "return" not in answer:
+            why = (answer.get("error") or {}).get("desc") or reply.decode(errors="replace")
+            raise PcoccError(
+                f"cannot forward {what}: {why}", hint="choose another host port with --port"
+            )
+        log.debug("forwarded %s", what)
+
     def _close_gate(self) -> None:
         if self._listener is not None:
             self._listener.close()
@@ -282,6 +375,8 @@ class PodNetwork:
             except subprocess.TimeoutExpired:
                 proc.stop(self._slirp)
             self._slirp = None
+        if self.api_path is not None:
+            self.api_path.unlink(missing_ok=True)
 
 
 def _tail(path: Path, lines: int = 2) -> str:
@@ -292,9 +387,10 @@ def _tail(path: Path, lines: int = 2) -> str:
     return " / ".join(text[-lines:])
 
 
-def gate_path_for(runtime_dir: Path, pod_uuid: str) -> Path:
-    """A short socket path (sun_path holds 107 bytes) for the pod's gate."""
-    name = f"net-{pod_uuid[:12]}.sock"
+def gate_path_for(runtime_dir: Path, pod_uuid: str, kind: str = "net") -> Path:
+    """A short socket path (sun_path holds 107 bytes) for the pod's gate (``net``) or
+    slirp4netns's API (``slirp``)."""
+    name = f"{kind}-{pod_uuid[:12]}.sock"
     path = runtime_dir / name
     if len(os.fsencode(path)) > 100:
         import tempfile
@@ -306,8 +402,10 @@ def gate_path_for(runtime_dir: Path, pod_uuid: str) -> Path:
 __all__: Sequence[str] = (
     "NetPlan",
     "PodNetwork",
+    "PortForward",
     "add_gate",
     "parse_net_mode",
+    "parse_port",
     "plan_network",
     "slirp_argv",
 )

@@ -229,6 +229,58 @@ def test_allow_host_loopback_reaches_the_host_loopback(env, pcocc_bin, image_dir
     assert token in res.stdout and "rc=0" in res.stdout, res.stdout + res.stderr
 
 
+# -- port forwarding ---------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_port_forwarding_reaches_the_app(env, pcocc_bin, image_dir, runtime):
+    port, token = _free_port(), f"tok-{secrets.token_hex(4)}"
+    p = subprocess.Popen(
+        [
+            pcocc_bin, "run", "--runtime", runtime, "--private-net",
+            "--port", f"127.0.0.1:{port}:8080", image_dir,
+            "--", "sh", "-c", f"echo {token} | busybox nc -l -p 8080",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    got = b""
+    try:
+        deadline = time.monotonic() + 30
+        # slirp4netns accepts at once and closes when the app does not listen yet: retry
+        while not got and time.monotonic() < deadline and p.poll() is None:
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", port), timeout=5
+            ) as conn:
+                got = conn.recv(100)
+            time.sleep(0.1)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert got.decode().strip() == token, err
+    assert p.returncode == 0, err
+
+
+def test_port_in_use_fails_the_pod(env, pcocc_bin, image_dir):
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        res = pcocc(
+            pcocc_bin, "run", "--runtime", "crun", "--private-net",
+            "--port", f"127.0.0.1:{port}:80", image_dir, "--", "echo", "app-ran",
+        )  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    assert f"cannot forward port 127.0.0.1:{port} -> 80/tcp" in res.stderr
+    assert "app-ran" not in res.stdout
+    [pod] = pods(pcocc_bin)
+    assert pod["state"] == "exited"
+
+
 # -- loopback-only mode and fallback --------------------------------------------------------
 def test_explicit_loopback_mode(env, pcocc_bin, image_dir):
     res = pcocc(

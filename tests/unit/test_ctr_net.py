@@ -16,6 +16,8 @@ from pcocc.ctr.net import (
     GATE_ANNOTATION,
     NetPlan,
     PodNetwork,
+    PortForward,
+    parse_port,
     add_gate,
     gate_path_for,
     plan_network,
@@ -97,6 +99,46 @@ def test_plan_explicit_modes(no_slirp):
 
 def test_plan_vm_runtime_has_loopback_only(fake_slirp):
     assert plan_network(True, "auto", runtime_name="vm") == NetPlan("loopback")
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("8080:80", PortForward(8080, 80, "0.0.0.0", "tcp")),
+        ("127.0.0.1:8080:80", PortForward(8080, 80, "127.0.0.1", "tcp")),
+        ("5353:53/udp", PortForward(5353, 53, "0.0.0.0", "udp")),
+    ],
+)
+def test_parse_port(value, expected):
+    assert parse_port(value) == expected
+
+
+@pytest.mark.parametrize("value", ["80", "a:80", "8080:0", "70000:80", "1:2/sctp", ":1:2", ""])
+def test_parse_port_rejects(value):
+    with pytest.raises(UsageError, match="--port: bad value"):
+        parse_port(value)
+
+
+def test_hostfwd_request():
+    assert PortForward(8080, 80, "127.0.0.1").hostfwd_request() == {
+        "execute": "add_hostfwd",
+        "arguments": {"proto": "tcp", "host_addr": "127.0.0.1", "host_port": 8080, "guest_port": 80},
+    }
+
+
+def test_plan_ports_need_slirp(fake_slirp):
+    plan = plan_network(True, "auto", ports=["8080:80"])
+    assert plan.ports == (PortForward(8080, 80),)
+    for private, mode in ((False, "auto"), (True, "loopback")):
+        with pytest.raises(UsageError, match="--port needs --private-net"):
+            plan_network(private, mode, ports=["8080:80"])
+    with pytest.raises(UsageError, match="--port needs"):
+        plan_network(True, "auto", ports=["8080:80"], runtime_name="vm")
+
+
+def test_plan_ports_never_fall_back(no_slirp):
+    with pytest.raises(ToolMissing):
+        plan_network(True, "auto", ports=["8080:80"], warn=lambda m: None)
 
 
 def test_add_gate_hooks_the_first_app():
