@@ -50,8 +50,39 @@ def _settings(session: Session):
     return load_settings(session.system_dir, session.user_dir, preloaded=session.config.containers)
 
 
+class _RunCommand(click.Command):
+    """``pcocc run``, where a bare ``--private-net`` never takes the image as its MODE."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        takes_value = {
+            opt
+            for p in self.params
+            if isinstance(p, click.Option) and not p.is_flag and not p.count
+            for opt in p.opts
+        }
+        return super().parse_args(ctx, bare_flag_value(args, "--private-net", takes_value))
+
+
+def bare_flag_value(args: list[str], flag: str, takes_value: set[str]) -> list[str]:
+    """``args`` with a bare ``flag`` among the options (before the first operand or ``--``)
+    spelled ``flag=`` (empty value), so that click does not take the next word as its value."""
+    out = list(args)
+    i = 0
+    while i < len(out):
+        tok = out[i]
+        if tok == "--" or not tok.startswith("-") or tok == "-":
+            break
+        if tok == flag:
+            out[i] = f"{flag}="
+        elif tok in takes_value:
+            i += 1  # skip the option's value
+        i += 1
+    return out
+
+
 @click.command(
     "run",
+    cls=_RunCommand,
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
 @click.option("-N", "--nodes", type=click.IntRange(min=1), help="Number of nodes (Slurm).")
@@ -81,7 +112,26 @@ def _settings(session: Session):
     metavar="NAME",
     help="Add a module of containers.yaml (mounts and env).",
 )
-@click.option("--private-net", is_flag=True, help="Own network namespace (loopback only).")
+@click.option(
+    "--private-net",
+    "private_net",
+    metavar="[=MODE]",
+    help="Own network namespace: MODE auto (default: slirp4netns if installed, else "
+    "loopback only), slirp or loopback.",
+)
+@click.option(
+    "--allow-host-loopback",
+    is_flag=True,
+    help="With --private-net: let the pod reach the host's loopback at 10.0.2.2.",
+)
+@click.option(
+    "-p",
+    "--port",
+    "ports",
+    multiple=True,
+    metavar="[HOSTADDR:]HOSTPORT:PODPORT[/udp]",
+    help="With --private-net: forward a host port to the pod (through slirp4netns).",
+)
 @click.option(
     "--insecure-options",
     multiple=True,
@@ -108,7 +158,9 @@ def run(
     volume: tuple[str, ...],
     mount: tuple[str, ...],
     module: tuple[str, ...],
-    private_net: bool,
+    private_net: str | None,
+    allow_host_loopback: bool,
+    ports: tuple[str, ...],
     insecure_options: tuple[str, ...],
     interactive: bool,
     hostname: str | None,
@@ -126,7 +178,10 @@ def run(
         volumes=volume,
         mounts=mount,
         modules=module,
-        private_net=private_net,
+        private_net=private_net is not None,
+        net_mode=private_net or "auto",
+        allow_host_loopback=allow_host_loopback,
+        ports=ports,
         insecure=insecure_options,
         interactive=interactive,
         hostname=hostname,

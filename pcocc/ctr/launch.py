@@ -9,6 +9,7 @@ app's log file (except with ``interactive``, where the app owns the terminal).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import selectors
@@ -23,11 +24,14 @@ from typing import Any, BinaryIO
 
 from pcocc import proc
 from pcocc.ctr.env import merge_env
+from pcocc.ctr.net import NetPlan, PodNetwork, add_gate, gate_path_for, plan_network
 from pcocc.ctr.pods import AppRecord, PodRecord, PodStore, process_start_ticks
 from pcocc.ctr.settings import ContainerSettings
 from pcocc.ctr.spec import Identity, SpecRequest, app_args, build_spec, parse_insecure_options
 from pcocc.ctr.volumes import parse_mount, parse_volume, resolve_mounts, select_modules
 from pcocc.errors import PcoccError, UsageError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,6 +54,11 @@ class RunOptions:
     mounts: Sequence[str] = ()
     modules: Sequence[str] = ()
     private_net: bool = False
+    #: with private_net: auto, slirp or loopback (:mod:`pcocc.ctr.net`)
+    net_mode: str = "auto"
+    allow_host_loopback: bool = False
+    #: ``[HOSTADDR:]HOSTPORT:PODPORT[/tcp|/udp]`` forwarded by slirp4netns
+    ports: Sequence[str] = ()
     insecure: Sequence[str] = ()
     interactive: bool = False
     hostname: str | None = None
@@ -85,11 +94,13 @@ def prepare_pod(
     runtime: Any,
     host_env: Mapping[str, str] | None = None,
     save: bool = True,
+    net: NetPlan | None = None,
 ) -> PodRecord:
     """Check every input, create the pod and write the app bundles (state prepared).
 
     :param save: write the record now; ``run_pod`` saves it first when the apps have
         started, which spares one synced write on the start-up path
+    :param net: the pod's network; with ``slirp`` the first app waits at the network gate
     """
     if not apps:
         raise UsageError("no image given", hint="pcocc run IMAGE [-- ARGS]")
@@ -143,6 +154,8 @@ def prepare_pod(
             app.container_id = f"pcocc-{rec.uuid}-{app.name}"
             bundle = store.app_dir(rec.uuid, app.name)
             spec = runtime.adapt_spec(build_spec(req))
+            if net is not None and net.mode == "slirp" and app is rec.apps[0]:
+                add_gate(spec, str(_gate_path(rec)))
             (bundle / "config.json").write_text(json.dumps(spec, indent=1))
         if save:
             store.save(rec)
@@ -168,8 +181,13 @@ def start_pod(
     interactive: bool = False,
     out: BinaryIO | None = None,
     err: BinaryIO | None = None,
+    net: NetPlan | None = None,
 ) -> int:
     """Run the prepared pod's apps side by side and wait for them all.
+
+    With a ``slirp`` network (the pod must have been prepared with the same ``net``), the
+    first app waits until slirp4netns serves its network namespace; slirp4netns stops with
+    the pod.
 
     :return: 0 if every app exited 0, else the first non-zero exit status (in app order)
     """
@@ -183,6 +201,15 @@ def start_pod(
     logs: list[BinaryIO] = []
     old_term = signal.signal(signal.SIGTERM, _on_term)
     ns_fds: dict[str, int] = {}
+    network = None
+    if net is not None and net.mode == "slirp":
+        network = PodNetwork(
+            net,
+            _gate_path(rec),
+            store.pod_dir(rec.uuid) / "slirp4netns.log",
+            api_path=_gate_path(rec, "slirp"),
+        )
+        network.open_gate()
     try:
         for i, app in enumerate(rec.apps):
             bundle = store.app_dir(rec.uuid, app.name)
@@ -200,12 +227,14 @@ def start_pod(
             popens.append(p)
             logs.append(open(bundle / "log", "ab", buffering=0))  # noqa: SIM115
             app.pid, app.pid_start = p.pid, process_start_ticks(p.pid)
+            if i == 0 and network is not None:
+                network.connect(p)
         store.save(rec)
         if not interactive:
             _pump(popens, logs, out, err)
         for app, p in zip(rec.apps, popens):
             app.exit_status = exit_status(p.wait())
-    except (KeyboardInterrupt, _Terminate):
+    except (KeyboardInterrupt, _Terminate, PcoccError):
         for app, p in zip(rec.apps, popens):
             if p.poll() is None:
                 runtime.kill(app.container_id, p)
@@ -214,6 +243,8 @@ def start_pod(
         raise
     finally:
         signal.signal(signal.SIGTERM, old_term)
+        if network is not None:
+            network.stop()
         for f in logs:
             f.close()
         for fd in ns_fds.values():
@@ -283,9 +314,23 @@ def run_pod(
     from pcocc.ctr.runtime import get_runtime
 
     runtime = get_runtime(opts.runtime or settings.runtime or "auto")
-    rec = prepare_pod(store, apps, opts, settings, runtime=runtime, save=False)
-    status = start_pod(store, rec, runtime, interactive=opts.interactive)
+    net = plan_network(
+        opts.private_net,
+        opts.net_mode,
+        allow_host_loopback=opts.allow_host_loopback,
+        ports=opts.ports,
+        runtime_name=runtime.name,
+        warn=log.warning,
+    )
+    rec = prepare_pod(store, apps, opts, settings, runtime=runtime, save=False, net=net)
+    status = start_pod(store, rec, runtime, interactive=opts.interactive, net=net)
     return rec, status
+
+
+def _gate_path(rec: PodRecord, kind: str = "net") -> Path:
+    from pcocc.ctr.runtime import runtime_dir
+
+    return gate_path_for(runtime_dir(), rec.uuid, kind)
 
 
 # -- operations on existing pods --------------------------------------------------------

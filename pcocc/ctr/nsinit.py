@@ -168,6 +168,35 @@ def loopback_up() -> None:
         fcntl.ioctl(s.fileno(), 0x8914, struct.pack("16sH14x", b"lo", flags | 1))
 
 
+def wait_at_gate(path: str, pid: int = 0) -> None:
+    """Tell the pod supervisor at the gate socket ``path`` where our network namespace is
+    (``pid``, or 0: the connecting process), and wait until it says the network is up."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(path)
+        s.sendall(f"{pid}\n".encode())
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = s.recv(16)
+            if not chunk:
+                break
+            reply += chunk
+    if reply.strip() != b"go":
+        raise SetupError("the pod supervisor could not set up the network")
+
+
+def net_hook(path: str) -> int:
+    """OCI createRuntime hook: the container's state (with its pid) comes on stdin."""
+    try:
+        pid = int(json.load(sys.stdin)["pid"])
+        wait_at_gate(path, pid)
+    except (SetupError, OSError, ValueError, KeyError) as err:
+        print(f"pcocc: network gate: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def pivot(root: str) -> None:
     nr = SYS_PIVOT_ROOT.get(platform.machine())
     os.chdir(root)
@@ -208,6 +237,9 @@ def main(config_path: str) -> int:
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     if any(n.get("type") == "network" for n in linux.get("namespaces", [])):
         loopback_up()
+        gate = cfg.get("annotations", {}).get("org.pcocc.net-gate")
+        if gate:
+            wait_at_gate(gate)
     mount(root, root, None, MS_BIND | MS_REC)
     if cfg.get("hostname"):
         name = cfg["hostname"].encode()
@@ -237,6 +269,8 @@ def main(config_path: str) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "--net-hook":
+        sys.exit(net_hook(sys.argv[2]))
     try:
         sys.exit(main(sys.argv[1]))
     except (SetupError, OSError) as err:

@@ -473,7 +473,7 @@ def test_private_net_has_only_loopback(env, pcocc_bin, image_dir, runtime):
         "run",
         "--runtime",
         runtime,
-        "--private-net",
+        "--private-net=loopback",
         image_dir,
         "--",
         "sh",
