@@ -91,7 +91,7 @@ def probe(fmt: str, location: str) -> SourceProbe | None:
         with _open_tar(path) as tar:
             return _probe_layout(fmt, lambda name: _read_member(tar, name), tag)
     except (_Unusable, Corrupt, OSError, tarfile.TarError, ValueError, KeyError,
-            TypeError) as err:
+            TypeError, RecursionError) as err:
         log.debug("%s:%s: no fast re-import (%s)", fmt, location, err)
         return None
 
@@ -126,7 +126,7 @@ def lookup(src: SourceProbe, add_blob: AddBlob) -> OciImage | None:
             return None
         if not all(has_blob(d["digest"]) for d in layer_descs):
             return None
-    except (Corrupt, OSError, _Unusable) as err:
+    except (Corrupt, OSError, _Unusable, RecursionError) as err:
         log.debug("import index entry %s unusable: %s", mdigest, err)
         return None
     blobs = [_ref(config_desc)] + [_ref(d) for d in layer_descs]

@@ -176,6 +176,8 @@ def test_unusual_docker_archives_are_left_to_skopeo(tmp_path):
         "not a tar": tmp_path / "junk.tar",
     }
     cases["not a tar"].write_bytes(b"\0junk" * 100)
+    cases["deep JSON"] = write_tar(tmp_path / "deep.tar",
+                                   {"manifest.json": b"[" * 100000 + b"]" * 100000})
     gz = tmp_path / "gz.tar"
     gz.write_bytes(gzip.compress(docker_archive(tmp_path / "plain.tar").read_bytes()))
     cases["gzip"] = gz
