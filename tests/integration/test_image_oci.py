@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from helpers import testimages
 from pcocc.config import RepoConfig
 from pcocc.errors import Corrupt, NotFound, ToolError, UsageError
-from pcocc.repo import oci, sif, skopeo
-from pcocc.repo.store import Repository
+from pcocc.repo import oci, ops, sif, skopeo
+from pcocc.repo.store import RepoSet, Repository
 from pcocc.repo.unpack import unpack_image
 
 FILE_FORMATS = ["oci", "oci-archive", "docker-archive", "dir"]
@@ -414,9 +417,6 @@ def test_reimport_of_a_local_source_skips_skopeo(tmp_path, multilayer_image, fmt
 
 def test_reimport_under_a_second_name_shares_every_blob(tmp_path, multilayer_image,
                                                         monkeypatch):
-    from pcocc.repo import ops
-    from pcocc.repo.store import RepoSet
-
     archive = testimages.convert(multilayer_image, "docker-archive", str(tmp_path / "m.tar"))
     repos = RepoSet([RepoConfig("test", tmp_path / "repo")])
     a = ops.import_image(repos, archive, "first")
@@ -454,3 +454,38 @@ def test_reimport_falls_back_to_skopeo(tmp_path, multilayer_image, damage, monke
     assert again.manifest_digest == first.manifest_digest
     assert {b.digest for b in again.blobs} <= store.digests()
     assert first.manifest_digest in json.loads(index.read_text()).values()
+
+
+def test_pcocc_image_import_again_runs_no_skopeo(tmp_path, pcocc_env, pcocc_bin,
+                                                 multilayer_image):
+    """Through the command: the second import of an archive succeeds with a skopeo that
+    can only fail first in PATH, and stores nothing but the new image's metadata."""
+    repo = tmp_path / "repo"
+    (pcocc_env["user"] / "repos.yaml").write_text(
+        yaml.safe_dump({"repos": [{"name": "r", "path": str(repo)}]}))
+    archive = testimages.convert(multilayer_image, "docker-archive", str(tmp_path / "m.tar"))
+
+    def pcocc(*argv, path=None):
+        env = {**os.environ, **({"PATH": path} if path else {})}
+        return subprocess.run([pcocc_bin, *argv], env=env, capture_output=True, text=True)
+
+    assert pcocc("image", "import", archive, "first").returncode == 0
+    blobs = sorted((p.name, p.stat().st_ino) for p in (repo / "data").rglob("*") if p.is_file())
+    broken = tmp_path / "broken-bin"
+    broken.mkdir()
+    (broken / "skopeo").write_text("#!/bin/sh\necho 'skopeo must not run' >&2\nexit 1\n")
+    (broken / "skopeo").chmod(0o755)
+    res = pcocc("image", "import", archive, "second", path=f"{broken}:{os.environ['PATH']}")
+    assert res.returncode == 0, res.stderr
+    after = sorted((p.name, p.stat().st_ino) for p in (repo / "data").rglob("*") if p.is_file())
+    assert after == blobs
+    shown = {}
+    for name in ("first", "second"):
+        out = pcocc("image", "show", "--json", name)
+        assert out.returncode == 0, out.stderr
+        [shown[name]] = json.loads(out.stdout)
+    assert shown["first"]["blobs"] == shown["second"]["blobs"]
+    # a changed archive is a new source: the broken skopeo is then reached, and fails
+    other = testimages.convert(multilayer_image, "oci-archive", str(tmp_path / "m.oci.tar"))
+    res = pcocc("image", "import", other, "third", path=f"{broken}:{os.environ['PATH']}")
+    assert res.returncode != 0
