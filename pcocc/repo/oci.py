@@ -18,6 +18,9 @@ Optional store hooks, looked up as attributes of ``add_blob``:
 - ``add_blob.has_blob(digest) -> bool``: blobs the store already has are not re-hashed;
 - ``add_blob.blob_path(digest) -> Path``: with ``has_blob``, blobs the store already has
   are linked into the staging layout before skopeo runs, so skopeo does not copy them again.
+- ``add_blob.import_index -> Path``: with both, a file where imports of local archives
+  and layouts are indexed by their metadata, so that importing the same source again takes
+  the stored image without running skopeo (see ``ocifast``).
 
 Export: an OCI layout is assembled in a work directory from store blobs (hard links, or
 symbolic links across file systems), then skopeo copies it to the destination.
@@ -35,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from pcocc.errors import Corrupt, NotFound, ToolError, UsageError
-from pcocc.repo import skopeo
+from pcocc.repo import ocifast, skopeo
 from pcocc.repo.model import AddBlob, BlobRef, OciImage, Progress, no_progress
 
 log = logging.getLogger(__name__)
@@ -82,6 +85,14 @@ def import_image(
     """
     src_ref = skopeo.image_ref(fmt, source)
     _check_local_source(fmt, source)
+    known = ocifast.probe(fmt, source) if hasattr(add_blob, "import_index") else None
+    if known is not None:
+        img = ocifast.lookup(known, add_blob)
+        if img is not None:
+            log.debug("%s: imported before as %s; all its blobs are stored", src_ref,
+                      img.manifest_digest)
+            progress(img.size, img.size)
+            return img
     skopeo.require_transport(fmt)
     layout = staging / "oci-layout"
     layout.mkdir(parents=True, exist_ok=True)
@@ -94,7 +105,10 @@ def import_image(
         src_tls_verify=tls_verify,
         extra=["--dest-oci-accept-uncompressed-layers"],
     )
-    return ingest_layout(layout, add_blob, progress, tag=STAGING_TAG, what=src_ref)
+    img = ingest_layout(layout, add_blob, progress, tag=STAGING_TAG, what=src_ref)
+    if known is not None:
+        ocifast.remember(known, img, add_blob)
+    return img
 
 
 def _check_local_source(fmt: str, source: str) -> None:

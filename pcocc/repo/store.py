@@ -154,7 +154,8 @@ class FsckReport:
 
 class BlobSink:
     """``Repository.add_blob``: a callable that stores a blob, with the optional hooks
-    ``has_blob(digest)`` and ``blob_path(digest)`` that drivers look up as attributes."""
+    ``has_blob(digest)``, ``blob_path(digest)`` and ``import_index`` that drivers look up
+    as attributes."""
 
     def __init__(self, repo: Repository):
         self._repo = repo
@@ -167,6 +168,11 @@ class BlobSink:
 
     def blob_path(self, digest: str) -> Path:
         return self._repo.blob_path(digest)
+
+    @property
+    def import_index(self) -> Path:
+        """The OCI driver's index of imported sources (a cache; see ``ocifast``)."""
+        return self._repo.layout.root / "oci-import-index.json"
 
 
 class Repository:

@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from helpers import testimages
 from pcocc.config import RepoConfig
 from pcocc.errors import Corrupt, NotFound, ToolError, UsageError
-from pcocc.repo import oci, sif, skopeo
-from pcocc.repo.store import Repository
+from pcocc.repo import oci, ops, sif, skopeo
+from pcocc.repo.store import RepoSet, Repository
 from pcocc.repo.unpack import unpack_image
 
 FILE_FORMATS = ["oci", "oci-archive", "docker-archive", "dir"]
@@ -45,6 +48,7 @@ class Store:
         if hooks:
             self.has_blob = self.repo.add_blob.has_blob
             self.blob_path = self.repo.add_blob.blob_path
+            self.import_index = self.repo.add_blob.import_index
 
     def __call__(self, path: Path, expected_digest: str | None = None) -> str:
         digest = self.repo.add_blob(path, expected_digest)
@@ -376,3 +380,112 @@ def test_export_through_symlinks(tmp_path, busybox_image, monkeypatch):
     monkeypatch.undo()
     back = import_into(Store(tmp_path / "s2"), tmp_path, str(tmp_path / "o.tar"), "oci-archive")
     assert back.manifest_digest == img.manifest_digest
+
+
+# --- re-import without skopeo (ocifast) --------------------------------------------------
+
+FAST_FORMATS = ["docker-archive", "oci", "oci-archive"]
+
+
+def _no_skopeo(monkeypatch) -> None:
+    def refuse(*a, **kw):
+        raise AssertionError("skopeo ran")
+
+    monkeypatch.setattr(skopeo, "copy", refuse)
+    monkeypatch.setattr(skopeo, "inspect_raw", refuse)
+
+
+@pytest.mark.parametrize("fmt", FAST_FORMATS)
+def test_reimport_of_a_local_source_skips_skopeo(tmp_path, multilayer_image, fmt, monkeypatch):
+    ref = testimages.convert(multilayer_image, fmt, _location(tmp_path, fmt))
+    src = ref.split(":", 1)[1]
+    store = Store(tmp_path / "store")
+    first = import_into(store, tmp_path, src, fmt)
+    before = {p.name: (p.stat().st_ino, p.read_bytes()) for p in store.files()}
+    hashed = len(store.added)
+    _no_skopeo(monkeypatch)
+    second = import_into(store, tmp_path, src, fmt)
+    assert second == first  # manifest digest, manifest, config and blob list
+    assert len(store.added) == hashed
+    assert {p.name: (p.stat().st_ino, p.read_bytes()) for p in store.files()} == before
+    # ... and it is what skopeo gives into a store that never saw the image
+    monkeypatch.undo()
+    fresh = import_into(Store(tmp_path / "fresh", hooks=False), tmp_path, src, fmt)
+    assert fresh.manifest_digest == second.manifest_digest
+    assert fresh.blobs == second.blobs
+
+
+def test_reimport_under_a_second_name_shares_every_blob(tmp_path, multilayer_image,
+                                                        monkeypatch):
+    archive = testimages.convert(multilayer_image, "docker-archive", str(tmp_path / "m.tar"))
+    repos = RepoSet([RepoConfig("test", tmp_path / "repo")])
+    a = ops.import_image(repos, archive, "first")
+    files = sorted((tmp_path / "repo" / "data").rglob("*"))
+    _no_skopeo(monkeypatch)
+    b = ops.import_image(repos, archive, "second")
+    assert b.name == "second" and a.name == "first"
+    assert [x.digest for x in b.blobs] == [x.digest for x in a.blobs]
+    assert b.oci == a.oci
+    assert sorted((tmp_path / "repo" / "data").rglob("*")) == files
+
+
+@pytest.mark.parametrize("damage", ["missing layer", "stale index", "garbage index"])
+def test_reimport_falls_back_to_skopeo(tmp_path, multilayer_image, damage, monkeypatch):
+    ref = testimages.convert(multilayer_image, "docker-archive", str(tmp_path / "m.tar"))
+    src = ref.split(":", 1)[1]
+    store = Store(tmp_path / "store")
+    first = import_into(store, tmp_path, src, "docker-archive")
+    index = Path(store.import_index)
+    if damage == "missing layer":
+        layer = first.manifest["layers"][-1]["digest"]
+        store.path(layer).unlink()
+    elif damage == "stale index":  # points to a manifest that is stored but not this image
+        other = import_into(store, tmp_path, str(multilayer_image.layout) + ":multi", "oci")
+        entries = json.loads(index.read_text())
+        entries = {k: other.manifest_digest for k in entries}
+        index.write_text(json.dumps(entries))
+    else:
+        index.write_text("{not json")
+    calls = []
+    real_copy = skopeo.copy
+    monkeypatch.setattr(skopeo, "copy", lambda *a, **kw: (calls.append(a), real_copy(*a, **kw))[1])
+    again = import_into(store, tmp_path, src, "docker-archive")
+    assert calls, "the import must have gone through skopeo"
+    assert again.manifest_digest == first.manifest_digest
+    assert {b.digest for b in again.blobs} <= store.digests()
+    assert first.manifest_digest in json.loads(index.read_text()).values()
+
+
+def test_pcocc_image_import_again_runs_no_skopeo(tmp_path, pcocc_env, pcocc_bin,
+                                                 multilayer_image):
+    """Through the command: the second import of an archive succeeds with a skopeo that
+    can only fail first in PATH, and stores nothing but the new image's metadata."""
+    repo = tmp_path / "repo"
+    (pcocc_env["user"] / "repos.yaml").write_text(
+        yaml.safe_dump({"repos": [{"name": "r", "path": str(repo)}]}))
+    archive = testimages.convert(multilayer_image, "docker-archive", str(tmp_path / "m.tar"))
+
+    def pcocc(*argv, path=None):
+        env = {**os.environ, **({"PATH": path} if path else {})}
+        return subprocess.run([pcocc_bin, *argv], env=env, capture_output=True, text=True)
+
+    assert pcocc("image", "import", archive, "first").returncode == 0
+    blobs = sorted((p.name, p.stat().st_ino) for p in (repo / "data").rglob("*") if p.is_file())
+    broken = tmp_path / "broken-bin"
+    broken.mkdir()
+    (broken / "skopeo").write_text("#!/bin/sh\necho 'skopeo must not run' >&2\nexit 1\n")
+    (broken / "skopeo").chmod(0o755)
+    res = pcocc("image", "import", archive, "second", path=f"{broken}:{os.environ['PATH']}")
+    assert res.returncode == 0, res.stderr
+    after = sorted((p.name, p.stat().st_ino) for p in (repo / "data").rglob("*") if p.is_file())
+    assert after == blobs
+    shown = {}
+    for name in ("first", "second"):
+        out = pcocc("image", "show", "--json", name)
+        assert out.returncode == 0, out.stderr
+        [shown[name]] = json.loads(out.stdout)
+    assert shown["first"]["blobs"] == shown["second"]["blobs"]
+    # a changed archive is a new source: the broken skopeo is then reached, and fails
+    other = testimages.convert(multilayer_image, "oci-archive", str(tmp_path / "m.oci.tar"))
+    res = pcocc("image", "import", other, "third", path=f"{broken}:{os.environ['PATH']}")
+    assert res.returncode != 0
