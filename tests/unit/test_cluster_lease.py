@@ -1,0 +1,67 @@
+"""The lease TTL setting, and a cluster whose leases are lost with etcd."""
+
+import contextlib
+import threading
+
+import pytest
+from test_cluster_launcher import FakeBatch, assert_all_gone, make_launcher, run_dir  # noqa: F401
+
+from pcocc.cluster import keys
+from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S, lease_ttl_s
+from pcocc.cluster.memkv import MemoryKv
+from pcocc.errors import ServiceUnavailable, UsageError
+
+USER, JOB = "alice", "42"
+
+
+def test_lease_ttl_from_env():
+    assert lease_ttl_s({}) == DEFAULT_LEASE_TTL_S
+    assert lease_ttl_s({"PCOCC_LEASE_TTL": " 4 "}) == 4
+    for bad in ("1", "0", "-3", "2.5", "soon"):
+        with pytest.raises(UsageError, match="PCOCC_LEASE_TTL"):
+            lease_ttl_s({"PCOCC_LEASE_TTL": bad})
+
+
+class LosableKv(MemoryKv):
+    """A MemoryKv whose leases can all be lost at once, as with an etcd outage."""
+
+    def __init__(self):
+        super().__init__()
+        self.leases = []
+        self.deletes = 0
+
+    @contextlib.contextmanager
+    def lease(self, ttl_s):
+        with super().lease(ttl_s) as lease:
+            self.leases.append(lease)
+            yield lease
+
+    def delete_prefix(self, prefix):
+        self.deletes += 1
+        super().delete_prefix(prefix)
+
+    def lose_etcd(self):
+        for lease in self.leases:
+            lease.lost = ServiceUnavailable(
+                "lost etcd: etcd at http://127.0.0.1:1 did not answer for 11 s,"
+                " longer than the lease TTL (10 s)"
+            )
+
+
+def test_lost_etcd_ends_the_cluster_naming_etcd(run_dir):  # noqa: F811
+    kv = LosableKv()
+    batch = FakeBatch(kv)
+    launcher = make_launcher(kv, batch, command="sleep 30")
+    state_key = keys.vm_state(USER, JOB, 1)
+
+    def lose_when_running():
+        kv.wait_for(state_key, lambda s: True if '"running"' in s.get(state_key, "") else None, 10)
+        kv.lose_etcd()
+
+    threading.Thread(target=lose_when_running, daemon=True).start()
+    with pytest.raises(ServiceUnavailable, match=r"^lost etcd: etcd at http://127.0.0.1:1"):
+        launcher.run()
+    assert launcher.lifecycle.state.value == "failed"
+    assert kv.deletes == 0  # the teardown did not wait for the lost etcd
+    assert all(result == 1 for result in batch.tasks.results.values())
+    assert_all_gone(kv, batch, run_dir)
