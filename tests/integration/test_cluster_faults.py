@@ -1,4 +1,5 @@
-"""etcd outages during a running cluster (local mode: the job's private etcd is paused).
+"""etcd outages during a running cluster (local mode: the job's private etcd is paused,
+or killed and started again).
 
 SIGSTOP/SIGCONT of the etcd process is a faithful "etcd stops answering for N seconds": the
 TCP connections stay open, every call hangs. An outage shorter than the lease TTL must be
@@ -83,6 +84,38 @@ def test_short_etcd_outage_is_survived(tmp_path, pcocc_env, pcocc_bin, testvm_ar
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "lost etcd" not in err and "Traceback" not in err
+    assert_nothing_left(env)
+
+
+def test_etcd_restart_is_survived(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts):  # noqa: F811
+    # etcd killed and started again on the same data and ports (what a service restart
+    # does): the launcher's watch breaks and must be opened again
+    env = _local_env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts, {})
+    proc, job_id = _start_running(env)
+    etcd = _etcd_pid(env, job_id)
+    argv = Path(f"/proc/{etcd}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    os.kill(etcd, signal.SIGKILL)
+    time.sleep(2)
+    again = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        time.sleep(3)
+        assert proc.poll() is None, proc.communicate()[1]
+        res = env.run("ssh", "vm0", "hostname", timeout_s=120)
+        assert (res.returncode, res.stdout.strip()) == (0, "vm0"), res.stderr
+        (env.tmp / "done").touch()
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    finally:
+        # the launcher stops the etcd it started, not this one
+        again.kill()
+        again.wait()
+    assert "Traceback" not in err
     assert_nothing_left(env)
 
 

@@ -65,3 +65,69 @@ def test_lost_etcd_ends_the_cluster_naming_etcd(run_dir):  # noqa: F811
     assert kv.deletes == 0  # the teardown did not wait for the lost etcd
     assert all(result == 1 for result in batch.tasks.results.values())
     assert_all_gone(kv, batch, run_dir)
+
+
+class BrokenOnceClient:
+    """A KvClient stand-in: the first read works, the first watch breaks, then all is well."""
+
+    endpoint = "http://127.0.0.1:1"
+
+    def __init__(self):
+        self.data = {"/p/a": b"1"}
+        self.reads = 0
+        self.watches = 0
+
+    def get_prefix_at(self, prefix):
+        self.reads += 1
+        if self.reads == 2:
+            raise ServiceUnavailable("cannot read /p/ in etcd at http://127.0.0.1:1: unavailable")
+        return dict(self.data), 7
+
+    @contextlib.contextmanager
+    def watch_prefix(self, prefix, start_revision=None):
+        self.watches += 1
+        client = self
+
+        class Watch:
+            def get(self, timeout_s):
+                if client.watches == 1:
+                    client.data["/p/b"] = b"2"  # changes while the watch is broken
+                    raise ServiceUnavailable("etcd watch on /p/ at http://127.0.0.1:1 broke")
+                return None
+
+        yield Watch()
+
+
+def test_wait_for_rides_out_a_broken_watch():
+    from pcocc.cluster.adapters import EtcdKv
+
+    client = BrokenOnceClient()
+    seen = []
+
+    def predicate(snapshot):
+        seen.append(sorted(snapshot))
+        return "done" if "/p/b" in snapshot else None
+
+    assert EtcdKv(client).wait_for("/p/", predicate, 10, tick_s=0.01) == "done"
+    # the stale snapshot was shown while etcd was away, then a fresh read caught the change
+    assert seen[0] == ["/p/a"] and seen[-1] == ["/p/a", "/p/b"]
+    assert client.reads == 3
+
+
+def test_wait_for_ends_when_the_predicate_gives_up():
+    from pcocc.cluster.adapters import EtcdKv
+
+    class DeadClient(BrokenOnceClient):
+        def get_prefix_at(self, prefix):
+            raise ServiceUnavailable("cannot read /p/ in etcd at http://127.0.0.1:1: unavailable")
+
+    calls = []
+
+    def predicate(snapshot):
+        calls.append(1)
+        if len(calls) >= 3:
+            raise ServiceUnavailable("lost etcd: lease gone")  # what a lease check does
+        return None
+
+    with pytest.raises(ServiceUnavailable, match="lost etcd"):
+        EtcdKv(DeadClient()).wait_for("/p/", predicate, None, tick_s=0.01)
