@@ -89,12 +89,13 @@ class EtcdKv:
             try:
                 return self._wait_once(prefix, predicate, deadline, tick_s, values)
             except ServiceUnavailable as err:
+                # the predicate first: it raises if the error was its own (a lost lease)
+                result = predicate(dict(values))
+                if result is not None:
+                    return result
                 if outage is None:
                     log.warning("%s; retrying while the lease lasts", err.message)
                 outage = err
-            result = predicate(dict(values))
-            if result is not None:
-                return result
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"timed out waiting on {prefix}: {outage.message}")
             time.sleep(tick_s)

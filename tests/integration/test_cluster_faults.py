@@ -17,7 +17,12 @@ from pathlib import Path
 
 import pytest
 from conftest_vm import testvm_artifacts  # noqa: F401 - fixture
-from test_cluster import Env, assert_nothing_left, our_processes
+from test_cluster import (  # noqa: F401 - slurm_test_env is a fixture
+    Env,
+    assert_nothing_left,
+    our_processes,
+    slurm_test_env,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -144,6 +149,30 @@ def test_long_etcd_outage_ends_the_cluster_cleanly(
     assert "lost etcd" in errors[-1] and endpoint in errors[-1], err
     assert "Traceback" not in err
     assert_nothing_left(env)
+
+
+def test_long_etcd_outage_on_slurm(slurm_test_env, etcd_server):  # noqa: F811
+    # the shared etcd of a Slurm site; node processes run under srun on the dev nodes
+    env = slurm_test_env
+    env.env["PCOCC_LEASE_TTL"] = str(SHORT_TTL_S)
+    proc, _job_id = _start_running(env)
+    os.kill(etcd_server.pid, signal.SIGSTOP)
+    try:
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        _resume(etcd_server.pid)
+    assert proc.returncode == 1, err
+    errors = [line for line in err.splitlines() if line.startswith("pcocc: error:")]
+    assert errors and "lost etcd" in errors[-1] and etcd_server.endpoint in errors[-1], err
+    assert "Traceback" not in err
+    # back from its pause, etcd expires the leases of the cluster: its keys go with them
+    from pcocc.kv.client import KvClient
+
+    with KvClient(env.endpoints) as kv:
+        deadline = time.monotonic() + SHORT_TTL_S + 10
+        while kv.get_prefix("/pcocc/users/") and time.monotonic() < deadline:
+            time.sleep(0.5)
+    assert_nothing_left(env, env.endpoints)
 
 
 def test_bad_lease_ttl_is_a_usage_error(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts):  # noqa: F811
