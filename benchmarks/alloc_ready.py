@@ -116,7 +116,7 @@ def time_ours(
     if batch_args:
         argv += ["--", *batch_args]
     t0 = time.time()
-    res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+    res = subprocess.run(argv, check=False, env=env, capture_output=True, text=True, timeout=900)
     if res.returncode != 0 or not stamp.exists():
         raise SystemExit(f"pcocc alloc failed ({res.returncode}): {res.stderr.strip()}")
     return float(stamp.read_text()) - t0
@@ -190,7 +190,7 @@ def time_baseline(work: Path, vm: dict, n: int = 1) -> float:
             for i in sorted(pending):
                 if qemus[i].poll() is not None:
                     raise SystemExit(f"QEMU of vm{i} exited with status {qemus[i].returncode}")
-                if subprocess.run(sshs[i], capture_output=True).returncode == 0:
+                if subprocess.run(sshs[i], check=False, capture_output=True).returncode == 0:
                     pending.discard(i)
             if pending and time.time() - t0 > 600:
                 raise SystemExit(f"baseline VMs {sorted(pending)} did not answer ssh in 600 s")
@@ -219,7 +219,10 @@ def slurm_devcluster() -> Iterator[tuple[dict, dict[str, str]]]:
         with devcluster.DevCluster(directory) as cluster:
             env = cluster.env()
             endpoints = env["PCOCC_ETCD_ENDPOINTS"].split(",")
-            batch = {"type": "slurm", "etcd": {"endpoints": [e.split("://")[-1] for e in endpoints]}}
+            batch = {
+                "type": "slurm",
+                "etcd": {"endpoints": [e.split("://")[-1] for e in endpoints]},
+            }
             yield batch, env
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 from pcocc.cluster import adapters, rundir
 from pcocc.cluster.definition import ClusterDefinition, build_definition
-from pcocc.cluster.lease import lease_ttl_s
 from pcocc.cluster.launcher import Launcher, LaunchSettings
+from pcocc.cluster.lease import lease_ttl_s
 from pcocc.cluster.node import NodeProcess, NodeSettings
 from pcocc.cluster.ports import AllocRequest
 from pcocc.cluster.sshkeys import ensure_user_key

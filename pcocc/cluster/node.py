@@ -20,8 +20,8 @@ from pathlib import Path
 
 from pcocc import proc
 from pcocc.cluster import keys, rundir
-from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S
 from pcocc.cluster.definition import ClusterDefinition, VmEntry
+from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S
 from pcocc.cluster.ports import Kv, Lease, VmHandle
 from pcocc.cluster.record import ClusterRecord
 from pcocc.cluster.signals import Interrupted, deferred_signals, raising_on_signals

@@ -176,9 +176,7 @@ def test_long_etcd_outage_on_slurm(slurm_test_env, etcd_server):  # noqa: F811
 
 
 def test_bad_lease_ttl_is_a_usage_error(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts):  # noqa: F811
-    env = _local_env(
-        tmp_path, pcocc_env, pcocc_bin, testvm_artifacts, {"PCOCC_LEASE_TTL": "soon"}
-    )
+    env = _local_env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts, {"PCOCC_LEASE_TTL": "soon"})
     res = env.run("alloc", "-E", "true", "testvm:1", timeout_s=120)
     assert res.returncode == 2, res.stderr
     assert "PCOCC_LEASE_TTL='soon'" in res.stderr and "Traceback" not in res.stderr
