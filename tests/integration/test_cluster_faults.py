@@ -155,7 +155,7 @@ def test_long_etcd_outage_on_slurm(slurm_test_env, etcd_server):  # noqa: F811
     # the shared etcd of a Slurm site; node processes run under srun on the dev nodes
     env = slurm_test_env
     env.env["PCOCC_LEASE_TTL"] = str(SHORT_TTL_S)
-    proc, _job_id = _start_running(env)
+    proc, job_id = _start_running(env)
     os.kill(etcd_server.pid, signal.SIGSTOP)
     try:
         _out, err = proc.communicate(timeout=60)
@@ -166,13 +166,19 @@ def test_long_etcd_outage_on_slurm(slurm_test_env, etcd_server):  # noqa: F811
     assert errors and "lost etcd" in errors[-1] and etcd_server.endpoint in errors[-1], err
     assert "Traceback" not in err
     # back from its pause, etcd expires the leases of the cluster: its keys go with them
+    # (only this cluster's: other tests of the session share this etcd)
+    import getpass
+
+    from pcocc.cluster.keys import cluster_prefix
     from pcocc.kv.client import KvClient
 
+    prefix = cluster_prefix(getpass.getuser(), job_id)
     with KvClient(env.endpoints) as kv:
         deadline = time.monotonic() + SHORT_TTL_S + 10
-        while kv.get_prefix("/pcocc/users/") and time.monotonic() < deadline:
+        while kv.get_prefix(prefix) and time.monotonic() < deadline:
             time.sleep(0.5)
-    assert_nothing_left(env, env.endpoints)
+        assert kv.get_prefix(prefix) == {}
+    assert_nothing_left(env)
 
 
 def test_bad_lease_ttl_is_a_usage_error(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts):  # noqa: F811
