@@ -71,15 +71,52 @@ class EtcdKv:
         timeout_s: float | None,
         tick_s: float = 0.5,
     ) -> T:
+        """See :class:`~pcocc.cluster.ports.Kv`; also rides out etcd outages.
+
+        When etcd cannot be read or the watch breaks (etcd restarted or unreachable), it
+        reads and watches again every ``tick_s`` while the predicate keeps seeing the last
+        known keys: the predicates of the launcher and node processes check their lease, so
+        they end this once etcd was away for longer than the lease TTL.
+        """
         import time
 
-        read_at = self.client.get_prefix_at
-        raw, revision = read_at(prefix)
-        values = {k: v.decode() for k, v in raw.items()}
+        from pcocc.errors import ServiceUnavailable
+
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        values: dict[str, str] = {}
+        outage: ServiceUnavailable | None = None
+        while True:
+            try:
+                return self._wait_once(prefix, predicate, deadline, tick_s, values)
+            except ServiceUnavailable as err:
+                # the predicate first: it raises if the error was its own (a lost lease)
+                result = predicate(dict(values))
+                if result is not None:
+                    return result
+                if outage is None:
+                    log.warning("%s; retrying while the lease lasts", err.message)
+                outage = err
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"timed out waiting on {prefix}: {outage.message}")
+            time.sleep(tick_s)
+
+    def _wait_once(
+        self,
+        prefix: str,
+        predicate: Callable[[dict[str, str]], T | None],
+        deadline: float | None,
+        tick_s: float,
+        values: dict[str, str],
+    ) -> T:
+        """Read ``prefix`` into ``values``, then apply watch events until ``predicate``."""
+        import time
+
+        raw, revision = self.client.get_prefix_at(prefix)
+        values.clear()
+        values.update((k, v.decode()) for k, v in raw.items())
         result = predicate(dict(values))
         if result is not None:
             return result
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self.client.watch_prefix(prefix, start_revision=revision + 1) as watch:
             while True:
                 wait_s = tick_s

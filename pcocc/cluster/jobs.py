@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from pcocc.cluster import adapters, rundir
 from pcocc.cluster.definition import ClusterDefinition, build_definition
 from pcocc.cluster.launcher import Launcher, LaunchSettings
+from pcocc.cluster.lease import lease_ttl_s
 from pcocc.cluster.node import NodeProcess, NodeSettings
 from pcocc.cluster.ports import AllocRequest
 from pcocc.cluster.sshkeys import ensure_user_key
@@ -171,6 +172,7 @@ def run_launcher(
     if not batchid:
         raise UsageError("the launcher does not run inside a job (no job id in the environment)")
     user = adapters.user_name()
+    ttl_s = lease_ttl_s(os.environ)
     cluster_dir = rundir.cluster_dir(batchid)
     env = {k: v for k, v in os.environ.items() if k != DEFINITION_VAR}
     try:
@@ -190,6 +192,7 @@ def run_launcher(
                     env=env,
                     hold=hold,
                     remove_run_dir=False,
+                    lease_ttl_s=ttl_s,
                 )
                 return Launcher(kv, batch, definition, settings, report=report).run()
             finally:
@@ -217,7 +220,12 @@ def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int
     try:
         node = NodeProcess(
             kv,
-            NodeSettings(user=adapters.user_name(), batchid=batchid, rank=rank),
+            NodeSettings(
+                user=adapters.user_name(),
+                batchid=batchid,
+                rank=rank,
+                lease_ttl_s=lease_ttl_s(os.environ),
+            ),
             adapters.machine_factory(config, batchid),
         )
         return node.run()

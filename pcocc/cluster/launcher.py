@@ -3,8 +3,12 @@
 It publishes the definition (leased), starts one node process per VM through the batch
 manager, waits (etcd watch) until every VM runs, runs the user's command or shell with
 ``PCOCC_JOB_ID`` set, and always tears down: stops the node processes and removes every key
-of the cluster — after the command, on Ctrl-C, scancel (SIGTERM), a node or QEMU failure, or
-a boot timeout.
+of the cluster — after the command, on Ctrl-C, scancel (SIGTERM), a node or QEMU failure, a
+boot timeout, or the loss of etcd.
+
+An etcd outage shorter than the lease TTL is survived (the keep-alive thread retries, the VMs
+keep running). A longer one ends the cluster with one message naming etcd and its endpoint;
+the teardown then skips etcd (the keys went with the leases).
 """
 
 from __future__ import annotations
@@ -22,16 +26,15 @@ from pathlib import Path
 from pcocc import proc
 from pcocc.cluster import keys, rundir
 from pcocc.cluster.definition import ClusterDefinition
+from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S
 from pcocc.cluster.ports import Batch, Kv, Lease, TaskGroup
 from pcocc.cluster.record import ClusterRecord
 from pcocc.cluster.signals import Interrupted, deferred_signals, raising_on_signals
 from pcocc.cluster.state import ClusterLifecycle, ClusterState
 from pcocc.cluster.vmstate import FAILED, RUNNING, STOPPED, VmRecord
-from pcocc.errors import Corrupt, PcoccError
+from pcocc.errors import Corrupt, PcoccError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
-
-LEASE_TTL_S = 10
 
 
 class ClusterFailed(PcoccError):
@@ -55,6 +58,7 @@ class LaunchSettings:
     #: remove the cluster's run dir on this host at the end (off when something else, like a
     #: private etcd, still lives in it and its owner removes it)
     remove_run_dir: bool = True
+    lease_ttl_s: int = DEFAULT_LEASE_TTL_S
 
 
 class Launcher:
@@ -77,6 +81,8 @@ class Launcher:
         self._tasks: TaskGroup | None = None
         self._command: subprocess.Popen | None = None
         self._seen: dict[int, VmRecord] = {}
+        #: etcd is known to be gone: the teardown does not wait for it
+        self._etcd_lost = False
 
     # -- the whole life -------------------------------------------------------------------
     def run(self) -> int:
@@ -87,12 +93,14 @@ class Launcher:
         """
         try:
             with raising_on_signals():
-                with self.kv.lease(LEASE_TTL_S) as lease:
+                with self.kv.lease(self.s.lease_ttl_s) as lease:
                     self._lease = lease
                     try:
                         return self._start_and_run()
                     except BaseException as err:
                         self.lifecycle.fail(_describe(err))
+                        if isinstance(err, ServiceUnavailable) or self._lease_lost():
+                            self._etcd_lost = True
                         raise
                     finally:
                         self._teardown()
@@ -143,7 +151,12 @@ class Launcher:
             ) from None
 
     def _check(self, snapshot: Mapping[str, str], *, booting: bool) -> bool:
-        """Raise ClusterFailed on any failed or vanished VM; True when all are running."""
+        """Raise ClusterFailed on any failed or vanished VM; True when all are running.
+
+        :raise ServiceUnavailable: the lease was lost with etcd
+        """
+        if self._lease is not None:
+            self._lease.check()
         records: dict[int, VmRecord] = {}
         for key, value in snapshot.items():
             rank = keys.parse_vm_state_key(key)
@@ -163,6 +176,7 @@ class Launcher:
                 )
         for rank, old in sorted(self._seen.items()):
             if rank not in records:
+                self._blame_etcd_if_gone()
                 raise ClusterFailed(
                     f"{old.name} disappeared: its node process on {old.host}"
                     f" (pid {old.node_pid}) stopped without cleaning up",
@@ -175,6 +189,7 @@ class Launcher:
         if self._tasks is not None:
             status = self._tasks.poll()
             if status is not None:
+                self._blame_etcd_if_gone()
                 missing = [f"vm{r}" for r in range(self.definition.size) if r not in records]
                 what = f" ({', '.join(missing)} never reported)" if missing else ""
                 raise ClusterFailed(
@@ -184,6 +199,31 @@ class Launcher:
         if not booting and not all_running:
             raise ClusterFailed("a VM is no longer running")
         return all_running
+
+    def _lease_lost(self) -> PcoccError | None:
+        try:
+            if self._lease is not None:
+                self._lease.check()
+        except PcoccError as err:
+            return err
+        return None
+
+    def _blame_etcd_if_gone(self) -> None:
+        """Before blaming the node processes, check that etcd still answers.
+
+        The nodes lose etcd at the same time as the launcher and end on their own; their
+        exit is then a consequence, and the message must name the cause.
+        """
+        try:
+            if self._lease is not None:
+                self._lease.check()
+            self.kv.get(keys.definition(self.s.user, self.s.batchid))
+        except PcoccError as err:
+            self._etcd_lost = True
+            raise ClusterFailed(
+                err.message if err.message.startswith("lost etcd") else f"lost etcd: {err.message}",
+                hint=err.hint,
+            ) from err
 
     def _vm_places(self) -> list[str]:
         return [f"{rec.name}@{rec.host}" for _, rec in sorted(self._seen.items())]
@@ -236,10 +276,11 @@ class Launcher:
                 except Exception as err:  # keep tearing down; say what was left
                     log.warning("could not stop the node processes: %s", err)
             self._reap_orphans()
-            try:
-                self.kv.delete_prefix(self.prefix)
-            except Exception as err:
-                log.warning("could not remove the keys of cluster %s: %s", self.s.batchid, err)
+            if not self._etcd_lost:
+                try:
+                    self.kv.delete_prefix(self.prefix)
+                except Exception as err:
+                    log.warning("could not remove the keys of cluster %s: %s", self.s.batchid, err)
             self.lifecycle.finish()
             if received:
                 log.debug("signals received during teardown: %s", received)
@@ -258,7 +299,7 @@ class Launcher:
                     os.kill(rec.pid, signal.SIGKILL)
 
     def _publish(self, state: ClusterState) -> None:
-        if state.is_final:
+        if state.is_final or self._etcd_lost:
             return  # the keys are gone by then
         record = ClusterRecord(
             batchid=self.s.batchid,

@@ -21,6 +21,12 @@ T = TypeVar("T")
 class MemLease:
     id: int
     ttl_s: int
+    #: set by a test to play a lease lost with etcd
+    lost: Exception | None = None
+
+    def check(self) -> None:
+        if self.lost is not None:
+            raise self.lost
 
 
 class MemoryKv:

@@ -3,7 +3,8 @@
 It reads the cluster definition from etcd, builds and starts the VM of its rank in a private
 run dir, publishes the VM's state under a lease kept alive while QEMU runs (so a dead node
 process makes its VM disappear from etcd), and stops QEMU and cleans up when QEMU exits, when
-the launcher's definition key vanishes, or on SIGTERM (srun or scancel stopping the step).
+the launcher's definition key vanishes, on SIGTERM (srun or scancel stopping the step), or
+when its lease is lost because etcd did not answer for longer than the lease TTL.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from pcocc import proc
 from pcocc.cluster import keys, rundir
 from pcocc.cluster.definition import ClusterDefinition, VmEntry
+from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S
 from pcocc.cluster.ports import Kv, Lease, VmHandle
 from pcocc.cluster.record import ClusterRecord
 from pcocc.cluster.signals import Interrupted, deferred_signals, raising_on_signals
@@ -28,7 +30,6 @@ from pcocc.errors import NotFound, PcoccError
 
 log = logging.getLogger(__name__)
 
-LEASE_TTL_S = 10
 #: How long a failed node keeps its 'failed' record visible before it exits.
 FAILED_LINGER_S = 5.0
 SSH_PORT = 22
@@ -46,6 +47,7 @@ class NodeSettings:
     host: str = field(default_factory=socket.gethostname)
     tick_s: float = 0.5
     linger_s: float = FAILED_LINGER_S
+    lease_ttl_s: int = DEFAULT_LEASE_TTL_S
 
 
 def generate_host_key(vm_dir: Path, name: str) -> Path:
@@ -96,7 +98,7 @@ class NodeProcess:
         vm_dir = rundir.vm_dir(self.s.batchid, self.s.rank)
         vm: VmHandle | None = None
         try:
-            with raising_on_signals(), self.kv.lease(LEASE_TTL_S) as lease:
+            with raising_on_signals(), self.kv.lease(self.s.lease_ttl_s) as lease:
                 self._lease = lease
                 self._publish()
                 try:
@@ -123,6 +125,10 @@ class NodeProcess:
                 except Interrupted:
                     return 0
                 except PcoccError as err:
+                    if self._etcd_lost():
+                        # the launcher lost etcd too and reports it: one line here is enough
+                        log.warning("vm%d: stopping the VM: %s", self.s.rank, err.message)
+                        return 1
                     self._report_failure(FAILED, err.message)
                     raise
                 except Exception as err:
@@ -154,6 +160,8 @@ class NodeProcess:
         """Wait for QEMU to exit or the launcher's definition to vanish."""
 
         def check(snapshot: dict[str, str]) -> tuple[str, int | None] | None:
+            if self._lease is not None:
+                self._lease.check()  # etcd gone for longer than the TTL: stop the VM
             status = vm.wait(0)
             if status is not None:
                 return ("exited", status)
@@ -167,6 +175,14 @@ class NodeProcess:
             return 0
         self._report_failure(STOPPED, f"QEMU exited with status {status}")
         return 1
+
+    def _etcd_lost(self) -> bool:
+        try:
+            if self._lease is not None:
+                self._lease.check()
+        except PcoccError:
+            return True
+        return False
 
     def _report_failure(self, status: str, error: str) -> None:
         self.record.status = status

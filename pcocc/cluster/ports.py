@@ -20,6 +20,10 @@ class Lease(Protocol):
 
     id: int
 
+    def check(self) -> None:
+        """Raise (ServiceUnavailable, naming etcd) once the lease is known to be lost."""
+        ...
+
 
 class Kv(Protocol):
     """The part of the etcd client the cluster runtime uses. Values are text (JSON)."""
