@@ -95,6 +95,14 @@ class LocalManager(BatchManager):
         write_atomic(job_dir / "pid", f"{child.pid}\n".encode(), mode=0o644)
         try:
             return child.wait()
+        except KeyboardInterrupt:
+            # The command shares our process group, so it got the same SIGINT and is tearing
+            # its cluster down: give it the time to finish, as salloc does, before forcing.
+            try:
+                child.wait(timeout=60)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                proc.stop(child)
+            raise
         except BaseException:
             proc.stop(child)
             raise
