@@ -17,6 +17,15 @@ Runs ``true`` from the same busybox image, interleaved, N times each:
 ``crun direct`` uses the rootfs that pcocc's cache unpacked; podman and ch-run a busybox
 rootfs from ``helpers/testrootfs.py`` (they want /etc/passwd and friends in it). Prints the
 median per tool and the ratios; target: pcocc <= 1.5x crun direct, and faster than podman.
+The target of 1.5x crun direct is out of reach of a Python CLI: the interpreter alone starts
+in about as long as crun runs a container. Where a warm ``pcocc run`` goes (profiled with
+``-X importtime``, cProfile and strace, 2 loaded cores, ~180 ms in all): interpreter ~15 ms;
+imports ~110 ms (click ~22, logging ~13, dataclasses+inspect ~14, subprocess ~7, the config
+and repository layers ~35 of which the store ~14 and the cache ~7, pcocc.ctr + cli ~20);
+pcocc's own work ~15 ms (config, image and cache lookup, bundle, two pod records); the
+runtime ~15-20 ms (unshare, sh and mount of the hybrid-cgroup quirk, crun, the app); exit
+~8 ms once the final garbage collection is skipped. No second Python process runs on this
+path (nsinit, ``python -I -S``, only with the unshare runtime or the slirp gate).
 Then, separately, the cold start: ``pcocc run`` right after ``pcocc image cache delete``
 (the image is unpacked into the cache first). Usage:
 ``benchmarks/container_start.py [-n RUNS] [--cold-runs N] [--runtime crun]``.
