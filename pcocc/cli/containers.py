@@ -170,6 +170,8 @@ def run(
     """Run IMAGE [-- ARGS] [--- IMAGE2 [-- ARGS]] as a pod; exit with the app's status."""
     from pcocc.ctr.launch import RunOptions
 
+    skip_exit_collection()
+
     opts = RunOptions(
         runtime=runtime,
         set_env=set_env,
@@ -195,6 +197,25 @@ def run(
         exit_with(status)
         return
     exit_with(run_local(session, apps, opts))
+
+
+_exit_hook: list[bool] = []
+
+
+def skip_exit_collection() -> None:
+    """Spare ``pcocc run`` the interpreter's final garbage collection (~25 ms of its
+    ~200 ms: every object of click and pcocc is traversed just before the process ends).
+
+    At exit, the objects alive are frozen (:func:`gc.freeze`), so the last collection skips
+    them; nothing else changes (the standard streams are still flushed, refcounts still free
+    what they free). The pod's files and records are closed and written before.
+    """
+    if not _exit_hook:
+        import atexit
+        import gc
+
+        atexit.register(gc.freeze)
+        _exit_hook.append(True)
 
 
 def _rerun_argv() -> list[str]:

@@ -25,13 +25,10 @@ falls back to mode ``dir`` with a warning.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import re
-import secrets
-import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -167,6 +164,8 @@ def import_source(image_ref: str, repo_names: list[str]) -> str | None:
 
 def file_format(path: Path) -> str:
     """The import format of an image file: sif by extension, else the kind of tarball."""
+    import tarfile
+
     if path.suffix in (".sif", ".simg"):
         return path.suffix[1:]
     try:
@@ -204,6 +203,8 @@ def imported_name(source: str) -> str:
             key = f"{source}:{st.st_size}:{st.st_mtime_ns}"
     base = location.rstrip("/").rsplit("/", 1)[-1].split("@")[0]
     base = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-._")[:40] or "image"
+    import hashlib
+
     return f"{IMPORTED_PREFIX}{base}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
@@ -305,6 +306,8 @@ def mount_squashfs(image: Path, mounts: contextlib.ExitStack) -> Path:
     lets them, while the cached image itself never changes. Everything lives in a fresh
     directory of the user's runtime dir and is unmounted and removed at the end.
     """
+    import secrets
+
     from pcocc import proc
     from pcocc.ctr.runtime import runtime_dir
 

@@ -24,16 +24,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
-import socket
-import struct
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import socket
 
 from pcocc import proc
 from pcocc.errors import PcoccError, UsageError
@@ -231,6 +231,8 @@ class PodNetwork:
 
     def open_gate(self) -> None:
         """Listen on the gate socket (before the first app starts)."""
+        import socket
+
         self.gate_path.unlink(missing_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -260,6 +262,8 @@ class PodNetwork:
             self._close_gate()
 
     def _accept(self, app: subprocess.Popen, timeout_s: float) -> socket.socket:
+        import select
+
         deadline = time.monotonic() + timeout_s
         assert self._listener is not None
         while True:
@@ -280,6 +284,9 @@ class PodNetwork:
     @staticmethod
     def _read_pid(conn: socket.socket, timeout_s: float) -> int:
         """The pid the client sent, or 0: the client's own pid (from its credentials)."""
+        import socket
+        import struct
+
         conn.settimeout(timeout_s)
         data = b""
         while not data.endswith(b"\n"):
@@ -297,6 +304,8 @@ class PodNetwork:
         return pid
 
     def _start_slirp(self, pid: int, timeout_s: float = READY_TIMEOUT_S) -> None:
+        import select
+
         ready_r, ready_w = os.pipe()
         exit_r, exit_w = os.pipe()
         argv = slirp_argv(
@@ -336,6 +345,8 @@ class PodNetwork:
 
         :raise PcoccError: slirp4netns refused (port in use, ...), with its reason
         """
+        import socket
+
         assert self.api_path is not None
         what = f"port {fwd.host_addr}:{fwd.host_port} -> {fwd.pod_port}/{fwd.proto}"
         try:

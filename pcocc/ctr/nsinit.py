@@ -14,7 +14,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import platform
 import sys
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
@@ -198,7 +197,7 @@ def net_hook(path: str) -> int:
 
 
 def pivot(root: str) -> None:
-    nr = SYS_PIVOT_ROOT.get(platform.machine())
+    nr = SYS_PIVOT_ROOT.get(os.uname().machine)
     os.chdir(root)
     if nr is None:
         os.chroot(".")
