@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pcocc.cli.cluster import exit_with
-from pcocc.cli.context import Session, pass_session
+from pcocc.cli.context import Session, exit_with, pass_session
 
 _job_option = click.option(
     "-j",

@@ -7,18 +7,8 @@ from pathlib import Path
 
 import click
 
-from pcocc.cli.context import Session, pass_session
+from pcocc.cli.context import Session, exit_with, pass_session
 from pcocc.errors import UsageError
-
-
-def exit_with(status: int) -> None:
-    """Leave pcocc with ``status`` (the exit status of a command it ran).
-
-    A SystemExit, because click's non-standalone mode returns ``ctx.exit`` codes instead of
-    raising them, and ``pcocc.cli.main.run_cli`` does not pass those on.
-    """
-    if status:
-        raise SystemExit(status)
 
 
 def _definition_options(func):

@@ -9,15 +9,9 @@ from collections.abc import Sequence
 
 import click
 
-from pcocc.cli.context import Session, pass_session
+from pcocc.cli.context import Session, exit_with, pass_session
 
 APP_SEPARATOR = "---"
-
-
-def exit_with(status: int) -> None:
-    """End the command with an app's exit status (0 returns normally)."""
-    if status:
-        click.get_current_context().exit(status)
 
 
 def split_apps(tokens: Sequence[str]) -> list[tuple[str, list[str]]]:

@@ -9,7 +9,7 @@ import dataclasses
 
 import click
 
-from pcocc.cli.context import Session, pass_session
+from pcocc.cli.context import Session, exit_with, pass_session
 
 
 @click.command("ctr-task", hidden=True)
@@ -17,7 +17,7 @@ from pcocc.cli.context import Session, pass_session
 @pass_session
 def ctr_task(session: Session, request: str) -> None:
     """Run the pod described by the run request REQUEST on this node."""
-    from pcocc.cli.containers import exit_with, run_local
+    from pcocc.cli.containers import run_local
     from pcocc.ctr.multinode import read_request, task_hostname
 
     apps, opts = read_request(request)
