@@ -33,7 +33,7 @@ except ImportError:  # run from a checkout without the virtualenv: use the sourc
 
 from pcocc import proc
 from pcocc.errors import PcoccError, ServiceUnavailable
-from pcocc.kv import daemon
+from pcocc import daemon
 from pcocc.kv.server import EtcdServer
 
 #: set in the environment of every daemon, so that ``stop`` can find stray ones

@@ -7,7 +7,6 @@ directory, never as a system service; :func:`local_registry` always stops it.
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pcocc import proc
+from pcocc.daemon import free_port
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 
@@ -29,12 +29,6 @@ class Registry:
     def ref(self, repo: str, tag: str = "latest") -> str:
         """A docker:// location in this registry, without the transport prefix."""
         return f"{self.host}/{repo}:{tag}"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(root: Path, port: int) -> str:

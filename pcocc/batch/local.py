@@ -28,7 +28,7 @@ from pcocc import proc
 from pcocc.batch.base import BatchManager, JobSpec, check_settings, register
 from pcocc.errors import NotFound
 from pcocc.fsutil import write_atomic
-from pcocc.kv import daemon
+from pcocc import daemon
 
 JOB_ID_VAR = "PCOCC_JOB_ID"
 

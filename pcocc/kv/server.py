@@ -18,7 +18,7 @@ from typing import Self
 
 from pcocc import proc
 from pcocc.errors import PcoccError, ServiceUnavailable
-from pcocc.kv import daemon
+from pcocc import daemon
 
 log = logging.getLogger(__name__)
 

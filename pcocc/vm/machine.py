@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Self
 
-from pcocc import proc
+from pcocc import daemon, proc
 from pcocc.errors import PcoccError, UsageError
 from pcocc.vm.agent import GuestAgent
 from pcocc.vm.qemu import Drive, VmSpec, build_argv
@@ -61,9 +61,7 @@ class _PortTaken(Exception):
 
 def free_tcp_port() -> int:
     """A TCP port on 127.0.0.1 that is free now (QEMU may still lose a race for it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return daemon.free_port()
 
 
 def ssh_banner_ready(port: int, timeout_s: float = 1.0) -> bool:

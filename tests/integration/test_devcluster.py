@@ -15,7 +15,7 @@ import pytest
 
 from pcocc import proc
 from pcocc.errors import ServiceUnavailable
-from pcocc.kv import daemon
+from pcocc import daemon
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

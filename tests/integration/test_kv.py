@@ -14,7 +14,7 @@ import pytest
 from pcocc.errors import Busy, ConfigError, Corrupt, KvConflict, ServiceUnavailable, TimedOut
 from pcocc.kv import keys
 from pcocc.kv.client import KvClient
-from pcocc.kv.daemon import free_port
+from pcocc.daemon import free_port
 
 
 @pytest.fixture
@@ -214,7 +214,7 @@ def test_bad_endpoints_are_config_errors():
 
 
 def test_private_etcd_serves_a_job_and_stops(tmp_path):
-    from pcocc.kv import daemon
+    from pcocc import daemon
     from pcocc.kv.private import private_etcd
 
     if __import__("shutil").which("etcd") is None:

@@ -1,4 +1,4 @@
-"""Small tools for daemons that pcocc or its helpers start and must stop without leftovers.
+"""Small tools for processes that pcocc or its helpers start and must stop without leftovers.
 
 A daemon is started with ``pcocc.proc.spawn`` (its own session, so its own process group);
 its pid is written to a pid file so that another process (``helpers/devcluster.py stop``)
