@@ -17,6 +17,7 @@ from pcocc import proc
 from pcocc.config import RepoConfig
 from pcocc.errors import NotFound, UsageError
 from pcocc.repo import cache as cache_mod
+from tests.nonroot import readable_pcocc
 from pcocc.repo import oci
 from pcocc.repo.cache import ContainerCache
 from pcocc.repo.store import Repository
@@ -269,7 +270,7 @@ def test_prepare_and_delete_as_non_root_user(stored, multilayer_image):
             env={
                 "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
                 "HOME": str(top),
-                "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+                "PYTHONPATH": str(readable_pcocc(top)),
             },
         )
         assert res.returncode == 0, res.stderr

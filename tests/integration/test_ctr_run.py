@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.nonroot import readable_pcocc
+
 REPO = Path(__file__).resolve().parents[2]
 RUNTIMES = ["crun", "runc", "unshare"]
 
@@ -569,8 +571,6 @@ def throwaway_user():
         pytest.skip("creating a throwaway user needs root")
     if not shutil.which("useradd") or not os.path.exists("/usr/bin/python3"):
         pytest.skip("useradd or /usr/bin/python3 missing")
-    if (REPO.stat().st_mode & 0o005) != 0o005:
-        pytest.skip(f"{REPO} is not readable by other users")
     import tempfile
 
     import click
@@ -591,6 +591,7 @@ def throwaway_user():
         for d in (home, home / "run"):
             shutil.chown(d, name)
         (home / "run").chmod(0o700)
+        readable_pcocc(deps)
         yield name, home, deps, image
     finally:
         subprocess.run(["userdel", "--force", name], check=False)
@@ -610,7 +611,7 @@ def test_rootless_runs_and_enter(throwaway_user):
         "PATH=/usr/bin:/bin",
         f"HOME={home}",
         f"XDG_RUNTIME_DIR={home}/run",
-        f"PYTHONPATH={deps}:{REPO}",
+        f"PYTHONPATH={deps}:{deps / 'pcocc-src'}",
         "PCOCC_SYSTEM_CONF_DIR=/nonexistent",
         "/usr/bin/python3",
         "-S",

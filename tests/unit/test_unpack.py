@@ -15,8 +15,8 @@ import pytest
 
 from pcocc.errors import Corrupt
 from pcocc.repo.unpack import UnsafeLayer, apply_layer
+from tests.nonroot import readable_pcocc
 
-SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_layer(path: Path, entries: list[tuple], *, compress: str = "") -> Path:
@@ -244,6 +244,7 @@ def _check_non_root(tmp_path: Path) -> None:
     if python is None:
         pytest.skip("no system python3 that an unprivileged user can run")
     tmp_path.chmod(0o755)
+    pysrc = readable_pcocc(tmp_path)
     rootfs = tmp_path / "rootfs"
     rootfs.mkdir()
     os.chown(rootfs, 65534, 65534)
@@ -275,7 +276,7 @@ def _check_non_root(tmp_path: Path) -> None:
             capture_output=True,
             text=True,
             check=False,
-            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(SOURCE_ROOT)},
+            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(pysrc)},
         )
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
