@@ -287,7 +287,11 @@ class Machine:
     def qmp(self, timeout_s: float = 10.0) -> QmpClient:
         """A connected QMP client (use it as a context manager)."""
         client = QmpClient(self.qmp_socket, name=self.base_spec.name, timeout_s=timeout_s)
-        client.connect()
+        try:
+            client.connect()
+        except BaseException:
+            client.close()
+            raise
         return client
 
     def agent(self) -> GuestAgent:

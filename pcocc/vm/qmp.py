@@ -40,7 +40,11 @@ class QmpClient:
 
     def __enter__(self) -> Self:
         if not self._connected:
-            self.connect()
+            try:
+                self.connect()
+            except BaseException:
+                self.close()  # __exit__ will not run
+                raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -49,7 +53,14 @@ class QmpClient:
     def _run(self, coro: Any, what: str, timeout_s: float | None = None) -> Any:
         timeout = self.timeout_s if timeout_s is None else timeout_s
         try:
-            return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
+            try:
+                return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
+            except BaseException:
+                # a failed or cut-short connect leaves tasks (qemu.qmp's disconnect) behind;
+                # once connected, the tasks on the loop are the live connection's own
+                if not self._connected:
+                    self._cancel_pending()
+                raise
         except TimeoutError as err:
             raise ServiceUnavailable(
                 f"QMP {what} on {self.socket_path} timed out after {timeout:g} s"
@@ -115,4 +126,19 @@ class QmpClient:
             log.debug("QMP disconnect from %s: %s", self.socket_path, err)
         finally:
             self._connected = False
+            self._cancel_pending()
             self._loop.close()
+
+    def _cancel_pending(self) -> None:
+        """Finish the tasks a failed call left on the loop: a loop closed or dropped under
+        them makes asyncio print their tracebacks when the process exits."""
+        for _ in range(3):  # cancelling a connect schedules its own disconnect task
+            pending = asyncio.all_tasks(self._loop)
+            if not pending:
+                return
+            for task in pending:
+                task.cancel()
+            try:
+                self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            except Exception as err:  # noqa: BLE001 - best effort while closing
+                log.debug("QMP cleanup on %s: %s", self.socket_path, err)
