@@ -24,7 +24,7 @@ def ssh(session: Session, job_id: str | None, target: str, command: tuple[str, .
     """Connect to a VM with ssh (host keys are checked), or run COMMAND there."""
     from pcocc.cluster.access import find_cluster, run_interactive, ssh_argv
 
-    view = find_cluster(job_id, config=session.config)
+    view = find_cluster(job_id, config=lambda: session.config)
     exit_with(run_interactive(ssh_argv(view, target, command)))
 
 
@@ -36,7 +36,7 @@ def scp(session: Session, job_id: str | None, args: tuple[str, ...]) -> None:
     """Copy files to and from VMs: pcocc scp [SCP_OPTIONS] SRC... DST, with vmN:PATH."""
     from pcocc.cluster.access import find_cluster, run_interactive, scp_argv
 
-    view = find_cluster(job_id, config=session.config)
+    view = find_cluster(job_id, config=lambda: session.config)
     exit_with(run_interactive(scp_argv(view, args)))
 
 
@@ -50,7 +50,7 @@ def nc(session: Session, job_id: str | None, vm: str, port: int) -> None:
     from pcocc.cluster.access import find_cluster
     from pcocc.cluster.access import nc as relay
 
-    relay(find_cluster(job_id, config=session.config), vm, port)
+    relay(find_cluster(job_id, config=lambda: session.config), vm, port)
 
 
 @click.command()
@@ -62,7 +62,7 @@ def console(session: Session, job_id: str | None, show_log: bool, vm: str) -> No
     """Attach to the serial console of a VM (Ctrl-] to quit)."""
     from pcocc.cluster.access import attach_console, console_log, find_cluster
 
-    view = find_cluster(job_id, config=session.config)
+    view = find_cluster(job_id, config=lambda: session.config)
     if show_log:
         click.echo(console_log(view, vm), nl=False)
     else:
@@ -78,7 +78,7 @@ def reset(session: Session, job_id: str | None, vm: str) -> None:
     from pcocc.cluster.access import find_cluster
     from pcocc.cluster.access import reset as do_reset
 
-    do_reset(find_cluster(job_id, config=session.config), vm)
+    do_reset(find_cluster(job_id, config=lambda: session.config), vm)
 
 
 @click.command("monitor-cmd")
@@ -90,4 +90,4 @@ def monitor_cmd(session: Session, job_id: str | None, vm: str, words: tuple[str,
     """Send a monitor command to a VM: HMP ('info status'), QMP name or QMP JSON."""
     from pcocc.cluster.access import find_cluster, monitor_command
 
-    click.echo(monitor_command(find_cluster(job_id, config=session.config), vm, words))
+    click.echo(monitor_command(find_cluster(job_id, config=lambda: session.config), vm, words))

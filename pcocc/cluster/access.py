@@ -17,7 +17,7 @@ import termios
 import tty
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from pcocc import proc
 from pcocc.cluster import adapters, rundir
@@ -26,9 +26,6 @@ from pcocc.cluster.sshkeys import ensure_user_key, write_ssh_files
 from pcocc.cluster.vmstate import VmRecord
 from pcocc.errors import NotFound, PcoccError, ServiceUnavailable, UsageError
 
-if TYPE_CHECKING:
-    from pcocc.config import Config
-
 log = logging.getLogger(__name__)
 
 #: Ctrl-] ends ``pcocc console`` (as in telnet)
@@ -36,12 +33,13 @@ CONSOLE_ESCAPE = b"\x1d"
 
 
 @contextlib.contextmanager
-def _kvs(env: Mapping[str, str], config: Config | None) -> Iterator[list[adapters.EtcdKv]]:
+def _kvs(env: Mapping[str, str], config: adapters.ConfigSource) -> Iterator[list[Any]]:
+    """Read-only clients of every etcd that may hold the user's clusters."""
     sets = adapters.kv_endpoint_sets(env, rundir.run_root(), config)
-    kvs: list[adapters.EtcdKv] = []
+    kvs: list[Any] = []
     try:
         for endpoints in sets:
-            kvs.append(adapters.open_kv(endpoints))
+            kvs.append(adapters.open_reader(endpoints))
         yield kvs
     finally:
         for kv in kvs:
@@ -49,7 +47,7 @@ def _kvs(env: Mapping[str, str], config: Config | None) -> Iterator[list[adapter
 
 
 def list_clusters(
-    env: Mapping[str, str] | None = None, config: Config | None = None
+    env: Mapping[str, str] | None = None, config: adapters.ConfigSource = None
 ) -> list[ClusterView]:
     env = os.environ if env is None else env
     with _kvs(env, config) as kvs:
@@ -60,12 +58,12 @@ def list_clusters(
             except ServiceUnavailable:
                 if len(kvs) == 1:
                     raise
-                log.debug("skipping an unreachable private etcd at %s", kv.client.endpoint)
+                log.debug("skipping an unreachable private etcd at %s", kv.endpoint)
         return found
 
 
 def find_cluster(
-    job_id: str | None, env: Mapping[str, str] | None = None, config: Config | None = None
+    job_id: str | None, env: Mapping[str, str] | None = None, config: adapters.ConfigSource = None
 ) -> ClusterView:
     env = os.environ if env is None else env
     return select_cluster(list_clusters(env, config), job_id, env)

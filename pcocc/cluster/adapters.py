@@ -11,7 +11,7 @@ import os
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from pcocc import proc
 from pcocc.cluster.definition import ClusterDefinition, VmEntry
@@ -135,10 +135,17 @@ class EtcdKv:
                     return result
 
 
-def configured_endpoints(config: Config | None, env: Mapping[str, str]) -> str | None:
+#: a configuration, or what loads it only when needed (user commands skip the config files
+#: when $PCOCC_ETCD_ENDPOINTS already says where etcd is)
+ConfigSource = Union["Config", Callable[[], "Config"], None]
+
+
+def configured_endpoints(config: ConfigSource, env: Mapping[str, str]) -> str | None:
     """``$PCOCC_ETCD_ENDPOINTS``, else the external etcd of batch.yaml, else None (private)."""
     if env.get(ENDPOINTS_VAR):
         return env[ENDPOINTS_VAR]
+    if callable(config):
+        config = config()
     etcd = (config.batch if config is not None else {}).get("etcd") or {}
     if etcd.get("mode", "external") == "external" and etcd.get("endpoints"):
         return ",".join(e if "://" in e else f"http://{e}" for e in etcd["endpoints"])
@@ -170,7 +177,7 @@ def etcd_for_job(
 
 
 def kv_endpoint_sets(
-    env: Mapping[str, str], run_root: Path, config: Config | None = None
+    env: Mapping[str, str], run_root: Path, config: ConfigSource = None
 ) -> list[str]:
     """Where a user command looks for clusters: the configured etcd, else the private etcd
     of each local cluster of this user (``<run root>/<job>/etcd-endpoints``)."""
@@ -191,6 +198,19 @@ def open_kv(endpoints: str) -> EtcdKv:
     from pcocc.kv.client import KvClient
 
     return EtcdKv(KvClient.from_env({**os.environ, ENDPOINTS_VAR: endpoints}))
+
+
+def open_reader(endpoints: str) -> Any:
+    """A read-only client of ``endpoints`` over etcd's JSON gateway (no gRPC import: user
+    commands that only look clusters up start faster), logged in like :func:`open_kv`."""
+    from pcocc.kv.endpoints import PASSWORD_VAR, USER_VAR
+    from pcocc.kv.gateway import GatewayReader
+
+    return GatewayReader(
+        endpoints,
+        user=os.environ.get(USER_VAR) or None,
+        password=os.environ.get(PASSWORD_VAR) or None,
+    )
 
 
 # -- batch --------------------------------------------------------------------------------

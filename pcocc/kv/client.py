@@ -22,7 +22,6 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
-from urllib.parse import urlsplit
 
 from pcocc.errors import (
     Busy,
@@ -35,12 +34,10 @@ from pcocc.errors import (
     ServiceUnavailable,
     TimedOut,
 )
+from pcocc.kv.endpoints import ENDPOINTS_VAR, PASSWORD_VAR, USER_VAR, parse_endpoint
 
 log = logging.getLogger(__name__)
 
-ENDPOINTS_VAR = "PCOCC_ETCD_ENDPOINTS"
-USER_VAR = "PCOCC_ETCD_USER"
-PASSWORD_VAR = "PCOCC_ETCD_PASSWORD"
 
 # etcd3 ships old generated protobuf modules: they need protobuf<4 (see setup.cfg) and warn
 # about deprecated descriptor calls on import
@@ -50,25 +47,6 @@ with warnings.catch_warnings():
     import etcd3.events
     import etcd3.exceptions
 import grpc
-
-
-def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """``http://host:port`` or ``host:port`` -> (host, port).
-
-    :raise ConfigError: not such an address, or https (not supported yet)
-    """
-    text = endpoint.strip()
-    url = urlsplit(text if "://" in text else f"http://{text}")
-    try:
-        port = url.port
-    except ValueError:
-        port = None
-    if url.scheme != "http" or not url.hostname or port is None:
-        raise ConfigError(
-            f"invalid etcd endpoint {endpoint!r}",
-            hint="use http://HOST:PORT (TLS endpoints are not supported yet)",
-        )
-    return url.hostname, port
 
 
 @dataclass(frozen=True)
