@@ -53,6 +53,25 @@ def write_atomic(path: str | os.PathLike, data: bytes | str, mode: int = 0o644) 
     fsync_dir(path.parent)
 
 
+def remove_tree(path: Path) -> bool:
+    """Remove a file, symlink or tree, also one with read-only directories in it (left by
+    container runtimes and image unpackers). True when nothing is left."""
+    import shutil  # here: most commands never remove a tree
+
+    if not path.is_dir() or path.is_symlink():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return not os.path.lexists(path)
+
+    def retry_writable(func, name, _exc) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(name), 0o700)
+            func(name)
+
+    shutil.rmtree(path, onerror=retry_writable)
+    return not os.path.lexists(path)
+
+
 def os_error(err: OSError, what: str) -> PcoccError:
     """Turn an OSError into a one-line pcocc error that says what to do."""
     reason = err.strerror or str(err)

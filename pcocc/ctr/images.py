@@ -374,15 +374,9 @@ def fuse_unmount(point: Path) -> None:
 
 
 def _remove_tree(path: Path) -> None:
-    import shutil
+    from pcocc.fsutil import remove_tree
 
-    def retry_writable(func, p, _exc) -> None:  # the runtime may leave read-only dirs
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            func(p)
-
-    shutil.rmtree(path, onerror=retry_writable)
-    if path.exists():
+    if not remove_tree(path):  # the runtime may leave read-only dirs: handled there
         log.warning("could not remove %s", path)
 
 

@@ -1,5 +1,6 @@
-"""The repository store: blobs in, metadata committed under a short lock, look-ups, delete,
-gc and fsck (``Repository``), and the ordered set of configured repositories (``RepoSet``).
+"""The repository store: blobs in, metadata committed under a short lock, look-ups and
+delete (``Repository``; gc and fsck are in :mod:`pcocc.repo.maintenance`), and the ordered
+set of configured repositories (``RepoSet``).
 
 Writers put every blob in place first (``add_blob``: hash, verify, fsync, rename into
 ``data/``), then commit one metadata file under the repository lock. A killed writer leaves
@@ -18,7 +19,6 @@ import pwd
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcocc.config import RepoConfig
@@ -26,15 +26,15 @@ from pcocc.errors import (
     AlreadyExists,
     Corrupt,
     NotFound,
-    PcoccError,
     PermissionDenied,
-    ToolError,
     UsageError,
 )
-from pcocc.fsutil import fsync_dir, locked, os_error, write_atomic
-from pcocc.repo.layout import HEX_RE, META_FILE_RE, RepoLayout, digest_hex
+from pcocc.fsutil import fsync_dir, locked, os_error, remove_tree, write_atomic
+from pcocc.repo import maintenance
+from pcocc.repo.layout import META_FILE_RE, RepoLayout, digest_hex
+from pcocc.repo.maintenance import FsckReport, GcReport
 from pcocc.repo.meta import ID_PREFIX, ImageMeta
-from pcocc.repo.model import KIND_CTR, KIND_VM, Progress, no_progress
+from pcocc.repo.model import KIND_CTR, Progress, no_progress
 from pcocc.repo.uri import ImageUri
 
 log = logging.getLogger(__name__)
@@ -86,70 +86,6 @@ def hash_file(path: Path, progress: Progress = no_progress, done0: int = 0,
         if errors:
             raise errors[0]
     return "sha256:" + h.hexdigest()
-
-
-def _tree_newest_mtime(path: Path) -> float:
-    """Newest mtime in a tree: a staging dir still being written to looks young."""
-    try:
-        newest = path.lstat().st_mtime
-    except FileNotFoundError:
-        return 0.0
-    if path.is_dir() and not path.is_symlink():
-        for root, dirs, files in os.walk(path):
-            for n in dirs + files:
-                with contextlib.suppress(FileNotFoundError):
-                    newest = max(newest, os.lstat(os.path.join(root, n)).st_mtime)
-    return newest
-
-
-def _tree_size(path: Path) -> int:
-    try:
-        if not path.is_dir() or path.is_symlink():
-            return path.lstat().st_size
-    except FileNotFoundError:
-        return 0
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for n in files:
-            with contextlib.suppress(FileNotFoundError):
-                total += os.lstat(os.path.join(root, n)).st_size
-    return total
-
-
-def _remove_tree(path: Path) -> None:
-    """Remove a file or tree, making read-only directories writable first."""
-    if path.is_dir() and not path.is_symlink():
-        for root, dirs, _files in os.walk(path):
-            for d in dirs:
-                with contextlib.suppress(OSError):
-                    os.chmod(os.path.join(root, d), 0o700)
-        with contextlib.suppress(OSError):
-            os.chmod(path, 0o700)
-        import shutil  # here: listing images never removes a tree
-
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-@dataclass
-class GcReport:
-    blobs_removed: int = 0
-    tmp_removed: int = 0
-    bytes_freed: int = 0
-    kept_young: int = 0
-
-
-@dataclass
-class FsckReport:
-    blobs_checked: int = 0
-    images_checked: int = 0
-    problems: list[str] = field(default_factory=list)
-    quarantined: list[str] = field(default_factory=list)
-
-    @property
-    def is_clean(self) -> bool:
-        return not self.problems
 
 
 class BlobSink:
@@ -322,7 +258,7 @@ class Repository:
         try:
             yield d
         finally:
-            _remove_tree(d)
+            remove_tree(d)
 
     @functools.cached_property
     def add_blob(self) -> BlobSink:
@@ -433,162 +369,17 @@ class Repository:
             fsync_dir(self.layout.meta_dir)
         return gone
 
-    # -- maintenance ---------------------------------------------------------------------
-
-    def _referenced(self) -> set[str]:
-        refs: set[str] = set()
-        for name in self.layout.image_names():
-            for rev in self.layout.revisions(name):
-                try:
-                    meta = self.read_meta(name, rev)
-                except NotFound:
-                    continue
-                refs.update(b.digest for b in meta.blobs)
-        return refs
-
-    def _blob_files(self) -> Iterator[Path]:
-        try:
-            subdirs = sorted(os.listdir(self.layout.data_dir))
-        except FileNotFoundError:
-            return
-        for sub in subdirs:
-            d = self.layout.data_dir / sub
-            if d.is_dir():
-                for n in sorted(os.listdir(d)):
-                    yield d / n
+    # -- maintenance (pcocc/repo/maintenance.py) ----------------------------------------
 
     def gc(self, grace_period_s: float = DEFAULT_GRACE_PERIOD_S,
            progress: Progress = no_progress) -> GcReport:
-        """Remove unreferenced blobs and stale ``tmp/`` entries older than the grace period.
-
-        A metadata file that cannot be read stops gc (Corrupt): what it references is unknown.
-        """
-        self.require_writable()
-        report = GcReport()
-        if not self.layout.is_initialized():
-            return report
-        self.layout.check_format()
-        now = time.time()
-        with locked(self.layout.lock, wait_s=_LOCK_WAIT_S, what=f"repository '{self.name}'"):
-            refs = self._referenced()
-            files = []
-            for f in self._blob_files():
-                with contextlib.suppress(FileNotFoundError):
-                    files.append((f, f.lstat()))
-            total = sum(st.st_size for _f, st in files)
-            done = 0
-            for f, st in files:
-                done += st.st_size
-                progress(done, total)
-                digest = "sha256:" + f.name
-                if HEX_RE.match(f.name) and f.parent.name == f.name[:2] and digest in refs:
-                    continue
-                if now - st.st_mtime < grace_period_s:
-                    report.kept_young += 1
-                    continue
-                f.unlink(missing_ok=True)
-                report.blobs_removed += 1
-                report.bytes_freed += st.st_size
-            stale: list[Path] = []
-            if self.layout.tmp_dir.is_dir():
-                stale += list(self.layout.tmp_dir.iterdir())
-            for name in self.layout.image_names():
-                stale += [p for p in self.layout.image_dir(name).glob(".*.tmp")]
-            stale += [p for p in self.layout.root.glob(".*.tmp")]
-            for entry in stale:
-                if now - _tree_newest_mtime(entry) < grace_period_s:
-                    report.kept_young += 1
-                    continue
-                report.bytes_freed += _tree_size(entry)
-                report.tmp_removed += 1
-                _remove_tree(entry)
-            for name in self.layout.image_names():  # directories left by deleted images
-                if not self.layout.revisions(name):
-                    with contextlib.suppress(OSError):
-                        self.layout.image_dir(name).rmdir()
-        return report
+        """Remove unreferenced blobs and stale ``tmp/`` entries older than the grace period."""
+        return maintenance.gc(self, grace_period_s, progress)
 
     def fsck(self, *, quarantine: bool = False, progress: Progress = no_progress
              ) -> FsckReport:
         """Check every blob's digest and every reference (metadata -> blobs, qcow2 chains)."""
-        from pcocc.repo import qemu_img  # VM checks only
-
-        if quarantine:
-            self.require_writable()
-        report = FsckReport()
-        if not self.layout.is_initialized():
-            return report
-        self.layout.check_format()
-        files = list(self._blob_files())
-        total = sum(f.lstat().st_size for f in files)
-        done = 0
-        damaged: set[str] = set()
-        for f in files:
-            report.blobs_checked += 1
-            if not HEX_RE.match(f.name) or f.parent.name != f.name[:2]:
-                report.problems.append(f"{f}: not a blob name")
-                continue
-            digest = "sha256:" + f.name
-            try:
-                actual = hash_file(f, progress, done, total, fsync=False)
-            except OSError as err:
-                actual = f"unreadable ({err.strerror})"
-            done += f.lstat().st_size
-            if actual != digest:
-                damaged.add(digest)
-                report.problems.append(f"blob {digest}: content hashes to {actual}")
-                if quarantine:
-                    self._quarantine(f)
-                    report.quarantined.append(digest)
-        layer_ok: dict[str, str | None] = {}
-        for name in self.layout.image_names():
-            for rev in self.layout.revisions(name):
-                report.images_checked += 1
-                where = f"image {self.name}:{name}@{rev}"
-                try:
-                    meta = self.read_meta(name, rev)
-                except PcoccError as err:
-                    report.problems.append(f"{where}: {err}")
-                    continue
-                for b in meta.blobs:
-                    if b.digest in damaged:
-                        report.problems.append(f"{where}: blob {b.digest} is damaged")
-                    elif not self.layout.blob_path(b.digest).exists():
-                        report.problems.append(f"{where}: blob {b.digest} is missing")
-                if meta.kind == KIND_VM and meta.vm is not None:
-                    parent = None
-                    for digest in meta.vm["layers"]:
-                        key = f"{digest}<{parent}"
-                        if key not in layer_ok:
-                            layer_ok[key] = self._check_layer(qemu_img, digest, parent)
-                        if layer_ok[key]:
-                            report.problems.append(f"{where}: {layer_ok[key]}")
-                        parent = digest
-        return report
-
-    def _check_layer(self, qemu_img, digest: str, parent: str | None) -> str | None:
-        path = self.layout.blob_path(digest)
-        if not path.exists():
-            return None  # already reported as missing
-        try:
-            info = qemu_img.info(path, "qcow2")
-        except (ToolError, Corrupt) as err:
-            return f"layer {digest} is not a readable qcow2 ({err})"
-        want = None if parent is None else self.layout.blob_relpath_from_blob(parent)
-        if info.backing_filename != want:
-            return (f"layer {digest} has backing file {info.backing_filename!r}, "
-                    f"expected {want!r}")
-        if want is not None and not (path.parent / want).exists():
-            return f"layer {digest}: backing blob {parent} is missing"
-        return None
-
-    def _quarantine(self, blob: Path) -> None:
-        qdir = self.layout.quarantine_dir
-        try:
-            qdir.mkdir(exist_ok=True)
-            os.rename(blob, qdir / f"{blob.name}.{int(time.time())}")
-        except OSError as err:
-            raise os_error(err, f"cannot move {blob} to {qdir}") from err
+        return maintenance.fsck(self, quarantine=quarantine, progress=progress)
 
 
 def _compile(regex: str | None) -> re.Pattern[str] | None:
