@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -14,66 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import testrootfs
+from tests.integration.containers.ctrlib import pcocc, pods
 from tests.nonroot import readable_pcocc
-
-REPO = Path(__file__).resolve().parents[2]
-RUNTIMES = ["crun", "runc", "unshare"]
-
-
-def _load_testrootfs():
-    spec = importlib.util.spec_from_file_location("testrootfs", REPO / "helpers" / "testrootfs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope="session")
-def image_dir(tmp_path_factory) -> Path:
-    try:
-        return _load_testrootfs().build_rootfs(tmp_path_factory.mktemp("ctr-image") / "img")
-    except FileNotFoundError as err:
-        pytest.skip(str(err))
-
-
-@pytest.fixture(scope="session")
-def runtime_dir(tmp_path_factory) -> Path:
-    """One runtime dir for the session, so that the per-boot probe runs once."""
-    d = tmp_path_factory.mktemp("xdg-runtime")
-    d.chmod(0o700)
-    return d
-
-
-@pytest.fixture
-def env(pcocc_env, runtime_dir, monkeypatch):
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime_dir))
-    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
-    return pcocc_env
-
-
-@pytest.fixture(params=RUNTIMES)
-def runtime(request):
-    name = request.param
-    if not shutil.which(name):
-        pytest.skip(f"{name} is not installed")
-    return name
-
-
-def pcocc(pcocc_bin, *args, check=None, timeout=60, **kw):
-    res = subprocess.run(
-        [pcocc_bin, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        **kw,
-    )
-    if check is not None:
-        assert res.returncode == check, (res.returncode, res.stdout, res.stderr)
-    return res
-
-
-def pods(pcocc_bin):
-    return json.loads(pcocc(pcocc_bin, "pod", "list", "--json", check=0).stdout)
 
 
 def wait_running(pcocc_bin, timeout_s=20.0):
@@ -584,7 +526,7 @@ def throwaway_user():
         deps = top / "deps"
         for mod in (click, yaml):
             shutil.copytree(Path(mod.__file__).parent, deps / mod.__name__)
-        image = _load_testrootfs().build_rootfs(top / "img")
+        image = testrootfs.build_rootfs(top / "img")
         subprocess.run(["chmod", "-R", "a+rX", str(top)], check=True)
         home = top / "home"
         (home / "run").mkdir(parents=True)

@@ -11,30 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers import testimages
-
-
-@pytest.fixture(scope="session")
-def runtime_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("xdg-runtime")
-    d.chmod(0o700)
-    return d
-
-
-@pytest.fixture
-def env(pcocc_env, runtime_dir, monkeypatch):
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime_dir))
-    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
-    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    return pcocc_env
-
-
-def pcocc(pcocc_bin, *args, check=None, timeout=120):
-    res = subprocess.run(
-        [pcocc_bin, *map(str, args)], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if check is not None:
-        assert res.returncode == check, (res.returncode, res.stdout, res.stderr)
-    return res
+from tests.integration.containers.ctrlib import pcocc
 
 
 def cache_entries(env) -> list[dict]:

@@ -7,8 +7,6 @@ host's own addresses (its loopback, through slirp's 10.0.2.2, or its non-loopbac
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import json
 import os
 import secrets
 import shutil
@@ -22,61 +20,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-RUNTIMES = ["crun", "runc", "unshare"]
+from tests.integration.containers.ctrlib import pcocc, pods
 
 pytestmark = pytest.mark.skipif(
     shutil.which("slirp4netns") is None, reason="slirp4netns is not installed"
 )
-
-
-def _load_testrootfs():
-    spec = importlib.util.spec_from_file_location("testrootfs", REPO / "helpers" / "testrootfs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory) -> Path:
-    try:
-        return _load_testrootfs().build_rootfs(tmp_path_factory.mktemp("net-image") / "img")
-    except FileNotFoundError as err:
-        pytest.skip(str(err))
-
-
-@pytest.fixture(scope="module")
-def runtime_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("xdg-runtime")
-    d.chmod(0o700)
-    return d
-
-
-@pytest.fixture
-def env(pcocc_env, runtime_dir, monkeypatch):
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime_dir))
-    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
-    return pcocc_env
-
-
-@pytest.fixture(params=RUNTIMES)
-def runtime(request):
-    if not shutil.which(request.param):
-        pytest.skip(f"{request.param} is not installed")
-    return request.param
-
-
-def pcocc(pcocc_bin, *args, check=None, timeout=60, **kw):
-    res = subprocess.run(
-        [pcocc_bin, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kw
-    )
-    if check is not None:
-        assert res.returncode == check, (res.returncode, res.stdout, res.stderr)
-    return res
-
-
-def pods(pcocc_bin):
-    return json.loads(pcocc(pcocc_bin, "pod", "list", "--json", check=0).stdout)
 
 
 @contextlib.contextmanager

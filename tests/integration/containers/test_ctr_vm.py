@@ -5,8 +5,6 @@ Each test boots the host's cloud kernel in a small VM (256 MiB), so they are slo
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 import signal
 import subprocess
@@ -15,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from helpers import testrootfs
 from pcocc.ctr.runtime import VmRuntime
 from pcocc.errors import PcoccError
+from tests.integration.containers import ctrlib
 
-REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 240  # TCG on a loaded 2-core machine
 
 
@@ -28,11 +27,8 @@ def image_dir(tmp_path_factory) -> Path:
         VmRuntime().check_installed()
     except PcoccError as err:
         pytest.skip(f"the vm runtime cannot work here: {err}")
-    spec = importlib.util.spec_from_file_location("testrootfs", REPO / "helpers" / "testrootfs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     try:
-        return mod.build_rootfs(tmp_path_factory.mktemp("ctr-vm-image") / "img")
+        return testrootfs.build_rootfs(tmp_path_factory.mktemp("ctr-vm-image") / "img")
     except FileNotFoundError as err:
         pytest.skip(str(err))
 
@@ -48,15 +44,11 @@ def env(pcocc_env, tmp_path, monkeypatch):
 
 
 def pcocc(pcocc_bin, *args, check=None):
-    res = subprocess.run([pcocc_bin, *map(str, args)], capture_output=True, text=True,
-                         timeout=TIMEOUT_S, check=False)
-    if check is not None:
-        assert res.returncode == check, (res.returncode, res.stdout, res.stderr)
-    return res
+    return ctrlib.pcocc(pcocc_bin, *args, check=check, timeout=TIMEOUT_S)
 
 
 def pods(pcocc_bin) -> list[dict]:
-    return json.loads(pcocc(pcocc_bin, "pod", "list", "--json", check=0).stdout)
+    return ctrlib.pods(pcocc_bin, timeout=TIMEOUT_S)
 
 
 def qemu_pids_of(uuid: str) -> list[int]:

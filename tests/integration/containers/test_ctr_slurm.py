@@ -4,27 +4,12 @@ and with the local batch manager."""
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 
+from tests.integration.containers.ctrlib import pcocc
+
 NODES = ["n1", "n2", "n3", "n4"]
-
-
-@pytest.fixture(scope="session")
-def runtime_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("xdg-runtime")
-    d.chmod(0o700)
-    return d
-
-
-def _pcocc(pcocc_bin, *args, check=None, timeout=180):
-    res = subprocess.run(
-        [pcocc_bin, *map(str, args)], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if check is not None:
-        assert res.returncode == check, (res.returncode, res.stdout, res.stderr)
-    return res
 
 
 @pytest.fixture
@@ -33,7 +18,7 @@ def slurm(pcocc_env, slurm_env, runtime_dir, monkeypatch, pcocc_bin, busybox_ima
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime_dir))
     monkeypatch.delenv("XDG_STATE_HOME", raising=False)
     (pcocc_env["system"] / "batch.yaml").write_text("type: slurm\n")
-    _pcocc(pcocc_bin, "image", "import", busybox_image.ref, "busy", check=0)
+    pcocc(pcocc_bin, "image", "import", busybox_image.ref, "busy", check=0)
     return pcocc_env
 
 
@@ -45,7 +30,7 @@ def _lines(text: str) -> list[str]:
 def test_four_nodes_from_outside_an_allocation(slurm, pcocc_bin):
     # pcocc allocates 4 nodes (salloc) and runs one container per node; each pod is named
     # after its Slurm node
-    res = _pcocc(pcocc_bin, "run", "-N", "4", "busy", "--", "hostname", check=0)
+    res = pcocc(pcocc_bin, "run", "-N", "4", "busy", "--", "hostname", check=0)
     assert _lines(res.stdout) == NODES
 
 
@@ -64,15 +49,15 @@ def test_inside_an_allocation_with_the_slurm_environment(slurm, pcocc_bin):
 
 @pytest.mark.slow
 def test_one_failing_task_fails_the_run(slurm, pcocc_bin):
-    res = _pcocc(pcocc_bin, "run", "-N", "4", "busy", "--", "sh", "-c", 'test "$(hostname)" != n3')
+    res = pcocc(pcocc_bin, "run", "-N", "4", "busy", "--", "sh", "-c", 'test "$(hostname)" != n3')
     assert res.returncode != 0, (res.stdout, res.stderr)
 
 
 @pytest.mark.slow
 def test_whiteouts_on_every_node(slurm, pcocc_bin, multilayer_image):  # noqa: F811
-    _pcocc(pcocc_bin, "image", "import", multilayer_image.ref, "multi", check=0)
+    pcocc(pcocc_bin, "image", "import", multilayer_image.ref, "multi", check=0)
     checks = " && ".join(f"test ! -e /{p}" for p in multilayer_image.absent)
-    res = _pcocc(
+    res = pcocc(
         pcocc_bin, "run", "-N", "2", "-n", "4", "multi", "--", "sh", "-c",
         f"{checks} && cat /data/new", check=0,
     )  # fmt: skip
@@ -92,9 +77,9 @@ def test_local_batch_manager_runs_every_task(
     (pcocc_env["system"] / "batch.yaml").write_text(
         f"type: local\nlocal:\n  state-dir: {tmp_path / 'jobs'}\n"
     )
-    _pcocc(pcocc_bin, "image", "import", busybox_image.ref, "busy", check=0)
-    res = _pcocc(pcocc_bin, "run", "-n", "3", "--inherit-env", "busy", "--", "sh", "-c",
+    pcocc(pcocc_bin, "image", "import", busybox_image.ref, "busy", check=0)
+    res = pcocc(pcocc_bin, "run", "-n", "3", "--inherit-env", "busy", "--", "sh", "-c",
                  "echo task $PCOCC_TASK_RANK", check=0)  # fmt: skip
     assert _lines(res.stdout) == ["task 0", "task 1", "task 2"]
-    failing = _pcocc(pcocc_bin, "run", "-n", "2", "busy", "--", "sh", "-c", "exit 3")
+    failing = pcocc(pcocc_bin, "run", "-n", "2", "busy", "--", "sh", "-c", "exit 3")
     assert failing.returncode == 3
