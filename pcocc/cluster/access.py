@@ -41,7 +41,7 @@ def _kvs(env: Mapping[str, str], config: Config | None) -> Iterator[list[adapter
     kvs: list[adapters.EtcdKv] = []
     try:
         for endpoints in sets:
-            kvs.append(adapters.open_kv(endpoints))
+            kvs.append(adapters.open_kv(endpoints, config))
         yield kvs
     finally:
         for kv in kvs:

@@ -40,10 +40,12 @@ class EtcdKv:
         self.client = client
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> EtcdKv:
+    def from_env(cls, env: Mapping[str, str] | None = None, config: Config | None = None) -> EtcdKv:
+        """A client of ``$PCOCC_ETCD_ENDPOINTS`` in ``env``, logged in as the environment or
+        batch.yaml says (see :func:`pcocc.kv.credentials.etcd_login`)."""
         from pcocc.kv.client import KvClient
 
-        return cls(KvClient.from_env(env))
+        return cls(KvClient.from_env(env, **etcd_login_settings(config)))
 
     def close(self) -> None:
         self.client.close()
@@ -186,11 +188,21 @@ def kv_endpoint_sets(
     return found
 
 
-def open_kv(endpoints: str) -> EtcdKv:
-    """A client of ``endpoints``, logged in as $PCOCC_ETCD_USER when etcd has auth on."""
-    from pcocc.kv.client import KvClient
+def etcd_login_settings(config: Config | None) -> dict[str, Any]:
+    """The ``etcd`` section of batch.yaml and the directory of the file that set its
+    ``password-file`` (relative paths start there), for ``KvClient.from_env``."""
+    if config is None:
+        return {}
+    etcd = config.batch.get("etcd") or {}
+    origin = config.origin("batch", "etcd", "password-file")
+    if origin.file is None:
+        origin = config.origin("batch", "etcd")
+    return {"etcd": etcd, "base_dir": origin.file.parent if origin.file is not None else None}
 
-    return EtcdKv(KvClient.from_env({**os.environ, ENDPOINTS_VAR: endpoints}))
+
+def open_kv(endpoints: str, config: Config | None = None) -> EtcdKv:
+    """A client of ``endpoints``, logged in as $PCOCC_ETCD_USER or batch.yaml's etcd user."""
+    return EtcdKv.from_env({**os.environ, ENDPOINTS_VAR: endpoints}, config)
 
 
 # -- batch --------------------------------------------------------------------------------

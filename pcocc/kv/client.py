@@ -21,6 +21,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlsplit
 
@@ -35,12 +36,11 @@ from pcocc.errors import (
     ServiceUnavailable,
     TimedOut,
 )
+from pcocc.kv.credentials import PASSWORD_VAR, USER_VAR, etcd_login
 
 log = logging.getLogger(__name__)
 
 ENDPOINTS_VAR = "PCOCC_ETCD_ENDPOINTS"
-USER_VAR = "PCOCC_ETCD_USER"
-PASSWORD_VAR = "PCOCC_ETCD_PASSWORD"
 
 # etcd3 ships old generated protobuf modules: they need protobuf<4 (see setup.cfg) and warn
 # about deprecated descriptor calls on import
@@ -278,8 +278,11 @@ class KvClient:
         timeout_s: float = 5.0,
         user: str | None = None,
         password: str | None = None,
+        login_hint: str | None = None,
     ):
         """Connect to one of ``endpoints``, as ``user`` if etcd has auth enabled.
+
+        ``login_hint`` says what to check when etcd refuses the login (never the password).
 
         :raise ConfigError: no or malformed endpoint
         :raise PermissionDenied: etcd refused the user name or password
@@ -296,6 +299,7 @@ class KvClient:
         addresses = [parse_endpoint(e) for e in self.endpoints]
         self.timeout_s = timeout_s
         self.user = user
+        self.login_hint = login_hint or f"check {USER_VAR}/{PASSWORD_VAR} and the role of the user"
         credentials = {} if user is None else {"user": user, "password": password or ""}
         # with several endpoints, use the first that answers; with one, connect lazily
         for i, (host, port) in enumerate(addresses):
@@ -345,14 +349,27 @@ class KvClient:
         watcher._run = run_until_closed
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> KvClient:
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        etcd: Mapping[str, Any] | None = None,
+        base_dir: Path | None = None,
+        **kwargs: Any,
+    ) -> KvClient:
         """A client for ``$PCOCC_ETCD_ENDPOINTS`` (comma-separated URLs).
 
-        With etcd auth, ``$PCOCC_ETCD_USER`` and ``$PCOCC_ETCD_PASSWORD`` give the login.
+        With etcd auth, ``$PCOCC_ETCD_USER`` and ``$PCOCC_ETCD_PASSWORD`` give the login,
+        else ``user`` and ``password-file`` of ``etcd`` (batch.yaml's section; see
+        :func:`pcocc.kv.credentials.etcd_login`).
+
+        :raise ConfigError: the password file is missing, unreadable or not private
         """
         env = os.environ if env is None else env
-        kwargs.setdefault("user", env.get(USER_VAR) or None)
-        kwargs.setdefault("password", env.get(PASSWORD_VAR) or None)
+        if "user" not in kwargs:
+            login = etcd_login(etcd, env, base_dir=base_dir)
+            if login is not None:
+                kwargs.update(user=login.user, password=login.password, login_hint=login.hint)
         return cls(env.get(ENDPOINTS_VAR, ""), **kwargs)
 
     def close(self) -> None:
@@ -373,9 +390,12 @@ class KvClient:
         except grpc.RpcError as err:
             if _is_auth_error(err):
                 who = f"user {self.user!r}" if self.user else "an anonymous client"
+                hint = self.login_hint
+                if err.code() == grpc.StatusCode.PERMISSION_DENIED and self.user:
+                    hint = f"the etcd role of {who} does not allow it; pcocc users may use only /pcocc/users/<their name>/"
                 raise PermissionDenied(
                     f"etcd at {self.endpoint} refused to let {who} {what}: {_describe(err)}",
-                    hint=f"check {USER_VAR}/{PASSWORD_VAR} and the role of the user",
+                    hint=hint,
                 ) from err
             raise ServiceUnavailable(
                 f"cannot {what} in etcd at {self.endpoint}: {_describe(err)}", hint=self.hint
