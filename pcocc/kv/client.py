@@ -265,7 +265,19 @@ def _is_auth_error(err: grpc.RpcError) -> bool:
     if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
         return True
     details = (err.details() if hasattr(err, "details") else "") or ""
-    return code == grpc.StatusCode.INVALID_ARGUMENT and "authentication" in details
+    return code == grpc.StatusCode.INVALID_ARGUMENT and (
+        "authentication" in details or _LOGIN_NEEDED in details
+    )
+
+
+#: what etcd answers a client without login once authentication is enabled
+_LOGIN_NEEDED = "user name is empty"
+
+
+def is_auth_disabled_error(err: BaseException | None) -> bool:
+    """True for etcd's answer to a login when authentication is not enabled."""
+    details = (err.details() if isinstance(err, grpc.RpcError) and hasattr(err, "details") else "")
+    return "authentication is not enabled" in (details or "")
 
 
 class KvClient:
@@ -299,6 +311,8 @@ class KvClient:
         addresses = [parse_endpoint(e) for e in self.endpoints]
         self.timeout_s = timeout_s
         self.user = user
+        #: False when etcd has no authentication (a configured login is then not used)
+        self.is_logged_in = user is not None
         self.login_hint = login_hint or f"check {USER_VAR}/{PASSWORD_VAR} and the role of the user"
         credentials = {} if user is None else {"user": user, "password": password or ""}
         # with several endpoints, use the first that answers; with one, connect lazily
@@ -314,8 +328,19 @@ class KvClient:
                 log.debug("etcd endpoint %s unusable, trying the next: %s", self.endpoint, err)
 
     def _connect(self, host: str, port: int, credentials: dict[str, str], probe: bool) -> None:
-        with self._errors(f"log in as {self.user}" if self.user else "connect"):
-            self._etcd = etcd3.client(host=host, port=port, timeout=self.timeout_s, **credentials)
+        try:
+            with self._errors(f"log in as {self.user}" if self.user else "connect"):
+                self._etcd = etcd3.client(
+                    host=host, port=port, timeout=self.timeout_s, **credentials
+                )
+        except ServiceUnavailable as err:
+            if not (credentials and is_auth_disabled_error(err.__cause__)):
+                raise
+            # a login configured before the admin enabled etcd auth: nothing to log in to
+            log.debug("etcd at %s has no authentication: connecting without login", self.endpoint)
+            self.is_logged_in = False
+            with self._errors("connect"):
+                self._etcd = etcd3.client(host=host, port=port, timeout=self.timeout_s)
         if not self._etcd.uses_secure_channel:
             # etcd3 sends the auth token twice: as call credentials, which gRPC refuses on a
             # plain channel, and as metadata, which is enough for etcd
@@ -389,10 +414,18 @@ class KvClient:
             raise KvConflict(f"etcd refused to {what}: {_describe(err)}") from err
         except grpc.RpcError as err:
             if _is_auth_error(err):
-                who = f"user {self.user!r}" if self.user else "an anonymous client"
+                who = f"user {self.user!r}" if self.is_logged_in else "an anonymous client"
                 hint = self.login_hint
-                if err.code() == grpc.StatusCode.PERMISSION_DENIED and self.user:
-                    hint = f"the etcd role of {who} does not allow it; pcocc users may use only /pcocc/users/<their name>/"
+                if err.code() == grpc.StatusCode.PERMISSION_DENIED and self.is_logged_in:
+                    hint = (
+                        f"the etcd role of {who} does not allow it"
+                        " (a pcocc user may use only /pcocc/users/<user>/)"
+                    )
+                elif not self.is_logged_in:
+                    hint = (
+                        "etcd has authentication enabled: set user and password-file in the"
+                        f" etcd section of batch.yaml (or {USER_VAR}/{PASSWORD_VAR})"
+                    )
                 raise PermissionDenied(
                     f"etcd at {self.endpoint} refused to let {who} {what}: {_describe(err)}",
                     hint=hint,
