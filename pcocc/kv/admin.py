@@ -276,9 +276,11 @@ class EtcdAuthAdmin:
             )
         generated = not password_file.exists()
         if generated:
+            created = [d for d in password_file.parents if not d.exists()]
             write_password_file(password_file, new_password())
             if chown_to_user:
-                _chown_to(password_file, name)
+                for path in [password_file, *created]:
+                    _chown_to(path, name)
         password = read_password_file(password_file)
         prefix = keys.user_prefix(name)
         with self._unless("role name already exists"):

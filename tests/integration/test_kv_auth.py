@@ -288,3 +288,67 @@ def test_no_password_is_stored_in_etcd(auth_etcd):
     for path in (auth_etcd.alice_password_file, auth_etcd.bob_password_file):
         assert path.read_text().strip().encode() not in values
     assert root_pw.encode() not in values
+
+
+NOBODY_UID = 65534
+
+
+def test_non_root_user_logs_in_with_user_and_homedir_placeholders(auth_etcd, tmp_path):
+    """The site's batch.yaml: ``user: %{user}``, ``password-file: %{homedir}/...``; an admin
+    adds the user with a password generated into that home; the user (not root) runs pcocc."""
+    import pwd
+    import sys
+
+    from tests.nonroot import readable_pcocc
+
+    try:
+        nobody = pwd.getpwuid(NOBODY_UID).pw_name
+    except KeyError:
+        pytest.skip(f"no user with uid {NOBODY_UID} to run pcocc as")
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run pcocc as another user")
+    top = Path(tempfile.mkdtemp(prefix="pcocc-etcd-nonroot-"))  # pytest's tmp is root-only
+    try:
+        top.chmod(0o755)
+        home, sysconf = top / "home", top / "etc-pcocc"
+        home.mkdir()
+        os.chown(home, NOBODY_UID, NOBODY_UID)
+        sysconf.mkdir()
+        (sysconf / "batch.yaml").write_text(
+            "etcd:\n"
+            f"  endpoints: [{auth_etcd.endpoint.removeprefix('http://')}]\n"
+            '  user: "%{user}"\n'
+            '  password-file: "%{homedir}/.pcocc/etcd-password"\n'
+        )
+        (sysconf / "batch.yaml").chmod(0o644)
+        admin_env = _env(auth_etcd.sysconf, top, PCOCC_ETCD_ENDPOINTS=auth_etcd.endpoint)
+        res = _pcocc(_pcocc_bin(), admin_env, "admin", "etcd-user", "add", nobody,
+                     "--password-file", str(home / ".pcocc" / "etcd-password"))  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        assert (home / ".pcocc" / "etcd-password").stat().st_uid == NOBODY_UID
+        assert (home / ".pcocc").stat().st_uid == NOBODY_UID
+
+        root_pw = auth_etcd.root_password_file.read_text().strip()
+        batchid = uuid.uuid4().hex[:8]
+        with KvClient(auth_etcd.endpoint, user="root", password=root_pw) as root:
+            _put_cluster(root, nobody, batchid)
+        user_env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(home),
+            "USER": nobody,
+            "LOGNAME": nobody,
+            "PCOCC_SYSTEM_CONF_DIR": str(sysconf),
+            "PYTHONPATH": str(readable_pcocc(top)),
+        }
+        argv = ["setpriv", f"--reuid={NOBODY_UID}", f"--regid={NOBODY_UID}", "--clear-groups",
+                sys.executable]  # fmt: skip
+        probe = subprocess.run([*argv, "-c", "import etcd3, click, yaml, jsonschema"],
+                               env=user_env, capture_output=True, text=True)  # fmt: skip
+        if probe.returncode != 0:
+            pytest.skip(f"the test interpreter is not usable by uid {NOBODY_UID}: {probe.stderr}")
+        res = subprocess.run([*argv, "-m", "pcocc.cli.main", "ps", "--json"], env=user_env,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        assert [c["id"] for c in json.loads(res.stdout)] == [batchid]
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
