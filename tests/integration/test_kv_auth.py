@@ -352,3 +352,22 @@ def test_non_root_user_logs_in_with_user_and_homedir_placeholders(auth_etcd, tmp
         assert [c["id"] for c in json.loads(res.stdout)] == [batchid]
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_configured_login_is_not_used_while_etcd_has_no_auth(etcd_server, tmp_path):
+    """Admins may deploy batch.yaml's login before they turn etcd authentication on."""
+    password_file = tmp_path / "pw"
+    password_file.write_text("whatever\n")
+    password_file.chmod(0o600)
+    auth = AuthEtcd(etcd_server.endpoint, tmp_path, tmp_path, password_file, password_file,
+                    password_file, {})  # fmt: skip
+    sysconf = _user_config(auth, tmp_path, "alice", password_file)
+    config = _config(sysconf, tmp_path)
+    kv = adapters.open_kv(adapters.configured_endpoints(config, {}), config)
+    try:
+        assert not kv.client.is_logged_in
+        key = keys.cluster_definition("alice", uuid.uuid4().hex[:8])
+        kv.put(key, "{}")
+        assert kv.get(key) == "{}"
+    finally:
+        kv.close()
