@@ -49,6 +49,7 @@ with warnings.catch_warnings():
     import etcd3
     import etcd3.events
     import etcd3.exceptions
+    from etcd3 import etcdrpc
 import grpc
 
 
@@ -270,6 +271,11 @@ def _is_auth_error(err: grpc.RpcError) -> bool:
     )
 
 
+def _is_stale_token_error(err: grpc.RpcError) -> bool:
+    details = (err.details() if hasattr(err, "details") else "") or ""
+    return "invalid auth token" in details
+
+
 #: what etcd answers a client without login once authentication is enabled
 _LOGIN_NEEDED = "user name is empty"
 
@@ -315,6 +321,7 @@ class KvClient:
         self.is_logged_in = user is not None
         self.login_hint = login_hint or f"check {USER_VAR}/{PASSWORD_VAR} and the role of the user"
         credentials = {} if user is None else {"user": user, "password": password or ""}
+        self._password = password or ""  # kept for logging in again (etcd restarted)
         # with several endpoints, use the first that answers; with one, connect lazily
         for i, (host, port) in enumerate(addresses):
             self.endpoint = f"http://{host}:{port}"
@@ -413,6 +420,8 @@ class KvClient:
         except etcd3.exceptions.PreconditionFailedError as err:
             raise KvConflict(f"etcd refused to {what}: {_describe(err)}") from err
         except grpc.RpcError as err:
+            if self.is_logged_in and _is_stale_token_error(err):
+                self._login_again(what, err)
             if _is_auth_error(err):
                 who = f"user {self.user!r}" if self.is_logged_in else "an anonymous client"
                 hint = self.login_hint
@@ -442,6 +451,27 @@ class KvClient:
             if "channel closed" not in str(err).lower():
                 raise
             raise ServiceUnavailable(f"cannot {what}: the etcd client is closed") from err
+
+    def _login_again(self, what: str, err: grpc.RpcError) -> None:
+        """etcd forgot our login token (it restarted, or the token expired): log in again so
+        that the next call works, and fail this one as a passing outage (callers that ride
+        out outages retry it).
+
+        :raise ServiceUnavailable: always (the login worked or not)
+        """
+        with self._errors(f"log in again as {self.user}"):
+            reply = etcdrpc.AuthStub(self._etcd.channel).Authenticate(
+                etcdrpc.AuthenticateRequest(name=self.user, password=self._password),
+                timeout=self.timeout_s,
+            )
+        self._etcd.metadata = (("token", reply.token),)
+        self._etcd.watcher._metadata = self._etcd.metadata  # for the next watch stream
+        log.info("etcd at %s dropped the login token of %s: logged in again", self.endpoint, self.user)
+        raise ServiceUnavailable(
+            f"cannot {what} in etcd at {self.endpoint}: etcd dropped the login token"
+            " (restarted?); logged in again",
+            hint="try again",
+        ) from err
 
     # reads and writes ---------------------------------------------------------------------
     def get(self, key: str) -> bytes | None:

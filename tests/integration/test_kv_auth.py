@@ -371,3 +371,46 @@ def test_configured_login_is_not_used_while_etcd_has_no_auth(etcd_server, tmp_pa
         assert kv.get(key) == "{}"
     finally:
         kv.close()
+
+
+def test_login_survives_an_etcd_restart(tmp_path):
+    """etcd keeps login tokens in memory: after a restart, a logged-in client gets one
+    "passing outage" error, logs in again, and its next calls and watches work."""
+    from pcocc.errors import ServiceUnavailable
+    from pcocc.kv.admin import EtcdAuthAdmin
+    from pcocc.kv.server import EtcdServer
+
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd is not installed (Debian package etcd-server)")
+    server = EtcdServer(tmp_path / "etcd").start()
+    again = None
+    try:
+        with EtcdAuthAdmin.connect(server.endpoint, tmp_path / "root.pw") as admin:
+            admin.add_user("alice", tmp_path / "alice.pw")
+            admin.enable_auth()
+        password = (tmp_path / "alice.pw").read_text().strip()
+        key = keys.cluster_definition("alice", "restart")
+        with KvClient(server.endpoint, user="alice", password=password) as alice:
+            alice.put(key, b"before")
+            argv = Path(f"/proc/{server.pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+            server.stop()
+            again = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)  # fmt: skip
+            errors = []
+            for _ in range(100):  # etcd takes about a second to answer again
+                try:
+                    value = alice.get(key)
+                    break
+                except ServiceUnavailable as err:
+                    errors.append(str(err))
+                    __import__("time").sleep(0.2)
+            assert value == b"before"
+            assert any("logged in again" in e for e in errors)
+            with alice.watch_prefix(keys.cluster_prefix("alice", "restart")) as watch:
+                alice.put(key, b"after")
+                assert watch.get(10).value == b"after"
+    finally:
+        if again is not None:
+            again.kill()
+            again.wait()
+        server.stop()
