@@ -11,7 +11,9 @@ import click
 from pcocc.cli.context import Session, pass_session
 
 _ENDPOINTS_HELP = "etcd client URLs, comma-separated [default: batch.yaml, $PCOCC_ETCD_ENDPOINTS]."
-_ROOT_FILE_HELP = "File with the etcd root password [default: etcd-root.password in the system config dir]."
+_ROOT_FILE_HELP = (
+    "File with the etcd root password [default: etcd-root.password in the system config dir]."
+)
 
 
 @click.group()

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import grpc
 
@@ -153,7 +153,7 @@ class EtcdAuthAdmin:
     def close(self) -> None:
         self.client.close()
 
-    def __enter__(self) -> EtcdAuthAdmin:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -227,7 +227,8 @@ class EtcdAuthAdmin:
     # users ---------------------------------------------------------------------------------
     def get_user(self, name: str) -> EtcdUser | None:
         try:
-            reply = self._call("UserGet", etcdrpc.AuthUserGetRequest(name=name), f"read user {name}")
+            request = etcdrpc.AuthUserGetRequest(name=name)
+            reply = self._call("UserGet", request, f"read user {name}")
         except NotFound:
             return None
         roles = tuple(reply.roles)
@@ -255,9 +256,7 @@ class EtcdAuthAdmin:
                 users.append(user)
         return users
 
-    def add_user(
-        self, name: str, password_file: Path, *, chown_to_user: bool = False
-    ) -> AddedUser:
+    def add_user(self, name: str, password_file: Path, *, chown_to_user: bool = False) -> AddedUser:
         """Add etcd user ``name`` with role ``pcocc-user-NAME`` (readwrite on its prefix).
 
         The password is read from ``password_file`` when it exists; otherwise a random one
@@ -313,18 +312,18 @@ class EtcdAuthAdmin:
         """
         role = user_role(name)
         if name == ROOT_USER:
-            raise UsageError(
-                "refusing to remove the etcd user root: etcd authentication needs it"
-            )
+            raise UsageError("refusing to remove the etcd user root: etcd authentication needs it")
         try:
-            self._call("UserDelete", etcdrpc.AuthUserDeleteRequest(name=name), f"remove user {name}")
+            request = etcdrpc.AuthUserDeleteRequest(name=name)
+            self._call("UserDelete", request, f"remove user {name}")
         except NotFound:
             raise NotFound(
                 f"etcd user {name} does not exist",
                 hint="see the users with 'pcocc admin etcd-user list'",
             ) from None
         with self._unless("role name not found"):
-            self._call("RoleDelete", etcdrpc.AuthRoleDeleteRequest(role=role), f"remove role {role}")
+            request = etcdrpc.AuthRoleDeleteRequest(role=role)
+            self._call("RoleDelete", request, f"remove role {role}")
 
 
 def _chown_to(path: Path, user: str) -> None:
@@ -346,4 +345,3 @@ def default_root_password_file(system_dir: Path) -> Path:
 def default_user_password_file(system_dir: Path, user: str) -> Path:
     keys.user_prefix(user)  # a name that is safe in a path too
     return system_dir / USER_PASSWORD_DIR / f"{user}.password"
-

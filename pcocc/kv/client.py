@@ -282,7 +282,7 @@ _LOGIN_NEEDED = "user name is empty"
 
 def is_auth_disabled_error(err: BaseException | None) -> bool:
     """True for etcd's answer to a login when authentication is not enabled."""
-    details = (err.details() if isinstance(err, grpc.RpcError) and hasattr(err, "details") else "")
+    details = err.details() if isinstance(err, grpc.RpcError) and hasattr(err, "details") else ""
     return "authentication is not enabled" in (details or "")
 
 
@@ -466,7 +466,8 @@ class KvClient:
             )
         self._etcd.metadata = (("token", reply.token),)
         self._etcd.watcher._metadata = self._etcd.metadata  # for the next watch stream
-        log.info("etcd at %s dropped the login token of %s: logged in again", self.endpoint, self.user)
+        log.info("etcd at %s dropped the login token of %s: logged in again", self.endpoint,
+                 self.user)  # fmt: skip
         raise ServiceUnavailable(
             f"cannot {what} in etcd at {self.endpoint}: etcd dropped the login token"
             " (restarted?); logged in again",

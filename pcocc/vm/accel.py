@@ -115,7 +115,9 @@ def default_cache_path() -> Path:
     return Path(base) / "pcocc" / "kvm-probe.json"
 
 
-def cached_probe(probe: Probe, cache_path: Path | None, *, boot_id: str | None = None) -> ProbeResult:
+def cached_probe(
+    probe: Probe, cache_path: Path | None, *, boot_id: str | None = None
+) -> ProbeResult:
     """Run ``probe`` once per boot of the host; later calls read the cached answer.
 
     The probe and the cache write happen under a lock next to the cache file, so that VMs

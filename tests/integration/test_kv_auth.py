@@ -80,9 +80,11 @@ def auth_etcd():
                 "enable-again": _pcocc(pcocc_bin, env, "admin", "etcd-auth", "enable"),
                 "add-alice": _pcocc(pcocc_bin, env, "admin", "etcd-user", "add", "alice"),
                 "add-bob": _pcocc(
-                    pcocc_bin, env, "admin", "etcd-user", "add", "bob",
-                    "--password-file", str(top / "bob" / "etcd-password"),
-                ),  # fmt: skip
+                    pcocc_bin,
+                    env,
+                    *("admin", "etcd-user", "add", "bob"),
+                    *("--password-file", str(top / "bob" / "etcd-password")),
+                ),
             }
             for name, res in setup.items():
                 assert res.returncode == 0, f"{name}: {res.stderr}"
@@ -166,9 +168,10 @@ def test_alice_uses_her_prefix_only_with_batch_yaml_credentials(auth_etcd, tmp_p
         kv.put(mine, "{}")
         assert kv.get(mine) == "{}"
         bobs = keys.cluster_definition("bob", "1")
-        with pytest.raises(PermissionDenied, match="refused to let user 'alice' read /pcocc/users/bob/"):
+        denied = "refused to let user 'alice'"
+        with pytest.raises(PermissionDenied, match=f"{denied} read /pcocc/users/bob/"):
             kv.get_prefix(keys.user_prefix("bob"))
-        with pytest.raises(PermissionDenied, match=f"refused to let user 'alice' write {bobs}") as info:
+        with pytest.raises(PermissionDenied, match=f"{denied} write {bobs}") as info:
             kv.put(bobs, "{}")
         assert "role" in info.value.hint
         with pytest.raises(PermissionDenied):
@@ -342,12 +345,16 @@ def test_non_root_user_logs_in_with_user_and_homedir_placeholders(auth_etcd, tmp
         }
         argv = ["setpriv", f"--reuid={NOBODY_UID}", f"--regid={NOBODY_UID}", "--clear-groups",
                 sys.executable]  # fmt: skip
-        probe = subprocess.run([*argv, "-c", "import etcd3, click, yaml, jsonschema"],
-                               env=user_env, capture_output=True, text=True)  # fmt: skip
+        probe = subprocess.run(
+            [*argv, "-c", "import etcd3, click, yaml, jsonschema"],
+            env=user_env, capture_output=True, text=True, check=False,
+        )  # fmt: skip
         if probe.returncode != 0:
             pytest.skip(f"the test interpreter is not usable by uid {NOBODY_UID}: {probe.stderr}")
-        res = subprocess.run([*argv, "-m", "pcocc.cli.main", "ps", "--json"], env=user_env,
-                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        res = subprocess.run(
+            [*argv, "-m", "pcocc.cli.main", "ps", "--json"],
+            env=user_env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
         assert res.returncode == 0, res.stderr
         assert [c["id"] for c in json.loads(res.stdout)] == [batchid]
     finally:
