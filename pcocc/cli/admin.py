@@ -37,10 +37,9 @@ def _options(func):
     return click.option("--endpoints", metavar="URLS", help=_ENDPOINTS_HELP)(func)
 
 
-def _connect(session: Session, endpoints: str | None, root_password_file: str | None):
+def _endpoints(session: Session, endpoints: str | None) -> str:
     from pcocc.cluster.adapters import configured_endpoints
     from pcocc.errors import UsageError
-    from pcocc.kv.admin import EtcdAuthAdmin, default_root_password_file
 
     endpoints = endpoints or configured_endpoints(session.config, os.environ)
     if not endpoints:
@@ -48,6 +47,13 @@ def _connect(session: Session, endpoints: str | None, root_password_file: str | 
             "no etcd to administer: batch.yaml has no etcd endpoints",
             hint="set etcd.endpoints in batch.yaml, PCOCC_ETCD_ENDPOINTS, or give --endpoints",
         )
+    return endpoints
+
+
+def _connect(session: Session, endpoints: str | None, root_password_file: str | None):
+    from pcocc.kv.admin import EtcdAuthAdmin, default_root_password_file
+
+    endpoints = _endpoints(session, endpoints)
     root_file = (
         Path(root_password_file).expanduser()
         if root_password_file
@@ -82,6 +88,18 @@ def enable(session: Session, endpoints: str | None, root_password_file: str | No
             f"etcd at {etcd.client.endpoint}: authentication enabled;"
             f" root password in {etcd.root_password_file}"
         )
+
+
+@etcd_auth.command("status")
+@click.option("--endpoints", metavar="URLS", help=_ENDPOINTS_HELP)
+@pass_session
+def status(session: Session, endpoints: str | None) -> None:
+    """Say whether etcd checks logins."""
+    from pcocc.kv.admin import is_auth_enabled
+
+    endpoints = _endpoints(session, endpoints)
+    state = "enabled" if is_auth_enabled(endpoints) else "disabled"
+    click.echo(f"etcd at {endpoints}: authentication {state}")
 
 
 @etcd_user.command("add")

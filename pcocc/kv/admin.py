@@ -27,7 +27,14 @@ from typing import Any, Self
 
 import grpc
 
-from pcocc.errors import AlreadyExists, ConfigError, NotFound, PcoccError, UsageError
+from pcocc.errors import (
+    AlreadyExists,
+    ConfigError,
+    NotFound,
+    PcoccError,
+    PermissionDenied,
+    UsageError,
+)
 from pcocc.kv import keys
 from pcocc.kv.client import KvClient
 from pcocc.kv.credentials import new_password, read_password_file, write_password_file
@@ -324,6 +331,21 @@ class EtcdAuthAdmin:
         with self._unless("role name not found"):
             request = etcdrpc.AuthRoleDeleteRequest(role=role)
             self._call("RoleDelete", request, f"remove role {role}")
+
+
+def is_auth_enabled(endpoints: str, *, timeout_s: float = 5.0) -> bool:
+    """Whether etcd at ``endpoints`` checks logins (asked without logging in).
+
+    :raise ServiceUnavailable: etcd does not answer
+    """
+    with KvClient(endpoints, timeout_s=timeout_s) as client:
+        try:
+            EtcdAuthAdmin(client, Path())._call(
+                "UserList", etcdrpc.AuthUserListRequest(), "list users"
+            )
+        except PermissionDenied:
+            return True
+    return False
 
 
 def _chown_to(path: Path, user: str) -> None:

@@ -76,7 +76,9 @@ def auth_etcd():
         with EtcdServer(top / "etcd") as server:
             env = _env(sysconf, home, PCOCC_ETCD_ENDPOINTS=server.endpoint)
             setup = {
+                "status-before": _pcocc(pcocc_bin, env, "admin", "etcd-auth", "status"),
                 "enable": _pcocc(pcocc_bin, env, "admin", "etcd-auth", "enable"),
+                "status-after": _pcocc(pcocc_bin, env, "admin", "etcd-auth", "status"),
                 "enable-again": _pcocc(pcocc_bin, env, "admin", "etcd-auth", "enable"),
                 "add-alice": _pcocc(pcocc_bin, env, "admin", "etcd-user", "add", "alice"),
                 "add-bob": _pcocc(
@@ -130,6 +132,8 @@ def test_enable_creates_a_private_root_password_and_locks_out_anonymous(auth_etc
     assert "authentication enabled" in out and str(auth_etcd.root_password_file) in out
     assert auth_etcd.root_password_file.stat().st_mode & 0o777 == 0o600
     assert "already enabled" in auth_etcd.setup["enable-again"].stdout
+    assert "authentication disabled" in auth_etcd.setup["status-before"].stdout
+    assert "authentication enabled" in auth_etcd.setup["status-after"].stdout
     with KvClient(auth_etcd.endpoint) as anonymous, pytest.raises(PermissionDenied) as info:
         anonymous.get(keys.cluster_definition("alice", "1"))
     assert "anonymous" in str(info.value) and "password-file" in info.value.hint

@@ -46,6 +46,7 @@ def test_admin_group_is_visible_with_its_commands():
     assert "admin" in runner.invoke(cli, ["--help"]).output
     out = runner.invoke(cli, ["admin", "etcd-user", "--help"]).output
     assert all(cmd in out for cmd in ("add", "remove", "list"))
-    assert "enable" in runner.invoke(cli, ["admin", "etcd-auth", "--help"]).output
+    out = runner.invoke(cli, ["admin", "etcd-auth", "--help"]).output
+    assert "enable" in out and "status" in out
     res = runner.invoke(cli, ["admin", "etcd-user", "add"])
     assert res.exit_code == 2 and "Missing argument 'USER'" in res.output
