@@ -57,7 +57,7 @@ def read_password_file(path: str | os.PathLike[str], *, what: str = "etcd passwo
     """
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ConfigError(
             f"{what} {path} does not exist",

@@ -90,3 +90,13 @@ def test_written_password_file_is_private_and_reads_back(tmp_path):
     write_password_file(path, password)
     assert path.stat().st_mode & 0o777 == 0o600
     assert read_password_file(path) == password
+
+
+def test_symlinked_password_file_is_checked_at_its_target(tmp_path):
+    target = _secret(tmp_path / "target", "linked")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    assert read_password_file(link) == "linked"
+    target.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        read_password_file(link)
