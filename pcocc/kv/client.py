@@ -36,6 +36,7 @@ from pcocc.errors import (
     ServiceUnavailable,
     TimedOut,
 )
+from pcocc.kv import keys
 from pcocc.kv.credentials import PASSWORD_VAR, USER_VAR, etcd_login
 
 log = logging.getLogger(__name__)
@@ -428,7 +429,7 @@ class KvClient:
                 if err.code() == grpc.StatusCode.PERMISSION_DENIED and self.is_logged_in:
                     hint = (
                         f"the etcd role of {who} does not allow it"
-                        " (a pcocc user may use only /pcocc/users/<user>/)"
+                        f" (a pcocc user may use only {keys.user_prefix('<user>')})"
                     )
                 elif not self.is_logged_in:
                     hint = (
@@ -457,7 +458,8 @@ class KvClient:
         that the next call works, and fail this one as a passing outage (callers that ride
         out outages retry it).
 
-        :raise ServiceUnavailable: always (the login worked or not)
+        :raise ServiceUnavailable: logged in again (the caller may retry the call)
+        :raise PermissionDenied: etcd refused the login (the user or its password changed)
         """
         with self._errors(f"log in again as {self.user}"):
             reply = etcdrpc.AuthStub(self._etcd.channel).Authenticate(
