@@ -100,3 +100,21 @@ def test_symlinked_password_file_is_checked_at_its_target(tmp_path):
     target.chmod(0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
         read_password_file(link)
+
+
+def test_batch_yaml_placeholders_and_relative_password_file(tmp_path, monkeypatch):
+    """What every pcocc process reads: user and password-file of the loaded batch.yaml."""
+    from pcocc.cluster.adapters import etcd_login_settings
+    from pcocc.config import load_config
+    from pcocc.config.placeholders import user_name
+
+    sysconf = tmp_path / "etc"
+    sysconf.mkdir()
+    (sysconf / "batch.yaml").write_text(
+        'etcd:\n  endpoints: ["e1:2379"]\n  user: "%{user}"\n  password-file: "pw-%{user}"\n'
+    )
+    _secret(sysconf / f"pw-{user_name()}", "fromconfig")
+    config = load_config(sysconf, tmp_path / "user")
+    login = etcd_login(env={}, **etcd_login_settings(config))
+    assert (login.user, login.password) == (user_name(), "fromconfig")
+    assert str(sysconf / f"pw-{user_name()}") in login.hint
