@@ -39,7 +39,7 @@ def _kvs(env: Mapping[str, str], config: adapters.ConfigSource) -> Iterator[list
     kvs: list[Any] = []
     try:
         for endpoints in sets:
-            kvs.append(adapters.open_reader(endpoints))
+            kvs.append(adapters.open_reader(endpoints, config))
         yield kvs
     finally:
         for kv in kvs:

@@ -40,10 +40,12 @@ class EtcdKv:
         self.client = client
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> EtcdKv:
+    def from_env(cls, env: Mapping[str, str] | None = None, config: Config | None = None) -> EtcdKv:
+        """A client of ``$PCOCC_ETCD_ENDPOINTS`` in ``env``, logged in as the environment or
+        batch.yaml says (see :func:`pcocc.kv.credentials.etcd_login`)."""
         from pcocc.kv.client import KvClient
 
-        return cls(KvClient.from_env(env))
+        return cls(KvClient.from_env(env, **etcd_login_settings(config)))
 
     def close(self) -> None:
         self.client.close()
@@ -193,24 +195,36 @@ def kv_endpoint_sets(
     return found
 
 
-def open_kv(endpoints: str) -> EtcdKv:
-    """A client of ``endpoints``, logged in as $PCOCC_ETCD_USER when etcd has auth on."""
-    from pcocc.kv.client import KvClient
+def etcd_login_settings(config: Config | None) -> dict[str, Any]:
+    """The ``etcd`` section of batch.yaml and the directory of the file that set its
+    ``password-file`` (relative paths start there), for ``KvClient.from_env``."""
+    if config is None:
+        return {}
+    etcd = config.batch.get("etcd") or {}
+    origin = config.origin("batch", "etcd", "password-file")
+    if origin.file is None:
+        origin = config.origin("batch", "etcd")
+    return {"etcd": etcd, "base_dir": origin.file.parent if origin.file is not None else None}
 
-    return EtcdKv(KvClient.from_env({**os.environ, ENDPOINTS_VAR: endpoints}))
+
+def open_kv(endpoints: str, config: Config | None = None) -> EtcdKv:
+    """A client of ``endpoints``, logged in as $PCOCC_ETCD_USER or batch.yaml's etcd user."""
+    return EtcdKv.from_env({**os.environ, ENDPOINTS_VAR: endpoints}, config)
 
 
-def open_reader(endpoints: str) -> Any:
+def open_reader(endpoints: str, config: ConfigSource = None) -> Any:
     """A read-only client of ``endpoints`` over etcd's JSON gateway (no gRPC import: user
     commands that only look clusters up start faster), logged in like :func:`open_kv`."""
-    from pcocc.kv.endpoints import PASSWORD_VAR, USER_VAR
+    from pcocc.kv.credentials import USER_VAR, etcd_login
     from pcocc.kv.gateway import GatewayReader
 
-    return GatewayReader(
-        endpoints,
-        user=os.environ.get(USER_VAR) or None,
-        password=os.environ.get(PASSWORD_VAR) or None,
-    )
+    settings: dict[str, Any] = {}
+    if not os.environ.get(USER_VAR):  # else the environment alone says who logs in
+        settings = etcd_login_settings(config() if callable(config) else config)
+    login = etcd_login(settings.get("etcd"), os.environ, base_dir=settings.get("base_dir"))
+    if login is None:
+        return GatewayReader(endpoints)
+    return GatewayReader(endpoints, user=login.user, password=login.password, hint=login.hint)
 
 
 # -- batch --------------------------------------------------------------------------------

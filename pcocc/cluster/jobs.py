@@ -178,7 +178,7 @@ def run_launcher(
     try:
         with adapters.etcd_for_job(cluster_dir, env, config) as kv_env:
             env.update(kv_env)
-            kv = adapters.EtcdKv.from_env(env)
+            kv = adapters.EtcdKv.from_env(env, config)
             try:
                 node_argv = adapters.python_command()
                 if debug:
@@ -216,7 +216,7 @@ def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int
             f"no etcd to use: {adapters.ENDPOINTS_VAR} is not set",
             hint="'pcocc internal run' is started by 'pcocc internal launcher'",
         )
-    kv = adapters.open_kv(endpoints)
+    kv = adapters.open_kv(endpoints, config)
     try:
         node = NodeProcess(
             kv,

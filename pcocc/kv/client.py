@@ -21,6 +21,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Self
 
 from pcocc.errors import (
@@ -34,10 +35,9 @@ from pcocc.errors import (
     ServiceUnavailable,
     TimedOut,
 )
-from pcocc.kv.endpoints import ENDPOINTS_VAR, PASSWORD_VAR, USER_VAR, parse_endpoint
-
-log = logging.getLogger(__name__)
-
+from pcocc.kv import keys
+from pcocc.kv.credentials import PASSWORD_VAR, USER_VAR, etcd_login
+from pcocc.kv.endpoints import ENDPOINTS_VAR, parse_endpoint
 
 # etcd3 ships old generated protobuf modules: they need protobuf<4 (see setup.cfg) and warn
 # about deprecated descriptor calls on import
@@ -46,7 +46,10 @@ with warnings.catch_warnings():
     import etcd3
     import etcd3.events
     import etcd3.exceptions
+    from etcd3 import etcdrpc
 import grpc
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -243,7 +246,24 @@ def _is_auth_error(err: grpc.RpcError) -> bool:
     if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
         return True
     details = (err.details() if hasattr(err, "details") else "") or ""
-    return code == grpc.StatusCode.INVALID_ARGUMENT and "authentication" in details
+    return code == grpc.StatusCode.INVALID_ARGUMENT and (
+        "authentication" in details or _LOGIN_NEEDED in details
+    )
+
+
+def _is_stale_token_error(err: grpc.RpcError) -> bool:
+    details = (err.details() if hasattr(err, "details") else "") or ""
+    return "invalid auth token" in details
+
+
+#: what etcd answers a client without login once authentication is enabled
+_LOGIN_NEEDED = "user name is empty"
+
+
+def is_auth_disabled_error(err: BaseException | None) -> bool:
+    """True for etcd's answer to a login when authentication is not enabled."""
+    details = err.details() if isinstance(err, grpc.RpcError) and hasattr(err, "details") else ""
+    return "authentication is not enabled" in (details or "")
 
 
 class KvClient:
@@ -256,8 +276,11 @@ class KvClient:
         timeout_s: float = 5.0,
         user: str | None = None,
         password: str | None = None,
+        login_hint: str | None = None,
     ):
         """Connect to one of ``endpoints``, as ``user`` if etcd has auth enabled.
+
+        ``login_hint`` says what to check when etcd refuses the login (never the password).
 
         :raise ConfigError: no or malformed endpoint
         :raise PermissionDenied: etcd refused the user name or password
@@ -274,7 +297,11 @@ class KvClient:
         addresses = [parse_endpoint(e) for e in self.endpoints]
         self.timeout_s = timeout_s
         self.user = user
+        #: False when etcd has no authentication (a configured login is then not used)
+        self.is_logged_in = user is not None
+        self.login_hint = login_hint or f"check {USER_VAR}/{PASSWORD_VAR} and the role of the user"
         credentials = {} if user is None else {"user": user, "password": password or ""}
+        self._password = password or ""  # kept for logging in again (etcd restarted)
         # with several endpoints, use the first that answers; with one, connect lazily
         for i, (host, port) in enumerate(addresses):
             self.endpoint = f"http://{host}:{port}"
@@ -288,8 +315,19 @@ class KvClient:
                 log.debug("etcd endpoint %s unusable, trying the next: %s", self.endpoint, err)
 
     def _connect(self, host: str, port: int, credentials: dict[str, str], probe: bool) -> None:
-        with self._errors(f"log in as {self.user}" if self.user else "connect"):
-            self._etcd = etcd3.client(host=host, port=port, timeout=self.timeout_s, **credentials)
+        try:
+            with self._errors(f"log in as {self.user}" if self.user else "connect"):
+                self._etcd = etcd3.client(
+                    host=host, port=port, timeout=self.timeout_s, **credentials
+                )
+        except ServiceUnavailable as err:
+            if not (credentials and is_auth_disabled_error(err.__cause__)):
+                raise
+            # a login configured before the admin enabled etcd auth: nothing to log in to
+            log.debug("etcd at %s has no authentication: connecting without login", self.endpoint)
+            self.is_logged_in = False
+            with self._errors("connect"):
+                self._etcd = etcd3.client(host=host, port=port, timeout=self.timeout_s)
         if not self._etcd.uses_secure_channel:
             # etcd3 sends the auth token twice: as call credentials, which gRPC refuses on a
             # plain channel, and as metadata, which is enough for etcd
@@ -323,14 +361,27 @@ class KvClient:
         watcher._run = run_until_closed
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> KvClient:
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        etcd: Mapping[str, Any] | None = None,
+        base_dir: Path | None = None,
+        **kwargs: Any,
+    ) -> KvClient:
         """A client for ``$PCOCC_ETCD_ENDPOINTS`` (comma-separated URLs).
 
-        With etcd auth, ``$PCOCC_ETCD_USER`` and ``$PCOCC_ETCD_PASSWORD`` give the login.
+        With etcd auth, ``$PCOCC_ETCD_USER`` and ``$PCOCC_ETCD_PASSWORD`` give the login,
+        else ``user`` and ``password-file`` of ``etcd`` (batch.yaml's section; see
+        :func:`pcocc.kv.credentials.etcd_login`).
+
+        :raise ConfigError: the password file is missing, unreadable or not private
         """
         env = os.environ if env is None else env
-        kwargs.setdefault("user", env.get(USER_VAR) or None)
-        kwargs.setdefault("password", env.get(PASSWORD_VAR) or None)
+        if "user" not in kwargs:
+            login = etcd_login(etcd, env, base_dir=base_dir)
+            if login is not None:
+                kwargs.update(user=login.user, password=login.password, login_hint=login.hint)
         return cls(env.get(ENDPOINTS_VAR, ""), **kwargs)
 
     def close(self) -> None:
@@ -349,11 +400,24 @@ class KvClient:
         except etcd3.exceptions.PreconditionFailedError as err:
             raise KvConflict(f"etcd refused to {what}: {_describe(err)}") from err
         except grpc.RpcError as err:
+            if self.is_logged_in and _is_stale_token_error(err):
+                self._login_again(what, err)
             if _is_auth_error(err):
-                who = f"user {self.user!r}" if self.user else "an anonymous client"
+                who = f"user {self.user!r}" if self.is_logged_in else "an anonymous client"
+                hint = self.login_hint
+                if err.code() == grpc.StatusCode.PERMISSION_DENIED and self.is_logged_in:
+                    hint = (
+                        f"the etcd role of {who} does not allow it"
+                        f" (a pcocc user may use only {keys.user_prefix('<user>')})"
+                    )
+                elif not self.is_logged_in:
+                    hint = (
+                        "etcd has authentication enabled: set user and password-file in the"
+                        f" etcd section of batch.yaml (or {USER_VAR}/{PASSWORD_VAR})"
+                    )
                 raise PermissionDenied(
                     f"etcd at {self.endpoint} refused to let {who} {what}: {_describe(err)}",
-                    hint=f"check {USER_VAR}/{PASSWORD_VAR} and the role of the user",
+                    hint=hint,
                 ) from err
             raise ServiceUnavailable(
                 f"cannot {what} in etcd at {self.endpoint}: {_describe(err)}", hint=self.hint
@@ -367,6 +431,29 @@ class KvClient:
             if "channel closed" not in str(err).lower():
                 raise
             raise ServiceUnavailable(f"cannot {what}: the etcd client is closed") from err
+
+    def _login_again(self, what: str, err: grpc.RpcError) -> None:
+        """etcd forgot our login token (it restarted, or the token expired): log in again so
+        that the next call works, and fail this one as a passing outage (callers that ride
+        out outages retry it).
+
+        :raise ServiceUnavailable: logged in again (the caller may retry the call)
+        :raise PermissionDenied: etcd refused the login (the user or its password changed)
+        """
+        with self._errors(f"log in again as {self.user}"):
+            reply = etcdrpc.AuthStub(self._etcd.channel).Authenticate(
+                etcdrpc.AuthenticateRequest(name=self.user, password=self._password),
+                timeout=self.timeout_s,
+            )
+        self._etcd.metadata = (("token", reply.token),)
+        self._etcd.watcher._metadata = self._etcd.metadata  # for the next watch stream
+        log.info("etcd at %s dropped the login token of %s: logged in again", self.endpoint,
+                 self.user)  # fmt: skip
+        raise ServiceUnavailable(
+            f"cannot {what} in etcd at {self.endpoint}: etcd dropped the login token"
+            " (restarted?); logged in again",
+            hint="try again",
+        ) from err
 
     # reads and writes ---------------------------------------------------------------------
     def get(self, key: str) -> bytes | None:

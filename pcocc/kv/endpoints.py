@@ -7,8 +7,6 @@ from urllib.parse import urlsplit
 from pcocc.errors import ConfigError
 
 ENDPOINTS_VAR = "PCOCC_ETCD_ENDPOINTS"
-USER_VAR = "PCOCC_ETCD_USER"
-PASSWORD_VAR = "PCOCC_ETCD_PASSWORD"
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:

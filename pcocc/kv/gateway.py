@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from typing import Any, Self
 
 from pcocc.errors import ConfigError, Corrupt, PermissionDenied, ServiceUnavailable
+from pcocc.kv import keys
+from pcocc.kv.credentials import PASSWORD_VAR, USER_VAR
 from pcocc.kv.endpoints import ENDPOINTS_VAR, parse_endpoint
 
 log = logging.getLogger(__name__)
@@ -53,8 +55,10 @@ class GatewayReader:
         *,
         user: str | None = None,
         password: str | None = None,
+        hint: str | None = None,
         timeout_s: float = 5.0,
     ):
+        """``hint``: what to check when etcd refuses the login (never the password)."""
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
         if not endpoints:
@@ -64,6 +68,7 @@ class GatewayReader:
         self.addresses = [parse_endpoint(e) for e in endpoints]
         self.user = user
         self.password = password
+        self.login_hint = hint or f"check {USER_VAR}/{PASSWORD_VAR} and the role of the user"
         self.timeout_s = timeout_s
         self.endpoint = "http://{}:{}".format(*self.addresses[0])
         self._conn: http.client.HTTPConnection | None = None
@@ -113,10 +118,22 @@ class GatewayReader:
             for m in ("authentication failed", "permission denied", "user name is empty")
         )
         if code in (_PERMISSION_DENIED, _UNAUTHENTICATED) or status in (401, 403) or refused:
+            logged_in = bool(self._token)
             who = f"user {self.user!r}" if self.user else "an anonymous client"
+            if logged_in and "permission denied" in message:
+                hint = (
+                    f"the etcd role of {who} does not allow it"
+                    f" (a pcocc user may use only {keys.user_prefix('<user>')})"
+                )
+            elif self.user is None:
+                hint = (
+                    "etcd has authentication enabled: set user and password-file in the"
+                    f" etcd section of batch.yaml (or {USER_VAR}/{PASSWORD_VAR})"
+                )
+            else:
+                hint = self.login_hint
             raise PermissionDenied(
-                f"etcd at {self.endpoint} refused to let {who} {what}: {message}",
-                hint="check the etcd user, its password and its role",
+                f"etcd at {self.endpoint} refused to let {who} {what}: {message}", hint=hint
             )
         raise ServiceUnavailable(f"cannot {what} in etcd at {self.endpoint}: {message}")
 

@@ -115,16 +115,48 @@ def default_cache_path() -> Path:
     return Path(base) / "pcocc" / "kvm-probe.json"
 
 
-def cached_probe(probe: Probe, cache_path: Path | None, *, boot_id: str | None = None) -> ProbeResult:
-    """Run ``probe`` once per boot of the host; later calls read the cached answer."""
+def cached_probe(
+    probe: Probe, cache_path: Path | None, *, boot_id: str | None = None
+) -> ProbeResult:
+    """Run ``probe`` once per boot of the host; later calls read the cached answer.
+
+    The probe and the cache write happen under a lock next to the cache file, so that VMs
+    starting at the same moment run one probe: the others wait, then read its answer.
+    """
     path = cache_path or default_cache_path()
     boot = boot_id or host_boot_id()
+    cached = _read_cached(path, boot)
+    if cached is not None:
+        return cached
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = fsutil.locked(
+            path.with_name(path.name + ".lock"),
+            wait_s=PROBE_TIMEOUT_S * 6,
+            what="the KVM probe lock",
+        )
+        with lock:
+            cached = _read_cached(path, boot)  # the holder before us may have probed
+            if cached is not None:
+                return cached
+            return _probe_and_cache(probe, path, boot)
+    except (OSError, PcoccError) as err:
+        # no place for the cache or its lock (or a stuck holder): probe without them
+        log.debug("cannot lock the KVM probe cache %s: %s", path, err)
+        return _probe_and_cache(probe, path, boot)
+
+
+def _read_cached(path: Path, boot: str) -> ProbeResult | None:
     try:
         data = json.loads(path.read_text())
         if data.get("boot_id") == boot:
             return ProbeResult(bool(data["is_usable"]), str(data["reason"]))
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    return None
+
+
+def _probe_and_cache(probe: Probe, path: Path, boot: str) -> ProbeResult:
     result = probe()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -417,3 +417,47 @@ def test_interactive_shell_without_command(local_env):
     assert (env.tmp / "shell.out").read_text().strip() == "vm0"
     assert (env.tmp / "id").read_text().strip()
     assert_nothing_left(env)
+
+
+def test_cluster_on_an_etcd_with_auth_logs_in_from_batch_yaml(
+    tmp_path, pcocc_env, pcocc_bin, testvm_artifacts, slurm_cluster  # noqa: F811
+):
+    """Launcher, srun'd node processes and user commands all log in as the user that
+    batch.yaml names, with its private password file: no login in the environment or argv,
+    and the user's role reaches only its own prefix."""
+    from pcocc.kv.admin import EtcdAuthAdmin
+    from pcocc.kv.client import KvClient
+    from pcocc.kv.server import EtcdServer
+
+    root_file, alice_file = tmp_path / "root.pw", tmp_path / "alice.pw"
+    with EtcdServer(tmp_path / "etcd") as server:
+        with EtcdAuthAdmin.connect(server.endpoint, root_file) as admin:
+            admin.add_user("alice", alice_file)
+            admin.enable_auth()
+        env = Env(
+            tmp_path,
+            pcocc_env,
+            pcocc_bin,
+            testvm_artifacts,
+            {
+                "type": "slurm",
+                "etcd": {
+                    "endpoints": [server.endpoint.split("://")[-1]],
+                    "user": "alice",
+                    "password-file": str(alice_file),
+                },
+            },
+            # pcocc's etcd prefix is named after the login name of the process
+            {**slurm_cluster.env(), "USER": "alice", "LOGNAME": "alice"},
+        )
+        checks = 'set -e; pcocc ps --json > ps.json; echo "$PCOCC_JOB_ID" > job.id'
+        res = env.run("alloc", "-E", checks, "testvm:2")
+        assert res.returncode == 0, res.stderr
+        job_id = (tmp_path / "job.id").read_text().strip()
+        ps = json.loads((tmp_path / "ps.json").read_text())
+        assert [(c["id"], c["state"], c["running"]) for c in ps] == [(job_id, "running", 2)]
+        password = alice_file.read_text().strip()
+        assert password not in res.stdout + res.stderr
+        with KvClient(server.endpoint, user="root", password=root_file.read_text().strip()) as kv:
+            assert kv.get_prefix("/pcocc/") == {}  # the cluster's keys went with it
+        assert_nothing_left(env)

@@ -1,0 +1,134 @@
+"""Who pcocc logs in to etcd as, and the private files that hold etcd passwords.
+
+The login comes from the environment first (``$PCOCC_ETCD_USER``, ``$PCOCC_ETCD_PASSWORD``),
+then from the ``etcd`` section of batch.yaml (``user``, ``password-file``). Node processes
+started by srun load the same configuration, so they find the password the same way: it
+never travels in argv, and pcocc never logs it, prints it or stores it in etcd.
+
+A password file must be private to its owner (no permission for group or others), like an
+ssh key: pcocc refuses any other.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pcocc import fsutil
+from pcocc.errors import ConfigError
+
+USER_VAR = "PCOCC_ETCD_USER"
+PASSWORD_VAR = "PCOCC_ETCD_PASSWORD"
+
+
+@dataclass(frozen=True)
+class EtcdLogin:
+    """A user name and its password; ``source`` says where the password came from."""
+
+    user: str
+    password: str = field(repr=False)
+    source: str = ""
+
+    @property
+    def hint(self) -> str:
+        """What to check when etcd refuses this login."""
+        where = self.source or f"{USER_VAR}/{PASSWORD_VAR}"
+        return f"check the etcd user {self.user!r}, its password ({where}) and its role"
+
+
+def expand_path(value: str, base_dir: Path | None = None) -> Path:
+    """A path from the configuration: ``~`` expanded, ``%%{`` -> ``%{``, relative to
+    ``base_dir`` (the directory of the file that set it) when given."""
+    path = Path(os.path.expanduser(value.replace("%%{", "%{")))
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    return path
+
+
+def read_password_file(path: str | os.PathLike[str], *, what: str = "etcd password file") -> str:
+    """The password in ``path`` (its first line, without the line end).
+
+    :raise ConfigError: the file is missing, unreadable, empty, or open to group or others
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{what} {path} does not exist",
+            hint="create it (mode 600) or fix password-file in batch.yaml",
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{what} {path} is not a regular file")
+        _check_private(path, info.st_mode, what)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(65536)
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror}") from None
+    finally:
+        os.close(fd)
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not UTF-8 text") from None
+    password = text.splitlines()[0] if text else ""
+    if not password:
+        raise ConfigError(f"{what} {path} is empty", hint="write the password on its first line")
+    return password
+
+
+def _check_private(path: Path, mode: int, what: str) -> None:
+    if mode & 0o077 == 0:
+        return
+    access = "readable" if mode & 0o044 else "writable" if mode & 0o022 else "usable"
+    raise ConfigError(
+        f"{what} {path} is {access} by group or others (mode {stat.S_IMODE(mode):04o}):"
+        f" run 'chmod 600 {path}'"
+    )
+
+
+def write_password_file(path: str | os.PathLike[str], password: str) -> None:
+    """Write ``password`` to ``path`` atomically, mode 0600."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fsutil.write_atomic(path, password + "\n", mode=0o600)
+
+
+def new_password() -> str:
+    """A random password (32 URL-safe characters, 192 bits)."""
+    return secrets.token_urlsafe(24)
+
+
+def etcd_login(
+    etcd: Mapping[str, Any] | None,
+    env: Mapping[str, str],
+    *,
+    base_dir: Path | None = None,
+) -> EtcdLogin | None:
+    """The login to use, or None to connect anonymously.
+
+    :param etcd: the ``etcd`` section of batch.yaml (load-time placeholders expanded)
+    :param base_dir: directory of the batch.yaml that set ``password-file`` (for relative paths)
+    :raise ConfigError: the password file is missing, unreadable or not private
+    """
+    etcd = etcd or {}
+    user = env.get(USER_VAR) or etcd.get("user")
+    if not user:
+        return None
+    user = str(user).replace("%%{", "%{")
+    if env.get(PASSWORD_VAR):
+        return EtcdLogin(user, env[PASSWORD_VAR], PASSWORD_VAR)
+    if (env.get(USER_VAR) and env[USER_VAR] != etcd.get("user")) or not etcd.get("password-file"):
+        # a user without a password: etcd refuses it, with the hint of EtcdLogin
+        return EtcdLogin(user, "", f"no password: set {PASSWORD_VAR} or etcd.password-file")
+    path = expand_path(str(etcd["password-file"]), base_dir)
+    return EtcdLogin(user, read_password_file(path), f"password file {path}")
