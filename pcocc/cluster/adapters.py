@@ -307,22 +307,25 @@ def _memory_mib(settings: Mapping[str, Any]) -> int:
     return max(parse_size(str(memory)) // (1024 * 1024), 64)
 
 
-def mount_args(definition: ClusterDefinition) -> tuple[list[str], str]:
-    """QEMU arguments sharing each ``--mount`` over 9p, and the ``pcocc/mounts`` seed file
-    (``TAG TARGET`` lines) that tells the guest where to mount them."""
-    args: list[str] = []
+def vm_shares(definition: ClusterDefinition, settings: Mapping[str, Any]) -> tuple[list, str]:
+    """The virtio-fs shares of a VM and its ``pcocc/mounts`` seed file.
+
+    Each ``--mount`` gets the tag ``pcoccN`` and a ``TAG TARGET`` line of the seed file,
+    which tells the guest where to mount it. The template's ``mount-points`` are shared
+    with their name as tag, for the image's own fstab to mount.
+    """
+    from pcocc.vm.virtiofs import Share
+
+    shares = []
     table = ""
     for index, mount in enumerate(definition.mounts):
         tag = f"pcocc{index}"
-        path = mount.source.replace(",", ",,")
-        args += [
-            "-fsdev",
-            f"local,id=fs{index},path={path},security_model=none",
-            "-device",
-            f"virtio-9p-pci,fsdev=fs{index},mount_tag={tag}",
-        ]
+        shares.append(Share(tag=tag, source=mount.source))
         table += f"{tag} {mount.target}\n"
-    return args, table
+    for tag, point in sorted((settings.get("mount-points") or {}).items()):
+        source = os.path.expanduser(str(point["path"]))
+        shares.append(Share(tag=tag, source=source, readonly=bool(point.get("readonly"))))
+    return shares, table
 
 
 def _template_user_data(value: Any) -> str | None:
@@ -395,8 +398,8 @@ def machine_factory(
             "memory_mib": _memory_mib(s),
             "smp": entry.cores,
         }
-        share_args, mounts_table = mount_args(definition)
-        spec_args["custom_args"] = tuple(s.get("custom-args") or ()) + tuple(share_args)
+        shares, mounts_table = vm_shares(definition, s)
+        spec_args["custom_args"] = tuple(s.get("custom-args") or ())
         for key, field_name in (
             ("cpu-model", "cpu_model"),
             ("machine-type", "machine_type"),
@@ -426,6 +429,7 @@ def machine_factory(
             image=image,
             seed=seed,
             boot_timeout_s=definition.boot_timeout_s,
+            shares=shares,
         )
         return MachineVm(machine)
 

@@ -10,7 +10,7 @@ from pcocc.cluster.adapters import (
     hosts_file,
     kv_endpoint_sets,
     batch_manager,
-    mount_args,
+    vm_shares,
 )
 from pcocc.cluster.definition import build_definition
 from pcocc.cluster.jobs import (
@@ -70,12 +70,23 @@ def test_boot_timeout_from_env():
             boot_timeout_s({"PCOCC_BOOT_TIMEOUT": bad})
 
 
-def test_hosts_and_mount_args(tmp_path):
-    d = build_definition("t:2", {"t": {"kernel": "/k"}}, mounts=[f"{tmp_path}:/data"])
+def test_hosts_and_vm_shares(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    d = build_definition("t:2", {"t": {"kernel": "/k"}},
+                         mounts=[f"{tmp_path}/a:/data", f"{tmp_path}/b:/scratch"])
     assert hosts_file(d).splitlines() == [f"{d.vms[0].address} vm0", f"{d.vms[1].address} vm1"]
-    args, table = mount_args(d)
-    assert table == "pcocc0 /data\n"
-    assert f"local,id=fs0,path={tmp_path},security_model=none" in args
+    settings = {"mount-points": {"home": {"path": "/home"},
+                                 "apps": {"path": "/opt", "readonly": True}}}
+    shares, table = vm_shares(d, settings)
+    assert table == "pcocc0 /data\npcocc1 /scratch\n"
+    assert [(s.tag, s.source, s.readonly) for s in shares] == [
+        ("pcocc0", str(tmp_path / "a"), False),
+        ("pcocc1", str(tmp_path / "b"), False),
+        ("apps", "/opt", True),
+        ("home", "/home", False),
+    ]
+    assert vm_shares(build_definition("t:1", {"t": {"kernel": "/k"}}), {}) == ([], "")
 
 
 def test_internal_commands_are_hidden_and_need_their_context(pcocc_env, capsys, monkeypatch):
