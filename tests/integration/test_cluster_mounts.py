@@ -1,0 +1,167 @@
+"""``pcocc alloc --mount``: host directories shared into the real test VM over virtio-fs.
+
+The cluster test runs as root (the user running the tests); the unprivileged path (virtiofsd
+in a user namespace mapped with the user's subordinate ids) is checked by booting one VM
+with a share as a throwaway user.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest_vm import testvm_artifacts  # noqa: F401 - fixture
+from test_cluster import Env, assert_nothing_left, local_env  # noqa: F401 - fixture
+
+from pcocc.vm import virtiofs
+from tests.nonroot import readable_pcocc
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _need_virtiofsd():
+    try:
+        virtiofs.find_virtiofsd()
+    except Exception as err:  # noqa: BLE001 - skip with the reason
+        pytest.skip(str(err))
+
+
+def test_alloc_mount_reads_and_writes_host_files(local_env):  # noqa: F811
+    env: Env = local_env
+    share = env.tmp / "shared dir"
+    share.mkdir()
+    (share / "hello.txt").write_text("written on the host\n")
+    script = (
+        "set -e; pcocc ssh vm0 cat /data/hello.txt > from-guest.txt; "
+        "pcocc ssh vm0 'echo written in vm0 > /data/new.txt; mkdir /data/made; sync'; "
+        "pcocc ssh vm0 'grep \" /data virtiofs \" /proc/mounts' > mounts.txt"
+    )
+    res = env.run("alloc", "--mount", f"{share}:/data", "-E", script, "testvm:1")
+    assert res.returncode == 0, res.stderr
+    assert (env.tmp / "from-guest.txt").read_text() == "written on the host\n"
+    assert (env.tmp / "mounts.txt").read_text().split()[:3] == ["pcocc0", "/data", "virtiofs"]
+    new = share / "new.txt"
+    assert new.read_text() == "written in vm0\n"
+    assert (new.stat().st_uid, new.stat().st_gid) == (os.getuid(), os.getgid())
+    assert (share / "made").is_dir()
+    assert_nothing_left(env)
+
+
+@pytest.mark.parametrize("make_bad, why", [
+    (lambda tmp: f"{tmp}/missing:/data", "does not exist"),
+    (lambda tmp: f"{tmp}/hosts.sh:/data", "is not a directory"),
+    (lambda tmp: f"{tmp}:data", "must be an absolute path"),
+])
+def test_bad_mounts_fail_before_allocation(local_env, make_bad, why):  # noqa: F811
+    env: Env = local_env
+    value = make_bad(env.tmp)
+    res = env.run("alloc", "--mount", value, "-E", "true", "testvm:1", timeout_s=60)
+    assert res.returncode == 2, res.stderr
+    assert f"--mount '{value}'" in res.stderr and why in res.stderr
+    assert len(res.stderr.strip().splitlines()) <= 2  # error (+ hint), no traceback
+    assert not env.run_dir.exists() or not any(env.run_dir.iterdir())
+
+
+# -- as an ordinary user ------------------------------------------------------------------
+MACHINE_SCRIPT = """
+import json, os, sys
+from pcocc.vm.machine import Machine
+from pcocc.vm.qemu import VmSpec
+from pcocc.vm.seed import SeedSpec
+from pcocc.vm.virtiofs import Share
+
+kernel, initrd, append, share, run_dir = sys.argv[1:6]
+user_data = (
+    "#!/bin/sh\\n"
+    "cat /data/hello.txt > /data/copy.txt\\n"
+    "echo written by the guest > /data/new.txt\\n"
+    "grep ' /data virtiofs ' /proc/mounts > /data/mounts.txt\\n"
+    "sync\\n"
+    "poweroff -f\\n"
+)
+spec = VmSpec(name="vm0", accel="tcg", memory_mib=256, kernel=kernel, initrd=initrd,
+              append=append, network=False)
+seed = SeedSpec(hostname="vm0", instance_id="i-0", user_data=user_data,
+                extra_files={"pcocc/mounts": "pcocc0 /data\\n"})
+machine = Machine(spec, run_dir, seed=seed, shares=[Share("pcocc0", share)], ready="agent",
+                  boot_timeout_s=240)
+try:  # the guest powers off when done: run it to its end instead of waiting until up
+    machine._prepare()
+    machine._start_qemu()
+    pids = [p.pid for p in machine.fs_processes]
+    status = machine.process.wait(timeout=240)
+finally:
+    machine.shutdown()
+alive = [p for p in pids if os.path.exists(f"/proc/{p}")]
+print(json.dumps({"status": status, "virtiofsd_left": alive}))
+"""
+
+
+@pytest.fixture
+def vm_user(testvm_artifacts):  # noqa: F811
+    """A throwaway user with a private directory, the test VM and a readable pcocc."""
+    if os.getuid() != 0:
+        pytest.skip("creating a throwaway user needs root")
+    for tool in ("useradd", "userdel", "runuser", "newuidmap"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"'{tool}' is missing")
+    name = f"pcoccfs{os.getpid() % 100000}"
+    top = Path(tempfile.mkdtemp(prefix="pcocc-virtiofs-"))  # pytest's tmp is root-only
+    # useradd gives the user ranges in /etc/subuid and /etc/subgid (Debian's default)
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", name], check=True)
+    try:
+        top.chmod(0o755)
+        deps = top / "deps"
+        import qemu.qmp
+        import yaml
+
+        for mod_dir in (Path(yaml.__file__).parent, Path(qemu.qmp.__file__).parent.parent):
+            shutil.copytree(mod_dir, deps / mod_dir.name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        for name_ in ("kernel", "initrd"):
+            shutil.copy(getattr(testvm_artifacts, name_), top / name_)
+        subprocess.run(["chmod", "-R", "a+rX", str(top)], check=True)
+        home = top / "home"
+        home.mkdir()
+        shutil.chown(home, name, name)
+        home.chmod(0o700)
+        yield name, home, [deps, readable_pcocc(top)], top, testvm_artifacts.append
+    finally:
+        subprocess.run(["userdel", "--force", name], check=False)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_share_as_an_ordinary_user_keeps_the_users_ownership(vm_user):
+    name, home, pythonpath, top, append = vm_user
+    share = home / "share"
+    share.mkdir()
+    (share / "hello.txt").write_text("from the host\n")
+    shutil.chown(share, name, name)
+    shutil.chown(share / "hello.txt", name, name)
+    run_dir = home / "vm"
+    res = subprocess.run(
+        ["runuser", "-u", name, "--", "env", "-i", "PATH=/usr/bin:/bin:/usr/sbin:/sbin",
+         f"HOME={home}", "PYTHONPATH=" + ":".join(map(str, pythonpath)),
+         "/usr/bin/python3", "-S", "-c", MACHINE_SCRIPT,
+         str(top / "kernel"), str(top / "initrd"), append, str(share), str(run_dir)],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr
+    import json
+
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["virtiofsd_left"] == []
+    mounts = share / "mounts.txt"
+    assert mounts.exists(), "the guest did not write into the share: it was not mounted"
+    assert mounts.read_text().split()[:3] == ["pcocc0", "/data", "virtiofs"]
+    new = share / "new.txt"
+    assert new.read_text() == "written by the guest\n"
+    uid = int(subprocess.run(["id", "-u", name], capture_output=True, text=True,
+                             check=True).stdout)
+    assert new.stat().st_uid == uid  # the guest's root is the user on the host
+    assert (share / "copy.txt").read_text() == "from the host\n"
+    assert not run_dir.exists() or sorted(p.name for p in run_dir.iterdir()) == []
