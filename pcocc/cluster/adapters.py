@@ -328,6 +328,19 @@ def vm_shares(definition: ClusterDefinition, settings: Mapping[str, Any]) -> tup
     return shares, table
 
 
+def check_shares_possible(definition: ClusterDefinition) -> None:
+    """Raise before allocating when the VMs have shares that virtiofsd could not serve here.
+
+    :raise ToolMissing: virtiofsd (or, for an ordinary user, newuidmap) is not installed
+    :raise PcoccError: an ordinary user without subordinate ids
+    """
+    if definition.mounts or any(vm.settings.get("mount-points") for vm in definition.vms):
+        from pcocc.vm import virtiofs
+
+        virtiofs.find_virtiofsd()
+        virtiofs.check_unprivileged()
+
+
 def _template_user_data(value: Any) -> str | None:
     """A template's ``user-data``: a file name (read it) or the text itself."""
     if not value:

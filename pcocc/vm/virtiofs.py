@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pcocc import proc
 from pcocc.errors import PcoccError, ToolMissing
 
 #: Where Debian puts virtiofsd: the Rust one (package virtiofsd, Debian 13 and later) and
@@ -102,12 +103,8 @@ def check_unprivileged(
     if uid == 0:
         return
     user = user or getpass.getuser()
-    for tool, package in (("unshare", "util-linux"), ("newuidmap", "uidmap"),
-                          ("newgidmap", "uidmap")):
-        if shutil.which(tool) is None:
-            raise ToolMissing(f"'{tool}' is not installed: virtiofsd needs it to run as "
-                              f"user {user}", tool=tool,
-                              hint=f"install the Debian package '{package}'")
+    for tool in ("unshare", "newuidmap", "newgidmap"):
+        proc.which(tool)
     for path in (subuid, subgid):
         if not _has_subordinate_ids(path, user, uid):
             raise PcoccError(

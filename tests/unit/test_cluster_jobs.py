@@ -1,5 +1,6 @@
 """The glue of alloc/batch: job script, definition transport, CLI errors before allocation."""
 
+import os
 import subprocess
 
 import pytest
@@ -140,3 +141,34 @@ def test_etcd_endpoints_env_then_config(tmp_path):
     (tmp_path / "5").mkdir()
     (tmp_path / "5" / "etcd-endpoints").write_text("http://127.0.0.1:999\n")
     assert kv_endpoint_sets({}, tmp_path, Cfg()) == ["http://127.0.0.1:999"]
+
+
+def _alloc_with_mount(pcocc_env, monkeypatch, tmp_path, mount):
+    (pcocc_env["system"] / "templates.yaml").write_text("templates:\n  t: {kernel: /k}\n")
+    import pcocc.cluster.jobs as jobs
+
+    def no_alloc(*args, **kwargs):
+        raise AssertionError("allocated despite a bad --mount")
+
+    monkeypatch.setattr(jobs, "alloc", no_alloc)
+    return run_cli(["alloc", "--mount", mount, "-E", "true", "t:1"])
+
+
+def test_alloc_refuses_bad_mounts_before_allocating(pcocc_env, capsys, monkeypatch, tmp_path):
+    assert _alloc_with_mount(pcocc_env, monkeypatch, tmp_path, f"{tmp_path}/nope:/x") == 2
+    err = capsys.readouterr().err
+    assert f"pcocc: error: --mount '{tmp_path}/nope:/x': the source" in err
+    assert "does not exist" in err
+
+
+def test_alloc_without_virtiofsd_names_the_package(pcocc_env, capsys, monkeypatch, tmp_path):
+    from pcocc.vm import virtiofs
+
+    monkeypatch.setattr(virtiofs, "VIRTIOFSD_PATHS", ("/nonexistent/virtiofsd",))
+    path = os.environ["PATH"].split(os.pathsep)
+    monkeypatch.setenv("PATH", os.pathsep.join(
+        d for d in path if not os.path.exists(os.path.join(d, "virtiofsd"))))
+    assert _alloc_with_mount(pcocc_env, monkeypatch, tmp_path, f"{tmp_path}:/x") == 1
+    err = capsys.readouterr().err
+    assert "'virtiofsd' is not installed" in err
+    assert "hint: install the Debian package 'qemu-system-common'" in err
