@@ -8,6 +8,7 @@ with a share as a throwaway user.
 from __future__ import annotations
 
 import os
+import signal
 import shutil
 import subprocess
 import tempfile
@@ -15,7 +16,12 @@ from pathlib import Path
 
 import pytest
 from conftest_vm import testvm_artifacts  # noqa: F401 - fixture
-from test_cluster import Env, assert_nothing_left, local_env  # noqa: F401 - fixture
+from test_cluster import (  # noqa: F401 - local_env is a fixture
+    Env,
+    assert_nothing_left,
+    local_env,
+    pids_matching,
+)
 
 from pcocc.vm import virtiofs
 from tests.nonroot import readable_pcocc
@@ -49,6 +55,34 @@ def test_alloc_mount_reads_and_writes_host_files(local_env):  # noqa: F811
     assert new.read_text() == "written in vm0\n"
     assert (new.stat().st_uid, new.stat().st_gid) == (os.getuid(), os.getgid())
     assert (share / "made").is_dir()
+    assert_nothing_left(env)
+
+
+@pytest.mark.parametrize("how", ["qemu killed", "interrupted"])
+def test_virtiofsd_ends_with_the_vm(local_env, how):  # noqa: F811
+    env: Env = local_env
+    share = env.tmp / "share"
+    share.mkdir()
+    proc = env.start("alloc", "--mount", f"{share}:/data", "-E", "sleep 600", "testvm:1")
+    try:
+        env.wait_ps(lambda cs: len(cs) == 1 and cs[0]["running"] == 1, "the VM to run",
+                    proc=proc)
+        assert pids_matching(env, "virtiofsd"), "no virtiofsd serves the share"
+        sockets = list(env.run_dir.rglob("fs0.sock"))
+        assert len(sockets) == 1 and oct(sockets[0].stat().st_mode & 0o777) == "0o600"
+        if how == "qemu killed":
+            (qemu,) = pids_matching(env, "qemu-system")
+            os.kill(qemu, signal.SIGKILL)
+            status = 1
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+            status = 130
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == status, err
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert_nothing_left(env)
 
 
