@@ -307,21 +307,23 @@ def _memory_mib(settings: Mapping[str, Any]) -> int:
     return max(parse_size(str(memory)) // (1024 * 1024), 64)
 
 
-def vm_shares(definition: ClusterDefinition, settings: Mapping[str, Any]) -> tuple[list, str]:
-    """The virtio-fs shares of a VM and its ``pcocc/mounts`` seed file.
+def vm_shares(
+    definition: ClusterDefinition, settings: Mapping[str, Any]
+) -> tuple[list, list[tuple[str, str]]]:
+    """The virtio-fs shares of a VM, and the (tag, target) pairs the guest mounts.
 
-    Each ``--mount`` gets the tag ``pcoccN`` and a ``TAG TARGET`` line of the seed file,
-    which tells the guest where to mount it. The template's ``mount-points`` are shared
-    with their name as tag, for the image's own fstab to mount.
+    Each ``--mount`` gets the tag ``pcoccN``; the seed tells the guest where to mount it.
+    The template's ``mount-points`` are shared with their name as tag, for the image's own
+    fstab to mount.
     """
     from pcocc.vm.virtiofs import Share
 
     shares = []
-    table = ""
+    table = []
     for index, mount in enumerate(definition.mounts):
         tag = f"pcocc{index}"
         shares.append(Share(tag=tag, source=mount.source))
-        table += f"{tag} {mount.target}\n"
+        table.append((tag, mount.target))
     for tag, point in sorted((settings.get("mount-points") or {}).items()):
         source = os.path.expanduser(str(point["path"]))
         shares.append(Share(tag=tag, source=source, readonly=bool(point.get("readonly"))))
@@ -411,7 +413,7 @@ def machine_factory(
             "memory_mib": _memory_mib(s),
             "smp": entry.cores,
         }
-        shares, mounts_table = vm_shares(definition, s)
+        shares, guest_mounts = vm_shares(definition, s)
         spec_args["custom_args"] = tuple(s.get("custom-args") or ())
         for key, field_name in (
             ("cpu-model", "cpu_model"),
@@ -434,7 +436,8 @@ def machine_factory(
             user_data=definition.user_data
             if definition.user_data is not None
             else _template_user_data(s.get("user-data")),
-            extra_files={"pcocc/hosts": hosts_file(definition), "pcocc/mounts": mounts_table},
+            mounts=tuple(guest_mounts),
+            extra_files={"pcocc/hosts": hosts_file(definition)},
         )
         machine = Machine(
             VmSpec(**spec_args),
