@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest_vm import testvm_artifacts  # noqa: F401 - fixture
 from test_cluster import (  # noqa: F401 - local_env is a fixture
     Env,
@@ -55,6 +56,31 @@ def test_alloc_mount_reads_and_writes_host_files(local_env):  # noqa: F811
     assert new.read_text() == "written in vm0\n"
     assert (new.stat().st_uid, new.stat().st_gid) == (os.getuid(), os.getgid())
     assert (share / "made").is_dir()
+    assert_nothing_left(env)
+
+
+def test_template_mount_points_are_shared_by_tag(local_env, pcocc_env):  # noqa: F811
+    env: Env = local_env
+    apps, home = env.tmp / "apps", env.tmp / "home-share"
+    for d in (apps, home):
+        d.mkdir()
+    (apps / "tool").write_text("v1\n")
+    templates = pcocc_env["system"] / "templates.yaml"
+    config = yaml.safe_load(templates.read_text())
+    config["templates"]["testvm"]["mount-points"] = {
+        "apps": {"path": str(apps), "readonly": True}, "home": {"path": str(home)}}
+    templates.write_text(yaml.safe_dump(config))
+    script = (
+        "set -e; pcocc ssh vm0 'mkdir -p /apps /h && mount -t virtiofs apps /apps && "
+        "mount -t virtiofs home /h && cat /apps/tool && echo ok > /h/written && "
+        "{ touch /apps/new 2>&1 || true; }' > out.txt"
+    )
+    res = env.run("alloc", "-E", script, "testvm:1")
+    assert res.returncode == 0, res.stderr
+    out = (env.tmp / "out.txt").read_text()
+    assert out.startswith("v1\n") and "Read-only file system" in out, out
+    assert (home / "written").read_text() == "ok\n"
+    assert not (apps / "new").exists()
     assert_nothing_left(env)
 
 
