@@ -274,21 +274,11 @@ class Machine:
             name = virtiofs.socket_name(index)
             with contextlib.suppress(FileNotFoundError):
                 (self.run_dir / name).unlink()
-            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                listener.bind(self.socket_path(name))
-                os.chmod(self.run_dir / name, 0o600)
-                listener.listen(1)
-                argv = virtiofs.virtiofsd_argv(self._virtiofsd, listener.fileno(),
-                                               share.source, as_root=os.getuid() == 0,
-                                               readonly=share.readonly)
-                log.debug("VM %s: serving %s as virtio-fs tag %s", self.base_spec.name,
-                          share.source, share.tag)
-                self.fs_processes[index] = proc.spawn(
-                    argv, cwd=self.run_dir, log_path=self.run_dir / virtiofs.log_name(index),
-                    pass_fds=[listener.fileno()])
-            finally:
-                listener.close()  # virtiofsd holds the socket now
+            log.debug("VM %s: serving %s as virtio-fs tag %s", self.base_spec.name,
+                      share.source, share.tag)
+            self.fs_processes[index] = virtiofs.start_virtiofsd(
+                self._virtiofsd, share, self.socket_path(name),
+                self.run_dir / virtiofs.log_name(index))
 
     def _virtiofsd_failures(self) -> str:
         """The messages of the virtiofsd processes that ended with an error."""
@@ -297,11 +287,7 @@ class Machine:
             if process is None or process.poll() in (None, 0):
                 continue
             path = self.run_dir / virtiofs.log_name(index)
-            try:
-                lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()]
-            except OSError:
-                lines = []
-            tail = " | ".join(ln for ln in lines if ln)[-300:]
+            tail = virtiofs.log_tail(path)
             failures.append(f"virtiofsd of {self.shares[index].source} exited with status "
                             f"{process.returncode}: {tail or 'no message'} (log {path})")
         return "; ".join(failures)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
+import socket
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +132,43 @@ def virtiofsd_argv(
         return [*unshare, "--mount", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"',
                 source, *argv]
     return argv if as_root else [*unshare, *argv]
+
+
+def start_virtiofsd(
+    binary: str,
+    share: Share,
+    socket_path: str | os.PathLike,
+    log_path: str | os.PathLike,
+    *,
+    new_session: bool = True,
+) -> subprocess.Popen:
+    """Listen on ``socket_path`` (made 0600) and start virtiofsd serving ``share`` on it.
+
+    The socket exists and listens when this returns, so QEMU may connect at once.
+
+    :param socket_path: where to bind (a ``/proc/self/fd/N/name`` form works for long ones)
+    :param new_session: False keeps virtiofsd in our process group (killed with it)
+    """
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(os.fspath(socket_path))
+        os.chmod(socket_path, 0o600)
+        listener.listen(1)
+        argv = virtiofsd_argv(binary, listener.fileno(), share.source,
+                              as_root=os.getuid() == 0, readonly=share.readonly)
+        return proc.spawn(argv, log_path=log_path, pass_fds=[listener.fileno()],
+                          new_session=new_session)
+    finally:
+        listener.close()  # virtiofsd holds the socket now
+
+
+def log_tail(log_path: str | os.PathLike, max_chars: int = 300) -> str:
+    """The last messages of a virtiofsd log, on one line."""
+    try:
+        lines = Path(log_path).read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return " | ".join(ln.strip() for ln in lines if ln.strip())[-max_chars:]
 
 
 def memory_args(memory_mib: int) -> list[str]:
