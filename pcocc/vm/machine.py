@@ -239,6 +239,11 @@ class Machine:
                             for i, share in enumerate(self.shares)),
         )
         if self.shares:
+            for share in self.shares:
+                if not os.path.isdir(share.source):
+                    raise PcoccError(f"VM {self.base_spec.name}: cannot share "
+                                     f"{share.source} (tag {share.tag}): not a directory",
+                                     hint="create it, or fix the template's mount-points")
             self._virtiofsd = virtiofs.find_virtiofsd()
             virtiofs.check_unprivileged()
             for i in range(len(self.shares)):

@@ -109,3 +109,11 @@ def test_users_need_subordinate_ids(tmp_path):
     with pytest.raises(PcoccError, match=f"user bob has no range in {subuid}") as err:
         virtiofs.check_unprivileged(1235, "bob", subuid, subgid)
     assert "usermod --add-subuids" in err.value.hint
+
+
+def test_machine_refuses_a_missing_share_before_starting_anything(tmp_path):
+    machine = Machine(VmSpec(name="vm0", network=False), tmp_path / "run",
+                      shares=[virtiofs.Share("home", str(tmp_path / "missing"))])
+    with pytest.raises(PcoccError, match=r"VM vm0: cannot share .*missing \(tag home\)"):
+        machine.launch()
+    assert machine.process is None and not (tmp_path / "run").exists()
