@@ -16,11 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest_vm import testvm_artifacts  # noqa: F401 - fixture
-from test_cluster import (  # noqa: F401 - local_env is a fixture
+from test_cluster import (  # noqa: F401 - local_env, cluster_env... are fixtures
     Env,
+    _endpoints,
     assert_nothing_left,
+    cluster_env,
     local_env,
     pids_matching,
+    slurm_test_env,
 )
 
 from pcocc.vm import virtiofs
@@ -37,8 +40,8 @@ def _need_virtiofsd():
         pytest.skip(str(err))
 
 
-def test_alloc_mount_reads_and_writes_host_files(local_env):  # noqa: F811
-    env: Env = local_env
+def test_alloc_mount_reads_and_writes_host_files(cluster_env):  # noqa: F811
+    env: Env = cluster_env
     share = env.tmp / "shared dir"
     share.mkdir()
     (share / "hello.txt").write_text("written on the host\n")
@@ -55,7 +58,7 @@ def test_alloc_mount_reads_and_writes_host_files(local_env):  # noqa: F811
     assert new.read_text() == "written in vm0\n"
     assert (new.stat().st_uid, new.stat().st_gid) == (os.getuid(), os.getgid())
     assert (share / "made").is_dir()
-    assert_nothing_left(env)
+    assert_nothing_left(env, _endpoints(env))
 
 
 def test_template_mount_points_are_shared_by_tag(local_env, pcocc_env):  # noqa: F811
