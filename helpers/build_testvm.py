@@ -8,7 +8,8 @@ OUTDIR receives:
   initrd.img   a busybox initramfs (uncompressed newc cpio) whose /init loads the virtio
                modules, configures eth0, mounts the seed, sets the hostname, installs
                authorized_keys and the host key, starts dropbear on port 22 and qemu-ga on
-               the org.qemu.guest_agent.0 port, and runs user-data when it is a script
+               the org.qemu.guest_agent.0 port, mounts the virtio-fs shares listed in the
+               seed's pcocc/mounts, and runs user-data when it is a script
   disk.qcow2   a tiny ext2 disk holding /etc/os-release, to import into a repository
   manifest.json what was built, from which inputs, and the kernel command line to use
 
@@ -45,7 +46,9 @@ INIT_SCRIPT = HERE / "testvm_init.sh"
 #: Modules we need, loaded with their dependencies first (order from modules.dep).
 #: The order virtio_ring, virtio, virtio_pci_modern_dev, virtio_pci_legacy_dev, virtio_pci,
 #: failover, net_failover, virtio_net is what the kernel needs; modules.dep yields it.
-WANTED_MODULES = ["virtio_pci", "virtio_net", "virtio_console", "virtio_blk", "isofs"]
+#: fuse then virtiofs mount the host directories that ``pcocc alloc --mount`` shares.
+WANTED_MODULES = ["virtio_pci", "virtio_net", "virtio_console", "virtio_blk", "isofs",
+                  "fuse", "virtiofs"]
 
 #: Programs copied into the initramfs with the libraries ldd lists.
 BINARIES = {

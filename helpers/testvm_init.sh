@@ -1,6 +1,8 @@
 #!/bin/sh
 # /init of the pcocc test VM (busybox). Written into the initramfs by helpers/build_testvm.py.
 #
+# It mounts each virtio-fs share of the seed's pcocc/mounts table ("TAG TARGET" lines).
+#
 # Kernel command line options it reads:
 #   testvm.net=static (default: 10.0.2.15/24 via 10.0.2.2, QEMU user networking) | dhcp
 #   testvm.seed=/dev/vdX (default: the first virtio disk holding an iso9660 'cidata' seed)
@@ -75,6 +77,19 @@ fi
 [ -n "$name" ] || name=testvm
 hostname "$name"
 echo "$name" > /etc/hostname
+
+# Host directories shared over virtio-fs: pcocc/mounts has one "TAG TARGET" line per share.
+if [ -f /seed/pcocc/mounts ]; then
+    while read -r tag target; do
+        [ -n "$tag" ] && [ -n "$target" ] || continue
+        mkdir -p "$target"
+        if mount -t virtiofs "$tag" "$target"; then
+            say "mounted $tag on $target"
+        else
+            say "cannot mount $tag on $target"
+        fi
+    done < /seed/pcocc/mounts
+fi
 
 mkdir -p /root/.ssh /etc/dropbear
 chmod 700 /root /root/.ssh

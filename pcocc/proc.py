@@ -47,6 +47,9 @@ PACKAGE_OF = {
     "scp": "openssh-client",
     "ssh-keygen": "openssh-client",
     "slirp4netns": "slirp4netns",
+    "unshare": "util-linux",
+    "newuidmap": "uidmap",
+    "newgidmap": "uidmap",
 }
 
 

@@ -341,22 +341,40 @@ def _memory_mib(settings: Mapping[str, Any]) -> int:
     return max(parse_size(str(memory)) // (1024 * 1024), 64)
 
 
-def mount_args(definition: ClusterDefinition) -> tuple[list[str], str]:
-    """QEMU arguments sharing each ``--mount`` over 9p, and the ``pcocc/mounts`` seed file
-    (``TAG TARGET`` lines) that tells the guest where to mount them."""
-    args: list[str] = []
-    table = ""
+def vm_shares(
+    definition: ClusterDefinition, settings: Mapping[str, Any]
+) -> tuple[list, list[tuple[str, str]]]:
+    """The virtio-fs shares of a VM, and the (tag, target) pairs the guest mounts.
+
+    Each ``--mount`` gets the tag ``pcoccN``; the seed tells the guest where to mount it.
+    The template's ``mount-points`` are shared with their name as tag, for the image's own
+    fstab to mount.
+    """
+    from pcocc.vm.virtiofs import Share
+
+    shares = []
+    table = []
     for index, mount in enumerate(definition.mounts):
         tag = f"pcocc{index}"
-        path = mount.source.replace(",", ",,")
-        args += [
-            "-fsdev",
-            f"local,id=fs{index},path={path},security_model=none",
-            "-device",
-            f"virtio-9p-pci,fsdev=fs{index},mount_tag={tag}",
-        ]
-        table += f"{tag} {mount.target}\n"
-    return args, table
+        shares.append(Share(tag=tag, source=mount.source))
+        table.append((tag, mount.target))
+    for tag, point in sorted((settings.get("mount-points") or {}).items()):
+        source = os.path.expanduser(str(point["path"]))
+        shares.append(Share(tag=tag, source=source, readonly=bool(point.get("readonly"))))
+    return shares, table
+
+
+def check_shares_possible(definition: ClusterDefinition) -> None:
+    """Raise before allocating when the VMs have shares that virtiofsd could not serve here.
+
+    :raise ToolMissing: virtiofsd (or, for an ordinary user, newuidmap) is not installed
+    :raise PcoccError: an ordinary user without subordinate ids
+    """
+    if definition.mounts or any(vm.settings.get("mount-points") for vm in definition.vms):
+        from pcocc.vm import virtiofs
+
+        virtiofs.find_virtiofsd()
+        virtiofs.check_unprivileged()
 
 
 def _template_user_data(value: Any) -> str | None:
@@ -429,8 +447,8 @@ def machine_factory(
             "memory_mib": _memory_mib(s),
             "smp": entry.cores,
         }
-        share_args, mounts_table = mount_args(definition)
-        spec_args["custom_args"] = tuple(s.get("custom-args") or ()) + tuple(share_args)
+        shares, guest_mounts = vm_shares(definition, s)
+        spec_args["custom_args"] = tuple(s.get("custom-args") or ())
         for key, field_name in (
             ("cpu-model", "cpu_model"),
             ("machine-type", "machine_type"),
@@ -452,7 +470,8 @@ def machine_factory(
             user_data=definition.user_data
             if definition.user_data is not None
             else _template_user_data(s.get("user-data")),
-            extra_files={"pcocc/hosts": hosts_file(definition), "pcocc/mounts": mounts_table},
+            mounts=tuple(guest_mounts),
+            extra_files={"pcocc/hosts": hosts_file(definition)},
         )
         machine = Machine(
             VmSpec(**spec_args),
@@ -460,6 +479,7 @@ def machine_factory(
             image=image,
             seed=seed,
             boot_timeout_s=definition.boot_timeout_s,
+            shares=shares,
         )
         return MachineVm(machine)
 

@@ -9,6 +9,7 @@ before anything is allocated: a bad definition is a usage or configuration error
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -153,16 +154,44 @@ def parse_image_overrides(
 
 
 def parse_mount(value: str) -> Mount:
-    """``SRC:DST`` -> Mount; the source must exist, the target must be absolute."""
+    """``SRC:DST`` -> Mount; the source must be a directory, the target an absolute path.
+
+    :raise UsageError: naming the ``--mount`` argument
+    """
     src, sep, dst = value.partition(":")
     if not sep or not src or not dst:
-        raise UsageError(f"--mount '{value}': expected SRC:DST")
+        raise UsageError(f"--mount '{value}': expected SRC:DST",
+                         hint="e.g. --mount $HOME/data:/data")
+    if any(c in value for c in "\n\0"):
+        raise UsageError(f"--mount '{value}': newlines are not allowed in paths")
     if not dst.startswith("/"):
         raise UsageError(f"--mount '{value}': the target '{dst}' must be an absolute path")
+    target = os.path.normpath(dst)
+    if target.startswith("//"):
+        target = "/" + target.lstrip("/")
+    if target == "/":
+        raise UsageError(f"--mount '{value}': cannot mount over the root of the VM")
     path = Path(src).expanduser()
     if not path.exists():
-        raise UsageError(f"--mount '{value}': '{src}' does not exist")
-    return Mount(str(path.resolve()), dst)
+        raise UsageError(f"--mount '{value}': the source '{src}' does not exist")
+    if not path.is_dir():
+        raise UsageError(f"--mount '{value}': the source '{src}' is not a directory",
+                         hint="only directories can be shared with the VMs")
+    return Mount(str(path.resolve()), target)
+
+
+def parse_mounts(values: Sequence[str]) -> list[Mount]:
+    """Every ``--mount``; two of them may not have the same target."""
+    mounts: list[Mount] = []
+    seen: dict[str, str] = {}
+    for value in values:
+        mount = parse_mount(value)
+        if mount.target in seen:
+            raise UsageError(f"--mount '{value}': target '{mount.target}' is already the "
+                             f"target of --mount '{seen[mount.target]}'")
+        seen[mount.target] = value
+        mounts.append(mount)
+    return mounts
 
 
 def read_user_data(path: str) -> str:
@@ -220,7 +249,7 @@ def build_definition(
                 hint=f"known templates: {known} (see 'pcocc template list')",
             )
     overrides = parse_image_overrides(images, names)
-    mount_list = [parse_mount(m) for m in mounts]
+    mount_list = parse_mounts(mounts)
     user_data = read_user_data(user_data_file) if user_data_file else None
     checked: set[str] = set()
     vms: list[VmEntry] = []

@@ -55,7 +55,7 @@ def prepare_definition(
     user_data_file: str | None,
 ) -> ClusterDefinition:
     """Check the whole definition (templates, images, files) before anything is allocated."""
-    return build_definition(
+    definition = build_definition(
         spec,
         adapters.resolved_templates(config),
         cores=cores,
@@ -67,6 +67,8 @@ def prepare_definition(
         boot_timeout_s=boot_timeout_s(os.environ),
         check_image=adapters.image_checker(config),
     )
+    adapters.check_shares_possible(definition)
+    return definition
 
 
 def encode_definition(definition: ClusterDefinition) -> str:

@@ -384,14 +384,19 @@ class VmRuntime(Runtime):
         find_static_busybox()
 
     def adapt_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """Check now what the VM cannot do (writable volumes), before the pod starts.
+        """Check now what the VM cannot do, before the pod starts: writable file volumes,
+        and writable directory volumes when virtiofsd cannot share them here.
 
         :raise UsageError: naming the volume or the environment entry
+        :raise ToolMissing: virtiofsd (or newuidmap for a user) is needed and missing
         """
         from pcocc.ctr.vmrun import bind_volumes
+        from pcocc.vm import virtiofs
         from pcocc.vm.stage1 import guest_app
 
-        bind_volumes(spec)
+        if any(not readonly for _, _, readonly in bind_volumes(spec)):
+            virtiofs.find_virtiofsd()
+            virtiofs.check_unprivileged()
         guest_app(spec.get("process") or {})
         return spec
 

@@ -1,7 +1,9 @@
 """Host side of the ``vm`` container runtime: run an OCI bundle's app in a small QEMU VM.
 
 ``python -I -m pcocc.ctr.vmrun BUNDLE [VM-NAME]`` (what :class:`pcocc.ctr.runtime.VmRuntime` starts)
-packs the bundle's rootfs and read-only bind mounts as squashfs images, writes the initramfs
+packs the bundle's rootfs and read-only bind mounts as squashfs images, shares writable
+bind-mounted directories over virtio-fs (a virtiofsd each, see :mod:`pcocc.vm.virtiofs`,
+in our process group and stopped with the VM), writes the initramfs
 of :mod:`pcocc.vm.stage1`, boots the host's cloud kernel under QEMU (accelerator chosen by
 :mod:`pcocc.vm.accel`), and exits with the app's exit status. QEMU writes the app's stdout
 and stderr into pipes of ours (file chardevs on /dev/fd/N of the pipes it inherits), which
@@ -30,7 +32,7 @@ from typing import Any
 
 from pcocc import proc
 from pcocc.errors import PcoccError, UsageError
-from pcocc.vm import initramfs, stage1
+from pcocc.vm import initramfs, stage1, virtiofs
 from pcocc.vm.accel import resolve_accel
 from pcocc.vm.qemu import VmSpec, build_argv
 
@@ -69,22 +71,26 @@ def find_static_busybox() -> Path:
     )
 
 
-def bind_volumes(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(host source, container target) of the spec's bind mounts, all read-only.
+def bind_volumes(spec: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
+    """(host source, container target, read-only) of the spec's bind mounts.
 
-    :raise UsageError: a writable bind: the guest kernel cannot share host directories
+    Read-only ones become snapshots; writable directories are shared over virtio-fs.
+
+    :raise UsageError: a writable bind of a file (only directories can be shared)
     """
     out = []
     for m in spec.get("mounts") or ():
         dest = m.get("destination", "")
         if m.get("type") != "bind" or dest in GUEST_MOUNTS:
             continue
-        if "ro" not in (m.get("options") or ()):
+        readonly = "ro" in (m.get("options") or ())
+        if not readonly and not Path(str(m.get("source"))).is_dir():
             raise UsageError(
-                f"the vm runtime cannot mount {m.get('source')} read-write at {dest}",
+                f"the vm runtime cannot mount {m.get('source')} read-write at {dest}: "
+                "only directories can be shared read-write with the VM",
                 hint="mount it read-only (readOnly=true): the VM gets a snapshot of it",
             )
-        out.append((str(m["source"]), str(dest)))
+        out.append((str(m["source"]), str(dest), readonly))
     return out
 
 
@@ -145,10 +151,14 @@ def run_bundle(bundle: Path, name: str | None = None) -> int:
         raise PcoccError(f"vm runtime: rootfs {rootfs} is not a directory")
     binds = bind_volumes(spec)
     volumes = []
-    for i, (source, target) in enumerate(binds):
+    for i, (source, target, readonly) in enumerate(binds):
         is_file = not Path(source).is_dir()
         volumes.append(stage1.GuestVolume(f"pcocc-vol{i}", target,
-                                          Path(source).name if is_file else None))
+                                          Path(source).name if is_file else None,
+                                          shared=not readonly))
+    shares = [virtiofs.Share(vol.serial, source)
+              for vol, (source, _, _) in zip(volumes, binds) if vol.shared]
+    virtiofsd = virtiofs.find_virtiofsd() if shares else ""
     app = stage1.guest_app(spec.get("process") or {},
                            readonly_rootfs=bool(spec["root"].get("readonly")), volumes=volumes,
                            hostname=str(spec.get("hostname") or "pcocc"))
@@ -160,9 +170,10 @@ def run_bundle(bundle: Path, name: str | None = None) -> int:
         tmp = Path(tmpdir)
         disks = [(stage1.ROOT_SERIAL, tmp / "rootfs.sqfs")]
         pack(rootfs, disks[0][1])
-        for vol, (source, _) in zip(volumes, binds):
-            disks.append((vol.serial, tmp / f"{vol.serial}.sqfs"))
-            pack(Path(source), disks[-1][1])
+        for vol, (source, _, _) in zip(volumes, binds):
+            if not vol.shared:
+                disks.append((vol.serial, tmp / f"{vol.serial}.sqfs"))
+                pack(Path(source), disks[-1][1])
         applets = proc.run([str(busybox), "--list"], what="list busybox applets").stdout.split()
         modules = stage1.module_files(moddir, initramfs.module_order(moddir, list(stage1.MODULES)))
         cpio = stage1.initramfs_contents(app, busybox=busybox.read_bytes(), applets=applets,
@@ -174,8 +185,17 @@ def run_bundle(bundle: Path, name: str | None = None) -> int:
         vm = VmSpec(name=name or f"pcocc-ctr-{bundle.name}", accel=accel, memory_mib=MEMORY_MIB,
                     kernel=kernel, initrd=tmp / "initrd.img", append=stage1.kernel_cmdline(),
                     console_log=tmp / "console.log", network=False,
+                    fs_shares=tuple((s.tag, Path(virtiofs.socket_name(i)))
+                                    for i, s in enumerate(shares)),
                     custom_args=tuple(qemu_extra_args(tmp, disks, out_w, err_w)))
-        returncode = _run_qemu(build_argv(vm), {out_r: 1, err_r: 2}, (out_w, err_w))
+        servers = []
+        try:
+            servers = _start_shares(virtiofsd, shares, tmp)
+            returncode = _run_qemu(build_argv(vm), {out_r: 1, err_r: 2}, (out_w, err_w),
+                                   cwd=tmp)
+        finally:
+            for server in servers:
+                proc.stop(server)
         try:
             return parse_status((tmp / "status").read_text(errors="replace"))
         except PcoccError as err:
@@ -185,7 +205,29 @@ def run_bundle(bundle: Path, name: str | None = None) -> int:
             ) from None
 
 
-def _run_qemu(argv: list[str], copies: dict[int, int], child_fds: Sequence[int]) -> int:
+def _start_shares(binary: str, shares: Sequence[virtiofs.Share],
+                  tmp: Path) -> list[subprocess.Popen]:
+    """A virtiofsd per share, on ``fsN.sock`` of ``tmp``, in our process group."""
+    servers: list[subprocess.Popen] = []
+    dir_fd = os.open(tmp, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for index, share in enumerate(shares):
+            name = virtiofs.socket_name(index)
+            # sockaddr_un holds 108 bytes: go through our descriptor of the directory
+            path = f"/proc/self/fd/{dir_fd}/{name}"
+            servers.append(virtiofs.start_virtiofsd(
+                binary, share, path, tmp / virtiofs.log_name(index), new_session=False))
+    except BaseException:
+        for server in servers:
+            proc.stop(server)
+        raise
+    finally:
+        os.close(dir_fd)
+    return servers
+
+
+def _run_qemu(argv: list[str], copies: dict[int, int], child_fds: Sequence[int],
+              cwd: Path | None = None) -> int:
     """Run QEMU in our process group, copying its output pipes to our descriptors.
 
     :param copies: read end of a pipe -> where to copy it (closed here)
@@ -196,7 +238,7 @@ def _run_qemu(argv: list[str], copies: dict[int, int], child_fds: Sequence[int])
         argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
     try:
         qemu = proc.spawn(argv, stdin=subprocess.DEVNULL, stdout=None, stderr=None,
-                          new_session=False, pass_fds=child_fds)
+                          new_session=False, pass_fds=child_fds, cwd=cwd)
     finally:
         for fd in child_fds:
             os.close(fd)

@@ -11,8 +11,12 @@ default when the VM has user networking: it is what users need next), or when it
 agent answers a ping (``ready="agent"``). QEMU's hostfwd accepts connections before the guest
 listens, so a mere TCP connect proves nothing; the banner does.
 
-On a boot failure or timeout the console log and QEMU's log are kept (the error names
-them); everything else is removed.
+Each shared host directory (``shares``) gets a virtiofsd process (see
+:mod:`pcocc.vm.virtiofs`) listening on ``fsN.sock`` in the run directory, started before
+QEMU and stopped with it on every path; its log is ``virtiofsdN.log``.
+
+On a boot failure or timeout the console log and QEMU's log (and the virtiofsd logs) are
+kept (the error names them); everything else is removed.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
 from pcocc import daemon, proc
+from pcocc.vm import virtiofs
 from pcocc.errors import PcoccError, UsageError
 from pcocc.vm.agent import GuestAgent
 from pcocc.vm.qemu import Drive, VmSpec, build_argv
@@ -85,6 +91,7 @@ class Machine:
         default: "ssh" when the VM has user networking, else "agent"
     :param boot_timeout_s: how long the guest may take to come up
     :param keep_overlay: leave the overlay in place after shutdown (for ``save``)
+    :param shares: host directories served to the guest over virtio-fs
     """
 
     def __init__(
@@ -97,6 +104,7 @@ class Machine:
         ready: str | None = None,
         boot_timeout_s: float = 120.0,
         keep_overlay: bool = False,
+        shares: Sequence[virtiofs.Share] = (),
     ) -> None:
         self.run_dir = Path(run_dir).absolute()
         self.image = Path(image).absolute() if image is not None else None
@@ -109,6 +117,10 @@ class Machine:
             raise UsageError(f"VM {spec.name}: the ssh readiness check needs user networking")
         self.boot_timeout_s = boot_timeout_s
         self.keep_overlay = keep_overlay
+        self.shares = tuple(shares)
+        for share in self.shares:
+            virtiofs.check_tag(share.tag)
+        self.fs_processes: list[subprocess.Popen | None] = [None] * len(self.shares)
         self.base_spec = spec
         self.spec: VmSpec | None = None
         self.process: subprocess.Popen | None = None
@@ -117,6 +129,7 @@ class Machine:
         self._created: list[Path] = []
         self._created_dir = False
         self._keep_logs = False
+        self._virtiofsd = ""
 
     # -- paths ----------------------------------------------------------------------------
     @property
@@ -222,7 +235,20 @@ class Machine:
             console_log=Path(CONSOLE_LOG),
             qmp_socket=Path(QMP_SOCKET),
             agent_socket=Path(AGENT_SOCKET),
+            fs_shares=tuple((share.tag, Path(virtiofs.socket_name(i)))
+                            for i, share in enumerate(self.shares)),
         )
+        if self.shares:
+            for share in self.shares:
+                if not os.path.isdir(share.source):
+                    raise PcoccError(f"VM {self.base_spec.name}: cannot share "
+                                     f"{share.source} (tag {share.tag}): not a directory",
+                                     hint="create it, or fix the template's mount-points")
+            self._virtiofsd = virtiofs.find_virtiofsd()
+            virtiofs.check_unprivileged()
+            for i in range(len(self.shares)):
+                self._created += [self.run_dir / virtiofs.socket_name(i),
+                                  self.run_dir / virtiofs.log_name(i)]
 
     def _start_qemu(self) -> None:
         assert self.spec is not None
@@ -233,9 +259,43 @@ class Machine:
         argv = build_argv(spec)
         with contextlib.suppress(FileNotFoundError):
             self.qemu_log.unlink()  # judge each attempt by its own messages
+        self._start_virtiofsd()
         log.debug("VM %s: starting QEMU (%s)", spec.name, spec.accel)
         self.process = proc.spawn(argv, cwd=self.run_dir, log_path=self.qemu_log)
         self.spec = spec
+
+    def _start_virtiofsd(self) -> None:
+        """Start a virtiofsd on a new listening socket for each share not served now.
+
+        virtiofsd ends when QEMU disconnects, so a QEMU restart (lost port race) needs new
+        ones; each gets the socket already listening, and QEMU connects to it by name.
+        """
+        for index, share in enumerate(self.shares):
+            running = self.fs_processes[index]
+            if running is not None:
+                if running.poll() is None:
+                    continue
+                proc.stop(running)
+            name = virtiofs.socket_name(index)
+            with contextlib.suppress(FileNotFoundError):
+                (self.run_dir / name).unlink()
+            log.debug("VM %s: serving %s as virtio-fs tag %s", self.base_spec.name,
+                      share.source, share.tag)
+            self.fs_processes[index] = virtiofs.start_virtiofsd(
+                self._virtiofsd, share, self.socket_path(name),
+                self.run_dir / virtiofs.log_name(index))
+
+    def _virtiofsd_failures(self) -> str:
+        """The messages of the virtiofsd processes that ended with an error."""
+        failures = []
+        for index, process in enumerate(self.fs_processes):
+            if process is None or process.poll() in (None, 0):
+                continue
+            path = self.run_dir / virtiofs.log_name(index)
+            tail = virtiofs.log_tail(path)
+            failures.append(f"virtiofsd of {self.shares[index].source} exited with status "
+                            f"{process.returncode}: {tail or 'no message'} (log {path})")
+        return "; ".join(failures)
 
     def _wait_until_up(self) -> None:
         assert self.process is not None and self.spec is not None
@@ -244,9 +304,11 @@ class Machine:
         while True:
             if self.process.poll() is not None:
                 tail = self._qemu_log_tail()
+                shares = self._virtiofsd_failures()
                 error = self._boot_error(
                     f"QEMU exited with status {self.process.returncode} before VM "
                     f"{self.spec.name} was up: {tail or 'no message'}"
+                    + (f"; {shares}" if shares else "")
                 )
                 if "host forwarding" in tail and self.base_spec.ssh_host_port is None:
                     raise _PortTaken(error)  # lost the race for the port we picked
@@ -330,10 +392,17 @@ class Machine:
                     log.debug("VM %s: QMP quit failed (%s); killing QEMU",
                               self.base_spec.name, err)
             proc.stop(self.process, timeout_s=timeout_s)
+        for index, process in enumerate(self.fs_processes):
+            if process is not None:
+                proc.stop(process, timeout_s=timeout_s)
+                self.fs_processes[index] = None
         self._cleanup()
 
     def _cleanup(self) -> None:
-        keep = {self.console_log, self.qemu_log} if self._keep_logs else set()
+        keep: set[Path] = set()
+        if self._keep_logs:
+            keep = {self.console_log, self.qemu_log}
+            keep.update(self.run_dir / virtiofs.log_name(i) for i in range(len(self.shares)))
         if self.keep_overlay and self.image is not None:
             keep.add(self.run_dir / OVERLAY)
         for path in self._created:

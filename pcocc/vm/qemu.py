@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcocc.errors import UsageError
+from pcocc.vm import virtiofs
 
 ACCELERATORS = ("tcg", "kvm")
 
@@ -54,6 +55,8 @@ class VmSpec:
     ssh_host_port: int | None = None  # user networking: 127.0.0.1:PORT -> guest port 22
     nic_model: str = "virtio-net-pci"
     network: bool = True
+    #: virtio-fs shares as (tag, vhost-user socket); they make the guest RAM a shared memfd
+    fs_shares: tuple[tuple[str, Path], ...] = ()
     custom_args: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -114,6 +117,8 @@ def build_argv(spec: VmSpec) -> list[str]:
         argv += ["-machine", spec.machine_type]
     argv += ["-cpu", spec.cpu_model or default_cpu_model(spec.accel)]
     argv += ["-m", str(spec.memory_mib), "-smp", str(spec.smp)]
+    if spec.fs_shares:
+        argv += virtiofs.memory_args(spec.memory_mib)
     argv += ["-display", "none", "-nodefaults", "-no-user-config"]
 
     if spec.console_socket or spec.console_log:
@@ -155,5 +160,8 @@ def build_argv(spec: VmSpec) -> list[str]:
                    if spec.ssh_host_port is not None else None)
         argv += ["-netdev", _opts("user", id="net0", hostfwd=hostfwd),
                  "-device", _opts(spec.nic_model, netdev="net0")]
+    if spec.fs_shares:
+        argv += virtiofs.device_args([tag for tag, _ in spec.fs_shares],
+                                     [sock for _, sock in spec.fs_shares])
     argv += list(spec.custom_args)
     return argv

@@ -14,6 +14,10 @@ Files in the image:
 ``pcocc/authorized_keys``, ``pcocc/ssh_host_ed25519_key[.pub]``
     the same keys as plain files, for small images without cloud-init (the test VM's init
     reads these).
+``pcocc/mounts``
+    the virtio-fs shares to mount, one ``TAG TARGET`` line each, for images without
+    cloud-init; the vendor-data has them as cloud-init ``mounts`` entries (fstype
+    ``virtiofs``). A user-data with its own ``mounts`` replaces that list.
 
 pcocc attaches the seed as a read-only virtio disk (mounting it needs only the isofs and
 cdrom modules, and no emulated CD drive).
@@ -48,6 +52,8 @@ class SeedSpec:
     authorized_keys: tuple[str, ...] = ()
     host_key: HostKey | None = None
     user_data: str | None = None
+    #: virtio-fs shares the guest mounts: (tag, target directory)
+    mounts: tuple[tuple[str, str], ...] = ()
     extra_files: dict[str, str] = field(default_factory=dict)  # path in the seed -> text
 
 
@@ -74,6 +80,10 @@ def seed_files(spec: SeedSpec) -> dict[str, str]:
         config["ssh_deletekeys"] = True
         config["ssh_keys"] = {"ed25519_private": spec.host_key.private,
                               "ed25519_public": spec.host_key.public}
+    if spec.mounts:
+        # nofail: a guest without virtiofs support still boots
+        config["mounts"] = [[tag, target, "virtiofs", "defaults,nofail", "0", "0"]
+                            for tag, target in spec.mounts]
     files = {
         "meta-data": yaml.safe_dump(meta, sort_keys=False),
         "vendor-data": "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False),
@@ -83,6 +93,8 @@ def seed_files(spec: SeedSpec) -> dict[str, str]:
     if spec.host_key:
         files["pcocc/ssh_host_ed25519_key"] = spec.host_key.private
         files["pcocc/ssh_host_ed25519_key.pub"] = spec.host_key.public + "\n"
+    if spec.mounts:
+        files["pcocc/mounts"] = "".join(f"{tag} {target}\n" for tag, target in spec.mounts)
     files.update(spec.extra_files)
     return files
 

@@ -15,8 +15,9 @@ attached as virtio disks, known in the guest by their serial number. The initram
 4. writes ``exit N`` (or ``fail MESSAGE``) on the ``pcocc.status`` port and reboots, which
    ends QEMU (``-no-reboot``).
 
-The kernel has neither virtio-9p nor a virtiofs daemon here, so volumes are read-only
-snapshots taken at start. The app runs as root of the VM: the VM is the isolation boundary.
+Read-only volumes are snapshots taken at start (squashfs disks); writable directory volumes
+are shared with the host over virtio-fs (one virtiofsd each, tag = the volume's serial). The
+kernel has no 9p. The app runs as root of the VM: the VM is the isolation boundary.
 
 Everything here is pure (text and cpio contents); :mod:`pcocc.ctr.vmrun` does the I/O.
 """
@@ -33,7 +34,8 @@ from pcocc.errors import UsageError
 from pcocc.vm.initramfs import Cpio
 
 #: Kernel modules the guest loads (with their dependencies, which module_order adds).
-MODULES = ("virtio_pci", "virtio_blk", "virtio_console", "squashfs", "overlay")
+MODULES = ("virtio_pci", "virtio_blk", "virtio_console", "squashfs", "overlay", "fuse",
+           "virtiofs")
 
 #: virtio-serial port names
 PORT_STDOUT = "pcocc.stdout"
@@ -55,12 +57,14 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 @dataclass(frozen=True)
 class GuestVolume:
-    """A host path packed as a squashfs disk, mounted read-only at ``target``."""
+    """A host path packed as a squashfs disk, mounted read-only at ``target``; or, when
+    ``shared``, a host directory mounted read-write over virtio-fs (``serial`` is its tag)."""
 
     serial: str
     target: str
     #: for a file: its name inside the image (the image holds just that file); None: a dir
     file_name: str | None = None
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,8 @@ def stage2_script(app: GuestApp) -> str:
 
 
 def volumes_table(volumes: Sequence[GuestVolume]) -> str:
-    """``serial<TAB>target<TAB>file-name-or-dash`` lines that /init reads."""
+    """``serial<TAB>target<TAB>file-name-or-dash<TAB>squashfs|virtiofs`` lines that /init
+    reads."""
     out = []
     for v in volumes:
         for text in (v.serial, v.target, v.file_name or "-"):
@@ -134,7 +139,10 @@ def volumes_table(volumes: Sequence[GuestVolume]) -> str:
                 raise UsageError(f"volume path {text!r} contains a tab or a newline")
         if not v.target.startswith("/"):
             raise UsageError(f"volume target {v.target!r} is not an absolute path")
-        out.append(f"{v.serial}\t{v.target}\t{v.file_name or '-'}\n")
+        if v.shared and v.file_name:
+            raise UsageError(f"volume {v.target!r}: only directories can be shared")
+        kind = "virtiofs" if v.shared else "squashfs"
+        out.append(f"{v.serial}\t{v.target}\t{v.file_name or '-'}\t{kind}\n")
     return "".join(out)
 
 
@@ -199,7 +207,12 @@ mount -t tmpfs -o nosuid,nodev,mode=1777 shm $R/dev/shm
 mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs $R/tmp
 
 tab=$(printf '\t')
-while IFS="$tab" read -r serial target file; do
+while IFS="$tab" read -r serial target file kind; do
+    if [ "$kind" = virtiofs ]; then
+        mkdir -p "$R$target" && mount -t virtiofs "$serial" "$R$target" \
+            || fail "cannot mount the shared volume $target"
+        continue
+    fi
     dev=$(disk_of "$serial")
     [ -n "$dev" ] || fail "no disk for volume $target"
     mkdir -p "/vols/$serial"

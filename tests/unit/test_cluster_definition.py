@@ -90,9 +90,29 @@ def test_missing_image_is_usage_error_before_allocation():
 def test_mounts(tmp_path):
     m = parse_mount(f"{tmp_path}:/data")
     assert (m.source, m.target) == (str(tmp_path), "/data")
-    for bad in [f"{tmp_path}", f"{tmp_path}:data", f"{tmp_path}/nope:/data", ":/x"]:
-        with pytest.raises(UsageError):
+    assert parse_mount(f"{tmp_path}/.:/data/x/../y/").target == "/data/y"
+    (tmp_path / "file").write_text("x")
+    for bad, why in [
+        (f"{tmp_path}", "expected SRC:DST"),
+        (f"{tmp_path}:data", "must be an absolute path"),
+        (f"{tmp_path}/nope:/data", "does not exist"),
+        (f"{tmp_path}/file:/data", "is not a directory"),
+        (f"{tmp_path}:/", "root of the VM"),
+        (":/x", "expected SRC:DST"),
+    ]:
+        with pytest.raises(UsageError, match=why) as err:
             parse_mount(bad)
+        assert f"--mount '{bad}'" in err.value.message
+
+
+def test_two_mounts_on_one_target_are_refused(tmp_path):
+    (tmp_path / "a").mkdir()
+    with pytest.raises(UsageError, match="target '/data' is already the target") as err:
+        build_definition("compute:1", TEMPLATES,
+                         mounts=[f"{tmp_path}:/data", f"{tmp_path}/a:/data/"])
+    assert f"--mount '{tmp_path}/a:/data/'" in err.value.message
+    d = build_definition("compute:1", TEMPLATES, mounts=[f"{tmp_path}:/a", f"{tmp_path}:/b"])
+    assert [m.target for m in d.mounts] == ["/a", "/b"]
 
 
 def test_cores_default_to_the_resource_set():

@@ -1,5 +1,6 @@
 """The glue of alloc/batch: job script, definition transport, CLI errors before allocation."""
 
+import os
 import subprocess
 
 import pytest
@@ -10,7 +11,7 @@ from pcocc.cluster.adapters import (
     hosts_file,
     kv_endpoint_sets,
     batch_manager,
-    mount_args,
+    vm_shares,
 )
 from pcocc.cluster.definition import build_definition
 from pcocc.cluster.jobs import (
@@ -70,12 +71,23 @@ def test_boot_timeout_from_env():
             boot_timeout_s({"PCOCC_BOOT_TIMEOUT": bad})
 
 
-def test_hosts_and_mount_args(tmp_path):
-    d = build_definition("t:2", {"t": {"kernel": "/k"}}, mounts=[f"{tmp_path}:/data"])
+def test_hosts_and_vm_shares(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    d = build_definition("t:2", {"t": {"kernel": "/k"}},
+                         mounts=[f"{tmp_path}/a:/data", f"{tmp_path}/b:/scratch"])
     assert hosts_file(d).splitlines() == [f"{d.vms[0].address} vm0", f"{d.vms[1].address} vm1"]
-    args, table = mount_args(d)
-    assert table == "pcocc0 /data\n"
-    assert f"local,id=fs0,path={tmp_path},security_model=none" in args
+    settings = {"mount-points": {"home": {"path": "/home"},
+                                 "apps": {"path": "/opt", "readonly": True}}}
+    shares, table = vm_shares(d, settings)
+    assert table == [("pcocc0", "/data"), ("pcocc1", "/scratch")]
+    assert [(s.tag, s.source, s.readonly) for s in shares] == [
+        ("pcocc0", str(tmp_path / "a"), False),
+        ("pcocc1", str(tmp_path / "b"), False),
+        ("apps", "/opt", True),
+        ("home", "/home", False),
+    ]
+    assert vm_shares(build_definition("t:1", {"t": {"kernel": "/k"}}), {}) == ([], [])
 
 
 def test_internal_commands_are_hidden_and_need_their_context(pcocc_env, capsys, monkeypatch):
@@ -129,3 +141,34 @@ def test_etcd_endpoints_env_then_config(tmp_path):
     (tmp_path / "5").mkdir()
     (tmp_path / "5" / "etcd-endpoints").write_text("http://127.0.0.1:999\n")
     assert kv_endpoint_sets({}, tmp_path, Cfg()) == ["http://127.0.0.1:999"]
+
+
+def _alloc_with_mount(pcocc_env, monkeypatch, tmp_path, mount):
+    (pcocc_env["system"] / "templates.yaml").write_text("templates:\n  t: {kernel: /k}\n")
+    import pcocc.cluster.jobs as jobs
+
+    def no_alloc(*args, **kwargs):
+        raise AssertionError("allocated despite a bad --mount")
+
+    monkeypatch.setattr(jobs, "alloc", no_alloc)
+    return run_cli(["alloc", "--mount", mount, "-E", "true", "t:1"])
+
+
+def test_alloc_refuses_bad_mounts_before_allocating(pcocc_env, capsys, monkeypatch, tmp_path):
+    assert _alloc_with_mount(pcocc_env, monkeypatch, tmp_path, f"{tmp_path}/nope:/x") == 2
+    err = capsys.readouterr().err
+    assert f"pcocc: error: --mount '{tmp_path}/nope:/x': the source" in err
+    assert "does not exist" in err
+
+
+def test_alloc_without_virtiofsd_names_the_package(pcocc_env, capsys, monkeypatch, tmp_path):
+    from pcocc.vm import virtiofs
+
+    monkeypatch.setattr(virtiofs, "VIRTIOFSD_PATHS", ("/nonexistent/virtiofsd",))
+    path = os.environ["PATH"].split(os.pathsep)
+    monkeypatch.setenv("PATH", os.pathsep.join(
+        d for d in path if not os.path.exists(os.path.join(d, "virtiofsd"))))
+    assert _alloc_with_mount(pcocc_env, monkeypatch, tmp_path, f"{tmp_path}:/x") == 1
+    err = capsys.readouterr().err
+    assert "'virtiofsd' is not installed" in err
+    assert "hint: install the Debian package 'qemu-system-common'" in err

@@ -23,17 +23,31 @@ def _spec(mounts=(), private_net=False):
 @pytest.mark.parametrize("private_net", [False, True])
 def test_bind_volumes_skips_what_the_guest_provides(private_net):
     spec = _spec([Mount("/srv/data", "/data", readonly=True)], private_net=private_net)
-    assert vmrun.bind_volumes(spec) == [("/srv/data", "/data")]
+    assert vmrun.bind_volumes(spec) == [("/srv/data", "/data", True)]
 
 
-def test_writable_bind_is_refused_before_the_pod_starts():
-    spec = _spec([Mount("/srv/data", "/data", readonly=False)])
-    with pytest.raises(UsageError, match="cannot mount /srv/data read-write at /data"):
-        vmrun.bind_volumes(spec)
-    with pytest.raises(UsageError, match="read-write"):
-        rt.VmRuntime().adapt_spec(spec)
+def test_writable_directory_binds_are_shared_and_file_binds_refused(tmp_path):
+    (tmp_path / "f").write_text("x")
+    spec = _spec([Mount(str(tmp_path), "/data", readonly=False)])
+    assert vmrun.bind_volumes(spec) == [(str(tmp_path), "/data", False)]
+    assert rt.VmRuntime().adapt_spec(spec) == spec
+    bad = _spec([Mount(str(tmp_path / "f"), "/etc/f", readonly=False)])
+    with pytest.raises(UsageError, match=f"cannot mount {tmp_path}/f read-write at /etc/f"):
+        vmrun.bind_volumes(bad)
+    with pytest.raises(UsageError, match="only directories"):
+        rt.VmRuntime().adapt_spec(bad)
     ok = _spec([Mount("/srv/data", "/data", readonly=True)])
     assert rt.VmRuntime().adapt_spec(ok) == ok
+
+
+def test_writable_volume_without_virtiofsd_names_the_package(tmp_path, monkeypatch):
+    from pcocc.errors import ToolMissing
+    from pcocc.vm import virtiofs
+
+    monkeypatch.setattr(virtiofs, "VIRTIOFSD_PATHS", ("/nonexistent/virtiofsd",))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ToolMissing, match="virtiofsd"):
+        rt.VmRuntime().adapt_spec(_spec([Mount(str(tmp_path), "/data", readonly=False)]))
 
 
 @pytest.mark.parametrize(

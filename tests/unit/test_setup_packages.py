@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pcocc.proc import PACKAGE_OF
+from pcocc.vm.virtiofs import VIRTIOFSD_PACKAGE, find_virtiofsd
 
 SETUP = Path(__file__).resolve().parents[2] / "helpers" / "setup"
 
@@ -25,6 +26,18 @@ def apt_packages() -> set[str]:
 def test_every_tool_hint_names_a_package_that_setup_installs():
     missing = {tool: pkg for tool, pkg in PACKAGE_OF.items() if pkg not in apt_packages()}
     assert not missing, f"add these packages to APT_PACKAGES in helpers/setup: {missing}"
+
+
+def test_virtiofsd_package_is_installed_by_setup():
+    assert VIRTIOFSD_PACKAGE in apt_packages()
+
+
+@pytest.mark.skipif(shutil.which("dpkg") is None, reason="not a Debian system: no dpkg")
+def test_virtiofsd_comes_from_the_package_named():
+    path = find_virtiofsd()  # outside PATH on Debian 12, so not in PACKAGE_OF
+    out = subprocess.run(["dpkg", "-S", str(Path(path).resolve())], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.split(":")[0] in (VIRTIOFSD_PACKAGE, "virtiofsd")
 
 
 @pytest.mark.skipif(shutil.which("dpkg") is None, reason="not a Debian system: no dpkg")

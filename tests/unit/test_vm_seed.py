@@ -46,6 +46,21 @@ def test_without_keys_nothing_about_keys_is_written():
     assert "public-keys" not in yaml.safe_load(files["meta-data"])
 
 
+def test_mounts_go_to_vendor_data_and_the_plain_table():
+    files = seed_files(SeedSpec("vm0", "i", mounts=(("pcocc0", "/data"),
+                                                    ("pcocc1", "/my scratch"))))
+    config = yaml.safe_load(files["vendor-data"])
+    assert config["mounts"] == [
+        ["pcocc0", "/data", "virtiofs", "defaults,nofail", "0", "0"],
+        ["pcocc1", "/my scratch", "virtiofs", "defaults,nofail", "0", "0"],
+    ]
+    assert files["pcocc/mounts"] == "pcocc0 /data\npcocc1 /my scratch\n"
+    assert files["user-data"] == "#cloud-config\n"  # the user's own, untouched
+    plain = seed_files(SeedSpec("vm0", "i"))
+    assert "mounts" not in yaml.safe_load(plain["vendor-data"])
+    assert "pcocc/mounts" not in plain
+
+
 def test_odd_hostname_survives_yaml():
     files = seed_files(SeedSpec("123", "i"))
     assert yaml.safe_load(files["meta-data"])["local-hostname"] == "123"

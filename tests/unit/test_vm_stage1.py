@@ -95,10 +95,14 @@ def test_stage2_exit_status_of_a_missing_cwd(tmp_path):
 
 def test_volumes_table_and_its_checks():
     vols = [stage1.GuestVolume("pcocc-vol0", "/data"),
-            stage1.GuestVolume("pcocc-vol1", "/etc/x.conf", "x.conf")]
+            stage1.GuestVolume("pcocc-vol1", "/etc/x.conf", "x.conf"),
+            stage1.GuestVolume("pcocc-vol2", "/work", shared=True)]
     assert stage1.volumes_table(vols) == (
-        "pcocc-vol0\t/data\t-\npcocc-vol1\t/etc/x.conf\tx.conf\n"
+        "pcocc-vol0\t/data\t-\tsquashfs\npcocc-vol1\t/etc/x.conf\tx.conf\tsquashfs\n"
+        "pcocc-vol2\t/work\t-\tvirtiofs\n"
     )
+    with pytest.raises(UsageError, match="only directories can be shared"):
+        stage1.volumes_table([stage1.GuestVolume("v", "/a", "a", shared=True)])
     with pytest.raises(UsageError, match="tab or a newline"):
         stage1.volumes_table([stage1.GuestVolume("v", "/a\tb")])
     with pytest.raises(UsageError, match="not an absolute path"):
@@ -132,7 +136,7 @@ def test_initramfs_contents():
     assert e["lib/modules/virtio_pci.ko"][1] == b"B"
     assert e["etc/pcocc/modules"][1] == b"virtio\nvirtio_pci\n"  # load order kept
     assert e["etc/pcocc/stage2"][1] == stage1.stage2_script(app).encode()
-    assert e["etc/pcocc/volumes"][1] == b"pcocc-vol0\t/v\t-\n"
+    assert e["etc/pcocc/volumes"][1] == b"pcocc-vol0\t/v\t-\tsquashfs\n"
     assert e["etc/pcocc/hostname"][1] == b"h1\n"
     assert "etc/pcocc/readonly" in e
     writable = stage1.initramfs_contents(

@@ -110,9 +110,38 @@ def test_exit_status_and_stderr_propagate(env, pcocc_bin, image_dir):
     assert qemu_pids_of(pod["uuid"]) == [] and leftovers(env["home"]) == []
 
 
-def test_writable_volume_is_refused_before_boot(env, pcocc_bin, image_dir, tmp_path):
+@pytest.mark.slow
+def test_writable_directory_volume_is_shared_with_the_host(env, pcocc_bin, image_dir,
+                                                          tmp_path):
+    vol = tmp_path / "rw"
+    vol.mkdir()
+    (vol / "in.txt").write_text("from the host\n")
     res = pcocc(pcocc_bin, "run", "--runtime", "vm",
-                "--volume", f"v,kind=host,source={tmp_path}", "--mount", "volume=v,target=/v",
+                "--volume", f"v,kind=host,source={vol}", "--mount", "volume=v,target=/v",
+                image_dir, "--", "sh", "-c",
+                "cat /v/in.txt; echo from the app > /v/out.txt; mkdir /v/dir", check=0)
+    assert "from the host" in res.stdout
+    assert (vol / "out.txt").read_text() == "from the app\n"  # not a snapshot: the host sees it
+    assert (vol / "out.txt").stat().st_uid == os.getuid()
+    assert (vol / "dir").is_dir()
+    (pod,) = pods(pcocc_bin)
+    assert qemu_pids_of(pod["uuid"]) == [] and leftovers(env["home"]) == []
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_virtiofsd_of(p, vol)]
+
+
+def _is_virtiofsd_of(pid: str, source: Path) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(b"virtiofsd" in a for a in argv) and f"source={source}".encode() in argv
+
+
+def test_writable_file_volume_is_refused_before_boot(env, pcocc_bin, image_dir, tmp_path):
+    conf = tmp_path / "x.conf"
+    conf.write_text("x\n")
+    res = pcocc(pcocc_bin, "run", "--runtime", "vm",
+                "--volume", f"v,kind=host,source={conf}", "--mount", "volume=v,target=/etc/x",
                 image_dir, "--", "true")
     assert res.returncode == 2, res.stderr
     assert res.stderr.startswith("pcocc: error: the vm runtime cannot mount")
