@@ -176,7 +176,7 @@ BAD = [
     (
         "networks",
         "networks:\n  n: {type: bridge}\n",
-        "2:6: networks.n: expected a network with type: user or type: ethernet, got a mapping",
+        "2:6: networks.n: expected a network with type: user, type: private or type: ethernet, got a mapping",
     ),
     (
         "networks",
