@@ -342,9 +342,11 @@ def hosts_file(definition: ClusterDefinition) -> str:
 class MachineVm:
     """:class:`~pcocc.cluster.ports.VmHandle` over :class:`pcocc.vm.machine.Machine`."""
 
-    def __init__(self, machine: Any):
+    def __init__(self, machine: Any, kv_entries: Mapping[str, str] | None = None):
         self.machine = machine
         self.console_log = str(machine.console_log)
+        #: etcd records the node process publishes under its lease before the launch
+        self.kv_entries = dict(kv_entries or {})
 
     def launch(self) -> MachineInfo:
         self.machine.launch()
@@ -373,7 +375,7 @@ class MachineVm:
 
 
 def machine_factory(
-    config: Config | None, batchid: str
+    config: Config | None, batchid: str, kv: Any = None
 ) -> Callable[[ClusterDefinition, VmEntry, Path, Path], MachineVm]:
     """Build the VM of one rank from its template (``make_vm`` of the node process)."""
 
@@ -409,6 +411,12 @@ def machine_factory(
         for key in ("kernel", "initrd"):
             if s.get(key):
                 spec_args[key] = Path(s[key])
+        nics = private_nics(
+            kv, definition, entry, batchid, spec_args.get("nic_model"),
+            configured_endpoints(config, os.environ),
+        )
+        if nics is not None:
+            spec_args["extra_netdevs"] = nics.qemu_args
         public = host_key.with_suffix(".pub").read_text().strip()
         seed = SeedSpec(
             hostname=entry.name,
@@ -418,7 +426,11 @@ def machine_factory(
             user_data=definition.user_data
             if definition.user_data is not None
             else _template_user_data(s.get("user-data")),
-            extra_files={"pcocc/hosts": hosts_file(definition), "pcocc/mounts": mounts_table},
+            extra_files={
+                "pcocc/hosts": hosts_file(definition),
+                "pcocc/mounts": mounts_table,
+                **(private_seed_files(nics) if nics is not None else {}),
+            },
         )
         machine = Machine(
             VmSpec(**spec_args),
@@ -427,9 +439,41 @@ def machine_factory(
             seed=seed,
             boot_timeout_s=definition.boot_timeout_s,
         )
-        return MachineVm(machine)
+        return MachineVm(machine, nics.kv_entries if nics is not None else None)
 
     return make
+
+
+def private_nics(
+    kv: Any,
+    definition: ClusterDefinition,
+    entry: VmEntry,
+    batchid: str,
+    nic_model: str | None,
+    endpoints: str | None,
+) -> Any:
+    """The NICs of ``entry`` on the cluster's private networks (a NicSetup), or None."""
+    from pcocc.cluster.definition import vm_networks
+    from pcocc.net import private
+
+    nets = private.from_definition(definition.networks)
+    names = [n for n in vm_networks(entry.settings) if n in nets]
+    if not names:
+        return None
+    if kv is None:
+        raise PcoccError(f"{entry.name}: private networks need etcd")
+    return private.prepare_nics(
+        kv, user_name(), batchid, nets, names, entry.rank,
+        private.node_address({**os.environ, ENDPOINTS_VAR: endpoints or ""}),
+        nic_model or "virtio-net-pci",
+    )
+
+
+def private_seed_files(nics: Any) -> dict[str, str]:
+    """Seed files configuring the private NICs (the user NIC keeps QEMU's first MAC)."""
+    from pcocc.net import private
+
+    return private.seed_files(nics.nics, dhcp_macs=[private.QEMU_DEFAULT_MAC])
 
 
 def python_command() -> list[str]:

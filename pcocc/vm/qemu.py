@@ -54,6 +54,8 @@ class VmSpec:
     ssh_host_port: int | None = None  # user networking: 127.0.0.1:PORT -> guest port 22
     nic_model: str = "virtio-net-pci"
     network: bool = True
+    #: more NICs, as ready QEMU arguments (``-netdev ... -device ...``), after the user NIC
+    extra_netdevs: tuple[str, ...] = ()
     custom_args: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -155,5 +157,6 @@ def build_argv(spec: VmSpec) -> list[str]:
                    if spec.ssh_host_port is not None else None)
         argv += ["-netdev", _opts("user", id="net0", hostfwd=hostfwd),
                  "-device", _opts(spec.nic_model, netdev="net0")]
+    argv += list(spec.extra_netdevs)
     argv += list(spec.custom_args)
     return argv
