@@ -417,3 +417,60 @@ def test_interactive_shell_without_command(local_env):
     assert (env.tmp / "shell.out").read_text().strip() == "vm0"
     assert (env.tmp / "id").read_text().strip()
     assert_nothing_left(env)
+
+
+# -- private network -----------------------------------------------------------------------
+PRIVATE_CHECKS = (
+    "set -e; "
+    f"pcocc ssh vm0 '{WAIT_HOSTS} ping -c 1 -W 5 vm1' > ping01.txt; "
+    f"pcocc ssh vm1 '{WAIT_HOSTS.replace('vm1', 'vm0')} ping -c 1 -W 5 vm0' > ping10.txt; "
+    "pcocc ssh vm1 'ip -o -4 addr show; ip -o link show' > addr1.txt"
+)
+
+
+def test_private_network_connects_the_vms(cluster_env):
+    env = cluster_env
+    system = Path(env.env["PCOCC_SYSTEM_CONF_DIR"])
+    (system / "networks.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "networks": {
+                    "nat": {"type": "user"},
+                    "cluster": {"type": "private", "cidr": "10.77.0.0/24", "mtu": 1400},
+                }
+            }
+        )
+    )
+    (system / "resources.yaml").write_text(
+        yaml.safe_dump(
+            {"resource-sets": {"tiny": {"cores": 1, "memory": "256M", "networks": ["nat", "cluster"]}}}
+        )
+    )
+    res = env.run("alloc", "--user-data", str(env.user_data), "-E", PRIVATE_CHECKS, "testvm:2")
+    assert res.returncode == 0, res.stderr
+    assert "1 packets received" in (env.tmp / "ping01.txt").read_text()
+    assert "10.77.0.2" in (env.tmp / "ping01.txt").read_text()
+    assert "1 packets received" in (env.tmp / "ping10.txt").read_text()
+    addr = (env.tmp / "addr1.txt").read_text()
+    assert "inet 10.77.0.2/24" in addr and "mtu 1400" in addr
+    assert_nothing_left(env, _endpoints(env))
+
+
+def test_private_network_too_small_for_the_cluster(local_env):
+    system = Path(local_env.env["PCOCC_SYSTEM_CONF_DIR"])
+    (system / "networks.yaml").write_text(
+        yaml.safe_dump({"networks": {"cluster": {"type": "private", "cidr": "10.77.0.0/30"}}})
+    )
+    (system / "resources.yaml").write_text(
+        yaml.safe_dump({"resource-sets": {"tiny": {"cores": 1, "networks": ["cluster"]}}})
+    )
+    res = local_env.run("alloc", "-E", "true", "testvm:3")
+    assert res.returncode == 2, res.stderr
+    assert "network 'cluster' (10.77.0.0/30) has room for 2 VMs, not 3" in res.stderr
+    assert "Traceback" not in res.stderr
+    (system / "networks.yaml").write_text(
+        yaml.safe_dump({"networks": {"cluster": {"type": "private", "cidr": "10.77.0.1/24"}}})
+    )
+    res = local_env.run("alloc", "-E", "true", "testvm:1")
+    assert res.returncode == 2, res.stderr
+    assert "network 'cluster': cidr '10.77.0.1/24' is not an IPv4 network" in res.stderr
