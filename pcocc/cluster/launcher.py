@@ -197,6 +197,12 @@ class Launcher:
         all_running = len(records) == self.definition.size and all(
             rec.status == RUNNING for rec in records.values()
         )
+        for name, switch in zip(self.definition.networks, self._switches):
+            if switch.poll() is not None:
+                raise ClusterFailed(
+                    f"the switch of network '{name}' exited with status {switch.returncode}",
+                    hint="the VMs lost that network; see the switch's message above",
+                )
         if self._tasks is not None:
             status = self._tasks.poll()
             if status is not None:
