@@ -342,11 +342,13 @@ def hosts_file(definition: ClusterDefinition) -> str:
 class MachineVm:
     """:class:`~pcocc.cluster.ports.VmHandle` over :class:`pcocc.vm.machine.Machine`."""
 
-    def __init__(self, machine: Any, kv_entries: Mapping[str, str] | None = None):
+    def __init__(self, machine: Any, nics: Any = None):
         self.machine = machine
         self.console_log = str(machine.console_log)
+        #: the private NICs (a pcocc.net.private.NicSetup): their sockets close at shutdown
+        self.nics = nics
         #: etcd records the node process publishes under its lease before the launch
-        self.kv_entries = dict(kv_entries or {})
+        self.kv_entries = dict(nics.kv_entries) if nics is not None else {}
 
     def launch(self) -> MachineInfo:
         self.machine.launch()
@@ -371,7 +373,11 @@ class MachineVm:
             return None
 
     def shutdown(self) -> None:
-        self.machine.shutdown()
+        try:
+            self.machine.shutdown()
+        finally:
+            if self.nics is not None:
+                self.nics.close()
 
 
 def machine_factory(
@@ -381,9 +387,6 @@ def machine_factory(
 
     def make(definition: ClusterDefinition, entry: VmEntry, node_dir: Path, host_key: Path):
         from pcocc.vm.accel import resolve_accel
-        from pcocc.vm.machine import Machine
-        from pcocc.vm.qemu import VmSpec
-        from pcocc.vm.seed import HostKey, SeedSpec
 
         s = entry.settings
         image = None
@@ -397,7 +400,7 @@ def machine_factory(
             "memory_mib": _memory_mib(s),
             "smp": entry.cores,
         }
-        share_args, mounts_table = mount_args(definition)
+        share_args, _ = mount_args(definition)
         spec_args["custom_args"] = tuple(s.get("custom-args") or ()) + tuple(share_args)
         for key, field_name in (
             ("cpu-model", "cpu_model"),
@@ -417,6 +420,29 @@ def machine_factory(
         )
         if nics is not None:
             spec_args["extra_netdevs"] = nics.qemu_args
+            spec_args["pass_fds"] = nics.pass_fds
+        try:
+            machine = _machine(definition, entry, node_dir, host_key, spec_args, image, nics)
+            return MachineVm(machine, nics)
+        except BaseException:
+            if nics is not None:
+                nics.close()
+            raise
+
+    def _machine(
+        definition: ClusterDefinition,
+        entry: VmEntry,
+        node_dir: Path,
+        host_key: Path,
+        spec_args: dict[str, Any],
+        image: Path | None,
+        nics: Any,
+    ) -> Any:
+        from pcocc.vm.machine import Machine
+        from pcocc.vm.qemu import VmSpec
+        from pcocc.vm.seed import HostKey, SeedSpec
+
+        _, mounts_table = mount_args(definition)
         public = host_key.with_suffix(".pub").read_text().strip()
         seed = SeedSpec(
             hostname=entry.name,
@@ -425,7 +451,7 @@ def machine_factory(
             host_key=HostKey(host_key.read_text(), public),
             user_data=definition.user_data
             if definition.user_data is not None
-            else _template_user_data(s.get("user-data")),
+            else _template_user_data(entry.settings.get("user-data")),
             extra_files={
                 "pcocc/hosts": hosts_file(definition),
                 "pcocc/mounts": mounts_table,
@@ -439,7 +465,7 @@ def machine_factory(
             seed=seed,
             boot_timeout_s=definition.boot_timeout_s,
         )
-        return MachineVm(machine, nics.kv_entries if nics is not None else None)
+        return machine
 
     return make
 

@@ -8,9 +8,10 @@ Pieces, in the order a cluster uses them:
 - :func:`start_switches` / :func:`stop_switches` (launcher): one ``pcocc internal vswitch``
   process per network, which binds a UDP socket on the node's reachable address and
   publishes it in etcd (:func:`run_switch`).
-- :func:`prepare_nics` (node process, before QEMU starts): waits for each switch, picks a
-  local UDP port, and returns the QEMU ``-netdev dgram`` arguments and the etcd records that
-  register the NIC with its switch (published under the node's lease).
+- :func:`prepare_nics` (node process, before QEMU starts): waits for each switch, opens a
+  UDP socket connected to it (handed to QEMU), and returns the QEMU ``-netdev dgram``
+  arguments and the etcd records that register the NIC with its switch (published under
+  the node's lease).
 - :func:`network_config` and :func:`seed_table`: the guest side (NoCloud ``network-config``
   for cloud-init images, and a plain ``MAC ADDRESS/PREFIX MTU`` table for small images).
 """
@@ -206,13 +207,6 @@ def seed_files(nics: Sequence[Nic], dhcp_macs: Sequence[str] = ()) -> dict[str, 
 
 
 # -- node side ------------------------------------------------------------------------------
-def free_udp_port(host: str) -> int:
-    """A UDP port on ``host`` that was free a moment ago (QEMU binds it next)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def split_host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -228,16 +222,36 @@ class NicSetup:
     #: etcd key -> value, published under the node's lease before QEMU starts
     kv_entries: dict[str, str]
     nics: tuple[Nic, ...]
+    #: the NICs' UDP sockets, handed to QEMU; the node process keeps them open while it runs
+    sockets: tuple[socket.socket, ...] = ()
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        return tuple(s.fileno() for s in self.sockets)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
 
 
-def netdev_args(
-    index: int, nic: Nic, local: tuple[str, int], remote: tuple[str, int], nic_model: str
-) -> list[str]:
-    """``-netdev dgram`` (UDP, QEMU >= 7.2) and its NIC with the fixed MAC."""
-    netdev = (
-        f"dgram,id=priv{index},local.type=inet,local.host={local[0]},local.port={local[1]},"
-        f"remote.type=inet,remote.host={remote[0]},remote.port={remote[1]}"
-    )
+def connected_socket(local_host: str, remote: tuple[str, int]) -> socket.socket:
+    """A UDP socket bound on a free port of ``local_host`` and connected to ``remote``: the
+    kernel then delivers to it only the datagrams that come from ``remote`` (the switch)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((local_host, 0))
+        sock.connect(remote)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def netdev_args(index: int, nic: Nic, fd: int, nic_model: str) -> list[str]:
+    """``-netdev dgram`` (QEMU >= 7.2) on an open, connected UDP socket ``fd``, and its NIC
+    with the fixed MAC. (With ``local.type=inet`` QEMU would not connect its socket and
+    would take frames from any sender.)"""
+    netdev = f"dgram,id=priv{index},local.type=fd,local.str={fd}"
     return ["-netdev", netdev, "-device", f"{nic_model},netdev=priv{index},mac={nic.mac}"]
 
 
@@ -252,29 +266,37 @@ def prepare_nics(
     nic_model: str = "virtio-net-pci",
     timeout_s: float = SWITCH_WAIT_S,
 ) -> NicSetup:
-    """Wait for the switches of the VM's private networks; return its NICs' setup.
+    """Wait for the switches of the VM's private networks; open the NICs' sockets.
 
     :raise ServiceUnavailable: a switch was not published in time
     """
     args: list[str] = []
     entries: dict[str, str] = {}
+    sockets: list[socket.socket] = []
     nics = vm_nics(nets, vm_networks, batchid, rank)
-    for index, nic in enumerate(nics):
-        key = keys.net_switch(user, batchid, nic.net)
-        try:
-            text = kv.wait_for(key, lambda snap, k=key: snap.get(k), timeout_s)
-        except TimeoutError:
-            raise ServiceUnavailable(
-                f"vm{rank}: the switch of network '{nic.net}' did not start in {timeout_s:g} s",
-                hint="check the launcher's messages",
-            ) from None
-        remote = split_host_port(text)
-        local = (node_address, free_udp_port(node_address))
-        args += netdev_args(index, nic, local, remote, nic_model)
-        entries[keys.net_port(user, batchid, nic.net, rank)] = json.dumps(
-            {"host": local[0], "port": local[1], "mac": nic.mac}
-        )
-    return NicSetup(tuple(args), entries, tuple(nics))
+    try:
+        for index, nic in enumerate(nics):
+            key = keys.net_switch(user, batchid, nic.net)
+            try:
+                text = kv.wait_for(key, lambda snap, k=key: snap.get(k), timeout_s)
+            except TimeoutError:
+                raise ServiceUnavailable(
+                    f"vm{rank}: the switch of network '{nic.net}' did not start in"
+                    f" {timeout_s:g} s",
+                    hint="check the launcher's messages",
+                ) from None
+            sock = connected_socket(node_address, split_host_port(text))
+            sockets.append(sock)
+            host, port = sock.getsockname()[:2]
+            args += netdev_args(index, nic, sock.fileno(), nic_model)
+            entries[keys.net_port(user, batchid, nic.net, rank)] = json.dumps(
+                {"host": host, "port": port, "mac": nic.mac}
+            )
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return NicSetup(tuple(args), entries, tuple(nics), tuple(sockets))
 
 
 # -- launcher side --------------------------------------------------------------------------

@@ -9,8 +9,9 @@ endpoint.
 Only endpoints registered for this cluster are served: the node processes publish their
 NIC's ``host:port`` in etcd under the user's cluster prefix (leased), the switch watches that
 prefix and drops every datagram from any other source, so that another user cannot inject
-frames through the switch. (QEMU 7.2 does not connect its dgram socket, so a VM's own UDP
-port still accepts datagrams from anyone who finds it; see docs/admin-guide.md.)
+frames through the switch. The other direction is closed by the kernel: each NIC's socket is
+connected to the switch (pcocc opens it and hands it to QEMU), so it receives datagrams from
+the switch's address only.
 
 The forwarding loop costs one ``recvfrom`` and one ``sendto`` per delivered frame and
 allocates nothing but the datagram and its two MAC slices.

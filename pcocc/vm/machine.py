@@ -234,7 +234,8 @@ class Machine:
         with contextlib.suppress(FileNotFoundError):
             self.qemu_log.unlink()  # judge each attempt by its own messages
         log.debug("VM %s: starting QEMU (%s)", spec.name, spec.accel)
-        self.process = proc.spawn(argv, cwd=self.run_dir, log_path=self.qemu_log)
+        self.process = proc.spawn(argv, cwd=self.run_dir, log_path=self.qemu_log,
+                                  pass_fds=spec.pass_fds)
         self.spec = spec
 
     def _wait_until_up(self) -> None:

@@ -56,6 +56,8 @@ class VmSpec:
     network: bool = True
     #: more NICs, as ready QEMU arguments (``-netdev ... -device ...``), after the user NIC
     extra_netdevs: tuple[str, ...] = ()
+    #: descriptors that QEMU inherits (e.g. sockets named in ``extra_netdevs``)
+    pass_fds: tuple[int, ...] = ()
     custom_args: tuple[str, ...] = field(default_factory=tuple)
 
 

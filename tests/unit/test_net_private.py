@@ -91,11 +91,10 @@ def test_macs_are_stable_unique_and_locally_administered():
 
 def test_netdev_args():
     nic = private.Nic("cluster", "02:11:00:00:00:01", "10.252.0.2/16", 1450)
-    args = private.netdev_args(0, nic, ("10.1.0.5", 40000), ("10.1.0.6", 50000), "virtio-net-pci")
+    args = private.netdev_args(0, nic, 7, "virtio-net-pci")
     assert args == [
         "-netdev",
-        "dgram,id=priv0,local.type=inet,local.host=10.1.0.5,local.port=40000,"
-        "remote.type=inet,remote.host=10.1.0.6,remote.port=50000",
+        "dgram,id=priv0,local.type=fd,local.str=7",
         "-device",
         "virtio-net-pci,netdev=priv0,mac=02:11:00:00:00:01",
     ]
@@ -121,23 +120,46 @@ def test_guest_configuration():
 
 
 def test_prepare_nics_waits_for_the_switch_and_registers_the_port():
+    import socket
+
     kv = MemoryKv()
     nets = {"cluster": PrivateNet("cluster", "10.252.0.0/16")}
     switch_key = keys.net_switch("u", "7", "cluster")
+    switch = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    switch.bind(("127.0.0.1", 0))
+    intruder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    intruder.bind(("127.0.0.1", 0))
+    switch_at = switch.getsockname()
 
     def publish_later():
         time.sleep(0.3)
-        kv.put(switch_key, "127.0.0.1:4567")
+        kv.put(switch_key, f"127.0.0.1:{switch_at[1]}")
 
     threading.Thread(target=publish_later).start()
     setup = private.prepare_nics(kv, "u", "7", nets, ["cluster"], 1, "127.0.0.1", timeout_s=10)
-    netdev = setup.qemu_args[1]
-    assert "remote.host=127.0.0.1,remote.port=4567" in netdev
-    (key, value), = setup.kv_entries.items()
-    assert key == keys.net_port("u", "7", "cluster", 1)
-    record = json.loads(value)
-    assert record["host"] == "127.0.0.1" and f"local.port={record['port']}" in netdev
-    assert record["mac"] == private.mac_address("7", 0, 1)
+    try:
+        (sock,) = setup.sockets
+        assert sock.getpeername() == switch_at
+        # the kernel delivers to the NIC's socket only what the switch sends
+        intruder.sendto(b"injected", sock.getsockname())
+        switch.sendto(b"from the switch", sock.getsockname())
+        sock.settimeout(2)
+        assert sock.recv(100) == b"from the switch"
+        sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            sock.recv(100)
+        assert setup.pass_fds == (sock.fileno(),)
+        assert setup.qemu_args[1] == f"dgram,id=priv0,local.type=fd,local.str={sock.fileno()}"
+        (key, value), = setup.kv_entries.items()
+        assert key == keys.net_port("u", "7", "cluster", 1)
+        record = json.loads(value)
+        assert (record["host"], record["port"]) == sock.getsockname()
+        assert record["mac"] == private.mac_address("7", 0, 1)
+    finally:
+        setup.close()
+        switch.close()
+        intruder.close()
+    assert sock.fileno() == -1
 
 
 def test_prepare_nics_names_the_missing_switch():
