@@ -25,7 +25,6 @@ import logging
 import os
 import socket
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +32,7 @@ from typing import Any
 import yaml
 
 from pcocc import proc
-from pcocc.cluster import keys
+from pcocc.kv import keys
 from pcocc.errors import ConfigError, PcoccError, ServiceUnavailable, UsageError
 
 log = logging.getLogger(__name__)
@@ -47,6 +46,7 @@ DEFAULT_MTU = 1450
 SWITCH_WAIT_S = 60.0
 #: The QEMU NIC of the first network without an explicit MAC (user networks) gets this one.
 QEMU_DEFAULT_MAC = "52:54:00:12:34:56"
+ADDRESS_HINT = "PCOCC_NODE_ADDRESS to the address of this node that the other nodes reach"
 #: Seed file read by small images without cloud-init (``MAC ADDRESS/PREFIX MTU`` lines).
 SEED_TABLE = "pcocc/net"
 
@@ -285,7 +285,15 @@ def prepare_nics(
                     f" {timeout_s:g} s",
                     hint="check the launcher's messages",
                 ) from None
-            sock = connected_socket(node_address, split_host_port(text))
+            remote = split_host_port(text)
+            try:
+                sock = connected_socket(node_address, remote)
+            except OSError as err:
+                raise PcoccError(
+                    f"vm{rank}: cannot open a port on {node_address} to the switch of network"
+                    f" '{nic.net}' at {text}: {err.strerror or err}",
+                    hint=f"set {ADDRESS_HINT}",
+                ) from err
             sockets.append(sock)
             host, port = sock.getsockname()[:2]
             args += netdev_args(index, nic, sock.fileno(), nic_model)
@@ -366,12 +374,18 @@ def run_switch(
     from pcocc.net.switch import Switch, bind_socket, endpoints_from_records
 
     prefix = keys.cluster_prefix(user, batchid)
-    definition = keys.definition(user, batchid)
+    definition = keys.cluster_definition(user, batchid)
     ports_prefix = keys.net_ports_prefix(user, batchid, net)
-    sock = bind_socket(address)
-    switch = Switch(sock)
     try:
-        switch.serve_in_thread()
+        sock = bind_socket(address)
+    except OSError as err:
+        raise PcoccError(
+            f"cannot bind the switch of network '{net}' on {address}: {err.strerror or err}",
+            hint=f"set {ADDRESS_HINT}",
+        ) from err
+    switch = Switch(sock)
+    thread = switch.serve_in_thread()
+    try:
         host, port = switch.address
         with kv.lease(lease_ttl_s) as lease:
             kv.put(keys.net_switch(user, batchid, net), f"{host}:{port}", lease)
@@ -395,7 +409,7 @@ def run_switch(
         return 0
     finally:
         switch.stop()
-        time.sleep(0)  # let the thread see the flag before the socket goes
+        thread.join(2)
         sock.close()
 
 

@@ -226,3 +226,17 @@ def test_run_switch_serves_registered_ports_until_the_cluster_ends():
     assert kv.get_prefix(keys.cluster_prefix("u", "7")) == {}
     for s in socks:
         s.close()
+
+
+def test_bad_node_addresses_are_named():
+    from pcocc.errors import PcoccError
+
+    kv = MemoryKv()
+    kv.put(keys.definition("u", "7"), "{}")
+    with pytest.raises(PcoccError, match="cannot bind the switch of network 'cluster' on 192.0.2.77"):
+        private.run_switch(kv, "u", "7", "cluster", "192.0.2.77", 30)
+    kv.put(keys.net_switch("u", "7", "cluster"), "127.0.0.1:9")
+    nets = {"cluster": PrivateNet("cluster", "10.252.0.0/16")}
+    with pytest.raises(PcoccError, match="vm0: cannot open a port on 192.0.2.77") as exc:
+        private.prepare_nics(kv, "u", "7", nets, ["cluster"], 0, "192.0.2.77", timeout_s=1)
+    assert "PCOCC_NODE_ADDRESS" in exc.value.hint
