@@ -55,15 +55,6 @@ def net_port(user: str, batchid: str, net: str, rank: int) -> str:
     return _k.net_port(user, batchid, net, rank)
 
 
-def parse_net_port_key(key: str) -> int | None:
-    """Rank of a ``.../nets/<net>/ports/<rank>`` key, None for any other key."""
-    try:
-        parsed = _k.parse_cluster_key(key)
-    except Corrupt:
-        return None
-    return parsed.rank if parsed.kind == "net_port" else None
-
-
 def split_cluster_key(user: str, key: str) -> tuple[str, str] | None:
     """Split a key of one of the user's clusters into (batchid, rest), or None."""
     prefix = user_clusters_prefix(user)

@@ -174,8 +174,8 @@ def test_keys_of_private_networks_parse_back():
     key = keys.net_port("alice", "12", "cluster", 3)
     assert key == "/pcocc/users/alice/clusters/12/nets/cluster/ports/3"
     assert key.startswith(keys.net_ports_prefix("alice", "12", "cluster"))
-    assert keys.parse_net_port_key(key) == 3
-    assert keys.parse_net_port_key(keys.vm_state("alice", "12", 3)) is None
+    assert kv_keys.parse_cluster_key(key).rank == 3
+    assert keys.parse_vm_state_key(key) is None
     parsed = kv_keys.parse_cluster_key(keys.net_switch("alice", "12", "cluster"))
     assert (parsed.kind, parsed.net) == ("net_switch", "cluster")
     with pytest.raises(UsageError):
