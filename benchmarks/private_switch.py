@@ -153,8 +153,10 @@ def main() -> int:
     base = throughput(args.seconds, False)
     ours = throughput(args.seconds, True)
     mbit = 8 * FRAME / 1e6
-    print(f"throughput  ours {ours:10.0f} frames/s ({ours * mbit:7.0f} Mbit/s)   "
-          f"baseline {base:10.0f} frames/s ({base * mbit:7.0f} Mbit/s)   ratio {ours / base:.2f}")
+    print(
+        f"throughput  ours {ours:10.0f} frames/s ({ours * mbit:7.0f} Mbit/s)   "
+        f"baseline {base:10.0f} frames/s ({base * mbit:7.0f} Mbit/s)   ratio {ours / base:.2f}"
+    )
     base = rtt(args.rounds, False)
     ours = rtt(args.rounds, True)
     print(f"rtt         ours {ours:10.1f} us   baseline {base:10.1f} us   ratio {ours / base:.2f}")

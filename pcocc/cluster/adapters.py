@@ -414,10 +414,8 @@ def machine_factory(
         for key in ("kernel", "initrd"):
             if s.get(key):
                 spec_args[key] = Path(s[key])
-        nics = private_nics(
-            kv, definition, entry, batchid, spec_args.get("nic_model"),
-            configured_endpoints(config, os.environ),
-        )
+        endpoints = configured_endpoints(config, os.environ)
+        nics = private_nics(kv, definition, entry, batchid, spec_args.get("nic_model"), endpoints)
         if nics is not None:
             spec_args["extra_netdevs"] = nics.qemu_args
             spec_args["pass_fds"] = nics.pass_fds
@@ -488,9 +486,15 @@ def private_nics(
         return None
     if kv is None:
         raise PcoccError(f"{entry.name}: private networks need etcd")
+    address = private.node_address({**os.environ, ENDPOINTS_VAR: endpoints or ""})
     return private.prepare_nics(
-        kv, user_name(), batchid, nets, names, entry.rank,
-        private.node_address({**os.environ, ENDPOINTS_VAR: endpoints or ""}),
+        kv,
+        user_name(),
+        batchid,
+        nets,
+        names,
+        entry.rank,
+        address,
         nic_model or "virtio-net-pci",
     )
 

@@ -120,10 +120,9 @@ class Launcher:
         if self.definition.networks and self.s.switch_argv:
             from pcocc.net.private import start_switches
 
-            self._switches = start_switches(
-                self.kv, self.s.switch_argv, env, self.s.user, self.s.batchid,
-                list(self.definition.networks),
-            )
+            nets = list(self.definition.networks)
+            argv = self.s.switch_argv
+            self._switches = start_switches(self.kv, argv, env, self.s.user, self.s.batchid, nets)
         self._tasks = self.batch.launch_tasks(self.s.batchid, n, self.s.node_argv, env)
         self.report(f"booting {n} VM{'s' if n > 1 else ''}")
         self._wait_running()

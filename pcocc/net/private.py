@@ -32,8 +32,8 @@ from typing import Any
 import yaml
 
 from pcocc import proc
-from pcocc.kv import keys
 from pcocc.errors import ConfigError, PcoccError, ServiceUnavailable, UsageError
+from pcocc.kv import keys
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,12 @@ def vm_nics(
     """The NICs of VM ``rank`` on the private networks among ``vm_networks``."""
     order = list(nets)
     return [
-        Nic(name, mac_address(batchid, order.index(name), rank), nets[name].interface(rank),
-            nets[name].mtu)
+        Nic(
+            name,
+            mac_address(batchid, order.index(name), rank),
+            nets[name].interface(rank),
+            nets[name].mtu,
+        )
         for name in vm_networks
         if name in nets
     ]
@@ -281,8 +285,7 @@ def prepare_nics(
                 text = kv.wait_for(key, lambda snap, k=key: snap.get(k), timeout_s)
             except TimeoutError:
                 raise ServiceUnavailable(
-                    f"vm{rank}: the switch of network '{nic.net}' did not start in"
-                    f" {timeout_s:g} s",
+                    f"vm{rank}: the switch of network '{nic.net}' did not start in {timeout_s:g} s",
                     hint="check the launcher's messages",
                 ) from None
             remote = split_host_port(text)
@@ -327,12 +330,17 @@ def start_switches(
         for name in nets:
             popen = proc.spawn(
                 [*argv, "--job", batchid, "--network", name],
-                env=dict(env), stdout=None, stderr=None, new_session=True,
+                env=dict(env),
+                stdout=None,
+                stderr=None,
+                new_session=True,
             )
             started.append(popen)
             key = keys.net_switch(user, batchid, name)
 
-            def ready(snap: Mapping[str, str], k: str = key, p: Any = popen) -> bool | None:
+            def ready(
+                snap: Mapping[str, str], k: str = key, p: Any = popen, name: str = name
+            ) -> bool | None:
                 if k in snap:
                     return True
                 if p.poll() is not None:
@@ -358,7 +366,7 @@ def stop_switches(switches: Sequence[subprocess.Popen]) -> None:
     for popen in switches:
         try:
             proc.stop(popen, timeout_s=5)
-        except Exception as err:
+        except OSError as err:
             log.warning("could not stop a network switch (pid %d): %s", popen.pid, err)
 
 

@@ -32,7 +32,9 @@ def test_addresses_come_from_the_cidr():
     assert (net.cidr, net.mtu, net.capacity) == ("192.168.7.0/24", 1400, 254)
     assert net.interface(0) == "192.168.7.1/24"
     assert net.address(253) == "192.168.7.254"
-    with pytest.raises(UsageError, match=r"network 'cluster' \(192.168.7.0/24\) has room for 254 VMs, not 255"):
+    with pytest.raises(
+        UsageError, match=r"network 'cluster' \(192.168.7.0/24\) has room for 254 VMs, not 255"
+    ):
         net.interface(254)
 
 
@@ -51,14 +53,18 @@ def test_defaults():
     ],
 )
 def test_bad_cidr(cidr, message):
-    with pytest.raises(ConfigError, match=f"network 'bad': {message}".replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(
+        ConfigError, match=f"network 'bad': {message}".replace("(", r"\(").replace(")", r"\)")
+    ):
         PrivateNet.from_config("bad", {"type": "private", "cidr": cidr})
 
 
 def test_cluster_networks_keep_the_order_of_use_and_check_the_size():
     nets = cluster_networks([["nat", "cluster"], ["cluster", "tiny"]], NETS)
     assert list(nets) == ["cluster", "tiny"]
-    with pytest.raises(UsageError, match=r"network 'tiny' \(10.9.0.0/30\) has room for 2 VMs, not 3"):
+    with pytest.raises(
+        UsageError, match=r"network 'tiny' \(10.9.0.0/30\) has room for 2 VMs, not 3"
+    ):
         cluster_networks([["tiny"], ["nat"], ["nat"]], NETS)
     assert cluster_networks([["nat"]], NETS) == {}
 
@@ -75,7 +81,9 @@ def test_definition_uses_the_private_cidr_for_hosts_and_round_trips():
 
 
 def test_definition_refuses_too_many_vms_for_the_cidr():
-    with pytest.raises(UsageError, match=r"network 'tiny' \(10.9.0.0/30\) has room for 2 VMs, not 3"):
+    with pytest.raises(
+        UsageError, match=r"network 'tiny' \(10.9.0.0/30\) has room for 2 VMs, not 3"
+    ):
         build_definition("t:3", templates(["tiny"]), networks=NETS)
 
 
@@ -150,7 +158,7 @@ def test_prepare_nics_waits_for_the_switch_and_registers_the_port():
             sock.recv(100)
         assert setup.pass_fds == (sock.fileno(),)
         assert setup.qemu_args[1] == f"dgram,id=priv0,local.type=fd,local.str={sock.fileno()}"
-        (key, value), = setup.kv_entries.items()
+        ((key, value),) = setup.kv_entries.items()
         assert key == keys.net_port("u", "7", "cluster", 1)
         record = json.loads(value)
         assert (record["host"], record["port"]) == sock.getsockname()
@@ -164,7 +172,9 @@ def test_prepare_nics_waits_for_the_switch_and_registers_the_port():
 
 def test_prepare_nics_names_the_missing_switch():
     nets = {"cluster": PrivateNet("cluster", "10.252.0.0/16")}
-    with pytest.raises(ServiceUnavailable, match="vm0: the switch of network 'cluster' did not start"):
+    with pytest.raises(
+        ServiceUnavailable, match="vm0: the switch of network 'cluster' did not start"
+    ):
         private.prepare_nics(MemoryKv(), "u", "7", nets, ["cluster"], 0, "127.0.0.1", timeout_s=0.3)
 
 
@@ -207,7 +217,7 @@ def test_run_switch_serves_registered_ports_until_the_cluster_ends():
     for rank, s in enumerate(socks[:2]):  # the third one is not registered
         record = {"host": "127.0.0.1", "port": s.getsockname()[1], "mac": f"02:00:00:00:00:0{rank}"}
         kv.put(keys.net_port("u", "7", "cluster", rank), json.dumps(record))
-    frame = bytes.fromhex("ffffffffffff" "020000000000" "0806") + b"arp?"
+    frame = bytes.fromhex("ffffffffffff0200000000000806") + b"arp?"
     got = None
     while got is None and time.monotonic() < deadline:  # until the switch saw the records
         socks[0].sendto(frame, switch)
@@ -216,7 +226,7 @@ def test_run_switch_serves_registered_ports_until_the_cluster_ends():
         except TimeoutError:
             pass
     assert got == frame
-    socks[2].sendto(bytes.fromhex("020000000001" "020000000009" "0800") + b"x", switch)
+    socks[2].sendto(bytes.fromhex("0200000000010200000000090800") + b"x", switch)
     socks[1].settimeout(0.5)
     with pytest.raises(TimeoutError):
         socks[1].recvfrom(2048)
@@ -233,7 +243,9 @@ def test_bad_node_addresses_are_named():
 
     kv = MemoryKv()
     kv.put(keys.definition("u", "7"), "{}")
-    with pytest.raises(PcoccError, match="cannot bind the switch of network 'cluster' on 192.0.2.77"):
+    with pytest.raises(
+        PcoccError, match="cannot bind the switch of network 'cluster' on 192.0.2.77"
+    ):
         private.run_switch(kv, "u", "7", "cluster", "192.0.2.77", 30)
     kv.put(keys.net_switch("u", "7", "cluster"), "127.0.0.1:9")
     nets = {"cluster": PrivateNet("cluster", "10.252.0.0/16")}

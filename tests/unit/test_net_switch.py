@@ -16,7 +16,12 @@ BROADCAST = "ff:ff:ff:ff:ff:ff"
 
 
 def frame(dst: str, src: str, payload: bytes = b"hello") -> bytes:
-    return bytes.fromhex(dst.replace(":", "")) + bytes.fromhex(src.replace(":", "")) + b"\x08\x00" + payload
+    return (
+        bytes.fromhex(dst.replace(":", ""))
+        + bytes.fromhex(src.replace(":", ""))
+        + b"\x08\x00"
+        + payload
+    )
 
 
 def endpoint() -> socket.socket:
@@ -101,9 +106,12 @@ def test_runt_frames_are_dropped(switch):
 def test_port_records():
     ep, mac = parse_port_record('{"host": "10.0.0.5", "port": 4000, "mac": "02:AB:00:00:00:01"}')
     assert ep == ("10.0.0.5", 4000) and mac == "02:ab:00:00:00:01"
-    for bad in ("nope", '{"host": "x", "port": 1, "mac": "02:00:00:00:00:01"}',
-                '{"host": "10.0.0.5", "port": 0, "mac": "02:00:00:00:00:01"}',
-                '{"host": "10.0.0.5", "port": 4000, "mac": "02:00"}'):
+    for bad in (
+        "nope",
+        '{"host": "x", "port": 1, "mac": "02:00:00:00:00:01"}',
+        '{"host": "10.0.0.5", "port": 0, "mac": "02:00:00:00:00:01"}',
+        '{"host": "10.0.0.5", "port": 4000, "mac": "02:00"}',
+    ):
         with pytest.raises(Corrupt, match="invalid private network port record"):
             parse_port_record(bad)
     good = '{"host": "10.0.0.5", "port": 4000, "mac": "02:00:00:00:00:01"}'
