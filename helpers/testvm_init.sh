@@ -70,6 +70,19 @@ if [ -z "$disk_mounted" ]; then
     done
 fi
 
+# Private networks: "MAC ADDRESS/PREFIX MTU" lines; the NIC is found by its MAC.
+if [ -f /seed/pcocc/net ]; then
+    while read -r mac addr mtu; do
+        for dir in /sys/class/net/*; do
+            [ "$(cat "$dir/address" 2>/dev/null)" = "$mac" ] || continue
+            dev=${dir##*/}
+            ip link set "$dev" mtu "$mtu"
+            ip link set "$dev" up
+            ip addr add "$addr" dev "$dev" && say "$dev: $addr"
+        done
+    done < /seed/pcocc/net
+fi
+
 name=""
 if [ -f /seed/meta-data ]; then
     name=$(sed -n 's/^local-hostname:[[:space:]]*//p' /seed/meta-data | tr -d "\"' \r")

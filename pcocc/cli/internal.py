@@ -38,6 +38,17 @@ def run(session: Session, rank: int | None, job_id: str | None) -> None:
     exit_with(run_node(session.config, rank, job_id))
 
 
+@internal.command()
+@click.option("--job", "job_id", required=True, help="Cluster id.")
+@click.option("--network", "net", required=True, help="Name of the private network.")
+@pass_session
+def vswitch(session: Session, job_id: str, net: str) -> None:
+    """Switch the frames of one private network of a cluster until it ends."""
+    from pcocc.cluster.jobs import run_vswitch
+
+    exit_with(run_vswitch(session.config, job_id, net))
+
+
 # One task of a multi-node `pcocc run` (see pcocc/cli/internal_ctr.py).
 from pcocc.cli.internal_ctr import ctr_task  # noqa: E402
 

@@ -394,9 +394,13 @@ def hosts_file(definition: ClusterDefinition) -> str:
 class MachineVm:
     """:class:`~pcocc.cluster.ports.VmHandle` over :class:`pcocc.vm.machine.Machine`."""
 
-    def __init__(self, machine: Any):
+    def __init__(self, machine: Any, nics: Any = None):
         self.machine = machine
         self.console_log = str(machine.console_log)
+        #: the private NICs (a pcocc.net.private.NicSetup): their sockets close at shutdown
+        self.nics = nics
+        #: etcd records the node process publishes under its lease before the launch
+        self.kv_entries = dict(nics.kv_entries) if nics is not None else {}
 
     def launch(self) -> MachineInfo:
         self.machine.launch()
@@ -421,19 +425,20 @@ class MachineVm:
             return None
 
     def shutdown(self) -> None:
-        self.machine.shutdown()
+        try:
+            self.machine.shutdown()
+        finally:
+            if self.nics is not None:
+                self.nics.close()
 
 
 def machine_factory(
-    config: Config | None, batchid: str
+    config: Config | None, batchid: str, kv: Any = None
 ) -> Callable[[ClusterDefinition, VmEntry, Path, Path], MachineVm]:
     """Build the VM of one rank from its template (``make_vm`` of the node process)."""
 
     def make(definition: ClusterDefinition, entry: VmEntry, node_dir: Path, host_key: Path):
         from pcocc.vm.accel import resolve_accel
-        from pcocc.vm.machine import Machine
-        from pcocc.vm.qemu import VmSpec
-        from pcocc.vm.seed import HostKey, SeedSpec
 
         s = entry.settings
         image = None
@@ -461,6 +466,36 @@ def machine_factory(
         for key in ("kernel", "initrd"):
             if s.get(key):
                 spec_args[key] = Path(s[key])
+        endpoints = configured_endpoints(config, os.environ)
+        nics = private_nics(kv, definition, entry, batchid, spec_args.get("nic_model"), endpoints)
+        if nics is not None:
+            spec_args["extra_netdevs"] = nics.qemu_args
+            spec_args["pass_fds"] = nics.pass_fds
+        try:
+            machine = _machine(
+                definition, entry, node_dir, host_key, spec_args, image, nics, shares, guest_mounts
+            )
+            return MachineVm(machine, nics)
+        except BaseException:
+            if nics is not None:
+                nics.close()
+            raise
+
+    def _machine(
+        definition: ClusterDefinition,
+        entry: VmEntry,
+        node_dir: Path,
+        host_key: Path,
+        spec_args: dict[str, Any],
+        image: Path | None,
+        nics: Any,
+        shares: Any,
+        guest_mounts: Any,
+    ) -> Any:
+        from pcocc.vm.machine import Machine
+        from pcocc.vm.qemu import VmSpec
+        from pcocc.vm.seed import HostKey, SeedSpec
+
         public = host_key.with_suffix(".pub").read_text().strip()
         seed = SeedSpec(
             hostname=entry.name,
@@ -469,9 +504,12 @@ def machine_factory(
             host_key=HostKey(host_key.read_text(), public),
             user_data=definition.user_data
             if definition.user_data is not None
-            else _template_user_data(s.get("user-data")),
+            else _template_user_data(entry.settings.get("user-data")),
             mounts=tuple(guest_mounts),
-            extra_files={"pcocc/hosts": hosts_file(definition)},
+            extra_files={
+                "pcocc/hosts": hosts_file(definition),
+                **(private_seed_files(nics) if nics is not None else {}),
+            },
         )
         machine = Machine(
             VmSpec(**spec_args),
@@ -481,9 +519,47 @@ def machine_factory(
             boot_timeout_s=definition.boot_timeout_s,
             shares=shares,
         )
-        return MachineVm(machine)
+        return machine
 
     return make
+
+
+def private_nics(
+    kv: Any,
+    definition: ClusterDefinition,
+    entry: VmEntry,
+    batchid: str,
+    nic_model: str | None,
+    endpoints: str | None,
+) -> Any:
+    """The NICs of ``entry`` on the cluster's private networks (a NicSetup), or None."""
+    from pcocc.cluster.definition import vm_networks
+    from pcocc.net import private
+
+    nets = private.from_definition(definition.networks)
+    names = [n for n in vm_networks(entry.settings) if n in nets]
+    if not names:
+        return None
+    if kv is None:
+        raise PcoccError(f"{entry.name}: private networks need etcd")
+    address = private.node_address({**os.environ, ENDPOINTS_VAR: endpoints or ""})
+    return private.prepare_nics(
+        kv,
+        user_name(),
+        batchid,
+        nets,
+        names,
+        entry.rank,
+        address,
+        nic_model or "virtio-net-pci",
+    )
+
+
+def private_seed_files(nics: Any) -> dict[str, str]:
+    """Seed files configuring the private NICs (the user NIC keeps QEMU's first MAC)."""
+    from pcocc.net import private
+
+    return private.seed_files(nics.nics, dhcp_macs=[private.QEMU_DEFAULT_MAC])
 
 
 def python_command() -> list[str]:

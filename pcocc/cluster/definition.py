@@ -21,7 +21,8 @@ from pcocc.errors import ConfigError, Corrupt, NotFound, UsageError
 
 FORMAT_VERSION = 1
 _TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-#: Subnet of the cluster's private addresses, used for /etc/hosts entries in the VMs.
+#: Subnet of the cluster's private addresses, used for /etc/hosts entries in the VMs when the
+#: cluster has no private network (then the first private network's cidr gives them).
 PRIVATE_NET = "10.252"
 
 
@@ -60,6 +61,8 @@ class ClusterDefinition:
     created: float = field(default_factory=time.time)
     spec: str = ""
     version: int = FORMAT_VERSION
+    #: private networks of the cluster, by name, in order of first use (see pcocc.net.private)
+    networks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -228,12 +231,15 @@ def build_definition(
     owner: str = "",
     boot_timeout_s: float = 600.0,
     check_image: Callable[[str], None] | None = None,
+    networks: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> ClusterDefinition:
     """Validate a cluster definition and produce one entry per VM rank.
 
     :param templates: resolved templates (inheritance already applied), by name
     :param cores: cores of every VM (``-c``); default: the template's resource set, else 1
     :param check_image: raises NotFound/UsageError when an image URI cannot be resolved
+    :param networks: the configured networks (networks.yaml), by name; the VMs' private
+        addresses come from the first private network that they use
     :raise UsageError: bad definition or option
     :raise ConfigError: a template cannot run (no image and no kernel)
     """
@@ -251,6 +257,8 @@ def build_definition(
     overrides = parse_image_overrides(images, names)
     mount_list = parse_mounts(mounts)
     user_data = read_user_data(user_data_file) if user_data_file else None
+    private = _private_networks(parts, templates, networks or {})
+    hosts_net = next(iter(private.values()), None)
     checked: set[str] = set()
     vms: list[VmEntry] = []
     for name, count in parts:
@@ -278,7 +286,7 @@ def build_definition(
                     settings=settings,
                     image=image,
                     cores=vm_cores,
-                    address=vm_address(rank),
+                    address=hosts_net.address(rank) if hosts_net else vm_address(rank),
                 )
             )
     return ClusterDefinition(
@@ -290,4 +298,21 @@ def build_definition(
         owner=owner,
         boot_timeout_s=boot_timeout_s,
         spec=spec,
+        networks={name: net.to_dict() for name, net in private.items()},
     )
+
+
+def vm_networks(settings: Mapping[str, Any]) -> list[str]:
+    """Names of the networks of a VM (its resource set's ``networks``)."""
+    return list((settings.get("resources") or {}).get("networks") or [])
+
+
+def _private_networks(
+    parts: Sequence[tuple[str, int]],
+    templates: Mapping[str, Mapping[str, Any]],
+    networks: Mapping[str, Mapping[str, Any]],
+) -> dict:
+    from pcocc.net.private import cluster_networks
+
+    per_vm = [vm_networks(templates[name]) for name, count in parts for _ in range(count)]
+    return cluster_networks(per_vm, networks)

@@ -66,6 +66,7 @@ def prepare_definition(
         owner=adapters.user_name(),
         boot_timeout_s=boot_timeout_s(os.environ),
         check_image=adapters.image_checker(config),
+        networks=config.networks,
     )
     adapters.check_shares_possible(definition)
     return definition
@@ -185,6 +186,7 @@ def run_launcher(
                 node_argv = adapters.python_command()
                 if debug:
                     node_argv.append("--debug")
+                switch_argv = [*node_argv, "internal", "vswitch"]
                 node_argv += ["internal", "run"]
                 settings = LaunchSettings(
                     user=user,
@@ -195,6 +197,7 @@ def run_launcher(
                     hold=hold,
                     remove_run_dir=False,
                     lease_ttl_s=ttl_s,
+                    switch_argv=switch_argv,
                 )
                 return Launcher(kv, batch, definition, settings, report=report).run()
             finally:
@@ -228,8 +231,33 @@ def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int
                 rank=rank,
                 lease_ttl_s=lease_ttl_s(os.environ),
             ),
-            adapters.machine_factory(config, batchid),
+            adapters.machine_factory(config, batchid, kv),
         )
         return node.run()
+    finally:
+        kv.close()
+
+
+def run_vswitch(config: Config | None, batchid: str, net: str) -> int:
+    """``pcocc internal vswitch``: the switch of one private network (started by the
+    launcher); returns 0 when the cluster ends or on SIGTERM."""
+    from pcocc.cluster.signals import Interrupted, raising_on_signals
+    from pcocc.net.private import node_address, run_switch
+
+    endpoints = adapters.configured_endpoints(config, os.environ)
+    if not endpoints:
+        raise UsageError(
+            f"no etcd to use: {adapters.ENDPOINTS_VAR} is not set",
+            hint="'pcocc internal vswitch' is started by 'pcocc internal launcher'",
+        )
+    address = node_address({**os.environ, adapters.ENDPOINTS_VAR: endpoints})
+    kv = adapters.open_kv(endpoints)
+    try:
+        with raising_on_signals():
+            return run_switch(
+                kv, adapters.user_name(), batchid, net, address, lease_ttl_s(os.environ)
+            )
+    except Interrupted:
+        return 0
     finally:
         kv.close()

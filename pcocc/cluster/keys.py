@@ -39,6 +39,22 @@ def rnat_prefix(user: str, batchid: str, rank: int) -> str:
     return _k.rnat_prefix(user, batchid, rank)
 
 
+def net_prefix(user: str, batchid: str, net: str) -> str:
+    return _k.net_prefix(user, batchid, net)
+
+
+def net_switch(user: str, batchid: str, net: str) -> str:
+    return _k.net_switch(user, batchid, net)
+
+
+def net_ports_prefix(user: str, batchid: str, net: str) -> str:
+    return _k.net_ports_prefix(user, batchid, net)
+
+
+def net_port(user: str, batchid: str, net: str, rank: int) -> str:
+    return _k.net_port(user, batchid, net, rank)
+
+
 def split_cluster_key(user: str, key: str) -> tuple[str, str] | None:
     """Split a key of one of the user's clusters into (batchid, rest), or None."""
     prefix = user_clusters_prefix(user)

@@ -59,6 +59,9 @@ class LaunchSettings:
     #: private etcd, still lives in it and its owner removes it)
     remove_run_dir: bool = True
     lease_ttl_s: int = DEFAULT_LEASE_TTL_S
+    #: argv of the switch of a private network (``pcocc internal vswitch``), started once per
+    #: private network of the cluster before the VMs; None: no private networks
+    switch_argv: list[str] | None = None
 
 
 class Launcher:
@@ -80,6 +83,7 @@ class Launcher:
         self._lease: Lease | None = None
         self._tasks: TaskGroup | None = None
         self._command: subprocess.Popen | None = None
+        self._switches: list[subprocess.Popen] = []
         self._seen: dict[int, VmRecord] = {}
         #: etcd is known to be gone: the teardown does not wait for it
         self._etcd_lost = False
@@ -113,6 +117,12 @@ class Launcher:
         n = self.definition.size
         env = dict(self.s.env)
         env["PCOCC_JOB_ID"] = self.s.batchid
+        if self.definition.networks and self.s.switch_argv:
+            from pcocc.net.private import start_switches
+
+            nets = list(self.definition.networks)
+            argv = self.s.switch_argv
+            self._switches = start_switches(self.kv, argv, env, self.s.user, self.s.batchid, nets)
         self._tasks = self.batch.launch_tasks(self.s.batchid, n, self.s.node_argv, env)
         self.report(f"booting {n} VM{'s' if n > 1 else ''}")
         self._wait_running()
@@ -186,6 +196,12 @@ class Launcher:
         all_running = len(records) == self.definition.size and all(
             rec.status == RUNNING for rec in records.values()
         )
+        for name, switch in zip(self.definition.networks, self._switches):
+            if switch.poll() is not None:
+                raise ClusterFailed(
+                    f"the switch of network '{name}' exited with status {switch.returncode}",
+                    hint="the VMs lost that network; see the switch's message above",
+                )
         if self._tasks is not None:
             status = self._tasks.poll()
             if status is not None:
@@ -275,6 +291,10 @@ class Launcher:
                     self._tasks.stop(timeout_s=15)
                 except Exception as err:  # keep tearing down; say what was left
                     log.warning("could not stop the node processes: %s", err)
+            if self._switches:
+                from pcocc.net.private import stop_switches
+
+                stop_switches(self._switches)
             self._reap_orphans()
             if not self._etcd_lost:
                 try:

@@ -107,6 +107,9 @@ class NodeProcess:
                     vm = self.make_vm(definition, entry, vm_dir, host_key)
                     self.record.console_log = vm.console_log
                     self._publish()
+                    # e.g. the VM's ports on private networks, registered before QEMU sends
+                    for key, value in getattr(vm, "kv_entries", {}).items():
+                        self.kv.put(key, value, lease)
                     info = vm.launch()
                     self.record.pid = info.pid
                     self.record.ssh_port = info.ssh_port

@@ -213,7 +213,7 @@ def _refuse_user_ethernet(doc: YamlDoc) -> None:
             raise doc.error(
                 ("networks", net_name, "type"),
                 "only the admin may define ethernet networks",
-                hint="use a network of type user",
+                hint="use a network of type private (or user)",
             )
 
 

@@ -5,6 +5,10 @@ This module is the only place that builds key names::
     /pcocc/users/<user>/clusters/<batchid>/definition          cluster definition (JSON)
     /pcocc/users/<user>/clusters/<batchid>/vms/<rank>/state    {host, status, ports, pid} (leased)
     /pcocc/users/<user>/clusters/<batchid>/rnat/<rank>/<port>  host:port for reverse NAT (leased)
+    /pcocc/users/<user>/clusters/<batchid>/nets/<net>/switch   host:port of a private network's
+                                                               switch (leased by the switch)
+    /pcocc/users/<user>/clusters/<batchid>/nets/<net>/ports/<rank>  {host, port, mac} of the VM's
+                                                               NIC on that network (leased)
     /pcocc/nodes/<host>/<kind>/<item>                           privileged per-node allocations
 
 Prefixes end with ``/`` so that a prefix read or watch of cluster ``1`` never sees cluster
@@ -77,6 +81,23 @@ def rnat(user: str, batchid: str | int, rank: int, port: int) -> str:
     return f"{rnat_prefix(user, batchid, rank)}{_port(port)}"
 
 
+def net_prefix(user: str, batchid: str | int, net: str) -> str:
+    """Prefix of the keys of one private network of a cluster."""
+    return f"{cluster_prefix(user, batchid)}nets/{_segment('network name', net)}/"
+
+
+def net_switch(user: str, batchid: str | int, net: str) -> str:
+    return f"{net_prefix(user, batchid, net)}switch"
+
+
+def net_ports_prefix(user: str, batchid: str | int, net: str) -> str:
+    return f"{net_prefix(user, batchid, net)}ports/"
+
+
+def net_port(user: str, batchid: str | int, net: str, rank: int) -> str:
+    return f"{net_ports_prefix(user, batchid, net)}{_rank(rank)}"
+
+
 # nodes ------------------------------------------------------------------------------------
 def node_prefix(host: str) -> str:
     return f"{ROOT}nodes/{_segment('host name', host)}/"
@@ -94,13 +115,15 @@ def node_allocation(host: str, kind: str, item: str | int) -> str:
 # parsers ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ClusterKey:
-    """A parsed key under a cluster: ``kind`` is definition, vm_state or rnat."""
+    """A parsed key under a cluster: ``kind`` is definition, vm_state, rnat, net_switch or
+    net_port (``net`` names the network of the last two)."""
 
     user: str
     batchid: str
     kind: str
     rank: int | None = None
     port: int | None = None
+    net: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +160,10 @@ def parse_cluster_key(key: str | bytes) -> ClusterKey:
         return ClusterKey(user, batchid, "vm_state", rank=_int(rest[1], key))
     if len(rest) == 3 and rest[0] == "rnat":
         return ClusterKey(user, batchid, "rnat", rank=_int(rest[1], key), port=_int(rest[2], key))
+    if len(rest) == 3 and rest[0] == "nets" and rest[2] == "switch" and rest[1]:
+        return ClusterKey(user, batchid, "net_switch", net=rest[1])
+    if len(rest) == 4 and rest[0] == "nets" and rest[2] == "ports" and rest[1]:
+        return ClusterKey(user, batchid, "net_port", rank=_int(rest[3], key), net=rest[1])
     raise Corrupt(f"unexpected etcd key {key!r}: unknown cluster entry {'/'.join(rest)!r}")
 
 

@@ -261,7 +261,8 @@ class Machine:
             self.qemu_log.unlink()  # judge each attempt by its own messages
         self._start_virtiofsd()
         log.debug("VM %s: starting QEMU (%s)", spec.name, spec.accel)
-        self.process = proc.spawn(argv, cwd=self.run_dir, log_path=self.qemu_log)
+        self.process = proc.spawn(argv, cwd=self.run_dir, log_path=self.qemu_log,
+                                  pass_fds=spec.pass_fds)
         self.spec = spec
 
     def _start_virtiofsd(self) -> None:

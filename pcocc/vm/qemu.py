@@ -57,6 +57,10 @@ class VmSpec:
     network: bool = True
     #: virtio-fs shares as (tag, vhost-user socket); they make the guest RAM a shared memfd
     fs_shares: tuple[tuple[str, Path], ...] = ()
+    #: more NICs, as ready QEMU arguments (``-netdev ... -device ...``), after the user NIC
+    extra_netdevs: tuple[str, ...] = ()
+    #: descriptors that QEMU inherits (e.g. sockets named in ``extra_netdevs``)
+    pass_fds: tuple[int, ...] = ()
     custom_args: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -160,6 +164,7 @@ def build_argv(spec: VmSpec) -> list[str]:
                    if spec.ssh_host_port is not None else None)
         argv += ["-netdev", _opts("user", id="net0", hostfwd=hostfwd),
                  "-device", _opts(spec.nic_model, netdev="net0")]
+    argv += list(spec.extra_netdevs)
     if spec.fs_shares:
         argv += virtiofs.device_args([tag for tag, _ in spec.fs_shares],
                                      [sock for _, sock in spec.fs_shares])

@@ -11,6 +11,8 @@ Files in the image:
     therefore stays the user's own, unchanged.
 ``user-data``
     the template's user-data as given, or an empty ``#cloud-config``.
+``network-config`` (only with private networks, from ``extra_files``)
+    a version 2 network configuration matching the NICs by MAC (see pcocc.net.private).
 ``pcocc/authorized_keys``, ``pcocc/ssh_host_ed25519_key[.pub]``
     the same keys as plain files, for small images without cloud-init (the test VM's init
     reads these).

@@ -461,3 +461,118 @@ def test_cluster_on_an_etcd_with_auth_logs_in_from_batch_yaml(
         with KvClient(server.endpoint, user="root", password=root_file.read_text().strip()) as kv:
             assert kv.get_prefix("/pcocc/") == {}  # the cluster's keys went with it
         assert_nothing_left(env)
+
+
+# -- private network -----------------------------------------------------------------------
+PRIVATE_CHECKS = (
+    "set -e; "
+    f"pcocc ssh vm0 '{WAIT_HOSTS} ping -c 1 -W 5 vm1' > ping01.txt; "
+    f"pcocc ssh vm1 '{WAIT_HOSTS.replace('vm1', 'vm0')} ping -c 1 -W 5 vm0' > ping10.txt; "
+    "pcocc ssh vm1 'ip -o -4 addr show; ip -o link show' > addr1.txt"
+)
+
+
+def test_private_network_connects_the_vms(cluster_env):
+    env = cluster_env
+    system = Path(env.env["PCOCC_SYSTEM_CONF_DIR"])
+    (system / "networks.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "networks": {
+                    "nat": {"type": "user"},
+                    "cluster": {"type": "private", "cidr": "10.77.0.0/24", "mtu": 1400},
+                }
+            }
+        )
+    )
+    (system / "resources.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resource-sets": {
+                    "tiny": {"cores": 1, "memory": "256M", "networks": ["nat", "cluster"]}
+                }
+            }
+        )
+    )
+    res = env.run("alloc", "--user-data", str(env.user_data), "-E", PRIVATE_CHECKS, "testvm:2")
+    assert res.returncode == 0, res.stderr
+    assert "1 packets received" in (env.tmp / "ping01.txt").read_text()
+    assert "10.77.0.2" in (env.tmp / "ping01.txt").read_text()
+    assert "1 packets received" in (env.tmp / "ping10.txt").read_text()
+    addr = (env.tmp / "addr1.txt").read_text()
+    assert "inet 10.77.0.2/24" in addr and "mtu 1400" in addr
+    assert_nothing_left(env, _endpoints(env))
+
+
+def _host_address() -> str | None:
+    """An IPv4 address of this host other than loopback, if it has one."""
+    out = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show"], check=False, capture_output=True, text=True
+    ).stdout
+    for line in out.splitlines():
+        words = line.split()
+        if len(words) > 3 and words[1] != "lo":
+            return words[3].split("/")[0]
+    return None
+
+
+DUMP_NET_KEYS = (
+    "import json, os, sys; from pcocc.kv.client import KvClient; "
+    "kv = KvClient(os.environ['PCOCC_ETCD_ENDPOINTS']); "
+    "json.dump({k: v.decode() for k, v in kv.get_prefix('/pcocc/users/').items() "
+    "if '/nets/' in k}, sys.stdout)"
+)
+
+
+def test_private_network_on_the_node_address(local_env):
+    """Switch and NICs bind on PCOCC_NODE_ADDRESS (here a real interface, not loopback)."""
+    import shlex
+    import sys
+
+    address = _host_address()
+    if address is None:
+        pytest.skip("this host has no IPv4 address besides loopback")
+    env = local_env
+    env.env["PCOCC_NODE_ADDRESS"] = address
+    system = Path(env.env["PCOCC_SYSTEM_CONF_DIR"])
+    (system / "networks.yaml").write_text(
+        yaml.safe_dump({"networks": {"cluster": {"type": "private"}}})
+    )
+    (system / "resources.yaml").write_text(
+        yaml.safe_dump(
+            {"resource-sets": {"tiny": {"cores": 1, "memory": "256M", "networks": ["cluster"]}}}
+        )
+    )
+    command = (
+        f"set -e; {shlex.quote(sys.executable)} -c {shlex.quote(DUMP_NET_KEYS)} > keys.json; "
+        f"pcocc ssh vm1 '{WAIT_HOSTS.replace('vm1', 'vm0')} ping -c 1 -W 5 vm0' > ping10.txt"
+    )
+    res = env.run("alloc", "--user-data", str(env.user_data), "-E", command, "testvm:2")
+    assert res.returncode == 0, res.stderr
+    assert "10.252.0.1" in (env.tmp / "ping10.txt").read_text()  # the default cidr
+    found = json.loads((env.tmp / "keys.json").read_text())
+    switch = [v for k, v in found.items() if k.endswith("/nets/cluster/switch")]
+    ports = [json.loads(v) for k, v in found.items() if "/nets/cluster/ports/" in k]
+    assert len(switch) == 1 and switch[0].startswith(f"{address}:")
+    assert sorted(p["host"] for p in ports) == [address, address]
+    assert_nothing_left(env)
+
+
+def test_private_network_too_small_for_the_cluster(local_env):
+    system = Path(local_env.env["PCOCC_SYSTEM_CONF_DIR"])
+    (system / "networks.yaml").write_text(
+        yaml.safe_dump({"networks": {"cluster": {"type": "private", "cidr": "10.77.0.0/30"}}})
+    )
+    (system / "resources.yaml").write_text(
+        yaml.safe_dump({"resource-sets": {"tiny": {"cores": 1, "networks": ["cluster"]}}})
+    )
+    res = local_env.run("alloc", "-E", "true", "testvm:3")
+    assert res.returncode == 2, res.stderr
+    assert "network 'cluster' (10.77.0.0/30) has room for 2 VMs, not 3" in res.stderr
+    assert "Traceback" not in res.stderr
+    (system / "networks.yaml").write_text(
+        yaml.safe_dump({"networks": {"cluster": {"type": "private", "cidr": "10.77.0.1/24"}}})
+    )
+    res = local_env.run("alloc", "-E", "true", "testvm:1")
+    assert res.returncode == 2, res.stderr
+    assert "network 'cluster': cidr '10.77.0.1/24' is not an IPv4 network" in res.stderr

@@ -166,6 +166,8 @@ def test_users_may_not_define_ethernet_networks(pcocc_env):
     )
     _write(pcocc_env["user"], "networks.yaml", "networks:\n  n: {type: user}\n")
     assert _load(pcocc_env).networks == {"n": {"type": "user"}}
+    _write(pcocc_env["user"], "networks.yaml", "networks:\n  p: {type: private}\n")
+    assert _load(pcocc_env).networks == {"p": {"type": "private"}}
 
 
 def test_containers_lists_append_and_env_merges(pcocc_env):

@@ -43,6 +43,7 @@ resource-sets:
 networks:
   nat: {type: user, forwards: [80]}
   eth: {type: ethernet, cidr: 10.1.0.0/16, mtu: 9000}
+  priv: {type: private, cidr: 10.2.0.0/24, mtu: 1400, description: between the VMs}
 """,
     "containers": """\
 runtime: crun
@@ -176,7 +177,18 @@ BAD = [
     (
         "networks",
         "networks:\n  n: {type: bridge}\n",
-        "2:6: networks.n: expected a network with type: user or type: ethernet, got a mapping",
+        "2:6: networks.n: expected a network with type: user, type: private or type: ethernet,"
+        " got a mapping",
+    ),
+    (
+        "networks",
+        "networks:\n  p: {type: private, mtu: 100}\n",
+        "2:27: networks.p.mtu: expected a number at least 576, got 100",
+    ),
+    (
+        "networks",
+        "networks:\n  p: {type: private, bridge-prefix: br}\n",
+        "2:22: networks.p.bridge-prefix: unknown key 'bridge-prefix'",
     ),
     (
         "networks",

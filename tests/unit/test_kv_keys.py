@@ -24,6 +24,8 @@ def test_prefixes_end_with_slash_so_clusters_do_not_overlap():
     assert keys.rnat("alice", 1, 2, 80).startswith(keys.rnat_prefix("alice", 1, 2))
     assert keys.rnat_prefix("alice", 1, 2).startswith(keys.rnat_prefix("alice", 1))
     assert keys.cluster_prefix("alice", 1).startswith(keys.user_prefix("alice"))
+    assert keys.net_port("alice", 1, "n", 0).startswith(keys.net_ports_prefix("alice", 1, "n"))
+    assert not keys.net_switch("alice", 1, "n2").startswith(keys.net_prefix("alice", 1, "n"))
 
 
 @pytest.mark.parametrize(
@@ -32,6 +34,8 @@ def test_prefixes_end_with_slash_so_clusters_do_not_overlap():
         keys.cluster_definition("bob", "7"),
         keys.vm_state("bob", "7", 11),
         keys.rnat("bob", "7", 11, 65535),
+        keys.net_switch("bob", "7", "cluster"),
+        keys.net_port("bob", "7", "cluster", 11),
     ],
 )
 def test_parse_reads_back_what_was_built(key):
@@ -41,6 +45,8 @@ def test_parse_reads_back_what_was_built(key):
         "definition": lambda: keys.cluster_definition(parsed.user, parsed.batchid),
         "vm_state": lambda: keys.vm_state(parsed.user, parsed.batchid, parsed.rank),
         "rnat": lambda: keys.rnat(parsed.user, parsed.batchid, parsed.rank, parsed.port),
+        "net_switch": lambda: keys.net_switch(parsed.user, parsed.batchid, parsed.net),
+        "net_port": lambda: keys.net_port(parsed.user, parsed.batchid, parsed.net, parsed.rank),
     }[parsed.kind]()
     assert rebuilt == key
     assert keys.parse_cluster_key(key.encode()) == parsed

@@ -179,6 +179,14 @@ def test_network_without_port_has_no_forwarding():
     assert argv[-4:] == ["-netdev", "user,id=net0", "-device", "e1000,netdev=net0"]
 
 
+def test_extra_netdevs_follow_the_user_nic_and_precede_custom_args():
+    extra = ("-netdev", "dgram,id=priv0,local.type=fd,local.str=9", "-device", "e1000,netdev=priv0")
+    argv = build_argv(VmSpec(name="v", nic_model="e1000", extra_netdevs=extra, pass_fds=(9,),
+                             custom_args=("-rtc", "base=utc")))
+    assert argv[-10:] == ["-netdev", "user,id=net0", "-device", "e1000,netdev=net0", *extra,
+                          "-rtc", "base=utc"]
+
+
 def test_drive_options():
     spec = VmSpec(name="v", network=False, disks=(
         Drive(Path("/a.raw"), format="raw", readonly=True, cache="unsafe"),
