@@ -350,9 +350,11 @@ class MachineVm:
         self.machine.launch()
         # real paths: the /proc/self/fd/N forms of long ones only work inside this process
         info = dict(self.machine.describe())
+        ssh_port = info.pop("ssh_port")
         return MachineInfo(
             pid=int(info.pop("pid")),
-            ssh_port=int(info.pop("ssh_port")),
+            ssh_port=None if ssh_port is None else int(ssh_port),
+            forwards={int(g): int(h) for g, h in dict(info.pop("forwards", {})).items()},
             qmp_socket=str(info.pop("qmp_socket")),
             console_socket=str(info.pop("console_socket")),
             console_log=str(info.pop("console_log")),
@@ -373,11 +375,13 @@ class MachineVm:
 
 
 def machine_factory(
-    config: Config | None, batchid: str
+    config: Config | None, batchid: str, address: str = "127.0.0.1"
 ) -> Callable[[ClusterDefinition, VmEntry, Path, Path], MachineVm]:
-    """Build the VM of one rank from its template (``make_vm`` of the node process)."""
+    """Build the VM of one rank from its template (``make_vm`` of the node process);
+    its forwarded ports listen on ``address``."""
 
     def make(definition: ClusterDefinition, entry: VmEntry, node_dir: Path, host_key: Path):
+        from pcocc.net.resolve import plan_networks
         from pcocc.vm.accel import resolve_accel
         from pcocc.vm.machine import Machine
         from pcocc.vm.qemu import VmSpec
@@ -394,7 +398,12 @@ def machine_factory(
             "accel": resolve_accel(s.get("accel")),
             "memory_mib": _memory_mib(s),
             "smp": entry.cores,
+            "host_address": address,
         }
+        plan = plan_networks(entry.networks)
+        spec_args["user_nets"] = tuple(plan.user_nets)
+        spec_args["net_args"] = tuple(plan.qemu_args)
+        spec_args["network"] = bool(plan.user_nets or plan.qemu_args)
         share_args, mounts_table = mount_args(definition)
         spec_args["custom_args"] = tuple(s.get("custom-args") or ()) + tuple(share_args)
         for key, field_name in (

@@ -66,6 +66,7 @@ def prepare_definition(
         owner=adapters.user_name(),
         boot_timeout_s=boot_timeout_s(os.environ),
         check_image=adapters.image_checker(config),
+        networks=config.networks,
     )
 
 
@@ -201,6 +202,14 @@ def run_launcher(
         rundir.remove_cluster_dir(batchid)
 
 
+def node_address(endpoints: str, env: Mapping[str, str]) -> str:
+    """The address this node binds the VM's forwards on and publishes: the one it reaches
+    etcd from (the other nodes reach etcd too), or ``$PCOCC_NODE_ADDRESS``."""
+    from pcocc.net.address import ADDRESS_VAR, reachable_address
+
+    return reachable_address(endpoints.split(","), env.get(ADDRESS_VAR))
+
+
 def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int:
     """``pcocc internal run``: the node process of one VM."""
     os.umask(0o077)  # the VM's run files, sockets and logs: for this user only
@@ -216,6 +225,7 @@ def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int
             f"no etcd to use: {adapters.ENDPOINTS_VAR} is not set",
             hint="'pcocc internal run' is started by 'pcocc internal launcher'",
         )
+    address = node_address(endpoints, os.environ)
     kv = adapters.open_kv(endpoints)
     try:
         node = NodeProcess(
@@ -225,8 +235,9 @@ def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int
                 batchid=batchid,
                 rank=rank,
                 lease_ttl_s=lease_ttl_s(os.environ),
+                address=address,
             ),
-            adapters.machine_factory(config, batchid),
+            adapters.machine_factory(config, batchid, address),
         )
         return node.run()
     finally:

@@ -196,7 +196,8 @@ def test_drive_options():
         ({"memory_mib": 4}, "at least 16 MiB"),
         ({"smp": 0}, "at least one CPU"),
         ({"kernel": None}, "need a kernel"),
-        ({"ssh_host_port": 70000}, "bad ssh port"),
+        ({"ssh_host_port": 70000}, "bad forwarded port 70000 (guest port 22)"),
+        ({"host_address": "node1"}, "host address 'node1' is not an IPv4 address"),
         ({"disks": (Drive(Path("/a\nb")),)}, "newlines"),
     ],
 )
