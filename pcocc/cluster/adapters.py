@@ -147,19 +147,26 @@ def configured_endpoints(config: Config | None, env: Mapping[str, str]) -> str |
 
 @contextlib.contextmanager
 def etcd_for_job(
-    run_dir: Path, env: dict[str, str], config: Config | None = None
+    run_dir: Path,
+    env: dict[str, str],
+    config: Config | None = None,
+    controller_hosts: Callable[[], Sequence[str]] = lambda: (),
 ) -> Iterator[dict[str, str]]:
-    """The configured etcd, or a private one in ``run_dir`` when none is (local mode).
+    """The configured etcd, or a private one in ``run_dir`` when none is (private mode),
+    on an address the job's nodes reach (see :mod:`pcocc.kv.private`).
 
+    :param controller_hosts: the batch system's controllers (asked only for a private etcd)
     Yields the variables that point children at it.
     """
     endpoints = configured_endpoints(config, env)
     if endpoints:
         yield {ENDPOINTS_VAR: endpoints}
         return
-    from pcocc.kv.private import private_etcd
+    from pcocc.kv.private import job_address, private_etcd
 
-    with private_etcd(run_dir) as extra:
+    address = job_address(list(controller_hosts()), env)
+    log.debug("private etcd on %s", address)
+    with private_etcd(run_dir, address) as extra:
         endpoints_file = run_dir / "etcd-endpoints"
         endpoints_file.write_text(extra[ENDPOINTS_VAR] + "\n")
         endpoints_file.chmod(0o600)
@@ -246,6 +253,9 @@ class BatchAdapter:
 
     def nodes(self, job_id: str) -> list[str]:
         return self.manager.nodes(job_id)
+
+    def controller_hosts(self) -> list[str]:
+        return self.manager.controller_hosts()
 
 
 def batch_manager(config: Config) -> BatchAdapter:

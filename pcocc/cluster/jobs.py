@@ -177,7 +177,9 @@ def run_launcher(
     cluster_dir = rundir.cluster_dir(batchid)
     env = {k: v for k, v in os.environ.items() if k != DEFINITION_VAR}
     try:
-        with adapters.etcd_for_job(cluster_dir, env, config) as kv_env:
+        with adapters.etcd_for_job(
+            cluster_dir, env, config, batch.controller_hosts
+        ) as kv_env:
             env.update(kv_env)
             kv = adapters.EtcdKv.from_env(env)
             try:
