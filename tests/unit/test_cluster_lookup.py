@@ -130,6 +130,16 @@ def test_ssh_files_pin_host_keys(tmp_path, monkeypatch):
     assert "hostkeyalias pcocc-7-vm1" in out
 
 
+def test_ssh_connects_to_the_published_address_with_the_alias_key():
+    vms = {
+        0: VmRecord(rank=0, host="n1", status="running", node_pid=1, ssh_port=4022,
+                    address="10.1.0.2", host_key="ssh-ed25519 KEY0"),
+    }
+    text = ssh_config_text("7", vms, "/k", "/i")
+    assert "Host vm0\n    HostName 10.1.0.2\n    Port 4022\n    HostKeyAlias pcocc-7-vm0" in text
+    assert "StrictHostKeyChecking yes" in text
+
+
 def test_booting_vms_get_no_host_entry():
     vms = {0: VmRecord(rank=0, host="n1", status="booting", node_pid=1)}
     assert "Host vm0" not in ssh_config_text("7", vms, "/k", "/i")
