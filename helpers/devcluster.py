@@ -15,9 +15,12 @@ With ``node_netns=True`` (``--netns``; root only) each slurmd runs in a network 
 its own, as if it were another host: a veth pair links it to this host, with a private /30
 per node (10.213.T.4k+1 on the host side, 10.213.T.4k+2 inside, T picked per cluster). The
 node's NodeAddr is its address inside; slurmctld is reached at the host side address of the
-first node (every namespace routes to the host by default). Namespaces and veths are named
-``pcd<tag>...`` (``tag`` derived from DIR): ``stop`` deletes them, also those a crashed run
-left behind, and ``start`` removes any ``pcd*`` namespace left empty for a while.
+first node (every namespace routes to the host by default). The nodes reach the host and
+the host reaches them, but they do not reach each other (this host does not forward IPv4,
+and the helper does not change that): run the launcher on the host (``pcocc alloc``).
+Namespaces and veths are named ``pcd<tag>...`` (``tag`` derived from DIR): ``stop`` deletes
+them, also those a crashed run left behind, and ``start`` removes any ``pcd*`` namespace
+left empty for a while.
 """
 
 from __future__ import annotations
