@@ -201,3 +201,32 @@ def test_ssh_reaches_vms_on_nodes_in_other_network_namespaces(netns_env, netns_c
     assert published == node_addresses  # one VM per node, each on its node's address
     assert {s["address"] for s in _states(keys).values()} == node_addresses
     assert_nothing_left(env)
+
+
+def _ip_names() -> str:
+    spaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    return spaces + links
+
+
+def test_netns_of_a_crashed_dev_cluster_are_removed_by_stop():
+    why = _netns_usable()
+    if why or devcluster.missing_binaries(with_etcd=False):
+        pytest.skip(why or "Slurm/munge programs not installed")
+    directory = Path(tempfile.mkdtemp(prefix="pcocc-netns-crash-"))
+    tag = devcluster.netns_tag(directory)
+    try:
+        cluster = devcluster.DevCluster(
+            directory, nodes=2, cpus_per_node=1, with_etcd=False, node_netns=True
+        ).start()
+        assert _ip_names().count(tag) >= 4  # 2 namespaces, 2 host-side veths
+        # the process that started it dies: its daemons are killed, nothing is cleaned
+        for name, child in cluster._procs.items():
+            child.kill()
+            child.wait()
+        assert tag in _ip_names()
+        devcluster.DevCluster.attach(directory).stop()
+        assert tag not in _ip_names()
+    finally:
+        devcluster.NodeNetns.remove(tag)
+        shutil.rmtree(directory, ignore_errors=True)
