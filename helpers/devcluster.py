@@ -426,7 +426,8 @@ class NodeNetns:
         """Create the namespaces and veth pairs; on failure, remove what was made."""
         try:
             for i, name in enumerate(self.nodes):
-                ns, host_dev, node_dev = self.netns_name(name), f"{self.tag}h{i}", f"{self.tag}g{i}"
+                ns = self.netns_name(name)
+                host_dev, node_dev = f"{self.tag}h{i}", f"{self.tag}g{i}"
                 for argv in (
                     ["ip", "netns", "add", ns],
                     ["ip", "link", "add", host_dev, "type", "veth", "peer", "name", node_dev,

@@ -41,9 +41,7 @@ def default_net() -> UserNet:
     return UserNet(id="net0")
 
 
-def from_config(
-    name: str, settings: Mapping[str, Any], index: int, *, ssh: bool
-) -> UserNet:
+def from_config(name: str, settings: Mapping[str, Any], index: int, *, ssh: bool) -> UserNet:
     """The NIC of ``type: user`` network ``name`` (its networks.yaml settings).
 
     :param index: position of the NIC in the VM (gives the netdev id)
@@ -61,5 +59,7 @@ def from_config(
 def hostfwd_rules(net: UserNet, address: str, host_ports: Mapping[int, int]) -> list[str]:
     """``tcp:ADDRESS:HOSTPORT-:GUESTPORT`` for each forward that has a host port."""
     return [
-        f"tcp:{address}:{host_ports[guest]}-:{guest}" for guest in net.forwards if guest in host_ports
+        f"tcp:{address}:{host_ports[guest]}-:{guest}"
+        for guest in net.forwards
+        if guest in host_ports
     ]

@@ -80,7 +80,8 @@ def test_a_guest_port_forwarded_twice_is_refused():
 
 def test_a_new_type_only_needs_a_builder(monkeypatch):
     def build_private(name, settings, index, plan):
-        plan.qemu_args += ["-netdev", f"dgram,id=net{index}", "-device", f"e1000,netdev=net{index}"]
+        netdev = f"net{index}"
+        plan.qemu_args += ["-netdev", f"dgram,id={netdev}", "-device", f"e1000,netdev={netdev}"]
 
     monkeypatch.setitem(resolve.BUILDERS, "private", build_private)
     plan = plan_networks(resolve_networks("t", "rs", ["nat", "switch"], NETWORKS))
