@@ -128,7 +128,7 @@ def vm_import(work: Path, env: dict[str, str], size_mib: int, repeat: int) -> bo
                        ("syncfs", "qemu-img convert + sync -f (whole file system)")):
         b = statistics.median(times[kind])
         print(f"  for reference: {what}: {b:.3f} s, pcocc/this {ours / b:.2f}x")
-    print(f"  all runs (s): " + "; ".join(
+    print("  all runs (s): " + "; ".join(
         f"{k} " + " ".join(f"{t:.2f}" for t in v) for k, v in times.items()))
     ok = report(f"VM import of a {size_mib} MiB raw image", times["pcocc"], times["convert"],
                 1.3)

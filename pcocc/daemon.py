@@ -18,20 +18,20 @@ from pathlib import Path
 from pcocc.errors import PcoccError
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (callers retry on a clash)."""
+def free_port(address: str = "127.0.0.1") -> int:
+    """A TCP port on ``address`` that was free a moment ago (callers retry on a clash)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((address, 0))
         return s.getsockname()[1]
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports (all held open together, so they differ)."""
+def free_ports(count: int, address: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct free ports on ``address`` (all held open together, so they differ)."""
     socks = []
     try:
         for _ in range(count):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
+            s.bind((address, 0))
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:

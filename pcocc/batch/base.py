@@ -99,6 +99,11 @@ class BatchManager(abc.ABC):
     def nodes(self, job_id: str) -> list[str]:
         """Host names of the job's nodes, in order."""
 
+    def controller_hosts(self) -> list[str]:
+        """Hosts (names or addresses) of the batch system's controller, which every node of
+        a job reaches; empty when there is none (local mode)."""
+        return []
+
     @abc.abstractmethod
     def state(self, job_id: str) -> str:
         """PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, ... (see FINAL_STATES)."""

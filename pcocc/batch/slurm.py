@@ -6,6 +6,7 @@ golden argv lists); ``SlurmManager`` only runs them through ``pcocc.proc``.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -15,6 +16,8 @@ from typing import Any
 from pcocc import proc
 from pcocc.batch.base import BatchManager, JobSpec, check_settings, register
 from pcocc.errors import NotFound, ToolError
+
+log = logging.getLogger(__name__)
 
 #: variables of an enclosing job that would leak into a new sbatch/salloc
 _INHERITED_PREFIXES = ("SBATCH_", "SALLOC_")
@@ -78,6 +81,24 @@ def scontrol_show_job_argv(job_id: str) -> list[str]:
 
 def hostnames_argv(nodelist: str) -> list[str]:
     return ["scontrol", "show", "hostnames", nodelist]
+
+
+def show_config_argv() -> list[str]:
+    return ["scontrol", "show", "config"]
+
+
+_CTLD_HOST = re.compile(r"^\s*SlurmctldHost\[\d+\]\s*=\s*([^\s(]+)(?:\(([^)]*)\))?")
+
+
+def parse_controller_hosts(text: str) -> list[str]:
+    """The controllers in ``scontrol show config`` output: the address of each
+    ``SlurmctldHost[i] = name(address)`` line, or its name when it gives no address."""
+    found = []
+    for line in text.splitlines():
+        match = _CTLD_HOST.match(line)
+        if match:
+            found.append(match.group(2) or match.group(1))
+    return found
 
 
 _JOB_ID_PATTERNS = (
@@ -231,6 +252,14 @@ class SlurmManager(BatchManager):
 
     def state(self, job_id: str) -> str:
         return parse_job_state(self._job_info(job_id))
+
+    def controller_hosts(self) -> list[str]:
+        res = proc.run(show_config_argv(), check=False, timeout_s=60)
+        if res.returncode != 0:
+            log.warning("cannot read the Slurm configuration (scontrol show config): %s",
+                        res.stderr.strip()[-200:])
+            return []
+        return parse_controller_hosts(res.stdout)
 
     def nodes(self, job_id: str) -> list[str]:
         nodelist = parse_job_info(self._job_info(job_id)).get("NodeList", "")

@@ -46,7 +46,11 @@ def scp(session: Session, job_id: str | None, args: tuple[str, ...]) -> None:
 @click.argument("port", type=click.IntRange(1, 65535))
 @pass_session
 def nc(session: Session, job_id: str | None, vm: str, port: int) -> None:
-    """Connect stdin and stdout to TCP PORT of a VM."""
+    """Connect stdin and stdout to TCP PORT of a VM.
+
+    PORT must be forwarded: 22, or a port in the `forwards` of a user network of the VM's
+    resource set (networks.yaml).
+    """
     from pcocc.cluster.access import find_cluster
     from pcocc.cluster.access import nc as relay
 

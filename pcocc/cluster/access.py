@@ -23,7 +23,7 @@ from pcocc import proc
 from pcocc.cluster import adapters, rundir
 from pcocc.cluster.lookup import ClusterView, all_clusters, parse_vm_name, select_cluster
 from pcocc.cluster.sshkeys import ensure_user_key, write_ssh_files
-from pcocc.cluster.vmstate import VmRecord
+from pcocc.cluster.vmstate import RUNNING, VmRecord
 from pcocc.errors import NotFound, PcoccError, ServiceUnavailable, UsageError
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,11 @@ def ssh_argv(
     user, name = _target(target)
     rec = view.vm(name)
     if rec.ssh_port is None:
+        if rec.status == RUNNING:
+            raise NotFound(
+                f"{name} of cluster {view.batchid} forwards no ssh port",
+                hint="its resource set needs a network of type user with ssh-forward: true",
+            )
         raise NotFound(
             f"{name} of cluster {view.batchid} has no ssh port yet",
             hint="wait until 'pcocc ps' shows it running",

@@ -156,19 +156,26 @@ def configured_endpoints(config: ConfigSource, env: Mapping[str, str]) -> str | 
 
 @contextlib.contextmanager
 def etcd_for_job(
-    run_dir: Path, env: dict[str, str], config: Config | None = None
+    run_dir: Path,
+    env: dict[str, str],
+    config: Config | None = None,
+    controller_hosts: Callable[[], Sequence[str]] = lambda: (),
 ) -> Iterator[dict[str, str]]:
-    """The configured etcd, or a private one in ``run_dir`` when none is (local mode).
+    """The configured etcd, or a private one in ``run_dir`` when none is (private mode),
+    on an address the job's nodes reach (see :mod:`pcocc.kv.private`).
 
+    :param controller_hosts: the batch system's controllers (asked only for a private etcd)
     Yields the variables that point children at it.
     """
     endpoints = configured_endpoints(config, env)
     if endpoints:
         yield {ENDPOINTS_VAR: endpoints}
         return
-    from pcocc.kv.private import private_etcd
+    from pcocc.kv.private import job_address, private_etcd
 
-    with private_etcd(run_dir) as extra:
+    address = job_address(list(controller_hosts()), env)
+    log.debug("private etcd on %s", address)
+    with private_etcd(run_dir, address) as extra:
         endpoints_file = run_dir / "etcd-endpoints"
         endpoints_file.write_text(extra[ENDPOINTS_VAR] + "\n")
         endpoints_file.chmod(0o600)
@@ -280,6 +287,9 @@ class BatchAdapter:
 
     def nodes(self, job_id: str) -> list[str]:
         return self.manager.nodes(job_id)
+
+    def controller_hosts(self) -> list[str]:
+        return self.manager.controller_hosts()
 
 
 def batch_manager(config: Config) -> BatchAdapter:
@@ -406,9 +416,11 @@ class MachineVm:
         self.machine.launch()
         # real paths: the /proc/self/fd/N forms of long ones only work inside this process
         info = dict(self.machine.describe())
+        ssh_port = info.pop("ssh_port")
         return MachineInfo(
             pid=int(info.pop("pid")),
-            ssh_port=int(info.pop("ssh_port")),
+            ssh_port=None if ssh_port is None else int(ssh_port),
+            forwards={int(g): int(h) for g, h in dict(info.pop("forwards", {})).items()},
             qmp_socket=str(info.pop("qmp_socket")),
             console_socket=str(info.pop("console_socket")),
             console_log=str(info.pop("console_log")),
@@ -433,11 +445,13 @@ class MachineVm:
 
 
 def machine_factory(
-    config: Config | None, batchid: str, kv: Any = None
+    config: Config | None, batchid: str, kv: Any = None, address: str = "127.0.0.1"
 ) -> Callable[[ClusterDefinition, VmEntry, Path, Path], MachineVm]:
-    """Build the VM of one rank from its template (``make_vm`` of the node process)."""
+    """Build the VM of one rank from its template (``make_vm`` of the node process);
+    its forwarded ports listen on ``address``."""
 
     def make(definition: ClusterDefinition, entry: VmEntry, node_dir: Path, host_key: Path):
+        from pcocc.net.resolve import plan_networks
         from pcocc.vm.accel import resolve_accel
 
         s = entry.settings
@@ -451,7 +465,12 @@ def machine_factory(
             "accel": resolve_accel(s.get("accel")),
             "memory_mib": _memory_mib(s),
             "smp": entry.cores,
+            "host_address": address,
         }
+        plan = plan_networks(entry.networks)
+        spec_args["user_nets"] = tuple(plan.user_nets)
+        spec_args["extra_netdevs"] = tuple(plan.qemu_args)
+        spec_args["network"] = bool(plan.user_nets)
         shares, guest_mounts = vm_shares(definition, s)
         spec_args["custom_args"] = tuple(s.get("custom-args") or ())
         for key, field_name in (
@@ -466,10 +485,9 @@ def machine_factory(
         for key in ("kernel", "initrd"):
             if s.get(key):
                 spec_args[key] = Path(s[key])
-        endpoints = configured_endpoints(config, os.environ)
-        nics = private_nics(kv, definition, entry, batchid, spec_args.get("nic_model"), endpoints)
+        nics = private_nics(kv, definition, entry, batchid, spec_args.get("nic_model"), address)
         if nics is not None:
-            spec_args["extra_netdevs"] = nics.qemu_args
+            spec_args["extra_netdevs"] += tuple(nics.qemu_args)
             spec_args["pass_fds"] = nics.pass_fds
         try:
             machine = _machine(
@@ -508,7 +526,11 @@ def machine_factory(
             mounts=tuple(guest_mounts),
             extra_files={
                 "pcocc/hosts": hosts_file(definition),
-                **(private_seed_files(nics) if nics is not None else {}),
+                **(
+                    private_seed_files(nics, len(spec_args.get("user_nets") or ()))
+                    if nics is not None
+                    else {}
+                ),
             },
         )
         machine = Machine(
@@ -530,7 +552,7 @@ def private_nics(
     entry: VmEntry,
     batchid: str,
     nic_model: str | None,
-    endpoints: str | None,
+    address: str,
 ) -> Any:
     """The NICs of ``entry`` on the cluster's private networks (a NicSetup), or None."""
     from pcocc.cluster.definition import vm_networks
@@ -542,7 +564,6 @@ def private_nics(
         return None
     if kv is None:
         raise PcoccError(f"{entry.name}: private networks need etcd")
-    address = private.node_address({**os.environ, ENDPOINTS_VAR: endpoints or ""})
     return private.prepare_nics(
         kv,
         user_name(),
@@ -555,11 +576,12 @@ def private_nics(
     )
 
 
-def private_seed_files(nics: Any) -> dict[str, str]:
-    """Seed files configuring the private NICs (the user NIC keeps QEMU's first MAC)."""
+def private_seed_files(nics: Any, user_nics: int = 1) -> dict[str, str]:
+    """Seed files configuring the private NICs. The user-mode NICs come first and keep
+    QEMU's default MACs (52:54:00:12:34:56, then counting up), configured by DHCP."""
     from pcocc.net import private
 
-    return private.seed_files(nics.nics, dhcp_macs=[private.QEMU_DEFAULT_MAC])
+    return private.seed_files(nics.nics, dhcp_macs=private.default_macs(user_nics))
 
 
 def python_command() -> list[str]:

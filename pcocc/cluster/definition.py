@@ -41,6 +41,9 @@ class VmEntry:
     image: str | None
     cores: int
     address: str
+    #: resolved networks of the template's resource set (see pcocc.net.resolve); empty:
+    #: one user-mode NIC with the ssh forward
+    networks: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def hostname(self) -> str:
@@ -238,11 +241,14 @@ def build_definition(
     :param templates: resolved templates (inheritance already applied), by name
     :param cores: cores of every VM (``-c``); default: the template's resource set, else 1
     :param check_image: raises NotFound/UsageError when an image URI cannot be resolved
-    :param networks: the configured networks (networks.yaml), by name; the VMs' private
-        addresses come from the first private network that they use
+    :param networks: networks.yaml definitions by name, for the ``networks`` of resource
+        sets; the VMs' private addresses come from the first private network that they use
     :raise UsageError: bad definition or option
-    :raise ConfigError: a template cannot run (no image and no kernel)
+    :raise ConfigError: a template cannot run (no image and no kernel, or a network this
+        version cannot build)
     """
+    from pcocc.net.resolve import resolve_networks
+
     if cores is not None and cores < 1:
         raise UsageError(f"-c/--cores must be at least 1, not {cores}")
     parts = parse_spec(spec)
@@ -276,6 +282,12 @@ def build_definition(
                 raise UsageError(f"template '{name}': {err}", hint=err.hint) from err
             checked.add(image)
         vm_cores = cores if cores is not None else _template_cores(name, settings)
+        net_defs = resolve_networks(
+            name,
+            settings.get("resource-set"),
+            list((settings.get("resources") or {}).get("networks") or ()),
+            networks or {},
+        )
         for _ in range(count):
             rank = len(vms)
             vms.append(
@@ -287,6 +299,7 @@ def build_definition(
                     image=image,
                     cores=vm_cores,
                     address=hosts_net.address(rank) if hosts_net else vm_address(rank),
+                    networks=net_defs,
                 )
             )
     return ClusterDefinition(

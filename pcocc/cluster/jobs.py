@@ -179,7 +179,9 @@ def run_launcher(
     cluster_dir = rundir.cluster_dir(batchid)
     env = {k: v for k, v in os.environ.items() if k != DEFINITION_VAR}
     try:
-        with adapters.etcd_for_job(cluster_dir, env, config) as kv_env:
+        with adapters.etcd_for_job(
+            cluster_dir, env, config, batch.controller_hosts
+        ) as kv_env:
             env.update(kv_env)
             kv = adapters.EtcdKv.from_env(env, config)
             try:
@@ -206,6 +208,14 @@ def run_launcher(
         rundir.remove_cluster_dir(batchid)
 
 
+def node_address(endpoints: str, env: Mapping[str, str]) -> str:
+    """The address this node binds the VM's forwards on and publishes: the one it reaches
+    etcd from (the other nodes reach etcd too), or ``$PCOCC_NODE_ADDRESS``."""
+    from pcocc.net.address import ADDRESS_VAR, reachable_address
+
+    return reachable_address(endpoints.split(","), env.get(ADDRESS_VAR))
+
+
 def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int:
     """``pcocc internal run``: the node process of one VM."""
     os.umask(0o077)  # the VM's run files, sockets and logs: for this user only
@@ -221,6 +231,7 @@ def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int
             f"no etcd to use: {adapters.ENDPOINTS_VAR} is not set",
             hint="'pcocc internal run' is started by 'pcocc internal launcher'",
         )
+    address = node_address(endpoints, os.environ)
     kv = adapters.open_kv(endpoints, config)
     try:
         node = NodeProcess(
@@ -230,8 +241,9 @@ def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int
                 batchid=batchid,
                 rank=rank,
                 lease_ttl_s=lease_ttl_s(os.environ),
+                address=address,
             ),
-            adapters.machine_factory(config, batchid, kv),
+            adapters.machine_factory(config, batchid, kv, address),
         )
         return node.run()
     finally:

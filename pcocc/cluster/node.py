@@ -2,7 +2,9 @@
 
 It reads the cluster definition from etcd, builds and starts the VM of its rank in a private
 run dir, publishes the VM's state under a lease kept alive while QEMU runs (so a dead node
-process makes its VM disappear from etcd), and stops QEMU and cleans up when QEMU exits, when
+process makes its VM disappear from etcd), publishes ``address:port`` of each forwarded
+guest port (``rnat/<rank>/<guest port>``, on the node's address that the other nodes reach,
+see :func:`pcocc.cluster.jobs.node_address`), and stops QEMU and cleans up when QEMU exits, when
 the launcher's definition key vanishes, on SIGTERM (srun or scancel stopping the step), or
 when its lease is lost because etcd did not answer for longer than the lease TTL.
 """
@@ -45,6 +47,8 @@ class NodeSettings:
     batchid: str
     rank: int
     host: str = field(default_factory=socket.gethostname)
+    #: address the VM's forwards listen on and that is published; None: the host name
+    address: str | None = None
     tick_s: float = 0.5
     linger_s: float = FAILED_LINGER_S
     lease_ttl_s: int = DEFAULT_LEASE_TTL_S
@@ -84,7 +88,11 @@ class NodeProcess:
         self.s = settings
         self.make_vm = make_vm
         self.record = VmRecord(
-            rank=settings.rank, host=settings.host, status=BOOTING, node_pid=os.getpid()
+            rank=settings.rank,
+            host=settings.host,
+            status=BOOTING,
+            node_pid=os.getpid(),
+            address=settings.address,
         )
         self._lease: Lease | None = None
         self._def_key = keys.definition(settings.user, settings.batchid)
@@ -119,11 +127,16 @@ class NodeProcess:
                     self.record.extra = dict(info.extra)
                     self.record.status = RUNNING
                     self._publish()
-                    self.kv.put(
-                        keys.rnat(self.s.user, self.s.batchid, self.s.rank, SSH_PORT),
-                        f"{self.s.host}:{info.ssh_port}",
-                        lease,
-                    )
+                    forwards = dict(info.forwards)
+                    if not forwards and info.ssh_port is not None:
+                        forwards[SSH_PORT] = info.ssh_port
+                    published = self.s.address or self.s.host
+                    for guest, host_port in sorted(forwards.items()):
+                        self.kv.put(
+                            keys.rnat(self.s.user, self.s.batchid, self.s.rank, guest),
+                            f"{published}:{host_port}",
+                            lease,
+                        )
                     return self._supervise(vm)
                 except Interrupted:
                     return 0

@@ -97,11 +97,13 @@ class MachineInfo:
     """What a started VM exposes to the rest of the cluster (published in etcd)."""
 
     pid: int
-    ssh_port: int
+    ssh_port: int | None
     qmp_socket: str
     console_socket: str
     console_log: str
     extra: dict[str, Any] = field(default_factory=dict)
+    #: guest port -> host port of every forward (ssh included), on the node's address
+    forwards: dict[int, int] = field(default_factory=dict)
 
 
 class VmHandle(Protocol):

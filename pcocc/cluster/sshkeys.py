@@ -44,14 +44,19 @@ def known_hosts_text(batchid: str, vms: dict[int, VmRecord]) -> str:
 def ssh_config_text(
     batchid: str, vms: dict[int, VmRecord], known_hosts: Path, identity: Path
 ) -> str:
-    """An ssh_config with one ``Host vmN`` per running VM; host keys are checked strictly."""
+    """An ssh_config with one ``Host vmN`` per running VM; host keys are checked strictly.
+
+    ssh connects to the address the node published (where the VM's ssh forward listens);
+    the host key is looked up under the alias ``pcocc-<batchid>-vmN``, the name the
+    known_hosts entries carry, whatever that address is.
+    """
     lines = []
     for _, rec in sorted(vms.items()):
         if rec.status != RUNNING or rec.ssh_port is None:
             continue
         lines += [
             f"Host {rec.name}",
-            f"    HostName {_ssh_host(rec.host)}",
+            f"    HostName {rec.address or _ssh_host(rec.host)}",
             f"    Port {rec.ssh_port}",
             f"    HostKeyAlias {host_alias(batchid, rec.name)}",
         ]
@@ -70,7 +75,8 @@ def ssh_config_text(
 
 
 def _ssh_host(host: str) -> str:
-    """QEMU forwards the ssh port on the node's loopback: reach it there when it is us."""
+    """Records without an address (older nodes) forwarded on the node's loopback: reach it
+    there when it is us."""
     import socket
 
     return "127.0.0.1" if host in (socket.gethostname(), "localhost") else host

@@ -28,6 +28,8 @@ class VmRecord:
     console_log: str | None = None
     host_key: str | None = None
     error: str | None = None
+    #: address the VM's forwarded ports listen on (reachable from the other nodes)
+    address: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

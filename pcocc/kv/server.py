@@ -1,4 +1,8 @@
-"""A private, single-member etcd v3 server in a directory of its own, on free loopback ports.
+"""A private, single-member etcd v3 server in a directory of its own, on free ports.
+
+It listens on 127.0.0.1 and, when given one, on another address of this host (the one the
+nodes of a multi-host job reach, see :mod:`pcocc.kv.private`); its endpoint is on that
+address.
 
 Used by local mode (``pcocc.kv.private``) and by the development cluster helpers. The server
 is a plain child process in its own session; ``stop`` leaves no process behind, also when it
@@ -23,13 +27,22 @@ from pcocc import daemon
 log = logging.getLogger(__name__)
 
 _ADDRESS_IN_USE = "address already in use"
+LOOPBACK = "127.0.0.1"
 
 
 class EtcdServer:
     """Start, use, always stop: ``with EtcdServer(path) as etcd: etcd.endpoints``."""
 
-    def __init__(self, directory: str | os.PathLike, *, start_timeout_s: float = 30.0):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        start_timeout_s: float = 30.0,
+        address: str = LOOPBACK,
+    ):
         self.directory = Path(directory)
+        #: the address of the endpoint (it listens on 127.0.0.1 too)
+        self.address = address
         self.start_timeout_s = start_timeout_s
         self.client_port: int | None = None
         self.peer_port: int | None = None
@@ -56,7 +69,7 @@ class EtcdServer:
     def endpoint(self) -> str:
         if self.client_port is None:
             raise PcoccError(f"etcd in {self.directory} is not started")
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"http://{self.address}:{self.client_port}"
 
     @property
     def endpoints(self) -> list[str]:
@@ -70,13 +83,16 @@ class EtcdServer:
 
     # lifecycle -----------------------------------------------------------------------------
     def _argv(self, exe: str) -> list[str]:
-        client = f"http://127.0.0.1:{self.client_port}"
+        client = f"http://{self.address}:{self.client_port}"
+        listen = client
+        if self.address != LOOPBACK:
+            listen += f",http://{LOOPBACK}:{self.client_port}"
         peer = f"http://127.0.0.1:{self.peer_port}"
         return [
             exe,
             "--name", "pcocc",
             "--data-dir", str(self.data_dir),
-            "--listen-client-urls", client,
+            "--listen-client-urls", listen,
             "--advertise-client-urls", client,
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
@@ -94,7 +110,7 @@ class EtcdServer:
         exe = proc.which("etcd")
         self.directory.mkdir(parents=True, exist_ok=True)
         for attempt in range(3):
-            self.client_port, self.peer_port = daemon.free_ports(2)
+            self.client_port, self.peer_port = daemon.free_ports(2, self.address)
             self.log_path.write_bytes(b"")
             # etcd reads ETCD_* variables as flags: do not let the caller's leak in
             env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
@@ -156,7 +172,9 @@ class EtcdServer:
         server = cls(directory)
         try:
             info = json.loads(server.info_path.read_text())
-            server.client_port = int(info["endpoints"][0].rsplit(":", 1)[1])
+            host_port = info["endpoints"][0].split("://", 1)[-1]
+            host, _, port = host_port.rpartition(":")
+            server.address, server.client_port = host, int(port)
         except (OSError, ValueError, KeyError, IndexError):
             pass
         return server

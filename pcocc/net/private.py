@@ -102,6 +102,13 @@ class PrivateNet:
         return {"type": TYPE, "cidr": self.cidr, "mtu": self.mtu}
 
 
+
+def default_macs(count: int) -> list[str]:
+    """The MACs QEMU gives the first ``count`` NICs created without one: it counts up from
+    52:54:00:12:34:56 in the order of the command line."""
+    base = QEMU_DEFAULT_MAC.rsplit(":", 1)
+    return [f"{base[0]}:{int(base[1], 16) + i:02x}" for i in range(count)]
+
 def is_private(conf: Mapping[str, Any] | None) -> bool:
     return bool(conf) and conf.get("type") == TYPE
 

@@ -6,8 +6,12 @@ overlay over the image's top layer, the seed, the QMP, console and guest agent s
 directory and gets relative socket names, so long run directories do not hit the 108-byte
 limit of unix socket paths; pcocc reaches them through ``/proc/self/fd/N/``.
 
+Forwarded guest ports (ssh and the ``forwards`` of user networks) listen on the spec's
+``host_address``, the node's address that other nodes reach; their host ports are picked free
+on that address when QEMU starts (and picked again if QEMU loses the race for one).
+
 The guest is "up" when its ssh server sends its banner through the forwarded port (the
-default when the VM has user networking: it is what users need next), or when its guest
+default when the VM forwards ssh: it is what users need next), or when its guest
 agent answers a ping (``ready="agent"``). QEMU's hostfwd accepts connections before the guest
 listens, so a mere TCP connect proves nothing; the banner does.
 
@@ -36,6 +40,7 @@ from typing import Self
 from pcocc import daemon, proc
 from pcocc.vm import virtiofs
 from pcocc.errors import PcoccError, UsageError
+from pcocc.net.user import SSH_PORT
 from pcocc.vm.agent import GuestAgent
 from pcocc.vm.qemu import Drive, VmSpec, build_argv
 from pcocc.vm.qmp import QmpClient
@@ -65,15 +70,15 @@ class _PortTaken(Exception):
         self.error = error
 
 
-def free_tcp_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now (QEMU may still lose a race for it)."""
-    return daemon.free_port()
+def free_tcp_ports(count: int, address: str = "127.0.0.1") -> list[int]:
+    """``count`` TCP ports on ``address`` free now (QEMU may still lose a race for them)."""
+    return daemon.free_ports(count, address)
 
 
-def ssh_banner_ready(port: int, timeout_s: float = 1.0) -> bool:
-    """True when something on 127.0.0.1:port sends an SSH protocol banner."""
+def ssh_banner_ready(port: int, timeout_s: float = 1.0, address: str = "127.0.0.1") -> bool:
+    """True when something on address:port sends an SSH protocol banner."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as s:
+        with socket.create_connection((address, port), timeout=timeout_s) as s:
             s.settimeout(timeout_s)
             return s.recv(4).startswith(b"SSH-")
     except OSError:
@@ -88,7 +93,7 @@ class Machine:
     :param image: top qcow2 layer of the VM image; an overlay over it becomes the first disk
     :param seed: cloud-init seed content; built into ``run_dir/seed.iso``
     :param ready: "ssh" (banner on the forwarded port) or "agent" (guest agent ping);
-        default: "ssh" when the VM has user networking, else "agent"
+        default: "ssh" when the VM forwards ssh, else "agent"
     :param boot_timeout_s: how long the guest may take to come up
     :param keep_overlay: leave the overlay in place after shutdown (for ``save``)
     :param shares: host directories served to the guest over virtio-fs
@@ -109,12 +114,14 @@ class Machine:
         self.run_dir = Path(run_dir).absolute()
         self.image = Path(image).absolute() if image is not None else None
         self.seed = seed
-        self.ready = ready or ("ssh" if spec.network else "agent")
+        forwards_ssh = SSH_PORT in spec.forwarded_ports()
+        self.ready = ready or ("ssh" if forwards_ssh else "agent")
         if self.ready not in ("ssh", "agent"):
             raise UsageError(f"VM {spec.name}: unknown readiness check '{self.ready}'",
                              hint="use 'ssh' or 'agent'")
-        if self.ready == "ssh" and not spec.network:
-            raise UsageError(f"VM {spec.name}: the ssh readiness check needs user networking")
+        if self.ready == "ssh" and not forwards_ssh:
+            raise UsageError(f"VM {spec.name}: the ssh readiness check needs a forwarded ssh"
+                             " port (user networking)")
         self.boot_timeout_s = boot_timeout_s
         self.keep_overlay = keep_overlay
         self.shares = tuple(shares)
@@ -125,6 +132,8 @@ class Machine:
         self.spec: VmSpec | None = None
         self.process: subprocess.Popen | None = None
         self.ssh_port: int | None = None
+        #: guest port -> host port of every forward, once QEMU runs
+        self.forwards: dict[int, int] = {}
         self._dir_fd: int | None = None
         self._created: list[Path] = []
         self._created_dir = False
@@ -253,9 +262,17 @@ class Machine:
     def _start_qemu(self) -> None:
         assert self.spec is not None
         spec = self.spec
-        if spec.network:
-            self.ssh_port = self.base_spec.ssh_host_port or free_tcp_port()
-            spec = dataclasses.replace(spec, ssh_host_port=self.ssh_port)
+        fixed = self.base_spec.port_map()
+        wanted = [p for p in spec.forwarded_ports() if p not in fixed]
+        picked = free_tcp_ports(len(wanted), spec.host_address) if wanted else []
+        ports = {**fixed, **dict(zip(wanted, picked))}
+        self.forwards = {p: ports[p] for p in spec.forwarded_ports()}
+        self.ssh_port = self.forwards.get(SSH_PORT)
+        spec = dataclasses.replace(
+            spec,
+            ssh_host_port=self.ssh_port,
+            host_ports=tuple((g, h) for g, h in self.forwards.items() if g != SSH_PORT),
+        )
         argv = build_argv(spec)
         with contextlib.suppress(FileNotFoundError):
             self.qemu_log.unlink()  # judge each attempt by its own messages
@@ -311,12 +328,14 @@ class Machine:
                     f"{self.spec.name} was up: {tail or 'no message'}"
                     + (f"; {shares}" if shares else "")
                 )
-                if "host forwarding" in tail and self.base_spec.ssh_host_port is None:
+                if "host forwarding" in tail and set(self.forwards) - set(
+                    self.base_spec.port_map()
+                ):
                     raise _PortTaken(error)  # lost the race for the port we picked
                 raise error
             if self.ready == "ssh":
                 assert self.ssh_port is not None
-                if ssh_banner_ready(self.ssh_port):
+                if ssh_banner_ready(self.ssh_port, address=self.spec.host_address):
                     break
             elif agent.ping(timeout_s=1.0):
                 break
@@ -367,6 +386,8 @@ class Machine:
             "accel": self.accel,
             "pid": self.pid,
             "ssh_port": self.ssh_port,
+            "address": self.base_spec.host_address,
+            "forwards": dict(self.forwards),
             "run_dir": str(self.run_dir),
             "qmp_socket": str(self.run_dir / QMP_SOCKET),
             "agent_socket": str(self.run_dir / AGENT_SOCKET),

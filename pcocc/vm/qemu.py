@@ -7,11 +7,13 @@ a path with commas boots as is), so they are never escaped.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcocc.errors import UsageError
+from pcocc.net.user import SSH_PORT, UserNet, default_net, hostfwd_rules
 from pcocc.vm import virtiofs
 
 ACCELERATORS = ("tcg", "kvm")
@@ -52,16 +54,40 @@ class VmSpec:
     console_log: Path | None = None
     qmp_socket: Path | None = None
     agent_socket: Path | None = None
-    ssh_host_port: int | None = None  # user networking: 127.0.0.1:PORT -> guest port 22
+    ssh_host_port: int | None = None  # user networking: HOST_ADDRESS:PORT -> guest port 22
     nic_model: str = "virtio-net-pci"
     network: bool = True
     #: virtio-fs shares as (tag, vhost-user socket); they make the guest RAM a shared memfd
     fs_shares: tuple[tuple[str, Path], ...] = ()
-    #: more NICs, as ready QEMU arguments (``-netdev ... -device ...``), after the user NIC
+    #: NICs of other types than user, as ready QEMU arguments (``-netdev ... -device ...``),
+    #: after the user-mode NICs
     extra_netdevs: tuple[str, ...] = ()
     #: descriptors that QEMU inherits (e.g. sockets named in ``extra_netdevs``)
     pass_fds: tuple[int, ...] = ()
     custom_args: tuple[str, ...] = field(default_factory=tuple)
+    #: host address the forwards listen on (the node's address that other nodes reach)
+    host_address: str = "127.0.0.1"
+    #: user-mode NICs; None: one NIC with the ssh forward (see pcocc.net.user.default_net)
+    user_nets: tuple[UserNet, ...] | None = None
+    #: host port of each forwarded guest port other than ssh: ((guest, host), ...)
+    host_ports: tuple[tuple[int, int], ...] = ()
+
+    def nics(self) -> tuple[UserNet, ...]:
+        """The user-mode NICs (none without networking)."""
+        if not self.network:
+            return ()
+        return self.user_nets if self.user_nets is not None else (default_net(),)
+
+    def forwarded_ports(self) -> list[int]:
+        """Every guest port forwarded from the host, ssh first."""
+        return [port for net in self.nics() for port in net.forwards]
+
+    def port_map(self) -> dict[int, int]:
+        """Guest port -> host port, for the forwards whose host port is known."""
+        ports = dict(self.host_ports)
+        if self.ssh_host_port is not None:
+            ports[SSH_PORT] = self.ssh_host_port
+        return ports
 
 
 def escape(value: str | os.PathLike) -> str:
@@ -102,8 +128,18 @@ def validate(spec: VmSpec) -> None:
         raise UsageError(f"VM {spec.name}: needs at least one CPU, not {spec.smp}")
     if (spec.initrd or spec.append) and not spec.kernel:
         raise UsageError(f"VM {spec.name}: initrd and append need a kernel")
-    if spec.ssh_host_port is not None and not 0 < spec.ssh_host_port < 65536:
-        raise UsageError(f"VM {spec.name}: bad ssh port {spec.ssh_host_port}")
+    for guest, host in spec.port_map().items():
+        if not 0 < host < 65536 or not 0 < guest < 65536:
+            raise UsageError(f"VM {spec.name}: bad forwarded port {host} (guest port {guest})")
+    try:
+        ipaddress.IPv4Address(spec.host_address)
+    except ValueError:
+        raise UsageError(
+            f"VM {spec.name}: host address {spec.host_address!r} is not an IPv4 address"
+        ) from None
+    ids = [net.id for net in spec.nics()]
+    if len(set(ids)) != len(ids):
+        raise UsageError(f"VM {spec.name}: two NICs have the same id ({', '.join(ids)})")
     for text in (spec.name, *(os.fspath(d.path) for d in spec.disks)):
         if "\n" in text or "\0" in text:
             raise UsageError(f"VM {spec.name}: newlines are not allowed in names and paths")
@@ -159,11 +195,13 @@ def build_argv(spec: VmSpec) -> list[str]:
         argv += ["-drive", _opts("", file=spec.seed, format="raw", id="seed",
                                  **{"if": "virtio"}, readonly=True)]
 
-    if spec.network:
-        hostfwd = (f"tcp:127.0.0.1:{spec.ssh_host_port}-:22"
-                   if spec.ssh_host_port is not None else None)
-        argv += ["-netdev", _opts("user", id="net0", hostfwd=hostfwd),
-                 "-device", _opts(spec.nic_model, netdev="net0")]
+    ports = spec.port_map()
+    for net in spec.nics():
+        netdev = _opts("user", id=net.id, net=net.cidr)
+        # hostfwd may be repeated, which _opts (one value per key) cannot express
+        netdev += "".join(f",hostfwd={escape(rule)}"
+                          for rule in hostfwd_rules(net, spec.host_address, ports))
+        argv += ["-netdev", netdev, "-device", _opts(spec.nic_model, netdev=net.id)]
     argv += list(spec.extra_netdevs)
     if spec.fs_shares:
         argv += virtiofs.device_args([tag for tag, _ in spec.fs_shares],

@@ -346,11 +346,11 @@ def test_taken_ssh_port_is_retried_then_reported(tmp_path, monkeypatch):
         port = busy.getsockname()[1]
         picks = []
 
-        def always_taken() -> int:
+        def always_taken(count: int, address: str = "127.0.0.1") -> list[int]:
             picks.append(port)
-            return port
+            return [port] * count
 
-        monkeypatch.setattr("pcocc.vm.machine.free_tcp_port", always_taken)
+        monkeypatch.setattr("pcocc.vm.machine.free_tcp_ports", always_taken)
         machine = Machine(VmSpec(name="p"), tmp_path / "run", boot_timeout_s=30)
         with pytest.raises(VmBootError) as info:
             machine.launch()

@@ -101,3 +101,19 @@ def test_parse_job_state(state, expected):
 def test_parse_job_state_without_state_is_a_tool_error():
     with pytest.raises(ToolError, match="no JobState"):
         slurm.parse_job_state("slurm_load_jobs error: Invalid job id specified")
+
+
+SHOW_CONFIG = """\
+Configuration data as of 2026-11-25T18:00:00
+AccountingStorageType   = (null)
+SlurmctldAddr           = (null)
+SlurmctldHost[0]        = head1(10.1.0.1)
+SlurmctldHost[1]        = head2
+SlurmctldPort           = 6817
+"""
+
+
+def test_controller_hosts_from_show_config():
+    assert slurm.show_config_argv() == ["scontrol", "show", "config"]
+    assert slurm.parse_controller_hosts(SHOW_CONFIG) == ["10.1.0.1", "head2"]
+    assert slurm.parse_controller_hosts("nothing here\n") == []

@@ -46,6 +46,7 @@ class FakeVm:
             qmp_socket=str(self.vm_dir / "qmp.sock"),
             console_socket=str(self.vm_dir / "c.sock"),
             console_log=str(log),
+            forwards=dict(self.behaviour.get("forwards", {})),
         )
 
     def wait(self, timeout_s):
@@ -102,7 +103,15 @@ class FakeBatch:
             behaviour = self.behaviours.get(rank, {})
             node = NodeProcess(
                 self.kv,
-                NodeSettings(USER, job_id, rank, host=f"n{rank}", tick_s=0.05, linger_s=1.0),
+                NodeSettings(
+                    USER,
+                    job_id,
+                    rank,
+                    host=f"n{rank}",
+                    tick_s=0.05,
+                    linger_s=1.0,
+                    address=behaviour.get("address"),
+                ),
                 lambda d, e, vm_dir, key, b=behaviour: self._make(e.rank, vm_dir, b),
             )
 
@@ -183,6 +192,33 @@ def test_command_runs_with_job_id_once_all_vms_run(run_dir, tmp_path):
     rec = ClusterRecord.from_json(snap[keys.definition(USER, JOB)])
     assert rec.state.value == "running" and rec.definition.size == 3
     assert launcher.lifecycle.state.value == "done"
+    assert_all_gone(kv, batch, run_dir)
+
+
+def test_forwards_are_published_on_the_node_address(run_dir):
+    kv = MemoryKv()
+    batch = FakeBatch(
+        kv, {0: {"address": "10.9.9.1", "forwards": {22: 22000, 8080: 5080}}}
+    )
+    snap = {}
+
+    def spy(msg):
+        if "is running" in msg:
+            snap.update(kv.get_prefix("/"))
+
+    launcher = make_launcher(kv, batch, n=2)
+    launcher.report = spy
+    assert launcher.run() == 0
+    rnat = {k: v for k, v in snap.items() if "/rnat/" in k}
+    assert rnat == {
+        keys.rnat(USER, JOB, 0, 22): "10.9.9.1:22000",
+        keys.rnat(USER, JOB, 0, 8080): "10.9.9.1:5080",
+        keys.rnat(USER, JOB, 1, 22): "n1:22001",  # no address: the host name, as before
+    }
+    states = {VmRecord.from_json(v).rank: VmRecord.from_json(v) for k, v in snap.items()
+              if k.endswith("/state")}
+    assert (states[0].address, states[0].host) == ("10.9.9.1", "n0")
+    assert states[1].address is None
     assert_all_gone(kv, batch, run_dir)
 
 

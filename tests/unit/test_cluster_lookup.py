@@ -130,6 +130,16 @@ def test_ssh_files_pin_host_keys(tmp_path, monkeypatch):
     assert "hostkeyalias pcocc-7-vm1" in out
 
 
+def test_ssh_connects_to_the_published_address_with_the_alias_key():
+    vms = {
+        0: VmRecord(rank=0, host="n1", status="running", node_pid=1, ssh_port=4022,
+                    address="10.1.0.2", host_key="ssh-ed25519 KEY0"),
+    }
+    text = ssh_config_text("7", vms, "/k", "/i")
+    assert "Host vm0\n    HostName 10.1.0.2\n    Port 4022\n    HostKeyAlias pcocc-7-vm0" in text
+    assert "StrictHostKeyChecking yes" in text
+
+
 def test_booting_vms_get_no_host_entry():
     vms = {0: VmRecord(rank=0, host="n1", status="booting", node_pid=1)}
     assert "Host vm0" not in ssh_config_text("7", vms, "/k", "/i")
@@ -148,3 +158,21 @@ def test_scp_checks_vm_names(tmp_path, monkeypatch):
     assert "Host vm1" in open(argv[2]).read()
     with pytest.raises(NotFound, match="vm0 to vm1"):
         scp_argv(view, ["f", "vm4:/tmp"])
+
+
+def test_ssh_to_a_vm_without_ssh_forward_says_why(tmp_path, monkeypatch):
+    from pcocc.cluster.access import ssh_argv
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PCOCC_RUN_DIR", str(tmp_path / "run"))
+    kv = MemoryKv()
+    add_cluster(kv, "7", running=0)
+    for rank, status in ((0, "running"), (1, "booting")):
+        rec = VmRecord(rank=rank, host="n1", status=status, node_pid=1, address="10.0.0.1")
+        kv.put(keys.vm_state(USER, "7", rank), rec.to_json())
+    view = clusters_of(kv, USER)[0]
+    with pytest.raises(NotFound, match="vm0 of cluster 7 forwards no ssh port") as info:
+        ssh_argv(view, "vm0", ["true"])
+    assert "ssh-forward: true" in info.value.hint
+    with pytest.raises(NotFound, match="vm1 of cluster 7 has no ssh port yet"):
+        ssh_argv(view, "vm1", ["true"])

@@ -204,7 +204,8 @@ def test_drive_options():
         ({"memory_mib": 4}, "at least 16 MiB"),
         ({"smp": 0}, "at least one CPU"),
         ({"kernel": None}, "need a kernel"),
-        ({"ssh_host_port": 70000}, "bad ssh port"),
+        ({"ssh_host_port": 70000}, "bad forwarded port 70000 (guest port 22)"),
+        ({"host_address": "node1"}, "host address 'node1' is not an IPv4 address"),
         ({"disks": (Drive(Path("/a\nb")),)}, "newlines"),
     ],
 )
@@ -214,3 +215,69 @@ def test_invalid_specs_are_usage_errors(overrides, words):
     assert words in str(info.value)
     assert "vm0" in str(info.value)
     assert info.value.exit_status == 2
+
+
+# -- networks -------------------------------------------------------------------------------
+def _net_args(argv: list[str]) -> list[str]:
+    start = argv.index("-netdev")
+    return argv[start:]
+
+
+def test_forwards_listen_on_the_host_address():
+    argv = build_argv(VmSpec(name="v", ssh_host_port=4022, host_address="10.1.2.3"))
+    assert _net_args(argv) == [
+        "-netdev", "user,id=net0,hostfwd=tcp:10.1.2.3:4022-:22",
+        "-device", "virtio-net-pci,netdev=net0",
+    ]  # fmt: skip
+
+
+def test_user_networks_one_nic_each_with_their_forwards():
+    from pcocc.net.user import UserNet
+
+    spec = VmSpec(
+        name="v",
+        host_address="192.0.2.7",
+        ssh_host_port=4022,
+        host_ports=((80, 4080), (9000, 4900)),
+        user_nets=(
+            UserNet(id="net0", network="nat", cidr="10.0.3.0/24", forwards=(22, 80)),
+            UserNet(id="net1", network="quiet", forwards=()),
+            UserNet(id="net2", network="web", cidr="10.0.4.0/24", forwards=(9000,)),
+        ),
+        extra_netdevs=("-netdev", "dgram,id=net3", "-device", "e1000,netdev=net3"),
+        custom_args=("-rtc", "base=utc"),
+    )
+    assert spec.forwarded_ports() == [22, 80, 9000]
+    assert _net_args(build_argv(spec)) == [
+        "-netdev",
+        "user,id=net0,net=10.0.3.0/24,hostfwd=tcp:192.0.2.7:4022-:22,"
+        "hostfwd=tcp:192.0.2.7:4080-:80",
+        "-device", "virtio-net-pci,netdev=net0",
+        "-netdev", "user,id=net1",
+        "-device", "virtio-net-pci,netdev=net1",
+        "-netdev", "user,id=net2,net=10.0.4.0/24,hostfwd=tcp:192.0.2.7:4900-:9000",
+        "-device", "virtio-net-pci,netdev=net2",
+        "-netdev", "dgram,id=net3", "-device", "e1000,netdev=net3",
+        "-rtc", "base=utc",
+    ]  # fmt: skip
+
+
+def test_no_user_network_means_no_user_nic_but_other_nics_stay():
+    """``network=False``: no user-mode NIC and no forward; NICs of other types (a VM on a
+    private network only) are still there."""
+    from pcocc.net.user import UserNet
+
+    spec = VmSpec(name="v", network=False, user_nets=(UserNet(id="net0"),),
+                  extra_netdevs=("-netdev", "dgram,id=priv0"))  # fmt: skip
+    argv = build_argv(spec)
+    assert argv.count("-netdev") == 1 and "dgram,id=priv0" in argv
+    assert not any(a.startswith("user,") for a in argv)
+    assert spec.forwarded_ports() == []
+
+
+def test_duplicate_nic_ids_are_refused():
+    from pcocc.net.user import UserNet
+
+    spec = VmSpec(name="v", user_nets=(UserNet(id="net0"), UserNet(id="net0", forwards=())))
+    with pytest.raises(UsageError, match="VM v: two NICs have the same id"):
+        build_argv(spec)

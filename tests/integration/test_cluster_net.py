@@ -1,0 +1,232 @@
+"""Networks of virtual clusters with the real test VM: user networks from networks.yaml, and
+forwards reachable from another host (Slurm nodes in network namespaces of their own).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest_vm import testvm_artifacts  # noqa: F401 - fixture
+from test_cluster import Env, assert_nothing_left
+
+import devcluster
+
+pytestmark = pytest.mark.slow
+
+#: -E snippet: every key of the user's clusters, as JSON, into keys.json
+DUMP_KEYS = (
+    f"{sys.executable} -c 'import json, os; from pcocc.kv.client import KvClient; "
+    'kv = KvClient(os.environ["PCOCC_ETCD_ENDPOINTS"]); '
+    'print(json.dumps({k: v.decode() for k, v in kv.get_prefix("/pcocc/users/").items()}))'
+    "' > keys.json"
+)
+
+
+def _rnat(keys: dict[str, str]) -> dict[tuple[int, int], str]:
+    found = {}
+    for key, value in keys.items():
+        parts = key.split("/")
+        if len(parts) >= 3 and parts[-3] == "rnat":
+            found[(int(parts[-2]), int(parts[-1]))] = value
+    return found
+
+
+def _states(keys: dict[str, str]) -> dict[int, dict]:
+    return {
+        int(k.split("/")[-2]): json.loads(v) for k, v in keys.items() if k.endswith("/state")
+    }
+
+
+# -- user networks, and a node address other than 127.0.0.1 ---------------------------------
+@pytest.fixture
+def user_net_env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts):  # noqa: F811
+    env = Env(
+        tmp_path,
+        pcocc_env,
+        pcocc_bin,
+        testvm_artifacts,
+        {"type": "local", "etcd": {"mode": "private"}},
+        {"PCOCC_NODE_ADDRESS": "127.0.0.2"},
+    )
+    system = pcocc_env["system"]
+    templates = yaml.safe_load((system / "templates.yaml").read_text())
+    # the test VM asks DHCP for its address (slirp's is in the network's cidr)
+    templates["templates"]["testvm"]["append"] += " testvm.net=dhcp"
+    (system / "templates.yaml").write_text(yaml.safe_dump(templates))
+    (system / "networks.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "networks": {
+                    "nat": {
+                        "type": "user",
+                        "cidr": "10.0.3.0/24",
+                        "ssh-forward": True,
+                        "forwards": [7777],
+                    }
+                }
+            }
+        )
+    )
+    (system / "resources.yaml").write_text(
+        yaml.safe_dump(
+            {"resource-sets": {"tiny": {"cores": 1, "memory": "256M", "networks": ["nat"]}}}
+        )
+    )
+    return env
+
+
+NC_CHECKS = (
+    "set -e; pcocc ssh vm0 'ip -4 -o addr show dev eth0' > addr.txt; "
+    "pcocc ssh vm0 'nc -l -p 7777 -e echo hello-from-7777 </dev/null >/dev/null 2>&1 &'; "
+    "for i in $(seq 20); do pcocc nc vm0 7777 </dev/null > nc.out || true; "
+    "grep -q hello nc.out && break; sleep 0.5; done; "
+    "ps -eo args | grep '[q]emu-system' > qemu.args; " + DUMP_KEYS
+)
+
+
+def test_user_network_forwards_ports_on_the_node_address(user_net_env):
+    env = user_net_env
+    res = env.run("alloc", "-E", NC_CHECKS, "testvm:1")
+    assert res.returncode == 0, res.stderr
+    tmp = env.tmp
+    # the guest got its address from the network's subnet (slirp DHCP)
+    assert " 10.0.3.15/24 " in (tmp / "addr.txt").read_text()
+    assert (tmp / "nc.out").read_text().strip() == "hello-from-7777"
+    qemu = (tmp / "qemu.args").read_text()
+    assert "user,id=net0,net=10.0.3.0/24,hostfwd=tcp:127.0.0.2:" in qemu
+    assert "-:22,hostfwd=tcp:127.0.0.2:" in qemu and "-:7777" in qemu
+    keys = json.loads((tmp / "keys.json").read_text())
+    rnat = _rnat(keys)
+    assert sorted(rnat) == [(0, 22), (0, 7777)]
+    assert all(v.startswith("127.0.0.2:") for v in rnat.values()), rnat
+    assert _states(keys)[0]["address"] == "127.0.0.2"
+    assert_nothing_left(env)
+
+
+def test_ethernet_network_is_refused_before_allocation(user_net_env):
+    env = user_net_env
+    system = Path(env.env["PCOCC_SYSTEM_CONF_DIR"])
+    nets = yaml.safe_load((system / "networks.yaml").read_text())
+    nets["networks"]["cluster"] = {"type": "ethernet", "cidr": "10.252.0.0/16"}
+    (system / "networks.yaml").write_text(yaml.safe_dump(nets))
+    (system / "resources.yaml").write_text(
+        yaml.safe_dump({"resource-sets": {"tiny": {"networks": ["nat", "cluster"]}}})
+    )
+    res = env.run("alloc", "-E", "true", "testvm:1", timeout_s=60)
+    assert res.returncode == 2
+    assert "network 'cluster' of resource set 'tiny' (resources.yaml)" in res.stderr
+    assert "has type ethernet" in res.stderr and "Traceback" not in res.stderr
+    assert not env.run_dir.exists() or not any(env.run_dir.iterdir())
+
+
+# -- nodes in network namespaces -------------------------------------------------------------
+def _netns_usable() -> str | None:
+    """None when this process may create network namespaces, else why not."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    for tool in ("ip", "nsenter"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    name = f"{devcluster.NETNS_PREFIX}probe{os.getpid()}"
+    res = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if res.returncode != 0:
+        return f"'ip netns add' fails here: {res.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return None
+
+
+@pytest.fixture(scope="module")
+def netns_cluster():
+    """Slurm with 2 nodes of 1 CPU, each slurmd in a network namespace of its own."""
+    missing = devcluster.missing_binaries(with_etcd=True)
+    if missing:
+        pytest.skip(f"Slurm/munge/etcd programs not installed: {', '.join(missing)}")
+    why = _netns_usable()
+    if why:
+        pytest.skip(why)
+    directory = Path(tempfile.mkdtemp(prefix="pcocc-netns-"))
+    try:
+        with devcluster.DevCluster(
+            directory, nodes=2, cpus_per_node=1, with_etcd=False, node_netns=True
+        ) as cluster:
+            yield cluster
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert devcluster.netns_tag(directory) not in left
+
+
+@pytest.fixture
+def netns_env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts, netns_cluster):  # noqa: F811
+    # a private etcd, started by the launcher on this host: the nodes must reach it too
+    return Env(
+        tmp_path,
+        pcocc_env,
+        pcocc_bin,
+        testvm_artifacts,
+        {"type": "slurm", "etcd": {"mode": "private"}},
+        netns_cluster.env(),
+    )
+
+
+NETNS_CHECKS = (
+    "set -e; pcocc ssh vm0 hostname > vm0.name; pcocc ssh vm1 hostname > vm1.name; "
+    'echo "$PCOCC_ETCD_ENDPOINTS" > endpoints; ' + DUMP_KEYS
+)
+
+
+def test_ssh_reaches_vms_on_nodes_in_other_network_namespaces(netns_env, netns_cluster):
+    env = netns_env
+    res = env.run("alloc", "-E", NETNS_CHECKS, "testvm:2")
+    assert res.returncode == 0, res.stderr
+    tmp = env.tmp
+    assert (tmp / "vm0.name").read_text().strip() == "vm0"
+    assert (tmp / "vm1.name").read_text().strip() == "vm1"
+    # the private etcd listened where the nodes reach this host
+    controller = netns_cluster.controller_address
+    assert (tmp / "endpoints").read_text().strip().startswith(f"http://{controller}:")
+    keys = json.loads((tmp / "keys.json").read_text())
+    node_addresses = {netns_cluster.node_address(n) for n in netns_cluster.nodes}
+    rnat = _rnat(keys)
+    assert sorted(rnat) == [(0, 22), (1, 22)]
+    published = {rnat[(r, 22)].rpartition(":")[0] for r in (0, 1)}
+    assert published == node_addresses  # one VM per node, each on its node's address
+    assert {s["address"] for s in _states(keys).values()} == node_addresses
+    assert_nothing_left(env)
+
+
+def _ip_names() -> str:
+    spaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    return spaces + links
+
+
+def test_netns_of_a_crashed_dev_cluster_are_removed_by_stop():
+    why = _netns_usable()
+    if why or devcluster.missing_binaries(with_etcd=False):
+        pytest.skip(why or "Slurm/munge programs not installed")
+    directory = Path(tempfile.mkdtemp(prefix="pcocc-netns-crash-"))
+    tag = devcluster.netns_tag(directory)
+    try:
+        cluster = devcluster.DevCluster(
+            directory, nodes=2, cpus_per_node=1, with_etcd=False, node_netns=True
+        ).start()
+        assert _ip_names().count(tag) >= 4  # 2 namespaces, 2 host-side veths
+        # the process that started it dies: its daemons are killed, nothing is cleaned
+        for name, child in cluster._procs.items():
+            child.kill()
+            child.wait()
+        assert tag in _ip_names()
+        devcluster.DevCluster.attach(directory).stop()
+        assert tag not in _ip_names()
+    finally:
+        devcluster.NodeNetns.remove(tag)
+        shutil.rmtree(directory, ignore_errors=True)
