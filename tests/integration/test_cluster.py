@@ -536,11 +536,15 @@ def test_private_network_on_the_node_address(local_env):
     env.env["PCOCC_NODE_ADDRESS"] = address
     system = Path(env.env["PCOCC_SYSTEM_CONF_DIR"])
     (system / "networks.yaml").write_text(
-        yaml.safe_dump({"networks": {"cluster": {"type": "private"}}})
+        yaml.safe_dump({"networks": {"nat": {"type": "user"}, "cluster": {"type": "private"}}})
     )
     (system / "resources.yaml").write_text(
         yaml.safe_dump(
-            {"resource-sets": {"tiny": {"cores": 1, "memory": "256M", "networks": ["cluster"]}}}
+            {
+                "resource-sets": {
+                    "tiny": {"cores": 1, "memory": "256M", "networks": ["nat", "cluster"]}
+                }
+            }
         )
     )
     command = (
