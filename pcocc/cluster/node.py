@@ -26,7 +26,12 @@ from pcocc.cluster.definition import ClusterDefinition, VmEntry
 from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S
 from pcocc.cluster.ports import Kv, Lease, VmHandle
 from pcocc.cluster.record import ClusterRecord
-from pcocc.cluster.signals import Interrupted, deferred_signals, raising_on_signals
+from pcocc.cluster.signals import (
+    Interrupted,
+    deferred_signals,
+    raising_on_signals,
+    signals_set,
+)
 from pcocc.cluster.vmstate import BOOTING, FAILED, RUNNING, STOPPED, VmRecord
 from pcocc.errors import NotFound, PcoccError
 
@@ -185,7 +190,10 @@ class NodeProcess:
                 return ("released", None)
             return None
 
-        what, status = self.kv.wait_for(self._def_key, check, None, self.s.tick_s)
+        with signals_set(self.stop_requested) as received:
+            what, status = self.kv.wait_for(self._def_key, check, None, self.s.tick_s)
+        if received:
+            raise Interrupted(received[0])
         if what == "released":
             log.info("vm%d: the cluster is being torn down; stopping", self.s.rank)
             return 0

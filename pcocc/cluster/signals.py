@@ -43,6 +43,33 @@ def raising_on_signals(signals: tuple[int, ...] = TERMINATING) -> Iterator[None]
 
 
 @contextlib.contextmanager
+def signals_set(
+    event: threading.Event, signals: tuple[int, ...] = TERMINATING
+) -> Iterator[list[int]]:
+    """In this block, ``signals`` set ``event`` instead of raising; yields those received.
+
+    For loops that block on queues or locks and check ``event`` every tick: an exception
+    raised by a signal handler between a lock's acquire and release (inside
+    ``queue.get``) leaves the lock broken ("release unlocked lock").
+    """
+    received: list[int] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        received.append(signum)
+        event.set()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    old = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield received
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
 def deferred_signals(signals: tuple[int, ...] = TERMINATING) -> Iterator[list[int]]:
     """Ignore ``signals`` in this block (teardown must finish); yields those received."""
     received: list[int] = []
