@@ -4,7 +4,6 @@ persistent drives, disk-model and full-node."""
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
@@ -117,7 +116,9 @@ def test_bad_template_settings_fail_before_allocation(local_env, pcocc_env):  # 
 
 
 @pytest.mark.parametrize("model", ["virtio-scsi", "ide"])
-def test_disk_model_attaches_the_boot_disk(local_env, pcocc_env, testvm_artifacts, model):  # noqa: F811
+def test_disk_model_attaches_the_boot_disk(
+    local_env, pcocc_env, testvm_artifacts, model  # noqa: F811
+):
     """The boot disk (the image's overlay) on the chosen bus, as QEMU itself reports it.
 
     The test VM's initramfs has no SCSI or ATA driver, so the guest's view is not checked.
@@ -135,10 +136,10 @@ def test_disk_model_attaches_the_boot_disk(local_env, pcocc_env, testvm_artifact
     assert res.returncode == 0, res.stderr
     qtree = (env.tmp / "qtree.txt").read_text()
     if model == "virtio-scsi":
-        assert 'dev: scsi-hd' in qtree and 'bus: scsi0.0' in qtree
+        assert "dev: scsi-hd" in qtree and "bus: scsi0.0" in qtree
         assert 'drive = "disk0"' in qtree
     else:
-        assert 'dev: ide-hd' in qtree and 'drive = "disk0"' in qtree
+        assert "dev: ide-hd" in qtree and 'drive = "disk0"' in qtree
     assert_nothing_left(env)
 
 

@@ -3,7 +3,6 @@ full-node, disk-model (the QEMU drives that the node process builds)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
