@@ -3,7 +3,10 @@ persistent drives, disk-model and full-node."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -115,14 +118,36 @@ def test_bad_template_settings_fail_before_allocation(local_env, pcocc_env):  # 
     assert no_jobs(env)
 
 
+#: Drivers the guest loads (in this order) to see its boot disk, per disk model.
+DISK_DRIVERS = {
+    "virtio-scsi": ["scsi_common", "scsi_mod", "sd_mod", "virtio_scsi"],
+    "ide": ["scsi_common", "scsi_mod", "sd_mod", "libata", "ata_piix"],
+}
+
+
+def driver_iso(dest, artifacts, names: list[str]):
+    """An iso9660 image holding the kernel modules ``names`` of the test VM's kernel."""
+    manifest = json.loads((artifacts.directory / "manifest.json").read_text())
+    version = manifest["kernel_version"]
+    moddir = Path("/lib/modules") / version
+    staging = dest.with_suffix(".d")
+    staging.mkdir()
+    for name in names:
+        found = list(moddir.rglob(f"{name}.ko"))
+        if not found:
+            pytest.skip(f"no module {name}.ko for kernel {version}")
+        shutil.copy(found[0], staging / f"{name}.ko")
+    subprocess.run(["genisoimage", "-quiet", "-r", "-o", dest, staging], check=True)
+    return dest
+
+
 @pytest.mark.parametrize("model", ["virtio-scsi", "ide"])
 def test_disk_model_attaches_the_boot_disk(
     local_env, pcocc_env, testvm_artifacts, model  # noqa: F811
 ):
-    """The boot disk (the image's overlay) on the chosen bus, as QEMU itself reports it.
-
-    The test VM's initramfs has no SCSI or ATA driver, so the guest's view is not checked.
-    """
+    """The boot disk (the image's overlay) on the chosen bus, as QEMU reports it and as the
+    guest sees it once it loads the drivers (from an iso attached as a persistent drive:
+    the test VM's initramfs has no SCSI or ATA driver)."""
     env: Env = local_env
     repo = env.tmp / "repo"
     (pcocc_env["user"] / "repos.yaml").write_text(
@@ -130,8 +155,28 @@ def test_disk_model_attaches_the_boot_disk(
     )
     res = env.run("image", "import", str(testvm_artifacts.disk), "user:disk")
     assert res.returncode == 0, res.stderr
-    set_template(pcocc_env, image="user:disk", **{"disk-model": model})
-    script = "set -e; pcocc monitor-cmd vm0 info qtree > qtree.txt; pcocc ssh vm0 true"
+    drivers = DISK_DRIVERS[model]
+    iso = driver_iso(env.tmp / "drivers.iso", testvm_artifacts, drivers)
+    set_template(
+        pcocc_env,
+        image="user:disk",
+        **{
+            "disk-model": model,
+            "persistent-drives": [{"path": str(iso), "format": "raw", "readonly": True}],
+        },
+    )
+    # vda: the drivers (the boot disk is not virtio-blk), vdb: the seed. The ext2 magic
+    # (53 ef at byte 1080) of the image on the first SCSI disk proves the guest reads it.
+    guest = (
+        "mkdir -p /drv; mount -t iso9660 -o ro /dev/vda /drv; "
+        + "".join(f"insmod /drv/{name}.ko; " for name in drivers)
+        + "for i in $(seq 100); do [ -b /dev/sda ] && break; sleep 0.2; done; "
+        "dd if=/dev/sda bs=1 skip=1080 count=2 2>/dev/null | od -An -tx1"
+    )
+    script = (
+        "set -e; pcocc monitor-cmd vm0 info qtree > qtree.txt; "
+        f"pcocc ssh vm0 '{guest}' > magic.txt"
+    )
     res = env.run("alloc", "-E", script, "testvm:1")
     assert res.returncode == 0, res.stderr
     qtree = (env.tmp / "qtree.txt").read_text()
@@ -140,6 +185,7 @@ def test_disk_model_attaches_the_boot_disk(
         assert 'drive = "disk0"' in qtree
     else:
         assert "dev: ide-hd" in qtree and 'drive = "disk0"' in qtree
+    assert (env.tmp / "magic.txt").read_text().split() == ["53", "ef"]
     assert_nothing_left(env)
 
 
