@@ -83,6 +83,39 @@ def test_placeholders_and_persistent_drives(local_env, pcocc_env):  # noqa: F811
     assert_nothing_left(env)
 
 
+def test_rank_placeholders_in_mount_points_and_user_data(local_env, pcocc_env):  # noqa: F811
+    from pcocc.vm import virtiofs
+
+    try:
+        virtiofs.find_virtiofsd()
+    except Exception as err:  # noqa: BLE001 - skip with the reason
+        pytest.skip(str(err))
+    env: Env = local_env
+    for rank in (0, 1):
+        (env.tmp / f"share-{rank}").mkdir()
+        (env.tmp / f"share-{rank}" / "who").write_text(f"share of vm{rank}\n")
+        (env.tmp / f"ud-{rank}.sh").write_text(f"#!/bin/sh\necho user-data {rank} > /tmp/ud\n")
+    set_template(
+        pcocc_env,
+        **{
+            "mount-points": {"data": {"path": f"{env.tmp}/share-%{{vm_rank}}"}},
+            "user-data": f"{env.tmp}/ud-%{{vm_rank}}.sh",
+        },
+    )
+    guest = (
+        "for i in $(seq 100); do [ -f /tmp/ud ] && break; sleep 0.2; done; cat /tmp/ud; "
+        "mkdir -p /d; mount -t virtiofs data /d; cat /d/who"
+    )
+    script = f"set -e; for r in 0 1; do pcocc ssh vm$r '{guest}' > out$r.txt; done"
+    res = env.run("alloc", "-E", script, "testvm:2")
+    assert res.returncode == 0, res.stderr
+    for rank in (0, 1):
+        assert (env.tmp / f"out{rank}.txt").read_text() == (
+            f"user-data {rank}\nshare of vm{rank}\n"
+        )
+    assert_nothing_left(env)
+
+
 def test_bad_template_settings_fail_before_allocation(local_env, pcocc_env):  # noqa: F811
     env: Env = local_env
     missing = env.tmp / "missing.qcow2"
