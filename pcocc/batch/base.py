@@ -33,12 +33,14 @@ class JobSpec:
     """What to allocate: ``ntasks`` tasks (one per VM/container) of ``cpus_per_task`` CPUs.
 
     ``options`` are passed as they are to the batch system (e.g. ``-p debug -t 10``);
-    ``output`` and ``workdir`` apply to submitted jobs.
+    ``output`` and ``workdir`` apply to submitted jobs. ``one_per_node``: each task on a
+    node of its own, allocated exclusively (the task may use all of it).
     """
 
     ntasks: int
     cpus_per_task: int = 1
     nodes: int | None = None
+    one_per_node: bool = False
     job_name: str = "pcocc"
     options: Sequence[str] = ()
     output: str | None = None
@@ -80,11 +82,14 @@ class BatchManager(abc.ABC):
         ntasks: int,
         argv: Sequence[str],
         env: Mapping[str, str] | None = None,
+        *,
+        one_per_node: bool = False,
     ) -> subprocess.Popen:
         """Start ``ntasks`` copies of ``argv`` in the job; the Popen ends when all have.
 
         Each task finds its rank with ``task_rank()``. ``env`` replaces the environment
-        (None: inherit ours).
+        (None: inherit ours). ``one_per_node``: one task per node, with all of the job's
+        resources on that node (a job allocated with ``JobSpec.one_per_node``).
         """
 
     @abc.abstractmethod

@@ -136,7 +136,10 @@ class LocalManager(BatchManager):
         ntasks: int,
         argv: Sequence[str],
         env: Mapping[str, str] | None = None,
+        *,
+        one_per_node: bool = False,
     ) -> subprocess.Popen:
+        # one host only: one_per_node changes nothing (full-node clusters here have one VM)
         self._job_dir(job_id)
         task_env = dict(os.environ if env is None else env)
         task_env[JOB_ID_VAR] = str(job_id)

@@ -31,6 +31,8 @@ def _common_args(spec: JobSpec) -> list[str]:
     ]
     if spec.nodes is not None:
         args.append(f"--nodes={spec.nodes}")
+    if spec.one_per_node:
+        args += ["--ntasks-per-node=1", "--exclusive"]
     return args
 
 
@@ -54,16 +56,24 @@ def sbatch_argv(spec: JobSpec, defaults: Sequence[str] = ()) -> list[str]:
 
 
 def srun_argv(
-    job_id: str, ntasks: int, argv: Sequence[str], options: Sequence[str] = ()
+    job_id: str,
+    ntasks: int,
+    argv: Sequence[str],
+    options: Sequence[str] = (),
+    *,
+    one_per_node: bool = False,
 ) -> list[str]:
     """``srun`` starting ``ntasks`` tasks of ``argv`` in job ``job_id``.
 
     ``--kill-on-bad-exit`` ends every task when one fails, like a dead VM ends the cluster.
+    ``one_per_node``: one task per node, given every CPU of the job on it (``--whole``).
     """
+    placement = ["--ntasks-per-node=1", "--whole"] if one_per_node else []
     return [
         "srun",
         f"--jobid={job_id}",
         f"--ntasks={ntasks}",
+        *placement,
         "--kill-on-bad-exit=1",
         *options,
         "--",
@@ -219,9 +229,11 @@ class SlurmManager(BatchManager):
         ntasks: int,
         argv: Sequence[str],
         env: Mapping[str, str] | None = None,
+        *,
+        one_per_node: bool = False,
     ) -> subprocess.Popen:
         return proc.spawn(
-            srun_argv(job_id, ntasks, argv, self.srun_options),
+            srun_argv(job_id, ntasks, argv, self.srun_options, one_per_node=one_per_node),
             env=env,
             stdout=None,
             stderr=None,

@@ -261,6 +261,7 @@ class BatchAdapter:
         return JobSpec(
             ntasks=request.ntasks,
             cpus_per_task=request.cpus_per_task,
+            one_per_node=request.one_per_node,
             job_name=request.job_name,
             options=tuple(request.extra_args),
             env=dict(env or {}),
@@ -275,9 +276,19 @@ class BatchAdapter:
         return self.manager.submit(self._spec(request), script)
 
     def launch_tasks(
-        self, job_id: str, ntasks: int, argv: Sequence[str], env: Mapping[str, str]
+        self,
+        job_id: str,
+        ntasks: int,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        one_per_node: bool = False,
     ) -> PopenTasks:
-        return PopenTasks(self.manager.launch_tasks(job_id, ntasks, list(argv), dict(env)))
+        return PopenTasks(
+            self.manager.launch_tasks(
+                job_id, ntasks, list(argv), dict(env), one_per_node=one_per_node
+            )
+        )
 
     def job_id_from_env(self, env: Mapping[str, str]) -> str | None:
         return self.manager.job_id_from_env(env)
@@ -454,7 +465,11 @@ def machine_factory(
         from pcocc.net.resolve import plan_networks
         from pcocc.vm.accel import resolve_accel
 
-        s = entry.settings
+        from pcocc.cluster import rundir, vmsettings
+
+        s = vmsettings.runtime_settings(
+            entry.settings, clusterdir=str(rundir.cluster_dir(batchid)), vm_rank=entry.rank
+        )
         image = None
         if entry.image:
             if config is None:
@@ -464,8 +479,10 @@ def machine_factory(
             "name": entry.name,
             "accel": resolve_accel(s.get("accel")),
             "memory_mib": _memory_mib(s),
-            "smp": entry.cores,
+            "smp": vmsettings.node_cpus(os.environ) if s.get("full-node") else entry.cores,
             "host_address": address,
+            "disks": persistent_disks(entry.template, s),
+            "disk_model": s.get("disk-model") or "virtio",
         }
         plan = plan_networks(entry.networks)
         spec_args["user_nets"] = tuple(plan.user_nets)
@@ -491,7 +508,8 @@ def machine_factory(
             spec_args["pass_fds"] = nics.pass_fds
         try:
             machine = _machine(
-                definition, entry, node_dir, host_key, spec_args, image, nics, shares, guest_mounts
+                definition, entry, s, node_dir, host_key, spec_args, image, nics, shares,
+                guest_mounts,
             )
             return MachineVm(machine, nics)
         except BaseException:
@@ -502,6 +520,7 @@ def machine_factory(
     def _machine(
         definition: ClusterDefinition,
         entry: VmEntry,
+        settings: Mapping[str, Any],
         node_dir: Path,
         host_key: Path,
         spec_args: dict[str, Any],
@@ -522,7 +541,7 @@ def machine_factory(
             host_key=HostKey(host_key.read_text(), public),
             user_data=definition.user_data
             if definition.user_data is not None
-            else _template_user_data(entry.settings.get("user-data")),
+            else _template_user_data(settings.get("user-data")),
             mounts=tuple(guest_mounts),
             extra_files={
                 "pcocc/hosts": hosts_file(definition),
@@ -544,6 +563,27 @@ def machine_factory(
         return machine
 
     return make
+
+
+def persistent_disks(template: str, settings: Mapping[str, Any]) -> tuple:
+    """The VM's ``persistent-drives`` (placeholders expanded) as virtio Drives, each with
+    its format stated (checked again here: a drive under %{clusterdir} was not before)."""
+    from pcocc.cluster import vmsettings
+    from pcocc.vm.qemu import Drive
+
+    disks = []
+    for index, drive in enumerate(vmsettings.persistent_drives(settings)):
+        vmsettings.check_drive_file(template, drive, vmsettings.probe_format)
+        disks.append(
+            Drive(
+                Path(drive.path),
+                format=vmsettings.drive_format(template, drive),
+                readonly=drive.readonly,
+                cache=drive.cache,
+                id=f"pdrive{index}",
+            )
+        )
+    return tuple(disks)
 
 
 def private_nics(

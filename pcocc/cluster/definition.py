@@ -71,6 +71,11 @@ class ClusterDefinition:
     def size(self) -> int:
         return len(self.vms)
 
+    @property
+    def full_node(self) -> bool:
+        """Some VM wants a whole node: then every VM gets a node of its own."""
+        return any(vm.settings.get("full-node") for vm in self.vms)
+
     def hosts_entries(self) -> dict[str, str]:
         """Hostname -> private address of every VM (goes into each VM's /etc/hosts)."""
         return {vm.name: vm.address for vm in self.vms}

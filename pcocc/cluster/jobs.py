@@ -13,7 +13,7 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from pcocc.cluster import adapters, rundir
+from pcocc.cluster import adapters, rundir, vmsettings
 from pcocc.cluster.definition import ClusterDefinition, build_definition
 from pcocc.cluster.launcher import Launcher, LaunchSettings
 from pcocc.cluster.lease import lease_ttl_s
@@ -69,7 +69,24 @@ def prepare_definition(
         networks=config.networks,
     )
     adapters.check_shares_possible(definition)
+    vmsettings.check_drives([(vm.template, vm.rank, vm.settings) for vm in definition.vms])
+    check_full_node(definition, adapters.batch_manager(config).name)
     return definition
+
+
+def check_full_node(definition: ClusterDefinition, batch_type: str) -> None:
+    """Without a batch system every VM runs on this host: a full-node VM may only be alone.
+
+    :raise UsageError: naming the template
+    """
+    if not definition.full_node or batch_type != "local" or definition.size == 1:
+        return
+    template = next(vm.template for vm in definition.vms if vm.settings.get("full-node"))
+    raise UsageError(
+        f"template '{template}' sets full-node, but without Slurm (batch type local) all"
+        f" {definition.size} VMs of the cluster would share this host",
+        hint="start a single VM, or run under Slurm (batch.yaml: type: slurm)",
+    )
 
 
 def encode_definition(definition: ClusterDefinition) -> str:
@@ -97,6 +114,16 @@ def launcher_argv(command: str | None, *, debug: bool = False, hold: bool = Fals
 
 
 def _request(definition: ClusterDefinition, batch_args: Sequence[str]) -> AllocRequest:
+    """One task per VM; with full-node, one whole node per VM (the node's CPUs go to its
+    VM, so the task asks for one CPU and the exclusive allocation brings the rest)."""
+    if definition.full_node:
+        return AllocRequest(
+            ntasks=definition.size,
+            cpus_per_task=1,
+            job_name="pcocc",
+            extra_args=tuple(batch_args),
+            one_per_node=True,
+        )
     return AllocRequest(
         ntasks=definition.size,
         cpus_per_task=definition.cores,

@@ -123,7 +123,11 @@ class Launcher:
             nets = list(self.definition.networks)
             argv = self.s.switch_argv
             self._switches = start_switches(self.kv, argv, env, self.s.user, self.s.batchid, nets)
-        self._tasks = self.batch.launch_tasks(self.s.batchid, n, self.s.node_argv, env)
+        # full-node: one VM per node (the keyword only then: fakes of tests may lack it)
+        placement = {"one_per_node": True} if self.definition.full_node else {}
+        self._tasks = self.batch.launch_tasks(
+            self.s.batchid, n, self.s.node_argv, env, **placement
+        )
         self.report(f"booting {n} VM{'s' if n > 1 else ''}")
         self._wait_running()
         self.lifecycle.to(ClusterState.RUNNING)

@@ -72,6 +72,8 @@ class AllocRequest:
     cpus_per_task: int
     job_name: str = "pcocc"
     extra_args: tuple[str, ...] = ()
+    #: each task on a node of its own, allocated exclusively (full-node templates)
+    one_per_node: bool = False
 
 
 class Batch(Protocol):
@@ -84,7 +86,13 @@ class Batch(Protocol):
     def submit(self, request: AllocRequest, script: str) -> str: ...
 
     def launch_tasks(
-        self, job_id: str, ntasks: int, argv: Sequence[str], env: Mapping[str, str]
+        self,
+        job_id: str,
+        ntasks: int,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        one_per_node: bool = False,
     ) -> TaskGroup: ...
 
     def job_id_from_env(self, env: Mapping[str, str]) -> str | None: ...

@@ -229,7 +229,8 @@ class Machine:
             proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", self.image,
                       "-F", "qcow2", self.run_dir / OVERLAY],
                      what=f"create the disk overlay of VM {self.base_spec.name}")
-            disks.insert(0, Drive(Path(OVERLAY), id="disk0"))
+            disks.insert(0, Drive(Path(OVERLAY), id="disk0",
+                                  interface=self.base_spec.disk_model))
         seed_path = None
         if self.seed is not None:
             self._created.append(self.run_dir / SEED)

@@ -17,6 +17,9 @@ from pcocc.net.user import SSH_PORT, UserNet, default_net, hostfwd_rules
 from pcocc.vm import virtiofs
 
 ACCELERATORS = ("tcg", "kvm")
+DISK_INTERFACES = ("virtio", "virtio-scsi", "ide")
+#: id of the virtio-scsi controller that the "virtio-scsi" drives share
+SCSI_CONTROLLER = "scsi0"
 
 #: Name of the virtio-serial port that qemu-guest-agent opens in the guest.
 GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
@@ -28,7 +31,8 @@ class Drive:
 
     path: Path
     format: str = "qcow2"
-    interface: str = "virtio"  # QEMU -drive if=
+    #: "virtio", "ide" (QEMU -drive if=) or "virtio-scsi" (a scsi-hd on a virtio-scsi-pci)
+    interface: str = "virtio"
     readonly: bool = False
     cache: str | None = None  # e.g. "unsafe" for throwaway overlays
     id: str | None = None
@@ -49,6 +53,8 @@ class VmSpec:
     initrd: Path | None = None
     append: str | None = None
     disks: tuple[Drive, ...] = ()
+    #: interface of the boot disk (the image's overlay): see DISK_INTERFACES
+    disk_model: str = "virtio"
     seed: Path | None = None  # iso9660 cloud-init seed, attached as a read-only virtio disk
     console_socket: Path | None = None
     console_log: Path | None = None
@@ -140,6 +146,10 @@ def validate(spec: VmSpec) -> None:
     ids = [net.id for net in spec.nics()]
     if len(set(ids)) != len(ids):
         raise UsageError(f"VM {spec.name}: two NICs have the same id ({', '.join(ids)})")
+    for model in (spec.disk_model, *(d.interface for d in spec.disks)):
+        if model not in DISK_INTERFACES:
+            raise UsageError(f"VM {spec.name}: unknown disk model '{model}'",
+                             hint="use one of: " + ", ".join(DISK_INTERFACES))
     for text in (spec.name, *(os.fspath(d.path) for d in spec.disks)):
         if "\n" in text or "\0" in text:
             raise UsageError(f"VM {spec.name}: newlines are not allowed in names and paths")
@@ -187,10 +197,7 @@ def build_argv(spec: VmSpec) -> list[str]:
         if spec.append:
             argv += ["-append", spec.append]
 
-    for index, drive in enumerate(spec.disks):
-        argv += ["-drive", _opts("", file=drive.path, format=drive.format, id=drive.id
-                                 or f"disk{index}", **{"if": drive.interface},
-                                 readonly=True if drive.readonly else None, cache=drive.cache)]
+    argv += _drive_args(spec.disks)
     if spec.seed:
         argv += ["-drive", _opts("", file=spec.seed, format="raw", id="seed",
                                  **{"if": "virtio"}, readonly=True)]
@@ -207,4 +214,21 @@ def build_argv(spec: VmSpec) -> list[str]:
         argv += virtiofs.device_args([tag for tag, _ in spec.fs_shares],
                                      [sock for _, sock in spec.fs_shares])
     argv += list(spec.custom_args)
+    return argv
+
+
+def _drive_args(disks: tuple[Drive, ...]) -> list[str]:
+    """``-drive`` (and ``-device``) arguments of the disks, in order; virtio-scsi disks
+    share one controller, added before the first of them."""
+    argv: list[str] = []
+    for index, drive in enumerate(disks):
+        drive_id = drive.id or f"disk{index}"
+        scsi = drive.interface == "virtio-scsi"
+        if scsi and not any(d.interface == "virtio-scsi" for d in disks[:index]):
+            argv += ["-device", _opts("virtio-scsi-pci", id=SCSI_CONTROLLER)]
+        argv += ["-drive", _opts("", file=drive.path, format=drive.format, id=drive_id,
+                                 **{"if": "none" if scsi else drive.interface},
+                                 readonly=True if drive.readonly else None, cache=drive.cache)]
+        if scsi:
+            argv += ["-device", _opts("scsi-hd", drive=drive_id, bus=f"{SCSI_CONTROLLER}.0")]
     return argv

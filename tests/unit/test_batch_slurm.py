@@ -117,3 +117,24 @@ def test_controller_hosts_from_show_config():
     assert slurm.show_config_argv() == ["scontrol", "show", "config"]
     assert slurm.parse_controller_hosts(SHOW_CONFIG) == ["10.1.0.1", "head2"]
     assert slurm.parse_controller_hosts("nothing here\n") == []
+
+
+def test_one_per_node_allocates_whole_nodes_exclusively():
+    spec = JobSpec(ntasks=3, one_per_node=True, options=["-p", "big"])
+    assert slurm.salloc_argv(spec, ["cmd"]) == [
+        "salloc", "--job-name=pcocc", "--ntasks=3", "--cpus-per-task=1",
+        "--ntasks-per-node=1", "--exclusive", "-p", "big", "--", "cmd",
+    ]  # fmt: skip
+    assert slurm.sbatch_argv(spec)[2:] == [
+        "--job-name=pcocc", "--ntasks=3", "--cpus-per-task=1", "--ntasks-per-node=1",
+        "--exclusive", "-p", "big",
+    ]  # fmt: skip
+    assert "--exclusive" not in slurm.salloc_argv(JobSpec(ntasks=3), ["cmd"])
+
+
+def test_srun_one_per_node_gives_each_task_its_whole_node():
+    assert slurm.srun_argv("7", 2, ["run"], one_per_node=True) == [
+        "srun", "--jobid=7", "--ntasks=2", "--ntasks-per-node=1", "--whole",
+        "--kill-on-bad-exit=1", "--", "run",
+    ]  # fmt: skip
+    assert "--whole" not in slurm.srun_argv("7", 2, ["run"])

@@ -94,8 +94,9 @@ class FakeBatch:
         self.tasks = None
         self.launched = None
 
-    def launch_tasks(self, job_id, ntasks, argv, env):
+    def launch_tasks(self, job_id, ntasks, argv, env, *, one_per_node=False):
         self.launched = (job_id, ntasks, list(argv), dict(env))
+        self.one_per_node = one_per_node
         nodes, threads = [], []
         tasks = FakeTasks(nodes, threads)
         tasks.vms = self.vms
@@ -143,8 +144,8 @@ def run_dir(tmp_path, monkeypatch):
     return d
 
 
-def make_launcher(kv, batch, n=2, command="true", timeout_s=20.0):
-    d = build_definition(f"tpl:{n}", TEMPLATES, owner=USER, boot_timeout_s=timeout_s)
+def make_launcher(kv, batch, n=2, command="true", timeout_s=20.0, templates=TEMPLATES):
+    d = build_definition(f"tpl:{n}", templates, owner=USER, boot_timeout_s=timeout_s)
     settings = LaunchSettings(
         user=USER,
         batchid=JOB,
@@ -389,3 +390,16 @@ def test_console_tail_and_qemu_check(tmp_path):
     assert console_tail(None) == ""
     assert not is_our_qemu(os.getpid())  # a python process, not QEMU
     assert not is_our_qemu(2**22 + 12345)  # no such pid
+
+
+def test_full_node_starts_one_task_per_node(run_dir):
+    kv = MemoryKv()
+    batch = FakeBatch(kv)
+    assert make_launcher(kv, batch, n=2).run() == 0
+    assert batch.one_per_node is False
+    kv = MemoryKv()
+    batch = FakeBatch(kv)
+    full = {"tpl": {**TEMPLATES["tpl"], "full-node": True}}
+    assert make_launcher(kv, batch, n=2, templates=full).run() == 0
+    assert batch.one_per_node is True
+    assert_all_gone(kv, batch, run_dir)

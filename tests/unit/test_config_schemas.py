@@ -137,7 +137,7 @@ BAD = [
     (
         "templates",
         "templates:\n  c:\n    persistent-drives: [42]\n",
-        "3:25: templates.c.persistent-drives[0]: expected a path or {path, cache, readonly}, got 42",
+        "3:25: templates.c.persistent-drives[0]: expected a path or {path, format, cache, readonly}, got 42",
     ),
     (
         "templates",

@@ -281,3 +281,35 @@ def test_duplicate_nic_ids_are_refused():
     spec = VmSpec(name="v", user_nets=(UserNet(id="net0"), UserNet(id="net0", forwards=())))
     with pytest.raises(UsageError, match="VM v: two NICs have the same id"):
         build_argv(spec)
+
+
+def _drive_and_device_args(argv: list[str]) -> list[str]:
+    pairs = zip(argv, argv[1:])
+    return [f"{opt} {val}" for opt, val in pairs if opt == "-drive"
+            or (opt == "-device" and val.startswith(("virtio-scsi", "scsi-hd")))]
+
+
+def test_virtio_scsi_disks_share_one_controller_before_the_first():
+    spec = VmSpec(name="v", network=False, seed=Path("seed.iso"), disks=(
+        Drive(Path("disk0.qcow2"), interface="virtio-scsi", id="disk0"),
+        Drive(Path("/data.raw"), format="raw", id="pdrive0"),
+        Drive(Path("/more.qcow2"), interface="virtio-scsi", id="more"),
+    ))
+    assert _drive_and_device_args(build_argv(spec)) == [
+        "-device virtio-scsi-pci,id=scsi0",
+        "-drive file=disk0.qcow2,format=qcow2,id=disk0,if=none",
+        "-device scsi-hd,drive=disk0,bus=scsi0.0",
+        "-drive file=/data.raw,format=raw,id=pdrive0,if=virtio",
+        "-drive file=/more.qcow2,format=qcow2,id=more,if=none",
+        "-device scsi-hd,drive=more,bus=scsi0.0",
+        "-drive file=seed.iso,format=raw,id=seed,if=virtio,readonly=on",
+    ]
+
+
+def test_ide_boot_disk_and_unknown_disk_model():
+    spec = VmSpec(name="v", network=False, disks=(Drive(Path("d.qcow2"), interface="ide"),))
+    assert _drive_and_device_args(build_argv(spec)) == [
+        "-drive file=d.qcow2,format=qcow2,id=disk0,if=ide"]
+    with pytest.raises(UsageError, match="VM v: unknown disk model 'scsi'") as err:
+        build_argv(VmSpec(name="v", disk_model="scsi"))
+    assert "virtio, virtio-scsi, ide" in err.value.hint
