@@ -99,6 +99,10 @@ class EtcdServer:
             "--initial-cluster", f"pcocc={peer}",
             "--initial-cluster-state", "new",
             "--initial-cluster-token", f"pcocc-{os.getpid()}-{self.peer_port}",
+            # one member, no peer to wait for: elect it at once (the default 1 s election
+            # timeout is most of etcd's start-up time)
+            "--heartbeat-interval", "10",
+            "--election-timeout", "100",
         ]  # fmt: skip
 
     def start(self) -> EtcdServer:
@@ -143,7 +147,7 @@ class EtcdServer:
                         return
             except (OSError, ValueError, urllib.error.URLError) as err:
                 last = str(err)
-            time.sleep(0.1)
+            time.sleep(0.02)
         raise ServiceUnavailable(
             f"etcd in {self.directory} did not become healthy ({last})",
             hint=f"see {self.log_path}",
