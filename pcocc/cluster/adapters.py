@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, Union
 from pcocc import proc
 from pcocc.cluster.definition import ClusterDefinition, VmEntry
 from pcocc.cluster.ports import AllocRequest, MachineInfo
+from pcocc.cluster.vmstate import ACCEL_NOTE
 from pcocc.errors import PcoccError
 
 if TYPE_CHECKING:
@@ -415,8 +416,10 @@ def hosts_file(definition: ClusterDefinition) -> str:
 class MachineVm:
     """:class:`~pcocc.cluster.ports.VmHandle` over :class:`pcocc.vm.machine.Machine`."""
 
-    def __init__(self, machine: Any, nics: Any = None):
+    def __init__(self, machine: Any, nics: Any = None, notes: Sequence[str] = ()):
         self.machine = machine
+        #: what the launcher tells the user about this VM once it runs (e.g. TCG fallback)
+        self.notes = list(notes)
         self.console_log = str(machine.console_log)
         #: the private NICs (a pcocc.net.private.NicSetup): their sockets close at shutdown
         self.nics = nics
@@ -435,7 +438,10 @@ class MachineVm:
             qmp_socket=str(info.pop("qmp_socket")),
             console_socket=str(info.pop("console_socket")),
             console_log=str(info.pop("console_log")),
-            extra={k: v for k, v in info.items() if k != "name"},
+            extra={
+                **{k: v for k, v in info.items() if k != "name"},
+                **({ACCEL_NOTE: self.notes[0]} if self.notes else {}),
+            },
         )
 
     def wait(self, timeout_s: float | None) -> int | None:
@@ -465,6 +471,8 @@ def machine_factory(
         from pcocc.net.resolve import plan_networks
         from pcocc.vm.accel import resolve_accel
 
+        accel_notes: list[str] = []
+
         from pcocc.cluster import rundir, vmsettings
 
         s = vmsettings.runtime_settings(
@@ -477,7 +485,8 @@ def machine_factory(
             image = image_top_layer(config, entry.image)
         spec_args: dict[str, Any] = {
             "name": entry.name,
-            "accel": resolve_accel(s.get("accel")),
+            # the launcher says it once for the cluster, not every node (see ACCEL_NOTE)
+            "accel": resolve_accel(s.get("accel"), warn=accel_notes.append),
             "memory_mib": _memory_mib(s),
             "smp": vmsettings.node_cpus(os.environ) if s.get("full-node") else entry.cores,
             "host_address": address,
@@ -511,7 +520,7 @@ def machine_factory(
                 definition, entry, s, node_dir, host_key, spec_args, image, nics, shares,
                 guest_mounts,
             )
-            return MachineVm(machine, nics)
+            return MachineVm(machine, nics, accel_notes)
         except BaseException:
             if nics is not None:
                 nics.close()

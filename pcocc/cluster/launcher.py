@@ -31,7 +31,7 @@ from pcocc.cluster.ports import Batch, Kv, Lease, TaskGroup
 from pcocc.cluster.record import ClusterRecord
 from pcocc.cluster.signals import Interrupted, deferred_signals, raising_on_signals
 from pcocc.cluster.state import ClusterLifecycle, ClusterState
-from pcocc.cluster.vmstate import FAILED, RUNNING, STOPPED, VmRecord
+from pcocc.cluster.vmstate import ACCEL_NOTE, FAILED, RUNNING, STOPPED, VmRecord
 from pcocc.errors import Corrupt, PcoccError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,7 @@ class Launcher:
         self.report(f"booting {n} VM{'s' if n > 1 else ''}")
         self._wait_running()
         self.lifecycle.to(ClusterState.RUNNING)
+        self._report_notes()
         self.report(f"cluster {self.s.batchid} is running: " + ", ".join(self._vm_places()))
         return self._run_command(env)
 
@@ -244,6 +245,17 @@ class Launcher:
                 err.message if err.message.startswith("lost etcd") else f"lost etcd: {err.message}",
                 hint=err.hint,
             ) from err
+
+    def _report_notes(self) -> None:
+        """One warning per distinct note of the node processes (such as a fall-back to TCG),
+        naming the VMs it applies to, instead of one per VM."""
+        by_note: dict[str, list[str]] = {}
+        for _, rec in sorted(self._seen.items()):
+            note = rec.extra.get(ACCEL_NOTE)
+            if note:
+                by_note.setdefault(str(note), []).append(rec.name)
+        for note, names in by_note.items():
+            log.warning("%s: %s", ", ".join(names), note)
 
     def _vm_places(self) -> list[str]:
         return [f"{rec.name}@{rec.host}" for _, rec in sorted(self._seen.items())]

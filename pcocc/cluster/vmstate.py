@@ -15,6 +15,10 @@ STOPPED = "stopped"
 STATUSES = (BOOTING, RUNNING, FAILED, STOPPED)
 
 
+#: key of a VM record's ``extra``: why the VM runs under TCG though ``auto`` was asked (the
+#: launcher says it once for the cluster)
+ACCEL_NOTE = "accel_note"
+
 @dataclass
 class VmRecord:
     rank: int

@@ -47,6 +47,7 @@ class FakeVm:
             console_socket=str(self.vm_dir / "c.sock"),
             console_log=str(log),
             forwards=dict(self.behaviour.get("forwards", {})),
+            extra=dict(self.behaviour.get("extra", {})),
         )
 
     def wait(self, timeout_s):
@@ -402,4 +403,19 @@ def test_full_node_starts_one_task_per_node(run_dir):
     full = {"tpl": {**TEMPLATES["tpl"], "full-node": True}}
     assert make_launcher(kv, batch, n=2, templates=full).run() == 0
     assert batch.one_per_node is True
+    assert_all_gone(kv, batch, run_dir)
+
+
+def test_a_note_of_several_vms_is_said_once_naming_them(run_dir, caplog):
+    """Each node process records its fall-back to TCG; the launcher warns once per note."""
+    import logging
+
+    kv = MemoryKv()
+    note = {"accel_note": "KVM is not usable (probe failed); falling back to TCG"}
+    batch = FakeBatch(kv, {0: {"extra": note}, 2: {"extra": note}})
+    launcher = make_launcher(kv, batch, n=3)
+    with caplog.at_level(logging.WARNING, logger="pcocc.cluster.launcher"):
+        assert launcher.run() == 0
+    said = [r.getMessage() for r in caplog.records if "KVM" in r.getMessage()]
+    assert said == ["vm0, vm2: KVM is not usable (probe failed); falling back to TCG"]
     assert_all_gone(kv, batch, run_dir)
