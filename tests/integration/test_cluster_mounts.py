@@ -7,8 +7,8 @@ unprivileged path (virtiofsd in a user namespace mapped with the user's subordin
 from __future__ import annotations
 
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -27,7 +27,7 @@ from test_cluster import (  # noqa: F401 - local_env, cluster_env... are fixture
 )
 
 from pcocc.vm import virtiofs
-from tests.nonroot import readable_pcocc
+from tests.nonroot import readable_pcocc, readable_site_packages
 
 pytestmark = pytest.mark.slow
 
@@ -130,18 +130,6 @@ def test_bad_mounts_fail_before_allocation(local_env, make_bad, why):  # noqa: F
 
 
 # -- as an ordinary user ------------------------------------------------------------------
-def _readable_site_packages(dest: Path) -> Path:
-    """A copy of the dependencies of pcocc that other users can read (the checkout and its
-    virtualenv may sit in a directory only root can enter)."""
-    import yaml as yaml_mod
-
-    site = Path(yaml_mod.__file__).resolve().parent.parent
-    skip = {"pip", "setuptools", "_pytest", "pytest", "pcocc", "__pycache__"}
-    shutil.copytree(site, dest, ignore=lambda d, names: [
-        n for n in names if n in skip or n.startswith("__editable__") or n.endswith(".pth")])
-    return dest
-
-
 @pytest.fixture
 def vm_user(testvm_artifacts):  # noqa: F811
     """A throwaway user, its private home with a pcocc configuration for the test VM, and
@@ -165,7 +153,7 @@ def vm_user(testvm_artifacts):  # noqa: F811
                             "--add-subgids", "300000-365535", name], check=True)
             virtiofs.check_unprivileged(uid, name)
         top.chmod(0o755)
-        pythonpath = [_readable_site_packages(top / "site"), readable_pcocc(top)]
+        pythonpath = [readable_site_packages(top / "site"), readable_pcocc(top)]
         vm = top / "vm"
         vm.mkdir()
         for attr in ("kernel", "initrd"):

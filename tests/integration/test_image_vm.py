@@ -297,14 +297,19 @@ def test_unwritable_directory_is_read_only(pcocc_env, pcocc_bin, tmp_path):
 def test_non_root_user_cannot_write_a_root_repository(pcocc_bin, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs root to switch to a throwaway user")
-    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    probe = subprocess.run([*nobody, pcocc_bin, "--version"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip("the test interpreter is not reachable by an unprivileged user "
-                    "(installed under a private home)")
+    from tests.nonroot import SYSTEM_PYTHON, nonroot_pythonpath, system_python_problem
+
+    problem = system_python_problem()
+    if problem:
+        pytest.skip(problem)
     base = Path(tempfile.mkdtemp(prefix="pcocc-perm-"))
     try:
         os.chmod(base, 0o755)
+        # the test's virtualenv may sit in a private directory: the unprivileged user runs
+        # the system Python on readable copies of pcocc and its dependencies
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                  "env", f"PYTHONPATH={nonroot_pythonpath(base)}",
+                  SYSTEM_PYTHON, "-m", "pcocc.cli.main"]  # fmt: skip
         conf = base / "conf"
         write_repos(conf, {"shared": base / "repo"})
         env = {**os.environ, "HOME": str(base), "PCOCC_USER_CONF_DIR": str(conf),
@@ -312,10 +317,10 @@ def test_non_root_user_cannot_write_a_root_repository(pcocc_bin, tmp_path):
         raw = make_raw(base / "p.raw")
         os.chmod(raw, 0o644)
         assert pcocc(pcocc_bin, "image", "import", raw, "img", env=env).returncode == 0
-        res = subprocess.run([*nobody, pcocc_bin, "image", "import", raw, "img2"], env=env,
+        res = subprocess.run([*nobody, "image", "import", raw, "img2"], env=env,
                              capture_output=True, text=True)
         assert_one_line_error(res, 1, "read-only")
-        res = subprocess.run([*nobody, pcocc_bin, "image", "list"], env=env,
+        res = subprocess.run([*nobody, "image", "list"], env=env,
                              capture_output=True, text=True)
         assert res.returncode == 0 and "img" in res.stdout
     finally:

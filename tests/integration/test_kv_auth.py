@@ -304,9 +304,8 @@ def test_non_root_user_logs_in_with_user_and_homedir_placeholders(auth_etcd, tmp
     """The site's batch.yaml: ``user: %{user}``, ``password-file: %{homedir}/...``; an admin
     adds the user with a password generated into that home; the user (not root) runs pcocc."""
     import pwd
-    import sys
 
-    from tests.nonroot import readable_pcocc
+    from tests.nonroot import SYSTEM_PYTHON, nonroot_pythonpath, system_python_problem
 
     try:
         nobody = pwd.getpwuid(NOBODY_UID).pw_name
@@ -345,10 +344,13 @@ def test_non_root_user_logs_in_with_user_and_homedir_placeholders(auth_etcd, tmp
             "USER": nobody,
             "LOGNAME": nobody,
             "PCOCC_SYSTEM_CONF_DIR": str(sysconf),
-            "PYTHONPATH": str(readable_pcocc(top)),
+            "PYTHONPATH": nonroot_pythonpath(top),
         }
+        problem = system_python_problem()
+        if problem:
+            pytest.skip(problem)
         argv = ["setpriv", f"--reuid={NOBODY_UID}", f"--regid={NOBODY_UID}", "--clear-groups",
-                sys.executable]  # fmt: skip
+                SYSTEM_PYTHON]  # fmt: skip
         probe = subprocess.run(
             [*argv, "-c", "import etcd3, click, yaml, jsonschema"],
             env=user_env, capture_output=True, text=True, check=False,
