@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from pcocc.errors import PcoccError
 
@@ -43,46 +43,39 @@ def raising_on_signals(signals: tuple[int, ...] = TERMINATING) -> Iterator[None]
 
 
 @contextlib.contextmanager
+def _recording(signals: tuple[int, ...], then: Callable[[], None]) -> Iterator[list[int]]:
+    """In this block, ``signals`` are appended to the yielded list, then ``then()`` runs."""
+    received: list[int] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        received.append(signum)
+        then()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # only the main thread can own signal handlers
+        return
+    old = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield received
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def signals_set(
     event: threading.Event, signals: tuple[int, ...] = TERMINATING
-) -> Iterator[list[int]]:
+) -> contextlib.AbstractContextManager[list[int]]:
     """In this block, ``signals`` set ``event`` instead of raising; yields those received.
 
     For loops that block on queues or locks and check ``event`` every tick: an exception
     raised by a signal handler between a lock's acquire and release (inside
     ``queue.get``) leaves the lock broken ("release unlocked lock").
     """
-    received: list[int] = []
-
-    def handler(signum: int, _frame: object) -> None:
-        received.append(signum)
-        event.set()
-
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    old = {s: signal.signal(s, handler) for s in signals}
-    try:
-        yield received
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    return _recording(signals, event.set)
 
 
-@contextlib.contextmanager
-def deferred_signals(signals: tuple[int, ...] = TERMINATING) -> Iterator[list[int]]:
+def deferred_signals(
+    signals: tuple[int, ...] = TERMINATING,
+) -> contextlib.AbstractContextManager[list[int]]:
     """Ignore ``signals`` in this block (teardown must finish); yields those received."""
-    received: list[int] = []
-
-    def handler(signum: int, _frame: object) -> None:
-        received.append(signum)
-
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    old = {s: signal.signal(s, handler) for s in signals}
-    try:
-        yield received
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    return _recording(signals, lambda: None)
