@@ -52,6 +52,8 @@ from pcocc.kv.server import EtcdServer
 MARKER_VAR = "PCOCC_DEVCLUSTER_DIR"
 #: prefix of the network namespaces and veth devices of ``node_netns`` clusters
 NETNS_PREFIX = "pcd"
+#: hex digits of the directory's hash after NETNS_PREFIX in the names of one cluster
+TAG_HASH_CHARS = 5
 #: a namespace with this prefix, no process and older than this is a leftover
 STALE_NETNS_S = 120.0
 SLURM_BINARIES = ("munged", "slurmctld", "slurmd", "sinfo", "srun", "sbatch", "scontrol")
@@ -384,17 +386,17 @@ class DevCluster:
 
 def netns_tag(directory: Path) -> str:
     """A short name part, the same for every process that handles ``directory``."""
-    return NETNS_PREFIX + hashlib.sha256(str(directory).encode()).hexdigest()[:5]
+    return NETNS_PREFIX + hashlib.sha256(str(directory).encode()).hexdigest()[:TAG_HASH_CHARS]
 
 
 class NodeNetns:
-    """One network namespace per node, linked to this host by a veth pair (see module doc)."""
+    """One network namespace per node, all on one host bridge (see module doc)."""
 
     def __init__(self, tag: str, nodes: Sequence[str]):
         self.tag = tag
         self.nodes = list(nodes)
-        if len(self.nodes) > 63:
-            raise PcoccError("at most 63 nodes fit in the /24 of a netns dev cluster")
+        if len(self.nodes) > 250:
+            raise PcoccError("at most 250 nodes fit in the /24 of a netns dev cluster")
         self.subnet = self._free_subnet(int(tag[len(NETNS_PREFIX):], 16) % 256)
 
     @staticmethod
@@ -406,39 +408,53 @@ class NodeNetns:
                 return candidate
         raise PcoccError("no free 10.213.x.0/24 subnet for the netns dev cluster")
 
-    def _index(self, name: str) -> int:
-        return self.nodes.index(name)
+    @staticmethod
+    def bridge_name(tag: str) -> str:
+        return f"{tag}br"
 
     def netns_name(self, name: str) -> str:
         return f"{self.tag}{name}"
 
-    def host_address(self, name: str) -> str:
-        return f"{self.subnet}.{4 * self._index(name) + 1}"
+    @property
+    def host_address(self) -> str:
+        """This host's address on the bridge: slurmctld and etcd listen there."""
+        return f"{self.subnet}.1"
 
     def node_address(self, name: str) -> str:
-        return f"{self.subnet}.{4 * self._index(name) + 2}"
+        return f"{self.subnet}.{self.nodes.index(name) + 2}"
 
     @property
     def controller_address(self) -> str:
-        return self.host_address(self.nodes[0])
+        return self.host_address
 
     def create(self) -> None:
-        """Create the namespaces and veth pairs; on failure, remove what was made."""
+        """Create the namespaces, the bridge and the veth pairs; on failure, remove what was
+        made. The namespaces come first: a bridge without namespaces is a leftover (see
+        :meth:`remove_stale`)."""
+        bridge = self.bridge_name(self.tag)
         try:
+            for name in self.nodes:
+                proc.run(["ip", "netns", "add", self.netns_name(name)],
+                         what=f"create the network namespace of node {name}", timeout_s=30)
+            for argv in (
+                ["ip", "link", "add", bridge, "type", "bridge"],
+                ["ip", "addr", "add", f"{self.host_address}/24", "dev", bridge],
+                ["ip", "link", "set", bridge, "up"],
+            ):
+                proc.run(argv, what="create the bridge of the netns dev cluster", timeout_s=30)
             for i, name in enumerate(self.nodes):
                 ns = self.netns_name(name)
                 host_dev, node_dev = f"{self.tag}h{i}", f"{self.tag}g{i}"
                 for argv in (
-                    ["ip", "netns", "add", ns],
                     ["ip", "link", "add", host_dev, "type", "veth", "peer", "name", node_dev,
                      "netns", ns],
-                    ["ip", "addr", "add", f"{self.host_address(name)}/30", "dev", host_dev],
+                    ["ip", "link", "set", host_dev, "master", bridge],
                     ["ip", "link", "set", host_dev, "up"],
-                    ["ip", "-n", ns, "addr", "add", f"{self.node_address(name)}/30", "dev",
+                    ["ip", "-n", ns, "addr", "add", f"{self.node_address(name)}/24", "dev",
                      node_dev],
                     ["ip", "-n", ns, "link", "set", node_dev, "up"],
                     ["ip", "-n", ns, "link", "set", "lo", "up"],
-                    ["ip", "-n", ns, "route", "add", "default", "via", self.host_address(name)],
+                    ["ip", "-n", ns, "route", "add", "default", "via", self.host_address],
                 ):  # fmt: skip
                     proc.run(argv, what=f"set up the network namespace of node {name}",
                              timeout_s=30)
@@ -485,6 +501,14 @@ class NodeNetns:
             pids = proc.run(["ip", "netns", "pids", ns], check=False, timeout_s=10).stdout
             if age_s > STALE_NETNS_S and not pids.strip():
                 cls.remove(ns)
+        # a bridge is made after its cluster's namespaces and deleted after them: one whose
+        # cluster has no namespace left is a leftover
+        spaces, links = cls._listed(NETNS_PREFIX)
+        for dev in links:
+            tag = dev[: -len("br")]
+            if dev == cls.bridge_name(tag) and len(tag) == len(NETNS_PREFIX) + TAG_HASH_CHARS:
+                if not any(s.startswith(tag) for s in spaces):
+                    cls.remove(dev)
 
 
 def _ancestors() -> set[int]:
