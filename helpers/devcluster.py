@@ -12,15 +12,17 @@ daemons are plain processes on free loopback ports. Nothing uses systemd or /etc
 Tests use ``DevCluster`` as a context manager (see tests/integration/conftest.py).
 
 With ``node_netns=True`` (``--netns``; root only) each slurmd runs in a network namespace of
-its own, as if it were another host: a veth pair links it to this host, with a private /30
-per node (10.213.T.4k+1 on the host side, 10.213.T.4k+2 inside, T picked per cluster). The
-node's NodeAddr is its address inside; slurmctld is reached at the host side address of the
-first node (every namespace routes to the host by default). The nodes reach the host and
-the host reaches them, but they do not reach each other (this host does not forward IPv4,
-and the helper does not change that): run the launcher on the host (``pcocc alloc``).
-Namespaces and veths are named ``pcd<tag>...`` (``tag`` derived from DIR): ``stop`` deletes
-them, also those a crashed run left behind, and ``start`` removes any ``pcd*`` namespace
-left empty for a while.
+its own, as if it were another host. One Linux bridge on this host joins them: each node's
+veth pair has its host end enslaved to the bridge, and the host and the nodes share a private
+/24 (10.213.T.0/24, T picked per cluster): the host is 10.213.T.1 (on the bridge), node k is
+10.213.T.(k+2) for the k-th node from 0. The node's NodeAddr is its address; slurmctld (and etcd) listen on the host's
+address, and every namespace routes to the host by default. Bridging is layer 2, so the
+nodes reach each other and the host without IP forwarding (off on this host, and the helper
+does not change it): a launcher may run on a node (``pcocc batch``) and a private network's
+switch on one node serves VMs on the others. The namespaces, veths and the bridge are named
+``pcd<tag>...`` (``tag`` derived from DIR): ``stop`` deletes them, also those a crashed run
+left behind, and ``start`` removes any ``pcd*`` namespace left empty for a while and any
+``pcd<tag>br`` bridge whose namespaces are all gone.
 """
 
 from __future__ import annotations
