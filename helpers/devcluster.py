@@ -14,9 +14,9 @@ Tests use ``DevCluster`` as a context manager (see tests/integration/conftest.py
 With ``node_netns=True`` (``--netns``; root only) each slurmd runs in a network namespace of
 its own, as if it were another host. One Linux bridge on this host joins them: each node's
 veth pair has its host end enslaved to the bridge, and the host and the nodes share a private
-/24 (10.213.T.0/24, T picked per cluster): the host is 10.213.T.1 (on the bridge), node k is
-10.213.T.(k+2) for the k-th node from 0. The node's NodeAddr is its address; slurmctld (and etcd) listen on the host's
-address, and every namespace routes to the host by default. Bridging is layer 2, so the
+/24 (10.213.T.0/24, T picked per cluster): the host is 10.213.T.1 (on the bridge), node k
+(from 0) is 10.213.T.(k+2). The node's NodeAddr is its address; slurmctld (and etcd) listen
+on the host's address, and every namespace routes to the host by default. Bridging is layer 2, so the
 nodes reach each other and the host without IP forwarding (off on this host, and the helper
 does not change it): a launcher may run on a node (``pcocc batch``) and a private network's
 switch on one node serves VMs on the others. The namespaces, veths and the bridge are named
