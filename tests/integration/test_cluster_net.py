@@ -203,7 +203,8 @@ def test_ssh_reaches_vms_on_nodes_in_other_network_namespaces(netns_env, netns_c
     assert_nothing_left(env)
 
 
-BATCH_PRIVATE_CHECKS = (
+#: the pings of PRIVATE_CHECKS, the Slurm node of the launcher and the user's etcd keys
+NETNS_PRIVATE_CHECKS = (
     PRIVATE_CHECKS + '; echo "$SLURMD_NODENAME" > launcher.node; ' + DUMP_KEYS
 )
 
@@ -225,6 +226,38 @@ def test_batch_private_network_spans_network_namespaces(netns_env, netns_cluster
     """The launcher runs in the namespace of the job's first node, with the private etcd and
     the switch; the VMs' NICs on both nodes reach the switch over the cluster's bridge."""
     env = netns_env
+    _use_private_network(env)
+    res = env.run(
+        "batch", "--user-data", str(env.user_data), "-E", NETNS_PRIVATE_CHECKS, "testvm:2"
+    )
+    assert res.returncode == 0, res.stderr
+    job_id = res.stdout.strip()
+    assert job_id
+    state = _wait_batch(env, job_id)
+    tmp = env.tmp
+    job_output = "".join(p.read_text() for p in tmp.glob("slurm-*.out"))
+    assert state == "COMPLETED", job_output[-2000:]
+    # the switch runs with the launcher, in the namespace of the job's first node
+    launcher = (tmp / "launcher.node").read_text().strip()
+    assert launcher in netns_cluster.nodes
+    _check_private_network(tmp, netns_cluster, netns_cluster.node_address(launcher))
+    assert_nothing_left(env)
+
+
+def test_private_network_switch_on_the_host_serves_vms_in_namespaces(netns_env, netns_cluster):
+    """``pcocc alloc``: the launcher and the switch on this host (the bridge's address), one
+    VM in each node's namespace."""
+    env = netns_env
+    _use_private_network(env)
+    res = env.run(
+        "alloc", "--user-data", str(env.user_data), "-E", NETNS_PRIVATE_CHECKS, "testvm:2"
+    )
+    assert res.returncode == 0, res.stderr
+    _check_private_network(env.tmp, netns_cluster, netns_cluster.controller_address)
+    assert_nothing_left(env)
+
+
+def _use_private_network(env: Env) -> None:
     system = Path(env.env["PCOCC_SYSTEM_CONF_DIR"])
     (system / "networks.yaml").write_text(
         yaml.safe_dump({"networks": {"nat": {"type": "user"}, "cluster": {"type": "private"}}})
@@ -238,30 +271,21 @@ def test_batch_private_network_spans_network_namespaces(netns_env, netns_cluster
             }
         )
     )
-    res = env.run(
-        "batch", "--user-data", str(env.user_data), "-E", BATCH_PRIVATE_CHECKS, "testvm:2"
-    )
-    assert res.returncode == 0, res.stderr
-    job_id = res.stdout.strip()
-    assert job_id
-    state = _wait_batch(env, job_id)
-    tmp = env.tmp
-    job_output = "".join(p.read_text() for p in tmp.glob("slurm-*.out"))
-    assert state == "COMPLETED", job_output[-2000:]
+
+
+def _check_private_network(tmp: Path, cluster, switch_host: str) -> None:
+    """The VMs pinged each other by name; the NICs and the switch published ``switch_host``
+    and the namespaces' addresses (never 127.0.0.1)."""
     assert "1 packets received" in (tmp / "ping01.txt").read_text()
     assert "1 packets received" in (tmp / "ping10.txt").read_text()
     keys = json.loads((tmp / "keys.json").read_text())
-    node_addresses = {netns_cluster.node_address(n) for n in netns_cluster.nodes}
-    # one VM per node (1 CPU each): the NICs publish their own namespace's address
+    node_addresses = {cluster.node_address(n) for n in cluster.nodes}
+    # one VM per node (1 CPU each): each NIC publishes its own namespace's address
     ports = [json.loads(v) for k, v in keys.items() if "/nets/cluster/ports/" in k]
     assert sorted(p["host"] for p in ports) == sorted(node_addresses)
-    # the switch runs with the launcher, in the namespace of the job's first node
-    launcher = (tmp / "launcher.node").read_text().strip()
-    assert launcher in netns_cluster.nodes
     switch = [v for k, v in keys.items() if k.endswith("/nets/cluster/switch")]
     assert len(switch) == 1
-    assert switch[0].rpartition(":")[0] == netns_cluster.node_address(launcher)
-    assert_nothing_left(env)
+    assert switch[0].rpartition(":")[0] == switch_host
 
 
 def _ip_names() -> str:
