@@ -12,15 +12,17 @@ daemons are plain processes on free loopback ports. Nothing uses systemd or /etc
 Tests use ``DevCluster`` as a context manager (see tests/integration/conftest.py).
 
 With ``node_netns=True`` (``--netns``; root only) each slurmd runs in a network namespace of
-its own, as if it were another host: a veth pair links it to this host, with a private /30
-per node (10.213.T.4k+1 on the host side, 10.213.T.4k+2 inside, T picked per cluster). The
-node's NodeAddr is its address inside; slurmctld is reached at the host side address of the
-first node (every namespace routes to the host by default). The nodes reach the host and
-the host reaches them, but they do not reach each other (this host does not forward IPv4,
-and the helper does not change that): run the launcher on the host (``pcocc alloc``).
-Namespaces and veths are named ``pcd<tag>...`` (``tag`` derived from DIR): ``stop`` deletes
-them, also those a crashed run left behind, and ``start`` removes any ``pcd*`` namespace
-left empty for a while.
+its own, as if it were another host. One Linux bridge on this host joins them: each node's
+veth pair has its host end enslaved to the bridge, and the host and the nodes share a private
+/24 (10.213.T.0/24, T picked per cluster): the host is 10.213.T.1 (on the bridge), node k
+(from 0) is 10.213.T.(k+2). The node's NodeAddr is its address; slurmctld (and etcd) listen
+on the host's address, and every namespace routes to the host by default. Bridging is layer 2, so the
+nodes reach each other and the host without IP forwarding (off on this host, and the helper
+does not change it): a launcher may run on a node (``pcocc batch``) and a private network's
+switch on one node serves VMs on the others. The namespaces, veths and the bridge are named
+``pcd<tag>...`` (``tag`` derived from DIR): ``stop`` deletes them, also those a crashed run
+left behind, and ``start`` removes any ``pcd*`` namespace left empty for a while and any
+``pcd<tag>br`` bridge whose namespaces are all gone.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ from pcocc.kv.server import EtcdServer
 MARKER_VAR = "PCOCC_DEVCLUSTER_DIR"
 #: prefix of the network namespaces and veth devices of ``node_netns`` clusters
 NETNS_PREFIX = "pcd"
+#: hex digits of the directory's hash after NETNS_PREFIX in the names of one cluster
+TAG_HASH_CHARS = 5
 #: a namespace with this prefix, no process and older than this is a leftover
 STALE_NETNS_S = 120.0
 SLURM_BINARIES = ("munged", "slurmctld", "slurmd", "sinfo", "srun", "sbatch", "scontrol")
@@ -384,17 +388,17 @@ class DevCluster:
 
 def netns_tag(directory: Path) -> str:
     """A short name part, the same for every process that handles ``directory``."""
-    return NETNS_PREFIX + hashlib.sha256(str(directory).encode()).hexdigest()[:5]
+    return NETNS_PREFIX + hashlib.sha256(str(directory).encode()).hexdigest()[:TAG_HASH_CHARS]
 
 
 class NodeNetns:
-    """One network namespace per node, linked to this host by a veth pair (see module doc)."""
+    """One network namespace per node, all on one host bridge (see module doc)."""
 
     def __init__(self, tag: str, nodes: Sequence[str]):
         self.tag = tag
         self.nodes = list(nodes)
-        if len(self.nodes) > 63:
-            raise PcoccError("at most 63 nodes fit in the /24 of a netns dev cluster")
+        if len(self.nodes) > 250:
+            raise PcoccError("at most 250 nodes fit in the /24 of a netns dev cluster")
         self.subnet = self._free_subnet(int(tag[len(NETNS_PREFIX):], 16) % 256)
 
     @staticmethod
@@ -406,39 +410,53 @@ class NodeNetns:
                 return candidate
         raise PcoccError("no free 10.213.x.0/24 subnet for the netns dev cluster")
 
-    def _index(self, name: str) -> int:
-        return self.nodes.index(name)
+    @staticmethod
+    def bridge_name(tag: str) -> str:
+        return f"{tag}br"
 
     def netns_name(self, name: str) -> str:
         return f"{self.tag}{name}"
 
-    def host_address(self, name: str) -> str:
-        return f"{self.subnet}.{4 * self._index(name) + 1}"
+    @property
+    def host_address(self) -> str:
+        """This host's address on the bridge: slurmctld and etcd listen there."""
+        return f"{self.subnet}.1"
 
     def node_address(self, name: str) -> str:
-        return f"{self.subnet}.{4 * self._index(name) + 2}"
+        return f"{self.subnet}.{self.nodes.index(name) + 2}"
 
     @property
     def controller_address(self) -> str:
-        return self.host_address(self.nodes[0])
+        return self.host_address
 
     def create(self) -> None:
-        """Create the namespaces and veth pairs; on failure, remove what was made."""
+        """Create the namespaces, the bridge and the veth pairs; on failure, remove what was
+        made. The namespaces come first: a bridge without namespaces is a leftover (see
+        :meth:`remove_stale`)."""
+        bridge = self.bridge_name(self.tag)
         try:
+            for name in self.nodes:
+                proc.run(["ip", "netns", "add", self.netns_name(name)],
+                         what=f"create the network namespace of node {name}", timeout_s=30)
+            for argv in (
+                ["ip", "link", "add", bridge, "type", "bridge"],
+                ["ip", "addr", "add", f"{self.host_address}/24", "dev", bridge],
+                ["ip", "link", "set", bridge, "up"],
+            ):
+                proc.run(argv, what="create the bridge of the netns dev cluster", timeout_s=30)
             for i, name in enumerate(self.nodes):
                 ns = self.netns_name(name)
                 host_dev, node_dev = f"{self.tag}h{i}", f"{self.tag}g{i}"
                 for argv in (
-                    ["ip", "netns", "add", ns],
                     ["ip", "link", "add", host_dev, "type", "veth", "peer", "name", node_dev,
                      "netns", ns],
-                    ["ip", "addr", "add", f"{self.host_address(name)}/30", "dev", host_dev],
+                    ["ip", "link", "set", host_dev, "master", bridge],
                     ["ip", "link", "set", host_dev, "up"],
-                    ["ip", "-n", ns, "addr", "add", f"{self.node_address(name)}/30", "dev",
+                    ["ip", "-n", ns, "addr", "add", f"{self.node_address(name)}/24", "dev",
                      node_dev],
                     ["ip", "-n", ns, "link", "set", node_dev, "up"],
                     ["ip", "-n", ns, "link", "set", "lo", "up"],
-                    ["ip", "-n", ns, "route", "add", "default", "via", self.host_address(name)],
+                    ["ip", "-n", ns, "route", "add", "default", "via", self.host_address],
                 ):  # fmt: skip
                     proc.run(argv, what=f"set up the network namespace of node {name}",
                              timeout_s=30)
@@ -485,6 +503,14 @@ class NodeNetns:
             pids = proc.run(["ip", "netns", "pids", ns], check=False, timeout_s=10).stdout
             if age_s > STALE_NETNS_S and not pids.strip():
                 cls.remove(ns)
+        # a bridge is made after its cluster's namespaces and deleted after them: one whose
+        # cluster has no namespace left is a leftover
+        spaces, links = cls._listed(NETNS_PREFIX)
+        for dev in links:
+            tag = dev[: -len("br")]
+            if dev == cls.bridge_name(tag) and len(tag) == len(NETNS_PREFIX) + TAG_HASH_CHARS:
+                if not any(s.startswith(tag) for s in spaces):
+                    cls.remove(dev)
 
 
 def _ancestors() -> set[int]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest_vm import testvm_artifacts  # noqa: F401 - fixture
-from test_cluster import Env, assert_nothing_left
+from test_cluster import PRIVATE_CHECKS, Env, assert_nothing_left
 
 import devcluster
 
@@ -203,6 +203,91 @@ def test_ssh_reaches_vms_on_nodes_in_other_network_namespaces(netns_env, netns_c
     assert_nothing_left(env)
 
 
+#: the pings of PRIVATE_CHECKS, the Slurm node of the launcher and the user's etcd keys
+NETNS_PRIVATE_CHECKS = (
+    PRIVATE_CHECKS + '; echo "$SLURMD_NODENAME" > launcher.node; ' + DUMP_KEYS
+)
+
+
+def _wait_batch(env: Env, job_id: str) -> str:
+    from pcocc.batch.base import get_manager
+
+    old = dict(os.environ)
+    os.environ.update(env.env)
+    try:
+        batch = Path(env.env["PCOCC_SYSTEM_CONF_DIR"]) / "batch.yaml"
+        return get_manager(yaml.safe_load(batch.read_text())).wait(job_id, timeout_s=600)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+
+
+def test_batch_private_network_spans_network_namespaces(netns_env, netns_cluster):
+    """The launcher runs in the namespace of the job's first node, with the private etcd and
+    the switch; the VMs' NICs on both nodes reach the switch over the cluster's bridge."""
+    env = netns_env
+    _use_private_network(env)
+    res = env.run(
+        "batch", "--user-data", str(env.user_data), "-E", NETNS_PRIVATE_CHECKS, "testvm:2"
+    )
+    assert res.returncode == 0, res.stderr
+    job_id = res.stdout.strip()
+    assert job_id
+    state = _wait_batch(env, job_id)
+    tmp = env.tmp
+    job_output = "".join(p.read_text() for p in tmp.glob("slurm-*.out"))
+    assert state == "COMPLETED", job_output[-2000:]
+    # the switch runs with the launcher, in the namespace of the job's first node
+    launcher = (tmp / "launcher.node").read_text().strip()
+    assert launcher in netns_cluster.nodes
+    _check_private_network(tmp, netns_cluster, netns_cluster.node_address(launcher))
+    assert_nothing_left(env)
+
+
+def test_private_network_switch_on_the_host_serves_vms_in_namespaces(netns_env, netns_cluster):
+    """``pcocc alloc``: the launcher and the switch on this host (the bridge's address), one
+    VM in each node's namespace."""
+    env = netns_env
+    _use_private_network(env)
+    res = env.run(
+        "alloc", "--user-data", str(env.user_data), "-E", NETNS_PRIVATE_CHECKS, "testvm:2"
+    )
+    assert res.returncode == 0, res.stderr
+    _check_private_network(env.tmp, netns_cluster, netns_cluster.controller_address)
+    assert_nothing_left(env)
+
+
+def _use_private_network(env: Env) -> None:
+    system = Path(env.env["PCOCC_SYSTEM_CONF_DIR"])
+    (system / "networks.yaml").write_text(
+        yaml.safe_dump({"networks": {"nat": {"type": "user"}, "cluster": {"type": "private"}}})
+    )
+    (system / "resources.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resource-sets": {
+                    "tiny": {"cores": 1, "memory": "256M", "networks": ["nat", "cluster"]}
+                }
+            }
+        )
+    )
+
+
+def _check_private_network(tmp: Path, cluster, switch_host: str) -> None:
+    """The VMs pinged each other by name; the NICs and the switch published ``switch_host``
+    and the namespaces' addresses (never 127.0.0.1)."""
+    assert "1 packets received" in (tmp / "ping01.txt").read_text()
+    assert "1 packets received" in (tmp / "ping10.txt").read_text()
+    keys = json.loads((tmp / "keys.json").read_text())
+    node_addresses = {cluster.node_address(n) for n in cluster.nodes}
+    # one VM per node (1 CPU each): each NIC publishes its own namespace's address
+    ports = [json.loads(v) for k, v in keys.items() if "/nets/cluster/ports/" in k]
+    assert sorted(p["host"] for p in ports) == sorted(node_addresses)
+    switch = [v for k, v in keys.items() if k.endswith("/nets/cluster/switch")]
+    assert len(switch) == 1
+    assert switch[0].rpartition(":")[0] == switch_host
+
+
 def _ip_names() -> str:
     spaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
@@ -219,7 +304,7 @@ def test_netns_of_a_crashed_dev_cluster_are_removed_by_stop():
         cluster = devcluster.DevCluster(
             directory, nodes=2, cpus_per_node=1, with_etcd=False, node_netns=True
         ).start()
-        assert _ip_names().count(tag) >= 4  # 2 namespaces, 2 host-side veths
+        assert _ip_names().count(tag) >= 5  # 2 namespaces, 2 host-side veths, the bridge
         # the process that started it dies: its daemons are killed, nothing is cleaned
         for name, child in cluster._procs.items():
             child.kill()
@@ -230,3 +315,23 @@ def test_netns_of_a_crashed_dev_cluster_are_removed_by_stop():
     finally:
         devcluster.NodeNetns.remove(tag)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_bridge_of_a_dev_cluster_without_namespaces_is_removed_as_a_leftover(tmp_path):
+    why = _netns_usable()
+    if why:
+        pytest.skip(why)
+    tag = devcluster.netns_tag(tmp_path)
+    bridge = devcluster.NodeNetns.bridge_name(tag)
+    # not ours: another prefix, and a pcd* link that is not a dev cluster's bridge
+    others = [f"pcdx{os.getpid() % 10000}", f"zz{tag[3:]}br"]
+    try:
+        for dev in [bridge, *others]:
+            subprocess.run(["ip", "link", "add", dev, "type", "bridge"], check=True)
+        devcluster.NodeNetns.remove_stale()
+        names = _ip_names()
+        assert f" {bridge}:" not in names
+        assert all(f" {dev}:" in names for dev in others)
+    finally:
+        for dev in [bridge, *others]:
+            subprocess.run(["ip", "link", "del", dev], capture_output=True)
