@@ -26,11 +26,15 @@ def tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | str, mode: int = 0o644) -> None:
+def write_atomic(
+    path: str | os.PathLike, data: bytes | str, mode: int = 0o644, *, sync_dir: bool = True
+) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
 
     The data is written to a sibling temporary file, fsynced, renamed over ``path``, and the
-    directory is fsynced. A failure (including a full disk) leaves ``path`` untouched.
+    directory is fsynced (unless ``sync_dir`` is false: then a power loss may undo the
+    rename, never leave an empty file). A failure (including a full disk) leaves ``path``
+    untouched.
     """
     path = Path(path)
     if isinstance(data, str):
@@ -50,7 +54,8 @@ def write_atomic(path: str | os.PathLike, data: bytes | str, mode: int = 0o644) 
         if isinstance(err, OSError):
             raise os_error(err, f"cannot write {path}") from err
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 def remove_tree(path: Path) -> bool:

@@ -15,7 +15,6 @@ reported as ``exited``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pcocc.errors import Corrupt, NotFound, PcoccError, UsageError
-from pcocc.fsutil import os_error, tmp_name
+from pcocc.fsutil import write_atomic
 
 RECORD_VERSION = 1
 STATES = ("prepared", "running", "exited", "garbage")
@@ -46,28 +45,14 @@ def _boot_id() -> str:
 
 def write_record(path: Path, text: str) -> None:
     """Replace a pod record atomically: tmp file, fsync of the file, rename; no directory
-    fsync (unlike :func:`pcocc.fsutil.write_atomic`), which ``pcocc run`` pays twice.
+    fsync (``sync_dir=False``), which ``pcocc run`` would pay twice.
 
     Readers never see half a record. A power loss can only undo the last rename, leaving the
     previous record or none: a pod cannot outlive a reboot, a record of another boot reads as
     exited, and ``gc`` removes a pod directory without a record. The file itself is synced
     so that the record kept is never an empty file.
     """
-    tmp = tmp_name(path)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if isinstance(err, OSError):
-            raise os_error(err, f"cannot write {path}") from err
-        raise
+    write_atomic(path, text, 0o600, sync_dir=False)
 
 
 def new_uuid() -> str:
