@@ -35,8 +35,11 @@ from pcocc.errors import (
     ServiceUnavailable,
     TimedOut,
 )
-from pcocc.kv import keys
-from pcocc.kv.credentials import PASSWORD_VAR, USER_VAR, etcd_login
+from pcocc.kv.credentials import (
+    DEFAULT_LOGIN_HINT,
+    etcd_login,
+    refusal_hint,
+)
 from pcocc.kv.endpoints import ENDPOINTS_VAR, parse_endpoint
 
 # etcd3 ships old generated protobuf modules: they need protobuf<4 (see setup.cfg) and warn
@@ -299,7 +302,7 @@ class KvClient:
         self.user = user
         #: False when etcd has no authentication (a configured login is then not used)
         self.is_logged_in = user is not None
-        self.login_hint = login_hint or f"check {USER_VAR}/{PASSWORD_VAR} and the role of the user"
+        self.login_hint = login_hint or DEFAULT_LOGIN_HINT
         credentials = {} if user is None else {"user": user, "password": password or ""}
         self._password = password or ""  # kept for logging in again (etcd restarted)
         # with several endpoints, use the first that answers; with one, connect lazily
@@ -404,17 +407,12 @@ class KvClient:
                 self._login_again(what, err)
             if _is_auth_error(err):
                 who = f"user {self.user!r}" if self.is_logged_in else "an anonymous client"
-                hint = self.login_hint
-                if err.code() == grpc.StatusCode.PERMISSION_DENIED and self.is_logged_in:
-                    hint = (
-                        f"the etcd role of {who} does not allow it"
-                        f" (a pcocc user may use only {keys.user_prefix('<user>')})"
-                    )
-                elif not self.is_logged_in:
-                    hint = (
-                        "etcd has authentication enabled: set user and password-file in the"
-                        f" etcd section of batch.yaml (or {USER_VAR}/{PASSWORD_VAR})"
-                    )
+                hint = refusal_hint(
+                    who,
+                    anonymous=not self.is_logged_in,
+                    role_denied=err.code() == grpc.StatusCode.PERMISSION_DENIED,
+                    login_hint=self.login_hint,
+                )
                 raise PermissionDenied(
                     f"etcd at {self.endpoint} refused to let {who} {what}: {_describe(err)}",
                     hint=hint,

@@ -24,6 +24,30 @@ from pcocc.errors import ConfigError
 
 USER_VAR = "PCOCC_ETCD_USER"
 PASSWORD_VAR = "PCOCC_ETCD_PASSWORD"
+#: what to check when etcd refuses a login given by the environment
+DEFAULT_LOGIN_HINT = f"check {USER_VAR}/{PASSWORD_VAR} and the role of the user"
+
+
+def refusal_hint(who: str, *, anonymous: bool, role_denied: bool, login_hint: str) -> str:
+    """What to do when etcd refuses ``who`` (both etcd clients say it the same way).
+
+    :param anonymous: no login was used (etcd has authentication on)
+    :param role_denied: logged in, but the user's role does not cover the key
+    :param login_hint: what to check when the login itself was refused
+    """
+    if anonymous:
+        return (
+            "etcd has authentication enabled: set user and password-file in the"
+            f" etcd section of batch.yaml (or {USER_VAR}/{PASSWORD_VAR})"
+        )
+    if role_denied:
+        from pcocc.kv import keys
+
+        return (
+            f"the etcd role of {who} does not allow it"
+            f" (a pcocc user may use only {keys.user_prefix('<user>')})"
+        )
+    return login_hint
 
 
 @dataclass(frozen=True)

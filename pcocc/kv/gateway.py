@@ -21,8 +21,7 @@ from collections.abc import Sequence
 from typing import Any, Self
 
 from pcocc.errors import ConfigError, Corrupt, PermissionDenied, ServiceUnavailable
-from pcocc.kv import keys
-from pcocc.kv.credentials import PASSWORD_VAR, USER_VAR
+from pcocc.kv.credentials import DEFAULT_LOGIN_HINT, refusal_hint
 from pcocc.kv.endpoints import ENDPOINTS_VAR, parse_endpoint
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ class GatewayReader:
         self.addresses = [parse_endpoint(e) for e in endpoints]
         self.user = user
         self.password = password
-        self.login_hint = hint or f"check {USER_VAR}/{PASSWORD_VAR} and the role of the user"
+        self.login_hint = hint or DEFAULT_LOGIN_HINT
         self.timeout_s = timeout_s
         self.endpoint = "http://{}:{}".format(*self.addresses[0])
         self._conn: http.client.HTTPConnection | None = None
@@ -118,20 +117,13 @@ class GatewayReader:
             for m in ("authentication failed", "permission denied", "user name is empty")
         )
         if code in (_PERMISSION_DENIED, _UNAUTHENTICATED) or status in (401, 403) or refused:
-            logged_in = bool(self._token)
             who = f"user {self.user!r}" if self.user else "an anonymous client"
-            if logged_in and "permission denied" in message:
-                hint = (
-                    f"the etcd role of {who} does not allow it"
-                    f" (a pcocc user may use only {keys.user_prefix('<user>')})"
-                )
-            elif self.user is None:
-                hint = (
-                    "etcd has authentication enabled: set user and password-file in the"
-                    f" etcd section of batch.yaml (or {USER_VAR}/{PASSWORD_VAR})"
-                )
-            else:
-                hint = self.login_hint
+            hint = refusal_hint(
+                who,
+                anonymous=self.user is None,
+                role_denied=bool(self._token) and "permission denied" in message,
+                login_hint=self.login_hint,
+            )
             raise PermissionDenied(
                 f"etcd at {self.endpoint} refused to let {who} {what}: {message}", hint=hint
             )

@@ -20,9 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import Self
 
-from pcocc import proc
+from pcocc import daemon, proc
 from pcocc.errors import PcoccError, ServiceUnavailable
-from pcocc import daemon
 
 log = logging.getLogger(__name__)
 
