@@ -472,19 +472,12 @@ PRIVATE_CHECKS = (
 )
 
 
-def test_private_network_connects_the_vms(cluster_env):
-    env = cluster_env
+def use_private_network(env: Env, **cluster: object) -> None:
+    """Give the test template's resource set a user network and a private one (``cluster``,
+    with these networks.yaml settings)."""
     system = Path(env.env["PCOCC_SYSTEM_CONF_DIR"])
-    (system / "networks.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "networks": {
-                    "nat": {"type": "user"},
-                    "cluster": {"type": "private", "cidr": "10.77.0.0/24", "mtu": 1400},
-                }
-            }
-        )
-    )
+    networks = {"nat": {"type": "user"}, "cluster": {"type": "private", **cluster}}
+    (system / "networks.yaml").write_text(yaml.safe_dump({"networks": networks}))
     (system / "resources.yaml").write_text(
         yaml.safe_dump(
             {
@@ -494,6 +487,11 @@ def test_private_network_connects_the_vms(cluster_env):
             }
         )
     )
+
+
+def test_private_network_connects_the_vms(cluster_env):
+    env = cluster_env
+    use_private_network(env, cidr="10.77.0.0/24", mtu=1400)
     res = env.run("alloc", "--user-data", str(env.user_data), "-E", PRIVATE_CHECKS, "testvm:2")
     assert res.returncode == 0, res.stderr
     assert "1 packets received" in (env.tmp / "ping01.txt").read_text()
@@ -534,19 +532,7 @@ def test_private_network_on_the_node_address(local_env):
         pytest.skip("this host has no IPv4 address besides loopback")
     env = local_env
     env.env["PCOCC_NODE_ADDRESS"] = address
-    system = Path(env.env["PCOCC_SYSTEM_CONF_DIR"])
-    (system / "networks.yaml").write_text(
-        yaml.safe_dump({"networks": {"nat": {"type": "user"}, "cluster": {"type": "private"}}})
-    )
-    (system / "resources.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "resource-sets": {
-                    "tiny": {"cores": 1, "memory": "256M", "networks": ["nat", "cluster"]}
-                }
-            }
-        )
-    )
+    use_private_network(env)
     command = (
         f"set -e; {shlex.quote(sys.executable)} -c {shlex.quote(DUMP_NET_KEYS)} > keys.json; "
         f"pcocc ssh vm1 '{WAIT_HOSTS.replace('vm1', 'vm0')} ping -c 1 -W 5 vm0' > ping10.txt"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest_vm import testvm_artifacts  # noqa: F401 - fixture
-from test_cluster import PRIVATE_CHECKS, Env, assert_nothing_left
+from test_cluster import PRIVATE_CHECKS, Env, assert_nothing_left, use_private_network
 
 import devcluster
 
@@ -226,7 +226,7 @@ def test_batch_private_network_spans_network_namespaces(netns_env, netns_cluster
     """The launcher runs in the namespace of the job's first node, with the private etcd and
     the switch; the VMs' NICs on both nodes reach the switch over the cluster's bridge."""
     env = netns_env
-    _use_private_network(env)
+    use_private_network(env)
     res = env.run(
         "batch", "--user-data", str(env.user_data), "-E", NETNS_PRIVATE_CHECKS, "testvm:2"
     )
@@ -248,29 +248,13 @@ def test_private_network_switch_on_the_host_serves_vms_in_namespaces(netns_env, 
     """``pcocc alloc``: the launcher and the switch on this host (the bridge's address), one
     VM in each node's namespace."""
     env = netns_env
-    _use_private_network(env)
+    use_private_network(env)
     res = env.run(
         "alloc", "--user-data", str(env.user_data), "-E", NETNS_PRIVATE_CHECKS, "testvm:2"
     )
     assert res.returncode == 0, res.stderr
     _check_private_network(env.tmp, netns_cluster, netns_cluster.controller_address)
     assert_nothing_left(env)
-
-
-def _use_private_network(env: Env) -> None:
-    system = Path(env.env["PCOCC_SYSTEM_CONF_DIR"])
-    (system / "networks.yaml").write_text(
-        yaml.safe_dump({"networks": {"nat": {"type": "user"}, "cluster": {"type": "private"}}})
-    )
-    (system / "resources.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "resource-sets": {
-                    "tiny": {"cores": 1, "memory": "256M", "networks": ["nat", "cluster"]}
-                }
-            }
-        )
-    )
 
 
 def _check_private_network(tmp: Path, cluster, switch_host: str) -> None:
