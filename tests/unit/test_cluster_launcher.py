@@ -145,8 +145,13 @@ def run_dir(tmp_path, monkeypatch):
     return d
 
 
-def make_launcher(kv, batch, n=2, command="true", timeout_s=20.0, templates=TEMPLATES):
-    d = build_definition(f"tpl:{n}", templates, owner=USER, boot_timeout_s=timeout_s)
+def make_launcher(
+    kv, batch, n=2, command="true", timeout_s=20.0, templates=TEMPLATES, networks=None,
+    switch_argv=None,
+):  # fmt: skip
+    d = build_definition(
+        f"tpl:{n}", templates, owner=USER, boot_timeout_s=timeout_s, networks=networks
+    )
     settings = LaunchSettings(
         user=USER,
         batchid=JOB,
@@ -155,6 +160,7 @@ def make_launcher(kv, batch, n=2, command="true", timeout_s=20.0, templates=TEMP
         env={"PATH": os.environ["PATH"]},
         host="login",
         tick_s=0.05,
+        switch_argv=switch_argv,
     )
     return Launcher(kv, batch, d, settings)
 

@@ -3,17 +3,22 @@ fake VMs; the switch is a real child process that only sleeps)."""
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
 
 import pytest
-from test_cluster_launcher import JOB, USER, FakeBatch, assert_all_gone, run_dir  # noqa: F401
+from test_cluster_launcher import (  # noqa: F401 - run_dir is a fixture
+    JOB,
+    USER,
+    FakeBatch,
+    assert_all_gone,
+    make_launcher,
+    run_dir,
+)
 
 from pcocc.cluster import keys
-from pcocc.cluster.definition import build_definition
-from pcocc.cluster.launcher import ClusterFailed, Launcher, LaunchSettings
+from pcocc.cluster.launcher import ClusterFailed
 from pcocc.cluster.memkv import MemoryKv
 
 NETS = {"net1": {"type": "private", "cidr": "10.1.0.0/24"}}
@@ -31,18 +36,10 @@ class SwitchKv(MemoryKv):
 
 
 def make(kv, batch, command):
-    d = build_definition("tpl:2", TEMPLATES, owner=USER, boot_timeout_s=20, networks=NETS)
-    settings = LaunchSettings(
-        user=USER,
-        batchid=JOB,
-        node_argv=["pcocc", "internal", "run"],
-        command=command,
-        env={"PATH": os.environ["PATH"]},
-        host="login",
-        tick_s=0.05,
+    return make_launcher(
+        kv, batch, command=command, templates=TEMPLATES, networks=NETS,
         switch_argv=[sys.executable, "-c", "import time; time.sleep(60)"],
-    )
-    return Launcher(kv, batch, d, settings)
+    )  # fmt: skip
 
 
 def test_switch_runs_for_the_cluster_and_is_stopped(run_dir):  # noqa: F811
