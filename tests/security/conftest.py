@@ -1,0 +1,167 @@
+"""The security suite: a victim and an attacker, two throwaway local users.
+
+Each test replays an attack as ``attacker`` against state or processes of ``victim`` and
+asserts it fails with nothing read, changed or executed. The suite runs as root (it creates
+the users); it skips, with the reason shown, anywhere it cannot.
+
+Both users run the system Python on readable copies of pcocc and its dependencies (the
+checkout and its virtualenv may sit where other users cannot enter).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parents[1]
+for extra in (TESTS / "integration", TESTS.parent):
+    if str(extra) not in sys.path:
+        sys.path.insert(0, str(extra))
+
+from tests.nonroot import (  # noqa: E402
+    SYSTEM_PYTHON,
+    nonroot_pythonpath,
+    system_python_problem,
+)
+
+# Real services for the attacks (same fixtures as the integration suite).
+from tests.integration.conftest import etcd_server, slurm_cluster, slurm_env  # noqa: E402,F401
+from conftest_vm import ssh_user_key, testvm_artifacts  # noqa: E402,F401
+
+pytestmark = pytest.mark.security
+
+SUBID_RANGES = {"victim": "400000-465535", "attacker": "470000-535535"}
+
+
+@dataclass
+class LocalUser:
+    """A throwaway Unix user with a private home and a pcocc it can run."""
+
+    name: str
+    uid: int
+    gid: int
+    home: Path
+    base_env: dict[str, str] = field(default_factory=dict)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The user's environment (``env -i`` style), plus ``extra``."""
+        return {**self.base_env, **extra}
+
+    def _argv(self, argv: list[str], env: dict[str, str] | None) -> list[str]:
+        full_env = self.env(**(env or {}))
+        return ["runuser", "-u", self.name, "--", "env", "-i",
+                *(f"{k}={v}" for k, v in full_env.items()), *argv]
+
+    def run(self, argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 120,
+            cwd: Path | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+        """Run ``argv`` as this user; never raises on a non-zero status."""
+        return subprocess.run(self._argv(argv, env), capture_output=True, text=True,
+                              timeout=timeout, cwd=cwd or self.home, input=input, check=False)
+
+    def popen(self, argv: list[str], *, env: dict[str, str] | None = None,
+              **kwargs) -> subprocess.Popen:
+        kwargs.setdefault("cwd", self.home)
+        return subprocess.Popen(self._argv(argv, env), **kwargs)
+
+    def pcocc(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        """``pcocc ARGS`` as this user."""
+        return self.run([SYSTEM_PYTHON, "-m", "pcocc.cli.main", *args], **kwargs)
+
+    def python(self, code: str, **kwargs) -> subprocess.CompletedProcess:
+        """Python ``code`` as this user, with pcocc importable (an attacker's script)."""
+        return self.run([SYSTEM_PYTHON, "-c", code], **kwargs)
+
+    def sh(self, script: str, **kwargs) -> subprocess.CompletedProcess:
+        return self.run(["/bin/sh", "-c", script], **kwargs)
+
+    def chown(self, path: Path) -> None:
+        subprocess.run(["chown", "-R", f"{self.uid}:{self.gid}", str(path)], check=True)
+
+
+def _need_root_and_tools() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the security suite creates local users: it needs root")
+    for tool in ("useradd", "userdel", "usermod", "runuser"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"'{tool}' is missing (package passwd/util-linux)")
+    problem = system_python_problem()
+    if problem:
+        pytest.skip(problem)
+
+
+def _create_user(name: str, top: Path, pythonpath: str, sysconf: Path) -> LocalUser:
+    subprocess.run(["userdel", "--force", "--remove", name], capture_output=True, check=False)
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", name], check=True)
+    ids = subprocess.run(["id", "-u", name], capture_output=True, text=True, check=True)
+    uid = int(ids.stdout)
+    gid = int(subprocess.run(["id", "-g", name], capture_output=True, text=True,
+                             check=True).stdout)
+    role = name.rsplit("-", 1)[-1]
+    subprocess.run(["usermod", "--add-subuids", SUBID_RANGES[role], "--add-subgids",
+                    SUBID_RANGES[role], name], capture_output=True, check=False)
+    home = top / name
+    home.mkdir()
+    os.chown(home, uid, gid)
+    home.chmod(0o700)
+    base_env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+        "HOME": str(home),
+        "USER": name,
+        "LOGNAME": name,
+        "PYTHONPATH": pythonpath,
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PCOCC_SYSTEM_CONF_DIR": str(sysconf),
+        "PCOCC_USER_CONF_DIR": str(home / ".pcocc"),
+    }
+    return LocalUser(name=name, uid=uid, gid=gid, home=home, base_env=base_env)
+
+
+@dataclass
+class TwoUsers:
+    victim: LocalUser
+    attacker: LocalUser
+    #: the system configuration directory both read (root-owned; tests may write into it)
+    sysconf: Path
+    #: a 0755 directory for anything both users must reach (owned by root)
+    shared: Path
+
+
+@pytest.fixture(scope="session")
+def two_users():
+    """``TwoUsers(victim, attacker, sysconf, shared)``: created once per session."""
+    _need_root_and_tools()
+    top = Path(tempfile.mkdtemp(prefix="pcocc-security-"))
+    top.chmod(0o755)
+    suffix = os.getpid() % 10000
+    names = [f"pcs{suffix}-victim", f"pcs{suffix}-attacker"]
+    try:
+        (top / "py").mkdir()
+        pythonpath = nonroot_pythonpath(top / "py")
+        sysconf = top / "etc-pcocc"
+        sysconf.mkdir(mode=0o755)
+        shared = top / "shared"
+        shared.mkdir(mode=0o755)
+        victim, attacker = (_create_user(n, top, pythonpath, sysconf) for n in names)
+        yield TwoUsers(victim=victim, attacker=attacker, sysconf=sysconf, shared=shared)
+    finally:
+        for name in names:
+            subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True, check=False)
+            subprocess.run(["userdel", "--force", name], capture_output=True, check=False)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture
+def victim(two_users) -> LocalUser:
+    return two_users.victim
+
+
+@pytest.fixture
+def attacker(two_users) -> LocalUser:
+    return two_users.attacker
