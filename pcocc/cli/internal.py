@@ -14,7 +14,9 @@ def internal() -> None:
 
 @internal.command()
 @click.option("-E", "--command", metavar="CMD", help="Run CMD instead of the user's shell.")
-@click.option("--hold", is_flag=True, help="Without CMD: keep the cluster until a signal.")
+@click.option("--hold", is_flag=True,
+              help="A batch job: without CMD, keep the cluster until a signal; with CMD, "
+                   "state its exit status at the end.")
 @pass_session
 def launcher(session: Session, command: str | None, hold: bool) -> None:
     """Start the VMs of the job's cluster, run CMD or a shell, then tear down."""

@@ -108,7 +108,7 @@ def launcher_argv(command: str | None, *, debug: bool = False, hold: bool = Fals
     argv += ["internal", "launcher"]
     if command is not None:
         argv += ["-E", command]
-    elif hold:
+    if hold:
         argv.append("--hold")
     return argv
 

@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from pcocc.cluster.ports import Batch, Kv, Lease, TaskGroup
 from pcocc.cluster.record import ClusterRecord
 from pcocc.cluster.signals import Interrupted, deferred_signals, raising_on_signals
 from pcocc.cluster.state import ClusterLifecycle, ClusterState
-from pcocc.cluster.vmstate import ACCEL_NOTE, FAILED, RUNNING, STOPPED, VmRecord
+from pcocc.cluster.vmstate import ACCEL_NOTE, FAILED, RUNNING, SIGNAL_NOTE, STOPPED, VmRecord
 from pcocc.errors import Corrupt, PcoccError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,22 @@ log = logging.getLogger(__name__)
 
 class ClusterFailed(PcoccError):
     """The virtual cluster could not start or stopped working."""
+
+
+class ClusterStopped(ClusterFailed):
+    """The batch system signalled the node processes: the job was cancelled (scancel, a
+    Ctrl-C that reached srun) or reached its time limit. An ending, not a failure: the exit
+    status is 128 + the signal, as for a command killed by it."""
+
+    def __init__(self, batchid: str, signum: int, where: str):
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"cluster {batchid} stopped: the batch system sent {name} to its node processes"
+            f" (on {where})",
+            hint="the job was cancelled (scancel, Ctrl-C) or reached its time limit",
+        )
+        self.signum = signum
+        self.exit_status = 128 + signum
 
 
 @dataclass
@@ -49,7 +66,8 @@ class LaunchSettings:
     node_argv: list[str]
     #: the ``-E`` command (run with ``sh -c``) or None for the interactive shell
     command: str | None = None
-    #: without a command: keep the cluster until a signal (batch jobs) instead of a shell
+    #: a batch job: without a command, keep the cluster until a signal instead of a shell;
+    #: with one, state its exit status at the end (the job's output file is all users see)
     hold: bool = False
     shell: str = "/bin/sh"
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
@@ -62,6 +80,8 @@ class LaunchSettings:
     #: argv of the switch of a private network (``pcocc internal vswitch``), started once per
     #: private network of the cluster before the VMs; None: no private networks
     switch_argv: list[str] | None = None
+    #: how long the teardown waits for the node processes to end on their own
+    release_timeout_s: float = 20.0
 
 
 class Launcher:
@@ -87,6 +107,8 @@ class Launcher:
         self._seen: dict[int, VmRecord] = {}
         #: etcd is known to be gone: the teardown does not wait for it
         self._etcd_lost = False
+        #: every VM ran: their node processes watch the definition key
+        self._booted = False
 
     # -- the whole life -------------------------------------------------------------------
     def run(self) -> int:
@@ -105,6 +127,10 @@ class Launcher:
                         self.lifecycle.fail(_describe(err))
                         if isinstance(err, ServiceUnavailable) or self._lease_lost():
                             self._etcd_lost = True
+                        if isinstance(err, Interrupted):
+                            raise Interrupted(
+                                err.signum, f"cluster {self.s.batchid} stopped by"
+                            ) from None
                         raise
                     finally:
                         self._teardown()
@@ -130,6 +156,7 @@ class Launcher:
         )
         self.report(f"booting {n} VM{'s' if n > 1 else ''}")
         self._wait_running()
+        self._booted = True
         self.lifecycle.to(ClusterState.RUNNING)
         self._report_notes()
         self.report(f"cluster {self.s.batchid} is running: " + ", ".join(self._vm_places()))
@@ -152,7 +179,7 @@ class Launcher:
                 if r not in self._seen or self._seen[r].status != RUNNING
             ]
             logs = [
-                f"{rec.name}: {rec.host}:{rec.console_log}"
+                f"{rec.name}: {rec.place}:{rec.console_log}"
                 for r, rec in sorted(self._seen.items())
                 if rec.console_log and rec.status != RUNNING
             ]
@@ -181,19 +208,23 @@ class Launcher:
                 records[rank] = VmRecord.from_json(value)
             except Corrupt as err:
                 raise ClusterFailed(f"vm{rank}: {err}") from err
+        signalled = [rec for rec in records.values() if rec.extra.get(SIGNAL_NOTE)]
+        if signalled:
+            where = sorted({rec.place for rec in signalled})
+            raise ClusterStopped(self.s.batchid, _signal_of(signalled[0]), ", ".join(where))
         for _, rec in sorted(records.items()):
             if rec.status in (FAILED, STOPPED):
                 what = "failed" if rec.status == FAILED else "stopped"
                 tail = rec.extra.get("console_tail")
                 raise ClusterFailed(
-                    f"{rec.name} {what} on {rec.host}: {rec.error or 'QEMU exited'}",
+                    f"{rec.name} {what} on {rec.place}: {rec.error or 'QEMU exited'}",
                     hint=f"last console lines: {tail}" if tail else None,
                 )
         for rank, old in sorted(self._seen.items()):
             if rank not in records:
                 self._blame_etcd_if_gone()
                 raise ClusterFailed(
-                    f"{old.name} disappeared: its node process on {old.host}"
+                    f"{old.name} disappeared: its node process on {old.place}"
                     f" (pid {old.node_pid}) stopped without cleaning up",
                     hint="the node may have failed; check the batch job's output",
                 )
@@ -258,7 +289,7 @@ class Launcher:
             log.warning("%s: %s", ", ".join(names), note)
 
     def _vm_places(self) -> list[str]:
-        return [f"{rec.name}@{rec.host}" for _, rec in sorted(self._seen.items())]
+        return [f"{rec.name}@{rec.place}" for _, rec in sorted(self._seen.items())]
 
     # -- the user's command -----------------------------------------------------------------
     def _run_command(self, env: dict[str, str]) -> int:
@@ -266,7 +297,10 @@ class Launcher:
             # Its own session: Ctrl-C reaches the launcher, which stops the whole group.
             argv = [self.s.shell, "-c", self.s.command]
             self._command = proc.spawn(argv, env=env, stdout=None, stderr=None, new_session=True)
-            return self._supervise_command()
+            status = self._supervise_command()
+            if self.s.hold:  # a batch job: its output file says how the script ended
+                self.report(f"the command exited with status {status}")
+            return status
         if self.s.hold:
             self.report("no command: the cluster runs until the job ends or is cancelled")
             return self._supervise_command()
@@ -303,6 +337,7 @@ class Launcher:
             if self._command is not None and self._command.poll() is None:
                 proc.stop(self._command, timeout_s=5)
             if self._tasks is not None:
+                self._release_nodes()
                 try:
                     self._tasks.stop(timeout_s=15)
                 except Exception as err:  # keep tearing down; say what was left
@@ -320,6 +355,24 @@ class Launcher:
             self.lifecycle.finish()
             if received:
                 log.debug("signals received during teardown: %s", received)
+
+    def _release_nodes(self) -> None:
+        """Let the node processes end on their own: without the cluster's definition key
+        each stops its VM and exits 0, so the batch system has nothing to report (a signal
+        to srun makes it print that it cancelled the step and killed the tasks). A signal
+        remains the fallback for nodes that do not end within ``release_timeout_s``, and the
+        only way before every VM ran (a booting node process does not watch the key)."""
+        assert self._tasks is not None
+        if not self._booted or self._etcd_lost or self._tasks.poll() is not None:
+            return
+        try:
+            self.kv.delete_prefix(keys.definition(self.s.user, self.s.batchid))
+        except Exception as err:  # the signal below still stops them
+            log.debug("could not release the node processes through etcd: %s", err)
+            return
+        deadline = time.monotonic() + self.s.release_timeout_s
+        while self._tasks.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def _reap_orphans(self) -> None:
         """Kill QEMUs on this host whose node process died without stopping them.
@@ -363,6 +416,12 @@ def is_our_qemu(pid: int) -> bool:
     except OSError:
         return False
     return owner == os.getuid() and bool(cmdline) and b"qemu-system" in cmdline[0]
+
+
+def _signal_of(rec: VmRecord) -> int:
+    value = rec.extra.get(SIGNAL_NOTE)
+    valid = {int(s) for s in signal.Signals}
+    return value if isinstance(value, int) and value in valid else signal.SIGTERM
 
 
 def _describe(err: BaseException) -> str:

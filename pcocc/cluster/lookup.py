@@ -34,7 +34,8 @@ class ClusterView:
 
     @property
     def hosts(self) -> list[str]:
-        return sorted({rec.host for rec in self.vms.values()})
+        """Where the VMs run: node names (as the batch system names them) or host names."""
+        return sorted({rec.place for rec in self.vms.values()})
 
     @property
     def age_s(self) -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -32,13 +33,16 @@ from pcocc.cluster.signals import (
     raising_on_signals,
     signals_set,
 )
-from pcocc.cluster.vmstate import BOOTING, FAILED, RUNNING, STOPPED, VmRecord
+from pcocc.cluster.vmstate import BOOTING, FAILED, RUNNING, SIGNAL_NOTE, STOPPED, VmRecord
 from pcocc.errors import NotFound, PcoccError
 
 log = logging.getLogger(__name__)
 
 #: How long a failed node keeps its 'failed' record visible before it exits.
 FAILED_LINGER_S = 5.0
+#: How long a signalled node keeps its 'stopped' record visible (the batch system sends
+#: SIGKILL after its KillWait, 30 s by default)
+SIGNAL_LINGER_S = 2.0
 SSH_PORT = 22
 
 #: Builds the VM of one rank: (definition, entry, node dir, host key file) -> handle. The
@@ -54,6 +58,8 @@ class NodeSettings:
     host: str = field(default_factory=socket.gethostname)
     #: address the VM's forwards listen on and that is published; None: the host name
     address: str | None = None
+    #: the batch system's node name (Slurm's ``SLURMD_NODENAME``), shown to users
+    node: str | None = field(default_factory=lambda: os.environ.get("SLURMD_NODENAME") or None)
     tick_s: float = 0.5
     linger_s: float = FAILED_LINGER_S
     lease_ttl_s: int = DEFAULT_LEASE_TTL_S
@@ -98,6 +104,7 @@ class NodeProcess:
             status=BOOTING,
             node_pid=os.getpid(),
             address=settings.address,
+            node=settings.node,
         )
         self._lease: Lease | None = None
         self._def_key = keys.definition(settings.user, settings.batchid)
@@ -143,7 +150,8 @@ class NodeProcess:
                             lease,
                         )
                     return self._supervise(vm)
-                except Interrupted:
+                except Interrupted as err:
+                    self._report_signal(err.signum)
                     return 0
                 except PcoccError as err:
                     if self._etcd_lost():
@@ -208,6 +216,23 @@ class NodeProcess:
             return True
         return False
 
+    def _report_signal(self, signum: int) -> None:
+        """Tell the launcher that a signal, not a failure, stops this VM: the batch system
+        signals every node process when the job is cancelled or reaches its time limit,
+        and the launcher then says so instead of reporting a lost node. Nothing to say when
+        the launcher itself released the cluster."""
+        try:
+            if self.kv.get(self._def_key) is None:
+                return
+            self.record.status = STOPPED
+            self.record.error = f"its node process received {signal.Signals(signum).name}"
+            self.record.extra[SIGNAL_NOTE] = signum
+            self._publish()
+        except Exception as err:  # the launcher then reports the VM as gone
+            log.debug("vm%d: could not publish the signal: %s", self.s.rank, err)
+            return
+        self._linger(min(self.s.linger_s, SIGNAL_LINGER_S))
+
     def _report_failure(self, status: str, error: str) -> None:
         self.record.status = status
         self.record.error = error
@@ -220,8 +245,12 @@ class NodeProcess:
         except Exception as err:
             log.warning("vm%d: could not publish its failure: %s", self.s.rank, err)
             return
-        # Keep the record visible a moment (the launcher watches for it); SIGTERM ends it.
-        deadline = time.monotonic() + self.s.linger_s
+        self._linger(self.s.linger_s)
+
+    def _linger(self, seconds: float) -> None:
+        """Keep the record visible a moment (the launcher watches for it) until the
+        launcher releases the cluster; a signal ends it."""
+        deadline = time.monotonic() + seconds
         try:
             while (
                 time.monotonic() < deadline

@@ -17,9 +17,9 @@ class Interrupted(PcoccError):
 
     exit_status = 130
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, what: str = "interrupted by"):
         name = signal.Signals(signum).name
-        super().__init__(f"interrupted by {name}")
+        super().__init__(f"{what} {name}")
         self.signum = signum
         self.exit_status = 128 + signum  # as a shell reports a command killed by it
 

@@ -57,9 +57,9 @@ def test_batch_script_runs_launcher_with_quoted_command(tmp_path):
     out = subprocess.run(["sh", "-c", probe], capture_output=True, text=True, check=True).stdout
     encoded, args = out.split("\n", 1)
     assert decode_definition(encoded) == d
-    assert args == "<internal><launcher><-E><" + cmd + ">"
+    # --hold: a batch job, whose output file states how the command ended
+    assert args == "<internal><launcher><-E><" + cmd + "><--hold>"
     assert "PCOCC_USER_CONF_DIR=/home/u/.pcocc" in script
-    assert "--hold" not in script
     assert batch_script(d, None, FakeConfig()).rstrip().endswith("internal launcher --hold")
 
 

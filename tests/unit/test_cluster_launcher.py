@@ -10,7 +10,7 @@ import pytest
 
 from pcocc.cluster import keys
 from pcocc.cluster.definition import build_definition
-from pcocc.cluster.launcher import ClusterFailed, Launcher, LaunchSettings
+from pcocc.cluster.launcher import ClusterFailed, ClusterStopped, Launcher, LaunchSettings
 from pcocc.cluster.memkv import MemoryKv
 from pcocc.cluster.node import NodeProcess, NodeSettings
 from pcocc.cluster.ports import MachineInfo
@@ -51,6 +51,8 @@ class FakeVm:
         )
 
     def wait(self, timeout_s):
+        if self.behaviour.get("signalled"):  # slurmstepd's SIGTERM on scancel
+            raise Interrupted(signal.SIGTERM)
         if self.exited.wait(timeout_s or 0):
             return self.status
         return None
@@ -77,6 +79,7 @@ class FakeTasks:
 
     def stop(self, timeout_s=10.0):
         self.stopped = True
+        self.ended_before_stop = not any(t.is_alive() for t in self.threads)
         for n in self.nodes:
             n.stop_requested.set()
         for vm in self.vms.values():
@@ -424,4 +427,49 @@ def test_a_note_of_several_vms_is_said_once_naming_them(run_dir, caplog):
         assert launcher.run() == 0
     said = [r.getMessage() for r in caplog.records if "KVM" in r.getMessage()]
     assert said == ["vm0, vm2: KVM is not usable (probe failed); falling back to TCG"]
+    assert_all_gone(kv, batch, run_dir)
+
+
+def test_normal_end_lets_the_node_processes_end_before_any_signal(run_dir):
+    kv = MemoryKv()
+    batch = FakeBatch(kv)
+    assert make_launcher(kv, batch, command="true").run() == 0
+    # released through etcd, they ended on their own (no signal: Slurm has nothing to say)
+    assert batch.tasks.ended_before_stop
+    assert batch.tasks.results == {0: 0, 1: 0}
+    assert all(vm.shut_down for vm in batch.vms.values())
+    assert_all_gone(kv, batch, run_dir)
+
+
+def test_node_processes_signalled_by_the_batch_system_is_a_stop_not_a_failure(run_dir):
+    kv = MemoryKv()
+    batch = FakeBatch(kv, {1: {"signalled": True}})
+    launcher = make_launcher(kv, batch, command="sleep 30")
+    with pytest.raises(ClusterStopped) as exc:
+        launcher.run()
+    err = exc.value
+    assert err.message == (
+        "cluster 42 stopped: the batch system sent SIGTERM to its node processes (on n1)"
+    )
+    assert "cancelled" in err.hint and "time limit" in err.hint
+    assert err.exit_status == 143
+    assert "disappeared" not in str(err)
+    assert_all_gone(kv, batch, run_dir)
+
+
+def test_a_signal_to_the_launcher_names_the_cluster(run_dir):
+    kv = MemoryKv()
+    batch = FakeBatch(kv)
+    launcher = make_launcher(kv, batch, command="sleep 30")
+    state_key = keys.vm_state(USER, JOB, 1)
+
+    def ctrl_c():
+        kv.wait_for(state_key, lambda s: True if '"running"' in s.get(state_key, "") else None, 10)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    with pytest.raises(Interrupted) as exc:
+        launcher.run()
+    assert exc.value.message == "cluster 42 stopped by SIGINT"
+    assert exc.value.exit_status == 130
     assert_all_gone(kv, batch, run_dir)
