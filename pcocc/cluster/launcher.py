@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcocc import proc
-from pcocc.cluster import keys, rundir
+from pcocc.cluster import rundir
 from pcocc.cluster.definition import ClusterDefinition
 from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S
 from pcocc.cluster.ports import Batch, Kv, Lease, TaskGroup
@@ -33,12 +33,22 @@ from pcocc.cluster.signals import Interrupted, deferred_signals, raising_on_sign
 from pcocc.cluster.state import ClusterLifecycle, ClusterState
 from pcocc.cluster.vmstate import ACCEL_NOTE, FAILED, RUNNING, STOPPED, VmRecord
 from pcocc.errors import Corrupt, PcoccError, ServiceUnavailable
+from pcocc.kv import keys
 
 log = logging.getLogger(__name__)
 
 
 class ClusterFailed(PcoccError):
     """The virtual cluster could not start or stopped working."""
+
+
+def _vm_state_rank(key: str) -> int | None:
+    """Rank of a ``.../vms/<rank>/state`` key, None for any other key."""
+    try:
+        parsed = keys.parse_cluster_key(key)
+    except Corrupt:
+        return None
+    return parsed.rank if parsed.kind == "vm_state" else None
 
 
 @dataclass
@@ -174,7 +184,7 @@ class Launcher:
             self._lease.check()
         records: dict[int, VmRecord] = {}
         for key, value in snapshot.items():
-            rank = keys.parse_vm_state_key(key)
+            rank = _vm_state_rank(key)
             if rank is None:
                 continue
             try:
@@ -238,7 +248,7 @@ class Launcher:
         try:
             if self._lease is not None:
                 self._lease.check()
-            self.kv.get(keys.definition(self.s.user, self.s.batchid))
+            self.kv.get(keys.cluster_definition(self.s.user, self.s.batchid))
         except PcoccError as err:
             self._etcd_lost = True
             raise ClusterFailed(
@@ -347,7 +357,8 @@ class Launcher:
             error=self.lifecycle.error,
         )
         try:
-            self.kv.put(keys.definition(self.s.user, self.s.batchid), record.to_json(), self._lease)
+            self.kv.put(keys.cluster_definition(self.s.user, self.s.batchid), record.to_json(),
+                        self._lease)
         except Exception:
             if state is ClusterState.TEARING_DOWN:
                 log.warning("could not record the teardown of cluster %s", self.s.batchid)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcocc import proc
-from pcocc.cluster import keys, rundir
+from pcocc.cluster import rundir
 from pcocc.cluster.definition import ClusterDefinition, VmEntry
 from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S
 from pcocc.cluster.ports import Kv, Lease, VmHandle
@@ -34,6 +34,7 @@ from pcocc.cluster.signals import (
 )
 from pcocc.cluster.vmstate import BOOTING, FAILED, RUNNING, STOPPED, VmRecord
 from pcocc.errors import NotFound, PcoccError
+from pcocc.kv import keys
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class NodeProcess:
             address=settings.address,
         )
         self._lease: Lease | None = None
-        self._def_key = keys.definition(settings.user, settings.batchid)
+        self._def_key = keys.cluster_definition(settings.user, settings.batchid)
         #: set by whoever runs this node in a thread (signals reach only the main thread)
         self.stop_requested = threading.Event()
 

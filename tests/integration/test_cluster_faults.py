@@ -169,7 +169,7 @@ def test_long_etcd_outage_on_slurm(slurm_test_env, etcd_server):  # noqa: F811
     # (only this cluster's: other tests of the session share this etcd)
     import getpass
 
-    from pcocc.cluster.keys import cluster_prefix
+    from pcocc.kv.keys import cluster_prefix
     from pcocc.kv.client import KvClient
 
     prefix = cluster_prefix(getpass.getuser(), job_id)

@@ -3,15 +3,16 @@ import subprocess
 
 import pytest
 
-from pcocc.cluster import keys
 from pcocc.cluster.definition import build_definition
 from pcocc.cluster.lookup import clusters_of, format_age, ps_table, select_cluster
-from pcocc.cluster.memkv import MemoryKv
 from pcocc.cluster.record import ClusterRecord
 from pcocc.cluster.sshkeys import ensure_user_key, ssh_config_text, write_ssh_files
 from pcocc.cluster.state import ClusterState
 from pcocc.cluster.vmstate import VmRecord
 from pcocc.errors import NotFound, UsageError
+from pcocc.kv import keys
+
+from tests.fakes.memkv import MemoryKv
 
 USER = "bob"
 TEMPLATES = {"tpl": {"kernel": "/k"}}
@@ -21,7 +22,7 @@ def add_cluster(kv, batchid, n=2, running=2, other_user=False):
     user = "mallory" if other_user else USER
     d = build_definition(f"tpl:{n}", TEMPLATES, owner=user)
     rec = ClusterRecord(batchid, d, ClusterState.RUNNING, "n1", 123, batch="slurm")
-    kv.put(keys.definition(user, batchid), rec.to_json())
+    kv.put(keys.cluster_definition(user, batchid), rec.to_json())
     for rank in range(running):
         vm = VmRecord(
             rank=rank,
@@ -92,7 +93,7 @@ def test_select_cluster_rules():
 def test_corrupt_definition_is_skipped():
     kv = MemoryKv()
     add_cluster(kv, "7")
-    kv.put(keys.definition(USER, "8"), "{broken")
+    kv.put(keys.cluster_definition(USER, "8"), "{broken")
     assert [v.batchid for v in clusters_of(kv, USER)] == ["7"]
 
 
