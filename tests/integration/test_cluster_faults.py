@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest_vm import testvm_artifacts  # noqa: F401 - fixture
 from test_cluster import (  # noqa: F401 - slurm_test_env is a fixture
     Env,
     assert_nothing_left,

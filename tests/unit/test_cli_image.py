@@ -1,6 +1,5 @@
 """The ``pcocc image`` group: lazily loaded subgroups, list and show."""
 
-import subprocess
 import sys
 
 from pcocc.cli import image as image_cli
@@ -15,16 +14,6 @@ def test_missing_cache_module_is_a_broken_install(pcocc_env, capsys, monkeypatch
     err = capsys.readouterr().err
     assert "internal error: ModuleNotFoundError" in err and "no_such_module" in err
     assert "not available" not in err
-
-
-def test_help_lists_commands_without_importing_the_store(pcocc_env):
-    code = ("import sys; from pcocc.cli.main import run_cli; rc = run_cli(['image', '--help']);"
-            "print('STORE' if 'pcocc.repo.store' in sys.modules else 'NO-STORE', rc)")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
-    for cmd in ("list", "show", "import", "export", "copy", "delete", "resize", "repo", "cache"):
-        assert f"  {cmd} " in res.stdout
-    assert res.stdout.strip().endswith("NO-STORE 0")
 
 
 def test_container_image_list_and_show(pcocc_env, capsys, monkeypatch):

@@ -15,7 +15,7 @@ from pcocc.kv import keys
 from pcocc.net import private
 from pcocc.net.private import PrivateNet, cluster_networks
 
-from tests.fakes.memkv import MemoryKv
+from tests.fixtures.memkv import MemoryKv
 
 NETS = {
     "nat": {"type": "user"},

@@ -10,7 +10,7 @@ from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S, lease_ttl_s
 from pcocc.errors import ServiceUnavailable, UsageError
 from pcocc.kv import keys
 
-from tests.fakes.memkv import MemoryKv
+from tests.fixtures.memkv import MemoryKv
 
 USER, JOB = "alice", "42"
 

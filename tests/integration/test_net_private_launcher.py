@@ -20,7 +20,7 @@ from test_cluster_launcher import (  # noqa: F401 - run_dir is a fixture
 from pcocc.cluster.launcher import ClusterFailed
 from pcocc.kv import keys
 
-from tests.fakes.memkv import MemoryKv
+from tests.fixtures.memkv import MemoryKv
 
 NETS = {"net1": {"type": "private", "cidr": "10.1.0.0/24"}}
 TEMPLATES = {"tpl": {"kernel": "/k", "accel": "tcg", "resources": {"networks": ["net1"]}}}

@@ -18,7 +18,7 @@ from pcocc.cluster.vmstate import VmRecord
 from pcocc.errors import PcoccError
 from pcocc.kv import keys
 
-from tests.fakes.memkv import MemoryKv
+from tests.fixtures.memkv import MemoryKv
 
 USER, JOB = "alice", "42"
 TEMPLATES = {"tpl": {"kernel": "/k", "accel": "tcg"}}
