@@ -4,7 +4,7 @@ test lanes.
 
 Lanes: every test that uses a real component gets that component's marker, from the
 fixtures it uses (directly or through other fixtures) or from its directory, so that
-``helpers/test --quick`` (``-m "not slow and not etcd and ..."``) runs only what needs none.
+``helpers/test --quick`` (``-m "not (slow or etcd or ...)"``) runs only what needs none.
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ COMPONENT_DIRS: dict[str, tuple[str, ...]] = {
     "container": ("integration/containers",),
     "root": ("security",),
 }
-#: what ``helpers/test --quick`` leaves out
-HEAVY_MARKERS = ("slow", *COMPONENT_FIXTURES)
 
 
 def component_markers(fixturenames: set[str], relpath: str) -> set[str]:
