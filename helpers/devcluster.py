@@ -9,7 +9,7 @@ daemons are plain processes on free loopback ports. Nothing uses systemd or /etc
     srun -N4 -l hostname
     python helpers/devcluster.py stop DIR      # no process is left behind
 
-Tests use ``DevCluster`` as a context manager (see tests/integration/conftest.py).
+Tests use ``DevCluster`` as a context manager (see tests/fixtures/services.py).
 
 With ``node_netns=True`` (``--netns``; root only) each slurmd runs in a network namespace of
 its own, as if it were another host. One Linux bridge on this host joins them: each node's

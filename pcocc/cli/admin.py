@@ -160,7 +160,7 @@ def list_(
     session: Session, as_json: bool, endpoints: str | None, root_password_file: str | None
 ) -> None:
     """List the etcd users, their roles and what they may access."""
-    from pcocc.cli.template import format_table
+    from pcocc.cli.output import print_table
 
     with _connect(session, endpoints, root_password_file) as etcd:
         _warn_if_auth_off(etcd)
@@ -176,4 +176,4 @@ def list_(
         ]
         for u in users
     ]
-    click.echo(format_table(["USER", "ROLES", "ACCESS"], rows))
+    print_table(["USER", "ROLES", "ACCESS"], rows)

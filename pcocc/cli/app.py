@@ -1,4 +1,5 @@
-"""The click command group of ``pcocc``: options, logging set-up and the lazy command table.
+"""The click command group of ``pcocc``: options, logging set-up, and the lazy group that
+imports the commands of :mod:`pcocc.cli.commands` on first use.
 
 Kept apart from :mod:`pcocc.cli.main` so that ``pcocc --version`` answers without importing
 click at all.
@@ -9,52 +10,55 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Collection, Mapping
+from typing import Any
 
 import click
 
 from pcocc import __version__
+from pcocc.cli.commands import COMMANDS, HIDDEN
 from pcocc.cli.context import Session
-from pcocc.cli.main import COMMANDS, HIDDEN
 
 
 class LazyGroup(click.Group):
-    """A click group whose subcommands are imported on first use."""
+    """A click group whose commands of ``lazy`` (``name -> (module:attribute, help)``) are
+    imported on first use; commands added the usual way come first in ``--help``.
+
+    A module of the table that cannot be imported is a broken installation: the import
+    error propagates (pcocc reports an internal error) instead of hiding the command.
+    """
+
+    def __init__(self, *args: Any, lazy: Mapping[str, tuple[str, str]],
+                 hidden: Collection[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+        self.hidden = hidden
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [n for n in COMMANDS if n not in HIDDEN]
+        return [*super().list_commands(ctx), *(n for n in self.lazy if n not in self.hidden)]
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        entry = COMMANDS.get(name)
-        if entry is None:
-            return None
-        module, _, attr = entry[0].partition(":")
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name == module:
-                return _not_yet(name, entry[1])
-            raise
-        return getattr(mod, attr)
+        if name in self.commands or name not in self.lazy:
+            return super().get_command(ctx, name)
+        module, _, attr = self.lazy[name][0].partition(":")
+        return getattr(importlib.import_module(module), attr)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        # Use the table above so that --help imports nothing.
-        rows = [(n, COMMANDS[n][1]) for n in self.list_commands(ctx)]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
+        # The help of lazy commands comes from their table: --help imports none of them.
+        rows = [(n, self.commands[n].get_short_help_str(60)) for n in self.commands
+                if not self.commands[n].hidden]
+        rows += [(n, help_) for n, (_, help_) in self.lazy.items() if n not in self.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
-def _not_yet(name: str, help_: str) -> click.Command:
-    @click.command(name, help=help_, context_settings={"ignore_unknown_options": True})
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def cmd(args: tuple[str, ...]) -> None:
-        from pcocc.errors import PcoccError
-
-        raise PcoccError(f"'pcocc {name}' is not available in this version")
-
-    return cmd
-
-
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup,
+    lazy=COMMANDS,
+    hidden=HIDDEN,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, "--version", prog_name="pcocc")
 @click.option("--debug", is_flag=True, help="Show debug logs and tracebacks.")
 @click.option("-v", "--verbose", count=True, help="More messages (repeat for more).")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Sequence
 
 import click
 
 from pcocc.cli.context import Session, exit_with, pass_session
+from pcocc.cli.output import local_time, print_table
 
 APP_SEPARATOR = "---"
 
@@ -36,12 +36,6 @@ def split_apps(tokens: Sequence[str]) -> list[tuple[str, list[str]]]:
             rest = rest[1:]
         apps.append((image, rest))
     return apps
-
-
-def _settings(session: Session):
-    from pcocc.ctr.settings import load_settings
-
-    return load_settings(session.system_dir, session.user_dir, preloaded=session.config.containers)
 
 
 class _RunCommand(click.Command):
@@ -163,6 +157,7 @@ def run(
 ) -> None:
     """Run IMAGE [-- ARGS] [--- IMAGE2 [-- ARGS]] as a pod; exit with the app's status."""
     from pcocc.ctr.launch import RunOptions
+    from pcocc.ctr.pod import RunRequest
 
     skip_exit_collection()
 
@@ -183,14 +178,16 @@ def run(
         hostname=hostname,
         as_root=as_root,
     )
-    apps = split_apps(cmdline)
+    request = RunRequest(split_apps(cmdline), opts)
     if nodes is not None or tasks is not None:
         from pcocc.ctr.multinode import run_tasks
 
-        status = run_tasks(session, apps, opts, nodes=nodes, tasks=tasks, rerun_argv=_rerun_argv())
-        exit_with(status)
+        exit_with(run_tasks(request, session.config, nodes=nodes, tasks=tasks,
+                            rerun_argv=_rerun_argv()))
         return
-    exit_with(run_local(session, apps, opts))
+    from pcocc.ctr.pod import run_request
+
+    exit_with(run_request(request, session.config, session.notify))
 
 
 _exit_hook: list[bool] = []
@@ -219,38 +216,10 @@ def _rerun_argv() -> list[str]:
     return [*pcocc_argv(), *sys.argv[1:]]
 
 
-def _notify(session: Session):
-    def notify(message: str) -> None:
-        if not session.quiet:
-            click.echo(f"pcocc: {message}", err=True)
-
-    return notify
-
-
-def run_local(session: Session, apps: list[tuple[str, list[str]]], opts) -> int:
-    import contextlib
-
-    from pcocc.ctr.images import resolve_rootfs
-    from pcocc.ctr.launch import AppSpec, run_pod
-    from pcocc.ctr.pods import PodStore
-
-    with contextlib.ExitStack() as mounts:  # squashfs images stay mounted for the pod
-        specs = []
-        for image, args in apps:
-            rootfs, config = resolve_rootfs(session, image, mounts=mounts, notify=_notify(session))
-            specs.append(AppSpec(image, str(rootfs), config, args))
-        _, status = run_pod(PodStore(), specs, opts, _settings(session))
-    return status
-
-
 # -- pod ----------------------------------------------------------------------------------
 @click.group("pod")
 def pod() -> None:
     """List, inspect, enter and collect container pods."""
-
-
-def _iso(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
 @pod.command("list")
@@ -276,20 +245,11 @@ def list_(full: bool, no_legend: bool, as_json: bool) -> None:
                     app.image if app else "-",
                     r.state if first else "",
                     r.node if first else "",
-                    _iso(r.created) if first else "",
+                    local_time(r.created) if first else "",
                 )
             )
     header = ("UUID", "APP", "IMAGE", "STATE", "NODE", "CREATED")
-    _table(rows, None if no_legend else header)
-
-
-def _table(rows: list[tuple[str, ...]], header: tuple[str, ...] | None) -> None:
-    all_rows = ([header] if header else []) + rows
-    if not all_rows:
-        return
-    widths = [max(len(r[i]) for r in all_rows) for i in range(len(all_rows[0]))]
-    for r in all_rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    print_table(None if no_legend else header, rows)
 
 
 @pod.command("status")

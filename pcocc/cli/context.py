@@ -27,6 +27,12 @@ class Session:
 
         return load_config(self.system_dir, self.user_dir)
 
+    def notify(self, message: str) -> None:
+        """Tell the user, in one line on stderr, what a long operation is doing (not with
+        --quiet): the ``notify`` callback that library functions take."""
+        if not self.quiet:
+            click.echo(f"pcocc: {message}", err=True)
+
     @property
     def show_progress(self) -> bool:
         """Progress bars only on a terminal, never with --quiet."""

@@ -2,57 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
-import time
 from typing import Any
 
 import click
 
+from pcocc.cli.app import LazyGroup
+from pcocc.cli.commands import IMAGE_SUBGROUPS
 from pcocc.cli.context import Session, pass_session
-
-#: Lazily imported subgroups: name -> (module:attribute, help).
-SUBGROUPS = {
-    "cache": ("pcocc.cli.image_cache:cache", "List and clean the container image cache"),
-}
-
-
-class ImageGroup(click.Group):
-    """``pcocc image`` with subgroups imported on first use."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return [*super().list_commands(ctx), *SUBGROUPS]
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in SUBGROUPS:
-            return super().get_command(ctx, name)
-        target, help_ = SUBGROUPS[name]
-        module, _, attr = target.partition(":")
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
-        return _unavailable(name, help_)
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(n, self.commands[n].get_short_help_str(60)) for n in self.commands]
-        rows += [(n, h) for n, (_t, h) in SUBGROUPS.items()]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
-
-
-def _unavailable(name: str, help_: str) -> click.Command:
-    @click.command(name, help=help_, context_settings={"ignore_unknown_options": True})
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def cmd(args: tuple[str, ...]) -> None:
-        from pcocc.errors import PcoccError
-
-        raise PcoccError(f"'pcocc image {name}' is not available in this installation")
-
-    return cmd
-
+from pcocc.cli.output import human_size, local_time, print_table
 
 def _repos(session: Session):
     from pcocc.repo.store import RepoSet
@@ -60,33 +19,7 @@ def _repos(session: Session):
     return RepoSet(session.config.repos)
 
 
-def _date(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
-def _kind(kind: str) -> str:
-    return "vm" if kind == "vm" else "cont"
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
-    line = "  ".join(f"{{:<{w}}}" for w in widths)
-    out = [line.format(*headers).rstrip(), line.format(*("-" * len(h) for h in headers)).rstrip()]
-    out += [line.format(*r).rstrip() for r in rows]
-    click.echo("\n".join(out))  # one write, not one per image
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
-@click.group(cls=ImageGroup)
+@click.group(cls=LazyGroup, lazy=IMAGE_SUBGROUPS)
 def image() -> None:
     """List and manage VM and container images."""
 
@@ -101,43 +34,13 @@ def list_(session: Session, repo: str | None, regex: str | None, as_json: bool) 
     images = sorted(_repos(session).images(repo, regex), key=lambda m: (m.name, m.repo))
     if as_json:
         click.echo(json.dumps([
-            {"name": m.name, "type": _kind(m.kind), "revision": m.revision, "repo": m.repo,
+            {"name": m.name, "type": m.type_label, "revision": m.revision, "repo": m.repo,
              "owner": m.owner, "created": m.created, "id": m.image_id, "size": m.size}
             for m in images], indent=2))
         return
-    _table(["NAME", "TYPE", "REVISION", "REPO", "OWNER", "DATE"],
-           [[m.name, _kind(m.kind), str(m.revision), m.repo, m.owner, _date(m.created)]
-            for m in images])
-
-
-def _show_dict(meta) -> dict[str, Any]:
-    d: dict[str, Any] = {
-        "name": meta.name, "repo": meta.repo, "revision": meta.revision, "id": meta.image_id,
-        "type": _kind(meta.kind), "owner": meta.owner, "created": meta.created,
-        "size": meta.size, "description": meta.description, "source": meta.source,
-        "parent": meta.parent,
-    }
-    if meta.vm is not None:
-        d["virtual_size"] = meta.vm["virtual_size"]
-        d["layers"] = meta.vm["layers"]
-    if meta.oci is not None:
-        image_cfg = meta.oci.get("config") or {}
-        cfg = image_cfg.get("config") or {}
-        manifest = meta.oci.get("manifest") or {}
-        d["manifest_digest"] = meta.oci.get("manifest_digest")
-        d["config_digest"] = (manifest.get("config") or {}).get("digest")
-        d["layers"] = [layer.get("digest") for layer in manifest.get("layers", [])]
-        d["platform"] = "/".join(str(image_cfg[k]) for k in ("os", "architecture", "variant")
-                                 if image_cfg.get(k))
-        d["entrypoint"] = cfg.get("Entrypoint")
-        d["cmd"] = cfg.get("Cmd")
-        d["workdir"] = cfg.get("WorkingDir") or ""
-        d["user"] = cfg.get("User") or ""
-        d["env"] = cfg.get("Env") or []
-        d["labels"] = cfg.get("Labels") or {}
-    d["blobs"] = [{"digest": b.digest, "size": b.size, "media_type": b.media_type}
-                  for b in meta.blobs]
-    return d
+    print_table(["NAME", "TYPE", "REVISION", "REPO", "OWNER", "DATE"],
+                [[m.name, m.type_label, m.revision, m.repo, m.owner, local_time(m.created)]
+                 for m in images], rule=True)
 
 
 def _argv(value: Any) -> str:
@@ -167,21 +70,21 @@ def show(session: Session, image_uri: str, as_json: bool, full: bool) -> None:
     else:
         revisions = repo.images(f"^{re.escape(meta.name)}$", all_revisions=True)
     if as_json:
-        click.echo(json.dumps([_show_dict(m) for m in revisions], indent=2))
+        click.echo(json.dumps([m.describe() for m in revisions], indent=2))
         return
     for i, m in enumerate(revisions):
-        d = _show_dict(m)
+        d = m.describe()
         if i:
             click.echo("")
         click.echo(f"{m.repo}:{m.name}@{m.revision}")
         rows = [
             ("id", m.image_id if full else m.short_id),
-            ("type", d["type"]), ("owner", m.owner), ("date", _date(m.created)),
-            ("size", f"{_human(m.size)} ({m.size} bytes)"),
+            ("type", d["type"]), ("owner", m.owner), ("date", local_time(m.created)),
+            ("size", f"{human_size(m.size)} ({m.size} bytes)"),
         ]
         if "virtual_size" in d:
             vsize = d["virtual_size"]
-            rows.append(("virtual size", f"{_human(vsize)} ({vsize} bytes)"))
+            rows.append(("virtual size", f"{human_size(vsize)} ({vsize} bytes)"))
         rows += [("description", m.description or "-"), ("source", m.source or "-"),
                  ("parent", m.parent or "-")]
         if "manifest_digest" in d:
@@ -197,7 +100,7 @@ def show(session: Session, image_uri: str, as_json: bool, full: bool) -> None:
         sizes = {b.digest: b.size for b in m.blobs}
         click.echo(f"  {'layers:':<14}{len(d['layers'])}")
         for digest in d["layers"]:
-            click.echo(f"    {digest}  {_human(sizes.get(digest, 0))}")
+            click.echo(f"    {digest}  {human_size(sizes.get(digest, 0))}")
 
 
 #: ``--insecure-options`` values: ``tls`` talks to a registry over plain HTTP or with an
@@ -330,9 +233,9 @@ def repo_list(session: Session, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    _table(["NAME", "ACCESS", "PATH", "DESCRIPTION"],
-           [[r["name"], "rw" if r["writable"] else "ro", r["path"], r["description"]]
-            for r in rows])
+    print_table(["NAME", "ACCESS", "PATH", "DESCRIPTION"],
+                [[r["name"], "rw" if r["writable"] else "ro", r["path"], r["description"]]
+                 for r in rows], rule=True)
 
 
 def _parse_duration(text: str) -> float:
@@ -362,7 +265,7 @@ def repo_gc(session: Session, name: str | None, grace_period: str) -> None:
         kept = f", kept {res.kept_young} younger than the grace period" if res.kept_young else ""
         click.echo(f"{r.name}: removed {res.blobs_removed} blobs and {res.tmp_removed} "
                    f"temporary entries, freed {res.bytes_freed} bytes "
-                   f"({_human(res.bytes_freed)}){kept}")
+                   f"({human_size(res.bytes_freed)}){kept}")
 
 
 @repo.command("fsck")

@@ -2,49 +2,19 @@
 
 from __future__ import annotations
 
-import datetime
-import importlib
 import json
-from collections.abc import Callable
-from typing import Any
 
 import click
 
 from pcocc.cli.context import Session, pass_session
+from pcocc.cli.output import human_size, local_time, print_table
 from pcocc.errors import NotFound
-
-#: Where the store offers, lazily imported: "module:function".
-#: resolve(config, image_uri) -> manifest digest of a container image in a repository.
-RESOLVER = "pcocc.repo.store:resolve_container_digest"
-#: live(config) -> set of the manifest digests of every container image in every repository.
-LIVE_DIGESTS = "pcocc.repo.store:live_container_digests"
-
-
-def _hook(spec: str) -> Callable[..., Any] | None:
-    module, _, attr = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        return None
 
 
 def _cache(session: Session):
     from pcocc.repo.cache import ContainerCache
 
     return ContainerCache.from_config(session.config.cache)
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
-
-
-def _when(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @click.group("cache")
@@ -78,11 +48,9 @@ def list_(session: Session, as_json: bool) -> None:
             )
         )
         return
-    rows = [("IMAGE DIGEST", "MODE", "SIZE", "LAST USED")]
-    rows += [(e.digest[:19], e.mode, _human(e.size_bytes), _when(e.last_used)) for e in entries]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    print_table(("IMAGE DIGEST", "MODE", "SIZE", "LAST USED"),
+                [(e.digest[:19], e.mode, human_size(e.size_bytes), local_time(e.last_used))
+                 for e in entries])
 
 
 @cache.command("delete")
@@ -100,15 +68,11 @@ def delete(session: Session, image: str) -> None:
         except NotFound:
             digest = None
     if digest is None:
-        resolver = _hook(RESOLVER)
-        if resolver is None:
-            raise NotFound(
-                f"no cached image matches '{image}'",
-                hint="give a digest shown by 'pcocc image cache list'",
-            )
-        digest = resolver(session.config, image)
+        from pcocc.repo.store import resolve_container_digest
+
+        digest = resolve_container_digest(session.config, image)
     for e in c.delete(digest):
-        click.echo(f"deleted {e.digest[:19]} ({e.mode}, {_human(e.size_bytes)})", err=True)
+        click.echo(f"deleted {e.digest[:19]} ({e.mode}, {human_size(e.size_bytes)})", err=True)
 
 
 def _is_hex(text: str) -> bool:
@@ -119,11 +83,11 @@ def _is_hex(text: str) -> bool:
 @pass_session
 def gc(session: Session) -> None:
     """Remove dangling data, entries of deleted images, and what exceeds the size limit."""
-    live_fn = _hook(LIVE_DIGESTS)
-    live = live_fn(session.config) if live_fn is not None else None
-    report = _cache(session).gc(live_digests=live)
+    from pcocc.repo.store import live_container_digests
+
+    report = _cache(session).gc(live_digests=live_container_digests(session.config))
     click.echo(
-        f"removed {len(report.removed_entries)} cached images ({_human(report.freed_bytes)}) "
+        f"removed {len(report.removed_entries)} cached images ({human_size(report.freed_bytes)}) "
         f"and {len(report.removed_tmp)} leftovers",
         err=True,
     )

@@ -22,11 +22,8 @@ def launcher(session: Session, command: str | None, hold: bool) -> None:
     """Start the VMs of the job's cluster, run CMD or a shell, then tear down."""
     from pcocc.cluster.jobs import run_launcher
 
-    def report(message: str) -> None:
-        if not session.quiet:
-            click.echo(f"pcocc: {message}", err=True)
-
-    exit_with(run_launcher(session.config, command, report=report, debug=session.debug, hold=hold))
+    exit_with(run_launcher(session.config, command, report=session.notify, debug=session.debug,
+                           hold=hold))
 
 
 @internal.command()

@@ -5,8 +5,6 @@ The lead attaches ``ctr_task`` to the hidden ``internal`` group.
 
 from __future__ import annotations
 
-import dataclasses
-
 import click
 
 from pcocc.cli.context import Session, exit_with, pass_session
@@ -17,10 +15,6 @@ from pcocc.cli.context import Session, exit_with, pass_session
 @pass_session
 def ctr_task(session: Session, request: str) -> None:
     """Run the pod described by the run request REQUEST on this node."""
-    from pcocc.cli.containers import run_local
-    from pcocc.ctr.multinode import read_request, task_hostname
+    from pcocc.ctr.multinode import run_task
 
-    apps, opts = read_request(request)
-    if opts.hostname is None:
-        opts = dataclasses.replace(opts, hostname=task_hostname())
-    exit_with(run_local(session, apps, opts))
+    exit_with(run_task(request, session.config, session.notify))

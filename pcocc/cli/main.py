@@ -1,10 +1,10 @@
 """Entry point of the ``pcocc`` command.
 
-Command groups live in their own modules and are imported only when used, so that
-``pcocc --help`` stays fast; the click group itself lives in :mod:`pcocc.cli.app`, so that
-``pcocc --version`` does not even import click. This is the only place that turns errors
-into messages and exit statuses (0 ok, 1 operation failed, 2 usage or configuration error,
-130 interrupted).
+Command groups live in their own modules and are imported only when used (the table is
+:mod:`pcocc.cli.commands`), so that ``pcocc --help`` stays fast; the click group itself lives
+in :mod:`pcocc.cli.app`, imported by :func:`run_cli` only, so that ``pcocc --version`` does
+not even import click. This is the only place that turns errors into messages and exit
+statuses (0 ok, 1 operation failed, 2 usage or configuration error, 130 interrupted).
 """
 
 from __future__ import annotations
@@ -13,39 +13,6 @@ import os
 import sys
 
 from pcocc import __version__
-
-TYPE_CHECKING = False  # the typing module is not needed at run time here
-if TYPE_CHECKING:
-    from typing import Any
-
-#: name -> (module:attribute, one-line help). Order is the order of ``pcocc --help``.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "alloc": ("pcocc.cli.cluster:alloc", "Run a virtual cluster interactively"),
-    "batch": ("pcocc.cli.cluster:batch", "Run a virtual cluster in a batch job"),
-    "ps": ("pcocc.cli.cluster:ps", "List your running virtual clusters"),
-    "ssh": ("pcocc.cli.access:ssh", "Connect to a VM with ssh"),
-    "scp": ("pcocc.cli.access:scp", "Copy files to and from VMs with scp"),
-    "nc": ("pcocc.cli.access:nc", "Connect to a TCP port of a VM"),
-    "console": ("pcocc.cli.access:console", "Attach to the serial console of a VM"),
-    "reset": ("pcocc.cli.access:reset", "Reset a VM"),
-    "monitor-cmd": ("pcocc.cli.access:monitor_cmd", "Send a QMP or HMP command to a VM"),
-    "run": ("pcocc.cli.containers:run", "Run container images on the nodes of an allocation"),
-    "pod": ("pcocc.cli.containers:pod", "List, inspect, enter and collect container pods"),
-    "image": ("pcocc.cli.image:image", "List and manage VM and container images"),
-    "template": ("pcocc.cli.template:template", "List and show VM templates"),
-    "admin": ("pcocc.cli.admin:admin", "Set up pcocc on a site: etcd users and auth"),
-    "internal": ("pcocc.cli.internal:internal", "Commands run by pcocc itself on the nodes"),
-}
-HIDDEN = {"internal"}
-
-
-def __getattr__(name: str) -> Any:
-    # ``cli`` (the click group) is built on first use: see pcocc.cli.app.
-    if name in ("cli", "LazyGroup"):
-        from pcocc.cli import app
-
-        return getattr(app, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _debug_requested(argv: list[str]) -> bool:

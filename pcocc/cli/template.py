@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from pcocc.cli.context import Session, pass_session
+from pcocc.cli.output import print_table
 
 
 @click.group()
@@ -42,7 +43,7 @@ def list_(session: Session, as_json: bool) -> None:
         ]
         for t in templates.values()
     ]
-    click.echo(format_table(["NAME", "DESCRIPTION", "IMAGE", "RESOURCES", "INHERITS"], rows))
+    print_table(["NAME", "DESCRIPTION", "IMAGE", "RESOURCES", "INHERITS"], rows)
 
 
 @template.command("show")
@@ -71,20 +72,10 @@ def show(session: Session, name: str, as_json: bool) -> None:
     rows.append(["(cores)", str(res["cores"]), f"resource set {rs}"])
     rows.append(["(memory)", str(res["memory"]), f"resource set {rs}"])
     rows.append(["(networks)", _show_value(res["networks"]), f"resource set {rs}"])
-    click.echo(format_table(["SETTING", "VALUE", "FROM"], rows))
+    print_table(["SETTING", "VALUE", "FROM"], rows)
 
 
 def _show_value(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value)
-
-
-def format_table(header: list[str], rows: list[list[str]]) -> str:
-    """Left-aligned columns separated by two spaces; the last column is not padded."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = []
-    for row in [header, *rows]:
-        cells = [str(c).ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)]
-        lines.append("  ".join([*cells, str(row[-1])]).rstrip())
-    return "\n".join(lines)

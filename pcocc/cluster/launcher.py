@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcocc import proc
-from pcocc.cluster import keys, rundir
+from pcocc.cluster import rundir
 from pcocc.cluster.definition import ClusterDefinition
 from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S
 from pcocc.cluster.ports import Batch, Kv, Lease, TaskGroup
@@ -34,6 +34,7 @@ from pcocc.cluster.signals import Interrupted, deferred_signals, raising_on_sign
 from pcocc.cluster.state import ClusterLifecycle, ClusterState
 from pcocc.cluster.vmstate import ACCEL_NOTE, FAILED, RUNNING, SIGNAL_NOTE, STOPPED, VmRecord
 from pcocc.errors import Corrupt, PcoccError, ServiceUnavailable
+from pcocc.kv import keys
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,15 @@ class ClusterStopped(ClusterFailed):
         )
         self.signum = signum
         self.exit_status = 128 + signum
+
+
+def _vm_state_rank(key: str) -> int | None:
+    """Rank of a ``.../vms/<rank>/state`` key, None for any other key."""
+    try:
+        parsed = keys.parse_cluster_key(key)
+    except Corrupt:
+        return None
+    return parsed.rank if parsed.kind == "vm_state" else None
 
 
 @dataclass
@@ -201,7 +211,7 @@ class Launcher:
             self._lease.check()
         records: dict[int, VmRecord] = {}
         for key, value in snapshot.items():
-            rank = keys.parse_vm_state_key(key)
+            rank = _vm_state_rank(key)
             if rank is None:
                 continue
             try:
@@ -269,7 +279,7 @@ class Launcher:
         try:
             if self._lease is not None:
                 self._lease.check()
-            self.kv.get(keys.definition(self.s.user, self.s.batchid))
+            self.kv.get(keys.cluster_definition(self.s.user, self.s.batchid))
         except PcoccError as err:
             self._etcd_lost = True
             raise ClusterFailed(
@@ -366,7 +376,7 @@ class Launcher:
         if not self._booted or self._etcd_lost or self._tasks.poll() is not None:
             return
         try:
-            self.kv.delete_prefix(keys.definition(self.s.user, self.s.batchid))
+            self.kv.delete_prefix(keys.cluster_definition(self.s.user, self.s.batchid))
         except Exception as err:  # the signal below still stops them
             log.debug("could not release the node processes through etcd: %s", err)
             return
@@ -400,7 +410,8 @@ class Launcher:
             error=self.lifecycle.error,
         )
         try:
-            self.kv.put(keys.definition(self.s.user, self.s.batchid), record.to_json(), self._lease)
+            self.kv.put(keys.cluster_definition(self.s.user, self.s.batchid), record.to_json(),
+                        self._lease)
         except Exception:
             if state is ClusterState.TEARING_DOWN:
                 log.warning("could not record the teardown of cluster %s", self.s.batchid)

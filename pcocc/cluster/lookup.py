@@ -7,11 +7,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pcocc.cluster import keys
 from pcocc.cluster.ports import Kv
 from pcocc.cluster.record import ClusterRecord
 from pcocc.cluster.vmstate import RUNNING, VmRecord
 from pcocc.errors import Corrupt, NotFound, UsageError
+from pcocc.kv import keys
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +78,22 @@ def parse_vm_name(name: str) -> int:
     return int(text)
 
 
+def _split_cluster_key(prefix: str, key: str) -> tuple[str, str] | None:
+    """(batchid, rest) of a key under ``prefix`` (:func:`keys.clusters_prefix`), or None."""
+    if not key.startswith(prefix):
+        return None
+    batchid, _, rest = key[len(prefix) :].partition("/")
+    return (batchid, rest) if batchid else None
+
+
 def clusters_of(kv: Kv, user: str) -> list[ClusterView]:
     """Every cluster of ``user`` in this etcd, by batch id."""
-    snapshot = kv.get_prefix(keys.user_clusters_prefix(user))
+    prefix = keys.clusters_prefix(user)
+    snapshot = kv.get_prefix(prefix)
     views: dict[str, ClusterView] = {}
     parts: dict[str, list[tuple[str, str]]] = {}
     for key, value in snapshot.items():
-        parsed = keys.split_cluster_key(user, key)
+        parsed = _split_cluster_key(prefix, key)
         if parsed is None:
             continue
         batchid, rest = parsed

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcocc import proc
-from pcocc.cluster import keys, rundir
+from pcocc.cluster import rundir
 from pcocc.cluster.definition import ClusterDefinition, VmEntry
 from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S
 from pcocc.cluster.ports import Kv, Lease, VmHandle
@@ -35,6 +35,7 @@ from pcocc.cluster.signals import (
 )
 from pcocc.cluster.vmstate import BOOTING, FAILED, RUNNING, SIGNAL_NOTE, STOPPED, VmRecord
 from pcocc.errors import NotFound, PcoccError
+from pcocc.kv import keys
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class NodeProcess:
             node=settings.node,
         )
         self._lease: Lease | None = None
-        self._def_key = keys.definition(settings.user, settings.batchid)
+        self._def_key = keys.cluster_definition(settings.user, settings.batchid)
         #: set by whoever runs this node in a thread (signals reach only the main thread)
         self.stop_requested = threading.Event()
 

@@ -7,5 +7,7 @@ Public surface::
     volumes.parse_volume/parse_mount/resolve_mounts
     runtime.get_runtime(name)       crun, runc, unshare, vm; ``auto`` probes
     pods.PodStore                   pod records: list, status, gc, rm
-    launch.run_pod(...)             prepare and run a pod (what ``pcocc run`` calls)
+    pod.run_request(req, config, notify)  images to root filesystems, then one pod: ``pcocc run``
+    launch.run_pod(...)             prepare, start and wait for a pod of prepared apps
+    multinode.run_tasks/run_task    ``pcocc run -N/-n``: one pod per task of an allocation
 """

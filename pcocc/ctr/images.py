@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from pcocc.errors import AlreadyExists, Corrupt, NotFound, PcoccError, UsageError
 
 if TYPE_CHECKING:
-    from pcocc.cli.context import Session
+    from pcocc.config import Config
     from pcocc.repo.meta import ImageMeta
     from pcocc.repo.store import RepoSet, Repository
 
@@ -91,7 +91,7 @@ def resolve_directory(ref: str) -> tuple[Path, dict[str, Any]] | None:
 
 
 def resolve_rootfs(
-    session: Session | None,
+    config: Config | None,
     image_ref: str,
     *,
     mounts: contextlib.ExitStack | None = None,
@@ -99,6 +99,8 @@ def resolve_rootfs(
 ) -> tuple[Path, dict[str, Any]]:
     """(rootfs directory, OCI image config) of ``image_ref``.
 
+    :param config: where the repositories and the container cache are; None allows only
+        directories
     :param mounts: receives the unmount of a squashfs mounted for this run; without it,
         squashfs-mode caches fall back to an unpacked directory
     :param notify: told, in one line, about slow steps (an import, a first preparation)
@@ -108,16 +110,16 @@ def resolve_rootfs(
     found = resolve_directory(image_ref)
     if found is not None:
         return found
-    if session is None:
+    if config is None:
         raise NotFound(
             f"image '{image_ref}' not found",
             hint="give an image of 'pcocc image list' or the path of a root filesystem directory",
         )
     from pcocc.repo.store import RepoSet
 
-    repos = RepoSet(session.config.repos)
+    repos = RepoSet(config.repos)
     repo, meta = find_image(repos, image_ref, notify=notify)
-    return prepare_rootfs(session, repo, meta, mounts=mounts, notify=notify)
+    return prepare_rootfs(config, repo, meta, mounts=mounts, notify=notify)
 
 
 # -- finding (and importing) the image ---------------------------------------------------
@@ -237,7 +239,7 @@ def _imported(
 
 # -- the cache -----------------------------------------------------------------------------
 def prepare_rootfs(
-    session: Session,
+    config: Config,
     repo: Repository,
     meta: ImageMeta,
     *,
@@ -249,7 +251,7 @@ def prepare_rootfs(
 
     image = meta.oci_image()
     config = image_config_from(image.config, f"image {meta.ref}")
-    cache_cfg = session.config.cache
+    cache_cfg = config.cache
     if cache_cfg is None:
         raise PcoccError("no container cache is configured", hint="set cache.path in repos.yaml")
     cache = ContainerCache.from_config(cache_cfg)

@@ -18,34 +18,39 @@ import socket
 import sys
 import uuid as uuidlib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pcocc.ctr.launch import RunOptions, exit_status
+from pcocc.ctr.pod import Notify, RunRequest, run_request
 from pcocc.ctr.pods import pods_dir
-from pcocc.errors import PcoccError, UsageError
+from pcocc.errors import UsageError
 from pcocc.fsutil import write_atomic
 
 if TYPE_CHECKING:
-    from pcocc.cli.context import Session
+    from pcocc.config import Config
 
 REQUEST_VERSION = 1
 #: set in the allocation that ``pcocc run -N/-n`` makes for itself
 ALLOCATED_VAR = "PCOCC_RUN_ALLOCATED"
 
 
-def write_request(apps: list[tuple[str, list[str]]], opts: RunOptions) -> Path:
+def write_request(request: RunRequest) -> Path:
     """Save a run request where every node can read it (the user's state directory)."""
     d = pods_dir().parent / "requests"
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = d / f"{uuidlib.uuid4()}.json"
-    data = {"version": REQUEST_VERSION, "apps": [list(a) for a in apps], "options": asdict(opts)}
+    data = {
+        "version": REQUEST_VERSION,
+        "apps": [list(a) for a in request.apps],
+        "options": asdict(request.options),
+    }
     write_atomic(path, json.dumps(data), mode=0o600)
     return path
 
 
-def read_request(path: str | Path) -> tuple[list[tuple[str, list[str]]], RunOptions]:
+def read_request(path: str | Path) -> RunRequest:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
@@ -53,7 +58,7 @@ def read_request(path: str | Path) -> tuple[list[tuple[str, list[str]]], RunOpti
     if data.get("version") != REQUEST_VERSION:
         raise UsageError(f"{path}: not a run request of version {REQUEST_VERSION}")
     options: dict[str, Any] = data["options"]
-    return [(a[0], list(a[1])) for a in data["apps"]], RunOptions(**options)
+    return RunRequest([(a[0], list(a[1])) for a in data["apps"]], RunOptions(**options))
 
 
 def pcocc_argv() -> list[str]:
@@ -74,10 +79,18 @@ def task_hostname(env: Mapping[str, str] | None = None) -> str:
     return env.get("SLURMD_NODENAME") or socket.gethostname()
 
 
+def run_task(path: str | Path, config: Config, notify: Notify) -> int:
+    """Run, on this node, the pod of one task of the run request saved at ``path``; its
+    host name is the node's unless the request names one."""
+    request = read_request(path)
+    if request.options.hostname is None:
+        request = replace(request, options=replace(request.options, hostname=task_hostname()))
+    return run_request(request, config, notify)
+
+
 def run_tasks(
-    session: Session,
-    apps: list[tuple[str, list[str]]],
-    opts: RunOptions,
+    request: RunRequest,
+    config: Config,
     *,
     nodes: int | None,
     tasks: int | None,
@@ -89,16 +102,11 @@ def run_tasks(
     manager (salloc, or the local manager) and run ``rerun_argv`` (this same ``pcocc run``)
     inside it.
     """
-    try:
-        from pcocc.batch.base import get_manager
-    except ImportError:
-        raise PcoccError(
-            "multi-node runs (-N/-n) need the batch managers, not in this version",
-            hint="run without -N/-n to use this node only",
-        ) from None
-    manager = get_manager(session.config.batch)
+    from pcocc.batch.base import get_manager
+
+    manager = get_manager(config.batch)
     job_id = manager.job_id_from_env()
-    if opts.interactive:
+    if request.options.interactive:
         raise UsageError("--interactive cannot be combined with -N/-n")
     ntasks = tasks or nodes or 1
     if nodes is not None and nodes > ntasks:
@@ -114,9 +122,9 @@ def run_tasks(
 
         spec = JobSpec(ntasks=ntasks, nodes=nodes, job_name="pcocc-run", env={ALLOCATED_VAR: "1"})
         return exit_status(manager.allocate(spec, list(rerun_argv)))
-    request = write_request(apps, opts)
+    saved = write_request(request)
     try:
-        popen = manager.launch_tasks(job_id, ntasks, task_argv(request), env=dict(os.environ))
+        popen = manager.launch_tasks(job_id, ntasks, task_argv(saved), env=dict(os.environ))
         return exit_status(popen.wait())
     finally:
-        request.unlink(missing_ok=True)
+        saved.unlink(missing_ok=True)

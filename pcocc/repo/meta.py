@@ -46,6 +46,43 @@ class ImageMeta:
     def short_id(self) -> str:
         return self.image_id[: len(ID_PREFIX) + 12]
 
+    @property
+    def type_label(self) -> str:
+        """The image type as ``pcocc image`` shows it: ``vm`` or ``cont``."""
+        return "vm" if self.kind == KIND_VM else "cont"
+
+    def describe(self) -> dict[str, Any]:
+        """What ``pcocc image show`` tells about this revision (its JSON form): the stored
+        fields, plus the virtual size and layers of a VM image, or what the OCI manifest and
+        config say of a container image (platform, entrypoint, env, labels...)."""
+        d: dict[str, Any] = {
+            "name": self.name, "repo": self.repo, "revision": self.revision,
+            "id": self.image_id, "type": self.type_label, "owner": self.owner,
+            "created": self.created, "size": self.size, "description": self.description,
+            "source": self.source, "parent": self.parent,
+        }
+        if self.vm is not None:
+            d["virtual_size"] = self.vm["virtual_size"]
+            d["layers"] = self.vm["layers"]
+        if self.oci is not None:
+            image_cfg = self.oci.get("config") or {}
+            cfg = image_cfg.get("config") or {}
+            manifest = self.oci.get("manifest") or {}
+            d["manifest_digest"] = self.oci.get("manifest_digest")
+            d["config_digest"] = (manifest.get("config") or {}).get("digest")
+            d["layers"] = [layer.get("digest") for layer in manifest.get("layers", [])]
+            d["platform"] = "/".join(str(image_cfg[k]) for k in ("os", "architecture", "variant")
+                                     if image_cfg.get(k))
+            d["entrypoint"] = cfg.get("Entrypoint")
+            d["cmd"] = cfg.get("Cmd")
+            d["workdir"] = cfg.get("WorkingDir") or ""
+            d["user"] = cfg.get("User") or ""
+            d["env"] = cfg.get("Env") or []
+            d["labels"] = cfg.get("Labels") or {}
+        d["blobs"] = [{"digest": b.digest, "size": b.size, "media_type": b.media_type}
+                      for b in self.blobs]
+        return d
+
     def vm_layers(self) -> VmLayers:
         if self.kind != KIND_VM or self.vm is None:
             raise Corrupt(f"image {self.ref} is not a VM image")

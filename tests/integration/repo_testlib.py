@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.fixtures.cli import run_pcocc as pcocc
+
 
 def write_repos(conf_dir: Path, repos: dict[str, Path]) -> None:
     """A repos.yaml in ``conf_dir`` listing ``name -> path`` in order."""
@@ -17,11 +19,6 @@ def write_repos(conf_dir: Path, repos: dict[str, Path]) -> None:
     (conf_dir / "repos.yaml").write_text(yaml.safe_dump(
         {"repos": [{"name": n, "path": str(p), "description": f"{n} test repo"}
                    for n, p in repos.items()]}))
-
-
-def pcocc(pcocc_bin: str, *args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([pcocc_bin, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, **kw)
 
 
 def ok(pcocc_bin: str, *args: str) -> subprocess.CompletedProcess:

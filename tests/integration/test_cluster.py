@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest_vm import testvm_artifacts  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.slow
 
@@ -178,7 +177,7 @@ def assert_nothing_left(env: Env, etcd_endpoints: str | None = None) -> None:
 
 # -- environments ------------------------------------------------------------------------
 @pytest.fixture
-def local_env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts):  # noqa: F811
+def local_env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts):
     return Env(
         tmp_path,
         pcocc_env,
@@ -194,7 +193,7 @@ def slurm_test_env(
     tmp_path,
     pcocc_env,
     pcocc_bin,
-    testvm_artifacts,  # noqa: F811
+    testvm_artifacts,
     slurm_cluster,
     etcd_server,
 ):
@@ -420,7 +419,7 @@ def test_interactive_shell_without_command(local_env):
 
 
 def test_cluster_on_an_etcd_with_auth_logs_in_from_batch_yaml(
-    tmp_path, pcocc_env, pcocc_bin, testvm_artifacts, slurm_cluster  # noqa: F811
+    tmp_path, pcocc_env, pcocc_bin, testvm_artifacts, slurm_cluster
 ):
     """Launcher, srun'd node processes and user commands all log in as the user that
     batch.yaml names, with its private password file: no login in the environment or argv,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from conftest_vm import testvm_artifacts  # noqa: F401 - fixture
 from test_cluster import Env, assert_nothing_left
 
 pytestmark = pytest.mark.slow

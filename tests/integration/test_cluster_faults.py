@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest_vm import testvm_artifacts  # noqa: F401 - fixture
 from test_cluster import (  # noqa: F401 - slurm_test_env is a fixture
     Env,
     assert_nothing_left,
@@ -169,7 +168,7 @@ def test_long_etcd_outage_on_slurm(slurm_test_env, etcd_server):  # noqa: F811
     # (only this cluster's: other tests of the session share this etcd)
     import getpass
 
-    from pcocc.cluster.keys import cluster_prefix
+    from pcocc.kv.keys import cluster_prefix
     from pcocc.kv.client import KvClient
 
     prefix = cluster_prefix(getpass.getuser(), job_id)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest_vm import testvm_artifacts  # noqa: F401 - fixture
 from test_cluster import PRIVATE_CHECKS, Env, assert_nothing_left, use_private_network
 
 import devcluster
@@ -47,7 +46,7 @@ def _states(keys: dict[str, str]) -> dict[int, dict]:
 
 # -- user networks, and a node address other than 127.0.0.1 ---------------------------------
 @pytest.fixture
-def user_net_env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts):  # noqa: F811
+def user_net_env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts):
     env = Env(
         tmp_path,
         pcocc_env,
@@ -165,7 +164,7 @@ def netns_cluster():
 
 
 @pytest.fixture
-def netns_env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts, netns_cluster):  # noqa: F811
+def netns_env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts, netns_cluster):
     # a private etcd, started by the launcher on this host: the nodes must reach it too
     return Env(
         tmp_path,

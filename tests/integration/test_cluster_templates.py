@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest_vm import testvm_artifacts  # noqa: F401 - fixture
 from test_cluster import (  # noqa: F401 - local_env, slurm_test_env are fixtures
     Env,
     _endpoints,

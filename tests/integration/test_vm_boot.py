@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest_vm import load_builder, ssh_run, ssh_user_key, testvm_artifacts  # noqa: F401
+from tests.fixtures.vm import load_builder, ssh_run
 
 from pcocc import proc
 from pcocc.errors import PcoccError, UsageError
@@ -50,7 +50,7 @@ def is_alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def booted(tmp_path_factory, testvm_artifacts, ssh_user_key):  # noqa: F811
+def booted(tmp_path_factory, testvm_artifacts, ssh_user_key):
     """One test VM for the module, in a long run directory with awkward characters."""
     base = tmp_path_factory.mktemp("vm run")
     run_dir = base / ("dir with space, comma 'quote' \"dq\" " + "x" * 80)
@@ -68,7 +68,7 @@ def booted(tmp_path_factory, testvm_artifacts, ssh_user_key):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_ssh_with_published_host_key_prints_seed_hostname(booted, ssh_user_key):  # noqa: F811
+def test_ssh_with_published_host_key_prints_seed_hostname(booted, ssh_user_key):
     machine, known_hosts = booted
     res = ssh_run(ssh_user_key, machine.ssh_port, known_hosts, "hostname")
     assert res.returncode == 0, res.stderr
@@ -76,7 +76,7 @@ def test_ssh_with_published_host_key_prints_seed_hostname(booted, ssh_user_key):
 
 
 @pytest.mark.slow
-def test_wrong_host_key_is_refused(booted, ssh_user_key, tmp_path):  # noqa: F811
+def test_wrong_host_key_is_refused(booted, ssh_user_key, tmp_path):
     machine, _ = booted
     other = tmp_path / "known_hosts"
     other.write_text(f"[127.0.0.1]:{machine.ssh_port} {generate_host_key().public}\n")
@@ -86,7 +86,7 @@ def test_wrong_host_key_is_refused(booted, ssh_user_key, tmp_path):  # noqa: F81
 
 
 @pytest.mark.slow
-def test_user_data_script_ran(booted, ssh_user_key):  # noqa: F811
+def test_user_data_script_ran(booted, ssh_user_key):
     machine, known_hosts = booted
 
     def marker():
@@ -98,7 +98,7 @@ def test_user_data_script_ran(booted, ssh_user_key):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_image_disk_is_mounted_from_the_overlay(booted, ssh_user_key):  # noqa: F811
+def test_image_disk_is_mounted_from_the_overlay(booted, ssh_user_key):
     machine, known_hosts = booted
     res = ssh_run(ssh_user_key, machine.ssh_port, known_hosts, "cat /disk/etc/os-release")
     assert "ID=pcocc-testvm" in res.stdout
@@ -106,7 +106,7 @@ def test_image_disk_is_mounted_from_the_overlay(booted, ssh_user_key):  # noqa: 
 
 
 @pytest.mark.slow
-def test_qmp_and_guest_agent(booted, testvm_artifacts):  # noqa: F811
+def test_qmp_and_guest_agent(booted, testvm_artifacts):
     machine, _ = booted
     with machine.qmp() as qmp:
         assert qmp.query_status() == "running"
@@ -154,7 +154,7 @@ def test_sockets_are_private(booted):
 
 
 @pytest.mark.slow
-def test_system_reset_reboots_the_guest(booted, ssh_user_key):  # noqa: F811
+def test_system_reset_reboots_the_guest(booted, ssh_user_key):
     # runs last among the tests of this VM (pytest keeps file order)
     machine, known_hosts = booted
 
@@ -172,7 +172,7 @@ def test_system_reset_reboots_the_guest(booted, ssh_user_key):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_agent_readiness_and_shutdown_leave_nothing(testvm_artifacts, tmp_path):  # noqa: F811
+def test_agent_readiness_and_shutdown_leave_nothing(testvm_artifacts, tmp_path):
     if not testvm_artifacts.has_guest_agent:
         pytest.skip("qemu-guest-agent is not in the test VM")
     run_dir = tmp_path / "run"
@@ -193,7 +193,7 @@ def test_agent_readiness_and_shutdown_leave_nothing(testvm_artifacts, tmp_path):
 
 
 @pytest.mark.slow
-def test_guest_that_never_boots_times_out_naming_the_console_log(testvm_artifacts, tmp_path):  # noqa: F811
+def test_guest_that_never_boots_times_out_naming_the_console_log(testvm_artifacts, tmp_path):
     # No initramfs: the kernel panics (cannot mount root) and, with panic=0, waits forever.
     spec = VmSpec(name="broken", accel="tcg", kernel=testvm_artifacts.kernel,
                   append="console=ttyS0 panic=0")
@@ -235,7 +235,7 @@ def test_kvm_probe_fails_for_a_guest_that_cannot_start():
     assert result.reason
 
 
-def test_extra_disks_are_attached(testvm_artifacts, tmp_path):  # noqa: F811
+def test_extra_disks_are_attached(testvm_artifacts, tmp_path):
     # The argv Machine builds contains the overlay first, then the extra disks.
     machine = Machine(testvm_artifacts.spec("v", disks=(Drive(testvm_artifacts.disk,
                                                               readonly=True),)),
@@ -250,7 +250,7 @@ def test_extra_disks_are_attached(testvm_artifacts, tmp_path):  # noqa: F811
     assert not (tmp_path / "run").exists()
 
 
-def test_kept_overlay_points_at_the_image(testvm_artifacts, tmp_path):  # noqa: F811
+def test_kept_overlay_points_at_the_image(testvm_artifacts, tmp_path):
     machine = Machine(testvm_artifacts.spec("v"), tmp_path / "run",
                       image=testvm_artifacts.disk, keep_overlay=True)
     machine._prepare()
@@ -272,7 +272,7 @@ def test_bad_readiness_choices_are_usage_errors(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cpu_model", ["host", "qemu64"])
-def test_kvm_probe_agrees_with_a_real_kvm_boot(testvm_artifacts, tmp_path, cpu_model):  # noqa: F811
+def test_kvm_probe_agrees_with_a_real_kvm_boot(testvm_artifacts, tmp_path, cpu_model):
     """Whatever the probe says about KVM here, booting the test VM under KVM must agree.
 
     On the development machines /dev/kvm opens but guests hang (or ``-cpu host`` aborts): the
@@ -295,7 +295,7 @@ def test_kvm_probe_agrees_with_a_real_kvm_boot(testvm_artifacts, tmp_path, cpu_m
         assert "kvm" in str(info.value)
 
 
-def test_testvm_build_is_cached_by_content(tmp_path, monkeypatch, testvm_artifacts):  # noqa: F811
+def test_testvm_build_is_cached_by_content(tmp_path, monkeypatch, testvm_artifacts):
     builder = load_builder()
     out = tmp_path / "out"
     first = builder.build(out)
@@ -314,7 +314,7 @@ def test_testvm_build_is_cached_by_content(tmp_path, monkeypatch, testvm_artifac
                                                       "manifest.json", "vmlinuz"]
 
 
-def test_testvm_initramfs_is_a_valid_cpio_archive(testvm_artifacts):  # noqa: F811
+def test_testvm_initramfs_is_a_valid_cpio_archive(testvm_artifacts):
     listing = proc.run(["cpio", "-it", "--quiet", "-F", testvm_artifacts.initrd]).stdout.split()
     for member in ("init", "bin/busybox", "bin/sh", "bin/dropbear", "etc/passwd",
                    "lib/modules/virtio_net.ko", "lib/modules/isofs.ko", "etc/testvm/modules"):
@@ -323,7 +323,7 @@ def test_testvm_initramfs_is_a_valid_cpio_archive(testvm_artifacts):  # noqa: F8
     assert '"format": "qcow2"' in info
 
 
-def test_testvm_modules_are_loaded_after_their_dependencies(testvm_artifacts):  # noqa: F811
+def test_testvm_modules_are_loaded_after_their_dependencies(testvm_artifacts):
     manifest = json.loads((testvm_artifacts.directory / "manifest.json").read_text())
     moddir = Path("/lib/modules") / manifest["kernel_version"]
     deps = {}

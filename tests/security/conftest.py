@@ -13,27 +13,20 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parents[1]
-for extra in (TESTS / "integration", TESTS.parent):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
-
-from tests.nonroot import (  # noqa: E402
+from tests.nonroot import (
     SYSTEM_PYTHON,
     nonroot_pythonpath,
     system_python_problem,
 )
 
-# Real services for the attacks (same fixtures as the integration suite).
-from tests.integration.conftest import etcd_server, slurm_cluster, slurm_env  # noqa: E402,F401
-from conftest_vm import ssh_user_key, testvm_artifacts  # noqa: E402,F401
+# The real services of the attacks (etcd_server, slurm_cluster, slurm_env, testvm_artifacts,
+# ssh_user_key) are the fixtures of the whole suite: tests/conftest.py loads them.
 
 pytestmark = pytest.mark.security
 

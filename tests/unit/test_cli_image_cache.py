@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from click.testing import CliRunner
 
 from pcocc.cli import image_cache
 from pcocc.cli.context import Session
+from pcocc.errors import NotFound
+from pcocc.repo import store
 from pcocc.repo.cache import ContainerCache
 from pcocc.repo.model import OciImage
 
@@ -49,15 +52,15 @@ def test_list_table_and_json(setup):
     assert data[0]["path"].endswith("/rootfs")
 
 
-def test_delete_by_digest_prefix_and_unknown(setup, monkeypatch):
+def test_delete_by_digest_prefix_and_unknown(setup):
     session, cache = setup
     res = invoke(session, "delete", "2222222222")
     assert res.exit_code == 0, res.output
     assert [e.digest for e in cache.list()] == [fake_image(1).manifest_digest]
-    monkeypatch.setattr(image_cache, "RESOLVER", "pcocc.nothing.here:resolve")
     res = invoke(session, "delete", "user:busybox")
     assert res.exit_code != 0
-    assert "no cached image matches 'user:busybox'" in str(res.exception)
+    assert isinstance(res.exception, NotFound), res.exception
+    assert "busybox" in str(res.exception)
 
 
 def test_delete_through_the_store_resolver(setup, monkeypatch):
@@ -68,24 +71,26 @@ def test_delete_through_the_store_resolver(setup, monkeypatch):
         calls.append(uri)
         return fake_image(1).manifest_digest
 
-    monkeypatch.setattr(
-        image_cache, "_hook", lambda spec: resolve if spec == image_cache.RESOLVER else None
-    )
+    monkeypatch.setattr(store, "resolve_container_digest", resolve)
     res = invoke(session, "delete", "user:busybox@2")
     assert res.exit_code == 0, res.output
     assert calls == ["user:busybox@2"]
     assert [e.digest for e in cache.list()] == [fake_image(2).manifest_digest]
 
 
-def test_gc_uses_live_digests_when_the_store_offers_them(setup, monkeypatch):
+def test_gc_removes_the_entries_of_deleted_images(setup, monkeypatch):
     session, cache = setup
     live = {fake_image(2).manifest_digest}
-
-    def hook(spec):
-        return (lambda cfg: live) if spec == image_cache.LIVE_DIGESTS else None
-
-    monkeypatch.setattr(image_cache, "_hook", hook)
+    monkeypatch.setattr(store, "live_container_digests", lambda config: live)
     res = invoke(session, "gc")
     assert res.exit_code == 0, res.output
     assert "removed 1 cached images" in res.output
     assert [e.digest for e in cache.list()] == [fake_image(2).manifest_digest]
+
+
+def test_a_broken_store_fails_loudly(setup, monkeypatch):
+    """No fallback when the store cannot be imported: the error reaches the user."""
+    session, _cache = setup
+    monkeypatch.setitem(sys.modules, "pcocc.repo.store", None)  # import raises ImportError
+    res = invoke(session, "gc")
+    assert isinstance(res.exception, ImportError), res.output

@@ -1,17 +1,15 @@
-import stat
-import subprocess
-
 import pytest
 
-from pcocc.cluster import keys
 from pcocc.cluster.definition import build_definition
 from pcocc.cluster.lookup import clusters_of, format_age, ps_table, select_cluster
-from pcocc.cluster.memkv import MemoryKv
 from pcocc.cluster.record import ClusterRecord
-from pcocc.cluster.sshkeys import ensure_user_key, ssh_config_text, write_ssh_files
+from pcocc.cluster.sshkeys import ssh_config_text
 from pcocc.cluster.state import ClusterState
 from pcocc.cluster.vmstate import VmRecord
 from pcocc.errors import NotFound, UsageError
+from pcocc.kv import keys
+
+from tests.fixtures.memkv import MemoryKv
 
 USER = "bob"
 TEMPLATES = {"tpl": {"kernel": "/k"}}
@@ -21,7 +19,7 @@ def add_cluster(kv, batchid, n=2, running=2, other_user=False):
     user = "mallory" if other_user else USER
     d = build_definition(f"tpl:{n}", TEMPLATES, owner=user)
     rec = ClusterRecord(batchid, d, ClusterState.RUNNING, "n1", 123, batch="slurm")
-    kv.put(keys.definition(user, batchid), rec.to_json())
+    kv.put(keys.cluster_definition(user, batchid), rec.to_json())
     for rank in range(running):
         vm = VmRecord(
             rank=rank,
@@ -92,42 +90,12 @@ def test_select_cluster_rules():
 def test_corrupt_definition_is_skipped():
     kv = MemoryKv()
     add_cluster(kv, "7")
-    kv.put(keys.definition(USER, "8"), "{broken")
+    kv.put(keys.cluster_definition(USER, "8"), "{broken")
     assert [v.batchid for v in clusters_of(kv, USER)] == ["7"]
 
 
 def test_format_age():
     assert [format_age(s) for s in (5, 65, 3700, 90000)] == ["5s", "1m05s", "1h01m", "1d01h"]
-
-
-def test_user_key_generated_once(tmp_path):
-    path = tmp_path / "ssh" / "id_ed25519"
-    pub = ensure_user_key(path)
-    assert pub.startswith("ssh-ed25519 ")
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert ensure_user_key(path) == pub
-
-
-def test_ssh_files_pin_host_keys(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))
-    kv = MemoryKv()
-    add_cluster(kv, "7")
-    view = clusters_of(kv, USER)[0]
-    config = write_ssh_files(tmp_path, "7", view.vms)
-    text = config.read_text()
-    assert "Host vm1\n    HostName n2\n    Port 2201\n    HostKeyAlias pcocc-7-vm1" in text
-    assert "StrictHostKeyChecking yes" in text
-    assert (tmp_path / "known_hosts").read_text().splitlines() == [
-        "pcocc-7-vm0 ssh-ed25519 KEY0",
-        "pcocc-7-vm1 ssh-ed25519 KEY1",
-    ]
-    assert stat.S_IMODE(config.stat().st_mode) == 0o600
-    # ssh itself accepts the file and resolves vm1 through it
-    out = subprocess.run(
-        ["ssh", "-G", "-F", str(config), "vm1"], capture_output=True, text=True, check=True
-    ).stdout
-    assert "port 2201" in out and "stricthostkeychecking true" in out
-    assert "hostkeyalias pcocc-7-vm1" in out
 
 
 def test_ssh_connects_to_the_published_address_with_the_alias_key():
@@ -143,21 +111,6 @@ def test_ssh_connects_to_the_published_address_with_the_alias_key():
 def test_booting_vms_get_no_host_entry():
     vms = {0: VmRecord(rank=0, host="n1", status="booting", node_pid=1)}
     assert "Host vm0" not in ssh_config_text("7", vms, "/k", "/i")
-
-
-def test_scp_checks_vm_names(tmp_path, monkeypatch):
-    from pcocc.cluster.access import scp_argv
-
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("PCOCC_RUN_DIR", str(tmp_path / "run"))
-    kv = MemoryKv()
-    add_cluster(kv, "7")
-    view = clusters_of(kv, USER)[0]
-    argv = scp_argv(view, ["-r", "./dir", "root@vm1:/tmp/x"])
-    assert argv[:2] == ["scp", "-F"] and argv[3:] == ["-r", "./dir", "root@vm1:/tmp/x"]
-    assert "Host vm1" in open(argv[2]).read()
-    with pytest.raises(NotFound, match="vm0 to vm1"):
-        scp_argv(view, ["f", "vm4:/tmp"])
 
 
 def test_ssh_to_a_vm_without_ssh_forward_says_why(tmp_path, monkeypatch):

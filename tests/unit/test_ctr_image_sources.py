@@ -16,6 +16,7 @@ from pcocc.ctr.images import (
 )
 from pcocc.ctr.launch import RunOptions
 from pcocc.ctr.multinode import read_request, task_hostname, write_request
+from pcocc.ctr.pod import RunRequest
 from pcocc.ctr.settings import load_settings
 from pcocc.errors import ConfigError, Corrupt, NotFound, UsageError
 
@@ -63,9 +64,10 @@ def test_run_request_roundtrip(tmp_path, monkeypatch):
         mounts=["volume=v,target=/v"],
         private_net=True,
     )
-    path = write_request([("img", ["-c", "x"]), ("img2", [])], opts)
-    apps, back = read_request(path)
-    assert apps == [("img", ["-c", "x"]), ("img2", [])]
+    path = write_request(RunRequest([("img", ["-c", "x"]), ("img2", [])], opts))
+    back = read_request(path)
+    assert back.apps == [("img", ["-c", "x"]), ("img2", [])]
+    back = back.options
     assert back.runtime == "runc" and list(back.set_env) == ["A=1"] and back.private_net
 
 
@@ -146,13 +148,12 @@ def test_multinode_run_never_allocates_twice(tmp_path, monkeypatch):
 
     from pcocc.ctr.multinode import ALLOCATED_VAR, run_tasks
 
-    session = SimpleNamespace(
-        config=SimpleNamespace(batch={"type": "local", "local": {"state-dir": str(tmp_path)}})
-    )
+    config = SimpleNamespace(batch={"type": "local", "local": {"state-dir": str(tmp_path)}})
+    request = RunRequest([("img", [])])
     monkeypatch.delenv("PCOCC_JOB_ID", raising=False)
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.setenv(ALLOCATED_VAR, "1")
     with pytest.raises(UsageError, match="must run inside an allocation"):
-        run_tasks(session, [("img", [])], RunOptions(), nodes=2, tasks=None, rerun_argv=["x"])
+        run_tasks(request, config, nodes=2, tasks=None, rerun_argv=["x"])
     with pytest.raises(UsageError, match="-N 3 needs at least as many tasks"):
-        run_tasks(session, [("img", [])], RunOptions(), nodes=3, tasks=2, rerun_argv=["x"])
+        run_tasks(request, config, nodes=3, tasks=2, rerun_argv=["x"])

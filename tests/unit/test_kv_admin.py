@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pcocc.cli.main import cli
+from pcocc.cli.app import cli
 from pcocc.errors import UsageError
 from pcocc.kv.admin import (
     default_root_password_file,

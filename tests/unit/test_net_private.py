@@ -9,12 +9,13 @@ import time
 import pytest
 import yaml
 
-from pcocc.cluster import keys
 from pcocc.cluster.definition import ClusterDefinition, build_definition
-from pcocc.cluster.memkv import MemoryKv
 from pcocc.errors import ConfigError, ServiceUnavailable, UsageError
+from pcocc.kv import keys
 from pcocc.net import private
 from pcocc.net.private import PrivateNet, cluster_networks
+
+from tests.fixtures.memkv import MemoryKv
 
 NETS = {
     "nat": {"type": "user"},
@@ -185,7 +186,7 @@ def test_keys_of_private_networks_parse_back():
     assert key == "/pcocc/users/alice/clusters/12/nets/cluster/ports/3"
     assert key.startswith(keys.net_ports_prefix("alice", "12", "cluster"))
     assert kv_keys.parse_cluster_key(key).rank == 3
-    assert keys.parse_vm_state_key(key) is None
+    assert kv_keys.parse_cluster_key(key).kind == "net_port"
     parsed = kv_keys.parse_cluster_key(keys.net_switch("alice", "12", "cluster"))
     assert (parsed.kind, parsed.net) == ("net_switch", "cluster")
     with pytest.raises(UsageError):
@@ -196,7 +197,7 @@ def test_run_switch_serves_registered_ports_until_the_cluster_ends():
     import socket
 
     kv = MemoryKv()
-    kv.put(keys.definition("u", "7"), "{}")
+    kv.put(keys.cluster_definition("u", "7"), "{}")
     result = {}
     thread = threading.Thread(
         target=lambda: result.setdefault(
@@ -242,7 +243,7 @@ def test_bad_node_addresses_are_named():
     from pcocc.errors import PcoccError
 
     kv = MemoryKv()
-    kv.put(keys.definition("u", "7"), "{}")
+    kv.put(keys.cluster_definition("u", "7"), "{}")
     with pytest.raises(
         PcoccError, match="cannot bind the switch of network 'cluster' on 192.0.2.77"
     ):

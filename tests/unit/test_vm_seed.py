@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
-
-import pytest
 import yaml
 
-from pcocc import proc
-from pcocc.vm.seed import HostKey, SeedSpec, build_seed, seed_files
+from pcocc.vm.seed import HostKey, SeedSpec, seed_files
 
 KEY = HostKey(private="-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n",
               public="ssh-ed25519 AAAAhost pcocc")
@@ -64,20 +60,3 @@ def test_mounts_go_to_vendor_data_and_the_plain_table():
 def test_odd_hostname_survives_yaml():
     files = seed_files(SeedSpec("123", "i"))
     assert yaml.safe_load(files["meta-data"])["local-hostname"] == "123"
-
-
-@pytest.mark.skipif(shutil.which("genisoimage") is None, reason="genisoimage not installed")
-def test_seed_image_has_cidata_label_and_files(tmp_path):
-    dest = tmp_path / "dir, with 'odd' name" / "seed.iso"
-    dest.parent.mkdir()
-    build_seed(SeedSpec("vm4", "i-4", authorized_keys=("ssh-ed25519 AAAAuser",),
-                        host_key=KEY), dest)
-    assert dest.stat().st_mode & 0o777 == 0o600
-    assert list(dest.parent.iterdir()) == [dest]  # no staging leftovers
-    info = proc.run(["isoinfo", "-d", "-i", dest]).stdout
-    assert "Volume id: cidata" in info
-    listing = proc.run(["isoinfo", "-R", "-f", "-i", dest]).stdout.split()
-    assert {"/meta-data", "/user-data", "/vendor-data", "/pcocc/authorized_keys",
-            "/pcocc/ssh_host_ed25519_key"} <= set(listing)
-    meta = proc.run(["isoinfo", "-R", "-i", dest, "-x", "/meta-data"]).stdout
-    assert "local-hostname: vm4" in meta

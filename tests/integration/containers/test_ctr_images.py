@@ -22,7 +22,7 @@ def cache_entries(env) -> list[dict]:
 
 
 @pytest.fixture
-def busy(env, pcocc_bin, busybox_image):  # noqa: F811
+def busy(env, pcocc_bin, busybox_image):
     """The test busybox image imported as user:busy."""
     pcocc(pcocc_bin, "image", "import", busybox_image.ref, "user:busy", check=0)
     return "busy"
@@ -56,7 +56,7 @@ def test_run_by_image_id_prefix(env, pcocc_bin, busy):
     assert res.stdout == "hello from pcocc\n"
 
 
-def test_whiteouts_of_a_multilayer_image(env, pcocc_bin, multilayer_image):  # noqa: F811
+def test_whiteouts_of_a_multilayer_image(env, pcocc_bin, multilayer_image):
     pcocc(pcocc_bin, "image", "import", multilayer_image.ref, "multi", check=0)
     script = "; ".join(f"test -e /{p} && echo present /{p}" for p in multilayer_image.absent)
     res = pcocc(pcocc_bin, "run", "multi", "--", "sh", "-c", f"{script}; cat /data/new", check=0)
@@ -64,7 +64,7 @@ def test_whiteouts_of_a_multilayer_image(env, pcocc_bin, multilayer_image):  # n
     assert res.stdout == multilayer_image.expected["data/new"].decode()
 
 
-def test_oci_archive_file_is_imported_once(env, pcocc_bin, busybox_image, tmp_path):  # noqa: F811
+def test_oci_archive_file_is_imported_once(env, pcocc_bin, busybox_image, tmp_path):
     archive = tmp_path / "busybox.tar"
     testimages.convert(busybox_image, "oci-archive", str(archive))
     first = pcocc(pcocc_bin, "run", archive, "--", "cat", "/etc/hello", check=0)
@@ -76,7 +76,7 @@ def test_oci_archive_file_is_imported_once(env, pcocc_bin, busybox_image, tmp_pa
     assert "importing" not in again.stderr and "preparing" not in again.stderr
 
 
-def test_docker_reference_on_the_local_registry(env, pcocc_bin, busybox_image, registry):  # noqa: F811
+def test_docker_reference_on_the_local_registry(env, pcocc_bin, busybox_image, registry):
     location = registry.ref("pcocc/run-busybox", "1")
     testimages.convert(busybox_image, "docker", location, tls_verify=False)
     # a plain-HTTP registry is declared insecure where skopeo looks for it (registries.conf)

@@ -637,11 +637,12 @@ def test_ctr_task_runs_a_saved_request(env, pcocc_bin, image_dir):
     """What each srun task runs: ``pcocc internal ctr-task FILE`` (called here directly)."""
     from pcocc.ctr.launch import RunOptions
     from pcocc.ctr.multinode import write_request
+    from pcocc.ctr.pod import RunRequest
 
-    request = write_request(
+    request = write_request(RunRequest(
         [(str(image_dir), ["sh", "-c", "echo task-$TASK_VAR; exit 6"])],
         RunOptions(runtime="crun", set_env=["TASK_VAR=ok"]),
-    )
+    ))
     code = (
         "import sys; from pcocc.cli.internal_ctr import ctr_task; "
         "from pcocc.cli.context import Session; "

@@ -13,7 +13,7 @@ NODES = ["n1", "n2", "n3", "n4"]
 
 
 @pytest.fixture
-def slurm(pcocc_env, slurm_env, runtime_dir, monkeypatch, pcocc_bin, busybox_image):  # noqa: F811
+def slurm(pcocc_env, slurm_env, runtime_dir, monkeypatch, pcocc_bin, busybox_image):
     """pcocc configured for the dev cluster, with the busybox image as 'busy'."""
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime_dir))
     monkeypatch.delenv("XDG_STATE_HOME", raising=False)
@@ -54,7 +54,7 @@ def test_one_failing_task_fails_the_run(slurm, pcocc_bin):
 
 
 @pytest.mark.slow
-def test_whiteouts_on_every_node(slurm, pcocc_bin, multilayer_image):  # noqa: F811
+def test_whiteouts_on_every_node(slurm, pcocc_bin, multilayer_image):
     pcocc(pcocc_bin, "image", "import", multilayer_image.ref, "multi", check=0)
     checks = " && ".join(f"test ! -e /{p}" for p in multilayer_image.absent)
     res = pcocc(
@@ -69,7 +69,7 @@ def test_local_batch_manager_runs_every_task(
     runtime_dir,
     monkeypatch,
     pcocc_bin,
-    busybox_image,  # noqa: F811
+    busybox_image,
     tmp_path,
 ):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime_dir))

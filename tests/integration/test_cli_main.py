@@ -4,7 +4,9 @@ import sys
 from click.testing import CliRunner
 
 import pcocc
-from pcocc.cli.main import COMMANDS, HIDDEN, cli, run_cli
+from pcocc.cli.app import cli
+from pcocc.cli.commands import COMMANDS, HIDDEN
+from pcocc.cli.main import run_cli
 
 
 def test_help_lists_every_public_group():
@@ -31,7 +33,7 @@ def test_help_does_not_import_command_modules(pcocc_bin):
     code = (
         "import sys; from pcocc.cli.main import run_cli; run_cli(['--help']);"
         "print(sorted(m for m in sys.modules if m.startswith('pcocc.cli.') and m not in"
-        " ('pcocc.cli.main', 'pcocc.cli.app', 'pcocc.cli.context')))"
+        " ('pcocc.cli.main', 'pcocc.cli.app', 'pcocc.cli.commands', 'pcocc.cli.context')))"
     )
     import sys
 

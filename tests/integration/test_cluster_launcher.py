@@ -8,16 +8,17 @@ import time
 
 import pytest
 
-from pcocc.cluster import keys
 from pcocc.cluster.definition import build_definition
 from pcocc.cluster.launcher import ClusterFailed, ClusterStopped, Launcher, LaunchSettings
-from pcocc.cluster.memkv import MemoryKv
 from pcocc.cluster.node import NodeProcess, NodeSettings
 from pcocc.cluster.ports import MachineInfo
 from pcocc.cluster.record import ClusterRecord
 from pcocc.cluster.signals import Interrupted
 from pcocc.cluster.vmstate import VmRecord
 from pcocc.errors import PcoccError
+from pcocc.kv import keys
+
+from tests.fixtures.memkv import MemoryKv
 
 USER, JOB = "alice", "42"
 TEMPLATES = {"tpl": {"kernel": "/k", "accel": "tcg"}}
@@ -200,7 +201,7 @@ def test_command_runs_with_job_id_once_all_vms_run(run_dir, tmp_path):
     ]
     assert all(s.host_key.startswith("ssh-ed25519 ") for s in states)
     assert snap[keys.rnat(USER, JOB, 1, 22)] == "n1:22001"
-    rec = ClusterRecord.from_json(snap[keys.definition(USER, JOB)])
+    rec = ClusterRecord.from_json(snap[keys.cluster_definition(USER, JOB)])
     assert rec.state.value == "running" and rec.definition.size == 3
     assert launcher.lifecycle.state.value == "done"
     assert_all_gone(kv, batch, run_dir)
@@ -274,7 +275,7 @@ def test_qemu_crash_while_command_runs_stops_command(run_dir, tmp_path):
 
     def crash_when_running():
         kv.wait_for(
-            keys.definition(USER, JOB),
+            keys.cluster_definition(USER, JOB),
             lambda s: True if any('"running"' in v for v in s.values()) else None,
             10,
         )
@@ -333,7 +334,7 @@ def test_node_stops_when_launcher_definition_vanishes(run_dir):
 
     rec = ClusterRecord(JOB, d, ClusterState.BOOTING, "login", 1)
     with kv.lease(10) as lease:
-        kv.put(keys.definition(USER, JOB), rec.to_json(), lease)
+        kv.put(keys.cluster_definition(USER, JOB), rec.to_json(), lease)
         vms = {}
 
         def make(defn, entry, vm_dir, key):

@@ -6,7 +6,8 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from pcocc.cli.main import cli, run_cli
+from pcocc.cli.app import cli
+from pcocc.cli.main import run_cli
 
 SYSTEM = """\
 templates:

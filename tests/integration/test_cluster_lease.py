@@ -6,10 +6,11 @@ import threading
 import pytest
 from test_cluster_launcher import FakeBatch, assert_all_gone, make_launcher, run_dir  # noqa: F401
 
-from pcocc.cluster import keys
 from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S, lease_ttl_s
-from pcocc.cluster.memkv import MemoryKv
 from pcocc.errors import ServiceUnavailable, UsageError
+from pcocc.kv import keys
+
+from tests.fixtures.memkv import MemoryKv
 
 USER, JOB = "alice", "42"
 

@@ -17,9 +17,10 @@ from test_cluster_launcher import (  # noqa: F401 - run_dir is a fixture
     run_dir,
 )
 
-from pcocc.cluster import keys
 from pcocc.cluster.launcher import ClusterFailed
-from pcocc.cluster.memkv import MemoryKv
+from pcocc.kv import keys
+
+from tests.fixtures.memkv import MemoryKv
 
 NETS = {"net1": {"type": "private", "cidr": "10.1.0.0/24"}}
 TEMPLATES = {"tpl": {"kernel": "/k", "accel": "tcg", "resources": {"networks": ["net1"]}}}
@@ -69,5 +70,5 @@ def test_a_dead_switch_ends_the_cluster(run_dir):  # noqa: F811
     threading.Thread(target=kill_switch, daemon=True).start()
     with pytest.raises(ClusterFailed, match="the switch of network 'net1' exited with status -9"):
         launcher.run()
-    assert kv.get(keys.definition(USER, JOB)) is None
+    assert kv.get(keys.cluster_definition(USER, JOB)) is None
     assert_all_gone(kv, batch, run_dir)

@@ -1,0 +1,33 @@
+"""The command table of ``pcocc``: plain data, read by the lazy groups of :mod:`pcocc.cli.app`.
+
+Each entry is ``name -> (module:attribute, one-line help)``; the order is the order of
+``--help``. The help text lives here so that ``pcocc --help`` imports no command module.
+"""
+
+from __future__ import annotations
+
+#: the subcommands of ``pcocc``
+COMMANDS: dict[str, tuple[str, str]] = {
+    "alloc": ("pcocc.cli.cluster:alloc", "Run a virtual cluster interactively"),
+    "batch": ("pcocc.cli.cluster:batch", "Run a virtual cluster in a batch job"),
+    "ps": ("pcocc.cli.cluster:ps", "List your running virtual clusters"),
+    "ssh": ("pcocc.cli.access:ssh", "Connect to a VM with ssh"),
+    "scp": ("pcocc.cli.access:scp", "Copy files to and from VMs with scp"),
+    "nc": ("pcocc.cli.access:nc", "Connect to a TCP port of a VM"),
+    "console": ("pcocc.cli.access:console", "Attach to the serial console of a VM"),
+    "reset": ("pcocc.cli.access:reset", "Reset a VM"),
+    "monitor-cmd": ("pcocc.cli.access:monitor_cmd", "Send a QMP or HMP command to a VM"),
+    "run": ("pcocc.cli.containers:run", "Run container images on the nodes of an allocation"),
+    "pod": ("pcocc.cli.containers:pod", "List, inspect, enter and collect container pods"),
+    "image": ("pcocc.cli.image:image", "List and manage VM and container images"),
+    "template": ("pcocc.cli.template:template", "List and show VM templates"),
+    "admin": ("pcocc.cli.admin:admin", "Set up pcocc on a site: etcd users and auth"),
+    "internal": ("pcocc.cli.internal:internal", "Commands run by pcocc itself on the nodes"),
+}
+#: commands that ``--help`` does not list
+HIDDEN = frozenset({"internal"})
+
+#: the subgroups of ``pcocc image`` imported on first use (its other commands are eager)
+IMAGE_SUBGROUPS: dict[str, tuple[str, str]] = {
+    "cache": ("pcocc.cli.image_cache:cache", "List and clean the container image cache"),
+}

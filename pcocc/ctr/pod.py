@@ -1,0 +1,45 @@
+"""Run what ``pcocc run`` asks for on this node: resolve each image to a root filesystem,
+then run the apps as one pod (:func:`pcocc.ctr.launch.run_pod`).
+
+``pcocc run`` (one node) and each task of a multi-node run (``pcocc internal ctr-task``)
+call :func:`run_request`; the CLI only turns options into a :class:`RunRequest`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pcocc.ctr.launch import RunOptions
+
+if TYPE_CHECKING:
+    from pcocc.config import Config
+
+#: one-line messages about slow steps (an import, a first preparation in the cache)
+Notify = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """The apps of a pod, as ``(image reference, args)``, and the options of the run."""
+
+    apps: list[tuple[str, list[str]]]
+    options: RunOptions = field(default_factory=RunOptions)
+
+
+def run_request(request: RunRequest, config: Config, notify: Notify) -> int:
+    """Run the pod of ``request`` on this node; returns its exit status."""
+    from pcocc.ctr.images import resolve_rootfs
+    from pcocc.ctr.launch import AppSpec, run_pod
+    from pcocc.ctr.pods import PodStore
+    from pcocc.ctr.settings import from_config
+
+    with contextlib.ExitStack() as mounts:  # squashfs images stay mounted for the pod
+        specs = []
+        for image, args in request.apps:
+            rootfs, image_config = resolve_rootfs(config, image, mounts=mounts, notify=notify)
+            specs.append(AppSpec(image, str(rootfs), image_config, args))
+        _, status = run_pod(PodStore(), specs, request.options, from_config(config.containers))
+    return status
