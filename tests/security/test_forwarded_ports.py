@@ -30,8 +30,11 @@ BOOT_TIMEOUT_S = 240
 #: The victim's -E script: serve the two guest ports, check pcocc nc, wait for the attack.
 VICTIM_SCRIPT = f"""
 set -e
-pcocc ssh root@vm0 'while true; do nc -l -p 7777 -e echo {SECRET}; done </dev/null >/dev/null 2>&1 &'
-pcocc ssh root@vm0 'while true; do nc -l -p 7778 -e echo {PUBLIC}; done </dev/null >/dev/null 2>&1 &'
+serve() {{
+    pcocc ssh root@vm0 "while true; do nc -l -p $1 -e echo $2; done </dev/null >/dev/null 2>&1 &"
+}}
+serve 7777 {SECRET}
+serve 7778 {PUBLIC}
 for i in $(seq 40); do
     pcocc nc root@vm0 7777 </dev/null > nc-before.out 2> nc-before.err || true
     grep -q {SECRET} nc-before.out && break
@@ -114,6 +117,9 @@ def _listeners(kind: str, uid: int) -> list[tuple[str, str]]:
             continue
         fields = line.split()
         local = fields[4] if kind == "-x" else fields[3]
+        if kind == "-x" and not local.startswith(("/", "@", "*")):
+            # QEMU binds names relative to its run directory, its working directory
+            local = os.path.join(os.readlink(f"/proc/{pids[0]}/cwd"), local)
         process = ",".join(re.findall(r'"([^"]+)"', line))
         found.append((local, process))
     return found
@@ -205,13 +211,16 @@ def test_forwarded_ports_and_vm_sockets_are_closed_to_another_user(
 
         # every unix socket the victim's processes listen on: QMP, console, agent...
         unix = [local for local, _ in _listeners("-x", victim.uid) if local != "*"]
-        assert any(name.endswith("qmp.sock") for name in unix), unix
-        assert any(name.endswith("console.sock") for name in unix), unix
+        assert any(name.endswith("/qmp.sock") for name in unix), unix
+        assert any(name.endswith("/console.sock") for name in unix), unix
+        paths = [name for name in unix if not name.startswith("@")]
+        assert all(os.path.exists(path) for path in paths), paths  # no false "not found"
         probe = attacker.run(["/usr/bin/python3", "-c", UNIX_PROBE, *unix])
         assert probe.returncode == 0, probe.stderr
-        reached = {n: what for n, what in json.loads(probe.stdout).items()
-                   if not what.startswith("error:")}
+        tried = json.loads(probe.stdout)
+        reached = {n: what for n, what in tried.items() if not what.startswith("error:")}
         assert not reached, reached
+        assert all("Permission denied" in tried[path] for path in paths), tried
     finally:
         (victim.home / "attack-done").touch()
         try:
