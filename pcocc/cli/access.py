@@ -42,19 +42,20 @@ def scp(session: Session, job_id: str | None, args: tuple[str, ...]) -> None:
 
 @click.command()
 @_job_option
-@click.argument("vm", metavar="vmN")
+@click.argument("target", metavar="[USER@]vmN")
 @click.argument("port", type=click.IntRange(1, 65535))
 @pass_session
-def nc(session: Session, job_id: str | None, vm: str, port: int) -> None:
+def nc(session: Session, job_id: str | None, target: str, port: int) -> None:
     """Connect stdin and stdout to TCP PORT of a VM.
 
-    PORT must be forwarded: 22, or a port in the `forwards` of a user network of the VM's
-    resource set (networks.yaml).
+    PORT must be forwarded: 22, or a port in the `forwards` or `public-forwards` of a user
+    network of the VM's resource set (networks.yaml). A private forward (`forwards`) is
+    reached through the VM's ssh server, logged in as USER (default: as `pcocc ssh`).
     """
     from pcocc.cluster.access import find_cluster
     from pcocc.cluster.access import nc as relay
 
-    relay(find_cluster(job_id, config=lambda: session.config), vm, port)
+    exit_with(relay(find_cluster(job_id, config=lambda: session.config), target, port))
 
 
 @click.command()

@@ -216,13 +216,34 @@ def _relay(sock: socket.socket, in_fd: int, out_fd: int, escape: bytes | None) -
             sock.sendall(data)
 
 
-def nc(view: ClusterView, name: str, port: int) -> None:
-    """Relay stdin/stdout to TCP ``port`` of a VM, through its forwarded address."""
+def private_forwards(view: ClusterView, rank: int) -> list[int]:
+    """The private forwards of VM ``rank`` (networks.yaml ``forwards``): no host port
+    listens for them; ``pcocc nc`` reaches them through the VM's ssh server."""
+    from pcocc.net.resolve import plan_networks
+
+    return plan_networks(view.record.definition.vm(rank).networks).private
+
+
+def nc_ssh_argv(view: ClusterView, target: str, port: int) -> list[str]:
+    """``ssh -W`` to ``port`` of the guest's loopback, as ``[USER@]vmN``: the user's key
+    protects the relay, and it works from any node that reaches the ssh forward."""
+    from pcocc.net.user import PRIVATE_TARGET
+
+    return ssh_argv(view, target, (), ("-W", f"{PRIVATE_TARGET}:{port}"))
+
+
+def nc(view: ClusterView, target: str, port: int) -> int:
+    """Relay stdin/stdout to TCP ``port`` of a VM (``[USER@]vmN``) and return the exit
+    status: a listening forward (ssh, public) directly, a private one through ssh."""
+    _user, name = _target(target)
     rank = parse_vm_name(name)
     rec = view.vm(name)
     address = view.rnat.get((rank, port))
     if address is None:
-        forwarded = sorted(p for (r, p) in view.rnat if r == rank)
+        private = private_forwards(view, rank)
+        if port in private:
+            return run_interactive(nc_ssh_argv(view, target, port))
+        forwarded = sorted({p for (r, p) in view.rnat if r == rank} | set(private))
         raise NotFound(
             f"port {port} of {rec.name} is not forwarded",
             hint=f"forwarded ports: {', '.join(map(str, forwarded)) or 'none'}",
@@ -239,6 +260,7 @@ def nc(view: ClusterView, name: str, port: int) -> None:
     with sock:
         sock.settimeout(None)
         _relay(sock, sys.stdin.fileno(), sys.stdout.fileno(), escape=None)
+    return 0
 
 
 def _qmp(rec: VmRecord):

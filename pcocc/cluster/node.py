@@ -2,9 +2,10 @@
 
 It reads the cluster definition from etcd, builds and starts the VM of its rank in a private
 run dir, publishes the VM's state under a lease kept alive while QEMU runs (so a dead node
-process makes its VM disappear from etcd), publishes ``address:port`` of each forwarded
-guest port (``rnat/<rank>/<guest port>``, on the node's address that the other nodes reach,
-see :func:`pcocc.cluster.jobs.node_address`), and stops QEMU and cleans up when QEMU exits, when
+process makes its VM disappear from etcd), publishes ``address:port`` of each listening
+forward, ssh and public ones (``rnat/<rank>/<guest port>``, on the node's address that the
+other nodes reach, see :func:`pcocc.cluster.jobs.node_address`; private forwards have no
+listener, see :mod:`pcocc.net.user`), and stops QEMU and cleans up when QEMU exits, when
 the launcher's definition key vanishes, on SIGTERM (srun or scancel stopping the step), or
 when its lease is lost because etcd did not answer for longer than the lease TTL.
 """

@@ -110,7 +110,7 @@ class MachineInfo:
     console_socket: str
     console_log: str
     extra: dict[str, Any] = field(default_factory=dict)
-    #: guest port -> host port of every forward (ssh included), on the node's address
+    #: guest port -> host port of every listening forward (ssh, public), on the node's address
     forwards: dict[int, int] = field(default_factory=dict)
 
 

@@ -400,13 +400,21 @@ def _tail(path: Path, lines: int = 2) -> str:
 
 def gate_path_for(runtime_dir: Path, pod_uuid: str, kind: str = "net") -> Path:
     """A short socket path (sun_path holds 107 bytes) for the pod's gate (``net``) or
-    slirp4netns's API (``slirp``)."""
+    slirp4netns's API (``slirp``).
+
+    Both sockets must stay out of other users' reach (one who reached the API socket could
+    forward ports into the pod, one who reached the gate could stall it), so when the
+    runtime directory is too deep they go to a private 0700 directory of ours in the
+    temporary directory, never into the shared temporary directory itself.
+    """
     name = f"{kind}-{pod_uuid[:12]}.sock"
     path = runtime_dir / name
     if len(os.fsencode(path)) > 100:
         import tempfile
 
-        path = Path(tempfile.gettempdir()) / f"pcocc-{os.getuid()}-{name}"
+        from pcocc.cluster.rundir import private_dir
+
+        path = private_dir(Path(tempfile.gettempdir()) / f"pcocc-{os.getuid()}") / name
     return path
 
 

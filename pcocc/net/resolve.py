@@ -44,8 +44,14 @@ class NetworkPlan:
 
     @property
     def forwards(self) -> list[int]:
-        """Every forwarded guest port, ssh first (a port is forwarded by one NIC only)."""
-        return [p for n in self.user_nets for p in n.forwards]
+        """Every forwarded guest port, listening or private (a port is forwarded by one NIC
+        only)."""
+        return [p for n in self.user_nets for p in n.ports]
+
+    @property
+    def private(self) -> list[int]:
+        """The private forwards: reached through the VM's ssh server, nothing listens."""
+        return [p for n in self.user_nets for p in n.private]
 
 
 #: builder(name, settings, index, plan): add the NIC of network ``name`` (its networks.yaml
@@ -60,7 +66,7 @@ def _build_user(name: str, settings: Mapping[str, Any], index: int, plan: Networ
     ssh = wants_ssh and not plan.has_ssh
     taken = set(plan.forwards)
     net = user.from_config(name, settings, index, ssh=ssh)
-    dup = [p for p in net.forwards if p in taken]
+    dup = [p for p in net.ports if p in taken]
     if dup:
         raise ConfigError(
             f"network '{name}' forwards guest port {dup[0]}, which another network of the"
@@ -105,6 +111,7 @@ def resolve_networks(
                 hint="known types: " + ", ".join(sorted({*BUILDERS, *SKIPPED_TYPES})),
             )
         result.append({**settings, "name": name})
+    plan_networks(result)  # the node would refuse it: say so before allocating
     return result
 
 
@@ -127,4 +134,13 @@ def plan_networks(networks: Sequence[Mapping[str, Any]]) -> NetworkPlan:
                 continue
             raise ConfigError(f"network '{name}' has type {kind!r}, which cannot be built here")
         builder(name, settings, index, plan)
+    if plan.private and not plan.has_ssh:
+        nets = [n.network for n in plan.user_nets if n.private]
+        raise ConfigError(
+            f"network '{nets[0]}' forwards guest port {plan.private[0]} privately, but the VM"
+            " forwards no ssh port ('pcocc nc' reaches private forwards through the VM's ssh"
+            " server)",
+            hint="set ssh-forward: true on one of the VM's user networks, or list the port"
+            " in public-forwards to let anyone who reaches the node connect (networks.yaml)",
+        )
     return plan

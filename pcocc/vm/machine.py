@@ -6,9 +6,10 @@ overlay over the image's top layer, the seed, the QMP, console and guest agent s
 directory and gets relative socket names, so long run directories do not hit the 108-byte
 limit of unix socket paths; pcocc reaches them through ``/proc/self/fd/N/``.
 
-Forwarded guest ports (ssh and the ``forwards`` of user networks) listen on the spec's
+Listening forwards (ssh and the ``public-forwards`` of user networks) listen on the spec's
 ``host_address``, the node's address that other nodes reach; their host ports are picked free
-on that address when QEMU starts (and picked again if QEMU loses the race for one).
+on that address when QEMU starts (and picked again if QEMU loses the race for one). Private
+forwards get no listener (see :mod:`pcocc.net.user`).
 
 The guest is "up" when its ssh server sends its banner through the forwarded port (the
 default when the VM forwards ssh: it is what users need next), or when its guest

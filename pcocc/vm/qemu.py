@@ -75,7 +75,7 @@ class VmSpec:
     host_address: str = "127.0.0.1"
     #: user-mode NICs; None: one NIC with the ssh forward (see pcocc.net.user.default_net)
     user_nets: tuple[UserNet, ...] | None = None
-    #: host port of each forwarded guest port other than ssh: ((guest, host), ...)
+    #: host port of each listening forward other than ssh (public ones): ((guest, host), ...)
     host_ports: tuple[tuple[int, int], ...] = ()
 
     def nics(self) -> tuple[UserNet, ...]:
@@ -85,7 +85,8 @@ class VmSpec:
         return self.user_nets if self.user_nets is not None else (default_net(),)
 
     def forwarded_ports(self) -> list[int]:
-        """Every guest port forwarded from the host, ssh first."""
+        """Every guest port QEMU listens for on the host, ssh first (private forwards have
+        no listener)."""
         return [port for net in self.nics() for port in net.forwards]
 
     def port_map(self) -> dict[int, int]:

@@ -69,6 +69,7 @@ def user_net_env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts):
                         "cidr": "10.0.3.0/24",
                         "ssh-forward": True,
                         "forwards": [7777],
+                        "public-forwards": [7778],
                     }
                 }
             }
@@ -85,26 +86,32 @@ def user_net_env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts):
 NC_CHECKS = (
     "set -e; pcocc ssh vm0 'ip -4 -o addr show dev eth0' > addr.txt; "
     "pcocc ssh vm0 'nc -l -p 7777 -e echo hello-from-7777 </dev/null >/dev/null 2>&1 &'; "
+    "pcocc ssh vm0 'nc -l -p 7778 -e echo hello-from-7778 </dev/null >/dev/null 2>&1 &'; "
     "for i in $(seq 20); do pcocc nc vm0 7777 </dev/null > nc.out || true; "
     "grep -q hello nc.out && break; sleep 0.5; done; "
+    "for i in $(seq 20); do pcocc nc vm0 7778 </dev/null > nc-public.out || true; "
+    "grep -q hello nc-public.out && break; sleep 0.5; done; "
     "ps -eo args | grep '[q]emu-system' > qemu.args; " + DUMP_KEYS
 )
 
 
-def test_user_network_forwards_ports_on_the_node_address(user_net_env):
+def test_user_network_forwards_public_ports_on_the_node_address(user_net_env):
     env = user_net_env
     res = env.run("alloc", "-E", NC_CHECKS, "testvm:1")
     assert res.returncode == 0, res.stderr
     tmp = env.tmp
     # the guest got its address from the network's subnet (slirp DHCP)
     assert " 10.0.3.15/24 " in (tmp / "addr.txt").read_text()
+    # the private forward through the VM's ssh server, the public one directly
     assert (tmp / "nc.out").read_text().strip() == "hello-from-7777"
+    assert (tmp / "nc-public.out").read_text().strip() == "hello-from-7778"
     qemu = (tmp / "qemu.args").read_text()
     assert "user,id=net0,net=10.0.3.0/24,hostfwd=tcp:127.0.0.2:" in qemu
-    assert "-:22,hostfwd=tcp:127.0.0.2:" in qemu and "-:7777" in qemu
+    assert "-:22,hostfwd=tcp:127.0.0.2:" in qemu and "-:7778" in qemu
+    assert "-:7777" not in qemu  # nothing listens for a private forward
     keys = json.loads((tmp / "keys.json").read_text())
     rnat = _rnat(keys)
-    assert sorted(rnat) == [(0, 22), (0, 7777)]
+    assert sorted(rnat) == [(0, 22), (0, 7778)]
     assert all(v.startswith("127.0.0.2:") for v in rnat.values()), rnat
     assert _states(keys)[0]["address"] == "127.0.0.2"
     assert_nothing_left(env)

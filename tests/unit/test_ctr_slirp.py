@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import sys
 import threading
 from pathlib import Path
@@ -158,6 +159,20 @@ def test_gate_path_stays_short(tmp_path):
     deep = tmp_path / ("d" * 120)
     path = gate_path_for(deep, uuid)
     assert len(os.fsencode(path)) <= 107 and path.name.endswith("net-0123456789ab.sock")
+
+
+def test_short_gate_path_is_in_a_private_directory(tmp_path, monkeypatch):
+    """Not in the shared temporary directory, where another user could reach the slirp4netns
+    API socket (and forward ports into the pod) or take the name first."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    tmp_path.chmod(0o1777)
+    path = gate_path_for(tmp_path / ("d" * 120), "0123456789abcdef-0000", "slirp")
+    assert path.parent != tmp_path and path.parent.parent == tmp_path
+    st = path.parent.stat()
+    assert st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == 0o700
 
 
 @pytest.mark.parametrize(

@@ -61,12 +61,14 @@ def test_no_networks_gives_the_default_nic_with_ssh():
 
 def test_only_the_first_user_network_with_ssh_forward_gets_it():
     plan = plan_networks(resolve_networks("t", "rs", ["quiet", "nat", "second"], NETWORKS))
-    assert [(n.id, n.cidr, n.forwards) for n in plan.user_nets] == [
-        ("net0", None, ()),
-        ("net1", "10.0.3.0/24", (22, 80, 8888)),
-        ("net2", "10.0.4.0/24", (9000,)),  # ssh-forward defaults to true, but nat has it
+    # forwards are private (no listener); only the ssh port listens
+    assert [(n.id, n.cidr, n.forwards, n.private) for n in plan.user_nets] == [
+        ("net0", None, (), ()),
+        ("net1", "10.0.3.0/24", (22,), (80, 8888)),
+        ("net2", "10.0.4.0/24", (), (9000,)),  # ssh-forward defaults to true, but nat has it
     ]
     assert plan.forwards == [22, 80, 8888, 9000]
+    assert plan.private == [80, 8888, 9000]
 
 
 def test_a_guest_port_forwarded_twice_is_refused():
