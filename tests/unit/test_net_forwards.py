@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from pcocc.cluster import keys
+from pcocc.kv import keys
 from pcocc.cluster.definition import build_definition
 from pcocc.cluster.lookup import clusters_of
-from pcocc.cluster.memkv import MemoryKv
+from tests.fixtures.memkv import MemoryKv
 from pcocc.cluster.record import ClusterRecord
 from pcocc.cluster.state import ClusterState
 from pcocc.cluster.vmstate import VmRecord
@@ -91,7 +91,7 @@ def view(tmp_path, monkeypatch):
     definition = build_definition("tpl:1", templates, owner="bob", networks={"nat": NAT})
     kv = MemoryKv()
     rec = ClusterRecord("7", definition, ClusterState.RUNNING, "n1", 123, batch="local")
-    kv.put(keys.definition("bob", "7"), rec.to_json())
+    kv.put(keys.cluster_definition("bob", "7"), rec.to_json())
     vm = VmRecord(rank=0, host="n1", status="running", node_pid=10, ssh_port=2200,
                   host_key="ssh-ed25519 KEY0", address="192.0.2.7")
     kv.put(keys.vm_state("bob", "7", 0), vm.to_json())
