@@ -104,6 +104,7 @@ def test_nc_reaches_a_private_forward_through_ssh(view, monkeypatch):
     from pcocc.cluster import access
 
     ran = []
+    monkeypatch.setattr(access, "ensure_user_key", lambda: "ssh-ed25519 AAAA pcocc")
     monkeypatch.setattr(access, "run_interactive", lambda argv: ran.append(argv) or 3)
     assert access.nc(view, "root@vm0", 8888) == 3
     argv = ran[0]
