@@ -84,12 +84,14 @@ class BatchManager(abc.ABC):
         env: Mapping[str, str] | None = None,
         *,
         one_per_node: bool = False,
+        nodes: int | None = None,
     ) -> subprocess.Popen:
         """Start ``ntasks`` copies of ``argv`` in the job; the Popen ends when all have.
 
         Each task finds its rank with ``task_rank()``. ``env`` replaces the environment
         (None: inherit ours). ``one_per_node``: one task per node, with all of the job's
-        resources on that node (a job allocated with ``JobSpec.one_per_node``).
+        resources on that node (a job allocated with ``JobSpec.one_per_node``). ``nodes``:
+        on that many nodes of the job (None: as many as the tasks need, at most ``ntasks``).
         """
 
     @abc.abstractmethod

@@ -138,8 +138,10 @@ class LocalManager(BatchManager):
         env: Mapping[str, str] | None = None,
         *,
         one_per_node: bool = False,
+        nodes: int | None = None,
     ) -> subprocess.Popen:
-        # one host only: one_per_node changes nothing (full-node clusters here have one VM)
+        # one host only: one_per_node and nodes change nothing (full-node clusters here
+        # have one VM)
         self._job_dir(job_id)
         task_env = dict(os.environ if env is None else env)
         task_env[JOB_ID_VAR] = str(job_id)

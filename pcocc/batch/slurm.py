@@ -62,13 +62,17 @@ def srun_argv(
     options: Sequence[str] = (),
     *,
     one_per_node: bool = False,
+    nodes: int | None = None,
 ) -> list[str]:
     """``srun`` starting ``ntasks`` tasks of ``argv`` in job ``job_id``.
 
     ``--kill-on-bad-exit`` ends every task when one fails, like a dead VM ends the cluster.
     ``one_per_node``: one task per node, given every CPU of the job on it (``--whole``).
+    ``nodes``: on exactly that many nodes; None: on 1 to ``ntasks`` of them, so that fewer
+    tasks than the job has nodes run without srun's warning that it lowers the node count.
     """
     placement = ["--ntasks-per-node=1", "--whole"] if one_per_node else []
+    placement.append(f"--nodes={nodes}" if nodes is not None else f"--nodes=1-{ntasks}")
     return [
         "srun",
         f"--jobid={job_id}",
@@ -231,9 +235,11 @@ class SlurmManager(BatchManager):
         env: Mapping[str, str] | None = None,
         *,
         one_per_node: bool = False,
+        nodes: int | None = None,
     ) -> subprocess.Popen:
         return proc.spawn(
-            srun_argv(job_id, ntasks, argv, self.srun_options, one_per_node=one_per_node),
+            srun_argv(job_id, ntasks, argv, self.srun_options, one_per_node=one_per_node,
+                      nodes=nodes),
             env=env,
             stdout=None,
             stderr=None,

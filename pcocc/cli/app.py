@@ -94,6 +94,7 @@ def cli(
         user_dir=user_config or os.path.join(os.path.expanduser("~"), ".pcocc"),
         debug=debug,
         quiet=quiet,
+        verbose=verbose,
     )
 
 

@@ -77,7 +77,8 @@ def alloc(session: Session, command, cores, images, mounts, user_data, spec, bat
     from pcocc.cluster.jobs import alloc as run_alloc
 
     definition = _definition(session, spec, cores, images, mounts, user_data)
-    status = run_alloc(session.config, definition, batch_args, command, debug=session.debug)
+    status = run_alloc(session.config, definition, batch_args, command,
+                       log_args=session.log_args)
     exit_with(status)
 
 
@@ -113,7 +114,7 @@ def batch(
                 f"--host-script '{host_script}': cannot read it: {err.strerror}"
             ) from err
     definition = _definition(session, spec, cores, images, mounts, user_data)
-    click.echo(submit(session.config, definition, batch_args, command))
+    click.echo(submit(session.config, definition, batch_args, command, session.log_args))
 
 
 @click.command()

@@ -183,7 +183,8 @@ def run(
         from pcocc.ctr.multinode import run_tasks
 
         exit_with(run_tasks(request, session.config, nodes=nodes, tasks=tasks,
-                            rerun_argv=_rerun_argv()))
+                            rerun_argv=_rerun_argv(), notify=session.say,
+                            log_args=session.log_args))
         return
     from pcocc.ctr.pod import run_request
 

@@ -19,6 +19,7 @@ class Session:
     user_dir: str
     debug: bool = False
     quiet: bool = False
+    verbose: int = 0
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @functools.cached_property
@@ -32,6 +33,20 @@ class Session:
         --quiet): the ``notify`` callback that library functions take."""
         if not self.quiet:
             click.echo(f"pcocc: {message}", err=True)
+
+    def say(self, message: str) -> None:
+        """One line on stderr that matters even with --quiet (how a run ended)."""
+        click.echo(f"pcocc: {message}", err=True)
+
+    @property
+    def log_args(self) -> list[str]:
+        """The global options that set logging, to pass them on to pcocc's own children
+        (the tasks of a multi-node run, the node processes of a cluster)."""
+        if self.debug:
+            return ["--debug"]
+        if self.quiet:
+            return ["-q"]
+        return ["-v"] * self.verbose
 
     @property
     def show_progress(self) -> bool:

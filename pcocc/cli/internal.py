@@ -22,8 +22,8 @@ def launcher(session: Session, command: str | None, hold: bool) -> None:
     """Start the VMs of the job's cluster, run CMD or a shell, then tear down."""
     from pcocc.cluster.jobs import run_launcher
 
-    exit_with(run_launcher(session.config, command, report=session.notify, debug=session.debug,
-                           hold=hold))
+    exit_with(run_launcher(session.config, command, report=session.notify,
+                           log_args=session.log_args, hold=hold))
 
 
 @internal.command()

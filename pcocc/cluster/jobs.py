@@ -101,11 +101,11 @@ def decode_definition(text: str) -> ClusterDefinition:
     return ClusterDefinition.from_json(raw)
 
 
-def launcher_argv(command: str | None, *, debug: bool = False, hold: bool = False) -> list[str]:
-    argv = adapters.python_command()
-    if debug:
-        argv.append("--debug")
-    argv += ["internal", "launcher"]
+def launcher_argv(
+    command: str | None, *, log_args: Sequence[str] = (), hold: bool = False
+) -> list[str]:
+    """argv of the launcher; ``log_args`` (--debug, -v, -q) as given to this pcocc."""
+    argv = [*adapters.python_command(), *log_args, "internal", "launcher"]
     if command is not None:
         argv += ["-E", command]
     if hold:
@@ -138,7 +138,7 @@ def alloc(
     batch_args: Sequence[str],
     command: str | None,
     *,
-    debug: bool = False,
+    log_args: Sequence[str] = (),
 ) -> int:
     """Allocate and run the launcher interactively inside; return its exit status."""
     batch = adapters.batch_manager(config)
@@ -148,11 +148,16 @@ def alloc(
     }
     os.environ.update(env)  # salloc passes our environment to the launcher
     return batch.allocate(
-        _request(definition, batch_args), launcher_argv(command, debug=debug), env=env
+        _request(definition, batch_args), launcher_argv(command, log_args=log_args), env=env
     )
 
 
-def batch_script(definition: ClusterDefinition, command: str | None, config: Config) -> str:
+def batch_script(
+    definition: ClusterDefinition,
+    command: str | None,
+    config: Config,
+    log_args: Sequence[str] = (),
+) -> str:
     """The job script of ``pcocc batch``: it runs the launcher with the definition inline."""
     env = adapters.config_env(str(config.system_dir), str(config.user_dir))
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
@@ -164,7 +169,7 @@ def batch_script(definition: ClusterDefinition, command: str | None, config: Con
         + exports
         + f"export {DEFINITION_VAR}={shlex.quote(encode_definition(definition))}\n"
         + "exec "
-        + shlex.join(launcher_argv(command, hold=True))
+        + shlex.join(launcher_argv(command, log_args=log_args, hold=True))
         + "\n"
     )
 
@@ -174,10 +179,12 @@ def submit(
     definition: ClusterDefinition,
     batch_args: Sequence[str],
     command: str | None,
+    log_args: Sequence[str] = (),
 ) -> str:
     """Submit a batch job running the cluster and ``command``; return the job id."""
     batch = adapters.batch_manager(config)
-    return batch.submit(_request(definition, batch_args), batch_script(definition, command, config))
+    script = batch_script(definition, command, config, log_args)
+    return batch.submit(_request(definition, batch_args), script)
 
 
 def run_launcher(
@@ -185,7 +192,7 @@ def run_launcher(
     command: str | None,
     *,
     report: Callable[[str], None],
-    debug: bool = False,
+    log_args: Sequence[str] = (),
     hold: bool = False,
 ) -> int:
     """``pcocc internal launcher``: the cluster's life inside its allocation."""
@@ -212,9 +219,7 @@ def run_launcher(
             env.update(kv_env)
             kv = adapters.EtcdKv.from_env(env, config)
             try:
-                node_argv = adapters.python_command()
-                if debug:
-                    node_argv.append("--debug")
+                node_argv = [*adapters.python_command(), *log_args]
                 switch_argv = [*node_argv, "internal", "vswitch"]
                 node_argv += ["internal", "run"]
                 settings = LaunchSettings(
@@ -280,7 +285,7 @@ def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int
 def run_vswitch(config: Config | None, batchid: str, net: str) -> int:
     """``pcocc internal vswitch``: the switch of one private network (started by the
     launcher); returns 0 when the cluster ends or on SIGTERM."""
-    from pcocc.cluster.signals import Interrupted, raising_on_signals
+    from pcocc.signals import Interrupted, raising_on_signals
     from pcocc.net.private import node_address, run_switch
 
     endpoints = adapters.configured_endpoints(config, os.environ)

@@ -30,7 +30,7 @@ from pcocc.cluster.definition import ClusterDefinition
 from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S
 from pcocc.cluster.ports import Batch, Kv, Lease, TaskGroup
 from pcocc.cluster.record import ClusterRecord
-from pcocc.cluster.signals import Interrupted, deferred_signals, raising_on_signals
+from pcocc.signals import Interrupted, deferred_signals, raising_on_signals
 from pcocc.cluster.state import ClusterLifecycle, ClusterState
 from pcocc.cluster.vmstate import ACCEL_NOTE, FAILED, RUNNING, SIGNAL_NOTE, STOPPED, VmRecord
 from pcocc.errors import Corrupt, PcoccError, ServiceUnavailable
@@ -445,12 +445,4 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def node_command(python: str, *, debug: bool = False) -> list[str]:
-    """argv of one node process, run with the same Python as this pcocc."""
-    argv = [python, "-m", "pcocc.cli.main"]
-    if debug:
-        argv.append("--debug")
-    return [*argv, "internal", "run"]
-
-
-__all__: Sequence[str] = ("Launcher", "LaunchSettings", "ClusterFailed", "node_command")
+__all__: Sequence[str] = ("Launcher", "LaunchSettings", "ClusterFailed", "ClusterStopped")

@@ -28,7 +28,7 @@ from pcocc.cluster.definition import ClusterDefinition, VmEntry
 from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S
 from pcocc.cluster.ports import Kv, Lease, VmHandle
 from pcocc.cluster.record import ClusterRecord
-from pcocc.cluster.signals import (
+from pcocc.signals import (
     Interrupted,
     deferred_signals,
     raising_on_signals,

@@ -30,6 +30,7 @@ from pcocc.ctr.settings import ContainerSettings
 from pcocc.ctr.spec import Identity, SpecRequest, app_args, build_spec, parse_insecure_options
 from pcocc.ctr.volumes import parse_mount, parse_volume, resolve_mounts, select_modules
 from pcocc.errors import PcoccError, UsageError
+from pcocc.signals import Interrupted, deferred_signals
 
 log = logging.getLogger(__name__)
 
@@ -165,12 +166,8 @@ def prepare_pod(
     return rec
 
 
-class _Terminate(Exception):
-    pass
-
-
 def _on_term(signum: int, frame: Any) -> None:
-    raise _Terminate(signum)
+    raise Interrupted(signum)
 
 
 def start_pod(
@@ -234,12 +231,20 @@ def start_pod(
             _pump(popens, logs, out, err)
         for app, p in zip(rec.apps, popens):
             app.exit_status = exit_status(p.wait())
-    except (KeyboardInterrupt, _Terminate, PcoccError):
-        for app, p in zip(rec.apps, popens):
-            if p.poll() is None:
-                runtime.kill(app.container_id, p)
-        for app, p in zip(rec.apps, popens):
-            app.exit_status = exit_status(p.wait())
+    except (KeyboardInterrupt, PcoccError) as err:
+        stopped_by = signal.SIGINT if isinstance(err, KeyboardInterrupt) else None
+        if isinstance(err, Interrupted):
+            stopped_by = err.signum
+        with deferred_signals():  # a second Ctrl-C must not leave containers behind
+            for app, p in zip(rec.apps, popens):
+                if p.poll() is None:
+                    runtime.kill(app.container_id, p)
+            for app, p in zip(rec.apps, popens):
+                app.exit_status = exit_status(p.wait())
+                # the runtime's record of a container killed under it outlives it
+                runtime.cleanup(app.container_id)
+        if stopped_by is not None:
+            raise Interrupted(stopped_by, f"pod {rec.short_id} stopped by") from None
         raise
     finally:
         signal.signal(signal.SIGTERM, old_term)

@@ -2,8 +2,8 @@
 
 The run request (images, args, options) is written to a JSON file in the user's state
 directory, and the batch manager starts ``pcocc internal ctr-task FILE`` once per task; each
-task runs its own pod on its node. The exit status is the launcher's (srun reports the
-first failing task's status). Outside an allocation, ``pcocc run -N/-n`` first allocates
+task runs its own pod on its node. The exit status is that of the first task that failed
+on its own (:mod:`pcocc.ctr.taskends`), not srun's, which reports the tasks it stopped. Outside an allocation, ``pcocc run -N/-n`` first allocates
 (salloc, or the local batch manager) and runs itself again inside.
 
 Each task's pod is named after its node (``--hostname`` wins): ``hostname`` in the
@@ -13,15 +13,18 @@ container prints the Slurm node name.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sys
+import time
 import uuid as uuidlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pcocc.ctr import taskends
 from pcocc.ctr.launch import RunOptions, exit_status
 from pcocc.ctr.pod import Notify, RunRequest, run_request
 from pcocc.ctr.pods import pods_dir
@@ -30,6 +33,8 @@ from pcocc.fsutil import write_atomic
 
 if TYPE_CHECKING:
     from pcocc.config import Config
+
+log = logging.getLogger(__name__)
 
 REQUEST_VERSION = 1
 #: set in the allocation that ``pcocc run -N/-n`` makes for itself
@@ -67,8 +72,9 @@ def pcocc_argv() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "pcocc.cli.main"]
 
 
-def task_argv(request: Path) -> list[str]:
-    return [*pcocc_argv(), "internal", "ctr-task", str(request)]
+def task_argv(request: Path, log_args: Sequence[str] = ()) -> list[str]:
+    """argv of one task; ``log_args`` (--debug, -v, -q) as given to this pcocc."""
+    return [*pcocc_argv(), *log_args, "internal", "ctr-task", str(request)]
 
 
 def task_hostname(env: Mapping[str, str] | None = None) -> str:
@@ -81,11 +87,35 @@ def task_hostname(env: Mapping[str, str] | None = None) -> str:
 
 def run_task(path: str | Path, config: Config, notify: Notify) -> int:
     """Run, on this node, the pod of one task of the run request saved at ``path``; its
-    host name is the node's unless the request names one."""
+    host name is the node's unless the request names one.
+
+    Records how the task ended (:mod:`pcocc.ctr.taskends`). A signal (srun stopping the
+    task because another failed, scancel) ends it quietly with 128+N: the run reports the
+    task that failed, not the ones stopped because of it.
+    """
+    from pcocc.batch.base import task_rank
+    from pcocc.signals import Interrupted
+
+    path = Path(path)
     request = read_request(path)
+    node = task_hostname()
     if request.options.hostname is None:
-        request = replace(request, options=replace(request.options, hostname=task_hostname()))
-    return run_request(request, config, notify)
+        request = replace(request, options=replace(request.options, hostname=node))
+    rank = task_rank()
+
+    def record(status: int, signalled: bool) -> None:
+        if rank is not None:
+            taskends.record_end(path, taskends.TaskEnd(rank, node, status, signalled,
+                                                       time.time()))
+
+    try:
+        status = run_request(request, config, notify)
+    except Interrupted as stop:
+        record(stop.exit_status, True)
+        log.info("task %s on %s: %s", rank, node, stop.message)
+        return stop.exit_status
+    record(status, False)
+    return status
 
 
 def run_tasks(
@@ -95,6 +125,8 @@ def run_tasks(
     nodes: int | None,
     tasks: int | None,
     rerun_argv: Sequence[str] | None = None,
+    notify: Notify = lambda message: None,
+    log_args: Sequence[str] = (),
 ) -> int:
     """Run one pod per task in the current allocation; returns the launcher's status.
 
@@ -124,7 +156,22 @@ def run_tasks(
         return exit_status(manager.allocate(spec, list(rerun_argv)))
     saved = write_request(request)
     try:
-        popen = manager.launch_tasks(job_id, ntasks, task_argv(saved), env=dict(os.environ))
-        return exit_status(popen.wait())
+        popen = manager.launch_tasks(job_id, ntasks, task_argv(saved, log_args),
+                                     env=dict(os.environ), nodes=nodes)
+        status = exit_status(popen.wait())
+        return run_status(status, taskends.read_ends(saved), notify)
     finally:
         saved.unlink(missing_ok=True)
+        taskends.remove_ends(saved)
+
+
+def run_status(launcher_status: int, ends: list[taskends.TaskEnd], notify: Notify) -> int:
+    """The exit status of a multi-node run: the first task that failed on its own, named
+    in one line; else the launcher's (0, or 128+N when the whole run was signalled)."""
+    failed = taskends.first_failure(ends)
+    if failed is None:
+        return launcher_status
+    stopped = sum(1 for e in ends if e.signalled)
+    others = f"; the other tasks were stopped ({stopped} reported)" if stopped else ""
+    notify(f"task {failed.task} on {failed.node} exited with status {failed.status}{others}")
+    return failed.status

@@ -22,7 +22,6 @@ import logging
 import os
 import selectors
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from typing import Any
 
 from pcocc import proc
 from pcocc.errors import PcoccError, UsageError
+from pcocc.signals import Interrupted, raising_on_signals
 from pcocc.vm import initramfs, stage1, virtiofs
 from pcocc.vm.accel import resolve_accel
 from pcocc.vm.qemu import VmSpec, build_argv
@@ -44,12 +44,6 @@ MEMORY_MIB = 256
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 #: mounts of the OCI spec that the guest provides itself
 GUEST_MOUNTS = ("/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/tmp")
-
-
-class _Terminated(Exception):
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
 
 
 def find_static_busybox() -> Path:
@@ -296,15 +290,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m pcocc.ctr.vmrun BUNDLE [VM-NAME]", file=sys.stderr)
         return 2
 
-    def on_signal(signum, _frame):
-        raise _Terminated(signum)
-
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-        signal.signal(sig, on_signal)
     try:
-        return run_bundle(Path(args[0]).resolve(), args[1] if len(args) > 1 else None)
-    except _Terminated as term:
-        return 128 + term.signum
+        with raising_on_signals():
+            return run_bundle(Path(args[0]).resolve(), args[1] if len(args) > 1 else None)
+    except Interrupted as term:
+        return term.exit_status
     except PcoccError as err:
         print(f"pcocc: error: {err}", file=sys.stderr)
         if err.hint:

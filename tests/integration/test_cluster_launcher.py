@@ -13,7 +13,7 @@ from pcocc.cluster.launcher import ClusterFailed, ClusterStopped, Launcher, Laun
 from pcocc.cluster.node import NodeProcess, NodeSettings
 from pcocc.cluster.ports import MachineInfo
 from pcocc.cluster.record import ClusterRecord
-from pcocc.cluster.signals import Interrupted
+from pcocc.signals import Interrupted
 from pcocc.cluster.vmstate import VmRecord
 from pcocc.errors import PcoccError
 from pcocc.kv import keys

@@ -38,9 +38,16 @@ def test_sbatch_argv_with_awkward_paths():
 
 def test_srun_argv():
     assert slurm.srun_argv("42", 3, [AWKWARD, "--flag"], ["--mpi=none"]) == [
-        "srun", "--jobid=42", "--ntasks=3", "--kill-on-bad-exit=1", "--mpi=none",
-        "--", AWKWARD, "--flag",
+        "srun", "--jobid=42", "--ntasks=3", "--nodes=1-3", "--kill-on-bad-exit=1",
+        "--mpi=none", "--", AWKWARD, "--flag",
     ]  # fmt: skip
+
+
+def test_srun_argv_runs_on_as_many_nodes_as_asked():
+    # -N given: exactly that many; else 1 to ntasks nodes, so one task in a 4-node job runs
+    # without srun's "can't run 1 processes on 4 nodes" warning
+    assert "--nodes=2" in slurm.srun_argv("42", 4, ["run"], nodes=2)
+    assert "--nodes=1-1" in slurm.srun_argv("42", 1, ["run"])
 
 
 def test_scontrol_and_scancel_argv():
@@ -134,7 +141,7 @@ def test_one_per_node_allocates_whole_nodes_exclusively():
 
 def test_srun_one_per_node_gives_each_task_its_whole_node():
     assert slurm.srun_argv("7", 2, ["run"], one_per_node=True) == [
-        "srun", "--jobid=7", "--ntasks=2", "--ntasks-per-node=1", "--whole",
+        "srun", "--jobid=7", "--ntasks=2", "--ntasks-per-node=1", "--whole", "--nodes=1-2",
         "--kill-on-bad-exit=1", "--", "run",
     ]  # fmt: skip
     assert "--whole" not in slurm.srun_argv("7", 2, ["run"])

@@ -3,7 +3,7 @@ import queue
 import signal
 import threading
 
-from pcocc.cluster.signals import signals_set
+from pcocc.signals import signals_set
 
 
 def test_a_signal_sets_the_event_while_the_main_thread_waits_on_a_queue():
