@@ -91,7 +91,7 @@ class RepoLayout:
 
     def ensure_lock_dir(self) -> Path:
         """Create ``locks/`` (0700, or 0770 when the repository directory is group-writable)
-        or tighten it; refuse a symlink or a directory others may still enter."""
+        or set its mode; refuse a symlink or a directory others may still enter."""
         d = self.lock_dir
         try:
             want = 0o770 if os.stat(self.root).st_mode & stat.S_IWGRP else 0o700
@@ -100,7 +100,7 @@ class RepoLayout:
             st = os.lstat(d)
             if not stat.S_ISDIR(st.st_mode):
                 raise Corrupt(f"{d} is not a directory", hint="remove it; pcocc recreates it")
-            if st.st_mode & 0o777 & ~want and st.st_uid == os.geteuid():
+            if stat.S_IMODE(st.st_mode) != want and st.st_uid == os.geteuid():
                 os.chmod(d, want)
                 st = os.lstat(d)
         except OSError as err:
