@@ -87,10 +87,12 @@ def run(
     input: str | None = None,
     what: str | None = None,
     capture: bool = True,
+    pass_fds: Sequence[int] = (),
 ) -> Result:
     """Run a program to completion.
 
     :param what: a short description for error messages ("convert the image")
+    :param pass_fds: descriptors the program inherits (e.g. a file it reads as /dev/fd/N)
     :raise ToolMissing: the program does not exist
     :raise ToolError: non-zero exit (with ``check``) or timeout; the message ends with
         the last lines of stderr
@@ -108,6 +110,7 @@ def run(
             cwd=cwd,
             text=True,
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
         )
     except FileNotFoundError as err:
         raise ToolMissing(f"'{args[0]}' cannot be started: {err.strerror}", argv=args) from err

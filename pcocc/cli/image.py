@@ -131,11 +131,15 @@ def _tls_verify(insecure_options: str | None) -> bool | None:
 @click.option("-t", "--type", "fmt", metavar="FMT", help="Format of SOURCE.")
 @click.option("--description", default="", help="A description stored with the image.")
 @click.option("--insecure-options", metavar="tls|none", help=_INSECURE_HELP)
+@click.option("--allow-backing-in-repo", is_flag=True,
+              help="(root) A VM image may have a backing file that is a blob of the "
+                   "destination repository; the chain is flattened.")
 @click.argument("source", metavar="[FORMAT:]SOURCE")
 @click.argument("dest", metavar="DEST")
 @pass_session
 def import_(session: Session, source: str, dest: str, fmt: str | None,
-            description: str, insecure_options: str | None) -> None:
+            description: str, insecure_options: str | None,
+            allow_backing_in_repo: bool) -> None:
     """Import SOURCE as the new image DEST ([REPO:]NAME).
 
     VM formats: raw, qcow2, qed, vdi, vmdk. Container formats (as a prefix, or -t):
@@ -149,7 +153,8 @@ def import_(session: Session, source: str, dest: str, fmt: str | None,
     with progress_bar("importing", enabled=session.show_progress) as report:
         meta = ops.import_image(_repos(session), source, dest, fmt=fmt,
                                 description=description, progress=report,
-                                tls_verify=tls_verify)
+                                tls_verify=tls_verify,
+                                allow_backing_in_repo=allow_backing_in_repo)
     if not session.quiet:
         click.echo(f"imported {meta.repo}:{meta.name}@{meta.revision} ({meta.short_id})",
                    err=True)

@@ -221,8 +221,9 @@ def _imported(
     if repo.has_image(name):
         return repo, repo.get(name)
     repo.ensure()
-    # one import per source at a time; the others wait and reuse it
-    lock = repo.layout.tmp_dir / f"run-import-{name}.lock"
+    # one import per source at a time; the others wait and reuse it (the lock lives where
+    # only the repository's writers may open it)
+    lock = repo.layout.ensure_lock_dir() / f"run-import-{name}.lock"
     with locked(lock, wait_s=None, what=f"the import of {image_ref}"):
         if not repo.has_image(name):
             notify(f"importing {image_ref} into {repo.name}:{name}")

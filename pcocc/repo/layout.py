@@ -7,7 +7,8 @@
     <root>/meta/<name>/<revision>.json   image metadata, one file per revision
     <root>/tmp/                          in-flight work (staging dirs), reclaimed by gc
     <root>/quarantine/                   damaged blobs moved aside by ``fsck --quarantine``
-    <root>/lock                          flock taken only for short metadata commits
+    <root>/locks/write.lock              flock taken only by writers, for short commits;
+                                         locks/ is 0700 (0770 in a group-writable repo)
 
 Nobody else builds these paths. Blob references between qcow2 layers are relative
 (``../<2 hex>/<64 hex>``), so a repository can be moved or its blobs hard-linked elsewhere.
@@ -15,14 +16,17 @@ Nobody else builds these paths. Blob references between qcow2 layers are relativ
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pcocc.errors import Corrupt, PcoccError, UsageError
-from pcocc.fsutil import fsync_dir, os_error, write_atomic
+from pcocc.errors import Corrupt, PcoccError, PermissionDenied, UsageError
+from pcocc.fsutil import fsync_dir, locked, os_error, write_atomic
 
 FORMAT_NAME = "pcocc-repo"
 FORMAT_VERSION = 1
@@ -76,8 +80,42 @@ class RepoLayout:
         return self.root / "quarantine"
 
     @property
+    def lock_dir(self) -> Path:
+        """Writers' lock files. Only writers may enter it: a reader who could open a lock
+        file (even read-only) could flock it and stall every writer."""
+        return self.root / "locks"
+
+    @property
     def lock(self) -> Path:
-        return self.root / "lock"
+        return self.lock_dir / "write.lock"
+
+    def ensure_lock_dir(self) -> Path:
+        """Create ``locks/`` (0700, or 0770 when the repository directory is group-writable)
+        or set its mode; refuse a symlink or a directory others may still enter."""
+        d = self.lock_dir
+        try:
+            want = 0o770 if os.stat(self.root).st_mode & stat.S_IWGRP else 0o700
+            with contextlib.suppress(FileExistsError):
+                d.mkdir(mode=want)
+            st = os.lstat(d)
+            if not stat.S_ISDIR(st.st_mode):
+                raise Corrupt(f"{d} is not a directory", hint="remove it; pcocc recreates it")
+            if stat.S_IMODE(st.st_mode) != want and st.st_uid == os.geteuid():
+                os.chmod(d, want)
+                st = os.lstat(d)
+        except OSError as err:
+            raise os_error(err, f"cannot create {d}") from err
+        if st.st_mode & 0o007:
+            raise PermissionDenied(f"{d} is open to other users (mode {st.st_mode & 0o777:o})",
+                                   hint=f"its owner should run 'chmod o-rwx {d}'")
+        return d
+
+    @contextlib.contextmanager
+    def write_locked(self, what: str, wait_s: float | None) -> Iterator[None]:
+        """Hold the writers' lock (see :attr:`lock_dir`)."""
+        self.ensure_lock_dir()
+        with locked(self.lock, wait_s=wait_s, what=what):
+            yield
 
     def blob_path(self, digest: str) -> Path:
         hexd = digest_hex(digest)

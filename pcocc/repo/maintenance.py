@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pcocc.errors import Corrupt, NotFound, PcoccError, ToolError
-from pcocc.fsutil import locked, os_error, remove_tree
+from pcocc.fsutil import os_error, remove_tree
 from pcocc.repo.layout import HEX_RE
 from pcocc.repo.model import KIND_VM, Progress, no_progress
 
@@ -110,7 +110,7 @@ def gc(repo: Repository, grace_period_s: float, progress: Progress = no_progress
         return report
     repo.layout.check_format()
     now = time.time()
-    with locked(repo.layout.lock, wait_s=LOCK_WAIT_S, what=f"repository '{repo.name}'"):
+    with repo.layout.write_locked(f"repository '{repo.name}'", LOCK_WAIT_S):
         refs = _referenced(repo)
         files = []
         for f in _blob_files(repo):
@@ -171,6 +171,10 @@ def fsck(repo: Repository, *, quarantine: bool = False, progress: Progress = no_
             report.problems.append(f"{f}: not a blob name")
             continue
         digest = "sha256:" + f.name
+        if not f.is_file() or f.is_symlink():  # fsck opens no FIFO, device or symlink
+            damaged.add(digest)
+            report.problems.append(f"blob {digest}: not a regular file")
+            continue
         try:
             actual = store.hash_file(f, progress, done, total, fsync=False)
         except OSError as err:
@@ -209,6 +213,9 @@ def fsck(repo: Repository, *, quarantine: bool = False, progress: Progress = no_
     return report
 
 def _check_layer(repo: Repository, qemu_img, digest: str, parent: str | None) -> str | None:
+    """Why a stored layer is not a valid link of its chain (None when it is): see
+    :func:`pcocc.repo.qemu_img.layer_problem`. A layer naming any other file (data file,
+    backing file outside the chain) is reported: exporting it would read that file."""
     path = repo.layout.blob_path(digest)
     if not path.exists():
         return None  # already reported as missing
@@ -217,9 +224,9 @@ def _check_layer(repo: Repository, qemu_img, digest: str, parent: str | None) ->
     except (ToolError, Corrupt) as err:
         return f"layer {digest} is not a readable qcow2 ({err})"
     want = None if parent is None else repo.layout.blob_relpath_from_blob(parent)
-    if info.backing_filename != want:
-        return (f"layer {digest} has backing file {info.backing_filename!r}, "
-                f"expected {want!r}")
+    problem = qemu_img.layer_problem(info, want)
+    if problem:
+        return f"layer {digest} {problem}"
     if want is not None and not (path.parent / want).exists():
         return f"layer {digest}: backing blob {parent} is missing"
     return None

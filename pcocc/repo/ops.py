@@ -9,12 +9,21 @@ import contextlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
-from pcocc.errors import AlreadyExists, NotFound, UsageError
+from pcocc.errors import (
+    AlreadyExists,
+    Corrupt,
+    NotFound,
+    PermissionDenied,
+    ToolError,
+    UsageError,
+)
 from pcocc.fsutil import os_error
-from pcocc.repo import drivers, vm
+from pcocc.repo import drivers, qemu_img, vm
+from pcocc.repo.layout import digest_hex
 from pcocc.repo.meta import ImageMeta
 from pcocc.repo.model import KIND_CTR, KIND_VM, OciImage, Progress, VmLayers, no_progress
 from pcocc.repo.store import RepoSet, Repository, new_meta
@@ -61,7 +70,8 @@ def _tls_kw(tls_verify: bool | None) -> dict:
 
 def import_image(repos: RepoSet, source: str, dest: str, *, fmt: str | None = None,
                  description: str = "", progress: Progress = no_progress,
-                 tls_verify: bool | None = None) -> ImageMeta:
+                 tls_verify: bool | None = None, allow_backing_in_repo: bool = False
+                 ) -> ImageMeta:
     """Import ``[FORMAT:]SOURCE`` as revision 0 of the new image ``dest`` ([REPO:]NAME).
 
     Container sources reach the driver as ``(location, fmt)`` with the format prefix cut
@@ -71,6 +81,8 @@ def import_image(repos: RepoSet, source: str, dest: str, *, fmt: str | None = No
     :param tls_verify: registries (docker://): False allows plain HTTP and unverified
         certificates, True insists on verified HTTPS, None lets skopeo decide (its
         registries.conf), except for loopback registries, which need no TLS
+    :param allow_backing_in_repo: (root only) a VM image may have a backing file that is a
+        blob of the destination repository; the chain is flattened into the new image
     """
     spec = drivers.parse_format(source, fmt)
     repo, uri = _dest(repos, dest)
@@ -80,9 +92,15 @@ def import_image(repos: RepoSet, source: str, dest: str, *, fmt: str | None = No
             raise NotFound(f"source image file {path} does not exist")
         if not path.is_file():
             raise UsageError(f"source image {path} is not a regular file")
-        fmt_, info = vm.resolve_import_format(path, spec.fmt, spec.origin)
+        backing_repo = None
+        if allow_backing_in_repo:
+            if os.geteuid() != 0:
+                raise PermissionDenied("--allow-backing-in-repo is for administrators (root)",
+                                       hint="flatten the image with 'qemu-img convert' first")
+            backing_repo = repo.layout.data_dir
         with repo.staging("import") as staging:
-            layers = vm.import_vm(path, fmt_, staging, repo.add_blob, progress, info)
+            fmt_, layers = vm.import_vm(path, spec.fmt, spec.origin, staging, repo.add_blob,
+                                        progress, backing_repo=backing_repo)
             meta = new_meta(uri.name, KIND_VM, layers.layers, description=description,
                             source=f"{fmt_}:{os.path.abspath(path)}", vm=_vm_fields(layers))
             return repo.commit(meta, new_image=True)
@@ -144,8 +162,10 @@ def _workdir(repo: Repository):
 
 def copy_image(repos: RepoSet, src: str, dest: str, *, progress: Progress = no_progress
                ) -> ImageMeta:
-    """Copy one revision to a new image; blobs are shared in one repo, hard-linked or copied
-    (and verified) across repositories."""
+    """Copy one revision to a new image; blobs are shared in one repo, and across
+    repositories hard-linked when we own both the blob and the destination, else copied.
+    Either way the new blob is verified against its digest, and a VM image's layers must
+    form a chain that names no other file (:func:`_check_vm_chain`)."""
     src_repo, meta = repos.resolve(src)
     dst_repo, uri = _dest(repos, dest)
     new = new_meta(uri.name, meta.kind, meta.blobs, description=meta.description,
@@ -155,21 +175,69 @@ def copy_image(repos: RepoSet, src: str, dest: str, *, progress: Progress = no_p
     total = meta.size
     done = 0
     with dst_repo.staging("copy") as staging:
+        staged: dict[str, Path] = {}
         for b in meta.blobs:
-            if not dst_repo.blob_path(b.digest).exists():
-                src_path = src_repo.blob_path(b.digest)
-                tmp = staging / src_path.name
-                try:
-                    try:
-                        os.link(src_path, tmp)
-                    except OSError:
-                        shutil.copyfile(src_path, tmp)
-                except OSError as err:
-                    raise os_error(err, f"cannot copy blob {b.digest}") from err
-                dst_repo.add_blob(tmp, expected_digest=b.digest)
+            if b.digest not in staged and not dst_repo.blob_path(b.digest).exists():
+                staged[b.digest] = _stage_blob(src_repo.blob_path(b.digest), dst_repo,
+                                               staging / digest_hex(b.digest))
             done += b.size
             progress(done, total)
+        if meta.kind == KIND_VM:
+            _check_vm_chain(meta, dst_repo, staged)
+        for digest, path in staged.items():
+            dst_repo.add_blob(path, expected_digest=digest)
         return dst_repo.commit(new, new_image=True)
+
+
+def _stage_blob(src: Path, dst_repo: Repository, tmp: Path) -> Path:
+    """Put a blob of another repository at ``tmp`` (in ``dst_repo``'s staging directory).
+
+    A hard link shares the inode, and so its owner's right to chmod and rewrite it: we link
+    only a blob we own into a repository we own. Anything else is copied into a new file of
+    ours; the source is opened without following a symlink and must be a regular file.
+    """
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as err:
+        raise os_error(err, f"cannot read blob {src}") from err
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Corrupt(f"blob {src} is not a regular file",
+                          hint="run 'pcocc image repo fsck' on the source repository")
+        me = os.geteuid()
+        if st.st_uid == me and dst_repo.path.stat().st_uid == me:
+            with contextlib.suppress(OSError):
+                os.link(src, tmp, follow_symlinks=False)
+                if os.path.samestat(os.lstat(tmp), st):
+                    return tmp
+                tmp.unlink()  # replaced meanwhile: copy what we opened
+        with open(tmp, "xb") as out, os.fdopen(os.dup(fd), "rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+    except OSError as err:
+        raise os_error(err, f"cannot copy blob {src}") from err
+    finally:
+        os.close(fd)
+    return tmp
+
+
+def _check_vm_chain(meta: ImageMeta, dst_repo: Repository, staged: dict[str, Path]) -> None:
+    """Refuse to copy a VM image whose layers are not a repository chain (base without a
+    backing file, each layer backed by the previous blob, no data file)."""
+    parent = None
+    for layer in meta.vm_layers().layers:
+        path = staged.get(layer.digest) or dst_repo.blob_path(layer.digest)
+        want = None if parent is None else dst_repo.layout.blob_relpath_from_blob(parent)
+        try:
+            info = qemu_img.info(path, "qcow2")
+        except ToolError as err:
+            raise Corrupt(f"cannot copy {meta.ref}: layer {layer.digest} is not a readable "
+                          f"qcow2 ({err})") from err
+        problem = qemu_img.layer_problem(info, want)
+        if problem:
+            raise Corrupt(f"cannot copy {meta.ref}: layer {layer.digest} {problem}",
+                          hint="run 'pcocc image repo fsck' on the source repository")
+        parent = layer.digest
 
 
 def resize_image(repos: RepoSet, image: str, new_size_bytes: int, *, shrink: bool = False

@@ -29,7 +29,7 @@ from pcocc.errors import (
     PermissionDenied,
     UsageError,
 )
-from pcocc.fsutil import fsync_dir, locked, os_error, remove_tree, write_atomic
+from pcocc.fsutil import fsync_dir, os_error, remove_tree, write_atomic
 from pcocc.repo import maintenance
 from pcocc.repo.layout import META_FILE_RE, RepoLayout, digest_hex
 from pcocc.repo.maintenance import FsckReport, GcReport
@@ -315,7 +315,7 @@ class Repository:
         """
         self.require_writable()
         self.ensure()
-        with locked(self.layout.lock, wait_s=_LOCK_WAIT_S, what=f"repository '{self.name}'"):
+        with self.layout.write_locked(f"repository '{self.name}'", _LOCK_WAIT_S):
             revs = self.layout.revisions(meta.name)
             if new_image and revs:
                 raise AlreadyExists(
@@ -342,7 +342,7 @@ class Repository:
     def delete(self, name: str, revision: int | None = None) -> list[ImageMeta]:
         """Remove one revision or all of an image; blobs stay until gc."""
         self.require_writable()
-        with locked(self.layout.lock, wait_s=_LOCK_WAIT_S, what=f"repository '{self.name}'"):
+        with self.layout.write_locked(f"repository '{self.name}'", _LOCK_WAIT_S):
             revs = self.layout.revisions(name)
             if revision is not None:
                 if revision not in revs:

@@ -3,34 +3,125 @@ resize (a new qcow2 layer). Layers point at their parent blob by relative path."
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from pcocc.errors import AlreadyExists, NotFound, PcoccError, ToolError, UsageError
+from pcocc.errors import (
+    AlreadyExists,
+    NotFound,
+    PcoccError,
+    PermissionDenied,
+    ToolError,
+    UsageError,
+)
 from pcocc.fsutil import fsync_dir, os_error, tmp_name
 from pcocc.repo import qemu_img
+from pcocc.repo.layout import HEX_RE
 from pcocc.repo.model import AddBlob, BlobRef, Progress, VmLayers, no_progress
 from pcocc.repo.qemu_img import VM_FORMATS
 
 QCOW2_MEDIA_TYPE = "application/vnd.pcocc.qcow2"
 
 
-def resolve_import_format(path: Path, fmt: str | None, origin: str
-                          ) -> tuple[str, qemu_img.ImageInfo]:
-    """Choose the format of a VM image file and check it against its contents.
+#: The first bytes of a VMDK descriptor file: its extents are always other files.
+_VMDK_DESCRIPTOR = b"# Disk DescriptorFile"
 
-    Order: the given format (-t, prefix, extension), else a probe. A probe that only finds
+
+@dataclass(frozen=True)
+class _Source:
+    """The file qemu-img reads for an import: ``/dev/fd/N`` of the source opened once
+    (``fds`` to pass on), or a private copy of it in the staging directory."""
+
+    path: str
+    fds: tuple[int, ...]
+
+
+@contextlib.contextmanager
+def _open_source(path: Path, staging: Path) -> Iterator[_Source]:
+    """Open the source once, so that a rename cannot swap it between the header check and
+    the conversion. A file that someone else may write (another owner, or group/other
+    write bits) is copied first into ``staging``: its header could change after the check."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as err:
+        raise os_error(err, f"cannot open {path}") from err
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"source image {path} is not a regular file")
+        if st.st_uid == os.geteuid() and not st.st_mode & 0o022:
+            yield _Source(f"/dev/fd/{fd}", (fd,))
+            return
+        copy = staging / "source"
+        try:
+            _sparse_copy(fd, copy, st.st_size)
+        except OSError as err:
+            raise os_error(err, f"cannot copy {path} into {staging}") from err
+        yield _Source(os.fspath(copy), ())
+    finally:
+        os.close(fd)
+
+
+def _sparse_copy(fd: int, dest: Path, size: int) -> None:
+    """Copy the file ``fd`` to a new private file, skipping holes."""
+    out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        pos = 0
+        while pos < size:
+            try:
+                pos = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as err:
+                if err.errno == errno.ENXIO:  # only a hole is left
+                    break
+                raise
+            end = os.lseek(fd, pos, os.SEEK_HOLE)
+            while pos < end:
+                n = os.copy_file_range(fd, out, end - pos, pos, pos)
+                if n == 0:
+                    break
+                pos += n
+        os.ftruncate(out, size)
+        os.fsync(out)
+    finally:
+        os.close(out)
+
+
+def _check_not_descriptor(src: _Source, path: Path) -> None:
+    """Refuse a VMDK descriptor before qemu-img opens (and so touches) its extents."""
+    fd = src.fds[0] if src.fds else os.open(src.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        head = os.pread(fd, len(_VMDK_DESCRIPTOR), 0)
+    finally:
+        if not src.fds:
+            os.close(fd)
+    if head == _VMDK_DESCRIPTOR:
+        raise PermissionDenied(
+            f"{path} is refused: it is a VMDK descriptor, whose extents are other files",
+            hint=_SELF_CONTAINED_HINT)
+
+
+_SELF_CONTAINED_HINT = ("pcocc imports self-contained images only: convert it first with "
+                        "'qemu-img convert -O qcow2 SOURCE FLAT.qcow2' as a user who may read "
+                        "every file it names")
+
+
+def resolve_import_format(path: Path, fmt: str | None, origin: str,
+                          info: qemu_img.ImageInfo) -> str:
+    """Choose the format of a VM image file from its probed ``info``.
+
+    Order: the given format (-t, prefix, extension), else the probe. A probe that only finds
     "raw" is ambiguous (any file is raw data): the user must say raw. A declared format
-    that the contents contradict is an error, never silently converted.
+    that the contents contradict is an error, never silently converted; formats pcocc does
+    not support are refused even when probed.
     """
     if fmt is not None and fmt not in VM_FORMATS:
         raise UsageError(f"{fmt!r} is not a VM image format")
-    try:
-        info = qemu_img.info(path)
-        probed = info.format
-    except ToolError as err:
-        raise PcoccError(f"cannot read image {path}: {err}") from err
+    probed = info.format
     if fmt is None:
         if probed == "raw":
             raise UsageError(
@@ -41,39 +132,103 @@ def resolve_import_format(path: Path, fmt: str | None, origin: str
         if probed not in VM_FORMATS:
             raise UsageError(f"{path} is a {probed} image, which pcocc does not import",
                              hint="supported VM formats: " + ", ".join(VM_FORMATS))
-        return probed, info
+        return probed
     if probed != fmt:
         how = {"option": "-t", "prefix": "the format prefix", "extension": "its extension"}
         raise UsageError(
             f"{path} is a {probed} image, not {fmt} as {how.get(origin, 'given')} says",
             hint=f"use '-t {probed}'" if probed in VM_FORMATS else None,
         )
-    return fmt, info
+    return fmt
 
 
-def import_vm(path: Path, fmt: str, staging: Path, add_blob: AddBlob,
-              progress: Progress = no_progress, src: qemu_img.ImageInfo | None = None
-              ) -> VmLayers:
-    """Convert ``path`` to a standalone qcow2 (flattening any backing chain) and add it.
+def import_vm(path: Path, fmt: str | None, origin: str, staging: Path, add_blob: AddBlob,
+              progress: Progress = no_progress, *, backing_repo: Path | None = None
+              ) -> tuple[str, VmLayers]:
+    """Check ``path`` and convert it to a standalone qcow2 base layer; return its format
+    and the layer.
 
-    :param src: ``qemu-img info`` of ``path`` when the caller already has it
+    The image must name no other file in its header (backing file, external data file,
+    vmdk extents): qemu-img would read them with our rights. ``backing_repo`` (the data/
+    directory of the destination repository) lets a backing file be a blob stored there;
+    the chain is then flattened, every layer named explicitly.
     """
-    if src is None or src.format != fmt:
-        src = qemu_img.info(path, fmt)
-    if src.backing_filename:
-        full = src.full_backing_filename or src.backing_filename
-        if not os.path.exists(full if os.path.isabs(full) else path.parent / full):
-            raise NotFound(f"{path}: its backing file {src.backing_filename!r} is missing",
-                           hint="import the image together with its backing file")
-    out = staging / "base.qcow2"
-    try:
-        qemu_img.convert(path, fmt, out, "qcow2", progress=progress,
-                         total_bytes=src.virtual_size)
-    except ToolError as err:
-        raise PcoccError(f"cannot convert {path} from {fmt}: {err}") from err
+    with _open_source(path, staging) as src:
+        _check_not_descriptor(src, path)
+        try:
+            info = qemu_img.info(src.path, pass_fds=src.fds, where=os.fspath(path))
+        except ToolError as err:
+            raise PcoccError(f"cannot read image {path}: {err}") from err
+        fmt = resolve_import_format(path, fmt, origin, info)
+        others = info.other_files()
+        if not others:
+            opts = qemu_img.image_opts(src.path, fmt, no_backing=True)
+        elif backing_repo is not None and info.backing_filename and len(others) == 1:
+            chain = _backing_in_repo(path, info, backing_repo)
+            opts = qemu_img.chain_opts([*chain, src.path], top_fmt=fmt)
+        else:
+            raise PermissionDenied(
+                f"{path} is refused: its header names another file, which pcocc would read "
+                f"with your rights: {', '.join(others)}", hint=_SELF_CONTAINED_HINT)
+        out = staging / "base.qcow2"
+        try:
+            qemu_img.convert(opts, out, "qcow2", progress=progress, what=os.fspath(path),
+                             total_bytes=info.virtual_size, pass_fds=src.fds)
+        except ToolError as err:
+            raise PcoccError(f"cannot convert {path} from {fmt}: {err}") from err
     size = out.stat().st_size
     digest = add_blob(out)
-    return VmLayers([BlobRef(digest, size, QCOW2_MEDIA_TYPE)], src.virtual_size)
+    return fmt, VmLayers([BlobRef(digest, size, QCOW2_MEDIA_TYPE)], info.virtual_size)
+
+
+def _backing_in_repo(path: Path, info: qemu_img.ImageInfo, data_dir: Path) -> list[Path]:
+    """The chain (base first) under the backing file of ``path`` when it is a blob of
+    ``data_dir`` whose own chain stays there; PermissionDenied otherwise."""
+    name = info.backing_filename or ""
+    refused = PermissionDenied(
+        f"{path} is refused: its backing file {name!r} is not a blob of the destination "
+        f"repository ({data_dir})", hint=_SELF_CONTAINED_HINT)
+    if not name or _has_protocol(name):
+        raise refused
+    target = Path(os.path.realpath(path.parent / name))
+    data = Path(os.path.realpath(data_dir))
+    if target.parent.parent != data or not _is_blob_name(target):
+        raise refused
+    chain = [target]
+    while True:
+        try:
+            layer = qemu_img.info(chain[0], "qcow2")
+        except ToolError as err:
+            raise PcoccError(f"cannot read blob {chain[0]}: {err}") from err
+        parent = layer.backing_filename
+        if parent is not None and (len(chain) > _MAX_CHAIN or not _is_blob_relpath(parent)):
+            raise refused
+        problem = qemu_img.layer_problem(layer, parent)
+        if problem:
+            raise PermissionDenied(f"{path} is refused: its backing blob {chain[0]} {problem}")
+        if parent is None:
+            return chain
+        chain.insert(0, data / parent[3:])
+
+
+_MAX_CHAIN = 1000
+
+
+def _has_protocol(name: str) -> bool:
+    """True when qemu would read ``name`` as a protocol (``nbd:``, ``json:``...)."""
+    head = name.split("/", 1)[0]
+    return ":" in head
+
+
+def _is_blob_name(p: Path) -> bool:
+    return HEX_RE.match(p.name) is not None and p.parent.name == p.name[:2]
+
+
+def _is_blob_relpath(name: str) -> bool:
+    """``../<2 hex>/<64 hex>``: the only backing file name a repository layer may have."""
+    parts = name.split("/")
+    return (len(parts) == 3 and parts[0] == ".." and HEX_RE.match(parts[2]) is not None
+            and parts[1] == parts[2][:2])
 
 
 def export_vm(layers: VmLayers, blob_path: Callable[[str], Path], dest: Path, fmt: str,
@@ -86,10 +241,10 @@ def export_vm(layers: VmLayers, blob_path: Callable[[str], Path], dest: Path, fm
         raise AlreadyExists(f"{dest} already exists", hint="remove it or choose another name")
     if not dest.parent.is_dir():
         raise NotFound(f"directory {dest.parent} does not exist")
-    top = blob_path(layers.layers[-1].digest)
+    chain = qemu_img.chain_opts(_chain(layers, blob_path))
     tmp = tmp_name(dest)
     try:
-        qemu_img.convert(top, "qcow2", tmp, fmt, progress=progress,
+        qemu_img.convert(chain, tmp, fmt, progress=progress, what=os.fspath(dest),
                          total_bytes=layers.virtual_size)
         os.replace(tmp, dest)
     except OSError as err:
@@ -106,10 +261,11 @@ def add_layer(layers: VmLayers, blob_path: Callable[[str], Path], relpath: Calla
               shrink: bool = False) -> VmLayers:
     """A new top layer over ``layers`` (resized to ``new_size`` when given).
 
-    The overlay is built against the parent's absolute path (qemu-img must open it to resize),
-    then its backing name is rewritten to the relative ``../xx/<hex>`` form before it is added.
+    The overlay names its parent by the relative ``../xx/<hex>`` form, in qcow2; qemu-img
+    opens the chain (to resize) with every layer named explicitly, never by that name.
     """
     parent = layers.layers[-1]
+    chain = _chain(layers, blob_path)
     size = layers.virtual_size if new_size is None else new_size
     if new_size is not None and new_size < layers.virtual_size:
         if not shrink:
@@ -117,18 +273,22 @@ def add_layer(layers: VmLayers, blob_path: Callable[[str], Path], relpath: Calla
                 f"{new_size} bytes is smaller than the image ({layers.virtual_size} bytes)",
                 hint="shrinking loses data: pass --shrink if the partitions end before it",
             )
-        used = qemu_img.allocated_end(blob_path(parent.digest))
+        used = qemu_img.allocated_end(qemu_img.chain_opts(chain))
         if used > new_size:
             raise PcoccError(
                 f"cannot shrink to {new_size} bytes: the image holds data up to byte {used}",
                 hint="shrink the file systems and partitions inside the VM first",
             )
     top = staging / "layer.qcow2"
-    qemu_img.create_overlay(top, os.fspath(blob_path(parent.digest)), layers.virtual_size)
+    qemu_img.create_overlay(top, relpath(parent.digest), layers.virtual_size)
     if size != layers.virtual_size:
-        qemu_img.resize(top, size, shrink=size < layers.virtual_size)
-    qemu_img.rebase_unsafe(top, relpath(parent.digest))
+        qemu_img.resize(qemu_img.chain_opts([*chain, top]), size,
+                        shrink=size < layers.virtual_size)
     top_size = top.stat().st_size
     digest = add_blob(top)
     new = BlobRef(digest, top_size, QCOW2_MEDIA_TYPE)
     return VmLayers([*layers.layers, new], size)
+
+
+def _chain(layers: VmLayers, blob_path: Callable[[str], Path]) -> list[Path]:
+    return [blob_path(b.digest) for b in layers.layers]

@@ -82,27 +82,48 @@ def test_format_from_option_prefix_and_probe(env, pcocc_bin):
     assert json.loads(ok(pcocc_bin, "image", "list", "--json").stdout)[-1]["name"] == "c"
 
 
-def test_backing_chain_is_flattened_never_dangling(env, pcocc_bin):
+def test_images_naming_other_files_are_refused(env, pcocc_bin):
+    """A backing file (even a readable one of ours) is refused: pcocc reads only the file it
+    is given. Security cases (data files, vmdk extents, other users) are in tests/security."""
     work = env["work"]
     raw = make_raw(work / "base.raw")
-    base = convert(raw, work / "base.qcow2", "qcow2")
+    convert(raw, work / "base.qcow2", "qcow2")
     top = work / "top.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2",
                     str(top)], check=True, cwd=work)
+    res = pcocc(pcocc_bin, "image", "import", top, "layered")
+    assert_one_line_error(res, 1, "refused", "backing file 'base.qcow2'")
+    assert "layered" not in ok(pcocc_bin, "image", "list").stdout
+    assert repo_files(env["repos"]["user"])["tmp"] == []
+
+
+def test_allow_backing_in_repo_flattens_onto_a_stored_blob(env, pcocc_bin):
+    if os.geteuid() != 0:
+        pytest.skip("--allow-backing-in-repo is for root")
+    work = env["work"]
+    raw = make_raw(work / "b.raw")
+    ok(pcocc_bin, "image", "import", raw, "base")
+    repo, meta = env["set"].resolve("base")
+    blob = repo.blob_path(meta.vm["layers"][0])
+    top = work / "top.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(blob), "-F", "qcow2",
+                    str(top)], check=True)
     subprocess.run(["qemu-io", "-c", "write -P 0x5a 1M 64k", str(top)], check=True,
                    capture_output=True)
-    ok(pcocc_bin, "image", "import", top, "flat")
-    meta = env["set"].resolve("flat")[1]
-    assert len(meta.vm["layers"]) == 1
-    blob = env["set"].get("user").blob_path(meta.vm["layers"][0])
-    assert qemu_img.info(blob).backing_filename is None
+    res = pcocc(pcocc_bin, "image", "import", top, "nope")
+    assert_one_line_error(res, 1, "refused", "backing file")
+    ok(pcocc_bin, "image", "import", "--allow-backing-in-repo", top, "flat")
+    flat = env["set"].resolve("flat")[1]
+    assert len(flat.vm["layers"]) == 1
+    assert qemu_img.info(repo.blob_path(flat.vm["layers"][0])).backing_filename is None
     ok(pcocc_bin, "image", "export", "flat", work / "flat.qcow2")
     assert same_content(top, work / "flat.qcow2")
-    assert not same_content(base, work / "flat.qcow2")
-    base.unlink()
-    res = pcocc(pcocc_bin, "image", "import", top, "dangling")
-    assert_one_line_error(res, 1, "backing file 'base.qcow2' is missing")
-    assert "dangling" not in ok(pcocc_bin, "image", "list").stdout
+    outside = work / "outside.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "b.raw", "-F", "raw",
+                    str(outside)], check=True, cwd=work)
+    res = pcocc(pcocc_bin, "image", "import", "--allow-backing-in-repo", outside, "out",
+                "-t", "qcow2")
+    assert_one_line_error(res, 1, "is not a blob of the destination repository")
 
 
 def test_resize_makes_revisions_and_protects_data(env, pcocc_bin):

@@ -43,3 +43,25 @@ def test_unknown_version_is_refused(tmp_path):
     lay.marker.write_text("{}")
     with pytest.raises(Corrupt):
         lay.check_format()
+
+
+def test_writers_lock_lives_where_only_writers_enter(tmp_path):
+    import os
+    import stat
+
+    from pcocc.repo.layout import RepoLayout
+
+    root = tmp_path / "repo"
+    root.mkdir(mode=0o755)
+    layout = RepoLayout(root)
+    with layout.write_locked("repository 'r'", 1):
+        assert layout.lock.parent == layout.lock_dir and layout.lock.exists()
+    assert stat.S_IMODE(os.stat(layout.lock_dir).st_mode) == 0o700
+    layout.lock_dir.chmod(0o755)  # an older or careless creation is tightened
+    layout.ensure_lock_dir()
+    assert stat.S_IMODE(os.stat(layout.lock_dir).st_mode) == 0o700
+    root.chmod(0o775)  # a group-writable repository: its writers share the lock
+    layout.lock.unlink()
+    layout.lock_dir.rmdir()
+    layout.ensure_lock_dir()
+    assert stat.S_IMODE(os.stat(layout.lock_dir).st_mode) == 0o770
