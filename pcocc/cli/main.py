@@ -46,8 +46,13 @@ def run_cli(argv: list[str]) -> int:
         click.echo("pcocc: interrupted", err=True)
         return 130
     except click.ClickException as e:
-        e.show()
-        return 2 if isinstance(e, click.UsageError) else e.exit_code
+        # click's own errors in pcocc's format: one line, and where to read the usage
+        click.echo(f"pcocc: error: {e.format_message()}", err=True)
+        if isinstance(e, click.UsageError):
+            where = e.ctx.command_path if e.ctx is not None else "pcocc"
+            click.echo(f"hint: see '{where} --help'", err=True)
+            return 2
+        return e.exit_code
     except PcoccError as e:
         if debug:
             import traceback

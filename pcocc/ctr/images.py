@@ -80,7 +80,16 @@ def _load_config(path: Path) -> dict[str, Any]:
     return image_config_from(data, str(path))
 
 
+def is_path(ref: str) -> bool:
+    """A reference that names a directory: it has a ``/`` (``./big``, ``/x/big``), starts
+    with ``~``, or is ``.``/``..``. A bare name (``big``) is always an image, even where a
+    directory of that name is in the current directory."""
+    return "/" in ref or ref.startswith("~") or ref in (".", "..")
+
+
 def resolve_directory(ref: str) -> tuple[Path, dict[str, Any]] | None:
+    if not is_path(ref):
+        return None
     path = Path(ref).expanduser()
     if not path.is_dir():
         return None
@@ -118,7 +127,13 @@ def resolve_rootfs(
     from pcocc.repo.store import RepoSet
 
     repos = RepoSet(config.repos)
-    repo, meta = find_image(repos, image_ref, notify=notify)
+    try:
+        repo, meta = find_image(repos, image_ref, notify=notify)
+    except NotFound as err:
+        if Path(image_ref).is_dir():
+            raise NotFound(err.message, hint=f"to run the directory {image_ref} of the current "
+                           f"directory, write ./{image_ref}") from None
+        raise
     return prepare_rootfs(config, repo, meta, mounts=mounts, notify=notify)
 
 
@@ -251,7 +266,7 @@ def prepare_rootfs(
     from pcocc.repo.cache import ContainerCache
 
     image = meta.oci_image()
-    config = image_config_from(image.config, f"image {meta.ref}")
+    image_config = image_config_from(image.config, f"image {meta.ref}")
     cache_cfg = config.cache
     if cache_cfg is None:
         raise PcoccError("no container cache is configured", hint="set cache.path in repos.yaml")
@@ -264,16 +279,16 @@ def prepare_rootfs(
             mode = "dir"
     payload = _prepare(cache, image, repo.blob_path, mode, meta, notify)
     if mode == "dir":
-        return payload, config
+        return payload, image_config
     assert mounts is not None
     try:
         with contextlib.ExitStack() as attempt:
             root = mount_squashfs(payload, attempt)
             mounts.push(attempt.pop_all())
-            return root, config
+            return root, image_config
     except PcoccError as err:  # e.g. FUSE refused in this container or job
         log.warning("cannot mount the squashfs image (%s); using an unpacked directory", err)
-    return _prepare(cache, image, repo.blob_path, "dir", meta, notify), config
+    return _prepare(cache, image, repo.blob_path, "dir", meta, notify), image_config
 
 
 def _prepare(cache, image, blob_path, mode: str, meta: ImageMeta, notify: Notify) -> Path:

@@ -12,7 +12,6 @@ import subprocess
 import time
 
 import pytest
-from conftest_vm import testvm_artifacts  # noqa: F401 - fixture
 from test_cluster import Env, assert_nothing_left, slurm_test_env  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.slow

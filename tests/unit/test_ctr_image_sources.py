@@ -157,3 +157,27 @@ def test_multinode_run_never_allocates_twice(tmp_path, monkeypatch):
         run_tasks(request, config, nodes=2, tasks=None, rerun_argv=["x"])
     with pytest.raises(UsageError, match="-N 3 needs at least as many tasks"):
         run_tasks(request, config, nodes=3, tasks=2, rerun_argv=["x"])
+
+
+def test_a_bare_name_is_an_image_even_beside_a_directory_of_that_name(tmp_path, monkeypatch):
+    (tmp_path / "big" / "rootfs").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(NotFound) as err:
+        resolve_rootfs(None, "big")
+    assert "image 'big' not found" in err.value.message
+    # a path says it is the directory
+    for ref in ("./big", str(tmp_path / "big"), "big/"):
+        rootfs, _ = resolve_rootfs(None, ref)
+        assert rootfs == tmp_path / "big" / "rootfs"
+
+
+def test_the_hint_names_the_directory_when_no_image_has_that_name(pcocc_env, tmp_path,
+                                                                  monkeypatch):
+    from pcocc.config import load_config
+
+    (tmp_path / "big").mkdir()
+    monkeypatch.chdir(tmp_path)
+    config = load_config(str(pcocc_env["system"]), str(pcocc_env["user"]))
+    with pytest.raises(NotFound) as err:
+        resolve_rootfs(config, "big")
+    assert err.value.hint == "to run the directory big of the current directory, write ./big"
