@@ -61,6 +61,18 @@ class Result:
     stderr: str
 
 
+def ended(returncode: int) -> str:
+    """How a process ended, for a message: ``exited with status 3`` or, for a Popen return
+    code of -N, ``was killed by signal 9 (KILL)``."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name.removeprefix("SIG")
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+        return f"was killed by signal {-returncode} ({name})"
+    return f"exited with status {returncode}"
+
+
 def which(tool: str) -> str:
     """Absolute path of ``tool`` or ToolMissing naming the package to install."""
     path = shutil.which(tool)

@@ -245,7 +245,7 @@ class Launcher:
         for name, switch in zip(self.definition.networks, self._switches):
             if switch.poll() is not None:
                 raise ClusterFailed(
-                    f"the switch of network '{name}' exited with status {switch.returncode}",
+                    f"the switch of network '{name}' {proc.ended(switch.returncode)}",
                     hint="the VMs lost that network; see the switch's message above",
                 )
         if self._tasks is not None:

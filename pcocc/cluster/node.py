@@ -207,7 +207,7 @@ class NodeProcess:
         if what == "released":
             log.info("vm%d: the cluster is being torn down; stopping", self.s.rank)
             return 0
-        self._report_failure(STOPPED, f"QEMU exited with status {status}")
+        self._report_failure(STOPPED, f"QEMU {proc.ended(status)}")
         return 1
 
     def _etcd_lost(self) -> bool:

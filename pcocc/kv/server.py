@@ -138,7 +138,7 @@ class EtcdServer:
         last = "no answer"
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
-                last = f"etcd exited with status {self._proc.returncode}"
+                last = f"etcd {proc.ended(self._proc.returncode)}"
                 break
             try:
                 with urllib.request.urlopen(url, timeout=1) as resp:

@@ -352,7 +352,7 @@ def start_switches(
                     return True
                 if p.poll() is not None:
                     raise ServiceUnavailable(
-                        f"the switch of network '{name}' exited with status {p.returncode}",
+                        f"the switch of network '{name}' {proc.ended(p.returncode)}",
                         hint="see its message above",
                     )
                 return None

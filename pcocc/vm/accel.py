@@ -211,7 +211,7 @@ def probe_kvm(
             return ProbeResult(True, f"{what} booted under KVM in {spent:.1f} s")
         lines = [ln.strip() for ln in res.stderr.splitlines() if ln.strip()]
         first = lines[0][:160] if lines else "no message"
-        return ProbeResult(False, f"the probe guest's QEMU exited with status {res.returncode}: "
+        return ProbeResult(False, f"the probe guest's QEMU {proc.ended(res.returncode)}: "
                                   f"{first}")
 
 

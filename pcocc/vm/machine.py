@@ -313,8 +313,9 @@ class Machine:
                 continue
             path = self.run_dir / virtiofs.log_name(index)
             tail = virtiofs.log_tail(path)
-            failures.append(f"virtiofsd of {self.shares[index].source} exited with status "
-                            f"{process.returncode}: {tail or 'no message'} (log {path})")
+            failures.append(f"virtiofsd of {self.shares[index].source} "
+                            f"{proc.ended(process.returncode)}: {tail or 'no message'} "
+                            f"(log {path})")
         return "; ".join(failures)
 
     def _wait_until_up(self) -> None:
@@ -326,7 +327,7 @@ class Machine:
                 tail = self._qemu_log_tail()
                 shares = self._virtiofsd_failures()
                 error = self._boot_error(
-                    f"QEMU exited with status {self.process.returncode} before VM "
+                    f"QEMU {proc.ended(self.process.returncode)} before VM "
                     f"{self.spec.name} was up: {tail or 'no message'}"
                     + (f"; {shares}" if shares else "")
                 )

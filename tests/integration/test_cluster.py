@@ -327,7 +327,7 @@ def test_killed_qemu_ends_the_cluster_with_a_message(cluster_env):
     os.kill(qemus[1], signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
-    assert "QEMU exited with status -9" in err
+    assert "QEMU was killed by signal 9 (KILL)" in err
     assert_nothing_left(env, _endpoints(env))
 
 

@@ -68,7 +68,9 @@ def test_a_dead_switch_ends_the_cluster(run_dir):  # noqa: F811
             time.sleep(0.05)
 
     threading.Thread(target=kill_switch, daemon=True).start()
-    with pytest.raises(ClusterFailed, match="the switch of network 'net1' exited with status -9"):
+    with pytest.raises(
+        ClusterFailed, match=r"the switch of network 'net1' was killed by signal 9 \(KILL\)"
+    ):
         launcher.run()
     assert kv.get(keys.cluster_definition(USER, JOB)) is None
     assert_all_gone(kv, batch, run_dir)

@@ -24,3 +24,13 @@ def test_a_signal_sets_the_event_while_the_main_thread_waits_on_a_queue():
     q.put(1)
     assert q.get(timeout=1) == 1  # the queue's lock is intact
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_how_a_process_ended_reads_as_english():
+    from pcocc.proc import ended
+
+    assert ended(0) == "exited with status 0"
+    assert ended(3) == "exited with status 3"
+    assert ended(-9) == "was killed by signal 9 (KILL)"
+    assert ended(-15) == "was killed by signal 15 (TERM)"
+    assert ended(-99) == "was killed by signal 99"
