@@ -3,8 +3,9 @@
 The run request (images, args, options) is written to a JSON file in the user's state
 directory, and the batch manager starts ``pcocc internal ctr-task FILE`` once per task; each
 task runs its own pod on its node. The exit status is that of the first task that failed
-on its own (:mod:`pcocc.ctr.taskends`), not srun's, which reports the tasks it stopped. Outside an allocation, ``pcocc run -N/-n`` first allocates
-(salloc, or the local batch manager) and runs itself again inside.
+on its own (:mod:`pcocc.ctr.taskends`), not srun's, which reports the tasks it stopped.
+Outside an allocation, ``pcocc run -N/-n`` first allocates (salloc, or the local batch
+manager) and runs itself again inside.
 
 Each task's pod is named after its node (``--hostname`` wins): ``hostname`` in the
 container prints the Slurm node name.
