@@ -178,7 +178,7 @@ class Launcher:
             if rank is None:
                 continue
             try:
-                records[rank] = VmRecord.from_json(value)
+                records[rank] = VmRecord.from_json(value, key=key, rank=rank)
             except Corrupt as err:
                 raise ClusterFailed(f"vm{rank}: {err}") from err
         for _, rec in sorted(records.items()):

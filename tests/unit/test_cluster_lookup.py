@@ -1,3 +1,4 @@
+import base64
 import stat
 import subprocess
 
@@ -17,6 +18,12 @@ USER = "bob"
 TEMPLATES = {"tpl": {"kernel": "/k"}}
 
 
+def fake_key(seed: int, comment: str = "") -> str:
+    """An OpenSSH ed25519 public key line (well formed; no private key behind it)."""
+    blob = b"\0\0\0\x0bssh-ed25519\0\0\0\x20" + bytes([seed]) * 32
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()}" + (f" {comment}" if comment else "")
+
+
 def add_cluster(kv, batchid, n=2, running=2, other_user=False):
     user = "mallory" if other_user else USER
     d = build_definition(f"tpl:{n}", TEMPLATES, owner=user)
@@ -29,7 +36,7 @@ def add_cluster(kv, batchid, n=2, running=2, other_user=False):
             status="running",
             node_pid=10 + rank,
             ssh_port=2200 + rank,
-            host_key=f"ssh-ed25519 KEY{rank}",
+            host_key=fake_key(rank),
         )
         kv.put(keys.vm_state(user, batchid, rank), vm.to_json())
         kv.put(keys.rnat(user, batchid, rank, 22), f"n{rank + 1}:{2200 + rank}")
@@ -43,7 +50,7 @@ def test_clusters_of_reads_only_the_users_prefix():
     views = clusters_of(kv, USER)
     assert [v.batchid for v in views] == ["7", "12"]
     assert views[1].size == 3 and views[1].running_count() == 1
-    assert views[0].rnat == {(0, 22): "n1:2200", (1, 22): "n2:2201"}
+    assert views[0].rnat == {(0, 22): ("n1", 2200), (1, 22): ("n2", 2201)}
     assert views[0].hosts == ["n1", "n2"]
     data = views[1].to_json()
     assert (data["id"], data["state"], data["vms"], data["running"]) == ("12", "running", 3, 1)
@@ -118,8 +125,8 @@ def test_ssh_files_pin_host_keys(tmp_path, monkeypatch):
     assert "Host vm1\n    HostName n2\n    Port 2201\n    HostKeyAlias pcocc-7-vm1" in text
     assert "StrictHostKeyChecking yes" in text
     assert (tmp_path / "known_hosts").read_text().splitlines() == [
-        "pcocc-7-vm0 ssh-ed25519 KEY0",
-        "pcocc-7-vm1 ssh-ed25519 KEY1",
+        f"pcocc-7-vm0 {fake_key(0)}",
+        f"pcocc-7-vm1 {fake_key(1)}",
     ]
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
     # ssh itself accepts the file and resolves vm1 through it
@@ -133,7 +140,7 @@ def test_ssh_files_pin_host_keys(tmp_path, monkeypatch):
 def test_ssh_connects_to_the_published_address_with_the_alias_key():
     vms = {
         0: VmRecord(rank=0, host="n1", status="running", node_pid=1, ssh_port=4022,
-                    address="10.1.0.2", host_key="ssh-ed25519 KEY0"),
+                    address="10.1.0.2", host_key=fake_key(0)),
     }
     text = ssh_config_text("7", vms, "/k", "/i")
     assert "Host vm0\n    HostName 10.1.0.2\n    Port 4022\n    HostKeyAlias pcocc-7-vm0" in text
