@@ -107,7 +107,9 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number")
 
 
-def parse_record(what: str, key: str | None, raw: str | bytes, parse: Callable[[str | bytes], T]) -> T:
+def parse_record(
+    what: str, key: str | None, raw: str | bytes, parse: Callable[[str | bytes], T]
+) -> T:
     """``parse(raw)``, its :class:`BadField` turned into :class:`Corrupt` naming ``what``
     (e.g. "VM state record"), the etcd ``key`` and the field."""
     try:
@@ -195,7 +197,9 @@ def one_line(value: object, max_len: int = MAX_TEXT) -> str:
     return out if len(out) <= max_len else out[: max_len - 3] + "..."
 
 
-def optional(check: Callable[..., T], value: Any, field: str, *args: Any, **kwargs: Any) -> T | None:
+def optional(
+    check: Callable[..., T], value: Any, field: str, *args: Any, **kwargs: Any
+) -> T | None:
     """``None`` stays None; anything else goes through ``check``."""
     return None if value is None else check(value, field, *args, **kwargs)
 
@@ -209,7 +213,9 @@ def choice(value: Any, field: str, choices: Collection[str]) -> str:
 def name(value: Any, field: str) -> str:
     """A pcocc name: letters, digits, '.', '_', '-', starting with a letter or digit."""
     if not isinstance(value, str) or not NAME_RE.match(value):
-        raise BadField(field, f"expected a name (letters, digits, '.', '_', '-'), got {_show(value)}")
+        raise BadField(
+            field, f"expected a name (letters, digits, '.', '_', '-'), got {_show(value)}"
+        )
     return value
 
 

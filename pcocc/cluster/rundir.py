@@ -48,7 +48,7 @@ def vm_run_file(path: str, batchid: str, rank: int, *, socket: bool) -> str:
     inside = [
         d for d in (root / batchid / f"vm{rank}" for root in run_roots())
         if norm == path and path.startswith(f"{d}/")
-        and os.path.realpath(os.path.dirname(path)).startswith(f"{os.path.realpath(d)}/")
+        and f"{os.path.realpath(os.path.dirname(path))}/".startswith(f"{os.path.realpath(d)}/")
     ]
     if not inside:
         raise Corrupt(

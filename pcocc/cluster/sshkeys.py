@@ -66,11 +66,12 @@ def ssh_config_text(
         if rec.status != RUNNING or rec.ssh_port is None:
             continue
         host = rec.address or _ssh_host(rec.host)
+        alias = host_alias(batchid, rec.name)
         lines += [
             f"Host {_checked('VM name', rec.name, fields.name)}",
             f"    HostName {_checked(f'address of {rec.name}', host, fields.hostname)}",
             f"    Port {_checked(f'ssh port of {rec.name}', rec.ssh_port, fields.port)}",
-            f"    HostKeyAlias {_checked('host key alias', host_alias(batchid, rec.name), fields.name)}",
+            f"    HostKeyAlias {_checked('host key alias', alias, fields.name)}",
         ]
     lines += [
         "Host *",

@@ -247,7 +247,8 @@ def fragment_error(schema: dict[str, Any], value: Any) -> str | None:
     from jsonschema import Draft202012Validator
 
     errors = sorted(
-        Draft202012Validator(schema).iter_errors(value), key=lambda e: [str(p) for p in e.absolute_path]
+        Draft202012Validator(schema).iter_errors(value),
+        key=lambda e: [str(p) for p in e.absolute_path],
     )
     if not errors:
         return None
