@@ -121,7 +121,10 @@ def run_interactive(argv: Sequence[str]) -> int:
             continue  # the child got it too and decides
 
 
-def _local_path(rec: VmRecord, path: str | None, what: str) -> str:
+def _local_path(
+    view: ClusterView, rec: VmRecord, path: str | None, what: str, *, is_socket: bool = True
+) -> str:
+    """The path of a socket or log of the VM, on this host, inside the VM's run dir."""
     if not path:
         raise NotFound(f"{rec.name} has no {what} yet", hint="wait until it runs")
     if rec.host != socket.gethostname():
@@ -129,7 +132,7 @@ def _local_path(rec: VmRecord, path: str | None, what: str) -> str:
             f"{rec.name} runs on host {rec.host}; its {what} is only reachable there",
             hint=f"run this command on {rec.host}",
         )
-    return path
+    return rundir.vm_run_file(path, view.batchid, rec.rank, socket=is_socket)
 
 
 def _short_socket_path(path: str) -> tuple[str, int | None]:
@@ -158,9 +161,11 @@ def _unix_socket(path: str) -> Iterator[socket.socket]:
 
 def console_log(view: ClusterView, name: str) -> str:
     rec = view.vm(name)
-    path = _local_path(rec, rec.console_log, "console log")
+    path = _local_path(view, rec, rec.console_log, "console log", is_socket=False)
     try:
-        return Path(path).read_text(errors="replace")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            return f.read().decode(errors="replace")
     except OSError as err:
         raise NotFound(
             f"cannot read the console log of {rec.name} ({path}): {err.strerror}"
@@ -170,7 +175,7 @@ def console_log(view: ClusterView, name: str) -> str:
 def attach_console(view: ClusterView, name: str) -> None:
     """Relay the terminal to the VM's serial console until Ctrl-] or the VM goes."""
     rec = view.vm(name)
-    path = _local_path(rec, rec.console_socket, "console")
+    path = _local_path(view, rec, rec.console_socket, "console")
     stdin = sys.stdin.fileno()
     is_tty = os.isatty(stdin)
     with _unix_socket(path) as sock:
@@ -238,8 +243,8 @@ def nc(view: ClusterView, target: str, port: int) -> int:
     _user, name = _target(target)
     rank = parse_vm_name(name)
     rec = view.vm(name)
-    address = view.rnat.get((rank, port))
-    if address is None:
+    forward = view.rnat.get((rank, port))
+    if forward is None:
         private = private_forwards(view, rank)
         if port in private:
             return run_interactive(nc_ssh_argv(view, target, port))
@@ -248,14 +253,14 @@ def nc(view: ClusterView, target: str, port: int) -> int:
             f"port {port} of {rec.name} is not forwarded",
             hint=f"forwarded ports: {', '.join(map(str, forwarded)) or 'none'}",
         )
-    host, _, port_text = address.rpartition(":")
+    host, host_port = forward
     if host == socket.gethostname():
         host = "127.0.0.1"
     try:
-        sock = socket.create_connection((host, int(port_text)), timeout=20)
+        sock = socket.create_connection((host, host_port), timeout=20)
     except OSError as err:
         raise ServiceUnavailable(
-            f"cannot connect to {rec.name}:{port} via {address}: {err}"
+            f"cannot connect to {rec.name}:{port} via {host}:{host_port}: {err}"
         ) from err
     with sock:
         sock.settimeout(None)
@@ -263,10 +268,10 @@ def nc(view: ClusterView, target: str, port: int) -> int:
     return 0
 
 
-def _qmp(rec: VmRecord):
+def _qmp(view: ClusterView, rec: VmRecord):
     from pcocc.vm.qmp import QmpClient
 
-    path = _local_path(rec, rec.qmp_socket, "monitor socket")
+    path = _local_path(view, rec, rec.qmp_socket, "monitor socket")
     name, fd = _short_socket_path(path)
     client = QmpClient(name, name=rec.name)
     return client, fd
@@ -274,7 +279,7 @@ def _qmp(rec: VmRecord):
 
 def reset(view: ClusterView, name: str) -> None:
     rec = view.vm(name)
-    client, fd = _qmp(rec)
+    client, fd = _qmp(view, rec)
     try:
         with client:
             client.system_reset()
@@ -289,7 +294,7 @@ def monitor_command(view: ClusterView, name: str, words: Sequence[str]) -> str:
     text = " ".join(words).strip()
     if not text:
         raise UsageError("no monitor command given", hint="e.g. 'info status' or 'query-status'")
-    client, fd = _qmp(rec)
+    client, fd = _qmp(view, rec)
     try:
         with client:
             if text.startswith("{"):

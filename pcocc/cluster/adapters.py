@@ -56,10 +56,15 @@ class EtcdKv:
 
     def get(self, key: str) -> str | None:
         value = self.client.get(key)
-        return None if value is None else value.decode()
+        # undecodable bytes stay visible (as surrogates) to the record parsers, which refuse
+        # them naming the key, instead of failing the whole read
+        return None if value is None else value.decode(errors="surrogateescape")
 
     def get_prefix(self, prefix: str) -> dict[str, str]:
-        return {k: v.decode() for k, v in self.client.get_prefix(prefix).items()}
+        return {
+            k: v.decode(errors="surrogateescape")
+            for k, v in self.client.get_prefix(prefix).items()
+        }
 
     def delete_prefix(self, prefix: str) -> None:
         self.client.delete_prefix(prefix)
@@ -116,7 +121,7 @@ class EtcdKv:
 
         raw, revision = self.client.get_prefix_at(prefix)
         values.clear()
-        values.update((k, v.decode()) for k, v in raw.items())
+        values.update((k, v.decode(errors="surrogateescape")) for k, v in raw.items())
         result = predicate(dict(values))
         if result is not None:
             return result
@@ -132,7 +137,7 @@ class EtcdKv:
                     if event.value is None:
                         values.pop(event.key, None)
                     else:
-                        values[event.key] = event.value.decode()
+                        values[event.key] = event.value.decode(errors="surrogateescape")
                 result = predicate(dict(values))
                 if result is not None:
                     return result

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from pcocc.cluster import adapters, rundir, vmsettings
-from pcocc.cluster.definition import ClusterDefinition, build_definition
+from pcocc.cluster.definition import ClusterDefinition, build_definition, check_settings
 from pcocc.cluster.launcher import Launcher, LaunchSettings
 from pcocc.cluster.lease import lease_ttl_s
 from pcocc.cluster.node import NodeProcess, NodeSettings
@@ -98,7 +98,9 @@ def decode_definition(text: str) -> ClusterDefinition:
         raw = base64.b64decode(text.encode(), validate=True).decode()
     except (ValueError, UnicodeDecodeError) as err:
         raise UsageError(f"{DEFINITION_VAR} is not a pcocc cluster definition") from err
-    return ClusterDefinition.from_json(raw)
+    definition = ClusterDefinition.from_json(raw)
+    check_settings(definition)
+    return definition
 
 
 def launcher_argv(

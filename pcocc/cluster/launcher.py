@@ -215,7 +215,7 @@ class Launcher:
             if rank is None:
                 continue
             try:
-                records[rank] = VmRecord.from_json(value)
+                records[rank] = VmRecord.from_json(value, key=key, rank=rank)
             except Corrupt as err:
                 raise ClusterFailed(f"vm{rank}: {err}") from err
         signalled = [rec for rec in records.values() if rec.extra.get(SIGNAL_NOTE)]

@@ -7,9 +7,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from pcocc import fields
 from pcocc.cluster.ports import Kv
 from pcocc.cluster.record import ClusterRecord
-from pcocc.cluster.vmstate import RUNNING, VmRecord
+from pcocc.cluster.vmstate import RUNNING, VmRecord, parse_forward
 from pcocc.errors import Corrupt, NotFound, UsageError
 from pcocc.kv import keys
 
@@ -25,7 +26,10 @@ class ClusterView:
     batchid: str
     record: ClusterRecord
     vms: dict[int, VmRecord] = field(default_factory=dict)
-    rnat: dict[tuple[int, int], str] = field(default_factory=dict)
+    #: (rank, guest port) -> (host, port) where it is forwarded
+    rnat: dict[tuple[int, int], tuple[str, int]] = field(default_factory=dict)
+    #: rank -> why its state record was refused
+    refused: dict[int, Corrupt] = field(default_factory=dict)
     kv: Kv | None = None
 
     @property
@@ -49,6 +53,8 @@ class ClusterView:
         rank = parse_vm_name(name)
         self.record.definition.vm(rank)  # NotFound when out of range
         rec = self.vms.get(rank)
+        if rec is None and rank in self.refused:
+            raise self.refused[rank]
         if rec is None:
             raise NotFound(
                 f"vm{rank} of cluster {self.batchid} is not running",
@@ -87,37 +93,58 @@ def _split_cluster_key(prefix: str, key: str) -> tuple[str, str] | None:
 
 
 def clusters_of(kv: Kv, user: str) -> list[ClusterView]:
-    """Every cluster of ``user`` in this etcd, by batch id."""
+    """Every cluster of ``user`` in this etcd, by batch id.
+
+    Every record goes through its strict parser: a cluster whose record is refused is left
+    out (with a warning naming the key and the field); a refused VM record is kept as its
+    error, which :meth:`ClusterView.vm` raises; a refused forwarded port is left out.
+    """
     prefix = keys.clusters_prefix(user)
     snapshot = kv.get_prefix(prefix)
-    views: dict[str, ClusterView] = {}
-    parts: dict[str, list[tuple[str, str]]] = {}
+    parts: dict[str, list[tuple[str, str, str]]] = {}
     for key, value in snapshot.items():
         parsed = _split_cluster_key(prefix, key)
         if parsed is None:
             continue
         batchid, rest = parsed
-        parts.setdefault(batchid, []).append((rest, value))
+        try:
+            fields.job_id(batchid, "batch id")
+        except fields.BadField as err:
+            log.warning("ignoring etcd key %r: %s", key[:200], err)
+            continue
+        parts.setdefault(batchid, []).append((rest, key, value))
+    views: dict[str, ClusterView] = {}
     for batchid, entries in parts.items():
-        defs = [v for rest, v in entries if rest == "definition"]
+        defs = [(k, v) for rest, k, v in entries if rest == "definition"]
         if not defs:
             continue  # a cluster being torn down: its definition goes first
         try:
-            view = ClusterView(batchid, ClusterRecord.from_json(defs[0]), kv=kv)
+            record = ClusterRecord.from_json(defs[0][1], key=defs[0][0], batchid=batchid)
         except Corrupt as err:
             log.warning("cluster %s: %s", batchid, err)
             continue
-        for rest, value in entries:
+        view = ClusterView(batchid, record, kv=kv)
+        for rest, key, value in entries:
             segs = rest.split("/")
-            if len(segs) == 3 and segs[0] == "vms" and segs[2] == "state" and segs[1].isdigit():
+            if len(segs) == 3 and segs[0] == "vms" and segs[2] == "state" and _is_number(segs[1]):
+                rank = int(segs[1])
                 try:
-                    view.vms[int(segs[1])] = VmRecord.from_json(value)
+                    view.vms[rank] = VmRecord.from_json(value, key=key, rank=rank)
                 except Corrupt as err:
-                    log.warning("cluster %s: vm%s: %s", batchid, segs[1], err)
-            elif len(segs) == 3 and segs[0] == "rnat" and segs[1].isdigit() and segs[2].isdigit():
-                view.rnat[(int(segs[1]), int(segs[2]))] = value
+                    log.debug("cluster %s: %s", batchid, err)
+                    view.refused[rank] = err
+            elif len(segs) == 3 and segs[0] == "rnat" and _is_number(segs[1]) \
+                    and _is_number(segs[2]):
+                try:
+                    view.rnat[(int(segs[1]), int(segs[2]))] = parse_forward(value, key)
+                except Corrupt as err:
+                    log.warning("cluster %s: %s", batchid, err)
         views[batchid] = view
     return [views[b] for b in sorted(views, key=_batchid_order)]
+
+
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 6
 
 
 def _batchid_order(batchid: str) -> tuple[int, str]:

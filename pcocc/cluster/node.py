@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pcocc import proc
 from pcocc.cluster import rundir
-from pcocc.cluster.definition import ClusterDefinition, VmEntry
+from pcocc.cluster.definition import ClusterDefinition, VmEntry, check_settings
 from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S
 from pcocc.cluster.ports import Kv, Lease, VmHandle
 from pcocc.cluster.record import ClusterRecord
@@ -185,7 +185,9 @@ class NodeProcess:
                 f"cluster {self.s.batchid} has no definition in etcd",
                 hint="'pcocc internal run' is started by 'pcocc internal launcher'",
             )
-        return ClusterRecord.from_json(text).definition
+        definition = ClusterRecord.from_json(text, self._def_key, self.s.batchid).definition
+        check_settings(definition)  # the validation of the user's configuration files
+        return definition
 
     def _supervise(self, vm: VmHandle) -> int:
         """Wait for QEMU to exit or the launcher's definition to vanish."""

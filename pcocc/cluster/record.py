@@ -10,9 +10,9 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from pcocc.cluster.definition import ClusterDefinition
+from pcocc import fields
+from pcocc.cluster.definition import MAX_DEFINITION_BYTES, ClusterDefinition, parse_definition
 from pcocc.cluster.state import ClusterState
-from pcocc.errors import Corrupt
 
 
 @dataclass
@@ -35,27 +35,50 @@ class ClusterRecord:
                 "host": self.host,
                 "launcher_pid": self.launcher_pid,
                 "batch": self.batch,
-                "error": self.error,
+                "error": None if self.error is None else fields.one_line(self.error),
                 "updated": self.updated,
             },
             sort_keys=True,
         )
 
     @classmethod
-    def from_json(cls, text: str) -> ClusterRecord:
-        try:
-            data = json.loads(text)
-            return cls(
-                batchid=str(data["batchid"]),
-                definition=ClusterDefinition.from_json(json.dumps(data["definition"])),
-                state=ClusterState(data["state"]),
-                host=str(data["host"]),
-                launcher_pid=int(data["launcher_pid"]),
-                batch=str(data.get("batch", "")),
-                error=data.get("error"),
-                updated=float(data.get("updated", 0.0)),
-            )
-        except Corrupt:
-            raise
-        except (ValueError, TypeError, KeyError) as err:
-            raise Corrupt(f"invalid cluster record: {err}") from err
+    def from_json(
+        cls, text: str | bytes, key: str | None = None, batchid: str | None = None
+    ) -> ClusterRecord:
+        """Parse the record of a ``definition`` key (``batchid``, the batch id of that key,
+        must be the record's).
+
+        :raise Corrupt: naming the key and the field
+        """
+        return fields.parse_record(
+            "cluster record", key, text, lambda raw: _parse(raw, batchid)
+        )
+
+
+_REQUIRED = ("batchid", "definition", "state", "host", "launcher_pid")
+_OPTIONAL = ("batch", "error", "updated")
+
+
+def _parse(raw: str | bytes, batchid: str | None) -> ClusterRecord:
+    f = fields
+    data = f.load_object(raw, MAX_DEFINITION_BYTES + f.MAX_RECORD_BYTES)
+    f.fields_of(data, _REQUIRED, _OPTIONAL)
+    if not isinstance(data["definition"], dict):
+        raise f.BadField("definition", "expected an object")
+    try:
+        definition = parse_definition(data["definition"])
+    except f.BadField as err:
+        raise err.within("definition") from None
+    record = ClusterRecord(
+        batchid=f.job_id(data["batchid"], "batchid"),
+        definition=definition,
+        state=ClusterState(f.choice(data["state"], "state", [s.value for s in ClusterState])),
+        host=f.hostname(data["host"], "host"),
+        launcher_pid=f.pid(data["launcher_pid"], "launcher_pid"),
+        batch=f.text(data.get("batch", ""), "batch", 64),
+        error=f.optional(f.text, data.get("error"), "error"),
+        updated=f.number(data.get("updated", 0.0), "updated", 0),
+    )
+    if batchid is not None and record.batchid != batchid:
+        raise f.BadField("batchid", f"{record.batchid!r} in the record of cluster {batchid}")
+    return record

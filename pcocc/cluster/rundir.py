@@ -4,25 +4,67 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from pathlib import Path
 
-from pcocc.errors import PermissionDenied
+from pcocc.errors import Corrupt, NotFound, PermissionDenied
 
 
 def run_root() -> Path:
     """``$XDG_RUNTIME_DIR/pcocc`` when that is a private dir of ours, else ``~/.pcocc/run``."""
+    return run_roots()[0]
+
+
+def run_roots() -> list[Path]:
+    """The run root of this environment first, then the others a process of this user may
+    have used on this host (another shell may have no ``$XDG_RUNTIME_DIR``, for instance)."""
+    roots = []
     override = os.environ.get("PCOCC_RUN_DIR")
     if override:
-        return Path(override)
+        roots.append(Path(override))
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg:
         try:
             st = os.stat(xdg)
             if st.st_uid == os.getuid() and (st.st_mode & 0o077) == 0:
-                return Path(xdg) / "pcocc"
+                roots.append(Path(xdg) / "pcocc")
         except OSError:
             pass
-    return Path(os.path.expanduser("~")) / ".pcocc" / "run"
+    roots.append(Path(os.path.expanduser("~")) / ".pcocc" / "run")
+    return roots
+
+
+def vm_run_file(path: str, batchid: str, rank: int, *, socket: bool) -> str:
+    """``path``, a socket or log file that the state record of VM ``rank`` names, once
+    checked to be one of ours inside that VM's run dir on this host (never a path anywhere
+    else that a record could name): no symbolic link, owned by us, a unix socket
+    (``socket``) or a regular file.
+
+    :raise Corrupt: the path lies elsewhere or is not such a file
+    :raise NotFound: the file does not exist (any more)
+    """
+    what = "socket" if socket else "file"
+    norm = os.path.normpath(path)
+    inside = [
+        d for d in (root / batchid / f"vm{rank}" for root in run_roots())
+        if norm == path and path.startswith(f"{d}/")
+        and f"{os.path.realpath(os.path.dirname(path))}/".startswith(f"{os.path.realpath(d)}/")
+    ]
+    if not inside:
+        raise Corrupt(
+            f"the state record of vm{rank} names {path!r}, which is not in its run directory"
+            f" ({run_roots()[0] / batchid / f'vm{rank}'})",
+            hint="the record was not written by pcocc; if the VM runs with another"
+            " PCOCC_RUN_DIR, set it here too",
+        )
+    try:
+        st = os.lstat(path)
+    except OSError as err:
+        raise NotFound(f"cannot use {path}: {err.strerror}") from err
+    kind_ok = stat.S_ISSOCK(st.st_mode) if socket else stat.S_ISREG(st.st_mode)
+    if not kind_ok or st.st_uid != os.getuid():
+        raise Corrupt(f"{path} is not a {what} of yours: refusing to use it")
+    return path
 
 
 def private_dir(path: Path) -> Path:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-from pcocc import proc
+from pcocc import fields, proc
 from pcocc.cluster.vmstate import RUNNING, VmRecord
+from pcocc.errors import Corrupt
 from pcocc.fsutil import write_atomic
 
 
@@ -34,11 +36,14 @@ def host_alias(batchid: str, name: str) -> str:
 
 
 def known_hosts_text(batchid: str, vms: dict[int, VmRecord]) -> str:
-    return "".join(
-        f"{host_alias(batchid, rec.name)} {rec.host_key}\n"
-        for _, rec in sorted(vms.items())
-        if rec.host_key
-    )
+    """One ``alias TYPE BASE64`` line per VM with a host key (each field checked again)."""
+    lines = []
+    for _, rec in sorted(vms.items()):
+        if rec.host_key:
+            alias = _checked("host key alias", host_alias(batchid, rec.name), fields.name)
+            key = _checked(f"host key of {rec.name}", rec.host_key, fields.ssh_public_key)
+            lines.append(f"{alias} {key}\n")
+    return "".join(lines)
 
 
 def ssh_config_text(
@@ -49,29 +54,58 @@ def ssh_config_text(
     ssh connects to the address the node published (where the VM's ssh forward listens);
     the host key is looked up under the alias ``pcocc-<batchid>-vmN``, the name the
     known_hosts entries carry, whatever that address is.
+
+    The records were parsed when they were read; every value is checked again here, as it
+    goes into a line of the file (a value that could end the line or add an option is
+    refused, whatever its origin).
+
+    :raise Corrupt: a value that cannot go into an ssh_config
     """
     lines = []
     for _, rec in sorted(vms.items()):
         if rec.status != RUNNING or rec.ssh_port is None:
             continue
+        host = rec.address or _ssh_host(rec.host)
+        alias = host_alias(batchid, rec.name)
         lines += [
-            f"Host {rec.name}",
-            f"    HostName {rec.address or _ssh_host(rec.host)}",
-            f"    Port {rec.ssh_port}",
-            f"    HostKeyAlias {host_alias(batchid, rec.name)}",
+            f"Host {_checked('VM name', rec.name, fields.name)}",
+            f"    HostName {_checked(f'address of {rec.name}', host, fields.hostname)}",
+            f"    Port {_checked(f'ssh port of {rec.name}', rec.ssh_port, fields.port)}",
+            f"    HostKeyAlias {_checked('host key alias', alias, fields.name)}",
         ]
     lines += [
         "Host *",
-        f'    UserKnownHostsFile "{known_hosts}"',
+        f"    UserKnownHostsFile {_config_path(known_hosts)}",
         "    GlobalKnownHostsFile /dev/null",
         "    StrictHostKeyChecking yes",
         "    CheckHostIP no",
-        f'    IdentityFile "{identity}"',
+        f"    IdentityFile {_config_path(identity)}",
         "    IdentitiesOnly yes",
         "    LogLevel ERROR",
         "    ConnectTimeout 20",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _checked(what: str, value: object, check: Callable[[object, str], object]) -> str:
+    try:
+        return str(check(value, what))
+    except fields.BadField as err:
+        raise Corrupt(
+            f"refusing to write {what} into an ssh_config: {err.problem}",
+            hint="the cluster's records in etcd were not written by pcocc",
+        ) from None
+
+
+def _config_path(path: Path) -> str:
+    """A path as one quoted ssh_config argument; ssh expands ``%`` tokens and ``~`` in
+    these options, so ``%`` is doubled, and a quote, ``${`` (an environment variable for
+    ssh) or a control character is refused."""
+    text = str(path)
+    if '"' in text or "${" in text or not text.isprintable() or not text.startswith("/"):
+        raise Corrupt(f"refusing to write the path {text!r} into an ssh_config",
+                      hint="use a home directory without quotes or control characters")
+    return '"' + text.replace("%", "%%") + '"'
 
 
 def _ssh_host(host: str) -> str:

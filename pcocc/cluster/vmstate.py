@@ -6,13 +6,15 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pcocc.errors import Corrupt
+from pcocc import fields
 
 BOOTING = "booting"
 RUNNING = "running"
 FAILED = "failed"
 STOPPED = "stopped"
 STATUSES = (BOOTING, RUNNING, FAILED, STOPPED)
+#: Highest VM rank a record may carry (see pcocc.cluster.definition.vm_address).
+MAX_RANK = 250 * 256 - 1
 
 
 #: key of a VM record's ``extra``: why the VM runs under TCG though ``auto`` was asked (the
@@ -52,15 +54,78 @@ class VmRecord:
         return self.node or self.host
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """The record as published; free text (error, console lines) is made one line, so
+        that :meth:`from_json` accepts what pcocc wrote."""
+        data = asdict(self)
+        if self.error is not None:
+            data["error"] = fields.one_line(self.error)
+        data["extra"] = {
+            k: fields.one_line(v) if isinstance(v, str) else v for k, v in self.extra.items()
+        }
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> VmRecord:
-        try:
-            data = json.loads(text)
-            rec = cls(**data)
-        except (ValueError, TypeError) as err:
-            raise Corrupt(f"invalid VM state record: {err}") from err
-        if rec.status not in STATUSES or not isinstance(rec.rank, int):
-            raise Corrupt(f"invalid VM state record: status {rec.status!r}")
-        return rec
+    def from_json(
+        cls, text: str | bytes, key: str | None = None, rank: int | None = None
+    ) -> VmRecord:
+        """Parse a VM state record read from etcd (``key`` names it in errors; ``rank``,
+        the rank of its key, must be the record's).
+
+        :raise Corrupt: naming the key and the field
+        """
+        return fields.parse_record("VM state record", key, text, lambda raw: _parse(raw, rank))
+
+
+_REQUIRED = ("rank", "host", "status", "node_pid")
+_OPTIONAL = ("pid", "ssh_port", "qmp_socket", "console_socket", "console_log", "host_key",
+             "error", "address", "node", "extra")
+
+
+def _parse(raw: str | bytes, rank: int | None) -> VmRecord:
+    data = fields.load_object(raw)
+    fields.fields_of(data, _REQUIRED, _OPTIONAL)
+    f = fields
+    rec = VmRecord(
+        rank=f.integer(data["rank"], "rank", 0, MAX_RANK),
+        host=f.hostname(data["host"], "host"),
+        status=f.choice(data["status"], "status", STATUSES),
+        node_pid=f.pid(data["node_pid"], "node_pid"),
+        pid=f.optional(f.pid, data.get("pid"), "pid"),
+        ssh_port=f.optional(f.port, data.get("ssh_port"), "ssh_port"),
+        qmp_socket=f.optional(f.abs_path, data.get("qmp_socket"), "qmp_socket"),
+        console_socket=f.optional(f.abs_path, data.get("console_socket"), "console_socket"),
+        console_log=f.optional(f.abs_path, data.get("console_log"), "console_log"),
+        host_key=f.optional(f.ssh_public_key, data.get("host_key"), "host_key"),
+        error=f.optional(f.text, data.get("error"), "error"),
+        address=f.optional(f.ip_address, data.get("address"), "address"),
+        node=f.optional(f.hostname, data.get("node"), "node"),
+        extra=_extra(data.get("extra", {})),
+    )
+    if rank is not None and rec.rank != rank:
+        raise fields.BadField("rank", f"{rec.rank} in the record of vm{rank}")
+    return rec
+
+
+def _extra(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise fields.BadField("extra", "expected an object")
+    for k in value:
+        fields.name(k, "extra key")
+    return fields.plain_json(value, "extra")
+
+
+def parse_forward(text: str | bytes, key: str | None = None) -> tuple[str, int]:
+    """A forwarded port record (``rnat/<rank>/<guest port>``): the ``host:port`` where the
+    node process forwards that guest port.
+
+    :raise Corrupt: naming the key
+    """
+    return fields.parse_record("forwarded port record", key, text, _parse_forward)
+
+
+def _parse_forward(raw: str | bytes) -> tuple[str, int]:
+    try:
+        value = raw.decode() if isinstance(raw, bytes) else raw
+    except UnicodeError:
+        raise fields.BadField("(value)", "not UTF-8 text") from None
+    return fields.host_port(value, "(value)")

@@ -238,3 +238,20 @@ def _show(value: Any) -> str:
         return "true" if value else "false"
     text = repr(value) if isinstance(value, str) else str(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def fragment_error(schema: dict[str, Any], value: Any) -> str | None:
+    """The first error of ``value`` against a part of a schema, as ``path: message``
+    (for values that come back from elsewhere, such as a stored cluster definition), or
+    None when it is valid."""
+    from jsonschema import Draft202012Validator
+
+    errors = sorted(
+        Draft202012Validator(schema).iter_errors(value),
+        key=lambda e: [str(p) for p in e.absolute_path],
+    )
+    if not errors:
+        return None
+    err = _deepest(errors[0])
+    path = ".".join(str(p) for p in err.absolute_path) or "(settings)"
+    return f"{path}: {err.message[:200]}"

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from pcocc import proc
+from pcocc import fields, proc
 from pcocc.errors import ConfigError, PcoccError, ServiceUnavailable, UsageError
 from pcocc.kv import keys
 
@@ -218,11 +218,22 @@ def seed_files(nics: Sequence[Nic], dhcp_macs: Sequence[str] = ()) -> dict[str, 
 
 
 # -- node side ------------------------------------------------------------------------------
-def split_host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise PcoccError(f"invalid switch address {text!r} in etcd")
-    return host, int(port)
+def parse_switch_record(text: str | bytes, key: str | None = None) -> tuple[str, int]:
+    """The value of a ``nets/<net>/switch`` key: ``ADDRESS:PORT`` of the network's switch
+    (an IPv4 address, as :func:`run_switch` publishes it).
+
+    :raise Corrupt: naming the key
+    """
+
+    def parse(raw: str | bytes) -> tuple[str, int]:
+        try:
+            value = raw.decode() if isinstance(raw, bytes) else raw
+        except UnicodeError:
+            raise fields.BadField("(value)", "not UTF-8 text") from None
+        host, port = fields.host_port(value, "(value)")
+        return fields.ipv4_address(host, "(value)"), port
+
+    return fields.parse_record("switch record", key, text, parse)
 
 
 @dataclass(frozen=True)
@@ -295,7 +306,7 @@ def prepare_nics(
                     f"vm{rank}: the switch of network '{nic.net}' did not start in {timeout_s:g} s",
                     hint="check the launcher's messages",
                 ) from None
-            remote = split_host_port(text)
+            remote = parse_switch_record(text, key)
             try:
                 sock = connected_socket(node_address, remote)
             except OSError as err:
@@ -405,7 +416,7 @@ def run_switch(
         with kv.lease(lease_ttl_s) as lease:
             kv.put(keys.net_switch(user, batchid, net), f"{host}:{port}", lease)
             log.info("switch of network %s on %s:%d", net, host, port)
-            last: tuple[str, ...] | None = None
+            last: tuple[tuple[str, str], ...] | None = None
 
             def watch(snapshot: Mapping[str, str]) -> bool | None:
                 nonlocal last
@@ -413,10 +424,10 @@ def run_switch(
                 if definition not in snapshot:
                     return True
                 records = tuple(
-                    v for k, v in sorted(snapshot.items()) if k.startswith(ports_prefix)
+                    (k, v) for k, v in sorted(snapshot.items()) if k.startswith(ports_prefix)
                 )
                 if records != last:
-                    switch.set_endpoints(endpoints_from_records(records))
+                    switch.set_endpoints(endpoints_from_records(dict(records)))
                     last = records
                 return None
 

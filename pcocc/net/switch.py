@@ -19,12 +19,12 @@ allocates nothing but the datagram and its two MAC slices.
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import threading
 from collections.abc import Iterable, Mapping
 
+from pcocc import fields
 from pcocc.errors import Corrupt
 
 log = logging.getLogger(__name__)
@@ -37,20 +37,20 @@ MAX_MACS = 4096
 Endpoint = tuple[str, int]
 
 
-def parse_port_record(text: str) -> tuple[Endpoint, str]:
-    """``{"host": h, "port": p, "mac": m}`` (a node's NIC record) -> ((h, p), mac).
+def parse_port_record(text: str | bytes, key: str | None = None) -> tuple[Endpoint, str]:
+    """``{"host": h, "port": p, "mac": m}`` (a node's NIC record, under the key
+    ``nets/<net>/ports/<rank>``) -> ((h, p), mac); h is an IPv4 address.
 
-    :raise Corrupt: not such a record
+    :raise Corrupt: not such a record, naming the key and the field
     """
-    try:
-        data = json.loads(text)
-        host, port, mac = data["host"], int(data["port"]), str(data["mac"]).lower()
-        socket.inet_aton(host)
-        if not isinstance(host, str) or not 0 < port < 65536 or len(mac_bytes(mac)) != 6:
-            raise ValueError("bad field")
-    except (ValueError, TypeError, KeyError, OSError) as err:
-        raise Corrupt(f"invalid private network port record {text!r}: {err}") from err
-    return (host, port), mac
+
+    def parse(raw: str | bytes) -> tuple[Endpoint, str]:
+        data = fields.load_object(raw)
+        fields.fields_of(data, ("host", "port", "mac"))
+        host = fields.ipv4_address(data["host"], "host")
+        return (host, fields.port(data["port"], "port")), fields.mac(data["mac"], "mac")
+
+    return fields.parse_record("private network port record", key, text, parse)
 
 
 def mac_bytes(mac: str) -> bytes:
@@ -156,12 +156,16 @@ def bind_socket(host: str, port: int = 0) -> socket.socket:
     return sock
 
 
-def endpoints_from_records(records: Iterable[str]) -> dict[Endpoint, str]:
-    """Endpoint -> MAC of the valid port records (invalid ones are logged and skipped)."""
+def endpoints_from_records(
+    records: Iterable[str] | Mapping[str, str],
+) -> dict[Endpoint, str]:
+    """Endpoint -> MAC of the valid port records (invalid ones are logged and skipped);
+    a mapping gives each record's key (named in the warning)."""
     table: dict[Endpoint, str] = {}
-    for text in records:
+    items = records.items() if isinstance(records, Mapping) else ((None, r) for r in records)
+    for key, text in items:
         try:
-            ep, mac = parse_port_record(text)
+            ep, mac = parse_port_record(text, key)
         except Corrupt as err:
             log.warning("switch: %s", err.message)
             continue

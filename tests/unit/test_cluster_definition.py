@@ -1,3 +1,4 @@
+import base64
 import json
 
 import pytest
@@ -17,6 +18,12 @@ TEMPLATES = {
     "testvm": {"kernel": "/boot/vmlinuz", "initrd": "/boot/initrd", "accel": "tcg"},
     "noimage": {"resource-set": "small"},
 }
+
+
+def fake_key(seed: int, comment: str = "") -> str:
+    """An OpenSSH ed25519 public key line (well formed; no private key behind it)."""
+    blob = b"\0\0\0\x0bssh-ed25519\0\0\0\x20" + bytes([seed]) * 32
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()}" + (f" {comment}" if comment else "")
 
 
 def test_parse_spec_pairs_and_bare_name():
@@ -136,7 +143,7 @@ def test_user_data_and_cores(tmp_path):
 
 def test_json_round_trip_and_corrupt(tmp_path):
     d = build_definition(
-        "compute:2", TEMPLATES, mounts=[f"{tmp_path}:/m"], ssh_authorized_keys=["ssh-ed25519 AAA u"]
+        "compute:2", TEMPLATES, mounts=[f"{tmp_path}:/m"], ssh_authorized_keys=[fake_key(1, "u")]
     )
     again = ClusterDefinition.from_json(d.to_json())
     assert again == d

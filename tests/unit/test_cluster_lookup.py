@@ -1,3 +1,5 @@
+import base64
+
 import pytest
 
 from pcocc.cluster.definition import build_definition
@@ -15,6 +17,12 @@ USER = "bob"
 TEMPLATES = {"tpl": {"kernel": "/k"}}
 
 
+def fake_key(seed: int, comment: str = "") -> str:
+    """An OpenSSH ed25519 public key line (well formed; no private key behind it)."""
+    blob = b"\0\0\0\x0bssh-ed25519\0\0\0\x20" + bytes([seed]) * 32
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()}" + (f" {comment}" if comment else "")
+
+
 def add_cluster(kv, batchid, n=2, running=2, other_user=False):
     user = "mallory" if other_user else USER
     d = build_definition(f"tpl:{n}", TEMPLATES, owner=user)
@@ -27,7 +35,7 @@ def add_cluster(kv, batchid, n=2, running=2, other_user=False):
             status="running",
             node_pid=10 + rank,
             ssh_port=2200 + rank,
-            host_key=f"ssh-ed25519 KEY{rank}",
+            host_key=fake_key(rank),
         )
         kv.put(keys.vm_state(user, batchid, rank), vm.to_json())
         kv.put(keys.rnat(user, batchid, rank, 22), f"n{rank + 1}:{2200 + rank}")
@@ -41,7 +49,7 @@ def test_clusters_of_reads_only_the_users_prefix():
     views = clusters_of(kv, USER)
     assert [v.batchid for v in views] == ["7", "12"]
     assert views[1].size == 3 and views[1].running_count() == 1
-    assert views[0].rnat == {(0, 22): "n1:2200", (1, 22): "n2:2201"}
+    assert views[0].rnat == {(0, 22): ("n1", 2200), (1, 22): ("n2", 2201)}
     assert views[0].hosts == ["n1", "n2"]
     data = views[1].to_json()
     assert (data["id"], data["state"], data["vms"], data["running"]) == ("12", "running", 3, 1)
@@ -101,7 +109,7 @@ def test_format_age():
 def test_ssh_connects_to_the_published_address_with_the_alias_key():
     vms = {
         0: VmRecord(rank=0, host="n1", status="running", node_pid=1, ssh_port=4022,
-                    address="10.1.0.2", host_key="ssh-ed25519 KEY0"),
+                    address="10.1.0.2", host_key=fake_key(0)),
     }
     text = ssh_config_text("7", vms, "/k", "/i")
     assert "Host vm0\n    HostName 10.1.0.2\n    Port 4022\n    HostKeyAlias pcocc-7-vm0" in text

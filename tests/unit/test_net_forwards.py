@@ -9,6 +9,7 @@ from pcocc.kv import keys
 from pcocc.cluster.definition import build_definition
 from pcocc.cluster.lookup import clusters_of
 from tests.fixtures.memkv import MemoryKv
+from tests.unit.test_cluster_lookup import fake_key
 from pcocc.cluster.record import ClusterRecord
 from pcocc.cluster.state import ClusterState
 from pcocc.cluster.vmstate import VmRecord
@@ -93,7 +94,7 @@ def view(tmp_path, monkeypatch):
     rec = ClusterRecord("7", definition, ClusterState.RUNNING, "n1", 123, batch="local")
     kv.put(keys.cluster_definition("bob", "7"), rec.to_json())
     vm = VmRecord(rank=0, host="n1", status="running", node_pid=10, ssh_port=2200,
-                  host_key="ssh-ed25519 KEY0", address="192.0.2.7")
+                  host_key=fake_key(0), address="192.0.2.7")
     kv.put(keys.vm_state("bob", "7", 0), vm.to_json())
     kv.put(keys.rnat("bob", "7", 0, 22), "192.0.2.7:2200")
     kv.put(keys.rnat("bob", "7", 0, 8080), "192.0.2.7:4080")

@@ -208,7 +208,7 @@ def test_run_switch_serves_registered_ports_until_the_cluster_ends():
     deadline = time.monotonic() + 10
     while kv.get(keys.net_switch("u", "7", "cluster")) is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    switch = private.split_host_port(kv.get(keys.net_switch("u", "7", "cluster")))
+    switch = private.parse_switch_record(kv.get(keys.net_switch("u", "7", "cluster")))
     socks = []
     for rank in range(3):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
