@@ -35,7 +35,7 @@ def _definition_options(func):
             help="Share host directory SRC at DST in the VMs; repeatable.",
         ),
         click.option("--user-data", metavar="FILE", help="cloud-init user-data for the VMs."),
-        click.argument("spec", metavar="TPL:N[,TPL2:M]"),
+        click.argument("spec", metavar="TPL[:N][,TPL2[:M]]"),
         click.argument(
             "batch_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- BATCH_OPTIONS]"
         ),
@@ -71,8 +71,9 @@ def alloc(session: Session, command, cores, images, mounts, user_data, spec, bat
     """Run a virtual cluster interactively.
 
     Allocates one task per VM (options after '--' go to the batch system, e.g. -- -p debug),
-    boots the VMs of TPL:N[,TPL2:M], then opens a shell (or runs -E CMD) with PCOCC_JOB_ID
-    set. The cluster is torn down when the shell or command ends.
+    boots N VMs of template TPL (one when ':N' is left out), and M of TPL2, then opens a
+    shell (or runs -E CMD) with PCOCC_JOB_ID set. The cluster is torn down when the shell or
+    command ends.
     """
     from pcocc.cluster.jobs import alloc as run_alloc
 
