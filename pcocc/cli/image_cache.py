@@ -29,8 +29,11 @@ def cache() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_session
 def list_(session: Session, as_json: bool) -> None:
-    """List cached images, least recently used first."""
+    """List cached images, least recently used first, with the images they hold."""
+    from pcocc.repo.store import container_refs_by_digest
+
     entries = _cache(session).list()
+    refs = container_refs_by_digest(session.config) if entries else {}
     if as_json:
         click.echo(
             json.dumps(
@@ -41,6 +44,7 @@ def list_(session: Session, as_json: bool) -> None:
                         "size_bytes": e.size_bytes,
                         "last_used": e.last_used,
                         "path": str(e.payload),
+                        "images": refs.get(e.digest, []),
                     }
                     for e in entries
                 ],
@@ -48,8 +52,9 @@ def list_(session: Session, as_json: bool) -> None:
             )
         )
         return
-    print_table(("IMAGE DIGEST", "MODE", "SIZE", "LAST USED"),
-                [(e.digest[:19], e.mode, human_size(e.size_bytes), local_time(e.last_used))
+    print_table(("IMAGE DIGEST", "MODE", "SIZE", "LAST USED", "IMAGES"),
+                [(e.digest[:19], e.mode, human_size(e.size_bytes), local_time(e.last_used),
+                  ", ".join(refs.get(e.digest, [])) or "(deleted)")
                  for e in entries])
 
 

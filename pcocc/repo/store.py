@@ -496,19 +496,27 @@ def resolve_container_digest(config, uri: str) -> str:
     return meta.oci["manifest_digest"]
 
 
-def live_container_digests(config) -> set[str]:
-    """Manifest digests of every revision of every container image in every configured
-    repository: cache entries of other digests belong to deleted images.
+def container_refs_by_digest(config) -> dict[str, list[str]]:
+    """Manifest digest -> the references (``repo:name@rev``) of every revision of every
+    container image in every configured repository (the container cache is keyed by
+    digest; cache entries of other digests belong to deleted images).
 
     A repository that cannot be read raises (rather than making its images look dead).
     """
-    live: set[str] = set()
+    refs: dict[str, list[str]] = {}
     for repo in RepoSet(config.repos).repos:
         for meta in repo.images(all_revisions=True):
             if meta.kind == KIND_CTR and meta.oci:
-                live.add(meta.oci["manifest_digest"])
-    return live
+                refs.setdefault(meta.oci["manifest_digest"], []).append(meta.ref)
+    return refs
+
+
+def live_container_digests(config) -> set[str]:
+    """Manifest digests of every revision of every container image in every configured
+    repository (see :func:`container_refs_by_digest`)."""
+    return set(container_refs_by_digest(config))
 
 
 __all__ = ["BlobSink", "FsckReport", "GcReport", "RepoSet", "Repository", "digest_hex",
-           "live_container_digests", "new_meta", "resolve_container_digest"]
+           "container_refs_by_digest", "live_container_digests", "new_meta",
+           "resolve_container_digest"]

@@ -215,9 +215,15 @@ def test_cache_list_delete_gc(env, pcocc_bin, multilayer_image, busybox_image):
         repo, meta = store.resolve(name)
         cache.prepare(meta.oci_image(), repo.blob_path, "dir")
         digests[name] = meta.oci["manifest_digest"]
-    assert ok(pcocc_bin, "image", "cache", "list").stdout.count(" dir ") == 2
+    table = ok(pcocc_bin, "image", "cache", "list").stdout
+    assert table.count(" dir ") == 2
+    # each entry names the image(s) it holds, not only a digest
+    assert table.splitlines()[0].split()[-1] == "IMAGES"
+    assert sorted(ln.split()[-1] for ln in table.splitlines()[1:]) == ["user:bb@0",
+                                                                        "user:multi@0"]
     listed = json.loads(ok(pcocc_bin, "image", "cache", "list", "--json").stdout)
-    assert {e["digest"] for e in listed} == set(digests.values())
+    assert {e["digest"]: e["images"] for e in listed} == {
+        digests["multi"]: ["user:multi@0"], digests["bb"]: ["user:bb@0"]}
 
     ok(pcocc_bin, "image", "cache", "delete", "multi")  # by image name, through the store
     listed = json.loads(ok(pcocc_bin, "image", "cache", "list", "--json").stdout)
