@@ -150,6 +150,12 @@ class ContainerCache:
         entry: Path,
         progress: Progress,
     ) -> None:
+        # We hold the entry's exclusive lock, as every builder does: a build directory of
+        # this entry left in tmp/ is a killed build's, and the build that takes over
+        # removes it (gc would only find it later).
+        for stale in self.tmp_dir.glob(f"{entry.name}.*"):
+            log.info("cache: removing %s, left by a build that was killed", stale.name)
+            _rmtree(stale)
         work = self.tmp_dir / f"{entry.name}.{os.getpid()}.{secrets.token_hex(4)}"
         work.mkdir(mode=0o755)
         try:

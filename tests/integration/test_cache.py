@@ -281,3 +281,20 @@ def test_prepare_and_delete_as_non_root_user(stored, multilayer_image):
         assert list((cache_dir / "entries").iterdir()) == []
     finally:
         shutil.rmtree(top)
+
+
+def test_the_build_that_takes_over_removes_a_killed_builds_directory(tmp_path, stored):
+    store, image = stored
+    cache = ContainerCache(tmp_path / "cache")
+    key = f"dir-{image.manifest_digest.split(':')[1]}"
+    tmp = tmp_path / "cache/tmp"
+    tmp.mkdir(parents=True)
+    killed = tmp / f"{key}.99999.dead"  # a build SIGKILLed half-way
+    (killed / "rootfs/etc").mkdir(parents=True)
+    (killed / "rootfs/etc/x").write_text("half")
+    (killed / "rootfs/etc").chmod(0o555)
+    other = tmp / f"dir-{'c' * 64}.99998.dead"  # another entry's: not ours to judge
+    other.mkdir()
+    cache.prepare(image, store.path, "dir")
+    assert not killed.exists()
+    assert other.exists()
