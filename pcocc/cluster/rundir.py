@@ -7,31 +7,19 @@ import shutil
 import stat
 from pathlib import Path
 
-from pcocc.errors import Corrupt, NotFound, PermissionDenied
+from pcocc import paths
+from pcocc.errors import Corrupt, NotFound
 
 
 def run_root() -> Path:
-    """``$XDG_RUNTIME_DIR/pcocc`` when that is a private dir of ours, else ``~/.pcocc/run``."""
-    return run_roots()[0]
+    """Where the cluster run directories are (policy in :mod:`pcocc.paths`)."""
+    return paths.run_root()
 
 
 def run_roots() -> list[Path]:
     """The run root of this environment first, then the others a process of this user may
-    have used on this host (another shell may have no ``$XDG_RUNTIME_DIR``, for instance)."""
-    roots = []
-    override = os.environ.get("PCOCC_RUN_DIR")
-    if override:
-        roots.append(Path(override))
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg:
-        try:
-            st = os.stat(xdg)
-            if st.st_uid == os.getuid() and (st.st_mode & 0o077) == 0:
-                roots.append(Path(xdg) / "pcocc")
-        except OSError:
-            pass
-    roots.append(Path(os.path.expanduser("~")) / ".pcocc" / "run")
-    return roots
+    have used on this host (:func:`pcocc.paths.run_roots`)."""
+    return paths.run_roots()
 
 
 def vm_run_file(path: str, batchid: str, rank: int, *, socket: bool) -> str:
@@ -68,14 +56,8 @@ def vm_run_file(path: str, batchid: str, rank: int, *, socket: bool) -> str:
 
 
 def private_dir(path: Path) -> Path:
-    """Create ``path`` (and missing parents) with mode 0700; refuse one owned by another user."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.stat()
-    if st.st_uid != os.getuid():
-        raise PermissionDenied(f"run directory {path} belongs to another user")
-    if st.st_mode & 0o077:
-        path.chmod(0o700)
-    return path
+    """Create ``path`` mode 0700 or check it (:func:`pcocc.paths.private_dir`)."""
+    return paths.private_dir(path, what="run directory")
 
 
 def cluster_dir(batchid: str, *, create: bool = True) -> Path:

@@ -2,10 +2,11 @@
 
 Every command reads the configuration; importing yaml and parsing six files costs more than
 the rest of a quick command. After a file has been parsed and has passed its schema, its
-data and key positions are saved in ``~/.cache/pcocc/config-docs/`` together with the exact
-text of the file and of the schema. A later load reads the file again and uses the saved
-copy only when both texts are still the same, byte for byte: an edited file (or a new pcocc
-with another schema) is parsed and checked again. The copy is taken before placeholders are
+data and key positions are saved in ``~/.cache/pcocc/config-docs/`` (a private directory,
+see :mod:`pcocc.paths`) together with the exact text of the file and of the schema. A
+later load reads the file again and uses the saved copy only when both texts are still the
+same, byte for byte: an edited file (or a new pcocc with another schema) is parsed and
+checked again. The copy is taken before placeholders are
 expanded, so the values that depend on the user or the environment are always computed.
 
 Data that ``marshal`` cannot hold (YAML dates) is simply not cached. Any problem with the
@@ -21,8 +22,9 @@ import os
 import sys
 from pathlib import Path
 
-from pcocc import __version__
+from pcocc import __version__, paths
 from pcocc.config.yamldoc import YamlDoc
+from pcocc.errors import PcoccError
 
 
 @functools.cache
@@ -40,8 +42,7 @@ def _format() -> str:
 
 
 def _cache_dir() -> str:
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache, "pcocc", "config-docs")
+    return os.path.join(paths.cache_dir(), "config-docs")
 
 
 def _entry(path: Path) -> str:
@@ -87,13 +88,13 @@ def remember_doc(doc: YamlDoc, schema_text: str) -> None:
     entry = _entry(doc.path)
     tmp = f"{entry}.{os.getpid()}.tmp"
     try:
-        os.makedirs(_cache_dir(), mode=0o700, exist_ok=True)
+        paths.private_dir(paths.cache_dir() / "config-docs", what="cache directory")
         # No fsync: after a crash a torn entry only fails to load, and the file is parsed.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
         os.replace(tmp, entry)
-    except OSError:
+    except (OSError, PcoccError):
         # Only an optimisation: a read-only home just means parsing every time.
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from pcocc import paths
 from pcocc.config.yamldoc import KeyPath, YamlDoc
-from pcocc.errors import ConfigError
+from pcocc.errors import ConfigError, PcoccError
 
 #: The configuration files, in the order they are documented.
 FILES = ("batch", "repos", "templates", "resources", "networks", "containers")
@@ -54,15 +54,14 @@ def checked_marker(name: str, doc: YamlDoc) -> Path:
     for part in (name, schema_text(name), doc.text):
         digest.update(part.encode())
         digest.update(b"\0")
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "pcocc" / "config-checked" / digest.hexdigest()
+    return paths.cache_dir() / "config-checked" / digest.hexdigest()
 
 
 def _remember_valid(marker: Path) -> None:
     try:
-        marker.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        paths.private_dir(marker.parent, what="cache directory")
         marker.touch()
-    except OSError:
+    except (OSError, PcoccError):
         pass  # only an optimisation: a read-only home just means checking every time
 
 

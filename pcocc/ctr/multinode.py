@@ -25,10 +25,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pcocc import paths
 from pcocc.ctr import taskends
 from pcocc.ctr.launch import RunOptions, exit_status
 from pcocc.ctr.pod import Notify, RunRequest, run_request
-from pcocc.ctr.pods import pods_dir
 from pcocc.errors import UsageError
 from pcocc.fsutil import write_atomic
 
@@ -44,8 +44,7 @@ ALLOCATED_VAR = "PCOCC_RUN_ALLOCATED"
 
 def write_request(request: RunRequest) -> Path:
     """Save a run request where every node can read it (the user's state directory)."""
-    d = pods_dir().parent / "requests"
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    d = paths.private_dir(paths.state_dir(create=True) / "requests", what="state directory")
     path = d / f"{uuidlib.uuid4()}.json"
     data = {
         "version": REQUEST_VERSION,

@@ -410,11 +410,9 @@ def gate_path_for(runtime_dir: Path, pod_uuid: str, kind: str = "net") -> Path:
     name = f"{kind}-{pod_uuid[:12]}.sock"
     path = runtime_dir / name
     if len(os.fsencode(path)) > 100:
-        import tempfile
+        from pcocc import paths
 
-        from pcocc.cluster.rundir import private_dir
-
-        path = private_dir(Path(tempfile.gettempdir()) / f"pcocc-{os.getuid()}") / name
+        path = paths.tmp_dir() / name
     return path
 
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pcocc import paths
 from pcocc.errors import Corrupt, NotFound, PcoccError, UsageError
 from pcocc.fsutil import write_atomic
 
@@ -31,10 +32,7 @@ STATES = ("prepared", "running", "exited", "garbage")
 
 
 def pods_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "state"
-    )
-    return Path(base) / "pcocc" / "pods"
+    return paths.state_dir() / "pods"
 
 
 def _boot_id() -> str:
@@ -151,7 +149,10 @@ class PodStore:
         """A new pod directory; ``save=False`` leaves writing the record to the caller."""
         rec = PodRecord(uuid=new_uuid(), apps=apps, boot_id=_boot_id(), **fields)
         d = self.pod_dir(rec.uuid)
-        d.mkdir(parents=True, mode=0o700)
+        if self.root == pods_dir():
+            paths.private_dir(paths.state_dir(), what="state directory")
+        paths.private_dir(self.root, what="pod directory")
+        d.mkdir(mode=0o700)
         for app in apps:
             self.app_dir(rec.uuid, app.name).mkdir(parents=True)
         if save:

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pcocc import proc
+from pcocc import paths, proc
 from pcocc.errors import ConfigError, PcoccError, ToolMissing
 
 log = logging.getLogger(__name__)
@@ -47,18 +47,9 @@ class RuntimeUnusable(PcoccError):
 
 
 def runtime_dir() -> Path:
-    """The caller's private runtime directory: $XDG_RUNTIME_DIR/pcocc or /tmp/pcocc-<uid>."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    tmp = os.environ.get("TMPDIR") or "/tmp"
-    path = Path(base) / "pcocc" if base else Path(tmp) / f"pcocc-{os.getuid()}"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.stat()
-    if st.st_uid != os.getuid():
-        raise PcoccError(
-            f"runtime directory {path} belongs to another user",
-            hint="set XDG_RUNTIME_DIR to a directory of yours",
-        )
-    return path
+    """The caller's private runtime directory: $XDG_RUNTIME_DIR/pcocc or /tmp/pcocc-<uid>
+    (policy and checks in :mod:`pcocc.paths`)."""
+    return paths.runtime_dir()
 
 
 def boot_id() -> str:

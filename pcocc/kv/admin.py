@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pwd
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,7 +36,15 @@ from pcocc.errors import (
 )
 from pcocc.kv import keys
 from pcocc.kv.client import KvClient
-from pcocc.kv.credentials import new_password, read_password_file, write_password_file
+from pcocc.kv.credentials import (
+    new_password,
+    read_password_file,
+    read_user_password_file,
+    write_password_file,
+    write_user_password_file,
+)
+from pcocc.userfile import ROOT as ROOT_OWNER
+from pcocc.userfile import local_owner
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -267,7 +274,8 @@ class EtcdAuthAdmin:
         """Add etcd user ``name`` with role ``pcocc-user-NAME`` (readwrite on its prefix).
 
         The password is read from ``password_file`` when it exists; otherwise a random one
-        is written there (mode 0600; owned by the user when ``chown_to_user``).
+        is written there (mode 0600; owned by the user when ``chown_to_user``: root then
+        follows no link on the way, see :mod:`pcocc.userfile`).
 
         :raise UsageError: ``name`` is root or not a valid user name
         :raise AlreadyExists: the etcd user exists
@@ -280,14 +288,7 @@ class EtcdAuthAdmin:
                 f"etcd user {name} already exists",
                 hint=f"remove it first with 'pcocc admin etcd-user remove {name}'",
             )
-        generated = not password_file.exists()
-        if generated:
-            created = [d for d in password_file.parents if not d.exists()]
-            write_password_file(password_file, new_password())
-            if chown_to_user:
-                for path in [password_file, *created]:
-                    _chown_to(path, name)
-        password = read_password_file(password_file)
+        password, generated = _user_password(password_file, name, chown_to_user)
         prefix = keys.user_prefix(name)
         with self._unless("role name already exists"):
             self._call("RoleAdd", etcdrpc.AuthRoleAddRequest(name=role), f"add role {role}")
@@ -348,16 +349,29 @@ def is_auth_enabled(endpoints: str, *, timeout_s: float = 5.0) -> bool:
     return False
 
 
-def _chown_to(path: Path, user: str) -> None:
-    """Give ``path`` to local user ``user`` (when running as root and the user exists)."""
-    if os.geteuid() != 0:
-        return
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
+def _user_password(path: Path, user: str, in_users_dir: bool) -> tuple[str, bool]:
+    """The password in ``path``, or a new one written there; True when it is new.
+
+    ``in_users_dir``: ``path`` is the user's (``--password-file``). Root then reads and
+    writes it through :mod:`pcocc.userfile`, which follows no link the user controls, and
+    the file is the user's (root's, in root's directories only, without a local account).
+    """
+    if not in_users_dir or os.geteuid() != 0:
+        generated = not path.exists()
+        if generated:
+            write_password_file(path, new_password())
+        return read_password_file(path), generated
+    owner = local_owner(user)
+    if owner is None:
         log.info("no local user %s: %s stays owned by root", user, path)
-        return
-    os.chown(path, entry.pw_uid, entry.pw_gid)
+        owner = ROOT_OWNER
+    try:
+        return read_user_password_file(path, owner), False
+    except FileNotFoundError:
+        pass
+    password = new_password()
+    write_user_password_file(path, password, owner)
+    return password, True
 
 
 def default_root_password_file(system_dir: Path) -> Path:

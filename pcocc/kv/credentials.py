@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pcocc import fsutil
+from pcocc import fsutil, userfile
 from pcocc.errors import ConfigError
+from pcocc.userfile import Owner
 
 USER_VAR = "PCOCC_ETCD_USER"
 PASSWORD_VAR = "PCOCC_ETCD_PASSWORD"
@@ -100,6 +101,10 @@ def read_password_file(path: str | os.PathLike[str], *, what: str = "etcd passwo
         raise ConfigError(f"cannot read {what} {path}: {err.strerror}") from None
     finally:
         os.close(fd)
+    return _password_in(path, data, what)
+
+
+def _password_in(path: Path, data: bytes, what: str) -> str:
     try:
         text = data.decode()
     except UnicodeDecodeError:
@@ -108,6 +113,24 @@ def read_password_file(path: str | os.PathLike[str], *, what: str = "etcd passwo
     if not password:
         raise ConfigError(f"{what} {path} is empty", hint="write the password on its first line")
     return password
+
+
+def read_user_password_file(path: Path, owner: Owner, *, what: str = "etcd password file") -> str:
+    """As :func:`read_password_file`, for root reading the file of ``owner`` (a user's, or
+    root's own in root's directories): no link is followed (see :mod:`pcocc.userfile`).
+
+    :raise FileNotFoundError: the file does not exist
+    :raise PermissionDenied: a link, or a file or directory of someone else, on the way
+    """
+    mode, data = userfile.read_file(path, owner, what=what)
+    _check_private(path, mode, what)
+    return _password_in(path, data, what)
+
+
+def write_user_password_file(path: Path, password: str, owner: Owner) -> None:
+    """Write ``password`` to ``owner``'s file ``path`` (mode 0600, missing directories 0700
+    and theirs) as root, without following a link (see :mod:`pcocc.userfile`)."""
+    userfile.write_file(path, (password + "\n").encode(), owner, what="etcd password file")
 
 
 def _check_private(path: Path, mode: int, what: str) -> None:

@@ -11,6 +11,10 @@ Layout below the cache directory (``repos.yaml: cache.path``)::
     tmp/                       builds in progress, and entries being deleted
     lock                       held for short index changes (eviction, deletion)
 
+The cache directory of a user is private (0700, :func:`pcocc.paths.data_dir`), and layers
+unpacked by a non-root user lose setuid, setgid and group/other write bits
+(:func:`pcocc.repo.unpack.safe_mode`): nobody else reaches what the user runs.
+
 An entry is built in ``tmp/`` and renamed into ``entries/`` once complete, so readers see a
 complete entry or none. Two processes preparing the same image serialise on the entry's
 lock: the second one finds the entry built by the first. A crash leaves a directory in
@@ -35,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pcocc import proc
+from pcocc import paths, proc
 from pcocc.errors import NotFound, UsageError
 from pcocc.fsutil import fsync_dir, locked, os_error, write_atomic
 from pcocc.repo.model import OciImage, Progress, no_progress
@@ -95,6 +99,7 @@ class ContainerCache:
         return cls(cache_config.path, getattr(cache_config, "max_size_bytes", None))
 
     def _init(self) -> None:
+        paths.data_dir(self.root, what="container cache", foreign_ok=False)
         try:
             for d in (self.entries_dir, self.tmp_dir, self.locks_dir):
                 d.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from pcocc import paths
 from pcocc.config import RepoConfig
 from pcocc.errors import (
     AlreadyExists,
@@ -155,6 +156,7 @@ class Repository:
         if self.check():
             return
         self.require_writable()
+        paths.data_dir(self.path, what=f"repository '{self.name}'", foreign_ok=True)
         self.layout.initialize()
         self._checked = True
 
@@ -167,6 +169,8 @@ class Repository:
             exists = self.layout.is_initialized()
             if exists:
                 self.layout.check_format()
+                if self.origin != "system":
+                    paths.tighten(self.path, what=f"repository '{self.name}'")
             self._checked = exists
         return self._checked
 

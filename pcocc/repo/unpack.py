@@ -18,8 +18,10 @@ before anything is written, and nothing is ever created through a symbolic link:
 - OCI whiteouts: ``.wh.NAME`` removes NAME from lower layers, ``.wh..wh..opq`` empties its
   directory of lower-layer content; entries of the same layer are kept.
 
-As a non-root user, ownership is not applied and directories get ``u+rwx`` so that later
-layers and cache cleanup can write into them.
+As a non-root user, ownership is not applied, directories get ``u+rwx`` so that later
+layers and cache cleanup can write into them, and modes lose what would hand the user's
+identity or files to others (:func:`safe_mode`, as tar does for a non-root user): setuid
+and setgid, the sticky bit of non-directories, write permission for group and others.
 """
 
 from __future__ import annotations
@@ -62,6 +64,23 @@ LAYER_MEDIA_TYPES = {
 }
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def safe_mode(mode: int, *, is_dir: bool, is_root: bool) -> int:
+    """The permission bits to give a member of mode ``mode``.
+
+    root keeps them as they are. Anyone else owns every file it unpacks: a setuid or setgid
+    bit would run the file with that user's identity for whoever can reach it, so it is
+    dropped, with the sticky bit of non-directories and write access for group and others;
+    directories get ``u+rwx`` (the unpacker must be able to fill and clean them).
+    """
+    mode &= 0o7777
+    if is_root:
+        return mode
+    mode &= ~(stat.S_ISUID | stat.S_ISGID | 0o022)
+    if is_dir:
+        return mode | 0o700
+    return mode & ~stat.S_ISVTX
 
 
 class UnsafeLayer(Corrupt):
@@ -372,9 +391,7 @@ class _Applier:
         try:
             if self.is_root:
                 os.fchown(fd, m.uid, m.gid)
-                os.fchmod(fd, m.mode & 0o7777)
-            else:
-                os.fchmod(fd, (m.mode & 0o7777) | 0o700)
+            os.fchmod(fd, safe_mode(m.mode, is_dir=True, is_root=self.is_root))
         finally:
             os.close(fd)
 
@@ -389,7 +406,7 @@ class _Applier:
             out.flush()
             if self.is_root:
                 os.fchown(fd, m.uid, m.gid)
-            os.fchmod(fd, m.mode & 0o7777)
+            os.fchmod(fd, safe_mode(m.mode, is_dir=False, is_root=self.is_root))
             os.utime(fd, (m.mtime, m.mtime))
 
     def _hardlink(self, pfd: int, base: str, m: tarfile.TarInfo) -> None:
@@ -424,7 +441,7 @@ class _Applier:
 
     def _chmod(self, pfd: int, base: str, mode: int) -> None:
         # chmod through dir_fd would follow a link; base was just created and is no link.
-        os.chmod(base, mode & 0o7777, dir_fd=pfd)
+        os.chmod(base, safe_mode(mode, is_dir=False, is_root=self.is_root), dir_fd=pfd)
 
 
 def _exists(pfd: int, name: str) -> bool:

@@ -370,3 +370,31 @@ def test_garbage_is_a_clear_error(box):
     bad.write_bytes(b"\x1f\x8b" + os.urandom(2000))
     with pytest.raises(Corrupt, match="garbage"):
         apply_layer(bad, rootfs)
+
+
+@pytest.mark.parametrize(
+    "mode, is_dir, expected",
+    [
+        (0o4755, False, 0o755),  # setuid
+        (0o2755, False, 0o755),  # setgid
+        (0o6777, False, 0o755),  # both, and group/other write
+        (0o1644, False, 0o644),  # sticky file
+        (0o777, False, 0o755),
+        (0o2775, True, 0o775 & ~0o020),  # setgid dir
+        (0o1777, True, 0o1755),  # sticky dir keeps its sticky bit
+        (0o000, True, 0o700),  # the unpacker must be able to fill it
+        (0o640, False, 0o640),
+        (0o100755, False, 0o755),  # file type bits dropped
+    ],
+)
+def test_safe_mode_as_non_root(mode, is_dir, expected):
+    from pcocc.repo.unpack import safe_mode
+
+    assert safe_mode(mode, is_dir=is_dir, is_root=False) == expected
+
+
+def test_safe_mode_as_root_keeps_the_layers_mode():
+    from pcocc.repo.unpack import safe_mode
+
+    assert safe_mode(0o4755, is_dir=False, is_root=True) == 0o4755
+    assert safe_mode(0o2777, is_dir=True, is_root=True) == 0o2777

@@ -153,12 +153,16 @@ def test_add_gate_hooks_the_first_app():
     assert spec["annotations"][GATE_ANNOTATION] == "/run/g.sock"
 
 
-def test_gate_path_stays_short(tmp_path):
+def test_gate_path_stays_short(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     uuid = "0123456789abcdef-0000"
     assert gate_path_for(tmp_path, uuid) == tmp_path / "net-0123456789ab.sock"
     deep = tmp_path / ("d" * 120)
     path = gate_path_for(deep, uuid)
     assert len(os.fsencode(path)) <= 107 and path.name.endswith("net-0123456789ab.sock")
+    # in the private fallback directory, not directly in a directory shared by all users
+    assert path.parent == tmp_path / f"pcocc-{os.getuid()}"
+    assert path.parent.stat().st_mode & 0o777 == 0o700
 
 
 def test_short_gate_path_is_in_a_private_directory(tmp_path, monkeypatch):
