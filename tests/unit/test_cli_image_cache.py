@@ -44,12 +44,14 @@ def test_list_table_and_json(setup):
     res = invoke(session, "list")
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
-    assert lines[0].split() == ["IMAGE", "DIGEST", "MODE", "SIZE", "LAST", "USED"]
+    assert lines[0].split() == ["IMAGE", "DIGEST", "MODE", "SIZE", "LAST", "USED", "IMAGES"]
     assert lines[1].startswith("sha256:111111111111") and " dir " in lines[1]
+    assert lines[1].endswith("(deleted)")  # no repository holds these fake images
     assert len(lines) == 3
     data = json.loads(invoke(session, "list", "--json").output)
     assert [d["digest"] for d in data] == [e.digest for e in cache.list()]
     assert data[0]["path"].endswith("/rootfs")
+    assert data[0]["images"] == []
 
 
 def test_delete_by_digest_prefix_and_unknown(setup):
