@@ -66,8 +66,18 @@ def nc(session: Session, job_id: str | None, target: str, port: int) -> None:
 def console(session: Session, job_id: str | None, show_log: bool, vm: str) -> None:
     """Attach to the serial console of a VM (Ctrl-] to quit)."""
     from pcocc.cluster.access import attach_console, console_log, find_cluster
+    from pcocc.errors import NotFound
 
-    view = find_cluster(job_id, config=lambda: session.config)
+    try:
+        view = find_cluster(job_id, config=lambda: session.config)
+    except NotFound:
+        if not (show_log and job_id):
+            raise
+        from pcocc.cluster.keptlogs import read_kept
+
+        # the cluster ended: the log a failed VM's node process kept
+        click.echo(read_kept(job_id, vm), nl=False)
+        return
     if show_log:
         click.echo(console_log(view, vm), nl=False)
     else:

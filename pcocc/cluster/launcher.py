@@ -32,7 +32,15 @@ from pcocc.cluster.ports import Batch, Kv, Lease, TaskGroup
 from pcocc.cluster.record import ClusterRecord
 from pcocc.signals import Interrupted, deferred_signals, raising_on_signals
 from pcocc.cluster.state import ClusterLifecycle, ClusterState
-from pcocc.cluster.vmstate import ACCEL_NOTE, FAILED, RUNNING, SIGNAL_NOTE, STOPPED, VmRecord
+from pcocc.cluster.vmstate import (
+    ACCEL_NOTE,
+    FAILED,
+    KEPT_LOG_NOTE,
+    RUNNING,
+    SIGNAL_NOTE,
+    STOPPED,
+    VmRecord,
+)
 from pcocc.errors import Corrupt, PcoccError, ServiceUnavailable
 from pcocc.kv import keys
 
@@ -226,9 +234,14 @@ class Launcher:
             if rec.status in (FAILED, STOPPED):
                 what = "failed" if rec.status == FAILED else "stopped"
                 tail = rec.extra.get("console_tail")
+                kept = rec.extra.get(KEPT_LOG_NOTE)
+                hints = [f"last console lines: {tail}"] if tail else []
+                if kept:
+                    hints.append(f"console log kept in {kept} (on {rec.place}; or "
+                                 f"'pcocc console --log -j {self.s.batchid} {rec.name}')")
                 raise ClusterFailed(
                     f"{rec.name} {what} on {rec.place}: {rec.error or 'QEMU exited'}",
-                    hint=f"last console lines: {tail}" if tail else None,
+                    hint="; ".join(hints) or None,
                 )
         for rank, old in sorted(self._seen.items()):
             if rank not in records:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcocc import proc
-from pcocc.cluster import rundir
+from pcocc.cluster import keptlogs, rundir
 from pcocc.cluster.definition import ClusterDefinition, VmEntry, check_settings
 from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S
 from pcocc.cluster.ports import Kv, Lease, VmHandle
@@ -34,7 +34,15 @@ from pcocc.signals import (
     raising_on_signals,
     signals_set,
 )
-from pcocc.cluster.vmstate import BOOTING, FAILED, RUNNING, SIGNAL_NOTE, STOPPED, VmRecord
+from pcocc.cluster.vmstate import (
+    BOOTING,
+    FAILED,
+    KEPT_LOG_NOTE,
+    RUNNING,
+    SIGNAL_NOTE,
+    STOPPED,
+    VmRecord,
+)
 from pcocc.errors import NotFound, PcoccError
 from pcocc.kv import keys
 
@@ -244,6 +252,9 @@ class NodeProcess:
         if tail:
             # the run dir goes away with the cluster: keep the last words of the guest
             self.record.extra["console_tail"] = tail
+        kept = keptlogs.keep(self.s.batchid, self.s.rank, self.record.console_log)
+        if kept is not None:
+            self.record.extra[KEPT_LOG_NOTE] = str(kept)
         try:
             self._publish()
         except Exception as err:

@@ -23,6 +23,8 @@ ACCEL_NOTE = "accel_note"
 #: key of a VM record's ``extra``: the number of the signal that stopped its node process
 #: (the job was cancelled or timed out), as opposed to a failure
 SIGNAL_NOTE = "signal"
+#: key of a VM record's ``extra``: where the node kept the console log of a failed VM
+KEPT_LOG_NOTE = "console_kept"
 
 @dataclass
 class VmRecord:

@@ -322,12 +322,23 @@ def _start_and_wait_running(env: Env, n: int = 2) -> subprocess.Popen:
 def test_killed_qemu_ends_the_cluster_with_a_message(cluster_env):
     env = cluster_env
     proc = _start_and_wait_running(env)
+    [cluster] = env.ps()
     qemus = pids_matching(env, "qemu-system")
     assert len(qemus) == 2
     os.kill(qemus[1], signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
     assert "QEMU was killed by signal 9 (KILL)" in err
+    # the console log outlives the cluster: its path is named, and 'console --log' reads it
+    found = re.search(r"console log kept in (\S+) \(on \S+; or 'pcocc console --log -j "
+                      rf"{cluster['id']} (vm\d)'\)", err)
+    assert found, err
+    kept = Path(found.group(1))
+    assert "Linux version" in kept.read_text(errors="replace")
+    assert kept.stat().st_mode & 0o077 == 0
+    res = env.run("console", "--log", "-j", cluster["id"], found.group(2), timeout_s=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == kept.read_text(errors="replace")
     assert_nothing_left(env, _endpoints(env))
 
 

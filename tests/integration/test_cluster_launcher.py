@@ -146,6 +146,7 @@ class FakeBatch:
 def run_dir(tmp_path, monkeypatch):
     d = tmp_path / "run"
     monkeypatch.setenv("PCOCC_RUN_DIR", str(d))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # kept console logs
     return d
 
 
@@ -288,7 +289,10 @@ def test_qemu_crash_while_command_runs_stops_command(run_dir, tmp_path):
         ClusterFailed, match=r"vm1 stopped on n1: QEMU was killed by signal 9 \(KILL\)"
     ) as exc:
         launcher.run()
-    assert exc.value.hint == "last console lines: booting"
+    kept = run_dir.parent / "state/pcocc/failed-clusters/42/vm1-console.log"
+    assert exc.value.hint == (f"last console lines: booting; console log kept in {kept} "
+                              "(on n1; or 'pcocc console --log -j 42 vm1')")
+    assert kept.read_text() == "booting\n"  # it outlives the run directory
     assert time.monotonic() - t0 < 25  # the sleep was stopped, not waited for
     assert_all_gone(kv, batch, run_dir)
 
