@@ -27,23 +27,14 @@ from pathlib import Path
 
 from pcocc.errors import Corrupt, PcoccError, PermissionDenied, UsageError
 from pcocc.fsutil import fsync_dir, locked, os_error, write_atomic
+from pcocc.repo.digest import digest_hex
 
 FORMAT_NAME = "pcocc-repo"
 FORMAT_VERSION = 1
 
-DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
-HEX_RE = re.compile(r"^[0-9a-f]{64}$")
 #: Image names: a letter or digit first, then letters, digits, '.', '_', '-'.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 META_FILE_RE = re.compile(r"^(0|[1-9][0-9]{0,8})\.json$")
-
-
-def digest_hex(digest: str) -> str:
-    """The 64 hex digits of a ``sha256:<hex>`` digest (Corrupt when malformed)."""
-    m = DIGEST_RE.match(digest)
-    if not m:
-        raise Corrupt(f"malformed blob digest {digest!r}")
-    return m.group(1)
 
 
 def check_image_name(name: str) -> str:
