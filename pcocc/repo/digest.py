@@ -16,8 +16,9 @@ from pcocc.errors import Corrupt
 from pcocc.repo.model import Progress, no_progress
 
 PREFIX = "sha256:"
-DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
-HEX_RE = re.compile(r"^[0-9a-f]{64}$")
+#: ``\Z``, not ``$``: a digest followed by a newline is not a digest.
+DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})\Z")
+HEX_RE = re.compile(r"^[0-9a-f]{64}\Z")
 _CHUNK = 1 << 20
 
 
