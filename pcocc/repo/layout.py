@@ -46,39 +46,25 @@ def check_image_name(name: str) -> str:
     return name
 
 
+def _entry(*parts: str) -> property:
+    """A read-only ``Path`` attribute: ``root`` joined with ``parts``."""
+    return property(lambda self: self.root.joinpath(*parts), doc=f"<root>/{'/'.join(parts)}")
+
+
 @dataclass(frozen=True)
 class RepoLayout:
     root: Path
 
-    @property
-    def marker(self) -> Path:
-        return self.root / "repo.json"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def meta_dir(self) -> Path:
-        return self.root / "meta"
-
-    @property
-    def tmp_dir(self) -> Path:
-        return self.root / "tmp"
-
-    @property
-    def quarantine_dir(self) -> Path:
-        return self.root / "quarantine"
-
-    @property
-    def lock_dir(self) -> Path:
-        """Writers' lock files. Only writers may enter it: a reader who could open a lock
-        file (even read-only) could flock it and stall every writer."""
-        return self.root / "locks"
-
-    @property
-    def lock(self) -> Path:
-        return self.lock_dir / "write.lock"
+    # The fixed entries of a repository (see the module docstring).
+    marker = _entry("repo.json")
+    data_dir = _entry("data")
+    meta_dir = _entry("meta")
+    tmp_dir = _entry("tmp")
+    quarantine_dir = _entry("quarantine")
+    #: Writers' lock files. Only writers may enter it: a reader who could open a lock file
+    #: (even read-only) could flock it and stall every writer.
+    lock_dir = _entry("locks")
+    lock = _entry("locks", "write.lock")
 
     def ensure_lock_dir(self) -> Path:
         """Create ``locks/`` (0700, or 0770 when the repository directory is group-writable)
