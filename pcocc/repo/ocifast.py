@@ -248,4 +248,3 @@ def _read_index(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return index if isinstance(index, dict) else {}
-
