@@ -260,13 +260,14 @@ def _parse_duration(text: str) -> float:
 def repo_gc(session: Session, name: str | None, grace_period: str) -> None:
     """Remove data that no image uses (every writable repository by default)."""
     from pcocc.cli.progress import progress_bar
+    from pcocc.repo import maintenance
 
     grace_s = _parse_duration(grace_period)
     repos = _repos(session)
     targets = [repos.get(name)] if name else [r for r in repos.repos if r.is_writable]
     for r in targets:
         with progress_bar(f"gc {r.name}", enabled=session.show_progress) as report:
-            res = r.gc(grace_s, progress=report)
+            res = maintenance.gc(r, grace_s, progress=report)
         kept = f", kept {res.kept_young} younger than the grace period" if res.kept_young else ""
         click.echo(f"{r.name}: removed {res.blobs_removed} blobs and {res.tmp_removed} "
                    f"temporary entries, freed {res.bytes_freed} bytes "
@@ -281,13 +282,14 @@ def repo_fsck(session: Session, name: str | None, quarantine: bool) -> None:
     """Check every blob digest and every reference; exit 1 when something is wrong."""
     from pcocc.cli.progress import progress_bar
     from pcocc.errors import Corrupt
+    from pcocc.repo import maintenance
 
     repos = _repos(session)
     targets = [repos.get(name)] if name else repos.repos
     problems = 0
     for r in targets:
         with progress_bar(f"fsck {r.name}", enabled=session.show_progress) as report:
-            res = r.fsck(quarantine=quarantine, progress=report)
+            res = maintenance.fsck(r, quarantine=quarantine, progress=report)
         for p in res.problems:
             click.echo(f"{r.name}: {p}")
         for d in res.quarantined:

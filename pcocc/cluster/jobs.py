@@ -245,7 +245,7 @@ def run_launcher(
 def node_address(endpoints: str, env: Mapping[str, str]) -> str:
     """The address this node binds the VM's forwards on and publishes: the one it reaches
     etcd from (the other nodes reach etcd too), or ``$PCOCC_NODE_ADDRESS``."""
-    from pcocc.net.address import ADDRESS_VAR, reachable_address
+    from pcocc.netaddr import ADDRESS_VAR, reachable_address
 
     return reachable_address(endpoints.split(","), env.get(ADDRESS_VAR))
 

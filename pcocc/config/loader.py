@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pcocc.config import CacheConfig, Config, Origin, RepoConfig
 from pcocc.config.placeholders import expand_load, expand_tree, home_dir
 from pcocc.config.sizes import parse_size
 from pcocc.config.doccache import cached_doc, remember_doc
+from pcocc.config.model import CacheConfig, Config, Origin, RepoConfig
 from pcocc.config.validate import FILES, schema_text, validate
 from pcocc.config.yamldoc import YamlDoc, format_path, load_yaml
 from pcocc.errors import ConfigError

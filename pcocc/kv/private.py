@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pcocc.kv.client import ENDPOINTS_VAR
 from pcocc.kv.server import LOOPBACK, EtcdServer
-from pcocc.net.address import ADDRESS_VAR, reachable_address
+from pcocc.netaddr import ADDRESS_VAR, reachable_address
 
 
 def job_address(controller_hosts: Sequence[str], env: Mapping[str, str]) -> str:

@@ -440,8 +440,8 @@ def run_switch(
 
 
 def node_address(env: Mapping[str, str] | None = None) -> str:
-    """The address this node publishes for its NICs and switches (see pcocc.net.address)."""
-    from pcocc.net.address import ADDRESS_VAR, reachable_address
+    """The address this node publishes for its NICs and switches (see pcocc.netaddr)."""
+    from pcocc.netaddr import ADDRESS_VAR, reachable_address
 
     env = os.environ if env is None else env
     peers = [e for e in env.get("PCOCC_ETCD_ENDPOINTS", "").split(",") if e.strip()]

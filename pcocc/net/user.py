@@ -5,7 +5,7 @@ No privilege is needed. Each ``type: user`` network of a VM's resource set becom
 A guest port is reached in one of two ways:
 
 - **listening forwards** (``hostfwd``): the ssh port and the network's ``public-forwards``.
-  QEMU listens on the node's reachable address (see :mod:`pcocc.net.address`) on a host port
+  QEMU listens on the node's reachable address (see :mod:`pcocc.netaddr`) on a host port
   picked when it starts; the node process publishes ``address:port`` for each of them
   (``rnat/<rank>/<guest port>`` in etcd). Anyone who can reach the node can connect: ssh is
   protected by the user's key, a public forward by nothing but the guest's own service.

@@ -42,6 +42,7 @@ from pathlib import Path
 from pcocc import paths, proc
 from pcocc.errors import NotFound, UsageError
 from pcocc.fsutil import fsync_dir, locked, os_error, write_atomic
+from pcocc.repo.digest import PREFIX, digest_hex, is_digest
 from pcocc.repo.model import OciImage, Progress, no_progress
 from pcocc.repo.unpack import unpack_image
 
@@ -77,10 +78,9 @@ class GcReport:
 def _key(digest: str, mode: str) -> str:
     if mode not in MODES:
         raise UsageError(f"unknown cache mode '{mode}'", hint=f"use one of: {', '.join(MODES)}")
-    algo, _, hexpart = digest.partition(":")
-    if algo != "sha256" or len(hexpart) != 64:
+    if not is_digest(digest):
         raise UsageError(f"'{digest}' is not an image digest (sha256:<64 hex>)")
-    return f"{mode}-{hexpart}"
+    return f"{mode}-{digest_hex(digest)}"
 
 
 class ContainerCache:
@@ -385,7 +385,7 @@ def _disk_usage(path: Path) -> int:
 
 def resolve_prefix(cache: ContainerCache, text: str) -> str:
     """The digest of the cached image whose digest (or hex) starts with ``text``."""
-    hexpart = text.removeprefix("sha256:")
+    hexpart = text.removeprefix(PREFIX)
     matches = {e.digest for e in cache.list() if e.digest.split(":", 1)[1].startswith(hexpart)}
     if not matches:
         raise NotFound(f"no cached image matches '{text}'", hint="run 'pcocc image cache list'")

@@ -27,23 +27,14 @@ from pathlib import Path
 
 from pcocc.errors import Corrupt, PcoccError, PermissionDenied, UsageError
 from pcocc.fsutil import fsync_dir, locked, os_error, write_atomic
+from pcocc.repo.digest import digest_hex
 
 FORMAT_NAME = "pcocc-repo"
 FORMAT_VERSION = 1
 
-DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
-HEX_RE = re.compile(r"^[0-9a-f]{64}$")
 #: Image names: a letter or digit first, then letters, digits, '.', '_', '-'.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 META_FILE_RE = re.compile(r"^(0|[1-9][0-9]{0,8})\.json$")
-
-
-def digest_hex(digest: str) -> str:
-    """The 64 hex digits of a ``sha256:<hex>`` digest (Corrupt when malformed)."""
-    m = DIGEST_RE.match(digest)
-    if not m:
-        raise Corrupt(f"malformed blob digest {digest!r}")
-    return m.group(1)
 
 
 def check_image_name(name: str) -> str:
@@ -55,39 +46,25 @@ def check_image_name(name: str) -> str:
     return name
 
 
+def _entry(*parts: str) -> property:
+    """A read-only ``Path`` attribute: ``root`` joined with ``parts``."""
+    return property(lambda self: self.root.joinpath(*parts), doc=f"<root>/{'/'.join(parts)}")
+
+
 @dataclass(frozen=True)
 class RepoLayout:
     root: Path
 
-    @property
-    def marker(self) -> Path:
-        return self.root / "repo.json"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def meta_dir(self) -> Path:
-        return self.root / "meta"
-
-    @property
-    def tmp_dir(self) -> Path:
-        return self.root / "tmp"
-
-    @property
-    def quarantine_dir(self) -> Path:
-        return self.root / "quarantine"
-
-    @property
-    def lock_dir(self) -> Path:
-        """Writers' lock files. Only writers may enter it: a reader who could open a lock
-        file (even read-only) could flock it and stall every writer."""
-        return self.root / "locks"
-
-    @property
-    def lock(self) -> Path:
-        return self.lock_dir / "write.lock"
+    # The fixed entries of a repository (see the module docstring).
+    marker = _entry("repo.json")
+    data_dir = _entry("data")
+    meta_dir = _entry("meta")
+    tmp_dir = _entry("tmp")
+    quarantine_dir = _entry("quarantine")
+    #: Writers' lock files. Only writers may enter it: a reader who could open a lock file
+    #: (even read-only) could flock it and stall every writer.
+    lock_dir = _entry("locks")
+    lock = _entry("locks", "write.lock")
 
     def ensure_lock_dir(self) -> Path:
         """Create ``locks/`` (0700, or 0770 when the repository directory is group-writable)

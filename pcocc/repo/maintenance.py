@@ -1,5 +1,8 @@
 """Repository maintenance: ``gc`` (unreferenced blobs, stale ``tmp/`` entries) and ``fsck``
-(blob digests, metadata references, qcow2 backing chains), for :class:`Repository`.
+(blob digests, metadata references, qcow2 backing chains) of a :class:`Repository`.
+
+This module builds on :mod:`pcocc.repo.store`, never the reverse: callers (``pcocc repo
+gc``/``fsck``) call ``maintenance.gc(repo)`` and ``maintenance.fsck(repo)``.
 
 gc holds the repository lock while it decides what is unreferenced, so a concurrent commit
 either lands before (its blobs are referenced) or after (its blobs are younger than the
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from pcocc.errors import Corrupt, NotFound, PcoccError, ToolError
 from pcocc.fsutil import os_error, remove_tree
-from pcocc.repo.layout import HEX_RE
+from pcocc.repo.digest import HEX_RE, from_hex, hash_file
 from pcocc.repo.model import KIND_VM, Progress, no_progress
 
 if TYPE_CHECKING:
@@ -26,6 +29,8 @@ if TYPE_CHECKING:
 
 #: How long gc waits for the repository lock (a commit holds it for milliseconds).
 LOCK_WAIT_S = 120.0
+#: Default age under which gc leaves unreferenced blobs and tmp/ entries alone.
+DEFAULT_GRACE_PERIOD_S = 3600.0
 
 
 def _tree_newest_mtime(path: Path) -> float:
@@ -99,7 +104,8 @@ def _blob_files(repo: Repository) -> Iterator[Path]:
             for n in sorted(os.listdir(d)):
                 yield d / n
 
-def gc(repo: Repository, grace_period_s: float, progress: Progress = no_progress) -> GcReport:
+def gc(repo: Repository, grace_period_s: float = DEFAULT_GRACE_PERIOD_S,
+       progress: Progress = no_progress) -> GcReport:
     """Remove unreferenced blobs and stale ``tmp/`` entries older than the grace period.
 
     A metadata file that cannot be read stops gc (Corrupt): what it references is unknown.
@@ -121,7 +127,7 @@ def gc(repo: Repository, grace_period_s: float, progress: Progress = no_progress
         for f, st in files:
             done += st.st_size
             progress(done, total)
-            digest = "sha256:" + f.name
+            digest = from_hex(f.name)
             if HEX_RE.match(f.name) and f.parent.name == f.name[:2] and digest in refs:
                 continue
             if now - st.st_mtime < grace_period_s:
@@ -153,7 +159,7 @@ def gc(repo: Repository, grace_period_s: float, progress: Progress = no_progress
 def fsck(repo: Repository, *, quarantine: bool = False, progress: Progress = no_progress
          ) -> FsckReport:
     """Check every blob's digest and every reference (metadata -> blobs, qcow2 chains)."""
-    from pcocc.repo import qemu_img, store  # VM checks only; store imports this module
+    from pcocc.repo import qemu_img  # VM checks only
 
     if quarantine:
         repo.require_writable()
@@ -170,13 +176,13 @@ def fsck(repo: Repository, *, quarantine: bool = False, progress: Progress = no_
         if not HEX_RE.match(f.name) or f.parent.name != f.name[:2]:
             report.problems.append(f"{f}: not a blob name")
             continue
-        digest = "sha256:" + f.name
+        digest = from_hex(f.name)
         if not f.is_file() or f.is_symlink():  # fsck opens no FIFO, device or symlink
             damaged.add(digest)
             report.problems.append(f"blob {digest}: not a regular file")
             continue
         try:
-            actual = store.hash_file(f, progress, done, total, fsync=False)
+            actual = hash_file(f, progress, done, total, fsync=False)
         except OSError as err:
             actual = f"unreadable ({err.strerror})"
         done += f.lstat().st_size

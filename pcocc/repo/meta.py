@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pcocc.errors import Corrupt
-from pcocc.repo.layout import DIGEST_RE, NAME_RE
+from pcocc.repo.digest import DIGEST_RE, sha256_hex
+from pcocc.repo.layout import NAME_RE
 from pcocc.repo.model import KIND_CTR, KIND_VM, BlobRef, OciImage, VmLayers
 
 META_VERSION = 1
@@ -156,7 +156,7 @@ class ImageMeta:
                 blobs=tuple(blobs), description=str(d.get("description") or ""),
                 source=str(d.get("source") or ""), parent=d.get("parent"),
                 vm=vm, oci=oci, repo=repo,
-                image_id=ID_PREFIX + hashlib.sha256(data).hexdigest(),
+                image_id=ID_PREFIX + sha256_hex(data),
             )
         except (ValueError, KeyError, TypeError) as err:
             raise Corrupt(f"{where}: invalid image metadata ({err})",

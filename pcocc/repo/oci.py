@@ -28,36 +28,40 @@ symbolic links across file systems), then skopeo copies it to the destination.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pcocc.errors import Corrupt, NotFound, ToolError, UsageError
-from pcocc.repo import ocifast, skopeo
-from pcocc.repo.model import AddBlob, BlobRef, OciImage, Progress, no_progress
+from pcocc.repo import ocifast, ocispec, skopeo
+from pcocc.repo.digest import is_digest
+from pcocc.repo.model import AddBlob, OciImage, Progress, no_progress
+from pcocc.repo.ocispec import (
+    MT_DOCKER_FOREIGN_TAR,
+    MT_DOCKER_LAYER_TAR,
+    MT_LAYER_NONDIST_TAR,
+    MT_LAYER_TAR,
+    MT_OCI_MANIFEST,
+    blob_dir,
+    blob_ref,
+    check_config,
+    check_manifest,
+    layout_blob,
+    parse_json,
+    pick_manifest,
+    read_json,
+    write_index,
+    write_json_blob,
+)
 
 log = logging.getLogger(__name__)
-
-MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-MT_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
-MT_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-MT_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
-MT_LAYER_NONDIST_TAR = "application/vnd.oci.image.layer.nondistributable.v1.tar"
-REF_ANNOTATION = "org.opencontainers.image.ref.name"
 
 IMPORT_FORMATS = skopeo.TRANSPORTS
 EXPORT_FORMATS = ("docker", "docker-archive", "oci", "oci-archive", "dir")
 #: the tag of the image inside our own temporary layouts
 STAGING_TAG = "pcocc"
-
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 # --- import -------------------------------------------------------------------------------
@@ -134,19 +138,19 @@ def ingest_layout(
     it references.
     """
     what = what or str(layout)
-    index = _read_json(layout / "index.json", f"{what}: index.json")
-    mdesc = _pick_manifest(index, tag, what)
+    index = read_json(layout / "index.json", f"{what}: index.json")
+    mdesc = pick_manifest(index, tag, what)
     manifest_bytes = _blob_file(layout, mdesc, what, "manifest").read_bytes()
-    manifest = _parse_json(manifest_bytes, f"{what}: manifest {mdesc['digest']}")
+    manifest = parse_json(manifest_bytes, f"{what}: manifest {mdesc['digest']}")
     config_desc, layer_descs = check_manifest(manifest, what)
     config_path = _blob_file(layout, config_desc, what, "config")
-    config = _parse_json(config_path.read_bytes(), f"{what}: config {config_desc['digest']}")
+    config = parse_json(config_path.read_bytes(), f"{what}: config {config_desc['digest']}")
     check_config(config, len(layer_descs), what)
     layer_paths = [_blob_file(layout, d, what, f"layer {i}") for i, d in enumerate(layer_descs)]
     fixed = corrected_manifest(manifest, layer_paths)
     if fixed is not None:
         log.info("%s: layer media types did not match the layers' data; corrected", what)
-        mdesc = _write_manifest(layout / "blobs" / "sha256", fixed)
+        mdesc = write_json_blob(blob_dir(layout), fixed, MT_OCI_MANIFEST)
         manifest = fixed
         config_desc, layer_descs = check_manifest(manifest, what)
 
@@ -169,7 +173,7 @@ def ingest_layout(
         done += desc["size"]
         progress(done, total)
 
-    blobs = [_ref(config_desc)] + [_ref(d) for d in layer_descs] + [_ref(mdesc, MT_OCI_MANIFEST)]
+    blobs = [blob_ref(config_desc), *map(blob_ref, layer_descs), blob_ref(mdesc, MT_OCI_MANIFEST)]
     return OciImage(manifest_digest=mdesc["digest"], manifest=manifest, config=config, blobs=blobs)
 
 
@@ -187,13 +191,12 @@ def _link_known_blobs(
         log.debug("cannot inspect %s before copying (%s); copying everything", src_ref, err)
         return
     descs = [raw.get("config")] + list(raw.get("layers") or [])
-    blob_dir = layout / "blobs" / "sha256"
     for desc in descs:
         digest = desc.get("digest") if isinstance(desc, dict) else None
-        if not isinstance(digest, str) or not _DIGEST_RE.match(digest) or not has_blob(digest):
+        if not is_digest(digest) or not has_blob(digest):
             continue
-        blob_dir.mkdir(parents=True, exist_ok=True)
-        link_blob(Path(blob_path(digest)), blob_dir / digest.split(":", 1)[1])
+        blob_dir(layout).mkdir(parents=True, exist_ok=True)
+        link_blob(Path(blob_path(digest)), layout_blob(layout, digest))
 
 
 # --- layer media types vs layer bytes ------------------------------------------------------
@@ -202,8 +205,8 @@ def _link_known_blobs(
 _LAYER_BASES = {
     MT_LAYER_TAR: MT_LAYER_TAR,
     MT_LAYER_NONDIST_TAR: MT_LAYER_NONDIST_TAR,
-    "application/vnd.docker.image.rootfs.diff.tar": MT_LAYER_TAR,
-    "application/vnd.docker.image.rootfs.foreign.diff.tar": MT_LAYER_NONDIST_TAR,
+    MT_DOCKER_LAYER_TAR: MT_LAYER_TAR,
+    MT_DOCKER_FOREIGN_TAR: MT_LAYER_NONDIST_TAR,
 }
 _SUFFIXES = {"gzip": ("+gzip", ".gzip"), "zstd": ("+zstd", ".zstd"), "": ("",)}
 
@@ -211,12 +214,7 @@ _SUFFIXES = {"gzip": ("+gzip", ".gzip"), "zstd": ("+zstd", ".zstd"), "": ("",)}
 def layer_compression(path: Path) -> str:
     """The compression of a layer blob from its first bytes: "gzip", "zstd" or "" (tar)."""
     with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic[:2] == b"\x1f\x8b":
-        return "gzip"
-    if magic == b"\x28\xb5\x2f\xfd":
-        return "zstd"
-    return ""
+        return ocispec.compression(f.read(4))
 
 
 def layer_media_type(media_type: str, compression: str) -> str | None:
@@ -245,107 +243,11 @@ def corrected_manifest(manifest: dict[str, Any], layer_paths: list[Path]) -> dic
     return {**manifest, "layers": layers} if changed else None
 
 
-def _write_manifest(blob_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write ``manifest`` as a blob of ``blob_dir``; return its descriptor."""
-    data = json.dumps(manifest, separators=(",", ":")).encode()
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    path = blob_dir / digest.split(":", 1)[1]
-    if path.is_symlink() or path.exists():
-        path.unlink()  # a link to a store blob must not be written through
-    path.write_bytes(data)
-    return {"mediaType": MT_OCI_MANIFEST, "digest": digest, "size": len(data)}
-
-
-# --- checks of data from the outside --------------------------------------------------------
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise Corrupt(f"{what} is missing") from None
-    return _parse_json(data, what)
-
-
-def _parse_json(data: bytes, what: str) -> Any:
-    try:
-        return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise Corrupt(f"{what} is not valid JSON: {err}") from err
-
-
-def check_descriptor(desc: Any, what: str) -> dict[str, Any]:
-    """A content descriptor must have a sha256 digest and a size."""
-    if not isinstance(desc, dict):
-        raise Corrupt(f"{what}: descriptor is not an object")
-    digest, size = desc.get("digest"), desc.get("size")
-    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
-        raise Corrupt(f"{what}: invalid or unsupported digest {digest!r}")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise Corrupt(f"{what}: invalid size {size!r}")
-    if "mediaType" in desc and not isinstance(desc["mediaType"], str):
-        raise Corrupt(f"{what}: invalid mediaType")
-    return desc
-
-
-def _pick_manifest(index: Any, tag: str | None, what: str) -> dict[str, Any]:
-    if not isinstance(index, dict) or index.get("schemaVersion") != 2:
-        raise Corrupt(f"{what}: index.json is not an OCI index (schemaVersion 2)")
-    manifests = index.get("manifests")
-    if not isinstance(manifests, list) or not manifests:
-        raise Corrupt(f"{what}: index.json lists no manifest")
-    if tag is not None:
-        tagged = [
-            m
-            for m in manifests
-            if isinstance(m, dict) and (m.get("annotations") or {}).get(REF_ANNOTATION) == tag
-        ]
-        if tagged:
-            manifests = tagged
-    if len(manifests) != 1:
-        raise Corrupt(f"{what}: expected one image in the layout, found {len(manifests)}")
-    desc = check_descriptor(manifests[0], f"{what}: index.json manifest")
-    if desc.get("mediaType", MT_OCI_MANIFEST) != MT_OCI_MANIFEST:
-        raise Corrupt(f"{what}: unsupported manifest media type {desc.get('mediaType')!r}")
-    return desc
-
-
-def check_manifest(manifest: Any, what: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Config and layer descriptors of an OCI image manifest, checked."""
-    if not isinstance(manifest, dict) or manifest.get("schemaVersion") != 2:
-        raise Corrupt(f"{what}: manifest is not an OCI image manifest (schemaVersion 2)")
-    if manifest.get("mediaType", MT_OCI_MANIFEST) != MT_OCI_MANIFEST:
-        raise Corrupt(f"{what}: unsupported manifest media type {manifest.get('mediaType')!r}")
-    config = check_descriptor(manifest.get("config"), f"{what}: manifest config")
-    if config.get("mediaType") != MT_OCI_CONFIG:
-        raise Corrupt(f"{what}: unsupported config media type {config.get('mediaType')!r}")
-    layers = manifest.get("layers")
-    if not isinstance(layers, list):
-        raise Corrupt(f"{what}: manifest has no layer list")
-    return config, [check_descriptor(d, f"{what}: layer {i}") for i, d in enumerate(layers)]
-
-
-def check_config(config: Any, n_layers: int, what: str) -> None:
-    if not isinstance(config, dict):
-        raise Corrupt(f"{what}: image config is not an object")
-    for key in ("architecture", "os"):
-        if not isinstance(config.get(key), str):
-            raise Corrupt(f"{what}: image config has no '{key}'")
-    rootfs = config.get("rootfs")
-    if not isinstance(rootfs, dict) or not isinstance(rootfs.get("diff_ids"), list):
-        raise Corrupt(f"{what}: image config has no rootfs.diff_ids")
-    if len(rootfs["diff_ids"]) != n_layers:
-        raise Corrupt(f"{what}: config lists {len(rootfs['diff_ids'])} layers, manifest {n_layers}")
-    if (
-        "config" in config
-        and config["config"] is not None
-        and not isinstance(config["config"], dict)
-    ):
-        raise Corrupt(f"{what}: image config 'config' is not an object")
+# --- blobs of a layout ----------------------------------------------------------------------
 
 
 def _blob_file(layout: Path, desc: dict[str, Any], what: str, role: str) -> Path:
-    path = layout / "blobs" / "sha256" / desc["digest"].split(":", 1)[1]
+    path = layout_blob(layout, desc["digest"])
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -355,10 +257,6 @@ def _blob_file(layout: Path, desc: dict[str, Any], what: str, role: str) -> Path
             f"{what}: {role} blob {desc['digest']} has {size} bytes, expected {desc['size']}"
         )
     return path
-
-
-def _ref(desc: dict[str, Any], media_type: str | None = None) -> BlobRef:
-    return BlobRef(desc["digest"], desc["size"], media_type or desc.get("mediaType", ""))
 
 
 # --- export -------------------------------------------------------------------------------
@@ -404,30 +302,24 @@ def export_image(
 
 def write_layout(image: OciImage, blob_path: Callable[[str], Path], layout: Path) -> None:
     """An OCI layout holding ``image`` whose blobs are links to the store's files."""
-    blob_dir = layout / "blobs" / "sha256"
-    blob_dir.mkdir(parents=True, exist_ok=True)
+    blob_dir(layout).mkdir(parents=True, exist_ok=True)
     config_desc, layer_descs = check_manifest(image.manifest, image.manifest_digest)
     digests = [image.manifest_digest, config_desc["digest"], *(d["digest"] for d in layer_descs)]
     for digest in digests:
-        target = blob_dir / digest.split(":", 1)[1]
+        target = layout_blob(layout, digest)
         if not target.exists():
             link_blob(Path(blob_path(digest)), target)
     mdesc = {
         "mediaType": MT_OCI_MANIFEST,
         "digest": image.manifest_digest,
-        "size": (blob_dir / image.manifest_digest.split(":", 1)[1]).stat().st_size,
+        "size": layout_blob(layout, image.manifest_digest).stat().st_size,
     }
     # Images stored before imports corrected media types may still say +gzip for tar.
-    layer_paths = [blob_dir / d["digest"].split(":", 1)[1] for d in layer_descs]
+    layer_paths = [layout_blob(layout, d["digest"]) for d in layer_descs]
     fixed = corrected_manifest(image.manifest, layer_paths)
     if fixed is not None:
-        mdesc = _write_manifest(blob_dir, fixed)
-    index = {
-        "schemaVersion": 2,
-        "manifests": [{**mdesc, "annotations": {REF_ANNOTATION: STAGING_TAG}}],
-    }
-    (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-    (layout / "index.json").write_text(json.dumps(index))
+        mdesc = write_json_blob(blob_dir(layout), fixed, MT_OCI_MANIFEST)
+    write_index(layout, mdesc, STAGING_TAG)
 
 
 def link_blob(src: Path, dst: Path) -> None:

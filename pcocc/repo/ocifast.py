@@ -25,11 +25,9 @@ The stored image is the one the skopeo of the first import made of that source.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +35,12 @@ from typing import Any, Callable
 
 from pcocc.errors import Corrupt
 from pcocc.fsutil import write_atomic
+from pcocc.repo import ocispec
+from pcocc.repo.digest import digest_hex, is_digest, sha256_bytes, sha256_hex
 from pcocc.repo.model import AddBlob, BlobRef, OciImage
 
 log = logging.getLogger(__name__)
 
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-_REF_ANNOTATION = "org.opencontainers.image.ref.name"
 #: metadata files larger than this are not read here (skopeo handles them)
 _MAX_META = 4 << 20
 #: entries kept in the import index (the oldest are dropped)
@@ -104,24 +101,22 @@ def lookup(src: SourceProbe, add_blob: AddBlob) -> OciImage | None:
     index_path = getattr(add_blob, "import_index", None)
     if has_blob is None or blob_path is None or index_path is None:
         return None
-    from pcocc.repo import oci  # the checks of the skopeo path
-
     mdigest = _read_index(Path(index_path)).get(src.key)
-    if not isinstance(mdigest, str) or not _DIGEST_RE.match(mdigest) or not has_blob(mdigest):
+    if not is_digest(mdigest) or not has_blob(mdigest):
         return None
     try:
         data = _read_small(Path(blob_path(mdigest)))
-        if _sha256(data) != mdigest:
+        if sha256_bytes(data) != mdigest:
             return None
-        manifest = oci._parse_json(data, mdigest)
-        config_desc, layer_descs = oci.check_manifest(manifest, mdigest)
+        manifest = ocispec.parse_json(data, mdigest)
+        config_desc, layer_descs = ocispec.check_manifest(manifest, mdigest)
         if not has_blob(config_desc["digest"]):
             return None
         config_bytes = _read_small(Path(blob_path(config_desc["digest"])))
-        if _sha256(config_bytes) != config_desc["digest"]:
+        if sha256_bytes(config_bytes) != config_desc["digest"]:
             return None
-        config = oci._parse_json(config_bytes, config_desc["digest"])
-        oci.check_config(config, len(layer_descs), mdigest)
+        config = ocispec.parse_json(config_bytes, config_desc["digest"])
+        ocispec.check_config(config, len(layer_descs), mdigest)
         if not src.matches(manifest, config):
             return None
         if not all(has_blob(d["digest"]) for d in layer_descs):
@@ -129,8 +124,8 @@ def lookup(src: SourceProbe, add_blob: AddBlob) -> OciImage | None:
     except (Corrupt, OSError, _Unusable, RecursionError) as err:
         log.debug("import index entry %s unusable: %s", mdigest, err)
         return None
-    blobs = [_ref(config_desc)] + [_ref(d) for d in layer_descs]
-    blobs.append(BlobRef(mdigest, len(data), _MT_OCI_MANIFEST))
+    blobs = [ocispec.blob_ref(config_desc), *map(ocispec.blob_ref, layer_descs)]
+    blobs.append(BlobRef(mdigest, len(data), ocispec.MT_OCI_MANIFEST))
     return OciImage(manifest_digest=mdigest, manifest=manifest, config=config, blobs=blobs)
 
 
@@ -161,13 +156,11 @@ def remember(src: SourceProbe, image: OciImage, add_blob: AddBlob) -> None:
 
 
 def _probe_docker_archive(location: str) -> SourceProbe:
-    from pcocc.repo import oci
-
     if not os.path.isfile(location):  # FILE:REF or FILE@INDEX pick an image: skopeo does
         raise _Unusable("not a plain file name")
     with _open_tar(location) as tar:
         manifest_bytes = _read_member(tar, "manifest.json")
-        entries = oci._parse_json(manifest_bytes, "manifest.json")
+        entries = ocispec.parse_json(manifest_bytes, "manifest.json")
         if not isinstance(entries, list) or len(entries) != 1 or not isinstance(
                 entries[0], dict):
             raise _Unusable("manifest.json does not list exactly one image")
@@ -176,40 +169,25 @@ def _probe_docker_archive(location: str) -> SourceProbe:
                 isinstance(x, str) for x in layers):
             raise _Unusable("manifest.json entry lacks Config or Layers")
         config_bytes = _read_member(tar, config_name)
-    config = oci._parse_json(config_bytes, config_name)
-    oci.check_config(config, len(layers), config_name)
+    config = ocispec.parse_json(config_bytes, config_name)
+    ocispec.check_config(config, len(layers), config_name)
     diff_ids = tuple(config["rootfs"]["diff_ids"])
-    if not all(isinstance(d, str) and _DIGEST_RE.match(d) for d in diff_ids):
+    if not all(is_digest(d) for d in diff_ids):
         raise _Unusable("config has diff_ids that are not sha256 digests")
-    key = _sha256(b"docker-archive\0" + manifest_bytes + b"\0" + config_bytes)
-    return SourceProbe(key.split(":", 1)[1], None, diff_ids)
+    key = sha256_hex(b"docker-archive\0" + manifest_bytes + b"\0" + config_bytes)
+    return SourceProbe(key, None, diff_ids)
 
 
 def _probe_layout(fmt: str, read: Callable[[str], bytes], tag: str | None) -> SourceProbe:
-    from pcocc.repo import oci
-
-    index = oci._parse_json(read("index.json"), "index.json")
-    if not isinstance(index, dict) or index.get("schemaVersion") != 2:
-        raise _Unusable("index.json is not an OCI index")
-    manifests = index.get("manifests")
-    if not isinstance(manifests, list):
-        raise _Unusable("index.json lists no manifest")
-    if tag is not None:
-        manifests = [m for m in manifests if isinstance(m, dict)
-                     and (m.get("annotations") or {}).get(_REF_ANNOTATION) == tag]
-    if len(manifests) != 1:
-        raise _Unusable("not exactly one image in the layout")
-    mdesc = oci.check_descriptor(manifests[0], "index.json manifest")
-    if mdesc.get("mediaType", _MT_OCI_MANIFEST) != _MT_OCI_MANIFEST:
-        raise _Unusable("not an OCI image manifest")
-    data = read("blobs/sha256/" + mdesc["digest"].split(":", 1)[1])
-    if len(data) != mdesc["size"] or _sha256(data) != mdesc["digest"]:
+    index = ocispec.parse_json(read("index.json"), "index.json")
+    mdesc = ocispec.pick_manifest(index, tag, "layout", exact_tag=True)
+    data = read(f"{ocispec.BLOBS_DIR}/{digest_hex(mdesc['digest'])}")
+    if len(data) != mdesc["size"] or sha256_bytes(data) != mdesc["digest"]:
         raise _Unusable("manifest blob does not match its descriptor")
-    manifest = oci._parse_json(data, mdesc["digest"])
-    config_desc, layer_descs = oci.check_manifest(manifest, mdesc["digest"])
-    key = _sha256(fmt.encode() + b"\0" + data)
-    return SourceProbe(key.split(":", 1)[1], config_desc["digest"],
-                       tuple(d["digest"] for d in layer_descs))
+    manifest = ocispec.parse_json(data, mdesc["digest"])
+    config_desc, layer_descs = ocispec.check_manifest(manifest, mdesc["digest"])
+    key = sha256_hex(fmt.encode() + b"\0" + data)
+    return SourceProbe(key, config_desc["digest"], tuple(d["digest"] for d in layer_descs))
 
 
 def _split_ref(location: str, *, want_dir: bool) -> tuple[str, str | None]:
@@ -228,8 +206,7 @@ def _split_ref(location: str, *, want_dir: bool) -> tuple[str, str | None]:
 def _open_tar(path: str) -> tarfile.TarFile:
     with open(path, "rb") as f:
         magic = f.read(6)
-    if magic[:2] == b"\x1f\x8b" or magic[:4] == b"\x28\xb5\x2f\xfd" or magic[:3] == b"BZh" \
-            or magic == b"\xfd7zXZ\x00":
+    if ocispec.compression(magic) or magic[:3] == b"BZh" or magic == b"\xfd7zXZ\x00":
         raise _Unusable("compressed archive")  # reading its index costs a decompression
     return tarfile.open(path, "r:")
 
@@ -271,11 +248,3 @@ def _read_index(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return index if isinstance(index, dict) else {}
-
-
-def _sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _ref(desc: dict[str, Any]) -> BlobRef:
-    return BlobRef(desc["digest"], desc["size"], desc.get("mediaType", ""))

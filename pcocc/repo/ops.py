@@ -23,7 +23,7 @@ from pcocc.errors import (
 )
 from pcocc.fsutil import os_error
 from pcocc.repo import drivers, qemu_img, vm
-from pcocc.repo.layout import digest_hex
+from pcocc.repo.digest import digest_hex
 from pcocc.repo.meta import ImageMeta
 from pcocc.repo.model import KIND_CTR, KIND_VM, OciImage, Progress, VmLayers, no_progress
 from pcocc.repo.store import RepoSet, Repository, new_meta

@@ -21,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import gzip
-import hashlib
-import json
 import logging
 import os
 import platform
@@ -35,7 +33,8 @@ from typing import IO
 
 from pcocc import proc
 from pcocc.errors import Corrupt
-from pcocc.repo import oci
+from pcocc.repo import oci, ocispec
+from pcocc.repo.digest import HashingWriter, digest_hex, hash_file
 from pcocc.repo.model import AddBlob, OciImage, Progress, no_progress
 
 log = logging.getLogger(__name__)
@@ -208,28 +207,27 @@ def import_sif(
     progress(part.size // 2, part.size)
 
     layout = staging / "sif-layout"
-    blobs = layout / "blobs" / "sha256"
+    blobs = ocispec.blob_dir(layout)
     blobs.mkdir(parents=True, exist_ok=True)
     layer_tmp = work / "layer.tar.gz"
     diff_id = _tar_rootfs(rootfs, layer_tmp)
-    layer_digest = _sha256_file(layer_tmp)
+    layer_digest = hash_file(layer_tmp, fsync=False)
     layer_size = layer_tmp.stat().st_size
-    os.replace(layer_tmp, blobs / layer_digest.split(":", 1)[1])
+    os.replace(layer_tmp, blobs / digest_hex(layer_digest))
     shutil.rmtree(work, ignore_errors=True)
 
     arch = ARCHES.get(part.arch or hdr.arch) or _host_arch()
     config = _config(arch, diff_id, hdr.created_at, path.name)
-    config_desc = _write_json_blob(blobs, config, oci.MT_OCI_CONFIG)
+    config_desc = ocispec.write_json_blob(blobs, config, ocispec.MT_OCI_CONFIG, sort_keys=True)
     manifest = {
         "schemaVersion": 2,
-        "mediaType": oci.MT_OCI_MANIFEST,
+        "mediaType": ocispec.MT_OCI_MANIFEST,
         "config": config_desc,
-        "layers": [{"mediaType": oci.MT_LAYER_GZIP, "digest": layer_digest, "size": layer_size}],
+        "layers": [
+            {"mediaType": ocispec.MT_LAYER_GZIP, "digest": layer_digest, "size": layer_size}],
     }
-    mdesc = _write_json_blob(blobs, manifest, oci.MT_OCI_MANIFEST)
-    mdesc["annotations"] = {oci.REF_ANNOTATION: oci.STAGING_TAG}
-    (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [mdesc]}))
+    mdesc = ocispec.write_json_blob(blobs, manifest, ocispec.MT_OCI_MANIFEST, sort_keys=True)
+    ocispec.write_index(layout, mdesc, oci.STAGING_TAG)
     return oci.ingest_layout(layout, add_blob, progress, tag=oci.STAGING_TAG, what=str(path))
 
 
@@ -264,36 +262,6 @@ def _config(arch: str, diff_id: str, created: int, name: str) -> dict:
     }
 
 
-def _write_json_blob(blob_dir: Path, obj: dict, media_type: str) -> dict:
-    data = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    (blob_dir / digest.split(":", 1)[1]).write_bytes(data)
-    return {"mediaType": media_type, "digest": digest, "size": len(data)}
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
-
-
-class _HashingWriter:
-    """Forward writes to ``out`` and hash them (the uncompressed layer digest)."""
-
-    def __init__(self, out: IO[bytes]):
-        self.out = out
-        self.hash = hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self.hash.update(data)
-        return self.out.write(data)
-
-    def flush(self) -> None:
-        self.out.flush()
-
-
 def _tar_rootfs(rootfs: Path, out: Path) -> str:
     """Write rootfs as a reproducible gzip tar layer; return the tar's sha256 (diff_id).
 
@@ -311,10 +279,10 @@ def _tar_rootfs(rootfs: Path, out: Path) -> str:
         open(out, "wb") as raw,
         gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0, filename="") as gz,
     ):
-        hw = _HashingWriter(gz)
+        hw = HashingWriter(gz)
         with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             for name in sorted(os.listdir(rootfs)):
                 tar.add(rootfs / name, arcname=name, recursive=True, filter=normalize)
     with contextlib.suppress(OSError):
         os.chmod(out, 0o644)
-    return "sha256:" + hw.hash.hexdigest()
+    return hw.digest()

@@ -1,6 +1,6 @@
 """The repository store: blobs in, metadata committed under a short lock, look-ups and
-delete (``Repository``; gc and fsck are in :mod:`pcocc.repo.maintenance`), and the ordered
-set of configured repositories (``RepoSet``).
+delete (``Repository``), and the ordered set of configured repositories (``RepoSet``).
+gc and fsck are in :mod:`pcocc.repo.maintenance`, which builds on this module.
 
 Writers put every blob in place first (``add_blob``: hash, verify, fsync, rename into
 ``data/``), then commit one metadata file under the repository lock. A killed writer leaves
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import logging
 import os
 import pwd
@@ -31,18 +30,14 @@ from pcocc.errors import (
     UsageError,
 )
 from pcocc.fsutil import fsync_dir, os_error, remove_tree, write_atomic
-from pcocc.repo import maintenance
-from pcocc.repo.layout import META_FILE_RE, RepoLayout, digest_hex
-from pcocc.repo.maintenance import FsckReport, GcReport
+from pcocc.repo.digest import hash_file
+from pcocc.repo.layout import META_FILE_RE, RepoLayout
 from pcocc.repo.meta import ID_PREFIX, ImageMeta
-from pcocc.repo.model import KIND_CTR, Progress, no_progress
+from pcocc.repo.model import KIND_CTR
 from pcocc.repo.uri import ImageUri
 
 log = logging.getLogger(__name__)
 
-#: Default age under which gc leaves unreferenced blobs and tmp/ entries alone.
-DEFAULT_GRACE_PERIOD_S = 3600.0
-_CHUNK = 1 << 20
 _LOCK_WAIT_S = 120.0
 
 
@@ -51,42 +46,6 @@ def _owner() -> str:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         return str(os.getuid())
-
-
-def hash_file(path: Path, progress: Progress = no_progress, done0: int = 0,
-              total: int | None = None, *, fsync: bool = True) -> str:
-    """``sha256:<hex>`` of a file; with ``fsync``, also flush it to disk (it is about to
-    become a blob). The flush runs in a thread while we hash: both release the GIL, so the
-    cost is the longer of the two rather than their sum."""
-    h = hashlib.sha256()
-    done = done0
-    buf = bytearray(_CHUNK)  # one buffer, refilled in place: no 4 MiB allocation per read
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        flusher = None
-        errors: list[OSError] = []
-        if fsync:
-            def flush() -> None:
-                try:
-                    os.fsync(f.fileno())
-                except OSError as err:
-                    errors.append(err)
-
-            import threading  # here: most commands never hash a file
-
-            flusher = threading.Thread(target=flush, name="pcocc-fsync")
-            flusher.start()
-        try:
-            while n := f.readinto(buf):
-                h.update(view[:n])
-                done += n
-                progress(done, total)
-        finally:
-            if flusher is not None:
-                flusher.join()
-        if errors:
-            raise errors[0]
-    return "sha256:" + h.hexdigest()
 
 
 class BlobSink:
@@ -373,18 +332,6 @@ class Repository:
             fsync_dir(self.layout.meta_dir)
         return gone
 
-    # -- maintenance (pcocc/repo/maintenance.py) ----------------------------------------
-
-    def gc(self, grace_period_s: float = DEFAULT_GRACE_PERIOD_S,
-           progress: Progress = no_progress) -> GcReport:
-        """Remove unreferenced blobs and stale ``tmp/`` entries older than the grace period."""
-        return maintenance.gc(self, grace_period_s, progress)
-
-    def fsck(self, *, quarantine: bool = False, progress: Progress = no_progress
-             ) -> FsckReport:
-        """Check every blob's digest and every reference (metadata -> blobs, qcow2 chains)."""
-        return maintenance.fsck(self, quarantine=quarantine, progress=progress)
-
 
 def _compile(regex: str | None) -> re.Pattern[str] | None:
     if not regex:
@@ -521,6 +468,5 @@ def live_container_digests(config) -> set[str]:
     return set(container_refs_by_digest(config))
 
 
-__all__ = ["BlobSink", "FsckReport", "GcReport", "RepoSet", "Repository", "digest_hex",
-           "container_refs_by_digest", "live_container_digests", "new_meta",
+__all__ = ["BlobSink", "RepoSet", "Repository", "container_refs_by_digest", "live_container_digests", "new_meta",
            "resolve_container_digest"]

@@ -44,24 +44,13 @@ from pcocc import proc
 from pcocc.errors import Corrupt
 from pcocc.fsutil import os_error
 from pcocc.repo.model import OciImage
+from pcocc.repo.ocispec import LAYER_MEDIA_TYPES, compression
 
 log = logging.getLogger(__name__)
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
 MAX_SYMLINK_HOPS = 40
-
-#: Layer media types we can unpack (compression is detected from the data itself).
-LAYER_MEDIA_TYPES = {
-    "application/vnd.oci.image.layer.v1.tar",
-    "application/vnd.oci.image.layer.v1.tar+gzip",
-    "application/vnd.oci.image.layer.v1.tar+zstd",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-    "application/vnd.docker.image.rootfs.diff.tar.gzip",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-}
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -140,12 +129,12 @@ def apply_layer(layer: Path, rootfs: Path, *, name: str | None = None) -> list[s
 @contextlib.contextmanager
 def _tar_stream(layer: Path, label: str) -> Iterator[tarfile.TarFile]:
     with open(layer, "rb") as f:
-        magic = f.read(4)
+        kind = compression(f.read(4))
         f.seek(0)
-        if magic[:2] == b"\x1f\x8b":
+        if kind == "gzip":
             with tarfile.open(fileobj=f, mode="r|gz") as tar:
                 yield tar
-        elif magic == b"\x28\xb5\x2f\xfd":
+        elif kind == "zstd":
             with _zstd_reader(f, label) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
                 yield tar
         else:

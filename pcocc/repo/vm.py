@@ -21,7 +21,7 @@ from pcocc.errors import (
 )
 from pcocc.fsutil import fsync_dir, os_error, tmp_name
 from pcocc.repo import qemu_img
-from pcocc.repo.layout import HEX_RE
+from pcocc.repo.digest import HEX_RE
 from pcocc.repo.model import AddBlob, BlobRef, Progress, VmLayers, no_progress
 from pcocc.repo.qemu_img import VM_FORMATS
 

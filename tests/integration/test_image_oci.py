@@ -5,6 +5,7 @@ through the pcocc command)."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import yaml
 from helpers import testimages
 from pcocc.config import RepoConfig
 from pcocc.errors import Corrupt, NotFound, ToolError, UsageError
-from pcocc.repo import oci, ops, sif, skopeo
+from pcocc.repo import oci, ocispec, ops, sif, skopeo
 from pcocc.repo.store import RepoSet, Repository
 from pcocc.repo.unpack import unpack_image
 
@@ -99,8 +100,8 @@ def layout_type_mismatches(layout: Path) -> list[str]:
     bad = []
     for mdesc in json.loads((layout / "index.json").read_text())["manifests"]:
         data = blob(mdesc["digest"]).read_bytes()
-        assert oci.hashlib.sha256(data).hexdigest() == mdesc["digest"].split(":", 1)[1]
-        assert mdesc["mediaType"] == oci.MT_OCI_MANIFEST
+        assert hashlib.sha256(data).hexdigest() == mdesc["digest"].split(":", 1)[1]
+        assert mdesc["mediaType"] == ocispec.MT_OCI_MANIFEST
         bad += layer_type_mismatches(json.loads(data), blob)
     return bad
 
@@ -158,7 +159,7 @@ def test_docker_archive_tar_layers_are_labelled_tar(tmp_path, multilayer_image):
     ref = testimages.convert(multilayer_image, "docker-archive", str(tmp_path / "m.tar"))
     store = Store(tmp_path / "store")
     image = import_into(store, tmp_path, ref.split(":", 1)[1], "docker-archive")
-    assert {d["mediaType"] for d in image.manifest["layers"]} == {oci.MT_LAYER_TAR}
+    assert {d["mediaType"] for d in image.manifest["layers"]} == {ocispec.MT_LAYER_TAR}
     # plain tar layers: their digests are the config's diff_ids, and the config says so
     assert [d["digest"] for d in image.manifest["layers"]] == image.config["rootfs"]["diff_ids"]
     assert image.manifest["config"]["digest"] == image.blobs[0].digest
@@ -187,7 +188,7 @@ def test_export_corrects_an_image_stored_with_wrong_media_types(tmp_path, multil
     ref = testimages.convert(multilayer_image, "docker-archive", str(tmp_path / "m.tar"))
     store = Store(tmp_path / "store")
     good = import_into(store, tmp_path, ref.split(":", 1)[1], "docker-archive")
-    wrong = {**good.manifest, "layers": [{**d, "mediaType": oci.MT_LAYER_GZIP}
+    wrong = {**good.manifest, "layers": [{**d, "mediaType": ocispec.MT_LAYER_GZIP}
                                          for d in good.manifest["layers"]]}
     (tmp_path / "wrong.json").write_bytes(json.dumps(wrong).encode())
     old = oci.OciImage(manifest_digest=store(tmp_path / "wrong.json"), manifest=wrong,
@@ -341,7 +342,8 @@ def test_malformed_manifest_is_refused(tmp_path, busybox_image):
         json.dumps(
             {
                 "schemaVersion": 2,
-                "manifests": [{"mediaType": oci.MT_OCI_MANIFEST, "digest": "md5:abc", "size": 3}],
+                "manifests": [
+                    {"mediaType": ocispec.MT_OCI_MANIFEST, "digest": "md5:abc", "size": 3}],
             }
         )
     )

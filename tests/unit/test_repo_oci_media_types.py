@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pcocc.repo import oci
+from pcocc.repo import oci, ocispec
 
 OCI = "application/vnd.oci.image.layer.v1.tar"
 NONDIST = "application/vnd.oci.image.layer.nondistributable.v1.tar"
@@ -74,8 +74,8 @@ def test_layer_media_type(media_type, compression, expected):
 def _manifest(*layers: tuple[str, Path]) -> dict:
     return {
         "schemaVersion": 2,
-        "mediaType": oci.MT_OCI_MANIFEST,
-        "config": {"mediaType": oci.MT_OCI_CONFIG, "digest": "sha256:" + "0" * 64, "size": 2},
+        "mediaType": ocispec.MT_OCI_MANIFEST,
+        "config": {"mediaType": ocispec.MT_OCI_CONFIG, "digest": "sha256:" + "0" * 64, "size": 2},
         "layers": [
             {"mediaType": mt, "digest": "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest(),
              "size": p.stat().st_size}
@@ -116,7 +116,7 @@ def _layout(root: Path, manifest: dict, layer_paths: list[Path]) -> Path:
     mdigest = "sha256:" + hashlib.sha256(data).hexdigest()
     (blob_dir / mdigest[7:]).write_bytes(data)
     (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": oci.MT_OCI_MANIFEST, "digest": mdigest, "size": len(data)}]}))
+        {"mediaType": ocispec.MT_OCI_MANIFEST, "digest": mdigest, "size": len(data)}]}))
     return root
 
 

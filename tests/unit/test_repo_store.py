@@ -16,6 +16,7 @@ import pytest
 from pcocc.config import RepoConfig
 from pcocc.errors import AlreadyExists, Corrupt, NotFound, PcoccError, PermissionDenied, UsageError
 from pcocc.repo import drivers, ops
+from pcocc.repo.maintenance import fsck, gc
 from pcocc.repo.model import KIND_CTR, BlobRef, OciImage
 from pcocc.repo.store import RepoSet, Repository, new_meta
 
@@ -139,37 +140,37 @@ def test_gc_keeps_referenced_and_young_removes_the_rest(repos):
     stale = user.layout.tmp_dir / "import-1-dead"
     stale.mkdir()
     (stale / "part").write_bytes(b"x" * 500)
-    report = user.gc(grace_period_s=3600)
+    report = gc(user, grace_period_s=3600)
     assert (report.blobs_removed, report.tmp_removed) == (0, 0)
     assert report.kept_young == 2
     old = time.time() - 7200
     os.utime(user.blob_path(orphan.digest), (old, old))
     for p in (stale / "part", stale):
         os.utime(p, (old, old))
-    report = user.gc(grace_period_s=3600)
+    report = gc(user, grace_period_s=3600)
     assert (report.blobs_removed, report.tmp_removed) == (1, 1)
     assert report.bytes_freed == 6000 + 500
     assert not user.blob_path(orphan.digest).exists()
     for b in kept.blobs:
         assert user.blob_path(b.digest).exists()
     repos.delete("img")
-    assert user.gc(grace_period_s=0).blobs_removed == 1
+    assert gc(user, grace_period_s=0).blobs_removed == 1
 
 
 def test_fsck_finds_damage_and_quarantines(repos):
     user = repos.get("user")
     meta = commit_ctr(user, "img", b"good", b"victim")
-    assert user.fsck().is_clean
+    assert fsck(user).is_clean
     victim = user.blob_path(meta.blobs[1].digest)
     os.chmod(victim, 0o644)
     victim.write_bytes(b"bitrot")
-    report = user.fsck()
+    report = fsck(user)
     assert len(report.problems) == 2  # the blob itself, and the image that uses it
     assert any("user:img@0" in p and "damaged" in p for p in report.problems)
-    report = user.fsck(quarantine=True)
+    report = fsck(user, quarantine=True)
     assert report.quarantined == [meta.blobs[1].digest]
     assert not victim.exists() and list(user.layout.quarantine_dir.iterdir())
-    report = user.fsck()
+    report = fsck(user)
     assert any("missing" in p for p in report.problems)
 
 
@@ -179,11 +180,11 @@ def test_fsck_reports_unreadable_metadata(repos):
     path = user.layout.meta_path("img", 0)
     os.chmod(path, 0o644)
     path.write_text("{not json")
-    assert any("invalid image metadata" in p for p in user.fsck().problems)
+    assert any("invalid image metadata" in p for p in fsck(user).problems)
     commit_ctr(user, "fine", b"b")
     assert [m.name for m in user.images()] == ["fine"]  # listing skips the damaged one
     with pytest.raises(Corrupt):
-        user.gc(grace_period_s=0)  # never collect when references are unknown
+        gc(user, grace_period_s=0)  # never collect when references are unknown
 
 
 # -- container paths through a fake driver -----------------------------------------------
@@ -237,7 +238,7 @@ def test_container_import_export_copy_through_driver(repos, fake_driver):
             b.digest).read_bytes()
     same = ops.copy_image(repos, "user:bb", "user:bb3")  # same repo: blobs shared
     assert same.blobs == meta.blobs
-    assert other.fsck().is_clean and repos.get("user").fsck().is_clean
+    assert fsck(other).is_clean and fsck(repos.get("user")).is_clean
 
 
 def test_missing_container_driver_is_a_clear_error(repos, monkeypatch):
@@ -273,13 +274,13 @@ def test_gc_progress_counts_bytes(repos):
     user = repos.get("user")
     commit_ctr(user, "img", b"x" * 300, b"y" * 700)
     seen = []
-    user.gc(0, progress=lambda done, total: seen.append((done, total)))
+    gc(user, 0, progress=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (1000, 1000) and len(seen) == 2
 
 
 @pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, (3 << 20) + 17])
 def test_hash_file_digest_and_progress_across_read_buffers(tmp_path, size):
-    from pcocc.repo.store import hash_file
+    from pcocc.repo.digest import hash_file
 
     data = os.urandom(size)
     f = tmp_path / "blob"

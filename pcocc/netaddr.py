@@ -6,6 +6,9 @@ resolve to an address that other nodes do not route to. The address this node us
 the cluster's coordination service (etcd) is one that the other nodes, which reach the same
 service, can use too: the kernel picks it from its routing table when a UDP socket is
 connected (no packet is sent).
+
+A top-level module: the etcd side (:mod:`pcocc.kv`) and the network side (:mod:`pcocc.net`,
+which uses :mod:`pcocc.kv`) both need it, so it may belong to neither.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ import socket
 import pytest
 
 from pcocc.errors import ConfigError
-from pcocc.net.address import reachable_address
+from pcocc.netaddr import reachable_address
 
 
 def test_loopback_peer_gives_loopback():
