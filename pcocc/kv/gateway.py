@@ -123,6 +123,15 @@ class GatewayReader:
         )
 
     def _decode(self, status: int, payload: bytes, what: str) -> dict[str, Any]:
+        if status == 400 and b"CommonName of client" in payload:
+            # etcd's gateway refuses a client certificate with a CN (it cannot authenticate
+            # by CN, so it will not pretend to)
+            raise ConfigError(
+                f"etcd at {self.endpoint} refuses the JSON gateway to a client certificate"
+                " with a Common Name",
+                hint="give pcocc a client certificate without CN (subject alternative names"
+                " only) in the etcd section of batch.yaml",
+            )
         try:
             body = json.loads(payload or b"{}")
         except ValueError:
