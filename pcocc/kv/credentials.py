@@ -176,12 +176,13 @@ def check_login_transport(endpoint: str, login: EtcdLogin | None) -> None:
 
     :raise ConfigError: a password login to a non-loopback ``http://`` endpoint
     """
-    from pcocc.kv.endpoints import is_loopback, parse_endpoint
+    from pcocc.kv.endpoints import parse_endpoint
+    from pcocc.net.address import is_loopback_host
 
     if login is None or login.private:
         return
     ep = parse_endpoint(endpoint)
-    if ep.scheme == "http" and not is_loopback(ep.host):
+    if ep.scheme == "http" and not is_loopback_host(ep.host):
         raise ConfigError(
             f"refusing to send the etcd password of {login.user!r} in clear to {endpoint}",
             hint="configure TLS for etcd in batch.yaml (ca-cert, and cert and key if etcd"

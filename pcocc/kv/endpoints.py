@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -38,12 +37,3 @@ def parse_endpoint(endpoint: str) -> Endpoint:
         )
     return Endpoint(url.scheme, url.hostname, port)
 
-
-def is_loopback(host: str) -> bool:
-    """``host`` is a loopback address or ``localhost``."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -15,7 +15,8 @@ from pcocc.kv.credentials import (
     parse_job_login,
     read_job_login_file,
 )
-from pcocc.kv.endpoints import is_loopback, parse_endpoint
+from pcocc.kv.endpoints import parse_endpoint
+from pcocc.net.address import is_loopback_host as is_loopback
 from pcocc.kv.tls import TlsFiles, needs_tls, tls_from_config
 
 
