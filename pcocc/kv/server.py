@@ -234,6 +234,8 @@ class EtcdServer:
         """Start etcd with ``argv`` and wait until it is healthy (stopped if it is not)."""
         # etcd reads ETCD_* variables as flags: do not let the caller's leak in
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
+        for name in (CLIENT_SOCKET, PEER_SOCKET):  # a killed etcd leaves them; etcd won't bind
+            (self.directory / name).unlink(missing_ok=True)
         self._proc = proc.spawn(argv, env=env, log_path=self.log_path, cwd=self.directory)
         self.pid_path.write_text(f"{self._proc.pid}\n")
         self._wait_healthy()
