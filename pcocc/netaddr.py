@@ -34,6 +34,17 @@ def _host_port(endpoint: str) -> tuple[str, int]:
     return parts.hostname, parts.port or 2379
 
 
+def is_loopback_host(host: str) -> bool:
+    """``host`` is ``localhost`` or a loopback address (127.0.0.0/8, ::1): traffic to it
+    never leaves this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def route_source(host: str, port: int) -> str:
     """The local IPv4 address the kernel would use to send to ``host:port``."""
     infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)

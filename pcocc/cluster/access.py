@@ -38,8 +38,8 @@ def _kvs(env: Mapping[str, str], config: adapters.ConfigSource) -> Iterator[list
     sets = adapters.kv_endpoint_sets(env, rundir.run_root(), config)
     kvs: list[Any] = []
     try:
-        for endpoints in sets:
-            kvs.append(adapters.open_reader(endpoints, config))
+        for endpoints, login in sets:
+            kvs.append(adapters.open_reader(endpoints, config, login))
         yield kvs
     finally:
         for kv in kvs:

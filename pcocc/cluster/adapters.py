@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ENDPOINTS_VAR = "PCOCC_ETCD_ENDPOINTS"
+#: in a job's run dir: where its private etcd is, and the login to it
+ENDPOINTS_FILE = "etcd-endpoints"
+LOGIN_FILE = "etcd-login"
 
 
 def user_name() -> str:
@@ -156,7 +159,8 @@ def configured_endpoints(config: ConfigSource, env: Mapping[str, str]) -> str | 
         config = config()
     etcd = (config.batch if config is not None else {}).get("etcd") or {}
     if etcd.get("mode", "external") == "external" and etcd.get("endpoints"):
-        return ",".join(e if "://" in e else f"http://{e}" for e in etcd["endpoints"])
+        scheme = "https" if etcd.get("ca-cert") else "http"
+        return ",".join(e if "://" in e else f"{scheme}://{e}" for e in etcd["endpoints"])
     return None
 
 
@@ -177,34 +181,52 @@ def etcd_for_job(
     if endpoints:
         yield {ENDPOINTS_VAR: endpoints}
         return
+    from pcocc import fsutil
+    from pcocc.kv.credentials import JOB_LOGIN_VAR
     from pcocc.kv.private import job_address, private_etcd
 
     address = job_address(list(controller_hosts()), env)
     log.debug("private etcd on %s", address)
-    with private_etcd(run_dir, address) as extra:
-        endpoints_file = run_dir / "etcd-endpoints"
-        endpoints_file.write_text(extra[ENDPOINTS_VAR] + "\n")
-        endpoints_file.chmod(0o600)
+    with private_etcd(run_dir, user_name(), address) as extra:
+        # for the user commands run outside the job (``kv_endpoint_sets``)
+        login_file = run_dir / LOGIN_FILE
+        endpoints_file = run_dir / ENDPOINTS_FILE
+        fsutil.write_atomic(login_file, extra[JOB_LOGIN_VAR] + "\n", mode=0o600)
+        fsutil.write_atomic(endpoints_file, extra[ENDPOINTS_VAR] + "\n", mode=0o600)
         try:
             yield dict(extra)
         finally:
             endpoints_file.unlink(missing_ok=True)
+            login_file.unlink(missing_ok=True)
 
 
 def kv_endpoint_sets(
     env: Mapping[str, str], run_root: Path, config: ConfigSource = None
-) -> list[str]:
-    """Where a user command looks for clusters: the configured etcd, else the private etcd
-    of each local cluster of this user (``<run root>/<job>/etcd-endpoints``)."""
+) -> list[tuple[str, Any]]:
+    """Where a user command looks for clusters, and the login to use there (None: as
+    configured): the configured etcd, else the private etcd of each local cluster of this
+    user (``<run root>/<job>/etcd-endpoints`` and the job's login in ``etcd-login``)."""
     endpoints = configured_endpoints(config, env)
     if endpoints:
-        return [endpoints]
+        return [(endpoints, None)]
+    from pcocc.errors import ConfigError
+    from pcocc.kv.credentials import read_job_login_file
+
     found = []
-    for path in sorted(run_root.glob("*/etcd-endpoints")):
+    for path in sorted(run_root.glob(f"*/{ENDPOINTS_FILE}")):
         with contextlib.suppress(OSError):
             text = path.read_text().strip()
-            if text:
-                found.append(text)
+            if not text:
+                continue
+            login = None
+            login_path = path.with_name(LOGIN_FILE)
+            if login_path.exists():
+                try:
+                    login = read_job_login_file(login_path)
+                except ConfigError as err:
+                    log.warning("skipping the cluster in %s: %s", path.parent, err.message)
+                    continue
+            found.append((text, login))
     return found
 
 
@@ -216,6 +238,8 @@ def etcd_login_settings(config: Config | None) -> dict[str, Any]:
     etcd = config.batch.get("etcd") or {}
     origin = config.origin("batch", "etcd", "password-file")
     if origin.file is None:
+        origin = config.origin("batch", "etcd", "ca-cert")
+    if origin.file is None:
         origin = config.origin("batch", "etcd")
     return {"etcd": etcd, "base_dir": origin.file.parent if origin.file is not None else None}
 
@@ -225,19 +249,30 @@ def open_kv(endpoints: str, config: Config | None = None) -> EtcdKv:
     return EtcdKv.from_env({**os.environ, ENDPOINTS_VAR: endpoints}, config)
 
 
-def open_reader(endpoints: str, config: ConfigSource = None) -> Any:
+def open_reader(endpoints: str, config: ConfigSource = None, login: Any = None) -> Any:
     """A read-only client of ``endpoints`` over etcd's JSON gateway (no gRPC import: user
-    commands that only look clusters up start faster), logged in like :func:`open_kv`."""
-    from pcocc.kv.credentials import USER_VAR, etcd_login
+    commands that only look clusters up start faster), logged in as ``login`` (an
+    EtcdLogin) or like :func:`open_kv`."""
+    from pcocc.kv.credentials import JOB_LOGIN_VAR, USER_VAR, check_login_transport, etcd_login
     from pcocc.kv.gateway import GatewayReader
+    from pcocc.kv.tls import needs_tls, tls_from_config
 
     settings: dict[str, Any] = {}
-    if not os.environ.get(USER_VAR):  # else the environment alone says who logs in
+    env_login = login is not None or os.environ.get(USER_VAR) or os.environ.get(JOB_LOGIN_VAR)
+    # else the environment alone says who logs in; the config still gives TLS files
+    if not env_login or needs_tls(endpoints):
         settings = etcd_login_settings(config() if callable(config) else config)
-    login = etcd_login(settings.get("etcd"), os.environ, base_dir=settings.get("base_dir"))
     if login is None:
-        return GatewayReader(endpoints)
-    return GatewayReader(endpoints, user=login.user, password=login.password, hint=login.hint)
+        login = etcd_login(settings.get("etcd"), os.environ, base_dir=settings.get("base_dir"))
+    tls = tls_from_config(settings.get("etcd"), settings.get("base_dir"))
+    if login is None:
+        return GatewayReader(endpoints, tls=tls)
+    for endpoint in endpoints.split(","):
+        if endpoint.strip():
+            check_login_transport(endpoint, login)
+    return GatewayReader(
+        endpoints, user=login.user, password=login.password, hint=login.hint, tls=tls
+    )
 
 
 # -- batch --------------------------------------------------------------------------------

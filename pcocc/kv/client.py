@@ -37,10 +37,12 @@ from pcocc.errors import (
 )
 from pcocc.kv.credentials import (
     DEFAULT_LOGIN_HINT,
+    check_login_transport,
     etcd_login,
     refusal_hint,
 )
 from pcocc.kv.endpoints import ENDPOINTS_VAR, parse_endpoint
+from pcocc.kv.tls import TlsFiles, tls_from_config
 
 # etcd3 ships old generated protobuf modules: they need protobuf<4 (see setup.cfg) and warn
 # about deprecated descriptor calls on import
@@ -269,6 +271,23 @@ def is_auth_disabled_error(err: BaseException | None) -> bool:
     return "authentication is not enabled" in (details or "")
 
 
+def _grpc_tls_args(tls: TlsFiles | None, endpoints: Sequence[str]) -> dict[str, str]:
+    """etcd3's TLS arguments (file names; the files are checked here for clear errors).
+
+    :raise ConfigError: no CA configured, or a file missing or unreadable
+    """
+    if tls is None:
+        raise ConfigError(
+            f"etcd endpoint {', '.join(endpoints)} uses TLS but no CA is configured",
+            hint="set ca-cert in the etcd section of batch.yaml",
+        )
+    tls.read()
+    args = {"ca_cert": str(tls.ca)}
+    if tls.cert is not None and tls.key is not None:
+        args.update(cert_cert=str(tls.cert), cert_key=str(tls.key))
+    return args
+
+
 class KvClient:
     """A connection to one etcd v3 endpoint: the first of ``endpoints`` that answers."""
 
@@ -280,12 +299,15 @@ class KvClient:
         user: str | None = None,
         password: str | None = None,
         login_hint: str | None = None,
+        tls: TlsFiles | None = None,
     ):
         """Connect to one of ``endpoints``, as ``user`` if etcd has auth enabled.
 
-        ``login_hint`` says what to check when etcd refuses the login (never the password).
+        ``login_hint`` says what to check when etcd refuses the login (never the password);
+        ``tls``: the CA (and client certificate) for ``https://`` endpoints.
 
-        :raise ConfigError: no or malformed endpoint
+        :raise ConfigError: no or malformed endpoint, an https endpoint without ``tls``,
+            a TLS file missing or unreadable
         :raise PermissionDenied: etcd refused the user name or password
         :raise ServiceUnavailable: no endpoint answers (checked here only with several
             endpoints or a user; otherwise on the first call)
@@ -298,6 +320,9 @@ class KvClient:
             )
         self.endpoints = list(endpoints)
         addresses = [parse_endpoint(e) for e in self.endpoints]
+        self._tls_args: dict[str, str] = {}
+        if any(a.scheme == "https" for a in addresses):
+            self._tls_args = _grpc_tls_args(tls, self.endpoints)
         self.timeout_s = timeout_s
         self.user = user
         #: False when etcd has no authentication (a configured login is then not used)
@@ -306,22 +331,30 @@ class KvClient:
         credentials = {} if user is None else {"user": user, "password": password or ""}
         self._password = password or ""  # kept for logging in again (etcd restarted)
         # with several endpoints, use the first that answers; with one, connect lazily
-        for i, (host, port) in enumerate(addresses):
-            self.endpoint = f"http://{host}:{port}"
+        for i, (scheme, host, port) in enumerate(addresses):
+            self.endpoint = f"{scheme}://{host}:{port}"
             self.hint = f"check that etcd runs at {self.endpoint} ({ENDPOINTS_VAR})"
+            tls_args = self._tls_args if scheme == "https" else {}
             try:
-                self._connect(host, port, credentials, probe=len(addresses) > 1)
+                self._connect(host, port, credentials, probe=len(addresses) > 1, tls=tls_args)
                 break
             except ServiceUnavailable as err:
                 if i == len(addresses) - 1:
                     raise
                 log.debug("etcd endpoint %s unusable, trying the next: %s", self.endpoint, err)
 
-    def _connect(self, host: str, port: int, credentials: dict[str, str], probe: bool) -> None:
+    def _connect(
+        self,
+        host: str,
+        port: int,
+        credentials: dict[str, str],
+        probe: bool,
+        tls: Mapping[str, str],
+    ) -> None:
         try:
             with self._errors(f"log in as {self.user}" if self.user else "connect"):
                 self._etcd = etcd3.client(
-                    host=host, port=port, timeout=self.timeout_s, **credentials
+                    host=host, port=port, timeout=self.timeout_s, **credentials, **tls
                 )
         except ServiceUnavailable as err:
             if not (credentials and is_auth_disabled_error(err.__cause__)):
@@ -330,7 +363,7 @@ class KvClient:
             log.debug("etcd at %s has no authentication: connecting without login", self.endpoint)
             self.is_logged_in = False
             with self._errors("connect"):
-                self._etcd = etcd3.client(host=host, port=port, timeout=self.timeout_s)
+                self._etcd = etcd3.client(host=host, port=port, timeout=self.timeout_s, **tls)
         if not self._etcd.uses_secure_channel:
             # etcd3 sends the auth token twice: as call credentials, which gRPC refuses on a
             # plain channel, and as metadata, which is enough for etcd
@@ -374,18 +407,24 @@ class KvClient:
     ) -> KvClient:
         """A client for ``$PCOCC_ETCD_ENDPOINTS`` (comma-separated URLs).
 
-        With etcd auth, ``$PCOCC_ETCD_USER`` and ``$PCOCC_ETCD_PASSWORD`` give the login,
-        else ``user`` and ``password-file`` of ``etcd`` (batch.yaml's section; see
-        :func:`pcocc.kv.credentials.etcd_login`).
+        With etcd auth, the environment gives the login, else ``user`` and
+        ``password-file`` of ``etcd`` (batch.yaml's section; see
+        :func:`pcocc.kv.credentials.etcd_login`); TLS files come from that section too.
 
-        :raise ConfigError: the password file is missing, unreadable or not private
+        :raise ConfigError: the password file is missing, unreadable or not private; a
+            password would go in clear to a remote etcd
         """
         env = os.environ if env is None else env
+        endpoints = env.get(ENDPOINTS_VAR, "")
+        kwargs.setdefault("tls", tls_from_config(etcd, base_dir))
         if "user" not in kwargs:
             login = etcd_login(etcd, env, base_dir=base_dir)
             if login is not None:
+                for endpoint in endpoints.split(","):
+                    if endpoint.strip():
+                        check_login_transport(endpoint, login)
                 kwargs.update(user=login.user, password=login.password, login_hint=login.hint)
-        return cls(env.get(ENDPOINTS_VAR, ""), **kwargs)
+        return cls(endpoints, **kwargs)
 
     def close(self) -> None:
         self._etcd.close()

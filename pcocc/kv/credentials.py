@@ -1,7 +1,10 @@
 """Who pcocc logs in to etcd as, and the private files that hold etcd passwords.
 
-The login comes from the environment first (``$PCOCC_ETCD_USER``, ``$PCOCC_ETCD_PASSWORD``),
-then from the ``etcd`` section of batch.yaml (``user``, ``password-file``). Node processes
+The login comes from the environment first: ``$PCOCC_ETCD_JOB_LOGIN`` (``user:password``, the
+login of a job's private etcd, set by the launcher for the job's processes), then
+``$PCOCC_ETCD_USER`` and ``$PCOCC_ETCD_PASSWORD``; then from the ``etcd`` section of
+batch.yaml (``user``, ``password-file``). User commands run outside the job read the job's
+login from the ``etcd-login`` file of its run directory (:func:`read_job_login_file`). Node processes
 started by srun load the same configuration, so they find the password the same way: it
 never travels in argv, and pcocc never logs it, prints it or stores it in etcd.
 
@@ -25,6 +28,8 @@ from pcocc.userfile import Owner
 
 USER_VAR = "PCOCC_ETCD_USER"
 PASSWORD_VAR = "PCOCC_ETCD_PASSWORD"
+#: ``user:password`` of the job's private etcd (never in argv: see pcocc.kv.private)
+JOB_LOGIN_VAR = "PCOCC_ETCD_JOB_LOGIN"
 #: what to check when etcd refuses a login given by the environment
 DEFAULT_LOGIN_HINT = f"check {USER_VAR}/{PASSWORD_VAR} and the role of the user"
 
@@ -58,6 +63,9 @@ class EtcdLogin:
     user: str
     password: str = field(repr=False)
     source: str = ""
+    #: the login of a job's private etcd: a one-job random secret for an etcd that holds
+    #: only that job (allowed over plain http between the job's nodes)
+    private: bool = False
 
     @property
     def hint(self) -> str:
@@ -155,6 +163,56 @@ def new_password() -> str:
     return secrets.token_urlsafe(24)
 
 
+def parse_job_login(text: str, where: str) -> EtcdLogin:
+    """``user:password`` (the job login's form in the environment and its file).
+
+    :raise ConfigError: not that form (``where`` names the variable or file)
+    """
+    user, sep, password = text.strip().partition(":")
+    if not sep or not user or not password or any(c.isspace() for c in user + password):
+        raise ConfigError(
+            f"{where} does not hold a job's etcd login (user:password)",
+            hint="it is written by 'pcocc internal launcher'; do not edit it",
+        )
+    return EtcdLogin(user, password, where, private=True)
+
+
+def format_job_login(user: str, password: str) -> str:
+    return f"{user}:{password}"
+
+
+def read_job_login_file(path: str | os.PathLike[str]) -> EtcdLogin:
+    """The login in a job's ``etcd-login`` file (private to its owner, like a password file).
+
+    :raise ConfigError: missing, unreadable, open to others, or malformed
+    """
+    text = read_password_file(path, what="job etcd login file")
+    return parse_job_login(text, f"job etcd login file {path}")
+
+
+def check_login_transport(endpoint: str, login: EtcdLogin | None) -> None:
+    """Refuse to send a password in clear over the network.
+
+    A login over plain ``http://`` is allowed to a loopback address only, or for a job's
+    private etcd (``login.private``: its secret is worth nothing beyond the job and stays
+    on the job's nodes).
+
+    :raise ConfigError: a password login to a non-loopback ``http://`` endpoint
+    """
+    from pcocc.kv.endpoints import parse_endpoint
+    from pcocc.netaddr import is_loopback_host
+
+    if login is None or login.private:
+        return
+    ep = parse_endpoint(endpoint)
+    if ep.scheme == "http" and not is_loopback_host(ep.host):
+        raise ConfigError(
+            f"refusing to send the etcd password of {login.user!r} in clear to {endpoint}",
+            hint="configure TLS for etcd in batch.yaml (ca-cert, and cert and key if etcd"
+            " asks for client certificates)",
+        )
+
+
 def etcd_login(
     etcd: Mapping[str, Any] | None,
     env: Mapping[str, str],
@@ -167,6 +225,8 @@ def etcd_login(
     :param base_dir: directory of the batch.yaml that set ``password-file`` (for relative paths)
     :raise ConfigError: the password file is missing, unreadable or not private
     """
+    if env.get(JOB_LOGIN_VAR):
+        return parse_job_login(env[JOB_LOGIN_VAR], f"${JOB_LOGIN_VAR}")
     etcd = etcd or {}
     user = env.get(USER_VAR) or etcd.get("user")
     if not user:

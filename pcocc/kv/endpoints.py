@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from pcocc.errors import ConfigError
@@ -9,10 +10,20 @@ from pcocc.errors import ConfigError
 ENDPOINTS_VAR = "PCOCC_ETCD_ENDPOINTS"
 
 
-def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """``http://host:port`` or ``host:port`` -> (host, port).
+class Endpoint(NamedTuple):
+    scheme: str  # http or https
+    host: str
+    port: int
 
-    :raise ConfigError: not such an address, or https (not supported yet)
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+def parse_endpoint(endpoint: str) -> Endpoint:
+    """``http://host:port``, ``https://host:port`` or ``host:port`` (http).
+
+    :raise ConfigError: not such an address
     """
     text = endpoint.strip()
     url = urlsplit(text if "://" in text else f"http://{text}")
@@ -20,9 +31,9 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
         port = url.port
     except ValueError:
         port = None
-    if url.scheme != "http" or not url.hostname or port is None:
+    if url.scheme not in ("http", "https") or not url.hostname or port is None:
         raise ConfigError(
-            f"invalid etcd endpoint {endpoint!r}",
-            hint="use http://HOST:PORT (TLS endpoints are not supported yet)",
+            f"invalid etcd endpoint {endpoint!r}", hint="use http://HOST:PORT or https://HOST:PORT"
         )
-    return url.hostname, port
+    return Endpoint(url.scheme, url.hostname, port)
+

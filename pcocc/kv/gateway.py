@@ -22,7 +22,8 @@ from typing import Any, Self
 
 from pcocc.errors import ConfigError, Corrupt, PermissionDenied, ServiceUnavailable
 from pcocc.kv.credentials import DEFAULT_LOGIN_HINT, refusal_hint
-from pcocc.kv.endpoints import ENDPOINTS_VAR, parse_endpoint
+from pcocc.kv.endpoints import ENDPOINTS_VAR, Endpoint, parse_endpoint
+from pcocc.kv.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +57,34 @@ class GatewayReader:
         password: str | None = None,
         hint: str | None = None,
         timeout_s: float = 5.0,
+        tls: TlsFiles | None = None,
     ):
-        """``hint``: what to check when etcd refuses the login (never the password)."""
+        """``hint``: what to check when etcd refuses the login (never the password);
+        ``tls``: the CA (and client certificate) for ``https://`` endpoints.
+
+        :raise ConfigError: an https endpoint without ``tls``, or a TLS file missing,
+            unreadable or not PEM
+        """
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
         if not endpoints:
             raise ConfigError(
                 "no etcd endpoint configured", hint=f"set {ENDPOINTS_VAR}=http://HOST:PORT"
             )
-        self.addresses = [parse_endpoint(e) for e in endpoints]
+        self.addresses: list[Endpoint] = [parse_endpoint(e) for e in endpoints]
+        self._ssl = None
+        if any(a.scheme == "https" for a in self.addresses):
+            if tls is None:
+                raise ConfigError(
+                    f"etcd endpoint {', '.join(endpoints)} uses TLS but no CA is configured",
+                    hint="set ca-cert in the etcd section of batch.yaml",
+                )
+            self._ssl = tls.ssl_context()
         self.user = user
         self.password = password
         self.login_hint = hint or DEFAULT_LOGIN_HINT
         self.timeout_s = timeout_s
-        self.endpoint = "http://{}:{}".format(*self.addresses[0])
+        self.endpoint = self.addresses[0].url
         self._conn: http.client.HTTPConnection | None = None
         self._token: str | None = None
 
@@ -79,9 +94,16 @@ class GatewayReader:
         last: OSError | None = None
         for _ in range(len(self.addresses)):
             if self._conn is None:
-                host, port = self.addresses[0]
-                self.endpoint = f"http://{host}:{port}"
-                self._conn = http.client.HTTPConnection(host, port, timeout=self.timeout_s)
+                address = self.addresses[0]
+                self.endpoint = address.url
+                if address.scheme == "https":
+                    self._conn = http.client.HTTPSConnection(
+                        address.host, address.port, timeout=self.timeout_s, context=self._ssl
+                    )
+                else:
+                    self._conn = http.client.HTTPConnection(
+                        address.host, address.port, timeout=self.timeout_s
+                    )
             headers = {"Content-Type": "application/json"}
             if self._token:
                 headers["Authorization"] = self._token
@@ -101,6 +123,15 @@ class GatewayReader:
         )
 
     def _decode(self, status: int, payload: bytes, what: str) -> dict[str, Any]:
+        if status == 400 and b"CommonName of client" in payload:
+            # etcd's gateway refuses a client certificate with a CN (it cannot authenticate
+            # by CN, so it will not pretend to)
+            raise ConfigError(
+                f"etcd at {self.endpoint} refuses the JSON gateway to a client certificate"
+                " with a Common Name",
+                hint="give pcocc a client certificate without CN (subject alternative names"
+                " only) in the etcd section of batch.yaml",
+            )
         try:
             body = json.loads(payload or b"{}")
         except ValueError:

@@ -7,7 +7,6 @@ Every call goes through :mod:`pcocc.proc`. Signature policy: pcocc checks trust 
 from __future__ import annotations
 
 import functools
-import ipaddress
 import json
 import os
 import re
@@ -17,6 +16,7 @@ from typing import Any
 
 from pcocc import proc
 from pcocc.errors import Corrupt, ToolError, UsageError
+from pcocc.netaddr import is_loopback_host
 
 #: skopeo transports pcocc knows, by the name users write before the colon.
 TRANSPORTS = ("docker", "docker-archive", "docker-daemon", "oci", "oci-archive", "dir", "ostree")
@@ -82,14 +82,7 @@ def is_loopback_registry(ref: str) -> bool:
     """True for registries on this host (127.0.0.0/8, ::1, localhost), which docker too
     lets speak plain HTTP: no traffic leaves the machine."""
     host = registry_host(ref)
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return host is not None and is_loopback_host(host)
 
 
 def tls_verify_for(ref: str, tls_verify: bool | None) -> bool | None:

@@ -527,8 +527,9 @@ def _host_address() -> str | None:
 
 DUMP_NET_KEYS = (
     "import json, os, sys; from pcocc.kv.client import KvClient; "
-    "kv = KvClient(os.environ['PCOCC_ETCD_ENDPOINTS']); "
-    "json.dump({k: v.decode() for k, v in kv.get_prefix('/pcocc/users/').items() "
+    "kv = KvClient.from_env(); "  # the job's login ($PCOCC_ETCD_JOB_LOGIN) with a private etcd
+    "json.dump({k: v.decode() for k, v in "
+    "kv.get_prefix('/pcocc/users/' + __import__('getpass').getuser() + '/').items() "
     "if '/nets/' in k}, sys.stdout)"
 )
 

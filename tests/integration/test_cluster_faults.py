@@ -98,10 +98,14 @@ def test_etcd_restart_is_survived(tmp_path, pcocc_env, pcocc_bin, testvm_artifac
     proc, job_id = _start_running(env)
     etcd = _etcd_pid(env, job_id)
     argv = Path(f"/proc/{etcd}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    cwd = os.readlink(f"/proc/{etcd}/cwd")  # its unix sockets are relative to it
     os.kill(etcd, signal.SIGKILL)
     time.sleep(2)
+    for stale in Path(cwd).glob("*.sock:0"):  # a killed etcd leaves them; etcd will not bind
+        stale.unlink()
     again = subprocess.Popen(
         argv,
+        cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

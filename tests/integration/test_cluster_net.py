@@ -23,8 +23,9 @@ pytestmark = pytest.mark.slow
 #: -E snippet: every key of the user's clusters, as JSON, into keys.json
 DUMP_KEYS = (
     f"{sys.executable} -c 'import json, os; from pcocc.kv.client import KvClient; "
-    'kv = KvClient(os.environ["PCOCC_ETCD_ENDPOINTS"]); '
-    'print(json.dumps({k: v.decode() for k, v in kv.get_prefix("/pcocc/users/").items()}))'
+    "kv = KvClient.from_env(); "  # the job's login ($PCOCC_ETCD_JOB_LOGIN) with a private etcd
+    'print(json.dumps({k: v.decode() for k, v in kv.get_prefix("/pcocc/users/"'
+    ' + __import__("getpass").getuser() + "/").items()}))'
     "' > keys.json"
 )
 

@@ -11,7 +11,17 @@ import uuid
 
 import pytest
 
-from pcocc.errors import Busy, ConfigError, Corrupt, KvConflict, ServiceUnavailable, TimedOut
+from pathlib import Path
+
+from pcocc.errors import (
+    Busy,
+    ConfigError,
+    Corrupt,
+    KvConflict,
+    PermissionDenied,
+    ServiceUnavailable,
+    TimedOut,
+)
 from pcocc.kv import keys
 from pcocc.kv.client import KvClient
 from pcocc.daemon import free_port
@@ -208,6 +218,8 @@ def test_unreachable_etcd_is_a_clear_service_error():
 
 def test_bad_endpoints_are_config_errors():
     with pytest.raises(ConfigError, match="invalid etcd endpoint"):
+        KvClient("ftp://127.0.0.1:2379")
+    with pytest.raises(ConfigError, match="uses TLS but no CA is configured"):
         KvClient("https://127.0.0.1:2379")
     with pytest.raises(ConfigError, match="no etcd endpoint"):
         KvClient.from_env({})
@@ -219,10 +231,20 @@ def test_private_etcd_serves_a_job_and_stops(tmp_path):
 
     if __import__("shutil").which("etcd") is None:
         pytest.skip("etcd is not installed (Debian package etcd-server)")
-    with private_etcd(tmp_path / "job 1") as env:
+    with private_etcd(tmp_path / "job 1", "me") as env:
         with KvClient.from_env(env) as client:
             client.put(keys.cluster_definition("me", "local-1"), b"{}")
             assert client.get(keys.cluster_definition("me", "local-1")) == b"{}"
+            # the job user's role covers the job owner's keys only
+            with pytest.raises(PermissionDenied):
+                client.put(keys.cluster_definition("other", "local-1"), b"{}")
+        # without the job's login, etcd refuses (authentication is on)
+        with KvClient(env["PCOCC_ETCD_ENDPOINTS"]) as anonymous, pytest.raises(PermissionDenied):
+            anonymous.get_prefix("/")
+        # no secret in etcd's argv (``ps`` shows it to every user)
+        for pid in daemon.processes_mentioning(str(tmp_path / "job 1"), environ=False):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            assert env["PCOCC_ETCD_JOB_LOGIN"].split(":")[1].encode() not in cmdline
         assert daemon.processes_mentioning(str(tmp_path / "job 1"))
     assert daemon.processes_mentioning(str(tmp_path / "job 1")) == []
 

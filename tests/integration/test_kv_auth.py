@@ -407,8 +407,9 @@ def test_login_survives_an_etcd_restart(tmp_path):
             alice.put(key, b"before")
             argv = Path(f"/proc/{server.pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
             server.stop()
+            # in etcd's directory: its unix sockets are relative to it
             again = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)  # fmt: skip
+                                     start_new_session=True, cwd=server.directory)  # fmt: skip
             errors = []
             for _ in range(100):  # etcd takes about a second to answer again
                 try:

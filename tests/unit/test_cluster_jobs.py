@@ -99,4 +99,14 @@ def test_etcd_endpoints_env_then_config(tmp_path):
     # user commands then look for the private etcd of each local cluster
     (tmp_path / "5").mkdir()
     (tmp_path / "5" / "etcd-endpoints").write_text("http://127.0.0.1:999\n")
-    assert kv_endpoint_sets({}, tmp_path, Cfg()) == ["http://127.0.0.1:999"]
+    assert kv_endpoint_sets({}, tmp_path, Cfg()) == [("http://127.0.0.1:999", None)]
+    # with the job's login next to it (private to the user)
+    login = tmp_path / "5" / "etcd-login"
+    login.write_text("pcocc-job:s3cret\n")
+    login.chmod(0o600)
+    [(endpoints, found)] = kv_endpoint_sets({}, tmp_path, Cfg())
+    assert (found.user, found.password, found.private) == ("pcocc-job", "s3cret", True)
+    # a login file others may read is refused, and that cluster skipped
+    login.chmod(0o644)
+    assert kv_endpoint_sets({}, tmp_path, Cfg()) == []
+

@@ -16,19 +16,36 @@ def _flag(argv: list[str], name: str) -> str:
 
 def test_loopback_server_listens_on_loopback_only(tmp_path):
     server = EtcdServer(tmp_path)
-    server.client_port, server.peer_port = 4001, 4002
+    server.client_port = 4001
     argv = server._argv("etcd")
-    assert _flag(argv, "--listen-client-urls") == "http://127.0.0.1:4001"
+    # and on a unix socket in its directory, for its own health checks and set-up
+    assert _flag(argv, "--listen-client-urls") == "http://127.0.0.1:4001,unix://client.sock:0"
     assert server.endpoints == ["http://127.0.0.1:4001"]
+
+
+def test_authenticated_server_is_set_up_on_its_unix_socket_alone(tmp_path):
+    """The TCP listeners come only once authentication is on (restart on the same data)."""
+    server = EtcdServer(tmp_path, auth=True)
+    server.client_port = 4001
+    setup, serve = server._argv("etcd", tcp=False), server._argv("etcd", new=False)
+    assert _flag(setup, "--listen-client-urls") == "unix://client.sock:0"
+    assert _flag(setup, "--initial-cluster-state") == "new"
+    assert "http://" not in " ".join(setup)
+    assert _flag(serve, "--listen-client-urls") == "http://127.0.0.1:4001,unix://client.sock:0"
+    assert _flag(serve, "--initial-cluster-state") == "existing"
+    assert not any("password" in arg for arg in setup + serve)
 
 
 def test_server_on_an_address_listens_there_and_on_loopback(tmp_path):
     server = EtcdServer(tmp_path, address="10.5.0.1")
-    server.client_port, server.peer_port = 4001, 4002
+    server.client_port = 4001
     argv = server._argv("etcd")
-    assert _flag(argv, "--listen-client-urls") == "http://10.5.0.1:4001,http://127.0.0.1:4001"
+    assert _flag(argv, "--listen-client-urls") == (
+        "http://10.5.0.1:4001,http://127.0.0.1:4001,unix://client.sock:0"
+    )
     assert _flag(argv, "--advertise-client-urls") == "http://10.5.0.1:4001"
-    assert _flag(argv, "--listen-peer-urls") == "http://127.0.0.1:4002"
+    # no TCP peer port: the one member needs none, and no one else may reach it
+    assert _flag(argv, "--listen-peer-urls") == "unix://peer.sock:0"
     assert server.endpoints == ["http://10.5.0.1:4001"]
 
 
