@@ -105,11 +105,10 @@ def runtime_class(name: str) -> type[Runtime]:
 
     :raise ConfigError: unknown name
     """
-    module = BACKEND_MODULES.get(name)
-    if module is None:
+    if name not in BACKEND_MODULES:
         raise ConfigError(
             f"unknown container runtime '{name}'",
             hint=f"choose among auto, {', '.join(BACKEND_MODULES)}",
         )
-    importlib.import_module(module)
+    importlib.import_module(BACKEND_MODULES[name])
     return _REGISTRY[name]
