@@ -52,7 +52,7 @@ sys.path.insert(0, str(REPO / "helpers"))
 from testimages import build_busybox
 from testrootfs import build_rootfs
 
-from pcocc.ctr import runtime as rt
+from pcocc.ctr import host, probe
 from pcocc.ctr.spec import Identity, SpecRequest, build_spec
 
 
@@ -141,7 +141,7 @@ def main() -> int:
 
         full_rootfs = build_rootfs(work / "full") / "rootfs"
         # crun direct, with pcocc's quirk handling (found by the same probe)
-        crun = rt.probe("crun")
+        crun = probe.probe("crun")
         bundle = work / "bundle"
         bundle.mkdir()
         req = SpecRequest(
@@ -158,7 +158,7 @@ def main() -> int:
             pm_root = work / "podman"
             pm_rootfs = work / "podman-rootfs"
             shutil.copytree(full_rootfs, pm_rootfs, symlinks=True)
-            pm_runtime = ["--runtime", "runc"] if rt.cgroup_layout() == "hybrid" else []
+            pm_runtime = ["--runtime", "runc"] if host.cgroup_layout() == "hybrid" else []
             commands["podman run"] = [
                 "podman",
                 "--root",

@@ -30,7 +30,7 @@ def cache() -> None:
 @pass_session
 def list_(session: Session, as_json: bool) -> None:
     """List cached images, least recently used first, with the images they hold."""
-    from pcocc.repo.store import container_refs_by_digest
+    from pcocc.repo.cachekeys import container_refs_by_digest
 
     entries = _cache(session).list()
     refs = container_refs_by_digest(session.config) if entries else {}
@@ -73,7 +73,7 @@ def delete(session: Session, image: str) -> None:
         except NotFound:
             digest = None
     if digest is None:
-        from pcocc.repo.store import resolve_container_digest
+        from pcocc.repo.cachekeys import resolve_container_digest
 
         digest = resolve_container_digest(session.config, image)
     for e in c.delete(digest):
@@ -88,7 +88,7 @@ def _is_hex(text: str) -> bool:
 @pass_session
 def gc(session: Session) -> None:
     """Remove dangling data, entries of deleted images, and what exceeds the size limit."""
-    from pcocc.repo.store import live_container_digests
+    from pcocc.repo.cachekeys import live_container_digests
 
     report = _cache(session).gc(live_digests=live_container_digests(session.config))
     click.echo(

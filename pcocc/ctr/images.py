@@ -327,7 +327,7 @@ def mount_squashfs(image: Path, mounts: contextlib.ExitStack) -> Path:
     import secrets
 
     from pcocc import proc
-    from pcocc.ctr.runtime import runtime_dir
+    from pcocc.paths import runtime_dir
 
     base = runtime_dir() / "mnt"
     base.mkdir(mode=0o700, exist_ok=True)

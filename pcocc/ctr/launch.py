@@ -265,7 +265,7 @@ def _hold_namespaces(pid: int) -> dict[str, int]:
 
     Returns OCI type -> fd, or {} when ``pid`` is already gone (no sharing then).
     """
-    from pcocc.ctr.runtime import SHARED_NAMESPACES
+    from pcocc.ctr.nsjoin import SHARED_NAMESPACES
 
     fds: dict[str, int] = {}
     try:
@@ -280,7 +280,7 @@ def _hold_namespaces(pid: int) -> dict[str, int]:
 
 def _share_with(bundle: Path, ns_fds: Mapping[str, int]) -> None:
     """Make the app of ``bundle`` join the namespaces held in ``ns_fds``."""
-    from pcocc.ctr.runtime import join_namespaces
+    from pcocc.ctr.nsjoin import join_namespaces
 
     paths = {t: f"/proc/{os.getpid()}/fd/{fd}" for t, fd in ns_fds.items()}
     path = bundle / "config.json"
@@ -316,7 +316,7 @@ def run_pod(
     store: PodStore, apps: Sequence[AppSpec], opts: RunOptions, settings: ContainerSettings
 ) -> tuple[PodRecord, int]:
     """Prepare and run a pod on this node; returns its record and exit status."""
-    from pcocc.ctr.runtime import get_runtime
+    from pcocc.ctr.probe import get_runtime
 
     runtime = get_runtime(opts.runtime or settings.runtime or "auto")
     net = plan_network(
@@ -333,7 +333,7 @@ def run_pod(
 
 
 def _gate_path(rec: PodRecord, kind: str = "net") -> Path:
-    from pcocc.ctr.runtime import runtime_dir
+    from pcocc.paths import runtime_dir
 
     return gate_path_for(runtime_dir(), rec.uuid, kind)
 
@@ -360,7 +360,7 @@ def enter_pod(
     store: PodStore, rec: PodRecord, app_name: str | None, argv: Sequence[str], *, tty: bool = False
 ) -> int:
     """Run ``argv`` (default /bin/sh) inside a running app; returns its exit status."""
-    from pcocc.ctr.runtime import Unshare, probe
+    from pcocc.ctr.probe import get_runtime
 
     if rec.state != "running":
         raise PcoccError(
@@ -368,11 +368,8 @@ def enter_pod(
             hint="only running pods can be entered",
         )
     app = pick_app(rec, app_name)
-    runtime = probe(rec.runtime)
-    record: dict[str, Any] = {"bundle": str(store.app_dir(rec.uuid, app.name))}
-    if isinstance(runtime, Unshare) and app.pid:
-        record["init_pid"] = Unshare.init_pid(app.pid)
-        record["runtime_pid"] = app.pid
+    runtime = get_runtime(rec.runtime)
+    record = {"bundle": str(store.app_dir(rec.uuid, app.name)), **runtime.exec_context(app.pid)}
     cmd, env = runtime.exec_argv(
         app.container_id, list(argv) or ["/bin/sh"], record=record, tty=tty
     )

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pcocc import paths
+from pcocc.ctr import host
 from pcocc.errors import Corrupt, NotFound, PcoccError, UsageError
 from pcocc.fsutil import write_atomic
 
@@ -33,12 +34,6 @@ STATES = ("prepared", "running", "exited", "garbage")
 
 def pods_dir() -> Path:
     return paths.state_dir() / "pods"
-
-
-def _boot_id() -> str:
-    from pcocc.ctr.runtime import boot_id
-
-    return boot_id()
 
 
 def write_record(path: Path, text: str) -> None:
@@ -123,7 +118,7 @@ class PodRecord:
 
     def is_alive(self) -> bool:
         """Is the supervisor process of this pod still running (same boot, same process)?"""
-        if self.pid is None or self.boot_id != _boot_id():
+        if self.pid is None or self.boot_id != host.boot_id():
             return False
         if self.node != os.uname().nodename:
             return True  # cannot tell from here; trust the record
@@ -147,7 +142,7 @@ class PodStore:
 
     def create(self, apps: list[AppRecord], *, save: bool = True, **fields: Any) -> PodRecord:
         """A new pod directory; ``save=False`` leaves writing the record to the caller."""
-        rec = PodRecord(uuid=new_uuid(), apps=apps, boot_id=_boot_id(), **fields)
+        rec = PodRecord(uuid=new_uuid(), apps=apps, boot_id=host.boot_id(), **fields)
         d = self.pod_dir(rec.uuid)
         if self.root == pods_dir():
             paths.private_dir(paths.state_dir(), what="state directory")
@@ -290,7 +285,7 @@ class PodStore:
 
 def cleanup_containers(rec: PodRecord) -> None:
     """Stop what a crashed supervisor left behind: runtime processes, container states."""
-    if rec.node != os.uname().nodename or rec.boot_id != _boot_id():
+    if rec.node != os.uname().nodename or rec.boot_id != host.boot_id():
         return
     import signal
 
@@ -306,18 +301,18 @@ def cleanup_containers(rec: PodRecord) -> None:
                 pass
     if rec.runtime not in ("crun", "runc"):
         return
-    from pcocc.ctr.runtime import probe, runtime_dir
+    from pcocc.ctr.probe import get_runtime
 
     # crun and runc keep a state directory per container under their --root
     left = [
         a
         for a in rec.apps
-        if a.container_id and (runtime_dir() / rec.runtime / a.container_id).exists()
+        if a.container_id and (paths.runtime_dir() / rec.runtime / a.container_id).exists()
     ]
     if not left:
         return
     try:
-        rt = probe(rec.runtime)
+        rt = get_runtime(rec.runtime)
     except PcoccError:
         return
     for app in left:

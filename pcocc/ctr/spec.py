@@ -7,7 +7,7 @@ a minimal capability set and the default seccomp profile of :mod:`pcocc.ctr.secc
 ``paths`` (no masked or read-only /proc and /sys paths), ``seccomp`` (no profile).
 
 Runtime quirks (cgroups, wrappers, runc's need for a root mapping) are not handled here but
-in :mod:`pcocc.ctr.runtime`, which adapts this spec.
+in the backends of :mod:`pcocc.ctr.runtimes`, which adapt this spec.
 """
 
 from __future__ import annotations

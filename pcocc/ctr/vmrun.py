@@ -1,8 +1,9 @@
 """Host side of the ``vm`` container runtime: run an OCI bundle's app in a small QEMU VM.
 
-``python -I -m pcocc.ctr.vmrun BUNDLE [VM-NAME]`` (what :class:`pcocc.ctr.runtime.VmRuntime` starts)
-packs the bundle's rootfs and read-only bind mounts as squashfs images, shares writable
-bind-mounted directories over virtio-fs (a virtiofsd each, see :mod:`pcocc.vm.virtiofs`,
+``python -I -m pcocc.ctr.vmrun BUNDLE [VM-NAME]`` (what
+:class:`pcocc.ctr.runtimes.vm.VmRuntime` starts) packs the bundle's rootfs and read-only
+bind mounts as squashfs images, shares writable bind-mounted directories over virtio-fs
+(a virtiofsd each, see :mod:`pcocc.vm.virtiofs`,
 in our process group and stopped with the VM), writes the initramfs
 of :mod:`pcocc.vm.stage1`, boots the host's cloud kernel under QEMU (accelerator chosen by
 :mod:`pcocc.vm.accel`), and exits with the app's exit status. QEMU writes the app's stdout

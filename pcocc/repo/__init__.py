@@ -18,4 +18,6 @@ Who owns what (one place per concern):
 - ``ocispec.py``  OCI media types, checks of index/manifest/config, layout writing
 - ``unpack.py``   safe extraction of OCI layers (no escapes, whiteouts applied)
 - ``cache.py``    unpacked bundles / squashfs files keyed by image digest, LRU
+- ``cachekeys.py`` the container images of the configured repositories by manifest digest
+                  (the cache's key): what ``pcocc image cache delete`` and ``gc`` look up
 """

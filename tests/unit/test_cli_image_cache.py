@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from pcocc.cli import image_cache
 from pcocc.cli.context import Session
 from pcocc.errors import NotFound
-from pcocc.repo import store
+from pcocc.repo import cachekeys
 from pcocc.repo.cache import ContainerCache
 from pcocc.repo.model import OciImage
 
@@ -73,7 +73,7 @@ def test_delete_through_the_store_resolver(setup, monkeypatch):
         calls.append(uri)
         return fake_image(1).manifest_digest
 
-    monkeypatch.setattr(store, "resolve_container_digest", resolve)
+    monkeypatch.setattr(cachekeys, "resolve_container_digest", resolve)
     res = invoke(session, "delete", "user:busybox@2")
     assert res.exit_code == 0, res.output
     assert calls == ["user:busybox@2"]
@@ -83,7 +83,7 @@ def test_delete_through_the_store_resolver(setup, monkeypatch):
 def test_gc_removes_the_entries_of_deleted_images(setup, monkeypatch):
     session, cache = setup
     live = {fake_image(2).manifest_digest}
-    monkeypatch.setattr(store, "live_container_digests", lambda config: live)
+    monkeypatch.setattr(cachekeys, "live_container_digests", lambda config: live)
     res = invoke(session, "gc")
     assert res.exit_code == 0, res.output
     assert "removed 1 cached images" in res.output
@@ -91,8 +91,8 @@ def test_gc_removes_the_entries_of_deleted_images(setup, monkeypatch):
 
 
 def test_a_broken_store_fails_loudly(setup, monkeypatch):
-    """No fallback when the store cannot be imported: the error reaches the user."""
+    """No fallback when the store's look-ups cannot be imported: the error reaches the user."""
     session, _cache = setup
-    monkeypatch.setitem(sys.modules, "pcocc.repo.store", None)  # import raises ImportError
+    monkeypatch.setitem(sys.modules, "pcocc.repo.cachekeys", None)  # import raises ImportError
     res = invoke(session, "gc")
     assert isinstance(res.exception, ImportError), res.output

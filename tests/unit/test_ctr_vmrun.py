@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pcocc.ctr import runtime as rt
 from pcocc.ctr import vmrun
+from pcocc.ctr.runtimes.vm import VmRuntime
 from pcocc.ctr.spec import Identity, SpecRequest, build_spec
 from pcocc.ctr.volumes import Mount
 from pcocc.errors import PcoccError, UsageError
@@ -30,14 +30,14 @@ def test_writable_directory_binds_are_shared_and_file_binds_refused(tmp_path):
     (tmp_path / "f").write_text("x")
     spec = _spec([Mount(str(tmp_path), "/data", readonly=False)])
     assert vmrun.bind_volumes(spec) == [(str(tmp_path), "/data", False)]
-    assert rt.VmRuntime().adapt_spec(spec) == spec
+    assert VmRuntime().adapt_spec(spec) == spec
     bad = _spec([Mount(str(tmp_path / "f"), "/etc/f", readonly=False)])
     with pytest.raises(UsageError, match=f"cannot mount {tmp_path}/f read-write at /etc/f"):
         vmrun.bind_volumes(bad)
     with pytest.raises(UsageError, match="only directories"):
-        rt.VmRuntime().adapt_spec(bad)
+        VmRuntime().adapt_spec(bad)
     ok = _spec([Mount("/srv/data", "/data", readonly=True)])
-    assert rt.VmRuntime().adapt_spec(ok) == ok
+    assert VmRuntime().adapt_spec(ok) == ok
 
 
 def test_writable_volume_without_virtiofsd_names_the_package(tmp_path, monkeypatch):
@@ -47,7 +47,7 @@ def test_writable_volume_without_virtiofsd_names_the_package(tmp_path, monkeypat
     monkeypatch.setattr(virtiofs, "VIRTIOFSD_PATHS", ("/nonexistent/virtiofsd",))
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ToolMissing, match="virtiofsd"):
-        rt.VmRuntime().adapt_spec(_spec([Mount(str(tmp_path), "/data", readonly=False)]))
+        VmRuntime().adapt_spec(_spec([Mount(str(tmp_path), "/data", readonly=False)]))
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,8 @@ from pcocc.config import RepoConfig
 from pcocc.errors import NotFound, ToolError, UsageError
 from pcocc.repo import ops, skopeo
 from pcocc.repo.model import KIND_CTR, KIND_VM, BlobRef
-from pcocc.repo.store import (
-    RepoSet,
-    live_container_digests,
-    new_meta,
-    resolve_container_digest,
-)
+from pcocc.repo.cachekeys import live_container_digests, resolve_container_digest
+from pcocc.repo.store import RepoSet, new_meta
 
 
 def sha(data: bytes) -> str:

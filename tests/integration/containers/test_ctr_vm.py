@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from helpers import testrootfs
-from pcocc.ctr.runtime import VmRuntime
+from pcocc.ctr.runtimes.vm import VmRuntime
 from pcocc.errors import PcoccError
 from tests.integration.containers import ctrlib
 

@@ -1,0 +1,151 @@
+"""crun and runc: the OCI runtimes, with the quirks of this host they need handled.
+
+Only when the probe detects them:
+
+- hybrid cgroups (v1 controllers, v2 at /sys/fs/cgroup/unified): crun refuses them. It then
+  runs inside a private mount namespace where the v2 tree is bound over /sys/fs/cgroup, with
+  ``--cgroup-manager=disabled`` (the spec carries no ``linux.resources``). Rootless, that
+  namespace is a user namespace too, so the spec's host ids are rewritten relative to it.
+- runc rootless needs root mapped in the container: the app then runs as root of its user
+  namespace (the caller on the host).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from pcocc import paths, proc
+from pcocc.ctr import host
+from pcocc.ctr.runtimes.base import Runtime, register
+from pcocc.errors import PcoccError
+
+
+class OciRuntime(Runtime):
+    """crun and runc: same command line, different quirks."""
+
+    def state_root(self) -> Path:
+        return paths.runtime_dir() / self.name
+
+    def wrapped(self) -> bool:
+        """Whether the probe found that this runtime needs the unified-bind wrapper."""
+        return self.mode.get("wrap") == "unified-bind"
+
+    def wrapper(self) -> list[str]:
+        if not self.wrapped():
+            return []
+        userns = ["--user", "--map-root-user"] if host.is_rootless() else []
+        script = 'mount --bind "$0" /sys/fs/cgroup && exec "$@"'
+        return [
+            proc.which("unshare"),
+            *userns,
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+            f"{host.CGROUP_ROOT}/unified",
+        ]
+
+    def global_args(self) -> list[str]:
+        args = [proc.which(self.binary or self.name), "--root", str(self.state_root())]
+        if self.wrapped():
+            args.append("--cgroup-manager=disabled")
+        return args
+
+    def adapt_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+        spec = copy.deepcopy(spec)
+        linux = spec.setdefault("linux", {})
+        linux.pop("resources", None)  # device filters need RLIMIT_MEMLOCK, cgroups vary
+        if self.wrapped() and host.is_rootless():
+            # The wrapper's user namespace maps the caller to 0: host ids are relative to it.
+            for key in ("uidMappings", "gidMappings"):
+                for m in linux.get(key, []):
+                    m["hostID"] = 0
+        return spec
+
+    def run_argv(self, bundle: Path, container_id: str) -> list[str]:
+        return [*self.wrapper(), *self.global_args(), "run", "--bundle", str(bundle), container_id]
+
+    def exec_argv(self, container_id, argv, *, record, tty=False):
+        if self.wrapped() and host.is_rootless():
+            # The container's ids are relative to the wrapper's user namespace, which crun
+            # exec cannot recreate: join the container's namespaces directly.
+            from pcocc.ctr.nsjoin import nsenter_argv
+
+            return nsenter_argv(self.container_pid(container_id), Path(record["bundle"]), argv)
+
+        return [
+            *self.wrapper(),
+            *self.global_args(),
+            "exec",
+            *(["--tty"] if tty else []),
+            container_id,
+            *argv,
+        ], None
+
+    def namespace_holder(self, container_id: str, popen: subprocess.Popen) -> int | None:
+        if self.wrapped() and host.is_rootless():
+            return None  # each app's wrapper is its own user namespace: nothing to join
+        deadline = time.monotonic() + 10.0
+        while popen.poll() is None and time.monotonic() < deadline:
+            try:
+                return self.container_pid(container_id)
+            except PcoccError:
+                time.sleep(0.01)  # not created yet
+        return None
+
+    def container_pid(self, container_id: str) -> int:
+        res = proc.run(
+            [*self.global_args(), "state", container_id],
+            what=f"{self.name} state {container_id}",
+            timeout_s=10,
+        )
+        try:
+            return int(json.loads(res.stdout)["pid"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise PcoccError(f"{self.name} state {container_id}: no pid in its output") from err
+
+    def cleanup(self, container_id: str) -> None:
+        argv = [*self.wrapper(), *self.global_args(), "delete", "--force", container_id]
+        proc.run(argv, check=False, timeout_s=10)
+
+    def kill(self, container_id: str, popen: subprocess.Popen | None) -> None:
+        argv = [*self.wrapper(), *self.global_args(), "kill", container_id, "KILL"]
+        proc.run(argv, check=False, timeout_s=10)
+        super().kill(container_id, popen)
+
+
+@register
+class Crun(OciRuntime):
+    name = "crun"
+    binary = "crun"
+
+    def candidate_modes(self) -> list[dict[str, Any]]:
+        modes: list[dict[str, Any]] = [{}]
+        if host.cgroup_layout() == "hybrid":
+            modes.append({"wrap": "unified-bind"})
+        return modes
+
+
+@register
+class Runc(OciRuntime):
+    name = "runc"
+    binary = "runc"
+
+    def adapt_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+        spec = super().adapt_spec(spec)
+        if host.is_rootless():
+            # runc refuses a user namespace without root mapped; map root to the caller.
+            linux = spec["linux"]
+            for key in ("uidMappings", "gidMappings"):
+                for m in linux.get(key, []):
+                    m["containerID"] = 0
+            spec["process"]["user"] = {"uid": 0, "gid": 0}
+        return spec
