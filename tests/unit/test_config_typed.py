@@ -14,21 +14,10 @@ from pcocc.config import (
     LocalSettings,
     MountConfig,
     SlurmSettings,
-    load_config,
 )
 from pcocc.config.placeholders import user_name
 from pcocc.errors import ConfigError
-
-
-def _write(directory, name, text):
-    path = directory / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
-
-
-def _load(env):
-    return load_config(env["system"], env["user"])
+from tests.unit.test_config_merge import _load, _write
 
 
 def test_defaults_without_any_file(pcocc_env):
