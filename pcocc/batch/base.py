@@ -15,11 +15,12 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pcocc.errors import ConfigError, TimedOut, UsageError
 
-DEFAULT_TYPE = "local"
+if TYPE_CHECKING:
+    from pcocc.config.model import BatchConfig
 
 #: job states reported by ``state``; a finished job is in one of FINAL_STATES
 FINAL_STATES = frozenset(
@@ -167,28 +168,19 @@ def known_types() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_manager(batch_config: Mapping[str, Any] | None = None) -> BatchManager:
+def get_manager(batch_config: BatchConfig | None = None) -> BatchManager:
     """The batch manager that ``batch.yaml`` (``Config.batch``) selects.
 
-    :raise ConfigError: unknown ``type`` or an unknown setting for that type
+    :raise ConfigError: a ``type`` no batch manager registered
     """
-    batch_config = dict(batch_config or {})
-    name = batch_config.get("type", DEFAULT_TYPE)
+    if batch_config is None:
+        from pcocc.config.model import BatchConfig
+
+        batch_config = BatchConfig()
+    name = batch_config.type
     names = known_types()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(str(name), names, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"use one of: {', '.join(names)}"
         raise ConfigError(f"batch.yaml: type: unknown batch manager {name!r}", hint=hint)
-    # Each manager reads its own section (``slurm:``, ``local:``); ``etcd`` and the
-    # override list belong to other readers of batch.yaml.
-    settings = dict(batch_config.get(name) or {})
-    return _REGISTRY[name].from_settings(settings)  # type: ignore[attr-defined]
-
-
-def check_settings(kind: str, settings: Mapping[str, Any], allowed: Sequence[str]) -> None:
-    """Refuse settings a batch manager does not know (ConfigError naming batch.yaml)."""
-    for key in settings:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(allowed)}"
-            raise ConfigError(f"batch.yaml: {kind}.{key}: unknown setting", hint=hint)
+    return _REGISTRY[name].from_settings(batch_config)  # type: ignore[attr-defined]

@@ -22,13 +22,16 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pcocc import proc
-from pcocc.batch.base import BatchManager, JobSpec, check_settings, register
+from pcocc.batch.base import BatchManager, JobSpec, register
 from pcocc.errors import NotFound
 from pcocc.fsutil import write_atomic
 from pcocc import daemon
+
+if TYPE_CHECKING:
+    from pcocc.config.model import BatchConfig
 
 JOB_ID_VAR = "PCOCC_JOB_ID"
 
@@ -41,15 +44,12 @@ def _default_state_dir() -> Path:
 class LocalManager(BatchManager):
     """Run virtual clusters on this host only (batch.yaml: ``local: {state-dir: DIR}``)."""
 
-    SETTINGS = ("state-dir",)
-
     def __init__(self, state_dir: str | os.PathLike | None = None):
         self.state_dir = Path(state_dir) if state_dir else _default_state_dir()
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> LocalManager:
-        check_settings("local", settings, cls.SETTINGS)
-        return cls(settings.get("state-dir"))
+    def from_settings(cls, batch: BatchConfig) -> LocalManager:
+        return cls(batch.local.state_dir)
 
     # job records ----------------------------------------------------------------------------
     def _new_job(self) -> tuple[str, Path]:

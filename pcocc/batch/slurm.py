@@ -11,11 +11,14 @@ import os
 import re
 import subprocess
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pcocc import proc
-from pcocc.batch.base import BatchManager, JobSpec, check_settings, register
+from pcocc.batch.base import BatchManager, JobSpec, register
 from pcocc.errors import NotFound, ToolError
+
+if TYPE_CHECKING:
+    from pcocc.config.model import BatchConfig
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +175,6 @@ class SlurmManager(BatchManager):
     the user's win.
     """
 
-    SETTINGS = ("partition", "alloc-args", "srun-args", "bin-dir")
-
     def __init__(
         self,
         *,
@@ -186,18 +187,18 @@ class SlurmManager(BatchManager):
         self.srun_options = list(srun_options)
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> SlurmManager:
-        check_settings("slurm", settings, cls.SETTINGS)
-        alloc = list(settings.get("alloc-args") or [])
-        if settings.get("partition"):
-            alloc = ["--partition", str(settings["partition"]), *alloc]
-        bin_dir = settings.get("bin-dir")
+    def from_settings(cls, batch: BatchConfig) -> SlurmManager:
+        settings = batch.slurm
+        alloc = list(settings.alloc_args)
+        if settings.partition:
+            alloc = ["--partition", settings.partition, *alloc]
+        bin_dir = settings.bin_dir
         if bin_dir:
             os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
         return cls(
             salloc_options=alloc,
             sbatch_options=alloc,
-            srun_options=list(settings.get("srun-args") or []),
+            srun_options=list(settings.srun_args),
         )
 
     def allocate(self, spec: JobSpec, command: Sequence[str]) -> int:

@@ -6,10 +6,10 @@ Public surface (others import only this)::
     Config.repos       list[RepoConfig]   in priority order (system first)
     Config.cache       CacheConfig
     Config.templates   dict[str, dict]    raw template entries by name (see pcocc.templates)
-    Config.batch       dict               batch.yaml: type, etcd, slurm (defaults filled in)
+    Config.batch       BatchConfig        batch.yaml: type, etcd (EtcdConfig), slurm, local
     Config.resources   dict[str, dict]    resource sets by name
     Config.networks    dict[str, dict]    networks by name
-    Config.containers  dict               containers.yaml: runtime, env, mounts, modules, ...
+    Config.containers  ContainerSettings  containers.yaml: runtime, env, mounts, modules, ...
     Config.origins     dict[tuple, Origin] where each entry or setting was defined
     expand_runtime(value, clusterdir=..., vm_rank=...)   fill %{clusterdir} and %{vm_rank}
     parse_size("20G") -> bytes
@@ -24,15 +24,34 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pcocc.config.model import CacheConfig, Config, Origin, RepoConfig
+from pcocc.config.model import (
+    BatchConfig,
+    CacheConfig,
+    Config,
+    ContainerModule,
+    ContainerSettings,
+    EtcdConfig,
+    LocalSettings,
+    MountConfig,
+    Origin,
+    RepoConfig,
+    SlurmSettings,
+)
 from pcocc.config.placeholders import expand_runtime
 from pcocc.config.sizes import format_size, parse_size
 
 __all__ = [
+    "BatchConfig",
     "CacheConfig",
     "Config",
+    "ContainerModule",
+    "ContainerSettings",
+    "EtcdConfig",
+    "LocalSettings",
+    "MountConfig",
     "Origin",
     "RepoConfig",
+    "SlurmSettings",
     "expand_runtime",
     "format_size",
     "load_config",

@@ -23,7 +23,14 @@ from typing import Any
 from pcocc.config.placeholders import expand_load, expand_tree, home_dir
 from pcocc.config.sizes import parse_size
 from pcocc.config.doccache import cached_doc, remember_doc
-from pcocc.config.model import CacheConfig, Config, Origin, RepoConfig
+from pcocc.config.model import (
+    BatchConfig,
+    CacheConfig,
+    Config,
+    ContainerSettings,
+    Origin,
+    RepoConfig,
+)
 from pcocc.config.validate import FILES, schema_text, validate
 from pcocc.config.yamldoc import YamlDoc, format_path, load_yaml
 from pcocc.errors import ConfigError
@@ -48,14 +55,6 @@ SPECS: dict[str, FileSpec] = {
     "containers": FileSpec({"modules": "module", "env": "variable"}, ("mounts", "default-modules")),
 }
 
-DEFAULT_BATCH: dict[str, Any] = {"type": "local", "etcd": {"mode": "private"}}
-DEFAULT_CONTAINERS: dict[str, Any] = {
-    "runtime": "auto",
-    "env": {},
-    "mounts": [],
-    "default-modules": [],
-    "modules": {},
-}
 
 
 def config_files(directory: Path, name: str) -> list[Path]:
@@ -226,16 +225,20 @@ def load(system_dir: Path, user_dir: Path) -> Config:
     cfg.templates = merged["templates"].data.get("templates", {})
     cfg.resources = merged["resources"].data.get("resource-sets", {})
     cfg.networks = merged["networks"].data.get("networks", {})
-    cfg.batch = {**_copy(DEFAULT_BATCH), **merged["batch"].data}
-    cfg.containers = {**_copy(DEFAULT_CONTAINERS), **merged["containers"].data}
+    cfg.batch = BatchConfig.from_data(merged["batch"].data, _etcd_base(cfg))
+    cfg.containers = ContainerSettings.from_data(merged["containers"].data)
     _check_references(cfg)
     return cfg
 
 
-def _copy(data: dict[str, Any]) -> dict[str, Any]:
-    import copy
-
-    return copy.deepcopy(data)
+def _etcd_base(cfg: Config) -> Path | None:
+    """The directory relative etcd paths start from: that of the file which set
+    ``password-file``, else ``ca-cert``, else ``etcd``."""
+    for key in (("password-file",), ("ca-cert",), ()):
+        origin = cfg.origin("batch", "etcd", *key)
+        if origin.file is not None:
+            return origin.file.parent
+    return None
 
 
 def _path(value: str, origin: Origin) -> Path:
@@ -285,15 +288,15 @@ def _check_references(cfg: Config) -> None:
                     list(cfg.networks),
                     "networks.yaml",
                 )
-    for i, mod in enumerate(cfg.containers.get("default-modules", [])):
-        if mod not in cfg.containers.get("modules", {}):
+    for i, mod in enumerate(cfg.containers.default_modules):
+        if mod not in cfg.containers.modules:
             raise _missing(
                 cfg,
                 ("containers", "default-modules"),
                 i,
                 "module",
                 mod,
-                list(cfg.containers.get("modules", {})),
+                list(cfg.containers.modules),
                 "containers.yaml",
             )
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-from pcocc.errors import ConfigError, NotFound, UsageError
+from pcocc.errors import NotFound, UsageError
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -47,25 +46,6 @@ def read_env_file(path: str | Path) -> dict[str, str]:
         name, value = parse_assignment(line, f"{path}:{lineno}")
         out[name] = value
     return out
-
-
-def env_mapping(value: Any, where: str) -> dict[str, str]:
-    """containers.yaml env: a mapping or a list of NAME=VALUE strings."""
-    if value is None:
-        return {}
-    if isinstance(value, Mapping):
-        out = {}
-        for k, v in value.items():
-            if not _NAME.match(str(k)):
-                raise ConfigError(f"{where}: '{k}' is not a valid variable name")
-            out[str(k)] = "" if v is None else str(v)
-        return out
-    if isinstance(value, list):
-        try:
-            return dict(parse_assignment(str(v), where) for v in value)
-        except UsageError as err:
-            raise ConfigError(err.message) from None
-    raise ConfigError(f"{where}: expected a mapping or a list of NAME=VALUE")
 
 
 def merge_env(

@@ -109,8 +109,8 @@ def prepare_pod(
     volumes = [parse_volume(v) for v in opts.volumes]
     mount_reqs = [parse_mount(m) for m in opts.mounts]
     module_names = list(dict.fromkeys([*settings.default_modules, *opts.modules]))
-    where = settings.sources[0] if settings.sources else "containers.yaml"
-    mod_mounts, mod_env = select_modules(settings.modules, module_names, where)
+    where = settings.source
+    mod_mounts, mod_env = select_modules(settings.modules, module_names)
     argvs = [app_args(a.image_config, a.args, a.image) for a in apps]
     names = app_names([a.image for a in apps])
     envs = [

@@ -34,12 +34,11 @@ def run_request(request: RunRequest, config: Config, notify: Notify) -> int:
     from pcocc.ctr.images import resolve_rootfs
     from pcocc.ctr.launch import AppSpec, run_pod
     from pcocc.ctr.pods import PodStore
-    from pcocc.ctr.settings import from_config
 
     with contextlib.ExitStack() as mounts:  # squashfs images stay mounted for the pod
         specs = []
         for image, args in request.apps:
             rootfs, image_config = resolve_rootfs(config, image, mounts=mounts, notify=notify)
             specs.append(AppSpec(image, str(rootfs), image_config, args))
-        _, status = run_pod(PodStore(), specs, request.options, from_config(config.containers))
+        _, status = run_pod(PodStore(), specs, request.options, config.containers)
     return status

@@ -19,9 +19,12 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pcocc.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from pcocc.config.model import ContainerModule, MountConfig
 
 KINDS = ("host", "empty")
 _TRUE = ("true", "yes", "1", "on")
@@ -109,7 +112,7 @@ def resolve_mounts(
     mounts: Sequence[tuple[str, str]],
     *,
     empty_dir: Path,
-    config_mounts: Sequence[Mapping[str, Any]] = (),
+    config_mounts: Sequence[MountConfig] = (),
     config_name: str = "containers.yaml",
 ) -> list[Mount]:
     """The host binds of a pod: containers.yaml mounts first, then ``--mount`` of volumes.
@@ -154,35 +157,30 @@ def resolve_mounts(
     return out
 
 
-def config_mount(entry: Mapping[str, Any], where: str) -> Mount | None:
+def config_mount(entry: MountConfig, where: str) -> Mount | None:
     """A containers.yaml mount entry; None when optional and its source is missing."""
-    if not isinstance(entry, Mapping) or "source" not in entry:
-        raise ConfigError(f"{where}: mounts: each entry needs 'source' (and 'target')")
-    source = str(entry["source"])
-    target = str(entry.get("target", source))
+    source, target = entry.source, entry.target
     if not os.path.exists(source):
-        if entry.get("optional"):
+        if entry.optional:
             return None
         raise ConfigError(
             f"{where}: mount source '{source}' does not exist",
             hint="create it, fix the path or mark the mount 'optional: true'",
         )
-    return Mount(source, target, bool(entry.get("readonly", False)))
+    return Mount(source, target, entry.readonly)
 
 
 def select_modules(
-    modules: Mapping[str, Any], names: Sequence[str], where: str = "containers.yaml"
-) -> tuple[list[Mapping[str, Any]], dict[str, str]]:
+    modules: Mapping[str, ContainerModule], names: Sequence[str]
+) -> tuple[list[MountConfig], dict[str, str]]:
     """The mounts and env of the modules ``names``, in order."""
-    mounts: list[Mapping[str, Any]] = []
+    mounts: list[MountConfig] = []
     env: dict[str, str] = {}
     for name in names:
         mod = modules.get(name)
         if mod is None:
             known = ", ".join(sorted(modules)) or "none defined"
             raise UsageError(f"--module: unknown module '{name}'", hint=f"known: {known}")
-        mounts.extend(mod.get("mounts") or [])
-        from pcocc.ctr.env import env_mapping
-
-        env.update(env_mapping(mod.get("env"), f"{where}: modules.{name}.env"))
+        mounts.extend(mod.mounts)
+        env.update(mod.env)
     return mounts, env

@@ -10,14 +10,16 @@ import time
 import pytest
 
 from pcocc.batch import JobSpec, get_manager
+from pcocc.config import BatchConfig
 from pcocc.errors import NotFound
 
 #: run inside the allocation: start ntasks tasks, each writes "<node>" to out_dir/<rank>
 _IN_ALLOCATION = """
 import json, sys
 from pcocc.batch import get_manager
+from pcocc.config import BatchConfig
 settings, ntasks, out_dir = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-manager = get_manager(settings)
+manager = get_manager(BatchConfig.from_data(settings))
 job_id = manager.job_id_from_env()
 task = ("import os\\nfrom pcocc.batch import task_rank\\n"
         "open(os.path.join(%r, str(task_rank())), 'w')"
@@ -35,7 +37,7 @@ def batch(request, tmp_path):
         settings = {"type": "slurm"}
     else:
         settings = {"type": "local", "local": {"state-dir": str(tmp_path / "local jobs")}}
-    return settings, get_manager(settings)
+    return settings, get_manager(BatchConfig.from_data(settings))
 
 
 def _wait_state(manager, job_id, wanted, timeout_s=60.0):

@@ -266,13 +266,13 @@ def test_batch_runs_in_background(cluster_env):
     job_id = res.stdout.strip()
     assert job_id
     from pcocc.batch.base import get_manager
+    from pcocc.config import BatchConfig
 
     old = dict(os.environ)
     os.environ.update(env.env)
     try:
-        manager = get_manager(
-            yaml.safe_load((Path(env.env["PCOCC_SYSTEM_CONF_DIR"]) / "batch.yaml").read_text())
-        )
+        batch = Path(env.env["PCOCC_SYSTEM_CONF_DIR"]) / "batch.yaml"
+        manager = get_manager(BatchConfig.from_data(yaml.safe_load(batch.read_text())))
         state = manager.wait(job_id, timeout_s=600)
     finally:
         os.environ.clear()

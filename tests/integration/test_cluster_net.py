@@ -218,12 +218,14 @@ NETNS_PRIVATE_CHECKS = (
 
 def _wait_batch(env: Env, job_id: str) -> str:
     from pcocc.batch.base import get_manager
+    from pcocc.config import BatchConfig
 
     old = dict(os.environ)
     os.environ.update(env.env)
     try:
         batch = Path(env.env["PCOCC_SYSTEM_CONF_DIR"]) / "batch.yaml"
-        return get_manager(yaml.safe_load(batch.read_text())).wait(job_id, timeout_s=600)
+        config = BatchConfig.from_data(yaml.safe_load(batch.read_text()))
+        return get_manager(config).wait(job_id, timeout_s=600)
     finally:
         os.environ.clear()
         os.environ.update(old)

@@ -8,6 +8,7 @@ from pcocc.batch import JobSpec, get_manager, known_types, task_rank
 from pcocc.batch.local import LocalManager
 from pcocc.batch.local import main as local_main
 from pcocc.batch.slurm import SlurmManager
+from pcocc.config import BatchConfig, LocalSettings, SlurmSettings, load_config
 from pcocc.errors import ConfigError, UsageError
 
 
@@ -17,28 +18,30 @@ def test_both_managers_are_registered():
 
 def test_default_is_local(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-    manager = get_manager({})
+    manager = get_manager()
+    assert isinstance(get_manager(BatchConfig()), LocalManager)
     assert isinstance(manager, LocalManager)
     assert manager.state_dir == tmp_path / ".pcocc" / "local-jobs"
 
 
 def test_settings_reach_the_manager(tmp_path):
-    manager = get_manager({"type": "slurm", "slurm": {"partition": "vms"}})
+    manager = get_manager(BatchConfig("slurm", slurm=SlurmSettings(partition="vms")))
     assert isinstance(manager, SlurmManager) and manager.salloc_options == ["--partition", "vms"]
-    local = get_manager({"type": "local", "local": {"state-dir": str(tmp_path)}})
+    local = get_manager(BatchConfig("local", local=LocalSettings(str(tmp_path))))
     assert local.state_dir == tmp_path
 
 
 def test_unknown_type_is_a_config_error_with_a_suggestion():
     with pytest.raises(ConfigError, match="unknown batch manager 'slurn'") as info:
-        get_manager({"type": "slurn"})
+        get_manager(BatchConfig("slurn"))
     assert "slurm" in info.value.hint
 
 
-def test_unknown_setting_is_a_config_error():
-    with pytest.raises(ConfigError, match="slurm.alloc-arg: unknown setting") as info:
-        get_manager({"type": "slurm", "slurm": {"alloc-arg": []}})
-    assert "alloc-args" in info.value.hint
+def test_unknown_setting_is_a_config_error(pcocc_env):
+    # the schema of batch.yaml refuses it when the file is loaded, before any manager
+    (pcocc_env["system"] / "batch.yaml").write_text("type: slurm\nslurm: {alloc-arg: []}\n")
+    with pytest.raises(ConfigError, match="slurm.alloc-arg: unknown key 'alloc-arg', did you mean 'alloc-args'"):
+        load_config(pcocc_env["system"], pcocc_env["user"])
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from pcocc.cluster.adapters import (
     vm_shares,
 )
 from pcocc.cluster.definition import build_definition
+from pcocc.config import BatchConfig
 from pcocc.cluster.jobs import DEFINITION_VAR, boot_timeout_s, decode_definition, encode_definition
 from pcocc.errors import UsageError
 
@@ -75,11 +76,11 @@ def test_batch_yaml_reaches_the_manager_through_its_section():
     from pcocc.batch.slurm import SlurmManager
 
     class Cfg:
-        batch = {
+        batch = BatchConfig.from_data({
             "type": "slurm",
             "etcd": {"endpoints": ["h:1"]},
             "slurm": {"partition": "p1", "alloc-args": ["-t", "5"], "srun-args": ["--mpi=none"]},
-        }
+        })  # fmt: skip
 
     manager = batch_manager(Cfg()).manager
     assert isinstance(manager, SlurmManager)
@@ -90,11 +91,11 @@ def test_batch_yaml_reaches_the_manager_through_its_section():
 
 def test_etcd_endpoints_env_then_config(tmp_path):
     class Cfg:
-        batch = {"etcd": {"endpoints": ["10.0.0.1:2379", "10.0.0.2:2379"]}}
+        batch = BatchConfig.from_data({"etcd": {"endpoints": ["10.0.0.1:2379", "10.0.0.2:2379"]}})
 
     assert configured_endpoints(Cfg(), {"PCOCC_ETCD_ENDPOINTS": "http://x:1"}) == "http://x:1"
     assert configured_endpoints(Cfg(), {}) == "http://10.0.0.1:2379,http://10.0.0.2:2379"
-    Cfg.batch = {"etcd": {"mode": "private"}}
+    Cfg.batch = BatchConfig()
     assert configured_endpoints(Cfg(), {}) is None
     # user commands then look for the private etcd of each local cluster
     (tmp_path / "5").mkdir()

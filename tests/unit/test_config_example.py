@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pcocc.config import load_config
+from pcocc.config import EtcdConfig, load_config
 from pcocc.config.validate import FILES
 from pcocc.templates import resolve_all
 
@@ -22,8 +22,8 @@ def test_example_loads_and_resolves(pcocc_env):
     assert cfg.repos[1].path == home / ".pcocc" / "repo"
     assert cfg.cache.path == home / ".cache" / "pcocc"
     assert cfg.cache.max_size_bytes == 20 * 2**30
-    assert cfg.batch["type"] == "slurm" and cfg.batch["etcd"] == {"mode": "private"}
-    assert cfg.containers["runtime"] == "auto"
+    assert cfg.batch.type == "slurm" and cfg.batch.etcd == EtcdConfig(base_dir=CONFS)
+    assert cfg.containers.runtime == "auto"
     templates = resolve_all(cfg)
     assert templates["bigmem"].chain == ["bigmem", "compute", "debian"]
     assert templates["compute"].resources["networks"] == ["nat", "cluster"]

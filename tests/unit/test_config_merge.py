@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from pcocc.config import load_config, parse_size
+from pcocc.config import (
+    BatchConfig,
+    ContainerSettings,
+    EtcdConfig,
+    SlurmSettings,
+    load_config,
+    parse_size,
+)
 from pcocc.config.sizes import format_size
 from pcocc.errors import ConfigError
 
@@ -28,8 +35,8 @@ def test_defaults_when_no_file_exists(pcocc_env):
     ]
     assert cfg.cache.path == home / ".cache" / "pcocc"
     assert cfg.cache.max_size_bytes is None and cfg.cache.mode == "dir"
-    assert cfg.batch == {"type": "local", "etcd": {"mode": "private"}}
-    assert cfg.containers["runtime"] == "auto"
+    assert cfg.batch == BatchConfig("local", EtcdConfig("private"))
+    assert cfg.containers == ContainerSettings()
     assert cfg.templates == {} and cfg.resources == {} and cfg.networks == {}
     assert str(cfg.origin("batch", "type")) == "built-in default"
 
@@ -109,7 +116,7 @@ def test_user_settings_fill_what_the_admin_left_unset(pcocc_env):
     _write(pcocc_env["system"], "batch.yaml", "type: slurm\n")
     _write(pcocc_env["user"], "batch.yaml", "slurm: {partition: mine}\n")
     cfg = _load(pcocc_env)
-    assert cfg.batch["type"] == "slurm" and cfg.batch["slurm"] == {"partition": "mine"}
+    assert cfg.batch.type == "slurm" and cfg.batch.slurm == SlurmSettings(partition="mine")
 
 
 def test_user_may_not_change_admin_setting_unless_allowed(pcocc_env):
@@ -121,7 +128,7 @@ def test_user_may_not_change_admin_setting_unless_allowed(pcocc_env):
         f"{userf}:1:1: type: 'type' is set by the admin in {sysf}:1 and may not be redefined"
     )
     _write(pcocc_env["system"], "batch.yaml", "type: slurm\nallow-user-override: [type]\n")
-    assert _load(pcocc_env).batch["type"] == "local"
+    assert _load(pcocc_env).batch.type == "local"
 
 
 def test_drop_in_directory_merges_after_main_file(pcocc_env):
@@ -135,7 +142,7 @@ def test_drop_in_directory_merges_after_main_file(pcocc_env):
     cfg = _load(pcocc_env)
     assert list(cfg.templates) == ["a", "c", "b", "d"]
     assert cfg.origin("templates", "templates", "d").level == "user"
-    assert cfg.batch["type"] == "slurm"
+    assert cfg.batch.type == "slurm"
 
 
 def test_same_name_twice_in_one_level_is_an_error(pcocc_env):
@@ -182,9 +189,9 @@ def test_containers_lists_append_and_env_merges(pcocc_env):
         "env: {B: b}\nmounts: [{source: /u, target: /u}]\ndefault-modules: [m]\n",
     )
     c = _load(pcocc_env).containers
-    assert c["env"] == {"A": "a", "B": "b"}
-    assert [m["source"] for m in c["mounts"]] == ["/s", "/u"]
-    assert c["default-modules"] == ["m"] and c["runtime"] == "auto"
+    assert c.env == {"A": "a", "B": "b"}
+    assert [m.source for m in c.mounts] == ["/s", "/u"]
+    assert c.default_modules == ("m",) and c.runtime == "auto"
 
 
 def test_resource_set_network_must_exist(pcocc_env):
@@ -254,7 +261,7 @@ def test_collection_with_every_entry_commented_out_is_empty(pcocc_env):
     _write(pcocc_env["system"], "templates.yaml", "templates:\n#  a: {image: x}\n")
     _write(pcocc_env["system"], "containers.yaml", "mounts:\nmodules:\n")
     cfg = _load(pcocc_env)
-    assert cfg.templates == {} and cfg.containers["mounts"] == []
+    assert cfg.templates == {} and cfg.containers.mounts == ()
     _write(pcocc_env["system"], "batch.yaml", "type:\n")  # a setting left empty stays an error
     with pytest.raises(ConfigError, match="type: expected one of local, slurm, got nothing"):
         _load(pcocc_env)

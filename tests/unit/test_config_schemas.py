@@ -5,7 +5,7 @@ from importlib import resources
 
 import pytest
 
-from pcocc.config import load_config
+from pcocc.config import ContainerModule, MountConfig, load_config
 from pcocc.config.validate import FILES
 from pcocc.errors import ConfigError
 
@@ -225,12 +225,12 @@ def test_good_file_loads(pcocc_env, name):
     cfg = load_config(pcocc_env["system"], pcocc_env["user"])
     home = str(pcocc_env["home"])
     loaded = {
-        "batch": lambda: (cfg.batch["type"], cfg.batch["etcd"]["endpoints"][1]),
+        "batch": lambda: (cfg.batch.type, cfg.batch.etcd.endpoints[1]),
         "repos": lambda: (cfg.repos[0].name, cfg.repos[0].origin, cfg.cache.max_size_bytes),
         "templates": lambda: (cfg.templates["base"]["image"], cfg.templates["base"]["custom-args"]),
         "resources": lambda: (cfg.resources["small"]["cores"], cfg.resources["small"]["memory"]),
         "networks": lambda: (cfg.networks["eth"]["mtu"], cfg.networks["nat"]["type"]),
-        "containers": lambda: (cfg.containers["runtime"], cfg.containers["modules"]["home"]),
+        "containers": lambda: (cfg.containers.runtime, cfg.containers.modules["home"]),
     }[name]()
     expected = {
         "batch": ("slurm", "10.0.0.2:2379"),
@@ -240,7 +240,7 @@ def test_good_file_loads(pcocc_env, name):
         "networks": (9000, "user"),
         "containers": (
             "crun",
-            {"mounts": [{"source": home, "target": home}], "env": {"A": "1"}},
+            ContainerModule("", (MountConfig(home, home),), {"A": "1"}),
         ),
     }[name]
     assert loaded == expected

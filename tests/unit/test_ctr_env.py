@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pcocc.ctr.env import env_mapping, merge_env, parse_assignment, read_env_file
-from pcocc.errors import ConfigError, NotFound, UsageError
+from pcocc.ctr.env import merge_env, parse_assignment, read_env_file
+from pcocc.errors import NotFound, UsageError
 
 
 def test_precedence_later_layers_win(tmp_path):
@@ -58,12 +58,3 @@ def test_missing_env_file(tmp_path):
 
 def test_parse_assignment_keeps_equal_signs():
     assert parse_assignment("X=a=b", "x") == ("X", "a=b")
-
-
-def test_env_mapping_forms():
-    assert env_mapping({"A": 1, "B": None}, "w") == {"A": "1", "B": ""}
-    assert env_mapping(["A=1"], "w") == {"A": "1"}
-    with pytest.raises(ConfigError, match="w: expected a mapping"):
-        env_mapping("A=1", "w")
-    with pytest.raises(ConfigError, match="not NAME=VALUE"):
-        env_mapping(["bad"], "w")

@@ -7,6 +7,7 @@ import tarfile
 
 import pytest
 
+from pcocc.config import BatchConfig, ContainerSettings, LocalSettings, MountConfig
 from pcocc.ctr.images import (
     file_format,
     image_config_from,
@@ -131,10 +132,9 @@ def test_settings_come_from_the_config_loader(pcocc_env):
     (pcocc_env["user"] / "containers.yaml").write_text("env: {B: '2'}\n")
     s = load_settings(pcocc_env["system"], pcocc_env["user"])
     assert s.runtime == "runc" and s.env == {"A": "1", "B": "2"}
-    assert s.modules["mpi"]["mounts"][0]["target"] == "/opt"
-    assert load_settings("/nonexistent", "/nonexistent", preloaded={"runtime": "crun"}).runtime == (
-        "crun"
-    )
+    assert s.modules["mpi"].mounts[0] == MountConfig("/opt", "/opt", readonly=True)
+    preloaded = ContainerSettings(runtime="crun")
+    assert load_settings("/nonexistent", "/nonexistent", preloaded=preloaded) is preloaded
 
 
 def test_a_bad_containers_yaml_names_file_and_key(pcocc_env):
@@ -148,7 +148,7 @@ def test_multinode_run_never_allocates_twice(tmp_path, monkeypatch):
 
     from pcocc.ctr.multinode import ALLOCATED_VAR, run_tasks
 
-    config = SimpleNamespace(batch={"type": "local", "local": {"state-dir": str(tmp_path)}})
+    config = SimpleNamespace(batch=BatchConfig("local", local=LocalSettings(str(tmp_path))))
     request = RunRequest([("img", [])])
     monkeypatch.delenv("PCOCC_JOB_ID", raising=False)
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)

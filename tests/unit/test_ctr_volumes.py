@@ -12,6 +12,7 @@ from pcocc.ctr.volumes import (
     resolve_mounts,
     select_modules,
 )
+from pcocc.config import ContainerModule, MountConfig
 from pcocc.errors import ConfigError, UsageError
 
 
@@ -56,8 +57,8 @@ def test_resolve_mounts_host_empty_and_config(tmp_path):
         [("h", "/h"), ("e", "/e"), ("h", "/h2")],
         empty_dir=tmp_path / "pod" / "volumes",
         config_mounts=[
-            {"source": str(conf_src), "target": "/conf", "readonly": True},
-            {"source": str(tmp_path / "absent"), "optional": True},
+            MountConfig(str(conf_src), "/conf", readonly=True),
+            MountConfig(str(tmp_path / "absent"), "/absent", optional=True),
         ],
     )
     assert mounts == [
@@ -79,7 +80,7 @@ def test_missing_sources_are_named(tmp_path):
             [],
             empty_dir=tmp_path,
             config_name="site.yaml",
-            config_mounts=[{"source": str(missing), "target": "/m"}],
+            config_mounts=[MountConfig(str(missing), "/m")],
         )
 
 
@@ -94,10 +95,10 @@ def test_unknown_and_unmounted_volumes(tmp_path):
 
 def test_select_modules():
     modules = {
-        "mpi": {"mounts": [{"source": "/opt/mpi"}], "env": {"MPI": "1"}},
-        "gpu": {"env": ["CUDA=1"]},
+        "mpi": ContainerModule(mounts=(MountConfig("/opt/mpi", "/mpi"),), env={"MPI": "1"}),
+        "gpu": ContainerModule(env={"CUDA": "1", "MPI": "2"}),
     }
     mounts, env = select_modules(modules, ["mpi", "gpu"])
-    assert mounts == [{"source": "/opt/mpi"}] and env == {"MPI": "1", "CUDA": "1"}
+    assert mounts == [MountConfig("/opt/mpi", "/mpi")] and env == {"MPI": "2", "CUDA": "1"}
     with pytest.raises(UsageError, match="unknown module 'x'"):
         select_modules(modules, ["x"])
