@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 
 from pcocc import selfcmd
 from pcocc.cluster import adapters, batchadapter, rundir, vmsettings
-from pcocc.cluster.definition import ClusterDefinition, build_definition, check_settings
+from pcocc.cluster.definition import ClusterDefinition, build_definition
 from pcocc.cluster.launcher import Launcher, LaunchSettings
 from pcocc.cluster.lease import lease_ttl_s
 from pcocc.cluster.node import NodeProcess, NodeSettings
 from pcocc.cluster.ports import AllocRequest
+from pcocc.cluster.stored import check_settings
 from pcocc.cluster.sshkeys import ensure_user_key
 from pcocc.errors import UsageError
 

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import socket
-import sys
 import time
 import uuid as uuidlib
 from collections.abc import Mapping, Sequence
