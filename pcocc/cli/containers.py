@@ -212,7 +212,7 @@ def skip_exit_collection() -> None:
 
 def _rerun_argv() -> list[str]:
     """This very command line, to run again inside a new allocation."""
-    from pcocc.ctr.multinode import pcocc_argv
+    from pcocc.selfcmd import pcocc_argv
 
     return [*pcocc_argv(), *sys.argv[1:]]
 

@@ -13,12 +13,14 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from pcocc.cluster import adapters, rundir, vmsettings
-from pcocc.cluster.definition import ClusterDefinition, build_definition, check_settings
+from pcocc import selfcmd
+from pcocc.cluster import adapters, batchadapter, rundir, vmsettings
+from pcocc.cluster.definition import ClusterDefinition, build_definition
 from pcocc.cluster.launcher import Launcher, LaunchSettings
 from pcocc.cluster.lease import lease_ttl_s
 from pcocc.cluster.node import NodeProcess, NodeSettings
 from pcocc.cluster.ports import AllocRequest
+from pcocc.cluster.stored import check_settings
 from pcocc.cluster.sshkeys import ensure_user_key
 from pcocc.errors import UsageError
 
@@ -70,7 +72,7 @@ def prepare_definition(
     )
     adapters.check_shares_possible(definition)
     vmsettings.check_drives([(vm.template, vm.rank, vm.settings) for vm in definition.vms])
-    check_full_node(definition, adapters.batch_manager(config).name)
+    check_full_node(definition, batchadapter.batch_manager(config).name)
     return definition
 
 
@@ -107,7 +109,7 @@ def launcher_argv(
     command: str | None, *, log_args: Sequence[str] = (), hold: bool = False
 ) -> list[str]:
     """argv of the launcher; ``log_args`` (--debug, -v, -q) as given to this pcocc."""
-    argv = [*adapters.python_command(), *log_args, "internal", "launcher"]
+    argv = [*selfcmd.module_argv(), *log_args, "internal", "launcher"]
     if command is not None:
         argv += ["-E", command]
     if hold:
@@ -143,10 +145,10 @@ def alloc(
     log_args: Sequence[str] = (),
 ) -> int:
     """Allocate and run the launcher interactively inside; return its exit status."""
-    batch = adapters.batch_manager(config)
+    batch = batchadapter.batch_manager(config)
     env = {
         DEFINITION_VAR: encode_definition(definition),
-        **adapters.config_env(str(config.system_dir), str(config.user_dir)),
+        **selfcmd.config_env(str(config.system_dir), str(config.user_dir)),
     }
     os.environ.update(env)  # salloc passes our environment to the launcher
     return batch.allocate(
@@ -161,7 +163,7 @@ def batch_script(
     log_args: Sequence[str] = (),
 ) -> str:
     """The job script of ``pcocc batch``: it runs the launcher with the definition inline."""
-    env = adapters.config_env(str(config.system_dir), str(config.user_dir))
+    env = selfcmd.config_env(str(config.system_dir), str(config.user_dir))
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     return (
         "#!/bin/sh\n"
@@ -184,7 +186,7 @@ def submit(
     log_args: Sequence[str] = (),
 ) -> str:
     """Submit a batch job running the cluster and ``command``; return the job id."""
-    batch = adapters.batch_manager(config)
+    batch = batchadapter.batch_manager(config)
     script = batch_script(definition, command, config, log_args)
     return batch.submit(_request(definition, batch_args), script)
 
@@ -206,7 +208,7 @@ def run_launcher(
         )
     definition = decode_definition(text)
     os.umask(0o077)  # run files, sockets, logs, the private etcd: for this user only
-    batch = adapters.batch_manager(config)
+    batch = batchadapter.batch_manager(config)
     batchid = batch.job_id_from_env(os.environ)
     if not batchid:
         raise UsageError("the launcher does not run inside a job (no job id in the environment)")
@@ -221,7 +223,7 @@ def run_launcher(
             env.update(kv_env)
             kv = adapters.EtcdKv.from_env(env, config)
             try:
-                node_argv = [*adapters.python_command(), *log_args]
+                node_argv = [*selfcmd.module_argv(), *log_args]
                 switch_argv = [*node_argv, "internal", "vswitch"]
                 node_argv += ["internal", "run"]
                 settings = LaunchSettings(
@@ -253,7 +255,7 @@ def node_address(endpoints: str, env: Mapping[str, str]) -> str:
 def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int:
     """``pcocc internal run``: the node process of one VM."""
     os.umask(0o077)  # the VM's run files, sockets and logs: for this user only
-    rank = rank if rank is not None else adapters.task_rank(os.environ)
+    rank = rank if rank is not None else batchadapter.task_rank(os.environ)
     if rank is None:
         raise UsageError("no VM rank: give --rank or run as a task of the launcher")
     batchid = job_id or os.environ.get("PCOCC_JOB_ID")

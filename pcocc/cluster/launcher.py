@@ -27,6 +27,7 @@ from pathlib import Path
 from pcocc import proc
 from pcocc.cluster import rundir
 from pcocc.cluster.definition import ClusterDefinition
+from pcocc.cluster.failures import ClusterFailed, ClusterStopped, describe, signal_of
 from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S
 from pcocc.cluster.ports import Batch, Kv, Lease, TaskGroup
 from pcocc.cluster.record import ClusterRecord
@@ -45,26 +46,6 @@ from pcocc.errors import Corrupt, PcoccError, ServiceUnavailable
 from pcocc.kv import keys
 
 log = logging.getLogger(__name__)
-
-
-class ClusterFailed(PcoccError):
-    """The virtual cluster could not start or stopped working."""
-
-
-class ClusterStopped(ClusterFailed):
-    """The batch system signalled the node processes: the job was cancelled (scancel, a
-    Ctrl-C that reached srun) or reached its time limit. An ending, not a failure: the exit
-    status is 128 + the signal, as for a command killed by it."""
-
-    def __init__(self, batchid: str, signum: int, where: str):
-        name = signal.Signals(signum).name
-        super().__init__(
-            f"cluster {batchid} stopped: the batch system sent {name} to its node processes"
-            f" (on {where})",
-            hint="the job was cancelled (scancel, Ctrl-C) or reached its time limit",
-        )
-        self.signum = signum
-        self.exit_status = 128 + signum
 
 
 def _vm_state_rank(key: str) -> int | None:
@@ -142,7 +123,7 @@ class Launcher:
                     try:
                         return self._start_and_run()
                     except BaseException as err:
-                        self.lifecycle.fail(_describe(err))
+                        self.lifecycle.fail(describe(err))
                         if isinstance(err, ServiceUnavailable) or self._lease_lost():
                             self._etcd_lost = True
                         if isinstance(err, Interrupted):
@@ -229,7 +210,7 @@ class Launcher:
         signalled = [rec for rec in records.values() if rec.extra.get(SIGNAL_NOTE)]
         if signalled:
             where = sorted({rec.place for rec in signalled})
-            raise ClusterStopped(self.s.batchid, _signal_of(signalled[0]), ", ".join(where))
+            raise ClusterStopped(self.s.batchid, signal_of(signalled[0]), ", ".join(where))
         for _, rec in sorted(records.items()):
             if rec.status in (FAILED, STOPPED):
                 what = "failed" if rec.status == FAILED else "stopped"
@@ -440,22 +421,6 @@ def is_our_qemu(pid: int) -> bool:
     except OSError:
         return False
     return owner == os.getuid() and bool(cmdline) and b"qemu-system" in cmdline[0]
-
-
-def _signal_of(rec: VmRecord) -> int:
-    value = rec.extra.get(SIGNAL_NOTE)
-    valid = {int(s) for s in signal.Signals}
-    return value if isinstance(value, int) and value in valid else signal.SIGTERM
-
-
-def _describe(err: BaseException) -> str:
-    if isinstance(err, Interrupted):
-        return str(err)
-    if isinstance(err, PcoccError):
-        return err.message
-    if isinstance(err, KeyboardInterrupt):
-        return "interrupted"
-    return f"{type(err).__name__}: {err}"
 
 
 __all__: Sequence[str] = ("Launcher", "LaunchSettings", "ClusterFailed", "ClusterStopped")

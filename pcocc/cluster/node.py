@@ -24,9 +24,10 @@ from pathlib import Path
 
 from pcocc import proc
 from pcocc.cluster import keptlogs, rundir
-from pcocc.cluster.definition import ClusterDefinition, VmEntry, check_settings
+from pcocc.cluster.definition import ClusterDefinition, VmEntry
 from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S
 from pcocc.cluster.ports import Kv, Lease, VmHandle
+from pcocc.cluster.stored import check_settings
 from pcocc.cluster.record import ClusterRecord
 from pcocc.signals import (
     Interrupted,

@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass, field
 
 from pcocc import fields
-from pcocc.cluster.definition import MAX_DEFINITION_BYTES, ClusterDefinition, parse_definition
+from pcocc.cluster.definition import ClusterDefinition
+from pcocc.cluster.stored import MAX_DEFINITION_BYTES, parse_definition
 from pcocc.cluster.state import ClusterState
 
 

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import socket
-import sys
 import time
 import uuid as uuidlib
 from collections.abc import Mapping, Sequence
@@ -31,6 +30,7 @@ from pcocc.ctr.launch import RunOptions, exit_status
 from pcocc.ctr.pod import Notify, RunRequest, run_request
 from pcocc.errors import UsageError
 from pcocc.fsutil import write_atomic
+from pcocc.selfcmd import pcocc_argv
 
 if TYPE_CHECKING:
     from pcocc.config import Config
@@ -64,12 +64,6 @@ def read_request(path: str | Path) -> RunRequest:
         raise UsageError(f"{path}: not a run request of version {REQUEST_VERSION}")
     options: dict[str, Any] = data["options"]
     return RunRequest([(a[0], list(a[1])) for a in data["apps"]], RunOptions(**options))
-
-
-def pcocc_argv() -> list[str]:
-    """How to start this pcocc again (the console script of this environment)."""
-    exe = Path(sys.executable).parent / "pcocc"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "pcocc.cli.main"]
 
 
 def task_argv(request: Path, log_args: Sequence[str] = ()) -> list[str]:

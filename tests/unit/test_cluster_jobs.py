@@ -5,11 +5,10 @@ import pytest
 from pcocc.cli.main import run_cli
 from pcocc.cluster.adapters import (
     configured_endpoints,
-    hosts_file,
     kv_endpoint_sets,
-    batch_manager,
-    vm_shares,
 )
+from pcocc.cluster.batchadapter import batch_manager
+from pcocc.cluster.vmbuild import hosts_file, vm_shares
 from pcocc.cluster.definition import build_definition
 from pcocc.config import BatchConfig
 from pcocc.cluster.jobs import DEFINITION_VAR, boot_timeout_s, decode_definition, encode_definition
@@ -40,14 +39,14 @@ def test_hosts_and_vm_shares(tmp_path):
     settings = {"mount-points": {"home": {"path": "/home"},
                                  "apps": {"path": "/opt", "readonly": True}}}
     shares, table = vm_shares(d, settings)
-    assert table == [("pcocc0", "/data"), ("pcocc1", "/scratch")]
+    assert table == (("pcocc0", "/data"), ("pcocc1", "/scratch"))
     assert [(s.tag, s.source, s.readonly) for s in shares] == [
         ("pcocc0", str(tmp_path / "a"), False),
         ("pcocc1", str(tmp_path / "b"), False),
         ("apps", "/opt", True),
         ("home", "/home", False),
     ]
-    assert vm_shares(build_definition("t:1", {"t": {"kernel": "/k"}}), {}) == ([], [])
+    assert vm_shares(build_definition("t:1", {"t": {"kernel": "/k"}}), {}) == ((), ())
 
 
 def test_internal_commands_are_hidden_and_need_their_context(pcocc_env, capsys, monkeypatch):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from pcocc.cluster import jobs, vmsettings
-from pcocc.cluster.adapters import persistent_disks
+from pcocc.cluster.vmbuild import persistent_disks
 from pcocc.cluster.definition import build_definition
 from pcocc.cluster.vmsettings import PersistentDrive
 from pcocc.errors import ConfigError, UsageError

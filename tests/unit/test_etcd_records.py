@@ -13,8 +13,9 @@ import pytest
 
 from pcocc import fields
 from pcocc.cluster import rundir
-from pcocc.cluster.definition import ClusterDefinition, build_definition, check_settings
+from pcocc.cluster.definition import ClusterDefinition, build_definition
 from pcocc.cluster.lookup import clusters_of
+from pcocc.cluster.stored import check_settings
 from tests.fixtures.memkv import MemoryKv
 from pcocc.cluster.record import ClusterRecord
 from pcocc.cluster.sshkeys import known_hosts_text, ssh_config_text
