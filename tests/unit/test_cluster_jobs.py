@@ -4,15 +4,14 @@ import pytest
 
 from pcocc.cli.main import run_cli
 from pcocc.cluster.adapters import (
-    configured_endpoints,
     hosts_file,
-    kv_endpoint_sets,
     batch_manager,
     vm_shares,
 )
 from pcocc.cluster.definition import build_definition
 from pcocc.cluster.jobs import DEFINITION_VAR, boot_timeout_s, decode_definition, encode_definition
 from pcocc.errors import UsageError
+from pcocc.kv.connect import configured_endpoints, kv_endpoint_sets
 
 
 def test_definition_transport_round_trip(tmp_path):
