@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 
 from pcocc.cli.context import Session, pass_session
+from pcocc.kv.endpoints import ENDPOINTS_VAR
 
-_ENDPOINTS_HELP = "etcd client URLs, comma-separated [default: batch.yaml, $PCOCC_ETCD_ENDPOINTS]."
+_ENDPOINTS_HELP = f"etcd client URLs, comma-separated [default: batch.yaml, ${ENDPOINTS_VAR}]."
 _ROOT_FILE_HELP = (
     "File with the etcd root password [default: etcd-root.password in the system config dir]."
 )
@@ -45,7 +46,7 @@ def _endpoints(session: Session, endpoints: str | None) -> str:
     if not endpoints:
         raise UsageError(
             "no etcd to administer: batch.yaml has no etcd endpoints",
-            hint="set etcd.endpoints in batch.yaml, PCOCC_ETCD_ENDPOINTS, or give --endpoints",
+            hint=f"set etcd.endpoints in batch.yaml, {ENDPOINTS_VAR}, or give --endpoints",
         )
     return endpoints
 
