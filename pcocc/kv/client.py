@@ -138,7 +138,7 @@ class KvClient:
             except ServiceUnavailable:
                 self._etcd.close()
                 raise
-        etcd3compat.tame(self._etcd, on_watch_answer=lambda: self.link.answered())
+        etcd3compat.tame(self._etcd, on_watch_answer=self._answered)
 
     @classmethod
     def from_env(
