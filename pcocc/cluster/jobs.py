@@ -300,7 +300,7 @@ def run_vswitch(config: Config | None, batchid: str, net: str) -> int:
             hint="'pcocc internal vswitch' is started by 'pcocc internal launcher'",
         )
     address = node_address({**os.environ, ENDPOINTS_VAR: endpoints})
-    kv = connect.open_kv(endpoints)
+    kv = connect.open_kv(endpoints, label=f"switch of {net}")
     try:
         with raising_on_signals():
             return run_switch(
