@@ -129,13 +129,13 @@ def test_etcd_restart_is_survived(tmp_path, pcocc_env, pcocc_bin, testvm_artifac
     # the launcher says once that etcd went away and once that it is back, not once per
     # retry; the node process of vm0 (same stderr) at most as much, naming itself
     lines = err.splitlines()
-    lost = [line for line in lines if line.startswith("pcocc: warning: lost etcd")]
-    back = [line for line in lines if line.startswith("pcocc: warning: reconnected to etcd")]
+    lost = [line for line in lines if line.startswith("pcocc: WARNING: lost etcd")]
+    back = [line for line in lines if line.startswith("pcocc: WARNING: reconnected to etcd")]
     assert len(lost) == 1 and lost[0].startswith(
-        f"pcocc: warning: lost etcd at {endpoint}; retrying"
+        f"pcocc: WARNING: lost etcd at {endpoint}; retrying"
     ), err
-    assert back == [f"pcocc: warning: reconnected to etcd at {endpoint}"], err
-    node_lost = [line for line in lines if line.startswith("pcocc: warning: vm0: lost etcd")]
+    assert back == [f"pcocc: WARNING: reconnected to etcd at {endpoint}"], err
+    node_lost = [line for line in lines if line.startswith("pcocc: WARNING: vm0: lost etcd")]
     node_back = [line for line in lines if "vm0: reconnected to etcd" in line]
     assert len(node_lost) <= 1 and len(node_back) == len(node_lost), err
     assert not [line for line in lines if "lease" in line and "retry" in line], err
