@@ -48,6 +48,7 @@ except ImportError:  # run from a checkout without the virtualenv: use the sourc
 from pcocc import proc
 from pcocc.errors import PcoccError, ServiceUnavailable
 from pcocc import daemon
+from pcocc.kv.endpoints import ENDPOINTS_VAR
 from pcocc.kv.server import EtcdServer
 
 #: set in the environment of every daemon, so that ``stop`` can find stray ones
@@ -126,7 +127,7 @@ class DevCluster:
         """Variables that point Slurm clients and pcocc at this cluster."""
         env = {"SLURM_CONF": str(self.slurm_conf)}
         if self.etcd is not None:
-            env["PCOCC_ETCD_ENDPOINTS"] = ",".join(self.etcd.endpoints)
+            env[ENDPOINTS_VAR] = ",".join(self.etcd.endpoints)
             env["ETCDCTL_API"] = "3"
             env["ETCDCTL_ENDPOINTS"] = ",".join(self.etcd.endpoints)
         return env

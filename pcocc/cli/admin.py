@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 
 from pcocc.cli.context import Session, pass_session
+from pcocc.kv.endpoints import ENDPOINTS_VAR
 
-_ENDPOINTS_HELP = "etcd client URLs, comma-separated [default: batch.yaml, $PCOCC_ETCD_ENDPOINTS]."
+_ENDPOINTS_HELP = f"etcd client URLs, comma-separated [default: batch.yaml, ${ENDPOINTS_VAR}]."
 _ROOT_FILE_HELP = (
     "File with the etcd root password [default: etcd-root.password in the system config dir]."
 )
@@ -38,20 +39,21 @@ def _options(func):
 
 
 def _endpoints(session: Session, endpoints: str | None) -> str:
-    from pcocc.cluster.adapters import configured_endpoints
+    from pcocc.kv.connect import configured_endpoints
     from pcocc.errors import UsageError
 
     endpoints = endpoints or configured_endpoints(session.config, os.environ)
     if not endpoints:
         raise UsageError(
             "no etcd to administer: batch.yaml has no etcd endpoints",
-            hint="set etcd.endpoints in batch.yaml, PCOCC_ETCD_ENDPOINTS, or give --endpoints",
+            hint=f"set etcd.endpoints in batch.yaml, {ENDPOINTS_VAR}, or give --endpoints",
         )
     return endpoints
 
 
 def _connect(session: Session, endpoints: str | None, root_password_file: str | None):
     from pcocc.kv.admin import EtcdAuthAdmin, default_root_password_file
+    from pcocc.kv.connect import site_tls
 
     endpoints = _endpoints(session, endpoints)
     root_file = (
@@ -59,7 +61,7 @@ def _connect(session: Session, endpoints: str | None, root_password_file: str | 
         if root_password_file
         else default_root_password_file(Path(session.system_dir))
     )
-    return EtcdAuthAdmin.connect(endpoints, root_file)
+    return EtcdAuthAdmin.connect(endpoints, root_file, tls=site_tls(endpoints, lambda: session.config))
 
 
 def _warn_if_auth_off(etcd) -> None:
@@ -96,9 +98,11 @@ def enable(session: Session, endpoints: str | None, root_password_file: str | No
 def status(session: Session, endpoints: str | None) -> None:
     """Say whether etcd checks logins."""
     from pcocc.kv.admin import is_auth_enabled
+    from pcocc.kv.connect import site_tls
 
     endpoints = _endpoints(session, endpoints)
-    state = "enabled" if is_auth_enabled(endpoints) else "disabled"
+    tls = site_tls(endpoints, lambda: session.config)
+    state = "enabled" if is_auth_enabled(endpoints, tls=tls) else "disabled"
     click.echo(f"etcd at {endpoints}: authentication {state}")
 
 

@@ -25,6 +25,7 @@ from pcocc.cluster.lookup import ClusterView, all_clusters, parse_vm_name, selec
 from pcocc.cluster.sshkeys import ensure_user_key, write_ssh_files
 from pcocc.cluster.vmstate import RUNNING, VmRecord
 from pcocc.errors import NotFound, PcoccError, ServiceUnavailable, UsageError
+from pcocc.kv import connect
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +34,13 @@ CONSOLE_ESCAPE = b"\x1d"
 
 
 @contextlib.contextmanager
-def _kvs(env: Mapping[str, str], config: adapters.ConfigSource) -> Iterator[list[Any]]:
+def _kvs(env: Mapping[str, str], config: connect.ConfigSource) -> Iterator[list[Any]]:
     """Read-only clients of every etcd that may hold the user's clusters."""
-    sets = adapters.kv_endpoint_sets(env, rundir.run_root(), config)
+    sets = connect.kv_endpoint_sets(env, rundir.run_root(), config)
     kvs: list[Any] = []
     try:
         for endpoints, login in sets:
-            kvs.append(adapters.open_reader(endpoints, config, login))
+            kvs.append(connect.open_reader(endpoints, config, login))
         yield kvs
     finally:
         for kv in kvs:
@@ -47,7 +48,7 @@ def _kvs(env: Mapping[str, str], config: adapters.ConfigSource) -> Iterator[list
 
 
 def list_clusters(
-    env: Mapping[str, str] | None = None, config: adapters.ConfigSource = None
+    env: Mapping[str, str] | None = None, config: connect.ConfigSource = None
 ) -> list[ClusterView]:
     env = os.environ if env is None else env
     with _kvs(env, config) as kvs:
@@ -63,7 +64,7 @@ def list_clusters(
 
 
 def find_cluster(
-    job_id: str | None, env: Mapping[str, str] | None = None, config: adapters.ConfigSource = None
+    job_id: str | None, env: Mapping[str, str] | None = None, config: connect.ConfigSource = None
 ) -> ClusterView:
     env = os.environ if env is None else env
     return select_cluster(list_clusters(env, config), job_id, env)

@@ -1,18 +1,18 @@
-"""Bind the cluster runtime's ports to the real etcd client, QEMU machines, templates and
-image repositories (the batch managers: :mod:`pcocc.cluster.batchadapter`). Everything here
-is glue; what a VM is comes from :mod:`pcocc.cluster.vmbuild`.
+"""Bind the cluster runtime's ports to QEMU machines, templates and image repositories
+(the batch managers: :mod:`pcocc.cluster.batchadapter`; the etcd client's side:
+:mod:`pcocc.kv.connect`). Everything here is glue; what a VM is comes from
+:mod:`pcocc.cluster.vmbuild`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import logging
 import os
 import subprocess
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, Union
+from typing import TYPE_CHECKING, Any
 
 from pcocc.cluster.definition import ClusterDefinition, VmEntry
 from pcocc.cluster.ports import MachineInfo
@@ -23,256 +23,11 @@ if TYPE_CHECKING:
     from pcocc.config import Config
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-ENDPOINTS_VAR = "PCOCC_ETCD_ENDPOINTS"
-#: in a job's run dir: where its private etcd is, and the login to it
-ENDPOINTS_FILE = "etcd-endpoints"
-LOGIN_FILE = "etcd-login"
 
 
 def user_name() -> str:
     """The user whose etcd prefix and run dirs we use."""
     return getpass.getuser()
-
-
-# -- etcd ---------------------------------------------------------------------------------
-class EtcdKv:
-    """:class:`~pcocc.cluster.ports.Kv` over :class:`pcocc.kv.client.KvClient` (text values)."""
-
-    def __init__(self, client: Any):
-        self.client = client
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, config: Config | None = None) -> EtcdKv:
-        """A client of ``$PCOCC_ETCD_ENDPOINTS`` in ``env``, logged in as the environment or
-        batch.yaml says (see :func:`pcocc.kv.credentials.etcd_login`)."""
-        from pcocc.kv.client import KvClient
-
-        return cls(KvClient.from_env(env, **etcd_login_settings(config)))
-
-    def close(self) -> None:
-        self.client.close()
-
-    def put(self, key: str, value: str, lease: Any = None) -> None:
-        self.client.put(key, value, lease=lease)
-
-    def get(self, key: str) -> str | None:
-        value = self.client.get(key)
-        # undecodable bytes stay visible (as surrogates) to the record parsers, which refuse
-        # them naming the key, instead of failing the whole read
-        return None if value is None else value.decode(errors="surrogateescape")
-
-    def get_prefix(self, prefix: str) -> dict[str, str]:
-        return {
-            k: v.decode(errors="surrogateescape")
-            for k, v in self.client.get_prefix(prefix).items()
-        }
-
-    def delete_prefix(self, prefix: str) -> None:
-        self.client.delete_prefix(prefix)
-
-    def lease(self, ttl_s: int) -> contextlib.AbstractContextManager[Any]:
-        return self.client.lease(ttl_s)
-
-    def wait_for(
-        self,
-        prefix: str,
-        predicate: Callable[[dict[str, str]], T | None],
-        timeout_s: float | None,
-        tick_s: float = 0.5,
-    ) -> T:
-        """See :class:`~pcocc.cluster.ports.Kv`; also rides out etcd outages.
-
-        When etcd cannot be read or the watch breaks (etcd restarted or unreachable), it
-        reads and watches again every ``tick_s`` while the predicate keeps seeing the last
-        known keys: the predicates of the launcher and node processes check their lease, so
-        they end this once etcd was away for longer than the lease TTL.
-        """
-        import time
-
-        from pcocc.errors import ServiceUnavailable
-
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        values: dict[str, str] = {}
-        outage: ServiceUnavailable | None = None
-        while True:
-            try:
-                return self._wait_once(prefix, predicate, deadline, tick_s, values)
-            except ServiceUnavailable as err:
-                # the predicate first: it raises if the error was its own (a lost lease)
-                result = predicate(dict(values))
-                if result is not None:
-                    return result
-                if outage is None:
-                    log.warning("%s; retrying while the lease lasts", err.message)
-                outage = err
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"timed out waiting on {prefix}: {outage.message}")
-            time.sleep(tick_s)
-
-    def _wait_once(
-        self,
-        prefix: str,
-        predicate: Callable[[dict[str, str]], T | None],
-        deadline: float | None,
-        tick_s: float,
-        values: dict[str, str],
-    ) -> T:
-        """Read ``prefix`` into ``values``, then apply watch events until ``predicate``."""
-        import time
-
-        raw, revision = self.client.get_prefix_at(prefix)
-        values.clear()
-        values.update((k, v.decode(errors="surrogateescape")) for k, v in raw.items())
-        result = predicate(dict(values))
-        if result is not None:
-            return result
-        with self.client.watch_prefix(prefix, start_revision=revision + 1) as watch:
-            while True:
-                wait_s = tick_s
-                if deadline is not None:
-                    wait_s = min(tick_s, deadline - time.monotonic())
-                    if wait_s <= 0:
-                        raise TimeoutError(f"timed out waiting on {prefix}")
-                event = watch.get(wait_s)
-                if event is not None:
-                    if event.value is None:
-                        values.pop(event.key, None)
-                    else:
-                        values[event.key] = event.value.decode(errors="surrogateescape")
-                result = predicate(dict(values))
-                if result is not None:
-                    return result
-
-
-#: a configuration, or what loads it only when needed (user commands skip the config files
-#: when $PCOCC_ETCD_ENDPOINTS already says where etcd is)
-ConfigSource = Union["Config", Callable[[], "Config"], None]
-
-
-def configured_endpoints(config: ConfigSource, env: Mapping[str, str]) -> str | None:
-    """``$PCOCC_ETCD_ENDPOINTS``, else the external etcd of batch.yaml, else None (private)."""
-    if env.get(ENDPOINTS_VAR):
-        return env[ENDPOINTS_VAR]
-    if callable(config):
-        config = config()
-    etcd = (config.batch if config is not None else {}).get("etcd") or {}
-    if etcd.get("mode", "external") == "external" and etcd.get("endpoints"):
-        scheme = "https" if etcd.get("ca-cert") else "http"
-        return ",".join(e if "://" in e else f"{scheme}://{e}" for e in etcd["endpoints"])
-    return None
-
-
-@contextlib.contextmanager
-def etcd_for_job(
-    run_dir: Path,
-    env: dict[str, str],
-    config: Config | None = None,
-    controller_hosts: Callable[[], Sequence[str]] = lambda: (),
-) -> Iterator[dict[str, str]]:
-    """The configured etcd, or a private one in ``run_dir`` when none is (private mode),
-    on an address the job's nodes reach (see :mod:`pcocc.kv.private`).
-
-    :param controller_hosts: the batch system's controllers (asked only for a private etcd)
-    Yields the variables that point children at it.
-    """
-    endpoints = configured_endpoints(config, env)
-    if endpoints:
-        yield {ENDPOINTS_VAR: endpoints}
-        return
-    from pcocc import fsutil
-    from pcocc.kv.credentials import JOB_LOGIN_VAR
-    from pcocc.kv.private import job_address, private_etcd
-
-    address = job_address(list(controller_hosts()), env)
-    log.debug("private etcd on %s", address)
-    with private_etcd(run_dir, user_name(), address) as extra:
-        # for the user commands run outside the job (``kv_endpoint_sets``)
-        login_file = run_dir / LOGIN_FILE
-        endpoints_file = run_dir / ENDPOINTS_FILE
-        fsutil.write_atomic(login_file, extra[JOB_LOGIN_VAR] + "\n", mode=0o600)
-        fsutil.write_atomic(endpoints_file, extra[ENDPOINTS_VAR] + "\n", mode=0o600)
-        try:
-            yield dict(extra)
-        finally:
-            endpoints_file.unlink(missing_ok=True)
-            login_file.unlink(missing_ok=True)
-
-
-def kv_endpoint_sets(
-    env: Mapping[str, str], run_root: Path, config: ConfigSource = None
-) -> list[tuple[str, Any]]:
-    """Where a user command looks for clusters, and the login to use there (None: as
-    configured): the configured etcd, else the private etcd of each local cluster of this
-    user (``<run root>/<job>/etcd-endpoints`` and the job's login in ``etcd-login``)."""
-    endpoints = configured_endpoints(config, env)
-    if endpoints:
-        return [(endpoints, None)]
-    from pcocc.errors import ConfigError
-    from pcocc.kv.credentials import read_job_login_file
-
-    found = []
-    for path in sorted(run_root.glob(f"*/{ENDPOINTS_FILE}")):
-        with contextlib.suppress(OSError):
-            text = path.read_text().strip()
-            if not text:
-                continue
-            login = None
-            login_path = path.with_name(LOGIN_FILE)
-            if login_path.exists():
-                try:
-                    login = read_job_login_file(login_path)
-                except ConfigError as err:
-                    log.warning("skipping the cluster in %s: %s", path.parent, err.message)
-                    continue
-            found.append((text, login))
-    return found
-
-
-def etcd_login_settings(config: Config | None) -> dict[str, Any]:
-    """The ``etcd`` section of batch.yaml and the directory of the file that set its
-    ``password-file`` (relative paths start there), for ``KvClient.from_env``."""
-    if config is None:
-        return {}
-    etcd = config.batch.get("etcd") or {}
-    origin = config.origin("batch", "etcd", "password-file")
-    if origin.file is None:
-        origin = config.origin("batch", "etcd", "ca-cert")
-    if origin.file is None:
-        origin = config.origin("batch", "etcd")
-    return {"etcd": etcd, "base_dir": origin.file.parent if origin.file is not None else None}
-
-
-def open_kv(endpoints: str, config: Config | None = None) -> EtcdKv:
-    """A client of ``endpoints``, logged in as $PCOCC_ETCD_USER or batch.yaml's etcd user."""
-    return EtcdKv.from_env({**os.environ, ENDPOINTS_VAR: endpoints}, config)
-
-
-def open_reader(endpoints: str, config: ConfigSource = None, login: Any = None) -> Any:
-    """A read-only client of ``endpoints`` over etcd's JSON gateway (no gRPC import: user
-    commands that only look clusters up start faster), logged in as ``login`` (an
-    EtcdLogin) or like :func:`open_kv`."""
-    from pcocc.kv.credentials import JOB_LOGIN_VAR, USER_VAR, check_login_transport, etcd_login
-    from pcocc.kv.gateway import GatewayReader
-    from pcocc.kv.tls import needs_tls, tls_from_config
-
-    settings: dict[str, Any] = {}
-    env_login = login is not None or os.environ.get(USER_VAR) or os.environ.get(JOB_LOGIN_VAR)
-    # else the environment alone says who logs in; the config still gives TLS files
-    if not env_login or needs_tls(endpoints):
-        settings = etcd_login_settings(config() if callable(config) else config)
-    if login is None:
-        login = etcd_login(settings.get("etcd"), os.environ, base_dir=settings.get("base_dir"))
-    tls = tls_from_config(settings.get("etcd"), settings.get("base_dir"))
-    if login is None:
-        return GatewayReader(endpoints, tls=tls)
-    for endpoint in endpoints.split(","):
-        if endpoint.strip():
-            check_login_transport(endpoint, login)
-    return GatewayReader(
-        endpoints, user=login.user, password=login.password, hint=login.hint, tls=tls
-    )
 
 
 # -- templates and images -----------------------------------------------------------------

@@ -23,6 +23,8 @@ from pcocc.cluster.ports import AllocRequest
 from pcocc.cluster.stored import check_settings
 from pcocc.cluster.sshkeys import ensure_user_key
 from pcocc.errors import UsageError
+from pcocc.kv import connect
+from pcocc.kv.endpoints import ENDPOINTS_VAR
 
 if TYPE_CHECKING:
     from pcocc.config import Config
@@ -217,11 +219,11 @@ def run_launcher(
     cluster_dir = rundir.cluster_dir(batchid)
     env = {k: v for k, v in os.environ.items() if k != DEFINITION_VAR}
     try:
-        with adapters.etcd_for_job(
-            cluster_dir, env, config, batch.controller_hosts
+        with connect.etcd_for_job(
+            cluster_dir, env, user, config, batch.controller_hosts
         ) as kv_env:
             env.update(kv_env)
-            kv = adapters.EtcdKv.from_env(env, config)
+            kv = connect.EtcdKv.from_env(env, config)
             try:
                 node_argv = [*selfcmd.module_argv(), *log_args]
                 switch_argv = [*node_argv, "internal", "vswitch"]
@@ -261,14 +263,15 @@ def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int
     batchid = job_id or os.environ.get("PCOCC_JOB_ID")
     if not batchid:
         raise UsageError("no cluster id: give --job or set PCOCC_JOB_ID")
-    endpoints = adapters.configured_endpoints(config, os.environ)
+    endpoints = connect.configured_endpoints(config, os.environ)
     if not endpoints:
         raise UsageError(
-            f"no etcd to use: {adapters.ENDPOINTS_VAR} is not set",
+            f"no etcd to use: {ENDPOINTS_VAR} is not set",
             hint="'pcocc internal run' is started by 'pcocc internal launcher'",
         )
     address = node_address(endpoints, os.environ)
-    kv = adapters.open_kv(endpoints, config)
+    # the node processes share the launcher's stderr: their etcd outage lines say who speaks
+    kv = connect.open_kv(endpoints, config, label=f"vm{rank}")
     try:
         node = NodeProcess(
             kv,
@@ -292,14 +295,14 @@ def run_vswitch(config: Config | None, batchid: str, net: str) -> int:
     from pcocc.signals import Interrupted, raising_on_signals
     from pcocc.net.private import node_address, run_switch
 
-    endpoints = adapters.configured_endpoints(config, os.environ)
+    endpoints = connect.configured_endpoints(config, os.environ)
     if not endpoints:
         raise UsageError(
-            f"no etcd to use: {adapters.ENDPOINTS_VAR} is not set",
+            f"no etcd to use: {ENDPOINTS_VAR} is not set",
             hint="'pcocc internal vswitch' is started by 'pcocc internal launcher'",
         )
-    address = node_address({**os.environ, adapters.ENDPOINTS_VAR: endpoints})
-    kv = adapters.open_kv(endpoints)
+    address = node_address({**os.environ, ENDPOINTS_VAR: endpoints})
+    kv = connect.open_kv(endpoints, label=f"switch of {net}")
     try:
         with raising_on_signals():
             return run_switch(

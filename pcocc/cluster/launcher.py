@@ -42,7 +42,7 @@ from pcocc.cluster.vmstate import (
     STOPPED,
     VmRecord,
 )
-from pcocc.errors import Corrupt, PcoccError, ServiceUnavailable
+from pcocc.errors import Corrupt, PcoccError, ServiceUnavailable, TimedOut
 from pcocc.kv import keys
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class Launcher:
                 timeout_s,
                 self.s.tick_s,
             )
-        except TimeoutError:
+        except TimedOut:
             missing = [
                 f"vm{r}"
                 for r in range(self.definition.size)

@@ -1,8 +1,8 @@
 """The narrow interfaces the cluster runtime needs from other packages.
 
 The launcher and the node process are written against these protocols, so that unit tests
-can run them with fakes; :mod:`pcocc.cluster.adapters` binds them to the etcd client, the
-batch managers and the QEMU machine.
+can run them with fakes; :mod:`pcocc.kv.connect` binds ``Kv`` to the etcd client,
+:mod:`pcocc.cluster.adapters` the others to the batch managers and the QEMU machine.
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ class Kv(Protocol):
         """Watch ``prefix`` and return the first non-None ``predicate(snapshot)``.
 
         The predicate sees the whole prefix (key -> value) after every change, and also every
-        ``tick_s`` seconds so it can check things etcd does not know (a child process).
-        :raise TimeoutError: after ``timeout_s`` seconds.
+        ``tick_s`` seconds so it can check things etcd does not know (a child process, its
+        lease). An etcd outage does not end the wait: it goes on with the last known keys
+        (a predicate that checks its lease ends it once the lease is lost).
+        :raise pcocc.errors.TimedOut: after ``timeout_s`` seconds.
         """
         ...
 

@@ -8,7 +8,7 @@ on; root may do everything.
 
 The etcd3 package (0.12) has no API for users and roles, but it ships etcd's generated gRPC
 stubs (``etcd3.etcdrpc``): this module calls the Auth service through them, on the channel
-and login token of a :class:`~pcocc.kv.client.KvClient`. That keeps every password out of
+and login token of a :class:`~pcocc.kv.client.KvClient` (its ``auth_call``). That keeps every password out of
 argv (``etcdctl`` takes new passwords on its command line or from a terminal) and reuses
 the client's error handling.
 """
@@ -18,13 +18,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
-
-import grpc
 
 from pcocc.errors import (
     AlreadyExists,
@@ -43,13 +40,12 @@ from pcocc.kv.credentials import (
     write_password_file,
     write_user_password_file,
 )
+from pcocc.kv.etcd3compat import etcdrpc
+from pcocc.kv.tls import TlsFiles
 from pcocc.userfile import ROOT as ROOT_OWNER
 from pcocc.userfile import local_owner
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from etcd3 import etcdrpc
-    from etcd3.etcdrpc import auth_pb2
+auth_pb2 = etcdrpc.auth_pb2
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +115,6 @@ class EtcdAuthAdmin:
     def __init__(self, client: KvClient, root_password_file: Path):
         self.client = client
         self.root_password_file = root_password_file
-        self._stub = etcdrpc.AuthStub(client._etcd.channel)
 
     @property
     def is_auth_enabled(self) -> bool:
@@ -129,10 +124,15 @@ class EtcdAuthAdmin:
     # connection ----------------------------------------------------------------------------
     @classmethod
     def connect(
-        cls, endpoints: str, root_password_file: Path, *, timeout_s: float = 5.0
+        cls,
+        endpoints: str,
+        root_password_file: Path,
+        *,
+        timeout_s: float = 5.0,
+        tls: TlsFiles | None = None,
     ) -> EtcdAuthAdmin:
         """Log in as root with the password in ``root_password_file`` when it exists; without
-        login when etcd has no authentication yet.
+        login when etcd has no authentication yet. ``tls``: for ``https://`` endpoints.
 
         :raise ConfigError: etcd has authentication on but the root password file is missing
             or not private
@@ -143,13 +143,14 @@ class EtcdAuthAdmin:
             client = KvClient(
                 endpoints,
                 timeout_s=timeout_s,
+                tls=tls,
                 user=ROOT_USER,
                 password=password,
                 login_hint=f"the root password in {root_password_file} is not etcd's:"
                 " give the right file with --root-password-file",
             )
             return cls(client, root_password_file)
-        client = KvClient(endpoints, timeout_s=timeout_s)
+        client = KvClient(endpoints, timeout_s=timeout_s, tls=tls)
         admin = cls(client, root_password_file)
         try:
             admin._call("UserList", etcdrpc.AuthUserListRequest(), "list users")
@@ -174,22 +175,7 @@ class EtcdAuthAdmin:
         self.close()
 
     def _call(self, method: str, request: Any, what: str) -> Any:
-        """Call the Auth service; etcd's "already exists" and "not found" become
-        AlreadyExists and NotFound, other errors as in :class:`KvClient`."""
-        with self.client._errors(what):
-            try:
-                return getattr(self._stub, method)(
-                    request, timeout=self.client.timeout_s, metadata=self.client._etcd.metadata
-                )
-            except grpc.RpcError as err:
-                details = (err.details() if hasattr(err, "details") else "") or ""
-                if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                    text = details.removeprefix("etcdserver: ")
-                    if "already exists" in details:
-                        raise AlreadyExists(f"cannot {what}: {text}") from err
-                    if "not found" in details:
-                        raise NotFound(f"cannot {what}: {text}") from err
-                raise
+        return self.client.auth_call(method, request, what)
 
     @contextlib.contextmanager
     def _unless(self, message: str) -> Iterator[None]:
@@ -334,16 +320,16 @@ class EtcdAuthAdmin:
             self._call("RoleDelete", request, f"remove role {role}")
 
 
-def is_auth_enabled(endpoints: str, *, timeout_s: float = 5.0) -> bool:
+def is_auth_enabled(
+    endpoints: str, *, timeout_s: float = 5.0, tls: TlsFiles | None = None
+) -> bool:
     """Whether etcd at ``endpoints`` checks logins (asked without logging in).
 
     :raise ServiceUnavailable: etcd does not answer
     """
-    with KvClient(endpoints, timeout_s=timeout_s) as client:
+    with KvClient(endpoints, timeout_s=timeout_s, tls=tls) as client:
         try:
-            EtcdAuthAdmin(client, Path())._call(
-                "UserList", etcdrpc.AuthUserListRequest(), "list users"
-            )
+            client.auth_call("UserList", etcdrpc.AuthUserListRequest(), "list users")
         except PermissionDenied:
             return True
     return False

@@ -32,8 +32,9 @@ from typing import Any
 import yaml
 
 from pcocc import fields, proc
-from pcocc.errors import ConfigError, PcoccError, ServiceUnavailable, UsageError
+from pcocc.errors import ConfigError, PcoccError, ServiceUnavailable, TimedOut, UsageError
 from pcocc.kv import keys
+from pcocc.kv.endpoints import ENDPOINTS_VAR
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +302,7 @@ def prepare_nics(
             key = keys.net_switch(user, batchid, nic.net)
             try:
                 text = kv.wait_for(key, lambda snap, k=key: snap.get(k), timeout_s)
-            except TimeoutError:
+            except TimedOut:
                 raise ServiceUnavailable(
                     f"vm{rank}: the switch of network '{nic.net}' did not start in {timeout_s:g} s",
                     hint="check the launcher's messages",
@@ -370,7 +371,7 @@ def start_switches(
 
             try:
                 kv.wait_for(key, ready, timeout_s, 0.2)
-            except TimeoutError:
+            except TimedOut:
                 raise ServiceUnavailable(
                     f"the switch of network '{name}' did not start in {timeout_s:g} s"
                 ) from None
@@ -444,5 +445,5 @@ def node_address(env: Mapping[str, str] | None = None) -> str:
     from pcocc.netaddr import ADDRESS_VAR, reachable_address
 
     env = os.environ if env is None else env
-    peers = [e for e in env.get("PCOCC_ETCD_ENDPOINTS", "").split(",") if e.strip()]
+    peers = [e for e in env.get(ENDPOINTS_VAR, "").split(",") if e.strip()]
     return reachable_address(peers, env.get(ADDRESS_VAR))

@@ -87,7 +87,8 @@ def test_short_etcd_outage_is_survived(tmp_path, pcocc_env, pcocc_bin, testvm_ar
     (env.tmp / "done").touch()
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    assert "lost etcd" not in err and "Traceback" not in err
+    assert not [line for line in err.splitlines() if line.startswith("pcocc: error:")], err
+    assert "Traceback" not in err
     assert_nothing_left(env)
 
 
@@ -97,6 +98,7 @@ def test_etcd_restart_is_survived(tmp_path, pcocc_env, pcocc_bin, testvm_artifac
     env = _local_env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts, {})
     proc, job_id = _start_running(env)
     etcd = _etcd_pid(env, job_id)
+    endpoint = _endpoint(env, job_id)
     argv = Path(f"/proc/{etcd}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
     cwd = os.readlink(f"/proc/{etcd}/cwd")  # its unix sockets are relative to it
     os.kill(etcd, signal.SIGKILL)
@@ -124,6 +126,19 @@ def test_etcd_restart_is_survived(tmp_path, pcocc_env, pcocc_bin, testvm_artifac
         again.kill()
         again.wait()
     assert "Traceback" not in err
+    # the launcher says once that etcd went away and once that it is back, not once per
+    # retry; the node process of vm0 (same stderr) at most as much, naming itself
+    lines = err.splitlines()
+    lost = [line for line in lines if line.startswith("pcocc: WARNING: lost etcd")]
+    back = [line for line in lines if line.startswith("pcocc: WARNING: reconnected to etcd")]
+    assert len(lost) == 1 and lost[0].startswith(
+        f"pcocc: WARNING: lost etcd at {endpoint}; retrying"
+    ), err
+    assert back == [f"pcocc: WARNING: reconnected to etcd at {endpoint}"], err
+    node_lost = [line for line in lines if line.startswith("pcocc: WARNING: vm0: lost etcd")]
+    node_back = [line for line in lines if "vm0: reconnected to etcd" in line]
+    assert len(node_lost) <= 1 and len(node_back) == len(node_lost), err
+    assert not [line for line in lines if "lease" in line and "retry" in line], err
     assert_nothing_left(env)
 
 

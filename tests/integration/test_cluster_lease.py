@@ -101,7 +101,7 @@ class BrokenOnceClient:
 
 
 def test_wait_for_rides_out_a_broken_watch():
-    from pcocc.cluster.adapters import EtcdKv
+    from pcocc.kv.watch import wait_for
 
     client = BrokenOnceClient()
     seen = []
@@ -110,14 +110,14 @@ def test_wait_for_rides_out_a_broken_watch():
         seen.append(sorted(snapshot))
         return "done" if "/p/b" in snapshot else None
 
-    assert EtcdKv(client).wait_for("/p/", predicate, 10, tick_s=0.01) == "done"
+    assert wait_for(client, "/p/", predicate, 10, tick_s=0.01) == "done"
     # the stale snapshot was shown while etcd was away, then a fresh read caught the change
     assert seen[0] == ["/p/a"] and seen[-1] == ["/p/a", "/p/b"]
     assert client.reads == 3
 
 
 def test_wait_for_ends_when_the_predicate_gives_up():
-    from pcocc.cluster.adapters import EtcdKv
+    from pcocc.kv.watch import wait_for
 
     class DeadClient(BrokenOnceClient):
         def get_prefix_at(self, prefix):
@@ -131,4 +131,4 @@ def test_wait_for_ends_when_the_predicate_gives_up():
             raise ServiceUnavailable("lost etcd: lease gone")  # what a lease check does
 
     with pytest.raises(ServiceUnavailable, match="lost etcd"):
-        EtcdKv(DeadClient()).wait_for("/p/", predicate, None, tick_s=0.01)
+        wait_for(DeadClient(), "/p/", predicate, None, tick_s=0.01)

@@ -103,7 +103,7 @@ def test_lease_expiry_removes_keys_of_a_killed_process(kv, cluster):
     finally:
         holder.kill()  # no chance to revoke: only expiry can remove the key
         holder.wait()
-    kv.wait_for(keys.vms_prefix(*cluster), lambda v: key not in v, timeout_s=20)
+    kv.wait_for(keys.vms_prefix(*cluster), lambda v: True if key not in v else None, timeout_s=20)
     assert kv.get(key) is None
 
 
@@ -112,7 +112,7 @@ def test_watch_wakes_a_waiter(kv, cluster):
     result = {}
 
     def waiter():
-        result["keys"] = kv.wait_for(prefix, lambda v: len(v) == 2, timeout_s=30)
+        result["keys"] = kv.wait_for(prefix, lambda v: v if len(v) == 2 else None, timeout_s=30)
 
     thread = threading.Thread(target=waiter)
     thread.start()
@@ -135,7 +135,7 @@ def test_watch_reports_puts_and_deletes_in_order(kv, cluster):
 
 def test_wait_for_times_out_with_a_clear_message(kv, cluster):
     with pytest.raises(TimedOut, match="VMs to run"):
-        kv.wait_for(keys.vms_prefix(*cluster), lambda v: bool(v), 0.5, what="VMs to run")
+        kv.wait_for(keys.vms_prefix(*cluster), lambda v: v or None, 0.5, what="VMs to run")
 
 
 def _allocate_many(endpoint: str, prefix: str, count: int, out) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pcocc.cluster import adapters
+from pcocc.kv import connect
 from pcocc.cluster.definition import build_definition
 from pcocc.cluster.record import ClusterRecord
 from pcocc.cluster.state import ClusterState
@@ -165,7 +165,7 @@ def test_list_shows_each_user_and_its_prefix(auth_etcd, pcocc_bin, tmp_path):
 def test_alice_uses_her_prefix_only_with_batch_yaml_credentials(auth_etcd, tmp_path):
     sysconf = _user_config(auth_etcd, tmp_path, "alice", auth_etcd.alice_password_file)
     config = _config(sysconf, tmp_path)
-    kv = adapters.open_kv(adapters.configured_endpoints(config, {}), config)
+    kv = connect.open_kv(connect.configured_endpoints(config, {}), config)
     try:
         assert kv.client.user == "alice" and kv.client.is_logged_in
         mine = keys.cluster_definition("alice", uuid.uuid4().hex[:8])
@@ -192,7 +192,7 @@ def test_environment_login_wins_over_batch_yaml(auth_etcd, tmp_path):
         "PCOCC_ETCD_USER": "bob",
         "PCOCC_ETCD_PASSWORD": auth_etcd.bob_password_file.read_text().strip(),
     }
-    kv = adapters.EtcdKv.from_env(env, config)
+    kv = connect.EtcdKv.from_env(env, config)
     try:
         assert kv.client.user == "bob"
         kv.put(keys.cluster_definition("bob", "env-login"), "{}")
@@ -248,7 +248,7 @@ def test_wrong_password_is_a_clear_login_error(auth_etcd, tmp_path):
     wrong.chmod(0o600)
     sysconf = _user_config(auth_etcd, tmp_path, "alice", wrong)
     with pytest.raises(PermissionDenied, match="log in as alice") as info:
-        adapters.open_kv(auth_etcd.endpoint, _config(sysconf, tmp_path))
+        connect.open_kv(auth_etcd.endpoint, _config(sysconf, tmp_path))
     assert str(wrong) in info.value.hint and "not-alices-password" not in str(info.value)
 
 
@@ -376,7 +376,7 @@ def test_configured_login_is_not_used_while_etcd_has_no_auth(etcd_server, tmp_pa
                     password_file, {})  # fmt: skip
     sysconf = _user_config(auth, tmp_path, "alice", password_file)
     config = _config(sysconf, tmp_path)
-    kv = adapters.open_kv(adapters.configured_endpoints(config, {}), config)
+    kv = connect.open_kv(connect.configured_endpoints(config, {}), config)
     try:
         assert not kv.client.is_logged_in
         key = keys.cluster_definition("alice", uuid.uuid4().hex[:8])

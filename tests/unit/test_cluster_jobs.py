@@ -3,16 +3,13 @@
 import pytest
 
 from pcocc.cli.main import run_cli
-from pcocc.cluster.adapters import (
-    configured_endpoints,
-    kv_endpoint_sets,
-)
 from pcocc.cluster.batchadapter import batch_manager
 from pcocc.cluster.vmbuild import hosts_file, vm_shares
 from pcocc.cluster.definition import build_definition
 from pcocc.config import BatchConfig
 from pcocc.cluster.jobs import DEFINITION_VAR, boot_timeout_s, decode_definition, encode_definition
 from pcocc.errors import UsageError
+from pcocc.kv.connect import configured_endpoints, kv_endpoint_sets
 
 
 def test_definition_transport_round_trip(tmp_path):

@@ -104,7 +104,7 @@ def test_symlinked_password_file_is_checked_at_its_target(tmp_path):
 
 def test_batch_yaml_placeholders_and_relative_password_file(tmp_path, monkeypatch):
     """What every pcocc process reads: user and password-file of the loaded batch.yaml."""
-    from pcocc.cluster.adapters import etcd_login_settings
+    from pcocc.kv.connect import etcd_login_settings
     from pcocc.config import load_config
     from pcocc.config.placeholders import user_name
 

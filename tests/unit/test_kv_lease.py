@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from pcocc.errors import ServiceUnavailable
-from pcocc.kv.client import KvLease
+from pcocc.kv.lease import KvLease
 
 ENDPOINT = "http://127.0.0.1:2379"
 
@@ -17,7 +17,7 @@ class FakeClient:
     endpoint = ENDPOINT
 
     @contextlib.contextmanager
-    def _errors(self, what):
+    def errors(self, what):
         yield
 
 

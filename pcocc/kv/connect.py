@@ -1,0 +1,234 @@
+"""How pcocc finds its etcd and logs in to it: the endpoints (environment, batch.yaml, or
+the private etcd of a job), the login and TLS files of batch.yaml, and the clients built
+from them (:class:`EtcdKv` for the cluster runtime, a gateway reader for user commands).
+
+The gRPC client is imported only when a client is built: user commands that only look
+clusters up go through the JSON gateway and start faster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, Union
+
+from pcocc.kv.endpoints import ENDPOINTS_VAR
+
+if TYPE_CHECKING:
+    from pcocc.config import Config
+    from pcocc.kv.client import KvClient
+    from pcocc.kv.tls import TlsFiles
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: in a job's run dir: where its private etcd is, and the login to it
+ENDPOINTS_FILE = "etcd-endpoints"
+LOGIN_FILE = "etcd-login"
+
+
+class EtcdKv:
+    """:class:`~pcocc.cluster.ports.Kv` over :class:`pcocc.kv.client.KvClient` (text values)."""
+
+    def __init__(self, client: KvClient):
+        self.client = client
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        config: Config | None = None,
+        *,
+        label: str | None = None,
+    ) -> EtcdKv:
+        """A client of ``$PCOCC_ETCD_ENDPOINTS`` in ``env``, logged in as the environment or
+        batch.yaml says (see :func:`pcocc.kv.credentials.etcd_login`); ``label`` starts its
+        outage messages (e.g. ``vm0``, when they share the launcher's stderr)."""
+        from pcocc.kv.client import KvClient
+
+        return cls(KvClient.from_env(env, label=label, **etcd_login_settings(config)))
+
+    def close(self) -> None:
+        self.client.close()
+
+    def put(self, key: str, value: str, lease: Any = None) -> None:
+        self.client.put(key, value, lease=lease)
+
+    def get(self, key: str) -> str | None:
+        value = self.client.get(key)
+        return None if value is None else _decoded({key: value})[key]
+
+    def get_prefix(self, prefix: str) -> dict[str, str]:
+        return _decoded(self.client.get_prefix(prefix))
+
+    def delete_prefix(self, prefix: str) -> None:
+        self.client.delete_prefix(prefix)
+
+    def lease(self, ttl_s: int) -> contextlib.AbstractContextManager[Any]:
+        return self.client.lease(ttl_s)
+
+    def wait_for(
+        self,
+        prefix: str,
+        predicate: Callable[[dict[str, str]], T | None],
+        timeout_s: float | None,
+        tick_s: float = 0.5,
+    ) -> T:
+        """:func:`pcocc.kv.watch.wait_for` on text values (see :class:`~pcocc.cluster.ports.Kv`).
+
+        :raise TimedOut: no result after ``timeout_s``
+        """
+        return self.client.wait_for(
+            prefix, lambda raw: predicate(_decoded(raw)), timeout_s, tick_s=tick_s
+        )
+
+
+def _decoded(raw: Mapping[str, bytes]) -> dict[str, str]:
+    # undecodable bytes stay visible (as surrogates) to the record parsers, which refuse
+    # them naming the key, instead of failing the whole read
+    return {k: v.decode(errors="surrogateescape") for k, v in raw.items()}
+
+
+#: a configuration, or what loads it only when needed (user commands skip the config files
+#: when $PCOCC_ETCD_ENDPOINTS already says where etcd is)
+ConfigSource = Union["Config", Callable[[], "Config"], None]
+
+
+def configured_endpoints(config: ConfigSource, env: Mapping[str, str]) -> str | None:
+    """``$PCOCC_ETCD_ENDPOINTS``, else the external etcd of batch.yaml, else None (private)."""
+    if env.get(ENDPOINTS_VAR):
+        return env[ENDPOINTS_VAR]
+    if callable(config):
+        config = config()
+    etcd = (config.batch if config is not None else {}).get("etcd") or {}
+    if etcd.get("mode", "external") == "external" and etcd.get("endpoints"):
+        scheme = "https" if etcd.get("ca-cert") else "http"
+        return ",".join(e if "://" in e else f"{scheme}://{e}" for e in etcd["endpoints"])
+    return None
+
+
+@contextlib.contextmanager
+def etcd_for_job(
+    run_dir: Path,
+    env: dict[str, str],
+    user: str,
+    config: Config | None = None,
+    controller_hosts: Callable[[], Sequence[str]] = lambda: (),
+) -> Iterator[dict[str, str]]:
+    """The configured etcd, or a private one of ``user`` in ``run_dir`` when none is
+    (private mode), on an address the job's nodes reach (see :mod:`pcocc.kv.private`).
+
+    :param controller_hosts: the batch system's controllers (asked only for a private etcd)
+    Yields the variables that point children at it.
+    """
+    endpoints = configured_endpoints(config, env)
+    if endpoints:
+        yield {ENDPOINTS_VAR: endpoints}
+        return
+    from pcocc import fsutil
+    from pcocc.kv.credentials import JOB_LOGIN_VAR
+    from pcocc.kv.private import job_address, private_etcd
+
+    address = job_address(list(controller_hosts()), env)
+    log.debug("private etcd on %s", address)
+    with private_etcd(run_dir, user, address) as extra:
+        # for the user commands run outside the job (``kv_endpoint_sets``)
+        login_file = run_dir / LOGIN_FILE
+        endpoints_file = run_dir / ENDPOINTS_FILE
+        fsutil.write_atomic(login_file, extra[JOB_LOGIN_VAR] + "\n", mode=0o600)
+        fsutil.write_atomic(endpoints_file, extra[ENDPOINTS_VAR] + "\n", mode=0o600)
+        try:
+            yield dict(extra)
+        finally:
+            endpoints_file.unlink(missing_ok=True)
+            login_file.unlink(missing_ok=True)
+
+
+def kv_endpoint_sets(
+    env: Mapping[str, str], run_root: Path, config: ConfigSource = None
+) -> list[tuple[str, Any]]:
+    """Where a user command looks for clusters, and the login to use there (None: as
+    configured): the configured etcd, else the private etcd of each local cluster of this
+    user (``<run root>/<job>/etcd-endpoints`` and the job's login in ``etcd-login``)."""
+    endpoints = configured_endpoints(config, env)
+    if endpoints:
+        return [(endpoints, None)]
+    from pcocc.errors import ConfigError
+    from pcocc.kv.credentials import read_job_login_file
+
+    found = []
+    for path in sorted(run_root.glob(f"*/{ENDPOINTS_FILE}")):
+        with contextlib.suppress(OSError):
+            text = path.read_text().strip()
+            if not text:
+                continue
+            login = None
+            login_path = path.with_name(LOGIN_FILE)
+            if login_path.exists():
+                try:
+                    login = read_job_login_file(login_path)
+                except ConfigError as err:
+                    log.warning("skipping the cluster in %s: %s", path.parent, err.message)
+                    continue
+            found.append((text, login))
+    return found
+
+
+def etcd_login_settings(config: Config | None) -> dict[str, Any]:
+    """The ``etcd`` section of batch.yaml and the directory of the file that set its
+    ``password-file`` (relative paths start there), for ``KvClient.from_env``."""
+    if config is None:
+        return {}
+    etcd = config.batch.get("etcd") or {}
+    origin = config.origin("batch", "etcd", "password-file")
+    if origin.file is None:
+        origin = config.origin("batch", "etcd", "ca-cert")
+    if origin.file is None:
+        origin = config.origin("batch", "etcd")
+    return {"etcd": etcd, "base_dir": origin.file.parent if origin.file is not None else None}
+
+
+def site_tls(endpoints: str, config: ConfigSource) -> TlsFiles | None:
+    """The TLS files of batch.yaml for ``endpoints`` (the config is loaded only for
+    ``https://`` ones)."""
+    from pcocc.kv.tls import needs_tls, tls_from_config
+
+    if not needs_tls(endpoints):
+        return None
+    settings = etcd_login_settings(config() if callable(config) else config)
+    return tls_from_config(settings.get("etcd"), settings.get("base_dir"))
+
+
+def open_kv(endpoints: str, config: Config | None = None, *, label: str | None = None) -> EtcdKv:
+    """A client of ``endpoints``, logged in as $PCOCC_ETCD_USER or batch.yaml's etcd user
+    (``label``: see :meth:`EtcdKv.from_env`)."""
+    return EtcdKv.from_env({**os.environ, ENDPOINTS_VAR: endpoints}, config, label=label)
+
+
+def open_reader(endpoints: str, config: ConfigSource = None, login: Any = None) -> Any:
+    """A read-only client of ``endpoints`` over etcd's JSON gateway (no gRPC import: user
+    commands that only look clusters up start faster), logged in as ``login`` (an
+    EtcdLogin) or like :func:`open_kv`."""
+    from pcocc.kv.credentials import JOB_LOGIN_VAR, USER_VAR, check_login_transport, etcd_login
+    from pcocc.kv.gateway import GatewayReader
+    from pcocc.kv.tls import needs_tls, tls_from_config
+
+    settings: dict[str, Any] = {}
+    env_login = login is not None or os.environ.get(USER_VAR) or os.environ.get(JOB_LOGIN_VAR)
+    # else the environment alone says who logs in; the config still gives TLS files
+    if not env_login or needs_tls(endpoints):
+        settings = etcd_login_settings(config() if callable(config) else config)
+    if login is None:
+        login = etcd_login(settings.get("etcd"), os.environ, base_dir=settings.get("base_dir"))
+    tls = tls_from_config(settings.get("etcd"), settings.get("base_dir"))
+    if login is None:
+        return GatewayReader(endpoints, tls=tls)
+    for endpoint in endpoints.split(","):
+        if endpoint.strip():
+            check_login_transport(endpoint, login)
+    return GatewayReader(
+        endpoints, user=login.user, password=login.password, hint=login.hint, tls=tls
+    )
