@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers import testrootfs
+from tests.integration.containers.ctrlib import pcocc
 
 RUNTIMES = ["crun", "runc", "unshare"]
 
@@ -43,3 +44,13 @@ def runtime(request) -> str:
     if not shutil.which(request.param):
         pytest.skip(f"{request.param} is not installed")
     return request.param
+
+
+@pytest.fixture
+def slurm(pcocc_env, slurm_env, runtime_dir, monkeypatch, pcocc_bin, busybox_image):
+    """pcocc configured for the dev cluster, with the busybox image as 'busy'."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime_dir))
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    (pcocc_env["system"] / "batch.yaml").write_text("type: slurm\n")
+    pcocc(pcocc_bin, "image", "import", busybox_image.ref, "busy", check=0)
+    return pcocc_env

@@ -53,13 +53,6 @@ def test_a_signal_stops_the_pod_and_says_so(env, pcocc_bin, image_dir, runtime, 
 
 
 # -- multi-node runs ----------------------------------------------------------------------
-@pytest.fixture
-def slurm(pcocc_env, slurm_env, runtime_dir, monkeypatch, pcocc_bin, busybox_image):
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime_dir))
-    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
-    (pcocc_env["system"] / "batch.yaml").write_text("type: slurm\n")
-    pcocc(pcocc_bin, "image", "import", busybox_image.ref, "busy", check=0)
-    return pcocc_env
 
 
 @pytest.mark.slow

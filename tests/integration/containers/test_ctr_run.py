@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from helpers import testrootfs
-from tests.integration.containers.ctrlib import pcocc, pods
+from tests.integration.containers.ctrlib import pcocc, pods, run_image
 from tests.nonroot import readable_pcocc
 
 
@@ -30,23 +30,14 @@ def wait_running(pcocc_bin, timeout_s=20.0):
 
 # -- exit statuses, output, hostname ---------------------------------------------------
 def test_exit_status_propagates(env, pcocc_bin, image_dir, runtime):
-    pcocc(pcocc_bin, "run", "--runtime", runtime, image_dir, "--", "true", check=0)
-    pcocc(pcocc_bin, "run", "--runtime", runtime, image_dir, "--", "false", check=1)
-    pcocc(pcocc_bin, "run", "--runtime", runtime, image_dir, "--", "sh", "-c", "exit 7", check=7)
+    run_image(pcocc_bin, runtime, image_dir, "true", check=0)
+    run_image(pcocc_bin, runtime, image_dir, "false", check=1)
+    run_image(pcocc_bin, runtime, image_dir, "sh", "-c", "exit 7", check=7)
 
 
 def test_hostname_output_and_logs(env, pcocc_bin, image_dir, runtime):
-    res = pcocc(
-        pcocc_bin,
-        "run",
-        "--runtime",
-        runtime,
-        image_dir,
-        "--",
-        "sh",
-        "-c",
-        "hostname; echo to-stderr >&2",
-        check=0,
+    res = run_image(
+        pcocc_bin, runtime, image_dir, "sh", "-c", "hostname; echo to-stderr >&2", check=0,
     )
     [pod] = pods(pcocc_bin)
     assert res.stdout.strip() == f"pcocc-{pod['uuid'][:8]}"
@@ -57,12 +48,12 @@ def test_hostname_output_and_logs(env, pcocc_bin, image_dir, runtime):
 
 
 def test_image_default_command(env, pcocc_bin, image_dir, runtime):
-    res = pcocc(pcocc_bin, "run", "--runtime", runtime, image_dir, check=0)
+    res = run_image(pcocc_bin, runtime, image_dir, check=0)
     assert res.stdout.strip() == "default-cmd"
 
 
 def test_runs_as_the_caller_by_default(env, pcocc_bin, image_dir, runtime):
-    res = pcocc(pcocc_bin, "run", "--runtime", runtime, image_dir, "--", "id", "-u", check=0)
+    res = run_image(pcocc_bin, runtime, image_dir, "id", "-u", check=0)
     assert res.stdout.strip() == str(os.getuid())
 
 
@@ -71,7 +62,7 @@ def test_runtime_from_containers_yaml_and_auto(env, pcocc_bin, image_dir):
     pcocc(pcocc_bin, "run", image_dir, "--", "true", check=0)
     (env["user"] / "containers.yaml").write_text("runtime: auto\n")
     pcocc(pcocc_bin, "run", image_dir, "--", "true", check=0)
-    pcocc(pcocc_bin, "run", "--runtime", "unshare", image_dir, "--", "true", check=0)
+    run_image(pcocc_bin, "unshare", image_dir, "true", check=0)
     used = [p["runtime"] for p in pods(pcocc_bin)]
     assert used[0] == "runc" and used[2] == "unshare"
     assert used[1] in ("crun", "runc", "unshare")
@@ -93,18 +84,9 @@ def test_interactive_passes_stdin(env, pcocc_bin, image_dir, runtime):
         check=0,
     )
     assert res.stdout.strip() == "got:hello"
-    res = pcocc(
-        pcocc_bin,
-        "run",
-        "--runtime",
-        runtime,
-        image_dir,
-        "--",
-        "sh",
-        "-c",
-        "read line; echo got:$line",
-        input="hello\n",
-        check=0,
+    res = run_image(
+        pcocc_bin, runtime, image_dir, "sh", "-c", "read line; echo got:$line",
+        input="hello\n", check=0,
     )
     assert res.stdout.strip() == "got:"  # without -i the app reads /dev/null
 
@@ -145,17 +127,8 @@ def test_env_precedence(env, pcocc_bin, image_dir, runtime, tmp_path, monkeypatc
         "explicit",
         "a=b",
     ]
-    res = pcocc(
-        pcocc_bin,
-        "run",
-        "--runtime",
-        runtime,
-        image_dir,
-        "--",
-        "sh",
-        "-c",
-        "echo ${HOST_WINS:-unset}",
-        check=0,
+    res = run_image(
+        pcocc_bin, runtime, image_dir, "sh", "-c", "echo ${HOST_WINS:-unset}", check=0,
     )
     assert res.stdout.strip() == "config"  # no --inherit-env: the host's value stays out
 
@@ -262,26 +235,10 @@ def test_two_apps_in_one_pod(env, pcocc_bin, image_dir, runtime):
 
 
 def test_first_failing_app_gives_the_status(env, pcocc_bin, image_dir, runtime):
-    pcocc(
-        pcocc_bin,
-        "run",
-        "--runtime",
-        runtime,
-        image_dir,
-        "--",
-        "true",
-        "---",
-        image_dir,
-        "--",
-        "sh",
-        "-c",
-        "exit 4",
-        "---",
-        image_dir,
-        "--",
-        "sh",
-        "-c",
-        "exit 5",
+    run_image(
+        pcocc_bin, runtime, image_dir, "true",
+        "---", image_dir, "--", "sh", "-c", "exit 4",
+        "---", image_dir, "--", "sh", "-c", "exit 5",
         check=4,
     )
 
@@ -382,8 +339,8 @@ def test_killed_supervisor_shows_exited_and_gc_cleans(env, pcocc_bin, image_dir,
 
 # -- list and gc ------------------------------------------------------------------------
 def test_list_status_and_gc_with_grace_periods(env, pcocc_bin, image_dir):
-    pcocc(pcocc_bin, "run", "--runtime", "crun", image_dir, "--", "true", check=0)
-    pcocc(pcocc_bin, "run", "--runtime", "crun", image_dir, "--", "false", check=1)
+    run_image(pcocc_bin, "crun", image_dir, "true", check=0)
+    run_image(pcocc_bin, "crun", image_dir, "false", check=1)
     first, second = pods(pcocc_bin)
     table = pcocc(pcocc_bin, "pod", "list", check=0).stdout.splitlines()
     assert table[0].split()[:4] == ["UUID", "APP", "IMAGE", "STATE"]
@@ -402,7 +359,7 @@ def test_list_status_and_gc_with_grace_periods(env, pcocc_bin, image_dir):
 
 
 def test_rm(env, pcocc_bin, image_dir):
-    pcocc(pcocc_bin, "run", "--runtime", "crun", image_dir, "--", "true", check=0)
+    run_image(pcocc_bin, "crun", image_dir, "true", check=0)
     [pod] = pods(pcocc_bin)
     pcocc(pcocc_bin, "pod", "rm", pod["uuid"][:8], check=0)
     assert pods(pcocc_bin) == []
@@ -432,16 +389,8 @@ def test_private_net_has_only_loopback(env, pcocc_bin, image_dir, runtime):
     host_ifaces = [
         ln.split(":")[0].strip() for ln in Path("/proc/net/dev").read_text().splitlines()[2:]
     ]
-    shared = pcocc(
-        pcocc_bin,
-        "run",
-        "--runtime",
-        runtime,
-        image_dir,
-        "--",
-        "sh",
-        "-c",
-        "tail -n +3 /proc/net/dev | cut -d: -f1",
+    shared = run_image(
+        pcocc_bin, runtime, image_dir, "sh", "-c", "tail -n +3 /proc/net/dev | cut -d: -f1",
         check=0,
     )
     assert sorted(shared.stdout.split()) == sorted(host_ifaces)
@@ -485,15 +434,8 @@ def test_missing_runtime_binary(env, pcocc_bin, image_dir, tmp_path):
     bindir.mkdir()
     for tool in ("sh", "mount", "unshare"):
         (bindir / tool).symlink_to(shutil.which(tool))
-    res = pcocc(
-        pcocc_bin,
-        "run",
-        "--runtime",
-        "crun",
-        image_dir,
-        "--",
-        "true",
-        env={**os.environ, "PATH": str(bindir)},
+    res = run_image(
+        pcocc_bin, "crun", image_dir, "true", env={**os.environ, "PATH": str(bindir)},
     )
     assert res.returncode == 1
     assert (

@@ -12,14 +12,6 @@ from tests.integration.containers.ctrlib import pcocc
 NODES = ["n1", "n2", "n3", "n4"]
 
 
-@pytest.fixture
-def slurm(pcocc_env, slurm_env, runtime_dir, monkeypatch, pcocc_bin, busybox_image):
-    """pcocc configured for the dev cluster, with the busybox image as 'busy'."""
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime_dir))
-    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
-    (pcocc_env["system"] / "batch.yaml").write_text("type: slurm\n")
-    pcocc(pcocc_bin, "image", "import", busybox_image.ref, "busy", check=0)
-    return pcocc_env
 
 
 def _lines(text: str) -> list[str]:

@@ -101,8 +101,8 @@ def test_app_sees_the_image_its_env_and_a_readonly_volume(env, pcocc_bin, image_
 
 @pytest.mark.slow
 def test_exit_status_and_stderr_propagate(env, pcocc_bin, image_dir):
-    res = pcocc(pcocc_bin, "run", "--runtime", "vm", image_dir, "--",
-                "sh", "-c", "echo to-stderr >&2; touch /readonly-root; exit 3")
+    res = ctrlib.run_image(pcocc_bin, "vm", image_dir, "sh", "-c",
+                           "echo to-stderr >&2; touch /readonly-root; exit 3")
     assert res.returncode == 3, res.stderr
     assert "to-stderr" in res.stderr
     assert "Read-only file system" in res.stderr  # the image's root stays read-only
