@@ -16,7 +16,12 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-pytest_plugins = ["tests.fixtures.services", "tests.fixtures.vm"]
+pytest_plugins = [
+    "tests.fixtures.services",
+    "tests.fixtures.vm",
+    "tests.fixtures.cluster",
+    "tests.fixtures.launcher",
+]
 
 #: marker -> the fixtures that start (or build) that real component
 COMPONENT_FIXTURES: dict[str, frozenset[str]] = {

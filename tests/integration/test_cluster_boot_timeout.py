@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from test_cluster import Env, assert_nothing_left
+from tests.fixtures.cluster import Env, assert_nothing_left
 
 pytestmark = pytest.mark.slow
 
 
-def test_boot_timeout(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts):  # noqa: F811
+def test_boot_timeout(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts):
     env = Env(
         tmp_path,
         pcocc_env,

@@ -12,7 +12,7 @@ import subprocess
 import time
 
 import pytest
-from test_cluster import Env, assert_nothing_left, slurm_test_env  # noqa: F401 - fixture
+from tests.fixtures.cluster import Env, assert_nothing_left
 
 pytestmark = pytest.mark.slow
 

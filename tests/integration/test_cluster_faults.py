@@ -16,12 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_cluster import (  # noqa: F401 - slurm_test_env is a fixture
-    Env,
-    assert_nothing_left,
-    our_processes,
-    slurm_test_env,
-)
+from tests.fixtures.cluster import Env, assert_nothing_left, our_processes
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +62,7 @@ def _resume(pid: int) -> None:
         pass
 
 
-def test_short_etcd_outage_is_survived(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts):  # noqa: F811
+def test_short_etcd_outage_is_survived(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts):
     # default TTL (10 s): a 4 s pause is shorter than what is left of any refreshed lease
     env = _local_env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts, {})
     proc, job_id = _start_running(env)
@@ -92,7 +87,7 @@ def test_short_etcd_outage_is_survived(tmp_path, pcocc_env, pcocc_bin, testvm_ar
     assert_nothing_left(env)
 
 
-def test_etcd_restart_is_survived(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts):  # noqa: F811
+def test_etcd_restart_is_survived(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts):
     # etcd killed and started again on the same data and ports (what a service restart
     # does): the launcher's watch breaks and must be opened again
     env = _local_env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts, {})
@@ -146,7 +141,7 @@ def test_long_etcd_outage_ends_the_cluster_cleanly(
     tmp_path,
     pcocc_env,
     pcocc_bin,
-    testvm_artifacts,  # noqa: F811
+    testvm_artifacts,
 ):
     env = _local_env(
         tmp_path, pcocc_env, pcocc_bin, testvm_artifacts, {"PCOCC_LEASE_TTL": str(SHORT_TTL_S)}
@@ -169,7 +164,7 @@ def test_long_etcd_outage_ends_the_cluster_cleanly(
     assert_nothing_left(env)
 
 
-def test_long_etcd_outage_on_slurm(slurm_test_env, etcd_server):  # noqa: F811
+def test_long_etcd_outage_on_slurm(slurm_test_env, etcd_server):
     # the shared etcd of a Slurm site; node processes run under srun on the dev nodes
     env = slurm_test_env
     env.env["PCOCC_LEASE_TTL"] = str(SHORT_TTL_S)
@@ -199,7 +194,7 @@ def test_long_etcd_outage_on_slurm(slurm_test_env, etcd_server):  # noqa: F811
     assert_nothing_left(env)
 
 
-def test_bad_lease_ttl_is_a_usage_error(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts):  # noqa: F811
+def test_bad_lease_ttl_is_a_usage_error(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts):
     env = _local_env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts, {"PCOCC_LEASE_TTL": "soon"})
     res = env.run("alloc", "-E", "true", "testvm:1", timeout_s=120)
     assert res.returncode == 2, res.stderr

@@ -9,9 +9,8 @@ import time
 import pytest
 
 from pcocc.cluster.definition import build_definition
-from pcocc.cluster.launcher import ClusterFailed, ClusterStopped, Launcher, LaunchSettings
+from pcocc.cluster.launcher import ClusterFailed, ClusterStopped
 from pcocc.cluster.node import NodeProcess, NodeSettings
-from pcocc.cluster.ports import MachineInfo
 from pcocc.cluster.record import ClusterRecord
 from pcocc.signals import Interrupted
 from pcocc.cluster.vmstate import VmRecord
@@ -20,162 +19,15 @@ from pcocc.kv import keys
 
 from tests.fixtures.memkv import MemoryKv
 
-USER, JOB = "alice", "42"
-TEMPLATES = {"tpl": {"kernel": "/k", "accel": "tcg"}}
-
-
-class FakeVm:
-    def __init__(self, rank, vm_dir, behaviour):
-        self.rank, self.vm_dir, self.behaviour = rank, vm_dir, behaviour
-        self.exited = threading.Event()
-        self.status = None
-        self.shut_down = False
-        self.stop = threading.Event()
-        self.console_log = str(vm_dir / "console.log")
-
-    def launch(self):
-        if self.behaviour.get("launch_fails"):
-            raise PcoccError("qemu-system-x86_64 failed: cannot open disk")
-        log = self.vm_dir / "console.log"
-        log.write_text("booting\n")
-        if self.behaviour.get("never_ready"):
-            self.stop.wait(30)
-            raise PcoccError(f"vm{self.rank} not ready")
-        return MachineInfo(
-            pid=1000 + self.rank,
-            ssh_port=22000 + self.rank,
-            qmp_socket=str(self.vm_dir / "qmp.sock"),
-            console_socket=str(self.vm_dir / "c.sock"),
-            console_log=str(log),
-            forwards=dict(self.behaviour.get("forwards", {})),
-            extra=dict(self.behaviour.get("extra", {})),
-        )
-
-    def wait(self, timeout_s):
-        if self.behaviour.get("signalled"):  # slurmstepd's SIGTERM on scancel
-            raise Interrupted(signal.SIGTERM)
-        if self.exited.wait(timeout_s or 0):
-            return self.status
-        return None
-
-    def crash(self, status=-9):
-        self.status = status
-        self.exited.set()
-
-    def shutdown(self):
-        self.shut_down = True
-        self.stop.set()
-
-
-class FakeTasks:
-    def __init__(self, nodes, threads):
-        self.nodes, self.threads = nodes, threads
-        self.results = {}
-        self.stopped = False
-
-    def poll(self):
-        if any(t.is_alive() for t in self.threads):
-            return None
-        return max((r if isinstance(r, int) else 1) for r in self.results.values())
-
-    def stop(self, timeout_s=10.0):
-        self.stopped = True
-        self.ended_before_stop = not any(t.is_alive() for t in self.threads)
-        for n in self.nodes:
-            n.stop_requested.set()
-        for vm in self.vms.values():
-            vm.stop.set()  # a signal would interrupt a blocking launch
-        for t in self.threads:
-            t.join(timeout_s)
-
-
-class FakeBatch:
-    name = "fake"
-
-    def __init__(self, kv, behaviours=None):
-        self.kv = kv
-        self.behaviours = behaviours or {}
-        self.vms = {}
-        self.tasks = None
-        self.launched = None
-
-    def launch_tasks(self, job_id, ntasks, argv, env, *, one_per_node=False):
-        self.launched = (job_id, ntasks, list(argv), dict(env))
-        self.one_per_node = one_per_node
-        nodes, threads = [], []
-        tasks = FakeTasks(nodes, threads)
-        tasks.vms = self.vms
-        for rank in range(ntasks):
-            behaviour = self.behaviours.get(rank, {})
-            node = NodeProcess(
-                self.kv,
-                NodeSettings(
-                    USER,
-                    job_id,
-                    rank,
-                    host=f"n{rank}",
-                    tick_s=0.05,
-                    linger_s=1.0,
-                    address=behaviour.get("address"),
-                ),
-                lambda d, e, vm_dir, key, b=behaviour: self._make(e.rank, vm_dir, b),
-            )
-
-            def body(node=node, rank=rank):
-                if self.behaviours.get(rank, {}).get("node_dies"):
-                    return  # never publishes anything
-                try:
-                    tasks.results[rank] = node.run()
-                except Exception as err:  # what the CLI would print
-                    tasks.results[rank] = err
-
-            nodes.append(node)
-            threads.append(threading.Thread(target=body, daemon=True))
-        for t in threads:
-            t.start()
-        self.tasks = tasks
-        return tasks
-
-    def _make(self, rank, vm_dir, behaviour):
-        vm = FakeVm(rank, vm_dir, behaviour)
-        self.vms[rank] = vm
-        return vm
-
-
-@pytest.fixture
-def run_dir(tmp_path, monkeypatch):
-    d = tmp_path / "run"
-    monkeypatch.setenv("PCOCC_RUN_DIR", str(d))
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # kept console logs
-    return d
-
-
-def make_launcher(
-    kv, batch, n=2, command="true", timeout_s=20.0, templates=TEMPLATES, networks=None,
-    switch_argv=None,
-):  # fmt: skip
-    d = build_definition(
-        f"tpl:{n}", templates, owner=USER, boot_timeout_s=timeout_s, networks=networks
-    )
-    settings = LaunchSettings(
-        user=USER,
-        batchid=JOB,
-        node_argv=["pcocc", "internal", "run"],
-        command=command,
-        env={"PATH": os.environ["PATH"]},
-        host="login",
-        tick_s=0.05,
-        switch_argv=switch_argv,
-    )
-    return Launcher(kv, batch, d, settings)
-
-
-def assert_all_gone(kv, batch, run_dir):
-    assert kv.keys() == []
-    assert kv.live_leases == set()
-    assert all(vm.shut_down for vm in batch.vms.values())
-    assert not (run_dir / JOB).exists()
-    assert batch.tasks is None or all(not t.is_alive() for t in batch.tasks.threads)
+from tests.fixtures.launcher import (
+    JOB,
+    TEMPLATES,
+    USER,
+    FakeBatch,
+    FakeVm,
+    assert_all_gone,
+    make_launcher,
+)
 
 
 def test_command_runs_with_job_id_once_all_vms_run(run_dir, tmp_path):

@@ -4,7 +4,7 @@ import contextlib
 import threading
 
 import pytest
-from test_cluster_launcher import FakeBatch, assert_all_gone, make_launcher, run_dir  # noqa: F401
+from tests.fixtures.launcher import FakeBatch, assert_all_gone, make_launcher
 
 from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S, lease_ttl_s
 from pcocc.errors import ServiceUnavailable, UsageError
@@ -49,7 +49,7 @@ class LosableKv(MemoryKv):
             )
 
 
-def test_lost_etcd_ends_the_cluster_naming_etcd(run_dir):  # noqa: F811
+def test_lost_etcd_ends_the_cluster_naming_etcd(run_dir):
     kv = LosableKv()
     batch = FakeBatch(kv)
     launcher = make_launcher(kv, batch, command="sleep 30")

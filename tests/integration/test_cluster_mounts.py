@@ -15,15 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_cluster import (  # noqa: F401 - local_env, cluster_env... are fixtures
-    Env,
-    _endpoints,
-    assert_nothing_left,
-    cluster_env,
-    local_env,
-    pids_matching,
-    slurm_test_env,
-)
+from tests.fixtures.cluster import Env, _endpoints, assert_nothing_left, pids_matching
 
 from pcocc.vm import virtiofs
 from tests.nonroot import readable_pcocc, readable_site_packages
@@ -39,7 +31,7 @@ def _need_virtiofsd():
         pytest.skip(str(err))
 
 
-def test_alloc_mount_reads_and_writes_host_files(cluster_env):  # noqa: F811
+def test_alloc_mount_reads_and_writes_host_files(cluster_env):
     env: Env = cluster_env
     share = env.tmp / "shared dir"
     share.mkdir()
@@ -60,7 +52,7 @@ def test_alloc_mount_reads_and_writes_host_files(cluster_env):  # noqa: F811
     assert_nothing_left(env, _endpoints(env))
 
 
-def test_template_mount_points_are_shared_by_tag(local_env, pcocc_env):  # noqa: F811
+def test_template_mount_points_are_shared_by_tag(local_env, pcocc_env):
     env: Env = local_env
     apps, home = env.tmp / "apps", env.tmp / "home-share"
     for d in (apps, home):
@@ -86,7 +78,7 @@ def test_template_mount_points_are_shared_by_tag(local_env, pcocc_env):  # noqa:
 
 
 @pytest.mark.parametrize("how", ["qemu killed", "interrupted"])
-def test_virtiofsd_ends_with_the_vm(local_env, how):  # noqa: F811
+def test_virtiofsd_ends_with_the_vm(local_env, how):
     env: Env = local_env
     share = env.tmp / "share"
     share.mkdir()
@@ -118,7 +110,7 @@ def test_virtiofsd_ends_with_the_vm(local_env, how):  # noqa: F811
     (lambda tmp: f"{tmp}/hosts.sh:/data", "is not a directory"),
     (lambda tmp: f"{tmp}:data", "must be an absolute path"),
 ])
-def test_bad_mounts_fail_before_allocation(local_env, make_bad, why):  # noqa: F811
+def test_bad_mounts_fail_before_allocation(local_env, make_bad, why):
     env: Env = local_env
     value = make_bad(env.tmp)
     res = env.run("alloc", "--mount", value, "-E", "true", "testvm:1", timeout_s=60)
@@ -130,7 +122,7 @@ def test_bad_mounts_fail_before_allocation(local_env, make_bad, why):  # noqa: F
 
 # -- as an ordinary user ------------------------------------------------------------------
 @pytest.fixture
-def vm_user(testvm_artifacts):  # noqa: F811
+def vm_user(testvm_artifacts):
     """A throwaway user, its private home with a pcocc configuration for the test VM, and
     the environment to run pcocc as that user."""
     if os.getuid() != 0:

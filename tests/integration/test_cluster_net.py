@@ -14,7 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_cluster import PRIVATE_CHECKS, Env, assert_nothing_left, use_private_network
+from tests.fixtures.cluster import (
+    PRIVATE_CHECKS,
+    Env,
+    assert_nothing_left,
+    use_private_network,
+)
 
 import devcluster
 

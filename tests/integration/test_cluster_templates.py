@@ -10,13 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_cluster import (  # noqa: F401 - local_env, slurm_test_env are fixtures
-    Env,
-    _endpoints,
-    assert_nothing_left,
-    local_env,
-    slurm_test_env,
-)
+from tests.fixtures.cluster import Env, _endpoints, assert_nothing_left
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +30,7 @@ def no_jobs(env: Env) -> bool:
     return not jobs.exists() or not any(jobs.iterdir())
 
 
-def test_placeholders_and_persistent_drives(local_env, pcocc_env):  # noqa: F811
+def test_placeholders_and_persistent_drives(local_env, pcocc_env):
     env: Env = local_env
     for rank in (0, 1):
         with open(env.tmp / f"data-{rank}.raw", "wb") as f:
@@ -82,7 +76,7 @@ def test_placeholders_and_persistent_drives(local_env, pcocc_env):  # noqa: F811
     assert_nothing_left(env)
 
 
-def test_rank_placeholders_in_mount_points_and_user_data(local_env, pcocc_env):  # noqa: F811
+def test_rank_placeholders_in_mount_points_and_user_data(local_env, pcocc_env):
     from pcocc.vm import virtiofs
 
     try:
@@ -115,7 +109,7 @@ def test_rank_placeholders_in_mount_points_and_user_data(local_env, pcocc_env): 
     assert_nothing_left(env)
 
 
-def test_bad_template_settings_fail_before_allocation(local_env, pcocc_env):  # noqa: F811
+def test_bad_template_settings_fail_before_allocation(local_env, pcocc_env):
     env: Env = local_env
     missing = env.tmp / "missing.qcow2"
     set_template(pcocc_env, **{"persistent-drives": [str(missing)]})
@@ -175,7 +169,7 @@ def driver_iso(dest, artifacts, names: list[str]):
 
 @pytest.mark.parametrize("model", ["virtio-scsi", "ide"])
 def test_disk_model_attaches_the_boot_disk(
-    local_env, pcocc_env, testvm_artifacts, model  # noqa: F811
+    local_env, pcocc_env, testvm_artifacts, model
 ):
     """The boot disk (the image's overlay) on the chosen bus, as QEMU reports it and as the
     guest sees it once it loads the drivers (from an iso attached as a persistent drive:
@@ -221,7 +215,7 @@ def test_disk_model_attaches_the_boot_disk(
     assert_nothing_left(env)
 
 
-def test_full_node_gives_each_vm_a_whole_node(slurm_test_env, pcocc_env):  # noqa: F811
+def test_full_node_gives_each_vm_a_whole_node(slurm_test_env, pcocc_env):
     env: Env = slurm_test_env
     set_template(pcocc_env, **{"full-node": True})
     script = (

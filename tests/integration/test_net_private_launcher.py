@@ -8,14 +8,7 @@ import threading
 import time
 
 import pytest
-from test_cluster_launcher import (  # noqa: F401 - run_dir is a fixture
-    JOB,
-    USER,
-    FakeBatch,
-    assert_all_gone,
-    make_launcher,
-    run_dir,
-)
+from tests.fixtures.launcher import JOB, USER, FakeBatch, assert_all_gone, make_launcher
 
 from pcocc.cluster.launcher import ClusterFailed
 from pcocc.kv import keys
@@ -43,7 +36,7 @@ def make(kv, batch, command):
     )  # fmt: skip
 
 
-def test_switch_runs_for_the_cluster_and_is_stopped(run_dir):  # noqa: F811
+def test_switch_runs_for_the_cluster_and_is_stopped(run_dir):
     kv = SwitchKv()
     batch = FakeBatch(kv)
     launcher = make(kv, batch, "exit 4")
@@ -54,7 +47,7 @@ def test_switch_runs_for_the_cluster_and_is_stopped(run_dir):  # noqa: F811
     assert_all_gone(kv, batch, run_dir)
 
 
-def test_a_dead_switch_ends_the_cluster(run_dir):  # noqa: F811
+def test_a_dead_switch_ends_the_cluster(run_dir):
     kv = SwitchKv()
     batch = FakeBatch(kv)
     launcher = make(kv, batch, "sleep 30")

@@ -30,7 +30,7 @@ FRAMES = 300
 
 
 @pytest.fixture
-def victim_cluster(two_users, victim, testvm_artifacts):  # noqa: F811
+def victim_cluster(two_users, victim, testvm_artifacts):
     """The victim's running cluster: (job id, its run dir, the alloc process)."""
     images = two_users.shared / "testvm"
     images.mkdir(exist_ok=True)
