@@ -165,17 +165,22 @@ def test_node_lease_expiry_while_running(run_dir):
     assert_all_gone(kv, batch, run_dir)
 
 
+def _signal_once_running(kv, signum):
+    """Send ``signum`` to this process (the launcher) once vm1 runs, from a thread."""
+    state_key = keys.vm_state(USER, JOB, 1)
+
+    def send():
+        kv.wait_for(state_key, lambda s: True if '"running"' in s.get(state_key, "") else None, 10)
+        os.kill(os.getpid(), signum)
+
+    threading.Thread(target=send, daemon=True).start()
+
+
 def test_sigterm_tears_down(run_dir):
     kv = MemoryKv()
     batch = FakeBatch(kv)
     launcher = make_launcher(kv, batch, command="sleep 30")
-    state_key = keys.vm_state(USER, JOB, 1)
-
-    def scancel():
-        kv.wait_for(state_key, lambda s: True if '"running"' in s.get(state_key, "") else None, 10)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=scancel, daemon=True).start()
+    _signal_once_running(kv, signal.SIGTERM)  # scancel
     with pytest.raises(Interrupted, match="SIGTERM") as exc:
         launcher.run()
     assert exc.value.exit_status == 143
@@ -320,13 +325,7 @@ def test_a_signal_to_the_launcher_names_the_cluster(run_dir):
     kv = MemoryKv()
     batch = FakeBatch(kv)
     launcher = make_launcher(kv, batch, command="sleep 30")
-    state_key = keys.vm_state(USER, JOB, 1)
-
-    def ctrl_c():
-        kv.wait_for(state_key, lambda s: True if '"running"' in s.get(state_key, "") else None, 10)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    threading.Thread(target=ctrl_c, daemon=True).start()
+    _signal_once_running(kv, signal.SIGINT)  # Ctrl-C
     with pytest.raises(Interrupted) as exc:
         launcher.run()
     assert exc.value.message == "cluster 42 stopped by SIGINT"
