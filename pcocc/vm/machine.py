@@ -125,7 +125,11 @@ class Machine:
                              " port (user networking)")
         self.boot_timeout_s = boot_timeout_s
         self.keep_overlay = keep_overlay
-        self.shares = tuple(shares)
+        #: served by virtiofsd processes; the virtio-9p ones QEMU serves itself
+        self.shares = tuple(s for s in shares if s.type != "virtio-9p")
+        self.ninep_shares = tuple(s for s in shares if s.type == "virtio-9p")
+        for share in self.ninep_shares:
+            virtiofs.check_tag(share.tag)
         for share in self.shares:
             virtiofs.check_tag(share.tag)
         self.fs_processes: list[subprocess.Popen | None] = [None] * len(self.shares)
@@ -248,13 +252,14 @@ class Machine:
             agent_socket=Path(AGENT_SOCKET),
             fs_shares=tuple((share.tag, Path(virtiofs.socket_name(i)))
                             for i, share in enumerate(self.shares)),
+            ninep_shares=self.ninep_shares,
         )
+        for share in (*self.shares, *self.ninep_shares):
+            if not os.path.isdir(share.source):
+                raise PcoccError(f"VM {self.base_spec.name}: cannot share "
+                                 f"{share.source} (tag {share.tag}): not a directory",
+                                 hint="create it, or fix the template's mount-points")
         if self.shares:
-            for share in self.shares:
-                if not os.path.isdir(share.source):
-                    raise PcoccError(f"VM {self.base_spec.name}: cannot share "
-                                     f"{share.source} (tag {share.tag}): not a directory",
-                                     hint="create it, or fix the template's mount-points")
             self._virtiofsd = virtiofs.find_virtiofsd()
             virtiofs.check_unprivileged()
             for i in range(len(self.shares)):
