@@ -24,6 +24,8 @@ from pcocc.cluster.stored import (
     parse_definition,
 )
 from pcocc.errors import ConfigError, NotFound, UsageError
+from pcocc.vm import pinning
+from pcocc.vm.pinning import Pinning
 
 _TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 #: Subnet of the cluster's private addresses, used for /etc/hosts entries in the VMs when the
@@ -240,6 +242,8 @@ def build_definition(
                 raise UsageError(f"template '{name}': {err}", hint=err.hint) from err
             checked.add(image)
         vm_cores = cores if cores is not None else _template_cores(name, settings)
+        if not settings.get("full-node"):
+            pinning.vcpus(name, vm_cores, Pinning.from_settings(settings))
         net_defs = resolve_networks(
             name,
             settings.get("resource-set"),

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from pcocc.cluster import rundir, vmsettings
 from pcocc.cluster.definition import ClusterDefinition, VmEntry
+from pcocc.vm import pinning
+from pcocc.vm.pinning import Pinning
 from pcocc.vm.qemu import Drive, VmSpec
 from pcocc.vm.seed import HostKey, SeedSpec
 from pcocc.errors import ConfigError
@@ -63,6 +65,7 @@ class VmBuild:
     image: Path | None = None
     shares: tuple[Share, ...] = ()
     boot_timeout_s: float = 600.0
+    pinning: Pinning | None = None
 
 
 def runtime_settings(entry: VmEntry, batchid: str) -> Mapping[str, Any]:
@@ -181,11 +184,13 @@ def build_vm(
     """
     from pcocc.net.resolve import plan_networks
 
+    pins = Pinning.from_settings(settings)
     fields: dict[str, Any] = {
         "name": entry.name,
         "accel": host.accel,
         "memory_mib": memory_mib(settings),
-        "smp": host.cpus if settings.get("full-node") else entry.cores,
+        "smp": pinning.vcpus(entry.template,
+                             host.cpus if settings.get("full-node") else entry.cores, pins),
         "host_address": host.address,
         "disks": persistent_disks(entry.template, settings, probe),
         "disk_model": settings.get("disk-model") or "virtio",
@@ -220,6 +225,7 @@ def build_vm(
         image=image,
         shares=shares,
         boot_timeout_s=definition.boot_timeout_s,
+        pinning=pins,
     )
 
 

@@ -26,14 +26,6 @@ _TOP_KEYS = {"allow-user-override"}
 
 #: Template settings of pcocc 0.7 that this version refuses, and why.
 TEMPLATE_REFUSED = {
-    "emulator-cores": (
-        "reserving cores for QEMU's own threads is not supported by this version "
-        "(the vCPUs and QEMU's threads share the cores of the VM's task)"
-    ),
-    "bind-vcpus": (
-        "pinning vCPUs to host cores is not supported by this version "
-        "(the vCPUs float on the cores of the VM's task)"
-    ),
     "disk-cache": (
         "the cache mode of the boot disk is not configurable in this version "
         "(its overlay is private to the VM and dropped at the end)"

@@ -39,10 +39,11 @@ from pathlib import Path
 from typing import Self
 
 from pcocc import daemon, proc
-from pcocc.vm import virtiofs
+from pcocc.vm import pinning, virtiofs
 from pcocc.errors import PcoccError, UsageError
 from pcocc.net.user import SSH_PORT
 from pcocc.vm.agent import GuestAgent
+from pcocc.vm.pinning import Pinning
 from pcocc.vm.qemu import Drive, VmSpec, build_argv
 from pcocc.vm.qmp import QmpClient
 from pcocc.vm.seed import SeedSpec, build_seed
@@ -98,6 +99,7 @@ class Machine:
     :param boot_timeout_s: how long the guest may take to come up
     :param keep_overlay: leave the overlay in place after shutdown (for ``save``)
     :param shares: host directories served to the guest over virtio-fs
+    :param pinning: pin QEMU's vCPU and emulator threads once the guest is up
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class Machine:
         boot_timeout_s: float = 120.0,
         keep_overlay: bool = False,
         shares: Sequence[virtiofs.Share] = (),
+        pinning: Pinning | None = None,
     ) -> None:
         self.run_dir = Path(run_dir).absolute()
         self.image = Path(image).absolute() if image is not None else None
@@ -125,6 +128,7 @@ class Machine:
                              " port (user networking)")
         self.boot_timeout_s = boot_timeout_s
         self.keep_overlay = keep_overlay
+        self.pinning = pinning
         #: served by virtiofsd processes; the virtio-9p ones QEMU serves itself
         self.shares = tuple(s for s in shares if s.type != "virtio-9p")
         self.ninep_shares = tuple(s for s in shares if s.type == "virtio-9p")
@@ -205,6 +209,7 @@ class Machine:
                 self._start_qemu()
                 try:
                     self._wait_until_up()
+                    self._pin()
                     break
                 except _PortTaken as taken:
                     if attempt == PORT_ATTEMPTS - 1:
@@ -357,6 +362,13 @@ class Machine:
         for name in (QMP_SOCKET, AGENT_SOCKET, CONSOLE_SOCKET):
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(self.run_dir / name, 0o600)
+
+    def _pin(self) -> None:
+        if self.pinning is None:
+            return
+        assert self.process is not None
+        with self.qmp() as qmp:
+            pinning.apply(self.process.pid, qmp, self.pinning)
 
     def _boot_error(self, message: str) -> VmBootError:
         accel = self.spec.accel if self.spec else self.base_spec.accel

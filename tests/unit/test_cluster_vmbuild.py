@@ -117,3 +117,12 @@ def test_a_tag_shared_twice_is_refused(tmp_path):
     d = build_definition("t:1", {"t": tpl}, mounts=[f"home={tmp_path}"])
     with pytest.raises(ConfigError, match="mount tag 'home'"):
         _build(d)
+
+
+def test_vm_with_pinning_has_fewer_vcpus_than_cores():
+    from pcocc.vm.pinning import Pinning
+
+    tpl = {"kernel": "/k", "emulator-cores": 1, "bind-vcpus": True, "resources": {"cores": 3}}
+    build = _build(build_definition("t:1", {"t": tpl}))
+    assert (build.spec.smp, build.pinning) == (2, Pinning(True, 1))
+    assert _build(build_definition("t:1", {"t": {"kernel": "/k"}})).pinning is None

@@ -44,6 +44,8 @@ example2:
   inherits: example
   full-node: true
   machine-type: pc
+  emulator-cores: 1
+  bind-vcpus: true
 """
 
 TEMPLATES_WRAPPED = """\
@@ -68,6 +70,8 @@ templates:
     inherits: example
     full-node: true
     machine-type: pc
+    emulator-cores: 1
+    bind-vcpus: true
 """
 
 RESOURCES_07 = """\
@@ -162,9 +166,8 @@ def test_user_file_in_07_form_adds_templates(pcocc_env):
 
 # (file, 0.7 text, line:col, key path, words of the reason)
 REFUSED = [
-    ("templates", "t:\n  image: user:a\n  emulator-cores: 2\n", "3:3",
-     "templates.t.emulator-cores", "QEMU's own threads"),
-    ("templates", "t:\n  bind-vcpus: true\n", "2:3", "templates.t.bind-vcpus", "pinning"),
+    ("templates", "t:\n  image: user:a\n  ispod: true\n", "3:3", "templates.t.ispod",
+     "pods of pcocc 0.7"),
     ("templates", "t:\n  disk-cache: unsafe\n", "2:3", "templates.t.disk-cache", "cache mode"),
     ("templates", "t:\n  persistent-drives:\n  - /d.raw:\n      mmp: 'no'\n", "4:7",
      "templates.t.persistent-drives[0].mmp", "multi-mount protection"),
@@ -202,8 +205,8 @@ def test_07_settings_not_supported_are_refused_with_file_line(pcocc_env, name, t
 
 def test_refused_in_the_wrapped_form_too(pcocc_env):
     f = pcocc_env["system"] / "templates.yaml"
-    f.write_text("templates:\n  t:\n    emulator-cores: 1\n")
-    with pytest.raises(ConfigError, match=f"^{f}:3:5: templates.t.emulator-cores: "):
+    f.write_text("templates:\n  t:\n    disk-cache: unsafe\n")
+    with pytest.raises(ConfigError, match=f"^{f}:3:5: templates.t.disk-cache: "):
         _load(pcocc_env)
 
 
@@ -222,8 +225,8 @@ def test_mount_point_types_and_instance_id(pcocc_env):
 
 
 PROBLEMS = {
-    "templates": ("example:\n  image: user:a\n  emulator-cores: 2\n  frob: 1\n"
-                  "other:\n  bind-vcpus: true\n"),
+    "templates": ("example:\n  image: user:a\n  disk-cache: unsafe\n  frob: 1\n"
+                  "other:\n  ispod: true\n"),
     "resources": "default:\n  networks: [nat-rssh]\n  cores: many\n",
     "networks": "nat-rssh:\n  type: nat\n  settings: {mtu: 1500}\n",
 }
@@ -236,8 +239,8 @@ def test_check_config_lists_every_problem_at_once(tmp_path):
     lines = [str(p).split(": ", 2)[:2] for p in report.problems]
     assert lines == [
         [f"{tmp_path}/batch.yaml:2:1", "invalid YAML"],
-        [f"{tmp_path}/templates.yaml:3:3", "templates.example.emulator-cores"],
-        [f"{tmp_path}/templates.yaml:6:3", "templates.other.bind-vcpus"],
+        [f"{tmp_path}/templates.yaml:3:3", "templates.example.disk-cache"],
+        [f"{tmp_path}/templates.yaml:6:3", "templates.other.ispod"],
         [f"{tmp_path}/templates.yaml:4:3", "templates.example.frob"],
         [f"{tmp_path}/resources.yaml:3:10", "resource-sets.default.cores"],
         [f"{tmp_path}/networks.yaml:2:9", "networks.nat-rssh.type"],
