@@ -137,7 +137,8 @@ and a file in that form is read exactly as if its names were under `templates:`,
 `resource-sets:` or `networks:` (a file uses one form or the other; error messages name the
 key path of the wrapped form, with the file's own lines). pcocc 0.7's spellings with an
 exact equivalent are accepted: `mount-points: {TAG: PATH}` (a path alone) and persistent
-drives written `- PATH: {cache: ...}`.
+drives written `- PATH: {cache: ...}`. Its template settings `instance-id`, `bind-vcpus`,
+`emulator-cores` and `mount-points` with `type: virtio-9p` work as described above.
 
 Settings of pcocc 0.7 that this version cannot honour are refused, each with its file:line
 and reason, never ignored:
