@@ -64,9 +64,9 @@ NETWORK_REFUSED = {
     "genericpci": ("PCI device passthrough is not available in this version", None),
 }
 ETHERNET_SETTINGS = (
-    "ethernet networks with 'settings:' (pcocc 0.7) are not available: this version's "
-    "ethernet type has its own keys",
-    "use 'type: private', or rewrite it with the keys of docs/configuration.md",
+    "networks of pcocc 0.7 ('type' and 'settings:') are not available: this version's "
+    "network types have their own keys, directly under the network",
+    "use 'type: private' or 'type: user', with the keys of docs/configuration.md",
 )
 _REMOVE = "remove this key"
 
