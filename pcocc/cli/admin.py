@@ -181,3 +181,24 @@ def list_(
         for u in users
     ]
     print_table(["USER", "ROLES", "ACCESS"], rows)
+
+
+@admin.command("check-config")
+@click.argument("directory", type=click.Path(file_okay=False))
+def check_config(directory: str) -> None:
+    """Check every configuration file of DIRECTORY (e.g. /etc/pcocc, also in the format of
+    pcocc 0.7) and list all their problems, each with its file:line (exit status 2 if any)."""
+    from pcocc.cli.context import exit_with
+    from pcocc.checkconfig import check_directory
+
+    report = check_directory(Path(directory))
+    for problem in report.problems:
+        click.echo(str(problem))
+        if problem.hint:
+            click.echo(f"  hint: {problem.hint}")
+    if report.problems:
+        click.echo(f"{len(report.problems)} problem(s) in {directory}", err=True)
+        exit_with(2)
+        return
+    defined = ", ".join(f"{n} {word}" for word, n in report.counts.items())
+    click.echo(f"OK: {len(report.files)} file(s) in {directory}: {defined}")
