@@ -189,8 +189,9 @@ def site_tls(endpoints: str, etcd: EtcdSource) -> TlsFiles | None:
     return tls_from_config(_loaded(etcd))
 
 
-def open_kv(endpoints: str, etcd: EtcdConfig = EtcdConfig(), *, label: str | None = None
-            ) -> EtcdKv:
+def open_kv(
+    endpoints: str, etcd: EtcdConfig = EtcdConfig(), *, label: str | None = None
+) -> EtcdKv:
     """A client of ``endpoints``, logged in as $PCOCC_ETCD_USER or batch.yaml's etcd user
     (``label``: see :meth:`EtcdKv.from_env`)."""
     return EtcdKv.from_env({**os.environ, ENDPOINTS_VAR: endpoints}, etcd, label=label)

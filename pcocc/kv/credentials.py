@@ -20,6 +20,7 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
 from pcocc import fsutil, userfile
 from pcocc.config.model import EtcdConfig
 from pcocc.errors import ConfigError
