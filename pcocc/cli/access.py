@@ -24,7 +24,7 @@ def ssh(session: Session, job_id: str | None, target: str, command: tuple[str, .
     """Connect to a VM with ssh (host keys are checked), or run COMMAND there."""
     from pcocc.cluster.access import find_cluster, run_interactive, ssh_argv
 
-    view = find_cluster(job_id, config=lambda: session.config)
+    view = find_cluster(job_id, etcd=lambda: session.config.batch.etcd)
     exit_with(run_interactive(ssh_argv(view, target, command)))
 
 
@@ -36,7 +36,7 @@ def scp(session: Session, job_id: str | None, args: tuple[str, ...]) -> None:
     """Copy files to and from VMs: pcocc scp [SCP_OPTIONS] SRC... DST, with vmN:PATH."""
     from pcocc.cluster.access import find_cluster, run_interactive, scp_argv
 
-    view = find_cluster(job_id, config=lambda: session.config)
+    view = find_cluster(job_id, etcd=lambda: session.config.batch.etcd)
     exit_with(run_interactive(scp_argv(view, args)))
 
 
@@ -55,7 +55,7 @@ def nc(session: Session, job_id: str | None, target: str, port: int) -> None:
     from pcocc.cluster.access import find_cluster
     from pcocc.cluster.access import nc as relay
 
-    exit_with(relay(find_cluster(job_id, config=lambda: session.config), target, port))
+    exit_with(relay(find_cluster(job_id, etcd=lambda: session.config.batch.etcd), target, port))
 
 
 @click.command()
@@ -69,7 +69,7 @@ def console(session: Session, job_id: str | None, show_log: bool, vm: str) -> No
     from pcocc.errors import NotFound
 
     try:
-        view = find_cluster(job_id, config=lambda: session.config)
+        view = find_cluster(job_id, etcd=lambda: session.config.batch.etcd)
     except NotFound:
         if not (show_log and job_id):
             raise
@@ -93,7 +93,7 @@ def reset(session: Session, job_id: str | None, vm: str) -> None:
     from pcocc.cluster.access import find_cluster
     from pcocc.cluster.access import reset as do_reset
 
-    do_reset(find_cluster(job_id, config=lambda: session.config), vm)
+    do_reset(find_cluster(job_id, etcd=lambda: session.config.batch.etcd), vm)
 
 
 @click.command("monitor-cmd")
@@ -105,4 +105,5 @@ def monitor_cmd(session: Session, job_id: str | None, vm: str, words: tuple[str,
     """Send a monitor command to a VM: HMP ('info status'), QMP name or QMP JSON."""
     from pcocc.cluster.access import find_cluster, monitor_command
 
-    click.echo(monitor_command(find_cluster(job_id, config=lambda: session.config), vm, words))
+    view = find_cluster(job_id, etcd=lambda: session.config.batch.etcd)
+    click.echo(monitor_command(view, vm, words))

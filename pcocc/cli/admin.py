@@ -42,7 +42,7 @@ def _endpoints(session: Session, endpoints: str | None) -> str:
     from pcocc.kv.connect import configured_endpoints
     from pcocc.errors import UsageError
 
-    endpoints = endpoints or configured_endpoints(session.config, os.environ)
+    endpoints = endpoints or configured_endpoints(session.config.batch.etcd, os.environ)
     if not endpoints:
         raise UsageError(
             "no etcd to administer: batch.yaml has no etcd endpoints",
@@ -61,7 +61,8 @@ def _connect(session: Session, endpoints: str | None, root_password_file: str | 
         if root_password_file
         else default_root_password_file(Path(session.system_dir))
     )
-    return EtcdAuthAdmin.connect(endpoints, root_file, tls=site_tls(endpoints, lambda: session.config))
+    tls = site_tls(endpoints, lambda: session.config.batch.etcd)
+    return EtcdAuthAdmin.connect(endpoints, root_file, tls=tls)
 
 
 def _warn_if_auth_off(etcd) -> None:
@@ -101,7 +102,7 @@ def status(session: Session, endpoints: str | None) -> None:
     from pcocc.kv.connect import site_tls
 
     endpoints = _endpoints(session, endpoints)
-    tls = site_tls(endpoints, lambda: session.config)
+    tls = site_tls(endpoints, lambda: session.config.batch.etcd)
     state = "enabled" if is_auth_enabled(endpoints, tls=tls) else "disabled"
     click.echo(f"etcd at {endpoints}: authentication {state}")
 

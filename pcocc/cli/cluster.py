@@ -127,7 +127,7 @@ def ps(session: Session, as_json: bool) -> None:
     from pcocc.cluster.access import list_clusters
     from pcocc.cluster.lookup import ps_table
 
-    clusters = list_clusters(config=lambda: session.config)
+    clusters = list_clusters(etcd=lambda: session.config.batch.etcd)
     if as_json:
         click.echo(json.dumps([c.to_json() for c in clusters], indent=2))
     elif clusters:

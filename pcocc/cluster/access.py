@@ -24,6 +24,7 @@ from pcocc.cluster import adapters, rundir
 from pcocc.cluster.lookup import ClusterView, all_clusters, parse_vm_name, select_cluster
 from pcocc.cluster.sshkeys import ensure_user_key, write_ssh_files
 from pcocc.cluster.vmstate import RUNNING, VmRecord
+from pcocc.config import EtcdConfig
 from pcocc.errors import NotFound, PcoccError, ServiceUnavailable, UsageError
 from pcocc.kv import connect
 
@@ -34,13 +35,13 @@ CONSOLE_ESCAPE = b"\x1d"
 
 
 @contextlib.contextmanager
-def _kvs(env: Mapping[str, str], config: connect.ConfigSource) -> Iterator[list[Any]]:
+def _kvs(env: Mapping[str, str], etcd: connect.EtcdSource) -> Iterator[list[Any]]:
     """Read-only clients of every etcd that may hold the user's clusters."""
-    sets = connect.kv_endpoint_sets(env, rundir.run_root(), config)
+    sets = connect.kv_endpoint_sets(env, rundir.run_root(), etcd)
     kvs: list[Any] = []
     try:
         for endpoints, login in sets:
-            kvs.append(connect.open_reader(endpoints, config, login))
+            kvs.append(connect.open_reader(endpoints, etcd, login))
         yield kvs
     finally:
         for kv in kvs:
@@ -48,10 +49,10 @@ def _kvs(env: Mapping[str, str], config: connect.ConfigSource) -> Iterator[list[
 
 
 def list_clusters(
-    env: Mapping[str, str] | None = None, config: connect.ConfigSource = None
+    env: Mapping[str, str] | None = None, etcd: connect.EtcdSource = EtcdConfig()
 ) -> list[ClusterView]:
     env = os.environ if env is None else env
-    with _kvs(env, config) as kvs:
+    with _kvs(env, etcd) as kvs:
         found = []
         for kv in kvs:
             try:
@@ -64,10 +65,11 @@ def list_clusters(
 
 
 def find_cluster(
-    job_id: str | None, env: Mapping[str, str] | None = None, config: connect.ConfigSource = None
+    job_id: str | None, env: Mapping[str, str] | None = None,
+    etcd: connect.EtcdSource = EtcdConfig(),
 ) -> ClusterView:
     env = os.environ if env is None else env
-    return select_cluster(list_clusters(env, config), job_id, env)
+    return select_cluster(list_clusters(env, etcd), job_id, env)
 
 
 def _target(text: str) -> tuple[str | None, str]:
