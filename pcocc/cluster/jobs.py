@@ -302,7 +302,7 @@ def run_vswitch(config: Config, batchid: str, net: str) -> int:
             hint="'pcocc internal vswitch' is started by 'pcocc internal launcher'",
         )
     address = node_address({**os.environ, ENDPOINTS_VAR: endpoints})
-    kv = connect.open_kv(endpoints, label=f"switch of {net}")
+    kv = connect.open_kv(endpoints, config.batch.etcd, label=f"switch of {net}")
     try:
         with raising_on_signals():
             return run_switch(

@@ -106,3 +106,31 @@ def test_etcd_endpoints_env_then_config(tmp_path):
     login.chmod(0o644)
     assert kv_endpoint_sets({}, tmp_path, etcd) == []
 
+
+
+def test_the_switch_logs_in_with_batch_yaml_etcd_settings(tmp_path, monkeypatch):
+    """The switch of a private network talks to the same etcd as the node processes: with an
+    external TLS etcd it needs batch.yaml's CA and login, not the built-in defaults."""
+    from pcocc.cluster import jobs
+    from pcocc.config import Config
+    from pcocc.kv import connect
+
+    etcd = EtcdConfig.from_data({"endpoints": ["https://10.0.0.1:2379"], "ca-cert": "ca.pem"})
+    config = Config(system_dir=tmp_path, user_dir=tmp_path,
+                    batch=BatchConfig.from_data({"type": "local", "etcd": {
+                        "endpoints": ["https://10.0.0.1:2379"], "ca-cert": "ca.pem"}}))
+    assert config.batch.etcd == etcd
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_open_kv(endpoints, etcd=EtcdConfig(), *, label=None):
+        seen.append(etcd)
+        raise Stop
+
+    monkeypatch.setattr(connect, "open_kv", fake_open_kv)
+    monkeypatch.setattr("pcocc.net.private.node_address", lambda env: "127.0.0.1")
+    with pytest.raises(Stop):
+        jobs.run_vswitch(config, "1", "net0")
+    assert seen == [etcd]
