@@ -83,9 +83,14 @@ def _import_image(legacy: LegacyRepo, repo: Repository, name: str,
                                hint="names start with a letter or digit")
     if repo.has_image(name):
         stored = [repo.read_meta(name, r) for r in repo.layout.revisions(name)]
-        if ([m.revision for m in stored] == [r.revision for r in revs]
-                and all(m.source == source for m in stored)):
-            return False
+        have, want = [m.revision for m in stored], [r.revision for r in revs]
+        if all(m.source == source for m in stored):
+            if have == want:
+                return False
+            raise PermissionDenied(
+                f"image '{repo.name}:{name}' was imported from {legacy.root} with revisions "
+                f"{have}, which now has {want}",
+                hint=f"delete '{repo.name}:{name}' to import it again")
         raise PermissionDenied(
             f"image '{repo.name}:{name}' already exists and was not imported from "
             f"{legacy.root}", hint="delete it, or import into another repository with --repo")

@@ -77,6 +77,11 @@ def test_second_run_changes_nothing(pcocc_bin, pcocc_env, legacy):
                     check=0)
     assert "0 images imported, 2 already there, 0 skipped" in res.stdout
     assert sorted(p.relative_to(meta) for p in meta.rglob("*")) == before
+    # a revision added to the old repository since: said, not merged
+    legacy.meta("centos", 3, "vm", legacy.blobs)
+    res = run_pcocc(pcocc_bin, "image", "repo", "import-legacy", legacy.root, check=1)
+    assert (f"centos: skipped: image 'user:centos' was imported from {legacy.root} with "
+            "revisions [0, 1, 2], which now has [0, 1, 2, 3]") in res.stderr
 
 
 def test_a_corrupted_blob_skips_its_image_whole(pcocc_bin, pcocc_env, legacy):
