@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 
 import pytest
 
@@ -64,6 +65,12 @@ def test_imports_every_image_and_revision(pcocc_bin, pcocc_env, legacy, tmp_path
     alpine = _json(pcocc_bin, "image", "show", "alpine")[0]
     assert alpine["manifest_digest"] == legacy.ctr_blobs[0]
     assert alpine["layers"] == [legacy.ctr_blobs[2]] and alpine["entrypoint"] is None
+    # each stored layer is a sound qcow2 whose chain opens inside the repository
+    data = _user_repo(pcocc_env) / "data"
+    for digest in revs[2]["layers"]:
+        hexd = digest.split(":")[1]
+        subprocess.run(["qemu-img", "check", "-q", "-f", "qcow2", "-U",
+                        str(data / hexd[:2] / hexd)], check=True)
     # every digest and every qcow2 chain of the result checks out
     res = run_pcocc(pcocc_bin, "image", "repo", "fsck", "user", check=0)
     assert "0 problems" in res.stdout
