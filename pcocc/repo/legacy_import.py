@@ -94,6 +94,8 @@ def _import_image(legacy: LegacyRepo, repo: Repository, name: str,
         raise PermissionDenied(
             f"image '{repo.name}:{name}' already exists and was not imported from "
             f"{legacy.root}", hint="delete it, or import into another repository with --repo")
+    if len({r.kind for r in revs}) != 1:
+        raise Corrupt(f"image {name} of {legacy.root} mixes VM and container revisions")
     with repo.staging("legacy") as staging:
         metas = []
         previous: LegacyRevision | None = None
