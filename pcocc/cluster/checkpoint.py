@@ -261,6 +261,7 @@ def checkpoint_cluster(
     finally:
         if not committed:
             _decide(kv, key, request, ABORT)
+            _settle(kv, user, batchid, request, definition.size, tick_s)
             ckptdir.discard(staging)
     _decide(kv, key, request, STOP if stop else RESUME)
     _wait_reports(kv, user, batchid, request, definition.size, STOPPED if stop else RESUMED,
@@ -275,6 +276,37 @@ def _decide(kv: Any, key: str, request: Request, phase: str) -> None:
         kv.put(key, Request(request.id, phase, request.dir, request.dest).to_json())
     except PcoccError as err:  # the nodes resume on their own after DECISION_TIMEOUT_S
         log.warning("could not tell the nodes to %s: %s", phase, err.message)
+
+
+def _settle(kv: Any, user: str, batchid: str, request: Request, size: int,
+            tick_s: float, timeout_s: float = 60.0) -> None:
+    """Wait (a while) until no node writes into the staging directory any more: each VM
+    has failed or resumed, or is gone."""
+
+    def settled(snapshot: dict[str, str]) -> bool | None:
+        busy = set()
+        for key, value in snapshot.items():
+            try:
+                parsed = keys.parse_cluster_key(key)
+            except Corrupt:
+                continue
+            if parsed.kind == "vm_state" and parsed.rank is not None and parsed.rank < size:
+                busy.add(parsed.rank)
+        for key, value in snapshot.items():
+            try:
+                parsed = keys.parse_cluster_key(key)
+                if parsed.kind == "ckpt_report":
+                    rep = Report.from_json(value, key)
+                    if rep.id == request.id and rep.status in (FAILED, RESUMED):
+                        busy.discard(parsed.rank)
+            except Corrupt:
+                continue
+        return True if not busy else None
+
+    try:
+        kv.wait_for(keys.cluster_prefix(user, batchid), settled, timeout_s, tick_s)
+    except (TimedOut, PcoccError) as err:
+        log.debug("checkpoint %s: not every node answered the abort: %s", request.id, err)
 
 
 def _wait_reports(kv: Any, user: str, batchid: str, request: Request, size: int,
