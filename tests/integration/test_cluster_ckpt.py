@@ -141,3 +141,57 @@ def test_ckpt_and_restore_on_other_nodes(slurm_test_env):
     subprocess.run(["scancel", second], env=env.env, check=True)
     _job_gone(env, second)
     assert_nothing_left(env, _endpoints(env))
+
+
+def test_ckpt_saves_the_disk_layer_and_refuses_a_changed_image(
+    local_env, pcocc_env, testvm_artifacts
+):
+    """A VM booted on an image: its overlay goes into the checkpoint, comes back with the
+    restored VM (a file written before the checkpoint is there), and stays as it was in
+    the checkpoint; once the image has a new revision, the restore is refused."""
+    import yaml
+
+    env = local_env
+    (pcocc_env["user"] / "repos.yaml").write_text(
+        yaml.safe_dump({"repos": [{"name": "user", "path": str(env.tmp / "repo")}]})
+    )
+    res = env.run("image", "import", str(testvm_artifacts.disk), "user:disk")
+    assert res.returncode == 0, res.stderr
+    path = pcocc_env["system"] / "templates.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["templates"]["testvm"]["image"] = "user:disk"
+    path.write_text(yaml.safe_dump(config))
+    ck = env.tmp / "ck"
+
+    alloc = env.start("alloc", "-E", "sleep 600", "testvm:1")
+    job = env.wait_ps(lambda cs: len(cs) == 1 and cs[0]["running"] == 1, "the VM to run",
+                      proc=alloc)[0]["id"]
+    with _agent(env, job, 0) as agent:
+        status, out, err = agent.exec("/bin/sh", ["-c", "grep -q ' /disk ' /proc/mounts &&"
+                                      " echo before-ckpt > /disk/mark && sync"])
+    assert status == 0, (out, err)
+    res = env.run("ckpt", str(ck))
+    assert res.returncode == 0, res.stderr
+    assert alloc.wait(timeout=120) == 0, alloc.communicate()
+    assert_nothing_left(env)
+    assert sorted(os.listdir(ck / "vm0")) == ["disk0.qcow2", "ssh_host_ed25519_key", "state"]
+    saved_disk = (ck / "vm0" / "disk0.qcow2").read_bytes()
+
+    alloc = env.start("alloc", "-r", str(ck), "-E", "sleep 600", "testvm:1")
+    job = env.wait_ps(lambda cs: len(cs) == 1 and cs[0]["running"] == 1, "the VM to run",
+                      proc=alloc)[0]["id"]
+    with _agent(env, job, 0) as agent:
+        status, out, err = agent.exec("/bin/sh", ["-c", "cat /disk/mark; echo after >"
+                                      " /disk/mark2; sync"])
+    assert (status, out) == (0, "before-ckpt\n"), err
+    os.killpg(alloc.pid, 2)
+    alloc.wait(timeout=120)
+    assert_nothing_left(env)
+    assert (ck / "vm0" / "disk0.qcow2").read_bytes() == saved_disk  # restored from a copy
+
+    res = env.run("image", "resize", "user:disk", "1G")  # a new revision of the image
+    assert res.returncode == 0, res.stderr
+    res = env.run("alloc", "-r", str(ck), "-E", "true", "testvm:1")
+    assert res.returncode == 2, res.stderr
+    assert "image 'user:disk' of vm0 changed since the checkpoint" in res.stderr
+    assert "Traceback" not in res.stderr
