@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pcocc import fields, fsutil
-from pcocc.errors import Corrupt, NotFound, PcoccError, UsageError
+from pcocc.errors import Corrupt, NotFound, UsageError
 
 FORMAT = "pcocc-checkpoint"
 FORMAT_VERSION = 1

@@ -27,9 +27,18 @@ class MigrationError(PcoccError):
     """QEMU could not save or load a VM state."""
 
 
-def _pass_fd(qmp: QmpClient, fd: int) -> None:
-    qmp.send_fd(fd)
-    qmp.execute("getfd", {"fdname": FD_NAME})
+def _migrate(qmp: QmpClient, command: str, path: Path, flags: int, name: str,
+             timeout_s: float) -> None:
+    """Open ``path``, hand it to QEMU, run ``command`` (migrate or migrate-incoming) on it
+    and wait until the migration completes."""
+    fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+    try:
+        qmp.send_fd(fd)
+        qmp.execute("getfd", {"fdname": FD_NAME})
+    finally:
+        os.close(fd)
+    qmp.execute(command, {"uri": f"fd:{FD_NAME}"})
+    _wait(qmp, name, timeout_s)
 
 
 def _wait(qmp: QmpClient, name: str, timeout_s: float) -> None:
@@ -77,14 +86,10 @@ def save_state(qmp: QmpClient, path: Path, name: str, timeout_s: float = 1800.0)
     :raise MigrationError: QEMU failed to write it (``path`` is removed)
     """
     qmp.execute("stop")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            _pass_fd(qmp, fd)
-        finally:
-            os.close(fd)
-        qmp.execute("migrate", {"uri": f"fd:{FD_NAME}"})
-        _wait(qmp, name, timeout_s)
+        _migrate(qmp, "migrate", path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, name, timeout_s)
+    except FileExistsError:
+        raise
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -98,13 +103,7 @@ def load_state(qmp: QmpClient, path: Path, name: str, timeout_s: float = 1800.0)
 
     :raise MigrationError: QEMU refused the state (another QEMU version or machine)
     """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        _pass_fd(qmp, fd)
-    finally:
-        os.close(fd)
-    qmp.execute("migrate-incoming", {"uri": f"fd:{FD_NAME}"})
-    _wait(qmp, name, timeout_s)
+    _migrate(qmp, "migrate-incoming", path, os.O_RDONLY, name, timeout_s)
     resume(qmp)
 
 

@@ -264,3 +264,20 @@ def test_restore_refuses_missing_or_corrupt_checkpoint(tmp_path):
     (root / ckptdir.MANIFEST).write_text('{"format": "pcocc-checkpoint"}')
     with pytest.raises(Corrupt, match="field 'version'"):
         check_restore(root, d, lambda uri: LAYER, None)
+
+
+def test_ckpt_keys_parse_back_and_a_hostile_request_is_ignored():
+    from pcocc.cluster.checkpoint import pending_request
+    from pcocc.kv import keys
+
+    assert keys.parse_cluster_key(keys.ckpt_request("alice", "42")).kind == "ckpt_request"
+    parsed = keys.parse_cluster_key(keys.ckpt_report("alice", "42", 3))
+    assert (parsed.kind, parsed.rank) == ("ckpt_report", 3)
+    with pytest.raises(Corrupt):
+        keys.parse_cluster_key("/pcocc/users/alice/clusters/42/ckpt/x")
+    key = keys.ckpt_request("alice", "42")
+    req = Request("ab12", "save", "/d/s", "/d/ck")
+    assert pending_request({key: req.to_json()}, "alice", "42", None) == req
+    assert pending_request({key: req.to_json()}, "alice", "42", "ab12") is None  # answered
+    assert pending_request({key: '{"id": "x", "phase": "save", "dir": "rel", "dest": "/d"}'},
+                           "alice", "42", None) is None
