@@ -403,6 +403,11 @@ def check_restore(root: Path, definition: ClusterDefinition,
             raise UsageError(f"{what}: the cluster's {attr.replace('_', '-')} differ from"
                              " the checkpoint's")
     for vm in manifest.vms:
+        for name in vm.files:  # their digests are checked by the nodes, before QEMU reads
+            path = ckptdir.vm_dir(root, vm.rank) / name
+            if not path.is_file() or path.is_symlink():
+                raise Corrupt(f"{what}: {path} is missing or not a regular file",
+                              hint="the checkpoint is incomplete; restore another one")
         if vm.image is not None and vm.layer is not None:
             current = layer_of(vm.image)
             if current != vm.layer:

@@ -392,25 +392,27 @@ class Machine:
             set_guest_time(agent, self.spec.name)
 
     def _load_state(self, deadline: float) -> None:
-        """Connect to the QEMU waiting for its state, and load it (see Restore)."""
+        """Connect to the QEMU waiting for its state (its monitor may not listen yet), and
+        load it (see Restore)."""
         from pcocc.vm.migrate import load_state
 
         assert self.process is not None and self.restore is not None
         while True:
             try:
-                with self.qmp(timeout_s=5.0) as qmp:
-                    load_state(qmp, self.restore.state, self.base_spec.name,
-                               timeout_s=max(1.0, deadline - time.monotonic()))
-                return
+                qmp = self.qmp(timeout_s=5.0)
+                break
             except PcoccError as err:
                 if self.process.poll() is not None:
                     return  # the caller reports QEMU's exit and its log
-                if not os.path.exists(self.run_dir / QMP_SOCKET):
-                    if time.monotonic() > deadline:
-                        raise self._boot_error(f"VM {self.base_spec.name}: QEMU did not open"
-                                               " its monitor socket") from err
-                    time.sleep(0.05)
-                    continue
+                if time.monotonic() > deadline:
+                    raise self._boot_error(f"VM {self.base_spec.name}: QEMU's monitor did"
+                                           f" not answer: {err.message}") from err
+                time.sleep(0.05)
+        with qmp:
+            try:
+                load_state(qmp, self.restore.state, self.base_spec.name,
+                           timeout_s=max(1.0, deadline - time.monotonic()))
+            except PcoccError as err:
                 raise self._boot_error(f"cannot restore VM {self.base_spec.name} from"
                                        f" {self.restore.state}: {err.message}") from err
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -35,6 +36,19 @@ def _agent(env, job_id: str, rank: int):
         yield GuestAgent(f"/proc/self/fd/{fd}/qga.sock")
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def _started(env, *args):
+    """``pcocc ARGS`` in the background, interrupted (as Ctrl-C would) if the test fails
+    while it runs."""
+    proc = env.start(*args)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=120)
 
 
 def _start_counter(env, job_id: str, rank: int) -> None:
@@ -69,9 +83,21 @@ def _job_gone(env, job_id: str, timeout_s: float = 120) -> None:
 
 
 def _running(env, job_id: str, n: int) -> dict:
-    clusters = env.wait_ps(
-        lambda cs: any(c["id"] == job_id and c["running"] == n for c in cs),
-        f"the {n} VMs of job {job_id} to run", timeout_s=BOOT_TIMEOUT_S)
+    out = env.tmp / f"slurm-{job_id}.out"
+
+    def ready(clusters) -> bool:
+        if out.exists() and "pcocc: error" in out.read_text():
+            pytest.fail(f"job {job_id} failed: {out.read_text()[-2000:]}")
+        return any(c["id"] == job_id and c["running"] == n for c in clusters)
+
+    try:
+        clusters = env.wait_ps(ready, f"the {n} VMs of job {job_id} to run",
+                               timeout_s=BOOT_TIMEOUT_S)
+    except pytest.fail.Exception:
+        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %R"], env=env.env,
+                               capture_output=True, text=True).stdout.strip()
+        text = out.read_text()[-2000:] if out.exists() else "(no output yet)"
+        pytest.fail(f"job {job_id} ({state or 'gone'}) did not run its VMs: {text}")
     return next(c for c in clusters if c["id"] == job_id)
 
 
@@ -81,10 +107,20 @@ def _entries(path: Path) -> list[str]:
 
 def test_ckpt_and_restore_on_other_nodes(slurm_test_env):
     env = slurm_test_env
+    jobs: list[str] = []
+    try:
+        _ckpt_and_restore(env, jobs)
+    finally:  # a failed test leaves no job running
+        for job in jobs:
+            subprocess.run(["scancel", job], env=env.env, check=False)
+
+
+def _ckpt_and_restore(env, jobs: list[str]) -> None:
     ck = env.tmp / "ck"
     res = env.run("batch", "testvm:2", "--", "-w", "n1,n2")
     assert res.returncode == 0, res.stderr
     first = res.stdout.strip()
+    jobs.append(first)
     cluster = _running(env, first, 2)
     assert set(cluster["nodes"]) <= {"n1", "n2"}
     for rank in (0, 1):
@@ -116,6 +152,7 @@ def test_ckpt_and_restore_on_other_nodes(slurm_test_env):
     res = env.run("batch", "-r", str(ck), "testvm:2", "--", "--exclude", "n1,n2")
     assert res.returncode == 0, res.stderr
     second = res.stdout.strip()
+    jobs.append(second)
     cluster = _running(env, second, 2)
     assert not set(cluster["nodes"]) & {"n1", "n2"}, cluster
     for rank in (0, 1):
@@ -163,31 +200,43 @@ def test_ckpt_saves_the_disk_layer_and_refuses_a_changed_image(
     path.write_text(yaml.safe_dump(config))
     ck = env.tmp / "ck"
 
-    alloc = env.start("alloc", "-E", "sleep 600", "testvm:1")
-    job = env.wait_ps(lambda cs: len(cs) == 1 and cs[0]["running"] == 1, "the VM to run",
-                      proc=alloc)[0]["id"]
-    with _agent(env, job, 0) as agent:
-        status, out, err = agent.exec("/bin/sh", ["-c", "grep -q ' /disk ' /proc/mounts &&"
-                                      " echo before-ckpt > /disk/mark && sync"])
-    assert status == 0, (out, err)
-    res = env.run("ckpt", str(ck))
-    assert res.returncode == 0, res.stderr
-    assert alloc.wait(timeout=120) == 0, alloc.communicate()
+    with _started(env, "alloc", "-E", "sleep 600", "testvm:1") as alloc:
+        job = env.wait_ps(lambda cs: len(cs) == 1 and cs[0]["running"] == 1, "the VM to run",
+                          proc=alloc)[0]["id"]
+        with _agent(env, job, 0) as agent:
+            status, out, err = agent.exec("/bin/sh", ["-c", "grep -q ' /disk ' /proc/mounts"
+                                          " && echo before-ckpt > /disk/mark && sync"])
+        assert status == 0, (out, err)
+        res = env.run("ckpt", str(ck))
+        assert res.returncode == 0, res.stderr
+        assert alloc.wait(timeout=120) == 0, alloc.communicate()
     assert_nothing_left(env)
     assert sorted(os.listdir(ck / "vm0")) == ["disk0.qcow2", "ssh_host_ed25519_key", "state"]
     saved_disk = (ck / "vm0" / "disk0.qcow2").read_bytes()
 
-    alloc = env.start("alloc", "-r", str(ck), "-E", "sleep 600", "testvm:1")
-    job = env.wait_ps(lambda cs: len(cs) == 1 and cs[0]["running"] == 1, "the VM to run",
-                      proc=alloc)[0]["id"]
-    with _agent(env, job, 0) as agent:
-        status, out, err = agent.exec("/bin/sh", ["-c", "cat /disk/mark; echo after >"
-                                      " /disk/mark2; sync"])
-    assert (status, out) == (0, "before-ckpt\n"), err
-    os.killpg(alloc.pid, 2)
-    alloc.wait(timeout=120)
+    with _started(env, "alloc", "-r", str(ck), "-E", "sleep 600", "testvm:1") as alloc:
+        job = env.wait_ps(lambda cs: len(cs) == 1 and cs[0]["running"] == 1, "the VM to run",
+                          proc=alloc)[0]["id"]
+        with _agent(env, job, 0) as agent:
+            status, out, err = agent.exec("/bin/sh", ["-c", "cat /disk/mark; echo after >"
+                                          " /disk/mark2; sync"])
+        assert (status, out) == (0, "before-ckpt\n"), err
     assert_nothing_left(env)
     assert (ck / "vm0" / "disk0.qcow2").read_bytes() == saved_disk  # restored from a copy
+
+    # a damaged copy: refused by the node before QEMU reads it, nothing left running
+    damaged = env.tmp / "damaged"
+    subprocess.run(["cp", "-a", str(ck), str(damaged)], check=True)
+    with open(damaged / "vm0" / "state", "r+b") as f:
+        f.truncate(4096)
+    res = env.run("alloc", "-r", str(damaged), "-E", "true", "testvm:1")
+    assert res.returncode == 1, res.stderr
+    assert "does not have the content the manifest states" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert_nothing_left(env)
+    (damaged / "vm0" / "state").unlink()
+    res = env.run("alloc", "-r", str(damaged), "-E", "true", "testvm:1")
+    assert res.returncode == 1 and "vm0/state is missing" in res.stderr, res.stderr
 
     res = env.run("image", "resize", "user:disk", "1G")  # a new revision of the image
     assert res.returncode == 0, res.stderr

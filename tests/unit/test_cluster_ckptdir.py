@@ -259,6 +259,10 @@ def test_restore_refuses_missing_or_corrupt_checkpoint(tmp_path):
     d = _definition()
     with pytest.raises(NotFound, match="no such directory"):
         check_restore(tmp_path / "missing", d, lambda uri: LAYER, None)
+    _write_checkpoint(tmp_path / "partial", _manifest(d))
+    (tmp_path / "partial" / "vm1" / ckptdir.STATE).unlink()
+    with pytest.raises(Corrupt, match="vm1/state is missing"):
+        check_restore(tmp_path / "partial", d, lambda uri: LAYER, None)
     root = tmp_path / "ck"
     root.mkdir()
     (root / ckptdir.MANIFEST).write_text('{"format": "pcocc-checkpoint"}')
