@@ -285,3 +285,28 @@ def test_ckpt_keys_parse_back_and_a_hostile_request_is_ignored():
     assert pending_request({key: req.to_json()}, "alice", "42", "ab12") is None  # answered
     assert pending_request({key: '{"id": "x", "phase": "save", "dir": "rel", "dest": "/d"}'},
                            "alice", "42", None) is None
+
+
+def test_ctrl_c_while_the_vms_save_leaves_nothing_and_tells_them_to_resume(tmp_path):
+    """Ctrl-C in 'pcocc ckpt' while the nodes save: no DIR, no staging directory, and the
+    request says abort (the nodes resume their VMs)."""
+    from pcocc.cluster.checkpoint import checkpoint_cluster
+    from pcocc.kv import keys
+    from tests.fixtures.memkv import MemoryKv
+
+    class Interrupting(MemoryKv):
+        interrupted = False
+
+        def wait_for(self, prefix, predicate, timeout_s, tick_s=0.5):
+            if not self.interrupted:
+                self.interrupted = True
+                raise KeyboardInterrupt
+            return super().wait_for(prefix, predicate, 0.2, tick_s)
+
+    kv = Interrupting()
+    kv.put(keys.cluster_definition("alice", "42"), "{}")
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint_cluster(kv, "alice", "42", _definition(), tmp_path / "ck", tick_s=0.01)
+    assert os.listdir(tmp_path) == []
+    request = Request.from_json(kv.get(keys.ckpt_request("alice", "42")))
+    assert request.phase == "abort"
