@@ -54,8 +54,8 @@ def test_clusters_of_reads_only_the_users_prefix():
     data = views[1].to_json()
     assert (data["id"], data["state"], data["vms"], data["running"]) == ("12", "running", 3, 1)
     table = ps_table(views).splitlines()
-    assert table[0].split() == ["ID", "STATE", "VMS", "NODES", "AGE"]
-    assert table[2].split()[:4] == ["12", "running", "1/3", "n1"]
+    assert table[0].split() == ["ID", "NAME", "STATE", "VMS", "NODES", "AGE"]
+    assert table[2].split()[:5] == ["12", "-", "running", "1/3", "n1"]
 
 
 def test_vm_lookup_errors():
