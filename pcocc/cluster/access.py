@@ -72,9 +72,10 @@ def list_clusters(
 
 @dataclass
 class Listing:
-    """What ``pcocc ps`` shows: the caller's clusters (from etcd, in full) and, with
-    ``-a``/``-u USER``, other users' (what the batch system shows of them; None when it
-    cannot: without a batch system they are out of sight)."""
+    """What ``pcocc ps`` shows: the caller's running clusters (from etcd, in full) and, with
+    ``-a``/``-u USER``, the other clusters the batch system shows (other users', and the
+    caller's still waiting for their nodes); ``others`` is None when it cannot show them
+    (without a batch system, other users' clusters are out of sight)."""
 
     own: list[ClusterView]
     others: list[Any] | None = None
@@ -97,11 +98,12 @@ def ps_listing(
     if target in (None, me):
         listing.own = [c for c in list_clusters(env, lambda: config)
                        if _selected(selection, c.batchid, c.record.name)]
-    if target == me:
+    if not all_users and user is None:
         return listing
     jobs = batchadapter.batch_manager(config).list_jobs(target, CLUSTER_COMMENT)
     if jobs is not None:
-        listing.others = [j for j in jobs if j.user != me
+        shown = {c.batchid for c in listing.own} if target in (None, me) else set()
+        listing.others = [j for j in jobs if j.job_id not in shown
                           and _selected(selection, j.job_id, j.name)]
     return listing
 

@@ -261,8 +261,8 @@ def ps_table(
     clusters: Sequence[ClusterView], others: Sequence[Any] | None = None, owner: str = ""
 ) -> str:
     """The table of ``pcocc ps``: the user's clusters (``owner``'s), and with ``others``
-    (:class:`pcocc.batch.base.JobInfo` of other users' clusters, as the batch system shows
-    them: no VM count, the elapsed time as it prints it) a USER column."""
+    (:class:`pcocc.batch.base.JobInfo` of clusters as the batch system shows them: no VM
+    count, the elapsed time as it prints it) a USER column."""
     header = ("ID", "NAME", "USER", "STATE", "VMS", "NODES", "AGE")
     rows = []
     for c in clusters:
