@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 pytestmark = pytest.mark.slow
 
@@ -123,46 +122,6 @@ def _listeners(kind: str, uid: int) -> list[tuple[str, str]]:
         process = ",".join(re.findall(r'"([^"]+)"', line))
         found.append((local, process))
     return found
-
-
-@pytest.fixture
-def victim_cluster_conf(two_users, testvm_artifacts):
-    """The system configuration of a test VM template whose user network forwards 7777
-    (private, the default) and 7778 (public); the kernel and initrd in the shared dir."""
-    shared = two_users.shared
-    boot = shared / "testvm"
-    boot.mkdir(exist_ok=True)
-    for src in (testvm_artifacts.kernel, testvm_artifacts.initrd):
-        dest = boot / src.name
-        dest.write_bytes(src.read_bytes())
-        dest.chmod(0o644)
-    bindir = shared / "bin"
-    bindir.mkdir(exist_ok=True)
-    wrapper = bindir / "pcocc"
-    wrapper.write_text('#!/bin/sh\nexec /usr/bin/python3 -m pcocc.cli.main "$@"\n')
-    wrapper.chmod(0o755)
-    sysconf = two_users.sysconf
-    files = {
-        "templates.yaml": {"templates": {"testvm": {
-            "kernel": str(boot / testvm_artifacts.kernel.name),
-            "initrd": str(boot / testvm_artifacts.initrd.name),
-            "append": testvm_artifacts.append + " testvm.net=dhcp",
-            "accel": "tcg",
-            "resource-set": "tiny",
-        }}},
-        "resources.yaml": {"resource-sets": {"tiny": {"cores": 1, "memory": "256M",
-                                                      "networks": ["nat"]}}},
-        "networks.yaml": {"networks": {"nat": {"type": "user", "ssh-forward": True,
-                                               "forwards": [7777],
-                                               "public-forwards": [7778]}}},
-        "batch.yaml": {"type": "local", "etcd": {"mode": "private"}},
-    }
-    for name, content in files.items():
-        (sysconf / name).write_text(yaml.safe_dump(content))
-        (sysconf / name).chmod(0o644)
-    yield bindir
-    for name in files:
-        (sysconf / name).unlink(missing_ok=True)
 
 
 def test_forwarded_ports_and_vm_sockets_are_closed_to_another_user(
