@@ -10,15 +10,12 @@ done in the VM; the victim still reaches it by name afterwards.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import time
-
 import pytest
+
+from tests.security.clusterlib import victim_cluster
 
 pytestmark = pytest.mark.slow
 
-BOOT_TIMEOUT_S = 240
 NAME = "victims-secret-job"
 
 #: The victim's -E script: select the cluster by name, wait for the attack, check the VM.
@@ -36,20 +33,8 @@ REFUSED = "pcocc cannot reach the clusters of another user"
 
 def test_user_option_does_not_reach_another_users_cluster(victim, attacker,
                                                          victim_cluster_conf):
-    env = {"PATH": f"{victim_cluster_conf}:{victim.base_env['PATH']}",
-           "PCOCC_BOOT_TIMEOUT": str(BOOT_TIMEOUT_S), "PCOCC_ACCEL": "tcg"}
-    for name in ("attack-now", "attack-done", "byname.out", "after.out", "job.id"):
-        (victim.home / name).unlink(missing_ok=True)
-    alloc = victim.popen(["/usr/bin/python3", "-m", "pcocc.cli.main", "alloc", "-J", NAME,
-                          "-E", VICTIM_SCRIPT, "testvm:1"], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + BOOT_TIMEOUT_S + 120
-        while not (victim.home / "attack-now").exists():
-            if alloc.poll() is not None:
-                pytest.fail(f"the victim's cluster ended early: {alloc.stderr.read()}")
-            assert time.monotonic() < deadline, "the victim's cluster did not come up"
-            time.sleep(0.5)
+    with victim_cluster(victim, victim_cluster_conf, "-J", NAME, "-E", VICTIM_SCRIPT,
+                        "testvm:1", files=("byname.out", "after.out", "job.id")) as run:
         assert (victim.home / "byname.out").read_text().strip() == "ok"
         job_id = (victim.home / "job.id").read_text().strip()
         owner = victim.name
@@ -77,13 +62,6 @@ def test_user_option_does_not_reach_another_users_cluster(victim, attacker,
             assert res.returncode == 0, res.stderr
             assert NAME not in res.stdout and job_id not in res.stdout.split(), res.stdout
         assert "out of sight" in attacker.pcocc("ps", "-u", owner).stderr
-    finally:
-        (victim.home / "attack-done").touch()
-        try:
-            _out, err = alloc.communicate(timeout=180)
-        except subprocess.TimeoutExpired:
-            os.killpg(alloc.pid, 15)
-            _out, err = alloc.communicate(timeout=30)
-    assert alloc.returncode == 0, err
+    assert run.returncode == 0, run.stderr
     # nothing ran in the VM, and the owner still reaches it by name
-    assert (victim.home / "after.out").read_text().strip() == "clean", err
+    assert (victim.home / "after.out").read_text().strip() == "clean", run.stderr
