@@ -14,13 +14,16 @@ from pcocc.cli.selection import cluster_selection
 from pcocc.cluster.lookup import ClusterSelection
 from pcocc.errors import UsageError
 
-#: alloc and batch: every option that is not pcocc's goes to salloc/sbatch, wherever it is
-_batch_command = tool_command(
-    SLURM_ALLOC_OPTIONS,
-    "batch_args",
-    interspersed=True,
-    options_metavar="[OPTIONS] [BATCH_OPTIONS]",
-)
+
+def _batch_command(func):
+    """alloc and batch: every option that is not pcocc's goes to salloc/sbatch, wherever
+    it is (a new decorator each time: click's keeps the first command's help)."""
+    return tool_command(
+        SLURM_ALLOC_OPTIONS,
+        "batch_args",
+        interspersed=True,
+        options_metavar="[OPTIONS] [BATCH_OPTIONS]",
+    )(func)
 
 
 def _definition_options(func):

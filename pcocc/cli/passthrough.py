@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from pcocc.errors import UsageError
 from pcocc.optsplit import OptionTable, split_args
 
 
@@ -41,8 +42,19 @@ class ToolOptionsCommand(click.Command):
         split = split_args(args, own_options(self, ctx), self.tool,
                            interspersed=self.interspersed,
                            after_double_dash=self.after_double_dash)
-        ctx.meta[f"{self.tool_param}.unknown"] = split.unknown
-        rest = super().parse_args(ctx, [*split.own, "--", *split.positional])
+        try:
+            rest = super().parse_args(ctx, [*split.own, "--", *split.positional])
+        except click.UsageError as err:
+            if split.unknown and "unexpected extra argument" in err.format_message():
+                # most likely the value of an option pcocc does not know
+                raise UsageError(
+                    f"{err.format_message()}; {', '.join(split.unknown)}: neither"
+                    f" {ctx.command_path}'s option nor one {self.tool.program} is known to"
+                    " take a value",
+                    hint=f"write its value attached ({split.unknown[0]}=VALUE), or put"
+                    f" {self.tool.program} options after '--'",
+                ) from None
+            raise
         ctx.params[self.tool_param] = tuple(split.tool)
         return rest
 

@@ -65,6 +65,21 @@ def test_an_option_nobody_knows_reaches_slurm(submitted):
     assert submitted["batch_args"] == ("--no-such-option",)
 
 
+def test_an_unknown_option_with_a_separate_value_is_explained(submitted, capsys):
+    assert run_cli(["alloc", "--new-slurm-option", "3", "tpl:1"]) == 2
+    err = capsys.readouterr().err
+    assert "unexpected extra argument (tpl:1)" in err and "--new-slurm-option" in err
+    assert "hint: write its value attached (--new-slurm-option=VALUE)" in err
+    assert "definition" not in submitted
+
+
+def test_alloc_and_batch_have_their_own_help(capsys):
+    assert run_cli(["batch", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "in a batch job" in out and "interactively" not in out
+    assert "Usage: pcocc batch [OPTIONS] [BATCH_OPTIONS] TPL" in out
+
+
 def test_alloc_e_is_a_command_string(submitted):
     assert run_cli(["alloc", "-E", "hostname", "tpl:1"]) == 0
     assert submitted["command"] == "hostname"
