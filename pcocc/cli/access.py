@@ -60,20 +60,27 @@ def scp(session: Session, selection: ClusterSelection, paths: tuple[str, ...],
 
 @click.command()
 @cluster_selection
+@click.option("-w", "timeout_s", type=click.FloatRange(min=0, min_open=True), metavar="SECS",
+              help="nc's -w: give up connecting, or end an idle connection, after SECS.")
+@click.option("-z", "scan", is_flag=True, help="nc's -z: connect, send nothing, close.")
+@click.option("-v", "verbose", is_flag=True, help="nc's -v: say when the connection is made.")
 @click.argument("target", metavar="[USER@]vmN")
 @click.argument("port", type=click.IntRange(1, 65535))
 @pass_session
-def nc(session: Session, selection: ClusterSelection, target: str, port: int) -> None:
+def nc(session: Session, selection: ClusterSelection, timeout_s: float | None, scan: bool,
+       verbose: bool, target: str, port: int) -> None:
     """Connect stdin and stdout to TCP PORT of a VM.
 
     PORT must be forwarded: 22, or a port in the `forwards` or `public-forwards` of a user
     network of the VM's resource set (networks.yaml). A private forward (`forwards`) is
     reached through the VM's ssh server, logged in as USER (default: as `pcocc ssh`).
+    pcocc relays the connection itself: of nc's options it takes -w, -z and -v.
     """
     from pcocc.cluster.access import find_cluster
     from pcocc.cluster.access import nc as relay
 
-    exit_with(relay(find_cluster(selection, config=lambda: session.config), target, port))
+    view = find_cluster(selection, config=lambda: session.config)
+    exit_with(relay(view, target, port, timeout_s=timeout_s, scan=scan, verbose=verbose))
 
 
 @click.command()

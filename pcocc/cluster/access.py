@@ -312,12 +312,16 @@ def attach_console(view: ClusterView, name: str) -> None:
                 termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
 
 
-def _relay(sock: socket.socket, in_fd: int, out_fd: int, escape: bytes | None) -> None:
-    """Copy in_fd -> sock and sock -> out_fd until either side closes."""
+def _relay(sock: socket.socket, in_fd: int, out_fd: int, escape: bytes | None,
+           idle_timeout_s: float | None = None) -> None:
+    """Copy in_fd -> sock and sock -> out_fd until either side closes (or nothing comes
+    from either for ``idle_timeout_s``)."""
     in_open = True
     while True:
         readers = [sock] + ([in_fd] if in_open else [])
-        ready, _, _ = select.select(readers, [], [])
+        ready, _, _ = select.select(readers, [], [], idle_timeout_s)
+        if not ready:
+            return
         if sock in ready:
             data = sock.recv(65536)
             if not data:
@@ -354,24 +358,47 @@ def nc_ssh_argv(view: ClusterView, target: str, port: int) -> list[str]:
     return ssh_argv(view, target, (), ("-W", f"{PRIVATE_TARGET}:{port}"))
 
 
-def nc(view: ClusterView, target: str, port: int) -> int:
+NC_CONNECT_TIMEOUT_S = 20
+
+
+def nc(view: ClusterView, target: str, port: int, *, timeout_s: float | None = None,
+       scan: bool = False, verbose: bool = False) -> int:
     """Relay stdin/stdout to TCP ``port`` of a VM (``[USER@]vmN``) and return the exit
-    status: a listening forward (ssh, public) directly, a private one through ssh."""
+    status: a listening forward (ssh, public) directly, a private one through ssh.
+
+    nc's options, as pcocc 0.7 passed them to nc: ``timeout_s`` (``-w``: to connect, and
+    the longest idle time), ``scan`` (``-z``: connect, send nothing, close), ``verbose``
+    (``-v``: say on stderr that the connection is made)."""
     _user, name = _target(target)
     rank = parse_vm_name(name)
     rec = view.vm(name)
     if (rank, port) not in view.rnat and port in private_forwards(view, rank):
-        return run_interactive(nc_ssh_argv(view, target, port))
+        argv = nc_ssh_argv(view, target, port)
+        if timeout_s is not None:
+            argv[1:1] = ["-o", f"ConnectTimeout={max(1, round(timeout_s))}"]
+        if scan:
+            argv[1:1] = ["-n"]  # stdin from /dev/null: connect, then close
+        status = run_interactive(argv)
+        if verbose and status == 0:
+            print(f"pcocc: connection to {rec.name} port {port} succeeded", file=sys.stderr)
+        return status
     host, host_port = forward_address(view, rec, port)
     try:
-        sock = socket.create_connection((host, host_port), timeout=20)
+        sock = socket.create_connection(
+            (host, host_port), timeout=timeout_s or NC_CONNECT_TIMEOUT_S
+        )
     except OSError as err:
         raise ServiceUnavailable(
             f"cannot connect to {rec.name}:{port} via {host}:{host_port}: {err}"
         ) from err
     with sock:
+        if verbose:
+            print(f"pcocc: connection to {rec.name} port {port} succeeded", file=sys.stderr)
+        if scan:
+            return 0
         sock.settimeout(None)
-        _relay(sock, sys.stdin.fileno(), sys.stdout.fileno(), escape=None)
+        _relay(sock, sys.stdin.fileno(), sys.stdout.fileno(), escape=None,
+               idle_timeout_s=timeout_s)
     return 0
 
 

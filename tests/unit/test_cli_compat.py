@@ -204,6 +204,26 @@ def test_user_oneself_is_allowed(one_view, pcocc_env):
     assert run_cli(["ssh", "--user", USER, "-J", "web", "vm0"]) == 0
 
 
+def test_nc_takes_ncs_scan_verbose_and_timeout(one_view, pcocc_env, capsys, monkeypatch):
+    import socket
+
+    from pcocc.cluster import access
+
+    view = access.list_clusters()[0]
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        view.rnat[(0, 22)] = ("127.0.0.1", listener.getsockname()[1])
+        assert run_cli(["nc", "-z", "-v", "-w", "5", "vm0", "22"]) == 0
+        conn, _ = listener.accept()
+        assert conn.recv(10) == b""  # -z: connected, sent nothing, closed
+        conn.close()
+    assert "connection to vm0 port 22 succeeded" in capsys.readouterr().err
+    # nothing listens any more: -w bounds the attempt, the error names the VM
+    assert run_cli(["nc", "-z", "-w", "2", "vm0", "22"]) == 1
+    assert "cannot connect to vm0:22" in capsys.readouterr().err
+
+
 # -- ps ------------------------------------------------------------------------------------
 SQUEUE = (
     "12|alice|RUNNING|2|5:01|30:00|debug|pcocc-cluster|web|front\n"
