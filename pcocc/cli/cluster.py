@@ -168,7 +168,6 @@ def ps(session: Session, all_users: bool, user: str | None, selection: ClusterSe
     from pcocc import fields
     from pcocc.cluster.access import ps_listing
     from pcocc.cluster.adapters import user_name
-    from pcocc.cluster.lookup import ps_table
 
     if user is not None:
         try:
@@ -178,11 +177,32 @@ def ps(session: Session, all_users: bool, user: str | None, selection: ClusterSe
     listing = ps_listing(session.config, all_users=all_users, user=user, selection=selection)
     if listing.others is None and (all_users or user not in (None, user_name())):
         session.notify("without a batch system, other users' clusters are out of sight")
+    owner = {"user": user_name()} if listing.others is not None else {}
     if as_json:
-        data = [c.to_json() for c in listing.own]
+        data = [{**c.to_json(), **owner} for c in listing.own]
         data += [{"id": j.job_id, "name": j.name, "user": j.user, "state": j.state.lower(),
                   "nodes": j.nodes, "time": j.elapsed, "partition": j.partition}
                  for j in listing.others or ()]
         click.echo(json.dumps(data, indent=2))
     elif listing.own or listing.others:
         click.echo(ps_table(listing.own, listing.others, owner=user_name()))
+
+
+def ps_table(clusters, others=None, owner: str = "") -> str:
+    """The table of ``pcocc ps``: the user's clusters (``owner``'s), and with ``others``
+    (:class:`pcocc.batch.base.JobInfo` of clusters as the batch system shows them: no VM
+    count, the elapsed time as it prints it) a USER column."""
+    from pcocc.cli.output import format_table
+    from pcocc.cluster.lookup import format_age
+
+    header = ["ID", "NAME", "USER", "STATE", "VMS", "NODES", "AGE"]
+    rows = [[c.batchid, c.record.name or "-", owner, c.record.state.value,
+             f"{c.running_count()}/{c.size}", ",".join(c.hosts) or "-", format_age(c.age_s)]
+            for c in clusters]
+    rows += [[j.job_id, j.name or "-", j.user, j.state.lower(), "-", j.nodes, j.elapsed]
+             for j in others or ()]
+    if others is None:  # only the caller's: no USER column
+        header.pop(2)
+        for row in rows:
+            row.pop(2)
+    return format_table(header, rows)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pcocc import proc
+from pcocc import fields, proc
 from pcocc.cluster import adapters, batchadapter, rundir
 from pcocc.cluster.lookup import (
     ClusterSelection,
@@ -140,6 +140,7 @@ def check_owner(user: str | None) -> None:
     """
     if user is None or user == adapters.user_name():
         return
+    user = fields.one_line(user, 64)
     raise PermissionDenied(
         f"--user {user}: pcocc cannot reach the clusters of another user; only their owner"
         " can read their records, sockets and ssh keys",

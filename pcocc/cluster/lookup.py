@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 from dataclasses import dataclass, field
 
 from pcocc import fields
@@ -255,33 +254,6 @@ def format_age(seconds: float) -> str:
     if s < 86400:
         return f"{s // 3600}h{(s % 3600) // 60:02d}m"
     return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
-
-
-def ps_table(
-    clusters: Sequence[ClusterView], others: Sequence[Any] | None = None, owner: str = ""
-) -> str:
-    """The table of ``pcocc ps``: the user's clusters (``owner``'s), and with ``others``
-    (:class:`pcocc.batch.base.JobInfo` of clusters as the batch system shows them: no VM
-    count, the elapsed time as it prints it) a USER column."""
-    header = ("ID", "NAME", "USER", "STATE", "VMS", "NODES", "AGE")
-    rows = []
-    for c in clusters:
-        rows.append((c.batchid, c.record.name or "-", owner, c.record.state.value,
-                     f"{c.running_count()}/{c.size}", ",".join(c.hosts) or "-",
-                     format_age(c.age_s)))
-    for j in others or ():
-        rows.append((j.job_id, j.name or "-", j.user, j.state.lower(), "-", j.nodes,
-                     j.elapsed))
-    if others is None:
-        header = header[:2] + header[3:]
-        rows = [r[:2] + r[3:] for r in rows]
-    return _table([header, *rows])
-
-
-def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(line.rstrip() for line in lines)
 
 
 #: opens a Kv from an endpoints string

@@ -3,7 +3,8 @@ import base64
 import pytest
 
 from pcocc.cluster.definition import build_definition
-from pcocc.cluster.lookup import clusters_of, format_age, ps_table, select_cluster
+from pcocc.cli.cluster import ps_table
+from pcocc.cluster.lookup import clusters_of, format_age, select_cluster
 from pcocc.cluster.record import ClusterRecord
 from pcocc.cluster.sshkeys import ssh_config_text
 from pcocc.cluster.state import ClusterState
