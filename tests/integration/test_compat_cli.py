@@ -45,6 +45,8 @@ for i in $(seq 40); do
 done
 wait
 pcocc nc -z -v -w 10 vm1 22 2> nc.err
+# an option value full of shell syntax reaches ssh as one word: no shell runs it
+pcocc ssh -o 'SendEnv=NOPE;touch "$PWD/pwned";`touch pwned2`' vm0 true
 # scp -r (OpenSSH's scp speaks sftp: give the guest's dropbear its sftp server)
 pcocc ssh vm0 'mkdir -p /usr/lib && cat > /usr/lib/sftp-server && chmod 755 /usr/lib/sftp-server' \\
     < /usr/lib/openssh/sftp-server
@@ -71,6 +73,7 @@ def test_alloc_with_slurm_options_around_the_definition(slurm_test_env):
     assert (tmp / "banner.txt").read_text().strip() == "SSH-", (tmp / "banner.err").read_text()
     assert (tmp / "scp.txt").read_text() == "copied by scp -r\n"
     assert "connection to vm1 port 22 succeeded" in (tmp / "nc.err").read_text()
+    assert not (tmp / "pwned").exists() and not (tmp / "pwned2").exists()
     assert_nothing_left(env, _endpoints(env))
 
 
