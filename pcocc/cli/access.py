@@ -37,7 +37,7 @@ def ssh(session: Session, selection: ClusterSelection, port: int | None, target:
     """
     from pcocc.cluster.access import find_cluster, run_interactive, ssh_argv
 
-    view = find_cluster(selection, config=lambda: session.config)
+    view = find_cluster(selection, etcd=lambda: session.config.batch.etcd)
     exit_with(run_interactive(ssh_argv(view, target, command, ssh_args, port=port)))
 
 
@@ -54,7 +54,7 @@ def scp(session: Session, selection: ClusterSelection, paths: tuple[str, ...],
     """
     from pcocc.cluster.access import find_cluster, run_interactive, scp_argv
 
-    view = find_cluster(selection, config=lambda: session.config)
+    view = find_cluster(selection, etcd=lambda: session.config.batch.etcd)
     exit_with(run_interactive(scp_argv(view, paths, scp_args)))
 
 
@@ -79,7 +79,7 @@ def nc(session: Session, selection: ClusterSelection, timeout_s: float | None, s
     from pcocc.cluster.access import find_cluster
     from pcocc.cluster.access import nc as relay
 
-    view = find_cluster(selection, config=lambda: session.config)
+    view = find_cluster(selection, etcd=lambda: session.config.batch.etcd)
     exit_with(relay(view, target, port, timeout_s=timeout_s, scan=scan, verbose=verbose))
 
 
@@ -94,7 +94,7 @@ def console(session: Session, selection: ClusterSelection, show_log: bool, vm: s
     from pcocc.errors import NotFound
 
     try:
-        view = find_cluster(selection, config=lambda: session.config)
+        view = find_cluster(selection, etcd=lambda: session.config.batch.etcd)
     except NotFound:
         if not (show_log and selection.job_id):
             raise
@@ -118,7 +118,7 @@ def reset(session: Session, selection: ClusterSelection, vm: str) -> None:
     from pcocc.cluster.access import find_cluster
     from pcocc.cluster.access import reset as do_reset
 
-    do_reset(find_cluster(selection, config=lambda: session.config), vm)
+    do_reset(find_cluster(selection, etcd=lambda: session.config.batch.etcd), vm)
 
 
 @click.command("monitor-cmd")
@@ -131,4 +131,5 @@ def monitor_cmd(session: Session, selection: ClusterSelection, vm: str,
     """Send a monitor command to a VM: HMP ('info status'), QMP name or QMP JSON."""
     from pcocc.cluster.access import find_cluster, monitor_command
 
-    click.echo(monitor_command(find_cluster(selection, config=lambda: session.config), vm, words))
+    view = find_cluster(selection, etcd=lambda: session.config.batch.etcd)
+    click.echo(monitor_command(view, vm, words))

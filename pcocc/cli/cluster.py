@@ -46,8 +46,9 @@ def _definition_options(func):
             "--mount",
             "mounts",
             multiple=True,
-            metavar="SRC:DST",
-            help="Share host directory SRC at DST in the VMs; repeatable.",
+            metavar="SRC:DST|TAG=PATH[,type=virtio-fs|virtio-9p][,readonly]",
+            help="Share host directory SRC at DST in the VMs, or (as pcocc 0.7) PATH with "
+            "mount tag TAG, for the guest to mount; repeatable.",
         ),
         click.option("--user-data", metavar="FILE", help="cloud-init user-data for the VMs."),
         click.option(

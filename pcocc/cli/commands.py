@@ -21,7 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pod": ("pcocc.cli.containers:pod", "List, inspect, enter and collect container pods"),
     "image": ("pcocc.cli.image:image", "List and manage VM and container images"),
     "template": ("pcocc.cli.template:template", "List and show VM templates"),
-    "admin": ("pcocc.cli.admin:admin", "Set up pcocc on a site: etcd users and auth"),
+    "admin": ("pcocc.cli.admin:admin", "Site setup: etcd users and auth, configuration checks"),
+    "help": ("pcocc.cli.help:help_", "Show the manual page of a command"),
     "internal": ("pcocc.cli.internal:internal", "Commands run by pcocc itself on the nodes"),
 }
 #: commands that ``--help`` does not list

@@ -31,6 +31,7 @@ from pcocc.cluster.lookup import (
 )
 from pcocc.cluster.sshkeys import ensure_user_key, write_ssh_files
 from pcocc.cluster.vmstate import RUNNING, VmRecord
+from pcocc.config import EtcdConfig
 from pcocc.errors import NotFound, PcoccError, PermissionDenied, ServiceUnavailable, UsageError
 from pcocc.kv import connect
 
@@ -41,13 +42,13 @@ CONSOLE_ESCAPE = b"\x1d"
 
 
 @contextlib.contextmanager
-def _kvs(env: Mapping[str, str], config: connect.ConfigSource) -> Iterator[list[Any]]:
+def _kvs(env: Mapping[str, str], etcd: connect.EtcdSource) -> Iterator[list[Any]]:
     """Read-only clients of every etcd that may hold the user's clusters."""
-    sets = connect.kv_endpoint_sets(env, rundir.run_root(), config)
+    sets = connect.kv_endpoint_sets(env, rundir.run_root(), etcd)
     kvs: list[Any] = []
     try:
         for endpoints, login in sets:
-            kvs.append(connect.open_reader(endpoints, config, login))
+            kvs.append(connect.open_reader(endpoints, etcd, login))
         yield kvs
     finally:
         for kv in kvs:
@@ -55,10 +56,10 @@ def _kvs(env: Mapping[str, str], config: connect.ConfigSource) -> Iterator[list[
 
 
 def list_clusters(
-    env: Mapping[str, str] | None = None, config: connect.ConfigSource = None
+    env: Mapping[str, str] | None = None, etcd: connect.EtcdSource = EtcdConfig()
 ) -> list[ClusterView]:
     env = os.environ if env is None else env
-    with _kvs(env, config) as kvs:
+    with _kvs(env, etcd) as kvs:
         found = []
         for kv in kvs:
             try:
@@ -96,7 +97,7 @@ def ps_listing(
     target = None if all_users else (user or me)
     listing = Listing(own=[])
     if target in (None, me):
-        listing.own = [c for c in list_clusters(env, lambda: config)
+        listing.own = [c for c in list_clusters(env, lambda: config.batch.etcd)
                        if _selected(selection, c.batchid, c.record.name)]
     if not all_users and user is None:
         return listing
@@ -115,7 +116,7 @@ def _selected(selection: ClusterSelection, job_id: str, name: str) -> bool:
 def find_cluster(
     selection: ClusterSelection | str | None,
     env: Mapping[str, str] | None = None,
-    config: connect.ConfigSource = None,
+    etcd: connect.EtcdSource = EtcdConfig(),
 ) -> ClusterView:
     """The cluster ``selection`` names (a bare string: a job id), among the user's own.
 
@@ -126,7 +127,7 @@ def find_cluster(
     check_owner(selection.user)
     env = os.environ if env is None else env
     return select_cluster(
-        list_clusters(env, config), selection.job_id, env, job_name=selection.job_name
+        list_clusters(env, etcd), selection.job_id, env, job_name=selection.job_name
     )
 
 

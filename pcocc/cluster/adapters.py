@@ -167,6 +167,7 @@ def machine_factory(
                 seed=build.seed,
                 boot_timeout_s=build.boot_timeout_s,
                 shares=build.shares,
+                pinning=build.pinning,
             )
             return MachineVm(machine, nics, accel_notes)
         except BaseException:

@@ -271,10 +271,10 @@ def run_launcher(
     env = {k: v for k, v in os.environ.items() if k != DEFINITION_VAR}
     try:
         with connect.etcd_for_job(
-            cluster_dir, env, user, config, batch.controller_hosts
+            cluster_dir, env, user, config.batch.etcd, batch.controller_hosts
         ) as kv_env:
             env.update(kv_env)
-            kv = connect.EtcdKv.from_env(env, config)
+            kv = connect.EtcdKv.from_env(env, config.batch.etcd)
             try:
                 node_argv = [*selfcmd.module_argv(), *log_args]
                 switch_argv = [*node_argv, "internal", "vswitch"]
@@ -306,7 +306,7 @@ def node_address(endpoints: str, env: Mapping[str, str]) -> str:
     return reachable_address(endpoints.split(","), env.get(ADDRESS_VAR))
 
 
-def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int:
+def run_node(config: Config, rank: int | None, job_id: str | None) -> int:
     """``pcocc internal run``: the node process of one VM."""
     os.umask(0o077)  # the VM's run files, sockets and logs: for this user only
     rank = rank if rank is not None else batchadapter.task_rank(os.environ)
@@ -315,7 +315,7 @@ def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int
     batchid = job_id or os.environ.get("PCOCC_JOB_ID")
     if not batchid:
         raise UsageError("no cluster id: give --job or set PCOCC_JOB_ID")
-    endpoints = connect.configured_endpoints(config, os.environ)
+    endpoints = connect.configured_endpoints(config.batch.etcd, os.environ)
     if not endpoints:
         raise UsageError(
             f"no etcd to use: {ENDPOINTS_VAR} is not set",
@@ -323,7 +323,7 @@ def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int
         )
     address = node_address(endpoints, os.environ)
     # the node processes share the launcher's stderr: their etcd outage lines say who speaks
-    kv = connect.open_kv(endpoints, config, label=f"vm{rank}")
+    kv = connect.open_kv(endpoints, config.batch.etcd, label=f"vm{rank}")
     try:
         node = NodeProcess(
             kv,
@@ -341,20 +341,20 @@ def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int
         kv.close()
 
 
-def run_vswitch(config: Config | None, batchid: str, net: str) -> int:
+def run_vswitch(config: Config, batchid: str, net: str) -> int:
     """``pcocc internal vswitch``: the switch of one private network (started by the
     launcher); returns 0 when the cluster ends or on SIGTERM."""
     from pcocc.signals import Interrupted, raising_on_signals
     from pcocc.net.private import node_address, run_switch
 
-    endpoints = connect.configured_endpoints(config, os.environ)
+    endpoints = connect.configured_endpoints(config.batch.etcd, os.environ)
     if not endpoints:
         raise UsageError(
             f"no etcd to use: {ENDPOINTS_VAR} is not set",
             hint="'pcocc internal vswitch' is started by 'pcocc internal launcher'",
         )
     address = node_address({**os.environ, ENDPOINTS_VAR: endpoints})
-    kv = connect.open_kv(endpoints, label=f"switch of {net}")
+    kv = connect.open_kv(endpoints, config.batch.etcd, label=f"switch of {net}")
     try:
         with raising_on_signals():
             return run_switch(

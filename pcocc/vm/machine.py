@@ -39,10 +39,11 @@ from pathlib import Path
 from typing import Self
 
 from pcocc import daemon, proc
-from pcocc.vm import virtiofs
+from pcocc.vm import pinning, virtiofs
 from pcocc.errors import PcoccError, UsageError
 from pcocc.net.user import SSH_PORT
 from pcocc.vm.agent import GuestAgent
+from pcocc.vm.pinning import Pinning
 from pcocc.vm.qemu import Drive, VmSpec, build_argv
 from pcocc.vm.qmp import QmpClient
 from pcocc.vm.seed import SeedSpec, build_seed
@@ -98,6 +99,7 @@ class Machine:
     :param boot_timeout_s: how long the guest may take to come up
     :param keep_overlay: leave the overlay in place after shutdown (for ``save``)
     :param shares: host directories served to the guest over virtio-fs
+    :param pinning: pin QEMU's vCPU and emulator threads once the guest is up
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class Machine:
         boot_timeout_s: float = 120.0,
         keep_overlay: bool = False,
         shares: Sequence[virtiofs.Share] = (),
+        pinning: Pinning | None = None,
     ) -> None:
         self.run_dir = Path(run_dir).absolute()
         self.image = Path(image).absolute() if image is not None else None
@@ -125,7 +128,12 @@ class Machine:
                              " port (user networking)")
         self.boot_timeout_s = boot_timeout_s
         self.keep_overlay = keep_overlay
-        self.shares = tuple(shares)
+        self.pinning = pinning
+        #: served by virtiofsd processes; the virtio-9p ones QEMU serves itself
+        self.shares = tuple(s for s in shares if s.type != "virtio-9p")
+        self.ninep_shares = tuple(s for s in shares if s.type == "virtio-9p")
+        for share in self.ninep_shares:
+            virtiofs.check_tag(share.tag)
         for share in self.shares:
             virtiofs.check_tag(share.tag)
         self.fs_processes: list[subprocess.Popen | None] = [None] * len(self.shares)
@@ -201,6 +209,7 @@ class Machine:
                 self._start_qemu()
                 try:
                     self._wait_until_up()
+                    self._pin()
                     break
                 except _PortTaken as taken:
                     if attempt == PORT_ATTEMPTS - 1:
@@ -248,13 +257,14 @@ class Machine:
             agent_socket=Path(AGENT_SOCKET),
             fs_shares=tuple((share.tag, Path(virtiofs.socket_name(i)))
                             for i, share in enumerate(self.shares)),
+            ninep_shares=self.ninep_shares,
         )
+        for share in (*self.shares, *self.ninep_shares):
+            if not os.path.isdir(share.source):
+                raise PcoccError(f"VM {self.base_spec.name}: cannot share "
+                                 f"{share.source} (tag {share.tag}): not a directory",
+                                 hint="create it, or fix the template's mount-points")
         if self.shares:
-            for share in self.shares:
-                if not os.path.isdir(share.source):
-                    raise PcoccError(f"VM {self.base_spec.name}: cannot share "
-                                     f"{share.source} (tag {share.tag}): not a directory",
-                                     hint="create it, or fix the template's mount-points")
             self._virtiofsd = virtiofs.find_virtiofsd()
             virtiofs.check_unprivileged()
             for i in range(len(self.shares)):
@@ -352,6 +362,13 @@ class Machine:
         for name in (QMP_SOCKET, AGENT_SOCKET, CONSOLE_SOCKET):
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(self.run_dir / name, 0o600)
+
+    def _pin(self) -> None:
+        if self.pinning is None:
+            return
+        assert self.process is not None
+        with self.qmp() as qmp:
+            pinning.apply(self.process.pid, qmp, self.pinning)
 
     def _boot_error(self, message: str) -> VmBootError:
         accel = self.spec.accel if self.spec else self.base_spec.accel

@@ -157,7 +157,7 @@ def one_view(monkeypatch, tmp_path):
     _named(kv, "7", "web")
     view = clusters_of(kv, USER)[0]
     seen = {}
-    monkeypatch.setattr(access, "list_clusters", lambda env=None, config=None: [view])
+    monkeypatch.setattr(access, "list_clusters", lambda env=None, etcd=None: [view])
     monkeypatch.setattr(access, "adapters", type("A", (), {"user_name": staticmethod(
         lambda: USER)}))
 
@@ -256,7 +256,7 @@ def test_ps_all_users(monkeypatch, pcocc_env, capsys):
             asked.append((user, comment))
             return [j for j in others if user in (None, j.user)]
 
-    monkeypatch.setattr(access, "list_clusters", lambda env=None, config=None: [])
+    monkeypatch.setattr(access, "list_clusters", lambda env=None, etcd=None: [])
     monkeypatch.setattr(batchadapter, "batch_manager", lambda config: Manager())
     assert run_cli(["ps", "-a"]) == 0
     out = capsys.readouterr().out.splitlines()
