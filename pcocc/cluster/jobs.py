@@ -11,15 +11,17 @@ import logging
 import os
 import shlex
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pcocc import selfcmd
+from pcocc import fields, selfcmd
 from pcocc.cluster import adapters, batchadapter, rundir, vmsettings
 from pcocc.cluster.definition import ClusterDefinition, build_definition
 from pcocc.cluster.launcher import Launcher, LaunchSettings
 from pcocc.cluster.lease import lease_ttl_s
 from pcocc.cluster.node import NodeProcess, NodeSettings
 from pcocc.cluster.ports import AllocRequest
+from pcocc.cluster.record import MAX_NAME
 from pcocc.cluster.stored import check_settings
 from pcocc.cluster.sshkeys import ensure_user_key
 from pcocc.errors import UsageError
@@ -117,6 +119,40 @@ def check_full_node(definition: ClusterDefinition, batch_type: str) -> None:
     )
 
 
+def host_script_command(value: str) -> str:
+    """The shell command that runs ``pcocc batch -E VALUE`` on the first node.
+
+    As in pcocc 0.7, VALUE is a script file of this host: its text goes into the job and
+    runs there as an executable (its ``#!`` line chooses the interpreter; ``sh`` without
+    one). For the command lines of earlier versions of this pcocc, VALUE that names no file
+    and has a space (``-E 'hostname -f'``) is a shell command line; a single word naming no
+    file is refused, as it could be either.
+
+    :raise UsageError: naming VALUE
+    """
+    path = Path(value)
+    if path.is_file():
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise UsageError(f"-E {value}: cannot read the script: {err.strerror}") from err
+        # base64: the script's text never meets the shell that unpacks it
+        packed = base64.b64encode(data).decode()
+        return (
+            'f=$(mktemp) || exit 1; trap \'rm -f "$f"\' EXIT; '
+            f'printf %s {packed} | base64 -d > "$f" && chmod 700 "$f" && "$f"'
+        )
+    if path.exists():
+        raise UsageError(f"-E {value}: not a regular file", hint="give a script file")
+    if not any(c.isspace() for c in value):
+        raise UsageError(
+            f"-E {value}: no such script file",
+            hint="give a script file; a shell command line is only taken with a space in it,"
+            " e.g. -E 'hostname -f'",
+        )
+    return value
+
+
 def encode_definition(definition: ClusterDefinition) -> str:
     return base64.b64encode(definition.to_json().encode()).decode()
 
@@ -143,22 +179,33 @@ def launcher_argv(
     return argv
 
 
-def _request(definition: ClusterDefinition, batch_args: Sequence[str]) -> AllocRequest:
+#: the job name of a cluster when the user gives none (pcocc 0.7's)
+DEFAULT_JOB_NAME = "pcocc"
+#: the comment of a cluster's job, by which ``pcocc ps -a`` tells clusters from other jobs
+#: (a ``--comment`` of the user's replaces it: that job is then not listed)
+CLUSTER_COMMENT = "pcocc-cluster"
+
+
+def _request(
+    definition: ClusterDefinition, batch_args: Sequence[str], job_name: str | None = None
+) -> AllocRequest:
     """One task per VM; with full-node, one whole node per VM (the node's CPUs go to its
     VM, so the task asks for one CPU and the exclusive allocation brings the rest)."""
     if definition.full_node:
         return AllocRequest(
             ntasks=definition.size,
             cpus_per_task=1,
-            job_name="pcocc",
+            job_name=job_name or DEFAULT_JOB_NAME,
             extra_args=tuple(batch_args),
             one_per_node=True,
+            comment=CLUSTER_COMMENT,
         )
     return AllocRequest(
         ntasks=definition.size,
         cpus_per_task=definition.cores,
-        job_name="pcocc",
+        job_name=job_name or DEFAULT_JOB_NAME,
         extra_args=tuple(batch_args),
+        comment=CLUSTER_COMMENT,
     )
 
 
@@ -170,6 +217,7 @@ def alloc(
     *,
     log_args: Sequence[str] = (),
     restore: str | None = None,
+    job_name: str | None = None,
 ) -> int:
     """Allocate and run the launcher interactively inside; return its exit status.
 
@@ -183,7 +231,9 @@ def alloc(
     }
     os.environ.update(env)  # salloc passes our environment to the launcher
     return batch.allocate(
-        _request(definition, batch_args), launcher_argv(command, log_args=log_args), env=env
+        _request(definition, batch_args, job_name),
+        launcher_argv(command, log_args=log_args),
+        env=env,
     )
 
 
@@ -219,11 +269,12 @@ def submit(
     command: str | None,
     log_args: Sequence[str] = (),
     restore: str | None = None,
+    job_name: str | None = None,
 ) -> str:
     """Submit a batch job running the cluster and ``command``; return the job id."""
     batch = batchadapter.batch_manager(config)
     script = batch_script(definition, command, config, log_args, restore)
-    return batch.submit(_request(definition, batch_args), script)
+    return batch.submit(_request(definition, batch_args, job_name), script)
 
 
 def run_launcher(
@@ -274,6 +325,7 @@ def run_launcher(
                     remove_run_dir=False,
                     lease_ttl_s=ttl_s,
                     switch_argv=switch_argv,
+                    job_name=fields.one_line(batch.job_name_from_env(env), MAX_NAME),
                 )
                 return Launcher(kv, batch, definition, settings, report=report).run()
             finally:

@@ -83,6 +83,8 @@ class LaunchSettings:
     #: private etcd, still lives in it and its owner removes it)
     remove_run_dir: bool = True
     lease_ttl_s: int = DEFAULT_LEASE_TTL_S
+    #: the job's name, published in the cluster record
+    job_name: str = ""
     #: argv of the switch of a private network (``pcocc internal vswitch``), started once per
     #: private network of the cluster before the VMs; None: no private networks
     switch_argv: list[str] | None = None
@@ -415,6 +417,7 @@ class Launcher:
             launcher_pid=os.getpid(),
             batch=getattr(self.batch, "name", ""),
             error=self.lifecycle.error,
+            name=self.s.job_name,
         )
         try:
             self.kv.put(keys.cluster_definition(self.s.user, self.s.batchid), record.to_json(),
