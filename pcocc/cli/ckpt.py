@@ -5,17 +5,17 @@ from __future__ import annotations
 import click
 
 from pcocc.cli.context import Session, pass_session
+from pcocc.cli.selection import cluster_selection
+from pcocc.cluster.lookup import ClusterSelection
 
 
 @click.command()
-@click.option("-j", "--jobid", "job_id", metavar="JOBID",
-              help="Cluster to checkpoint [default: $PCOCC_JOB_ID, $SLURM_JOB_ID, or your"
-                   " only cluster].")
+@cluster_selection
 @click.option("-F", "--force", is_flag=True, help="Replace an existing checkpoint DIR.")
 @click.option("--no-stop", is_flag=True, help="Let the VMs run on after the checkpoint.")
 @click.argument("directory", metavar="DIR", type=click.Path(file_okay=False))
 @pass_session
-def ckpt(session: Session, job_id: str | None, force: bool, no_stop: bool,
+def ckpt(session: Session, selection: ClusterSelection, force: bool, no_stop: bool,
          directory: str) -> None:
     """Checkpoint every VM of a cluster into DIR, then stop the cluster.
 
@@ -24,7 +24,7 @@ def ckpt(session: Session, job_id: str | None, force: bool, no_stop: bool,
     """
     from pcocc.cluster.ckptjob import checkpoint_job
 
-    path = checkpoint_job(job_id, directory, force=force, stop=not no_stop,
+    path = checkpoint_job(selection, directory, force=force, stop=not no_stop,
                           etcd=lambda: session.config.batch.etcd, report=session.notify)
     what = "the VMs run on" if no_stop else "the cluster stops"
     session.say(f"checkpoint written to {path}; {what}")

@@ -9,13 +9,14 @@ from pathlib import Path
 
 from pcocc.cluster import adapters, checkpoint, ckptdir, rundir
 from pcocc.cluster.access import find_cluster
+from pcocc.cluster.lookup import ClusterSelection
 from pcocc.cluster.state import ClusterState
 from pcocc.errors import UsageError
 from pcocc.kv import connect
 
 
 def checkpoint_job(
-    job_id: str | None,
+    job_id: str | ClusterSelection | None,
     dest: str,
     *,
     force: bool,
