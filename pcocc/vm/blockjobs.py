@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 SYNC_MODES = ("top", "full")
 #: how often the job's progress is asked for
-POLL_S = 0.2
+POLL_S = 0.05
 #: how long a cancelled job may take to end
 CANCEL_TIMEOUT_S = 30.0
 
