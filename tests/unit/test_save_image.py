@@ -117,3 +117,38 @@ def test_backing_digest_wants_a_blob_name():
         backing_digest("/tmp/disk.qcow2", "vm0")
     with pytest.raises(PcoccError):
         backing_digest(None, "vm0")
+
+
+def view_of(templates: dict, host: str):
+    """A one-VM cluster view as etcd would show it, the VM running on ``host``."""
+    from pcocc.cluster.definition import build_definition
+    from pcocc.cluster.lookup import ClusterView
+    from pcocc.cluster.record import ClusterRecord
+    from pcocc.cluster.state import ClusterState
+    from pcocc.cluster.vmstate import VmRecord
+
+    d = build_definition("tpl:1", templates, owner="bob")
+    rec = ClusterRecord("7", d, ClusterState.RUNNING, "n1", 123, batch="local")
+    vm = VmRecord(rank=0, host=host, status="running", node_pid=10,
+                  qmp_socket="/nonexistent/qmp.sock",
+                  extra={"agent_socket": "/nonexistent/qga.sock"})
+    return ClusterView("7", rec, {0: vm})
+
+
+def test_save_refuses_before_touching_the_vm(repos):
+    import socket
+
+    from pcocc.cluster.save import save_vm
+
+    with pytest.raises(UsageError, match="vm0 boots a kernel without an image"):
+        save_vm(view_of({"tpl": {"kernel": "/k"}}, socket.gethostname()), "vm0", repos)
+    vm_image(repos.get("user"), "img", b"base")
+    elsewhere = view_of({"tpl": {"image": "user:img"}}, "other-host")
+    with pytest.raises(UsageError, match="runs on host other-host") as exc:
+        save_vm(elsewhere, "vm0", repos)
+    assert exc.value.hint == "run this command on other-host"
+    with pytest.raises(AlreadyExists):
+        save_vm(elsewhere, "vm0", repos, dest="user:img")
+    with pytest.raises(PcoccError, match="vm3 does not exist"):
+        save_vm(elsewhere, "vm3", repos)
+    assert repos.get("user").layout.revisions("img") == [0]
