@@ -69,6 +69,9 @@ def fsync_file(path: Path) -> None:
 def inner(rounds: int, data_mib: int, out: Path) -> None:
     """Runs inside the allocation (the -E script): fill the disk, then time both sides."""
     run([PCOCC, "monitor-cmd", "vm0", f'qemu-io disk0 "write -P 0x5a 8M {data_mib}M"'])
+    # QEMU keeps qcow2 metadata in memory: without a flush, the overlay file that the
+    # baseline reads would not show the new clusters yet
+    run([PCOCC, "monitor-cmd", "vm0", "qemu-io disk0 flush"])
     overlays = list(Path(os.environ["PCOCC_RUN_DIR"]).rglob("disk0.qcow2"))
     if len(overlays) != 1:
         raise SystemExit(f"expected one VM overlay under $PCOCC_RUN_DIR, found {overlays}")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from pcocc.errors import PcoccError
+from pcocc.vm.agent import AgentError
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,11 @@ def frozen(agent: Agent, vm: str, *, sleep: Callable[[float], None] = time.sleep
     try:
         agent.execute("guest-fsfreeze-freeze", timeout_s=FREEZE_TIMEOUT_S)
     except BaseException as err:
-        # a freeze cut short may have frozen some file systems
-        with contextlib.suppress(FreezeError):
-            _thaw(agent, vm, sleep)
+        # A refusal changed nothing (and the guest may be frozen by another save, which
+        # thaws it itself); a freeze cut short may have frozen some file systems.
+        if not isinstance(err, AgentError):
+            with contextlib.suppress(FreezeError):
+                _thaw(agent, vm, sleep)
         if isinstance(err, PcoccError):
             raise FreezeError(f"cannot freeze the file systems of {vm}: {err}",
                               hint="pass -s to save without freezing them") from err

@@ -7,6 +7,7 @@ import pytest
 
 from pcocc.errors import PcoccError, ServiceUnavailable
 from pcocc.vm import blockjobs, fsfreeze
+from pcocc.vm.agent import AgentError
 from pcocc.vm.blockjobs import BlockJobError, parse_disk, parse_jobs
 
 
@@ -173,6 +174,21 @@ def test_a_failed_freeze_is_reported_and_thawed():
             pytest.fail("the body ran")
     assert "-s" in exc.value.hint
     assert agent.calls == ["guest-fsfreeze-freeze", "guest-fsfreeze-thaw"]
+
+
+def test_a_refused_freeze_does_not_thaw_another_saves_freeze():
+    class Refusing(FakeAgent):
+        def execute(self, command, arguments=None, *, timeout_s=5.0):
+            self.calls.append(command)
+            if command == "guest-fsfreeze-freeze":
+                raise AgentError("guest agent guest-fsfreeze-freeze: GenericError: disabled")
+            return 0
+
+    agent = Refusing()
+    with pytest.raises(fsfreeze.FreezeError, match="disabled"):
+        with fsfreeze.frozen(agent, "vm0", sleep=lambda _s: None):
+            pytest.fail("the body ran")
+    assert agent.calls == ["guest-fsfreeze-freeze"]
 
 
 def test_thaw_is_retried_and_a_lasting_failure_says_so():
