@@ -30,7 +30,7 @@ def save(session: Session, job_id: str | None, dest: str | None, full: bool,
     from pcocc.cluster.save import save_vm
     from pcocc.repo.store import RepoSet
 
-    view = find_cluster(job_id, config=lambda: session.config)
+    view = find_cluster(job_id, etcd=lambda: session.config.batch.etcd)
     with progress_bar("saving", enabled=session.show_progress) as report:
         meta = save_vm(view, vm, RepoSet(session.config.repos), dest=dest, full=full,
                        skip_freeze=skip_freeze, progress=report, notify=session.notify)
