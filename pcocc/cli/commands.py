@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reset": ("pcocc.cli.access:reset", "Reset a VM"),
     "monitor-cmd": ("pcocc.cli.access:monitor_cmd", "Send a QMP or HMP command to a VM"),
     "ckpt": ("pcocc.cli.ckpt:ckpt", "Checkpoint the VMs of a cluster (restore: alloc -r)"),
+    "save": ("pcocc.cli.save:save", "Save the disk of a running VM as an image revision"),
     "run": ("pcocc.cli.containers:run", "Run container images on the nodes of an allocation"),
     "pod": ("pcocc.cli.containers:pod", "List, inspect, enter and collect container pods"),
     "image": ("pcocc.cli.image:image", "List and manage VM and container images"),
