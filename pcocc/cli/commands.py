@@ -35,7 +35,7 @@ IMAGE_SUBGROUPS: dict[str, tuple[str, str]] = {
     "cat-manifest": ("pcocc.cli.image_files:cat_manifest",
                      "Print the manifest of an image as JSON"),
     "extract": ("pcocc.cli.image_files:extract",
-                "Write the own files of a container image to a directory"),
+                "Write the top layer of a container image to a directory"),
     "render": ("pcocc.cli.image_files:render",
                "Write the root filesystem of a container image to a directory"),
 }

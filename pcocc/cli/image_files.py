@@ -53,9 +53,10 @@ def _tree_command(name: str, render: bool, doc: str) -> click.Command:
     return click.command(name)(command)
 
 
-extract = _tree_command("extract", False, """Write the own files of container IMAGE to DIR.
+extract = _tree_command("extract", False, """Write the files container IMAGE adds to DIR.
 
-    Its own files are those of its top layer, the change it makes to the layers below.
+    These are its top layer: the change the image makes to the layers below it (its
+    base), applied to an empty directory, so its whiteouts have nothing to delete. 'pcocc image render' applies every layer.
     DIR must not exist (see --overwrite); it holds 'manifest' (as cat-manifest prints it)
     and 'rootfs/', or with --rootfs-only the files only. DIR is private (0700).
     VM images are refused: 'pcocc image export' writes their disk.

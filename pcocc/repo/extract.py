@@ -128,8 +128,7 @@ def write_tree(repos: RepoSet, image: str, dest: Path, *, render: bool,
             write_atomic(work / MANIFEST_FILE,
                          format_json(manifest_document(meta), pretty=True) + "\n",
                          sync_dir=False)
-        skipped = unpack_image(oci, repo.blob_path, rootfs)
-        os.chmod(work, 0o700)  # the image's root entry may have changed it (rootfs only)
+        skipped = unpack_image(oci, repo.blob_path, rootfs)  # keeps the mode of its root
         try:
             exchange_or_rename(work, dest, replace=overwrite)
         except FileExistsError:
