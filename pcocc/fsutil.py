@@ -1,4 +1,5 @@
-"""Crash-safe file operations: atomic writes, directory fsync, flock-based locks."""
+"""Crash-safe file operations: atomic writes and directory swaps, directory fsync, flock-based
+locks."""
 
 from __future__ import annotations
 
@@ -140,3 +141,48 @@ def locked(
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
+
+
+def _renameat2(src: Path, dst: Path, flags: int) -> None:
+    import ctypes  # here: only the commands that publish a directory need it
+
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if fn is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available")
+    if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(dst))
+
+
+def exchange_or_rename(src: Path, dst: Path, *, replace: bool) -> None:
+    """Move the directory ``src`` to ``dst`` in one rename, then fsync their parent.
+
+    Without ``replace``, ``dst`` must not exist (else FileExistsError, nothing moved). With
+    it, an existing ``dst`` is exchanged with ``src``: readers of ``dst`` see the old tree or
+    the new one, and the old tree is left at ``src`` for the caller to remove. Where the
+    kernel or the file system lacks ``renameat2``, this falls back to plain renames (then
+    ``dst`` is missing for an instant, and an empty ``dst`` made meanwhile is replaced).
+    """
+    try:
+        _renameat2(src, dst, _RENAME_EXCHANGE if replace else _RENAME_NOREPLACE)
+    except OSError as err:
+        if replace and err.errno == errno.ENOENT and os.path.lexists(src):
+            # dst went away meanwhile: a plain move will do
+            return exchange_or_rename(src, dst, replace=False)
+        if err.errno not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise
+        if not replace:
+            if os.path.lexists(dst):
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst)) from None
+            os.rename(src, dst)
+        else:
+            aside = tmp_name(dst)
+            os.rename(dst, aside)
+            os.rename(src, dst)
+            os.rename(aside, src)
+    fsync_dir(dst.parent)

@@ -30,7 +30,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 #: commands that ``--help`` does not list
 HIDDEN = frozenset({"internal"})
 
-#: the subgroups of ``pcocc image`` imported on first use (its other commands are eager)
+#: the subgroups and commands of ``pcocc image`` imported on first use (its other commands
+#: are eager)
 IMAGE_SUBGROUPS: dict[str, tuple[str, str]] = {
     "cache": ("pcocc.cli.image_cache:cache", "List and clean the container image cache"),
+    "cat-manifest": ("pcocc.cli.image_files:cat_manifest",
+                     "Print the manifest of an image as JSON"),
+    "extract": ("pcocc.cli.image_files:extract",
+                "Write the top layer of a container image to a directory"),
+    "render": ("pcocc.cli.image_files:render",
+               "Write the root filesystem of a container image to a directory"),
 }
