@@ -72,6 +72,40 @@ def copy_sparse(src: str | os.PathLike, dst: str | os.PathLike, mode: int = 0o60
         os.fsync(f.fileno())
 
 
+@contextlib.contextmanager
+def atomic_fd(path: str | os.PathLike, mode: int = 0o600) -> Iterator[int]:
+    """A descriptor open for writing on a new hidden sibling of ``path``: when the block
+    ends normally, the file is fsynced and renamed to ``path`` (then the directory is
+    fsynced); on any error or interruption it is removed. For writers that need a
+    descriptor rather than bytes (another process writes it, e.g. QEMU through ``getfd``).
+
+    :raise PermissionDenied: the directory of ``path`` is not writable
+    :raise PcoccError: it does not exist, or another failure to create the file
+    """
+    path = Path(path)
+    tmp = tmp_name(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     mode)
+    except OSError as err:
+        raise os_error(err, f"cannot write {path}") from err
+    try:
+        try:
+            yield fd
+            os.fsync(fd)
+            os.fchmod(fd, mode)  # umask must not change the wanted mode
+            os.replace(tmp, path)
+        finally:
+            os.close(fd)
+    except BaseException as err:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        if isinstance(err, OSError):
+            raise os_error(err, f"cannot write {path}") from err
+        raise
+    fsync_dir(path.parent)
+
+
 def remove_tree(path: Path) -> bool:
     """Remove a file, symlink or tree, also one with read-only directories in it (left by
     container runtimes and image unpackers). True when nothing is left."""

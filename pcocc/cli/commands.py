@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reset": ("pcocc.cli.access:reset", "Reset a VM"),
     "monitor-cmd": ("pcocc.cli.access:monitor_cmd", "Send a QMP or HMP command to a VM"),
     "ckpt": ("pcocc.cli.ckpt:ckpt", "Checkpoint the VMs of a cluster (restore: alloc -r)"),
+    "dump": ("pcocc.cli.vmview:dump", "Write the guest memory of a VM to an ELF file"),
+    "display": ("pcocc.cli.vmview:display", "Print or open the remote display of a VM"),
     "run": ("pcocc.cli.containers:run", "Run container images on the nodes of an allocation"),
     "pod": ("pcocc.cli.containers:pod", "List, inspect, enter and collect container pods"),
     "image": ("pcocc.cli.image:image", "List and manage VM and container images"),
