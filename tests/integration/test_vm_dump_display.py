@@ -7,13 +7,19 @@ import json
 import os
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 from tests.fixtures import rfb
-from tests.fixtures.cluster import BOOT_TIMEOUT_S, Env, assert_nothing_left, pids_matching
+from tests.fixtures.cluster import (
+    BOOT_TIMEOUT_S,
+    Env,
+    assert_nothing_left,
+    pids_matching,
+    release,
+    wait_for_marker,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -28,21 +34,12 @@ def add_vnc_template(env: Env) -> None:
     path.write_text(yaml.safe_dump(config))
 
 
-def wait_up(env: Env, alloc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + BOOT_TIMEOUT_S + 60
-    while not (env.tmp / "up").exists():
-        if alloc.poll() is not None:
-            pytest.fail(f"the cluster ended early: {alloc.communicate()[1]}")
-        assert time.monotonic() < deadline, "the cluster did not come up"
-        time.sleep(0.5)
-
-
 def test_dump_and_display(local_env):
     env = local_env
     add_vnc_template(env)
     alloc = env.start("alloc", "-E", HOLD, "vnc:1,testvm:1")
     try:
-        wait_up(env, alloc)
+        wait_for_marker(alloc, env.tmp / "up", BOOT_TIMEOUT_S + 60)
 
         # display: an address a VNC client reaches, with the password, never in argv
         shown = env.run("display", "--json", "vm0")
@@ -111,11 +108,6 @@ def test_dump_and_display(local_env):
             assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
         assert os.listdir(dest) == ["mem.elf"]
     finally:
-        (env.tmp / "done").touch()
-        try:
-            _out, err = alloc.communicate(timeout=180)
-        except subprocess.TimeoutExpired:
-            os.killpg(alloc.pid, 15)
-            _out, err = alloc.communicate(timeout=30)
+        err = release(alloc, env.tmp / "done")
     assert alloc.returncode == 0, err
     assert_nothing_left(env)

@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 from tests.fixtures import rfb
+from tests.fixtures.cluster import release, wait_for_marker
 
 pytestmark = pytest.mark.slow
 
@@ -99,12 +99,8 @@ def test_display_and_dump_are_the_victims_alone(two_users, victim, attacker, vnc
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
     try:
-        deadline = time.monotonic() + BOOT_TIMEOUT_S + 120
-        while not (victim.home / "attack-now").exists():
-            if alloc.poll() is not None:
-                pytest.fail(f"the victim's cluster ended early: {alloc.stderr.read()}")
-            assert time.monotonic() < deadline, "the victim's cluster did not come up"
-            time.sleep(0.5)
+        wait_for_marker(alloc, victim.home / "attack-now", BOOT_TIMEOUT_S + 120,
+                        "the victim's cluster")
         shown = (victim.home / "display.out").read_text()
         assert shown, (victim.home / "display.err").read_text()
         found = json.loads(shown)
@@ -133,10 +129,5 @@ def test_display_and_dump_are_the_victims_alone(two_users, victim, attacker, vnc
         # the victim's display still takes its password
         assert rfb.connect(socket_path, password).width > 0
     finally:
-        (victim.home / "attack-done").touch()
-        try:
-            _out, err = alloc.communicate(timeout=180)
-        except subprocess.TimeoutExpired:
-            os.killpg(alloc.pid, 15)
-            _out, err = alloc.communicate(timeout=30)
+        err = release(alloc, victim.home / "attack-done")
     assert alloc.returncode == 0, err

@@ -12,7 +12,6 @@ import pytest
 
 from pcocc.cluster import dump
 from pcocc.errors import AlreadyExists, Corrupt, NotFound, PcoccError, UsageError
-from pcocc.fsutil import atomic_fd
 from pcocc.vm.qmp import QmpError
 
 MEMORY = b"\x7fELF" + b"m" * 1000
@@ -153,23 +152,3 @@ def test_dump_vm_refuses_bad_destinations_before_asking_qemu(tmp_path, fake_qmp)
         dump.dump_vm(View(), "vm0", tmp_path / "nope" / "mem.elf")
     assert (tmp_path / "old.elf").read_text() == "keep"
     assert sorted(os.listdir(tmp_path)) == ["old.elf"]
-
-
-def test_atomic_fd_error_on_a_missing_directory_names_the_file(tmp_path):
-    with pytest.raises(PcoccError, match=f"cannot write {tmp_path}/no/f"):
-        with atomic_fd(tmp_path / "no" / "f"):
-            pass
-
-
-def test_atomic_fd_keeps_the_old_file_until_complete(tmp_path):
-    path = tmp_path / "f"
-    path.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_fd(path) as fd:
-            os.write(fd, b"new")
-            assert path.read_text() == "old"
-            raise RuntimeError
-    assert path.read_text() == "old" and os.listdir(tmp_path) == ["f"]
-    with atomic_fd(path, 0o640) as fd:
-        os.write(fd, b"new")
-    assert path.read_text() == "new" and stat.S_IMODE(path.stat().st_mode) == 0o640
