@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 from pathlib import Path
@@ -107,6 +108,33 @@ def test_dump_and_display(local_env):
         for err in (again.stderr, missing.stderr, proc_dir.stderr):
             assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
         assert os.listdir(dest) == ["mem.elf"]
+    finally:
+        err = release(alloc, env.tmp / "done")
+    assert alloc.returncode == 0, err
+    assert_nothing_left(env)
+
+
+def test_spice_display(local_env):
+    """A SPICE display on the QEMU installed here (Debian's has SPICE): its socket listens,
+    QEMU requires a ticket (the password), and the record says so."""
+    env = local_env
+    path = Path(env.env["PCOCC_SYSTEM_CONF_DIR"]) / "templates.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["templates"]["testvm"]["remote-display"] = "spice"
+    path.write_text(yaml.safe_dump(config))
+    alloc = env.start("alloc", "-E", HOLD, "testvm:1")
+    try:
+        wait_for_marker(alloc, env.tmp / "up", BOOT_TIMEOUT_S + 60)
+        shown = env.run("display", "--json", "vm0")
+        assert shown.returncode == 0, shown.stderr
+        found = json.loads(shown.stdout)
+        assert found["protocol"] == "spice" and len(found["password"]) == 24
+        assert found["uri"] == f"spice+unix://{found['socket']}"
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(found["socket"])
+        spice = env.run("monitor-cmd", "vm0", "query-spice")
+        assert spice.returncode == 0, spice.stderr
+        assert json.loads(spice.stdout)["auth"] == "spice"
     finally:
         err = release(alloc, env.tmp / "done")
     assert alloc.returncode == 0, err

@@ -196,3 +196,20 @@ def test_no_viewer_is_a_clear_error():
     with pytest.raises(NotFound, match="no VNC viewer is installed") as exc:
         viewer_argv(INFO, _which())
     assert "without -p" in exc.value.hint
+
+
+@pytest.mark.parametrize("returncode, stdout, stderr, expected", [
+    # QEMU 7.2 lists the options, then exits with status 1
+    (1, "spice options:\n  addr=<str>\n", "", True),
+    (1, "", "qemu-system-x86_64: -spice help: There is no option group 'spice'\n", False),
+    (1, "", "qemu-system-x86_64: -spice: invalid option\n", False),
+])
+def test_spice_probe_reads_what_qemu_prints(monkeypatch, returncode, stdout, stderr, expected):
+    from pcocc import proc
+
+    def run(argv, **_kwargs):
+        assert argv == ["qemu-x", "-spice", "help"]
+        return proc.Result(argv, returncode, stdout, stderr)
+
+    monkeypatch.setattr(proc, "run", run)
+    assert display.spice_supported("qemu-x") is expected
