@@ -213,3 +213,86 @@ def test_spice_probe_reads_what_qemu_prints(monkeypatch, returncode, stdout, std
 
     monkeypatch.setattr(proc, "run", run)
     assert display.spice_supported("qemu-x") is expected
+
+
+# -- reading the record back on the VM's host ------------------------------------------------
+@pytest.fixture
+def vm_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("PCOCC_RUN_DIR", str(tmp_path / "run"))
+    path = tmp_path / "run" / "7" / "vm0" / "qemu"
+    path.mkdir(parents=True)
+    return path
+
+
+def _view(vm_dir, template=None, host=None):
+    import socket
+
+    from pcocc.cluster.lookup import ClusterView
+    from pcocc.cluster.record import ClusterRecord, ClusterState
+    from pcocc.cluster.vmstate import VmRecord
+
+    settings = {"kernel": "/k", **({"remote-display": template} if template else {})}
+    definition = build_definition("tpl:1", {"tpl": settings}, owner="bob")
+    record = ClusterRecord("7", definition, ClusterState.RUNNING, "n1", 123, batch="local")
+    vm = VmRecord(rank=0, host=host or socket.gethostname(), status="running", node_pid=10,
+                  qmp_socket=str(vm_dir / "qmp.sock"))
+    return ClusterView("7", record, vms={0: vm})
+
+
+def _listen(path):
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    return sock
+
+
+def test_find_display_reads_the_record_and_checks_the_socket(vm_dir):
+    from pcocc.cluster.display import find_display
+
+    with _listen(vm_dir / "vnc.sock"):
+        info = DisplayInfo("vnc", str(vm_dir / "vnc.sock"), "Ab3dE6gH")
+        (vm_dir / "display.json").write_text(info.to_json())
+        found = find_display(_view(vm_dir, "vnc"), "vm0")
+    assert found.info == info and found.vm == "vm0"
+
+
+def test_a_vm_without_remote_display_says_which_key_to_set(vm_dir):
+    from pcocc.cluster.display import find_display
+
+    with pytest.raises(NotFound, match="vm0 of cluster 7 has no remote display") as exc:
+        find_display(_view(vm_dir), "vm0")
+    assert "remote-display: vnc" in exc.value.hint and "'tpl'" in exc.value.hint
+
+
+def test_a_display_not_written_yet_or_on_another_host(vm_dir):
+    from pcocc.cluster.display import find_display
+
+    with pytest.raises(NotFound, match="vm0 has no display yet"):
+        find_display(_view(vm_dir, "vnc"), "vm0")
+    with pytest.raises(UsageError, match="runs on host elsewhere"):
+        find_display(_view(vm_dir, "vnc", host="elsewhere"), "vm0")
+
+
+@pytest.mark.parametrize("socket_path", ["/etc/passwd", "{tmp}/vnc.sock", "{dir}/display.json"])
+def test_a_record_naming_another_socket_is_refused(vm_dir, socket_path):
+    from pcocc.cluster.display import find_display
+
+    path = socket_path.format(tmp=vm_dir.parents[3], dir=vm_dir)
+    (vm_dir / "display.json").write_text(DisplayInfo("vnc", path, "x").to_json())
+    with pytest.raises(Corrupt):
+        find_display(_view(vm_dir, "vnc"), "vm0")
+
+
+def test_a_record_that_is_a_link_or_of_another_protocol_is_refused(vm_dir, tmp_path):
+    from pcocc.cluster.display import find_display
+
+    elsewhere = tmp_path / "planted.json"
+    elsewhere.write_text(DisplayInfo("vnc", str(vm_dir / "vnc.sock"), "x").to_json())
+    (vm_dir / "display.json").symlink_to(elsewhere)
+    with pytest.raises(Corrupt, match="not a file of yours"):
+        find_display(_view(vm_dir, "vnc"), "vm0")
+    (vm_dir / "display.json").unlink()
+    (vm_dir / "display.json").write_text(DisplayInfo("spice", str(vm_dir / "x"), "x").to_json())
+    with pytest.raises(Corrupt, match="names a spice display"):
+        find_display(_view(vm_dir, "vnc"), "vm0")
