@@ -28,24 +28,33 @@ pytestmark = pytest.mark.slow
 HOLD = "touch up; for i in $(seq 1200); do [ -e done ] && exit 0; sleep 0.5; done; exit 7"
 
 
-def add_vnc_template(env: Env) -> None:
+def add_template(env: Env, name: str, protocol: str) -> None:
+    """A template ``name``: the test VM with a remote display over ``protocol``."""
     path = Path(env.env["PCOCC_SYSTEM_CONF_DIR"]) / "templates.yaml"
     config = yaml.safe_load(path.read_text())
-    config["templates"]["vnc"] = {"inherits": "testvm", "remote-display": "vnc"}
+    config["templates"][name] = {"inherits": "testvm", "remote-display": protocol}
     path.write_text(yaml.safe_dump(config))
+
+
+def start_and_show(env: Env, spec: str) -> tuple[subprocess.Popen, dict]:
+    """Start the cluster ``spec`` held open by HOLD; vm0's display as ``--json`` shows it."""
+    alloc = env.start("alloc", "-E", HOLD, spec)
+    try:
+        wait_for_marker(alloc, env.tmp / "up", BOOT_TIMEOUT_S + 60)
+        shown = env.run("display", "--json", "vm0")
+        assert shown.returncode == 0, shown.stderr
+        return alloc, json.loads(shown.stdout)
+    except BaseException:
+        release(alloc, env.tmp / "done")
+        raise
 
 
 def test_dump_and_display(local_env):
     env = local_env
-    add_vnc_template(env)
-    alloc = env.start("alloc", "-E", HOLD, "vnc:1,testvm:1")
+    add_template(env, "vnc", "vnc")
+    alloc, found = start_and_show(env, "vnc:1,testvm:1")
     try:
-        wait_for_marker(alloc, env.tmp / "up", BOOT_TIMEOUT_S + 60)
-
         # display: an address a VNC client reaches, with the password, never in argv
-        shown = env.run("display", "--json", "vm0")
-        assert shown.returncode == 0, shown.stderr
-        found = json.loads(shown.stdout)
         assert found["protocol"] == "vnc" and found["uri"] == f"vnc+unix://{found['socket']}"
         init = rfb.connect(found["socket"], found["password"])
         assert init.width > 0 and init.height > 0
@@ -118,16 +127,9 @@ def test_spice_display(local_env):
     """A SPICE display on the QEMU installed here (Debian's has SPICE): its socket listens,
     QEMU requires a ticket (the password), and the record says so."""
     env = local_env
-    path = Path(env.env["PCOCC_SYSTEM_CONF_DIR"]) / "templates.yaml"
-    config = yaml.safe_load(path.read_text())
-    config["templates"]["testvm"]["remote-display"] = "spice"
-    path.write_text(yaml.safe_dump(config))
-    alloc = env.start("alloc", "-E", HOLD, "testvm:1")
+    add_template(env, "spice", "spice")
+    alloc, found = start_and_show(env, "spice:1")
     try:
-        wait_for_marker(alloc, env.tmp / "up", BOOT_TIMEOUT_S + 60)
-        shown = env.run("display", "--json", "vm0")
-        assert shown.returncode == 0, shown.stderr
-        found = json.loads(shown.stdout)
         assert found["protocol"] == "spice" and len(found["password"]) == 24
         assert found["uri"] == f"spice+unix://{found['socket']}"
         with socket.socket(socket.AF_UNIX) as sock:
