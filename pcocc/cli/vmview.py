@@ -26,7 +26,7 @@ def dump(session: Session, job_id: str | None, vm: str, dest: str) -> None:
     from pcocc.cluster.access import find_cluster
     from pcocc.cluster.dump import dump_vm
 
-    view = find_cluster(job_id, config=lambda: session.config)
+    view = find_cluster(job_id, etcd=lambda: session.config.batch.etcd)
     with progress_bar(f"dumping {vm}", enabled=session.show_progress) as report:
         size = dump_vm(view, vm, dest, progress=report)
     session.notify(f"wrote {human_size(size)} of {vm}'s memory to {dest}")
@@ -49,7 +49,7 @@ def display(session: Session, job_id: str | None, open_viewer: bool, as_json: bo
     from pcocc.cluster.access import find_cluster, run_interactive
     from pcocc.cluster.display import find_display, viewer_argv
 
-    found = find_display(find_cluster(job_id, config=lambda: session.config), vm)
+    found = find_display(find_cluster(job_id, etcd=lambda: session.config.batch.etcd), vm)
     if open_viewer:
         argv = viewer_argv(found.info)
         session.say(f"{vm}'s display password: {found.info.password}")
