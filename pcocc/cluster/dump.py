@@ -75,7 +75,8 @@ def dump_guest_memory(
     :raise QmpError: QEMU refused the dump (e.g. another one runs)
     :raise PcoccError: the dump failed
     """
-    qmp.pass_fd(fd, FD_NAME)
+    qmp.send_fd(fd)
+    qmp.execute("getfd", {"fdname": FD_NAME})
     try:
         qmp.execute("dump-guest-memory", {"paging": False, "protocol": f"fd:{FD_NAME}",
                                           "detach": True, "format": "elf"})

@@ -110,21 +110,6 @@ class QmpClient:
             raise QmpError(f"unexpected reply to query-status: {reply!r}")
         return str(reply["status"])
 
-    def pass_fd(self, fd: int, fdname: str) -> None:
-        """Hand QEMU a descriptor of ours under ``fdname`` (``getfd``), e.g. a file the
-        caller opened, so that QEMU writes it without opening any path itself. Commands
-        then name it ``fd:FDNAME``; ``closefd`` drops it if none takes it.
-
-        :raise QmpError: QEMU refused it
-        :raise ServiceUnavailable: the connection failed
-        """
-        try:
-            self._client.send_fd_scm(fd)
-        except (QMPError, OSError) as err:
-            raise ServiceUnavailable(f"cannot pass a descriptor on {self.socket_path}: {err}"
-                                     ) from err
-        self.execute("getfd", {"fdname": fdname})
-
     def system_reset(self) -> None:
         self.execute("system_reset")
 

@@ -29,9 +29,9 @@ class FakeQmp:
         self.interrupt = interrupt
         self.replies = list(replies or [])
 
-    def pass_fd(self, fd, fdname):
+    def send_fd(self, fd):
         self.fd = os.dup(fd)
-        self.calls.append(("getfd", fdname))
+        self.calls.append(("send_fd", None))
 
     def execute(self, command, arguments=None, **_):
         self.calls.append((command, arguments))
@@ -67,8 +67,9 @@ def test_dump_passes_a_descriptor_never_a_path_and_reports_progress():
     qmp = FakeQmp()
     size, seen = _run(qmp)
     assert size == len(MEMORY)
-    assert qmp.calls[:2] == [
-        ("getfd", "pcocc-dump"),
+    assert qmp.calls[:3] == [
+        ("send_fd", None),
+        ("getfd", {"fdname": "pcocc-dump"}),
         ("dump-guest-memory", {"paging": False, "protocol": "fd:pcocc-dump", "detach": True,
                                "format": "elf"}),
     ]
