@@ -6,16 +6,17 @@ import json
 
 import click
 
-from pcocc.cli.access import _job_option
 from pcocc.cli.context import Session, exit_with, pass_session
+from pcocc.cli.selection import cluster_selection
+from pcocc.cluster.lookup import ClusterSelection
 
 
 @click.command()
-@_job_option
+@cluster_selection
 @click.argument("vm", metavar="vmN")
 @click.argument("dest", metavar="FILE", type=click.Path(dir_okay=False))
 @pass_session
-def dump(session: Session, job_id: str | None, vm: str, dest: str) -> None:
+def dump(session: Session, selection: ClusterSelection, vm: str, dest: str) -> None:
     """Write the guest memory of a VM to FILE (ELF, readable by crash or gdb).
 
     FILE must not exist; it appears only once the dump is complete (mode 0600). Run it on
@@ -26,21 +27,21 @@ def dump(session: Session, job_id: str | None, vm: str, dest: str) -> None:
     from pcocc.cluster.access import find_cluster
     from pcocc.cluster.dump import dump_vm
 
-    view = find_cluster(job_id, etcd=lambda: session.config.batch.etcd)
+    view = find_cluster(selection, etcd=lambda: session.config.batch.etcd)
     with progress_bar(f"dumping {vm}", enabled=session.show_progress) as report:
         size = dump_vm(view, vm, dest, progress=report)
     session.notify(f"wrote {human_size(size)} of {vm}'s memory to {dest}")
 
 
 @click.command()
-@_job_option
+@cluster_selection
 @click.option("-p", "open_viewer", is_flag=True,
               help="Open a viewer (remote-viewer or vncviewer) instead of printing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.argument("vm", metavar="vmN")
 @pass_session
-def display(session: Session, job_id: str | None, open_viewer: bool, as_json: bool,
-            vm: str) -> None:
+def display(session: Session, selection: ClusterSelection, open_viewer: bool,
+            as_json: bool, vm: str) -> None:
     """Print the address and password of a VM's remote display, or open it with -p.
 
     The VM's template must set 'remote-display: vnc' (or spice). The display is a unix
@@ -49,7 +50,7 @@ def display(session: Session, job_id: str | None, open_viewer: bool, as_json: bo
     from pcocc.cluster.access import find_cluster, run_interactive
     from pcocc.cluster.display import find_display, viewer_argv
 
-    found = find_display(find_cluster(job_id, etcd=lambda: session.config.batch.etcd), vm)
+    found = find_display(find_cluster(selection, etcd=lambda: session.config.batch.etcd), vm)
     if open_viewer:
         argv = viewer_argv(found.info)
         session.say(f"{vm}'s display password: {found.info.password}")

@@ -3,29 +3,24 @@ for a VNC display, vm1's for none."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from tests.fixtures import rfb
-from tests.fixtures.cluster import (
-    BOOT_TIMEOUT_S,
-    Env,
-    assert_nothing_left,
-    pids_matching,
-    release,
-    wait_for_marker,
-)
+from tests.fixtures.cluster import Env, assert_nothing_left, pids_matching
 
 pytestmark = pytest.mark.slow
 
-#: the -E script: say the cluster is up, then wait until the test is done with it
-HOLD = "touch up; for i in $(seq 1200); do [ -e done ] && exit 0; sleep 0.5; done; exit 7"
+#: the -E script: wait until the test is done with the cluster
+HOLD = "for i in $(seq 1200); do [ -e done ] && exit 0; sleep 0.5; done; exit 7"
 
 
 def add_template(env: Env, name: str, protocol: str) -> None:
@@ -36,24 +31,28 @@ def add_template(env: Env, name: str, protocol: str) -> None:
     path.write_text(yaml.safe_dump(config))
 
 
-def start_and_show(env: Env, spec: str) -> tuple[subprocess.Popen, dict]:
-    """Start the cluster ``spec`` held open by HOLD; vm0's display as ``--json`` shows it."""
+@contextlib.contextmanager
+def held_cluster(env: Env, spec: str) -> Iterator[dict]:
+    """Run the cluster ``spec``, held open by HOLD; yield vm0's display as ``--json`` shows
+    it; then let the cluster end, and check that it ended well and left nothing."""
     alloc = env.start("alloc", "-E", HOLD, spec)
     try:
-        wait_for_marker(alloc, env.tmp / "up", BOOT_TIMEOUT_S + 60)
+        env.wait_ps(lambda cs: any(c["running"] == c["vms"] for c in cs), "the VMs to run",
+                    proc=alloc)
         shown = env.run("display", "--json", "vm0")
         assert shown.returncode == 0, shown.stderr
-        return alloc, json.loads(shown.stdout)
-    except BaseException:
-        release(alloc, env.tmp / "done")
-        raise
+        yield json.loads(shown.stdout)
+    finally:
+        (env.tmp / "done").touch()
+        err = alloc.communicate(timeout=180)[1]
+    assert alloc.returncode == 0, err
+    assert_nothing_left(env)
 
 
 def test_dump_and_display(local_env):
     env = local_env
     add_template(env, "vnc", "vnc")
-    alloc, found = start_and_show(env, "vnc:1,testvm:1")
-    try:
+    with held_cluster(env, "vnc:1,testvm:1") as found:
         # display: an address a VNC client reaches, with the password, never in argv
         assert found["protocol"] == "vnc" and found["uri"] == f"vnc+unix://{found['socket']}"
         init = rfb.connect(found["socket"], found["password"])
@@ -117,10 +116,6 @@ def test_dump_and_display(local_env):
         for err in (again.stderr, missing.stderr, proc_dir.stderr):
             assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
         assert os.listdir(dest) == ["mem.elf"]
-    finally:
-        err = release(alloc, env.tmp / "done")
-    assert alloc.returncode == 0, err
-    assert_nothing_left(env)
 
 
 def test_spice_display(local_env):
@@ -128,8 +123,7 @@ def test_spice_display(local_env):
     QEMU requires a ticket (the password), and the record says so."""
     env = local_env
     add_template(env, "spice", "spice")
-    alloc, found = start_and_show(env, "spice:1")
-    try:
+    with held_cluster(env, "spice:1") as found:
         assert found["protocol"] == "spice" and len(found["password"]) == 24
         assert found["uri"] == f"spice+unix://{found['socket']}"
         with socket.socket(socket.AF_UNIX) as sock:
@@ -137,7 +131,3 @@ def test_spice_display(local_env):
         spice = env.run("monitor-cmd", "vm0", "query-spice")
         assert spice.returncode == 0, spice.stderr
         assert json.loads(spice.stdout)["auth"] == "spice"
-    finally:
-        err = release(alloc, env.tmp / "done")
-    assert alloc.returncode == 0, err
-    assert_nothing_left(env)

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from tests.fixtures import rfb
-from tests.fixtures.cluster import release, wait_for_marker
+from tests.security.clusterlib import victim_cluster
 
 pytestmark = pytest.mark.slow
-
-BOOT_TIMEOUT_S = 240
 
 VICTIM_SCRIPT = """
 pcocc display --json vm0 > display.out 2> display.err
@@ -64,43 +61,19 @@ print(json.dumps(out))
 
 
 @pytest.fixture
-def vnc_conf(two_users, testvm_artifacts):
-    """A system configuration with a test VM template that has a VNC display; the kernel,
-    the initrd and a pcocc wrapper in the shared dir."""
-    shared = two_users.shared
-    boot = shared / "testvm-vnc"
-    boot.mkdir(exist_ok=True)
-    for src in (testvm_artifacts.kernel, testvm_artifacts.initrd):
-        (boot / src.name).write_bytes(src.read_bytes())
-        (boot / src.name).chmod(0o644)
-    (boot / "pcocc").write_text('#!/bin/sh\nexec /usr/bin/python3 -m pcocc.cli.main "$@"\n')
-    (boot / "pcocc").chmod(0o755)
-    template = {"kernel": str(boot / testvm_artifacts.kernel.name),
-                "initrd": str(boot / testvm_artifacts.initrd.name),
-                "append": testvm_artifacts.append, "accel": "tcg", "remote-display": "vnc"}
-    files = {"templates.yaml": {"templates": {"testvm": template}},
-             "batch.yaml": {"type": "local", "etcd": {"mode": "private"}}}
-    for name, content in files.items():
-        (two_users.sysconf / name).write_text(yaml.safe_dump(content))
-        (two_users.sysconf / name).chmod(0o644)
-    yield boot
-    for name in files:
-        (two_users.sysconf / name).unlink(missing_ok=True)
+def vnc_conf(two_users, victim_cluster_conf):
+    """``victim_cluster_conf`` with a VNC display in the test VM's template."""
+    path = two_users.sysconf / "templates.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["templates"]["testvm"]["remote-display"] = "vnc"
+    path.write_text(yaml.safe_dump(config))
+    return victim_cluster_conf
 
 
 def test_display_and_dump_are_the_victims_alone(two_users, victim, attacker, vnc_conf):
     shared = two_users.shared
-    env = {"PATH": f"{vnc_conf}:{victim.base_env['PATH']}",
-           "PCOCC_BOOT_TIMEOUT": str(BOOT_TIMEOUT_S), "PCOCC_ACCEL": "tcg"}
-    for name in ("attack-now", "attack-done", "display.out"):
-        (victim.home / name).unlink(missing_ok=True)
-    alloc = victim.popen(["/usr/bin/python3", "-m", "pcocc.cli.main", "alloc", "-E",
-                          VICTIM_SCRIPT.format(shared=shared), "testvm:1"], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
-    try:
-        wait_for_marker(alloc, victim.home / "attack-now", BOOT_TIMEOUT_S + 120,
-                        "the victim's cluster")
+    with victim_cluster(victim, vnc_conf, "-E", VICTIM_SCRIPT.format(shared=shared),
+                        "testvm:1", files=("display.out",)) as run:
         shown = (victim.home / "display.out").read_text()
         assert shown, (victim.home / "display.err").read_text()
         found = json.loads(shown)
@@ -123,11 +96,10 @@ def test_display_and_dump_are_the_victims_alone(two_users, victim, attacker, vnc
         assert seen["record"].startswith("error:") and "Permission denied" in seen["record"]
         assert seen["argv_leaks"] == []
         job_id = Path(socket_path).parts[-4]
-        asked = attacker.pcocc("display", "--json", "-j", job_id, "vm0")
-        assert asked.returncode != 0 and password not in asked.stdout + asked.stderr
+        for args in (("-j", job_id), ("--user", victim.name, "-j", job_id)):
+            asked = attacker.pcocc("display", "--json", *args, "vm0")
+            assert asked.returncode != 0 and password not in asked.stdout + asked.stderr
 
         # the victim's display still takes its password
         assert rfb.connect(socket_path, password).width > 0
-    finally:
-        err = release(alloc, victim.home / "attack-done")
-    assert alloc.returncode == 0, err
+    assert run.returncode == 0, run.stderr
