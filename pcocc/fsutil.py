@@ -37,26 +37,10 @@ def write_atomic(
     rename, never leave an empty file). A failure (including a full disk) leaves ``path``
     untouched.
     """
-    path = Path(path)
-    if isinstance(data, str):
-        data = data.encode()
-    tmp = tmp_name(path)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # umask must not weaken or strengthen the wanted mode
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if isinstance(err, OSError):
-            raise os_error(err, f"cannot write {path}") from err
-        raise
-    if sync_dir:
-        fsync_dir(path.parent)
+    view = memoryview(data.encode() if isinstance(data, str) else data)
+    with atomic_fd(path, mode, sync_dir=sync_dir) as fd:
+        while view:
+            view = view[os.write(fd, view):]
 
 
 def copy_sparse(src: str | os.PathLike, dst: str | os.PathLike, mode: int = 0o600) -> None:
@@ -71,6 +55,44 @@ def copy_sparse(src: str | os.PathLike, dst: str | os.PathLike, mode: int = 0o60
     os.chmod(dst, mode)
     with open(dst, "rb") as f:
         os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_fd(
+    path: str | os.PathLike, mode: int = 0o600, *, sync_dir: bool = True
+) -> Iterator[int]:
+    """A descriptor open for writing on a new hidden sibling of ``path``: when the block
+    ends normally, the file is fsynced and renamed to ``path`` (then the directory is
+    fsynced, unless ``sync_dir`` is false); on any error or interruption it is removed.
+    For writers that need a descriptor, e.g. another process that writes the file (QEMU
+    through ``getfd``); :func:`write_atomic` for bytes.
+
+    :raise PermissionDenied: the directory of ``path`` is not writable
+    :raise PcoccError: it does not exist, or another failure to create the file
+    """
+    path = Path(path)
+    tmp = tmp_name(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     mode)
+    except OSError as err:
+        raise os_error(err, f"cannot write {path}") from err
+    try:
+        try:
+            yield fd
+            os.fsync(fd)
+            os.fchmod(fd, mode)  # umask must not change the wanted mode
+            os.replace(tmp, path)
+        finally:
+            os.close(fd)
+    except BaseException as err:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        if isinstance(err, OSError):
+            raise os_error(err, f"cannot write {path}") from err
+        raise
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 def remove_tree(path: Path) -> bool:

@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "monitor-cmd": ("pcocc.cli.access:monitor_cmd", "Send a QMP or HMP command to a VM"),
     "ckpt": ("pcocc.cli.ckpt:ckpt", "Checkpoint the VMs of a cluster (restore: alloc -r)"),
     "save": ("pcocc.cli.save:save", "Save the disk of a running VM as an image revision"),
+    "dump": ("pcocc.cli.vmview:dump", "Write the guest memory of a VM to an ELF file"),
+    "display": ("pcocc.cli.vmview:display", "Print or open the remote display of a VM"),
     "run": ("pcocc.cli.containers:run", "Run container images on the nodes of an allocation"),
     "pod": ("pcocc.cli.containers:pod", "List, inspect, enter and collect container pods"),
     "image": ("pcocc.cli.image:image", "List and manage VM and container images"),

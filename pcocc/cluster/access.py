@@ -413,6 +413,18 @@ def _qmp(view: ClusterView, rec: VmRecord):
     return client, fd
 
 
+@contextlib.contextmanager
+def qmp_session(view: ClusterView, rec: VmRecord) -> Iterator[Any]:
+    """A connected :class:`pcocc.vm.qmp.QmpClient` of VM ``rec``, on its host only."""
+    client, fd = _qmp(view, rec)
+    try:
+        with client:
+            yield client
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def reset(view: ClusterView, name: str) -> None:
     rec = view.vm(name)
     client, fd = _qmp(view, rec)

@@ -6,6 +6,9 @@ overlay over the image's top layer, the seed, the QMP, console and guest agent s
 directory and gets relative socket names, so long run directories do not hit the 108-byte
 limit of unix socket paths; pcocc reaches them through ``/proc/self/fd/N/``.
 
+A VM with a remote display also gets its VNC or SPICE socket there, and, once the guest is
+up, a random password and the ``display.json`` record of both (see :mod:`pcocc.vm.display`).
+
 Listening forwards (ssh and the ``public-forwards`` of user networks) listen on the spec's
 ``host_address``, the node's address that other nodes reach; their host ports are picked free
 on that address when QEMU starts (and picked again if QEMU loses the race for one). Private
@@ -43,7 +46,7 @@ from pathlib import Path
 from typing import Self
 
 from pcocc import daemon, fsutil, proc
-from pcocc.vm import pinning, virtiofs
+from pcocc.vm import display, pinning, virtiofs
 from pcocc.errors import PcoccError, UsageError
 from pcocc.net.user import SSH_PORT
 from pcocc.vm.agent import GuestAgent
@@ -232,6 +235,7 @@ class Machine:
                         raise taken.error from None
                     log.debug("VM %s: port %s was taken, retrying", self.spec.name,
                               self.ssh_port)
+            self._enable_display()
         except BaseException as err:
             self._keep_logs = isinstance(err, VmBootError)
             self.shutdown()
@@ -249,6 +253,12 @@ class Machine:
         self._dir_fd = os.open(self.run_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._created += [self.run_dir / n for n in
                           (CONSOLE_SOCKET, QMP_SOCKET, AGENT_SOCKET, CONSOLE_LOG, QEMU_LOG)]
+        protocol = self.base_spec.remote_display
+        display_socket = None
+        if protocol is not None:
+            display.check_protocol(self.base_spec.name, protocol, self.base_spec.qemu_bin)
+            display_socket = Path(display.SOCKET_NAMES[protocol])
+            self._created += [self.run_dir / display_socket, self.run_dir / display.INFO_FILE]
         disks = list(self.base_spec.disks)
         if self.image is not None:
             self._created.append(self.run_dir / OVERLAY)
@@ -274,6 +284,7 @@ class Machine:
             console_log=Path(CONSOLE_LOG),
             qmp_socket=Path(QMP_SOCKET),
             agent_socket=Path(AGENT_SOCKET),
+            display_socket=display_socket,
             fs_shares=tuple((share.tag, Path(virtiofs.socket_name(i)))
                             for i, share in enumerate(self.shares)),
             ninep_shares=self.ninep_shares,
@@ -393,7 +404,7 @@ class Machine:
                     f"{self.boot_timeout_s:g} s"
                 )
             time.sleep(0.05)  # a refused connect costs nothing; a late "up" costs the user
-        for name in (QMP_SOCKET, AGENT_SOCKET, CONSOLE_SOCKET):
+        for name in (QMP_SOCKET, AGENT_SOCKET, CONSOLE_SOCKET, *display.SOCKET_NAMES.values()):
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(self.run_dir / name, 0o600)
         if self.restore is not None:
@@ -432,6 +443,16 @@ class Machine:
         assert self.process is not None
         with self.qmp() as qmp:
             pinning.apply(self.process.pid, qmp, self.pinning)
+
+    def _enable_display(self) -> None:
+        """Set the remote display's password and write its record (see pcocc.vm.display)."""
+        assert self.spec is not None
+        if self.spec.remote_display is None or self.spec.display_socket is None:
+            return
+        with self.qmp() as qmp:
+            display.enable(qmp, self.spec.remote_display,
+                           self.run_dir / self.spec.display_socket,
+                           self.run_dir / display.INFO_FILE)
 
     def _boot_error(self, message: str) -> VmBootError:
         accel = self.spec.accel if self.spec else self.base_spec.accel
