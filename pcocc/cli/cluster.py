@@ -87,33 +87,29 @@ def alloc(session: Session, command, cores, images, mounts, user_data, spec, bat
 @click.option("-E", "--command", metavar="CMD", help="Run CMD on the first node once the VMs run.")
 @click.option(
     "-b",
-    "--host-script",
+    "--batch-script",
+    "guest_script",
     metavar="FILE",
     type=click.Path(dir_okay=False),
-    help="Run the script FILE on the first node once the VMs run.",
+    help="Run the script FILE inside vm0 (through its guest agent) once the VMs run.",
 )
 @_definition_options
 @pass_session
 def batch(
-    session: Session, command, host_script, cores, images, mounts, user_data, spec, batch_args
+    session: Session, command, guest_script, cores, images, mounts, user_data, spec, batch_args
 ):
     """Run a virtual cluster in a batch job; print the job id.
 
     Like 'pcocc alloc', but the job runs in the background; it ends when -E CMD or the
-    host script ends (without either, when the job's time limit is reached or it is
-    cancelled).
+    -b script ends, with its exit status (without either, when the job's time limit is
+    reached or it is cancelled).
     """
-    from pcocc.cluster.jobs import submit
+    from pcocc.cluster.jobs import guest_script_command, read_guest_script, submit
 
-    if command is not None and host_script is not None:
+    if command is not None and guest_script is not None:
         raise UsageError("give either -E CMD or -b FILE, not both")
-    if host_script is not None:
-        try:
-            command = Path(host_script).read_text()
-        except OSError as err:
-            raise UsageError(
-                f"--host-script '{host_script}': cannot read it: {err.strerror}"
-            ) from err
+    if guest_script is not None:
+        command = guest_script_command(read_guest_script(guest_script))
     definition = _definition(session, spec, cores, images, mounts, user_data)
     click.echo(submit(session.config, definition, batch_args, command, session.log_args))
 

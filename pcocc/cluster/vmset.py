@@ -8,7 +8,7 @@ that quotes (a bounded part of) the text.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from pcocc.cluster.vmstate import MAX_RANK
 from pcocc.errors import NotFound, UsageError
@@ -21,6 +21,21 @@ _HINT = "write vm3, vm[0-3,7] or (with -i) 0-3,7"
 def looks_like_vm_set(word: str) -> bool:
     """True for a word that means VMs (``vm...``), as opposed to a command word."""
     return word.startswith("vm")
+
+
+def split_vm_set(index: str | None, words: Sequence[str]) -> tuple[tuple[int, ...] | None,
+                                                                   list[str]]:
+    """The VMs a command names, and its other words: ``-i RANGE`` (``index``), else a first
+    word that names VMs (``vm3``, ``vm[0-3,7]``), else None (the command's default).
+
+    :raise UsageError: a bad set, or both forms given
+    """
+    rest = list(words)
+    given = rest.pop(0) if rest and looks_like_vm_set(rest[0]) else None
+    if index is not None and given is not None:
+        raise UsageError(f"give the VMs either with -i or as {_quote(given)}, not both")
+    text = index if index is not None else given
+    return (parse_vm_set(text) if text is not None else None), rest
 
 
 def parse_vm_set(text: str) -> tuple[int, ...]:

@@ -9,6 +9,7 @@ from pcocc.cluster.vmset import (
     format_vm_set,
     looks_like_vm_set,
     parse_vm_set,
+    split_vm_set,
 )
 from pcocc.cluster.vmstate import MAX_RANK
 from pcocc.errors import NotFound, UsageError
@@ -69,3 +70,24 @@ def test_check_in_cluster_names_the_missing_vm():
 def test_format_round_trips(ranks, text):
     assert format_vm_set(ranks) == text
     assert parse_vm_set(text) == ranks
+
+
+@pytest.mark.parametrize(
+    ("index", "words", "chosen", "rest"),
+    [
+        (None, [], None, []),
+        (None, ["info", "status"], None, ["info", "status"]),
+        (None, ["vm[1-2]", "info", "status"], (1, 2), ["info", "status"]),
+        ("0-1", ["query-status"], (0, 1), ["query-status"]),
+        ("vm3", [], (3,), []),
+    ],
+)
+def test_split_vm_set(index, words, chosen, rest):
+    assert split_vm_set(index, words) == (chosen, rest)
+
+
+def test_split_vm_set_refuses_both_forms_and_bad_words():
+    with pytest.raises(UsageError, match="either with -i or as 'vm1', not both"):
+        split_vm_set("0", ["vm1", "info"])
+    with pytest.raises(UsageError, match="is not a VM set"):
+        split_vm_set(None, ["vm[0-", "info"])
