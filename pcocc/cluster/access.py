@@ -339,7 +339,7 @@ def guest_agent(view: ClusterView, rank: int) -> Iterator[GuestAgent]:
     path = agent_socket(view, view.vm(f"vm{rank}"))
     name, fd = _short_socket_path(path)
     try:
-        yield GuestAgent(name)
+        yield GuestAgent(name, label=path)
     finally:
         if fd is not None:
             os.close(fd)

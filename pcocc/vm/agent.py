@@ -29,8 +29,11 @@ class AgentError(PcoccError):
 class GuestAgent:
     """Talk to the guest agent of one VM; each call opens its own short connection."""
 
-    def __init__(self, socket_path: str | os.PathLike) -> None:
+    def __init__(self, socket_path: str | os.PathLike, *, label: str | None = None) -> None:
         self.socket_path = Path(socket_path)
+        #: how messages name the socket (its real path when ``socket_path`` is a short
+        #: /proc/self/fd/N alias)
+        self.label = Path(label) if label else self.socket_path
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None, *,
                 timeout_s: float = 5.0) -> Any:
@@ -52,7 +55,7 @@ class GuestAgent:
         """
         sock = self._connect(timeout_s)
         try:
-            yield AgentSession(sock, self.socket_path, timeout_s)
+            yield AgentSession(sock, self.label, timeout_s)
         finally:
             sock.close()
 
@@ -89,7 +92,7 @@ class GuestAgent:
         except OSError as err:
             sock.close()
             raise ServiceUnavailable(
-                f"cannot connect to the guest agent socket {self.socket_path}: {err}"
+                f"cannot connect to the guest agent socket {self.label}: {err}"
             ) from err
         return sock
 
