@@ -19,7 +19,6 @@ Prints the medians and the ratio baseline/ours (target: exec at least 2x faster)
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shutil
 import signal
@@ -35,11 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _alloc_ready():
     """benchmarks/alloc_ready.py: the test VM builder, pcocc's env, the Slurm dev cluster."""
-    spec = importlib.util.spec_from_file_location("alloc_ready", ROOT / "benchmarks" /
-                                                  "alloc_ready.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import alloc_ready
+
+    return alloc_ready
 
 
 def _timed(argv: list[str], env: dict[str, str], *, shell: bool = False) -> float:

@@ -64,7 +64,8 @@ def parse_vm_set(text: str) -> tuple[int, ...]:
             raise UsageError(f"VM set {_quote(text)}: vm{high} is beyond the last possible VM",
                              hint=f"VMs are numbered from 0 to at most {MAX_RANK}")
         if low > high:
-            raise UsageError(f"VM set {_quote(text)}: range {_quote(item)} goes backwards", hint=_HINT)
+            raise UsageError(f"VM set {_quote(text)}: range {_quote(item)} goes backwards",
+                             hint=_HINT)
         ranks.update(range(low, high + 1))
     return tuple(sorted(ranks))
 
