@@ -230,6 +230,7 @@ class VmExec:
         :raise AgentError: the agent refused a command
         """
         job = self._start(request)
+        answering = True
         try:
             delay = POLL_FIRST_S
             while True:
@@ -248,8 +249,12 @@ class VmExec:
                     return self._finish(status)
                 self.stop.wait(delay)
                 delay = min(delay * 2, POLL_MAX_S)
+        except ServiceUnavailable:
+            answering = False  # do not wait for it once more to close the files
+            raise
         finally:
-            self._close(job)
+            if answering:
+                self._close(job)
             self.output.end(self.rank)
 
     def _start(self, request: ExecRequest) -> _GuestRun:

@@ -254,3 +254,19 @@ def test_prefixed_output_ends_a_partial_line():
     sink.end(4)
     sink.end(3)
     assert out.getvalue() == b"vm3: a\nvm4: c\nvm3: b\n"
+
+
+def test_an_agent_that_stops_answering_is_not_waited_for_again(fakes, monkeypatch):
+    monkeypatch.setattr(guestexec, "AGENT_TIMEOUT_S", 0.3)
+    holder = {}
+
+    def program(p):
+        holder["fake"].silent = True  # e.g. kill -STOP $(pidof qemu-ga)
+        return 0
+
+    fake = holder["fake"] = fakes(0, program)
+    errors: list = []
+    assert _run({0: fake}, ExecRequest.build(["true"]), Recorder(), errors) == 1
+    assert "did not answer in time" in errors[0][1]
+    # one command went unanswered: no new session was opened to close the files
+    assert len(fake.unanswered) == 1, fake.unanswered
