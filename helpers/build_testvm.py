@@ -50,6 +50,15 @@ INIT_SCRIPT = HERE / "testvm_init.sh"
 WANTED_MODULES = ["virtio_pci", "virtio_net", "virtio_console", "virtio_blk", "isofs",
                   "fuse", "virtiofs"]
 
+#: Kernels the test VM boots: Debian's cloud kernel (the default), or the generic one with
+#: its 9p modules (the cloud kernel has no CONFIG_NET_9P) for the virtio-9p tests, whose
+#: guests mount by hand: mount -t 9p -o trans=virtio,version=9p2000.L TAG DIR.
+#: flavour -> (kernel glob, modules wanted besides WANTED_MODULES)
+FLAVOURS = {
+    "cloud": (initramfs.KERNEL_GLOB, []),
+    "generic": ("/boot/vmlinuz-*[0-9]-amd64", ["9pnet_virtio", "9p"]),
+}
+
 #: Programs copied into the initramfs with the libraries ldd lists.
 BINARIES = {
     "dropbear": "/usr/sbin/dropbear",
@@ -175,11 +184,15 @@ def build_disk(dest: Path, workdir: Path) -> None:
              what="convert the test disk to qcow2")
 
 
-def build(outdir: Path) -> dict:
-    """Build the test VM into ``outdir`` unless the same inputs were already built there."""
-    kernel, version = find_kernel()
+def build(outdir: Path, flavour: str = "cloud") -> dict:
+    """Build the test VM into ``outdir`` unless the same inputs were already built there.
+
+    :param flavour: the kernel, see :data:`FLAVOURS`
+    """
+    pattern, extra_modules = FLAVOURS[flavour]
+    kernel, version = find_kernel(pattern)
     moddir = Path("/lib/modules") / version
-    modules = module_order(moddir, WANTED_MODULES)
+    modules = module_order(moddir, WANTED_MODULES + extra_modules)
     inputs = collect_inputs(kernel, moddir, modules)
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     manifest_path = outdir / "manifest.json"
@@ -223,11 +236,14 @@ def _absolute(manifest: dict, outdir: Path) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    flavour = "cloud"
+    if argv[:1] == ["--generic-kernel"]:
+        flavour, argv = "generic", argv[1:]
     if len(argv) != 1:
-        print("usage: build_testvm.py OUTDIR", file=sys.stderr)
+        print("usage: build_testvm.py [--generic-kernel] OUTDIR", file=sys.stderr)
         return 2
     try:
-        manifest = build(Path(argv[0]))
+        manifest = build(Path(argv[0]), flavour)
     except PcoccError as err:
         print(f"build_testvm: error: {err}", file=sys.stderr)
         if err.hint:

@@ -22,6 +22,9 @@ from pcocc.errors import ConfigError, TimedOut, UsageError
 if TYPE_CHECKING:
     from pcocc.config.model import BatchConfig
 
+#: the job's name, in the environment of a job of the local batch manager
+JOB_NAME_VAR = "PCOCC_JOB_NAME"
+
 #: job states reported by ``state``; a finished job is in one of FINAL_STATES
 FINAL_STATES = frozenset(
     {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
@@ -47,6 +50,8 @@ class JobSpec:
     output: str | None = None
     workdir: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    #: the job's comment, which other users see (``squeue``); None: none
+    comment: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("ntasks", "cpus_per_task"):
@@ -60,6 +65,21 @@ class JobSpec:
         if isinstance(self.options, str):
             raise TypeError("JobSpec.options is a list of arguments, not a string")
         object.__setattr__(self, "options", tuple(self.options))
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A job as the batch system shows it to anyone (``squeue``): what ``pcocc ps -a`` lists
+    of other users' clusters."""
+
+    job_id: str
+    user: str
+    name: str
+    state: str
+    nodes: str
+    elapsed: str
+    partition: str = ""
+    time_limit: str = ""
 
 
 class BatchManager(abc.ABC):
@@ -99,6 +119,12 @@ class BatchManager(abc.ABC):
     def job_id_from_env(self, env: Mapping[str, str] | None = None) -> str | None:
         """The id of the job this process runs in, or None outside a job."""
 
+    def job_name_from_env(self, env: Mapping[str, str] | None = None) -> str:
+        """The name of the job this process runs in (``JobSpec.job_name``, or what the
+        user's batch options made it), or "" outside a job."""
+        env = os.environ if env is None else env
+        return env.get(JOB_NAME_VAR, "")
+
     @abc.abstractmethod
     def cancel(self, job_id: str) -> None:
         """Cancel a job (pending or running); cancelling a finished job does nothing."""
@@ -106,6 +132,12 @@ class BatchManager(abc.ABC):
     @abc.abstractmethod
     def nodes(self, job_id: str) -> list[str]:
         """Host names of the job's nodes, in order."""
+
+    def list_jobs(self, user: str | None, comment: str) -> list[JobInfo] | None:
+        """The jobs of ``user`` (None: of every user, as far as the batch system shows
+        them) whose comment is ``comment``; None when the batch system cannot tell (no
+        batch system: other users' jobs are out of sight)."""
+        return None
 
     def controller_hosts(self) -> list[str]:
         """Hosts (names or addresses) of the batch system's controller, which every node of

@@ -12,6 +12,7 @@ fails, forwards SIGTERM/SIGINT, and exits with the first failing status.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import signal
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pcocc import proc
-from pcocc.batch.base import BatchManager, JobSpec, register
+from pcocc.batch.base import JOB_NAME_VAR, BatchManager, JobSpec, register
 from pcocc.errors import NotFound
 from pcocc.fsutil import write_atomic
 from pcocc import daemon
@@ -34,6 +35,16 @@ if TYPE_CHECKING:
     from pcocc.config.model import BatchConfig
 
 JOB_ID_VAR = "PCOCC_JOB_ID"
+
+log = logging.getLogger(__name__)
+
+
+def _warn_options(spec: JobSpec) -> None:
+    """Batch options (``pcocc alloc -p debug ...``) mean nothing without a batch system:
+    say so rather than drop them unseen."""
+    if spec.options:
+        log.warning("no batch system (batch.yaml: type local): ignoring the batch options %s",
+                    " ".join(spec.options))
 
 
 def _default_state_dir() -> Path:
@@ -78,12 +89,14 @@ class LocalManager(BatchManager):
         env = dict(os.environ)
         env.update(spec.env)
         env[JOB_ID_VAR] = job_id
+        env[JOB_NAME_VAR] = spec.job_name
         env["PCOCC_JOB_NTASKS"] = str(spec.ntasks)
         env["PCOCC_JOB_CPUS_PER_TASK"] = str(spec.cpus_per_task)
         return env
 
     # interface ------------------------------------------------------------------------------
     def allocate(self, spec: JobSpec, command: Sequence[str]) -> int:
+        _warn_options(spec)
         job_id, job_dir = self._new_job()
         # the command keeps our terminal and process group, like salloc's
         child = proc.spawn(
@@ -110,6 +123,7 @@ class LocalManager(BatchManager):
             write_atomic(job_dir / "status", f"{child.returncode}\n".encode(), mode=0o644)
 
     def submit(self, spec: JobSpec, script: str) -> str:
+        _warn_options(spec)
         job_id, job_dir = self._new_job()
         script_path = job_dir / "script"
         if not script.startswith("#!"):

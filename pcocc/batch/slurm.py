@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pcocc import proc
-from pcocc.batch.base import BatchManager, JobSpec, register
+from pcocc import fields
+from pcocc.batch.base import BatchManager, JobInfo, JobSpec, register
 from pcocc.errors import NotFound, ToolError
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ def _common_args(spec: JobSpec) -> list[str]:
         args.append(f"--nodes={spec.nodes}")
     if spec.one_per_node:
         args += ["--ntasks-per-node=1", "--exclusive"]
+    if spec.comment is not None:
+        args.append(f"--comment={spec.comment}")
     return args
 
 
@@ -86,6 +89,49 @@ def srun_argv(
         "--",
         *argv,
     ]
+
+
+#: squeue's columns for :func:`parse_squeue`: the fixed ones first, the comment and the
+#: name (free text, which may hold the separator) last
+_SQUEUE_FORMAT = "%i|%u|%T|%D|%M|%l|%P|%k|%j"
+
+
+def squeue_argv(user: str | None) -> list[str]:
+    """``squeue`` listing the jobs of ``user`` (None: every user's it shows)."""
+    argv = ["squeue", "--noheader", f"--format={_SQUEUE_FORMAT}"]
+    return argv + (["--user", user] if user is not None else [])
+
+
+def parse_squeue(text: str, comment: str) -> list[JobInfo]:
+    """The jobs whose comment is exactly ``comment`` in the output of :func:`squeue_argv`.
+
+    Lines that do not parse are skipped with a warning (squeue prints what users chose:
+    names and comments)."""
+    jobs = []
+    for line in text.splitlines():
+        parts = line.split("|", 7)
+        if len(parts) != 8:
+            if line.strip():
+                log.warning("ignoring a line of squeue: %r", line[:200])
+            continue
+        job_id, user, state, nodes, elapsed, limit, partition, rest = parts
+        if not rest.startswith(comment + "|"):
+            continue
+        name = rest[len(comment) + 1 :]
+        try:
+            jobs.append(JobInfo(
+                job_id=fields.text(job_id, "job id", 64, empty=False),
+                user=fields.name(user, "user"),
+                name=fields.text(name, "name", 200),
+                state=fields.text(state, "state", 32),
+                nodes=fields.text(nodes, "nodes", 16),
+                elapsed=fields.text(elapsed, "time", 32),
+                partition=fields.text(partition, "partition", 200),
+                time_limit=fields.text(limit, "time limit", 32),
+            ))  # fmt: skip
+        except fields.BadField as err:
+            log.warning("ignoring a line of squeue: %s", err)
+    return jobs
 
 
 def scancel_argv(job_id: str) -> list[str]:
@@ -250,6 +296,10 @@ class SlurmManager(BatchManager):
         env = os.environ if env is None else env
         return env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID") or None
 
+    def job_name_from_env(self, env: Mapping[str, str] | None = None) -> str:
+        env = os.environ if env is None else env
+        return env.get("SLURM_JOB_NAME", "")
+
     def cancel(self, job_id: str) -> None:
         proc.run(scancel_argv(job_id), what=f"cancel job {job_id} (scancel)", timeout_s=60)
 
@@ -271,6 +321,10 @@ class SlurmManager(BatchManager):
 
     def state(self, job_id: str) -> str:
         return parse_job_state(self._job_info(job_id))
+
+    def list_jobs(self, user: str | None, comment: str) -> list[JobInfo]:
+        res = proc.run(squeue_argv(user), what="list the jobs (squeue)", timeout_s=60)
+        return parse_squeue(res.stdout, comment)
 
     def controller_hosts(self) -> list[str]:
         res = proc.run(show_config_argv(), check=False, timeout_s=60)

@@ -42,7 +42,7 @@ def _endpoints(session: Session, endpoints: str | None) -> str:
     from pcocc.kv.connect import configured_endpoints
     from pcocc.errors import UsageError
 
-    endpoints = endpoints or configured_endpoints(session.config, os.environ)
+    endpoints = endpoints or configured_endpoints(session.config.batch.etcd, os.environ)
     if not endpoints:
         raise UsageError(
             "no etcd to administer: batch.yaml has no etcd endpoints",
@@ -61,7 +61,8 @@ def _connect(session: Session, endpoints: str | None, root_password_file: str | 
         if root_password_file
         else default_root_password_file(Path(session.system_dir))
     )
-    return EtcdAuthAdmin.connect(endpoints, root_file, tls=site_tls(endpoints, lambda: session.config))
+    tls = site_tls(endpoints, lambda: session.config.batch.etcd)
+    return EtcdAuthAdmin.connect(endpoints, root_file, tls=tls)
 
 
 def _warn_if_auth_off(etcd) -> None:
@@ -101,7 +102,7 @@ def status(session: Session, endpoints: str | None) -> None:
     from pcocc.kv.connect import site_tls
 
     endpoints = _endpoints(session, endpoints)
-    tls = site_tls(endpoints, lambda: session.config)
+    tls = site_tls(endpoints, lambda: session.config.batch.etcd)
     state = "enabled" if is_auth_enabled(endpoints, tls=tls) else "disabled"
     click.echo(f"etcd at {endpoints}: authentication {state}")
 
@@ -181,3 +182,24 @@ def list_(
         for u in users
     ]
     print_table(["USER", "ROLES", "ACCESS"], rows)
+
+
+@admin.command("check-config")
+@click.argument("directory", type=click.Path(file_okay=False))
+def check_config(directory: str) -> None:
+    """Check every configuration file of DIRECTORY (e.g. /etc/pcocc, also in the format of
+    pcocc 0.7) and list all their problems, each with its file:line (exit status 2 if any)."""
+    from pcocc.cli.context import exit_with
+    from pcocc.checkconfig import check_directory
+
+    report = check_directory(Path(directory))
+    for problem in report.problems:
+        click.echo(str(problem))
+        if problem.hint:
+            click.echo(f"  hint: {problem.hint}")
+    if report.problems:
+        click.echo(f"{len(report.problems)} problem(s) in {directory}", err=True)
+        exit_with(2)
+        return
+    defined = ", ".join(f"{n} {word}" for word, n in report.counts.items())
+    click.echo(f"OK: {len(report.files)} file(s) in {directory}: {defined}")

@@ -18,11 +18,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reset": ("pcocc.cli.access:reset", "Reset VMs"),
     "monitor-cmd": ("pcocc.cli.access:monitor_cmd", "Send a QMP or HMP command to VMs"),
     "exec": ("pcocc.cli.access:exec_", "Run a command in VMs through their guest agents"),
+    "ckpt": ("pcocc.cli.ckpt:ckpt", "Checkpoint the VMs of a cluster (restore: alloc -r)"),
+    "save": ("pcocc.cli.save:save", "Save the disk of a running VM as an image revision"),
     "run": ("pcocc.cli.containers:run", "Run container images on the nodes of an allocation"),
     "pod": ("pcocc.cli.containers:pod", "List, inspect, enter and collect container pods"),
     "image": ("pcocc.cli.image:image", "List and manage VM and container images"),
     "template": ("pcocc.cli.template:template", "List and show VM templates"),
-    "admin": ("pcocc.cli.admin:admin", "Set up pcocc on a site: etcd users and auth"),
+    "admin": ("pcocc.cli.admin:admin", "Site setup: etcd users and auth, configuration checks"),
+    "help": ("pcocc.cli.help:help_", "Show the manual page of a command"),
     "internal": ("pcocc.cli.internal:internal", "Commands run by pcocc itself on the nodes"),
 }
 #: commands that ``--help`` does not list

@@ -300,3 +300,33 @@ def repo_fsck(session: Session, name: str | None, quarantine: bool) -> None:
     if problems:
         raise Corrupt(f"{problems} problems found", hint="see above; run with --quarantine "
                       "to move damaged blobs aside, then delete the affected images")
+
+
+@repo.command("import-legacy")
+@click.option("-R", "--repo", "repo_name", metavar="REPO",
+              help="Import into this repository [default: the first writable one].")
+@click.argument("path", metavar="PATH", type=click.Path(file_okay=False, path_type=str))
+@pass_session
+def repo_import_legacy(session: Session, path: str, repo_name: str | None) -> None:
+    """Import every image and revision of the pcocc 0.7 repository at PATH.
+
+    Every blob is checked against its digest, VM layer chains are followed only inside
+    PATH, and each image is imported whole or not at all: an image that fails a check is
+    reported and skipped (exit status 1), the others are imported. Running it again
+    skips the images it imported before.
+    """
+    from pathlib import Path
+
+    from pcocc.errors import PcoccError
+    from pcocc.repo.legacy_import import import_legacy
+
+    target = _repos(session).for_write(repo_name)
+    report = import_legacy(Path(path), target, notify=session.notify)
+    for name, why in report.skipped:
+        session.say(f"{name}: skipped: {why}")
+    click.echo(f"{target.name}: {len(report.imported)} images imported, "
+               f"{len(report.already)} already there, {len(report.skipped)} skipped")
+    if report.skipped:
+        raise PcoccError(f"{len(report.skipped)} images of {path} were not imported: "
+                         + ", ".join(name for name, _ in report.skipped),
+                         hint="see the reasons above; fix or delete them, then run it again")

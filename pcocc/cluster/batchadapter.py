@@ -45,6 +45,7 @@ class BatchAdapter:
             job_name=request.job_name,
             options=tuple(request.extra_args),
             env=dict(env or {}),
+            comment=request.comment,
         )
 
     def allocate(
@@ -73,6 +74,9 @@ class BatchAdapter:
     def job_id_from_env(self, env: Mapping[str, str]) -> str | None:
         return self.manager.job_id_from_env(env)
 
+    def job_name_from_env(self, env: Mapping[str, str]) -> str:
+        return self.manager.job_name_from_env(env)
+
     def cancel(self, job_id: str) -> None:
         self.manager.cancel(job_id)
 
@@ -81,6 +85,9 @@ class BatchAdapter:
 
     def controller_hosts(self) -> list[str]:
         return self.manager.controller_hosts()
+
+    def list_jobs(self, user: str | None, comment: str) -> list[Any] | None:
+        return self.manager.list_jobs(user, comment)
 
 
 def batch_manager(config: Config) -> BatchAdapter:

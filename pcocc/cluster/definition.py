@@ -16,8 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from pcocc import fields
-from pcocc.cluster.stored import ClusterDefinition, Mount, VmEntry, parse_definition
+from pcocc.cluster.stored import (
+    SHARE_TYPES,
+    ClusterDefinition,
+    Mount,
+    VmEntry,
+    parse_definition,
+)
 from pcocc.errors import ConfigError, NotFound, UsageError
+from pcocc.vm import pinning
+from pcocc.vm.pinning import Pinning
 
 _TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 #: Subnet of the cluster's private addresses, used for /etc/hosts entries in the VMs when the
@@ -79,17 +87,53 @@ def parse_image_overrides(
     return result
 
 
+#: a ``--mount`` of pcocc 0.7's form: TAG=PATH[,type=virtio-fs|virtio-9p][,readonly]
+_TAGGED_MOUNT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,35})=(.+)$", re.DOTALL)
+
+
+def _source_dir(value: str, src: str) -> str:
+    path = Path(src).expanduser()
+    if not path.exists():
+        raise UsageError(f"--mount '{value}': the source '{src}' does not exist")
+    if not path.is_dir():
+        raise UsageError(f"--mount '{value}': the source '{src}' is not a directory",
+                         hint="only directories can be shared with the VMs")
+    return str(path.resolve())
+
+
+def _parse_tagged(value: str, tag: str, rest: str) -> Mount:
+    """``TAG=PATH[,type=...][,readonly]``; a PATH with commas cannot have options."""
+    src, options = rest, []
+    if not Path(rest).expanduser().exists():
+        src, *options = rest.split(",")
+    kind, readonly = "virtio-fs", False
+    for option in options:
+        key, sep, arg = option.partition("=")
+        if key == "readonly" and not sep:
+            readonly = True
+        elif key == "type" and arg in SHARE_TYPES:
+            kind = arg
+        else:
+            raise UsageError(f"--mount '{value}': unknown option '{option}'",
+                             hint="expected TAG=PATH[,type=virtio-fs|virtio-9p][,readonly]")
+    return Mount(_source_dir(value, src), None, tag=tag, readonly=readonly, type=kind)
+
+
 def parse_mount(value: str) -> Mount:
-    """``SRC:DST`` -> Mount; the source must be a directory, the target an absolute path.
+    """``SRC:DST`` (pcocc mounts SRC at DST in the guest), or pcocc 0.7's
+    ``TAG=PATH[,type=virtio-fs|virtio-9p][,readonly]`` (the guest mounts it by its tag).
 
     :raise UsageError: naming the ``--mount`` argument
     """
-    src, sep, dst = value.partition(":")
-    if not sep or not src or not dst:
-        raise UsageError(f"--mount '{value}': expected SRC:DST",
-                         hint="e.g. --mount $HOME/data:/data")
     if any(c in value for c in "\n\0"):
         raise UsageError(f"--mount '{value}': newlines are not allowed in paths")
+    tagged = _TAGGED_MOUNT.match(value)
+    if tagged:
+        return _parse_tagged(value, tagged.group(1), tagged.group(2))
+    src, sep, dst = value.partition(":")
+    if not sep or not src or not dst:
+        raise UsageError(f"--mount '{value}': expected SRC:DST or TAG=PATH",
+                         hint="e.g. --mount $HOME/data:/data, or --mount data=$HOME/data,readonly")
     if not dst.startswith("/"):
         raise UsageError(f"--mount '{value}': the target '{dst}' must be an absolute path")
     target = os.path.normpath(dst)
@@ -97,25 +141,21 @@ def parse_mount(value: str) -> Mount:
         target = "/" + target.lstrip("/")
     if target == "/":
         raise UsageError(f"--mount '{value}': cannot mount over the root of the VM")
-    path = Path(src).expanduser()
-    if not path.exists():
-        raise UsageError(f"--mount '{value}': the source '{src}' does not exist")
-    if not path.is_dir():
-        raise UsageError(f"--mount '{value}': the source '{src}' is not a directory",
-                         hint="only directories can be shared with the VMs")
-    return Mount(str(path.resolve()), target)
+    return Mount(_source_dir(value, src), target)
 
 
 def parse_mounts(values: Sequence[str]) -> list[Mount]:
-    """Every ``--mount``; two of them may not have the same target."""
+    """Every ``--mount``; two of them may not have the same target, nor the same tag."""
     mounts: list[Mount] = []
     seen: dict[str, str] = {}
     for value in values:
         mount = parse_mount(value)
-        if mount.target in seen:
-            raise UsageError(f"--mount '{value}': target '{mount.target}' is already the "
-                             f"target of --mount '{seen[mount.target]}'")
-        seen[mount.target] = value
+        key = mount.target if mount.target is not None else f"tag {mount.tag}"
+        if key in seen:
+            what = f"target '{mount.target}'" if mount.target is not None else f"tag '{mount.tag}'"
+            raise UsageError(f"--mount '{value}': {what} is already the "
+                             f"{what.split()[0]} of --mount '{seen[key]}'")
+        seen[key] = value
         mounts.append(mount)
     return mounts
 
@@ -202,6 +242,8 @@ def build_definition(
                 raise UsageError(f"template '{name}': {err}", hint=err.hint) from err
             checked.add(image)
         vm_cores = cores if cores is not None else _template_cores(name, settings)
+        if not settings.get("full-node"):
+            pinning.vcpus(name, vm_cores, Pinning.from_settings(settings))
         net_defs = resolve_networks(
             name,
             settings.get("resource-set"),

@@ -11,15 +11,17 @@ import logging
 import os
 import shlex
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pcocc import selfcmd
+from pcocc import fields, selfcmd
 from pcocc.cluster import adapters, batchadapter, rundir, vmsettings
 from pcocc.cluster.definition import ClusterDefinition, build_definition
 from pcocc.cluster.launcher import Launcher, LaunchSettings
 from pcocc.cluster.lease import lease_ttl_s
 from pcocc.cluster.node import NodeProcess, NodeSettings
 from pcocc.cluster.ports import AllocRequest
+from pcocc.cluster.record import MAX_NAME
 from pcocc.cluster.stored import check_settings
 from pcocc.cluster.sshkeys import ensure_user_key
 from pcocc.errors import UsageError
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFINITION_VAR = "PCOCC_CLUSTER_DEFINITION"
+#: the checkpoint directory the launcher's VMs restore from (``alloc``/``batch -r DIR``)
+RESTORE_VAR = "PCOCC_RESTORE_CKPT"
 BOOT_TIMEOUT_VAR = "PCOCC_BOOT_TIMEOUT"
 DEFAULT_BOOT_TIMEOUT_S = 600.0
 
@@ -78,6 +82,28 @@ def prepare_definition(
     return definition
 
 
+def check_restore(config: Config, definition: ClusterDefinition, ckpt: str) -> str:
+    """Check, before anything is allocated, that ``definition`` can be restored from the
+    checkpoint ``ckpt``; return its absolute path (the nodes may start elsewhere).
+
+    :raise NotFound, Corrupt: no checkpoint there, or a damaged one
+    :raise UsageError: the definition, a template, an image or QEMU differ
+    """
+    from pathlib import Path
+
+    from pcocc.cluster.checkpoint import check_restore as check
+    from pcocc.repo.digest import from_hex
+    from pcocc.vm.migrate import installed_qemu_version
+
+    root = Path(os.path.abspath(ckpt))
+    binaries = {vm.settings.get("qemu-bin") or "qemu-system-x86_64" for vm in definition.vms}
+    versions = {installed_qemu_version(b) for b in sorted(binaries)}
+    check(root, definition,
+          lambda uri: from_hex(adapters.image_top_layer(config, uri).name),
+          versions.pop() if len(versions) == 1 else None)
+    return str(root)
+
+
 def check_full_node(definition: ClusterDefinition, batch_type: str) -> None:
     """Without a batch system every VM runs on this host: a full-node VM may only be alone.
 
@@ -91,6 +117,40 @@ def check_full_node(definition: ClusterDefinition, batch_type: str) -> None:
         f" {definition.size} VMs of the cluster would share this host",
         hint="start a single VM, or run under Slurm (batch.yaml: type: slurm)",
     )
+
+
+def host_script_command(value: str) -> str:
+    """The shell command that runs ``pcocc batch -E VALUE`` on the first node.
+
+    As in pcocc 0.7, VALUE is a script file of this host: its text goes into the job and
+    runs there as an executable (its ``#!`` line chooses the interpreter; ``sh`` without
+    one). For the command lines of earlier versions of this pcocc, VALUE that names no file
+    and has a space (``-E 'hostname -f'``) is a shell command line; a single word naming no
+    file is refused, as it could be either.
+
+    :raise UsageError: naming VALUE
+    """
+    path = Path(value)
+    if path.is_file():
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise UsageError(f"-E {value}: cannot read the script: {err.strerror}") from err
+        # base64: the script's text never meets the shell that unpacks it
+        packed = base64.b64encode(data).decode()
+        return (
+            'f=$(mktemp) || exit 1; trap \'rm -f "$f"\' EXIT; '
+            f'printf %s {packed} | base64 -d > "$f" && chmod 700 "$f" && "$f"'
+        )
+    if path.exists():
+        raise UsageError(f"-E {value}: not a regular file", hint="give a script file")
+    if not any(c.isspace() for c in value):
+        raise UsageError(
+            f"-E {value}: no such script file",
+            hint="give a script file; a shell command line is only taken with a space in it,"
+            " e.g. -E 'hostname -f'",
+        )
+    return value
 
 
 def encode_definition(definition: ClusterDefinition) -> str:
@@ -144,22 +204,33 @@ def launcher_argv(
     return argv
 
 
-def _request(definition: ClusterDefinition, batch_args: Sequence[str]) -> AllocRequest:
+#: the job name of a cluster when the user gives none (pcocc 0.7's)
+DEFAULT_JOB_NAME = "pcocc"
+#: the comment of a cluster's job, by which ``pcocc ps -a`` tells clusters from other jobs
+#: (a ``--comment`` of the user's replaces it: that job is then not listed)
+CLUSTER_COMMENT = "pcocc-cluster"
+
+
+def _request(
+    definition: ClusterDefinition, batch_args: Sequence[str], job_name: str | None = None
+) -> AllocRequest:
     """One task per VM; with full-node, one whole node per VM (the node's CPUs go to its
     VM, so the task asks for one CPU and the exclusive allocation brings the rest)."""
     if definition.full_node:
         return AllocRequest(
             ntasks=definition.size,
             cpus_per_task=1,
-            job_name="pcocc",
+            job_name=job_name or DEFAULT_JOB_NAME,
             extra_args=tuple(batch_args),
             one_per_node=True,
+            comment=CLUSTER_COMMENT,
         )
     return AllocRequest(
         ntasks=definition.size,
         cpus_per_task=definition.cores,
-        job_name="pcocc",
+        job_name=job_name or DEFAULT_JOB_NAME,
         extra_args=tuple(batch_args),
+        comment=CLUSTER_COMMENT,
     )
 
 
@@ -170,16 +241,24 @@ def alloc(
     command: str | None,
     *,
     log_args: Sequence[str] = (),
+    restore: str | None = None,
+    job_name: str | None = None,
 ) -> int:
-    """Allocate and run the launcher interactively inside; return its exit status."""
+    """Allocate and run the launcher interactively inside; return its exit status.
+
+    :param restore: a checkpoint checked by :func:`check_restore`, to restore the VMs from
+    """
     batch = batchadapter.batch_manager(config)
     env = {
         DEFINITION_VAR: encode_definition(definition),
         **selfcmd.config_env(str(config.system_dir), str(config.user_dir)),
+        **({RESTORE_VAR: restore} if restore else {}),
     }
     os.environ.update(env)  # salloc passes our environment to the launcher
     return batch.allocate(
-        _request(definition, batch_args), launcher_argv(command, log_args=log_args), env=env
+        _request(definition, batch_args, job_name),
+        launcher_argv(command, log_args=log_args),
+        env=env,
     )
 
 
@@ -188,9 +267,12 @@ def batch_script(
     command: str | None,
     config: Config,
     log_args: Sequence[str] = (),
+    restore: str | None = None,
 ) -> str:
     """The job script of ``pcocc batch``: it runs the launcher with the definition inline."""
     env = selfcmd.config_env(str(config.system_dir), str(config.user_dir))
+    if restore:
+        env[RESTORE_VAR] = restore
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     return (
         "#!/bin/sh\n"
@@ -211,11 +293,13 @@ def submit(
     batch_args: Sequence[str],
     command: str | None,
     log_args: Sequence[str] = (),
+    restore: str | None = None,
+    job_name: str | None = None,
 ) -> str:
     """Submit a batch job running the cluster and ``command``; return the job id."""
     batch = batchadapter.batch_manager(config)
-    script = batch_script(definition, command, config, log_args)
-    return batch.submit(_request(definition, batch_args), script)
+    script = batch_script(definition, command, config, log_args, restore)
+    return batch.submit(_request(definition, batch_args, job_name), script)
 
 
 def run_launcher(
@@ -242,17 +326,20 @@ def run_launcher(
     user = adapters.user_name()
     ttl_s = lease_ttl_s(os.environ)
     cluster_dir = rundir.cluster_dir(batchid)
-    env = {k: v for k, v in os.environ.items() if k != DEFINITION_VAR}
+    env = {k: v for k, v in os.environ.items() if k not in (DEFINITION_VAR, RESTORE_VAR)}
+    restore = os.environ.get(RESTORE_VAR)
     try:
         with connect.etcd_for_job(
-            cluster_dir, env, user, config, batch.controller_hosts
+            cluster_dir, env, user, config.batch.etcd, batch.controller_hosts
         ) as kv_env:
             env.update(kv_env)
-            kv = connect.EtcdKv.from_env(env, config)
+            kv = connect.EtcdKv.from_env(env, config.batch.etcd)
             try:
                 node_argv = [*selfcmd.module_argv(), *log_args]
                 switch_argv = [*node_argv, "internal", "vswitch"]
                 node_argv += ["internal", "run"]
+                if restore:
+                    node_argv += ["--restore", restore]
                 settings = LaunchSettings(
                     user=user,
                     batchid=batchid,
@@ -263,6 +350,7 @@ def run_launcher(
                     remove_run_dir=False,
                     lease_ttl_s=ttl_s,
                     switch_argv=switch_argv,
+                    job_name=fields.one_line(batch.job_name_from_env(env), MAX_NAME),
                 )
                 return Launcher(kv, batch, definition, settings, report=report).run()
             finally:
@@ -279,8 +367,13 @@ def node_address(endpoints: str, env: Mapping[str, str]) -> str:
     return reachable_address(endpoints.split(","), env.get(ADDRESS_VAR))
 
 
-def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int:
-    """``pcocc internal run``: the node process of one VM."""
+def run_node(
+    config: Config, rank: int | None, job_id: str | None, restore: str | None = None
+) -> int:
+    """``pcocc internal run``: the node process of one VM (restored from the checkpoint
+    directory ``restore`` when given)."""
+    from pathlib import Path
+
     os.umask(0o077)  # the VM's run files, sockets and logs: for this user only
     rank = rank if rank is not None else batchadapter.task_rank(os.environ)
     if rank is None:
@@ -288,7 +381,7 @@ def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int
     batchid = job_id or os.environ.get("PCOCC_JOB_ID")
     if not batchid:
         raise UsageError("no cluster id: give --job or set PCOCC_JOB_ID")
-    endpoints = connect.configured_endpoints(config, os.environ)
+    endpoints = connect.configured_endpoints(config.batch.etcd, os.environ)
     if not endpoints:
         raise UsageError(
             f"no etcd to use: {ENDPOINTS_VAR} is not set",
@@ -296,7 +389,7 @@ def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int
         )
     address = node_address(endpoints, os.environ)
     # the node processes share the launcher's stderr: their etcd outage lines say who speaks
-    kv = connect.open_kv(endpoints, config, label=f"vm{rank}")
+    kv = connect.open_kv(endpoints, config.batch.etcd, label=f"vm{rank}")
     try:
         node = NodeProcess(
             kv,
@@ -306,28 +399,31 @@ def run_node(config: Config | None, rank: int | None, job_id: str | None) -> int
                 rank=rank,
                 lease_ttl_s=lease_ttl_s(os.environ),
                 address=address,
+                restore=Path(restore) if restore else None,
             ),
-            adapters.machine_factory(config, batchid, kv, address),
+            adapters.machine_factory(
+                config, batchid, kv, address, restore=Path(restore) if restore else None
+            ),
         )
         return node.run()
     finally:
         kv.close()
 
 
-def run_vswitch(config: Config | None, batchid: str, net: str) -> int:
+def run_vswitch(config: Config, batchid: str, net: str) -> int:
     """``pcocc internal vswitch``: the switch of one private network (started by the
     launcher); returns 0 when the cluster ends or on SIGTERM."""
     from pcocc.signals import Interrupted, raising_on_signals
     from pcocc.net.private import node_address, run_switch
 
-    endpoints = connect.configured_endpoints(config, os.environ)
+    endpoints = connect.configured_endpoints(config.batch.etcd, os.environ)
     if not endpoints:
         raise UsageError(
             f"no etcd to use: {ENDPOINTS_VAR} is not set",
             hint="'pcocc internal vswitch' is started by 'pcocc internal launcher'",
         )
     address = node_address({**os.environ, ENDPOINTS_VAR: endpoints})
-    kv = connect.open_kv(endpoints, label=f"switch of {net}")
+    kv = connect.open_kv(endpoints, config.batch.etcd, label=f"switch of {net}")
     try:
         with raising_on_signals():
             return run_switch(

@@ -27,7 +27,14 @@ from pathlib import Path
 from pcocc import proc
 from pcocc.cluster import rundir
 from pcocc.cluster.definition import ClusterDefinition
-from pcocc.cluster.failures import ClusterFailed, ClusterStopped, describe, signal_of
+from pcocc.cluster.checkpoint import CKPT_NOTE
+from pcocc.cluster.failures import (
+    ClusterCheckpointed,
+    ClusterFailed,
+    ClusterStopped,
+    describe,
+    signal_of,
+)
 from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S
 from pcocc.cluster.ports import Batch, Kv, Lease, TaskGroup
 from pcocc.cluster.record import ClusterRecord
@@ -76,6 +83,8 @@ class LaunchSettings:
     #: private etcd, still lives in it and its owner removes it)
     remove_run_dir: bool = True
     lease_ttl_s: int = DEFAULT_LEASE_TTL_S
+    #: the job's name, published in the cluster record
+    job_name: str = ""
     #: argv of the switch of a private network (``pcocc internal vswitch``), started once per
     #: private network of the cluster before the VMs; None: no private networks
     switch_argv: list[str] | None = None
@@ -122,6 +131,9 @@ class Launcher:
                     self._lease = lease
                     try:
                         return self._start_and_run()
+                    except ClusterCheckpointed as done:
+                        self.report(done.message)
+                        return 0
                     except BaseException as err:
                         self.lifecycle.fail(describe(err))
                         if isinstance(err, ServiceUnavailable) or self._lease_lost():
@@ -211,6 +223,9 @@ class Launcher:
         if signalled:
             where = sorted({rec.place for rec in signalled})
             raise ClusterStopped(self.s.batchid, signal_of(signalled[0]), ", ".join(where))
+        saved = [rec for rec in records.values() if rec.extra.get(CKPT_NOTE)]
+        if saved:
+            raise ClusterCheckpointed(self.s.batchid, str(saved[0].extra[CKPT_NOTE]))
         for _, rec in sorted(records.items()):
             if rec.status in (FAILED, STOPPED):
                 what = "failed" if rec.status == FAILED else "stopped"
@@ -402,6 +417,7 @@ class Launcher:
             launcher_pid=os.getpid(),
             batch=getattr(self.batch, "name", ""),
             error=self.lifecycle.error,
+            name=self.s.job_name,
         )
         try:
             self.kv.put(keys.cluster_definition(self.s.user, self.s.batchid), record.to_json(),

@@ -65,6 +65,7 @@ class ClusterView:
     def to_json(self) -> dict:
         return {
             "id": self.batchid,
+            "name": self.record.name,
             "state": self.record.state.value,
             "vms": self.size,
             "running": self.running_count(),
@@ -158,16 +159,30 @@ def all_clusters(kvs: Sequence[Kv], user: str) -> list[ClusterView]:
     return found
 
 
+@dataclass(frozen=True)
+class ClusterSelection:
+    """How the user named the cluster a command acts on: ``-j JOBID``, ``-J NAME``,
+    ``--user USER`` (None: not given)."""
+
+    job_id: str | None = None
+    job_name: str | None = None
+    user: str | None = None
+
+
 def select_cluster(
-    clusters: Sequence[ClusterView], job_id: str | None, env: Mapping[str, str]
+    clusters: Sequence[ClusterView],
+    job_id: str | None,
+    env: Mapping[str, str],
+    *,
+    job_name: str | None = None,
 ) -> ClusterView:
     """The cluster a user command acts on.
 
-    ``-j JOBID`` first, then ``PCOCC_JOB_ID``/``SLURM_JOB_ID`` (when a cluster runs in that
-    job), else the only cluster of the user.
+    ``-j JOBID`` and/or ``-J NAME`` (the job name) first, then ``PCOCC_JOB_ID``/
+    ``SLURM_JOB_ID`` (when a cluster runs in that job), else the only cluster of the user.
 
     :raise NotFound: no such cluster, or none at all
-    :raise UsageError: several clusters and nothing says which
+    :raise UsageError: several clusters and nothing says which, or several with that name
     """
     by_id = {c.batchid: c for c in clusters}
     if job_id is not None:
@@ -176,7 +191,14 @@ def select_cluster(
                 f"no running cluster with id {job_id}",
                 hint=_running_hint(clusters),
             )
+        if job_name is not None and by_id[job_id].record.name != job_name:
+            raise NotFound(
+                f"cluster {job_id} is named '{by_id[job_id].record.name}', not '{job_name}'",
+                hint=_running_hint(clusters),
+            )
         return by_id[job_id]
+    if job_name is not None:
+        return _by_name(clusters, job_name)
     for var in JOB_VARS:
         value = env.get(var)
         if value and value in by_id:
@@ -191,18 +213,36 @@ def select_cluster(
             hint="start one with 'pcocc alloc' or 'pcocc batch'",
         )
     if len(clusters) > 1:
-        ids = ", ".join(c.batchid for c in clusters)
+        ids = ", ".join(_label(c) for c in clusters)
         raise UsageError(
             f"you have several running clusters ({ids})",
-            hint="choose one with -j JOBID",
+            hint="choose one with -j JOBID or -J NAME",
         )
     return clusters[0]
+
+
+def _by_name(clusters: Sequence[ClusterView], job_name: str) -> ClusterView:
+    named = [c for c in clusters if c.record.name == job_name]
+    if not named:
+        raise NotFound(f"no running cluster named '{job_name}'", hint=_running_hint(clusters))
+    if len(named) > 1:
+        raise UsageError(
+            f"{len(named)} running clusters are named '{job_name}':"
+            f" {', '.join(c.batchid for c in named)}",
+            hint="choose one with -j JOBID",
+        )
+    return named[0]
+
+
+def _label(cluster: ClusterView) -> str:
+    name = cluster.record.name
+    return f"{cluster.batchid} ({name})" if name else cluster.batchid
 
 
 def _running_hint(clusters: Sequence[ClusterView]) -> str:
     if not clusters:
         return "you have no running cluster; see 'pcocc ps'"
-    return "running clusters: " + ", ".join(c.batchid for c in clusters)
+    return "running clusters: " + ", ".join(_label(c) for c in clusters)
 
 
 def format_age(seconds: float) -> str:
@@ -214,23 +254,6 @@ def format_age(seconds: float) -> str:
     if s < 86400:
         return f"{s // 3600}h{(s % 3600) // 60:02d}m"
     return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
-
-
-def ps_table(clusters: Sequence[ClusterView]) -> str:
-    rows = [("ID", "STATE", "VMS", "NODES", "AGE")]
-    for c in clusters:
-        rows.append(
-            (
-                c.batchid,
-                c.record.state.value,
-                f"{c.running_count()}/{c.size}",
-                ",".join(c.hosts) or "-",
-                format_age(c.age_s),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(line.rstrip() for line in lines)
 
 
 #: opens a Kv from an endpoints string

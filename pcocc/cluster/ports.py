@@ -76,6 +76,8 @@ class AllocRequest:
     extra_args: tuple[str, ...] = ()
     #: each task on a node of its own, allocated exclusively (full-node templates)
     one_per_node: bool = False
+    #: the job's comment (``pcocc ps -a`` finds the clusters of other users by it)
+    comment: str | None = None
 
 
 class Batch(Protocol):

@@ -25,6 +25,8 @@ class ClusterRecord:
     launcher_pid: int
     batch: str = ""
     error: str | None = None
+    #: the job's name (``-J``), by which ``pcocc ssh -J NAME`` and friends select it
+    name: str = ""
     updated: float = field(default_factory=time.time)
 
     def to_json(self) -> str:
@@ -36,6 +38,7 @@ class ClusterRecord:
                 "host": self.host,
                 "launcher_pid": self.launcher_pid,
                 "batch": self.batch,
+                "name": self.name,
                 "error": None if self.error is None else fields.one_line(self.error),
                 "updated": self.updated,
             },
@@ -57,7 +60,9 @@ class ClusterRecord:
 
 
 _REQUIRED = ("batchid", "definition", "state", "host", "launcher_pid")
-_OPTIONAL = ("batch", "error", "updated")
+_OPTIONAL = ("batch", "error", "updated", "name")
+#: longest job name kept (Slurm's own limit is larger; a longer one is cut)
+MAX_NAME = 200
 
 
 def _parse(raw: str | bytes, batchid: str | None) -> ClusterRecord:
@@ -79,6 +84,7 @@ def _parse(raw: str | bytes, batchid: str | None) -> ClusterRecord:
         batch=f.text(data.get("batch", ""), "batch", 64),
         error=f.optional(f.text, data.get("error"), "error"),
         updated=f.number(data.get("updated", 0.0), "updated", 0),
+        name=f.text(data.get("name", ""), "name", MAX_NAME),
     )
     if batchid is not None and record.batchid != batchid:
         raise f.BadField("batchid", f"{record.batchid!r} in the record of cluster {batchid}")

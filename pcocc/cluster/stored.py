@@ -24,8 +24,15 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class Mount:
+    """A host directory shared with the VMs (``--mount``)."""
+
     source: str
-    target: str
+    #: where the guest mounts it (pcocc tells it); None: the guest mounts it by its tag
+    target: str | None
+    #: the mount tag; None: ``pcoccN`` (N: its index among the mounts)
+    tag: str | None = None
+    readonly: bool = False
+    type: str = "virtio-fs"  # or "virtio-9p"
 
 
 @dataclass
@@ -103,6 +110,8 @@ class ClusterDefinition:
 
 #: Largest stored definition: etcd's default request limit (1.5 MiB).
 MAX_DEFINITION_BYTES = 1536 * 1024
+#: how a mount reaches the guest
+SHARE_TYPES = ("virtio-fs", "virtio-9p")
 MAX_VMS = 250 * 256
 MAX_CORES = 4096
 _IMAGE_URI = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*:)?[A-Za-z0-9][A-Za-z0-9_./-]*(@[0-9]+)?$")
@@ -215,11 +224,16 @@ def _parse_mounts(value: Any) -> list[Mount]:
         if not isinstance(item, dict):
             raise fields.BadField(where, "expected an object")
         try:
-            fields.fields_of(item, ("source", "target"))
+            fields.fields_of(item, ("source", "target"), ("tag", "readonly", "type"))
         except fields.BadField as err:
             raise err.within(where) from None
-        mounts.append(Mount(fields.abs_path(item["source"], f"{where}.source"),
-                            fields.abs_path(item["target"], f"{where}.target")))
+        mounts.append(Mount(
+            fields.abs_path(item["source"], f"{where}.source"),
+            fields.optional(fields.abs_path, item["target"], f"{where}.target"),
+            tag=fields.optional(fields.name, item.get("tag"), f"{where}.tag"),
+            readonly=fields.boolean(item.get("readonly", False), f"{where}.readonly"),
+            type=fields.choice(item.get("type", "virtio-fs"), f"{where}.type", SHARE_TYPES),
+        ))
     return mounts
 
 

@@ -19,8 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from pcocc.cluster import rundir, vmsettings
 from pcocc.cluster.definition import ClusterDefinition, VmEntry
+from pcocc.vm import pinning
+from pcocc.vm.pinning import Pinning
 from pcocc.vm.qemu import Drive, VmSpec
 from pcocc.vm.seed import HostKey, SeedSpec
+from pcocc.errors import ConfigError
 from pcocc.vm.virtiofs import Share
 
 if TYPE_CHECKING:
@@ -62,6 +65,7 @@ class VmBuild:
     image: Path | None = None
     shares: tuple[Share, ...] = ()
     boot_timeout_s: float = 600.0
+    pinning: Pinning | None = None
 
 
 def runtime_settings(entry: VmEntry, batchid: str) -> Mapping[str, Any]:
@@ -92,21 +96,31 @@ def memory_mib(settings: Mapping[str, Any]) -> int:
 def vm_shares(
     definition: ClusterDefinition, settings: Mapping[str, Any]
 ) -> tuple[tuple[Share, ...], tuple[tuple[str, str], ...]]:
-    """The virtio-fs shares of a VM, and the (tag, target) pairs the guest mounts.
+    """The shared directories of a VM, and the (tag, target) pairs the guest mounts.
 
-    Each ``--mount`` gets the tag ``pcoccN``; the seed tells the guest where to mount it.
-    The template's ``mount-points`` are shared with their name as tag, for the image's own
-    fstab to mount.
+    Each ``--mount SRC:DST`` gets the tag ``pcoccN``; the seed tells the guest where to mount
+    it. A ``--mount TAG=PATH`` and the template's ``mount-points`` are shared with their tag
+    only, for the guest to mount (its fstab, or by hand as with pcocc 0.7).
+
+    :raise ConfigError: two shares with one tag
     """
     shares = []
     table = []
     for index, mount in enumerate(definition.mounts):
-        tag = f"pcocc{index}"
-        shares.append(Share(tag=tag, source=mount.source))
-        table.append((tag, mount.target))
+        tag = mount.tag or f"pcocc{index}"
+        shares.append(Share(tag=tag, source=mount.source, readonly=mount.readonly,
+                            type=mount.type))
+        if mount.target is not None:
+            table.append((tag, mount.target))
     for tag, point in sorted((settings.get("mount-points") or {}).items()):
         source = os.path.expanduser(str(point["path"]))
-        shares.append(Share(tag=tag, source=source, readonly=bool(point.get("readonly"))))
+        shares.append(Share(tag=tag, source=source, readonly=bool(point.get("readonly")),
+                            type=point.get("type") or "virtio-fs"))
+    tags = [share.tag for share in shares]
+    for tag in tags:
+        if tags.count(tag) > 1:
+            raise ConfigError(f"two shared directories have the mount tag '{tag}'",
+                              hint="give --mount another tag than the template's mount-points")
     return tuple(shares), tuple(table)
 
 
@@ -170,11 +184,13 @@ def build_vm(
     """
     from pcocc.net.resolve import plan_networks
 
+    pins = Pinning.from_settings(settings)
     fields: dict[str, Any] = {
         "name": entry.name,
         "accel": host.accel,
         "memory_mib": memory_mib(settings),
-        "smp": host.cpus if settings.get("full-node") else entry.cores,
+        "smp": pinning.vcpus(entry.template,
+                             host.cpus if settings.get("full-node") else entry.cores, pins),
         "host_address": host.address,
         "disks": persistent_disks(entry.template, settings, probe),
         "disk_model": settings.get("disk-model") or "virtio",
@@ -196,7 +212,7 @@ def build_vm(
         user_data = template_user_data(settings.get("user-data"))
     seed = SeedSpec(
         hostname=entry.name,
-        instance_id=f"pcocc-{batchid}-{entry.rank}",
+        instance_id=settings.get("instance-id") or f"pcocc-{batchid}-{entry.rank}",
         authorized_keys=tuple(definition.ssh_authorized_keys),
         host_key=host_key,
         user_data=user_data,
@@ -209,6 +225,7 @@ def build_vm(
         image=image,
         shares=shares,
         boot_timeout_s=definition.boot_timeout_s,
+        pinning=pins,
     )
 
 

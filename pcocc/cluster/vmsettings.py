@@ -23,7 +23,7 @@ from pcocc.errors import ConfigError
 #: Settings whose strings may hold %{clusterdir} and %{vm_rank}.
 RUNTIME_KEYS = (
     "custom-args", "mount-points", "persistent-drives", "user-data", "kernel", "initrd",
-    "append",
+    "append", "instance-id",
 )  # fmt: skip
 DISK_MODELS = ("virtio", "virtio-scsi", "ide")
 DRIVE_FORMATS = ("qcow2", "raw")

@@ -33,7 +33,7 @@ def _format() -> str:
     code that builds a document (parser, positions, the clean-up done before caching)."""
     here = os.path.dirname(os.path.abspath(__file__))
     stamps = []
-    for module in ("yamldoc.py", "loader.py", "doccache.py"):
+    for module in ("yamldoc.py", "loader.py", "legacy.py", "doccache.py"):
         try:
             stamps.append(str(os.stat(os.path.join(here, module)).st_mtime_ns))
         except OSError:

@@ -128,6 +128,47 @@ def _rows_without_self(
     yield from rows
 
 
+LEGACY = """
+## pcocc 0.7 configuration files
+
+The `templates.yaml`, `resources.yaml` and `networks.yaml` of pcocc 0.7 load unchanged: in
+them the names are the top-level keys (`compute:` rather than `templates: {compute: ...}`),
+and a file in that form is read exactly as if its names were under `templates:`,
+`resource-sets:` or `networks:` (a file uses one form or the other; error messages name the
+key path of the wrapped form, with the file's own lines). pcocc 0.7's spellings with an
+exact equivalent are accepted: `mount-points: {TAG: PATH}` (a path alone) and persistent
+drives written `- PATH: {cache: ...}`. Its template settings `instance-id`, `bind-vcpus`,
+`emulator-cores` and `mount-points` with `type: virtio-9p` work as described above.
+
+Settings of pcocc 0.7 that this version cannot honour are refused, each with its file:line
+and reason, never ignored:
+
+| Setting | Why it is refused |
+|---|---|
+"""
+
+
+def _legacy_section() -> str:
+    from pcocc.config import legacy
+
+    rows = [*((f"`templates.<NAME>.{k}`", why) for k, why in legacy.TEMPLATE_REFUSED.items()),
+            *((f"`templates.<NAME>.persistent-drives[].{k}`", why)
+              for k, why in legacy.DRIVE_REFUSED.items()),
+            ("`templates.<NAME>.image` starting with `/`",
+             "a directory of images (pcocc 0.7 without repositories): import the image"),
+            *((f"`resource-sets.<NAME>.{k}`", why) for k, why in legacy.RESOURCE_REFUSED.items()),
+            *((f"`networks.<NAME>.type: {t}`", why + (f"; {hint}" if hint else ""))
+              for t, (why, hint) in legacy.NETWORK_REFUSED.items()),
+            ("`networks.<NAME>.settings`", "; ".join(legacy.ETHERNET_SETTINGS))]
+    table = "".join(f"| {key} | {why} |\n" for key, why in rows)
+    return LEGACY + table + """
+`pcocc admin check-config DIR` checks every file of a configuration directory (either form)
+and prints all their problems at once, each with its file:line: exit status 2 when there is
+any, else 0 and a one-line summary. Run it on a copy of a pcocc 0.7 `/etc/pcocc` before
+pointing this version at it.
+"""
+
+
 def render() -> str:
     """The whole reference, as Markdown."""
     parts = [HEADER]
@@ -142,6 +183,7 @@ def render() -> str:
             seen.add(row)
             cells = [c.replace("|", "\\|") for c in row]
             parts.append("| " + " | ".join(cells) + " |\n")
+    parts.append(_legacy_section())
     return "".join(parts)
 
 

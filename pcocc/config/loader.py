@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pcocc.config import legacy
 from pcocc.config.placeholders import expand_load, expand_tree, home_dir
 from pcocc.config.sizes import parse_size
 from pcocc.config.doccache import cached_doc, remember_doc
@@ -189,6 +190,9 @@ def _load_docs(name: str, system_dir: Path, user_dir: Path, cfg: Config) -> _Mer
             doc = cached_doc(path, schema)
             if doc is None:
                 doc = load_yaml(path)
+                refused = legacy.adapt(name, doc)
+                if refused:
+                    raise refused[0]
                 _drop_empty_collections(doc, merger.spec)
                 validate(name, doc)
                 remember_doc(doc, schema)

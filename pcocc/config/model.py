@@ -76,17 +76,6 @@ class EtcdConfig:
             base_dir=base_dir,
         )
 
-    def as_dict(self) -> dict[str, Any]:
-        """The batch.yaml mapping, for the readers of pcocc.kv that still take one."""
-        if self.mode == "private":
-            return {"mode": "private", "data-dir": self.data_dir}
-        out: dict[str, Any] = {"mode": "external", "endpoints": list(self.endpoints)}
-        for name in ("ca-cert", "cert", "key", "user", "password-file"):
-            value = getattr(self, name.replace("-", "_"))
-            if value is not None:
-                out[name] = value
-        return out
-
 
 @dataclass(frozen=True)
 class SlurmSettings:
@@ -130,11 +119,6 @@ class BatchConfig:
             ),
             local=LocalSettings(state_dir=local.get("state-dir")),
         )
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """Compatibility for pcocc.cluster.adapters, which reads ``config.batch.get("etcd")``
-        as a mapping; only ``etcd`` is served. Remove once it reads ``self.etcd``."""
-        return self.etcd.as_dict() if key == "etcd" else default
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,20 @@ def validate(name: str, doc: YamlDoc) -> None:
     raise error
 
 
+def all_errors(name: str, doc: YamlDoc) -> list[ConfigError]:
+    """Every schema error of ``doc``, in file order (for ``pcocc admin check-config``)."""
+    errors = sorted(
+        (_deepest(e) for e in _validator(name).iter_errors(doc.data)),
+        key=lambda e: _position(doc, e),
+    )
+    result: list[ConfigError] = []
+    for err in errors:
+        error = _to_config_error(doc, err)
+        if all(str(error) != str(seen) for seen in result):
+            result.append(error)
+    return result
+
+
 def _position(doc: YamlDoc, err: Any) -> tuple[int, int]:
     path = tuple(err.absolute_path)
     key = _unknown_key(err)

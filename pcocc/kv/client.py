@@ -16,9 +16,9 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Self, TypeVar
 
+from pcocc.config.model import EtcdConfig
 from pcocc.errors import (
     AlreadyExists,
     Busy,
@@ -145,8 +145,7 @@ class KvClient:
         cls,
         env: Mapping[str, str] | None = None,
         *,
-        etcd: Mapping[str, Any] | None = None,
-        base_dir: Path | None = None,
+        etcd: EtcdConfig = EtcdConfig(),
         **kwargs: Any,
     ) -> KvClient:
         """A client for ``$PCOCC_ETCD_ENDPOINTS`` (comma-separated URLs).
@@ -160,9 +159,9 @@ class KvClient:
         """
         env = os.environ if env is None else env
         endpoints = env.get(ENDPOINTS_VAR, "")
-        kwargs.setdefault("tls", tls_from_config(etcd, base_dir))
+        kwargs.setdefault("tls", tls_from_config(etcd))
         if "user" not in kwargs:
-            login = etcd_login(etcd, env, base_dir=base_dir)
+            login = etcd_login(etcd, env)
             if login is not None:
                 for endpoint in endpoints.split(","):
                     if endpoint.strip():

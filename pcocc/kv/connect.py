@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
+from pcocc.config.model import EtcdConfig
 from pcocc.kv.endpoints import ENDPOINTS_VAR
 
 if TYPE_CHECKING:
-    from pcocc.config import Config
     from pcocc.kv.client import KvClient
     from pcocc.kv.tls import TlsFiles
 
@@ -40,16 +40,16 @@ class EtcdKv:
     def from_env(
         cls,
         env: Mapping[str, str] | None = None,
-        config: Config | None = None,
+        etcd: EtcdConfig = EtcdConfig(),
         *,
         label: str | None = None,
     ) -> EtcdKv:
         """A client of ``$PCOCC_ETCD_ENDPOINTS`` in ``env``, logged in as the environment or
-        batch.yaml says (see :func:`pcocc.kv.credentials.etcd_login`); ``label`` starts its
-        outage messages (e.g. ``vm0``, when they share the launcher's stderr)."""
+        batch.yaml's ``etcd`` says (see :func:`pcocc.kv.credentials.etcd_login`); ``label``
+        starts its outage messages (e.g. ``vm0``, when they share the launcher's stderr)."""
         from pcocc.kv.client import KvClient
 
-        return cls(KvClient.from_env(env, label=label, **etcd_login_settings(config)))
+        return cls(KvClient.from_env(env, etcd=etcd, label=label))
 
     def close(self) -> None:
         self.client.close()
@@ -92,21 +92,23 @@ def _decoded(raw: Mapping[str, bytes]) -> dict[str, str]:
     return {k: v.decode(errors="surrogateescape") for k, v in raw.items()}
 
 
-#: a configuration, or what loads it only when needed (user commands skip the config files
-#: when $PCOCC_ETCD_ENDPOINTS already says where etcd is)
-ConfigSource = Union["Config", Callable[[], "Config"], None]
+#: batch.yaml's etcd section, or what loads the configuration only when needed (user
+#: commands skip the config files when $PCOCC_ETCD_ENDPOINTS already says where etcd is)
+EtcdSource = Union[EtcdConfig, Callable[[], EtcdConfig]]
 
 
-def configured_endpoints(config: ConfigSource, env: Mapping[str, str]) -> str | None:
+def _loaded(etcd: EtcdSource) -> EtcdConfig:
+    return etcd() if callable(etcd) else etcd
+
+
+def configured_endpoints(etcd: EtcdSource, env: Mapping[str, str]) -> str | None:
     """``$PCOCC_ETCD_ENDPOINTS``, else the external etcd of batch.yaml, else None (private)."""
     if env.get(ENDPOINTS_VAR):
         return env[ENDPOINTS_VAR]
-    if callable(config):
-        config = config()
-    etcd = (config.batch if config is not None else {}).get("etcd") or {}
-    if etcd.get("mode", "external") == "external" and etcd.get("endpoints"):
-        scheme = "https" if etcd.get("ca-cert") else "http"
-        return ",".join(e if "://" in e else f"{scheme}://{e}" for e in etcd["endpoints"])
+    etcd = _loaded(etcd)
+    if etcd.mode == "external" and etcd.endpoints:
+        scheme = "https" if etcd.ca_cert else "http"
+        return ",".join(e if "://" in e else f"{scheme}://{e}" for e in etcd.endpoints)
     return None
 
 
@@ -115,7 +117,7 @@ def etcd_for_job(
     run_dir: Path,
     env: dict[str, str],
     user: str,
-    config: Config | None = None,
+    etcd: EtcdConfig = EtcdConfig(),
     controller_hosts: Callable[[], Sequence[str]] = lambda: (),
 ) -> Iterator[dict[str, str]]:
     """The configured etcd, or a private one of ``user`` in ``run_dir`` when none is
@@ -124,7 +126,7 @@ def etcd_for_job(
     :param controller_hosts: the batch system's controllers (asked only for a private etcd)
     Yields the variables that point children at it.
     """
-    endpoints = configured_endpoints(config, env)
+    endpoints = configured_endpoints(etcd, env)
     if endpoints:
         yield {ENDPOINTS_VAR: endpoints}
         return
@@ -148,12 +150,12 @@ def etcd_for_job(
 
 
 def kv_endpoint_sets(
-    env: Mapping[str, str], run_root: Path, config: ConfigSource = None
+    env: Mapping[str, str], run_root: Path, etcd: EtcdSource = EtcdConfig()
 ) -> list[tuple[str, Any]]:
     """Where a user command looks for clusters, and the login to use there (None: as
     configured): the configured etcd, else the private etcd of each local cluster of this
     user (``<run root>/<job>/etcd-endpoints`` and the job's login in ``etcd-login``)."""
-    endpoints = configured_endpoints(config, env)
+    endpoints = configured_endpoints(etcd, env)
     if endpoints:
         return [(endpoints, None)]
     from pcocc.errors import ConfigError
@@ -177,38 +179,25 @@ def kv_endpoint_sets(
     return found
 
 
-def etcd_login_settings(config: Config | None) -> dict[str, Any]:
-    """The ``etcd`` section of batch.yaml and the directory of the file that set its
-    ``password-file`` (relative paths start there), for ``KvClient.from_env``."""
-    if config is None:
-        return {}
-    etcd = config.batch.get("etcd") or {}
-    origin = config.origin("batch", "etcd", "password-file")
-    if origin.file is None:
-        origin = config.origin("batch", "etcd", "ca-cert")
-    if origin.file is None:
-        origin = config.origin("batch", "etcd")
-    return {"etcd": etcd, "base_dir": origin.file.parent if origin.file is not None else None}
-
-
-def site_tls(endpoints: str, config: ConfigSource) -> TlsFiles | None:
+def site_tls(endpoints: str, etcd: EtcdSource) -> TlsFiles | None:
     """The TLS files of batch.yaml for ``endpoints`` (the config is loaded only for
     ``https://`` ones)."""
     from pcocc.kv.tls import needs_tls, tls_from_config
 
     if not needs_tls(endpoints):
         return None
-    settings = etcd_login_settings(config() if callable(config) else config)
-    return tls_from_config(settings.get("etcd"), settings.get("base_dir"))
+    return tls_from_config(_loaded(etcd))
 
 
-def open_kv(endpoints: str, config: Config | None = None, *, label: str | None = None) -> EtcdKv:
+def open_kv(
+    endpoints: str, etcd: EtcdConfig = EtcdConfig(), *, label: str | None = None
+) -> EtcdKv:
     """A client of ``endpoints``, logged in as $PCOCC_ETCD_USER or batch.yaml's etcd user
     (``label``: see :meth:`EtcdKv.from_env`)."""
-    return EtcdKv.from_env({**os.environ, ENDPOINTS_VAR: endpoints}, config, label=label)
+    return EtcdKv.from_env({**os.environ, ENDPOINTS_VAR: endpoints}, etcd, label=label)
 
 
-def open_reader(endpoints: str, config: ConfigSource = None, login: Any = None) -> Any:
+def open_reader(endpoints: str, etcd: EtcdSource = EtcdConfig(), login: Any = None) -> Any:
     """A read-only client of ``endpoints`` over etcd's JSON gateway (no gRPC import: user
     commands that only look clusters up start faster), logged in as ``login`` (an
     EtcdLogin) or like :func:`open_kv`."""
@@ -216,14 +205,14 @@ def open_reader(endpoints: str, config: ConfigSource = None, login: Any = None) 
     from pcocc.kv.gateway import GatewayReader
     from pcocc.kv.tls import needs_tls, tls_from_config
 
-    settings: dict[str, Any] = {}
+    settings = EtcdConfig()
     env_login = login is not None or os.environ.get(USER_VAR) or os.environ.get(JOB_LOGIN_VAR)
     # else the environment alone says who logs in; the config still gives TLS files
     if not env_login or needs_tls(endpoints):
-        settings = etcd_login_settings(config() if callable(config) else config)
+        settings = _loaded(etcd)
     if login is None:
-        login = etcd_login(settings.get("etcd"), os.environ, base_dir=settings.get("base_dir"))
-    tls = tls_from_config(settings.get("etcd"), settings.get("base_dir"))
+        login = etcd_login(settings, os.environ)
+    tls = tls_from_config(settings)
     if login is None:
         return GatewayReader(endpoints, tls=tls)
     for endpoint in endpoints.split(","):
@@ -232,3 +221,37 @@ def open_reader(endpoints: str, config: ConfigSource = None, login: Any = None) 
     return GatewayReader(
         endpoints, user=login.user, password=login.password, hint=login.hint, tls=tls
     )
+
+
+def open_cluster_writer(
+    env: Mapping[str, str], run_root: Path, etcd: EtcdSource, user: str, batchid: str
+) -> EtcdKv:
+    """A read-write client of the etcd that holds cluster ``batchid`` (a user command
+    that asks the cluster's node processes something, such as ``pcocc ckpt``), logged in
+    as :func:`kv_endpoint_sets` says for that etcd.
+
+    :raise NotFound: no etcd reachable from here holds that cluster
+    """
+    from pcocc.errors import NotFound, PcoccError
+    from pcocc.kv import keys
+    from pcocc.kv.client import KvClient
+
+    settings = _loaded(etcd)
+    for endpoints, login in kv_endpoint_sets(env, run_root, settings):
+        extra: dict[str, Any] = {}
+        if login is not None:
+            extra = {"user": login.user, "password": login.password, "login_hint": login.hint}
+        try:
+            client = KvClient.from_env({**env, ENDPOINTS_VAR: endpoints}, etcd=settings, **extra)
+        except PcoccError as err:
+            log.debug("skipping etcd %s: %s", endpoints, err)
+            continue
+        kv = EtcdKv(client)
+        try:
+            if kv.get(keys.cluster_definition(user, batchid)) is not None:
+                return kv
+        except PcoccError as err:
+            log.debug("skipping etcd %s: %s", endpoints, err)
+        kv.close()
+    raise NotFound(f"cluster {batchid} is not in any etcd reachable from here",
+                   hint="see 'pcocc ps'")

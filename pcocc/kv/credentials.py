@@ -20,9 +20,9 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pcocc import fsutil, userfile
+from pcocc.config.model import EtcdConfig
 from pcocc.errors import ConfigError
 from pcocc.userfile import Owner
 
@@ -213,29 +213,23 @@ def check_login_transport(endpoint: str, login: EtcdLogin | None) -> None:
         )
 
 
-def etcd_login(
-    etcd: Mapping[str, Any] | None,
-    env: Mapping[str, str],
-    *,
-    base_dir: Path | None = None,
-) -> EtcdLogin | None:
+def etcd_login(etcd: EtcdConfig, env: Mapping[str, str]) -> EtcdLogin | None:
     """The login to use, or None to connect anonymously.
 
-    :param etcd: the ``etcd`` section of batch.yaml (load-time placeholders expanded)
-    :param base_dir: directory of the batch.yaml that set ``password-file`` (for relative paths)
+    :param etcd: batch.yaml's ``etcd`` section (a relative ``password-file`` starts at its
+        ``base_dir``)
     :raise ConfigError: the password file is missing, unreadable or not private
     """
     if env.get(JOB_LOGIN_VAR):
         return parse_job_login(env[JOB_LOGIN_VAR], f"${JOB_LOGIN_VAR}")
-    etcd = etcd or {}
-    user = env.get(USER_VAR) or etcd.get("user")
+    user = env.get(USER_VAR) or etcd.user
     if not user:
         return None
     user = str(user).replace("%%{", "%{")
     if env.get(PASSWORD_VAR):
         return EtcdLogin(user, env[PASSWORD_VAR], PASSWORD_VAR)
-    if (env.get(USER_VAR) and env[USER_VAR] != etcd.get("user")) or not etcd.get("password-file"):
+    if (env.get(USER_VAR) and env[USER_VAR] != etcd.user) or not etcd.password_file:
         # a user without a password: etcd refuses it, with the hint of EtcdLogin
         return EtcdLogin(user, "", f"no password: set {PASSWORD_VAR} or etcd.password-file")
-    path = expand_path(str(etcd["password-file"]), base_dir)
+    path = expand_path(etcd.password_file, etcd.base_dir)
     return EtcdLogin(user, read_password_file(path), f"password file {path}")

@@ -9,11 +9,10 @@ gRPC (:mod:`pcocc.kv.client`) and the JSON gateway over https (:mod:`pcocc.kv.ga
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from pcocc.config.model import EtcdConfig
 from pcocc.errors import ConfigError
 
 _SETTINGS = {"ca": "ca-cert", "cert": "cert", "key": "key"}
@@ -73,17 +72,16 @@ def _read(path: Path, which: str) -> bytes:
         ) from None
 
 
-def tls_from_config(etcd: Mapping[str, Any] | None, base_dir: Path | None = None) -> TlsFiles | None:
+def tls_from_config(etcd: EtcdConfig) -> TlsFiles | None:
     """The TLS files of batch.yaml's ``etcd`` section, or None when ``ca-cert`` is not set.
 
-    Paths are expanded like ``password-file`` (``~``, relative to ``base_dir``).
+    Paths are expanded like ``password-file`` (``~``, relative to ``etcd.base_dir``).
 
     :raise ConfigError: ``cert`` without ``key`` (or the reverse), or either without ``ca-cert``
     """
     from pcocc.kv.credentials import expand_path
 
-    etcd = etcd or {}
-    values = {which: etcd.get(name) for which, name in _SETTINGS.items()}
+    values = {"ca": etcd.ca_cert, "cert": etcd.cert, "key": etcd.key}
     if bool(values["cert"]) != bool(values["key"]):
         raise ConfigError(
             "etcd section of batch.yaml: 'cert' and 'key' go together",
@@ -95,7 +93,7 @@ def tls_from_config(etcd: Mapping[str, Any] | None, base_dir: Path | None = None
                 "etcd section of batch.yaml: 'cert' needs 'ca-cert' (TLS is on with ca-cert)",
             )
         return None
-    paths = {k: expand_path(str(v), base_dir) if v else None for k, v in values.items()}
+    paths = {k: expand_path(v, etcd.base_dir) if v else None for k, v in values.items()}
     return TlsFiles(paths["ca"], paths["cert"], paths["key"])  # type: ignore[arg-type]
 
 

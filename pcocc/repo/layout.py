@@ -57,6 +57,8 @@ class RepoLayout:
 
     # The fixed entries of a repository (see the module docstring).
     marker = _entry("repo.json")
+    #: the format marker of a pcocc 0.7 repository (see :mod:`pcocc.repo.legacy`)
+    legacy_marker = _entry(".config")
     data_dir = _entry("data")
     meta_dir = _entry("meta")
     tmp_dir = _entry("tmp")
@@ -131,6 +133,16 @@ class RepoLayout:
     def is_initialized(self) -> bool:
         return self.marker.is_file()
 
+    def refuse_legacy(self) -> None:
+        """A pcocc 0.7 repository (``.config``, no ``repo.json``) is never written in place:
+        its blobs would look unreferenced to our gc."""
+        if not self.marker.exists() and self.legacy_marker.exists():
+            raise PcoccError(
+                f"{self.root} holds a pcocc 0.7 repository, which this pcocc does not use "
+                "in place",
+                hint=f"move it aside (e.g. 'mv {self.root} {self.root}-0.7'), then run "
+                     f"'pcocc image repo import-legacy {self.root}-0.7 --repo NAME'")
+
     def check_format(self) -> None:
         """Refuse a directory that is not a repository of a format this pcocc knows."""
         try:
@@ -154,6 +166,7 @@ class RepoLayout:
 
     def initialize(self) -> None:
         """Create the directories and the marker (idempotent, safe when racing)."""
+        self.refuse_legacy()
         try:
             for d in (self.root, self.data_dir, self.meta_dir, self.tmp_dir):
                 d.mkdir(parents=True, exist_ok=True)

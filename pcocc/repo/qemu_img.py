@@ -105,10 +105,13 @@ class ImageInfo:
         return out
 
 
-def layer_problem(info: ImageInfo, parent_relpath: str | None) -> str | None:
+def layer_problem(info: ImageInfo, parent_relpath: str | None, *,
+                  backing_format_optional: bool = False) -> str | None:
     """Why ``info`` is not a layer of a repository chain (None when it is one): a qcow2
     with no data file whose backing file is exactly ``parent_relpath`` (the previous
-    layer's blob by relative path, qcow2 named explicitly), or none for a base layer."""
+    layer's blob by relative path, qcow2 named explicitly), or none for a base layer.
+    ``backing_format_optional``: a layer may also leave its backing format unnamed (pcocc
+    0.7 wrote none); it is then read as qcow2, never probed."""
     if info.format != "qcow2":
         return f"is a {info.format} image, not qcow2"
     if info.data_file:
@@ -117,7 +120,8 @@ def layer_problem(info: ImageInfo, parent_relpath: str | None) -> str | None:
         if parent_relpath is None:
             return f"is a base layer but names the backing file {info.backing_filename!r}"
         return f"has backing file {info.backing_filename!r}, expected {parent_relpath!r}"
-    if parent_relpath is not None and info.backing_format != "qcow2":
+    if parent_relpath is not None and info.backing_format != "qcow2" and not (
+            backing_format_optional and info.backing_format is None):
         return f"has backing format {info.backing_format!r}, expected 'qcow2'"
     return None
 
@@ -222,6 +226,19 @@ def create_overlay(path: str | os.PathLike, backing: str, size_bytes: int) -> No
     relative to the final location). The backing file is not opened (``-u``)."""
     proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", "qcow2", "-u",
               os.path.abspath(path), str(size_bytes)], what="qemu-img create")
+
+
+def set_backing(path: str | os.PathLike, backing: str) -> None:
+    """Rewrite the backing file name of the qcow2 ``path`` to ``backing`` (in qcow2),
+    opening neither the old backing file nor the new one (``rebase -u``)."""
+    proc.run(["qemu-img", "rebase", "-q", "-u", "-b", backing, "-F", "qcow2", "--image-opts",
+              image_opts(path, "qcow2")], what="qemu-img rebase")
+
+
+def create_empty(path: str | os.PathLike, size_bytes: int) -> None:
+    """Create an empty standalone qcow2 of ``size_bytes``."""
+    proc.run(["qemu-img", "create", "-q", "-f", "qcow2", os.path.abspath(path),
+              str(size_bytes)], what="qemu-img create")
 
 
 def resize(opts: str, size_bytes: int, *, shrink: bool = False) -> None:

@@ -17,7 +17,7 @@ import os
 import pwd
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pcocc import paths
@@ -124,6 +124,7 @@ class Repository:
         """True when the repository exists and has a format this pcocc reads (else an error);
         False when its directory was not created yet. Checked once per object."""
         if self._checked is None:
+            self.layout.refuse_legacy()
             exists = self.layout.is_initialized()
             if exists:
                 self.layout.check_format()
@@ -300,6 +301,51 @@ class Repository:
             write_atomic(self.layout.meta_path(meta.name, stored.revision), data, mode=0o444)
             fsync_dir(self.layout.meta_dir)
         return ImageMeta.from_bytes(data, repo=self.name, where="(new metadata)")
+
+    def commit_image(self, metas: Sequence[ImageMeta]) -> list[ImageMeta]:
+        """Write a new image with all its revisions at once, numbers kept as given: the
+        revisions are written into a staging directory that is renamed into ``meta/`` under
+        the lock, so readers see the whole image or nothing (also after a crash).
+
+        :raise AlreadyExists: the name is taken
+        :raise Corrupt: a blob vanished (a concurrent gc removed it)
+        """
+        names = {m.name for m in metas}
+        if len(names) != 1 or len({m.revision for m in metas}) != len(metas):
+            raise ValueError("commit_image: revisions of one image, each once")
+        name = names.pop()
+        self.require_writable()
+        self.ensure()
+        with self.staging("image") as staging:
+            new_dir = staging / name
+            try:
+                new_dir.mkdir()
+            except OSError as err:
+                raise os_error(err, f"cannot create {new_dir}") from err
+            for m in metas:
+                write_atomic(new_dir / f"{m.revision}.json", m.to_bytes(), mode=0o444,
+                             sync_dir=False)
+            fsync_dir(new_dir)
+            with self.layout.write_locked(f"repository '{self.name}'", _LOCK_WAIT_S):
+                if self.layout.revisions(name):
+                    raise AlreadyExists(
+                        f"image '{self.name}:{name}' already exists",
+                        hint="choose another name, or delete it first with "
+                             "'pcocc image delete'")
+                for m in metas:
+                    for b in m.blobs:
+                        if not self.layout.blob_path(b.digest).exists():
+                            raise Corrupt(f"blob {b.digest} vanished from repository "
+                                          f"'{self.name}' before the commit",
+                                          hint="run the command again")
+                image_dir = self.layout.image_dir(name)
+                try:
+                    # An empty directory left by a deleted image is replaced by the rename.
+                    os.rename(new_dir, image_dir)
+                except OSError as err:
+                    raise os_error(err, f"cannot create {image_dir}") from err
+                fsync_dir(self.layout.meta_dir)
+        return [self.read_meta(name, m.revision) for m in sorted(metas, key=lambda m: m.revision)]
 
     def delete(self, name: str, revision: int | None = None) -> list[ImageMeta]:
         """Remove one revision or all of an image; blobs stay until gc."""

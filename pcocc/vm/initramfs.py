@@ -16,16 +16,18 @@ from pcocc.errors import PcoccError
 KERNEL_GLOB = "/boot/vmlinuz-*-cloud-amd64"
 
 
-def find_kernel() -> tuple[Path, str]:
-    """The newest /boot/vmlinuz-*-cloud-amd64 and its version.
+def find_kernel(pattern: str = KERNEL_GLOB) -> tuple[Path, str]:
+    """The newest kernel matching ``pattern`` (default: /boot/vmlinuz-*-cloud-amd64) and its
+    version.
 
     :raise PcoccError: no such kernel (with the package to install)
     """
-    found = sorted(glob.glob(KERNEL_GLOB), key=_version_key)
+    found = sorted(glob.glob(pattern), key=_version_key)
     if not found:
+        package = "linux-image-cloud-amd64" if "cloud" in pattern else "linux-image-amd64"
         raise PcoccError(
-            "no Debian cloud kernel in /boot (vmlinuz-*-cloud-amd64)",
-            hint="install the Debian package 'linux-image-cloud-amd64'",
+            f"no Debian kernel in /boot ({Path(pattern).name})",
+            hint=f"install the Debian package '{package}'",
         )
     kernel = Path(found[-1])
     return kernel, kernel.name.removeprefix("vmlinuz-")

@@ -20,6 +20,10 @@ Each shared host directory (``shares``) gets a virtiofsd process (see
 :mod:`pcocc.vm.virtiofs`) listening on ``fsN.sock`` in the run directory, started before
 QEMU and stopped with it on every path; its log is ``virtiofsdN.log``.
 
+A VM restored from a checkpoint (``restore``) starts on a copy of the saved overlay (rebased
+onto the image's top layer as this host sees it) with ``-incoming defer``, loads the saved
+state (see :mod:`pcocc.vm.migrate`), runs, and once up gets its clock set by the agent.
+
 On a boot failure or timeout the console log and QEMU's log (and the virtiofsd logs) are
 kept (the error names them); everything else is removed.
 """
@@ -38,11 +42,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
-from pcocc import daemon, proc
-from pcocc.vm import virtiofs
+from pcocc import daemon, fsutil, proc
+from pcocc.vm import pinning, virtiofs
 from pcocc.errors import PcoccError, UsageError
 from pcocc.net.user import SSH_PORT
 from pcocc.vm.agent import GuestAgent
+from pcocc.vm.pinning import Pinning
 from pcocc.vm.qemu import Drive, VmSpec, build_argv
 from pcocc.vm.qmp import QmpClient
 from pcocc.vm.seed import SeedSpec, build_seed
@@ -57,6 +62,15 @@ QEMU_LOG = "qemu.log"
 OVERLAY = "disk0.qcow2"
 SEED = "seed.iso"
 PORT_ATTEMPTS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Restore:
+    """The saved state of a VM to start from (files of a checkpoint, never modified)."""
+
+    state: Path
+    #: the saved overlay; None when the VM has no image
+    disk: Path | None = None
 
 
 class VmBootError(PcoccError):
@@ -98,6 +112,8 @@ class Machine:
     :param boot_timeout_s: how long the guest may take to come up
     :param keep_overlay: leave the overlay in place after shutdown (for ``save``)
     :param shares: host directories served to the guest over virtio-fs
+    :param pinning: pin QEMU's vCPU and emulator threads once the guest is up
+    :param restore: start from this saved state instead of booting
     """
 
     def __init__(
@@ -111,7 +127,10 @@ class Machine:
         boot_timeout_s: float = 120.0,
         keep_overlay: bool = False,
         shares: Sequence[virtiofs.Share] = (),
+        pinning: Pinning | None = None,
+        restore: Restore | None = None,
     ) -> None:
+        self.restore = restore
         self.run_dir = Path(run_dir).absolute()
         self.image = Path(image).absolute() if image is not None else None
         self.seed = seed
@@ -125,7 +144,12 @@ class Machine:
                              " port (user networking)")
         self.boot_timeout_s = boot_timeout_s
         self.keep_overlay = keep_overlay
-        self.shares = tuple(shares)
+        self.pinning = pinning
+        #: served by virtiofsd processes; the virtio-9p ones QEMU serves itself
+        self.shares = tuple(s for s in shares if s.type != "virtio-9p")
+        self.ninep_shares = tuple(s for s in shares if s.type == "virtio-9p")
+        for share in self.ninep_shares:
+            virtiofs.check_tag(share.tag)
         for share in self.shares:
             virtiofs.check_tag(share.tag)
         self.fs_processes: list[subprocess.Popen | None] = [None] * len(self.shares)
@@ -201,6 +225,7 @@ class Machine:
                 self._start_qemu()
                 try:
                     self._wait_until_up()
+                    self._pin()
                     break
                 except _PortTaken as taken:
                     if attempt == PORT_ATTEMPTS - 1:
@@ -227,9 +252,12 @@ class Machine:
         disks = list(self.base_spec.disks)
         if self.image is not None:
             self._created.append(self.run_dir / OVERLAY)
-            proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", self.image,
-                      "-F", "qcow2", self.run_dir / OVERLAY],
-                     what=f"create the disk overlay of VM {self.base_spec.name}")
+            if self.restore is not None and self.restore.disk is not None:
+                self._restore_overlay(self.restore.disk)
+            else:
+                proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", self.image,
+                          "-F", "qcow2", self.run_dir / OVERLAY],
+                         what=f"create the disk overlay of VM {self.base_spec.name}")
             disks.insert(0, Drive(Path(OVERLAY), id="disk0",
                                   interface=self.base_spec.disk_model))
         seed_path = None
@@ -248,18 +276,28 @@ class Machine:
             agent_socket=Path(AGENT_SOCKET),
             fs_shares=tuple((share.tag, Path(virtiofs.socket_name(i)))
                             for i, share in enumerate(self.shares)),
+            ninep_shares=self.ninep_shares,
         )
+        for share in (*self.shares, *self.ninep_shares):
+            if not os.path.isdir(share.source):
+                raise PcoccError(f"VM {self.base_spec.name}: cannot share "
+                                 f"{share.source} (tag {share.tag}): not a directory",
+                                 hint="create it, or fix the template's mount-points")
         if self.shares:
-            for share in self.shares:
-                if not os.path.isdir(share.source):
-                    raise PcoccError(f"VM {self.base_spec.name}: cannot share "
-                                     f"{share.source} (tag {share.tag}): not a directory",
-                                     hint="create it, or fix the template's mount-points")
             self._virtiofsd = virtiofs.find_virtiofsd()
             virtiofs.check_unprivileged()
             for i in range(len(self.shares)):
                 self._created += [self.run_dir / virtiofs.socket_name(i),
                                   self.run_dir / virtiofs.log_name(i)]
+
+    def _restore_overlay(self, saved: Path) -> None:
+        """A copy of the saved overlay, its backing file set to this host's top layer
+        (the checkpoint was checked to be of the same layer; the copy keeps it intact)."""
+        overlay = self.run_dir / OVERLAY
+        fsutil.copy_sparse(saved, overlay)
+        proc.run(["qemu-img", "rebase", "-q", "-u", "-f", "qcow2", "-b", self.image,
+                  "-F", "qcow2", overlay],
+                 what=f"attach the saved disk of VM {self.base_spec.name} to its image")
 
     def _start_qemu(self) -> None:
         assert self.spec is not None
@@ -275,6 +313,10 @@ class Machine:
             ssh_host_port=self.ssh_port,
             host_ports=tuple((g, h) for g, h in self.forwards.items() if g != SSH_PORT),
         )
+        if self.restore is not None:
+            from pcocc.vm.migrate import INCOMING_ARGS
+
+            spec = dataclasses.replace(spec, custom_args=spec.custom_args + INCOMING_ARGS)
         argv = build_argv(spec)
         with contextlib.suppress(FileNotFoundError):
             self.qemu_log.unlink()  # judge each attempt by its own messages
@@ -322,6 +364,8 @@ class Machine:
         assert self.process is not None and self.spec is not None
         deadline = time.monotonic() + self.boot_timeout_s
         agent = GuestAgent(self.agent_socket)
+        if self.restore is not None:
+            self._load_state(deadline)
         while True:
             if self.process.poll() is not None:
                 tail = self._qemu_log_tail()
@@ -352,6 +396,42 @@ class Machine:
         for name in (QMP_SOCKET, AGENT_SOCKET, CONSOLE_SOCKET):
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(self.run_dir / name, 0o600)
+        if self.restore is not None:
+            from pcocc.vm.migrate import set_guest_time
+
+            set_guest_time(agent, self.spec.name)
+
+    def _load_state(self, deadline: float) -> None:
+        """Connect to the QEMU waiting for its state (its monitor may not listen yet), and
+        load it (see Restore)."""
+        from pcocc.vm.migrate import load_state
+
+        assert self.process is not None and self.restore is not None
+        while True:
+            try:
+                qmp = self.qmp(timeout_s=5.0)
+                break
+            except PcoccError as err:
+                if self.process.poll() is not None:
+                    return  # the caller reports QEMU's exit and its log
+                if time.monotonic() > deadline:
+                    raise self._boot_error(f"VM {self.base_spec.name}: QEMU's monitor did"
+                                           f" not answer: {err.message}") from err
+                time.sleep(0.05)
+        with qmp:
+            try:
+                load_state(qmp, self.restore.state, self.base_spec.name,
+                           timeout_s=max(1.0, deadline - time.monotonic()))
+            except PcoccError as err:
+                raise self._boot_error(f"cannot restore VM {self.base_spec.name} from"
+                                       f" {self.restore.state}: {err.message}") from err
+
+    def _pin(self) -> None:
+        if self.pinning is None:
+            return
+        assert self.process is not None
+        with self.qmp() as qmp:
+            pinning.apply(self.process.pid, qmp, self.pinning)
 
     def _boot_error(self, message: str) -> VmBootError:
         accel = self.spec.accel if self.spec else self.base_spec.accel

@@ -65,6 +65,8 @@ class VmSpec:
     network: bool = True
     #: virtio-fs shares as (tag, vhost-user socket); they make the guest RAM a shared memfd
     fs_shares: tuple[tuple[str, Path], ...] = ()
+    #: virtio-9p shares, served by QEMU itself
+    ninep_shares: tuple[virtiofs.Share, ...] = ()
     #: NICs of other types than user, as ready QEMU arguments (``-netdev ... -device ...``),
     #: after the user-mode NICs
     extra_netdevs: tuple[str, ...] = ()
@@ -214,6 +216,7 @@ def build_argv(spec: VmSpec) -> list[str]:
     if spec.fs_shares:
         argv += virtiofs.device_args([tag for tag, _ in spec.fs_shares],
                                      [sock for _, sock in spec.fs_shares])
+    argv += virtiofs.ninep_args(spec.ninep_shares)
     argv += list(spec.custom_args)
     return argv
 

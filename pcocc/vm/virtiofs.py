@@ -1,4 +1,5 @@
-"""Host directories shared into a VM with virtio-fs: one virtiofsd process per share.
+"""Host directories shared into a VM with virtio-fs (one virtiofsd process per share), or
+with QEMU's own virtio-9p server (:func:`ninep_args`) for guests without virtio-fs.
 
 QEMU talks to virtiofsd over a vhost-user unix socket, and virtiofsd reads and writes the
 guest's RAM directly, so the guest RAM must be a shared memory backend (see
@@ -42,11 +43,13 @@ MAX_TAG = 36  # the virtio-fs tag field holds 36 bytes
 
 @dataclass(frozen=True)
 class Share:
-    """A host directory that the guest mounts with ``mount -t virtiofs TAG TARGET``."""
+    """A host directory that the guest mounts by its tag: ``mount -t virtiofs TAG TARGET``,
+    or for ``type`` virtio-9p ``mount -t 9p -o trans=virtio TAG TARGET``."""
 
     tag: str
     source: str
     readonly: bool = False
+    type: str = "virtio-fs"  # or "virtio-9p": served by QEMU itself (see ninep_args)
 
 
 def socket_name(index: int) -> str:
@@ -175,6 +178,24 @@ def memory_args(memory_mib: int) -> list[str]:
     """Guest RAM as a shared memfd: virtiofsd maps it to serve the guest's requests."""
     return ["-object", f"memory-backend-memfd,id={MEMORY_BACKEND},size={memory_mib}M,share=on",
             "-numa", f"node,memdev={MEMORY_BACKEND}"]
+
+
+def ninep_args(shares: Sequence[Share]) -> list[str]:
+    """QEMU's own 9p server for each ``virtio-9p`` share (guests without virtio-fs).
+
+    ``security_model=none``: files are read and written as the user who runs QEMU, as a
+    user's own files; ``readonly=on`` makes QEMU refuse every write of the guest.
+    """
+    args: list[str] = []
+    for index, share in enumerate(shares):
+        check_tag(share.tag)
+        path = share.source.replace(",", ",,")
+        fsdev = f"local,id=p9fs{index},path={path},security_model=none"
+        if share.readonly:
+            fsdev += ",readonly=on"
+        args += ["-fsdev", fsdev,
+                 "-device", f"virtio-9p-pci,fsdev=p9fs{index},mount_tag={share.tag}"]
+    return args
 
 
 def device_args(tags: Sequence[str], sockets: Sequence[str | os.PathLike]) -> list[str]:

@@ -16,7 +16,8 @@ def test_help_lists_every_public_group():
         if name in HIDDEN:
             assert f"  {name} " not in res.output
         else:
-            assert name in res.output and help_ in res.output
+            # click wraps a long help line: compare with the whitespace made one space
+            assert name in res.output and help_ in " ".join(res.output.split())
 
 
 def test_unknown_command_is_usage_error(capsys):

@@ -18,7 +18,7 @@ from pcocc.kv import connect
 from pcocc.cluster.definition import build_definition
 from pcocc.cluster.record import ClusterRecord
 from pcocc.cluster.state import ClusterState
-from pcocc.config import load_config
+from pcocc.config import EtcdConfig, load_config
 from pcocc.errors import PermissionDenied
 from pcocc.kv import keys
 from pcocc.kv.client import KvClient
@@ -117,8 +117,9 @@ def _user_config(auth: AuthEtcd, tmp_path: Path, user: str, password_file: Path 
     return sysconf
 
 
-def _config(sysconf: Path, tmp_path: Path):
-    return load_config(sysconf, tmp_path / "home" / ".pcocc")
+def _etcd(sysconf: Path, tmp_path: Path) -> EtcdConfig:
+    """The etcd section of the batch.yaml in ``sysconf``."""
+    return load_config(sysconf, tmp_path / "home" / ".pcocc").batch.etcd
 
 
 def _put_cluster(kv: KvClient, user: str, batchid: str) -> None:
@@ -164,8 +165,8 @@ def test_list_shows_each_user_and_its_prefix(auth_etcd, pcocc_bin, tmp_path):
 
 def test_alice_uses_her_prefix_only_with_batch_yaml_credentials(auth_etcd, tmp_path):
     sysconf = _user_config(auth_etcd, tmp_path, "alice", auth_etcd.alice_password_file)
-    config = _config(sysconf, tmp_path)
-    kv = connect.open_kv(connect.configured_endpoints(config, {}), config)
+    etcd = _etcd(sysconf, tmp_path)
+    kv = connect.open_kv(connect.configured_endpoints(etcd, {}), etcd)
     try:
         assert kv.client.user == "alice" and kv.client.is_logged_in
         mine = keys.cluster_definition("alice", uuid.uuid4().hex[:8])
@@ -186,13 +187,13 @@ def test_alice_uses_her_prefix_only_with_batch_yaml_credentials(auth_etcd, tmp_p
 
 def test_environment_login_wins_over_batch_yaml(auth_etcd, tmp_path):
     sysconf = _user_config(auth_etcd, tmp_path, "alice", auth_etcd.alice_password_file)
-    config = _config(sysconf, tmp_path)
+    etcd = _etcd(sysconf, tmp_path)
     env = {
         "PCOCC_ETCD_ENDPOINTS": auth_etcd.endpoint,
         "PCOCC_ETCD_USER": "bob",
         "PCOCC_ETCD_PASSWORD": auth_etcd.bob_password_file.read_text().strip(),
     }
-    kv = connect.EtcdKv.from_env(env, config)
+    kv = connect.EtcdKv.from_env(env, etcd)
     try:
         assert kv.client.user == "bob"
         kv.put(keys.cluster_definition("bob", "env-login"), "{}")
@@ -248,7 +249,7 @@ def test_wrong_password_is_a_clear_login_error(auth_etcd, tmp_path):
     wrong.chmod(0o600)
     sysconf = _user_config(auth_etcd, tmp_path, "alice", wrong)
     with pytest.raises(PermissionDenied, match="log in as alice") as info:
-        connect.open_kv(auth_etcd.endpoint, _config(sysconf, tmp_path))
+        connect.open_kv(auth_etcd.endpoint, _etcd(sysconf, tmp_path))
     assert str(wrong) in info.value.hint and "not-alices-password" not in str(info.value)
 
 
@@ -375,8 +376,8 @@ def test_configured_login_is_not_used_while_etcd_has_no_auth(etcd_server, tmp_pa
     auth = AuthEtcd(etcd_server.endpoint, tmp_path, tmp_path, password_file, password_file,
                     password_file, {})  # fmt: skip
     sysconf = _user_config(auth, tmp_path, "alice", password_file)
-    config = _config(sysconf, tmp_path)
-    kv = connect.open_kv(connect.configured_endpoints(config, {}), config)
+    etcd = _etcd(sysconf, tmp_path)
+    kv = connect.open_kv(connect.configured_endpoints(etcd, {}), etcd)
     try:
         assert not kv.client.is_logged_in
         key = keys.cluster_definition("alice", uuid.uuid4().hex[:8])

@@ -150,16 +150,16 @@ def test_grpc_and_gateway_go_through_tls_with_the_configured_files(tls_etcd, tmp
     server, pki = tls_etcd
     assert server.endpoint.startswith("https://127.0.0.1:")
     sysconf = _sysconf(tmp_path, server, pki)
-    config = load_config(sysconf, tmp_path / "home" / ".pcocc")
-    endpoints = connect.configured_endpoints(config, {})
+    etcd = load_config(sysconf, tmp_path / "home" / ".pcocc").batch.etcd
+    endpoints = connect.configured_endpoints(etcd, {})
     assert endpoints == server.endpoint
     user = getpass.getuser()
     definition = build_definition("tpl:1", {"tpl": {"kernel": "/k"}}, owner=user)
     record = ClusterRecord("77", definition, ClusterState.RUNNING, "n1", 123, batch="local")
-    kv = connect.open_kv(endpoints, config)  # gRPC over TLS, logged in
+    kv = connect.open_kv(endpoints, etcd)  # gRPC over TLS, logged in
     try:
         kv.put(keys.cluster_definition(user, "77"), record.to_json())
-        with connect.open_reader(endpoints, config) as reader:  # the gateway over https
+        with connect.open_reader(endpoints, etcd) as reader:  # the gateway over https
             assert [c.batchid for c in clusters_of(reader, user)] == ["77"]
         # the CLI finds it the same way
         res = _pcocc(_env(sysconf, tmp_path), "ps", "--json")

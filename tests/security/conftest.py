@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.nonroot import (
     SYSTEM_PYTHON,
@@ -158,3 +159,43 @@ def victim(two_users) -> LocalUser:
 @pytest.fixture
 def attacker(two_users) -> LocalUser:
     return two_users.attacker
+
+
+@pytest.fixture
+def victim_cluster_conf(two_users, testvm_artifacts):
+    """The system configuration of a test VM template whose user network forwards 7777
+    (private, the default) and 7778 (public); the kernel and initrd in the shared dir."""
+    shared = two_users.shared
+    boot = shared / "testvm"
+    boot.mkdir(exist_ok=True)
+    for src in (testvm_artifacts.kernel, testvm_artifacts.initrd):
+        dest = boot / src.name
+        dest.write_bytes(src.read_bytes())
+        dest.chmod(0o644)
+    bindir = shared / "bin"
+    bindir.mkdir(exist_ok=True)
+    wrapper = bindir / "pcocc"
+    wrapper.write_text('#!/bin/sh\nexec /usr/bin/python3 -m pcocc.cli.main "$@"\n')
+    wrapper.chmod(0o755)
+    sysconf = two_users.sysconf
+    files = {
+        "templates.yaml": {"templates": {"testvm": {
+            "kernel": str(boot / testvm_artifacts.kernel.name),
+            "initrd": str(boot / testvm_artifacts.initrd.name),
+            "append": testvm_artifacts.append + " testvm.net=dhcp",
+            "accel": "tcg",
+            "resource-set": "tiny",
+        }}},
+        "resources.yaml": {"resource-sets": {"tiny": {"cores": 1, "memory": "256M",
+                                                      "networks": ["nat"]}}},
+        "networks.yaml": {"networks": {"nat": {"type": "user", "ssh-forward": True,
+                                               "forwards": [7777],
+                                               "public-forwards": [7778]}}},
+        "batch.yaml": {"type": "local", "etcd": {"mode": "private"}},
+    }
+    for name, content in files.items():
+        (sysconf / name).write_text(yaml.safe_dump(content))
+        (sysconf / name).chmod(0o644)
+    yield bindir
+    for name in files:
+        (sysconf / name).unlink(missing_ok=True)

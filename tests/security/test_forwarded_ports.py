@@ -15,17 +15,16 @@ import json
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.security.clusterlib import victim_cluster
 
 pytestmark = pytest.mark.slow
 
 SECRET = "s3cret-of-7777"
 PUBLIC = "public-of-7778"
-BOOT_TIMEOUT_S = 240
 
 #: The victim's -E script: serve the two guest ports, check pcocc nc, wait for the attack.
 VICTIM_SCRIPT = f"""
@@ -125,63 +124,11 @@ def _listeners(kind: str, uid: int) -> list[tuple[str, str]]:
     return found
 
 
-@pytest.fixture
-def victim_cluster_conf(two_users, testvm_artifacts):
-    """The system configuration of a test VM template whose user network forwards 7777
-    (private, the default) and 7778 (public); the kernel and initrd in the shared dir."""
-    shared = two_users.shared
-    boot = shared / "testvm"
-    boot.mkdir(exist_ok=True)
-    for src in (testvm_artifacts.kernel, testvm_artifacts.initrd):
-        dest = boot / src.name
-        dest.write_bytes(src.read_bytes())
-        dest.chmod(0o644)
-    bindir = shared / "bin"
-    bindir.mkdir(exist_ok=True)
-    wrapper = bindir / "pcocc"
-    wrapper.write_text('#!/bin/sh\nexec /usr/bin/python3 -m pcocc.cli.main "$@"\n')
-    wrapper.chmod(0o755)
-    sysconf = two_users.sysconf
-    files = {
-        "templates.yaml": {"templates": {"testvm": {
-            "kernel": str(boot / testvm_artifacts.kernel.name),
-            "initrd": str(boot / testvm_artifacts.initrd.name),
-            "append": testvm_artifacts.append + " testvm.net=dhcp",
-            "accel": "tcg",
-            "resource-set": "tiny",
-        }}},
-        "resources.yaml": {"resource-sets": {"tiny": {"cores": 1, "memory": "256M",
-                                                      "networks": ["nat"]}}},
-        "networks.yaml": {"networks": {"nat": {"type": "user", "ssh-forward": True,
-                                               "forwards": [7777],
-                                               "public-forwards": [7778]}}},
-        "batch.yaml": {"type": "local", "etcd": {"mode": "private"}},
-    }
-    for name, content in files.items():
-        (sysconf / name).write_text(yaml.safe_dump(content))
-        (sysconf / name).chmod(0o644)
-    yield bindir
-    for name in files:
-        (sysconf / name).unlink(missing_ok=True)
-
-
 def test_forwarded_ports_and_vm_sockets_are_closed_to_another_user(
     victim, attacker, victim_cluster_conf
 ):
-    env = {"PATH": f"{victim_cluster_conf}:{victim.base_env['PATH']}",
-           "PCOCC_BOOT_TIMEOUT": str(BOOT_TIMEOUT_S), "PCOCC_ACCEL": "tcg"}
-    for name in ("attack-now", "attack-done", "nc-before.out", "nc-after.out"):
-        (victim.home / name).unlink(missing_ok=True)
-    alloc = victim.popen(["/usr/bin/python3", "-m", "pcocc.cli.main", "alloc", "-E",
-                          VICTIM_SCRIPT, "testvm:1"], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + BOOT_TIMEOUT_S + 120
-        while not (victim.home / "attack-now").exists():
-            if alloc.poll() is not None:
-                pytest.fail(f"the victim's cluster ended early: {alloc.stderr.read()}")
-            assert time.monotonic() < deadline, "the victim's cluster did not come up"
-            time.sleep(0.5)
+    with victim_cluster(victim, victim_cluster_conf, "-E", VICTIM_SCRIPT, "testvm:1",
+                        files=("nc-before.out", "nc-after.out")) as run:
         before = (victim.home / "nc-before.out").read_text()
         assert SECRET in before, (victim.home / "nc-before.err").read_text()
 
@@ -221,13 +168,6 @@ def test_forwarded_ports_and_vm_sockets_are_closed_to_another_user(
         reached = {n: what for n, what in tried.items() if not what.startswith("error:")}
         assert not reached, reached
         assert all("Permission denied" in tried[path] for path in paths), tried
-    finally:
-        (victim.home / "attack-done").touch()
-        try:
-            _out, err = alloc.communicate(timeout=180)
-        except subprocess.TimeoutExpired:
-            os.killpg(alloc.pid, 15)
-            _out, err = alloc.communicate(timeout=30)
-    assert alloc.returncode == 0, err
+    assert run.returncode == 0, run.stderr
     # the owner still reaches the private forward
-    assert SECRET in (victim.home / "nc-after.out").read_text(), err
+    assert SECRET in (victim.home / "nc-after.out").read_text(), run.stderr

@@ -10,6 +10,7 @@ from pcocc.cluster.definition import (
     parse_mount,
     parse_spec,
 )
+from pcocc.cluster.stored import Mount
 from pcocc.errors import ConfigError, Corrupt, NotFound, UsageError
 
 TEMPLATES = {
@@ -164,3 +165,44 @@ def test_vm_lookup_out_of_range():
     assert d.vm(1).name == "vm1"
     with pytest.raises(NotFound, match="vm0 to vm1"):
         d.vm(2)
+
+
+def test_mounts_of_pcocc_07_by_tag(tmp_path):
+    m = parse_mount(f"data={tmp_path}")
+    assert m == Mount(str(tmp_path), None, tag="data")
+    m = parse_mount(f"data={tmp_path},type=virtio-9p,readonly")
+    assert m == Mount(str(tmp_path), None, tag="data", readonly=True, type="virtio-9p")
+    m = parse_mount(f"d.2={tmp_path}/.,readonly,type=virtio-fs")
+    assert m == Mount(str(tmp_path), None, tag="d.2", readonly=True)
+    comma = tmp_path / "a,b"
+    comma.mkdir()
+    assert parse_mount(f"t={comma}").source == str(comma)
+    for bad, why in [
+        (f"data={tmp_path},type=nfs", "unknown option 'type=nfs'"),
+        (f"data={tmp_path},ro", "unknown option 'ro'"),
+        (f"data={tmp_path}/nope,readonly", "does not exist"),
+        (f"{'x' * 37}={tmp_path}", "expected SRC:DST or TAG=PATH"),
+    ]:
+        with pytest.raises(UsageError, match=why) as err:
+            parse_mount(bad)
+        assert f"--mount '{bad}'" in err.value.message
+
+
+def test_two_mounts_with_one_tag_are_refused(tmp_path):
+    with pytest.raises(UsageError, match="tag 'data' is already the tag of --mount 'data="):
+        build_definition("compute:1", TEMPLATES,
+                         mounts=[f"data={tmp_path}", f"data={tmp_path},readonly"])
+
+
+def test_tagged_mounts_survive_the_stored_definition(tmp_path):
+    d = build_definition("compute:1", TEMPLATES,
+                         mounts=[f"{tmp_path}:/m", f"t={tmp_path},type=virtio-9p,readonly"])
+    assert ClusterDefinition.from_json(d.to_json()) == d
+    data = json.loads(d.to_json())
+    data["mounts"][1]["type"] = "nfs"
+    with pytest.raises(Corrupt, match=r"mounts\[1\].type"):
+        ClusterDefinition.from_json(json.dumps(data))
+    data["mounts"][1]["type"] = "virtio-9p"
+    data["mounts"][1]["tag"] = "a b"
+    with pytest.raises(Corrupt, match=r"mounts\[1\].tag"):
+        ClusterDefinition.from_json(json.dumps(data))

@@ -6,7 +6,7 @@ from pcocc.cli.main import run_cli
 from pcocc.cluster.batchadapter import batch_manager
 from pcocc.cluster.vmbuild import hosts_file, vm_shares
 from pcocc.cluster.definition import build_definition
-from pcocc.config import BatchConfig
+from pcocc.config import BatchConfig, EtcdConfig
 from pcocc.cluster.jobs import DEFINITION_VAR, boot_timeout_s, decode_definition, encode_definition
 from pcocc.errors import UsageError
 from pcocc.kv.connect import configured_endpoints, kv_endpoint_sets
@@ -86,24 +86,51 @@ def test_batch_yaml_reaches_the_manager_through_its_section():
 
 
 def test_etcd_endpoints_env_then_config(tmp_path):
-    class Cfg:
-        batch = BatchConfig.from_data({"etcd": {"endpoints": ["10.0.0.1:2379", "10.0.0.2:2379"]}})
-
-    assert configured_endpoints(Cfg(), {"PCOCC_ETCD_ENDPOINTS": "http://x:1"}) == "http://x:1"
-    assert configured_endpoints(Cfg(), {}) == "http://10.0.0.1:2379,http://10.0.0.2:2379"
-    Cfg.batch = BatchConfig()
-    assert configured_endpoints(Cfg(), {}) is None
+    etcd = EtcdConfig.from_data({"endpoints": ["10.0.0.1:2379", "10.0.0.2:2379"]})
+    assert configured_endpoints(etcd, {"PCOCC_ETCD_ENDPOINTS": "http://x:1"}) == "http://x:1"
+    assert configured_endpoints(etcd, {}) == "http://10.0.0.1:2379,http://10.0.0.2:2379"
+    assert configured_endpoints(lambda: etcd, {}) == "http://10.0.0.1:2379,http://10.0.0.2:2379"
+    etcd = EtcdConfig()
+    assert configured_endpoints(etcd, {}) is None
     # user commands then look for the private etcd of each local cluster
     (tmp_path / "5").mkdir()
     (tmp_path / "5" / "etcd-endpoints").write_text("http://127.0.0.1:999\n")
-    assert kv_endpoint_sets({}, tmp_path, Cfg()) == [("http://127.0.0.1:999", None)]
+    assert kv_endpoint_sets({}, tmp_path, etcd) == [("http://127.0.0.1:999", None)]
     # with the job's login next to it (private to the user)
     login = tmp_path / "5" / "etcd-login"
     login.write_text("pcocc-job:s3cret\n")
     login.chmod(0o600)
-    [(endpoints, found)] = kv_endpoint_sets({}, tmp_path, Cfg())
+    [(endpoints, found)] = kv_endpoint_sets({}, tmp_path, etcd)
     assert (found.user, found.password, found.private) == ("pcocc-job", "s3cret", True)
     # a login file others may read is refused, and that cluster skipped
     login.chmod(0o644)
-    assert kv_endpoint_sets({}, tmp_path, Cfg()) == []
+    assert kv_endpoint_sets({}, tmp_path, etcd) == []
 
+
+
+def test_the_switch_logs_in_with_batch_yaml_etcd_settings(tmp_path, monkeypatch):
+    """The switch of a private network talks to the same etcd as the node processes: with an
+    external TLS etcd it needs batch.yaml's CA and login, not the built-in defaults."""
+    from pcocc.cluster import jobs
+    from pcocc.config import Config
+    from pcocc.kv import connect
+
+    etcd = EtcdConfig.from_data({"endpoints": ["https://10.0.0.1:2379"], "ca-cert": "ca.pem"})
+    config = Config(system_dir=tmp_path, user_dir=tmp_path,
+                    batch=BatchConfig.from_data({"type": "local", "etcd": {
+                        "endpoints": ["https://10.0.0.1:2379"], "ca-cert": "ca.pem"}}))
+    assert config.batch.etcd == etcd
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_open_kv(endpoints, etcd=EtcdConfig(), *, label=None):
+        seen.append(etcd)
+        raise Stop
+
+    monkeypatch.setattr(connect, "open_kv", fake_open_kv)
+    monkeypatch.setattr("pcocc.net.private.node_address", lambda env: "127.0.0.1")
+    with pytest.raises(Stop):
+        jobs.run_vswitch(config, "1", "net0")
+    assert seen == [etcd]

@@ -3,7 +3,8 @@ import base64
 import pytest
 
 from pcocc.cluster.definition import build_definition
-from pcocc.cluster.lookup import clusters_of, format_age, ps_table, select_cluster
+from pcocc.cli.cluster import ps_table
+from pcocc.cluster.lookup import clusters_of, format_age, select_cluster
 from pcocc.cluster.record import ClusterRecord
 from pcocc.cluster.sshkeys import ssh_config_text
 from pcocc.cluster.state import ClusterState
@@ -54,8 +55,8 @@ def test_clusters_of_reads_only_the_users_prefix():
     data = views[1].to_json()
     assert (data["id"], data["state"], data["vms"], data["running"]) == ("12", "running", 3, 1)
     table = ps_table(views).splitlines()
-    assert table[0].split() == ["ID", "STATE", "VMS", "NODES", "AGE"]
-    assert table[2].split()[:4] == ["12", "running", "1/3", "n1"]
+    assert table[0].split() == ["ID", "NAME", "STATE", "VMS", "NODES", "AGE"]
+    assert table[2].split()[:5] == ["12", "-", "running", "1/3", "n1"]
 
 
 def test_vm_lookup_errors():

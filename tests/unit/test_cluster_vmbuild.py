@@ -89,3 +89,40 @@ def test_vm_with_persistent_drives(tmp_path, monkeypatch):
         Drive(scratch, format="raw", cache="none", id="pdrive1"),
     )
     assert probed == [str(tmp_path / "data.qcow2")]
+
+
+def test_vm_with_shares_by_tag_of_each_type(tmp_path):
+    tpl = {"kernel": "/k", "instance-id": "site-%{vm_rank}",
+           "mount-points": {"home": {"path": str(tmp_path), "type": "virtio-9p",
+                                     "readonly": True}}}
+    d = build_definition("t:2", {"t": tpl},
+                         mounts=[f"{tmp_path}:/data", f"ro={tmp_path},readonly,type=virtio-fs"])
+    build = _build(d, 1)
+    assert build.shares == (
+        Share(tag="pcocc0", source=str(tmp_path)),
+        Share(tag="ro", source=str(tmp_path), readonly=True),
+        Share(tag="home", source=str(tmp_path), readonly=True, type="virtio-9p"),
+    )
+    # only SRC:DST mounts have a target the seed tells the guest; the others go by tag
+    assert build.seed.mounts == (("pcocc0", "/data"),)
+    assert build.seed.instance_id == "site-1"
+
+
+def test_a_tag_shared_twice_is_refused(tmp_path):
+    import pytest
+
+    from pcocc.errors import ConfigError
+
+    tpl = {"kernel": "/k", "mount-points": {"home": {"path": str(tmp_path)}}}
+    d = build_definition("t:1", {"t": tpl}, mounts=[f"home={tmp_path}"])
+    with pytest.raises(ConfigError, match="mount tag 'home'"):
+        _build(d)
+
+
+def test_vm_with_pinning_has_fewer_vcpus_than_cores():
+    from pcocc.vm.pinning import Pinning
+
+    tpl = {"kernel": "/k", "emulator-cores": 1, "bind-vcpus": True, "resources": {"cores": 3}}
+    build = _build(build_definition("t:1", {"t": tpl}))
+    assert (build.spec.smp, build.pinning) == (2, Pinning(True, 1))
+    assert _build(build_definition("t:1", {"t": {"kernel": "/k"}})).pinning is None

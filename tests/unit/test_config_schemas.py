@@ -296,9 +296,11 @@ def test_schema_is_draft_2020_12_and_closed(name):
 
 
 def test_entry_at_top_level_gets_a_hint(pcocc_env):
+    # names at the top level alone are pcocc 0.7's form (tests/unit/test_config_legacy.py);
+    # next to 'templates:' they are a mistake
     f = pcocc_env["system"] / "templates.yaml"
-    f.write_text("compute:\n  image: x\n")
+    f.write_text("templates:\n  a: {image: x}\ncompute:\n  image: x\n")
     with pytest.raises(ConfigError) as exc:
         load_config(pcocc_env["system"], pcocc_env["user"])
-    assert str(exc.value) == f"{f}:1:1: compute: unknown key 'compute'"
+    assert str(exc.value) == f"{f}:3:1: compute: unknown key 'compute'"
     assert exc.value.hint == "if 'compute' is a template, put it under 'templates:'"

@@ -72,22 +72,6 @@ def test_private_etcd_data_dir(pcocc_env):
     assert (etcd.mode, etcd.data_dir, etcd.endpoints) == ("private", "/d/%{clusterdir}", ())
 
 
-def test_the_etcd_mapping_kept_for_pcocc_kv_is_what_batch_yaml_said(pcocc_env):
-    """BatchConfig.get('etcd') is what pcocc.cluster.adapters and pcocc.kv read today."""
-    _write(
-        pcocc_env["system"],
-        "batch.yaml",
-        "etcd: {endpoints: ['h:1'], ca-cert: /ca.pem, user: u, password-file: pw}\n",
-    )
-    batch = _load(pcocc_env).batch
-    assert batch.get("etcd") == {
-        "mode": "external", "endpoints": ["h:1"], "ca-cert": "/ca.pem", "user": "u",
-        "password-file": "pw",
-    }  # fmt: skip
-    assert batch.get("slurm") is None and batch.get("type", "x") == "x"
-    assert BatchConfig().get("etcd") == {"mode": "private", "data-dir": "%{clusterdir}/etcd"}
-
-
 def test_relative_etcd_paths_start_at_the_file_that_set_the_password_file(pcocc_env):
     _write(pcocc_env["system"], "batch.yaml", "etcd: {endpoints: ['h:1'], ca-cert: ca.pem}\n"
            "allow-user-override: [etcd]\n")  # fmt: skip

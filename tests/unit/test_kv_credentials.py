@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from pcocc.config import EtcdConfig
 from pcocc.errors import ConfigError
 from pcocc.kv.credentials import (
     etcd_login,
@@ -23,20 +24,20 @@ def _secret(path, text="s3cret\n", mode=0o600):
 
 def test_batch_yaml_user_and_password_file(tmp_path):
     pw = _secret(tmp_path / "pw")
-    login = etcd_login({"user": "alice", "password-file": str(pw)}, {})
+    login = etcd_login(EtcdConfig.from_data({"user": "alice", "password-file": str(pw)}), {})
     assert (login.user, login.password) == ("alice", "s3cret")
     assert str(pw) in login.hint and "s3cret" not in login.hint
     assert "s3cret" not in repr(login)
 
 
 def test_no_user_means_anonymous(tmp_path):
-    assert etcd_login({"endpoints": ["h:1"]}, {}) is None
-    assert etcd_login(None, {}) is None
+    assert etcd_login(EtcdConfig.from_data({"endpoints": ["h:1"]}), {}) is None
+    assert etcd_login(EtcdConfig(), {}) is None
 
 
 def test_environment_wins_over_batch_yaml(tmp_path):
     pw = _secret(tmp_path / "pw")
-    conf = {"user": "alice", "password-file": str(pw)}
+    conf = EtcdConfig.from_data({"user": "alice", "password-file": str(pw)})
     login = etcd_login(conf, {"PCOCC_ETCD_USER": "bob", "PCOCC_ETCD_PASSWORD": "envpw"})
     assert (login.user, login.password) == ("bob", "envpw")
     # a password from the environment, for the configured user: the file is not read
@@ -47,10 +48,12 @@ def test_environment_wins_over_batch_yaml(tmp_path):
 def test_relative_and_home_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     _secret(tmp_path / "home-pw", "fromhome")
-    assert etcd_login({"user": "a", "password-file": "~/home-pw"}, {}).password == "fromhome"
+    home_file = EtcdConfig.from_data({"user": "a", "password-file": "~/home-pw"})
+    assert etcd_login(home_file, {}).password == "fromhome"
     (tmp_path / "conf").mkdir()
     _secret(tmp_path / "conf" / "pw", "relative")
-    login = etcd_login({"user": "a", "password-file": "pw"}, {}, base_dir=tmp_path / "conf")
+    relative = EtcdConfig.from_data({"user": "a", "password-file": "pw"}, tmp_path / "conf")
+    login = etcd_login(relative, {})
     assert login.password == "relative"
 
 
@@ -58,7 +61,7 @@ def test_relative_and_home_paths(tmp_path, monkeypatch):
 def test_password_file_open_to_others_is_refused(tmp_path, mode):
     pw = _secret(tmp_path / "pw", mode=mode)
     with pytest.raises(ConfigError) as info:
-        etcd_login({"user": "alice", "password-file": str(pw)}, {})
+        etcd_login(EtcdConfig.from_data({"user": "alice", "password-file": str(pw)}), {})
     message = str(info.value)
     assert str(pw) in message and f"chmod 600 {pw}" in message and "\n" not in message
     assert "s3cret" not in message
@@ -104,7 +107,6 @@ def test_symlinked_password_file_is_checked_at_its_target(tmp_path):
 
 def test_batch_yaml_placeholders_and_relative_password_file(tmp_path, monkeypatch):
     """What every pcocc process reads: user and password-file of the loaded batch.yaml."""
-    from pcocc.kv.connect import etcd_login_settings
     from pcocc.config import load_config
     from pcocc.config.placeholders import user_name
 
@@ -115,6 +117,6 @@ def test_batch_yaml_placeholders_and_relative_password_file(tmp_path, monkeypatc
     )
     _secret(sysconf / f"pw-{user_name()}", "fromconfig")
     config = load_config(sysconf, tmp_path / "user")
-    login = etcd_login(env={}, **etcd_login_settings(config))
+    login = etcd_login(config.batch.etcd, {})
     assert (login.user, login.password) == (user_name(), "fromconfig")
     assert str(sysconf / f"pw-{user_name()}") in login.hint

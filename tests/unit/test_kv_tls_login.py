@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from pcocc.config import EtcdConfig
 from pcocc.errors import ConfigError
 from pcocc.kv.credentials import (
     JOB_LOGIN_VAR,
@@ -34,9 +35,10 @@ def test_malformed_job_logins_are_refused_naming_the_place(text):
 
 def test_the_job_login_in_the_environment_wins():
     env = {JOB_LOGIN_VAR: "pcocc-job:pw", "PCOCC_ETCD_USER": "alice", "PCOCC_ETCD_PASSWORD": "a"}
-    login = etcd_login({"user": "bob"}, env)
+    login = etcd_login(EtcdConfig.from_data({"user": "bob"}), env)
     assert (login.user, login.private) == ("pcocc-job", True)
-    assert etcd_login(None, {"PCOCC_ETCD_USER": "alice", "PCOCC_ETCD_PASSWORD": "a"}).private is False
+    env = {"PCOCC_ETCD_USER": "alice", "PCOCC_ETCD_PASSWORD": "a"}
+    assert etcd_login(EtcdConfig(), env).private is False
 
 
 def test_job_login_file_must_be_private(tmp_path):
@@ -74,14 +76,15 @@ def test_a_password_never_goes_in_clear_to_a_remote_etcd():
 
 
 def test_tls_settings_from_batch_yaml(tmp_path):
-    assert tls_from_config({"endpoints": ["a:1"]}) is None
-    tls = tls_from_config({"ca-cert": "ca.pem", "cert": "~/c.pem", "key": "/k.pem"}, tmp_path)
+    assert tls_from_config(EtcdConfig.from_data({"endpoints": ["a:1"]})) is None
+    files = {"ca-cert": "ca.pem", "cert": "~/c.pem", "key": "/k.pem"}
+    tls = tls_from_config(EtcdConfig.from_data(files, tmp_path))
     assert tls.ca == tmp_path / "ca.pem" and tls.key.as_posix() == "/k.pem"
     assert tls.cert.is_absolute() and tls.cert.name == "c.pem"
     with pytest.raises(ConfigError, match="'cert' and 'key' go together"):
-        tls_from_config({"ca-cert": "ca.pem", "cert": "c.pem"})
+        tls_from_config(EtcdConfig.from_data({"ca-cert": "ca.pem", "cert": "c.pem"}))
     with pytest.raises(ConfigError, match="'cert' needs 'ca-cert'"):
-        tls_from_config({"cert": "c.pem", "key": "k.pem"})
+        tls_from_config(EtcdConfig.from_data({"cert": "c.pem", "key": "k.pem"}))
 
 
 def test_missing_or_unreadable_tls_files_are_named(tmp_path):

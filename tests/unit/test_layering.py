@@ -1,5 +1,6 @@
-"""Layering: no module of the library imports the command-line interface, and no pcocc
-module or package takes part in an import cycle.
+"""Layering: no module of the library imports the command-line interface, no pcocc
+module or package takes part in an import cycle, and nobody outside pcocc/config reads
+batch.yaml's etcd section as a mapping.
 
 The CLI (``pcocc/cli/``) parses, calls the library and prints; the library takes plain
 values (a ``Config``, a notify or progress callback) and never needs the CLI. Dependencies
@@ -237,3 +238,47 @@ def test_no_import_cycle_between_pcocc_packages():
     cycles = find_cycles(edges)
     assert not cycles, "import cycles between pcocc packages:" + "".join(
         _describe(c, edges) for c in cycles)
+
+
+# --- typed configuration --------------------------------------------------------------------
+
+#: keys of batch.yaml's etcd section that only a reader of the raw mapping would look up
+_ETCD_MAPPING_KEYS = {"etcd", "ca-cert", "password-file", "data-dir"}
+
+
+def etcd_mapping_reads(source: str) -> list[int]:
+    """Lines of ``source`` that read the etcd settings as a mapping: ``x.get("etcd")``,
+    ``x["password-file"]`` and the like."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        key = None
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "get" and node.args):
+            key = node.args[0]
+        elif isinstance(node, ast.Subscript):
+            key = node.slice
+        if isinstance(key, ast.Constant) and key.value in _ETCD_MAPPING_KEYS:
+            lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_the_etcd_read_finder_finds_each_form():
+    code = 'a = c.batch.get("etcd") or {}\nb = a["password-file"]\nd = a.get("ca-cert", 1)\n'
+    assert etcd_mapping_reads(code) == [1, 2, 3]
+    assert etcd_mapping_reads('x = kv["key"]; y = etcd.password_file\n') == []
+
+
+def test_the_etcd_settings_are_read_typed_only():
+    """pcocc/config builds EtcdConfig from batch.yaml once; everyone else reads its fields
+    (no dict view of it to fall back on, no module looking its keys up again)."""
+    from pcocc.config import BatchConfig, EtcdConfig
+
+    assert not hasattr(BatchConfig(), "get") and not hasattr(BatchConfig(), "__getitem__")
+    assert not hasattr(EtcdConfig(), "as_dict") and not hasattr(EtcdConfig(), "get")
+    config = PACKAGE / "config"
+    found = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}"
+        for path in sorted(PACKAGE.rglob("*.py")) if config not in path.parents
+        for line in etcd_mapping_reads(path.read_text())
+    ]
+    assert not found, f"etcd settings read as a mapping (use config.batch.etcd): {found}"

@@ -117,3 +117,27 @@ def test_machine_refuses_a_missing_share_before_starting_anything(tmp_path):
     with pytest.raises(PcoccError, match=r"VM vm0: cannot share .*missing \(tag home\)"):
         machine.launch()
     assert machine.process is None and not (tmp_path / "run").exists()
+
+
+def test_9p_shares_are_served_by_qemu_without_shared_memory():
+    shares = (virtiofs.Share("data", "/srv/data", type="virtio-9p"),
+              virtiofs.Share("ro", str(AWKWARD), readonly=True, type="virtio-9p"))
+    argv = build_argv(VmSpec(name="vm0", ninep_shares=shares))
+    assert "-object" not in argv and "-numa" not in argv
+    fsdevs = [parse_qemu_opts(f) for f in values_of(argv, "-fsdev")]
+    assert [(f["_0"], f["path"], f["security_model"], f.get("readonly")) for f in fsdevs] == [
+        ("local", "/srv/data", "none", None), ("local", str(AWKWARD), "none", "on")]
+    devices = [parse_qemu_opts(d) for d in values_of(argv, "-device")]
+    ninep = [(d["fsdev"], d["mount_tag"]) for d in devices if d["_0"] == "virtio-9p-pci"]
+    assert ninep == [(fsdevs[0]["id"], "data"), (fsdevs[1]["id"], "ro")]
+
+
+def test_machine_gives_9p_shares_to_qemu_and_starts_no_virtiofsd(tmp_path):
+    machine = Machine(VmSpec(name="vm0", network=False), tmp_path / "run",
+                      shares=[virtiofs.Share("a", str(tmp_path), type="virtio-9p"),
+                              virtiofs.Share("b", str(tmp_path))])
+    assert [s.tag for s in machine.shares] == ["b"]
+    assert [s.tag for s in machine.ninep_shares] == ["a"]
+    with pytest.raises(PcoccError, match="invalid virtio-fs tag"):
+        Machine(VmSpec(name="vm0", network=False), tmp_path / "run",
+                shares=[virtiofs.Share("a b", str(tmp_path), type="virtio-9p")])
