@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
-from pcocc.cli.access import _job_option
 from pcocc.cli.context import Session, pass_session
+from pcocc.cli.selection import cluster_selection
+from pcocc.cluster.lookup import ClusterSelection
 
 
 @click.command()
-@_job_option
+@cluster_selection
 @click.option("-d", "--dest", metavar="[REPO:]NAME",
               help="Save into this new image instead of a new revision of the VM's image.")
 @click.option("--full", is_flag=True,
@@ -18,7 +19,7 @@ from pcocc.cli.context import Session, pass_session
               help="Do not freeze the guest's file systems (for a guest without an agent).")
 @click.argument("vm", metavar="[vmN]", default="vm0")
 @pass_session
-def save(session: Session, job_id: str | None, dest: str | None, full: bool,
+def save(session: Session, selection: ClusterSelection, dest: str | None, full: bool,
          skip_freeze: bool, vm: str) -> None:
     """Save the disk of a running VM (default vm0) as a new image revision.
 
@@ -30,7 +31,7 @@ def save(session: Session, job_id: str | None, dest: str | None, full: bool,
     from pcocc.cluster.save import save_vm
     from pcocc.repo.store import RepoSet
 
-    view = find_cluster(job_id, etcd=lambda: session.config.batch.etcd)
+    view = find_cluster(selection, etcd=lambda: session.config.batch.etcd)
     with progress_bar("saving", enabled=session.show_progress) as report:
         meta = save_vm(view, vm, RepoSet(session.config.repos), dest=dest, full=full,
                        skip_freeze=skip_freeze, progress=report, notify=session.notify)
