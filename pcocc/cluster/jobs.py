@@ -167,6 +167,31 @@ def decode_definition(text: str) -> ClusterDefinition:
     return definition
 
 
+#: ends the here-document that carries a ``batch -b`` script (never a line of base64)
+SCRIPT_END = "PCOCC_SCRIPT"
+
+
+def read_guest_script(path: str) -> bytes:
+    """The script of ``pcocc batch -b PATH``, read when the job is submitted.
+
+    :raise UsageError: naming the file
+    """
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise UsageError(f"-b '{path}': cannot read it: {err.strerror}") from err
+
+
+def guest_script_command(script: bytes) -> str:
+    """The job's command for ``pcocc batch -b``: run ``script`` in vm0 through its guest
+    agent (``pcocc exec -i 0 --script -``) once the cluster runs; its exit status is the
+    job's. The script travels in the job script itself, base64 in a here-document."""
+    argv = [*selfcmd.pcocc_argv(), "exec", "-i", "0", "--script", "-"]
+    body = base64.encodebytes(script).decode()
+    return f"base64 -d <<'{SCRIPT_END}' | {shlex.join(argv)}\n{body}{SCRIPT_END}\n"
+
+
 def launcher_argv(
     command: str | None, *, log_args: Sequence[str] = (), hold: bool = False
 ) -> list[str]:
