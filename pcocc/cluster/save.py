@@ -22,7 +22,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 
-from pcocc.cluster.access import _local_path, _qmp
+from pcocc.cluster import access
 from pcocc.cluster.lookup import ClusterView
 from pcocc.errors import NotFound, PcoccError, UsageError
 from pcocc.repo import ops, qemu_img
@@ -31,7 +31,6 @@ from pcocc.repo.meta import ImageMeta
 from pcocc.repo.model import Progress, no_progress
 from pcocc.repo.store import RepoSet, Repository
 from pcocc.vm import blockjobs, fsfreeze
-from pcocc.vm.agent import GuestAgent
 
 log = logging.getLogger(__name__)
 
@@ -91,38 +90,31 @@ def save_vm(view: ClusterView, vm: str, repos: RepoSet, *, dest: str | None = No
                          hint=f"give its template an 'image' (template '{entry.template}')")
     src_repo, named = repos.resolve(entry.image)
     dst_repo, dst_name, new_image = ops.save_destination(repos, src_repo, named, dest)
-    agent = None
-    if not skip_freeze:
-        agent = GuestAgent(_local_path(view, rec, rec.extra.get("agent_socket"),
-                                       "guest agent socket"))
-    client, fd = _qmp(view, rec)
-    try:
-        with client:
-            disk = blockjobs.query_disk(client, DISK_DEVICE)
-            booted = _find_booted(src_repo, named, disk.backing_filename, name)
-            if agent is not None and not agent.ping(timeout_s=AGENT_PING_S):
-                raise PcoccError(
-                    f"the guest agent of {name} does not answer: its file systems cannot be "
-                    "frozen for the save",
-                    hint="start qemu-guest-agent in the guest, or pass -s to save without "
-                         "freezing (the saved disk may then need a file system check)")
-            quiesce = (fsfreeze.frozen(agent, name) if agent is not None
-                       else contextlib.nullcontext())
-            with dst_repo.staging("save") as staging:
-                layer = staging / "layer.qcow2"
-                if full:
-                    qemu_img.create_empty(layer, disk.virtual_size)
-                else:
-                    top = booted.vm_layers().layers[-1].digest
-                    qemu_img.create_overlay(layer, dst_repo.layout.blob_relpath_from_blob(top),
-                                            disk.virtual_size)
-                notify(f"saving the {'whole disk' if full else 'disk changes'} of {name} "
-                       f"(booted from {booted.ref})")
-                blockjobs.backup(client, DISK_DEVICE, layer, sync="full" if full else "top",
-                                 quiesce=quiesce, progress=progress)
-                return ops.commit_saved_disk(
-                    src_repo, booted, layer, dst_repo, dst_name, new_image=new_image,
-                    full=full, virtual_size=disk.virtual_size, description=description)
-    finally:
-        if fd is not None:
-            os.close(fd)
+    with contextlib.ExitStack() as stack:
+        agent = None if skip_freeze else stack.enter_context(access.guest_agent(view, rec.rank))
+        client = stack.enter_context(access.qmp_session(view, rec))
+        disk = blockjobs.query_disk(client, DISK_DEVICE)
+        booted = _find_booted(src_repo, named, disk.backing_filename, name)
+        if agent is not None and not agent.ping(timeout_s=AGENT_PING_S):
+            raise PcoccError(
+                f"the guest agent of {name} does not answer: its file systems cannot be "
+                "frozen for the save",
+                hint="start qemu-guest-agent in the guest, or pass -s to save without "
+                     "freezing (the saved disk may then need a file system check)")
+        quiesce = (fsfreeze.frozen(agent, name) if agent is not None
+                   else contextlib.nullcontext())
+        with dst_repo.staging("save") as staging:
+            layer = staging / "layer.qcow2"
+            if full:
+                qemu_img.create_empty(layer, disk.virtual_size)
+            else:
+                top = booted.vm_layers().layers[-1].digest
+                qemu_img.create_overlay(layer, dst_repo.layout.blob_relpath_from_blob(top),
+                                        disk.virtual_size)
+            notify(f"saving the {'whole disk' if full else 'disk changes'} of {name} "
+                   f"(booted from {booted.ref})")
+            blockjobs.backup(client, DISK_DEVICE, layer, sync="full" if full else "top",
+                             quiesce=quiesce, progress=progress)
+            return ops.commit_saved_disk(
+                src_repo, booted, layer, dst_repo, dst_name, new_image=new_image,
+                full=full, virtual_size=disk.virtual_size, description=description)
