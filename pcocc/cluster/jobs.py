@@ -13,7 +13,7 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from pcocc import selfcmd
+from pcocc import selfcmd, timing
 from pcocc.cluster import adapters, batchadapter, rundir, vmsettings
 from pcocc.cluster.definition import ClusterDefinition, build_definition
 from pcocc.cluster.launcher import Launcher, LaunchSettings
@@ -147,6 +147,7 @@ def alloc(
     log_args: Sequence[str] = (),
 ) -> int:
     """Allocate and run the launcher interactively inside; return its exit status."""
+    timing.mark("alloc: configuration loaded, allocating", started="alloc: process started")
     batch = batchadapter.batch_manager(config)
     env = {
         DEFINITION_VAR: encode_definition(definition),
@@ -202,6 +203,7 @@ def run_launcher(
     hold: bool = False,
 ) -> int:
     """``pcocc internal launcher``: the cluster's life inside its allocation."""
+    timing.mark("launcher: imported, configuration loaded", started="launcher: process started")
     text = os.environ.get(DEFINITION_VAR)
     if not text:
         raise UsageError(
@@ -224,6 +226,7 @@ def run_launcher(
         ) as kv_env:
             env.update(kv_env)
             kv = connect.EtcdKv.from_env(env, config.batch.etcd)
+            timing.mark("launcher: etcd answers")
             try:
                 node_argv = [*selfcmd.module_argv(), *log_args]
                 switch_argv = [*node_argv, "internal", "vswitch"]
@@ -256,6 +259,7 @@ def node_address(endpoints: str, env: Mapping[str, str]) -> str:
 
 def run_node(config: Config, rank: int | None, job_id: str | None) -> int:
     """``pcocc internal run``: the node process of one VM."""
+    timing.mark("node: imported, configuration loaded", started="node: process started")
     os.umask(0o077)  # the VM's run files, sockets and logs: for this user only
     rank = rank if rank is not None else batchadapter.task_rank(os.environ)
     if rank is None:
