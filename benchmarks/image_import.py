@@ -110,7 +110,7 @@ def vm_import(work: Path, env: dict[str, str], size_mib: int, repeat: int,
         flush_all()
         t0 = time.perf_counter()
         if kind == "pcocc":
-            subprocess.run([pcocc_bin(), "image", "import", "-t", "raw", str(raw), f"bench{i}"],
+            subprocess.run([pcocc_bin(), "image", "import", "-t", "raw", str(raw), f"bench{size_mib}-{i}"],
                            check=True, env=env, stdout=subprocess.DEVNULL)
         else:
             subprocess.run(convert, check=True)
