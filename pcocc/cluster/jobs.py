@@ -276,6 +276,7 @@ def run_node(config: Config, rank: int | None, job_id: str | None) -> int:
     address = node_address(endpoints, os.environ)
     # the node processes share the launcher's stderr: their etcd outage lines say who speaks
     kv = connect.open_kv(endpoints, config.batch.etcd, label=f"vm{rank}")
+    timing.mark("node: etcd client ready (etcd3 imported, logged in)")
     try:
         node = NodeProcess(
             kv,
