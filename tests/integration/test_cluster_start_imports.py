@@ -5,16 +5,9 @@ they must not load QEMU's QMP client (asyncio), the seed builder (yaml) or the M
 is a Python start on the critical path of ``pcocc alloc`` to the first ssh answer.
 """
 
-import subprocess
-import sys
+from test_config_lazy import _modules_after
 
 LAUNCHER_NEEDS_NOT = ("pcocc.vm.machine", "pcocc.vm.qmp", "pcocc.vm.seed", "asyncio")
-
-
-def _modules_after(code: str) -> set[str]:
-    probe = code + "\nimport sys; print(' '.join(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    return set(out.stdout.split())
 
 
 def test_the_cluster_job_module_leaves_the_vm_machinery_unloaded():
