@@ -133,6 +133,8 @@ def time_ours(
 
 
 START = "benchmark: pcocc alloc started"
+SPAWNED = "machine: QEMU spawned"
+UP = "machine: guest up (ssh banner or agent)"
 
 
 def timing_env() -> str:
@@ -314,6 +316,12 @@ def report(case: str, n: int, base: list[float], ours: list[float],
         print(f"{case}: where pcocc's time goes (median seconds since pcocc started):")
         for phase, at in sorted(phases.items(), key=lambda kv: kv[1]):
             print(f"  {at:7.2f}  {phase}")
+        spawned, up = phases.get(SPAWNED), phases.get(UP)
+        if spawned is not None and up is not None:
+            benchlib.figure(f"{case}: pcocc start until the last QEMU is spawned", spawned, "s")
+            benchlib.figure(f"{case}: QEMU spawn to guest up (pcocc; QEMU alone in all:"
+                            f" {b:.2f} s)", up - spawned, "s")
+            benchlib.figure(f"{case}: guest up to `pcocc ssh` answered", o - up, "s")
 
 
 def run_case(case: str, rounds: int, work: Path, vm: dict, plot_base: bool = True) -> None:
