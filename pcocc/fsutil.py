@@ -58,6 +58,20 @@ def write_atomic(
         fsync_dir(path.parent)
 
 
+def copy_sparse(src: str | os.PathLike, dst: str | os.PathLike, mode: int = 0o600) -> None:
+    """Copy ``src`` to the new file ``dst`` (holes kept where the file system allows),
+    then fsync it. ``dst`` must not exist (a disk image copied over another is lost)."""
+    from pcocc import proc  # here: only checkpoints copy disks
+
+    if os.path.lexists(dst):
+        raise PcoccError(f"cannot copy {src}: {dst} exists")
+    proc.run(["cp", "--sparse=always", "--no-dereference", "--", src, dst],
+             what=f"copy {src} to {dst}")
+    os.chmod(dst, mode)
+    with open(dst, "rb") as f:
+        os.fsync(f.fileno())
+
+
 def remove_tree(path: Path) -> bool:
     """Remove a file, symlink or tree, also one with read-only directories in it (left by
     container runtimes and image unpackers). True when nothing is left."""

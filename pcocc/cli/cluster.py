@@ -46,6 +46,25 @@ def _definition_options(func):
     return func
 
 
+_restart_option = click.option(
+    "-r",
+    "--restart-ckpt",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Restore the VMs from checkpoint DIR ('pcocc ckpt'); the definition and templates"
+    " must be the checkpoint's.",
+)
+
+
+def _restore(session: Session, definition, restart_ckpt):
+    """The checked checkpoint to restore ``definition`` from, or None."""
+    if restart_ckpt is None:
+        return None
+    from pcocc.cluster.jobs import check_restore
+
+    return check_restore(session.config, definition, restart_ckpt)
+
+
 def _definition(session: Session, spec, cores, images, mounts, user_data):
     from pcocc.cluster.jobs import prepare_definition
 
@@ -66,9 +85,11 @@ def _definition(session: Session, spec, cores, images, mounts, user_data):
     metavar="CMD",
     help="Run CMD on the first node once the VMs run, instead of a shell.",
 )
+@_restart_option
 @_definition_options
 @pass_session
-def alloc(session: Session, command, cores, images, mounts, user_data, spec, batch_args):
+def alloc(session: Session, command, restart_ckpt, cores, images, mounts, user_data, spec,
+          batch_args):
     """Run a virtual cluster interactively.
 
     Allocates one task per VM (options after '--' go to the batch system, e.g. -- -p debug),
@@ -79,8 +100,9 @@ def alloc(session: Session, command, cores, images, mounts, user_data, spec, bat
     from pcocc.cluster.jobs import alloc as run_alloc
 
     definition = _definition(session, spec, cores, images, mounts, user_data)
+    restore = _restore(session, definition, restart_ckpt)
     status = run_alloc(session.config, definition, batch_args, command,
-                       log_args=session.log_args)
+                       log_args=session.log_args, restore=restore)
     exit_with(status)
 
 
@@ -93,10 +115,12 @@ def alloc(session: Session, command, cores, images, mounts, user_data, spec, bat
     type=click.Path(dir_okay=False),
     help="Run the script FILE on the first node once the VMs run.",
 )
+@_restart_option
 @_definition_options
 @pass_session
 def batch(
-    session: Session, command, host_script, cores, images, mounts, user_data, spec, batch_args
+    session: Session, command, host_script, restart_ckpt, cores, images, mounts, user_data,
+    spec, batch_args
 ):
     """Run a virtual cluster in a batch job; print the job id.
 
@@ -116,7 +140,9 @@ def batch(
                 f"--host-script '{host_script}': cannot read it: {err.strerror}"
             ) from err
     definition = _definition(session, spec, cores, images, mounts, user_data)
-    click.echo(submit(session.config, definition, batch_args, command, session.log_args))
+    restore = _restore(session, definition, restart_ckpt)
+    click.echo(submit(session.config, definition, batch_args, command, session.log_args,
+                      restore))
 
 
 @click.command()

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "console": ("pcocc.cli.access:console", "Attach to the serial console of a VM"),
     "reset": ("pcocc.cli.access:reset", "Reset a VM"),
     "monitor-cmd": ("pcocc.cli.access:monitor_cmd", "Send a QMP or HMP command to a VM"),
+    "ckpt": ("pcocc.cli.ckpt:ckpt", "Checkpoint the VMs of a cluster (restore: alloc -r)"),
     "run": ("pcocc.cli.containers:run", "Run container images on the nodes of an allocation"),
     "pod": ("pcocc.cli.containers:pod", "List, inspect, enter and collect container pods"),
     "image": ("pcocc.cli.image:image", "List and manage VM and container images"),

@@ -29,12 +29,13 @@ def launcher(session: Session, command: str | None, hold: bool) -> None:
 @internal.command()
 @click.option("--rank", type=int, default=None, help="VM rank [default: the task's rank].")
 @click.option("--job", "job_id", default=None, help="Cluster id [default: $PCOCC_JOB_ID].")
+@click.option("--restore", metavar="DIR", default=None, help="Restore the VM from checkpoint DIR.")
 @pass_session
-def run(session: Session, rank: int | None, job_id: str | None) -> None:
+def run(session: Session, rank: int | None, job_id: str | None, restore: str | None) -> None:
     """Run the VM of one rank until the cluster ends."""
     from pcocc.cluster.jobs import run_node
 
-    exit_with(run_node(session.config, rank, job_id))
+    exit_with(run_node(session.config, rank, job_id, restore))
 
 
 @internal.command()

@@ -81,8 +81,11 @@ def check_shares_possible(definition: ClusterDefinition) -> None:
 class MachineVm:
     """:class:`~pcocc.cluster.ports.VmHandle` over :class:`pcocc.vm.machine.Machine`."""
 
-    def __init__(self, machine: Any, nics: Any = None, notes: Sequence[str] = ()):
+    def __init__(self, machine: Any, nics: Any = None, notes: Sequence[str] = (),
+                 host_key: Path | None = None):
         self.machine = machine
+        #: the guest's ssh host key (saved with a checkpoint: the guest keeps it)
+        self.host_key = host_key
         #: what the launcher tells the user about this VM once it runs (e.g. TCG fallback)
         self.notes = list(notes)
         self.console_log = str(machine.console_log)
@@ -118,6 +121,37 @@ class MachineVm:
         except subprocess.TimeoutExpired:
             return None
 
+    def save_checkpoint(self, dest: Path) -> Any:
+        """Pause the VM and save its state, overlay and host key into ``dest``; the VM stays
+        paused (see :mod:`pcocc.cluster.checkpoint`)."""
+        from pcocc import fsutil
+        from pcocc.cluster import checkpoint, ckptdir
+        from pcocc.repo.digest import from_hex, hash_file
+        from pcocc.vm import migrate
+
+        name = self.machine.base_spec.name
+        with self.machine.qmp() as qmp:
+            version = migrate.qemu_version(qmp)
+            migrate.save_state(qmp, dest / ckptdir.STATE, name)
+        layer = None
+        if self.machine.overlay is not None:
+            # QEMU flushed and released the disk when the migration completed
+            fsutil.copy_sparse(self.machine.overlay, dest / ckptdir.DISK)
+            layer = from_hex(Path(self.machine.image).name)
+        if self.host_key is not None:
+            fsutil.copy_sparse(self.host_key, dest / ckptdir.HOST_KEY)
+        files = {p.name: hash_file(p) for p in sorted(dest.iterdir())}
+        return checkpoint.Report("", checkpoint.SAVED, "", files=files, layer=layer,
+                                 qemu_version=version)
+
+    def resume_after_checkpoint(self) -> None:
+        """Run the VM again after a checkpoint, its clock set by the guest agent."""
+        from pcocc.vm import migrate
+
+        with self.machine.qmp() as qmp:
+            migrate.resume(qmp)
+        migrate.set_guest_time(self.machine.agent(), self.machine.base_spec.name)
+
     def shutdown(self) -> None:
         try:
             self.machine.shutdown()
@@ -127,11 +161,15 @@ class MachineVm:
 
 
 def machine_factory(
-    config: Config | None, batchid: str, kv: Any = None, address: str = "127.0.0.1"
+    config: Config | None, batchid: str, kv: Any = None, address: str = "127.0.0.1",
+    restore: Path | None = None,
 ) -> Callable[[ClusterDefinition, VmEntry, Path, Path], MachineVm]:
     """Build the VM of one rank from its template (``make_vm`` of the node process);
     its forwarded ports listen on ``address``. What the VM is comes from
-    :mod:`pcocc.cluster.vmbuild`; this finds the host's part and starts nothing yet."""
+    :mod:`pcocc.cluster.vmbuild`; this finds the host's part and starts nothing yet.
+
+    :param restore: a checkpoint directory to restore the VM from (checked here)
+    """
 
     def make(definition: ClusterDefinition, entry: VmEntry, node_dir: Path, host_key: Path):
         from pcocc.cluster import vmbuild, vmsettings
@@ -152,6 +190,7 @@ def machine_factory(
             cpus=vmsettings.node_cpus(os.environ),
             address=address,
         )
+        saved = restore_of(restore, entry.rank, image)
         key = HostKey(host_key.read_text(), host_key.with_suffix(".pub").read_text().strip())
         build = vmbuild.build_vm(
             definition, entry, settings, batchid=batchid, host=host, host_key=key, image=image
@@ -168,14 +207,31 @@ def machine_factory(
                 boot_timeout_s=build.boot_timeout_s,
                 shares=build.shares,
                 pinning=build.pinning,
+                restore=saved,
             )
-            return MachineVm(machine, nics, accel_notes)
+            return MachineVm(machine, nics, accel_notes, host_key=host_key)
         except BaseException:
             if nics is not None:
                 nics.close()
             raise
 
     return make
+
+
+def restore_of(root: Path | None, rank: int, image: Path | None) -> Any:
+    """The checked files of VM ``rank`` in checkpoint ``root`` (a Machine's Restore), or
+    None without a checkpoint."""
+    if root is None:
+        return None
+    from pcocc.cluster import ckptdir
+    from pcocc.cluster.checkpoint import restore_files
+    from pcocc.repo.digest import from_hex
+    from pcocc.vm.machine import Restore
+
+    vm = restore_files(root, rank, from_hex(image.name) if image is not None else None)
+    where = ckptdir.vm_dir(root, rank)
+    return Restore(state=where / ckptdir.STATE,
+                   disk=where / ckptdir.DISK if ckptdir.DISK in vm.files else None)
 
 
 def private_nics(

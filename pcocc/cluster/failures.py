@@ -31,6 +31,18 @@ class ClusterStopped(ClusterFailed):
         self.exit_status = 128 + signum
 
 
+class ClusterCheckpointed(ClusterFailed):
+    """The VMs were stopped after a checkpoint (``pcocc ckpt``): the cluster ends, and the
+    launcher's exit status is 0."""
+
+    exit_status = 0
+
+    def __init__(self, batchid: str, where: str):
+        super().__init__(f"cluster {batchid} stopped after its checkpoint in {where}",
+                         hint=f"restore it with 'pcocc alloc -r {where} ...'")
+        self.where = where
+
+
 def signal_of(rec: VmRecord) -> int:
     """The signal a VM's node process says it got (SIGTERM when it names none valid)."""
     value = rec.extra.get(SIGNAL_NOTE)

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFINITION_VAR = "PCOCC_CLUSTER_DEFINITION"
+#: the checkpoint directory the launcher's VMs restore from (``alloc``/``batch -r DIR``)
+RESTORE_VAR = "PCOCC_RESTORE_CKPT"
 BOOT_TIMEOUT_VAR = "PCOCC_BOOT_TIMEOUT"
 DEFAULT_BOOT_TIMEOUT_S = 600.0
 
@@ -76,6 +78,28 @@ def prepare_definition(
     vmsettings.check_drives([(vm.template, vm.rank, vm.settings) for vm in definition.vms])
     check_full_node(definition, batchadapter.batch_manager(config).name)
     return definition
+
+
+def check_restore(config: Config, definition: ClusterDefinition, ckpt: str) -> str:
+    """Check, before anything is allocated, that ``definition`` can be restored from the
+    checkpoint ``ckpt``; return its absolute path (the nodes may start elsewhere).
+
+    :raise NotFound, Corrupt: no checkpoint there, or a damaged one
+    :raise UsageError: the definition, a template, an image or QEMU differ
+    """
+    from pathlib import Path
+
+    from pcocc.cluster.checkpoint import check_restore as check
+    from pcocc.repo.digest import from_hex
+    from pcocc.vm.migrate import installed_qemu_version
+
+    root = Path(os.path.abspath(ckpt))
+    binaries = {vm.settings.get("qemu-bin") or "qemu-system-x86_64" for vm in definition.vms}
+    versions = {installed_qemu_version(b) for b in sorted(binaries)}
+    check(root, definition,
+          lambda uri: from_hex(adapters.image_top_layer(config, uri).name),
+          versions.pop() if len(versions) == 1 else None)
+    return str(root)
 
 
 def check_full_node(definition: ClusterDefinition, batch_type: str) -> None:
@@ -145,13 +169,18 @@ def alloc(
     command: str | None,
     *,
     log_args: Sequence[str] = (),
+    restore: str | None = None,
 ) -> int:
-    """Allocate and run the launcher interactively inside; return its exit status."""
+    """Allocate and run the launcher interactively inside; return its exit status.
+
+    :param restore: a checkpoint checked by :func:`check_restore`, to restore the VMs from
+    """
     timing.mark("alloc: configuration loaded, allocating", started="alloc: process started")
     batch = batchadapter.batch_manager(config)
     env = {
         DEFINITION_VAR: encode_definition(definition),
         **selfcmd.config_env(str(config.system_dir), str(config.user_dir)),
+        **({RESTORE_VAR: restore} if restore else {}),
     }
     os.environ.update(env)  # salloc passes our environment to the launcher
     return batch.allocate(
@@ -164,9 +193,12 @@ def batch_script(
     command: str | None,
     config: Config,
     log_args: Sequence[str] = (),
+    restore: str | None = None,
 ) -> str:
     """The job script of ``pcocc batch``: it runs the launcher with the definition inline."""
     env = selfcmd.config_env(str(config.system_dir), str(config.user_dir))
+    if restore:
+        env[RESTORE_VAR] = restore
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     return (
         "#!/bin/sh\n"
@@ -187,10 +219,11 @@ def submit(
     batch_args: Sequence[str],
     command: str | None,
     log_args: Sequence[str] = (),
+    restore: str | None = None,
 ) -> str:
     """Submit a batch job running the cluster and ``command``; return the job id."""
     batch = batchadapter.batch_manager(config)
-    script = batch_script(definition, command, config, log_args)
+    script = batch_script(definition, command, config, log_args, restore)
     return batch.submit(_request(definition, batch_args), script)
 
 
@@ -219,7 +252,8 @@ def run_launcher(
     user = adapters.user_name()
     ttl_s = lease_ttl_s(os.environ)
     cluster_dir = rundir.cluster_dir(batchid)
-    env = {k: v for k, v in os.environ.items() if k != DEFINITION_VAR}
+    env = {k: v for k, v in os.environ.items() if k not in (DEFINITION_VAR, RESTORE_VAR)}
+    restore = os.environ.get(RESTORE_VAR)
     try:
         with connect.etcd_for_job(
             cluster_dir, env, user, config.batch.etcd, batch.controller_hosts
@@ -231,6 +265,8 @@ def run_launcher(
                 node_argv = [*selfcmd.module_argv(), *log_args]
                 switch_argv = [*node_argv, "internal", "vswitch"]
                 node_argv += ["internal", "run"]
+                if restore:
+                    node_argv += ["--restore", restore]
                 settings = LaunchSettings(
                     user=user,
                     batchid=batchid,
@@ -257,9 +293,14 @@ def node_address(endpoints: str, env: Mapping[str, str]) -> str:
     return reachable_address(endpoints.split(","), env.get(ADDRESS_VAR))
 
 
-def run_node(config: Config, rank: int | None, job_id: str | None) -> int:
-    """``pcocc internal run``: the node process of one VM."""
+def run_node(
+    config: Config, rank: int | None, job_id: str | None, restore: str | None = None
+) -> int:
+    """``pcocc internal run``: the node process of one VM (restored from the checkpoint
+    directory ``restore`` when given)."""
     timing.mark("node: imported, configuration loaded", started="node: process started")
+    from pathlib import Path
+
     os.umask(0o077)  # the VM's run files, sockets and logs: for this user only
     rank = rank if rank is not None else batchadapter.task_rank(os.environ)
     if rank is None:
@@ -286,8 +327,11 @@ def run_node(config: Config, rank: int | None, job_id: str | None) -> int:
                 rank=rank,
                 lease_ttl_s=lease_ttl_s(os.environ),
                 address=address,
+                restore=Path(restore) if restore else None,
             ),
-            adapters.machine_factory(config, batchid, kv, address),
+            adapters.machine_factory(
+                config, batchid, kv, address, restore=Path(restore) if restore else None
+            ),
         )
         return node.run()
     finally:

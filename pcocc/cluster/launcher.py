@@ -27,7 +27,14 @@ from pathlib import Path
 from pcocc import proc, timing
 from pcocc.cluster import rundir
 from pcocc.cluster.definition import ClusterDefinition
-from pcocc.cluster.failures import ClusterFailed, ClusterStopped, describe, signal_of
+from pcocc.cluster.checkpoint import CKPT_NOTE
+from pcocc.cluster.failures import (
+    ClusterCheckpointed,
+    ClusterFailed,
+    ClusterStopped,
+    describe,
+    signal_of,
+)
 from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S
 from pcocc.cluster.ports import Batch, Kv, Lease, TaskGroup
 from pcocc.cluster.record import ClusterRecord
@@ -122,6 +129,9 @@ class Launcher:
                     self._lease = lease
                     try:
                         return self._start_and_run()
+                    except ClusterCheckpointed as done:
+                        self.report(done.message)
+                        return 0
                     except BaseException as err:
                         self.lifecycle.fail(describe(err))
                         if isinstance(err, ServiceUnavailable) or self._lease_lost():
@@ -213,6 +223,9 @@ class Launcher:
         if signalled:
             where = sorted({rec.place for rec in signalled})
             raise ClusterStopped(self.s.batchid, signal_of(signalled[0]), ", ".join(where))
+        saved = [rec for rec in records.values() if rec.extra.get(CKPT_NOTE)]
+        if saved:
+            raise ClusterCheckpointed(self.s.batchid, str(saved[0].extra[CKPT_NOTE]))
         for _, rec in sorted(records.items()):
             if rec.status in (FAILED, STOPPED):
                 what = "failed" if rec.status == FAILED else "stopped"

@@ -8,6 +8,10 @@ other nodes reach, see :func:`pcocc.cluster.jobs.node_address`; private forwards
 listener, see :mod:`pcocc.net.user`), and stops QEMU and cleans up when QEMU exits, when
 the launcher's definition key vanishes, on SIGTERM (srun or scancel stopping the step), or
 when its lease is lost because etcd did not answer for longer than the lease TTL.
+
+Meanwhile it answers the checkpoint requests of ``pcocc ckpt`` (see
+:mod:`pcocc.cluster.checkpoint`): it saves its VM, and stops or resumes it as decided. With
+``restore``, the VM starts from its state in that checkpoint, with its saved ssh host key.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcocc import proc, timing
-from pcocc.cluster import keptlogs, rundir
+from pcocc.cluster import checkpoint, keptlogs, rundir
 from pcocc.cluster.definition import ClusterDefinition, VmEntry
 from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S
 from pcocc.cluster.ports import Kv, Lease, VmHandle
@@ -54,6 +58,8 @@ FAILED_LINGER_S = 5.0
 #: How long a signalled node keeps its 'stopped' record visible (the batch system sends
 #: SIGKILL after its KillWait, 30 s by default)
 SIGNAL_LINGER_S = 2.0
+#: How long a VM stopped after a checkpoint waits for the launcher to end the cluster
+CKPT_LINGER_S = 30.0
 SSH_PORT = 22
 
 #: Builds the VM of one rank: (definition, entry, node dir, host key file) -> handle. The
@@ -74,6 +80,8 @@ class NodeSettings:
     tick_s: float = 0.5
     linger_s: float = FAILED_LINGER_S
     lease_ttl_s: int = DEFAULT_LEASE_TTL_S
+    #: a checkpoint directory to restore the VM from
+    restore: Path | None = None
 
 
 def generate_host_key(vm_dir: Path, name: str) -> Path:
@@ -119,6 +127,8 @@ class NodeProcess:
         )
         self._lease: Lease | None = None
         self._def_key = keys.cluster_definition(settings.user, settings.batchid)
+        #: the id of the last checkpoint request this node answered
+        self._ckpt_done: str | None = None
         #: set by whoever runs this node in a thread (signals reach only the main thread)
         self.stop_requested = threading.Event()
 
@@ -134,7 +144,11 @@ class NodeProcess:
                 self._lease = lease
                 self._publish()
                 try:
-                    host_key = generate_host_key(vm_dir, entry.name)
+                    host_key = None
+                    if self.s.restore is not None:
+                        host_key = checkpoint.restore_host_key(self.s.restore, self.s.rank,
+                                                               vm_dir)
+                    host_key = host_key or generate_host_key(vm_dir, entry.name)
                     self.record.host_key = host_key.with_suffix(".pub").read_text().strip()
                     timing.mark("node: host key generated")
                     vm = self.make_vm(definition, entry, vm_dir, host_key)
@@ -203,9 +217,11 @@ class NodeProcess:
         return definition
 
     def _supervise(self, vm: VmHandle) -> int:
-        """Wait for QEMU to exit or the launcher's definition to vanish."""
+        """Wait for QEMU to exit or the launcher's definition to vanish; answer the
+        checkpoint requests meanwhile."""
+        user, batchid = self.s.user, self.s.batchid
 
-        def check(snapshot: dict[str, str]) -> tuple[str, int | None] | None:
+        def check(snapshot: dict[str, str]) -> tuple[str, object] | None:
             if self._lease is not None:
                 self._lease.check()  # etcd gone for longer than the TTL: stop the VM
             status = vm.wait(0)
@@ -213,17 +229,58 @@ class NodeProcess:
                 return ("exited", status)
             if self._def_key not in snapshot or self.stop_requested.is_set():
                 return ("released", None)
+            request = checkpoint.pending_request(snapshot, user, batchid, self._ckpt_done)
+            if request is not None:
+                return ("checkpoint", request)
             return None
 
-        with signals_set(self.stop_requested) as received:
-            what, status = self.kv.wait_for(self._def_key, check, None, self.s.tick_s)
-        if received:
-            raise Interrupted(received[0])
+        while True:
+            with signals_set(self.stop_requested) as received:
+                what, status = self.kv.wait_for(
+                    keys.cluster_prefix(user, batchid), check, None, self.s.tick_s
+                )
+            if received:
+                raise Interrupted(received[0])
+            if what != "checkpoint":
+                break
+            if self._checkpoint(vm, status):
+                return 0
         if what == "released":
             log.info("vm%d: the cluster is being torn down; stopping", self.s.rank)
             return 0
         self._report_failure(STOPPED, f"QEMU {proc.ended(status)}")
         return 1
+
+    def _checkpoint(self, vm: VmHandle, request: checkpoint.Request) -> bool:
+        """Save the VM for ``request``, then stop it (True) or resume it, as decided."""
+        from dataclasses import replace
+
+        self._ckpt_done = request.id
+        key = keys.ckpt_report(self.s.user, self.s.batchid, self.s.rank)
+        host = self.s.host
+        log.info("vm%d: saving it for a checkpoint", self.s.rank)
+        saved = checkpoint.save_vm(vm, request, self.s.rank, host)
+        self.kv.put(key, replace(saved, id=request.id, host=host).to_json(), self._lease)
+        decision = (checkpoint.ABORT if saved.status == checkpoint.FAILED else
+                    checkpoint.wait_decision(self.kv, self.s.user, self.s.batchid, request))
+        if decision == checkpoint.STOP:
+            self.record.status = STOPPED
+            self.record.error = f"checkpointed to {request.dest}"
+            self.record.extra[checkpoint.CKPT_NOTE] = request.dest
+            self._publish()
+            self.kv.put(key, checkpoint.Report(request.id, checkpoint.STOPPED, host).to_json(),
+                        self._lease)
+            self._linger(CKPT_LINGER_S)  # until the launcher ends the cluster
+            return True
+        try:
+            vm.resume_after_checkpoint()
+        except PcoccError as err:
+            log.warning("vm%d: could not resume after the checkpoint: %s", self.s.rank,
+                        err.message)
+        if saved.status != checkpoint.FAILED:
+            self.kv.put(key, checkpoint.Report(request.id, checkpoint.RESUMED, host).to_json(),
+                        self._lease)
+        return False
 
     def _etcd_lost(self) -> bool:
         try:

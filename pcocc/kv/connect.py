@@ -221,3 +221,37 @@ def open_reader(endpoints: str, etcd: EtcdSource = EtcdConfig(), login: Any = No
     return GatewayReader(
         endpoints, user=login.user, password=login.password, hint=login.hint, tls=tls
     )
+
+
+def open_cluster_writer(
+    env: Mapping[str, str], run_root: Path, etcd: EtcdSource, user: str, batchid: str
+) -> EtcdKv:
+    """A read-write client of the etcd that holds cluster ``batchid`` (a user command
+    that asks the cluster's node processes something, such as ``pcocc ckpt``), logged in
+    as :func:`kv_endpoint_sets` says for that etcd.
+
+    :raise NotFound: no etcd reachable from here holds that cluster
+    """
+    from pcocc.errors import NotFound, PcoccError
+    from pcocc.kv import keys
+    from pcocc.kv.client import KvClient
+
+    settings = _loaded(etcd)
+    for endpoints, login in kv_endpoint_sets(env, run_root, settings):
+        extra: dict[str, Any] = {}
+        if login is not None:
+            extra = {"user": login.user, "password": login.password, "login_hint": login.hint}
+        try:
+            client = KvClient.from_env({**env, ENDPOINTS_VAR: endpoints}, etcd=settings, **extra)
+        except PcoccError as err:
+            log.debug("skipping etcd %s: %s", endpoints, err)
+            continue
+        kv = EtcdKv(client)
+        try:
+            if kv.get(keys.cluster_definition(user, batchid)) is not None:
+                return kv
+        except PcoccError as err:
+            log.debug("skipping etcd %s: %s", endpoints, err)
+        kv.close()
+    raise NotFound(f"cluster {batchid} is not in any etcd reachable from here",
+                   hint="see 'pcocc ps'")

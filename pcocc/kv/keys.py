@@ -9,6 +9,8 @@ This module is the only place that builds key names::
                                                                switch (leased by the switch)
     /pcocc/users/<user>/clusters/<batchid>/nets/<net>/ports/<rank>  {host, port, mac} of the VM's
                                                                NIC on that network (leased)
+    /pcocc/users/<user>/clusters/<batchid>/ckpt/request        a checkpoint asked by 'pcocc ckpt'
+    /pcocc/users/<user>/clusters/<batchid>/ckpt/<rank>         the VM's answer to it
     /pcocc/nodes/<host>/<kind>/<item>                           privileged per-node allocations
 
 Prefixes end with ``/`` so that a prefix read or watch of cluster ``1`` never sees cluster
@@ -98,6 +100,20 @@ def net_port(user: str, batchid: str | int, net: str, rank: int) -> str:
     return f"{net_ports_prefix(user, batchid, net)}{_rank(rank)}"
 
 
+def ckpt_prefix(user: str, batchid: str | int) -> str:
+    """Prefix of the keys of the cluster's checkpoint in progress (see
+    :mod:`pcocc.cluster.checkpoint`)."""
+    return f"{cluster_prefix(user, batchid)}ckpt/"
+
+
+def ckpt_request(user: str, batchid: str | int) -> str:
+    return f"{ckpt_prefix(user, batchid)}request"
+
+
+def ckpt_report(user: str, batchid: str | int, rank: int) -> str:
+    return f"{ckpt_prefix(user, batchid)}{_rank(rank)}"
+
+
 # nodes ------------------------------------------------------------------------------------
 def node_prefix(host: str) -> str:
     return f"{ROOT}nodes/{_segment('host name', host)}/"
@@ -115,8 +131,8 @@ def node_allocation(host: str, kind: str, item: str | int) -> str:
 # parsers ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ClusterKey:
-    """A parsed key under a cluster: ``kind`` is definition, vm_state, rnat, net_switch or
-    net_port (``net`` names the network of the last two)."""
+    """A parsed key under a cluster: ``kind`` is definition, vm_state, rnat, net_switch,
+    net_port (``net`` names the network of these two), ckpt_request or ckpt_report."""
 
     user: str
     batchid: str
@@ -164,6 +180,10 @@ def parse_cluster_key(key: str | bytes) -> ClusterKey:
         return ClusterKey(user, batchid, "net_switch", net=rest[1])
     if len(rest) == 4 and rest[0] == "nets" and rest[2] == "ports" and rest[1]:
         return ClusterKey(user, batchid, "net_port", rank=_int(rest[3], key), net=rest[1])
+    if rest == ["ckpt", "request"]:
+        return ClusterKey(user, batchid, "ckpt_request")
+    if len(rest) == 2 and rest[0] == "ckpt":
+        return ClusterKey(user, batchid, "ckpt_report", rank=_int(rest[1], key))
     raise Corrupt(f"unexpected etcd key {key!r}: unknown cluster entry {'/'.join(rest)!r}")
 
 

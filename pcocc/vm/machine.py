@@ -20,6 +20,10 @@ Each shared host directory (``shares``) gets a virtiofsd process (see
 :mod:`pcocc.vm.virtiofs`) listening on ``fsN.sock`` in the run directory, started before
 QEMU and stopped with it on every path; its log is ``virtiofsdN.log``.
 
+A VM restored from a checkpoint (``restore``) starts on a copy of the saved overlay (rebased
+onto the image's top layer as this host sees it) with ``-incoming defer``, loads the saved
+state (see :mod:`pcocc.vm.migrate`), runs, and once up gets its clock set by the agent.
+
 On a boot failure or timeout the console log and QEMU's log (and the virtiofsd logs) are
 kept (the error names them); everything else is removed.
 """
@@ -38,7 +42,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self
 
-from pcocc import daemon, proc, timing
+from pcocc import daemon, fsutil, proc, timing
 from pcocc.vm import pinning, virtiofs
 from pcocc.errors import PcoccError, UsageError
 from pcocc.net.user import SSH_PORT
@@ -61,6 +65,15 @@ PORT_ATTEMPTS = 3
 #: seconds between two readiness probes: a refused connect costs nothing, a late "up" costs
 #: the user (benchmarks/alloc_ready.py's QEMU baseline polls at the same pace)
 READY_POLL_S = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class Restore:
+    """The saved state of a VM to start from (files of a checkpoint, never modified)."""
+
+    state: Path
+    #: the saved overlay; None when the VM has no image
+    disk: Path | None = None
 
 
 class VmBootError(PcoccError):
@@ -127,6 +140,7 @@ class Machine:
     :param keep_overlay: leave the overlay in place after shutdown (for ``save``)
     :param shares: host directories served to the guest over virtio-fs
     :param pinning: pin QEMU's vCPU and emulator threads once the guest is up
+    :param restore: start from this saved state instead of booting
     """
 
     def __init__(
@@ -141,7 +155,9 @@ class Machine:
         keep_overlay: bool = False,
         shares: Sequence[virtiofs.Share] = (),
         pinning: Pinning | None = None,
+        restore: Restore | None = None,
     ) -> None:
+        self.restore = restore
         self.run_dir = Path(run_dir).absolute()
         self.image = Path(image).absolute() if image is not None else None
         self.seed = seed
@@ -263,9 +279,12 @@ class Machine:
         disks = list(self.base_spec.disks)
         if self.image is not None:
             self._created.append(self.run_dir / OVERLAY)
-            proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", self.image,
-                      "-F", "qcow2", self.run_dir / OVERLAY],
-                     what=f"create the disk overlay of VM {self.base_spec.name}")
+            if self.restore is not None and self.restore.disk is not None:
+                self._restore_overlay(self.restore.disk)
+            else:
+                proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", self.image,
+                          "-F", "qcow2", self.run_dir / OVERLAY],
+                         what=f"create the disk overlay of VM {self.base_spec.name}")
             disks.insert(0, Drive(Path(OVERLAY), id="disk0",
                                   interface=self.base_spec.disk_model))
         seed_path = None
@@ -299,6 +318,15 @@ class Machine:
                 self._created += [self.run_dir / virtiofs.socket_name(i),
                                   self.run_dir / virtiofs.log_name(i)]
 
+    def _restore_overlay(self, saved: Path) -> None:
+        """A copy of the saved overlay, its backing file set to this host's top layer
+        (the checkpoint was checked to be of the same layer; the copy keeps it intact)."""
+        overlay = self.run_dir / OVERLAY
+        fsutil.copy_sparse(saved, overlay)
+        proc.run(["qemu-img", "rebase", "-q", "-u", "-f", "qcow2", "-b", self.image,
+                  "-F", "qcow2", overlay],
+                 what=f"attach the saved disk of VM {self.base_spec.name} to its image")
+
     def _start_qemu(self) -> None:
         assert self.spec is not None
         spec = self.spec
@@ -313,6 +341,10 @@ class Machine:
             ssh_host_port=self.ssh_port,
             host_ports=tuple((g, h) for g, h in self.forwards.items() if g != SSH_PORT),
         )
+        if self.restore is not None:
+            from pcocc.vm.migrate import INCOMING_ARGS
+
+            spec = dataclasses.replace(spec, custom_args=spec.custom_args + INCOMING_ARGS)
         argv = build_argv(spec)
         with contextlib.suppress(FileNotFoundError):
             self.qemu_log.unlink()  # judge each attempt by its own messages
@@ -360,12 +392,14 @@ class Machine:
     def _wait_until_up(self) -> None:
         assert self.process is not None and self.spec is not None
         deadline = time.monotonic() + self.boot_timeout_s
+        agent = GuestAgent(self.agent_socket)
+        if self.restore is not None:
+            self._load_state(deadline)
         if self.ready == "ssh":
             assert self.ssh_port is not None
             up = wait_ssh_banner(self.ssh_port, self.spec.host_address, deadline,
                                  self._check_qemu)
         else:
-            agent = GuestAgent(self.agent_socket)
             up = wait_ready(lambda: agent.ping(timeout_s=1.0), deadline, self._check_qemu)
         if not up:
             check = "ssh server" if self.ready == "ssh" else "guest agent"
@@ -377,6 +411,35 @@ class Machine:
         for name in (QMP_SOCKET, AGENT_SOCKET, CONSOLE_SOCKET):
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(self.run_dir / name, 0o600)
+        if self.restore is not None:
+            from pcocc.vm.migrate import set_guest_time
+
+            set_guest_time(agent, self.spec.name)
+
+    def _load_state(self, deadline: float) -> None:
+        """Connect to the QEMU waiting for its state (its monitor may not listen yet), and
+        load it (see Restore)."""
+        from pcocc.vm.migrate import load_state
+
+        assert self.process is not None and self.restore is not None
+        while True:
+            try:
+                qmp = self.qmp(timeout_s=5.0)
+                break
+            except PcoccError as err:
+                if self.process.poll() is not None:
+                    return  # the caller reports QEMU's exit and its log
+                if time.monotonic() > deadline:
+                    raise self._boot_error(f"VM {self.base_spec.name}: QEMU's monitor did"
+                                           f" not answer: {err.message}") from err
+                time.sleep(0.05)
+        with qmp:
+            try:
+                load_state(qmp, self.restore.state, self.base_spec.name,
+                           timeout_s=max(1.0, deadline - time.monotonic()))
+            except PcoccError as err:
+                raise self._boot_error(f"cannot restore VM {self.base_spec.name} from"
+                                       f" {self.restore.state}: {err.message}") from err
 
     def _check_qemu(self) -> None:
         """Raise the boot error when QEMU has ended (_PortTaken when it lost its port)."""

@@ -95,6 +95,14 @@ class QmpClient:
         log.debug("qmp %s: %s %s", self.socket_path, command, arguments or "")
         return self._run(self._client.execute(command, arguments), command, timeout_s)
 
+    def send_fd(self, fd: int) -> None:
+        """Pass ``fd`` to QEMU (SCM_RIGHTS); the next ``getfd`` or ``add-fd`` names it."""
+        try:
+            self._client.send_fd_scm(fd)
+        except (QMPError, OSError) as err:
+            raise ServiceUnavailable(f"cannot pass a file to QEMU on {self.socket_path}:"
+                                     f" {err}") from err
+
     def query_status(self) -> str:
         """The run state of the VM ("running", "paused", ...)."""
         reply = self.execute("query-status")
