@@ -41,11 +41,11 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self
 
-from pcocc import daemon, fsutil, proc
+from pcocc import daemon, fsutil, proc, timing
 from pcocc.vm import display, pinning, virtiofs
 from pcocc.errors import PcoccError, UsageError
 from pcocc.net.user import SSH_PORT
@@ -65,6 +65,9 @@ QEMU_LOG = "qemu.log"
 OVERLAY = "disk0.qcow2"
 SEED = "seed.iso"
 PORT_ATTEMPTS = 3
+#: seconds between two readiness probes: a refused connect costs nothing, a late "up" costs
+#: the user (benchmarks/alloc_ready.py's QEMU baseline polls at the same pace)
+READY_POLL_S = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +104,30 @@ def ssh_banner_ready(port: int, timeout_s: float = 1.0, address: str = "127.0.0.
             return s.recv(4).startswith(b"SSH-")
     except OSError:
         return False
+
+
+def wait_ready(
+    probe: Callable[[], bool], deadline: float, check: Callable[[], None] = lambda: None
+) -> bool:
+    """Poll ``probe`` every READY_POLL_S until it is true (True) or ``deadline`` passes (False).
+
+    ``check`` runs before each probe and raises when waiting is pointless (QEMU died).
+    ``deadline`` is a ``time.monotonic()`` value.
+    """
+    while True:
+        check()
+        if probe():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(READY_POLL_S)
+
+
+def wait_ssh_banner(
+    port: int, address: str, deadline: float, check: Callable[[], None] = lambda: None
+) -> bool:
+    """pcocc's readiness check of a VM with forwarded ssh: the banner on ``address:port``."""
+    return wait_ready(lambda: ssh_banner_ready(port, address=address), deadline, check)
 
 
 class Machine:
@@ -274,6 +301,7 @@ class Machine:
         if self.seed is not None:
             self._created.append(self.run_dir / SEED)
             build_seed(self.seed, self.run_dir / SEED)
+            timing.mark("machine: seed ISO built")
             seed_path = Path(SEED)
         # QEMU runs in run_dir: relative names keep socket paths short.
         self.spec = dataclasses.replace(
@@ -336,6 +364,7 @@ class Machine:
         self.process = proc.spawn(argv, cwd=self.run_dir, log_path=self.qemu_log,
                                   pass_fds=spec.pass_fds)
         self.spec = spec
+        timing.mark("machine: QEMU spawned")
 
     def _start_virtiofsd(self) -> None:
         """Start a virtiofsd on a new listening socket for each share not served now.
@@ -377,33 +406,19 @@ class Machine:
         agent = GuestAgent(self.agent_socket)
         if self.restore is not None:
             self._load_state(deadline)
-        while True:
-            if self.process.poll() is not None:
-                tail = self._qemu_log_tail()
-                shares = self._virtiofsd_failures()
-                error = self._boot_error(
-                    f"QEMU {proc.ended(self.process.returncode)} before VM "
-                    f"{self.spec.name} was up: {tail or 'no message'}"
-                    + (f"; {shares}" if shares else "")
-                )
-                if "host forwarding" in tail and set(self.forwards) - set(
-                    self.base_spec.port_map()
-                ):
-                    raise _PortTaken(error)  # lost the race for the port we picked
-                raise error
-            if self.ready == "ssh":
-                assert self.ssh_port is not None
-                if ssh_banner_ready(self.ssh_port, address=self.spec.host_address):
-                    break
-            elif agent.ping(timeout_s=1.0):
-                break
-            if time.monotonic() > deadline:
-                check = "ssh server" if self.ready == "ssh" else "guest agent"
-                raise self._boot_error(
-                    f"VM {self.spec.name} did not answer ({check}) within "
-                    f"{self.boot_timeout_s:g} s"
-                )
-            time.sleep(0.05)  # a refused connect costs nothing; a late "up" costs the user
+        if self.ready == "ssh":
+            assert self.ssh_port is not None
+            up = wait_ssh_banner(self.ssh_port, self.spec.host_address, deadline,
+                                 self._check_qemu)
+        else:
+            up = wait_ready(lambda: agent.ping(timeout_s=1.0), deadline, self._check_qemu)
+        if not up:
+            check = "ssh server" if self.ready == "ssh" else "guest agent"
+            raise self._boot_error(
+                f"VM {self.spec.name} did not answer ({check}) within "
+                f"{self.boot_timeout_s:g} s"
+            )
+        timing.mark("machine: guest up (ssh banner or agent)")
         for name in (QMP_SOCKET, AGENT_SOCKET, CONSOLE_SOCKET, *display.SOCKET_NAMES.values()):
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(self.run_dir / name, 0o600)
@@ -436,6 +451,22 @@ class Machine:
             except PcoccError as err:
                 raise self._boot_error(f"cannot restore VM {self.base_spec.name} from"
                                        f" {self.restore.state}: {err.message}") from err
+
+    def _check_qemu(self) -> None:
+        """Raise the boot error when QEMU has ended (_PortTaken when it lost its port)."""
+        assert self.process is not None and self.spec is not None
+        if self.process.poll() is None:
+            return
+        tail = self._qemu_log_tail()
+        shares = self._virtiofsd_failures()
+        error = self._boot_error(
+            f"QEMU {proc.ended(self.process.returncode)} before VM "
+            f"{self.spec.name} was up: {tail or 'no message'}"
+            + (f"; {shares}" if shares else "")
+        )
+        if "host forwarding" in tail and set(self.forwards) - set(self.base_spec.port_map()):
+            raise _PortTaken(error)  # lost the race for the port we picked
+        raise error
 
     def _pin(self) -> None:
         if self.pinning is None:
