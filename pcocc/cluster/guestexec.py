@@ -366,9 +366,14 @@ def run_in_vms(
         finally:
             done[rank].set()
 
-    for rank in ranks:
-        threading.Thread(target=one, args=(rank,), name=f"exec-vm{rank}", daemon=True).start()
+    started: list[int] = []
     try:
+        # Ctrl-C may come while the threads start (a new thread can run a while before
+        # start() returns): starting them is inside the try too
+        for rank in ranks:
+            threading.Thread(target=one, args=(rank,), name=f"exec-vm{rank}",
+                             daemon=True).start()
+            started.append(rank)
         for event in done.values():
             while not event.wait(0.1):
                 pass
@@ -376,7 +381,7 @@ def run_in_vms(
         # (an interrupted Thread.join may report a live thread as ended: wait on events)
         stop.set()
         deadline = time.monotonic() + AGENT_TIMEOUT_S
-        for event in done.values():
-            event.wait(max(0.0, deadline - time.monotonic()))
+        for rank in started:
+            done[rank].wait(max(0.0, deadline - time.monotonic()))
         return INTERRUPTED
     return max((statuses.get(r, 1) for r in ranks), default=0)
