@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchlib
+
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,10 +100,13 @@ def inner(rounds: int, data_mib: int, out: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--data-mib", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=None, help="[default: 5, quick: 2]")
+    parser.add_argument("--data-mib", type=int, default=None, help="[default: 200, quick: 64]")
     parser.add_argument("--inner", type=Path, help=argparse.SUPPRESS)
+    benchlib.add_quick(parser)
     args = parser.parse_args()
+    args.rounds = args.rounds or (2 if args.quick else 5)
+    args.data_mib = args.data_mib or (64 if args.quick else 200)
     if args.inner:
         inner(args.rounds, args.data_mib, args.inner)
         return 0
@@ -138,8 +143,12 @@ def main() -> int:
     verdict = "within" if o <= 1.5 * b else "above"
     print(f"ratio {o / b:.2f}x vs convert ({verdict} the 1.5x target), "
           f"{o / bs:.2f}x vs convert + fsync")
-    print("baseline: qemu-img convert -U -O qcow2 -B PARENT -F qcow2 of the running VM's "
-          "overlay, the layer as a qcow2 on its parent, page cache synced before each run")
+    benchlib.baseline("qemu-img convert -U -O qcow2 -B PARENT -F qcow2 of the running VM's "
+                      "overlay, the layer as a qcow2 on its parent, page cache synced before "
+                      "each run (also shown with an fsync of its result)")
+    benchlib.figure(f"save -d of {args.data_mib} MiB of new data / qemu-img convert", o / b, "x",
+                    "<= 1.5")
+    benchlib.figure(f"save -d of {args.data_mib} MiB of new data / convert + fsync", o / bs, "x")
     return 0
 
 
