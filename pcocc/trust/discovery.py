@@ -6,10 +6,16 @@ names under PREFIX are. Templates use {name}, {version}, {os}, {arch}, {ext}.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from html.parser import HTMLParser
 
+from pcocc.errors import NotFound, PcoccError
+from pcocc.trust import http
 from pcocc.trust.prefix import NAME_RE, covers
+
+log = logging.getLogger(__name__)
 
 #: discovery pages larger than this are refused (a page is a few hundred bytes)
 MAX_PAGE = 256 * 1024
@@ -93,3 +99,34 @@ def expand(template: str, labels: dict[str, str]) -> str | None:
 
 def discovery_url(name: str, scheme: str = "https") -> str:
     return f"{scheme}://{name}?ac-discovery=1"
+
+
+def parents(name: str) -> list[str]:
+    """``a.b/c/d`` -> [``a.b/c/d``, ``a.b/c``, ``a.b``]: where discovery looks, in order."""
+    parts = name.split("/")
+    return ["/".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+
+def find(name: str, kind: str, transport: http.Transport,
+         notify: Callable[[str], None]) -> list[MetaTag]:
+    """The tags of ``kind`` covering ``name`` from the first page (of ``name``, then of its
+    parents) that has any; a page that cannot be read counts as one without tags.
+
+    :raise NotFound: no page has such a tag (the message lists the pages tried)
+    """
+    tried = []
+    for candidate in parents(name):
+        url = discovery_url(candidate)
+        tried.append(url)
+        notify(f"meta discovery: {url}")
+        try:
+            _, body = http.download(url, None, transport, max_bytes=MAX_PAGE)
+        except PcoccError as err:
+            log.info("meta discovery: %s", err)
+            continue
+        tags = [t for t in parse_page(body.decode("utf-8", "replace"))
+                if t.kind == kind and covers(t.prefix, name)]
+        if tags:
+            return tags
+    raise NotFound(f"meta discovery error: found no {kind} meta tag for {name}",
+                   hint="tried " + ", ".join(tried))

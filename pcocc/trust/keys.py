@@ -62,17 +62,9 @@ def open_sources(args: list[str], prefix: str | None, security: Security,
 
 def discover(prefix: str, security: Security, notify: Callable[[str], None]) -> list[str]:
     """The key URLs published for ``prefix`` by meta discovery."""
-    transport = http.Transport(allow_http=security.allows("http"),
-                               verify_tls=not security.allows("tls"))
-    url = discovery.discovery_url(prefix)
-    notify(f"searching for the keys of {prefix} at {url}")
-    _, body = http.download(url, None, transport, max_bytes=discovery.MAX_PAGE)
-    found = discovery.pubkey_urls(discovery.parse_page(body.decode("utf-8", "replace")),
-                                  prefix)
-    if not found:
-        raise NotFound(f"--prefix meta discovery error: {url} has no ac-discovery-pubkeys "
-                       f"meta tag for {prefix}", hint="give the key file or URL")
-    return [u for _, u in found]
+    transport = http.Transport(allow_http=False, verify_tls=not security.allows("tls"))
+    tags = discovery.find(prefix, "ac-discovery-pubkeys", transport, notify)
+    return [t.target for t in tags]
 
 
 def trust_keys(store: TrustStore, source: KeySource, prefix: str | None, security: Security,

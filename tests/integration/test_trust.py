@@ -189,3 +189,52 @@ def test_a_key_revoked_after_it_was_trusted_is_refused(env, pcocc_bin, pgp_keys,
                 check=1)
     assert "no longer accepted" in res.stderr
     _refused(env, "example.com/app", sig, "revoked")
+
+
+# ---- keys from HTTPS and by meta discovery
+
+from tests.fixtures.https import http_server, https_server  # noqa: E402,F401 - fixtures
+
+
+def test_trust_a_key_url_over_verified_https(env, pcocc_bin, pgp_keys, tmp_path, https_server):
+    url = https_server.serve("/key.asc", pgp_keys.export("good", tmp_path / "k.asc").read_bytes())
+    # without --trust-keys-from-https the fingerprint needs a review
+    assert "not a terminal" in trust(pcocc_bin, "--prefix", "example.com", url, check=2).stderr
+    run_pcocc(pcocc_bin, "--trust-keys-from-https", "trust", "--prefix", "example.com", url,
+              check=0, stdin=open(os.devnull))
+    assert pgp_keys.fingerprints["good"] in trust(pcocc_bin, "list").stdout
+
+
+def test_trust_by_meta_discovery(env, pcocc_bin, pgp_keys, tmp_path, https_server):
+    host = https_server.host
+    key_url = https_server.serve("/keys/app.asc",
+                                 pgp_keys.export("good", tmp_path / "k.asc").read_bytes())
+    https_server.serve("/app?ac-discovery=1", f"""<html><head>
+        <meta name="ac-discovery-pubkeys" content="{host}/app {key_url}">
+        </head></html>""".encode())
+    run_pcocc(pcocc_bin, "--trust-keys-from-https", "trust", "--prefix", f"{host}/app",
+              check=0, stdin=open(os.devnull))
+    listing = trust(pcocc_bin, "list").stdout
+    assert f"{host}/app" in listing and pgp_keys.fingerprints["good"] in listing
+    res = trust(pcocc_bin, "--prefix", f"{host}/none", check=1)
+    assert "meta discovery" in res.stderr
+
+
+def test_key_transport_needs_https_unless_pubkey(env, pcocc_bin, pgp_keys, tmp_path,
+                                                 http_server, https_server, monkeypatch):
+    body = pgp_keys.export("good", tmp_path / "k.asc").read_bytes()
+    plain = http_server.serve("/key.asc", body)
+    base = ["--trust-keys-from-https", "trust", "--prefix", "example.com"]
+    res = run_pcocc(pcocc_bin, *base, plain, check=2, stdin=open(os.devnull))
+    assert "plain HTTP is refused" in res.stderr
+    # http and tls relax images, not keys
+    run_pcocc(pcocc_bin, "--insecure-options", "http,tls", *base, plain, check=2,
+              stdin=open(os.devnull))
+    # an unverified certificate is refused for keys too
+    monkeypatch.delenv("SSL_CERT_FILE")
+    url = https_server.serve("/key.asc", body)
+    res = run_pcocc(pcocc_bin, *base, url, check=1, stdin=open(os.devnull))
+    assert "certificate is not trusted" in res.stderr
+    run_pcocc(pcocc_bin, "--insecure-options", "pubkey", *base, plain, check=0,
+              stdin=open(os.devnull))
+    assert pgp_keys.fingerprints["good"] in trust(pcocc_bin, "list").stdout
