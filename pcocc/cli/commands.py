@@ -32,4 +32,5 @@ HIDDEN = frozenset({"internal"})
 #: the subgroups of ``pcocc image`` imported on first use (its other commands are eager)
 IMAGE_SUBGROUPS: dict[str, tuple[str, str]] = {
     "cache": ("pcocc.cli.image_cache:cache", "List and clean the container image cache"),
+    "fetch": ("pcocc.cli.image_fetch:fetch", "Fetch and verify a signed image (https, name)"),
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ssl
 import urllib.error
+from collections.abc import Callable
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +37,21 @@ class Response:
 
 
 class _Redirects(urllib.request.HTTPRedirectHandler):
-    def __init__(self, transport: Transport):
+    """Checks each redirect like the first URL; credentials follow only to their host."""
+
+    def __init__(self, transport: Transport, auth: Callable[[str], str | None] | None):
         self.transport = transport
+        self.auth = auth
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001
         check_url(newurl, self.transport)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:
+            new.remove_header("Authorization")
+            header = self.auth(newurl) if self.auth else None
+            if header:
+                new.add_unredirected_header("Authorization", header)
+        return new
 
 
 def check_url(url: str, transport: Transport) -> None:
@@ -54,26 +64,32 @@ def check_url(url: str, transport: Transport) -> None:
     raise UsageError(f"{url}: only https:// URLs can be downloaded")
 
 
-def _opener(transport: Transport) -> urllib.request.OpenerDirector:
+def _opener(transport: Transport, auth: Callable[[str], str | None] | None = None
+            ) -> urllib.request.OpenerDirector:
     ctx = ssl.create_default_context()
     if not transport.verify_tls:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx),
-                                       _Redirects(transport))
+                                       _Redirects(transport, auth))
 
 
 def download(url: str, dest: Path | None, transport: Transport, *,
              headers: dict[str, str] | None = None, max_bytes: int | None = None,
+             auth: Callable[[str], str | None] | None = None,
              ) -> tuple[Response, bytes]:
     """GET ``url`` into ``dest`` (or into memory when ``dest`` is None, up to ``max_bytes``).
 
     A 304 answer is returned as is (nothing written). Other non-2xx answers are errors.
+    ``auth(url)`` gives the Authorization header for a URL (checked again on redirects).
     """
     check_url(url, transport)
     req = urllib.request.Request(url, headers=dict(headers or {}))
+    header = auth(url) if auth else None
+    if header:
+        req.add_unredirected_header("Authorization", header)
     try:
-        resp = _opener(transport).open(req, timeout=_TIMEOUT_S)
+        resp = _opener(transport, auth).open(req, timeout=_TIMEOUT_S)
     except urllib.error.HTTPError as err:
         if err.code == 304:
             return Response(err.geturl(), 304, dict(err.headers.items()),
