@@ -114,7 +114,7 @@ def cli(
         security_args=(
             (*insecure_options, *(("image",) if insecure_skip_verify else ())),
             trust_keys_from_https,
-            data_dir or user_dir,
+            data_dir or "",
         ),
     )
 

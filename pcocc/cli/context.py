@@ -21,7 +21,8 @@ class Session:
     debug: bool = False
     quiet: bool = False
     verbose: int = 0
-    #: the global security options as given: (insecure values, trust-keys-from-https, dir)
+    #: the global security options as given: (insecure values, trust-keys-from-https, dir);
+    #: trust.yaml of the configuration directories fills what they leave out
     security_args: tuple[tuple[str, ...], bool, str] = ((), False, "")
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -37,10 +38,11 @@ class Session:
         usage error of the command that needs them, not of every command)."""
         from pathlib import Path
 
-        from pcocc.trust.settings import Security, parse_insecure
+        from pcocc.trust.settings import resolve
 
         values, from_https, data_dir = self.security_args
-        return Security(Path(data_dir or self.user_dir), parse_insecure(values), from_https)
+        return resolve(Path(self.system_dir), Path(self.user_dir), values, from_https,
+                       data_dir or None)
 
     def notify(self, message: str) -> None:
         """Tell the user, in one line on stderr, what a long operation is doing (not with

@@ -19,6 +19,7 @@ and pubkey; ``none`` = nothing (the default).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,3 +84,60 @@ class Security:
     @property
     def fetch_cache_dir(self) -> Path:
         return self.dir / "fetch-cache"
+
+
+#: the configuration file of these settings, in the system and the user directories
+FILE_NAME = "trust.yaml"
+_KEYS = {"insecure-options", "trust-keys-from-https", "dir"}
+
+
+def read_file(path: Path) -> dict:
+    """The settings of one ``trust.yaml`` (empty when there is none), checked::
+
+        insecure-options: http,tls      # or a list
+        trust-keys-from-https: false
+        dir: /path/to/dir
+    """
+    import yaml
+
+    from pcocc.errors import ConfigError
+
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict) or set(data) - _KEYS:
+        raise ConfigError(f"{path}: expected a mapping with keys " + ", ".join(sorted(_KEYS)))
+    opts = data.get("insecure-options", [])
+    if isinstance(opts, str):
+        opts = [opts]
+    if not isinstance(opts, list) or not all(isinstance(o, str) for o in opts):
+        raise ConfigError(f"{path}: insecure-options: expected a list of values")
+    try:
+        parse_insecure(opts)
+    except UsageError as err:
+        raise ConfigError(f"{path}: {err}", hint=err.hint) from err
+    if not isinstance(data.get("trust-keys-from-https", False), bool):
+        raise ConfigError(f"{path}: trust-keys-from-https: expected true or false")
+    if "dir" in data and (not isinstance(data["dir"], str) or not data["dir"]):
+        raise ConfigError(f"{path}: dir: expected a directory path")
+    return {**data, "insecure-options": opts} if "insecure-options" in data else data
+
+
+def resolve(system_dir: Path, user_dir: Path, insecure: tuple[str, ...], from_https: bool,
+            data_dir: str | None) -> Security:
+    """The settings of this invocation: the command line (or environment) wins over the
+    user's trust.yaml, which wins over the system's."""
+    merged: dict = {}
+    for d in (system_dir, user_dir):
+        merged.update(read_file(d / FILE_NAME))
+    values = insecure or tuple(merged.get("insecure-options", ()))
+    where = data_dir or merged.get("dir") or str(user_dir)
+    return Security(Path(os.path.expanduser(where)), parse_insecure(values),
+                    from_https or bool(merged.get("trust-keys-from-https", False)))
