@@ -64,8 +64,14 @@ class TrustStore:
     def _scan(self, scope: str, top: Path) -> list[TrustEntry]:
         if not top.is_dir():
             return []
+        owners = {0}
         if scope == "system":
-            _check_admin_owned(top)
+            # the admins: root and the owner of the system configuration directory
+            owners.add(os.stat(top.parent).st_uid)
+            _check_admin_owned(top, owners)
+            for sub in (top / ROOT_DIR, top / PREFIX_DIR):
+                if os.path.lexists(sub):
+                    _check_admin_owned(sub, owners)
         out: list[TrustEntry] = []
         for fpr_path in _files(top / ROOT_DIR):
             out.append(TrustEntry(scope, None, fpr_path.name, fpr_path))
@@ -73,11 +79,13 @@ class TrustStore:
             prefix = unescape(sub.name)
             if prefix is None:
                 continue  # not a directory we would write: ignored
+            if scope == "system":
+                _check_admin_owned(sub, owners)
             for fpr_path in _files(sub):
                 out.append(TrustEntry(scope, prefix, fpr_path.name, fpr_path))
         if scope == "system":
             for e in out:
-                _check_admin_owned(e.path)
+                _check_admin_owned(e.path, owners)
         return out
 
     def needed_for(self, name: str) -> Needed:
@@ -172,17 +180,22 @@ def _dirs(d: Path) -> list[Path]:
         raise os_error(err, f"cannot read trust directory {d}") from err
 
 
-def _check_admin_owned(path: Path) -> None:
-    """A system trust file or directory must be writable only by root or its owner, and
-    that owner must be root or the directory's: else anyone could add a key for all."""
+def _check_admin_owned(path: Path, owners: set[int]) -> int:
+    """A system trust directory, subdirectory or key file must belong to root or to the
+    owner of the trust directory (the admin), and be writable by its owner only: else
+    someone else could add a key for all. Returns the owner."""
     try:
         st = os.lstat(path)
     except OSError as err:
         raise os_error(err, f"cannot read {path}") from err
-    if stat.S_ISLNK(st.st_mode):
-        return  # never followed by the scan (files) / dirs: harmless
-    if st.st_mode & 0o022:
+    problem = None
+    if st.st_uid not in owners:
+        problem = f"belongs to uid {st.st_uid}, neither root nor the admin of the directory"
+    elif st.st_mode & 0o022 and not stat.S_ISLNK(st.st_mode):
+        problem = f"may be written by other users (mode {stat.S_IMODE(st.st_mode):04o})"
+    if problem:
         raise PermissionDenied(
-            f"system trust directory: {path} may be written by other users "
-            f"(mode {stat.S_IMODE(st.st_mode):04o}): no system key is trusted",
-            hint="an admin must make it writable by root only (chmod go-w)")
+            f"system trust directory: {path} {problem}: no system key is trusted",
+            hint="an admin must make the trust directory writable by root only "
+                 "(chown root, chmod go-w) and check what was added to it")
+    return st.st_uid
