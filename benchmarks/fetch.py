@@ -73,9 +73,11 @@ def main() -> None:
         env = {**os.environ, "HOME": str(home), "PCOCC_USER_CONF_DIR": str(home / ".pcocc"),
                "PCOCC_SYSTEM_CONF_DIR": str(work / "etc"), "SSL_CERT_FILE": str(server.ca_file),
                "PYTHONPATH": str(ROOT)}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # like an installed pcocc: bytecode cached
         pcocc = [sys.executable, "-m", "pcocc.cli.main"]
         subprocess.run([*pcocc, "trust", "--root", "--skip-fingerprint-review", str(pub)],
                        env=env, check=True, capture_output=True, stdin=subprocess.DEVNULL)
+        subprocess.run([*pcocc, "image", "list"], env=env, check=True, capture_output=True)
         dl = work / "dl"
         dl.mkdir()
         baseline = ["sh", "-c", f"curl -sf --cacert {server.ca_file} -o {dl}/img {url} && "

@@ -34,7 +34,6 @@ def fetch(session: Session, ref: str, signature: Path | None, labels: tuple[str,
     from pcocc.repo.store import RepoSet
     from pcocc.trust.fetch import FetchRequest
     from pcocc.trust.fetch import fetch as do_fetch
-    from pcocc.trust.store import TrustStore
 
     parsed = {}
     for item in labels:
@@ -44,7 +43,11 @@ def fetch(session: Session, ref: str, signature: Path | None, labels: tuple[str,
                              "version, os, arch, ext")
         parsed[key] = value
     req = FetchRequest(ref, signature, parsed, no_store, store_only, dest)
-    store = TrustStore(session.security.trust_dir, Path(session.system_dir) / "trustedkeys")
+    def store():  # noqa: ANN202 - built only when a signature is checked
+        from pcocc.trust.store import TrustStore
+
+        return TrustStore(session.security.trust_dir, Path(session.system_dir) / "trustedkeys")
+
     done = do_fetch(RepoSet(session.config.repos), req, session.security, store,
                     session.notify)
     if not session.quiet:

@@ -12,26 +12,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import platform
 import re
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from pcocc import paths
 from pcocc.errors import NotFound, PcoccError, UsageError
 from pcocc.fsutil import write_atomic
-from pcocc.repo.meta import ImageMeta
-from pcocc.repo.store import RepoSet
-from pcocc.trust import auth, discovery, http
+from pcocc.trust import auth, http
 from pcocc.trust.prefix import NAME_RE, check_name, split_version
 from pcocc.trust.settings import Security
-from pcocc.trust.store import TrustStore
-from pcocc.trust.verify import check_signature
+
+if TYPE_CHECKING:  # the 304 path of a second fetch imports neither the store nor gpg
+    from pcocc.repo.meta import ImageMeta
+    from pcocc.repo.store import RepoSet
+    from pcocc.trust.store import TrustStore
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,10 @@ class _Target:
     sig_url: str | None        # where its signature is (None: --signature or file://)
 
 
-def fetch(repos: RepoSet, req: FetchRequest, security: Security, store: TrustStore,
-          notify: Callable[[str], None]) -> Fetched:
+def fetch(repos: RepoSet, req: FetchRequest, security: Security,
+          store: Callable[[], TrustStore], notify: Callable[[str], None]) -> Fetched:
+    """Fetch ``req`` into ``repos``; ``store()`` gives the trust store when a signature
+    must be checked."""
     if req.no_store and req.store_only:
         raise UsageError("--no-store and --store-only contradict each other")
     if req.ref.startswith("docker://"):
@@ -132,6 +134,10 @@ def _target(req: FetchRequest, security: Security, notify: Callable[[str], None]
     if "://" in ref:
         raise UsageError(f"{ref}: unknown transport",
                          hint="use NAME[:VERSION], https://, file:// or docker://")
+    import platform
+
+    from pcocc.trust import discovery
+
     name, version = split_version(ref)
     labels = {"version": version or "latest", "os": "linux",
               "arch": _ARCH.get(platform.machine(), platform.machine()), "ext": DEFAULT_EXT,
@@ -162,7 +168,7 @@ def _local(url: str) -> Path:
 
 
 def _check(target: _Target, data: Path, tmp: Path, req: FetchRequest, security: Security,
-           store: TrustStore, transport: http.Transport, creds: auth.Credentials,
+           store: Callable[[], TrustStore], transport: http.Transport, creds: auth.Credentials,
            notify: Callable[[str], None]) -> str | None:
     if security.allows("image"):
         notify("warning: image signature verification has been disabled")
@@ -179,13 +185,17 @@ def _check(target: _Target, data: Path, tmp: Path, req: FetchRequest, security: 
         except PcoccError as err:
             log.info("no signature: %s", err)
             sig = None
-    verdict = check_signature(store, target.name, data, sig, origin=target.url)
+    from pcocc.trust.verify import check_signature
+
+    verdict = check_signature(store(), target.name, data, sig, origin=target.url)
     notify(f"signature verified: {verdict.signer} ({verdict.key})")
     return verdict.key
 
 
 def _format(path: Path) -> str:
     """The import format of a downloaded file, from its contents."""
+    import tarfile
+
     with open(path, "rb") as f:
         head = f.read(4)
     if head == b"QFI\xfb":

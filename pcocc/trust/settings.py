@@ -98,8 +98,6 @@ def read_file(path: Path) -> dict:
         trust-keys-from-https: false
         dir: /path/to/dir
     """
-    import yaml
-
     from pcocc.errors import ConfigError
 
     try:
@@ -108,6 +106,8 @@ def read_file(path: Path) -> dict:
         return {}
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
+    import yaml  # only when there is a file: most runs have none
+
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
