@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pcocc.cli.containers:run", "Run container images on the nodes of an allocation"),
     "pod": ("pcocc.cli.containers:pod", "List, inspect, enter and collect container pods"),
     "image": ("pcocc.cli.image:image", "List and manage VM and container images"),
+    "trust": ("pcocc.cli.trust:trust", "Trust, list and forget image signing keys"),
     "template": ("pcocc.cli.template:template", "List and show VM templates"),
     "admin": ("pcocc.cli.admin:admin", "Site setup: etcd users and auth, configuration checks"),
     "help": ("pcocc.cli.help:help_", "Show the manual page of a command"),
@@ -43,4 +44,5 @@ IMAGE_SUBGROUPS: dict[str, tuple[str, str]] = {
                 "Write the top layer of a container image to a directory"),
     "render": ("pcocc.cli.image_files:render",
                "Write the root filesystem of a container image to a directory"),
+    "fetch": ("pcocc.cli.image_fetch:fetch", "Fetch and verify a signed image (https, name)"),
 }

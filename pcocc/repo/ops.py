@@ -38,10 +38,10 @@ from pcocc.repo.store import RepoSet, Repository, new_meta
 from pcocc.repo.uri import ImageUri
 
 
-def _dest(repos: RepoSet, dest: str) -> tuple[Repository, ImageUri]:
+def _dest(repos: RepoSet, dest: str, new_image: bool = True) -> tuple[Repository, ImageUri]:
     uri = ImageUri.parse(dest)
     repo = repos.for_write(uri.repo)
-    if repo.layout.is_initialized() and repo.has_image(uri.name):
+    if new_image and repo.layout.is_initialized() and repo.has_image(uri.name):
         raise_exists(repo, uri.name)
     return repo, uri
 
@@ -78,9 +78,10 @@ def _tls_kw(tls_verify: bool | None) -> dict:
 
 def import_image(repos: RepoSet, source: str, dest: str, *, fmt: str | None = None,
                  description: str = "", progress: Progress = no_progress,
-                 tls_verify: bool | None = None, allow_backing_in_repo: bool = False
-                 ) -> ImageMeta:
-    """Import ``[FORMAT:]SOURCE`` as revision 0 of the new image ``dest`` ([REPO:]NAME).
+                 tls_verify: bool | None = None, allow_backing_in_repo: bool = False,
+                 new_image: bool = True) -> ImageMeta:
+    """Import ``[FORMAT:]SOURCE`` as revision 0 of the new image ``dest`` ([REPO:]NAME)
+    (with ``new_image`` false: as the next revision of that image, which must exist).
 
     Container sources reach the driver as ``(location, fmt)`` with the format prefix cut
     off: ``docker://busybox`` is ``("//busybox", "docker")``; the driver rebuilds the
@@ -93,7 +94,7 @@ def import_image(repos: RepoSet, source: str, dest: str, *, fmt: str | None = No
         blob of the destination repository; the chain is flattened into the new image
     """
     spec = drivers.parse_format(source, fmt)
-    repo, uri = _dest(repos, dest)
+    repo, uri = _dest(repos, dest, new_image)
     if not spec.is_container:
         path = Path(spec.location)
         if not path.exists():
@@ -111,7 +112,7 @@ def import_image(repos: RepoSet, source: str, dest: str, *, fmt: str | None = No
                                         progress, backing_repo=backing_repo)
             meta = new_meta(uri.name, KIND_VM, layers.layers, description=description,
                             source=f"{fmt_}:{os.path.abspath(path)}", vm=_vm_fields(layers))
-            return repo.commit(meta, new_image=True)
+            return repo.commit(meta, new_image=new_image)
     driver = drivers.load_driver(spec.fmt)  # type: ignore[arg-type]
     with repo.staging("import") as staging:
         if spec.fmt in drivers.SIF_FORMATS:
@@ -124,7 +125,7 @@ def import_image(repos: RepoSet, source: str, dest: str, *, fmt: str | None = No
                                       **_tls_kw(tls_verify))
         meta = new_meta(uri.name, KIND_CTR, img.blobs, description=description,
                         source=_container_source(spec), oci=_oci_fields(img))
-        return repo.commit(meta, new_image=True)
+        return repo.commit(meta, new_image=new_image)
 
 
 def export_image(repos: RepoSet, image: str, dest: str, *, fmt: str | None = None,
