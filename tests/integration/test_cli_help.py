@@ -67,3 +67,29 @@ def test_build_installs_the_pages_of_the_code(tmp_path):
     expected = {f"{p.name}.1": manpages.render(p) for p in manpages.all_pages()}
     assert pages.keys() == expected.keys()
     assert pages == expected
+
+
+#: what the build environment of pyproject.toml lacks: only setuptools, wheel and click
+#: are there when the build step writes the man pages
+_BUILD_ONLY = """
+import sys, tempfile
+from pathlib import Path
+BLOCKED = {"yaml", "jsonschema", "etcd3", "grpc", "qemu", "paramiko", "rich", "google"}
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"not in the build environment: {name}")
+        return None
+sys.meta_path.insert(0, Block())
+from pcocc.cli.manpages import write_pages
+print(len(write_pages(Path(tempfile.mkdtemp()))))
+"""
+
+
+def test_pages_are_written_with_only_the_build_requirements():
+    """The man pages are built in pip's isolated build environment (click only): a command
+    module importing a runtime dependency at import time breaks every install."""
+    res = subprocess.run([sys.executable, "-c", _BUILD_ONLY], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert int(res.stdout) == len(list(manpages.all_pages()))
