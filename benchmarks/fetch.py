@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchlib
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,9 +46,12 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--size-mib", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=None, help="[default: 5, quick: 2]")
+    ap.add_argument("--size-mib", type=int, default=None, help="[default: 100, quick: 32]")
+    benchlib.add_quick(ap)
     args = ap.parse_args()
+    args.rounds = args.rounds or (2 if args.quick else 5)
+    args.size_mib = args.size_mib or (32 if args.quick else 100)
     work = Path(tempfile.mkdtemp(prefix="pcocc-bench-fetch-"))
     try:
         keys = _make(work / "gnupg")
@@ -104,8 +108,12 @@ def main() -> None:
         print(f"  pcocc image fetch, same ETag   {m_again:7.3f} s")
         print(f"  pcocc image list               {m_list:7.3f} s   ratio "
               f"{m_again / m_list:.2f}x (target <= 1.2x)")
-        print("baseline: curl --cacert of image and .asc from the same loopback server, then "
-              "gpgv against the one trusted key (no import into a repository)")
+        benchlib.baseline("curl --cacert of image and .asc from the same loopback server, then "
+                          "gpgv against the one trusted key (no import into a repository)")
+        benchlib.figure(f"fetch of a {args.size_mib} MiB signed image / curl + gpgv",
+                        m_ours / m_base, "x", "<= 1.3")
+        benchlib.figure("fetch again, unchanged ETag / pcocc image list", m_again / m_list, "x",
+                        "<= 1.2")
         server.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
