@@ -12,7 +12,6 @@ import re
 import signal
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -182,14 +181,7 @@ def test_scancel_mid_boot_cleans_up(slurm_test_env):
     job_id = res.stdout.strip()
     env.wait_ps(lambda cs: any(c["id"] == job_id for c in cs), "the cluster to be defined")
     subprocess.run(["scancel", job_id], env=env.env, check=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        state = subprocess.run(
-            ["squeue", "-h", "-j", job_id, "-o", "%T"], env=env.env, capture_output=True, text=True
-        ).stdout.strip()
-        if not state:
-            break
-        time.sleep(0.5)
+    env.wait_job_gone(job_id)
     assert_nothing_left(env, _endpoints(env))
     text = (env.tmp / f"slurm-{job_id}.out").read_text()
     # scancel signals the launcher and the node processes at once: whichever the launcher

@@ -71,17 +71,6 @@ def _counter(env, job_id: str, rank: int) -> tuple[int, int]:
         time.sleep(0.5)
 
 
-def _job_gone(env, job_id: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], env=env.env,
-                               capture_output=True, text=True).stdout.strip()
-        if not state:
-            return
-        time.sleep(0.5)
-    pytest.fail(f"job {job_id} still there")
-
-
 def _running(env, job_id: str, n: int) -> dict:
     out = env.tmp / f"slurm-{job_id}.out"
 
@@ -130,7 +119,7 @@ def _ckpt_and_restore(env, jobs: list[str]) -> None:
     res = env.run("ckpt", "-j", first, str(ck))
     assert res.returncode == 0, res.stderr
     assert "checkpoint written to" in res.stderr
-    _job_gone(env, first)
+    env.wait_job_gone(first)
     assert_nothing_left(env, _endpoints(env))
     assert _entries(env.tmp) == ["ck"]
     assert sorted(os.listdir(ck)) == ["manifest.json", "vm0", "vm1"]
@@ -176,7 +165,7 @@ def _ckpt_and_restore(env, jobs: list[str]) -> None:
     time.sleep(1.5)
     assert _counter(env, second, 0)[1] > value
     subprocess.run(["scancel", second], env=env.env, check=True)
-    _job_gone(env, second)
+    env.wait_job_gone(second)
     assert_nothing_left(env, _endpoints(env))
 
 

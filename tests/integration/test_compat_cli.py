@@ -8,7 +8,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -77,17 +76,6 @@ def test_alloc_with_slurm_options_around_the_definition(slurm_test_env):
     assert_nothing_left(env, _endpoints(env))
 
 
-def _wait_job_gone(env: Env, job_id: str, timeout_s: float = 600) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], env=env.env,
-                               capture_output=True, text=True).stdout.strip()
-        if not state:
-            return
-        time.sleep(1)
-    pytest.fail(f"job {job_id} still in the queue after {timeout_s} s")
-
-
 def test_batch_host_script_file_and_ps_all(slurm_test_env):
     env: Env = slurm_test_env
     # a cluster that waits for its start time: ps -a shows it from squeue, no boot
@@ -115,11 +103,11 @@ def test_batch_host_script_file_and_ps_all(slurm_test_env):
         assert [c["id"] for c in json.loads(only.stdout)] == [waiting]
     finally:
         subprocess.run(["scancel", waiting], env=env.env, check=False)
-    _wait_job_gone(env, job_id)
+    env.wait_job_gone(job_id, 600)
     assert (env.tmp / "batch.out").read_text().strip() == "vm0", (
         env.tmp / f"slurm-{job_id}.out").read_text()
     assert (env.tmp / "name.out").read_text().strip() == "compatb"
-    _wait_job_gone(env, waiting, 60)
+    env.wait_job_gone(waiting, 60)
     assert_nothing_left(env, _endpoints(env))
 
 
