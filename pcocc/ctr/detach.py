@@ -97,13 +97,15 @@ class Reporter:
     def __init__(self, fd: int):
         self.fd: int | None = fd
 
-    def _send(self, msg: dict) -> None:
+    def _send(self, msg: dict) -> bool:
+        """False if the command no longer reads (interrupted)."""
         if self.fd is None:
-            return
+            return False
         try:
             os.write(self.fd, json.dumps(msg).encode() + b"\n")
         except OSError:
-            pass  # the command is gone (Ctrl-C): the pod runs on all the same
+            return False
+        return True
 
     def _close(self) -> None:
         if self.fd is not None:
@@ -118,8 +120,14 @@ class Reporter:
         self._send({"say": text})
 
     def started(self, rec: PodRecord) -> None:
-        self._send({"started": rec.uuid})
+        """:raise PcoccError: the command is gone before it could print the UUID (Ctrl-C):
+        the pod is stopped rather than left running unknown to the user"""
+        told = self._send({"started": rec.uuid})
         self._close()
+        if not told:
+            raise PcoccError(
+                f"the command that started pod {rec.uuid} is gone: stopping the pod"
+            )
 
     def error(self, err: PcoccError) -> None:
         self._send({"error": str(err), "hint": err.hint, "status": err.exit_status})

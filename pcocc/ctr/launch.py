@@ -280,7 +280,7 @@ def _check_started(
             continue
         said = _drain(p, log).decode(errors="replace").strip().splitlines()
         raise PcoccError(
-            f"app {app.name} of pod {rec.short_id} failed to start "
+            f"app {app.name} of pod {rec.short_id} failed to start or ended at once "
             f"(exit status {exit_status(p.returncode)})" + (f": {said[-1]}" if said else ""),
             hint=f"see 'pcocc pod logs {rec.short_id}'",
         )

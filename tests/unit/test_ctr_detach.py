@@ -81,3 +81,13 @@ def _end(store, uuid, log):
     rec = store.load(uuid)
     rec.state = "exited"
     store.save(rec)
+
+
+def test_a_start_nobody_waits_for_any_more_stops_the_pod(tmp_path):
+    """The command was interrupted (Ctrl-C) before the apps ran: nobody got the UUID, so
+    the supervisor must not leave the pod running unknown (start_pod stops it on the error)."""
+    r, w = os.pipe()
+    os.close(r)
+    rec = PodStore(tmp_path / "p").create([AppRecord("a", "img", [])])
+    with pytest.raises(PcoccError, match="stopping the pod"):
+        Reporter(w).started(rec)

@@ -173,6 +173,7 @@ def test_a_start_error_fails_the_command(env, pcocc_bin, image_dir, oci):
     res = pcocc(pcocc_bin, "run", "--detach", "--runtime", oci, str(image_dir),
                 "--", "/no/such/program", check=1)
     assert "failed to start" in res.stderr and "Traceback" not in res.stderr
+    assert "/no/such/program" in res.stderr  # the runtime says why
     assert res.stdout == ""
     [rec] = pods(pcocc_bin)
     assert rec["state"] == "exited"
