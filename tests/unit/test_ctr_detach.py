@@ -91,3 +91,14 @@ def test_a_start_nobody_waits_for_any_more_stops_the_pod(tmp_path):
     rec = PodStore(tmp_path / "p").create([AppRecord("a", "img", [])])
     with pytest.raises(PcoccError, match="stopping the pod"):
         Reporter(w).started(rec)
+
+
+@pytest.mark.parametrize(("opts", "error"), [
+    (["-N", "2"], "--detach runs a pod on this node only"),
+    (["-i"], "--detach and --interactive cannot go together"),
+])
+def test_detach_refuses_what_it_cannot_do(opts, error, capsys, pcocc_env):
+    from pcocc.cli.main import run_cli
+
+    assert run_cli(["run", "--detach", *opts, "img"]) == 2
+    assert error in capsys.readouterr().err
