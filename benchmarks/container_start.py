@@ -49,6 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "helpers"))
 
+import benchlib
 from testimages import build_busybox
 from testrootfs import build_rootfs
 
@@ -97,10 +98,16 @@ def plain_install(venv: Path) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-n", "--runs", type=int, default=20)
-    ap.add_argument("--cold-runs", type=int, default=5)
+    ap.add_argument("-n", "--runs", type=int, default=None, help="default 20, quick 5")
+    ap.add_argument("--cold-runs", type=int, default=None, help="default 5, quick 2")
     ap.add_argument("--runtime", default="crun", help="pcocc's runtime (default crun)")
+    benchlib.add_quick(ap)
     args = ap.parse_args()
+    args.runs = args.runs or (5 if args.quick else 20)
+    args.cold_runs = args.cold_runs or (2 if args.quick else 5)
+    benchlib.baseline("`crun run` (and `runc run`) of a bundle on the rootfs pcocc's cache"
+                      " unpacked, with pcocc's own quirk handling; podman --rootfs and ch-run on"
+                      " a busybox directory; all warmed once, then interleaved")
 
     work = Path(tempfile.mkdtemp(prefix="pcocc-bench-ctr-"))
     try:
@@ -153,6 +160,16 @@ def main() -> int:
         )
         (bundle / "config.json").write_text(json.dumps(crun.adapt_spec(build_spec(req))))
         commands["crun direct"] = crun.run_argv(bundle, "pcocc-bench")
+        missing = [tool for tool in ("runc", "podman", "ch-run") if not shutil.which(tool)]
+        if shutil.which("runc"):
+            runc = probe.probe("runc")
+            runc_bundle = work / "runc-bundle"
+            runc_bundle.mkdir()
+            (runc_bundle / "config.json").write_text(
+                json.dumps(runc.adapt_spec(build_spec(req))))
+            commands["runc direct"] = runc.run_argv(runc_bundle, "pcocc-bench-runc")
+        benchlib.note(f"not installed, not compared: {', '.join(missing)}" if missing else
+                      "compared with crun, runc, podman and ch-run (all installed)")
 
         if shutil.which("podman"):
             pm_root = work / "podman"
@@ -204,6 +221,15 @@ def main() -> int:
             print(f"pcocc / podman      = {ours / med['podman run']:.2f}  (target < 1)")
         if "ch-run" in med:
             print(f"pcocc / ch-run      = {ours / med['ch-run']:.2f}")
+        benchlib.figure(f"pcocc run ({args.runtime}), warm", ours, "ms")
+        benchlib.figure("pcocc run - crun direct", ours - base, "ms", "<= 25")
+        benchlib.figure("pcocc run / crun direct", ours / base, "x", "<= 1.5")
+        if "podman run" in med:
+            benchlib.figure("pcocc run / podman run", ours / med["podman run"], "x", "< 1")
+        for name, ms in med.items():
+            benchlib.point("container_start", "median", name, ms, style="bar",
+                           title="Start and exit of `true` in a container",
+                           ylabel="milliseconds (median)")
         own = ours - med["pcocc --version"]
         print(
             f"pcocc run minus 'pcocc --version' = {own:.1f} ms "
@@ -219,6 +245,7 @@ def main() -> int:
             f"cold start (cache emptied first), median of {args.cold_runs}: {cold_ms:.1f} ms "
             f"= x{cold_ms / ours:.2f} of a warm start"
         )
+        benchlib.figure("pcocc run, cold cache", cold_ms, "ms")
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

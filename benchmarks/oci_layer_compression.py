@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchlib
+
 HERE = Path(__file__).resolve().parent
 LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib")
 
@@ -56,9 +58,15 @@ def copy_time(archive: Path, dest: Path, keep: bool) -> tuple[float, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mib", type=int, default=150, help="size of the bulk layer")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--mib", type=int, default=None,
+                    help="size of the bulk layer (default 150, quick 30)")
+    ap.add_argument("--repeat", type=int, default=None, help="default 3, quick 1")
+    benchlib.add_quick(ap)
     args = ap.parse_args()
+    args.mib = args.mib or (30 if args.quick else 150)
+    args.repeat = args.repeat or (1 if args.quick else 3)
+    benchlib.baseline("the same `skopeo copy` of the same docker-archive without"
+                      " --dest-oci-accept-uncompressed-layers (skopeo's default: gzip), interleaved")
     if shutil.which("skopeo") is None or shutil.which("umoci") is None:
         print("skopeo and umoci are needed", file=sys.stderr)
         return 2
@@ -82,6 +90,8 @@ def main() -> int:
         print(f"layers kept (pcocc):   {keep_s:.2f} s, {sizes[True] / 2**20:.0f} MiB stored")
         print(f"layers gzipped:        {gzip_s:.2f} s, {sizes[False] / 2**20:.0f} MiB stored")
         print(f"ratio gzipped / kept:  {gzip_s / keep_s:.1f}x")
+        benchlib.figure("import keeping plain layers", keep_s, "s")
+        benchlib.figure("gzipped / kept (time)", gzip_s / keep_s, "x")
     return 0
 
 

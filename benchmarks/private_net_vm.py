@@ -29,6 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import benchlib
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,8 +95,13 @@ def run_case(work: Path, vm: dict, private: bool) -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=None, help="default 3, quick 1")
+    benchlib.add_quick(parser)
     args = parser.parse_args()
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    benchlib.baseline("the same two-VM cluster whose second NICs are QEMU `-netdev socket,mcast`"
+                      " on loopback (the kernel delivers every frame, no switch process), same"
+                      " guest addresses, same ping")
     outdir = Path(os.environ.get("PCOCC_TESTVM_DIR") or tempfile.mkdtemp(prefix="testvm-"))
     results: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
     try:
@@ -117,6 +123,8 @@ def main() -> int:
             f"{label:12s} ours {ours:8.3f} ms   baseline (mcast) {base:8.3f} ms"
             f"   ratio {ours / base:.2f}"
         )
+        benchlib.figure(f"{label} round trip, private network", ours, "ms")
+        benchlib.figure(f"{label} round trip, private / mcast", ours / base, "x")
     return 0
 
 

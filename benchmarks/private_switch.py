@@ -26,6 +26,7 @@ import socket
 import statistics
 import time
 
+import benchlib
 from pcocc.net.switch import Switch, bind_socket
 
 FRAME = 1464
@@ -147,9 +148,14 @@ def rtt(rounds: int, through_switch: bool) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=None, help="default 3, quick 1")
+    parser.add_argument("--rounds", type=int, default=None, help="default 2000, quick 500")
+    benchlib.add_quick(parser)
     args = parser.parse_args()
+    args.seconds = args.seconds or (1.0 if args.quick else 3.0)
+    args.rounds = args.rounds or (500 if args.quick else 2000)
+    benchlib.baseline("the same sender, receiver and echo processes exchanging the same frames"
+                      " over UDP directly, without the switch in between")
     base = throughput(args.seconds, False)
     ours = throughput(args.seconds, True)
     mbit = 8 * FRAME / 1e6
@@ -157,9 +163,13 @@ def main() -> int:
         f"throughput  ours {ours:10.0f} frames/s ({ours * mbit:7.0f} Mbit/s)   "
         f"baseline {base:10.0f} frames/s ({base * mbit:7.0f} Mbit/s)   ratio {ours / base:.2f}"
     )
+    benchlib.figure("switch throughput", ours, "frames/s")
+    benchlib.figure("switch throughput / direct UDP", ours / base, "x")
     base = rtt(args.rounds, False)
     ours = rtt(args.rounds, True)
     print(f"rtt         ours {ours:10.1f} us   baseline {base:10.1f} us   ratio {ours / base:.2f}")
+    benchlib.figure("switch round trip", ours, "us")
+    benchlib.figure("switch round trip / direct UDP", ours / base, "x")
     return 0
 
 

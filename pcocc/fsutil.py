@@ -1,4 +1,5 @@
-"""Crash-safe file operations: atomic writes, directory fsync, flock-based locks."""
+"""Crash-safe file operations: atomic writes and directory swaps, directory fsync, flock-based
+locks."""
 
 from __future__ import annotations
 
@@ -36,26 +37,10 @@ def write_atomic(
     rename, never leave an empty file). A failure (including a full disk) leaves ``path``
     untouched.
     """
-    path = Path(path)
-    if isinstance(data, str):
-        data = data.encode()
-    tmp = tmp_name(path)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # umask must not weaken or strengthen the wanted mode
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if isinstance(err, OSError):
-            raise os_error(err, f"cannot write {path}") from err
-        raise
-    if sync_dir:
-        fsync_dir(path.parent)
+    view = memoryview(data.encode() if isinstance(data, str) else data)
+    with atomic_fd(path, mode, sync_dir=sync_dir) as fd:
+        while view:
+            view = view[os.write(fd, view):]
 
 
 def copy_sparse(src: str | os.PathLike, dst: str | os.PathLike, mode: int = 0o600) -> None:
@@ -70,6 +55,44 @@ def copy_sparse(src: str | os.PathLike, dst: str | os.PathLike, mode: int = 0o60
     os.chmod(dst, mode)
     with open(dst, "rb") as f:
         os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_fd(
+    path: str | os.PathLike, mode: int = 0o600, *, sync_dir: bool = True
+) -> Iterator[int]:
+    """A descriptor open for writing on a new hidden sibling of ``path``: when the block
+    ends normally, the file is fsynced and renamed to ``path`` (then the directory is
+    fsynced, unless ``sync_dir`` is false); on any error or interruption it is removed.
+    For writers that need a descriptor, e.g. another process that writes the file (QEMU
+    through ``getfd``); :func:`write_atomic` for bytes.
+
+    :raise PermissionDenied: the directory of ``path`` is not writable
+    :raise PcoccError: it does not exist, or another failure to create the file
+    """
+    path = Path(path)
+    tmp = tmp_name(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     mode)
+    except OSError as err:
+        raise os_error(err, f"cannot write {path}") from err
+    try:
+        try:
+            yield fd
+            os.fsync(fd)
+            os.fchmod(fd, mode)  # umask must not change the wanted mode
+            os.replace(tmp, path)
+        finally:
+            os.close(fd)
+    except BaseException as err:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        if isinstance(err, OSError):
+            raise os_error(err, f"cannot write {path}") from err
+        raise
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 def remove_tree(path: Path) -> bool:
@@ -140,3 +163,48 @@ def locked(
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
+
+
+def _renameat2(src: Path, dst: Path, flags: int) -> None:
+    import ctypes  # here: only the commands that publish a directory need it
+
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if fn is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available")
+    if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(dst))
+
+
+def exchange_or_rename(src: Path, dst: Path, *, replace: bool) -> None:
+    """Move the directory ``src`` to ``dst`` in one rename, then fsync their parent.
+
+    Without ``replace``, ``dst`` must not exist (else FileExistsError, nothing moved). With
+    it, an existing ``dst`` is exchanged with ``src``: readers of ``dst`` see the old tree or
+    the new one, and the old tree is left at ``src`` for the caller to remove. Where the
+    kernel or the file system lacks ``renameat2``, this falls back to plain renames (then
+    ``dst`` is missing for an instant, and an empty ``dst`` made meanwhile is replaced).
+    """
+    try:
+        _renameat2(src, dst, _RENAME_EXCHANGE if replace else _RENAME_NOREPLACE)
+    except OSError as err:
+        if replace and err.errno == errno.ENOENT and os.path.lexists(src):
+            # dst went away meanwhile: a plain move will do
+            return exchange_or_rename(src, dst, replace=False)
+        if err.errno not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise
+        if not replace:
+            if os.path.lexists(dst):
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst)) from None
+            os.rename(src, dst)
+        else:
+            aside = tmp_name(dst)
+            os.rename(dst, aside)
+            os.rename(src, dst)
+            os.rename(aside, src)
+    fsync_dir(dst.parent)

@@ -34,6 +34,7 @@ PACKAGE_OF = {
     "fusermount": "fuse3",
     "fusermount3": "fuse3",
     "gpg": "gpg",
+    "gpgv": "gpgv",
     "genisoimage": "genisoimage",
     "salloc": "slurm-client",
     "sbatch": "slurm-client",

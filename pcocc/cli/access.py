@@ -1,7 +1,9 @@
-"""``pcocc ssh``, ``scp``, ``nc``, ``console``, ``reset``, ``monitor-cmd``: use a running VM.
+"""``pcocc ssh``, ``scp``, ``nc``, ``console``, ``reset``, ``monitor-cmd``, ``exec``: use
+running VMs.
 
 Each selects its cluster with ``-j JOBID``, ``-J NAME`` or ``--user`` (:mod:`pcocc.cli.selection`);
-ssh and scp pass every option that is not pcocc's to the tool, as argv words.
+ssh and scp pass every option that is not pcocc's to the tool, as argv words. reset,
+monitor-cmd and exec take VM sets (:mod:`pcocc.cluster.vmset`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,14 @@ from pcocc.cli.passthrough import tool_command
 from pcocc.cli.selection import cluster_selection
 from pcocc.cluster.lookup import ClusterSelection
 from pcocc.cluster.ssh_options import SCP_OPTIONS, SSH_OPTIONS
+from pcocc.errors import UsageError
+
+_index_option = click.option(
+    "-i",
+    "--index",
+    metavar="RANGE",
+    help="VMs to use, as 0-3,7 or vm[0-3,7].",
+)
 
 
 @tool_command(SSH_OPTIONS, "ssh_args", interspersed=False, after_double_dash="positional",
@@ -111,25 +121,111 @@ def console(session: Session, selection: ClusterSelection, show_log: bool, vm: s
 
 @click.command()
 @cluster_selection
-@click.argument("vm", metavar="vmN")
+@_index_option
+@click.argument("vms", required=False, metavar="[VMSET]")
 @pass_session
-def reset(session: Session, selection: ClusterSelection, vm: str) -> None:
-    """Reset a VM (like pressing its reset button)."""
-    from pcocc.cluster.access import find_cluster
-    from pcocc.cluster.access import reset as do_reset
+def reset(session: Session, selection: ClusterSelection, index: str | None,
+          vms: str | None) -> None:
+    """Reset VMs (like pressing their reset button): VMSET is vm3 or vm[0-3,7] [default:
+    vm0]."""
+    from pcocc.cluster.access import find_cluster, reset_vms, select_vms
+    from pcocc.cluster.vmset import parse_vm_set, split_vm_set
 
-    do_reset(find_cluster(selection, etcd=lambda: session.config.batch.etcd), vm)
-
-
-@click.command("monitor-cmd")
-@cluster_selection
-@click.argument("vm", metavar="vmN")
-@click.argument("words", nargs=-1, required=True, metavar="CMD")
-@pass_session
-def monitor_cmd(session: Session, selection: ClusterSelection, vm: str,
-                words: tuple[str, ...]) -> None:
-    """Send a monitor command to a VM: HMP ('info status'), QMP name or QMP JSON."""
-    from pcocc.cluster.access import find_cluster, monitor_command
-
+    chosen, rest = split_vm_set(index, [vms] if vms else [])
+    if rest:
+        parse_vm_set(rest[0])  # says what is wrong with it
     view = find_cluster(selection, etcd=lambda: session.config.batch.etcd)
-    click.echo(monitor_command(view, vm, words))
+    reset_vms(view, select_vms(view, chosen, default=(0,)))
+
+
+@click.command("monitor-cmd", context_settings={"ignore_unknown_options": True})
+@cluster_selection
+@_index_option
+@click.argument("words", nargs=-1, required=True, metavar="[VMSET] CMD...")
+@pass_session
+def monitor_cmd(
+    session: Session, selection: ClusterSelection, index: str | None, words: tuple[str, ...]
+) -> None:
+    """Send a monitor command to VMs: HMP ('info status'), QMP name or QMP JSON.
+
+    VMSET is vm3 or vm[0-3,7] [default: vm0]; with several VMs, each line of an answer is
+    prefixed by the VM's name.
+    """
+    from pcocc.cluster.access import find_cluster, monitor_commands, select_vms
+    from pcocc.cluster.vmset import split_vm_set
+
+    chosen, rest = split_vm_set(index, words)
+    view = find_cluster(selection, etcd=lambda: session.config.batch.etcd)
+    answers = monitor_commands(view, select_vms(view, chosen, default=(0,)), rest)
+    for rank, text in answers:
+        if len(answers) == 1:
+            click.echo(text)
+        else:
+            click.echo("".join(f"vm{rank}: {line}\n" for line in text.splitlines()), nl=False)
+
+
+@click.command(
+    "exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+@cluster_selection(user_option=False)
+@click.option("-i", "--index", metavar="RANGE",
+              help="VMs to run in, as 0-3,7 or vm[0-3,7] [default: all].")
+@click.option("-u", "--user", metavar="USER",
+              help="Run as this guest user [default: the agent's, root].")
+@click.option("--env", "env", multiple=True, metavar="K=V",
+              help="Set variable K to V for the command; repeatable.")
+@click.option("-s", "--stdin", "use_stdin", is_flag=True,
+              help="Pass the standard input to the command (read to its end first).")
+@click.option("--script", metavar="FILE",
+              help="Run the script FILE of this host ('-': standard input) instead of CMD.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="CMD...")
+@pass_session
+def exec_(
+    session: Session,
+    selection: ClusterSelection,
+    index: str | None,
+    user: str | None,
+    env: tuple[str, ...],
+    use_stdin: bool,
+    script: str | None,
+    command: tuple[str, ...],
+) -> None:
+    """Run CMD in VMs through their guest agents, in parallel, output as it comes.
+
+    CMD is shell text, as with ssh. With several VMs each output line is prefixed by the
+    VM's name. The exit status is the worst of the VMs'.
+    """
+    import sys
+
+    from pcocc.cluster.access import exec_in_vms, find_cluster, select_vms
+    from pcocc.cluster.guestexec import ExecRequest, PrefixedOutput, script_request
+    from pcocc.cluster.vmset import split_vm_set
+
+    if script is not None:
+        if command or use_stdin:
+            raise UsageError("give either --script FILE or CMD (and -s), not both")
+        request = script_request(_read_script(script), user=user, env=env)
+    else:
+        stdin = sys.stdin.buffer.read() if use_stdin else None
+        request = ExecRequest.build(command, user=user, env=env, stdin=stdin)
+    chosen, _ = split_vm_set(index, ())
+    view = find_cluster(selection, etcd=lambda: session.config.batch.etcd)
+    ranks = select_vms(view, chosen, default=None)
+    output = PrefixedOutput(sys.stdout.buffer, sys.stderr.buffer, prefix=len(ranks) > 1)
+
+    def on_error(_rank: int, message: str, hint: str | None) -> None:
+        click.echo(f"pcocc: error: {message}" + (f" ({hint})" if hint else ""), err=True)
+
+    exit_with(exec_in_vms(view, ranks, request, output, on_error))
+
+
+def _read_script(path: str) -> bytes:
+    import sys
+
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise UsageError(f"--script '{path}': cannot read it: {err.strerror}") from err

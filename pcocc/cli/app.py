@@ -78,6 +78,17 @@ class LazyGroup(click.Group):
     default=None,
     help="User configuration directory [default: ~/.pcocc] (env PCOCC_USER_CONF_DIR).",
 )
+@click.option("--insecure-options", metavar="LIST", envvar="PCOCC_INSECURE_OPTIONS",
+              multiple=True, help="Security checks to disable (comma-separated): none, http, "
+              "image, tls, pubkey, capabilities, paths, seccomp, all-fetch, all-run, all "
+              "(env PCOCC_INSECURE_OPTIONS; see 'pcocc help trust').")
+@click.option("--insecure-skip-verify", is_flag=True,
+              help="Same as --insecure-options=image.")
+@click.option("--trust-keys-from-https", is_flag=True, envvar="PCOCC_TRUST_KEYS_FROM_HTTPS",
+              help="Trust keys downloaded over verified HTTPS without review.")
+@click.option("--dir", "data_dir", metavar="DIR", envvar="PCOCC_DIR", default=None,
+              help="Where the user trust store and fetch records live "
+                   "[default: the user configuration directory] (env PCOCC_DIR).")
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -86,15 +97,25 @@ def cli(
     quiet: bool,
     system_config: str,
     user_config: str | None,
+    insecure_options: tuple[str, ...],
+    insecure_skip_verify: bool,
+    trust_keys_from_https: bool,
+    data_dir: str | None,
 ) -> None:
     """pcocc: virtual clusters of VMs and containers inside Slurm jobs."""
     _setup_logging(debug, verbose, quiet)
+    user_dir = user_config or os.path.join(os.path.expanduser("~"), ".pcocc")
     ctx.obj = Session(
         system_dir=system_config,
-        user_dir=user_config or os.path.join(os.path.expanduser("~"), ".pcocc"),
+        user_dir=user_dir,
         debug=debug,
         quiet=quiet,
         verbose=verbose,
+        security_args=(
+            (*insecure_options, *(("image",) if insecure_skip_verify else ())),
+            trust_keys_from_https,
+            data_dir or "",
+        ),
     )
 
 

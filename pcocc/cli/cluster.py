@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
@@ -142,36 +141,38 @@ def alloc(session: Session, command, restart_ckpt, cores, images, mounts, user_d
 )
 @click.option(
     "-b",
-    "--host-script",
+    "--batch-script",
+    "guest_script",
     metavar="FILE",
     type=click.Path(dir_okay=False),
-    help="Run the script FILE on the first node once the VMs run.",
+    help="Run the script FILE inside vm0 (through its guest agent) once the VMs run.",
 )
 @_restart_option
 @_definition_options
 @pass_session
 def batch(
-    session: Session, host_script_e, host_script, restart_ckpt, cores, images, mounts,
+    session: Session, host_script_e, guest_script, restart_ckpt, cores, images, mounts,
     user_data, job_name, spec, batch_args
 ):
     """Run a virtual cluster in a batch job; print the job id.
 
-    Like 'pcocc alloc', but the job runs in the background; it ends when the -E script
-    ends (without one, when the job's time limit is reached or it is cancelled). Options
-    that are not pcocc's go to sbatch: pcocc batch -p debug --qos normal tpl:4.
+    Like 'pcocc alloc', but the job runs in the background; it ends when the -E script or
+    the -b script (run inside vm0) ends, with its exit status (without either, when the
+    job's time limit is reached or it is cancelled). Options that are not pcocc's go to
+    sbatch: pcocc batch -p debug --qos normal tpl:4.
     """
-    from pcocc.cluster.jobs import host_script_command, submit
+    from pcocc.cluster.jobs import (
+        guest_script_command,
+        host_script_command,
+        read_guest_script,
+        submit,
+    )
 
     command = None if host_script_e is None else host_script_command(host_script_e)
-    if command is not None and host_script is not None:
-        raise UsageError("give either -E CMD or -b FILE, not both")
-    if host_script is not None:
-        try:
-            command = Path(host_script).read_text()
-        except OSError as err:
-            raise UsageError(
-                f"--host-script '{host_script}': cannot read it: {err.strerror}"
-            ) from err
+    if command is not None and guest_script is not None:
+        raise UsageError("give either -E FILE or -b FILE, not both")
+    if guest_script is not None:
+        command = guest_script_command(read_guest_script(guest_script))
     definition = _definition(session, spec, cores, images, mounts, user_data)
     restore = _restore(session, definition, restart_ckpt)
     click.echo(submit(session.config, definition, batch_args, command, session.log_args,

@@ -184,7 +184,8 @@ def run(
         net_mode=private_net or "auto",
         allow_host_loopback=allow_host_loopback,
         ports=ports,
-        insecure=insecure_options,
+        # the run-side values of the global --insecure-options count too
+        insecure=(*session.security.run_side, *insecure_options),
         interactive=interactive,
         hostname=hostname,
         as_root=as_root,

@@ -11,6 +11,7 @@ import click
 
 if TYPE_CHECKING:
     from pcocc.config import Config
+    from pcocc.trust.settings import Security
 
 
 @dataclass
@@ -20,6 +21,9 @@ class Session:
     debug: bool = False
     quiet: bool = False
     verbose: int = 0
+    #: the global security options as given: (insecure values, trust-keys-from-https, dir);
+    #: trust.yaml of the configuration directories fills what they leave out
+    security_args: tuple[tuple[str, ...], bool, str] = ((), False, "")
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @functools.cached_property
@@ -27,6 +31,18 @@ class Session:
         from pcocc.config import load_config
 
         return load_config(self.system_dir, self.user_dir)
+
+    @functools.cached_property
+    def security(self) -> Security:
+        """The global --insecure-options & co, checked on first use (a bad value is a
+        usage error of the command that needs them, not of every command)."""
+        from pathlib import Path
+
+        from pcocc.trust.settings import resolve
+
+        values, from_https, data_dir = self.security_args
+        return resolve(Path(self.system_dir), Path(self.user_dir), values, from_https,
+                       data_dir or None)
 
     def notify(self, message: str) -> None:
         """Tell the user, in one line on stderr, what a long operation is doing (not with

@@ -27,10 +27,16 @@ def image() -> None:
 @image.command("list")
 @click.option("-R", "--repo", metavar="REPO", help="Only this repository.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--full", is_flag=True, help="Print whole image IDs.")
 @click.argument("regex", required=False)
 @pass_session
-def list_(session: Session, repo: str | None, regex: str | None, as_json: bool) -> None:
-    """List images (latest revision), optionally only names matching REGEX."""
+def list_(session: Session, repo: str | None, regex: str | None, as_json: bool,
+          full: bool) -> None:
+    """List images (latest revision), optionally only names matching REGEX.
+
+    The ID column shows the first 12 digits of each image ID (commands take any unique
+    prefix of an ID); --full shows them whole, as --json does.
+    """
     images = sorted(_repos(session).images(repo, regex), key=lambda m: (m.name, m.repo))
     if as_json:
         click.echo(json.dumps([
@@ -38,9 +44,9 @@ def list_(session: Session, repo: str | None, regex: str | None, as_json: bool) 
              "owner": m.owner, "created": m.created, "id": m.image_id, "size": m.size}
             for m in images], indent=2))
         return
-    print_table(["NAME", "TYPE", "REVISION", "REPO", "OWNER", "DATE"],
-                [[m.name, m.type_label, m.revision, m.repo, m.owner, local_time(m.created)]
-                 for m in images], rule=True)
+    print_table(["NAME", "TYPE", "REVISION", "REPO", "OWNER", "DATE", "ID"],
+                [[m.name, m.type_label, m.revision, m.repo, m.owner, local_time(m.created),
+                  m.image_id if full else m.short_id] for m in images], rule=True)
 
 
 def _argv(value: Any) -> str:

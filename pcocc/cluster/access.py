@@ -1,4 +1,5 @@
-"""What the user commands on a running cluster do: ssh, scp, nc, console, reset, monitor.
+"""What the user commands on a running cluster do: ssh, scp, nc, console, reset, monitor,
+exec.
 
 The cluster comes from ``-j JOBID``, ``$PCOCC_JOB_ID``/``$SLURM_JOB_ID``, or is the user's
 only one (see :func:`pcocc.cluster.lookup.select_cluster`).
@@ -29,11 +30,14 @@ from pcocc.cluster.lookup import (
     parse_vm_name,
     select_cluster,
 )
+from pcocc.cluster.guestexec import ErrorReport, ExecRequest, Output, run_in_vms
 from pcocc.cluster.sshkeys import ensure_user_key, write_ssh_files
+from pcocc.cluster.vmset import check_in_cluster
 from pcocc.cluster.vmstate import RUNNING, VmRecord
 from pcocc.config import EtcdConfig
 from pcocc.errors import NotFound, PcoccError, PermissionDenied, ServiceUnavailable, UsageError
 from pcocc.kv import connect
+from pcocc.vm.agent import GuestAgent
 
 log = logging.getLogger(__name__)
 
@@ -413,6 +417,18 @@ def _qmp(view: ClusterView, rec: VmRecord):
     return client, fd
 
 
+@contextlib.contextmanager
+def qmp_session(view: ClusterView, rec: VmRecord) -> Iterator[Any]:
+    """A connected :class:`pcocc.vm.qmp.QmpClient` of VM ``rec``, on its host only."""
+    client, fd = _qmp(view, rec)
+    try:
+        with client:
+            yield client
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def reset(view: ClusterView, name: str) -> None:
     rec = view.vm(name)
     client, fd = _qmp(view, rec)
@@ -422,6 +438,64 @@ def reset(view: ClusterView, name: str) -> None:
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def select_vms(view: ClusterView, ranks: Sequence[int] | None, *,
+               default: Sequence[int] | None) -> tuple[int, ...]:
+    """``ranks`` (from :func:`pcocc.cluster.vmset.split_vm_set`), else ``default`` (None:
+    every VM of the cluster), checked against the cluster.
+
+    :raise NotFound: a VM the cluster does not have
+    """
+    if ranks is None:
+        ranks = tuple(default) if default is not None else tuple(range(view.size))
+    check_in_cluster(ranks, view.size, view.batchid)
+    return tuple(ranks)
+
+
+def reset_vms(view: ClusterView, ranks: Sequence[int]) -> None:
+    for rank in ranks:
+        reset(view, f"vm{rank}")
+
+
+def monitor_commands(view: ClusterView, ranks: Sequence[int],
+                     words: Sequence[str]) -> list[tuple[int, str]]:
+    """:func:`monitor_command` on each VM: (rank, answer) in order."""
+    return [(rank, monitor_command(view, f"vm{rank}", words)) for rank in ranks]
+
+
+def agent_socket(view: ClusterView, rec: VmRecord) -> str:
+    """The guest agent socket of a VM running on this host (checked like every run file).
+
+    :raise NotFound: the VM publishes none, or it is gone
+    :raise UsageError: the VM runs on another host
+    """
+    path = rec.extra.get("agent_socket")
+    if not isinstance(path, str):
+        raise NotFound(f"{rec.name} publishes no guest agent socket",
+                       hint="wait until 'pcocc ps' shows it running")
+    try:
+        return _local_path(view, rec, path, "guest agent socket")
+    except NotFound as err:
+        raise NotFound(f"{rec.name} has no guest agent socket: {err}") from err
+
+
+@contextlib.contextmanager
+def guest_agent(view: ClusterView, rank: int) -> Iterator[GuestAgent]:
+    """The guest agent of VM ``rank`` on this host."""
+    path = agent_socket(view, view.vm(f"vm{rank}"))
+    name, fd = _short_socket_path(path)
+    try:
+        yield GuestAgent(name, label=path)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def exec_in_vms(view: ClusterView, ranks: Sequence[int], request: ExecRequest,
+                output: Output, on_error: ErrorReport) -> int:
+    """``pcocc exec``: :func:`pcocc.cluster.guestexec.run_in_vms` on VMs of ``view``."""
+    return run_in_vms(lambda rank: guest_agent(view, rank), ranks, request, output, on_error)
 
 
 def monitor_command(view: ClusterView, name: str, words: Sequence[str]) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pcocc import fields, selfcmd
+from pcocc import fields, selfcmd, timing
 from pcocc.cluster import adapters, batchadapter, rundir, vmsettings
 from pcocc.cluster.definition import ClusterDefinition, build_definition
 from pcocc.cluster.launcher import Launcher, LaunchSettings
@@ -167,6 +167,31 @@ def decode_definition(text: str) -> ClusterDefinition:
     return definition
 
 
+#: ends the here-document that carries a ``batch -b`` script (never a line of base64)
+SCRIPT_END = "PCOCC_SCRIPT"
+
+
+def read_guest_script(path: str) -> bytes:
+    """The script of ``pcocc batch -b PATH``, read when the job is submitted.
+
+    :raise UsageError: naming the file
+    """
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise UsageError(f"-b '{path}': cannot read it: {err.strerror}") from err
+
+
+def guest_script_command(script: bytes) -> str:
+    """The job's command for ``pcocc batch -b``: run ``script`` in vm0 through its guest
+    agent (``pcocc exec -i 0 --script -``) once the cluster runs; its exit status is the
+    job's. The script travels in the job script itself, base64 in a here-document."""
+    argv = [*selfcmd.pcocc_argv(), "exec", "-i", "0", "--script", "-"]
+    body = base64.encodebytes(script).decode()
+    return f"base64 -d <<'{SCRIPT_END}' | {shlex.join(argv)}\n{body}{SCRIPT_END}\n"
+
+
 def launcher_argv(
     command: str | None, *, log_args: Sequence[str] = (), hold: bool = False
 ) -> list[str]:
@@ -223,6 +248,7 @@ def alloc(
 
     :param restore: a checkpoint checked by :func:`check_restore`, to restore the VMs from
     """
+    timing.mark("alloc: configuration loaded, allocating", started="alloc: process started")
     batch = batchadapter.batch_manager(config)
     env = {
         DEFINITION_VAR: encode_definition(definition),
@@ -286,6 +312,7 @@ def run_launcher(
     hold: bool = False,
 ) -> int:
     """``pcocc internal launcher``: the cluster's life inside its allocation."""
+    timing.mark("launcher: imported, configuration loaded", started="launcher: process started")
     text = os.environ.get(DEFINITION_VAR)
     if not text:
         raise UsageError(
@@ -309,6 +336,7 @@ def run_launcher(
         ) as kv_env:
             env.update(kv_env)
             kv = connect.EtcdKv.from_env(env, config.batch.etcd)
+            timing.mark("launcher: etcd answers")
             try:
                 node_argv = [*selfcmd.module_argv(), *log_args]
                 switch_argv = [*node_argv, "internal", "vswitch"]
@@ -347,6 +375,7 @@ def run_node(
 ) -> int:
     """``pcocc internal run``: the node process of one VM (restored from the checkpoint
     directory ``restore`` when given)."""
+    timing.mark("node: imported, configuration loaded", started="node: process started")
     from pathlib import Path
 
     os.umask(0o077)  # the VM's run files, sockets and logs: for this user only
@@ -365,6 +394,7 @@ def run_node(
     address = node_address(endpoints, os.environ)
     # the node processes share the launcher's stderr: their etcd outage lines say who speaks
     kv = connect.open_kv(endpoints, config.batch.etcd, label=f"vm{rank}")
+    timing.mark("node: etcd client ready (etcd3 imported, logged in)")
     try:
         node = NodeProcess(
             kv,

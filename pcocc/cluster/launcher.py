@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pcocc import proc
+from pcocc import proc, timing
 from pcocc.cluster import rundir
 from pcocc.cluster.definition import ClusterDefinition
 from pcocc.cluster.checkpoint import CKPT_NOTE
@@ -165,8 +165,10 @@ class Launcher:
         self._tasks = self.batch.launch_tasks(
             self.s.batchid, n, self.s.node_argv, env, **placement
         )
+        timing.mark("launcher: node processes spawned")
         self.report(f"booting {n} VM{'s' if n > 1 else ''}")
         self._wait_running()
+        timing.mark("launcher: saw every VM running (etcd watch)")
         self._booted = True
         self.lifecycle.to(ClusterState.RUNNING)
         self._report_notes()

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pcocc import proc
+from pcocc import proc, timing
 from pcocc.cluster import checkpoint, keptlogs, rundir
 from pcocc.cluster.definition import ClusterDefinition, VmEntry
 from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S
@@ -135,6 +135,7 @@ class NodeProcess:
     def run(self) -> int:
         """Run the VM until it stops or we are told to; 0 when stopped on request."""
         definition = self._read_definition()
+        timing.mark("node: definition read from etcd")
         entry = definition.vm(self.s.rank)
         vm_dir = rundir.vm_dir(self.s.batchid, self.s.rank)
         vm: VmHandle | None = None
@@ -149,7 +150,9 @@ class NodeProcess:
                                                                vm_dir)
                     host_key = host_key or generate_host_key(vm_dir, entry.name)
                     self.record.host_key = host_key.with_suffix(".pub").read_text().strip()
+                    timing.mark("node: host key generated")
                     vm = self.make_vm(definition, entry, vm_dir, host_key)
+                    timing.mark("node: VM settings built (image, accelerator probe)")
                     self.record.console_log = vm.console_log
                     self._publish()
                     # e.g. the VM's ports on private networks, registered before QEMU sends
@@ -164,6 +167,7 @@ class NodeProcess:
                     self.record.extra = dict(info.extra)
                     self.record.status = RUNNING
                     self._publish()
+                    timing.mark("node: RUNNING published")
                     forwards = dict(info.forwards)
                     if not forwards and info.ssh_port is not None:
                         forwards[SSH_PORT] = info.ssh_port

@@ -40,6 +40,7 @@ _SPEC_FIELDS = (
     ("qemu-bin", "qemu_bin"),
     ("nic-model", "nic_model"),
     ("append", "append"),
+    ("remote-display", "remote_display"),
 )
 
 

@@ -17,6 +17,8 @@ Who owns what (one place per concern):
   ``ocifast.py`` re-imports a known local archive without skopeo
 - ``ocispec.py``  OCI media types, checks of index/manifest/config, layout writing
 - ``unpack.py``   safe extraction of OCI layers (no escapes, whiteouts applied)
+- ``extract.py``  ``image cat-manifest`` / ``extract`` / ``render``: an image's manifest, and
+                  its files written to a new directory through ``unpack.py``
 - ``cache.py``    unpacked bundles / squashfs files keyed by image digest, LRU
 - ``cachekeys.py`` the container images of the configured repositories by manifest digest
                   (the cache's key): what ``pcocc image cache delete`` and ``gc`` look up

@@ -25,15 +25,23 @@ from pcocc.fsutil import os_error
 from pcocc.repo import drivers, qemu_img, vm
 from pcocc.repo.digest import digest_hex
 from pcocc.repo.meta import ImageMeta
-from pcocc.repo.model import KIND_CTR, KIND_VM, OciImage, Progress, VmLayers, no_progress
+from pcocc.repo.model import (
+    KIND_CTR,
+    KIND_VM,
+    BlobRef,
+    OciImage,
+    Progress,
+    VmLayers,
+    no_progress,
+)
 from pcocc.repo.store import RepoSet, Repository, new_meta
 from pcocc.repo.uri import ImageUri
 
 
-def _dest(repos: RepoSet, dest: str) -> tuple[Repository, ImageUri]:
+def _dest(repos: RepoSet, dest: str, new_image: bool = True) -> tuple[Repository, ImageUri]:
     uri = ImageUri.parse(dest)
     repo = repos.for_write(uri.repo)
-    if repo.layout.is_initialized() and repo.has_image(uri.name):
+    if new_image and repo.layout.is_initialized() and repo.has_image(uri.name):
         raise_exists(repo, uri.name)
     return repo, uri
 
@@ -70,9 +78,10 @@ def _tls_kw(tls_verify: bool | None) -> dict:
 
 def import_image(repos: RepoSet, source: str, dest: str, *, fmt: str | None = None,
                  description: str = "", progress: Progress = no_progress,
-                 tls_verify: bool | None = None, allow_backing_in_repo: bool = False
-                 ) -> ImageMeta:
-    """Import ``[FORMAT:]SOURCE`` as revision 0 of the new image ``dest`` ([REPO:]NAME).
+                 tls_verify: bool | None = None, allow_backing_in_repo: bool = False,
+                 new_image: bool = True) -> ImageMeta:
+    """Import ``[FORMAT:]SOURCE`` as revision 0 of the new image ``dest`` ([REPO:]NAME)
+    (with ``new_image`` false: as the next revision of that image, which must exist).
 
     Container sources reach the driver as ``(location, fmt)`` with the format prefix cut
     off: ``docker://busybox`` is ``("//busybox", "docker")``; the driver rebuilds the
@@ -85,7 +94,7 @@ def import_image(repos: RepoSet, source: str, dest: str, *, fmt: str | None = No
         blob of the destination repository; the chain is flattened into the new image
     """
     spec = drivers.parse_format(source, fmt)
-    repo, uri = _dest(repos, dest)
+    repo, uri = _dest(repos, dest, new_image)
     if not spec.is_container:
         path = Path(spec.location)
         if not path.exists():
@@ -103,7 +112,7 @@ def import_image(repos: RepoSet, source: str, dest: str, *, fmt: str | None = No
                                         progress, backing_repo=backing_repo)
             meta = new_meta(uri.name, KIND_VM, layers.layers, description=description,
                             source=f"{fmt_}:{os.path.abspath(path)}", vm=_vm_fields(layers))
-            return repo.commit(meta, new_image=True)
+            return repo.commit(meta, new_image=new_image)
     driver = drivers.load_driver(spec.fmt)  # type: ignore[arg-type]
     with repo.staging("import") as staging:
         if spec.fmt in drivers.SIF_FORMATS:
@@ -116,7 +125,7 @@ def import_image(repos: RepoSet, source: str, dest: str, *, fmt: str | None = No
                                       **_tls_kw(tls_verify))
         meta = new_meta(uri.name, KIND_CTR, img.blobs, description=description,
                         source=_container_source(spec), oci=_oci_fields(img))
-        return repo.commit(meta, new_image=True)
+        return repo.commit(meta, new_image=new_image)
 
 
 def export_image(repos: RepoSet, image: str, dest: str, *, fmt: str | None = None,
@@ -259,6 +268,55 @@ def resize_image(repos: RepoSet, image: str, new_size_bytes: int, *, shrink: boo
         return repo.commit(rev, new_image=False)
 
 
+def save_destination(repos: RepoSet, src_repo: Repository, booted: ImageMeta,
+                     dest: str | None) -> tuple[Repository, str, bool]:
+    """Where ``pcocc save`` writes: (repository, image name, is a new image). Without
+    ``dest``, a new revision of the image the VM booted from, in its own repository.
+
+    :raise PermissionDenied: that repository is read-only for us
+    :raise AlreadyExists: ``dest`` names an existing image
+    """
+    if dest is None:
+        if not src_repo.is_writable:
+            raise PermissionDenied(
+                f"cannot add a revision to {booted.ref}: repository '{src_repo.name}' is "
+                "read-only for you", hint="save into an image of your own with -d [REPO:]NAME")
+        return src_repo, booted.name, False
+    if ImageUri.parse(dest).revision is not None:
+        raise UsageError(f"-d {dest}: name a new image, without @REVISION",
+                         hint="pcocc picks the revision (0 for a new image)")
+    repo, uri = _dest(repos, dest)
+    return repo, uri.name, True
+
+
+def commit_saved_disk(src_repo: Repository, booted: ImageMeta, layer: Path,
+                      dst_repo: Repository, name: str, *, new_image: bool, full: bool,
+                      virtual_size: int, description: str) -> ImageMeta:
+    """Store ``layer`` (in ``dst_repo``'s staging directory) and commit the revision.
+
+    ``full``: ``layer`` is a whole disk, the revision's only layer. Otherwise it is a layer
+    over the top of ``booted`` (its backing file names that blob by relative path), and the
+    revision is ``booted``'s layers plus it; the lower layers are copied from ``src_repo``
+    when ``dst_repo`` is another repository.
+    """
+    if full:
+        lower: list[BlobRef] = []
+    else:
+        lower = booted.vm_layers().layers
+        if src_repo.path.resolve() != dst_repo.path.resolve():
+            for b in lower:
+                if not dst_repo.blob_path(b.digest).exists():
+                    staged = _stage_blob(src_repo.blob_path(b.digest), dst_repo,
+                                         layer.parent / digest_hex(b.digest))
+                    dst_repo.add_blob(staged, expected_digest=b.digest)
+    size = layer.stat().st_size
+    top = BlobRef(dst_repo.add_blob(layer), size, vm.QCOW2_MEDIA_TYPE)
+    layers = VmLayers([*lower, top], virtual_size)
+    meta = new_meta(name, KIND_VM, layers.layers, description=description or booted.description,
+                    source=booted.source, parent=booted.ref, vm=_vm_fields(layers))
+    return dst_repo.commit(meta, new_image=new_image)
+
+
 def parse_size(text: str) -> int:
     """``20G``, ``512M``, ``1.5T``, ``10GiB`` or a byte count; binary units."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:i?B)?\s*", text, re.IGNORECASE)
@@ -271,4 +329,5 @@ def parse_size(text: str) -> int:
     return size
 
 
-__all__ = ["copy_image", "export_image", "import_image", "parse_size", "resize_image"]
+__all__ = ["commit_saved_disk", "copy_image", "export_image", "import_image", "parse_size",
+           "resize_image", "save_destination"]

@@ -235,6 +235,12 @@ def set_backing(path: str | os.PathLike, backing: str) -> None:
               image_opts(path, "qcow2")], what="qemu-img rebase")
 
 
+def create_empty(path: str | os.PathLike, size_bytes: int) -> None:
+    """Create an empty standalone qcow2 of ``size_bytes``."""
+    proc.run(["qemu-img", "create", "-q", "-f", "qcow2", os.path.abspath(path),
+              str(size_bytes)], what="qemu-img create")
+
+
 def resize(opts: str, size_bytes: int, *, shrink: bool = False) -> None:
     """Resize the top of the chain ``opts`` (see :func:`chain_opts`)."""
     argv = ["qemu-img", "resize", "-q", "--image-opts", opts]

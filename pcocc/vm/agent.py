@@ -9,11 +9,13 @@ answers, so every exchange starts with ``guest-sync-delimited``: the agent answe
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,11 @@ class AgentError(PcoccError):
 class GuestAgent:
     """Talk to the guest agent of one VM; each call opens its own short connection."""
 
-    def __init__(self, socket_path: str | os.PathLike) -> None:
+    def __init__(self, socket_path: str | os.PathLike, *, label: str | None = None) -> None:
         self.socket_path = Path(socket_path)
+        #: how messages name the socket (its real path when ``socket_path`` is a short
+        #: /proc/self/fd/N alias)
+        self.label = Path(label) if label else self.socket_path
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None, *,
                 timeout_s: float = 5.0) -> Any:
@@ -37,20 +42,22 @@ class GuestAgent:
         :raise ServiceUnavailable: the agent did not answer within ``timeout_s``
         :raise AgentError: the agent answered with an error
         """
-        deadline = time.monotonic() + timeout_s
-        with self._connect(timeout_s) as sock:
-            reader = _Reader(sock, deadline, self.socket_path)
-            sync_id = secrets.randbelow(2**31)
-            sock.sendall(b"\xff" + _encode("guest-sync-delimited", {"id": sync_id}))
-            reader.skip_to_delimiter()
-            while reader.message().get("return") != sync_id:
-                pass
-            sock.sendall(_encode(command, arguments))
-            reply = reader.message()
-        if "error" in reply:
-            err = reply["error"]
-            raise AgentError(f"guest agent {command}: {err.get('class')}: {err.get('desc')}")
-        return reply.get("return")
+        with self.session(timeout_s) as session:
+            return session.execute(command, arguments, timeout_s=timeout_s)
+
+    @contextlib.contextmanager
+    def session(self, timeout_s: float = 5.0) -> Iterator[AgentSession]:
+        """One connection for several commands (synchronised once, within ``timeout_s``).
+
+        QEMU serves one client at a time on the socket: keep sessions short.
+
+        :raise ServiceUnavailable: the agent did not answer the synchronisation in time
+        """
+        sock = self._connect(timeout_s)
+        try:
+            yield AgentSession(sock, self.label, timeout_s)
+        finally:
+            sock.close()
 
     def ping(self, timeout_s: float = 2.0) -> bool:
         """True when the agent answers within ``timeout_s``."""
@@ -85,9 +92,43 @@ class GuestAgent:
         except OSError as err:
             sock.close()
             raise ServiceUnavailable(
-                f"cannot connect to the guest agent socket {self.socket_path}: {err}"
+                f"cannot connect to the guest agent socket {self.label}: {err}"
             ) from err
         return sock
+
+
+class AgentSession:
+    """A synchronised connection to the agent: commands and their replies, in order."""
+
+    def __init__(self, sock: socket.socket, path: Path, timeout_s: float) -> None:
+        self.sock, self.path = sock, path
+        self.reader = _Reader(sock, time.monotonic() + timeout_s, path)
+        sync_id = secrets.randbelow(2**31)
+        sock.sendall(b"\xff" + _encode("guest-sync-delimited", {"id": sync_id}))
+        self.reader.skip_to_delimiter()
+        while self.reader.message().get("return") != sync_id:
+            pass
+
+    def execute(self, command: str, arguments: dict[str, Any] | None = None, *,
+                timeout_s: float = 5.0) -> Any:
+        """Run one agent command and return its ``return`` value.
+
+        :raise ServiceUnavailable: no answer within ``timeout_s`` (the session is then
+            out of step: end it)
+        :raise AgentError: the agent answered with an error
+        """
+        self.reader.deadline = time.monotonic() + timeout_s
+        try:
+            self.sock.sendall(_encode(command, arguments))
+        except OSError as err:
+            raise ServiceUnavailable(f"guest agent socket {self.path}: {err}") from err
+        reply = self.reader.message()
+        if "error" in reply:
+            err = reply["error"]
+            desc = err.get("desc") if isinstance(err, dict) else err
+            cls = err.get("class") if isinstance(err, dict) else "Error"
+            raise AgentError(f"guest agent {command}: {cls}: {desc}")
+        return reply.get("return")
 
 
 def _encode(command: str, arguments: dict[str, Any] | None) -> bytes:

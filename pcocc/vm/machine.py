@@ -6,6 +6,9 @@ overlay over the image's top layer, the seed, the QMP, console and guest agent s
 directory and gets relative socket names, so long run directories do not hit the 108-byte
 limit of unix socket paths; pcocc reaches them through ``/proc/self/fd/N/``.
 
+A VM with a remote display also gets its VNC or SPICE socket there, and, once the guest is
+up, a random password and the ``display.json`` record of both (see :mod:`pcocc.vm.display`).
+
 Listening forwards (ssh and the ``public-forwards`` of user networks) listen on the spec's
 ``host_address``, the node's address that other nodes reach; their host ports are picked free
 on that address when QEMU starts (and picked again if QEMU loses the race for one). Private
@@ -38,12 +41,12 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self
 
-from pcocc import daemon, fsutil, proc
-from pcocc.vm import pinning, virtiofs
+from pcocc import daemon, fsutil, proc, timing
+from pcocc.vm import display, pinning, virtiofs
 from pcocc.errors import PcoccError, UsageError
 from pcocc.net.user import SSH_PORT
 from pcocc.vm.agent import GuestAgent
@@ -62,6 +65,9 @@ QEMU_LOG = "qemu.log"
 OVERLAY = "disk0.qcow2"
 SEED = "seed.iso"
 PORT_ATTEMPTS = 3
+#: seconds between two readiness probes: a refused connect costs nothing, a late "up" costs
+#: the user (benchmarks/alloc_ready.py's QEMU baseline polls at the same pace)
+READY_POLL_S = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +104,30 @@ def ssh_banner_ready(port: int, timeout_s: float = 1.0, address: str = "127.0.0.
             return s.recv(4).startswith(b"SSH-")
     except OSError:
         return False
+
+
+def wait_ready(
+    probe: Callable[[], bool], deadline: float, check: Callable[[], None] = lambda: None
+) -> bool:
+    """Poll ``probe`` every READY_POLL_S until it is true (True) or ``deadline`` passes (False).
+
+    ``check`` runs before each probe and raises when waiting is pointless (QEMU died).
+    ``deadline`` is a ``time.monotonic()`` value.
+    """
+    while True:
+        check()
+        if probe():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(READY_POLL_S)
+
+
+def wait_ssh_banner(
+    port: int, address: str, deadline: float, check: Callable[[], None] = lambda: None
+) -> bool:
+    """pcocc's readiness check of a VM with forwarded ssh: the banner on ``address:port``."""
+    return wait_ready(lambda: ssh_banner_ready(port, address=address), deadline, check)
 
 
 class Machine:
@@ -232,6 +262,7 @@ class Machine:
                         raise taken.error from None
                     log.debug("VM %s: port %s was taken, retrying", self.spec.name,
                               self.ssh_port)
+            self._enable_display()
         except BaseException as err:
             self._keep_logs = isinstance(err, VmBootError)
             self.shutdown()
@@ -249,6 +280,12 @@ class Machine:
         self._dir_fd = os.open(self.run_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._created += [self.run_dir / n for n in
                           (CONSOLE_SOCKET, QMP_SOCKET, AGENT_SOCKET, CONSOLE_LOG, QEMU_LOG)]
+        protocol = self.base_spec.remote_display
+        display_socket = None
+        if protocol is not None:
+            display.check_protocol(self.base_spec.name, protocol, self.base_spec.qemu_bin)
+            display_socket = Path(display.SOCKET_NAMES[protocol])
+            self._created += [self.run_dir / display_socket, self.run_dir / display.INFO_FILE]
         disks = list(self.base_spec.disks)
         if self.image is not None:
             self._created.append(self.run_dir / OVERLAY)
@@ -264,6 +301,7 @@ class Machine:
         if self.seed is not None:
             self._created.append(self.run_dir / SEED)
             build_seed(self.seed, self.run_dir / SEED)
+            timing.mark("machine: seed ISO built")
             seed_path = Path(SEED)
         # QEMU runs in run_dir: relative names keep socket paths short.
         self.spec = dataclasses.replace(
@@ -274,6 +312,7 @@ class Machine:
             console_log=Path(CONSOLE_LOG),
             qmp_socket=Path(QMP_SOCKET),
             agent_socket=Path(AGENT_SOCKET),
+            display_socket=display_socket,
             fs_shares=tuple((share.tag, Path(virtiofs.socket_name(i)))
                             for i, share in enumerate(self.shares)),
             ninep_shares=self.ninep_shares,
@@ -325,6 +364,7 @@ class Machine:
         self.process = proc.spawn(argv, cwd=self.run_dir, log_path=self.qemu_log,
                                   pass_fds=spec.pass_fds)
         self.spec = spec
+        timing.mark("machine: QEMU spawned")
 
     def _start_virtiofsd(self) -> None:
         """Start a virtiofsd on a new listening socket for each share not served now.
@@ -366,34 +406,20 @@ class Machine:
         agent = GuestAgent(self.agent_socket)
         if self.restore is not None:
             self._load_state(deadline)
-        while True:
-            if self.process.poll() is not None:
-                tail = self._qemu_log_tail()
-                shares = self._virtiofsd_failures()
-                error = self._boot_error(
-                    f"QEMU {proc.ended(self.process.returncode)} before VM "
-                    f"{self.spec.name} was up: {tail or 'no message'}"
-                    + (f"; {shares}" if shares else "")
-                )
-                if "host forwarding" in tail and set(self.forwards) - set(
-                    self.base_spec.port_map()
-                ):
-                    raise _PortTaken(error)  # lost the race for the port we picked
-                raise error
-            if self.ready == "ssh":
-                assert self.ssh_port is not None
-                if ssh_banner_ready(self.ssh_port, address=self.spec.host_address):
-                    break
-            elif agent.ping(timeout_s=1.0):
-                break
-            if time.monotonic() > deadline:
-                check = "ssh server" if self.ready == "ssh" else "guest agent"
-                raise self._boot_error(
-                    f"VM {self.spec.name} did not answer ({check}) within "
-                    f"{self.boot_timeout_s:g} s"
-                )
-            time.sleep(0.05)  # a refused connect costs nothing; a late "up" costs the user
-        for name in (QMP_SOCKET, AGENT_SOCKET, CONSOLE_SOCKET):
+        if self.ready == "ssh":
+            assert self.ssh_port is not None
+            up = wait_ssh_banner(self.ssh_port, self.spec.host_address, deadline,
+                                 self._check_qemu)
+        else:
+            up = wait_ready(lambda: agent.ping(timeout_s=1.0), deadline, self._check_qemu)
+        if not up:
+            check = "ssh server" if self.ready == "ssh" else "guest agent"
+            raise self._boot_error(
+                f"VM {self.spec.name} did not answer ({check}) within "
+                f"{self.boot_timeout_s:g} s"
+            )
+        timing.mark("machine: guest up (ssh banner or agent)")
+        for name in (QMP_SOCKET, AGENT_SOCKET, CONSOLE_SOCKET, *display.SOCKET_NAMES.values()):
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(self.run_dir / name, 0o600)
         if self.restore is not None:
@@ -426,12 +452,38 @@ class Machine:
                 raise self._boot_error(f"cannot restore VM {self.base_spec.name} from"
                                        f" {self.restore.state}: {err.message}") from err
 
+    def _check_qemu(self) -> None:
+        """Raise the boot error when QEMU has ended (_PortTaken when it lost its port)."""
+        assert self.process is not None and self.spec is not None
+        if self.process.poll() is None:
+            return
+        tail = self._qemu_log_tail()
+        shares = self._virtiofsd_failures()
+        error = self._boot_error(
+            f"QEMU {proc.ended(self.process.returncode)} before VM "
+            f"{self.spec.name} was up: {tail or 'no message'}"
+            + (f"; {shares}" if shares else "")
+        )
+        if "host forwarding" in tail and set(self.forwards) - set(self.base_spec.port_map()):
+            raise _PortTaken(error)  # lost the race for the port we picked
+        raise error
+
     def _pin(self) -> None:
         if self.pinning is None:
             return
         assert self.process is not None
         with self.qmp() as qmp:
             pinning.apply(self.process.pid, qmp, self.pinning)
+
+    def _enable_display(self) -> None:
+        """Set the remote display's password and write its record (see pcocc.vm.display)."""
+        assert self.spec is not None
+        if self.spec.remote_display is None or self.spec.display_socket is None:
+            return
+        with self.qmp() as qmp:
+            display.enable(qmp, self.spec.remote_display,
+                           self.run_dir / self.spec.display_socket,
+                           self.run_dir / display.INFO_FILE)
 
     def _boot_error(self, message: str) -> VmBootError:
         accel = self.spec.accel if self.spec else self.base_spec.accel

@@ -15,6 +15,7 @@ from pathlib import Path
 from pcocc.errors import UsageError
 from pcocc.net.user import SSH_PORT, UserNet, default_net, hostfwd_rules
 from pcocc.vm import virtiofs
+from pcocc.vm.display import PROTOCOLS as DISPLAY_PROTOCOLS
 
 ACCELERATORS = ("tcg", "kvm")
 DISK_INTERFACES = ("virtio", "virtio-scsi", "ide")
@@ -79,6 +80,9 @@ class VmSpec:
     user_nets: tuple[UserNet, ...] | None = None
     #: host port of each listening forward other than ssh (public ones): ((guest, host), ...)
     host_ports: tuple[tuple[int, int], ...] = ()
+    #: "vnc" or "spice": a VGA card shown on ``display_socket`` (unix), password required
+    remote_display: str | None = None
+    display_socket: Path | None = None
 
     def nics(self) -> tuple[UserNet, ...]:
         """The user-mode NICs (none without networking)."""
@@ -153,6 +157,12 @@ def validate(spec: VmSpec) -> None:
         if model not in DISK_INTERFACES:
             raise UsageError(f"VM {spec.name}: unknown disk model '{model}'",
                              hint="use one of: " + ", ".join(DISK_INTERFACES))
+    if spec.remote_display is not None:
+        if spec.remote_display not in DISPLAY_PROTOCOLS:
+            raise UsageError(f"VM {spec.name}: unknown remote display '{spec.remote_display}'",
+                             hint="use one of: " + ", ".join(DISPLAY_PROTOCOLS))
+        if spec.display_socket is None:
+            raise UsageError(f"VM {spec.name}: a remote display needs a socket path")
     for text in (spec.name, *(os.fspath(d.path) for d in spec.disks)):
         if "\n" in text or "\0" in text:
             raise UsageError(f"VM {spec.name}: newlines are not allowed in names and paths")
@@ -193,6 +203,8 @@ def build_argv(spec: VmSpec) -> list[str]:
                  "-device", _opts("virtserialport", bus="vser0.0", chardev="qga0",
                                   name=GUEST_AGENT_PORT)]
 
+    argv += _display_args(spec)
+
     if spec.kernel:
         argv += ["-kernel", os.fspath(spec.kernel)]
         if spec.initrd:
@@ -219,6 +231,20 @@ def build_argv(spec: VmSpec) -> list[str]:
     argv += virtiofs.ninep_args(spec.ninep_shares)
     argv += list(spec.custom_args)
     return argv
+
+
+def _display_args(spec: VmSpec) -> list[str]:
+    """The VGA card and the password-protected unix socket of a remote display. The
+    password itself is set over QMP once QEMU runs (see pcocc.vm.display): until then the
+    server refuses every client."""
+    if spec.remote_display is None or spec.display_socket is None:
+        return []
+    if spec.remote_display == "vnc":
+        server = ["-vnc", f"unix:{escape(spec.display_socket)},password=on"]
+    else:
+        server = ["-spice", _opts("", unix=True, addr=spec.display_socket,
+                                  disable_ticketing=False)]
+    return ["-device", "VGA", *server]
 
 
 def _drive_args(disks: tuple[Drive, ...]) -> list[str]:

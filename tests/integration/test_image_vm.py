@@ -212,7 +212,7 @@ def test_list_many_images(env, pcocc_bin):
     for i in range(1, 150):
         ops.copy_image(repos, "img-000", f"img-{i:03d}")
     lines = ok(pcocc_bin, "image", "list").stdout.splitlines()
-    assert lines[0].split() == ["NAME", "TYPE", "REVISION", "REPO", "OWNER", "DATE"]
+    assert lines[0].split() == ["NAME", "TYPE", "REVISION", "REPO", "OWNER", "DATE", "ID"]
     assert [ln.split()[0] for ln in lines[2:]] == [f"img-{i:03d}" for i in range(150)]
     assert all(ln.split()[1:4] == ["vm", "0", "user"] for ln in lines[2:])
     listed = json.loads(ok(pcocc_bin, "image", "list", "-R", "user", "--json", r"^img-.1[0-4]$")

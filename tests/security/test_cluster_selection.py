@@ -10,6 +10,8 @@ done in the VM; the victim still reaches it by name afterwards.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.security.clusterlib import victim_cluster
@@ -45,6 +47,8 @@ def test_user_option_does_not_reach_another_users_cluster(victim, attacker,
             "console": ["console", "--log", "vm0"],
             "reset": ["reset", "vm0"],
             "monitor-cmd": ["monitor-cmd", "vm0", "info", "status"],
+            "dump": ["dump", "vm0", "/tmp/pcocc-stolen.elf"],
+            "display": ["display", "vm0"],
         }
         for what, (command, *args) in attempts.items():
             for select in (["-j", job_id], ["-J", NAME]):
@@ -63,5 +67,6 @@ def test_user_option_does_not_reach_another_users_cluster(victim, attacker,
             assert NAME not in res.stdout and job_id not in res.stdout.split(), res.stdout
         assert "out of sight" in attacker.pcocc("ps", "-u", owner).stderr
     assert run.returncode == 0, run.stderr
+    assert not os.path.lexists("/tmp/pcocc-stolen.elf")
     # nothing ran in the VM, and the owner still reaches it by name
     assert (victim.home / "after.out").read_text().strip() == "clean", run.stderr

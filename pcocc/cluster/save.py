@@ -1,0 +1,120 @@
+"""``pcocc save``: write the disk of a running VM into an image repository.
+
+The VM's boot disk is a private qcow2 overlay (``disk0``) over the top layer of the image
+revision it booted from. Saving copies that overlay's clusters, as they are at one instant,
+into a new layer whose backing file is that revision's top blob (or, with ``full``, the
+whole flattened disk into a standalone layer) and commits it as a new revision of the image
+(or as a new image with ``dest``) through the repository's usual protocol: the blob is
+written in the repository's ``tmp/``, stored, then the metadata committed under the lock.
+The VM keeps running. The guest's file systems are frozen through its agent for the
+instant the copy starts (see :mod:`pcocc.vm.blockjobs` and :mod:`pcocc.vm.fsfreeze`).
+
+Everything is refused before the guest is touched: a VM without an image, a read-only
+destination, an existing ``dest``, a VM on another host, a guest agent that does not
+answer (unless ``skip_freeze``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Callable, Sequence
+
+from pcocc.cluster import access
+from pcocc.cluster.lookup import ClusterView
+from pcocc.errors import NotFound, PcoccError, UsageError
+from pcocc.repo import ops, qemu_img
+from pcocc.repo.digest import HEX_RE
+from pcocc.repo.meta import ImageMeta
+from pcocc.repo.model import Progress, no_progress
+from pcocc.repo.store import RepoSet, Repository
+from pcocc.vm import blockjobs, fsfreeze
+
+log = logging.getLogger(__name__)
+
+#: the block device of the VM's boot disk (see pcocc.vm.machine: the image's overlay)
+DISK_DEVICE = "disk0"
+#: how long the guest agent may take to answer the ping before the freeze
+AGENT_PING_S = 10.0
+
+
+def booted_revision(revisions: Sequence[ImageMeta], top_digest: str) -> ImageMeta | None:
+    """The revision (the highest of several) whose top layer is ``top_digest``."""
+    found = [m for m in revisions if m.vm and m.vm_layers().layers[-1].digest == top_digest]
+    return max(found, key=lambda m: m.revision) if found else None
+
+
+def backing_digest(backing: str | None, vm: str) -> str:
+    """The blob digest that the overlay's backing file name ends with."""
+    name = os.path.basename(backing or "")
+    if not HEX_RE.match(name):
+        raise PcoccError(f"the disk of {vm} is not an overlay on a repository image "
+                         f"(its backing file is {backing!r})")
+    return f"sha256:{name}"
+
+
+def _find_booted(repo: Repository, named: ImageMeta, backing: str | None, vm: str
+                 ) -> ImageMeta:
+    digest = backing_digest(backing, vm)
+    if os.path.realpath(backing or "") != os.path.realpath(repo.blob_path(digest)):
+        raise PcoccError(f"{vm} booted from {backing}, which is not a blob of repository "
+                         f"'{repo.name}' where {named.ref} is")
+    booted = booted_revision(repo.images(f"^{re.escape(named.name)}$", all_revisions=True),
+                             digest)
+    if booted is None:
+        raise NotFound(f"the revision of {repo.name}:{named.name} that {vm} booted from is no "
+                       "longer in the repository", hint="save the whole disk into a new image "
+                       "with --full -d [REPO:]NAME")
+    return booted
+
+
+def save_vm(view: ClusterView, vm: str, repos: RepoSet, *, dest: str | None = None,
+            full: bool = False, skip_freeze: bool = False, description: str = "",
+            progress: Progress = no_progress,
+            notify: Callable[[str], None] = lambda _msg: None) -> ImageMeta:
+    """Save the boot disk of ``vm`` (see the module docstring); return the new revision.
+
+    :raise UsageError: the VM boots no image, or runs on another host
+    :raise PermissionDenied: the destination repository is read-only for us
+    :raise AlreadyExists: ``dest`` exists
+    :raise PcoccError: the guest agent does not answer, or the copy failed (nothing is
+        left in the repository but what gc reclaims)
+    """
+    rec = view.vm(vm)
+    name = rec.name
+    entry = view.record.definition.vm(rec.rank)
+    if not entry.image:
+        raise UsageError(f"{name} boots a kernel without an image: it has no disk to save",
+                         hint=f"give its template an 'image' (template '{entry.template}')")
+    src_repo, named = repos.resolve(entry.image)
+    dst_repo, dst_name, new_image = ops.save_destination(repos, src_repo, named, dest)
+    with contextlib.ExitStack() as stack:
+        agent = None if skip_freeze else stack.enter_context(access.guest_agent(view, rec.rank))
+        client = stack.enter_context(access.qmp_session(view, rec))
+        disk = blockjobs.query_disk(client, DISK_DEVICE)
+        booted = _find_booted(src_repo, named, disk.backing_filename, name)
+        if agent is not None and not agent.ping(timeout_s=AGENT_PING_S):
+            raise PcoccError(
+                f"the guest agent of {name} does not answer: its file systems cannot be "
+                "frozen for the save",
+                hint="start qemu-guest-agent in the guest, or pass -s to save without "
+                     "freezing (the saved disk may then need a file system check)")
+        quiesce = (fsfreeze.frozen(agent, name) if agent is not None
+                   else contextlib.nullcontext())
+        with dst_repo.staging("save") as staging:
+            layer = staging / "layer.qcow2"
+            if full:
+                qemu_img.create_empty(layer, disk.virtual_size)
+            else:
+                top = booted.vm_layers().layers[-1].digest
+                qemu_img.create_overlay(layer, dst_repo.layout.blob_relpath_from_blob(top),
+                                        disk.virtual_size)
+            notify(f"saving the {'whole disk' if full else 'disk changes'} of {name} "
+                   f"(booted from {booted.ref})")
+            blockjobs.backup(client, DISK_DEVICE, layer, sync="full" if full else "top",
+                             quiesce=quiesce, progress=progress)
+            return ops.commit_saved_disk(
+                src_repo, booted, layer, dst_repo, dst_name, new_image=new_image,
+                full=full, virtual_size=disk.virtual_size, description=description)

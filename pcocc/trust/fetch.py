@@ -1,0 +1,287 @@
+"""``pcocc image fetch``: get an image from a name (meta discovery), an https:// or file://
+URL, or a docker:// registry, check its detached signature against the trust store, and
+import it into a repository with the usual import code (atomic, locked).
+
+What was fetched is remembered per reference in ``<dir>/fetch-cache/`` (URL, ETag, expiry,
+the image it became), so that a second fetch asks the server only when Cache-Control's
+max-age has run out, sends If-None-Match, and downloads nothing on 304.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
+
+from pcocc import paths
+from pcocc.errors import NotFound, PcoccError, UsageError
+from pcocc.fsutil import write_atomic
+from pcocc.trust import auth, http
+from pcocc.trust.prefix import NAME_RE, check_name, split_version
+from pcocc.trust.settings import Security
+
+if TYPE_CHECKING:  # the 304 path of a second fetch imports neither the store nor gpg
+    from pcocc.repo.meta import ImageMeta
+    from pcocc.repo.store import RepoSet
+    from pcocc.trust.store import TrustStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXT = "qcow2"
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
+@dataclass
+class FetchRequest:
+    ref: str
+    signature: Path | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    no_store: bool = False
+    store_only: bool = False
+    #: the local image ([REPO:]NAME); default: the last component of the name
+    dest: str | None = None
+
+
+@dataclass
+class Fetched:
+    meta: ImageMeta
+    from_store: bool
+    signer: str | None = None   # fingerprint of the key that signed it (None: not checked)
+
+
+@dataclass
+class _Target:
+    name: str                  # the name trust is checked for
+    url: str                   # where the image is
+    sig_url: str | None        # where its signature is (None: --signature or file://)
+
+
+def fetch(repos: RepoSet, req: FetchRequest, security: Security,
+          store: Callable[[], TrustStore], notify: Callable[[str], None]) -> Fetched:
+    """Fetch ``req`` into ``repos``; ``store()`` gives the trust store when a signature
+    must be checked."""
+    if req.no_store and req.store_only:
+        raise UsageError("--no-store and --store-only contradict each other")
+    if req.ref.startswith("docker://"):
+        return _fetch_docker(repos, req, security, notify)
+    rec_path = _record_path(security, req.ref)
+    rec = None if req.no_store else _read_record(rec_path, repos)
+    if req.store_only:
+        if rec is None:
+            raise NotFound(f"{req.ref}: not in the store (never fetched, or deleted since)",
+                           hint="fetch it once without --store-only")
+        return Fetched(rec[1], True)
+    if rec is not None and rec[0].get("expires", 0) > time.time():
+        notify(f"{req.ref}: using {rec[1].ref} (still fresh by Cache-Control)")
+        return Fetched(rec[1], True)
+    target = _target(req, security, notify)
+    transport = http.Transport(allow_http=security.allows("http"),
+                               verify_tls=not security.allows("tls"))
+    creds = auth.load(security.dir)
+    with tempfile.TemporaryDirectory(prefix="pcocc-fetch-") as tmp:
+        data = Path(tmp) / "image"
+        headers = {}
+        etag_known = rec is not None and rec[0].get("url") == target.url and rec[0].get("etag")
+        if etag_known:
+            headers["If-None-Match"] = rec[0]["etag"]
+        if target.url.startswith("file://"):
+            data = _local(target.url)
+            resp = None
+        else:
+            notify(f"fetching image from {target.url}")
+            resp, _ = http.download(target.url, data, transport, headers=headers,
+                                    auth=creds.header_for)
+            if resp.status == 304 and rec is not None:
+                _write_record(rec_path, {**rec[0], "expires": _expires(resp.headers)})
+                notify(f"{req.ref}: unchanged on the server (ETag): using {rec[1].ref}")
+                return Fetched(rec[1], True)
+        signer = _check(target, data, Path(tmp), req, security, store, transport, creds,
+                        notify)
+        meta = _import(repos, data, req, target)
+    if resp is not None:
+        _write_record(rec_path, {"ref": req.ref, "url": target.url,
+                                 "etag": resp.headers.get("ETag") or "",
+                                 "expires": _expires(resp.headers), "repo": meta.repo,
+                                 "name": meta.name, "revision": meta.revision,
+                                 "image_id": meta.image_id})
+    return Fetched(meta, False, signer)
+
+
+def _target(req: FetchRequest, security: Security, notify: Callable[[str], None]) -> _Target:
+    ref = req.ref
+    if ref.startswith("file://"):
+        path = Path(unquote(urlsplit(ref).path))
+        return _Target(_name_of_path(path.name), ref, None)
+    if ref.startswith(("https://", "http://")):
+        parts = urlsplit(ref)
+        if parts.query or parts.fragment:
+            raise UsageError(f"{ref}: image URLs take no query or fragment")
+        host = parts.netloc.lower()
+        stem = re.sub(r"(\.[A-Za-z0-9]+)+$", "", parts.path)
+        name = (host + stem).lower()
+        if not NAME_RE.match(name):
+            raise UsageError(f"{ref}: cannot make an image name of this URL (for trust)",
+                             hint="name the image (meta discovery) instead of its URL")
+        return _Target(name, ref, ref + ".asc")
+    if "://" in ref:
+        raise UsageError(f"{ref}: unknown transport",
+                         hint="use NAME[:VERSION], https://, file:// or docker://")
+    import platform
+
+    from pcocc.trust import discovery
+
+    name, version = split_version(ref)
+    labels = {"version": version or "latest", "os": "linux",
+              "arch": _ARCH.get(platform.machine(), platform.machine()), "ext": DEFAULT_EXT,
+              **req.labels, "name": name}
+    transport = http.Transport(allow_http=False, verify_tls=not security.allows("tls"))
+    notify(f"searching for app image {name}:{labels['version']}")
+    tags = discovery.find(name, "ac-discovery", transport, notify)
+    for t in sorted(tags, key=lambda t: -len(t.prefix)):
+        url = discovery.expand(t.target, labels)
+        sig = discovery.expand(t.target, {**labels, "ext": labels["ext"] + ".asc"})
+        if url and sig:
+            return _Target(name, url, sig)
+    raise NotFound(f"meta discovery of {name}: no template can be filled with the labels "
+                   + ", ".join(f"{k}={v}" for k, v in sorted(labels.items())),
+                   hint="give the missing ones with --label KEY=VALUE")
+
+
+def _name_of_path(filename: str) -> str:
+    stem = re.sub(r"(\.[A-Za-z0-9]+)+$", "", filename).lower()
+    return check_name(stem, what="image name (from the file name)")
+
+
+def _local(url: str) -> Path:
+    path = Path(unquote(urlsplit(url).path))
+    if not path.is_file():
+        raise NotFound(f"{url}: no such file")
+    return path
+
+
+def _check(target: _Target, data: Path, tmp: Path, req: FetchRequest, security: Security,
+           store: Callable[[], TrustStore], transport: http.Transport, creds: auth.Credentials,
+           notify: Callable[[str], None]) -> str | None:
+    if security.allows("image"):
+        notify("warning: image signature verification has been disabled")
+        return None
+    sig = req.signature
+    if sig is None and target.sig_url is None:
+        local_sig = _local(target.url).with_name(_local(target.url).name + ".asc")
+        sig = local_sig if local_sig.is_file() else None
+    elif sig is None and target.sig_url is not None:
+        sig = tmp / "image.asc"
+        notify(f"downloading signature from {target.sig_url}")
+        try:
+            http.download(target.sig_url, sig, transport, auth=creds.header_for)
+        except PcoccError as err:
+            log.info("no signature: %s", err)
+            sig = None
+    from pcocc.trust.verify import check_signature
+
+    verdict = check_signature(store(), target.name, data, sig, origin=target.url)
+    notify(f"signature verified: {verdict.signer} ({verdict.key})")
+    return verdict.key
+
+
+def _format(path: Path) -> str:
+    """The import format of a downloaded file, from its contents."""
+    import tarfile
+
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"QFI\xfb":
+        return "qcow2"
+    try:
+        with tarfile.open(path) as tar:
+            names = set(tar.getnames()[:10000])
+    except (tarfile.TarError, OSError):
+        raise UsageError(f"{path.name}: unknown image format (neither qcow2 nor an OCI or "
+                         "docker archive)") from None
+    if "oci-layout" in names or "./oci-layout" in names:
+        return "oci-archive"
+    if "manifest.json" in names or "./manifest.json" in names:
+        return "docker-archive"
+    raise UsageError("the downloaded tar archive is neither an OCI nor a docker archive")
+
+
+def _local_name(name: str) -> str:
+    return name.rsplit("/", 1)[-1].replace("~", "_").replace(":", "_")
+
+
+def _import(repos: RepoSet, data: Path, req: FetchRequest, target: _Target) -> ImageMeta:
+    """Import as a new image, or as the next revision of the image an earlier fetch of
+    the same URL made (never over another image)."""
+    from pcocc.repo import ops
+
+    dest = req.dest or _local_name(target.name)
+    fmt = _format(data)
+    origin = f"fetched from {target.url}"
+    try:
+        _, existing = repos.resolve(dest)
+    except NotFound:
+        existing = None
+    again = existing is not None and existing.description == origin
+    if again:
+        dest = f"{existing.repo}:{existing.name}"
+    return ops.import_image(repos, f"{fmt}:{data}", dest, description=origin,
+                            new_image=not again)
+
+
+def _fetch_docker(repos: RepoSet, req: FetchRequest, security: Security,
+                  notify: Callable[[str], None]) -> Fetched:
+    from pcocc.repo import ops
+
+    if not security.allows("image"):
+        raise UsageError(f"{req.ref}: docker images cannot be signature-checked",
+                         hint="fetch it with --insecure-options=image (or "
+                              "--insecure-skip-verify) if you trust the registry")
+    if req.store_only or req.signature:
+        raise UsageError("--store-only and --signature do not apply to docker:// images")
+    notify("warning: image signature verification has been disabled")
+    ref = req.ref[len("docker://"):]
+    dest = req.dest or _local_name(ref.split("@")[0].rsplit(":", 1)[0]
+                                   if "/" in ref else ref.split(":")[0])
+    meta = ops.import_image(repos, req.ref.replace("docker://", "docker://", 1), dest,
+                            tls_verify=False if security.allows("tls") else None)
+    return Fetched(meta, False)
+
+
+# ---- records of what was fetched
+
+def _record_path(security: Security, ref: str) -> Path:
+    return security.fetch_cache_dir / (hashlib.sha256(ref.encode()).hexdigest() + ".json")
+
+
+def _read_record(path: Path, repos: RepoSet) -> tuple[dict, ImageMeta] | None:
+    """The record of a reference and the image it made, if that image still exists."""
+    try:
+        rec = json.loads(path.read_text())
+        _, meta = repos.resolve(f"{rec['repo']}:{rec['name']}@{int(rec['revision'])}")
+    except (OSError, ValueError, KeyError, TypeError, PcoccError):
+        return None
+    if meta.image_id != rec.get("image_id"):
+        return None
+    return rec, meta
+
+
+def _write_record(path: Path, rec: dict) -> None:
+    paths.private_dir(path.parent, what="fetch cache directory")
+    write_atomic(path, json.dumps(rec, sort_keys=True), 0o600)
+
+
+def _expires(headers: dict[str, str]) -> float:
+    """When a download may be reused without asking (Cache-Control max-age), or 0."""
+    cc = ",".join(v for k, v in headers.items() if k.lower() == "cache-control").lower()
+    if "no-cache" in cc or "no-store" in cc:
+        return 0.0
+    m = re.search(r"(?:^|[,\s])max-age=(\d{1,9})", cc)
+    return time.time() + int(m.group(1)) if m else 0.0

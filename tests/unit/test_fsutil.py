@@ -1,0 +1,42 @@
+"""Atomic writes: by bytes (write_atomic) and by descriptor (atomic_fd)."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from pcocc.errors import PcoccError
+from pcocc.fsutil import atomic_fd, write_atomic
+
+
+def test_atomic_fd_error_on_a_missing_directory_names_the_file(tmp_path):
+    with pytest.raises(PcoccError, match=f"cannot write {tmp_path}/no/f"):
+        with atomic_fd(tmp_path / "no" / "f"):
+            pass
+
+
+def test_atomic_fd_keeps_the_old_file_until_complete(tmp_path):
+    path = tmp_path / "f"
+    path.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_fd(path) as fd:
+            os.write(fd, b"new")
+            assert path.read_text() == "old"
+            raise RuntimeError
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["f"]
+    with atomic_fd(path, 0o640) as fd:
+        os.write(fd, b"new")
+    assert path.read_text() == "new" and stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_write_atomic_replaces_whole_with_the_mode_asked(tmp_path):
+    path = tmp_path / "f"
+    write_atomic(path, "old")
+    write_atomic(path, b"new" * 100000, mode=0o600)
+    assert path.read_bytes() == b"new" * 100000
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert os.listdir(tmp_path) == ["f"]
+    with pytest.raises(PcoccError, match=f"cannot write {tmp_path}/no/f"):
+        write_atomic(tmp_path / "no" / "f", "x")
