@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import click
 
 from pcocc.cli.context import Session, exit_with, pass_session
 from pcocc.cli.output import local_time, print_table
+
+if TYPE_CHECKING:
+    from pcocc.ctr.pod import RunRequest
 
 APP_SEPARATOR = "---"
 
@@ -127,6 +131,12 @@ def bare_flag_value(args: list[str], flag: str, takes_value: set[str]) -> list[s
     help="Relax these protections.",
 )
 @click.option("-i", "--interactive", is_flag=True, help="Attach the terminal to the app.")
+@click.option(
+    "-d",
+    "--detach",
+    is_flag=True,
+    help="Run the pod in the background: print its UUID once its apps run, and return.",
+)
 @click.option("--hostname", help="Host name of the pod [default: pcocc-<uuid>].")
 @click.option("--root", "as_root", is_flag=True, help="Run as root of the container.")
 @click.argument(
@@ -151,6 +161,7 @@ def run(
     ports: tuple[str, ...],
     insecure_options: tuple[str, ...],
     interactive: bool,
+    detach: bool,
     hostname: str | None,
     as_root: bool,
     cmdline: tuple[str, ...],
@@ -180,6 +191,9 @@ def run(
         as_root=as_root,
     )
     request = RunRequest(split_apps(cmdline), opts)
+    if detach:
+        _run_detached(session, request, multi=nodes is not None or tasks is not None)
+        return
     if nodes is not None or tasks is not None:
         from pcocc.ctr.multinode import run_tasks
 
@@ -190,6 +204,19 @@ def run(
     from pcocc.ctr.pod import run_request
 
     exit_with(run_request(request, session.config, session.notify))
+
+
+def _run_detached(session: Session, request: RunRequest, *, multi: bool) -> None:
+    from pcocc.errors import UsageError
+
+    if multi:
+        raise UsageError("--detach runs a pod on this node only: -N/-n cannot go with it")
+    if request.options.interactive:
+        raise UsageError("--detach and --interactive cannot go together: a detached pod "
+                         "has no terminal")
+    from pcocc.ctr.detach import run_detached
+
+    click.echo(run_detached(request, session.notify, session.log_args))
 
 
 _exit_hook: list[bool] = []
@@ -303,20 +330,70 @@ def enter(
 
 @pod.command("logs")
 @click.option("--app", "app_name", metavar="NAME", help="Only this app.")
+@click.option(
+    "-f", "--follow", is_flag=True, help="Print the output as the apps write it, until the pod ends."
+)
 @click.argument("uuid")
-def logs(app_name: str | None, uuid: str) -> None:
+def logs(app_name: str | None, follow: bool, uuid: str) -> None:
     """Print the output of a pod's apps."""
-    from pcocc.ctr.launch import read_logs
+    from pcocc.ctr.launch import pick_app, read_logs
     from pcocc.ctr.pods import PodStore
 
     store = PodStore()
     rec = store.resolve(uuid)
+    if follow:
+        from pcocc.ctr.podctl import follow_logs
+
+        names = [pick_app(rec, app_name).name] if app_name else [a.name for a in rec.apps]
+        follow_logs(store, rec, names, _LogWriter(several=len(names) > 1))
+        return
     entries = read_logs(store, rec, app_name)
     for name, data in entries:
         if len(entries) > 1:
             click.echo(f"==> {name} <==")
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
+
+
+class _LogWriter:
+    """Write log data to stdout, with a ``==> app <==`` line when the app changes (several)."""
+
+    def __init__(self, several: bool):
+        self.several = several
+        self.last: str | None = None
+
+    def __call__(self, name: str, data: bytes) -> None:
+        if self.several and name != self.last:
+            click.echo(f"==> {name} <==")
+            self.last = name
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+
+@pod.command("stop")
+@click.option("--force", is_flag=True, help="SIGKILL at once, with no grace period.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds the apps get after SIGTERM before SIGKILL.",
+)
+@click.argument("uuids", nargs=-1, required=True)
+def stop(force: bool, timeout_s: float, uuids: tuple[str, ...]) -> None:
+    """Stop running pods: SIGTERM to every app, then SIGKILL after the timeout."""
+    from pcocc.ctr.podctl import check_stoppable, stop_pod
+    from pcocc.ctr.pods import PodStore
+
+    store = PodStore()
+    recs = store.resolve_all(list(uuids))
+    for rec in recs:  # every pod checked before any is stopped
+        check_stoppable(rec)
+    for rec in recs:
+        stop_pod(store, rec, timeout_s=timeout_s, force=force)
+        click.echo(f'Stopped pod "{rec.uuid}"')
 
 
 @pod.command("gc")

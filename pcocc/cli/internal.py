@@ -50,6 +50,7 @@ def vswitch(session: Session, job_id: str, net: str) -> None:
 
 
 # One task of a multi-node `pcocc run` (see pcocc/cli/internal_ctr.py).
-from pcocc.cli.internal_ctr import ctr_task  # noqa: E402
+from pcocc.cli.internal_ctr import ctr_detached, ctr_task  # noqa: E402
 
 internal.add_command(ctr_task)
+internal.add_command(ctr_detached)

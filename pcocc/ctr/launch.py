@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -64,6 +64,8 @@ class RunOptions:
     interactive: bool = False
     hostname: str | None = None
     as_root: bool = False
+    #: ``pcocc run --detach``: the pod runs on under a supervisor of its own
+    detach: bool = False
 
 
 def app_names(images: Sequence[str]) -> list[str]:
@@ -179,8 +181,14 @@ def start_pod(
     out: BinaryIO | None = None,
     err: BinaryIO | None = None,
     net: NetPlan | None = None,
+    on_started: Callable[[PodRecord], None] | None = None,
 ) -> int:
     """Run the prepared pod's apps side by side and wait for them all.
+
+    With ``on_started``, each app is first checked to have started its program
+    (:meth:`Runtime.wait_started`); then ``on_started`` is called with the running record.
+    An app that failed to start stops the pod with a :class:`PcoccError` that carries the
+    runtime's message.
 
     With a ``slirp`` network (the pod must have been prepared with the same ``net``), the
     first app waits until slirp4netns serves its network namespace; slirp4netns stops with
@@ -227,6 +235,9 @@ def start_pod(
             if i == 0 and network is not None:
                 network.connect(p)
         store.save(rec)
+        if on_started is not None:
+            _check_started(runtime, rec, popens, logs)
+            on_started(rec)
         if not interactive:
             _pump(popens, logs, out, err)
         for app, p in zip(rec.apps, popens):
@@ -258,6 +269,37 @@ def start_pod(
         rec.exited = time.time()
         store.save(rec)
     return next((a.exit_status for a in rec.apps if a.exit_status), 0) or 0
+
+
+def _check_started(
+    runtime: Any, rec: PodRecord, popens: Sequence[subprocess.Popen], logs: Sequence[BinaryIO]
+) -> None:
+    """:raise PcoccError: an app's runtime ended with an error before running its program"""
+    for app, p, log in zip(rec.apps, popens, logs):
+        if runtime.wait_started(app.container_id, p):
+            continue
+        said = _drain(p, log).decode(errors="replace").strip().splitlines()
+        raise PcoccError(
+            f"app {app.name} of pod {rec.short_id} failed to start or ended at once "
+            f"(exit status {exit_status(p.returncode)})" + (f": {said[-1]}" if said else ""),
+            hint=f"see 'pcocc pod logs {rec.short_id}'",
+        )
+
+
+def _drain(p: subprocess.Popen, log: BinaryIO) -> bytes:
+    """What an ended app's pipes hold now (without waiting), also written to its log."""
+    data = b""
+    for pipe in (p.stdout, p.stderr):
+        if pipe is None:
+            continue
+        os.set_blocking(pipe.fileno(), False)
+        try:
+            chunk = pipe.read() or b""
+        except BlockingIOError:
+            chunk = b""
+        data += chunk
+    log.write(data)
+    return data
 
 
 def _hold_namespaces(pid: int) -> dict[str, int]:
@@ -313,9 +355,17 @@ def _pump(
 
 
 def run_pod(
-    store: PodStore, apps: Sequence[AppSpec], opts: RunOptions, settings: ContainerSettings
+    store: PodStore,
+    apps: Sequence[AppSpec],
+    opts: RunOptions,
+    settings: ContainerSettings,
+    *,
+    on_started: Callable[[PodRecord], None] | None = None,
 ) -> tuple[PodRecord, int]:
-    """Prepare and run a pod on this node; returns its record and exit status."""
+    """Prepare and run a pod on this node; returns its record and exit status.
+
+    :param on_started: see :func:`start_pod`
+    """
     from pcocc.ctr.probe import get_runtime
 
     runtime = get_runtime(opts.runtime or settings.runtime or "auto")
@@ -328,7 +378,10 @@ def run_pod(
         warn=log.warning,
     )
     rec = prepare_pod(store, apps, opts, settings, runtime=runtime, save=False, net=net)
-    status = start_pod(store, rec, runtime, interactive=opts.interactive, net=net)
+    rec.detached = opts.detach
+    status = start_pod(
+        store, rec, runtime, interactive=opts.interactive, net=net, on_started=on_started
+    )
     return rec, status
 
 

@@ -16,6 +16,7 @@ from pcocc.ctr.launch import RunOptions
 
 if TYPE_CHECKING:
     from pcocc.config import Config
+    from pcocc.ctr.pods import PodRecord
 
 #: one-line messages about slow steps (an import, a first preparation in the cache)
 Notify = Callable[[str], None]
@@ -29,8 +30,16 @@ class RunRequest:
     options: RunOptions = field(default_factory=RunOptions)
 
 
-def run_request(request: RunRequest, config: Config, notify: Notify) -> int:
-    """Run the pod of ``request`` on this node; returns its exit status."""
+def run_request(
+    request: RunRequest,
+    config: Config,
+    notify: Notify,
+    on_started: Callable[[PodRecord], None] | None = None,
+) -> int:
+    """Run the pod of ``request`` on this node; returns its exit status.
+
+    :param on_started: called once the apps run (see :func:`pcocc.ctr.launch.start_pod`)
+    """
     from pcocc.ctr.images import resolve_rootfs
     from pcocc.ctr.launch import AppSpec, run_pod
     from pcocc.ctr.pods import PodStore
@@ -40,5 +49,7 @@ def run_request(request: RunRequest, config: Config, notify: Notify) -> int:
         for image, args in request.apps:
             rootfs, image_config = resolve_rootfs(config, image, mounts=mounts, notify=notify)
             specs.append(AppSpec(image, str(rootfs), image_config, args))
-        _, status = run_pod(PodStore(), specs, request.options, config.containers)
+        _, status = run_pod(
+            PodStore(), specs, request.options, config.containers, on_started=on_started
+        )
     return status

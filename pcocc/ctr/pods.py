@@ -25,7 +25,7 @@ from typing import Any
 
 from pcocc import paths
 from pcocc.ctr import host
-from pcocc.errors import Corrupt, NotFound, PcoccError, UsageError
+from pcocc.errors import Corrupt, NotFound, PcoccError, TimedOut, UsageError
 from pcocc.fsutil import write_atomic
 
 RECORD_VERSION = 1
@@ -92,6 +92,8 @@ class PodRecord:
     started: float | None = None
     exited: float | None = None
     garbage_since: float | None = None
+    #: started by ``pcocc run --detach``: its supervisor runs in a session of its own
+    detached: bool = False
     apps: list[AppRecord] = field(default_factory=list)
     version: int = RECORD_VERSION
 
@@ -207,10 +209,22 @@ class PodStore:
             raise NotFound(f"no pod with UUID '{prefix}'", hint="see 'pcocc pod list'")
         if len(matches) > 1:
             raise UsageError(
-                f"pod UUID prefix '{prefix}' is ambiguous: {len(matches)} pods",
+                f"pod UUID prefix '{prefix}' is ambiguous: {len(matches)} pods match: "
+                + ", ".join(matches),
                 hint="give more characters of the UUID",
             )
         return self.load(matches[0])
+
+    def resolve_all(self, prefixes: list[str]) -> list[PodRecord]:
+        """:meth:`resolve` each prefix; fails before returning any if one does not resolve,
+        so that a command on several pods changes none on a typo."""
+        recs = [self.resolve(p) for p in prefixes]
+        seen: set[str] = set()
+        for prefix, rec in zip(prefixes, recs):
+            if rec.uuid in seen:
+                raise UsageError(f"pod {rec.uuid} is given twice (as '{prefix}')")
+            seen.add(rec.uuid)
+        return recs
 
     def wait(self, rec: PodRecord, timeout_s: float | None = None) -> PodRecord:
         """Wait until the pod is no longer running."""
@@ -218,7 +232,7 @@ class PodStore:
         delay = 0.02
         while rec.state == "running" or (rec.state == "prepared" and rec.pid is not None):
             if deadline is not None and time.monotonic() > deadline:
-                raise PcoccError(f"pod {rec.uuid} still running after {timeout_s:g} s")
+                raise TimedOut(f"pod {rec.uuid} still running after {timeout_s:g} s")
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
             rec = self.load(rec.uuid)

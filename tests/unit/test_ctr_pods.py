@@ -134,3 +134,24 @@ def test_gc_removes_directories_of_runs_that_never_recorded(store):
     assert d.exists()
     store.gc(0, now=d.stat().st_mtime + 61)
     assert not d.exists()
+
+
+def test_ambiguous_prefix_lists_the_candidates(store):
+    recs = [store.create([AppRecord("a", "img", [])]) for _ in range(17)]
+    first = [r.uuid[0] for r in recs]
+    shared = next(c for c in first if first.count(c) > 1)
+    candidates = sorted(r.uuid for r in recs if r.uuid.startswith(shared))
+    with pytest.raises(UsageError) as err:
+        store.resolve(shared)
+    for uuid in candidates:
+        assert uuid in str(err.value)
+    assert err.value.exit_status == 2
+
+
+def test_resolve_all_fails_before_any_pod_is_returned(store):
+    a = store.create([AppRecord("a", "img", [])])
+    assert [r.uuid for r in store.resolve_all([a.uuid[:8]])] == [a.uuid]
+    with pytest.raises(NotFound, match="no pod with UUID 'nope'"):
+        store.resolve_all([a.uuid[:8], "nope"])
+    with pytest.raises(UsageError, match="twice"):
+        store.resolve_all([a.uuid[:8], a.uuid])

@@ -89,6 +89,21 @@ class Runtime(ABC):
         if popen is not None:
             proc.kill_group(popen)
 
+    def wait_started(self, container_id: str, popen: subprocess.Popen) -> bool:
+        """Wait until the app runs its own program; False if it failed to get there (the
+        runtime process ended with a non-zero status first)."""
+        return popen.poll() is None or popen.returncode == 0
+
+    def send_signal(self, container_id: str, pid: int, signum: int) -> None:
+        """Send ``signum`` to a running app from outside its supervisor; ``pid`` is its
+        runtime process, which leads its own session (best effort: it may be gone)."""
+        import os
+
+        try:
+            os.killpg(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
 
 # registry -----------------------------------------------------------------------------------
 _REGISTRY: dict[str, type[Runtime]] = {}

@@ -101,16 +101,50 @@ class OciRuntime(Runtime):
                 time.sleep(0.01)  # not created yet
         return None
 
-    def container_pid(self, container_id: str) -> int:
+    def container_state(self, container_id: str) -> dict[str, Any]:
+        """The runtime's ``state`` of a container; :raise PcoccError: not created (yet)"""
         res = proc.run(
             [*self.global_args(), "state", container_id],
             what=f"{self.name} state {container_id}",
             timeout_s=10,
         )
         try:
-            return int(json.loads(res.stdout)["pid"])
+            state = json.loads(res.stdout)
+        except ValueError as err:
+            raise PcoccError(f"{self.name} state {container_id}: not JSON") from err
+        if not isinstance(state, dict):
+            raise PcoccError(f"{self.name} state {container_id}: not a JSON object")
+        return state
+
+    def container_pid(self, container_id: str) -> int:
+        try:
+            return int(self.container_state(container_id)["pid"])
         except (ValueError, KeyError, TypeError) as err:
             raise PcoccError(f"{self.name} state {container_id}: no pid in its output") from err
+
+    def wait_started(self, container_id: str, popen: subprocess.Popen) -> bool:
+        # "created" until the runtime has run the app's program; a failure to start it
+        # (no such executable...) ends the runtime process with an error instead
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            if popen.poll() is not None:
+                return popen.returncode == 0
+            try:
+                if self.container_state(container_id).get("status") in ("running", "stopped"):
+                    return True
+            except PcoccError:
+                pass  # not created yet
+            time.sleep(0.01)
+        return popen.poll() is None or popen.returncode == 0
+
+    def send_signal(self, container_id: str, pid: int, signum: int) -> None:
+        import signal
+
+        name = signal.Signals(signum).name.removeprefix("SIG")
+        argv = [*self.wrapper(), *self.global_args(), "kill", container_id, name]
+        proc.run(argv, check=False, timeout_s=10)
+        if signum == signal.SIGKILL:
+            super().send_signal(container_id, pid, signum)  # the runtime process too
 
     def cleanup(self, container_id: str) -> None:
         argv = [*self.wrapper(), *self.global_args(), "delete", "--force", container_id]
