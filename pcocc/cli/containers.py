@@ -4,39 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
 
 import click
 
 from pcocc.cli.context import Session, exit_with, pass_session
+from pcocc.cli.fastrun import skip_exit_collection, split_apps
 from pcocc.cli.output import local_time, print_table
-
-APP_SEPARATOR = "---"
-
-
-def split_apps(tokens: Sequence[str]) -> list[tuple[str, list[str]]]:
-    """``IMAGE [--] ARGS [--- IMAGE2 [--] ARGS]`` -> [(image, args), ...]."""
-    from pcocc.errors import UsageError
-
-    groups: list[list[str]] = [[]]
-    for tok in tokens:
-        if tok == APP_SEPARATOR:
-            groups.append([])
-        else:
-            groups[-1].append(tok)
-    apps = []
-    for g in groups:
-        if not g or g[0] == "--":
-            raise UsageError(
-                "an image is missing before '--' or around '---'",
-                hint="pcocc run IMAGE [-- ARGS] [--- IMAGE2 [-- ARGS]]",
-            )
-        image, rest = g[0], g[1:]
-        if rest and rest[0] == "--":
-            rest = rest[1:]
-        apps.append((image, rest))
-    return apps
-
 
 class _RunCommand(click.Command):
     """``pcocc run``, where a bare ``--private-net`` never takes the image as its MODE."""
@@ -189,25 +162,6 @@ def run(
     from pcocc.ctr.pod import run_request
 
     exit_with(run_request(request, session.config, session.notify))
-
-
-_exit_hook: list[bool] = []
-
-
-def skip_exit_collection() -> None:
-    """Spare ``pcocc run`` the interpreter's final garbage collection (~25 ms of its
-    ~200 ms: every object of click and pcocc is traversed just before the process ends).
-
-    At exit, the objects alive are frozen (:func:`gc.freeze`), so the last collection skips
-    them; nothing else changes (the standard streams are still flushed, refcounts still free
-    what they free). The pod's files and records are closed and written before.
-    """
-    if not _exit_hook:
-        import atexit
-        import gc
-
-        atexit.register(gc.freeze)
-        _exit_hook.append(True)
 
 
 def _rerun_argv() -> list[str]:
