@@ -180,7 +180,9 @@ def fast_run(argv: list[str]) -> int | None:
     from pcocc.cli.session import Session, setup_logging
     from pcocc.ctr.pod import run_request
 
-    debug, verbose, quiet = glob.get("debug", False), glob.get("verbose", 0), glob.get("quiet", False)
+    debug = glob.get("debug", False)
+    verbose = glob.get("verbose", 0)
+    quiet = glob.get("quiet", False)
     setup_logging(debug, verbose, quiet)
     session = Session(
         system_dir=glob.get("system_config")

@@ -3,8 +3,9 @@
 Command groups live in their own modules and are imported only when used (the table is
 :mod:`pcocc.cli.commands`), so that ``pcocc --help`` stays fast; the click group itself lives
 in :mod:`pcocc.cli.app`, imported by :func:`run_cli` only, so that ``pcocc --version`` and
-a warm ``pcocc run`` (:mod:`pcocc.cli.fastrun`) do not even import click. This is the only place that turns errors into messages and exit
-statuses (0 ok, 1 operation failed, 2 usage or configuration error, 130 interrupted).
+a warm ``pcocc run`` (:mod:`pcocc.cli.fastrun`) do not even import click. This is the only
+place that turns errors into messages and exit statuses (0 ok, 1 operation failed, 2 usage
+or configuration error, 130 interrupted).
 """
 
 from __future__ import annotations
