@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -17,7 +16,7 @@ import click
 
 from pcocc import __version__
 from pcocc.cli.commands import COMMANDS, HIDDEN
-from pcocc.cli.context import Session
+from pcocc.cli.session import Session, setup_logging
 
 
 class LazyGroup(click.Group):
@@ -103,7 +102,7 @@ def cli(
     data_dir: str | None,
 ) -> None:
     """pcocc: virtual clusters of VMs and containers inside Slurm jobs."""
-    _setup_logging(debug, verbose, quiet)
+    setup_logging(debug, verbose, quiet)
     user_dir = user_config or os.path.join(os.path.expanduser("~"), ".pcocc")
     ctx.obj = Session(
         system_dir=system_config,
@@ -117,21 +116,3 @@ def cli(
             data_dir or "",
         ),
     )
-
-
-def _setup_logging(debug: bool, verbose: int, quiet: bool) -> None:
-    # Imported here: --help and --version never get this far and need no logging.
-    import logging
-
-    level = logging.WARNING
-    if quiet:
-        level = logging.ERROR
-    elif debug or verbose >= 2:
-        level = logging.DEBUG
-    elif verbose:
-        level = logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("pcocc: %(levelname)s: %(message)s"))
-    root = logging.getLogger("pcocc")
-    root.handlers[:] = [handler]
-    root.setLevel(level)

@@ -4,42 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import click
 
 from pcocc.cli.context import Session, exit_with, pass_session
+from pcocc.cli.fastrun import build_request, skip_exit_collection
 from pcocc.cli.output import local_time, print_table
 
 if TYPE_CHECKING:
     from pcocc.ctr.pod import RunRequest
-
-APP_SEPARATOR = "---"
-
-
-def split_apps(tokens: Sequence[str]) -> list[tuple[str, list[str]]]:
-    """``IMAGE [--] ARGS [--- IMAGE2 [--] ARGS]`` -> [(image, args), ...]."""
-    from pcocc.errors import UsageError
-
-    groups: list[list[str]] = [[]]
-    for tok in tokens:
-        if tok == APP_SEPARATOR:
-            groups.append([])
-        else:
-            groups[-1].append(tok)
-    apps = []
-    for g in groups:
-        if not g or g[0] == "--":
-            raise UsageError(
-                "an image is missing before '--' or around '---'",
-                hint="pcocc run IMAGE [-- ARGS] [--- IMAGE2 [-- ARGS]]",
-            )
-        image, rest = g[0], g[1:]
-        if rest and rest[0] == "--":
-            rest = rest[1:]
-        apps.append((image, rest))
-    return apps
 
 
 class _RunCommand(click.Command):
@@ -167,30 +141,9 @@ def run(
     cmdline: tuple[str, ...],
 ) -> None:
     """Run IMAGE [-- ARGS] [--- IMAGE2 [-- ARGS]] as a pod; exit with the app's status."""
-    from pcocc.ctr.launch import RunOptions
-    from pcocc.ctr.pod import RunRequest
-
     skip_exit_collection()
-
-    opts = RunOptions(
-        runtime=runtime,
-        set_env=set_env,
-        env_files=set_env_file,
-        inherit_env=inherit_env,
-        volumes=volume,
-        mounts=mount,
-        modules=module,
-        private_net=private_net is not None,
-        net_mode=private_net or "auto",
-        allow_host_loopback=allow_host_loopback,
-        ports=ports,
-        # the run-side values of the global --insecure-options count too
-        insecure=(*session.security.run_side, *insecure_options),
-        interactive=interactive,
-        hostname=hostname,
-        as_root=as_root,
-    )
-    request = RunRequest(split_apps(cmdline), opts)
+    # the run-side values of the global --insecure-options count too
+    request = build_request(ctx.params, run_side=session.security.run_side)
     if detach:
         _run_detached(session, request, multi=nodes is not None or tasks is not None)
         return
@@ -218,24 +171,6 @@ def _run_detached(session: Session, request: RunRequest, *, multi: bool) -> None
 
     click.echo(run_detached(request, session.notify, session.log_args))
 
-
-_exit_hook: list[bool] = []
-
-
-def skip_exit_collection() -> None:
-    """Spare ``pcocc run`` the interpreter's final garbage collection (~25 ms of its
-    ~200 ms: every object of click and pcocc is traversed just before the process ends).
-
-    At exit, the objects alive are frozen (:func:`gc.freeze`), so the last collection skips
-    them; nothing else changes (the standard streams are still flushed, refcounts still free
-    what they free). The pod's files and records are closed and written before.
-    """
-    if not _exit_hook:
-        import atexit
-        import gc
-
-        atexit.register(gc.freeze)
-        _exit_hook.append(True)
 
 
 def _rerun_argv() -> list[str]:

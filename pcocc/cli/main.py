@@ -2,9 +2,10 @@
 
 Command groups live in their own modules and are imported only when used (the table is
 :mod:`pcocc.cli.commands`), so that ``pcocc --help`` stays fast; the click group itself lives
-in :mod:`pcocc.cli.app`, imported by :func:`run_cli` only, so that ``pcocc --version`` does
-not even import click. This is the only place that turns errors into messages and exit
-statuses (0 ok, 1 operation failed, 2 usage or configuration error, 130 interrupted).
+in :mod:`pcocc.cli.app`, imported by :func:`run_cli` only, so that ``pcocc --version`` and
+a warm ``pcocc run`` (:mod:`pcocc.cli.fastrun`) do not even import click. This is the only
+place that turns errors into messages and exit statuses (0 ok, 1 operation failed, 2 usage
+or configuration error, 130 interrupted).
 """
 
 from __future__ import annotations
@@ -30,40 +31,27 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_cli(argv: list[str]) -> int:
-    import click
-
-    from pcocc.cli.app import cli
+    """Run ``argv``, the warm ``pcocc run`` without click (:mod:`pcocc.cli.fastrun`), and
+    turn every error into a message and pcocc's exit status."""
     from pcocc.errors import PcoccError
 
     debug = _debug_requested(argv)
     try:
-        # Without standalone mode, click returns ctx.exit(N)'s status instead of raising.
-        status = cli.main(args=argv, prog_name="pcocc", standalone_mode=False)
-        return status if isinstance(status, int) else 0
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.exceptions.Abort:
-        click.echo("pcocc: interrupted", err=True)
-        return 130
-    except click.ClickException as e:
-        # click's own errors in pcocc's format: one line, and where to read the usage
-        click.echo(f"pcocc: error: {e.format_message()}", err=True)
-        if isinstance(e, click.UsageError):
-            where = e.ctx.command_path if e.ctx is not None else "pcocc"
-            click.echo(f"hint: see '{where} --help'", err=True)
-            return 2
-        return e.exit_code
+        from pcocc.cli.fastrun import fast_run
+
+        status = fast_run(argv)
+        return _run_click(argv) if status is None else status
     except PcoccError as e:
         if debug:
             import traceback
 
             traceback.print_exc()
-        click.echo(f"pcocc: error: {e}", err=True)
+        _err(f"pcocc: error: {e}")
         if e.hint:
-            click.echo(f"hint: {e.hint}", err=True)
+            _err(f"hint: {e.hint}")
         return e.exit_status
     except KeyboardInterrupt:
-        click.echo("pcocc: interrupted", err=True)
+        _err("pcocc: interrupted")
         return 130
     except BrokenPipeError:
         # Output piped into head & co: not an error worth a message.
@@ -75,9 +63,39 @@ def run_cli(argv: list[str]) -> int:
     except Exception as e:  # a bug: say so plainly, trace only on request
         if debug:
             raise
-        click.echo(f"pcocc: internal error: {type(e).__name__}: {e}", err=True)
-        click.echo("hint: run again with --debug for the traceback and report it", err=True)
+        _err(f"pcocc: internal error: {type(e).__name__}: {e}")
+        _err("hint: run again with --debug for the traceback and report it")
         return 1
+
+
+def _run_click(argv: list[str]) -> int:
+    """The click group on ``argv``; click's own errors in pcocc's format."""
+    import click
+
+    from pcocc.cli.app import cli
+
+    try:
+        # Without standalone mode, click returns ctx.exit(N)'s status instead of raising.
+        status = cli.main(args=argv, prog_name="pcocc", standalone_mode=False)
+        return status if isinstance(status, int) else 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        _err("pcocc: interrupted")
+        return 130
+    except click.ClickException as e:
+        # one line, and where to read the usage
+        _err(f"pcocc: error: {e.format_message()}")
+        if isinstance(e, click.UsageError):
+            where = e.ctx.command_path if e.ctx is not None else "pcocc"
+            _err(f"hint: see '{where} --help'")
+            return 2
+        return e.exit_code
+
+
+def _err(line: str) -> None:
+    sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ import fcntl
 import json
 import logging
 import os
-import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -44,7 +43,6 @@ from pcocc.errors import NotFound, UsageError
 from pcocc.fsutil import fsync_dir, locked, os_error, write_atomic
 from pcocc.repo.digest import PREFIX, digest_hex, is_digest
 from pcocc.repo.model import OciImage, Progress, no_progress
-from pcocc.repo.unpack import unpack_image
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +159,10 @@ class ContainerCache:
         for stale in self.tmp_dir.glob(f"{entry.name}.*"):
             log.info("cache: removing %s, left by a build that was killed", stale.name)
             _rmtree(stale)
+        import secrets
+
+        from pcocc.repo.unpack import unpack_image  # the cold path only
+
         work = self.tmp_dir / f"{entry.name}.{os.getpid()}.{secrets.token_hex(4)}"
         work.mkdir(mode=0o755)
         try:
@@ -336,6 +338,8 @@ class ContainerCache:
     def _remove_path(self, path: Path) -> None:
         """Rename out of entries/ first (atomic disappearance), then delete."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        import secrets
+
         doomed = self.tmp_dir / f"{path.name}.deleted.{secrets.token_hex(4)}"
         try:
             os.rename(path, doomed)

@@ -7,7 +7,7 @@ CHECK = """
 import atexit, gc
 # registered first, so it runs last (atexit is LIFO): after the hook under test
 atexit.register(lambda: print("frozen", gc.get_freeze_count() > 0))
-from pcocc.cli.containers import skip_exit_collection
+from pcocc.cli.fastrun import skip_exit_collection
 skip_exit_collection()
 skip_exit_collection()  # idempotent
 import atexit as a

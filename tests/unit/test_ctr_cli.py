@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pcocc.cli.containers import split_apps
+from pcocc.cli.fastrun import split_apps
 from pcocc.ctr.launch import app_names, exit_status
 from pcocc.errors import UsageError
 
