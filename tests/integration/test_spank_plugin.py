@@ -15,6 +15,9 @@ import devcluster
 import pytest
 
 from pcocc import proc
+from pcocc.batch.base import JobSpec
+from pcocc.batch.slurm import SlurmManager
+from pcocc.errors import ConfigError
 from pcocc.net import jobsetup
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -162,3 +165,31 @@ def test_job_without_the_option_gets_nothing(plugin_cluster):
     assert f"for job {job}" not in log
     proc.run(["scancel", job], env=_env(plugin_cluster), timeout_s=10)
     _wait(lambda: _gone(plugin_cluster, job), f"job {job} to leave the queue")
+
+
+def test_pcocc_submit_passes_the_option_when_the_job_needs_setup(plugin_cluster):
+    spec = JobSpec(ntasks=1, node_setup=True, env=plugin_cluster.env(),
+                   options=["-w", "n1", "-o", "/dev/null"])
+    job = SlurmManager().submit(spec, "sleep 300")
+    bridge = jobsetup.bridge_name(int(job))
+    _wait(lambda: _launched(plugin_cluster, job), f"job {job} to start")
+    assert bridge in _bridges(plugin_cluster, "n1")
+    proc.run(["scancel", job], env=_env(plugin_cluster), timeout_s=10)
+    _wait(lambda: _gone(plugin_cluster, job), f"job {job} to leave the queue")
+    assert bridge not in _bridges(plugin_cluster, "n1")
+
+
+def test_without_the_plugin_pcocc_refuses_before_allocating(plugin_cluster, tmp_path):
+    conf = plugin_cluster.slurm_conf.read_text()
+    (tmp_path / "plugstack.conf").write_text("")
+    conf = "\n".join(line for line in conf.splitlines()
+                     if not line.startswith("PlugStackConfig="))
+    conf += f"\nPlugStackConfig={tmp_path / 'plugstack.conf'}\n"
+    (tmp_path / "slurm.conf").write_text(conf)
+    spec = JobSpec(ntasks=1, node_setup=True, env={"SLURM_CONF": str(tmp_path / "slurm.conf")})
+    before = proc.run(["squeue", "-h", "-o", "%i"], env=_env(plugin_cluster)).stdout
+    with pytest.raises(ConfigError, match="does not load it"):
+        SlurmManager().submit(spec, "sleep 300")
+    with pytest.raises(ConfigError, match="does not load it"):
+        SlurmManager().allocate(spec, ["true"])
+    assert proc.run(["squeue", "-h", "-o", "%i"], env=_env(plugin_cluster)).stdout == before
