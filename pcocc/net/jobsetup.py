@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcocc import fsutil, proc
-from pcocc.errors import ConfigError, Corrupt, PcoccError, UsageError
+from pcocc.errors import Corrupt, PcoccError, UsageError
 
 STATE_ROOT = Path("/run/pcocc/jobs")
 STATE_FILE = "state.json"

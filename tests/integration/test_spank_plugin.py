@@ -128,6 +128,10 @@ def test_bridge_lives_as_long_as_the_job_and_scancel_removes_it(plugin_cluster):
     _wait(lambda: _gone(plugin_cluster, job), f"job {job} to leave the queue")
     assert bridge not in _bridges(plugin_cluster, "n1")
     assert not jobsetup.job_dir(int(job)).exists()
+    # cleanup is idempotent: a second run (e.g. an epilog retried) succeeds and does nothing
+    res = proc.run([plugin_cluster.directory.parent / "pcocc", "internal", "setup", "cleanup",
+                    "--job", job, "--user", "root"], check=False, timeout_s=60)
+    assert res.returncode == 0, res.stderr
 
 
 def test_normal_end_removes_the_bridge(plugin_cluster):
