@@ -91,9 +91,11 @@ class DevCluster:
         start_timeout_s: float = 60.0,
         extra_conf: Sequence[str] = (),
         node_netns: bool = False,
+        plugstack: Sequence[str] = (),
     ):
         """``extra_conf``: more slurm.conf lines (they win over the generated ones);
-        ``node_netns``: each slurmd in a network namespace of its own (see the module doc)."""
+        ``node_netns``: each slurmd in a network namespace of its own (see the module doc);
+        ``plugstack``: lines of plugstack.conf (SPANK plugins every daemon and client loads)."""
         self.directory = Path(directory).resolve()
         self.nodes = [f"n{i}" for i in range(1, nodes + 1)]
         self.cpus_per_node = cpus_per_node
@@ -101,6 +103,7 @@ class DevCluster:
         self.start_timeout_s = start_timeout_s
         self.extra_conf = list(extra_conf)
         self.node_netns = node_netns
+        self.plugstack = list(plugstack)
         self.netns: NodeNetns | None = None
         self.etcd: EtcdServer | None = None
         self._procs: dict[str, object] = {}
@@ -204,7 +207,7 @@ class DevCluster:
         )
         lines.extend(self.extra_conf)
         self.slurm_conf.write_text("\n".join(lines) + "\n")
-        (d / "plugstack.conf").write_text("")
+        (d / "plugstack.conf").write_text("".join(line + "\n" for line in self.plugstack))
 
     # lifecycle -------------------------------------------------------------------------
     def start(self) -> DevCluster:

@@ -52,6 +52,8 @@ class JobSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     #: the job's comment, which other users see (``squeue``); None: none
     comment: str | None = None
+    #: the job needs root setup on its nodes (the pcocc Slurm plugin, slurm-plugin/)
+    node_setup: bool = False
 
     def __post_init__(self) -> None:
         for name in ("ntasks", "cpus_per_task"):

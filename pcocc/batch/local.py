@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pcocc import proc
 from pcocc.batch.base import JOB_NAME_VAR, BatchManager, JobSpec, register
-from pcocc.errors import NotFound
+from pcocc.errors import ConfigError, NotFound
 from pcocc.fsutil import write_atomic
 from pcocc import daemon
 
@@ -41,7 +41,13 @@ log = logging.getLogger(__name__)
 
 def _warn_options(spec: JobSpec) -> None:
     """Batch options (``pcocc alloc -p debug ...``) mean nothing without a batch system:
-    say so rather than drop them unseen."""
+    say so rather than drop them unseen. Root setup on the nodes (the Slurm plugin) cannot
+    happen at all: refuse before starting anything."""
+    if spec.node_setup:
+        raise ConfigError("this job's networks need root setup on the nodes by the pcocc "
+                          "Slurm plugin, which needs a Slurm batch system (batch.yaml: "
+                          "type local has none)",
+                          hint="use networks that do not need it, or run pcocc with Slurm")
     if spec.options:
         log.warning("no batch system (batch.yaml: type local): ignoring the batch options %s",
                     " ".join(spec.options))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pcocc import proc
 from pcocc import fields
 from pcocc.batch.base import BatchManager, JobInfo, JobSpec, register
-from pcocc.errors import NotFound, ToolError
+from pcocc.errors import ConfigError, NotFound, ToolError
 
 if TYPE_CHECKING:
     from pcocc.config.model import BatchConfig
@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 #: variables of an enclosing job that would leak into a new sbatch/salloc
 _INHERITED_PREFIXES = ("SBATCH_", "SALLOC_")
+
+
+#: the option of the pcocc_setup SPANK plugin (slurm-plugin/): root setup on the job's nodes
+SETUP_OPTION = "--pcocc-setup"
 
 
 def _common_args(spec: JobSpec) -> list[str]:
@@ -39,6 +43,8 @@ def _common_args(spec: JobSpec) -> list[str]:
         args += ["--ntasks-per-node=1", "--exclusive"]
     if spec.comment is not None:
         args.append(f"--comment={spec.comment}")
+    if spec.node_setup:
+        args.append(SETUP_OPTION)
     return args
 
 
@@ -247,7 +253,27 @@ class SlurmManager(BatchManager):
             srun_options=list(settings.srun_args),
         )
 
+    def _check_node_setup(self, spec: JobSpec) -> None:
+        """Before allocating: a job that needs root setup on its nodes needs the plugin.
+
+        :raise ConfigError: sbatch does not know SETUP_OPTION (plugin not in plugstack.conf)
+        """
+        if not spec.node_setup:
+            return
+        env = _clean_env(None)
+        env.update(spec.env)
+        res = proc.run(["sbatch", "--help"], env=env, check=False, timeout_s=30,
+                       what="ask sbatch for its options")
+        if SETUP_OPTION not in res.stdout:
+            raise ConfigError(
+                "this job's networks need root setup on the nodes by the pcocc Slurm plugin, "
+                f"and Slurm does not load it (sbatch has no {SETUP_OPTION} option)",
+                hint="ask your administrator to install it (admin guide: 'Installing the "
+                     "Slurm plugin'), or use networks that do not need it",
+            )
+
     def allocate(self, spec: JobSpec, command: Sequence[str]) -> int:
+        self._check_node_setup(spec)
         argv = salloc_argv(spec, command, self.salloc_options)
         env = _clean_env(None)
         env.update(spec.env)
@@ -260,6 +286,7 @@ class SlurmManager(BatchManager):
             raise
 
     def submit(self, spec: JobSpec, script: str) -> str:
+        self._check_node_setup(spec)
         if not script.startswith("#!"):
             script = "#!/bin/sh\n" + script
         env = _clean_env(None)

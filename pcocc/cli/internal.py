@@ -49,6 +49,21 @@ def vswitch(session: Session, job_id: str, net: str) -> None:
     exit_with(run_vswitch(session.config, job_id, net))
 
 
+@internal.command()
+@click.argument("action", type=click.Choice(["init", "cleanup"]))
+@click.option("--job", "job_id", required=True, help="Slurm job id (from the plugin).")
+@click.option("--user", "user", required=True, help="The job's user, by name or uid.")
+def setup(action: str, job_id: str, user: str) -> None:
+    """As root, from the Slurm plugin: create or remove the job's state on this node."""
+    from pcocc.net import jobsetup
+
+    job = jobsetup.parse_job_id(job_id)
+    if action == "init":
+        jobsetup.init(job, user)
+    else:
+        jobsetup.cleanup(job)
+
+
 # One task of a multi-node `pcocc run` (see pcocc/cli/internal_ctr.py).
 from pcocc.cli.internal_ctr import ctr_detached, ctr_task  # noqa: E402
 
