@@ -179,7 +179,7 @@ def run(
         hostname=hostname,
         as_root=as_root,
     )
-    request = RunRequest(split_apps(cmdline), opts)
+    request = RunRequest(_fetched(session, split_apps(cmdline)), opts)
     if nodes is not None or tasks is not None:
         from pcocc.ctr.multinode import run_tasks
 
@@ -190,6 +190,23 @@ def run(
     from pcocc.ctr.pod import run_request
 
     exit_with(run_request(request, session.config, session.notify))
+
+
+def _fetched(session: Session, apps: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+    """``apps`` with each URL or discoverable name replaced by the local image it was
+    fetched as (fetching it now if it never was); local images are left as they are."""
+    if not any("/" in image and image[0] not in "/.~" for image, _ in apps):
+        return apps  # the usual case: nothing more is imported
+    from pathlib import Path
+
+    from pcocc.repo.store import RepoSet
+    from pcocc.trust.fetch import fetch_missing, trust_store
+    from pcocc.trust.prefix import fetchable
+
+    repos = RepoSet(session.config.repos)
+    store = trust_store(session.security, Path(session.system_dir))
+    return [(fetch_missing(repos, image, session.security, store, session.notify).ref
+             if fetchable(image) else image, args) for image, args in apps]
 
 
 _exit_hook: list[bool] = []

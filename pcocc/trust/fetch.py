@@ -115,6 +115,30 @@ def fetch(repos: RepoSet, req: FetchRequest, security: Security,
     return Fetched(meta, False, signer)
 
 
+def trust_store(security: Security, system_dir: Path) -> Callable[[], TrustStore]:
+    """The ``store`` argument of :func:`fetch`: the user's and the system's trust
+    directories, opened only when a signature is checked."""
+    def store() -> TrustStore:
+        from pcocc.trust.store import TrustStore
+
+        return TrustStore(security.trust_dir, system_dir / "trustedkeys")
+
+    return store
+
+
+def fetch_missing(repos: RepoSet, ref: str, security: Security,
+                  store: Callable[[], TrustStore], notify: Callable[[str], None]) -> ImageMeta:
+    """The image ``ref`` (a URL or a discoverable name) became when it was fetched before,
+    without touching the network; else fetch it now, with the same checks as
+    ``pcocc image fetch``. ``pcocc run`` and templates use it: what was fetched once is
+    not asked for again (``pcocc image fetch`` updates it)."""
+    rec = _read_record(_record_path(security, ref), repos)
+    if rec is not None:
+        return rec[1]
+    notify(f"{ref}: not in a repository, fetching it")
+    return fetch(repos, FetchRequest(ref), security, store, notify).meta
+
+
 def _target(req: FetchRequest, security: Security, notify: Callable[[str], None]) -> _Target:
     ref = req.ref
     if ref.startswith("file://"):
