@@ -197,11 +197,14 @@ def _fetched(session: Session, apps: list[tuple[str, list[str]]]) -> list[tuple[
     fetched as (fetching it now if it never was); local images are left as they are."""
     if not any("/" in image and image[0] not in "/.~" for image, _ in apps):
         return apps  # the usual case: nothing more is imported
+    from pcocc.trust.prefix import fetchable
+
+    if not any(fetchable(image) for image, _ in apps):
+        return apps
     from pathlib import Path
 
     from pcocc.repo.store import RepoSet
     from pcocc.trust.fetch import fetch_missing, trust_store
-    from pcocc.trust.prefix import fetchable
 
     repos = RepoSet(session.config.repos)
     store = trust_store(session.security, Path(session.system_dir))
