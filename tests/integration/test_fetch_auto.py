@@ -89,6 +89,7 @@ def test_run_of_an_unsigned_image_is_refused_with_nothing_stored(ctr_env, pcocc_
     assert "hello" not in res.stdout and "Traceback" not in res.stderr
     assert "signature" in res.stderr, res.stderr
     assert "bb" not in pcocc(pcocc_bin, "image", "list").stdout
+    assert "/images/bb.tar" not in https_server.hits  # no signature: not even downloaded
     # a local name is never looked up on the network
     hits = dict(https_server.hits)
     pcocc(pcocc_bin, "run", "--runtime", "crun", "nosuch", "--", "true", check=1)
@@ -118,10 +119,11 @@ def test_alloc_fetches_the_remote_image_of_a_template_once(https_server, pgp_key
     res = run("alloc", "-E", "true", "remote", check=1)
     assert "signature" in res.stderr and "Traceback" not in res.stderr
     assert "disk" not in run("image", "list").stdout
+    assert "/vm/disk.qcow2" not in https_server.hits  # refused before its download
     trust_root(pgp_keys, tmp, run)
     run("alloc", "-E", "true", "remote")
-    assert https_server.hits["/vm/disk.qcow2"] == 2   # the refused try, then this one
+    assert https_server.hits["/vm/disk.qcow2"] == 1
     run("alloc", "-E", "true", "remote")
-    assert https_server.hits["/vm/disk.qcow2"] == 2   # local now: no request
+    assert https_server.hits["/vm/disk.qcow2"] == 1   # local now: no request
     assert run("image", "list").stdout.count("disk") == 1
     assert_nothing_left(env)
