@@ -95,7 +95,22 @@ def _definition(session: Session, spec, cores, images, mounts, user_data):
         images=images,
         mounts=mounts,
         user_data_file=user_data,
+        fetch=_fetcher(session),
     )
+
+
+def _fetcher(session: Session):
+    """Fetch (signature-checked) a template image of URL or name that is not local."""
+    def fetch(repos, uri):  # noqa: ANN001, ANN202
+        from pathlib import Path
+
+        from pcocc.trust.fetch import fetch_missing, trust_store
+
+        return fetch_missing(repos, uri, session.security,
+                             trust_store(session.security, Path(session.system_dir)),
+                             session.notify)
+
+    return fetch
 
 
 @_batch_command

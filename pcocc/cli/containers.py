@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from pcocc.cli.context import Session, exit_with, pass_session
-from pcocc.cli.fastrun import build_request, skip_exit_collection
+from pcocc.cli.fastrun import build_request, may_be_remote, skip_exit_collection
 from pcocc.cli.output import local_time, print_table
 
 if TYPE_CHECKING:
@@ -144,6 +144,9 @@ def run(
     skip_exit_collection()
     # the run-side values of the global --insecure-options count too
     request = build_request(ctx.params, run_side=session.security.run_side)
+    from pcocc.ctr.pod import RunRequest
+
+    request = RunRequest(_fetched(session, request.apps), request.options)
     if detach:
         _run_detached(session, request, multi=nodes is not None or tasks is not None)
         return
@@ -159,6 +162,26 @@ def run(
     exit_with(run_request(request, session.config, session.notify))
 
 
+def _fetched(session: Session, apps: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+    """``apps`` with each URL or discoverable name replaced by the local image it was
+    fetched as (fetching it now if it never was); local images are left as they are."""
+    if not any(may_be_remote(image) for image, _ in apps):
+        return apps  # the usual case: nothing more is imported
+    from pcocc.trust.prefix import fetchable
+
+    if not any(fetchable(image) for image, _ in apps):
+        return apps
+    from pathlib import Path
+
+    from pcocc.repo.store import RepoSet
+    from pcocc.trust.fetch import fetch_missing, trust_store
+
+    repos = RepoSet(session.config.repos)
+    store = trust_store(session.security, Path(session.system_dir))
+    return [(fetch_missing(repos, image, session.security, store, session.notify).ref
+             if fetchable(image) else image, args) for image, args in apps]
+
+
 def _run_detached(session: Session, request: RunRequest, *, multi: bool) -> None:
     from pcocc.errors import UsageError
 
@@ -170,7 +193,6 @@ def _run_detached(session: Session, request: RunRequest, *, multi: bool) -> None
     from pcocc.ctr.detach import run_detached
 
     click.echo(run_detached(request, session.notify, session.log_args))
-
 
 
 def _rerun_argv() -> list[str]:

@@ -172,6 +172,13 @@ def build_request(run: dict[str, Any], run_side: tuple[str, ...] = ()) -> RunReq
     return RunRequest(split_apps(run["cmdline"]), opts)
 
 
+def may_be_remote(image: str) -> bool:
+    """Whether ``image`` may name an image to fetch (a URL, host/app[:VERSION]), told
+    without imports; :func:`pcocc.trust.prefix.fetchable` decides. Such a run goes
+    through click (pcocc.cli.containers), which fetches."""
+    return "/" in image and image[0] not in "/.~"
+
+
 def fast_run(argv: list[str]) -> int | None:
     """Run ``argv`` if it is a one-node ``pcocc run`` this module parses; its exit status,
     or None to let click handle the command line."""
@@ -198,5 +205,7 @@ def fast_run(argv: list[str]) -> int | None:
         verbose=verbose,
     )
     request = build_request(run, run_side=session.security.run_side)
+    if any(may_be_remote(image) for image, _ in request.apps):
+        return None
     skip_exit_collection()
     return run_request(request, session.config, session.notify)

@@ -34,6 +34,7 @@ def fetch(session: Session, ref: str, signature: Path | None, labels: tuple[str,
     from pcocc.repo.store import RepoSet
     from pcocc.trust.fetch import FetchRequest
     from pcocc.trust.fetch import fetch as do_fetch
+    from pcocc.trust.fetch import trust_store
 
     parsed = {}
     for item in labels:
@@ -43,11 +44,7 @@ def fetch(session: Session, ref: str, signature: Path | None, labels: tuple[str,
                              "version, os, arch, ext")
         parsed[key] = value
     req = FetchRequest(ref, signature, parsed, no_store, store_only, dest)
-    def store():  # noqa: ANN202 - built only when a signature is checked
-        from pcocc.trust.store import TrustStore
-
-        return TrustStore(session.security.trust_dir, Path(session.system_dir) / "trustedkeys")
-
+    store = trust_store(session.security, Path(session.system_dir))
     done = do_fetch(RepoSet(session.config.repos), req, session.security, store,
                     session.notify)
     if not session.quiet:

@@ -21,6 +21,8 @@ from pcocc.errors import PcoccError
 
 if TYPE_CHECKING:
     from pcocc.config import Config
+    from pcocc.repo.meta import ImageMeta
+    from pcocc.repo.store import RepoSet
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +45,29 @@ def resolved_templates(config: Config) -> dict[str, dict[str, Any]]:
     return result
 
 
-def image_checker(config: Config) -> Callable[[str], None]:
-    """A function that raises NotFound when an image URI does not resolve to a VM image."""
+def image_checker(
+    config: Config, fetch: Callable[[RepoSet, str], ImageMeta] | None = None
+) -> Callable[[str], str | None]:
+    """A function that raises NotFound when an image URI does not resolve to a VM image.
+
+    :param fetch: gets an image that no repository holds when its URI is a URL or a
+        discoverable name (pcocc.trust.fetch.fetch_missing); the function then returns
+        the local URI of the fetched image, which the VMs use
+    """
     from pcocc.repo.store import RepoSet
+    from pcocc.trust.prefix import fetchable
 
     repos = RepoSet(config.repos)
 
-    def check(uri: str) -> None:
-        _repo, meta = repos.resolve(uri)
+    def check(uri: str) -> str | None:
+        local = None
+        if fetch is not None and fetchable(uri):
+            meta = fetch(repos, uri)
+            local = meta.ref
+        else:
+            _repo, meta = repos.resolve(uri)
         meta.vm_layers()  # Corrupt when it is a container image
+        return local
 
     return check
 

@@ -193,14 +193,15 @@ def build_definition(
     ssh_authorized_keys: Sequence[str] = (),
     owner: str = "",
     boot_timeout_s: float = 600.0,
-    check_image: Callable[[str], None] | None = None,
+    check_image: Callable[[str], str | None] | None = None,
     networks: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> ClusterDefinition:
     """Validate a cluster definition and produce one entry per VM rank.
 
     :param templates: resolved templates (inheritance already applied), by name
     :param cores: cores of every VM (``-c``); default: the template's resource set, else 1
-    :param check_image: raises NotFound/UsageError when an image URI cannot be resolved
+    :param check_image: raises NotFound/UsageError when an image URI cannot be resolved;
+        may return the local image URI to use instead (an image fetched for the template)
     :param networks: networks.yaml definitions by name, for the ``networks`` of resource
         sets; the VMs' private addresses come from the first private network that they use
     :raise UsageError: bad definition or option
@@ -225,7 +226,7 @@ def build_definition(
     user_data = read_user_data(user_data_file) if user_data_file else None
     private = _private_networks(parts, templates, networks or {})
     hosts_net = next(iter(private.values()), None)
-    checked: set[str] = set()
+    checked: dict[str, str] = {}  # image of the templates -> the local image it is
     vms: list[VmEntry] = []
     for name, count in parts:
         settings = dict(templates[name])
@@ -235,12 +236,13 @@ def build_definition(
                 f"template '{name}' has no image",
                 hint=f"set 'image' in the template or give --image {name}=IMAGE",
             )
-        if image and check_image is not None and image not in checked:
-            try:
-                check_image(image)
-            except NotFound as err:
-                raise UsageError(f"template '{name}': {err}", hint=err.hint) from err
-            checked.add(image)
+        if image and check_image is not None:
+            if image not in checked:
+                try:
+                    checked[image] = check_image(image) or image
+                except NotFound as err:
+                    raise UsageError(f"template '{name}': {err}", hint=err.hint) from err
+            image = checked[image]
         vm_cores = cores if cores is not None else _template_cores(name, settings)
         if not settings.get("full-node"):
             pinning.vcpus(name, vm_cores, Pinning.from_settings(settings))

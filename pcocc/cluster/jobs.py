@@ -30,6 +30,8 @@ from pcocc.kv.endpoints import ENDPOINTS_VAR
 
 if TYPE_CHECKING:
     from pcocc.config import Config
+    from pcocc.repo.meta import ImageMeta
+    from pcocc.repo.store import RepoSet
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,13 @@ def prepare_definition(
     images: Sequence[str],
     mounts: Sequence[str],
     user_data_file: str | None,
+    fetch: Callable[[RepoSet, str], ImageMeta] | None = None,
 ) -> ClusterDefinition:
-    """Check the whole definition (templates, images, files) before anything is allocated."""
+    """Check the whole definition (templates, images, files) before anything is allocated.
+
+    :param fetch: gets the images of URL or discoverable name that no repository holds
+        (see adapters.image_checker); without it they are not found
+    """
     definition = build_definition(
         spec,
         adapters.resolved_templates(config),
@@ -73,7 +80,7 @@ def prepare_definition(
         ssh_authorized_keys=[ensure_user_key()],
         owner=adapters.user_name(),
         boot_timeout_s=boot_timeout_s(os.environ),
-        check_image=adapters.image_checker(config),
+        check_image=adapters.image_checker(config, fetch),
         networks=config.networks,
     )
     adapters.check_shares_possible(definition)

@@ -92,9 +92,15 @@ def fetch(repos: RepoSet, req: FetchRequest, security: Security,
         etag_known = rec is not None and rec[0].get("url") == target.url and rec[0].get("etag")
         if etag_known:
             headers["If-None-Match"] = rec[0]["etag"]
-        if target.url.startswith("file://"):
+        local = target.url.startswith("file://")
+        # nothing to ask the server about: gpgv checks the image while it downloads
+        streamed = not local and not etag_known and not security.allows("image")
+        if local:
             data = _local(target.url)
             resp = None
+        elif streamed:
+            resp, signer = _download_checked(target, data, Path(tmp), req, store, transport,
+                                             creds, notify)
         else:
             notify(f"fetching image from {target.url}")
             resp, _ = http.download(target.url, data, transport, headers=headers,
@@ -103,8 +109,9 @@ def fetch(repos: RepoSet, req: FetchRequest, security: Security,
                 _write_record(rec_path, {**rec[0], "expires": _expires(resp.headers)})
                 notify(f"{req.ref}: unchanged on the server (ETag): using {rec[1].ref}")
                 return Fetched(rec[1], True)
-        signer = _check(target, data, Path(tmp), req, security, store, transport, creds,
-                        notify)
+        if not streamed:
+            signer = _check(target, data, Path(tmp), req, security, store, transport, creds,
+                            notify)
         meta = _import(repos, data, req, target)
     if resp is not None:
         _write_record(rec_path, {"ref": req.ref, "url": target.url,
@@ -113,6 +120,30 @@ def fetch(repos: RepoSet, req: FetchRequest, security: Security,
                                  "name": meta.name, "revision": meta.revision,
                                  "image_id": meta.image_id})
     return Fetched(meta, False, signer)
+
+
+def trust_store(security: Security, system_dir: Path) -> Callable[[], TrustStore]:
+    """The ``store`` argument of :func:`fetch`: the user's and the system's trust
+    directories, opened only when a signature is checked."""
+    def store() -> TrustStore:
+        from pcocc.trust.store import TrustStore
+
+        return TrustStore(security.trust_dir, system_dir / "trustedkeys")
+
+    return store
+
+
+def fetch_missing(repos: RepoSet, ref: str, security: Security,
+                  store: Callable[[], TrustStore], notify: Callable[[str], None]) -> ImageMeta:
+    """The image ``ref`` (a URL or a discoverable name) became when it was fetched before,
+    without touching the network; else fetch it now, with the same checks as
+    ``pcocc image fetch``. ``pcocc run`` and templates use it: what was fetched once is
+    not asked for again (``pcocc image fetch`` updates it)."""
+    rec = _read_record(_record_path(security, ref), repos)
+    if rec is not None:
+        return rec[1]
+    notify(f"{ref}: not in a repository, fetching it")
+    return fetch(repos, FetchRequest(ref), security, store, notify).meta
 
 
 def _target(req: FetchRequest, security: Security, notify: Callable[[str], None]) -> _Target:
@@ -167,24 +198,49 @@ def _local(url: str) -> Path:
     return path
 
 
+def _signature(target: _Target, tmp: Path, req: FetchRequest, transport: http.Transport,
+               creds: auth.Credentials, notify: Callable[[str], None]) -> Path | None:
+    """The detached signature: --signature, else URL.asc downloaded (None: there is none)."""
+    if req.signature is not None or target.sig_url is None:
+        return req.signature
+    sig = tmp / "image.asc"
+    notify(f"downloading signature from {target.sig_url}")
+    try:
+        http.download(target.sig_url, sig, transport, auth=creds.header_for)
+    except http.StatusError as err:  # other errors (TLS...) are not "unsigned"
+        log.info("no signature: %s", err)
+        return None
+    return sig
+
+
+def _download_checked(target: _Target, data: Path, tmp: Path, req: FetchRequest,
+                      store: Callable[[], TrustStore], transport: http.Transport,
+                      creds: auth.Credentials, notify: Callable[[str], None]
+                      ) -> tuple[http.Response, str]:
+    """Download the image into ``data`` with gpgv reading along (one pass over the data, no
+    second read); an unsigned image, or one no key is trusted for, is refused first."""
+    from pcocc.trust.verify import streaming_check
+
+    http.check_url(target.url, transport)  # a refused URL is said before its signature's
+    sig = _signature(target, tmp, req, transport, creds, notify)
+    with streaming_check(store(), target.name, sig, origin=target.url) as (feed, result):
+        notify(f"fetching image from {target.url}")
+        resp, _ = http.download(target.url, data, transport, auth=creds.header_for, tee=feed)
+        verdict = result()
+    notify(f"signature verified: {verdict.signer} ({verdict.key})")
+    return resp, verdict.key or ""
+
+
 def _check(target: _Target, data: Path, tmp: Path, req: FetchRequest, security: Security,
            store: Callable[[], TrustStore], transport: http.Transport, creds: auth.Credentials,
            notify: Callable[[str], None]) -> str | None:
     if security.allows("image"):
         notify("warning: image signature verification has been disabled")
         return None
-    sig = req.signature
-    if sig is None and target.sig_url is None:
+    sig = _signature(target, tmp, req, transport, creds, notify)
+    if sig is None and req.signature is None and target.sig_url is None:
         local_sig = _local(target.url).with_name(_local(target.url).name + ".asc")
         sig = local_sig if local_sig.is_file() else None
-    elif sig is None and target.sig_url is not None:
-        sig = tmp / "image.asc"
-        notify(f"downloading signature from {target.sig_url}")
-        try:
-            http.download(target.sig_url, sig, transport, auth=creds.header_for)
-        except PcoccError as err:
-            log.info("no signature: %s", err)
-            sig = None
     from pcocc.trust.verify import check_signature
 
     verdict = check_signature(store(), target.name, data, sig, origin=target.url)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,15 +170,61 @@ def parse_status(text: str, returncode: int) -> Verdict:
     return Verdict(True, primary.upper(), "", " ".join(good[1:]))
 
 
+def _gpgv_argv(home: Path, keyrings: Sequence[Path], signature: Path, data: str | Path
+               ) -> list[str | Path]:
+    ring = home / "trusted.gpg"
+    with open(ring, "wb") as out:
+        for path in keyrings:
+            out.write(path.read_bytes())
+    return ["gpgv", "--homedir", home, "--status-fd", "1", "--keyring", ring,
+            "--", signature, data]
+
+
 def verify(keyrings: Sequence[Path], data: Path, signature: Path) -> Verdict:
     """Check the detached ``signature`` of ``data`` with gpgv against exactly the keys in
     ``keyrings`` (binary key files, concatenated into one scratch keyring)."""
     with scratch_home() as home:
-        ring = home / "trusted.gpg"
-        with open(ring, "wb") as out:
-            for path in keyrings:
-                out.write(path.read_bytes())
-        res = proc.run(["gpgv", "--homedir", home, "--status-fd", "1", "--keyring", ring,
-                        "--", signature, data], check=False, timeout_s=3600.0,
-                       what="gpgv")
+        res = proc.run(_gpgv_argv(home, keyrings, signature, data), check=False,
+                       timeout_s=3600.0, what="gpgv")
     return parse_status(res.stdout, res.returncode)
+
+
+@contextmanager
+def streaming_verify(keyrings: Sequence[Path], signature: Path
+                     ) -> Iterator[tuple[Callable[[bytes], None], Callable[[], Verdict]]]:
+    """:func:`verify` of data given chunk by chunk (gpgv reads it on its stdin while it is
+    downloaded): yields ``(feed, result)``; ``result()`` ends the input and gives the
+    verdict. Leaving the block without ``result()`` kills gpgv."""
+    import subprocess
+
+    with scratch_home() as home:
+        child = proc.spawn(_gpgv_argv(home, keyrings, signature, "-"), stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE)
+        assert child.stdin is not None and child.stdout is not None
+        broken: list[bool] = []
+
+        def feed(chunk: bytes) -> None:
+            if not broken:
+                try:
+                    child.stdin.write(chunk)  # type: ignore[union-attr]
+                except BrokenPipeError:  # gpgv gave up early: result() says why
+                    broken.append(True)
+
+        def result() -> Verdict:
+            try:
+                child.stdin.close()  # type: ignore[union-attr]
+            except BrokenPipeError:
+                pass
+            out = child.stdout.read().decode(errors="replace")  # type: ignore[union-attr]
+            return parse_status(out, child.wait())
+
+        try:
+            yield feed, result
+        finally:
+            if child.returncode is None:
+                proc.stop(child, 0.0)
+            child.stdout.close()
+            try:
+                child.stdin.close()
+            except OSError:
+                pass

@@ -20,6 +20,10 @@ _CHUNK = 1 << 20
 _TIMEOUT_S = 60.0
 
 
+class StatusError(PcoccError):
+    """The server answered with an error status (404...), unlike a refused connection."""
+
+
 @dataclass(frozen=True)
 class Transport:
     """What a download may relax."""
@@ -77,11 +81,13 @@ def _opener(transport: Transport, auth: Callable[[str], str | None] | None = Non
 def download(url: str, dest: Path | None, transport: Transport, *,
              headers: dict[str, str] | None = None, max_bytes: int | None = None,
              auth: Callable[[str], str | None] | None = None,
+             tee: Callable[[bytes], None] | None = None,
              ) -> tuple[Response, bytes]:
     """GET ``url`` into ``dest`` (or into memory when ``dest`` is None, up to ``max_bytes``).
 
     A 304 answer is returned as is (nothing written). Other non-2xx answers are errors.
-    ``auth(url)`` gives the Authorization header for a URL (checked again on redirects).
+    ``auth(url)`` gives the Authorization header for a URL (checked again on redirects);
+    ``tee`` also gets each chunk written to ``dest`` (a signature check reading along).
     """
     check_url(url, transport)
     req = urllib.request.Request(url, headers=dict(headers or {}))
@@ -95,7 +101,7 @@ def download(url: str, dest: Path | None, transport: Transport, *,
             return Response(err.geturl(), 304, dict(err.headers.items()),
                             urlsplit(err.geturl()).scheme == "https" and transport.verify_tls
                             ), b""
-        raise PcoccError(f"{url}: the server answered {err.code} {err.reason}") from err
+        raise StatusError(f"{url}: the server answered {err.code} {err.reason}") from err
     except urllib.error.URLError as err:
         reason = err.reason
         if isinstance(reason, ssl.SSLCertVerificationError):
@@ -121,6 +127,8 @@ def download(url: str, dest: Path | None, transport: Transport, *,
                 with open(dest, "wb") as out:
                     while chunk := resp.read(_CHUNK):
                         out.write(chunk)
+                        if tee is not None:
+                            tee(chunk)
         except OSError as err:
             raise PcoccError(f"{url}: download interrupted: {err}") from err
     return info, body

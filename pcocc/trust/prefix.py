@@ -8,6 +8,7 @@ absolute, ``.`` or ``..``, and none holds a NUL or a newline.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from urllib.parse import quote, unquote
@@ -71,3 +72,20 @@ def longest_match(prefixes: Iterable[str], name: str) -> str | None:
         if covers(p, name) and (best is None or len(p) > len(best)):
             best = p
     return best
+
+
+def fetchable(ref: str) -> bool:
+    """Whether ``ref``, when no repository holds it, is something ``pcocc image fetch``
+    can get: an https://, http:// or file:// URL, or a valid image name whose first
+    component is a host (``example.org/app[:VERSION]``, ``localhost:8443/app``). Cheap and
+    offline: ``pcocc run`` asks it of every image."""
+    if ref.startswith(("https://", "http://", "file://")):
+        return True
+    host = ref.split("/", 1)[0].split(":", 1)[0]
+    if "/" not in ref or not ("." in host or host == "localhost") or os.path.lexists(ref):
+        return False
+    try:
+        split_version(ref)
+    except UsageError:
+        return False
+    return True

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pcocc.errors import PcoccError
@@ -23,7 +25,25 @@ def check_signature(store: TrustStore, name: str, data: Path, signature: Path | 
 
     :raise SignatureRefused: naming the prefix (and key) that would be needed
     """
-    what = origin or str(data)
+    keys, judge = _prepare(store, name, signature, origin or str(data))
+    return judge(gpg.verify(keys, data, signature))  # type: ignore[arg-type]
+
+
+@contextmanager
+def streaming_check(store: TrustStore, name: str, signature: Path | None, *, origin: str
+                    ) -> Iterator[tuple[Callable[[bytes], None], Callable[[], gpg.Verdict]]]:
+    """:func:`check_signature` of data fed chunk by chunk while it downloads: yields
+    ``(feed, result)``; ``result()`` gives the verdict or raises SignatureRefused. Refuses
+    before any byte is fed when the image is unsigned or no key is trusted for it."""
+    keys, judge = _prepare(store, name, signature, origin)
+    with gpg.streaming_verify(keys, signature) as (feed, result):  # type: ignore[arg-type]
+        yield feed, lambda: judge(result())
+
+
+def _prepare(store: TrustStore, name: str, signature: Path | None, what: str
+             ) -> tuple[list[Path], Callable[[gpg.Verdict], gpg.Verdict]]:
+    """The keys that may sign ``name`` and the judge of gpgv's verdict; refuses at once
+    an unsigned image and one for which no key is trusted."""
     needed = store.needed_for(name)
     scope = (f'keys trusted for prefix "{needed.prefix}" or root keys' if needed.prefix
              else "root keys (no key is trusted for a prefix of it)")
@@ -35,9 +55,12 @@ def check_signature(store: TrustStore, name: str, data: Path, signature: Path | 
         raise SignatureRefused(
             f"{what}: no key is trusted for image {name} (no prefix of it, no root key)",
             hint=hint)
-    verdict = gpg.verify([k.path for k in needed.keys], data, signature)
-    if not verdict.ok:
-        raise SignatureRefused(f"{what}: signature refused: {verdict.reason}; image {name} "
-                               f"needs a signature by {scope}", hint=hint)
-    log.info("signature of %s verified: key %s %s", what, verdict.key, verdict.signer)
-    return verdict
+
+    def judge(verdict: gpg.Verdict) -> gpg.Verdict:
+        if not verdict.ok:
+            raise SignatureRefused(f"{what}: signature refused: {verdict.reason}; image "
+                                   f"{name} needs a signature by {scope}", hint=hint)
+        log.info("signature of %s verified: key %s %s", what, verdict.key, verdict.signer)
+        return verdict
+
+    return [k.path for k in needed.keys], judge

@@ -206,3 +206,16 @@ def test_tagged_mounts_survive_the_stored_definition(tmp_path):
     data["mounts"][1]["tag"] = "a b"
     with pytest.raises(Corrupt, match=r"mounts\[1\].tag"):
         ClusterDefinition.from_json(json.dumps(data))
+
+
+def test_a_checker_may_give_the_local_image_a_template_image_became():
+    seen = []
+
+    def check(uri):
+        seen.append(uri)
+        return "user:app@0" if uri.startswith("https://") else None
+
+    tpls = {**TEMPLATES, "remote": {"image": "https://h.org/app.qcow2"}}
+    d = build_definition("remote:2,compute:1", tpls, check_image=check)
+    assert [v.image for v in d.vms] == ["user:app@0", "user:app@0", "global:centos@2"]
+    assert seen == ["https://h.org/app.qcow2", "global:centos@2"]  # once per image

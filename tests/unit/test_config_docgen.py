@@ -32,7 +32,8 @@ def test_every_key_of_every_schema_is_documented():
         assert f"## {name}.yaml" in text
         for key in load_schema(name)["properties"]:
             assert f"| `{key}` |" in text, (name, key)
-    assert "| `templates.<NAME>.image` | a string like [repo:]name[@rev] |" in text
+    assert ("| `templates.<NAME>.image` | a string like [repo:]name[@rev], https://..., "
+            "file://... or host/name[:version] |") in text
 
 
 def test_main_writes_the_file(tmp_path):

@@ -112,7 +112,8 @@ BAD = [
     (
         "templates",
         "templates:\n  compute:\n    image: 'bad uri!'\n",
-        "3:12: templates.compute.image: expected a string like [repo:]name[@rev], got 'bad uri!'",
+        "3:12: templates.compute.image: expected a string like [repo:]name[@rev], https://..., "
+        "file://... or host/name[:version], got 'bad uri!'",
     ),
     (
         "templates",

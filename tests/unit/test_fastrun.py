@@ -122,3 +122,13 @@ def test_trust_yaml_run_side_values_reach_the_fast_path(monkeypatch, tmp_path):
     assert fastrun.fast_run(["run", "--insecure-options", "paths", "img"]) == 0
     assert set(seen[-1].options.insecure) == {"seccomp", "paths"}
     assert fastrun.parse(["--insecure-options", "all-run", "run", "img"]) is None
+
+
+def test_a_remote_image_goes_through_click_which_fetches(monkeypatch, tmp_path):
+    monkeypatch.setenv("PCOCC_SYSTEM_CONF_DIR", str(tmp_path))
+    monkeypatch.setenv("PCOCC_USER_CONF_DIR", str(tmp_path))
+    monkeypatch.setattr("pcocc.ctr.pod.run_request", lambda *a: pytest.fail("ran unfetched"))
+    for image in ("https://example.org/app.oci", "example.org/app:1.0", "localhost:8443/app"):
+        assert fastrun.fast_run(["run", image, "--", "true"]) is None
+    for image in ("busybox", "user:busybox@2", "/abs/path.sif", "./rel/path.oci"):
+        assert not fastrun.may_be_remote(image)

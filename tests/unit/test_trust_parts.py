@@ -7,7 +7,15 @@ import pytest
 
 from pcocc.errors import UsageError
 from pcocc.trust import discovery, gpg
-from pcocc.trust.prefix import check_name, covers, escape, longest_match, split_version, unescape
+from pcocc.trust.prefix import (
+    check_name,
+    covers,
+    escape,
+    fetchable,
+    longest_match,
+    split_version,
+    unescape,
+)
 from pcocc.trust.settings import parse_insecure
 
 
@@ -146,3 +154,23 @@ def test_insecure_options():
     for bad in ("bogus", "ondisk", "http,nope"):
         with pytest.raises(UsageError):
             parse_insecure([bad])
+
+
+@pytest.mark.parametrize("ref", ["https://h.org/a/app.qcow2", "http://h/x", "file:///tmp/a.tar",
+                                 "example.org/app", "example.org/app:1.0",
+                                 "localhost:8443/tools/app"])
+def test_urls_and_host_names_are_fetchable(ref):
+    assert fetchable(ref)
+
+
+@pytest.mark.parametrize("ref", ["centos", "user:centos", "user:centos@2", "sha256-abcd",
+                                 "docker://reg/x", "oci-archive:/tmp/x.tar", "/abs/dir",
+                                 "./rel", "rel/dir", "Example.org/App", "example.org/a b"])
+def test_local_refs_and_paths_are_not_fetchable(ref):
+    assert not fetchable(ref)
+
+
+def test_an_existing_path_is_not_fetchable(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "build.d" / "rootfs").mkdir(parents=True)
+    assert not fetchable("build.d/rootfs") and fetchable("build.d/other")
