@@ -53,3 +53,7 @@ def vswitch(session: Session, job_id: str, net: str) -> None:
 from pcocc.cli.internal_ctr import ctr_task  # noqa: E402
 
 internal.add_command(ctr_task)
+
+from pcocc.cli.mds import mds_serve  # noqa: E402
+
+internal.add_command(mds_serve)
