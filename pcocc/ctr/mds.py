@@ -105,7 +105,7 @@ class MdsRecord:
         except (ValueError, TypeError, KeyError) as err:
             raise Corrupt(f"{where}: bad metadata record: {err}") from err
         if not _UUID_RE.match(rec.uuid) or not all(_NAME_RE.match(a.name) for a in rec.apps):
-            raise Corrupt(f"{where}: bad pod UUID or app name in metadata record")
+            raise Corrupt(f"{where}: bad metadata record: bad pod UUID or app name")
         return rec
 
     def public(self, app: str | None = None) -> dict[str, Any]:
@@ -126,7 +126,11 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict: a character outside the alphabet or a non-canonical form is a ValueError."""
+    data = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    if _b64(data) != text:
+        raise ValueError("not canonical base64url")
+    return data
 
 
 def sign_token(key: bytes, uuid: str, app: str, now: float | None = None) -> str:
