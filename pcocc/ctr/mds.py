@@ -216,6 +216,12 @@ def register_pod(
         dirs[app.name] = d
     write_atomic(root / "records" / f"{uuid}.json", json.dumps(rec.to_json()), 0o600)
     sync_service(root, start=True)
+    missing = [d for d in dirs.values() if not (d / SOCKET_NAME).is_socket()]
+    if missing:
+        raise ServiceUnavailable(
+            f"the pcocc metadata service does not serve {missing[0]}",
+            hint=f"see {root / 'service.log'}, or run with --register-mds=false",
+        )
     return dirs
 
 
@@ -235,11 +241,34 @@ def unregister_pod(uuid: str) -> None:
         pass
 
 
-def _ask(root: Path, timeout_s: float = 5.0) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout_s)
+def unix_socket(path: Path, *, listen: bool = False, timeout_s: float | None = None
+                ) -> socket.socket:
+    """A socket connected to (or, with ``listen``, bound at) ``path``, however long:
+    sockaddr_un holds 108 bytes, so go through a descriptor of the directory."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    dir_fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        s.connect(str(root / "control.sock"))
+        short = f"/proc/self/fd/{dir_fd}/{path.name}"
+        if listen:
+            sock.bind(short)
+            sock.listen(16)
+        else:
+            sock.connect(short)
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.close(dir_fd)
+    return sock
+
+
+def _ask(root: Path, timeout_s: float = 5.0) -> bool:
+    try:
+        s = unix_socket(root / "control.sock", timeout_s=timeout_s)
+    except OSError:
+        return False
+    try:
         s.sendall(b"sync\n")
         return s.recv(16).startswith(b"ok")
     except OSError:

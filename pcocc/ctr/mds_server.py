@@ -26,7 +26,9 @@ import time
 from pathlib import Path
 
 from pcocc import paths
-from pcocc.ctr.mds import SOCKET_NAME, MdsRecord, load_record, mds_dir, sign_token, socket_dir
+from pcocc.ctr.mds import (
+    SOCKET_NAME, MdsRecord, load_record, mds_dir, sign_token, socket_dir, unix_socket,
+)
 from pcocc.ctr.pods import process_start_ticks
 from pcocc.errors import Corrupt
 
@@ -147,9 +149,7 @@ class Service:
             path = d / SOCKET_NAME
             try:
                 path.unlink(missing_ok=True)  # left by a killed service
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.bind(str(path))
-                sock.listen(16)
+                sock = unix_socket(path, listen=True)
             except OSError as err:
                 log.warning("cannot serve pod %s app %s: %s", uuid, app, err)
                 continue
@@ -157,11 +157,9 @@ class Service:
             self.sel.register(sock, selectors.EVENT_READ, (uuid, app))
 
     def run(self) -> None:
-        control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         cpath = self.root / "control.sock"
         cpath.unlink(missing_ok=True)
-        control.bind(str(cpath))
-        control.listen(16)
+        control = unix_socket(cpath, listen=True)
         self.sel.register(control, selectors.EVENT_READ, None)
         self.rescan()
         idle_since = time.monotonic()
