@@ -143,7 +143,9 @@ def prepare_pod(
             config_mounts=[*settings.mounts, *mod_mounts],
             config_name=where,
         )
-        mds_dirs = register_mds(rec, apps, opts) if opts.register_mds else {}
+        # a unix socket does not cross into a VM: the vm runtime's apps have no service
+        serve = opts.register_mds and runtime.name != "vm"
+        mds_dirs = register_mds(rec, apps, opts) if serve else {}
         ident = Identity(os.getuid(), os.getgid(), tuple(os.getgroups()), opts.as_root)
         for app, spec_app, argv, env in zip(rec.apps, apps, argvs, envs):
             req = SpecRequest(
