@@ -130,7 +130,7 @@ def bare_flag_value(args: list[str], flag: str, takes_value: set[str]) -> list[s
 @click.option("--hostname", help="Host name of the pod [default: pcocc-<uuid>].")
 @click.option("--root", "as_root", is_flag=True, help="Run as root of the container.")
 @click.option("--register-mds", type=click.BOOL, default=True, show_default=True,
-              metavar="BOOL", help="Serve the pod's metadata at /run/pcocc/mds/api.sock.")
+              metavar="BOOL", help="Serve the pod's metadata at /dev/pcocc/mds/api.sock.")
 @click.option("--annotation", "annotations", multiple=True, metavar="KEY=VALUE",
               help="Annotate the pod (read from the metadata service).")
 @click.argument(

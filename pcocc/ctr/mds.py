@@ -9,7 +9,7 @@ directory (:func:`pcocc.paths.runtime_dir`, 0700)::
     mds/service.log           the service's output
     mds/records/<uuid>.json   a pod's record with its HMAC key (0600, never mounted)
     mds/sockets/<uuid>/<app>/api.sock
-                              the app's socket; the directory is bound at /run/pcocc/mds
+                              the app's socket; the directory is bound at /dev/pcocc/mds
 
 The service tells callers apart by the socket they connected through: a socket serves
 one app of one pod, and only that pod's record. A socket's *directory* is bound into the
@@ -38,8 +38,9 @@ from pcocc import paths
 from pcocc.errors import Corrupt, PcoccError, ServiceUnavailable, UsageError
 from pcocc.fsutil import write_atomic
 
-#: where an app finds its socket
-CONTAINER_DIR = "/run/pcocc/mds"
+#: where an app finds its socket: in the container's own /dev tmpfs (every spec has one),
+#: so that the mount point is made even in a read-only or another user's root filesystem
+CONTAINER_DIR = "/dev/pcocc/mds"
 SOCKET_NAME = "api.sock"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")

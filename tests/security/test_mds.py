@@ -77,7 +77,7 @@ def test_another_user_cannot_reach_the_service_or_its_keys(fresh_victim, attacke
         # the socket as the container sees it: through /proc/PID/root of the app
         in_ctr: list[str] = []
         while not any(Path(p).exists() for p in in_ctr) and time.monotonic() < deadline:
-            in_ctr = [f"/proc/{p}/root/run/pcocc/mds/api.sock" for p in descendants([pod.pid])]
+            in_ctr = [f"/proc/{p}/root/dev/pcocc/mds/api.sock" for p in descendants([pod.pid])]
             time.sleep(0.2)
         assert any(Path(p).exists() for p in in_ctr), "the app has no metadata socket"
 

@@ -2,7 +2,7 @@
 socket bound in its container, identity tokens, restart after kill -9, --register-mds=false.
 
 The test image has no HTTP client for unix sockets, so the test connects to the socket as
-the container sees it: ``/proc/PID/root/run/pcocc/mds/api.sock`` of the app's process.
+the container sees it: ``/proc/PID/root/dev/pcocc/mds/api.sock`` of the app's process.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def container_socket(pcocc_bin, popen: subprocess.Popen, timeout_s: float = 30) 
             if pod["state"] != "running" or not pid or pod["pid"] != popen.pid:
                 continue
             for p in sorted(descendants([pid])):
-                path = f"/proc/{p}/root/run/pcocc/mds/api.sock"
+                path = f"/proc/{p}/root/dev/pcocc/mds/api.sock"
                 if os.path.exists(path):
                     return pod["uuid"], path
         time.sleep(0.2)
@@ -155,7 +155,7 @@ def test_service_killed_is_restarted_and_pods_reach_it(env, pcocc_bin, image_dir
 
 
 def test_register_mds_false_gives_no_socket(env, pcocc_bin, image_dir, crun, runtime_dir):
-    probe = "test -e /run/pcocc/mds/api.sock && echo present || echo absent"
+    probe = "test -e /dev/pcocc/mds/api.sock && echo present || echo absent"
     res = pcocc(pcocc_bin, "run", "--runtime", crun, "--register-mds=false", image_dir,
                 "--", "sh", "-c", probe, check=0)
     assert res.stdout.strip() == "absent"
