@@ -113,6 +113,10 @@ def bare_flag_value(args: list[str], flag: str, takes_value: set[str]) -> list[s
 )
 @click.option("--hostname", help="Host name of the pod [default: pcocc-<uuid>].")
 @click.option("--root", "as_root", is_flag=True, help="Run as root of the container.")
+@click.option("--register-mds", type=click.BOOL, default=True, show_default=True,
+              metavar="BOOL", help="Serve the pod's metadata at /dev/pcocc/mds/api.sock.")
+@click.option("--annotation", "annotations", multiple=True, metavar="KEY=VALUE",
+              help="Annotate the pod (read from the metadata service).")
 @click.argument(
     "cmdline", nargs=-1, type=click.UNPROCESSED, required=True, metavar="IMAGE [-- ARGS]..."
 )
@@ -138,6 +142,8 @@ def run(
     detach: bool,
     hostname: str | None,
     as_root: bool,
+    register_mds: bool,
+    annotations: tuple[str, ...],
     cmdline: tuple[str, ...],
 ) -> None:
     """Run IMAGE [-- ARGS] [--- IMAGE2 [-- ARGS]] as a pod; exit with the app's status."""
@@ -384,3 +390,8 @@ def rm(uuids: tuple[str, ...]) -> None:
         cleanup_containers(rec)
         store.remove(rec)
         click.echo(f'Removed pod "{rec.uuid}"')
+
+
+from pcocc.cli.mds import verify_identity  # noqa: E402
+
+pod.add_command(verify_identity)

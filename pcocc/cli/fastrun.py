@@ -168,6 +168,8 @@ def build_request(run: dict[str, Any], run_side: tuple[str, ...] = ()) -> RunReq
         interactive=run.get("interactive", False),
         hostname=run.get("hostname"),
         as_root=run.get("as_root", False),
+        register_mds=run.get("register_mds", True),
+        annotations=run.get("annotations", ()),
     )
     return RunRequest(split_apps(run["cmdline"]), opts)
 

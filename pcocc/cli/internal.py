@@ -69,3 +69,7 @@ from pcocc.cli.internal_ctr import ctr_detached, ctr_task  # noqa: E402
 
 internal.add_command(ctr_task)
 internal.add_command(ctr_detached)
+
+from pcocc.cli.mds import mds_serve  # noqa: E402
+
+internal.add_command(mds_serve)

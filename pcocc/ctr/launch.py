@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 
 from pcocc import proc
 from pcocc.ctr.env import merge_env
+from pcocc.ctr.mds_hook import mds_mounts, register_mds, unregister_mds
 from pcocc.ctr.net import NetPlan, PodNetwork, add_gate, gate_path_for, plan_network
 from pcocc.ctr.pods import AppRecord, PodRecord, PodStore, process_start_ticks
 from pcocc.ctr.settings import ContainerSettings
@@ -66,6 +67,9 @@ class RunOptions:
     as_root: bool = False
     #: ``pcocc run --detach``: the pod runs on under a supervisor of its own
     detach: bool = False
+    #: serve the pod's metadata (:mod:`pcocc.ctr.mds`) and ``--annotation K=V`` values
+    register_mds: bool = True
+    annotations: Sequence[str] = ()
 
 
 def app_names(images: Sequence[str]) -> list[str]:
@@ -141,6 +145,9 @@ def prepare_pod(
             config_mounts=[*settings.mounts, *mod_mounts],
             config_name=where,
         )
+        # a unix socket does not cross into a VM: the vm runtime's apps have no service
+        serve = opts.register_mds and runtime.name != "vm"
+        mds_dirs = register_mds(rec, apps, opts) if serve else {}
         ident = Identity(os.getuid(), os.getgid(), tuple(os.getgroups()), opts.as_root)
         for app, spec_app, argv, env in zip(rec.apps, apps, argvs, envs):
             req = SpecRequest(
@@ -150,7 +157,7 @@ def prepare_pod(
                 identity=ident,
                 cwd=str(spec_app.image_config.get("WorkingDir") or "/"),
                 hostname=rec.hostname,
-                mounts=mounts,
+                mounts=[*mounts, *mds_mounts(mds_dirs, app.name)],
                 private_net=opts.private_net,
                 insecure=insecure,
             )
@@ -163,6 +170,7 @@ def prepare_pod(
         if save:
             store.save(rec)
     except BaseException:
+        unregister_mds(rec)
         store.remove(rec)
         raise
     return rec
@@ -268,6 +276,7 @@ def start_pod(
         rec.state = "exited"
         rec.exited = time.time()
         store.save(rec)
+        unregister_mds(rec)
     return next((a.exit_status for a in rec.apps if a.exit_status), 0) or 0
 
 

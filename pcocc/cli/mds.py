@@ -1,0 +1,26 @@
+"""``pcocc pod verify-identity`` and ``pcocc internal mds-serve``: the metadata service."""
+
+from __future__ import annotations
+
+import click
+
+from pcocc.cli.context import exit_with
+
+
+@click.command("verify-identity")
+@click.argument("token")
+def verify_identity(token: str) -> None:
+    """Check an identity TOKEN that one of your pods got from its metadata service."""
+    from pcocc.ctr.mds import verify_identity as verify
+
+    claims = verify(token)
+    click.echo(f"uuid={claims['uuid']}")
+    click.echo(f"app={claims['app']}")
+
+
+@click.command("mds-serve", hidden=True)
+def mds_serve() -> None:
+    """Run your metadata service (started on demand by 'pcocc run')."""
+    from pcocc.ctr.mds_server import serve
+
+    exit_with(serve())

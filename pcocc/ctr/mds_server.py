@@ -1,0 +1,216 @@
+"""The metadata service process (``pcocc internal mds-serve``), see :mod:`pcocc.ctr.mds`.
+
+State is only on disk (the records), so a service killed with -9 is started again by the
+next ``pcocc run`` and serves the pods that still run: it rebinds their sockets in the
+directories they have mounted. It drops the record of a pod whose supervisor is gone and
+exits once no record is left for :data:`IDLE_EXIT_S`.
+
+HTTP API on an app's socket (GET only; anything else is refused):
+
+- ``/pcocc/v1/pod`` (JSON), ``/pcocc/v1/pod/uuid``, ``/pcocc/v1/pod/annotations``,
+  ``/pcocc/v1/pod/annotations/KEY``, ``/pcocc/v1/pod/identity`` (a signed token)
+- ``/pcocc/v1/app/name``, ``/pcocc/v1/app/image/id``, ``/pcocc/v1/app/annotations[/KEY]``
+- ``/pcocc/v1/pods/UUID``: the pod's own record; 403 for any other UUID
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import selectors
+import socket
+import threading
+import time
+from pathlib import Path
+
+from pcocc import paths
+from pcocc.ctr.mds import (
+    SOCKET_NAME, MdsRecord, load_record, mds_dir, sign_token, socket_dir, unix_socket,
+)
+from pcocc.ctr.pods import process_start_ticks
+from pcocc.errors import Corrupt
+
+log = logging.getLogger(__name__)
+
+IDLE_EXIT_S = 3.0
+RESCAN_S = 1.0
+MAX_REQUEST = 8192
+CLIENT_TIMEOUT_S = 5.0
+_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+            405: "Method Not Allowed", 431: "Request Header Fields Too Large"}
+
+
+def handle(rec: MdsRecord, app: str, method: str, target: str) -> tuple[int, str, str]:
+    """Answer one request of ``app`` of ``rec``: (status, content type, body)."""
+    if method != "GET":
+        return 405, "text/plain", "only GET\n"
+    path = target.split("?", 1)[0]
+    parts = path.split("/")
+    if parts[:3] != ["", "pcocc", "v1"] or any(p in ("", ".", "..") for p in parts[3:]):
+        return 404, "text/plain", "not found\n"
+    rest = parts[3:]
+    me = next((a for a in rec.apps if a.name == app), None)
+    if me is None:
+        return 404, "text/plain", "not found\n"
+    text = {
+        ("pod", "uuid"): rec.uuid,
+        ("app", "name"): me.name,
+        ("app", "image", "id"): me.image_id,
+    }
+    if tuple(rest) in text:
+        return 200, "text/plain", text[tuple(rest)]
+    if rest == ["pod"]:
+        return 200, "application/json", json.dumps(rec.public(app))
+    if rest == ["pod", "identity"]:
+        return 200, "text/plain", sign_token(bytes.fromhex(rec.key), rec.uuid, app)
+    if len(rest) == 2 and rest[0] == "pods":
+        if rest[1] != rec.uuid:
+            return 403, "text/plain", "a pod reads only its own record\n"
+        return 200, "application/json", json.dumps(rec.public(app))
+    for prefix, notes in ((["pod", "annotations"], rec.annotations),
+                          (["app", "annotations"], me.annotations)):
+        if rest == prefix:
+            return 200, "application/json", json.dumps(notes)
+        if len(rest) == 3 and rest[:2] == prefix and rest[2] in notes:
+            return 200, "text/plain", notes[rest[2]]
+    return 404, "text/plain", "not found\n"
+
+
+def parse_request(data: bytes) -> tuple[str, str] | int:
+    """(method, target) of a request head, or an HTTP error status."""
+    head, sep, _ = data.partition(b"\r\n\r\n")
+    if not sep:
+        return 431 if len(data) >= MAX_REQUEST else 400
+    try:
+        line = head.split(b"\r\n", 1)[0].decode("ascii")
+    except UnicodeDecodeError:
+        return 400
+    fields = line.split(" ")
+    if len(fields) != 3 or not fields[2].startswith("HTTP/1.") or not fields[1].startswith("/"):
+        return 400
+    return fields[0], fields[1]
+
+
+def _serve_client(conn: socket.socket, rec: MdsRecord, app: str) -> None:
+    with conn:
+        conn.settimeout(CLIENT_TIMEOUT_S)
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data and len(data) < MAX_REQUEST:
+                chunk = conn.recv(MAX_REQUEST - len(data))
+                if not chunk:
+                    break
+                data += chunk
+            req = parse_request(data)
+            if isinstance(req, int):
+                status, ctype, body = req, "text/plain", _REASONS[req] + "\n"
+            else:
+                status, ctype, body = handle(rec, app, *req)
+            raw = body.encode()
+            conn.sendall(
+                f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(raw)}\r\nConnection: close\r\n\r\n".encode() + raw
+            )
+        except OSError:
+            pass
+
+
+class Service:
+    def __init__(self, root: Path):
+        self.root = root
+        self.sel = selectors.DefaultSelector()
+        #: (uuid, app) -> listening socket
+        self.listeners: dict[tuple[str, str], socket.socket] = {}
+        self.records: dict[str, MdsRecord] = {}
+
+    def rescan(self) -> None:
+        """Serve exactly the pods with a record whose supervisor still runs."""
+        recs: dict[str, MdsRecord] = {}
+        for path in (self.root / "records").glob("*.json"):
+            try:
+                rec = load_record(path)
+            except (OSError, Corrupt) as err:
+                log.warning("%s", err)
+                continue
+            if process_start_ticks(rec.pid) != rec.pid_start:
+                path.unlink(missing_ok=True)  # its pcocc run died: forget the key
+                continue
+            recs[rec.uuid] = rec
+        self.records = recs
+        wanted = {(r.uuid, a.name) for r in recs.values() for a in r.apps}
+        for key in set(self.listeners) - wanted:
+            sock = self.listeners.pop(key)
+            self.sel.unregister(sock)
+            sock.close()
+        for uuid, app in wanted - set(self.listeners):
+            d = socket_dir(self.root, uuid, app)
+            path = d / SOCKET_NAME
+            try:
+                path.unlink(missing_ok=True)  # left by a killed service
+                sock = unix_socket(path, listen=True)
+            except OSError as err:
+                log.warning("cannot serve pod %s app %s: %s", uuid, app, err)
+                continue
+            self.listeners[(uuid, app)] = sock
+            self.sel.register(sock, selectors.EVENT_READ, (uuid, app))
+
+    def run(self) -> None:
+        cpath = self.root / "control.sock"
+        cpath.unlink(missing_ok=True)
+        control = unix_socket(cpath, listen=True)
+        self.sel.register(control, selectors.EVENT_READ, None)
+        self.rescan()
+        idle_since = time.monotonic()
+        last_scan = time.monotonic()
+        while True:
+            for key, _ in self.sel.select(timeout=RESCAN_S):
+                try:
+                    conn, _ = key.fileobj.accept()  # type: ignore[union-attr]
+                except OSError:
+                    continue
+                if key.data is None:
+                    self._control(conn)
+                    continue
+                uuid, app = key.data
+                rec = self.records.get(uuid)
+                if rec is None:
+                    conn.close()
+                    continue
+                threading.Thread(target=_serve_client, args=(conn, rec, app), daemon=True).start()
+            if time.monotonic() - last_scan >= RESCAN_S:
+                self.rescan()
+                last_scan = time.monotonic()
+            if self.records:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since >= IDLE_EXIT_S:
+                log.info("no pod left: metadata service exits")
+                cpath.unlink(missing_ok=True)
+                return
+
+    def _control(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(2.0)
+            try:
+                if conn.recv(16).startswith(b"sync"):
+                    self.rescan()
+                    conn.sendall(b"ok\n")
+            except OSError:
+                pass
+
+
+def serve() -> int:
+    """Run the user's service; exit 0 at once if another one holds the lock."""
+    root = paths.private_dir(mds_dir(), what="metadata service directory")
+    for sub in ("records", "sockets"):
+        paths.private_dir(root / sub, what="metadata service directory")
+    lock = os.open(root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0
+    os.ftruncate(lock, 0)
+    os.write(lock, f"{os.getpid()}\n".encode())
+    Service(root).run()
+    return 0
