@@ -44,7 +44,8 @@ def local_path(
 
 
 def short_socket_path(path: str) -> tuple[str, int | None]:
-    """A connectable name for a unix socket path longer than sockaddr_un allows."""
+    """A connectable name for a unix socket path longer than sockaddr_un allows, and the
+    directory descriptor behind it (None if the path fits), which the caller closes."""
     if len(path.encode()) < 100:
         return path, None
     fd = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY)
