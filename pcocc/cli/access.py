@@ -128,7 +128,8 @@ def reset(session: Session, selection: ClusterSelection, index: str | None,
           vms: str | None) -> None:
     """Reset VMs (like pressing their reset button): VMSET is vm3 or vm[0-3,7] [default:
     vm0]."""
-    from pcocc.cluster.access import find_cluster, reset_vms, select_vms
+    from pcocc.cluster.access import find_cluster
+    from pcocc.cluster.vmcontrol import reset_vms, select_vms
     from pcocc.cluster.vmset import parse_vm_set, split_vm_set
 
     chosen, rest = split_vm_set(index, [vms] if vms else [])
@@ -151,7 +152,8 @@ def monitor_cmd(
     VMSET is vm3 or vm[0-3,7] [default: vm0]; with several VMs, each line of an answer is
     prefixed by the VM's name.
     """
-    from pcocc.cluster.access import find_cluster, monitor_commands, select_vms
+    from pcocc.cluster.access import find_cluster
+    from pcocc.cluster.vmcontrol import monitor_commands, select_vms
     from pcocc.cluster.vmset import split_vm_set
 
     chosen, rest = split_vm_set(index, words)
@@ -197,7 +199,8 @@ def exec_(
     """
     import sys
 
-    from pcocc.cluster.access import exec_in_vms, find_cluster, select_vms
+    from pcocc.cluster.access import find_cluster
+    from pcocc.cluster.vmcontrol import exec_in_vms, select_vms
     from pcocc.cluster.guestexec import ExecRequest, PrefixedOutput, script_request
     from pcocc.cluster.vmset import split_vm_set
 

@@ -240,7 +240,7 @@ def restore_of(root: Path | None, rank: int, image: Path | None) -> Any:
     if root is None:
         return None
     from pcocc.cluster import ckptdir
-    from pcocc.cluster.checkpoint import restore_files
+    from pcocc.cluster.ckptrestore import restore_files
     from pcocc.repo.digest import from_hex
     from pcocc.vm.machine import Restore
 

@@ -2,7 +2,7 @@
 
 The display is a unix socket in the VM's run directory on its host, and its password is in
 the ``display.json`` record next to it (see :mod:`pcocc.vm.display`): both are read on
-the VM's host only, as the QMP socket is (:func:`pcocc.cluster.access._local_path`).
+the VM's host only, as the QMP socket is (:func:`pcocc.cluster.vmcontrol.local_path`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pcocc.cluster import rundir
-from pcocc.cluster.access import _local_path
+from pcocc.cluster.vmcontrol import local_path
 from pcocc.cluster.lookup import ClusterView, parse_vm_name
 from pcocc.errors import Corrupt, NotFound
 from pcocc.vm.display import INFO_FILE, DisplayInfo
@@ -83,7 +83,7 @@ def find_display(view: ClusterView, name: str) -> VmDisplay:
         raise not_yet
     path = os.path.join(os.path.dirname(rec.qmp_socket), INFO_FILE)
     try:
-        path = _local_path(view, rec, path, "display", is_socket=False)
+        path = local_path(view, rec, path, "display", is_socket=False)
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except (NotFound, FileNotFoundError):
         raise not_yet from None

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pcocc import fields
-from pcocc.cluster.access import qmp_session
+from pcocc.cluster.vmcontrol import qmp_session
 from pcocc.cluster.lookup import ClusterView
 from pcocc.errors import AlreadyExists, Corrupt, NotFound, PcoccError, UsageError
 from pcocc.fsutil import atomic_fd

@@ -98,7 +98,7 @@ def check_restore(config: Config, definition: ClusterDefinition, ckpt: str) -> s
     """
     from pathlib import Path
 
-    from pcocc.cluster.checkpoint import check_restore as check
+    from pcocc.cluster.ckptrestore import check_restore as check
     from pcocc.repo.digest import from_hex
     from pcocc.vm.migrate import installed_qemu_version
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcocc import proc, timing
-from pcocc.cluster import checkpoint, keptlogs, rundir
+from pcocc.cluster import checkpoint, ckptrestore, keptlogs, rundir
 from pcocc.cluster.definition import ClusterDefinition, VmEntry
 from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S
 from pcocc.cluster.ports import Kv, Lease, VmHandle
@@ -146,8 +146,8 @@ class NodeProcess:
                 try:
                     host_key = None
                     if self.s.restore is not None:
-                        host_key = checkpoint.restore_host_key(self.s.restore, self.s.rank,
-                                                               vm_dir)
+                        host_key = ckptrestore.restore_host_key(self.s.restore, self.s.rank,
+                                                                vm_dir)
                     host_key = host_key or generate_host_key(vm_dir, entry.name)
                     self.record.host_key = host_key.with_suffix(".pub").read_text().strip()
                     timing.mark("node: host key generated")

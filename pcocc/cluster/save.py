@@ -22,7 +22,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 
-from pcocc.cluster import access
+from pcocc.cluster import vmcontrol
 from pcocc.cluster.lookup import ClusterView
 from pcocc.errors import NotFound, PcoccError, UsageError
 from pcocc.repo import ops, qemu_img
@@ -91,8 +91,8 @@ def save_vm(view: ClusterView, vm: str, repos: RepoSet, *, dest: str | None = No
     src_repo, named = repos.resolve(entry.image)
     dst_repo, dst_name, new_image = ops.save_destination(repos, src_repo, named, dest)
     with contextlib.ExitStack() as stack:
-        agent = None if skip_freeze else stack.enter_context(access.guest_agent(view, rec.rank))
-        client = stack.enter_context(access.qmp_session(view, rec))
+        agent = None if skip_freeze else stack.enter_context(vmcontrol.guest_agent(view, rec.rank))
+        client = stack.enter_context(vmcontrol.qmp_session(view, rec))
         disk = blockjobs.query_disk(client, DISK_DEVICE)
         booted = _find_booted(src_repo, named, disk.backing_filename, name)
         if agent is not None and not agent.ping(timeout_s=AGENT_PING_S):

@@ -9,7 +9,8 @@ import os
 import pytest
 
 from pcocc.cluster import ckptdir
-from pcocc.cluster.checkpoint import Report, Request, check_restore
+from pcocc.cluster.checkpoint import Report, Request
+from pcocc.cluster.ckptrestore import check_restore
 from pcocc.cluster.definition import build_definition
 from pcocc.errors import Corrupt, NotFound, UsageError
 from pcocc.repo.digest import sha256_bytes
