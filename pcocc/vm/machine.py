@@ -38,15 +38,14 @@ import dataclasses
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
 from pcocc import daemon, fsutil, proc, timing
-from pcocc.vm import display, pinning, virtiofs
+from pcocc.vm import display, pinning, readiness, virtiofs
 from pcocc.errors import PcoccError, UsageError
 from pcocc.net.user import SSH_PORT
 from pcocc.vm.agent import GuestAgent
@@ -65,9 +64,6 @@ QEMU_LOG = "qemu.log"
 OVERLAY = "disk0.qcow2"
 SEED = "seed.iso"
 PORT_ATTEMPTS = 3
-#: seconds between two readiness probes: a refused connect costs nothing, a late "up" costs
-#: the user (benchmarks/alloc_ready.py's QEMU baseline polls at the same pace)
-READY_POLL_S = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,40 +90,6 @@ class _PortTaken(Exception):
 def free_tcp_ports(count: int, address: str = "127.0.0.1") -> list[int]:
     """``count`` TCP ports on ``address`` free now (QEMU may still lose a race for them)."""
     return daemon.free_ports(count, address)
-
-
-def ssh_banner_ready(port: int, timeout_s: float = 1.0, address: str = "127.0.0.1") -> bool:
-    """True when something on address:port sends an SSH protocol banner."""
-    try:
-        with socket.create_connection((address, port), timeout=timeout_s) as s:
-            s.settimeout(timeout_s)
-            return s.recv(4).startswith(b"SSH-")
-    except OSError:
-        return False
-
-
-def wait_ready(
-    probe: Callable[[], bool], deadline: float, check: Callable[[], None] = lambda: None
-) -> bool:
-    """Poll ``probe`` every READY_POLL_S until it is true (True) or ``deadline`` passes (False).
-
-    ``check`` runs before each probe and raises when waiting is pointless (QEMU died).
-    ``deadline`` is a ``time.monotonic()`` value.
-    """
-    while True:
-        check()
-        if probe():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(READY_POLL_S)
-
-
-def wait_ssh_banner(
-    port: int, address: str, deadline: float, check: Callable[[], None] = lambda: None
-) -> bool:
-    """pcocc's readiness check of a VM with forwarded ssh: the banner on ``address:port``."""
-    return wait_ready(lambda: ssh_banner_ready(port, address=address), deadline, check)
 
 
 class Machine:
@@ -408,10 +370,11 @@ class Machine:
             self._load_state(deadline)
         if self.ready == "ssh":
             assert self.ssh_port is not None
-            up = wait_ssh_banner(self.ssh_port, self.spec.host_address, deadline,
-                                 self._check_qemu)
+            up = readiness.wait_ssh_banner(self.ssh_port, self.spec.host_address,
+                                           deadline, self._check_qemu)
         else:
-            up = wait_ready(lambda: agent.ping(timeout_s=1.0), deadline, self._check_qemu)
+            up = readiness.wait_ready(lambda: agent.ping(timeout_s=1.0), deadline,
+                                      self._check_qemu)
         if not up:
             check = "ssh server" if self.ready == "ssh" else "guest agent"
             raise self._boot_error(
