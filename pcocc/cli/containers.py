@@ -179,7 +179,7 @@ def _fetched(session: Session, apps: list[tuple[str, list[str]]]) -> list[tuple[
         return apps
     from pathlib import Path
 
-    from pcocc.repo.store import RepoSet
+    from pcocc.repo.reposet import RepoSet
     from pcocc.trust.fetch import fetch_missing, trust_store
 
     repos = RepoSet(session.config.repos)
