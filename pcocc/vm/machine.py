@@ -29,6 +29,9 @@ state (see :mod:`pcocc.vm.migrate`), runs, and once up gets its clock set by the
 
 On a boot failure or timeout the console log and QEMU's log (and the virtiofsd logs) are
 kept (the error names them); everything else is removed.
+
+The probes are in :mod:`pcocc.vm.readiness`; the steps from "QEMU runs" to "guest up"
+(wait, restore, pin, display, boot errors) in :mod:`pcocc.vm.bootsteps`.
 """
 
 from __future__ import annotations
@@ -48,7 +51,10 @@ from pcocc.vm import display, virtiofs
 from pcocc.errors import PcoccError, UsageError
 from pcocc.net.user import SSH_PORT
 from pcocc.vm.agent import GuestAgent
-from pcocc.vm.bootsteps import BootSteps, VmBootError, PortTaken
+from pcocc.vm.bootsteps import BootSteps, PortTaken, VmBootError
+from pcocc.vm.pinning import Pinning
+from pcocc.vm.qemu import Drive, VmSpec, build_argv
+from pcocc.vm.qmp import QmpClient
 from pcocc.vm.rundir import (
     AGENT_SOCKET,
     CONSOLE_LOG,
@@ -58,9 +64,6 @@ from pcocc.vm.rundir import (
     QMP_SOCKET,
     SEED,
 )
-from pcocc.vm.pinning import Pinning
-from pcocc.vm.qemu import Drive, VmSpec, build_argv
-from pcocc.vm.qmp import QmpClient
 from pcocc.vm.seed import SeedSpec, build_seed
 
 log = logging.getLogger(__name__)
