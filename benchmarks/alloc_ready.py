@@ -10,7 +10,7 @@ slurm4:    the same for testvm:4 ``-- -N 4`` on the Slurm development cluster
            (helpers/devcluster.py: 4 slurmd and etcd on this host, started and stopped here);
 baseline:  N QEMUs started at once on the same kernel, initramfs, seed and QEMU options; for
            each, the ssh banner polled through the forwarded port every 50 ms by pcocc's own
-           readiness function (``pcocc.vm.machine.wait_ssh_banner``, what pcocc's node process
+           readiness function (``pcocc.vm.readiness.wait_ssh_banner``, what pcocc's node process
            does), then one ``ssh true``: what ``pcocc ssh`` does next.
 
 Prints both medians per case, the overhead and the ratio (targets: overhead at most 0.5 s for
@@ -42,7 +42,7 @@ import yaml
 
 import benchlib
 from pcocc import timing
-from pcocc.vm import machine
+from pcocc.vm import readiness
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -213,7 +213,7 @@ def wait_answered(qemu: subprocess.Popen, port: int, ssh: list[str], deadline: f
             raise SystemExit(f"baseline QEMU exited with status {qemu.returncode}")
 
     while True:
-        if not machine.wait_ssh_banner(port, "127.0.0.1", deadline, alive):
+        if not readiness.wait_ssh_banner(port, "127.0.0.1", deadline, alive):
             raise SystemExit(f"baseline VM on port {port} sent no ssh banner in time")
         if run_ssh(ssh) == 0:
             return
@@ -289,7 +289,7 @@ BASELINE = ("QEMU started directly with pcocc's kernel, initramfs, seed ISO, mem
             " user-net options (without pcocc's QMP socket, console log and guest-agent"
             " channel), one thread per VM polling the ssh banner through the forwarded port"
             " every 50 ms with pcocc's own readiness function"
-            " (pcocc.vm.machine.wait_ssh_banner), then one `ssh true`")
+            " (pcocc.vm.readiness.wait_ssh_banner), then one `ssh true`")
 #: overhead over the baseline, in seconds, per case (issue 18)
 TARGETS = {"local1": "<= 0.5", "slurm4": "<= 1"}
 CASES = ("local1", "local2", "local4", "slurm4")

@@ -154,7 +154,7 @@ def vm_list(env: dict[str, str], n_images: int, repeat: int, main: bool = True) 
     sys.path.insert(0, str(HERE.parent))
     from pcocc.config import load_config
     from pcocc.repo import ops
-    from pcocc.repo.store import RepoSet
+    from pcocc.repo.reposet import RepoSet
 
     repos = RepoSet(load_config(env["PCOCC_SYSTEM_CONF_DIR"], env["PCOCC_USER_CONF_DIR"]).repos)
     first = repos.images()[0].name

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pcocc import proc
 import benchlib
-from pcocc.vm import machine
+from pcocc.vm import readiness
 from pcocc.vm.machine import Machine, free_tcp_ports
 from pcocc.vm.seed import SeedSpec, build_seed, generate_host_key
 
@@ -45,7 +45,7 @@ def ssh_until_answer(key: Path, port: int, known_hosts: Path, timeout_s: float =
     argv = ["ssh", "-i", key, "-p", str(port), "-o", f'UserKnownHostsFile="{known_hosts}"',
             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
             "-o", "LogLevel=ERROR", "root@127.0.0.1", "hostname"]
-    while machine.wait_ssh_banner(port, "127.0.0.1", deadline):
+    while readiness.wait_ssh_banner(port, "127.0.0.1", deadline):
         res = proc.run(argv, check=False, timeout_s=30)
         if res.returncode == 0:
             return res.stdout.strip()

@@ -179,7 +179,7 @@ def _fetched(session: Session, apps: list[tuple[str, list[str]]]) -> list[tuple[
         return apps
     from pathlib import Path
 
-    from pcocc.repo.store import RepoSet
+    from pcocc.repo.reposet import RepoSet
     from pcocc.trust.fetch import fetch_missing, trust_store
 
     repos = RepoSet(session.config.repos)
@@ -278,7 +278,7 @@ def enter(
     ctx: click.Context, app_name: str | None, tty: bool, uuid: str, command: tuple[str, ...]
 ) -> None:
     """Run COMMAND (default /bin/sh) inside an app of a running pod."""
-    from pcocc.ctr.launch import enter_pod
+    from pcocc.ctr.attach import enter_pod
     from pcocc.ctr.pods import PodStore
 
     store = PodStore()
@@ -299,7 +299,7 @@ def enter(
 @click.argument("uuid")
 def logs(app_name: str | None, follow: bool, uuid: str) -> None:
     """Print the output of a pod's apps."""
-    from pcocc.ctr.launch import pick_app, read_logs
+    from pcocc.ctr.attach import pick_app, read_logs
     from pcocc.ctr.pods import PodStore
 
     store = PodStore()

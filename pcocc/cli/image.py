@@ -14,7 +14,7 @@ from pcocc.cli.context import Session, pass_session
 from pcocc.cli.output import human_size, local_time, print_table
 
 def _repos(session: Session):
-    from pcocc.repo.store import RepoSet
+    from pcocc.repo.reposet import RepoSet
 
     return RepoSet(session.config.repos)
 

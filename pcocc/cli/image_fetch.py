@@ -31,7 +31,7 @@ def fetch(session: Session, ref: str, signature: Path | None, labels: tuple[str,
     A second fetch downloads again only when the server says the image changed.
     """
     from pcocc.errors import UsageError
-    from pcocc.repo.store import RepoSet
+    from pcocc.repo.reposet import RepoSet
     from pcocc.trust.fetch import FetchRequest
     from pcocc.trust.fetch import fetch as do_fetch
     from pcocc.trust.fetch import trust_store

@@ -10,7 +10,7 @@ from pcocc.cli.context import Session, pass_session
 
 
 def _repos(session: Session):
-    from pcocc.repo.store import RepoSet
+    from pcocc.repo.reposet import RepoSet
 
     return RepoSet(session.config.repos)
 

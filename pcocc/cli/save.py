@@ -29,7 +29,7 @@ def save(session: Session, selection: ClusterSelection, dest: str | None, full: 
     from pcocc.cli.progress import progress_bar
     from pcocc.cluster.access import find_cluster
     from pcocc.cluster.save import save_vm
-    from pcocc.repo.store import RepoSet
+    from pcocc.repo.reposet import RepoSet
 
     view = find_cluster(selection, etcd=lambda: session.config.batch.etcd)
     with progress_bar("saving", enabled=session.show_progress) as report:

@@ -22,7 +22,7 @@ from pcocc.errors import PcoccError
 if TYPE_CHECKING:
     from pcocc.config import Config
     from pcocc.repo.meta import ImageMeta
-    from pcocc.repo.store import RepoSet
+    from pcocc.repo.reposet import RepoSet
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def image_checker(
         discoverable name (pcocc.trust.fetch.fetch_missing); the function then returns
         the local URI of the fetched image, which the VMs use
     """
-    from pcocc.repo.store import RepoSet
+    from pcocc.repo.reposet import RepoSet
     from pcocc.trust.prefix import fetchable
 
     repos = RepoSet(config.repos)
@@ -74,7 +74,7 @@ def image_checker(
 
 def image_top_layer(config: Config, uri: str) -> Path:
     """Path of the top qcow2 layer of image ``uri`` (its backing chain follows)."""
-    from pcocc.repo.store import RepoSet
+    from pcocc.repo.reposet import RepoSet
 
     repo, meta = RepoSet(config.repos).resolve(uri)
     return Path(repo.blob_path(meta.vm_layers().layers[-1].digest))

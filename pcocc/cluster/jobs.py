@@ -31,7 +31,7 @@ from pcocc.kv.endpoints import ENDPOINTS_VAR
 if TYPE_CHECKING:
     from pcocc.config import Config
     from pcocc.repo.meta import ImageMeta
-    from pcocc.repo.store import RepoSet
+    from pcocc.repo.reposet import RepoSet
 
 log = logging.getLogger(__name__)
 

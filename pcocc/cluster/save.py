@@ -29,7 +29,8 @@ from pcocc.repo import ops, qemu_img
 from pcocc.repo.digest import HEX_RE
 from pcocc.repo.meta import ImageMeta
 from pcocc.repo.model import Progress, no_progress
-from pcocc.repo.store import RepoSet, Repository
+from pcocc.repo.store import Repository
+from pcocc.repo.reposet import RepoSet
 from pcocc.vm import blockjobs, fsfreeze
 
 log = logging.getLogger(__name__)

@@ -38,7 +38,8 @@ from pcocc.errors import AlreadyExists, Corrupt, NotFound, PcoccError, UsageErro
 if TYPE_CHECKING:
     from pcocc.config import Config
     from pcocc.repo.meta import ImageMeta
-    from pcocc.repo.store import RepoSet, Repository
+    from pcocc.repo.store import Repository
+    from pcocc.repo.reposet import RepoSet
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def resolve_rootfs(
             f"image '{image_ref}' not found",
             hint="give an image of 'pcocc image list' or the path of a root filesystem directory",
         )
-    from pcocc.repo.store import RepoSet
+    from pcocc.repo.reposet import RepoSet
 
     repos = RepoSet(config.repos)
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pcocc.errors import UsageError
 from pcocc.repo.model import KIND_CTR
-from pcocc.repo.store import RepoSet
+from pcocc.repo.reposet import RepoSet
 
 
 def resolve_container_digest(config, uri: str) -> str:

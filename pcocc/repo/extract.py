@@ -29,7 +29,7 @@ from pcocc.errors import PcoccError, UsageError
 from pcocc.fsutil import exchange_or_rename, os_error, remove_tree, tmp_name, write_atomic
 from pcocc.repo.meta import ImageMeta
 from pcocc.repo.model import KIND_VM, OciImage
-from pcocc.repo.store import RepoSet
+from pcocc.repo.reposet import RepoSet
 from pcocc.repo.unpack import unpack_image
 
 #: the file next to ``rootfs/`` that holds :func:`manifest_document` (unless rootfs only)

@@ -34,7 +34,8 @@ from pcocc.repo.model import (
     VmLayers,
     no_progress,
 )
-from pcocc.repo.store import RepoSet, Repository, new_meta
+from pcocc.repo.store import Repository, new_meta
+from pcocc.repo.reposet import RepoSet
 from pcocc.repo.uri import ImageUri
 
 

@@ -1,5 +1,6 @@
 """The repository store: blobs in, metadata committed under a short lock, look-ups and
-delete (``Repository``), and the ordered set of configured repositories (``RepoSet``).
+delete (``Repository``); the ordered set of configured repositories is
+:class:`pcocc.repo.reposet.RepoSet`.
 gc and fsck are in :mod:`pcocc.repo.maintenance`, which builds on this module.
 
 Writers put every blob in place first (``add_blob``: hash, verify, fsync, rename into
@@ -32,8 +33,7 @@ from pcocc.errors import (
 from pcocc.fsutil import fsync_dir, os_error, remove_tree, write_atomic
 from pcocc.repo.digest import hash_file
 from pcocc.repo.layout import META_FILE_RE, RepoLayout
-from pcocc.repo.meta import ID_PREFIX, ImageMeta
-from pcocc.repo.uri import ImageUri
+from pcocc.repo.meta import ImageMeta
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class Repository:
         path of ``pcocc image list``, hence plain os calls. A damaged metadata file is skipped
         with a warning (fsck reports it).
         """
-        pattern = _compile(regex)
+        pattern = compile_regex(regex)
         out: list[ImageMeta] = []
         if not self.check():
             return out
@@ -378,92 +378,14 @@ class Repository:
         return gone
 
 
-def _compile(regex: str | None) -> re.Pattern[str] | None:
+def compile_regex(regex: str | None) -> re.Pattern[str] | None:
+    """The compiled image-name filter (None for no filter); a bad one is a UsageError."""
     if not regex:
         return None
     try:
         return re.compile(regex)
     except re.error as err:
         raise UsageError(f"invalid regular expression {regex!r}: {err}") from err
-
-
-class RepoSet:
-    """The configured repositories, in priority order."""
-
-    def __init__(self, repos: list[RepoConfig]):
-        self.repos = [Repository(r) for r in repos]
-
-    def names(self) -> list[str]:
-        return [r.name for r in self.repos]
-
-    def get(self, name: str) -> Repository:
-        for r in self.repos:
-            if r.name == name:
-                return r
-        raise NotFound(f"repository '{name}' is not configured",
-                       hint="known repositories: " + (", ".join(self.names()) or "none")
-                       + " (see repos.yaml)")
-
-    def for_write(self, name: str | None) -> Repository:
-        """The named repository, or the first writable one; PermissionDenied if read-only."""
-        if name is not None:
-            repo = self.get(name)
-            repo.require_writable()
-            return repo
-        for r in self.repos:
-            if r.is_writable:
-                return r
-        if not self.repos:
-            raise PermissionDenied("no repository is configured",
-                                   hint="add one of your own to ~/.pcocc/repos.yaml")
-        raise PermissionDenied(
-            "every configured repository is read-only for you ("
-            + ", ".join(self.names()) + ")",
-            hint="add one of your own to ~/.pcocc/repos.yaml")
-
-    def images(self, repo: str | None = None, regex: str | None = None) -> list[ImageMeta]:
-        repos = [self.get(repo)] if repo else self.repos
-        _compile(regex)
-        out = []
-        for r in repos:
-            out += r.images(regex)
-        return out
-
-    def resolve(self, text: str) -> tuple[Repository, ImageMeta]:
-        """Find an image by ``[REPO:]IMAGE[@REV]`` (repos searched in order) or ID prefix."""
-        if text.startswith(ID_PREFIX):
-            return self._by_id(text)
-        uri = ImageUri.parse(text)
-        repos = [self.get(uri.repo)] if uri.repo else self.repos
-        for r in repos:
-            if r.has_image(uri.name):
-                return r, r.get(uri.name, uri.revision)
-        where = f"repository '{uri.repo}'" if uri.repo else "any repository"
-        raise NotFound(f"image '{text}' not found in {where}",
-                       hint="run 'pcocc image list' to see the images")
-
-    def _by_id(self, prefix: str) -> tuple[Repository, ImageMeta]:
-        if len(prefix) <= len(ID_PREFIX) or not re.fullmatch(r"sha256-[0-9a-f]+", prefix):
-            raise UsageError(f"invalid image ID {prefix!r}", hint="IDs look like sha256-1a2b3c...")
-        found = []
-        for r in self.repos:
-            found += [(r, m) for m in r.images(all_revisions=True)
-                      if m.image_id.startswith(prefix)]
-        if not found:
-            raise NotFound(f"no image has an ID starting with {prefix}")
-        if len(found) > 1:
-            raise UsageError(f"image ID prefix {prefix} is ambiguous ({len(found)} images)",
-                             hint="give more digits")
-        return found[0]
-
-    def delete(self, text: str) -> list[ImageMeta]:
-        """Delete ``[REPO:]IMAGE`` (every revision) or ``[REPO:]IMAGE@REV`` (that one)."""
-        if text.startswith(ID_PREFIX):
-            repo, meta = self._by_id(text)
-            return repo.delete(meta.name, meta.revision)
-        uri = ImageUri.parse(text)
-        repo, meta = self.resolve(str(ImageUri(uri.name, uri.repo)))
-        return repo.delete(uri.name, uri.revision)
 
 
 def new_meta(name: str, kind: str, blobs, *, description: str = "", source: str = "",
@@ -477,4 +399,4 @@ def new_meta(name: str, kind: str, blobs, *, description: str = "", source: str 
     )
 
 
-__all__ = ["BlobSink", "RepoSet", "Repository", "new_meta"]
+__all__ = ["BlobSink", "Repository", "new_meta"]

@@ -30,7 +30,7 @@ from pcocc.trust.settings import Security
 
 if TYPE_CHECKING:  # the 304 path of a second fetch imports neither the store nor gpg
     from pcocc.repo.meta import ImageMeta
-    from pcocc.repo.store import RepoSet
+    from pcocc.repo.reposet import RepoSet
     from pcocc.trust.store import TrustStore
 
 log = logging.getLogger(__name__)

@@ -29,6 +29,9 @@ state (see :mod:`pcocc.vm.migrate`), runs, and once up gets its clock set by the
 
 On a boot failure or timeout the console log and QEMU's log (and the virtiofsd logs) are
 kept (the error names them); everything else is removed.
+
+The probes are in :mod:`pcocc.vm.readiness`; the steps from "QEMU runs" to "guest up"
+(wait, restore, pin, display, boot errors) in :mod:`pcocc.vm.bootsteps`.
 """
 
 from __future__ import annotations
@@ -38,36 +41,34 @@ import dataclasses
 import logging
 import os
 import shutil
-import socket
 import subprocess
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
 from pcocc import daemon, fsutil, proc, timing
-from pcocc.vm import display, pinning, virtiofs
+from pcocc.vm import display, virtiofs
 from pcocc.errors import PcoccError, UsageError
 from pcocc.net.user import SSH_PORT
 from pcocc.vm.agent import GuestAgent
+from pcocc.vm.bootsteps import BootSteps, PortTaken, VmBootError
 from pcocc.vm.pinning import Pinning
 from pcocc.vm.qemu import Drive, VmSpec, build_argv
 from pcocc.vm.qmp import QmpClient
+from pcocc.vm.rundir import (
+    AGENT_SOCKET,
+    CONSOLE_LOG,
+    CONSOLE_SOCKET,
+    OVERLAY,
+    QEMU_LOG,
+    QMP_SOCKET,
+    SEED,
+)
 from pcocc.vm.seed import SeedSpec, build_seed
 
 log = logging.getLogger(__name__)
 
-CONSOLE_SOCKET = "console.sock"
-CONSOLE_LOG = "console.log"
-QMP_SOCKET = "qmp.sock"
-AGENT_SOCKET = "qga.sock"
-QEMU_LOG = "qemu.log"
-OVERLAY = "disk0.qcow2"
-SEED = "seed.iso"
 PORT_ATTEMPTS = 3
-#: seconds between two readiness probes: a refused connect costs nothing, a late "up" costs
-#: the user (benchmarks/alloc_ready.py's QEMU baseline polls at the same pace)
-READY_POLL_S = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,58 +80,12 @@ class Restore:
     disk: Path | None = None
 
 
-class VmBootError(PcoccError):
-    """The VM did not come up (QEMU failed, or the guest did not answer in time)."""
-
-
-class _PortTaken(Exception):
-    """QEMU could not bind the ssh port that was free a moment ago; try another one."""
-
-    def __init__(self, error: VmBootError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
 def free_tcp_ports(count: int, address: str = "127.0.0.1") -> list[int]:
     """``count`` TCP ports on ``address`` free now (QEMU may still lose a race for them)."""
     return daemon.free_ports(count, address)
 
 
-def ssh_banner_ready(port: int, timeout_s: float = 1.0, address: str = "127.0.0.1") -> bool:
-    """True when something on address:port sends an SSH protocol banner."""
-    try:
-        with socket.create_connection((address, port), timeout=timeout_s) as s:
-            s.settimeout(timeout_s)
-            return s.recv(4).startswith(b"SSH-")
-    except OSError:
-        return False
-
-
-def wait_ready(
-    probe: Callable[[], bool], deadline: float, check: Callable[[], None] = lambda: None
-) -> bool:
-    """Poll ``probe`` every READY_POLL_S until it is true (True) or ``deadline`` passes (False).
-
-    ``check`` runs before each probe and raises when waiting is pointless (QEMU died).
-    ``deadline`` is a ``time.monotonic()`` value.
-    """
-    while True:
-        check()
-        if probe():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(READY_POLL_S)
-
-
-def wait_ssh_banner(
-    port: int, address: str, deadline: float, check: Callable[[], None] = lambda: None
-) -> bool:
-    """pcocc's readiness check of a VM with forwarded ssh: the banner on ``address:port``."""
-    return wait_ready(lambda: ssh_banner_ready(port, address=address), deadline, check)
-
-
-class Machine:
+class Machine(BootSteps):
     """One QEMU VM with a lifetime: ``with Machine(spec, run_dir, ...) as vm: ...``.
 
     :param spec: the VM; the socket, log, overlay and seed fields are filled in here
@@ -257,7 +212,7 @@ class Machine:
                     self._wait_until_up()
                     self._pin()
                     break
-                except _PortTaken as taken:
+                except PortTaken as taken:
                     if attempt == PORT_ATTEMPTS - 1:
                         raise taken.error from None
                     log.debug("VM %s: port %s was taken, retrying", self.spec.name,
@@ -386,119 +341,6 @@ class Machine:
             self.fs_processes[index] = virtiofs.start_virtiofsd(
                 self._virtiofsd, share, self.socket_path(name),
                 self.run_dir / virtiofs.log_name(index))
-
-    def _virtiofsd_failures(self) -> str:
-        """The messages of the virtiofsd processes that ended with an error."""
-        failures = []
-        for index, process in enumerate(self.fs_processes):
-            if process is None or process.poll() in (None, 0):
-                continue
-            path = self.run_dir / virtiofs.log_name(index)
-            tail = virtiofs.log_tail(path)
-            failures.append(f"virtiofsd of {self.shares[index].source} "
-                            f"{proc.ended(process.returncode)}: {tail or 'no message'} "
-                            f"(log {path})")
-        return "; ".join(failures)
-
-    def _wait_until_up(self) -> None:
-        assert self.process is not None and self.spec is not None
-        deadline = time.monotonic() + self.boot_timeout_s
-        agent = GuestAgent(self.agent_socket)
-        if self.restore is not None:
-            self._load_state(deadline)
-        if self.ready == "ssh":
-            assert self.ssh_port is not None
-            up = wait_ssh_banner(self.ssh_port, self.spec.host_address, deadline,
-                                 self._check_qemu)
-        else:
-            up = wait_ready(lambda: agent.ping(timeout_s=1.0), deadline, self._check_qemu)
-        if not up:
-            check = "ssh server" if self.ready == "ssh" else "guest agent"
-            raise self._boot_error(
-                f"VM {self.spec.name} did not answer ({check}) within "
-                f"{self.boot_timeout_s:g} s"
-            )
-        timing.mark("machine: guest up (ssh banner or agent)")
-        for name in (QMP_SOCKET, AGENT_SOCKET, CONSOLE_SOCKET, *display.SOCKET_NAMES.values()):
-            with contextlib.suppress(FileNotFoundError):
-                os.chmod(self.run_dir / name, 0o600)
-        if self.restore is not None:
-            from pcocc.vm.migrate import set_guest_time
-
-            set_guest_time(agent, self.spec.name)
-
-    def _load_state(self, deadline: float) -> None:
-        """Connect to the QEMU waiting for its state (its monitor may not listen yet), and
-        load it (see Restore)."""
-        from pcocc.vm.migrate import load_state
-
-        assert self.process is not None and self.restore is not None
-        while True:
-            try:
-                qmp = self.qmp(timeout_s=5.0)
-                break
-            except PcoccError as err:
-                if self.process.poll() is not None:
-                    return  # the caller reports QEMU's exit and its log
-                if time.monotonic() > deadline:
-                    raise self._boot_error(f"VM {self.base_spec.name}: QEMU's monitor did"
-                                           f" not answer: {err.message}") from err
-                time.sleep(0.05)
-        with qmp:
-            try:
-                load_state(qmp, self.restore.state, self.base_spec.name,
-                           timeout_s=max(1.0, deadline - time.monotonic()))
-            except PcoccError as err:
-                raise self._boot_error(f"cannot restore VM {self.base_spec.name} from"
-                                       f" {self.restore.state}: {err.message}") from err
-
-    def _check_qemu(self) -> None:
-        """Raise the boot error when QEMU has ended (_PortTaken when it lost its port)."""
-        assert self.process is not None and self.spec is not None
-        if self.process.poll() is None:
-            return
-        tail = self._qemu_log_tail()
-        shares = self._virtiofsd_failures()
-        error = self._boot_error(
-            f"QEMU {proc.ended(self.process.returncode)} before VM "
-            f"{self.spec.name} was up: {tail or 'no message'}"
-            + (f"; {shares}" if shares else "")
-        )
-        if "host forwarding" in tail and set(self.forwards) - set(self.base_spec.port_map()):
-            raise _PortTaken(error)  # lost the race for the port we picked
-        raise error
-
-    def _pin(self) -> None:
-        if self.pinning is None:
-            return
-        assert self.process is not None
-        with self.qmp() as qmp:
-            pinning.apply(self.process.pid, qmp, self.pinning)
-
-    def _enable_display(self) -> None:
-        """Set the remote display's password and write its record (see pcocc.vm.display)."""
-        assert self.spec is not None
-        if self.spec.remote_display is None or self.spec.display_socket is None:
-            return
-        with self.qmp() as qmp:
-            display.enable(qmp, self.spec.remote_display,
-                           self.run_dir / self.spec.display_socket,
-                           self.run_dir / display.INFO_FILE)
-
-    def _boot_error(self, message: str) -> VmBootError:
-        accel = self.spec.accel if self.spec else self.base_spec.accel
-        hint = f"see the console log {self.console_log} (accelerator: {accel})"
-        if accel == "tcg":
-            hint += "; TCG is slow, a larger boot timeout may help"
-        return VmBootError(f"{message} (accelerator {accel}, console log {self.console_log})",
-                           hint=hint)
-
-    def _qemu_log_tail(self) -> str:
-        try:
-            lines = self.qemu_log.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return " | ".join(ln.strip() for ln in lines if ln.strip())[-300:]
 
     # -- use ------------------------------------------------------------------------------
     def qmp(self, timeout_s: float = 10.0) -> QmpClient:

@@ -16,7 +16,7 @@ from test_image_oci import layer_type_mismatches
 from helpers import testimages
 from pcocc.config import load_config
 from pcocc.repo.cache import ContainerCache
-from pcocc.repo.store import RepoSet
+from pcocc.repo.reposet import RepoSet
 from pcocc.repo.unpack import unpack_image
 
 FILE_FORMATS = {  # format -> location of an image of that format below a directory

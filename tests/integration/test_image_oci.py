@@ -19,7 +19,8 @@ from helpers import testimages
 from pcocc.config import RepoConfig
 from pcocc.errors import Corrupt, NotFound, ToolError, UsageError
 from pcocc.repo import oci, ocispec, ops, sif, skopeo
-from pcocc.repo.store import RepoSet, Repository
+from pcocc.repo.store import Repository
+from pcocc.repo.reposet import RepoSet
 from pcocc.repo.unpack import unpack_image
 
 FILE_FORMATS = ["oci", "oci-archive", "docker-archive", "dir"]

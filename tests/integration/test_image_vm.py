@@ -23,7 +23,7 @@ from repo_testlib import (
 
 from pcocc.config import RepoConfig
 from pcocc.repo import ops, qemu_img
-from pcocc.repo.store import RepoSet
+from pcocc.repo.reposet import RepoSet
 
 FORMATS = ("raw", "qcow2", "qed", "vdi", "vmdk")
 

@@ -9,7 +9,7 @@ import pytest
 from repo_testlib import assert_one_line_error, make_raw, ok, repo_files, write_repos
 
 from pcocc.config import RepoConfig
-from pcocc.repo.store import RepoSet
+from pcocc.repo.reposet import RepoSet
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img missing")
 

@@ -15,7 +15,7 @@ import pytest
 from repo_testlib import ok, repo_files, same_content, write_repos
 
 from pcocc.config import RepoConfig
-from pcocc.repo.store import RepoSet
+from pcocc.repo.reposet import RepoSet
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img missing")
 

@@ -16,7 +16,8 @@ from tests.fixtures.vm import load_builder, ssh_run
 from pcocc import proc
 from pcocc.errors import PcoccError, UsageError
 from pcocc.vm.accel import probe_kvm
-from pcocc.vm.machine import Machine, VmBootError, ssh_banner_ready
+from pcocc.vm.machine import Machine, VmBootError
+from pcocc.vm.readiness import ssh_banner_ready
 from pcocc.vm.qemu import Drive, VmSpec
 from pcocc.vm.qmp import QmpError
 from pcocc.vm.seed import SeedSpec, generate_host_key

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pcocc.vm import machine
+from pcocc.vm import readiness
 from pcocc.vm.machine import Machine
 from pcocc.vm.qemu import VmSpec
 
@@ -43,7 +43,7 @@ def test_alloc_ready_baseline_waits_with_pcoccs_readiness_function(monkeypatch):
         calls.append(("banner", port, address))
         return True
 
-    monkeypatch.setattr(machine, "wait_ssh_banner", banner)
+    monkeypatch.setattr(readiness, "wait_ssh_banner", banner)
     monkeypatch.setattr(alloc_ready, "run_ssh", lambda argv: calls.append(("ssh", argv)) or 0)
     alloc_ready.wait_answered(AliveQemu(), 2222, ["ssh", "true"], time.monotonic() + 5)
     assert calls == [("banner", 2222, "127.0.0.1"), ("ssh", ["ssh", "true"])]
@@ -64,27 +64,27 @@ def test_pcocc_machine_waits_with_the_same_function(monkeypatch, tmp_path):
         seen.append((port, address))
         return True
 
-    monkeypatch.setattr(machine, "wait_ssh_banner", banner)
+    monkeypatch.setattr(readiness, "wait_ssh_banner", banner)
     vm._wait_until_up()
     assert seen == [(4022, "127.0.0.1")]
 
 
 def test_readiness_is_polled_every_50_ms(monkeypatch):
     sleeps, answers = [], iter([False, False, True])
-    monkeypatch.setattr(machine.time, "sleep", sleeps.append)
-    assert machine.wait_ready(lambda: next(answers), time.monotonic() + 5)
+    monkeypatch.setattr(readiness.time, "sleep", sleeps.append)
+    assert readiness.wait_ready(lambda: next(answers), time.monotonic() + 5)
     assert sleeps == [0.05, 0.05]
 
 
 def test_readiness_gives_up_at_the_deadline_and_stops_when_qemu_died(monkeypatch):
-    monkeypatch.setattr(machine.time, "sleep", lambda s: None)
-    assert not machine.wait_ready(lambda: False, time.monotonic() - 1)
+    monkeypatch.setattr(readiness.time, "sleep", lambda s: None)
+    assert not readiness.wait_ready(lambda: False, time.monotonic() - 1)
 
     def died():
         raise RuntimeError("qemu died")
 
     with pytest.raises(RuntimeError):
-        machine.wait_ready(lambda: True, time.monotonic() + 5, died)
+        readiness.wait_ready(lambda: True, time.monotonic() + 5, died)
 
 
 @pytest.mark.parametrize("path", sorted(p.name for p in BENCH.glob("*.py")

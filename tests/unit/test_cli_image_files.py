@@ -20,7 +20,8 @@ from pcocc.cli.main import run_cli
 from pcocc.config import RepoConfig
 from pcocc.repo.extract import manifest_document, own_layers
 from pcocc.repo.model import KIND_CTR, KIND_VM, BlobRef
-from pcocc.repo.store import RepoSet, Repository, new_meta
+from pcocc.repo.store import Repository, new_meta
+from pcocc.repo.reposet import RepoSet
 
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
 

@@ -282,3 +282,30 @@ def test_the_etcd_settings_are_read_typed_only():
         for line in etcd_mapping_reads(path.read_text())
     ]
     assert not found, f"etcd settings read as a mapping (use config.batch.etcd): {found}"
+
+
+# -- file size ---------------------------------------------------------------------------
+#: the project rule: no file in pcocc/ over this many lines (split it by concern instead)
+MAX_LINES = 450
+
+
+def oversized(root: Path, limit: int = MAX_LINES) -> list[str]:
+    """``path: N lines`` of every .py file under ``root`` longer than ``limit``."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        count = len(path.read_text().splitlines())
+        if count > limit:
+            found.append(f"{path.relative_to(root.parent)}: {count} lines")
+    return found
+
+
+def test_the_size_check_names_each_long_file_and_its_count(tmp_path):
+    pkg = tmp_path / "pcocc"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "short.py").write_text("x = 1\n" * 3)
+    (pkg / "sub" / "long.py").write_text("x = 1\n" * 4)
+    assert oversized(pkg, limit=3) == ["pcocc/sub/long.py: 4 lines"]
+
+
+def test_no_pcocc_file_is_over_the_line_limit():
+    assert oversized(PACKAGE) == [], f"split these by concern (limit {MAX_LINES} lines)"

@@ -17,7 +17,8 @@ from pcocc.errors import NotFound, ToolError, UsageError
 from pcocc.repo import ops, skopeo
 from pcocc.repo.model import KIND_CTR, KIND_VM, BlobRef
 from pcocc.repo.cachekeys import live_container_digests, resolve_container_digest
-from pcocc.repo.store import RepoSet, new_meta
+from pcocc.repo.store import new_meta
+from pcocc.repo.reposet import RepoSet
 
 
 def sha(data: bytes) -> str:

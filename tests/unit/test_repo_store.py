@@ -18,7 +18,8 @@ from pcocc.errors import AlreadyExists, Corrupt, NotFound, PcoccError, Permissio
 from pcocc.repo import drivers, ops
 from pcocc.repo.maintenance import fsck, gc
 from pcocc.repo.model import KIND_CTR, BlobRef, OciImage
-from pcocc.repo.store import RepoSet, Repository, new_meta
+from pcocc.repo.store import Repository, new_meta
+from pcocc.repo.reposet import RepoSet
 
 
 def sha(data: bytes) -> str:

@@ -13,7 +13,8 @@ from pcocc.config import RepoConfig
 from pcocc.errors import AlreadyExists, PcoccError, PermissionDenied, UsageError
 from pcocc.repo import ops
 from pcocc.repo.model import KIND_VM, BlobRef
-from pcocc.repo.store import RepoSet, Repository, new_meta
+from pcocc.repo.store import Repository, new_meta
+from pcocc.repo.reposet import RepoSet
 
 
 @pytest.fixture
