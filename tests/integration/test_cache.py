@@ -89,7 +89,9 @@ def _prepare_in_child(cache_root: str, image, blob_root: str, out: multiprocessi
 def test_concurrent_prepare_shares_one_copy(tmp_path, stored, monkeypatch):
     store, image = stored
     builds = tmp_path / "builds"
-    real_unpack = cache_mod.unpack_image
+    import pcocc.repo.unpack as unpack_mod  # the cache imports it on its cold path only
+
+    real_unpack = unpack_mod.unpack_image
 
     def slow_counted_unpack(*args, **kw):
         with open(builds, "a") as f:
@@ -97,7 +99,7 @@ def test_concurrent_prepare_shares_one_copy(tmp_path, stored, monkeypatch):
         time.sleep(0.5)  # keep the build window open while the others arrive
         return real_unpack(*args, **kw)
 
-    monkeypatch.setattr(cache_mod, "unpack_image", slow_counted_unpack)
+    monkeypatch.setattr(unpack_mod, "unpack_image", slow_counted_unpack)
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
     children = [
