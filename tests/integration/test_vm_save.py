@@ -79,8 +79,10 @@ def test_save_while_the_guest_writes(local_env, pcocc_env, testvm_artifacts):
         "pcocc save vm0 > rev.txt; "
         "pcocc save -d user:copy vm0 > copy.txt; "
         "pcocc save --full -d flat vm0 > flat.txt; "
-        "pcocc ssh vm0 'echo after > /disk/after; sync; a=$(cat /disk/count); sleep 1; "
-        "[ $(cat /disk/count) -gt $a ] && echo writing' > writing.txt"
+        # (the writer truncates /disk/count before each number: read until one is there)
+        "pcocc ssh vm0 'echo after > /disk/after; sync; "
+        "n() { v=; while [ -z \"$v\" ]; do v=$(cat /disk/count); done; echo $v; }; "
+        "a=$(n); sleep 1; [ $(n) -gt $a ] && echo writing' > writing.txt"
     )
     res = env.run("alloc", "-E", script, "testvm:1")
     assert res.returncode == 0, res.stderr
