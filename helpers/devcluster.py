@@ -537,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-etcd", action="store_true", help="do not start etcd")
     parser.add_argument("--netns", action="store_true",
                         help="run each slurmd in a network namespace of its own (root)")
+    parser.add_argument("--plugstack", action="append", default=[], metavar="LINE",
+                        help="a line of plugstack.conf (a SPANK plugin to load); repeatable")
     args = parser.parse_args(argv)
     try:
         if args.action == "start":
@@ -546,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
                 cpus_per_node=args.cpus_per_node,
                 with_etcd=not args.no_etcd,
                 node_netns=args.netns,
+                plugstack=args.plugstack,
             ).start()
             # the daemons outlive this process: forget them without stopping
             cluster._procs.clear()
