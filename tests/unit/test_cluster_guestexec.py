@@ -7,6 +7,7 @@ import _thread
 import contextlib
 import io
 import shlex
+import signal
 import threading
 
 import pytest
@@ -168,7 +169,16 @@ def test_a_signal_gives_128_plus_its_number(fakes):
     assert _run({0: fake}, ExecRequest.build(["true"]), Recorder()) == 128 + 15
 
 
-def test_ctrl_c_stops_waiting_and_kills_the_guest_processes(fakes):
+@pytest.fixture
+def sigint_raises():
+    """A shell starts background commands with SIGINT ignored, and interrupt_main() then
+    does nothing: give SIGINT Python's own handler for the test."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_waiting_and_kills_the_guest_processes(fakes, sigint_raises):
     started = threading.Event()
 
     def program(p):
