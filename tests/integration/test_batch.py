@@ -29,7 +29,7 @@ sys.exit(manager.launch_tasks(job_id, ntasks, [sys.executable, "-c", task], env)
 """
 
 
-@pytest.fixture(params=["local", "slurm"])
+@pytest.fixture(params=["local", pytest.param("slurm", marks=pytest.mark.slurm)])
 def batch(request, tmp_path):
     """(settings, manager) for each batch manager; slurm runs on the dev cluster."""
     if request.param == "slurm":

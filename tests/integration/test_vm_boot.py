@@ -340,6 +340,7 @@ def test_testvm_modules_are_loaded_after_their_dependencies(testvm_artifacts):
         assert not missing, f"{module} is loaded before its dependencies {missing}"
 
 
+@pytest.mark.vm  # (starts QEMU, which finds the port taken)
 def test_taken_ssh_port_is_retried_then_reported(tmp_path, monkeypatch):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
         busy.bind(("127.0.0.1", 0))
