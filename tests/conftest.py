@@ -25,7 +25,7 @@ pytest_plugins = [
 
 #: marker -> the fixtures that start (or build) that real component
 COMPONENT_FIXTURES: dict[str, frozenset[str]] = {
-    "etcd": frozenset({"etcd_server", "auth_etcd"}),
+    "etcd": frozenset({"etcd_server", "auth_etcd", "tls_etcd"}),
     "slurm": frozenset({"slurm_cluster"}),
     "vm": frozenset({"testvm_artifacts"}),
     "registry": frozenset({"registry"}),
