@@ -30,9 +30,6 @@ T = TypeVar("T")
 #: in a job's run dir: where its private etcd is, and the login to it
 ENDPOINTS_FILE = "etcd-endpoints"
 LOGIN_FILE = "etcd-login"
-#: set for node processes that the launcher starts on its own host while it starts the
-#: job's private etcd: they find it in the job's run dir (see :func:`await_private_etcd`)
-AWAIT_VAR = "PCOCC_ETCD_IN_RUN_DIR"
 
 
 class EtcdKv:
@@ -135,7 +132,7 @@ def etcd_for_job(
     if endpoints:
         yield {ENDPOINTS_VAR: endpoints}
         return
-    from pcocc import fsutil
+    from pcocc import fsutil, timing
     from pcocc.kv.credentials import JOB_LOGIN_VAR
     from pcocc.kv.private import job_address, private_etcd
 
@@ -145,6 +142,7 @@ def etcd_for_job(
     address = job_address(list(controller_hosts()), env)
     log.debug("private etcd on %s", address)
     with private_etcd(run_dir, user, address) as extra:
+        timing.mark("launcher: private etcd up (authentication set up, then TCP on)")
         # for the user commands run outside the job (``kv_endpoint_sets``)
         login_file = run_dir / LOGIN_FILE
         endpoints_file = run_dir / ENDPOINTS_FILE

@@ -5,6 +5,7 @@ they are stopped when the launcher fails before its teardown."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 
@@ -78,16 +79,19 @@ def _definition(networks=None):
     "batch, etcd, env, networks, early",
     [
         ("local", EtcdConfig(), {}, None, True),
-        # Slurm nodes do not share the launcher's run dir
+        # Slurm nodes do not share the launcher's run dir, where the private etcd is told
         ("slurm", EtcdConfig(), {}, None, False),
-        # a configured etcd is up already: nothing to wait for
-        ("local", EtcdConfig(), {ENDPOINTS_VAR: "http://10.0.0.1:2379"}, None, False),
-        ("local", EtcdConfig(mode="external", endpoints=("10.0.0.1:2379",)), {}, None, False),
+        # a configured etcd is up already: any node may use it at once
+        ("slurm", EtcdConfig(), {ENDPOINTS_VAR: "http://10.0.0.1:2379"}, None, True),
+        ("slurm", EtcdConfig(mode="external", endpoints=("10.0.0.1:2379",)), {}, None, True),
+        ("local", EtcdConfig(mode="external", endpoints=("10.0.0.1:2379",)), {}, None, True),
         # private networks: their switches start before the VMs
         ("local", EtcdConfig(), {}, {"pn": {"type": "private"}}, False),
+        ("slurm", EtcdConfig(), {ENDPOINTS_VAR: "http://10.0.0.1:2379"},
+         {"pn": {"type": "private"}}, False),
     ],
 )
-def test_only_local_nodes_of_a_private_etcd_start_early(batch, etcd, env, networks, early):
+def test_which_node_processes_start_early(batch, etcd, env, networks, early):
     definition = _definition(networks)
     assert earlynodes.can_start_early(_Batch(batch), definition, etcd, env) is early
 
@@ -101,7 +105,7 @@ def test_early_nodes_are_told_to_wait_and_stale_files_go(tmp_path):
         assert not (tmp_path / connect.LOGIN_FILE).exists()
     [(job, n, argv, env)] = batch.launched
     assert (job, n, argv) == ("7", 2, ["pcocc", "run"])
-    assert env == {"A": "1", "PCOCC_JOB_ID": "7", connect.AWAIT_VAR: "1"}
+    assert env == {"A": "1", "PCOCC_JOB_ID": "7", earlynodes.EARLY_VAR: "1"}
     assert tasks.stopped  # still running at the end of the block: stopped
 
 
@@ -111,3 +115,24 @@ def test_early_nodes_are_stopped_when_the_etcd_start_fails(tmp_path):
         with earlynodes.early_tasks(batch, _definition(), "7", ["pcocc"], {}, tmp_path):
             raise ServiceUnavailable("etcd did not become healthy")
     assert batch.tasks.stopped
+
+
+@pytest.mark.parametrize("early", [True, False])
+def test_a_node_with_a_configured_etcd_uses_it_at_once(tmp_path, monkeypatch, early):
+    monkeypatch.setenv("PCOCC_RUN_DIR", str(tmp_path))
+    monkeypatch.setenv(ENDPOINTS_VAR, "http://10.0.0.1:2379")
+    monkeypatch.delenv(earlynodes.EARLY_VAR, raising=False)
+    if early:
+        monkeypatch.setenv(earlynodes.EARLY_VAR, "1")
+    assert earlynodes.node_endpoints(EtcdConfig(), "7") == ("http://10.0.0.1:2379", early)
+
+
+def test_an_early_node_of_a_private_etcd_takes_its_login_from_the_run_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("PCOCC_RUN_DIR", str(tmp_path))
+    monkeypatch.delenv(ENDPOINTS_VAR, raising=False)
+    monkeypatch.delenv(JOB_LOGIN_VAR, raising=False)
+    monkeypatch.setenv(earlynodes.EARLY_VAR, "1")
+    (tmp_path / "7").mkdir(mode=0o700)
+    _write_etcd_files(tmp_path / "7")
+    assert earlynodes.node_endpoints(EtcdConfig(), "7") == ("http://127.0.0.1:4001", True)
+    assert os.environ[JOB_LOGIN_VAR] == "pcocc-job:s3cret"
