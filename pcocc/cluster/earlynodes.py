@@ -55,8 +55,9 @@ def early_tasks(
     run_dir: Path,
 ) -> Iterator[TaskGroup]:
     """Start the node processes of the cluster now; they wait for the definition (and for
-    a private etcd, for the files the launcher writes into ``run_dir``). They are stopped when the block ends with them still
-    running (the launcher's teardown stops them first when it got that far)."""
+    a private etcd, for the files the launcher writes into ``run_dir``). They are stopped
+    when the block ends with them still running (the launcher's teardown stops them first
+    when it got that far)."""
     for name in (connect.ENDPOINTS_FILE, connect.LOGIN_FILE):  # a dead launcher's
         (run_dir / name).unlink(missing_ok=True)
     task_env = {**env, "PCOCC_JOB_ID": batchid, EARLY_VAR: "1"}
