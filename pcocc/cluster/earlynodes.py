@@ -18,6 +18,7 @@ With private networks, whose switches start before the VMs, they start after etc
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -82,7 +83,7 @@ def node_endpoints(etcd: EtcdConfig, batchid: str) -> tuple[str | None, bool]:
     early = bool(os.environ.get(EARLY_VAR))
     if endpoints or not early:
         return endpoints, early
-    import pcocc.kv.client  # noqa: F401  (the slowest import: done while etcd starts)
+    importlib.import_module("pcocc.kv.client")  # the slowest import: while etcd starts
 
     found = connect.await_private_etcd(rundir.cluster_dir(batchid), AWAIT_TIMEOUT_S)
     os.environ.update(found)
