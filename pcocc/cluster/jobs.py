@@ -7,6 +7,7 @@ batch manager, etcd and QEMU (through :mod:`pcocc.cluster.adapters`).
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import shlex
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pcocc import fields, selfcmd, timing
-from pcocc.cluster import adapters, batchadapter, rundir, vmsettings
+from pcocc.cluster import adapters, batchadapter, earlynodes, rundir, vmsettings
 from pcocc.cluster.definition import ClusterDefinition, build_definition
 from pcocc.cluster.launcher import Launcher, LaunchSettings
 from pcocc.cluster.lease import lease_ttl_s
@@ -337,34 +338,34 @@ def run_launcher(
     cluster_dir = rundir.cluster_dir(batchid)
     env = {k: v for k, v in os.environ.items() if k not in (DEFINITION_VAR, RESTORE_VAR)}
     restore = os.environ.get(RESTORE_VAR)
+    node_argv = [*selfcmd.module_argv(), *log_args]
+    switch_argv = [*node_argv, "internal", "vswitch"]
+    node_argv += ["internal", "run", *(["--restore", restore] if restore else [])]
     try:
-        with connect.etcd_for_job(
-            cluster_dir, env, user, config.batch.etcd, batch.controller_hosts
-        ) as kv_env:
+        with contextlib.ExitStack() as stack:
+            tasks = None
+            if earlynodes.can_start_early(batch, definition, config.batch.etcd, env):
+                tasks = stack.enter_context(earlynodes.early_tasks(
+                    batch, definition, batchid, node_argv, env, cluster_dir))
+            kv_env = stack.enter_context(connect.etcd_for_job(
+                cluster_dir, env, user, config.batch.etcd, batch.controller_hosts))
             env.update(kv_env)
-            kv = connect.EtcdKv.from_env(env, config.batch.etcd)
+            kv = stack.enter_context(contextlib.closing(
+                connect.EtcdKv.from_env(env, config.batch.etcd)))
             timing.mark("launcher: etcd answers")
-            try:
-                node_argv = [*selfcmd.module_argv(), *log_args]
-                switch_argv = [*node_argv, "internal", "vswitch"]
-                node_argv += ["internal", "run"]
-                if restore:
-                    node_argv += ["--restore", restore]
-                settings = LaunchSettings(
-                    user=user,
-                    batchid=batchid,
-                    node_argv=node_argv,
-                    command=command,
-                    env=env,
-                    hold=hold,
-                    remove_run_dir=False,
-                    lease_ttl_s=ttl_s,
-                    switch_argv=switch_argv,
-                    job_name=fields.one_line(batch.job_name_from_env(env), MAX_NAME),
-                )
-                return Launcher(kv, batch, definition, settings, report=report).run()
-            finally:
-                kv.close()
+            settings = LaunchSettings(
+                user=user,
+                batchid=batchid,
+                node_argv=node_argv,
+                command=command,
+                env=env,
+                hold=hold,
+                remove_run_dir=False,
+                lease_ttl_s=ttl_s,
+                switch_argv=switch_argv,
+                job_name=fields.one_line(batch.job_name_from_env(env), MAX_NAME),
+            )
+            return Launcher(kv, batch, definition, settings, report=report, tasks=tasks).run()
     finally:
         rundir.remove_cluster_dir(batchid)
 
@@ -392,7 +393,7 @@ def run_node(
     batchid = job_id or os.environ.get("PCOCC_JOB_ID")
     if not batchid:
         raise UsageError("no cluster id: give --job or set PCOCC_JOB_ID")
-    endpoints = connect.configured_endpoints(config.batch.etcd, os.environ)
+    endpoints, early = earlynodes.node_endpoints(config.batch.etcd, batchid)
     if not endpoints:
         raise UsageError(
             f"no etcd to use: {ENDPOINTS_VAR} is not set",
@@ -412,6 +413,7 @@ def run_node(
                 lease_ttl_s=lease_ttl_s(os.environ),
                 address=address,
                 restore=Path(restore) if restore else None,
+                definition_wait_s=earlynodes.AWAIT_TIMEOUT_S if early else 0.0,
             ),
             adapters.machine_factory(
                 config, batchid, kv, address, restore=Path(restore) if restore else None

@@ -100,7 +100,9 @@ class Launcher:
         definition: ClusterDefinition,
         settings: LaunchSettings,
         report: Callable[[str], None] = lambda msg: log.info("%s", msg),
+        tasks: TaskGroup | None = None,
     ):
+        """``tasks``: the node processes, when already started (pcocc.cluster.earlynodes)."""
         self.kv = kv
         self.batch = batch
         self.definition = definition
@@ -109,7 +111,7 @@ class Launcher:
         self.lifecycle = ClusterLifecycle(on_change=self._publish)
         self.prefix = keys.cluster_prefix(settings.user, settings.batchid)
         self._lease: Lease | None = None
-        self._tasks: TaskGroup | None = None
+        self._tasks = tasks
         self._command: subprocess.Popen | None = None
         self._switches: list[subprocess.Popen] = []
         self._seen: dict[int, VmRecord] = {}
@@ -162,9 +164,10 @@ class Launcher:
             self._switches = start_switches(self.kv, argv, env, self.s.user, self.s.batchid, nets)
         # full-node: one VM per node (the keyword only then: fakes of tests may lack it)
         placement = {"one_per_node": True} if self.definition.full_node else {}
-        self._tasks = self.batch.launch_tasks(
-            self.s.batchid, n, self.s.node_argv, env, **placement
-        )
+        if self._tasks is None:
+            self._tasks = self.batch.launch_tasks(
+                self.s.batchid, n, self.s.node_argv, env, **placement
+            )
         timing.mark("launcher: node processes spawned")
         self.report(f"booting {n} VM{'s' if n > 1 else ''}")
         self._wait_running()

@@ -82,6 +82,9 @@ class NodeSettings:
     lease_ttl_s: int = DEFAULT_LEASE_TTL_S
     #: a checkpoint directory to restore the VM from
     restore: Path | None = None
+    #: how long to wait for the launcher to publish the definition (a node process started
+    #: before it: see pcocc.cluster.earlynodes); 0: it must be there
+    definition_wait_s: float = 0.0
 
 
 def generate_host_key(vm_dir: Path, name: str) -> Path:
@@ -206,7 +209,11 @@ class NodeProcess:
             rundir.remove_empty_parents(vm_dir)
 
     def _read_definition(self) -> ClusterDefinition:
+        deadline = time.monotonic() + self.s.definition_wait_s
         text = self.kv.get(self._def_key)
+        while text is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+            text = self.kv.get(self._def_key)
         if text is None:
             raise NotFound(
                 f"cluster {self.s.batchid} has no definition in etcd",

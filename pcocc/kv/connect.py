@@ -9,8 +9,10 @@ clusters up go through the JSON gateway and start faster.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, Union
@@ -130,13 +132,17 @@ def etcd_for_job(
     if endpoints:
         yield {ENDPOINTS_VAR: endpoints}
         return
-    from pcocc import fsutil
+    from pcocc import fsutil, timing
     from pcocc.kv.credentials import JOB_LOGIN_VAR
     from pcocc.kv.private import job_address, private_etcd
 
+    # the caller's client needs gRPC next, the slowest import: load it while etcd starts
+    threading.Thread(target=importlib.import_module, args=("pcocc.kv.client",),
+                     daemon=True).start()
     address = job_address(list(controller_hosts()), env)
     log.debug("private etcd on %s", address)
     with private_etcd(run_dir, user, address) as extra:
+        timing.mark("launcher: private etcd up (authentication set up, then TCP on)")
         # for the user commands run outside the job (``kv_endpoint_sets``)
         login_file = run_dir / LOGIN_FILE
         endpoints_file = run_dir / ENDPOINTS_FILE
@@ -147,6 +153,40 @@ def etcd_for_job(
         finally:
             endpoints_file.unlink(missing_ok=True)
             login_file.unlink(missing_ok=True)
+
+
+def await_private_etcd(
+    run_dir: Path, timeout_s: float, tick_s: float = 0.005
+) -> dict[str, str]:
+    """The variables of :func:`etcd_for_job` (endpoints, job login), read from ``run_dir``
+    once the launcher of this host wrote them there: it does so only after its private etcd
+    answered on its own unix socket, so etcd holds the port before anyone sends it the
+    password. The login file is checked like a password file (ours, 0600).
+
+    :raise ServiceUnavailable: not written within ``timeout_s``
+    :raise ConfigError: the login file is missing, malformed or open to others
+    """
+    import time
+
+    from pcocc.errors import ServiceUnavailable
+    from pcocc.kv.credentials import JOB_LOGIN_VAR, format_job_login, read_job_login_file
+
+    path = run_dir / ENDPOINTS_FILE
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(FileNotFoundError):
+            endpoints = path.read_text().strip()
+            if endpoints:  # written atomically after the login file: both are complete
+                break
+        if time.monotonic() > deadline:
+            raise ServiceUnavailable(
+                f"the job's private etcd did not start within {timeout_s:g} s"
+                f" (no {path})",
+                hint="see the launcher's messages in the job's output",
+            )
+        time.sleep(tick_s)
+    login = read_job_login_file(run_dir / LOGIN_FILE)
+    return {ENDPOINTS_VAR: endpoints, JOB_LOGIN_VAR: format_job_login(login.user, login.password)}
 
 
 def kv_endpoint_sets(

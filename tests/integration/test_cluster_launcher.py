@@ -331,3 +331,19 @@ def test_a_signal_to_the_launcher_names_the_cluster(run_dir):
     assert exc.value.message == "cluster 42 stopped by SIGINT"
     assert exc.value.exit_status == 130
     assert_all_gone(kv, batch, run_dir)
+
+
+def test_node_processes_started_before_the_definition_wait_for_it(run_dir):
+    """Early node processes (pcocc.cluster.earlynodes) run before the launcher published
+    the definition: they wait for it, and the launcher uses them instead of starting more."""
+    kv = MemoryKv()
+    batch = FakeBatch(kv)
+    batch.definition_wait_s = 10.0
+    tasks = batch.launch_tasks(JOB, 2, ["pcocc", "internal", "run"], {})
+    time.sleep(0.2)  # the nodes are waiting for the definition meanwhile
+    assert kv.get(keys.cluster_definition(USER, JOB)) is None
+    assert make_launcher(kv, batch, n=2, tasks=tasks).run() == 0
+    assert batch.launch_count == 1
+    assert sorted(tasks.results.items()) == [(0, 0), (1, 0)]
+    assert_all_gone(kv, batch, run_dir)
+
