@@ -206,7 +206,7 @@ def fast_run(argv: list[str]) -> int | None:
     glob, run = parsed
     from pcocc import timing
 
-    timing.mark("run: parsed", started="run: process started")
+    timing.mark("run: interpreter started, command line parsed")
     from pcocc.cli.session import Session, setup_logging
     from pcocc.ctr.pod import run_request
 
@@ -230,7 +230,7 @@ def fast_run(argv: list[str]) -> int | None:
     request = build_request(run, run_side=session.security.run_side)
     if any(may_be_remote(image) for image, _ in request.apps):
         return None
-    session.config
+    config = session.config
     timing.mark("run: configuration loaded")
     skip_exit_collection()
-    return run_request(request, session.config, session.notify)
+    return run_request(request, config, session.notify)

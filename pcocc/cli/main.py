@@ -36,8 +36,10 @@ def finish(status: int) -> None:
     teardown of every module and object (~10-25 ms of a warm run) is spared. Every file of
     the pod is closed and its record written before; the runtime has ended."""
     fastrun = sys.modules.get("pcocc.cli.fastrun")
-    if fastrun is None or not fastrun.exit_collection_skipped():
-        sys.exit(status)
+    threading = sys.modules.get("threading")
+    if (fastrun is None or not fastrun.exit_collection_skipped()
+            or (threading is not None and threading.active_count() > 1)):
+        sys.exit(status)  # another thread still runs: the interpreter waits for it
     import atexit
 
     atexit._run_exitfuncs()

@@ -64,3 +64,13 @@ def test_finish_of_other_commands_is_a_plain_exit():
                          check=False)
     assert res.returncode == 7
     assert res.stdout.endswith("atexit ran\ntorn down\n")
+
+
+def test_finish_waits_for_a_running_thread():
+    code = QUICK.replace("fastrun.skip_exit_collection()", """fastrun.skip_exit_collection()
+import threading, time
+threading.Thread(target=lambda: (time.sleep(0.2), print("thread done"))).start()""")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=False)
+    assert res.returncode == 7
+    assert "thread done" in res.stdout
