@@ -32,6 +32,11 @@ less (median of 20 interleaved runs, 192 -> 158 ms, on a shared 2-core machine w
 figures move by +-30 ms from run to run). What is left: the interpreter, dataclasses and
 inspect, logging, subprocess, pcocc's own modules (34 dataclasses to build), the config
 and image lookups, and the runtime with its quirk handling.
+Then (branch warmrun): ``--register-mds`` no longer sends a run through click, a pod not
+registered does not import the metadata service, shutil and hashlib stay unimported, and
+the process ends with ``os._exit`` after the atexit handlers. ``pcocc run, no mds`` is the
+run without the metadata service (whose registration another change works on); the
+breakdown of its phases comes from its ``$PCOCC_TIMING`` marks (:mod:`pcocc.timing`).
 Then, separately, the cold start: ``pcocc run`` right after ``pcocc image cache delete``
 (the image is unpacked into the cache first). Usage:
 ``benchmarks/container_start.py [-n RUNS] [--cold-runs N] [--runtime crun]``.
@@ -80,6 +85,27 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
             f"{res.stderr.decode(errors='replace')[-800:]}"
         )
     return elapsed
+
+
+def phase_breakdown(argv: list[str], env: dict[str, str], marks: Path,
+                    runs: int) -> list[tuple[str, float]]:
+    """Median time of each phase of ``argv`` (a pcocc run), from the marks it writes to
+    ``$PCOCC_TIMING`` (:mod:`pcocc.timing`): (phase, ms) in order, from the spawn by this
+    process to the mark, the last one to the end of the process as seen from here."""
+    steps: dict[str, list[float]] = {}
+    for _ in range(runs):
+        marks.unlink(missing_ok=True)
+        start = time.time()
+        timed(argv, {**env, "PCOCC_TIMING": str(marks)})
+        end = time.time()
+        points = sorted((float(t), phase.strip()) for t, _, phase in
+                        (line.split(" ", 2) for line in marks.read_text().splitlines()))
+        points.append((end, "exit (teardown, seen by the parent)"))
+        prev = start
+        for t, phase in points:
+            steps.setdefault(phase, []).append((t - prev) * 1000)
+            prev = t
+    return [(phase, statistics.median(v)) for phase, v in steps.items()]
 
 
 def plain_install(venv: Path) -> str:
@@ -140,8 +166,11 @@ def main() -> int:
         [rootfs] = (work / "home" / ".cache" / "pcocc" / "entries").glob("dir-*/rootfs")
         digest = json.loads((rootfs.parent / "meta.json").read_text())["digest"]
 
+        no_mds = [*run_busy[:2], "--register-mds=false", *run_busy[2:]]
         commands: dict[str, list[str]] = {
             f"pcocc run ({args.runtime})": run_busy,
+            # the same without the metadata service (its registration is measured apart)
+            "pcocc run, no mds": no_mds,
             "pcocc run (directory)": [
                 pcocc, "run", "--runtime", args.runtime, str(rootfs), "--", "true",
             ],
@@ -236,6 +265,13 @@ def main() -> int:
             benchlib.point("container_start", "median", name, ms, style="bar",
                            title="Start and exit of `true` in a container",
                            ylabel="milliseconds (median)")
+        bare = med["pcocc run, no mds"]
+        benchlib.figure("pcocc run --register-mds=false - crun direct", bare - base, "ms",
+                        "<= 25")
+        print(f"where a warm 'pcocc run --register-mds=false' goes (PCOCC_TIMING marks, "
+              f"median of {args.runs // 2 or 1} runs; each step ends at the mark named):")
+        for phase, ms in phase_breakdown(no_mds, env, work / "timing", args.runs // 2 or 1):
+            print(f"  {ms:7.1f} ms  {phase}")
         own = ours - med["pcocc --version"]
         print(
             f"pcocc run minus 'pcocc --version' = {own:.1f} ms "

@@ -64,6 +64,12 @@ def skip_exit_collection() -> None:
         _exit_hook.append(True)
 
 
+def exit_collection_skipped() -> bool:
+    """Whether this process is a ``pcocc run`` that asked to skip the exit's work
+    (:func:`pcocc.cli.main.finish` then ends it with ``os._exit``)."""
+    return bool(_exit_hook)
+
+
 #: global options of ``pcocc`` known here: option -> (parameter, takes a value)
 _GLOBAL = {
     "--debug": ("debug", False),
@@ -92,7 +98,12 @@ _RUN = {
     "--interactive": ("interactive", False, False),
     "--hostname": ("hostname", True, False),
     "--root": ("as_root", False, False),
+    "--register-mds": ("register_mds", True, False),
+    "--annotation": ("annotations", True, True),
 }
+#: values of click.BOOL (case and spaces aside); any other value is click's to refuse
+_BOOL = {"1": True, "true": True, "t": True, "yes": True, "y": True, "on": True,
+         "0": False, "false": False, "f": False, "no": False, "n": False, "off": False}
 
 
 def _options(
@@ -115,7 +126,12 @@ def _options(
                 if i >= len(argv):
                     return None  # click says what is missing
                 value = argv[i]
-            if rest and rest[0]:
+            if param == "register_mds":
+                flag = _BOOL.get(value.strip().lower())
+                if flag is None:
+                    return None
+                params[param] = flag
+            elif rest and rest[0]:
                 params[param] = (*params.get(param, ()), value)
             else:
                 params[param] = value
@@ -188,8 +204,13 @@ def fast_run(argv: list[str]) -> int | None:
     if parsed is None:
         return None
     glob, run = parsed
+    from pcocc import timing
+
+    timing.mark("run: interpreter started, command line parsed")
     from pcocc.cli.session import Session, setup_logging
     from pcocc.ctr.pod import run_request
+
+    timing.mark("run: imported")
 
     debug = glob.get("debug", False)
     verbose = glob.get("verbose", 0)
@@ -209,5 +230,7 @@ def fast_run(argv: list[str]) -> int | None:
     request = build_request(run, run_side=session.security.run_side)
     if any(may_be_remote(image) for image, _ in request.apps):
         return None
+    config = session.config
+    timing.mark("run: configuration loaded")
     skip_exit_collection()
-    return run_request(request, session.config, session.notify)
+    return run_request(request, config, session.notify)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pcocc import proc
+from pcocc import proc, timing
 from pcocc.ctr.env import merge_env
 from pcocc.ctr.mds_hook import mds_mounts, register_mds, unregister_mds
 from pcocc.ctr.net import NetPlan, PodNetwork, add_gate, gate_path_for, plan_network
@@ -145,9 +145,7 @@ def prepare_pod(
             config_mounts=[*settings.mounts, *mod_mounts],
             config_name=where,
         )
-        # a unix socket does not cross into a VM: the vm runtime's apps have no service
-        serve = opts.register_mds and runtime.name != "vm"
-        mds_dirs = register_mds(rec, apps, opts) if serve else {}
+        mds_dirs = register_mds(rec, apps, opts) if serves_mds(opts, runtime) else {}
         ident = Identity(os.getuid(), os.getgid(), tuple(os.getgroups()), opts.as_root)
         for app, spec_app, argv, env in zip(rec.apps, apps, argvs, envs):
             req = SpecRequest(
@@ -157,7 +155,7 @@ def prepare_pod(
                 identity=ident,
                 cwd=str(spec_app.image_config.get("WorkingDir") or "/"),
                 hostname=rec.hostname,
-                mounts=[*mounts, *mds_mounts(mds_dirs, app.name)],
+                mounts=[*mounts, *mds_mounts(mds_dirs, app.name)] if mds_dirs else mounts,
                 private_net=opts.private_net,
                 insecure=insecure,
             )
@@ -170,10 +168,17 @@ def prepare_pod(
         if save:
             store.save(rec)
     except BaseException:
-        unregister_mds(rec)
+        if serves_mds(opts, runtime):
+            unregister_mds(rec)
         store.remove(rec)
         raise
     return rec
+
+
+def serves_mds(opts: RunOptions, runtime: Any) -> bool:
+    """Whether the pod is registered with the metadata service (a unix socket does not
+    cross into a VM: the vm runtime's apps have none)."""
+    return opts.register_mds and runtime.name != "vm"
 
 
 def _on_term(signum: int, frame: Any) -> None:
@@ -190,6 +195,7 @@ def start_pod(
     err: BinaryIO | None = None,
     net: NetPlan | None = None,
     on_started: Callable[[PodRecord], None] | None = None,
+    registered: bool = True,
 ) -> int:
     """Run the prepared pod's apps side by side and wait for them all.
 
@@ -202,6 +208,7 @@ def start_pod(
     first app waits until slirp4netns serves its network namespace; slirp4netns stops with
     the pod.
 
+    :param registered: the pod was registered with the metadata service: forget it at the end
     :return: 0 if every app exited 0, else the first non-zero exit status (in app order)
     """
     out = out or sys.stdout.buffer
@@ -243,6 +250,7 @@ def start_pod(
             if i == 0 and network is not None:
                 network.connect(p)
         store.save(rec)
+        timing.mark("run: apps spawned, record saved")
         if on_started is not None:
             _check_started(runtime, rec, popens, logs)
             on_started(rec)
@@ -250,6 +258,7 @@ def start_pod(
             _pump(popens, logs, out, err)
         for app, p in zip(rec.apps, popens):
             app.exit_status = exit_status(p.wait())
+        timing.mark("run: apps exited")
     except (KeyboardInterrupt, PcoccError) as err:
         stopped_by = signal.SIGINT if isinstance(err, KeyboardInterrupt) else None
         if isinstance(err, Interrupted):
@@ -276,7 +285,9 @@ def start_pod(
         rec.state = "exited"
         rec.exited = time.time()
         store.save(rec)
-        unregister_mds(rec)
+        if registered:
+            unregister_mds(rec)
+        timing.mark("run: record saved, pod done")
     return next((a.exit_status for a in rec.apps if a.exit_status), 0) or 0
 
 
@@ -387,9 +398,11 @@ def run_pod(
         warn=log.warning,
     )
     rec = prepare_pod(store, apps, opts, settings, runtime=runtime, save=False, net=net)
+    timing.mark("run: pod prepared")
     rec.detached = opts.detach
     status = start_pod(
-        store, rec, runtime, interactive=opts.interactive, net=net, on_started=on_started
+        store, rec, runtime, interactive=opts.interactive, net=net, on_started=on_started,
+        registered=serves_mds(opts, runtime),
     )
     return rec, status
 

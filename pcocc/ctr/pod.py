@@ -43,12 +43,14 @@ def run_request(
     from pcocc.ctr.images import resolve_rootfs
     from pcocc.ctr.launch import AppSpec, run_pod
     from pcocc.ctr.pods import PodStore
+    from pcocc import timing
 
     with contextlib.ExitStack() as mounts:  # squashfs images stay mounted for the pod
         specs = []
         for image, args in request.apps:
             rootfs, image_config = resolve_rootfs(config, image, mounts=mounts, notify=notify)
             specs.append(AppSpec(image, str(rootfs), image_config, args))
+        timing.mark("run: images resolved")
         _, status = run_pod(
             PodStore(), specs, request.options, config.containers, on_started=on_started
         )

@@ -32,7 +32,6 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -366,6 +365,8 @@ def _rmtree(path: Path) -> None:
                 with contextlib.suppress(OSError):
                     if not os.path.islink(p):
                         os.chmod(p, os.lstat(p).st_mode & 0o7777 | 0o700)
+    import shutil  # only here: a warm run does not pay for zlib, bz2 and lzma
+
     shutil.rmtree(path)
 
 

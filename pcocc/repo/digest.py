@@ -6,11 +6,10 @@ digest; this module is the one place that computes them, checks them and takes t
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from pcocc.errors import Corrupt
 from pcocc.repo.model import Progress, no_progress
@@ -20,6 +19,14 @@ PREFIX = "sha256:"
 DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})\Z")
 HEX_RE = re.compile(r"^[0-9a-f]{64}\Z")
 _CHUNK = 1 << 20
+
+
+def _sha256(data: bytes = b"") -> Any:
+    """A new sha256 object; hashlib is imported on first use (loading OpenSSL costs a warm
+    ``pcocc run``, which hashes nothing, ~5 ms)."""
+    import hashlib
+
+    return hashlib.sha256(data)
 
 
 def is_digest(value: object) -> bool:
@@ -42,7 +49,7 @@ def from_hex(hexpart: str) -> str:
 
 def sha256_hex(data: bytes) -> str:
     """The 64 hex digits of the sha256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
+    return _sha256(data).hexdigest()
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -55,7 +62,7 @@ def hash_file(path: Path, progress: Progress = no_progress, done0: int = 0,
     """``sha256:<hex>`` of a file; with ``fsync``, also flush it to disk (it is about to
     become a blob). The flush runs in a thread while we hash: both release the GIL, so the
     cost is the longer of the two rather than their sum."""
-    h = hashlib.sha256()
+    h = _sha256()
     done = done0
     buf = bytearray(_CHUNK)  # one buffer, refilled in place: no 4 MiB allocation per read
     view = memoryview(buf)
@@ -92,7 +99,7 @@ class HashingWriter:
 
     def __init__(self, out: IO[bytes]):
         self.out = out
-        self._hash = hashlib.sha256()
+        self._hash = _sha256()
 
     def write(self, data: bytes) -> int:
         self._hash.update(data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -32,7 +33,14 @@ class ImageMeta:
     vm: dict[str, Any] | None = None  # {"layers": [digest, ...], "virtual_size": int}
     oci: dict[str, Any] | None = None  # {"manifest_digest", "manifest", "config"}
     repo: str = field(default="", compare=False)
-    image_id: str = field(default="", compare=False)
+    #: the metadata file's bytes, whose sha256 is the image ID
+    stored: bytes = field(default=b"", compare=False, repr=False)
+
+    @functools.cached_property
+    def image_id(self) -> str:
+        """``sha256-<hex>`` of the stored bytes, hashed on first use (a warm ``pcocc run``
+        reads metadata but needs no ID: it does not load OpenSSL for it)."""
+        return ID_PREFIX + sha256_hex(self.stored) if self.stored else ""
 
     @property
     def size(self) -> int:
@@ -156,7 +164,7 @@ class ImageMeta:
                 blobs=tuple(blobs), description=str(d.get("description") or ""),
                 source=str(d.get("source") or ""), parent=d.get("parent"),
                 vm=vm, oci=oci, repo=repo,
-                image_id=ID_PREFIX + sha256_hex(data),
+                stored=data,
             )
         except (ValueError, KeyError, TypeError) as err:
             raise Corrupt(f"{where}: invalid image metadata ({err})",

@@ -22,6 +22,9 @@ AGREE = [
     ["run", "img", "--runtime", "x"],  # after the image: the app's arguments
     ["--debug", "-v", "-v", "--system-config", "/s", "--user-config=/u", "run", "img"],
     ["-q", "run", "img"],
+    ["run", "--register-mds=false", "img", "--", "true"],
+    ["run", "--register-mds", "No", "--annotation", "a=1", "--annotation=b=2", "img"],
+    ["run", "--register-mds", " on ", "img"],
 ]
 
 #: command lines click must parse (help, other commands, options not known to fastrun)
@@ -39,6 +42,8 @@ STEP_ASIDE = [
     ["run", "--root=1", "img"],
     ["run", "--", "img"],
     ["run", "--no-such-option", "img"],
+    ["run", "--register-mds=maybe", "img"],
+    ["run", "--register-mds"],
     ["pod", "list"],
     ["image", "list"],
     ["--system-config", "/s", "image", "list"],
