@@ -1,0 +1,201 @@
+"""The copy tree of a cold ``pcocc run -N`` (pcocc/ctr/fanout.py), the layer stream that
+verifies what arrives (pcocc/repo/cachelayers.py), LRU eviction that never removes an entry
+in use, and the cache settings (repos.yaml ``cache.max-size``, ``cache.shared``)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import time
+
+import pytest
+
+from pcocc.config import load_config
+from pcocc.ctr import fanout
+from pcocc.errors import Busy, Corrupt, NotFound, TimedOut
+from pcocc.repo.cache import ContainerCache
+from pcocc.repo.cachelayers import LAYERS_DIR, layer_file, receive_layers, send_layers
+from pcocc.repo.model import OciImage
+
+# --- the tree -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [
+        (1, {0: []}),
+        (2, {0: [1], 1: []}),
+        (3, {0: [1, 2], 1: [], 2: []}),
+        (4, {0: [1, 2], 1: [3], 2: [], 3: []}),
+        (7, {0: [1, 2], 1: [3, 4], 2: [5, 6], 3: [], 4: [], 5: [], 6: []}),
+    ],
+)
+def test_plan_small(n, expected):
+    assert fanout.plan(n) == expected
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 17, 64, 1024])
+def test_plan_reaches_every_node_once_with_at_most_two_sends(n):
+    plan = fanout.plan(n)
+    received = [r for rs in plan.values() for r in rs]
+    assert sorted(received) == list(range(1, n))  # each node but 0 gets it exactly once
+    assert all(len(rs) <= 2 for rs in plan.values())
+    for i in range(1, n):
+        assert i in plan[fanout.parent_index(i)]
+        assert fanout.parent_index(i) < i  # a sender is served before it sends
+    assert fanout.parent_index(0) is None
+    assert max(fanout.hops(i) for i in range(n)) == (n.bit_length() - 1)
+
+
+def test_from_env_only_for_node_local_caches_of_multi_node_steps():
+    env = {"SLURM_JOB_ID": "12", "SLURM_NODEID": "2", "SLURM_STEP_NUM_NODES": "4",
+           "SLURM_STEP_NODELIST": "n[1-4]"}  # fmt: skip
+    fan = fanout.from_env(env)
+    assert (fan.job_id, fan.index, fan.count, fan.nodelist) == ("12", 2, 4, "n[1-4]")
+    assert fanout.from_env(env, shared=True) is None
+    assert fanout.from_env({**env, "SLURM_STEP_NUM_NODES": "1"}) is None
+    assert fanout.from_env({k: v for k, v in env.items() if k != "SLURM_JOB_ID"}) is None
+    assert fanout.from_env({}) is None
+
+
+def test_send_argv_targets_one_node_of_the_job_with_the_layers_in_order():
+    fan = fanout.Fanout("12", 3, 4, "n[1-4]", ["n1", "n2", "n3", "n4"])
+    image = _image([b"a"])
+    argv = fanout.send_argv(fan, "n2", "dir", image, [image.manifest["layers"][0]["digest"]])
+    assert argv[:7] == ["srun", "--jobid=12", "--overlap", "--nodes=1", "--ntasks=1",
+                        "--nodelist=n2", "--input=none"]  # fmt: skip
+    assert argv[-4:] == ["cache-send", "dir", image.manifest_digest,
+                         image.manifest["layers"][0]["digest"]]  # fmt: skip
+
+
+# --- the layer stream -----------------------------------------------------------------------
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _image(blobs: list[bytes]) -> OciImage:
+    layers = [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": _digest(b),
+               "size": len(b)} for b in blobs]  # fmt: skip
+    manifest = {"schemaVersion": 2, "layers": layers}
+    return OciImage(_digest(json.dumps(manifest).encode()), manifest, {})
+
+
+def test_received_layers_are_verified(tmp_path):
+    blobs = [b"first layer", b"second layer"]
+    image = _image(blobs)
+    receive_layers(io.BytesIO(b"".join(blobs)), image, tmp_path / "ok", "test")
+    for b in blobs:
+        assert layer_file(tmp_path / "ok", _digest(b)).read_bytes() == b
+    # same sizes, one byte changed: refused, and the bad blob is not kept
+    with pytest.raises(Corrupt, match="another digest"):
+        receive_layers(io.BytesIO(b"first layer" + b"Second layer"), image, tmp_path / "bad", "t")
+    assert not layer_file(tmp_path / "bad", _digest(blobs[1])).exists()
+    with pytest.raises(Corrupt, match="early"):
+        receive_layers(io.BytesIO(b"first layer"), image, tmp_path / "short", "t")
+    with pytest.raises(Corrupt, match="more data"):
+        receive_layers(io.BytesIO(b"".join(blobs) + b"x"), image, tmp_path / "long", "t")
+
+
+def test_sent_stream_is_what_the_receiver_reads(tmp_path):
+    blobs = [b"one", b"two"]
+    image = _image(blobs)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for b in blobs:
+        layer_file(kept, _digest(b)).write_bytes(b)
+    out = io.BytesIO()
+    assert send_layers(kept, [_digest(b) for b in blobs], out) == 6
+    receive_layers(io.BytesIO(out.getvalue()), image, tmp_path / "got", "test")
+
+
+def test_serve_waits_for_the_entry_and_refuses_one_without_layers(tmp_path):
+    cache = ContainerCache(tmp_path / "cache")
+    image = _image([b"x"])
+    with pytest.raises(TimedOut):
+        fanout.serve(cache, "dir", image.manifest_digest, [_digest(b"x")], io.BytesIO(), 0.1)
+    entry = _fake_entry(cache, image.manifest_digest, 10, time.time())
+    with pytest.raises(NotFound, match="keeps no layer"):
+        fanout.serve(cache, "dir", image.manifest_digest, [_digest(b"x")], io.BytesIO(), 1)
+    (entry / LAYERS_DIR).mkdir()
+    layer_file(entry / LAYERS_DIR, _digest(b"x")).write_bytes(b"x")
+    out = io.BytesIO()
+    fanout.serve(cache, "dir", image.manifest_digest, [_digest(b"x")], out, 1)
+    assert out.getvalue() == b"x"
+
+
+# --- LRU eviction and leases ----------------------------------------------------------------
+
+
+def _fake_entry(cache: ContainerCache, digest: str, size: int, used: float):
+    """A complete entry as prepare() leaves it (no unpacking: tests/unit starts nothing)."""
+    cache._init()
+    entry = cache.entries_dir / f"dir-{digest.split(':')[1]}"
+    (entry / "rootfs").mkdir(parents=True)
+    (entry / "meta.json").write_text(json.dumps(
+        {"digest": digest, "mode": "dir", "size_bytes": size, "created": used}))  # fmt: skip
+    (entry / "last-use").touch()
+    os.utime(entry / "last-use", (used, used))
+    return entry
+
+
+def test_eviction_is_lru_and_skips_an_entry_in_use(tmp_path):
+    cache = ContainerCache(tmp_path / "cache", max_size_bytes=250)
+    now = time.time()
+    digests = [_digest(bytes([i])) for i in range(4)]
+    entries = [_fake_entry(cache, d, 100, now - 100 + i) for i, d in enumerate(digests)]
+    with cache.lease(entries[0].name):  # the oldest runs a container
+        removed = cache.evict()
+        # 400 bytes > 250: the oldest is held, so the next two least recent go
+        assert [e.digest for e in removed] == digests[1:3]
+        assert entries[0].is_dir() and entries[3].is_dir()
+        with pytest.raises(Busy):
+            cache.delete(digests[0])
+        assert entries[0].is_dir()
+    cache.max_size_bytes = 150  # released: the oldest is evictable again
+    assert [e.digest for e in cache.evict()] == [digests[0]]
+
+
+def test_prepare_holds_the_lease_for_as_long_as_asked(tmp_path):
+    cache = ContainerCache(tmp_path / "cache", max_size_bytes=1)
+    image = _image([b"x"])
+    entry = _fake_entry(cache, image.manifest_digest, 100, time.time())
+    with contextlib.ExitStack() as pod:
+        payload = cache.prepare(image, lambda d: tmp_path / "unused", lease=pod)
+        assert payload == entry / "rootfs"
+        assert cache.evict() == [] and entry.is_dir()
+    assert [e.digest for e in cache.evict()] == [image.manifest_digest]
+
+
+def test_gc_keeps_the_lock_files_of_an_entry_in_use(tmp_path):
+    cache = ContainerCache(tmp_path / "cache")
+    cache._init()
+    key = "dir-" + "a" * 64  # being received: no entry yet, its lease held
+    with cache.lease(key):
+        cache.gc()
+        assert (cache.locks_dir / f"{key}.use").exists()
+    cache.gc()
+    assert not (cache.locks_dir / f"{key}.use").exists()
+
+
+# --- settings -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "size", "shared"),
+    [
+        ("", 20 * 2**30, False),  # no cache section: the defaults
+        ("cache: {path: /c}\n", 20 * 2**30, False),
+        ("cache: {path: /c, max-size: 5G, shared: true}\n", 5 * 2**30, True),
+        ("cache: {path: /c, max-size: 0}\n", None, False),  # 0: no limit
+    ],
+)
+def test_cache_settings(pcocc_env, text, size, shared):
+    (pcocc_env["system"] / "repos.yaml").write_text(text)
+    cfg = load_config(pcocc_env["system"], pcocc_env["user"])
+    assert (cfg.cache.max_size_bytes, cfg.cache.shared) == (size, shared)
+    assert ContainerCache.from_config(cfg.cache).max_size_bytes == size
