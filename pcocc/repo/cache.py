@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import functools
 import json
 import logging
@@ -47,7 +46,7 @@ from pcocc.errors import Busy, NotFound, UsageError
 from pcocc.fsutil import fsync_dir, locked, os_error, write_atomic
 from pcocc.repo.cachelayers import LAYERS_DIR, layer_file
 from pcocc.repo.cachelayers import keep_layers as keep_layers_of
-from pcocc.repo.cachefiles import disk_usage, rmtree_forced
+from pcocc.repo.cachefiles import disk_usage, rmtree_forced, unheld
 from pcocc.repo.digest import PREFIX, digest_hex, is_digest
 from pcocc.repo.model import OciImage, Progress, no_progress
 
@@ -232,6 +231,7 @@ class ContainerCache:
 
         from pcocc.repo.unpack import unpack_image  # the cold path only
 
+        t0 = time.monotonic()
         work = self.tmp_dir / f"{entry.name}.{os.getpid()}.{secrets.token_hex(4)}"
         work.mkdir(mode=0o755)
         try:
@@ -276,6 +276,7 @@ class ContainerCache:
                 log.debug("cache entry %s appeared meanwhile; using it", entry.name)
                 rmtree_forced(work)
             fsync_dir(self.entries_dir)
+            log.info("cache: prepared %s in %.2f s", entry.name, time.monotonic() - t0)
             progress(image.size, image.size)
         except BaseException:
             rmtree_forced(work)
@@ -390,7 +391,7 @@ class ContainerCache:
 
     def _is_free(self, key: str) -> bool:
         """True when no process builds, receives or uses (leases) entry ``key``."""
-        return all(_unheld(self.locks_dir / f"{key}{suffix}") for suffix in LOCK_SUFFIXES)
+        return all(unheld(self.locks_dir / f"{key}{suffix}") for suffix in LOCK_SUFFIXES)
 
     def _try_remove(self, e: CacheEntry) -> bool:
         if not self._is_free(e.path.name):
@@ -414,21 +415,6 @@ class ContainerCache:
         except OSError as err:
             raise os_error(err, f"cannot remove {path} from the container cache") from err
         rmtree_forced(doomed)
-
-
-def _unheld(path: Path) -> bool:
-    """True when no process holds an flock on ``path`` (or it does not exist)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
 
 
 def resolve_prefix(cache: ContainerCache, text: str) -> str:

@@ -1,9 +1,10 @@
 """File helpers of the container cache: deleting a tree a non-root unpack left read-only,
-and the disk usage of an entry."""
+the disk usage of an entry, whether a lock file is held."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -44,3 +45,18 @@ def disk_usage(path: Path) -> int:
                 seen.add((s.st_dev, s.st_ino))
             total += s.st_blocks * 512
     return total
+
+
+def unheld(path: Path) -> bool:
+    """True when no process holds an flock on ``path`` (or it does not exist)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
