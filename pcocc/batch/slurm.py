@@ -99,11 +99,11 @@ def srun_argv(
 
 def srun_one_argv(job_id: str, node: str, argv: Sequence[str]) -> list[str]:
     """``srun`` starting one task of ``argv`` on ``node``, from inside a running step of job
-    ``job_id`` (``--overlap``: it shares the resources that step holds). Its standard
-    input is closed and its standard output is the task's, byte for byte."""
+    ``job_id`` (``--overlap``: it shares the resources that step holds); srun's standard
+    input reaches the task."""
     return [
         "srun", f"--jobid={job_id}", "--overlap", "--nodes=1", "--ntasks=1",
-        f"--nodelist={node}", "--input=none", "--", *argv,
+        f"--nodelist={node}", "--", *argv,
     ]  # fmt: skip
 
 

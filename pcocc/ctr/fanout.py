@@ -8,12 +8,13 @@ the image's layer blobs from the repository (once) and keeps them in its cache e
 than twice, so a cold start on N nodes costs about one repository read plus that many
 copies between nodes instead of N concurrent reads of the repository.
 
-Transport: node ``i``'s task pulls, with ``srun --jobid=JOB --overlap --nodelist=PARENT
-pcocc internal cache-send ...``, and reads the layers from srun's standard output. Nothing
-listens: srun's channel is Slurm's own (munge-authenticated; only the job's owner starts
-steps in it), the sender reads the user's private cache, and the receiver trusts none of
-the bytes: each blob must have the size and sha256 that the manifest of its own repository
-gives (:mod:`pcocc.repo.cachelayers`). When the parent cannot send (its entry holds no
+Transport: node ``i``'s task starts the sender with ``srun --jobid=JOB --overlap
+--nodelist=PARENT pcocc internal cache-send ...`` (Slurm's authenticated channel: only the
+job's owner starts steps in it) and hands it, on the step's standard input, the address,
+port and one-time token of a TCP port it listens on; the sender connects back and writes
+the layers (:mod:`pcocc.ctr.fanoutnet`). The receiver trusts none of the bytes: each blob
+must have the size and sha256 that the manifest of its own repository gives
+(:mod:`pcocc.repo.cachelayers`). When the parent cannot send (its entry holds no
 layers, a failure, a blob that does not verify), the node reads the repository itself,
 with a warning: slower, never wrong.
 
@@ -31,11 +32,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 from pcocc import proc
 from pcocc.errors import NotFound, PcoccError, TimedOut
-from pcocc.repo.cachelayers import LAYERS_DIR, image_layers, receive_layers, send_layers
+from pcocc.repo.cachelayers import (
+    LAYERS_DIR, image_layers, layer_file, receive_layers, send_layers,
+)  # fmt: skip
 from pcocc.repo.model import OciImage
 
 log = logging.getLogger(__name__)
@@ -140,36 +142,61 @@ def fetcher(fan: Fanout, image: OciImage, mode: str) -> Callable[[Path], bool]:
 
 
 def _pull(argv: list[str], image: OciImage, dest: Path, label: str) -> float:
-    """Receive the layers from ``argv``'s output; returns when the first byte came."""
-    with tempfile.TemporaryFile() as errors:
-        p = proc.spawn(argv, stdout=subprocess.PIPE, stderr=errors)
-        assert p.stdout is not None
-        first = time.monotonic()
-        try:
-            if p.stdout.peek(1):
-                first = time.monotonic()
-            receive_layers(p.stdout, image, dest, label)
-        except BaseException:
-            p.kill()
-            p.wait()
-            raise
-        finally:
-            p.stdout.close()
-        if p.wait() != 0:
-            errors.seek(0)
-            tail = errors.read().decode(errors="replace").strip().splitlines()[-1:]
-            raise PcoccError(f"{label}: the sender failed ({'; '.join(tail) or p.returncode})")
+    """Start the sender, receive the layers on its connection; returns when the data began."""
+    from pcocc.ctr.fanoutnet import Listener
+
+    listener = Listener(receiver_address())
+    try:
+        with tempfile.TemporaryFile() as errors:
+            p = proc.spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
+            assert p.stdin is not None
+            try:
+                p.stdin.write(listener.offer())
+                p.stdin.close()
+                with listener.accept(p.poll, SEND_WAIT_S + 60) as conn, conn.makefile("rb") as stream:
+                    first = time.monotonic()
+                    receive_layers(stream, image, dest, label)
+            except BaseException:
+                p.kill()
+                p.wait()
+                errors.seek(0)
+                log.debug("sender's messages: %s", errors.read().decode(errors="replace"))
+                raise
+            if p.wait() != 0:
+                errors.seek(0)
+                tail = errors.read().decode(errors="replace").strip().splitlines()[-1:]
+                raise PcoccError(f"{label}: the sender failed ({'; '.join(tail) or p.returncode})")
+    except OSError as err:
+        raise PcoccError(f"{label}: {err}") from err
+    finally:
+        listener.close()
     return first
 
 
+def receiver_address() -> str:
+    """The address of this node that the job's other nodes reach (as for the job's etcd:
+    the one that routes to the Slurm controller, or ``$PCOCC_NODE_ADDRESS``)."""
+    from pcocc.batch.slurm import parse_controller_hosts, show_config_argv
+    from pcocc.netaddr import ADDRESS_VAR, reachable_address
+
+    override = os.environ.get(ADDRESS_VAR)
+    hosts: list[str] = []
+    if not override:
+        res = proc.run(show_config_argv(), check=False, timeout_s=60)
+        hosts = parse_controller_hosts(res.stdout) if res.returncode == 0 else []
+    return reachable_address(hosts, override)
+
+
 def serve(cache, mode: str, manifest_digest: str, digests: list[str],
-          out: BinaryIO | None = None, wait_s: float = SEND_WAIT_S) -> int:
-    """``pcocc internal cache-send``: wait until this node's entry is complete, then write
-    its kept layers ``digests`` to ``out`` (stdout); returns the bytes sent.
+          offer: str | None = None, wait_s: float = SEND_WAIT_S) -> int:
+    """``pcocc internal cache-send``: wait until this node's entry is complete, then send
+    its kept layers ``digests`` to the receiver of ``offer`` (its line on our standard
+    input, see :mod:`pcocc.ctr.fanoutnet`); returns the bytes sent.
 
     :raise NotFound: the entry keeps no layers (prepared by a single-node run)
     :raise TimedOut: the entry did not appear within ``wait_s``
     """
+    from pcocc.ctr.fanoutnet import connect, parse_offer
     from pcocc.repo.cache import _key
     from pcocc.repo.digest import is_digest
 
@@ -177,6 +204,7 @@ def serve(cache, mode: str, manifest_digest: str, digests: list[str],
     bad = [d for d in digests if not is_digest(d)]
     if bad:
         raise NotFound(f"'{bad[0]}' is not a layer digest")
+    address, port, token = parse_offer(offer if offer is not None else sys.stdin.readline(200))
     entry = cache.entries_dir / key
     deadline = time.monotonic() + wait_s
     while not (entry / "meta.json").is_file():
@@ -184,10 +212,12 @@ def serve(cache, mode: str, manifest_digest: str, digests: list[str],
             raise TimedOut(f"cache entry {key} did not appear within {wait_s:g} s")
         time.sleep(_POLL_S)
     with cache.lease(key):
-        try:
-            return send_layers(entry / LAYERS_DIR, digests, out or sys.stdout.buffer)
-        except FileNotFoundError:
-            raise NotFound(f"cache entry {key} keeps no layer blobs to send") from None
+        layers = entry / LAYERS_DIR
+        missing = [d for d in digests if not layer_file(layers, d).is_file()]
+        if missing:
+            raise NotFound(f"cache entry {key} keeps no layer blobs to send")
+        with connect(address, port, token) as sock, sock.makefile("wb") as out:
+            return send_layers(layers, digests, out)
 
 
 __all__ = ["Fanout", "children", "fetcher", "from_env", "hops", "parent_index", "plan", "serve"]

@@ -180,6 +180,7 @@ class ContainerCache:
         key = _key(image.manifest_digest, mode)
         entry = self.entries_dir / key
         lock = self.locks_dir / f"{key}.lock"
+        received = None
         with contextlib.ExitStack() as stack:
             if fetch is not None:
                 # Received outside the build lock, which a shared cache may see taken by
@@ -187,28 +188,26 @@ class ContainerCache:
                 stack.enter_context(locked(self.locks_dir / f"{key}.pull", wait_s=None,
                                            what=f"cache entry {key}"))
                 if not (entry / "meta.json").is_file():
-                    blob_path = self._fetched(stack, key, fetch) or blob_path
+                    received = self._fetched(stack, key, fetch)
             with locked(lock, wait_s=None, what=f"cache entry {key}"):
                 if (entry / "meta.json").is_file():
                     self._touch(entry)
                     return
                 self._build(image, blob_path, mode, entry, progress,
-                            keep_layers or fetch is not None)
+                            keep_layers or fetch is not None, received)
         if self.max_size_bytes is not None:
             self.evict(keep={key})
 
     def _fetched(
         self, stack: contextlib.ExitStack, key: str, fetch: Callable[[Path], bool]
-    ) -> Callable[[str], Path] | None:
-        """Layers received by ``fetch`` into a directory of tmp/ (removed on exit)."""
+    ) -> Path | None:
+        """The directory of tmp/ where ``fetch`` received the layers (removed on exit)."""
         import secrets
 
         got = self.tmp_dir / f"{key}.{os.getpid()}.{secrets.token_hex(4)}.recv"
         got.mkdir(mode=0o700)
         stack.callback(rmtree_forced, got)
-        if not fetch(got):
-            return None
-        return lambda digest: layer_file(got, digest)
+        return got if fetch(got) else None
 
     def _build(
         self,
@@ -218,6 +217,7 @@ class ContainerCache:
         entry: Path,
         progress: Progress,
         keep_layers: bool = False,
+        received: Path | None = None,
     ) -> None:
         # We hold the entry's exclusive lock, as every builder does: a build directory of
         # this entry left in tmp/ is a killed build's, and the build that takes over
@@ -238,7 +238,10 @@ class ContainerCache:
             rootfs = work / "rootfs"
             rootfs.mkdir(mode=0o755)
             progress(0, image.size)
-            if keep_layers:  # one read of each repository blob, then only local copies
+            if received is not None:  # verified on arrival: kept as they are
+                os.rename(received, work / LAYERS_DIR)
+                blob_path = functools.partial(layer_file, work / LAYERS_DIR)
+            elif keep_layers:  # one read of each repository blob, then only local copies
                 keep_layers_of(image, blob_path, work / LAYERS_DIR)
                 blob_path = functools.partial(layer_file, work / LAYERS_DIR)
             unpack_image(image, blob_path, rootfs)

@@ -9,12 +9,15 @@ import hashlib
 import io
 import json
 import os
+import socket
+import threading
 import time
 
 import pytest
 
 from pcocc.config import load_config
-from pcocc.ctr import fanout
+from pcocc import errors
+from pcocc.ctr import fanout, fanoutnet
 from pcocc.errors import Busy, Corrupt, NotFound, TimedOut
 from pcocc.repo.cache import ContainerCache
 from pcocc.repo.cachelayers import LAYERS_DIR, layer_file, receive_layers, send_layers
@@ -65,8 +68,8 @@ def test_send_argv_targets_one_node_of_the_job_with_the_layers_in_order():
     fan = fanout.Fanout("12", 3, 4, "n[1-4]", ["n1", "n2", "n3", "n4"])
     image = _image([b"a"])
     argv = fanout.send_argv(fan, "n2", "dir", image, [image.manifest["layers"][0]["digest"]])
-    assert argv[:7] == ["srun", "--jobid=12", "--overlap", "--nodes=1", "--ntasks=1",
-                        "--nodelist=n2", "--input=none"]  # fmt: skip
+    assert argv[:6] == ["srun", "--jobid=12", "--overlap", "--nodes=1", "--ntasks=1",
+                        "--nodelist=n2"]  # fmt: skip
     assert argv[-4:] == ["cache-send", "dir", image.manifest_digest,
                          image.manifest["layers"][0]["digest"]]  # fmt: skip
 
@@ -116,16 +119,59 @@ def test_sent_stream_is_what_the_receiver_reads(tmp_path):
 def test_serve_waits_for_the_entry_and_refuses_one_without_layers(tmp_path):
     cache = ContainerCache(tmp_path / "cache")
     image = _image([b"x"])
+    offer = f"127.0.0.1 9 {'0' * 64}"
     with pytest.raises(TimedOut):
-        fanout.serve(cache, "dir", image.manifest_digest, [_digest(b"x")], io.BytesIO(), 0.1)
+        fanout.serve(cache, "dir", image.manifest_digest, [_digest(b"x")], offer, 0.1)
     entry = _fake_entry(cache, image.manifest_digest, 10, time.time())
     with pytest.raises(NotFound, match="keeps no layer"):
-        fanout.serve(cache, "dir", image.manifest_digest, [_digest(b"x")], io.BytesIO(), 1)
+        fanout.serve(cache, "dir", image.manifest_digest, [_digest(b"x")], offer, 1)
+    with pytest.raises(Corrupt, match="offer"):
+        fanout.serve(cache, "dir", image.manifest_digest, [_digest(b"x")], "1.2.3.4 99", 1)
+
+
+def _served(tmp_path, blobs: list[bytes]):
+    """A cache entry keeping ``blobs`` as layers, and a listener waiting for them."""
+    cache = ContainerCache(tmp_path / "cache")
+    image = _image(blobs)
+    entry = _fake_entry(cache, image.manifest_digest, 10, time.time())
     (entry / LAYERS_DIR).mkdir()
-    layer_file(entry / LAYERS_DIR, _digest(b"x")).write_bytes(b"x")
-    out = io.BytesIO()
-    fanout.serve(cache, "dir", image.manifest_digest, [_digest(b"x")], out, 1)
-    assert out.getvalue() == b"x"
+    for b in blobs:
+        layer_file(entry / LAYERS_DIR, _digest(b)).write_bytes(b)
+    return cache, image, fanoutnet.Listener("127.0.0.1")
+
+
+def test_layers_go_over_the_token_connection_and_verify(tmp_path):
+    blobs = [b"one", b"two"]
+    cache, image, listener = _served(tmp_path, blobs)
+    sender = threading.Thread(target=fanout.serve, args=(
+        cache, "dir", image.manifest_digest, [_digest(b) for b in blobs],
+        listener.offer().decode()))  # fmt: skip
+    sender.start()
+    with listener.accept(lambda: None, 10) as conn, conn.makefile("rb") as stream:
+        receive_layers(stream, image, tmp_path / "got", "test")
+    sender.join()
+    listener.close()
+    assert layer_file(tmp_path / "got", _digest(b"two")).read_bytes() == b"two"
+
+
+def test_a_connection_without_the_token_is_dropped(tmp_path):
+    cache, image, listener = _served(tmp_path, [b"one"])
+    intruder = socket.create_connection(("127.0.0.1", listener.port))
+    intruder.sendall(b"f" * 64 + b"one")  # a wrong token, then data
+    sender = threading.Thread(target=fanout.serve, args=(
+        cache, "dir", image.manifest_digest, [_digest(b"one")], listener.offer().decode()))
+    sender.start()
+    with listener.accept(lambda: None, 10) as conn, conn.makefile("rb") as stream:
+        receive_layers(stream, image, tmp_path / "got", "test")  # the sender's, not the intruder's
+    sender.join()
+    try:  # closed on the intruder (reset: its data was never read)
+        assert intruder.recv(1) == b""
+    except ConnectionResetError:
+        pass
+    intruder.close()
+    with pytest.raises(errors.PcoccError, match="without connecting"):
+        listener.accept(lambda: 3, 10)
+    listener.close()
 
 
 # --- LRU eviction and leases ----------------------------------------------------------------
@@ -199,3 +245,66 @@ def test_cache_settings(pcocc_env, text, size, shared):
     cfg = load_config(pcocc_env["system"], pcocc_env["user"])
     assert (cfg.cache.max_size_bytes, cfg.cache.shared) == (size, shared)
     assert ContainerCache.from_config(cfg.cache).max_size_bytes == size
+
+
+# --- prepare with layers from another node --------------------------------------------------
+
+
+def _tar_layer(files: dict[str, bytes]) -> bytes:
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _repo(tmp_path, blobs: list[bytes]):
+    """Blobs in a directory, and a blob_path that records every blob asked for."""
+    store = tmp_path / "repo"
+    store.mkdir()
+    for b in blobs:
+        (store / _digest(b).split(":")[1]).write_bytes(b)
+    asked: list[str] = []
+
+    def blob_path(digest: str):
+        asked.append(digest)
+        return store / digest.split(":")[1]
+
+    return blob_path, asked
+
+
+def test_received_layers_build_the_entry_without_the_repository(tmp_path):
+    layer = _tar_layer({"hello": b"from the parent\n"})
+    image = _image([layer])
+    blob_path, asked = _repo(tmp_path, [layer])
+    cache = ContainerCache(tmp_path / "cache")
+
+    def fetch(dest):
+        receive_layers(io.BytesIO(layer), image, dest, "test")
+        return True
+
+    rootfs = cache.prepare(image, blob_path, fetch=fetch)
+    assert (rootfs / "hello").read_bytes() == b"from the parent\n"
+    assert asked == []  # the repository was not read
+    kept = rootfs.parent / LAYERS_DIR
+    assert layer_file(kept, _digest(layer)).read_bytes() == layer  # it can serve others
+    assert not list(cache.tmp_dir.iterdir())
+
+
+def test_a_node_whose_parent_cannot_send_reads_the_repository(tmp_path):
+    layer = _tar_layer({"hello": b"from the repository\n"})
+    image = _image([layer])
+    blob_path, asked = _repo(tmp_path, [layer])
+    cache = ContainerCache(tmp_path / "cache")
+    rootfs = cache.prepare(image, blob_path, fetch=lambda dest: False)
+    assert (rootfs / "hello").read_bytes() == b"from the repository\n"
+    assert asked == [_digest(layer)]
+    assert layer_file(rootfs.parent / LAYERS_DIR, _digest(layer)).read_bytes() == layer
+    # an entry already there: no fetch, no read
+    asked.clear()
+    assert cache.prepare(image, blob_path, fetch=lambda dest: pytest.fail("fetched")) == rootfs
+    assert asked == []

@@ -84,7 +84,7 @@ def test_cold_run_reads_the_repository_once_then_moves_nothing(
     blobs = [repo.blob_path(d) for d in layers]
 
     counter = OpenCounter(blobs)
-    res = pcocc(pcocc_bin, "-v", "run", "-N", "4", "busy", "--", "cat", "/etc/hostname",
+    res = pcocc(pcocc_bin, "-v", "run", "-N", "4", "busy", "--", "hostname",
                 check=0, timeout=300)  # fmt: skip
     opens = counter.close()
     assert sorted(res.stdout.split()) == NODES
