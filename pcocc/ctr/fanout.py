@@ -206,18 +206,19 @@ def serve(cache, mode: str, manifest_digest: str, digests: list[str],
         raise NotFound(f"'{bad[0]}' is not a layer digest")
     address, port, token = parse_offer(offer if offer is not None else sys.stdin.readline(200))
     entry = cache.entries_dir / key
+    # the layers are published before the entry is unpacked, then kept in it
+    dirs = [cache.staged_layers(key), entry / LAYERS_DIR]
     deadline = time.monotonic() + wait_s
-    while not (entry / "meta.json").is_file():
+    while not dirs[0].is_dir() and not (entry / "meta.json").is_file():
         if time.monotonic() >= deadline:
             raise TimedOut(f"cache entry {key} did not appear within {wait_s:g} s")
         time.sleep(_POLL_S)
     with cache.lease(key):
-        layers = entry / LAYERS_DIR
-        missing = [d for d in digests if not layer_file(layers, d).is_file()]
+        missing = [d for d in digests if not any(layer_file(x, d).is_file() for x in dirs)]
         if missing:
             raise NotFound(f"cache entry {key} keeps no layer blobs to send")
         with connect(address, port, token) as sock, sock.makefile("wb") as out:
-            return send_layers(layers, digests, out)
+            return send_layers(dirs, digests, out)
 
 
 __all__ = ["Fanout", "children", "fetcher", "from_env", "hops", "parent_index", "plan", "serve"]

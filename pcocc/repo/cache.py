@@ -11,7 +11,8 @@ Layout below the cache directory (``repos.yaml: cache.path``)::
     locks/<mode>-<hex>.lock    held (exclusive) while an entry is being built
     locks/<mode>-<hex>.use     held (shared) while an entry is in use: a lease
     locks/<mode>-<hex>.pull    held while this node receives the entry's layers
-    tmp/                       builds in progress, received layers, entries being deleted
+    tmp/                       builds in progress, received layers, entries being deleted,
+        <mode>-<hex>.layers/   an entry's layers, sent to other nodes while it is unpacked
     lock                       held for short index changes (eviction, deletion)
 
 The cache directory of a user is private (0700, :func:`pcocc.paths.data_dir`), and layers
@@ -44,7 +45,7 @@ from pathlib import Path
 from pcocc import paths, proc
 from pcocc.errors import Busy, NotFound, UsageError
 from pcocc.fsutil import fsync_dir, locked, os_error, write_atomic
-from pcocc.repo.cachelayers import LAYERS_DIR, layer_file
+from pcocc.repo.cachelayers import LAYERS_DIR, layer_file, publish_layers
 from pcocc.repo.cachelayers import keep_layers as keep_layers_of
 from pcocc.repo.cachefiles import disk_usage, rmtree_forced, unheld
 from pcocc.repo.digest import PREFIX, digest_hex, is_digest
@@ -244,6 +245,8 @@ class ContainerCache:
             elif keep_layers:  # one read of each repository blob, then only local copies
                 keep_layers_of(image, blob_path, work / LAYERS_DIR)
                 blob_path = functools.partial(layer_file, work / LAYERS_DIR)
+            if keep_layers or received is not None:  # other nodes may copy them meanwhile
+                publish_layers(work / LAYERS_DIR, self.staged_layers(entry.name))
             unpack_image(image, blob_path, rootfs)
             if mode == "squashfs":
                 argv = [
@@ -279,11 +282,18 @@ class ContainerCache:
                 log.debug("cache entry %s appeared meanwhile; using it", entry.name)
                 rmtree_forced(work)
             fsync_dir(self.entries_dir)
+            rmtree_forced(self.staged_layers(entry.name))  # the entry's own copy serves now
             log.info("cache: prepared %s in %.2f s", entry.name, time.monotonic() - t0)
             progress(image.size, image.size)
         except BaseException:
             rmtree_forced(work)
+            rmtree_forced(self.staged_layers(entry.name))
             raise
+
+    def staged_layers(self, key: str) -> Path:
+        """Where the verified layers of entry ``key`` wait, while it is being unpacked, for
+        the nodes that copy them (:func:`pcocc.repo.cachelayers.publish_layers`)."""
+        return self.tmp_dir / f"{key}.layers"
 
     def _touch(self, entry: Path) -> None:
         try:

@@ -88,14 +88,38 @@ def receive_layers(stream: BinaryIO, image: OciImage, layers_dir: Path, label: s
         raise Corrupt(f"{label}: more data than the layers of image {image.manifest_digest}")
 
 
-def send_layers(layers_dir: Path, digests: list[str], out: BinaryIO) -> int:
-    """Write the kept blobs ``digests`` (in that order) to ``out``; returns the bytes sent.
+def publish_layers(layers_dir: Path, staged: Path) -> None:
+    """Make the complete ``layers_dir`` visible at ``staged`` (hard links, then a rename:
+    the directory appears complete or not at all), for senders to start before the entry
+    is unpacked."""
+    from pcocc.repo.cachefiles import rmtree_forced
 
-    :raise FileNotFoundError: a blob is not kept in ``layers_dir``
+    rmtree_forced(staged)  # a killed build's
+    work = staged.with_name(f"{staged.name}.{os.getpid()}")
+    rmtree_forced(work)
+    work.mkdir(mode=0o700)
+    for f in layers_dir.iterdir():
+        os.link(f, work / f.name)
+    os.rename(work, staged)
+
+
+def send_layers(dirs: list[Path], digests: list[str], out: BinaryIO) -> int:
+    """Write the kept blobs ``digests`` (in that order) to ``out``, each from the first of
+    ``dirs`` that has it; returns the bytes sent.
+
+    :raise FileNotFoundError: a blob is in none of ``dirs``
     """
     sent = 0
     for digest in digests:
-        with open(layer_file(layers_dir, digest), "rb") as src:
+        for d in dirs:
+            try:
+                src = open(layer_file(d, digest), "rb")  # noqa: SIM115 - closed below
+                break
+            except FileNotFoundError:
+                continue
+        else:
+            raise FileNotFoundError(digest)
+        with src:
             while chunk := src.read(_CHUNK):
                 out.write(chunk)
                 sent += len(chunk)
@@ -114,5 +138,5 @@ def unique_layer_digests(image: OciImage) -> list[str]:
 
 __all__ = [
     "LAYERS_DIR", "copy_verified", "image_layers", "keep_layers", "layer_file",
-    "receive_layers", "send_layers", "unique_layer_digests",
+    "publish_layers", "receive_layers", "send_layers", "unique_layer_digests",
 ]  # fmt: skip

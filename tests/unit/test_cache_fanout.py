@@ -112,7 +112,7 @@ def test_sent_stream_is_what_the_receiver_reads(tmp_path):
     for b in blobs:
         layer_file(kept, _digest(b)).write_bytes(b)
     out = io.BytesIO()
-    assert send_layers(kept, [_digest(b) for b in blobs], out) == 6
+    assert send_layers([tmp_path / 'none', kept], [_digest(b) for b in blobs], out) == 6
     receive_layers(io.BytesIO(out.getvalue()), image, tmp_path / "got", "test")
 
 
@@ -308,3 +308,35 @@ def test_a_node_whose_parent_cannot_send_reads_the_repository(tmp_path):
     asked.clear()
     assert cache.prepare(image, blob_path, fetch=lambda dest: pytest.fail("fetched")) == rootfs
     assert asked == []
+
+
+def test_layers_are_published_before_the_unpack_then_served_from_the_entry(tmp_path, monkeypatch):
+    from pcocc.repo import unpack
+
+    layer = _tar_layer({"f": b"data\n"})
+    image = _image([layer])
+    blob_path, _asked = _repo(tmp_path, [layer])
+    cache = ContainerCache(tmp_path / "cache")
+    key = f"dir-{image.manifest_digest.split(':')[1]}"
+    seen = []
+    real = unpack.unpack_image
+
+    def unpack_and_look(*args):
+        out = io.BytesIO()  # a sender can serve the layers already
+        seen.append(send_layers([cache.staged_layers(key)], [_digest(layer)], out))
+        return real(*args)
+
+    monkeypatch.setattr(unpack, "unpack_image", unpack_and_look)
+    cache.prepare(image, blob_path, keep_layers=True)
+    assert seen == [len(layer)]
+    assert not cache.staged_layers(key).exists()  # gone once the entry serves
+    out = io.BytesIO()
+    offer_ok = fanoutnet.Listener("127.0.0.1")
+    sender = threading.Thread(target=fanout.serve, args=(
+        cache, "dir", image.manifest_digest, [_digest(layer)], offer_ok.offer().decode()))
+    sender.start()
+    with offer_ok.accept(lambda: None, 10) as conn, conn.makefile("rb") as stream:
+        out.write(stream.read())
+    sender.join()
+    offer_ok.close()
+    assert out.getvalue() == layer
