@@ -217,8 +217,8 @@ def serve(cache, mode: str, manifest_digest: str, digests: list[str],
         missing = [d for d in digests if not any(layer_file(x, d).is_file() for x in dirs)]
         if missing:
             raise NotFound(f"cache entry {key} keeps no layer blobs to send")
-        with connect(address, port, token) as sock, sock.makefile("wb") as out:
-            return send_layers(dirs, digests, out)
+        with connect(address, port, token) as sock:
+            return send_layers(dirs, digests, sock)
 
 
 __all__ = ["Fanout", "children", "fetcher", "from_env", "hops", "parent_index", "plan", "serve"]
