@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -80,6 +81,7 @@ class Fanout:
     count: int  #: nodes of the step
     nodelist: str  #: SLURM_STEP_NODELIST (a Slurm host list)
     _nodes: list[str] = field(default_factory=list, repr=False)
+    name: str = "node"  #: this node's (SLURMD_NODENAME)
 
     def node(self, i: int) -> str:
         """The name of the step's node ``i`` (the host list is expanded on first use)."""
@@ -103,7 +105,8 @@ def from_env(env: Mapping[str, str] | None = None, *, shared: bool = False) -> F
         return None
     if int(count) < 2:
         return None
-    return Fanout(job, int(index), int(count), nodelist)
+    name = env.get("SLURMD_NODENAME") or socket.gethostname()
+    return Fanout(job, int(index), int(count), nodelist, name=name)
 
 
 def send_argv(fan: Fanout, node: str, mode: str, image: OciImage, digests: list[str]) -> list[str]:

@@ -292,13 +292,12 @@ def prepare_rootfs(
                 said.append(True)
                 notify(f"preparing {meta.ref} in the container cache ({mode}, first use here)")
 
-        fetch = None
-        if fanout is not None:
-            from pcocc.ctr.fanout import fetcher
+        if fanout is None:
+            return cache.prepare(image, repo.blob_path, mode, progress=progress, lease=mounts)
+        from pcocc.ctr.fanout import fetcher
 
-            fetch = fetcher(fanout, image, mode)
         return cache.prepare(image, repo.blob_path, mode, progress=progress, lease=mounts,
-                             keep_layers=fanout is not None, fetch=fetch)
+                             fetch=fetcher(fanout, image, mode), node=fanout.name)
 
     payload = prepare(mode)
     if mode == "dir":

@@ -10,7 +10,7 @@ Layout below the cache directory (``repos.yaml: cache.path``)::
         layers/                the layer blobs, kept when the entry serves other nodes
     locks/<mode>-<hex>.lock    held (exclusive) while an entry is being built
     locks/<mode>-<hex>.use     held (shared) while an entry is in use: a lease
-    locks/<mode>-<hex>.pull    held while this node receives the entry's layers
+    locks/<mode>-<hex>.pull.<node>  held while that node receives the entry's layers
     tmp/                       builds in progress, received layers, entries being deleted,
         <mode>-<hex>.layers/   an entry's layers, sent to other nodes while it is unpacked
     lock                       held for short index changes (eviction, deletion)
@@ -45,7 +45,7 @@ from pathlib import Path
 from pcocc import paths, proc
 from pcocc.errors import Busy, NotFound, UsageError
 from pcocc.fsutil import fsync_dir, locked, os_error, write_atomic
-from pcocc.repo.cachelayers import LAYERS_DIR, layer_file, publish_layers
+from pcocc.repo.cachelayers import LAYERS_DIR, fetch_layers, layer_file, publish_layers
 from pcocc.repo.cachelayers import keep_layers as keep_layers_of
 from pcocc.repo.cachefiles import disk_usage, rmtree_forced, unheld
 from pcocc.repo.digest import PREFIX, digest_hex, is_digest
@@ -55,8 +55,9 @@ log = logging.getLogger(__name__)
 
 MODES = ("dir", "squashfs")
 PAYLOAD = {"dir": "rootfs", "squashfs": "rootfs.squashfs"}
-#: the locks of an entry: build (exclusive), use (shared, a lease), pull (one receiver)
-LOCK_SUFFIXES = (".lock", ".use", ".pull")
+#: the locks of an entry: build (exclusive), use (shared, a lease); receivers also take
+#: ``.pull.<node>`` (one per node: a cache that nodes share must not chain their waits)
+LOCK_SUFFIXES = (".lock", ".use")
 
 
 @dataclass
@@ -135,6 +136,7 @@ class ContainerCache:
         lease: contextlib.ExitStack | None = None,
         keep_layers: bool = False,
         fetch: Callable[[Path], bool] | None = None,
+        node: str = "node",
     ) -> Path:
         """Return the payload (rootfs directory or squashfs file) of ``image``, building it
         if needed, and record its use. After a build, evicts least recently used entries
@@ -147,6 +149,7 @@ class ContainerCache:
         :param fetch: when the entry is missing, called with an empty directory to fill
             with the image's verified layer blobs from elsewhere (another node); it returns
             False to read the repository instead. Implies ``keep_layers``.
+        :param node: the name of this node (with ``fetch``: one receiver per node)
         """
         key = _key(image.manifest_digest, mode)
         self._init()
@@ -156,7 +159,8 @@ class ContainerCache:
             if (entry / "meta.json").is_file():
                 self._touch(entry)
             else:
-                self._prepare_missing(image, blob_path, mode, progress, keep_layers, fetch)
+                self._prepare_missing(image, blob_path, mode, progress, keep_layers, fetch,
+                                      node)
             if lease is not None:
                 lease.push(held.pop_all())
         return entry / PAYLOAD[mode]
@@ -181,19 +185,15 @@ class ContainerCache:
         progress: Progress,
         keep_layers: bool,
         fetch: Callable[[Path], bool] | None,
+        node: str,
     ) -> None:
         key = _key(image.manifest_digest, mode)
         entry = self.entries_dir / key
         lock = self.locks_dir / f"{key}.lock"
         received = None
         with contextlib.ExitStack() as stack:
-            if fetch is not None:
-                # Received outside the build lock, which a shared cache may see taken by
-                # the very node that sends; one receiver per node (the pull lock).
-                stack.enter_context(locked(self.locks_dir / f"{key}.pull", wait_s=None,
-                                           what=f"cache entry {key}"))
-                if not (entry / "meta.json").is_file():
-                    received = self._fetched(stack, key, fetch)
+            if fetch is not None:  # outside the build lock (see fetch_layers)
+                received = fetch_layers(self, stack, key, fetch, node)
             with locked(lock, wait_s=None, what=f"cache entry {key}"):
                 if (entry / "meta.json").is_file():
                     self._touch(entry)
@@ -202,17 +202,6 @@ class ContainerCache:
                             keep_layers or fetch is not None, received)
         if self.max_size_bytes is not None:
             self.evict(keep={key})
-
-    def _fetched(
-        self, stack: contextlib.ExitStack, key: str, fetch: Callable[[Path], bool]
-    ) -> Path | None:
-        """The directory of tmp/ where ``fetch`` received the layers (removed on exit)."""
-        import secrets
-
-        got = self.tmp_dir / f"{key}.{os.getpid()}.{secrets.token_hex(4)}.recv"
-        got.mkdir(mode=0o700)
-        stack.callback(rmtree_forced, got)
-        return got if fetch(got) else None
 
     def _build(
         self,

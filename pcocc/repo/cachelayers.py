@@ -14,14 +14,19 @@ safe unpacker as blobs read from the repository.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
+import secrets
 import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from pcocc.errors import Corrupt
+from pcocc.errors import Corrupt, UsageError
+from pcocc.fsutil import locked
+from pcocc.repo.cachefiles import rmtree_forced
 from pcocc.repo.digest import digest_hex, is_digest
 from pcocc.repo.model import OciImage
 
@@ -89,12 +94,31 @@ def receive_layers(stream: BinaryIO, image: OciImage, layers_dir: Path, label: s
         raise Corrupt(f"{label}: more data than the layers of image {image.manifest_digest}")
 
 
+def fetch_layers(cache, stack: contextlib.ExitStack, key: str, fetch: Callable[[Path], bool],
+                 node: str) -> Path | None:
+    """The directory of the cache's tmp/ where ``fetch`` received the layers of entry
+    ``key`` (removed when ``stack`` closes), or None: read the repository.
+
+    Called outside the build lock, which a shared cache may see taken by the very node
+    that sends; under a pull lock of this ``node``, so that tasks of one node receive once
+    and nodes sharing a cache never wait for each other's receptions.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", node):
+        raise UsageError(f"'{node}' is not a node name")
+    stack.enter_context(locked(cache.locks_dir / f"{key}.pull.{node}", wait_s=None,
+                               what=f"cache entry {key}"))
+    if (cache.entries_dir / key / "meta.json").is_file():
+        return None  # another task received it meanwhile: the build lock finds it
+    got = cache.tmp_dir / f"{key}.{os.getpid()}.{secrets.token_hex(4)}.recv"
+    got.mkdir(mode=0o700)
+    stack.callback(rmtree_forced, got)
+    return got if fetch(got) else None
+
+
 def publish_layers(layers_dir: Path, staged: Path) -> None:
     """Make the complete ``layers_dir`` visible at ``staged`` (hard links, then a rename:
     the directory appears complete or not at all), for senders to start before the entry
     is unpacked."""
-    from pcocc.repo.cachefiles import rmtree_forced
-
     rmtree_forced(staged)  # a killed build's
     work = staged.with_name(f"{staged.name}.{os.getpid()}")
     rmtree_forced(work)
@@ -142,6 +166,6 @@ def unique_layer_digests(image: OciImage) -> list[str]:
 
 
 __all__ = [
-    "LAYERS_DIR", "copy_verified", "image_layers", "keep_layers", "layer_file",
+    "LAYERS_DIR", "copy_verified", "fetch_layers", "image_layers", "keep_layers", "layer_file",
     "publish_layers", "receive_layers", "send_layers", "unique_layer_digests",
 ]  # fmt: skip

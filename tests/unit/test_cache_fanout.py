@@ -340,3 +340,36 @@ def test_layers_are_published_before_the_unpack_then_served_from_the_entry(tmp_p
     sender.join()
     offer_ok.close()
     assert out.getvalue() == layer
+
+
+def test_nodes_sharing_a_cache_never_wait_for_each_others_reception(tmp_path):
+    # n4 receives from a node that waits for n1's layers; n1 must not wait for n4's pull
+    layer = _tar_layer({"f": b"shared\n"})
+    image = _image([layer])
+    blob_path, _asked = _repo(tmp_path, [layer])
+    cache = ContainerCache(tmp_path / "cache")
+    key = f"dir-{image.manifest_digest.split(':')[1]}"
+    pulling = threading.Event()
+    got = []
+
+    def fetch_from_n1(dest):  # as n1's sender does: wait for its layers, then copy them
+        pulling.set()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for d in (cache.staged_layers(key), cache.entries_dir / key / LAYERS_DIR):
+                if layer_file(d, _digest(layer)).is_file():
+                    out = io.BytesIO()
+                    send_layers([d], [_digest(layer)], out)
+                    receive_layers(io.BytesIO(out.getvalue()), image, dest, "test")
+                    got.append(True)
+                    return True
+            time.sleep(0.02)
+        return False
+
+    n4 = threading.Thread(target=cache.prepare, args=(image, blob_path),
+                          kwargs={"fetch": fetch_from_n1, "node": "n4"})
+    n4.start()
+    assert pulling.wait(10)
+    cache.prepare(image, blob_path, fetch=lambda dest: False, node="n1")  # node 0
+    n4.join()
+    assert got == [True]
