@@ -19,16 +19,16 @@ from pcocc.ctr.fanoutnet import Listener, connect
 shared = Path(sys.argv[1])
 listener = Listener("127.0.0.1")
 (shared / "port").write_text(str(listener.port))
-deadline = time.monotonic() + 60
-while not (shared / "attacked").exists() and time.monotonic() < deadline:
-    time.sleep(0.05)
 
-def sender():  # the victim's own sender, with the token it was handed through srun
+def sender():  # the victim's own sender (token handed through srun), once the attack is over
+    deadline = time.monotonic() + 60
+    while not (shared / "attacked").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     with connect("127.0.0.1", listener.port, listener.token) as s:
         s.sendall(b"the victim's layers")
 
 threading.Thread(target=sender).start()
-with listener.accept(lambda: None, 20) as conn, conn.makefile("rb") as stream:
+with listener.accept(lambda: None, 60) as conn, conn.makefile("rb") as stream:
     got = stream.read()
 print(json.dumps({"got": got.decode(errors="replace")}))
 '''
@@ -47,7 +47,7 @@ for token in (b"0" * 64, b"f" * 64, b""):  # guesses, and no token at all
         s.shutdown(socket.SHUT_WR)
         try:
             results.append(s.recv(4096).decode(errors="replace"))
-        except ConnectionResetError:
+        except ConnectionResetError:  # closed with our bytes unread
             results.append("")
     finally:
         s.close()
