@@ -97,6 +97,16 @@ def srun_argv(
     ]
 
 
+def srun_one_argv(job_id: str, node: str, argv: Sequence[str]) -> list[str]:
+    """``srun`` starting one task of ``argv`` on ``node``, from inside a running step of job
+    ``job_id`` (``--overlap``: it shares the resources that step holds); srun's standard
+    input reaches the task."""
+    return [
+        "srun", f"--jobid={job_id}", "--overlap", "--nodes=1", "--ntasks=1",
+        f"--nodelist={node}", "--", *argv,
+    ]  # fmt: skip
+
+
 #: squeue's columns for :func:`parse_squeue`: the fixed ones first, the comment and the
 #: name (free text, which may hold the separator) last
 _SQUEUE_FORMAT = "%i|%u|%T|%D|%M|%l|%P|%k|%j"

@@ -1,6 +1,7 @@
-"""``pcocc internal ctr-task FILE``: run one task's pod of a multi-node ``pcocc run``.
+"""``pcocc internal ctr-task FILE``: run one task's pod of a multi-node ``pcocc run``;
+``pcocc internal cache-send``: send a cache entry's layers to another node of the run.
 
-The lead attaches ``ctr_task`` to the hidden ``internal`` group.
+The lead attaches these commands to the hidden ``internal`` group.
 """
 
 from __future__ import annotations
@@ -29,3 +30,17 @@ def ctr_detached(session: Session, report_fd: int, request: str) -> None:
     from pcocc.ctr.detach import supervise
 
     exit_with(supervise(request, report_fd, session.config))
+
+
+@click.command("cache-send", hidden=True)
+@click.argument("mode")
+@click.argument("manifest")
+@click.argument("layers", nargs=-1)
+@pass_session
+def cache_send(session: Session, mode: str, manifest: str, layers: tuple[str, ...]) -> None:
+    """Write the kept LAYERS of this node's cache entry of MANIFEST to stdout (see
+    pcocc/ctr/fanout.py); waits until the entry is complete."""
+    from pcocc.ctr.fanout import serve
+    from pcocc.repo.cache import ContainerCache
+
+    serve(ContainerCache.from_config(session.config.cache), mode, manifest, list(layers))

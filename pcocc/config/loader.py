@@ -26,6 +26,7 @@ from pcocc.config.sizes import parse_size
 from pcocc.config.doccache import cached_doc, remember_doc
 from pcocc.config.model import (
     BatchConfig,
+    DEFAULT_CACHE_MAX_SIZE,
     CacheConfig,
     Config,
     ContainerSettings,
@@ -270,11 +271,12 @@ def _fill_repos(cfg: Config, data: dict[str, Any]) -> None:
         cfg.cache = CacheConfig(Path(expand_load("%{homedir}/.cache/pcocc")))
         return
     origin = cfg.origin("repos", "cache")
-    max_size = cache.get("max-size")
+    max_size = parse_size(cache.get("max-size", DEFAULT_CACHE_MAX_SIZE))
     cfg.cache = CacheConfig(
         path=_path(cache["path"], origin),
-        max_size_bytes=None if max_size is None else parse_size(max_size),
+        max_size_bytes=max_size or None,  # 0: no limit
         mode=cache.get("mode", "dir"),
+        shared=bool(cache.get("shared", False)),
     )
 
 

@@ -38,11 +38,16 @@ class RepoConfig:
     origin: str = "user"  # "system" or "user" or "default"
 
 
+#: ``cache.max-size`` when absent
+DEFAULT_CACHE_MAX_SIZE = 20 * 2**30
+
+
 @dataclass(frozen=True)
 class CacheConfig:
     path: Path
-    max_size_bytes: int | None = None
+    max_size_bytes: int | None = DEFAULT_CACHE_MAX_SIZE  # None: no limit
     mode: str = "dir"  # "dir" (unpacked rootfs) or "squashfs"
+    shared: bool = False  # on a file system every node sees (no copies between nodes)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from pcocc.errors import AlreadyExists, Corrupt, NotFound, PcoccError, UsageErro
 
 if TYPE_CHECKING:
     from pcocc.config import Config
+    from pcocc.ctr.fanout import Fanout
     from pcocc.repo.meta import ImageMeta
     from pcocc.repo.store import Repository
     from pcocc.repo.reposet import RepoSet
@@ -106,13 +107,16 @@ def resolve_rootfs(
     *,
     mounts: contextlib.ExitStack | None = None,
     notify: Notify = _quiet,
+    fanout: Fanout | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """(rootfs directory, OCI image config) of ``image_ref``.
 
     :param config: where the repositories and the container cache are; None allows only
         directories
-    :param mounts: receives the unmount of a squashfs mounted for this run; without it,
-        squashfs-mode caches fall back to an unpacked directory
+    :param mounts: receives the unmount of a squashfs mounted for this run, and the lease
+        that keeps the cache entry from eviction; without it, squashfs-mode caches fall
+        back to an unpacked directory
+    :param fanout: a cold image comes from another node of the run (:mod:`pcocc.ctr.fanout`)
     :param notify: told, in one line, about slow steps (an import, a first preparation)
     :raise NotFound: neither a directory nor an image (exit 1)
     :raise UsageError: a malformed reference or image ID prefix (exit 2)
@@ -135,7 +139,7 @@ def resolve_rootfs(
             raise NotFound(err.message, hint=f"to run the directory {image_ref} of the current "
                            f"directory, write ./{image_ref}") from None
         raise
-    return prepare_rootfs(config, repo, meta, mounts=mounts, notify=notify)
+    return prepare_rootfs(config, repo, meta, mounts=mounts, notify=notify, fanout=fanout)
 
 
 # -- finding (and importing) the image ---------------------------------------------------
@@ -262,6 +266,7 @@ def prepare_rootfs(
     *,
     mounts: contextlib.ExitStack | None = None,
     notify: Notify = _quiet,
+    fanout: Fanout | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """The rootfs of a repository image from the container cache (built on first use)."""
     from pcocc.repo.cache import ContainerCache
@@ -278,7 +283,23 @@ def prepare_rootfs(
         if reason:
             log.warning("cache mode squashfs: %s; using an unpacked directory instead", reason)
             mode = "dir"
-    payload = _prepare(cache, image, repo.blob_path, mode, meta, notify)
+
+    def prepare(mode: str) -> Path:
+        said = []
+
+        def progress(done: int, total: int) -> None:  # called only when this process builds
+            if not said:
+                said.append(True)
+                notify(f"preparing {meta.ref} in the container cache ({mode}, first use here)")
+
+        if fanout is None:
+            return cache.prepare(image, repo.blob_path, mode, progress=progress, lease=mounts)
+        from pcocc.ctr.fanout import fetcher
+
+        return cache.prepare(image, repo.blob_path, mode, progress=progress, lease=mounts,
+                             fetch=fetcher(fanout, image, mode), node=fanout.name)
+
+    payload = prepare(mode)
     if mode == "dir":
         return payload, image_config
     assert mounts is not None
@@ -289,18 +310,7 @@ def prepare_rootfs(
             return root, image_config
     except PcoccError as err:  # e.g. FUSE refused in this container or job
         log.warning("cannot mount the squashfs image (%s); using an unpacked directory", err)
-    return _prepare(cache, image, repo.blob_path, "dir", meta, notify), image_config
-
-
-def _prepare(cache, image, blob_path, mode: str, meta: ImageMeta, notify: Notify) -> Path:
-    said = []
-
-    def progress(done: int, total: int) -> None:  # called only when this process builds
-        if not said:
-            said.append(True)
-            notify(f"preparing {meta.ref} in the container cache ({mode}, first use here)")
-
-    return cache.prepare(image, blob_path, mode, progress=progress)
+    return prepare("dir"), image_config
 
 
 def squashfuse_unusable() -> str | None:

@@ -102,8 +102,11 @@ def run_task(path: str | Path, config: Config, notify: Notify) -> int:
             taskends.record_end(path, taskends.TaskEnd(rank, node, status, signalled,
                                                        time.time()))
 
+    from pcocc.ctr.fanout import from_env
+
+    fanout = from_env(shared=config.cache is None or config.cache.shared)
     try:
-        status = run_request(request, config, notify)
+        status = run_request(request, config, notify, fanout=fanout)
     except Interrupted as stop:
         record(stop.exit_status, True)
         log.info("task %s on %s: %s", rank, node, stop.message)

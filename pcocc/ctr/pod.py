@@ -16,6 +16,7 @@ from pcocc.ctr.launch import RunOptions
 
 if TYPE_CHECKING:
     from pcocc.config import Config
+    from pcocc.ctr.fanout import Fanout
     from pcocc.ctr.pods import PodRecord
 
 #: one-line messages about slow steps (an import, a first preparation in the cache)
@@ -35,20 +36,24 @@ def run_request(
     config: Config,
     notify: Notify,
     on_started: Callable[[PodRecord], None] | None = None,
+    fanout: Fanout | None = None,
 ) -> int:
     """Run the pod of ``request`` on this node; returns its exit status.
 
     :param on_started: called once the apps run (see :func:`pcocc.ctr.launch.start_pod`)
+    :param fanout: this task's place among the nodes of a multi-node run, which copy cold
+        images to each other (:mod:`pcocc.ctr.fanout`)
     """
     from pcocc.ctr.images import resolve_rootfs
     from pcocc.ctr.launch import AppSpec, run_pod
     from pcocc.ctr.pods import PodStore
     from pcocc import timing
 
-    with contextlib.ExitStack() as mounts:  # squashfs images stay mounted for the pod
+    with contextlib.ExitStack() as mounts:  # mounts and cache leases last as the pod
         specs = []
         for image, args in request.apps:
-            rootfs, image_config = resolve_rootfs(config, image, mounts=mounts, notify=notify)
+            rootfs, image_config = resolve_rootfs(config, image, mounts=mounts, notify=notify,
+                                                   fanout=fanout)
             specs.append(AppSpec(image, str(rootfs), image_config, args))
         timing.mark("run: images resolved")
         _, status = run_pod(

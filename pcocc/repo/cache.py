@@ -7,8 +7,12 @@ Layout below the cache directory (``repos.yaml: cache.path``)::
         image-config.json      the OCI image config (env, cmd, workdir...)
         meta.json              digest, mode, size_bytes, created
         last-use               its mtime is the time of the last prepare()
-    locks/<mode>-<hex>.lock    held while an entry is being built
-    tmp/                       builds in progress, and entries being deleted
+        layers/                the layer blobs, kept when the entry serves other nodes
+    locks/<mode>-<hex>.lock    held (exclusive) while an entry is being built
+    locks/<mode>-<hex>.use     held (shared) while an entry is in use: a lease
+    locks/<mode>-<hex>.pull.<node>  held while that node receives the entry's layers
+    tmp/                       builds in progress, received layers, entries being deleted,
+        <mode>-<hex>.layers/   an entry's layers, sent to other nodes while it is unpacked
     lock                       held for short index changes (eviction, deletion)
 
 The cache directory of a user is private (0700, :func:`pcocc.paths.data_dir`), and layers
@@ -20,15 +24,16 @@ complete entry or none. Two processes preparing the same image serialise on the 
 lock: the second one finds the entry built by the first. A crash leaves a directory in
 ``tmp/`` that ``gc`` removes once no process holds the entry lock.
 
-Deleting or evicting an entry that a running container uses breaks that container: as
-for the reference pcocc, users must not clean the cache under running containers.
+A pod holds the lease of each entry it runs from for its whole life (``prepare(lease=)``):
+eviction past ``max_size_bytes`` (least recently used first), gc and deletion skip an entry
+whose lease is held.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
+import functools
 import json
 import logging
 import os
@@ -38,8 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcocc import paths, proc
-from pcocc.errors import NotFound, UsageError
+from pcocc.errors import Busy, NotFound, UsageError
 from pcocc.fsutil import fsync_dir, locked, os_error, write_atomic
+from pcocc.repo.cachelayers import LAYERS_DIR, fetch_layers, layer_file, publish_layers
+from pcocc.repo.cachelayers import keep_layers as keep_layers_of
+from pcocc.repo.cachefiles import disk_usage, rmtree_forced, unheld
 from pcocc.repo.digest import PREFIX, digest_hex, is_digest
 from pcocc.repo.model import OciImage, Progress, no_progress
 
@@ -47,6 +55,9 @@ log = logging.getLogger(__name__)
 
 MODES = ("dir", "squashfs")
 PAYLOAD = {"dir": "rootfs", "squashfs": "rootfs.squashfs"}
+#: the locks of an entry: build (exclusive), use (shared, a lease); receivers also take
+#: ``.pull.<node>`` (one per node: a cache that nodes share must not chain their waits)
+LOCK_SUFFIXES = (".lock", ".use")
 
 
 @dataclass
@@ -121,28 +132,76 @@ class ContainerCache:
         blob_path: Callable[[str], Path],
         mode: str = "dir",
         progress: Progress = no_progress,
+        *,
+        lease: contextlib.ExitStack | None = None,
+        keep_layers: bool = False,
+        fetch: Callable[[Path], bool] | None = None,
+        node: str = "node",
     ) -> Path:
         """Return the payload (rootfs directory or squashfs file) of ``image``, building it
-        if needed, and record its use. Evicts least recently used entries past the limit.
+        if needed, and record its use. After a build, evicts least recently used entries
+        past the size limit.
+
+        :param lease: receives the hold on the entry: eviction and gc leave it alone until
+            the stack closes (for the life of the pod); without it, only during the call
+        :param keep_layers: keep the layer blobs in the entry (``layers/``) so that it can
+            serve other nodes (:mod:`pcocc.repo.cachelayers`)
+        :param fetch: when the entry is missing, called with an empty directory to fill
+            with the image's verified layer blobs from elsewhere (another node); it returns
+            False to read the repository instead. Implies ``keep_layers``.
+        :param node: the name of this node (with ``fetch``: one receiver per node)
         """
         key = _key(image.manifest_digest, mode)
         self._init()
         entry = self.entries_dir / key
+        with contextlib.ExitStack() as held:
+            held.enter_context(self.lease(key))
+            if (entry / "meta.json").is_file():
+                self._touch(entry)
+            else:
+                self._prepare_missing(image, blob_path, mode, progress, keep_layers, fetch,
+                                      node)
+            if lease is not None:
+                lease.push(held.pop_all())
+        return entry / PAYLOAD[mode]
+
+    @contextlib.contextmanager
+    def lease(self, key: str) -> Iterator[None]:
+        """Hold entry ``key`` (``<mode>-<hex>``) in use: a shared lock on its use lock,
+        which eviction, gc and deletion test before removing an entry. In a cache this
+        user cannot write (an admin's), entries are never removed under it: no lease."""
+        path = self.locks_dir / f"{key}.use"
+        if not path.exists() and not os.access(self.locks_dir, os.W_OK):
+            yield
+            return
+        with locked(path, shared=True, wait_s=None, what=f"cache entry {key}"):
+            yield
+
+    def _prepare_missing(
+        self,
+        image: OciImage,
+        blob_path: Callable[[str], Path],
+        mode: str,
+        progress: Progress,
+        keep_layers: bool,
+        fetch: Callable[[Path], bool] | None,
+        node: str,
+    ) -> None:
+        key = _key(image.manifest_digest, mode)
+        entry = self.entries_dir / key
         lock = self.locks_dir / f"{key}.lock"
-        # Holding the entry lock (shared to use, exclusive to build) keeps gc and eviction
-        # of other processes away from it until its last use is recorded.
-        with locked(lock, shared=True, wait_s=None, what=f"cache entry {key}"):
-            ready = (entry / "meta.json").is_file()
-            if ready:
-                self._touch(entry)
-        if not ready:
+        received = None
+        with contextlib.ExitStack() as stack:
+            if fetch is not None:  # outside the build lock (see fetch_layers)
+                received = fetch_layers(self, stack, key, fetch, node)
             with locked(lock, wait_s=None, what=f"cache entry {key}"):
-                if not (entry / "meta.json").is_file():
-                    self._build(image, blob_path, mode, entry, progress)
-                self._touch(entry)
+                if (entry / "meta.json").is_file():
+                    self._touch(entry)
+                    return
+                self._build(image, blob_path, mode, entry, progress,
+                            keep_layers or fetch is not None, received)
         if self.max_size_bytes is not None:
             self.evict(keep={key})
-        return entry / PAYLOAD[mode]
 
     def _build(
         self,
@@ -151,23 +210,36 @@ class ContainerCache:
         mode: str,
         entry: Path,
         progress: Progress,
+        keep_layers: bool = False,
+        received: Path | None = None,
     ) -> None:
         # We hold the entry's exclusive lock, as every builder does: a build directory of
         # this entry left in tmp/ is a killed build's, and the build that takes over
         # removes it (gc would only find it later).
         for stale in self.tmp_dir.glob(f"{entry.name}.*"):
+            if stale.name.endswith(".recv"):
+                continue  # layers being received: the pull lock's, removed by their receiver
             log.info("cache: removing %s, left by a build that was killed", stale.name)
-            _rmtree(stale)
+            rmtree_forced(stale)
         import secrets
 
         from pcocc.repo.unpack import unpack_image  # the cold path only
 
+        t0 = time.monotonic()
         work = self.tmp_dir / f"{entry.name}.{os.getpid()}.{secrets.token_hex(4)}"
         work.mkdir(mode=0o755)
         try:
             rootfs = work / "rootfs"
             rootfs.mkdir(mode=0o755)
             progress(0, image.size)
+            if received is not None:  # verified on arrival: kept as they are
+                os.rename(received, work / LAYERS_DIR)
+                blob_path = functools.partial(layer_file, work / LAYERS_DIR)
+            elif keep_layers:  # one read of each repository blob, then only local copies
+                keep_layers_of(image, blob_path, work / LAYERS_DIR)
+                blob_path = functools.partial(layer_file, work / LAYERS_DIR)
+            if keep_layers or received is not None:  # other nodes may copy them meanwhile
+                publish_layers(work / LAYERS_DIR, self.staged_layers(entry.name))
             unpack_image(image, blob_path, rootfs)
             if mode == "squashfs":
                 argv = [
@@ -181,8 +253,10 @@ class ContainerCache:
                 if os.geteuid() != 0:
                     argv.append("-all-root")  # owners could not be kept when unpacking
                 proc.run(argv, what=f"mksquashfs of image {image.manifest_digest}")
-                _rmtree(rootfs)
-            size = _disk_usage(work / PAYLOAD[mode])
+                rmtree_forced(rootfs)
+            size = disk_usage(work / PAYLOAD[mode])
+            if keep_layers:
+                size += disk_usage(work / LAYERS_DIR)
             write_atomic(work / "image-config.json", json.dumps(image.config, indent=1))
             meta = {
                 "digest": image.manifest_digest,
@@ -199,12 +273,20 @@ class ContainerCache:
                 if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
                 log.debug("cache entry %s appeared meanwhile; using it", entry.name)
-                _rmtree(work)
+                rmtree_forced(work)
             fsync_dir(self.entries_dir)
+            rmtree_forced(self.staged_layers(entry.name))  # the entry's own copy serves now
+            log.info("cache: prepared %s in %.2f s", entry.name, time.monotonic() - t0)
             progress(image.size, image.size)
         except BaseException:
-            _rmtree(work)
+            rmtree_forced(work)
+            rmtree_forced(self.staged_layers(entry.name))
             raise
+
+    def staged_layers(self, key: str) -> Path:
+        """Where the verified layers of entry ``key`` wait, while it is being unpacked, for
+        the nodes that copy them (:func:`pcocc.repo.cachelayers.publish_layers`)."""
+        return self.tmp_dir / f"{key}.layers"
 
     def _touch(self, entry: Path) -> None:
         try:
@@ -242,18 +324,21 @@ class ContainerCache:
         """Remove every entry (all modes) of an image, given as OciImage or digest.
 
         :raise NotFound: nothing is cached for it
+        :raise Busy: a running pod uses it (its lease is held)
         """
         digest = image.manifest_digest if isinstance(image, OciImage) else image
         for mode in MODES:
             _key(digest, mode)  # validates the digest
         with self._index_lock():
-            gone = [e for e in self.list() if e.digest == digest]
-            for e in gone:
-                self._remove_entry(e)
-        if not gone:
+            found = [e for e in self.list() if e.digest == digest]
+            gone = [e for e in found if self._try_remove(e)]
+        if not found:
             raise NotFound(
                 f"image {digest} is not in the container cache", hint="run 'pcocc image cache list'"
             )
+        if len(gone) < len(found):
+            raise Busy(f"image {digest} is in use by a running container",
+                       hint="delete it from the cache once its containers have ended")
         return gone
 
     def evict(self, keep: Iterable[str] = ()) -> list[CacheEntry]:
@@ -292,7 +377,7 @@ class ContainerCache:
             for t in self.tmp_dir.iterdir():
                 key = t.name.split(".", 1)[0]
                 if ".deleted." in t.name or self._is_free(key):
-                    _rmtree(t)
+                    rmtree_forced(t)
                     report.removed_tmp.append(t.name)
             for d in self.entries_dir.iterdir():
                 e = self._read_entry(d)
@@ -303,7 +388,7 @@ class ContainerCache:
                 elif live is not None and e.digest not in live and self._try_remove(e):
                     report.removed_entries.append(e)
             for lock in self.locks_dir.iterdir():
-                key = lock.name.removesuffix(".lock")
+                key = lock.name.split(".", 1)[0]
                 if not (self.entries_dir / key).exists() and self._is_free(key):
                     with contextlib.suppress(OSError):
                         lock.unlink()
@@ -311,19 +396,8 @@ class ContainerCache:
         return report
 
     def _is_free(self, key: str) -> bool:
-        """True when no process holds the build lock of entry ``key``."""
-        path = self.locks_dir / f"{key}.lock"
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return True
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
-        finally:
-            os.close(fd)
+        """True when no process builds, receives or uses (leases) entry ``key``."""
+        return all(unheld(self.locks_dir / f"{key}{suffix}") for suffix in LOCK_SUFFIXES)
 
     def _try_remove(self, e: CacheEntry) -> bool:
         if not self._is_free(e.path.name):
@@ -346,46 +420,7 @@ class ContainerCache:
             return
         except OSError as err:
             raise os_error(err, f"cannot remove {path} from the container cache") from err
-        _rmtree(doomed)
-
-
-def _rmtree(path: Path) -> None:
-    """Delete a tree; as non-root, first give u+rwx to directories left read-only."""
-    if not os.path.lexists(path):
-        return
-    if path.is_symlink() or not path.is_dir():
-        path.unlink()
-        return
-    if os.geteuid() != 0:
-        with contextlib.suppress(OSError):
-            os.chmod(path, 0o700)
-        for dirpath, dirnames, _ in os.walk(path):  # top-down: fixed before entered
-            for d in dirnames:
-                p = os.path.join(dirpath, d)
-                with contextlib.suppress(OSError):
-                    if not os.path.islink(p):
-                        os.chmod(p, os.lstat(p).st_mode & 0o7777 | 0o700)
-    import shutil  # only here: a warm run does not pay for zlib, bz2 and lzma
-
-    shutil.rmtree(path)
-
-
-def _disk_usage(path: Path) -> int:
-    """Bytes used on disk by a file or a tree (hard links counted once)."""
-    st = path.lstat()
-    if not path.is_dir():
-        return st.st_blocks * 512
-    seen: set[tuple[int, int]] = set()
-    total = st.st_blocks * 512
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            s = os.lstat(os.path.join(dirpath, name))
-            if s.st_nlink > 1:
-                if (s.st_dev, s.st_ino) in seen:
-                    continue
-                seen.add((s.st_dev, s.st_ino))
-            total += s.st_blocks * 512
-    return total
+        rmtree_forced(doomed)
 
 
 def resolve_prefix(cache: ContainerCache, text: str) -> str:

@@ -34,7 +34,8 @@ def test_defaults_when_no_file_exists(pcocc_env):
         ("user", home / ".pcocc" / "repo", "default")
     ]
     assert cfg.cache.path == home / ".cache" / "pcocc"
-    assert cfg.cache.max_size_bytes is None and cfg.cache.mode == "dir"
+    assert cfg.cache.max_size_bytes == 20 * 2**30 and cfg.cache.mode == "dir"
+    assert cfg.cache.shared is False
     assert cfg.batch == BatchConfig("local", EtcdConfig("private"))
     assert cfg.containers == ContainerSettings()
     assert cfg.templates == {} and cfg.resources == {} and cfg.networks == {}
