@@ -40,15 +40,17 @@ def run_request(
 
     :param on_started: called once the apps run (see :func:`pcocc.ctr.launch.start_pod`)
     """
-    from pcocc.ctr.images import resolve_rootfs
+    from pcocc.ctr.images import resolve_image
     from pcocc.ctr.launch import AppSpec, run_pod
     from pcocc.ctr.pods import PodStore
 
     with contextlib.ExitStack() as mounts:  # squashfs images stay mounted for the pod
         specs = []
         for image, args in request.apps:
-            rootfs, image_config = resolve_rootfs(config, image, mounts=mounts, notify=notify)
-            specs.append(AppSpec(image, str(rootfs), image_config, args))
+            rootfs, image_config, image_id = resolve_image(
+                config, image, mounts=mounts, notify=notify
+            )
+            specs.append(AppSpec(image, str(rootfs), image_config, args, image_id))
         _, status = run_pod(
             PodStore(), specs, request.options, config.containers, on_started=on_started
         )

@@ -5,6 +5,7 @@ a reboot so that their status and logs stay readable until ``gc``. Per pod::
 
     <uuid>/pod.json           the record (written atomically)
     <uuid>/apps/<app>/        the app's OCI bundle (config.json) and its ``log``
+    <uuid>/apps/<app>/layer/  what the app wrote in its root (:mod:`pcocc.ctr.rootlayer`)
     <uuid>/volumes/<name>/    ``kind=empty`` volumes, shared by the pod's apps
 
 States: ``prepared`` (created, not started), ``running``, ``exited``, ``garbage`` (exited
@@ -76,6 +77,10 @@ class AppRecord:
     #: pid of the runtime process that runs the app (crun/runc/unshare), and its start time
     pid: int | None = None
     pid_start: int | None = None
+    #: image ID of the repository image it ran ("" for a directory), for ``pod export``
+    image_id: str = ""
+    #: ran on a writable layer of its own (:mod:`pcocc.ctr.rootlayer`)
+    layer: bool = False
 
 
 @dataclass
