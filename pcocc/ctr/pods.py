@@ -27,7 +27,7 @@ from typing import Any
 from pcocc import paths
 from pcocc.ctr import host
 from pcocc.errors import Corrupt, NotFound, PcoccError, TimedOut, UsageError
-from pcocc.fsutil import write_atomic
+from pcocc.fsutil import remove_tree, write_atomic
 
 RECORD_VERSION = 1
 STATES = ("prepared", "running", "exited", "garbage")
@@ -251,10 +251,8 @@ class PodStore:
             )
         d = self.pod_dir(rec.uuid)
         trash = d.with_name(f".{rec.uuid}.removing")
-        import shutil
-
         os.replace(d, trash)  # atomic: the pod disappears at once, then is deleted
-        shutil.rmtree(trash, ignore_errors=True)
+        remove_tree(trash)  # an app's layer may hold directories it made read-only
 
     def gc(self, grace_period_s: float, now: float | None = None) -> list[tuple[str, str]]:
         """One gc pass: exited pods -> garbage, garbage older than the grace -> removed.
@@ -268,7 +266,7 @@ class PodStore:
 
         done: list[tuple[str, str]] = []
         for stale in self.root.glob(".*.removing") if self.root.is_dir() else []:
-            shutil.rmtree(stale, ignore_errors=True)
+            remove_tree(stale)
         for uuid in self.uuids():  # a run that died before its first record
             d = self.pod_dir(uuid)
             try:

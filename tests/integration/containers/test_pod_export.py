@@ -1,6 +1,7 @@
 """``pcocc pod export`` with real runtimes: an app writes a file and deletes one of its image;
-the exported image has both changes, the cache entry the pod ran on never changed, and a
-running pod is refused with nothing written."""
+the exported image has both changes (and a directory deleted and made again is opaque in the
+next export), the cache entry the pod ran on never changed, and a running pod is refused
+with nothing written."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def image_names(pcocc_bin) -> list[str]:
                                                 check=0).stdout)]
 
 
-@pytest.mark.parametrize("runtime", ["crun", "runc"])
+@pytest.mark.parametrize("runtime", ["crun", "runc", "unshare"])
 def test_export_keeps_writes_and_deletions_and_spares_the_cache(env, pcocc_bin, busy, runtime):
     if not shutil.which(runtime):
         pytest.skip(f"{runtime} is not installed")
@@ -73,6 +74,13 @@ def test_export_keeps_writes_and_deletions_and_spares_the_cache(env, pcocc_bin, 
     again = pcocc(pcocc_bin, "run", "--runtime", runtime, busy, "--", "cat", "/etc/hello", check=0)
     assert again.stdout == "hello from pcocc\n"
     assert tree_digest(rootfs) == before
+
+    # a directory deleted and made again hides all it had (an opaque directory)
+    pcocc(pcocc_bin, "run", "--runtime", runtime, "saved", "--", "sh", "-c",
+          "rm -r /opt && mkdir /opt && echo new > /opt/g", check=0)
+    pcocc(pcocc_bin, "pod", "export", pods(pcocc_bin)[-1]["uuid"], "user:saved2", check=0)
+    res = pcocc(pcocc_bin, "run", "--runtime", runtime, "saved2", "--", "ls", "/opt", check=0)
+    assert res.stdout.split() == ["g"]
 
 
 def test_export_refuses_running_pods_and_existing_names(env, pcocc_bin, busy):
