@@ -71,6 +71,9 @@ class RootLayer:
             f"lowerdir={escape(Path(lower))}",
             f"upperdir={escape(self.upper)}",
             f"workdir={escape(self.work)}",
+            # no syncs: the layer needs no crash safety, and a sync of the upper file system
+            # at unmount (the pod's end) waits for every dirty page of the disk
+            "volatile",
             USERXATTR,
         ]
         return {"destination": "/", "type": "overlay", "source": "overlay", "options": opts}

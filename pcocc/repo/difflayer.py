@@ -125,11 +125,16 @@ class _DiffWalk:
 
     def _add(self, path: str, member: str, st: os.stat_result) -> None:
         info = self._owned(self.tar.gettarinfo(path, arcname=member), st)
-        if info.isreg():
-            with open(path, "rb") as f:
-                self.tar.addfile(info, f)
-        else:
+        if not info.isreg():
             self.tar.addfile(info)
+            return
+        # the file walked, not what a swapped-in symlink or fifo would lead to
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            if not os.path.samestat(os.fstat(fd), st):
+                raise Corrupt(f"cannot export {member}: it changed while being read",
+                              hint="make sure no process of the pod is left, then retry")
+            self.tar.addfile(info, f)
 
     def _empty(self, member: str, st: os.stat_result) -> None:
         info = tarfile.TarInfo(member)
