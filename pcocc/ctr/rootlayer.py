@@ -18,6 +18,9 @@ Writes, and the mount points the runtime creates, go to ``upper/``; the lower di
 never written. ``pcocc pod export`` turns ``upper/`` into an image layer
 (:mod:`pcocc.repo.difflayer`).
 
+The overlay is ``volatile``: no syncs, so the end of a pod does not wait for the whole
+disk; the layer is scratch space until ``pod export`` reads it (after the pod ended).
+
 In a user namespace, overlayfs needs ``userxattr`` (opaque directories are then marked with
 ``user.overlay.opaque``); mounted by real root it uses ``trusted.overlay.*``. Deletions are
 0/0 character devices in both cases.
