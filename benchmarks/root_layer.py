@@ -39,27 +39,34 @@ def main() -> int:
     sys.path.insert(0, str(HERE))
     from helpers import testimages
 
+    pcocc = str(Path(sys.executable).parent / "pcocc")
     with tempfile.TemporaryDirectory(prefix="pcocc-bench-layer-") as tmp:
         t = Path(tmp)
-        env = dict(os.environ, HOME=str(t / "home"), PCOCC_SYSTEM_CONF_DIR=str(t / "etc"),
-                   PCOCC_USER_CONF_DIR=str(t / "home/.pcocc"), XDG_RUNTIME_DIR=str(t / "xdg"))
-        for d in ("home/.pcocc", "etc", "xdg"):
-            (t / d).mkdir(parents=True, mode=0o700)
-        pcocc = str(Path(sys.executable).parent / "pcocc")
         img = testimages.build_busybox(t / "img")
-        subprocess.run([pcocc, "image", "import", img.ref, "busy"], env=env, check=True,
-                       capture_output=True)
+        # one private environment per checkout: pod records, metadata service, cache (a
+        # service started by one version would otherwise serve the other's pods)
+        envs = {}
+        for label, src in (("before", args.before), ("after", args.after)):
+            root = t / label
+            envs[label] = dict(os.environ, HOME=str(root / "home"), PYTHONPATH=src,
+                               PCOCC_SYSTEM_CONF_DIR=str(root / "etc"),
+                               PCOCC_USER_CONF_DIR=str(root / "home/.pcocc"),
+                               XDG_RUNTIME_DIR=str(root / "xdg"))
+            for d in ("home/.pcocc", "etc", "xdg"):
+                (root / d).mkdir(parents=True, mode=0o700)
+            subprocess.run([pcocc, "image", "import", img.ref, "busy"], env=envs[label],
+                           check=True, capture_output=True)
         print(f"load average before: {os.getloadavg()}")
         benchlib.baseline("the same warm 'pcocc run' with the code of --before (read-only root "
-                          "on the cache entry), interleaved with ours: same image, cache, env")
+                          "on the cache entry), interleaved with ours: same image, own env")
         for rt in args.runtime.split(","):
             times: dict[str, list[float]] = {"before": [], "after": []}
-            for _ in range(args.n + 2):  # the first two of each warm up
-                for label, src in (("before", args.before), ("after", args.after)):
-                    e = dict(env, PYTHONPATH=src)
+            for i in range(args.n + 2):  # the first two of each warm up
+                order = ("before", "after") if i % 2 else ("after", "before")
+                for label in order:
                     t0 = time.perf_counter()
                     subprocess.run([pcocc, "run", "--runtime", rt, "busy", "--", "true"],
-                                   env=e, check=True, capture_output=True)
+                                   env=envs[label], check=True, capture_output=True)
                     times[label].append(time.perf_counter() - t0)
             b = statistics.median(times["before"][2:]) * 1000
             a = statistics.median(times["after"][2:]) * 1000
