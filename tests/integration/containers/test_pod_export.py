@@ -84,15 +84,16 @@ def test_export_keeps_writes_and_deletions_and_spares_the_cache(env, pcocc_bin, 
 
 
 def test_export_refuses_running_pods_and_existing_names(env, pcocc_bin, busy):
-    started = pcocc(pcocc_bin, "run", "--detach", "--runtime", "crun", busy, "--",
-                    "sleep", "60", check=0)
+    # an app that ends on SIGTERM: a graceful stop leaves no runtime state behind
+    started = pcocc(pcocc_bin, "run", "--detach", "--runtime", "crun", busy, "--", "sh", "-c",
+                    "trap 'exit 0' TERM; while true; do sleep 0.2; done", check=0)
     uuid = started.stdout.split()[-1]
     try:
         res = pcocc(pcocc_bin, "pod", "export", uuid, "user:early")
         assert res.returncode == 1 and "is running" in res.stderr, res.stderr
         assert "Traceback" not in res.stderr and "early" not in image_names(pcocc_bin)
     finally:
-        pcocc(pcocc_bin, "pod", "stop", "--force", uuid, check=0)
+        pcocc(pcocc_bin, "pod", "stop", uuid, check=0)
     taken = pcocc(pcocc_bin, "pod", "export", uuid, "user:busy")
     assert taken.returncode != 0 and "already exists" in taken.stderr
     missing = pcocc(pcocc_bin, "pod", "export", "ffffffff-none", "user:x")
