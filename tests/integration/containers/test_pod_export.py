@@ -86,7 +86,7 @@ def test_export_keeps_writes_and_deletions_and_spares_the_cache(env, pcocc_bin, 
 def test_export_refuses_running_pods_and_existing_names(env, pcocc_bin, busy):
     # an app that ends on SIGTERM: a graceful stop leaves no runtime state behind
     started = pcocc(pcocc_bin, "run", "--detach", "--runtime", "crun", busy, "--", "sh", "-c",
-                    "trap 'exit 0' TERM; while true; do sleep 0.2; done", check=0)
+                    "trap 'exit 0' TERM; while true; do sleep 1; done", check=0)
     uuid = started.stdout.split()[-1]
     try:
         res = pcocc(pcocc_bin, "pod", "export", uuid, "user:early")
