@@ -108,7 +108,11 @@ def remove_tree(path: Path) -> bool:
     def retry_writable(func, name, _exc) -> None:
         with contextlib.suppress(OSError):
             os.chmod(os.path.dirname(name), 0o700)
-            func(name)
+            if func in (os.open, os.scandir, os.listdir):  # a directory we may not list
+                os.chmod(name, 0o700)  # (overlayfs leaves its work/work so, not empty)
+                shutil.rmtree(name, onerror=retry_writable)
+            else:
+                func(name)
 
     shutil.rmtree(path, onerror=retry_writable)
     return not os.path.lexists(path)

@@ -34,6 +34,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 #: commands that ``--help`` does not list
 HIDDEN = frozenset({"internal"})
 
+#: the commands of ``pcocc pod`` imported on first use (its other commands are eager)
+POD_SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "export": ("pcocc.cli.pod_export:export",
+               "Save the changes of a stopped pod's app as a new image"),
+}
+
 #: the subgroups and commands of ``pcocc image`` imported on first use (its other commands
 #: are eager)
 IMAGE_SUBGROUPS: dict[str, tuple[str, str]] = {

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from pcocc.cli.app import LazyGroup
+from pcocc.cli.commands import POD_SUBCOMMANDS
 from pcocc.cli.context import Session, exit_with, pass_session
 from pcocc.cli.fastrun import build_request, may_be_remote, skip_exit_collection
 from pcocc.cli.output import local_time, print_table
@@ -209,7 +211,7 @@ def _rerun_argv() -> list[str]:
 
 
 # -- pod ----------------------------------------------------------------------------------
-@click.group("pod")
+@click.group("pod", cls=LazyGroup, lazy=POD_SUBCOMMANDS)
 def pod() -> None:
     """List, inspect, enter and collect container pods."""
 

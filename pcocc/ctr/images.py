@@ -109,7 +109,22 @@ def resolve_rootfs(
     notify: Notify = _quiet,
     fanout: Fanout | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """(rootfs directory, OCI image config) of ``image_ref``.
+    """(rootfs directory, OCI image config) of ``image_ref`` (see :func:`resolve_image`)."""
+    rootfs, image_config, _ = resolve_image(config, image_ref, mounts=mounts, notify=notify,
+                                            fanout=fanout)
+    return rootfs, image_config
+
+
+def resolve_image(
+    config: Config | None,
+    image_ref: str,
+    *,
+    mounts: contextlib.ExitStack | None = None,
+    notify: Notify = _quiet,
+    fanout: Fanout | None = None,
+) -> tuple[Path, dict[str, Any], str]:
+    """(rootfs directory, OCI image config, pinned reference) of ``image_ref``: the
+    reference names the revision found (``REPO:NAME@REV``; "" for a directory).
 
     :param config: where the repositories and the container cache are; None allows only
         directories
@@ -123,7 +138,7 @@ def resolve_rootfs(
     """
     found = resolve_directory(image_ref)
     if found is not None:
-        return found
+        return (*found, "")
     if config is None:
         raise NotFound(
             f"image '{image_ref}' not found",
@@ -139,7 +154,9 @@ def resolve_rootfs(
             raise NotFound(err.message, hint=f"to run the directory {image_ref} of the current "
                            f"directory, write ./{image_ref}") from None
         raise
-    return prepare_rootfs(config, repo, meta, mounts=mounts, notify=notify, fanout=fanout)
+    rootfs, image_config = prepare_rootfs(config, repo, meta, mounts=mounts, notify=notify,
+                                          fanout=fanout)
+    return rootfs, image_config, meta.ref
 
 
 # -- finding (and importing) the image ---------------------------------------------------
@@ -338,6 +355,7 @@ def mount_squashfs(image: Path, mounts: contextlib.ExitStack) -> Path:
     import secrets
 
     from pcocc import proc
+    from pcocc.ctr.rootlayer import escape as _escape
     from pcocc.paths import runtime_dir
 
     base = runtime_dir() / "mnt"
@@ -385,11 +403,6 @@ def _mount_points_below(top: Path) -> list[Path]:
     return [p for p in points if top in p.parents]
 
 
-def _escape(path: Path) -> str:
-    """A path inside a mount option list (commas and colons separate options and layers)."""
-    return str(path).replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
-
-
 def fuse_unmount(point: Path) -> None:
     import shutil
 
@@ -409,4 +422,4 @@ def _remove_tree(path: Path) -> None:
         log.warning("could not remove %s", path)
 
 
-__all__ = ["find_image", "import_source", "imported_name", "resolve_rootfs"]
+__all__ = ["find_image", "import_source", "imported_name", "resolve_image", "resolve_rootfs"]

@@ -27,6 +27,7 @@ from pcocc.ctr.env import merge_env
 from pcocc.ctr.mds_hook import mds_mounts, register_mds, unregister_mds
 from pcocc.ctr.net import NetPlan, PodNetwork, add_gate, gate_path_for, plan_network
 from pcocc.ctr.pods import AppRecord, PodRecord, PodStore, process_start_ticks
+from pcocc.ctr.rootlayer import RootLayer, with_root_layer
 from pcocc.ctr.settings import ContainerSettings
 from pcocc.ctr.spec import Identity, SpecRequest, app_args, build_spec, parse_insecure_options
 from pcocc.ctr.volumes import parse_mount, parse_volume, resolve_mounts, select_modules
@@ -44,6 +45,8 @@ class AppSpec:
     rootfs: str
     image_config: Mapping[str, Any] = field(default_factory=dict)
     args: Sequence[str] = ()
+    #: the image ID of the repository image (``sha256-...``); "" for a directory
+    image_ref: str = ""
 
 
 @dataclass
@@ -132,7 +135,7 @@ def prepare_pod(
         for a in apps
     ]
     rec = store.create(
-        [AppRecord(n, a.image, list(a.args)) for n, a in zip(names, apps)],
+        [AppRecord(n, a.image, list(a.args), image_ref=a.image_ref) for n, a in zip(names, apps)],
         runtime=runtime.name,
         save=False,
     )
@@ -148,8 +151,13 @@ def prepare_pod(
         mds_dirs = register_mds(rec, apps, opts) if serves_mds(opts, runtime) else {}
         ident = Identity(os.getuid(), os.getgid(), tuple(os.getgroups()), opts.as_root)
         for app, spec_app, argv, env in zip(rec.apps, apps, argvs, envs):
+            bundle = store.app_dir(rec.uuid, app.name)
+            layer = RootLayer(bundle) if runtime.supports_root_layer() else None
+            if layer is not None:
+                layer.create(spec_app.rootfs)
+                app.layer = True
             req = SpecRequest(
-                rootfs=str(spec_app.rootfs),
+                rootfs=str(spec_app.rootfs if layer is None else layer.merged),
                 args=argv,
                 env=env,
                 identity=ident,
@@ -158,10 +166,13 @@ def prepare_pod(
                 mounts=[*mounts, *mds_mounts(mds_dirs, app.name)] if mds_dirs else mounts,
                 private_net=opts.private_net,
                 insecure=insecure,
+                readonly_rootfs=layer is None,
             )
             app.container_id = f"pcocc-{rec.uuid}-{app.name}"
-            bundle = store.app_dir(rec.uuid, app.name)
-            spec = runtime.adapt_spec(build_spec(req))
+            spec = build_spec(req)
+            if layer is not None:
+                with_root_layer(spec, layer, spec_app.rootfs)
+            spec = runtime.adapt_spec(spec)
             if net is not None and net.mode == "slirp" and app is rec.apps[0]:
                 add_gate(spec, str(_gate_path(rec)))
             (bundle / "config.json").write_text(json.dumps(spec, indent=1))

@@ -44,7 +44,7 @@ def run_request(
     :param fanout: this task's place among the nodes of a multi-node run, which copy cold
         images to each other (:mod:`pcocc.ctr.fanout`)
     """
-    from pcocc.ctr.images import resolve_rootfs
+    from pcocc.ctr.images import resolve_image
     from pcocc.ctr.launch import AppSpec, run_pod
     from pcocc.ctr.pods import PodStore
     from pcocc import timing
@@ -52,9 +52,10 @@ def run_request(
     with contextlib.ExitStack() as mounts:  # mounts and cache leases last as the pod
         specs = []
         for image, args in request.apps:
-            rootfs, image_config = resolve_rootfs(config, image, mounts=mounts, notify=notify,
-                                                   fanout=fanout)
-            specs.append(AppSpec(image, str(rootfs), image_config, args))
+            rootfs, image_config, image_ref = resolve_image(
+                config, image, mounts=mounts, notify=notify, fanout=fanout
+            )
+            specs.append(AppSpec(image, str(rootfs), image_config, args, image_ref))
         timing.mark("run: images resolved")
         _, status = run_pod(
             PodStore(), specs, request.options, config.containers, on_started=on_started

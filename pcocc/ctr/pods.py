@@ -5,6 +5,7 @@ a reboot so that their status and logs stay readable until ``gc``. Per pod::
 
     <uuid>/pod.json           the record (written atomically)
     <uuid>/apps/<app>/        the app's OCI bundle (config.json) and its ``log``
+    <uuid>/apps/<app>/layer/  what the app wrote in its root (:mod:`pcocc.ctr.rootlayer`)
     <uuid>/volumes/<name>/    ``kind=empty`` volumes, shared by the pod's apps
 
 States: ``prepared`` (created, not started), ``running``, ``exited``, ``garbage`` (exited
@@ -26,7 +27,7 @@ from typing import Any
 from pcocc import paths
 from pcocc.ctr import host
 from pcocc.errors import Corrupt, NotFound, PcoccError, TimedOut, UsageError
-from pcocc.fsutil import write_atomic
+from pcocc.fsutil import remove_tree, write_atomic
 
 RECORD_VERSION = 1
 STATES = ("prepared", "running", "exited", "garbage")
@@ -76,6 +77,11 @@ class AppRecord:
     #: pid of the runtime process that runs the app (crun/runc/unshare), and its start time
     pid: int | None = None
     pid_start: int | None = None
+    #: the repository image it ran, as REPO:NAME@REVISION ("" for a directory), for
+    #: ``pod export`` (a revision never changes; no ID is hashed on the hot path)
+    image_ref: str = ""
+    #: ran on a writable layer of its own (:mod:`pcocc.ctr.rootlayer`)
+    layer: bool = False
 
 
 @dataclass
@@ -246,10 +252,8 @@ class PodStore:
             )
         d = self.pod_dir(rec.uuid)
         trash = d.with_name(f".{rec.uuid}.removing")
-        import shutil
-
         os.replace(d, trash)  # atomic: the pod disappears at once, then is deleted
-        shutil.rmtree(trash, ignore_errors=True)
+        remove_tree(trash)  # an app's layer may hold directories it made read-only
 
     def gc(self, grace_period_s: float, now: float | None = None) -> list[tuple[str, str]]:
         """One gc pass: exited pods -> garbage, garbage older than the grace -> removed.
@@ -263,7 +267,7 @@ class PodStore:
 
         done: list[tuple[str, str]] = []
         for stale in self.root.glob(".*.removing") if self.root.is_dir() else []:
-            shutil.rmtree(stale, ignore_errors=True)
+            remove_tree(stale)
         for uuid in self.uuids():  # a run that died before its first record
             d = self.pod_dir(uuid)
             try:

@@ -153,6 +153,20 @@ def blob_ref(desc: dict[str, Any], media_type: str | None = None) -> BlobRef:
     return BlobRef(desc["digest"], desc["size"], media_type or desc.get("mediaType", ""))
 
 
+def stack_layer(manifest: dict[str, Any], config: dict[str, Any], layer: dict[str, Any],
+                diff_id: str, *, created: str, created_by: str) -> tuple[dict, dict]:
+    """(manifest, config) of the image ``manifest``/``config`` with the layer descriptor
+    ``layer`` (uncompressed digest ``diff_id``) on top. The manifest's config descriptor
+    still names the old config: the caller stores the new one and points it there."""
+    config = json.loads(json.dumps(config))
+    config["created"] = created
+    config.setdefault("rootfs", {"type": "layers"}).setdefault("diff_ids", []).append(diff_id)
+    config.setdefault("history", []).append({"created": created, "created_by": created_by})
+    manifest = json.loads(json.dumps(manifest))
+    manifest["layers"] = [*manifest.get("layers", []), layer]
+    return manifest, config
+
+
 # --- image layouts ----------------------------------------------------------------------------
 
 

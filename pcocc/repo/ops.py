@@ -11,6 +11,8 @@ import re
 import shutil
 import stat
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pcocc.errors import (
@@ -22,7 +24,7 @@ from pcocc.errors import (
     UsageError,
 )
 from pcocc.fsutil import os_error
-from pcocc.repo import drivers, qemu_img, vm
+from pcocc.repo import drivers, ocispec, qemu_img, vm
 from pcocc.repo.digest import digest_hex
 from pcocc.repo.meta import ImageMeta
 from pcocc.repo.model import (
@@ -318,6 +320,51 @@ def commit_saved_disk(src_repo: Repository, booted: ImageMeta, layer: Path,
     return dst_repo.commit(meta, new_image=new_image)
 
 
+def commit_ctr_layer(repos: RepoSet, base_repo: Repository, base: ImageMeta,
+                     write_layer: Callable[[Path], str], dest: str, *, created_by: str,
+                     description: str = "") -> ImageMeta:
+    """Commit the new container image ``dest`` ([REPO:]NAME): ``base`` with one more layer,
+    which ``write_layer(path)`` writes as a gzip tar at the new file ``path`` (returning its
+    diff_id). The blobs of ``base`` are linked or copied into the destination when it is
+    another repository; nothing is committed if any step fails.
+
+    :raise AlreadyExists: ``dest`` names an existing image (checked before any work)
+    """
+    if ImageUri.parse(dest).revision is not None:
+        raise UsageError(f"{dest}: name a new image, without @REVISION")
+    repo, uri = _dest(repos, dest)
+    img = base.oci_image()
+    with repo.staging("layer") as staging:
+        if base_repo.path.resolve() != repo.path.resolve():
+            for b in base.blobs:
+                if not repo.blob_path(b.digest).exists():
+                    staged = _stage_blob(base_repo.blob_path(b.digest), repo,
+                                         staging / digest_hex(b.digest))
+                    repo.add_blob(staged, expected_digest=b.digest)
+        layer_path = staging / "layer.tar.gz"
+        diff_id = write_layer(layer_path)
+        size = layer_path.stat().st_size
+        layer = {"mediaType": ocispec.MT_LAYER_GZIP, "digest": repo.add_blob(layer_path),
+                 "size": size}
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        manifest, config = ocispec.stack_layer(img.manifest, img.config, layer, diff_id,
+                                               created=created, created_by=created_by)
+        manifest["config"] = _store_json(repo, staging, config, ocispec.MT_OCI_CONFIG)
+        mdesc = _store_json(repo, staging, manifest, ocispec.MT_OCI_MANIFEST)
+        blobs = [ocispec.blob_ref(manifest["config"]), *map(ocispec.blob_ref, manifest["layers"]),
+                 ocispec.blob_ref(mdesc, ocispec.MT_OCI_MANIFEST)]
+        new = OciImage(mdesc["digest"], manifest, config, blobs)
+        meta = new_meta(uri.name, KIND_CTR, blobs, description=description or base.description,
+                        source=base.source, parent=base.ref, oci=_oci_fields(new))
+        return repo.commit(meta, new_image=True)
+
+
+def _store_json(repo: Repository, staging: Path, obj: dict, media_type: str) -> dict:
+    desc = ocispec.write_json_blob(staging, obj, media_type, sort_keys=True)
+    repo.add_blob(staging / digest_hex(desc["digest"]), expected_digest=desc["digest"])
+    return desc
+
+
 def parse_size(text: str) -> int:
     """``20G``, ``512M``, ``1.5T``, ``10GiB`` or a byte count; binary units."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:i?B)?\s*", text, re.IGNORECASE)
@@ -330,5 +377,5 @@ def parse_size(text: str) -> int:
     return size
 
 
-__all__ = ["commit_saved_disk", "copy_image", "export_image", "import_image", "parse_size",
+__all__ = ["commit_ctr_layer", "commit_saved_disk", "copy_image", "export_image", "import_image", "parse_size",
            "resize_image", "save_destination"]

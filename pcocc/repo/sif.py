@@ -18,9 +18,7 @@ config and a manifest, and hand the blobs to the store like any OCI import.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import gzip
 import logging
 import os
 import platform
@@ -34,7 +32,8 @@ from typing import IO
 from pcocc import proc
 from pcocc.errors import Corrupt
 from pcocc.repo import oci, ocispec
-from pcocc.repo.digest import HashingWriter, digest_hex, hash_file
+from pcocc.repo.difflayer import write_layer
+from pcocc.repo.digest import digest_hex, hash_file
 from pcocc.repo.model import AddBlob, OciImage, Progress, no_progress
 
 log = logging.getLogger(__name__)
@@ -275,14 +274,7 @@ def _tar_rootfs(rootfs: Path, out: Path) -> str:
             info.uid = info.gid = 0
         return info
 
-    with (
-        open(out, "wb") as raw,
-        gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0, filename="") as gz,
-    ):
-        hw = HashingWriter(gz)
-        with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for name in sorted(os.listdir(rootfs)):
-                tar.add(rootfs / name, arcname=name, recursive=True, filter=normalize)
-    with contextlib.suppress(OSError):
-        os.chmod(out, 0o644)
+    with write_layer(out) as (tar, hw):
+        for name in sorted(os.listdir(rootfs)):
+            tar.add(rootfs / name, arcname=name, recursive=True, filter=normalize)
     return hw.digest()

@@ -40,3 +40,25 @@ def test_write_atomic_replaces_whole_with_the_mode_asked(tmp_path):
     assert os.listdir(tmp_path) == ["f"]
     with pytest.raises(PcoccError, match=f"cannot write {tmp_path}/no/f"):
         write_atomic(tmp_path / "no" / "f", "x")
+
+
+def test_remove_tree_removes_a_directory_it_may_not_list(tmp_path, monkeypatch):
+    """overlayfs leaves its work/work at mode 0, not empty, in a rootless pod's layer (root
+    lists it anyway: the refusal is simulated)."""
+    from pcocc.fsutil import remove_tree
+
+    top = tmp_path / "pod"
+    (top / "layer" / "work").mkdir(parents=True)
+    (top / "layer" / "work" / "#9f").write_text("")
+    real_open = os.open
+    denied: list[str] = []
+
+    def refusing_open(path, flags, *args, dir_fd=None, **kw):
+        if os.fspath(path) == "work" and dir_fd is not None and not denied:
+            denied.append(os.fspath(path))
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_open(path, flags, *args, dir_fd=dir_fd, **kw)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    assert remove_tree(top) and not top.exists()
+    assert denied == ["work"]

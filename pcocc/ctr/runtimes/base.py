@@ -51,6 +51,11 @@ class Runtime(ABC):
         return [{}]
 
     # -- what a backend implements ------------------------------------------------------
+    def supports_root_layer(self) -> bool:
+        """Whether this backend mounts the writable layer of :mod:`pcocc.ctr.rootlayer`
+        (an overlay mount on ``/`` first in the spec); without it the root is read-only."""
+        return False
+
     def adapt_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
         """The spec this backend needs, given the quirks found by the probe."""
         return spec

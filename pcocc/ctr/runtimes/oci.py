@@ -8,6 +8,11 @@ Only when the probe detects them:
   namespace is a user namespace too, so the spec's host ids are rewritten relative to it.
 - runc rootless needs root mapped in the container: the app then runs as root of its user
   namespace (the caller on the host).
+
+The app's writable layer (:mod:`pcocc.ctr.rootlayer`) is an overlay mount on ``/``, which runc
+mounts itself. crun before 1.21 cannot mount on ``/``: it starts in a private mount namespace
+(the cgroup wrapper's, or one of its own when run by root) where the overlay is mounted on
+the spec's root first; the spec keeps the mount options in an annotation.
 """
 
 from __future__ import annotations
@@ -21,8 +26,13 @@ from typing import Any
 
 from pcocc import paths, proc
 from pcocc.ctr import host
+from pcocc.ctr.rootlayer import USERXATTR, is_root_overlay
 from pcocc.ctr.runtimes.base import Runtime, register
 from pcocc.errors import PcoccError
+
+
+#: where crun's spec keeps the options of the root overlay the wrapper mounts
+ROOT_OVERLAY_ANNOTATION = "org.pcocc.root-overlay"
 
 
 class OciRuntime(Runtime):
@@ -35,11 +45,21 @@ class OciRuntime(Runtime):
         """Whether the probe found that this runtime needs the unified-bind wrapper."""
         return self.mode.get("wrap") == "unified-bind"
 
-    def wrapper(self) -> list[str]:
-        if not self.wrapped():
+    def wrapper(self, overlay: tuple[str, str] | None = None) -> list[str]:
+        """The private mount namespace crun starts in, if it needs one: with the v2 cgroup
+        tree bound over /sys/fs/cgroup (hybrid hosts), and/or ``overlay``, ``(mount
+        options, target)``, mounted (the app's root layer)."""
+        steps, args = [], []
+        if self.wrapped():
+            args.append(f"{host.CGROUP_ROOT}/unified")
+            steps.append(f'mount --bind "${len(args)}" /sys/fs/cgroup')
+        if overlay is not None:
+            args.extend(overlay)
+            steps.append(f'mount -t overlay -o "${len(args) - 1}" overlay "${len(args)}"')
+        if not steps:
             return []
         userns = ["--user", "--map-root-user"] if host.is_rootless() else []
-        script = 'mount --bind "$0" /sys/fs/cgroup && exec "$@"'
+        script = " && ".join([*steps, f"shift {len(args)}", 'exec "$@"'])
         return [
             proc.which("unshare"),
             *userns,
@@ -50,7 +70,8 @@ class OciRuntime(Runtime):
             "/bin/sh",
             "-c",
             script,
-            f"{host.CGROUP_ROOT}/unified",
+            "pcocc-wrap",
+            *args,
         ]
 
     def global_args(self) -> list[str]:
@@ -71,7 +92,18 @@ class OciRuntime(Runtime):
         return spec
 
     def run_argv(self, bundle: Path, container_id: str) -> list[str]:
-        return [*self.wrapper(), *self.global_args(), "run", "--bundle", str(bundle), container_id]
+        return [
+            *self.wrapper(self.root_overlay(bundle)),
+            *self.global_args(),
+            "run",
+            "--bundle",
+            str(bundle),
+            container_id,
+        ]
+
+    def root_overlay(self, bundle: Path) -> tuple[str, str] | None:
+        """The root layer the wrapper mounts for the bundle: (options, target), or None."""
+        return None
 
     def exec_argv(self, container_id, argv, *, record, tty=False):
         if self.wrapped() and host.is_rootless():
@@ -161,6 +193,28 @@ class Crun(OciRuntime):
     name = "crun"
     binary = "crun"
 
+    def supports_root_layer(self) -> bool:
+        # rootless, a wrapper of its own would need the user namespace of the cgroup one
+        return self.wrapped() or not host.is_rootless()
+
+    def adapt_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+        spec = super().adapt_spec(spec)
+        mounts = spec.get("mounts", [])
+        if mounts and is_root_overlay(mounts[0]):
+            opts = mounts.pop(0)["options"]
+            if not host.is_rootless():  # mounted by real root: not in a user namespace
+                opts = [o for o in opts if o != USERXATTR]
+            spec.setdefault("annotations", {})[ROOT_OVERLAY_ANNOTATION] = ",".join(opts)
+        return spec
+
+    def root_overlay(self, bundle: Path) -> tuple[str, str] | None:
+        try:
+            spec = json.loads((bundle / "config.json").read_text())
+        except FileNotFoundError:
+            return None
+        opts = (spec.get("annotations") or {}).get(ROOT_OVERLAY_ANNOTATION)
+        return None if opts is None else (opts, spec["root"]["path"])
+
     def candidate_modes(self) -> list[dict[str, Any]]:
         modes: list[dict[str, Any]] = [{}]
         if host.cgroup_layout() == "hybrid":
@@ -172,6 +226,9 @@ class Crun(OciRuntime):
 class Runc(OciRuntime):
     name = "runc"
     binary = "runc"
+
+    def supports_root_layer(self) -> bool:
+        return True  # runc mounts the overlay on / itself
 
     def adapt_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
         spec = super().adapt_spec(spec)

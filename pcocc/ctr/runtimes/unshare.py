@@ -23,6 +23,9 @@ class Unshare(Runtime):
     name = "unshare"
     binary = "unshare"
 
+    def supports_root_layer(self) -> bool:
+        return True  # nsinit mounts it
+
     def run_argv(self, bundle: Path, container_id: str) -> list[str]:
         spec = json.loads((bundle / "config.json").read_text())
         ns_types = {n["type"] for n in spec.get("linux", {}).get("namespaces", [])}
