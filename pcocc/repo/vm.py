@@ -20,6 +20,7 @@ from pcocc.errors import (
     UsageError,
 )
 from pcocc.fsutil import fsync_dir, os_error, tmp_name
+from pcocc import timing
 from pcocc.repo import qemu_img
 from pcocc.repo.digest import HEX_RE
 from pcocc.repo.model import AddBlob, BlobRef, Progress, VmLayers, no_progress
@@ -159,6 +160,7 @@ def import_vm(path: Path, fmt: str | None, origin: str, staging: Path, add_blob:
             info = qemu_img.info(src.path, pass_fds=src.fds, where=os.fspath(path))
         except ToolError as err:
             raise PcoccError(f"cannot read image {path}: {err}") from err
+        timing.mark("import: header read (qemu-img info)")
         fmt = resolve_import_format(path, fmt, origin, info)
         others = info.other_files()
         if not others:
@@ -176,8 +178,10 @@ def import_vm(path: Path, fmt: str | None, origin: str, staging: Path, add_blob:
                              total_bytes=info.virtual_size, pass_fds=src.fds)
         except ToolError as err:
             raise PcoccError(f"cannot convert {path} from {fmt}: {err}") from err
+        timing.mark("import: converted to qcow2 (qemu-img convert)")
     size = out.stat().st_size
     digest = add_blob(out)
+    timing.mark("import: blob hashed, fsynced, stored")
     return fmt, VmLayers([BlobRef(digest, size, QCOW2_MEDIA_TYPE)], info.virtual_size)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from pcocc import paths
+from pcocc import paths, timing
 from pcocc.errors import NotFound, PcoccError, UsageError
 from pcocc.fsutil import write_atomic
 from pcocc.trust import auth, http
@@ -72,6 +72,7 @@ def fetch(repos: RepoSet, req: FetchRequest, security: Security,
         raise UsageError("--no-store and --store-only contradict each other")
     if req.ref.startswith("docker://"):
         return _fetch_docker(repos, req, security, notify)
+    timing.mark("fetch: imported, options read", started="fetch: process started")
     rec_path = _record_path(security, req.ref)
     rec = None if req.no_store else _read_record(rec_path, repos)
     if req.store_only:
@@ -106,6 +107,7 @@ def fetch(repos: RepoSet, req: FetchRequest, security: Security,
             resp, _ = http.download(target.url, data, transport, headers=headers,
                                     auth=creds.header_for)
             if resp.status == 304 and rec is not None:
+                timing.mark("fetch: 304 received")
                 _write_record(rec_path, {**rec[0], "expires": _expires(resp.headers)})
                 notify(f"{req.ref}: unchanged on the server (ETag): using {rec[1].ref}")
                 return Fetched(rec[1], True)
@@ -113,12 +115,14 @@ def fetch(repos: RepoSet, req: FetchRequest, security: Security,
             signer = _check(target, data, Path(tmp), req, security, store, transport, creds,
                             notify)
         meta = _import(repos, data, req, target)
+        timing.mark("fetch: imported into the repository")
     if resp is not None:
         _write_record(rec_path, {"ref": req.ref, "url": target.url,
                                  "etag": resp.headers.get("ETag") or "",
                                  "expires": _expires(resp.headers), "repo": meta.repo,
                                  "name": meta.name, "revision": meta.revision,
                                  "image_id": meta.image_id})
+    timing.mark("fetch: record written")
     return Fetched(meta, False, signer)
 
 
@@ -223,10 +227,13 @@ def _download_checked(target: _Target, data: Path, tmp: Path, req: FetchRequest,
 
     http.check_url(target.url, transport)  # a refused URL is said before its signature's
     sig = _signature(target, tmp, req, transport, creds, notify)
+    timing.mark("fetch: signature downloaded")
     with streaming_check(store(), target.name, sig, origin=target.url) as (feed, result):
         notify(f"fetching image from {target.url}")
         resp, _ = http.download(target.url, data, transport, auth=creds.header_for, tee=feed)
+        timing.mark("fetch: image downloaded (gpgv reading along)")
         verdict = result()
+        timing.mark("fetch: gpgv verdict")
     notify(f"signature verified: {verdict.signer} ({verdict.key})")
     return resp, verdict.key or ""
 
