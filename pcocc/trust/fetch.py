@@ -9,6 +9,7 @@ max-age has run out, sends If-None-Match, and downloads nothing on 304.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -87,8 +88,9 @@ def fetch(repos: RepoSet, req: FetchRequest, security: Security,
     transport = http.Transport(allow_http=security.allows("http"),
                                verify_tls=not security.allows("tls"))
     creds = auth.load(security.dir)
-    with tempfile.TemporaryDirectory(prefix="pcocc-fetch-") as tmp:
-        data = Path(tmp) / "image"
+    with tempfile.TemporaryDirectory(prefix="pcocc-fetch-") as tmp, \
+            contextlib.ExitStack() as staged:
+        place = _Placement(repos, req, target, staged)
         headers = {}
         etag_known = rec is not None and rec[0].get("url") == target.url and rec[0].get("etag")
         if etag_known:
@@ -100,21 +102,26 @@ def fetch(repos: RepoSet, req: FetchRequest, security: Security,
             data = _local(target.url)
             resp = None
         elif streamed:
-            resp, signer = _download_checked(target, data, Path(tmp), req, store, transport,
+            resp, signer = _download_checked(target, place, Path(tmp), req, store, transport,
                                              creds, notify)
         else:
             notify(f"fetching image from {target.url}")
-            resp, _ = http.download(target.url, data, transport, headers=headers,
+            resp, _ = http.download(target.url, place, transport, headers=headers,
                                     auth=creds.header_for)
             if resp.status == 304 and rec is not None:
                 timing.mark("fetch: 304 received")
                 _write_record(rec_path, {**rec[0], "expires": _expires(resp.headers)})
                 notify(f"{req.ref}: unchanged on the server (ETag): using {rec[1].ref}")
                 return Fetched(rec[1], True)
+        if resp is not None:
+            if resp.path is None:  # a 304 we did not ask for
+                raise PcoccError(f"{target.url}: the server answered {resp.status} "
+                                 "without the image")
+            data = resp.path
         if not streamed:
             signer = _check(target, data, Path(tmp), req, security, store, transport, creds,
                             notify)
-        meta = _import(repos, data, req, target)
+        meta = place.import_(data, resp.sha256 if resp is not None else None)
         timing.mark("fetch: imported into the repository")
     if resp is not None:
         _write_record(rec_path, {"ref": req.ref, "url": target.url,
@@ -217,11 +224,11 @@ def _signature(target: _Target, tmp: Path, req: FetchRequest, transport: http.Tr
     return sig
 
 
-def _download_checked(target: _Target, data: Path, tmp: Path, req: FetchRequest,
+def _download_checked(target: _Target, data: Callable[[], Path], tmp: Path, req: FetchRequest,
                       store: Callable[[], TrustStore], transport: http.Transport,
                       creds: auth.Credentials, notify: Callable[[str], None]
                       ) -> tuple[http.Response, str]:
-    """Download the image into ``data`` with gpgv reading along (one pass over the data, no
+    """Download the image into ``data()`` with gpgv reading along (one pass over the data, no
     second read); an unsigned image, or one no key is trusted for, is refused first."""
     from pcocc.trust.verify import streaming_check
 
@@ -280,23 +287,47 @@ def _local_name(name: str) -> str:
     return name.rsplit("/", 1)[-1].replace("~", "_").replace(":", "_")
 
 
-def _import(repos: RepoSet, data: Path, req: FetchRequest, target: _Target) -> ImageMeta:
-    """Import as a new image, or as the next revision of the image an earlier fetch of
-    the same URL made (never over another image)."""
-    from pcocc.repo import ops
+class _Placement:
+    """Where a fetched image goes: a new image, or the next revision of the image an
+    earlier fetch of the same URL made (never over another image). As a ``dest`` of
+    :func:`http.download`, the file to write, in a staging directory of that repository
+    (so that it can become a blob by a rename), chosen only when a body comes."""
 
-    dest = req.dest or _local_name(target.name)
-    fmt = _format(data)
-    origin = f"fetched from {target.url}"
-    try:
-        _, existing = repos.resolve(dest)
-    except NotFound:
-        existing = None
-    again = existing is not None and existing.description == origin
-    if again:
-        dest = f"{existing.repo}:{existing.name}"
-    return ops.import_image(repos, f"{fmt}:{data}", dest, description=origin,
-                            new_image=not again)
+    def __init__(self, repos: RepoSet, req: FetchRequest, target: _Target,
+                 staged: contextlib.ExitStack):
+        self.repos, self.staged = repos, staged
+        self.origin = f"fetched from {target.url}"
+        self.dest = req.dest or _local_name(target.name)
+        self.again: bool | None = None
+
+    def _resolve(self) -> None:
+        if self.again is None:
+            try:
+                _, existing = self.repos.resolve(self.dest)
+            except NotFound:
+                existing = None
+            self.again = existing is not None and existing.description == self.origin
+            if self.again:
+                self.dest = f"{existing.repo}:{existing.name}"
+
+    def __call__(self) -> Path:
+        from pcocc.repo import ops
+
+        self._resolve()
+        return self.staged.enter_context(ops.staging_for(self.repos, self.dest)) / "image"
+
+    def import_(self, data: Path, sha256: str | None) -> ImageMeta:
+        """Import ``data``; ``sha256``: its digest, computed while we wrote it in our
+        staging directory (a download), else None (a file:// image, read where it is)."""
+        from pcocc.repo import ops
+
+        self._resolve()
+        fmt = _format(data)
+        if sha256 is not None:
+            return ops.import_hashed(self.repos, data, "sha256:" + sha256, fmt, self.dest,
+                                     description=self.origin, new_image=not self.again)
+        return ops.import_image(self.repos, f"{fmt}:{data}", self.dest,
+                                description=self.origin, new_image=not self.again)
 
 
 def _fetch_docker(repos: RepoSet, req: FetchRequest, security: Security,
