@@ -80,7 +80,7 @@ def _tls_kw(tls_verify: bool | None) -> dict:
 def import_image(repos: RepoSet, source: str, dest: str, *, fmt: str | None = None,
                  description: str = "", progress: Progress = no_progress,
                  tls_verify: bool | None = None, allow_backing_in_repo: bool = False,
-                 new_image: bool = True) -> ImageMeta:
+                 new_image: bool = True, authfile: Path | None = None) -> ImageMeta:
     """Import ``[FORMAT:]SOURCE`` as revision 0 of the new image ``dest`` ([REPO:]NAME)
     (with ``new_image`` false: as the next revision of that image, which must exist).
 
@@ -91,6 +91,7 @@ def import_image(repos: RepoSet, source: str, dest: str, *, fmt: str | None = No
     :param tls_verify: registries (docker://): False allows plain HTTP and unverified
         certificates, True insists on verified HTTPS, None lets skopeo decide (its
         registries.conf), except for loopback registries, which need no TLS
+    :param authfile: registries (docker://): credentials, a containers-auth.json file
     :param allow_backing_in_repo: (root only) a VM image may have a backing file that is a
         blob of the destination repository; the chain is flattened into the new image
     """
@@ -123,7 +124,8 @@ def import_image(repos: RepoSet, source: str, dest: str, *, fmt: str | None = No
             img = driver.import_sif(path, staging, repo.add_blob, progress)
         else:
             img = driver.import_image(spec.location, spec.fmt, staging, repo.add_blob, progress,
-                                      **_tls_kw(tls_verify))
+                                      **_tls_kw(tls_verify),
+                                      **({} if authfile is None else {"authfile": authfile}))
         meta = new_meta(uri.name, KIND_CTR, img.blobs, description=description,
                         source=_container_source(spec), oci=_oci_fields(img))
         return repo.commit(meta, new_image=new_image)

@@ -332,6 +332,9 @@ class _Placement:
 
 def _fetch_docker(repos: RepoSet, req: FetchRequest, security: Security,
                   notify: Callable[[str], None]) -> Fetched:
+    """A docker:// image through skopeo; the registry's basic credentials of
+    ``auth.json`` reach skopeo in a private file (:func:`auth.registry_authfile`)."""
+    from pcocc.errors import ToolError
     from pcocc.repo import ops
 
     if not security.allows("image"):
@@ -344,8 +347,20 @@ def _fetch_docker(repos: RepoSet, req: FetchRequest, security: Security,
     ref = req.ref[len("docker://"):]
     dest = req.dest or _local_name(ref.split("@")[0].rsplit(":", 1)[0]
                                    if "/" in ref else ref.split(":")[0])
-    meta = ops.import_image(repos, req.ref.replace("docker://", "docker://", 1), dest,
-                            tls_verify=False if security.allows("tls") else None)
+    registry = ref.split("/", 1)[0] if "/" in ref else ""
+    creds = auth.load(security.dir)
+    with auth.registry_authfile(creds, registry.lower()) as authfile:
+        try:
+            meta = ops.import_image(repos, req.ref, dest, authfile=authfile,
+                                    tls_verify=False if security.allows("tls") else None)
+        except ToolError as err:
+            if "unauthorized" not in str(err).lower():
+                raise
+            have = "were refused" if authfile else f"are not in {security.dir / auth.FILE_NAME}"
+            raise PcoccError(f"{req.ref}: the registry {registry} asks for credentials, "
+                             f"which {have}",
+                             hint=f"add basic credentials for {registry} to "
+                                  f"{security.dir / auth.FILE_NAME} (mode 0600)") from err
     return Fetched(meta, False)
 
 
