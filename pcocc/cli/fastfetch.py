@@ -93,14 +93,13 @@ def fast_fetch(argv: list[str]) -> int | None:
     if parsed is None:
         return None
     glob, opts = parsed
-    from pcocc.cli.session import Session, setup_logging
+    from pcocc.cli.session import Session, config_dirs, setup_logging
 
     setup_logging(glob.get("debug", False), glob.get("verbose", 0), glob.get("quiet", False))
+    system_dir, user_dir = config_dirs(glob.get("system_config"), glob.get("user_config"))
     session = Session(
-        system_dir=glob.get("system_config") or os.environ.get("PCOCC_SYSTEM_CONF_DIR")
-        or "/etc/pcocc",
-        user_dir=glob.get("user_config") or os.environ.get("PCOCC_USER_CONF_DIR")
-        or os.path.join(os.path.expanduser("~"), ".pcocc"),
+        system_dir=system_dir,
+        user_dir=user_dir,
         debug=glob.get("debug", False),
         quiet=glob.get("quiet", False),
         verbose=glob.get("verbose", 0),
