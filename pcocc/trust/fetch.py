@@ -25,11 +25,12 @@ from urllib.parse import unquote, urlsplit
 from pcocc import paths, timing
 from pcocc.errors import NotFound, PcoccError, UsageError
 from pcocc.fsutil import write_atomic
-from pcocc.trust import auth, http
 from pcocc.trust.prefix import NAME_RE, check_name, split_version
 from pcocc.trust.settings import Security
 
-if TYPE_CHECKING:  # the 304 path of a second fetch imports neither the store nor gpg
+if TYPE_CHECKING:  # the 304 path of a second fetch imports neither the store nor gpg,
+    # and a fresh or --store-only one not even urllib and ssl
+    from pcocc.trust import auth, http
     from pcocc.repo.meta import ImageMeta
     from pcocc.repo.reposet import RepoSet
     from pcocc.trust.store import TrustStore
@@ -84,6 +85,8 @@ def fetch(repos: RepoSet, req: FetchRequest, security: Security,
     if rec is not None and rec[0].get("expires", 0) > time.time():
         notify(f"{req.ref}: using {rec[1].ref} (still fresh by Cache-Control)")
         return Fetched(rec[1], True)
+    from pcocc.trust import auth, http
+
     target = _target(req, security, notify)
     transport = http.Transport(allow_http=security.allows("http"),
                                verify_tls=not security.allows("tls"))
@@ -184,6 +187,8 @@ def _target(req: FetchRequest, security: Security, notify: Callable[[str], None]
     labels = {"version": version or "latest", "os": "linux",
               "arch": _ARCH.get(platform.machine(), platform.machine()), "ext": DEFAULT_EXT,
               **req.labels, "name": name}
+    from pcocc.trust import http
+
     transport = http.Transport(allow_http=False, verify_tls=not security.allows("tls"))
     notify(f"searching for app image {name}:{labels['version']}")
     tags = discovery.find(name, "ac-discovery", transport, notify)
@@ -214,6 +219,8 @@ def _signature(target: _Target, tmp: Path, req: FetchRequest, transport: http.Tr
     """The detached signature: --signature, else URL.asc downloaded (None: there is none)."""
     if req.signature is not None or target.sig_url is None:
         return req.signature
+    from pcocc.trust import http
+
     sig = tmp / "image.asc"
     notify(f"downloading signature from {target.sig_url}")
     try:
@@ -230,6 +237,7 @@ def _download_checked(target: _Target, data: Callable[[], Path], tmp: Path, req:
                       ) -> tuple[http.Response, str]:
     """Download the image into ``data()`` with gpgv reading along (one pass over the data, no
     second read); an unsigned image, or one no key is trusted for, is refused first."""
+    from pcocc.trust import http
     from pcocc.trust.verify import streaming_check
 
     http.check_url(target.url, transport)  # a refused URL is said before its signature's
@@ -336,6 +344,7 @@ def _fetch_docker(repos: RepoSet, req: FetchRequest, security: Security,
     ``auth.json`` reach skopeo in a private file (:func:`auth.registry_authfile`)."""
     from pcocc.errors import ToolError
     from pcocc.repo import ops
+    from pcocc.trust import auth
 
     if not security.allows("image"):
         raise UsageError(f"{req.ref}: docker images cannot be signature-checked",
