@@ -138,15 +138,38 @@ def download(url: str, dest: Path | Callable[[], Path] | None, transport: Transp
 
 
 def _save(resp, path: Path, tee: Callable[[bytes], None] | None) -> str:  # noqa: ANN001
-    """Write the body into a new private file ``path``; its sha256 (hex)."""
+    """Write the body into a new private file ``path``; its sha256 (hex). Hashing and
+    ``tee`` run in a second thread, next to the reads and writes of this one (all of them
+    release the GIL), so that they add little to the download's time."""
     import hashlib
+    import queue
+    import threading
 
     h = hashlib.sha256()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    with open(fd, "wb") as out:
-        while chunk := resp.read(_CHUNK):
-            out.write(chunk)
-            h.update(chunk)
-            if tee is not None:
-                tee(chunk)
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+    failed: list[BaseException] = []
+
+    def digest() -> None:
+        while (chunk := chunks.get()) is not None:
+            if not failed:
+                try:
+                    h.update(chunk)
+                    if tee is not None:
+                        tee(chunk)
+                except BaseException as err:  # noqa: BLE001 - raised again below
+                    failed.append(err)
+
+    worker = threading.Thread(target=digest, name="pcocc-hash", daemon=True)
+    worker.start()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with open(fd, "wb") as out:
+            while chunk := resp.read(_CHUNK):
+                out.write(chunk)
+                chunks.put(chunk)
+    finally:
+        chunks.put(None)
+        worker.join()
+    if failed:
+        raise failed[0]
     return h.hexdigest()
