@@ -31,7 +31,9 @@ class Registry:
         return f"{self.host}/{repo}:{tag}"
 
 
-def _config(root: Path, port: int) -> str:
+def _config(root: Path, port: int, htpasswd: Path | None = None) -> str:
+    auth = (f"auth:\n  htpasswd:\n    realm: pcocc-test\n    path: {htpasswd}\n"
+            if htpasswd is not None else "")
     return (
         "version: 0.1\n"
         "log:\n  level: warn\n"
@@ -39,6 +41,7 @@ def _config(root: Path, port: int) -> str:
         f"  filesystem:\n    rootdirectory: {root / 'data'}\n"
         "  delete:\n    enabled: true\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
+        + auth
     )
 
 
@@ -54,6 +57,9 @@ def _wait_ready(host: str, child, log_path: Path, timeout_s: float) -> None:
             with urllib.request.urlopen(f"http://{host}/v2/", timeout=1) as resp:
                 if resp.status == 200:
                     return
+        except urllib.error.HTTPError as err:
+            if err.code == 401:  # up, and asking for credentials (htpasswd)
+                return
         except (urllib.error.URLError, ConnectionError, OSError):
             pass
         time.sleep(0.05)
@@ -61,13 +67,15 @@ def _wait_ready(host: str, child, log_path: Path, timeout_s: float) -> None:
 
 
 @contextlib.contextmanager
-def local_registry(workdir: Path, *, timeout_s: float = 20.0) -> Iterator[Registry]:
-    """Run a registry on 127.0.0.1 until the block ends (plain HTTP: use tls-verify=false)."""
+def local_registry(workdir: Path, *, timeout_s: float = 20.0, htpasswd: Path | None = None
+                   ) -> Iterator[Registry]:
+    """Run a registry on 127.0.0.1 until the block ends (plain HTTP: use tls-verify=false);
+    with ``htpasswd`` (bcrypt entries), it asks every client for basic credentials."""
     workdir.mkdir(parents=True, exist_ok=True)
     for _attempt in range(3):
         port = free_port()
         cfg = workdir / "config.yml"
-        cfg.write_text(_config(workdir, port))
+        cfg.write_text(_config(workdir, port, htpasswd))
         log_path = workdir / "registry.log"
         child = proc.spawn([REGISTRY_BIN, "serve", cfg], log_path=log_path, cwd=workdir)
         host = f"127.0.0.1:{port}"

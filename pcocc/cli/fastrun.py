@@ -11,7 +11,6 @@ Also home of the helpers of ``pcocc run`` that both paths share.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -207,7 +206,7 @@ def fast_run(argv: list[str]) -> int | None:
     from pcocc import timing
 
     timing.mark("run: interpreter started, command line parsed")
-    from pcocc.cli.session import Session, setup_logging
+    from pcocc.cli.session import Session, config_dirs, setup_logging
     from pcocc.ctr.pod import run_request
 
     timing.mark("run: imported")
@@ -216,13 +215,10 @@ def fast_run(argv: list[str]) -> int | None:
     verbose = glob.get("verbose", 0)
     quiet = glob.get("quiet", False)
     setup_logging(debug, verbose, quiet)
+    system_dir, user_dir = config_dirs(glob.get("system_config"), glob.get("user_config"))
     session = Session(
-        system_dir=glob.get("system_config")
-        or os.environ.get("PCOCC_SYSTEM_CONF_DIR")
-        or "/etc/pcocc",
-        user_dir=glob.get("user_config")
-        or os.environ.get("PCOCC_USER_CONF_DIR")
-        or os.path.join(os.path.expanduser("~"), ".pcocc"),
+        system_dir=system_dir,
+        user_dir=user_dir,
         debug=debug,
         quiet=quiet,
         verbose=verbose,

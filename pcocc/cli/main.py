@@ -61,6 +61,10 @@ def run_cli(argv: list[str]) -> int:
         from pcocc.cli.fastrun import fast_run
 
         status = fast_run(argv)
+        if status is None and "fetch" in argv:
+            from pcocc.cli.fastfetch import fast_fetch
+
+            status = fast_fetch(argv)
         return _run_click(argv) if status is None else status
     except PcoccError as e:
         if debug:

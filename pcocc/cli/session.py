@@ -76,6 +76,16 @@ class Session:
         return not self.quiet and sys.stderr.isatty()
 
 
+def config_dirs(system: str | None, user: str | None) -> tuple[str, str]:
+    """The system and user configuration directories of the click-free paths: the
+    options, else the environment, else the defaults (as the click group's options)."""
+    import os
+
+    return (system or os.environ.get("PCOCC_SYSTEM_CONF_DIR") or "/etc/pcocc",
+            user or os.environ.get("PCOCC_USER_CONF_DIR")
+            or os.path.join(os.path.expanduser("~"), ".pcocc"))
+
+
 def setup_logging(debug: bool, verbose: int, quiet: bool) -> None:
     """Send pcocc's log records to stderr at the level of the global options."""
     # Imported here: --help and --version never get this far and need no logging.

@@ -76,6 +76,7 @@ def import_image(
     *,
     tls_verify: bool | None = None,
     policy: Path | None = None,
+    authfile: Path | None = None,
 ) -> OciImage:
     """Import the container image ``fmt:source`` and return what the store must record.
 
@@ -83,6 +84,7 @@ def import_image(
     :param fmt: a skopeo transport: docker, docker-archive, docker-daemon, oci,
         oci-archive, dir, ostree
     :param tls_verify: for ``docker``: False allows plain HTTP registries
+    :param authfile: for ``docker``: registry credentials (a containers-auth.json file)
     :raise UsageError: unknown format
     :raise ToolError: skopeo lacks the transport or failed
     :raise Corrupt: the copied image is malformed or a blob fails its digest
@@ -100,13 +102,14 @@ def import_image(
     skopeo.require_transport(fmt)
     layout = staging / "oci-layout"
     layout.mkdir(parents=True, exist_ok=True)
-    _link_known_blobs(src_ref, layout, add_blob, tls_verify)
+    _link_known_blobs(src_ref, layout, add_blob, tls_verify, authfile)
     progress(0, None)
     skopeo.copy(
         src_ref,
         f"oci:{layout}:{STAGING_TAG}",
         policy=policy,
         src_tls_verify=tls_verify,
+        src_authfile=authfile,
         extra=["--dest-oci-accept-uncompressed-layers"],
     )
     img = ingest_layout(layout, add_blob, progress, tag=STAGING_TAG, what=src_ref)
@@ -178,7 +181,8 @@ def ingest_layout(
 
 
 def _link_known_blobs(
-    src_ref: str, layout: Path, add_blob: AddBlob, tls_verify: bool | None
+    src_ref: str, layout: Path, add_blob: AddBlob, tls_verify: bool | None,
+    authfile: Path | None = None,
 ) -> None:
     """Link into the layout the source's blobs that the store already has (skopeo reuses them)."""
     has_blob = getattr(add_blob, "has_blob", None)
@@ -186,7 +190,7 @@ def _link_known_blobs(
     if has_blob is None or blob_path is None:
         return
     try:
-        raw = skopeo.inspect_raw(src_ref, tls_verify=tls_verify)
+        raw = skopeo.inspect_raw(src_ref, tls_verify=tls_verify, authfile=authfile)
     except (ToolError, Corrupt) as err:
         log.debug("cannot inspect %s before copying (%s); copying everything", src_ref, err)
         return

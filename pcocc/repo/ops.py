@@ -82,7 +82,7 @@ def _tls_kw(tls_verify: bool | None) -> dict:
 def import_image(repos: RepoSet, source: str, dest: str, *, fmt: str | None = None,
                  description: str = "", progress: Progress = no_progress,
                  tls_verify: bool | None = None, allow_backing_in_repo: bool = False,
-                 new_image: bool = True) -> ImageMeta:
+                 new_image: bool = True, authfile: Path | None = None) -> ImageMeta:
     """Import ``[FORMAT:]SOURCE`` as revision 0 of the new image ``dest`` ([REPO:]NAME)
     (with ``new_image`` false: as the next revision of that image, which must exist).
 
@@ -93,6 +93,7 @@ def import_image(repos: RepoSet, source: str, dest: str, *, fmt: str | None = No
     :param tls_verify: registries (docker://): False allows plain HTTP and unverified
         certificates, True insists on verified HTTPS, None lets skopeo decide (its
         registries.conf), except for loopback registries, which need no TLS
+    :param authfile: registries (docker://): credentials, a containers-auth.json file
     :param allow_backing_in_repo: (root only) a VM image may have a backing file that is a
         blob of the destination repository; the chain is flattened into the new image
     """
@@ -125,10 +126,37 @@ def import_image(repos: RepoSet, source: str, dest: str, *, fmt: str | None = No
             img = driver.import_sif(path, staging, repo.add_blob, progress)
         else:
             img = driver.import_image(spec.location, spec.fmt, staging, repo.add_blob, progress,
-                                      **_tls_kw(tls_verify))
+                                      **_tls_kw(tls_verify),
+                                      **({} if authfile is None else {"authfile": authfile}))
         meta = new_meta(uri.name, KIND_CTR, img.blobs, description=description,
                         source=_container_source(spec), oci=_oci_fields(img))
         return repo.commit(meta, new_image=new_image)
+
+
+def import_hashed(repos: RepoSet, path: Path, digest: str, fmt: str, dest: str, *,
+                  description: str = "", new_image: bool = True) -> ImageMeta:
+    """:func:`import_image` of ``path``, a file of format ``fmt`` that we wrote into the
+    staging directory of ``dest``'s repository (:func:`staging_for`) and whose sha256
+    ``digest`` we computed while writing it (a download). A qcow2 that already is a base
+    layer becomes the layer as is, without a rewrite or a second read
+    (:func:`pcocc.repo.vm.adopt_base_layer`); anything else is imported as usual."""
+    if fmt == "qcow2":
+        repo, uri = _dest(repos, dest, new_image)
+        layers = vm.adopt_base_layer(path, digest, repo.store_hashed_blob)
+        if layers is not None:
+            meta = new_meta(uri.name, KIND_VM, layers.layers, description=description,
+                            source=f"qcow2:{os.path.abspath(path)}", vm=_vm_fields(layers))
+            return repo.commit(meta, new_image=new_image)
+    return import_image(repos, f"{fmt}:{path}", dest, description=description,
+                        new_image=new_image)
+
+
+@contextlib.contextmanager
+def staging_for(repos: RepoSet, dest: str):
+    """A private directory in the repository ``dest`` ([REPO:]NAME) goes to, removed on
+    exit: a download written there can become a blob by a rename."""
+    with repos.for_write(ImageUri.parse(dest).repo).staging("fetch") as d:
+        yield d
 
 
 def export_image(repos: RepoSet, image: str, dest: str, *, fmt: str | None = None,

@@ -171,6 +171,15 @@ def info(path: str | os.PathLike, fmt: str | None = None, *, pass_fds: Sequence[
     return ImageInfo.from_json(res.stdout, where)
 
 
+def is_consistent(path: str | os.PathLike) -> bool:
+    """Whether ``qemu-img check`` finds the qcow2 ``path`` (opened without any backing file)
+    free of corruptions and leaks: its metadata read, not its data."""
+    res = proc.run(["qemu-img", "check", "-U", "--output=json", "--image-opts",
+                    image_opts(path, "qcow2", no_backing=True)], check=False,
+                   what=f"qemu-img check on {os.fspath(path)}", timeout_s=INFO_TIMEOUT_S)
+    return res.returncode == 0
+
+
 def _run_with_progress(argv: list[str], total_bytes: int, progress: Progress, what: str,
                        pass_fds: Sequence[int] = ()) -> None:
     """Run a qemu-img command given ``-p`` and turn its percentages into byte counts."""

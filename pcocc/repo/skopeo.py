@@ -109,8 +109,10 @@ def copy(
     dest_tls_verify: bool | None = None,
     extra: Sequence[str] = (),
     timeout_s: float | None = None,
+    src_authfile: Path | None = None,
 ) -> None:
-    """``skopeo copy SRC DEST`` (full transport:location references).
+    """``skopeo copy SRC DEST`` (full transport:location references); ``src_authfile``:
+    the registry credentials of SRC, as a file (never in argv, which others can read).
 
     :raise ToolError: skopeo failed; the message ends with its last stderr lines
     """
@@ -121,6 +123,7 @@ def copy(
         "--quiet",
         *_tls_args("--src-tls-verify", src, src_tls_verify),
         *_tls_args("--dest-tls-verify", dest, dest_tls_verify),
+        *_authfile_args("--src-authfile", src_authfile),
         *extra,
         src,
         dest,
@@ -146,8 +149,13 @@ def _no_transport(fmt: str) -> ToolError:
     )
 
 
+def _authfile_args(option: str, authfile: Path | None) -> list[str]:
+    return [] if authfile is None else [option, os.fspath(authfile)]
+
+
 def inspect_raw(
-    ref: str, *, tls_verify: bool | None = None, config: bool = False
+    ref: str, *, tls_verify: bool | None = None, config: bool = False,
+    authfile: Path | None = None,
 ) -> dict[str, Any]:
     """The raw manifest (or with ``config`` the config) of ``ref``, parsed and checked."""
     argv = [
@@ -156,6 +164,7 @@ def inspect_raw(
         "inspect",
         "--raw",
         *_tls_args("--tls-verify", ref, tls_verify),
+        *_authfile_args("--authfile", authfile),
     ]
     if config:
         argv.append("--config")

@@ -31,7 +31,7 @@ from pcocc.errors import (
     UsageError,
 )
 from pcocc.fsutil import fsync_dir, os_error, remove_tree, write_atomic
-from pcocc.repo.digest import hash_file
+from pcocc.repo.digest import digest_hex, hash_file
 from pcocc.repo.layout import META_FILE_RE, RepoLayout
 from pcocc.repo.meta import ImageMeta
 
@@ -253,6 +253,14 @@ class Repository:
                 path.unlink(missing_ok=True)
                 raise Corrupt(f"{path.name}: content does not match digest {expected_digest} "
                               f"(got {digest})", hint="the source is damaged or changed")
+        except OSError as err:
+            raise os_error(err, f"cannot store blob in repository '{self.name}'") from err
+        return self._place(path, digest)
+
+    def _place(self, path: Path, digest: str) -> str:
+        """Move the flushed file ``path`` into ``data/`` as blob ``digest`` (dropped when
+        the blob is stored already)."""
+        try:
             dst = self.layout.blob_path(digest)
             if not dst.parent.is_dir():
                 dst.parent.mkdir(exist_ok=True)
@@ -269,6 +277,21 @@ class Repository:
         except OSError as err:
             raise os_error(err, f"cannot store blob in repository '{self.name}'") from err
         return digest
+
+    def store_hashed_blob(self, path: Path, digest: str) -> str:
+        """:meth:`store_blob` of a file we wrote ourselves into :meth:`staging` (private:
+        nobody else can change it) and hashed while writing it: ``digest`` is taken as its
+        digest, so it is fsynced and moved without being read again."""
+        digest_hex(digest)  # Corrupt when malformed
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            raise os_error(err, f"cannot store blob in repository '{self.name}'") from err
+        return self._place(path, digest)
 
     def commit(self, meta: ImageMeta, *, new_image: bool) -> ImageMeta:
         """Write the next revision of ``meta.name`` under the lock; return it as stored.

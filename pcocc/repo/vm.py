@@ -20,7 +20,8 @@ from pcocc.errors import (
     UsageError,
 )
 from pcocc.fsutil import fsync_dir, os_error, tmp_name
-from pcocc.repo import qemu_img
+from pcocc import timing
+from pcocc.repo import qcow2hdr, qemu_img
 from pcocc.repo.digest import HEX_RE
 from pcocc.repo.model import AddBlob, BlobRef, Progress, VmLayers, no_progress
 from pcocc.repo.qemu_img import VM_FORMATS
@@ -159,6 +160,7 @@ def import_vm(path: Path, fmt: str | None, origin: str, staging: Path, add_blob:
             info = qemu_img.info(src.path, pass_fds=src.fds, where=os.fspath(path))
         except ToolError as err:
             raise PcoccError(f"cannot read image {path}: {err}") from err
+        timing.mark("import: header read (qemu-img info)")
         fmt = resolve_import_format(path, fmt, origin, info)
         others = info.other_files()
         if not others:
@@ -176,9 +178,44 @@ def import_vm(path: Path, fmt: str | None, origin: str, staging: Path, add_blob:
                              total_bytes=info.virtual_size, pass_fds=src.fds)
         except ToolError as err:
             raise PcoccError(f"cannot convert {path} from {fmt}: {err}") from err
+        timing.mark("import: converted to qcow2 (qemu-img convert)")
     size = out.stat().st_size
     digest = add_blob(out)
+    timing.mark("import: blob hashed, fsynced, stored")
     return fmt, VmLayers([BlobRef(digest, size, QCOW2_MEDIA_TYPE)], info.virtual_size)
+
+
+def adopt_base_layer(path: Path, digest: str, store: Callable[[Path, str], str]
+                     ) -> VmLayers | None:
+    """Store ``path`` itself as the base layer when it already is one, with ``store(path,
+    digest)`` (``Repository.store_hashed_blob``): ``path`` is a file we wrote into the
+    repository's staging directory and ``digest`` its sha256, computed while writing it.
+
+    It must pass the strict header check of :mod:`pcocc.repo.qcow2hdr`, and ``qemu-img
+    info`` and ``check`` must agree (a qcow2 naming no other file, consistent metadata).
+    None when any of that fails: the caller imports it the ordinary way (:func:`import_vm`,
+    which converts it, or refuses it with the reason).
+    """
+    try:
+        with open(path, "rb") as f:
+            first = f.read(24)
+            need = qcow2hdr.head_size(first)
+            head = first + f.read(need - len(first)) if need else first
+        size = path.stat().st_size
+    except OSError as err:
+        raise os_error(err, f"cannot read {path}") from err
+    if not need or qcow2hdr.base_layer_problem(head, size) is not None:
+        return None
+    try:
+        info = qemu_img.info(path, "qcow2")
+    except ToolError:
+        return None
+    if (info.other_files() or qemu_img.layer_problem(info, None)
+            or not qemu_img.is_consistent(path)):
+        return None
+    timing.mark("import: header checked (as is: no conversion)")
+    stored = store(path, digest)
+    return VmLayers([BlobRef(stored, size, QCOW2_MEDIA_TYPE)], info.virtual_size)
 
 
 def _backing_in_repo(path: Path, info: qemu_img.ImageInfo, data_dir: Path) -> list[Path]:

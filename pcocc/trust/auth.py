@@ -7,19 +7,23 @@
     ]}
 
 A header is sent only to a host:port listed for it (also after a redirect). A file that
-other users may read, or that is not ours, is refused: it holds secrets.
+other users may read, or that is not ours, is refused: it holds secrets. docker://
+registries get the basic credentials of their host[:port] through skopeo's ``--authfile``
+(:func:`registry_authfile`), never on a command line.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pcocc.errors import ConfigError, PermissionDenied
+from pcocc.errors import ConfigError, PermissionDenied, UsageError
 
 FILE_NAME = "auth.json"
 
@@ -34,6 +38,36 @@ class Credentials:
         host = (parts.hostname or "").lower()
         key = f"{host}:{parts.port}" if parts.port else host
         return self._by_host.get(key)
+
+
+@contextlib.contextmanager
+def registry_authfile(creds: Credentials, registry: str) -> Iterator[Path | None]:
+    """The basic credentials of ``registry`` (host[:port]) as a containers-auth.json file
+    for skopeo's ``--authfile``, for the duration of the block: mode 0600 in a private
+    temporary directory, removed afterwards. None when none are configured (skopeo then
+    uses its own). Bearer tokens are refused: skopeo takes them only in argv."""
+    header = creds.header_for(f"https://{registry}/")
+    if header is None:
+        yield None
+        return
+    kind, _, token = header.partition(" ")
+    if kind != "Basic":
+        raise UsageError(f"{FILE_NAME}: the credentials of registry {registry} are a bearer "
+                         "token, which skopeo only takes on its command line (where other "
+                         "users could read it)",
+                         hint="give this registry basic credentials (user and password)")
+    import shutil
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="pcocc-auth-")  # 0700
+    try:
+        path = Path(tmp) / "auth.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with open(fd, "w") as out:
+            json.dump({"auths": {registry: {"auth": token}}}, out)
+        yield path
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_mode(path: Path) -> None:

@@ -9,6 +9,7 @@ max-age has run out, sends If-None-Match, and downloads nothing on 304.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,14 +22,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from pcocc import paths
+from pcocc import paths, timing
 from pcocc.errors import NotFound, PcoccError, UsageError
 from pcocc.fsutil import write_atomic
-from pcocc.trust import auth, http
 from pcocc.trust.prefix import NAME_RE, check_name, split_version
 from pcocc.trust.settings import Security
 
-if TYPE_CHECKING:  # the 304 path of a second fetch imports neither the store nor gpg
+if TYPE_CHECKING:  # the 304 path of a second fetch imports neither the store nor gpg,
+    # and a fresh or --store-only one not even urllib and ssl
+    from pcocc.trust import auth, http
     from pcocc.repo.meta import ImageMeta
     from pcocc.repo.reposet import RepoSet
     from pcocc.trust.store import TrustStore
@@ -72,6 +74,7 @@ def fetch(repos: RepoSet, req: FetchRequest, security: Security,
         raise UsageError("--no-store and --store-only contradict each other")
     if req.ref.startswith("docker://"):
         return _fetch_docker(repos, req, security, notify)
+    timing.mark("fetch: imported, options read", started="fetch: process started")
     rec_path = _record_path(security, req.ref)
     rec = None if req.no_store else _read_record(rec_path, repos)
     if req.store_only:
@@ -82,12 +85,15 @@ def fetch(repos: RepoSet, req: FetchRequest, security: Security,
     if rec is not None and rec[0].get("expires", 0) > time.time():
         notify(f"{req.ref}: using {rec[1].ref} (still fresh by Cache-Control)")
         return Fetched(rec[1], True)
+    from pcocc.trust import auth, http
+
     target = _target(req, security, notify)
     transport = http.Transport(allow_http=security.allows("http"),
                                verify_tls=not security.allows("tls"))
     creds = auth.load(security.dir)
-    with tempfile.TemporaryDirectory(prefix="pcocc-fetch-") as tmp:
-        data = Path(tmp) / "image"
+    with tempfile.TemporaryDirectory(prefix="pcocc-fetch-") as tmp, \
+            contextlib.ExitStack() as staged:
+        place = _Placement(repos, req, target, staged)
         headers = {}
         etag_known = rec is not None and rec[0].get("url") == target.url and rec[0].get("etag")
         if etag_known:
@@ -99,26 +105,34 @@ def fetch(repos: RepoSet, req: FetchRequest, security: Security,
             data = _local(target.url)
             resp = None
         elif streamed:
-            resp, signer = _download_checked(target, data, Path(tmp), req, store, transport,
+            resp, signer = _download_checked(target, place, Path(tmp), req, store, transport,
                                              creds, notify)
         else:
             notify(f"fetching image from {target.url}")
-            resp, _ = http.download(target.url, data, transport, headers=headers,
+            resp, _ = http.download(target.url, place, transport, headers=headers,
                                     auth=creds.header_for)
             if resp.status == 304 and rec is not None:
+                timing.mark("fetch: 304 received")
                 _write_record(rec_path, {**rec[0], "expires": _expires(resp.headers)})
                 notify(f"{req.ref}: unchanged on the server (ETag): using {rec[1].ref}")
                 return Fetched(rec[1], True)
+        if resp is not None:
+            if resp.path is None:  # a 304 we did not ask for
+                raise PcoccError(f"{target.url}: the server answered {resp.status} "
+                                 "without the image")
+            data = resp.path
         if not streamed:
             signer = _check(target, data, Path(tmp), req, security, store, transport, creds,
                             notify)
-        meta = _import(repos, data, req, target)
+        meta = place.import_(data, resp.sha256 if resp is not None else None)
+        timing.mark("fetch: imported into the repository")
     if resp is not None:
         _write_record(rec_path, {"ref": req.ref, "url": target.url,
                                  "etag": resp.headers.get("ETag") or "",
                                  "expires": _expires(resp.headers), "repo": meta.repo,
                                  "name": meta.name, "revision": meta.revision,
                                  "image_id": meta.image_id})
+    timing.mark("fetch: record written")
     return Fetched(meta, False, signer)
 
 
@@ -173,6 +187,8 @@ def _target(req: FetchRequest, security: Security, notify: Callable[[str], None]
     labels = {"version": version or "latest", "os": "linux",
               "arch": _ARCH.get(platform.machine(), platform.machine()), "ext": DEFAULT_EXT,
               **req.labels, "name": name}
+    from pcocc.trust import http
+
     transport = http.Transport(allow_http=False, verify_tls=not security.allows("tls"))
     notify(f"searching for app image {name}:{labels['version']}")
     tags = discovery.find(name, "ac-discovery", transport, notify)
@@ -203,6 +219,8 @@ def _signature(target: _Target, tmp: Path, req: FetchRequest, transport: http.Tr
     """The detached signature: --signature, else URL.asc downloaded (None: there is none)."""
     if req.signature is not None or target.sig_url is None:
         return req.signature
+    from pcocc.trust import http
+
     sig = tmp / "image.asc"
     notify(f"downloading signature from {target.sig_url}")
     try:
@@ -213,20 +231,24 @@ def _signature(target: _Target, tmp: Path, req: FetchRequest, transport: http.Tr
     return sig
 
 
-def _download_checked(target: _Target, data: Path, tmp: Path, req: FetchRequest,
+def _download_checked(target: _Target, data: Callable[[], Path], tmp: Path, req: FetchRequest,
                       store: Callable[[], TrustStore], transport: http.Transport,
                       creds: auth.Credentials, notify: Callable[[str], None]
                       ) -> tuple[http.Response, str]:
-    """Download the image into ``data`` with gpgv reading along (one pass over the data, no
+    """Download the image into ``data()`` with gpgv reading along (one pass over the data, no
     second read); an unsigned image, or one no key is trusted for, is refused first."""
+    from pcocc.trust import http
     from pcocc.trust.verify import streaming_check
 
     http.check_url(target.url, transport)  # a refused URL is said before its signature's
     sig = _signature(target, tmp, req, transport, creds, notify)
+    timing.mark("fetch: signature downloaded")
     with streaming_check(store(), target.name, sig, origin=target.url) as (feed, result):
         notify(f"fetching image from {target.url}")
         resp, _ = http.download(target.url, data, transport, auth=creds.header_for, tee=feed)
+        timing.mark("fetch: image downloaded (gpgv reading along)")
         verdict = result()
+        timing.mark("fetch: gpgv verdict")
     notify(f"signature verified: {verdict.signer} ({verdict.key})")
     return resp, verdict.key or ""
 
@@ -273,28 +295,56 @@ def _local_name(name: str) -> str:
     return name.rsplit("/", 1)[-1].replace("~", "_").replace(":", "_")
 
 
-def _import(repos: RepoSet, data: Path, req: FetchRequest, target: _Target) -> ImageMeta:
-    """Import as a new image, or as the next revision of the image an earlier fetch of
-    the same URL made (never over another image)."""
-    from pcocc.repo import ops
+class _Placement:
+    """Where a fetched image goes: a new image, or the next revision of the image an
+    earlier fetch of the same URL made (never over another image). As a ``dest`` of
+    :func:`http.download`, the file to write, in a staging directory of that repository
+    (so that it can become a blob by a rename), chosen only when a body comes."""
 
-    dest = req.dest or _local_name(target.name)
-    fmt = _format(data)
-    origin = f"fetched from {target.url}"
-    try:
-        _, existing = repos.resolve(dest)
-    except NotFound:
-        existing = None
-    again = existing is not None and existing.description == origin
-    if again:
-        dest = f"{existing.repo}:{existing.name}"
-    return ops.import_image(repos, f"{fmt}:{data}", dest, description=origin,
-                            new_image=not again)
+    def __init__(self, repos: RepoSet, req: FetchRequest, target: _Target,
+                 staged: contextlib.ExitStack):
+        self.repos, self.staged = repos, staged
+        self.origin = f"fetched from {target.url}"
+        self.dest = req.dest or _local_name(target.name)
+        self.again: bool | None = None
+
+    def _resolve(self) -> None:
+        if self.again is None:
+            try:
+                _, existing = self.repos.resolve(self.dest)
+            except NotFound:
+                existing = None
+            self.again = existing is not None and existing.description == self.origin
+            if self.again:
+                self.dest = f"{existing.repo}:{existing.name}"
+
+    def __call__(self) -> Path:
+        from pcocc.repo import ops
+
+        self._resolve()
+        return self.staged.enter_context(ops.staging_for(self.repos, self.dest)) / "image"
+
+    def import_(self, data: Path, sha256: str | None) -> ImageMeta:
+        """Import ``data``; ``sha256``: its digest, computed while we wrote it in our
+        staging directory (a download), else None (a file:// image, read where it is)."""
+        from pcocc.repo import ops
+
+        self._resolve()
+        fmt = _format(data)
+        if sha256 is not None:
+            return ops.import_hashed(self.repos, data, "sha256:" + sha256, fmt, self.dest,
+                                     description=self.origin, new_image=not self.again)
+        return ops.import_image(self.repos, f"{fmt}:{data}", self.dest,
+                                description=self.origin, new_image=not self.again)
 
 
 def _fetch_docker(repos: RepoSet, req: FetchRequest, security: Security,
                   notify: Callable[[str], None]) -> Fetched:
+    """A docker:// image through skopeo; the registry's basic credentials of
+    ``auth.json`` reach skopeo in a private file (:func:`auth.registry_authfile`)."""
+    from pcocc.errors import ToolError
     from pcocc.repo import ops
+    from pcocc.trust import auth
 
     if not security.allows("image"):
         raise UsageError(f"{req.ref}: docker images cannot be signature-checked",
@@ -306,8 +356,20 @@ def _fetch_docker(repos: RepoSet, req: FetchRequest, security: Security,
     ref = req.ref[len("docker://"):]
     dest = req.dest or _local_name(ref.split("@")[0].rsplit(":", 1)[0]
                                    if "/" in ref else ref.split(":")[0])
-    meta = ops.import_image(repos, req.ref.replace("docker://", "docker://", 1), dest,
-                            tls_verify=False if security.allows("tls") else None)
+    registry = ref.split("/", 1)[0] if "/" in ref else ""
+    creds = auth.load(security.dir)
+    with auth.registry_authfile(creds, registry.lower()) as authfile:
+        try:
+            meta = ops.import_image(repos, req.ref, dest, authfile=authfile,
+                                    tls_verify=False if security.allows("tls") else None)
+        except ToolError as err:
+            if "unauthorized" not in str(err).lower():
+                raise
+            have = "were refused" if authfile else f"are not in {security.dir / auth.FILE_NAME}"
+            raise PcoccError(f"{req.ref}: the registry {registry} asks for credentials, "
+                             f"which {have}",
+                             hint=f"add basic credentials for {registry} to "
+                                  f"{security.dir / auth.FILE_NAME} (mode 0600)") from err
     return Fetched(meta, False)
 
 

@@ -6,6 +6,7 @@ Plain HTTP and unchecked certificates are allowed only when the caller says so (
 
 from __future__ import annotations
 
+import os
 import ssl
 import urllib.error
 from collections.abc import Callable
@@ -38,6 +39,9 @@ class Response:
     status: int
     headers: dict[str, str]
     verified_https: bool
+    #: the file the body was written to, and the sha256 (hex) of what was written
+    path: Path | None = None
+    sha256: str | None = None
 
 
 class _Redirects(urllib.request.HTTPRedirectHandler):
@@ -78,12 +82,14 @@ def _opener(transport: Transport, auth: Callable[[str], str | None] | None = Non
                                        _Redirects(transport, auth))
 
 
-def download(url: str, dest: Path | None, transport: Transport, *,
+def download(url: str, dest: Path | Callable[[], Path] | None, transport: Transport, *,
              headers: dict[str, str] | None = None, max_bytes: int | None = None,
              auth: Callable[[str], str | None] | None = None,
              tee: Callable[[bytes], None] | None = None,
              ) -> tuple[Response, bytes]:
-    """GET ``url`` into ``dest`` (or into memory when ``dest`` is None, up to ``max_bytes``).
+    """GET ``url`` into ``dest`` (or into memory when ``dest`` is None, up to ``max_bytes``),
+    hashing it on the way (``Response.sha256``). ``dest`` may be a function giving the
+    path, called only when there is a body to write.
 
     A 304 answer is returned as is (nothing written). Other non-2xx answers are errors.
     ``auth(url)`` gives the Authorization header for a URL (checked again on redirects);
@@ -124,11 +130,46 @@ def download(url: str, dest: Path | None, transport: Transport, *,
                 if len(body) > limit:
                     raise PcoccError(f"{url}: the answer is larger than {limit} bytes")
             else:
-                with open(dest, "wb") as out:
-                    while chunk := resp.read(_CHUNK):
-                        out.write(chunk)
-                        if tee is not None:
-                            tee(chunk)
+                info.path = dest() if callable(dest) else dest
+                info.sha256 = _save(resp, info.path, tee)
         except OSError as err:
             raise PcoccError(f"{url}: download interrupted: {err}") from err
     return info, body
+
+
+def _save(resp, path: Path, tee: Callable[[bytes], None] | None) -> str:  # noqa: ANN001
+    """Write the body into a new private file ``path``; its sha256 (hex). Hashing and
+    ``tee`` run in a second thread, next to the reads and writes of this one (all of them
+    release the GIL), so that they add little to the download's time."""
+    import hashlib
+    import queue
+    import threading
+
+    h = hashlib.sha256()
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+    failed: list[BaseException] = []
+
+    def digest() -> None:
+        while (chunk := chunks.get()) is not None:
+            if not failed:
+                try:
+                    h.update(chunk)
+                    if tee is not None:
+                        tee(chunk)
+                except BaseException as err:  # noqa: BLE001 - raised again below
+                    failed.append(err)
+
+    worker = threading.Thread(target=digest, name="pcocc-hash", daemon=True)
+    worker.start()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with open(fd, "wb") as out:
+            while chunk := resp.read(_CHUNK):
+                out.write(chunk)
+                chunks.put(chunk)
+    finally:
+        chunks.put(None)
+        worker.join()
+    if failed:
+        raise failed[0]
+    return h.hexdigest()
