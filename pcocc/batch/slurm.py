@@ -97,6 +97,18 @@ def srun_argv(
     ]
 
 
+def srun_on_nodes_argv(
+    job_id: str, nodes: Sequence[str], argv: Sequence[str], options: Sequence[str] = ()
+) -> list[str]:
+    """``srun`` running ``argv`` once on each of ``nodes``, sharing the CPUs that other
+    steps of the job hold (``--overlap``)."""
+    return [
+        "srun", f"--jobid={job_id}", "--overlap", f"--nodelist={','.join(nodes)}",
+        f"--nodes={len(nodes)}", f"--ntasks={len(nodes)}", "--ntasks-per-node=1",
+        *options, "--", *argv,
+    ]
+
+
 #: squeue's columns for :func:`parse_squeue`: the fixed ones first, the comment and the
 #: name (free text, which may hold the separator) last
 _SQUEUE_FORMAT = "%i|%u|%T|%D|%M|%l|%P|%k|%j"
@@ -318,6 +330,13 @@ class SlurmManager(BatchManager):
             stdout=None,
             stderr=None,
         )
+
+    def run_on_nodes(
+        self, job_id: str, nodes: Sequence[str], argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.Popen:
+        return proc.spawn(srun_on_nodes_argv(job_id, nodes, argv, self.srun_options), env=env,
+                          stdout=None, stderr=None)
 
     def job_id_from_env(self, env: Mapping[str, str] | None = None) -> str | None:
         env = os.environ if env is None else env

@@ -26,7 +26,7 @@ def check_stoppable(rec: PodRecord) -> None:
             f"pod {rec.uuid} is {rec.state}, not running: nothing to stop",
             hint="see 'pcocc pod status'",
         )
-    if rec.node != os.uname().nodename:
+    if not rec.nodes and rec.node != os.uname().nodename:  # a multi-node pod: any node
         raise PcoccError(
             f"pod {rec.uuid} runs on node {rec.node}", hint="run 'pcocc pod stop' there"
         )
