@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "helpers"))
 
 import benchlib
-from container_start import plain_install, timed
+from container_start import isolated_env, plain_install, timed
 from testimages import build_busybox
 
 
@@ -51,18 +51,7 @@ def main() -> int:
                       "service), both through click, interleaved")
     work = Path(tempfile.mkdtemp(prefix="pcocc-bench-mds-"))
     try:
-        env = dict(os.environ)
-        env.update(
-            HOME=str(work / "home"),
-            XDG_RUNTIME_DIR=str(work / "run"),
-            PCOCC_SYSTEM_CONF_DIR=str(work / "etc"),
-            PCOCC_USER_CONF_DIR=str(work / "home" / ".pcocc"),
-            USER=env.get("USER") or "root",
-            PYTHONPYCACHEPREFIX=str(work / "pycache"),
-        )
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        for d in ("home", "run", "etc"):
-            (work / d).mkdir(mode=0o700)
+        env = isolated_env(work)
         pcocc = plain_install(work / "venv")
         image = build_busybox(work / "img")
         timed([pcocc, "image", "import", image.ref, "busy"], env)

@@ -171,3 +171,16 @@ def test_pod_list_shows_a_group_once_with_its_nodes(store, tmp_path, monkeypatch
     out = capsys.readouterr().out
     assert group.uuid in out and "n1,n2" in out
     assert not any(m.uuid in out for m in members)
+
+
+@pytest.mark.parametrize("argv", [["pod", "enter", "{u}"], ["pod", "logs", "--follow", "{u}"]])
+def test_one_node_commands_refuse_a_multi_node_pod(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    group = group_record(PodStore(), nodes=["n1", "n2"], members=[M1, M2], state="running")
+    from pcocc.cli.main import run_cli
+
+    assert run_cli([a.format(u=group.uuid) for a in argv]) == 2
+    assert "runs on 2 nodes" in capsys.readouterr().err
+    assert run_cli(["pod", "status", group.uuid[:8]]) == 0
+    out = capsys.readouterr().out
+    assert "node=n1,n2" in out and f"member=n2:{M2}" in out

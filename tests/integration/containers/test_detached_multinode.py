@@ -10,12 +10,12 @@ import re
 import subprocess
 import time
 import uuid as uuidlib
-from pathlib import Path
 
 import pytest
 
 from pcocc.daemon import descendants
 from tests.integration.containers.ctrlib import pcocc, pods
+from tests.integration.containers.test_detached_pods import pod_processes
 from tests.integration.containers.test_mds_service import get
 
 pytestmark = pytest.mark.slow
@@ -38,24 +38,11 @@ def allocation(slurm, monkeypatch):
         subprocess.run(["scancel", job_id], check=False, timeout=60)
 
 
-def marked(marker: str) -> list[int]:
-    """Processes whose command line holds ``marker``."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid():
-            try:
-                if marker.encode() in (d / "cmdline").read_bytes():
-                    found.append(int(d.name))
-            except OSError:
-                continue
-    return found
-
-
 def wait_gone(*markers: str, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     left: list[int] = []
     while time.monotonic() < deadline:
-        left = [p for m in markers for p in marked(m)]
+        left = [p for m in markers for p in pod_processes(m)]
         if not left:
             return
         time.sleep(0.2)
@@ -96,7 +83,7 @@ def test_detached_pod_on_four_nodes_then_stop(allocation, pcocc_bin):
     assert [m["state"] for m in members] == ["running"] * 4
     assert sorted(m["task_node"] for m in members) == NODES
     assert {m["group"] for m in members} == {uuid}
-    assert len(marked(marker)) >= 4
+    assert len(pod_processes(marker)) >= 4
     table = pcocc(pcocc_bin, "pod", "list", "--full", check=0).stdout
     [row] = [line for line in table.splitlines() if uuid in line]
     assert "running" in row and all(n in row for n in NODES)
