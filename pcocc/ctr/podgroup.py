@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pcocc.ctr.detach import Reporter, parse_report, reporting
-from pcocc.ctr.pods import AppRecord, PodRecord, PodStore
+from pcocc.ctr.pods import AppRecord, PodRecord, PodStore, process_start_ticks
 from pcocc.errors import PcoccError, TimedOut, UsageError
 
 if TYPE_CHECKING:
@@ -87,8 +87,6 @@ def _supervise(
     group = store.create([AppRecord(n, image, list(args))
                           for n, (image, args) in zip(names, request.apps)],
                          job_id=job_id, detached=True)
-    from pcocc.ctr.pods import process_start_ticks
-
     group.pid, group.pid_start = os.getpid(), process_start_ticks(os.getpid())
     store.save(group)
     log_path = store.pod_dir(group.uuid) / "launcher.log"
