@@ -13,7 +13,11 @@ venv that imports pcocc like a regular install):
   the click-free fast path), so that the difference is the registration alone
 - ``run busy -- true``: the fast path (registers), for reference
 
-Prints the medians, their difference and the load average. Usage:
+Prints the medians, their difference and the load average. Measured on a shared 2-core
+machine (load 1-2.5): when ``run`` waited for the service's answer (and, with no service,
+for the service to start), registration cost +17 ms with the service up and +157 ms with a
+4 s gap (the service had exited); since the sockets are bound by ``run`` and handed over
+without waiting, -4 ms and +1.5 ms (noise: figures move by several ms from run to run). Usage:
 ``benchmarks/run_mds.py [-n RUNS] [--gap S]`` (``--gap``: pause between rounds; above the
 service's idle time every run finds no service running).
 """
