@@ -417,14 +417,14 @@ def gc(grace_period: str) -> None:
 @pod.command("rm")
 @click.argument("uuids", nargs=-1, required=True)
 def rm(uuids: tuple[str, ...]) -> None:
-    """Remove exited pods."""
-    from pcocc.ctr.pods import PodStore, cleanup_containers
+    """Remove exited pods (a multi-node pod with the pods of its nodes)."""
+    from pcocc.ctr.podgroup import remove_pod
+    from pcocc.ctr.pods import PodStore
 
     store = PodStore()
     for u in uuids:
         rec = store.resolve(u)
-        cleanup_containers(rec)
-        store.remove(rec)
+        remove_pod(store, rec)
         click.echo(f'Removed pod "{rec.uuid}"')
 
 

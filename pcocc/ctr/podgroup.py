@@ -326,3 +326,20 @@ def group_logs(store: PodStore, group: PodRecord, app_name: str | None) -> bytes
             if out and not out[-1].endswith(b"\n"):
                 out[-1] += b"\n"
     return b"".join(out)
+
+
+def remove_pod(store: PodStore, rec: PodRecord) -> None:
+    """Remove an exited pod; a multi-node pod's members go first (those still readable).
+
+    :raise PcoccError: the pod (or a member) still runs; nothing is removed then
+    """
+    from pcocc.ctr.pods import cleanup_containers
+
+    found = [m for _, m in members(store, rec) if m is not None]
+    for pod in [*found, rec]:
+        if pod.state == "running" or (pod.state == "prepared" and pod.is_alive()):
+            raise PcoccError(f"pod {pod.uuid} is {pod.state}",
+                             hint="stop it first ('pcocc pod stop')")
+    for pod in [*found, rec]:
+        cleanup_containers(pod)
+        store.remove(pod)

@@ -184,3 +184,20 @@ def test_one_node_commands_refuse_a_multi_node_pod(argv, tmp_path, monkeypatch, 
     assert run_cli(["pod", "status", group.uuid[:8]]) == 0
     out = capsys.readouterr().out
     assert "node=n1,n2" in out and f"member=n2:{M2}" in out
+
+
+def test_removing_a_multi_node_pod_removes_its_members(store):
+    members = [store.create([AppRecord("busy", "busy", [])]) for _ in range(2)]
+    for m in members:
+        m.state = "exited"
+        store.save(m)
+    group = group_record(store, nodes=["n1", "n2"], members=[m.uuid for m in members])
+    from pcocc.ctr.podgroup import remove_pod
+
+    with pytest.raises(PcoccError, match="is prepared"):  # its supervisor (we) still runs
+        remove_pod(store, store.load(group.uuid))
+    assert len(store.uuids()) == 3
+    group.state = "exited"
+    store.save(group)
+    remove_pod(store, store.load(group.uuid))
+    assert store.uuids() == []
