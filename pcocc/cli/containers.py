@@ -317,10 +317,13 @@ def logs(app_name: str | None, follow: bool, uuid: str) -> None:
     store = PodStore()
     rec = store.resolve(uuid)
     if rec.nodes:
-        from pcocc.ctr.podgroup import group_logs
+        from pcocc.ctr.podgroup import group_logs, member_logs
 
         if follow:
-            _one_node(rec, "logs --follow")
+            from pcocc.ctr.podctl import follow_files
+
+            follow_files(store, rec.uuid, member_logs(store, rec, app_name), _LogWriter(True))
+            return
         sys.stdout.buffer.write(group_logs(store, rec, app_name))
         sys.stdout.flush()
         return

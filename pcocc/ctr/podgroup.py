@@ -307,6 +307,24 @@ def members(store: PodStore, group: PodRecord) -> list[tuple[str, PodRecord | No
     return out
 
 
+def member_logs(
+    store: PodStore, group: PodRecord, app_name: str | None
+) -> dict[str, Path]:
+    """Label (``NODE``, or ``NODE/APP`` with several apps) -> log file of every app of every
+    readable member of ``group`` (``app_name``: of that app only)."""
+    from pcocc.ctr.attach import pick_app
+
+    names = [pick_app(group, app_name).name] if app_name else [a.name for a in group.apps]
+    logs = {}
+    for i, (node, member) in enumerate(members(store, group)):
+        node = node if group.nodes.count(node) == 1 else f"{node}#{i}"  # -n > -N
+        for name in names:
+            if member is not None:
+                logs[f"{node}/{name}" if len(names) > 1 else node] = store.log_path(
+                    member.uuid, name)
+    return logs
+
+
 def group_logs(store: PodStore, group: PodRecord, app_name: str | None) -> bytes:
     """The logs of every member of ``group``, each line prefixed with ``NODE:`` (and
     ``NODE/APP:`` when several apps are shown), node after node."""

@@ -173,13 +173,12 @@ def test_pod_list_shows_a_group_once_with_its_nodes(store, tmp_path, monkeypatch
     assert not any(m.uuid in out for m in members)
 
 
-@pytest.mark.parametrize("argv", [["pod", "enter", "{u}"], ["pod", "logs", "--follow", "{u}"]])
-def test_one_node_commands_refuse_a_multi_node_pod(argv, tmp_path, monkeypatch, capsys):
+def test_enter_refuses_a_multi_node_pod(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     group = group_record(PodStore(), nodes=["n1", "n2"], members=[M1, M2], state="running")
     from pcocc.cli.main import run_cli
 
-    assert run_cli([a.format(u=group.uuid) for a in argv]) == 2
+    assert run_cli(["pod", "enter", group.uuid]) == 2
     assert "runs on 2 nodes" in capsys.readouterr().err
     assert run_cli(["pod", "status", group.uuid[:8]]) == 0
     out = capsys.readouterr().out
@@ -201,3 +200,18 @@ def test_removing_a_multi_node_pod_removes_its_members(store):
     store.save(group)
     remove_pod(store, store.load(group.uuid))
     assert store.uuids() == []
+
+
+def test_follow_reads_every_node_until_the_pod_ended(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    store = PodStore()
+    members = []
+    for text in (b"one\n", b"two\n"):
+        m = store.create([AppRecord("busy", "busy", [])])
+        store.log_path(m.uuid, "busy").write_bytes(text)
+        members.append(m.uuid)
+    group = group_record(store, nodes=["n1", "n2"], members=members, state="exited")
+    from pcocc.cli.main import run_cli
+
+    assert run_cli(["pod", "logs", "--follow", group.uuid]) == 0
+    assert capsys.readouterr().out == "==> n1 <==\none\n==> n2 <==\ntwo\n"

@@ -101,8 +101,15 @@ def test_detached_pod_on_four_nodes_then_stop(allocation, pcocc_bin):
     for node in NODES:
         assert f"{node}: tick 0" in logs
 
+    follow = subprocess.Popen([pcocc_bin, "pod", "logs", "--follow", uuid],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     res = pcocc(pcocc_bin, "pod", "stop", uuid[:8], check=0, timeout=120)
     assert uuid in res.stdout
+    out, err = follow.communicate(timeout=60)  # it returns once the pod has ended
+    assert follow.returncode == 0, err
+    for node in NODES:
+        assert f"==> {node} <==" in out
+    assert out.count("bye") == 4  # what each app wrote on SIGTERM, on every node
     wait_gone(marker, *(m["uuid"] for m in members))
     recs = {r["uuid"]: r for r in pods(pcocc_bin)}
     assert recs[uuid]["state"] == "exited"
