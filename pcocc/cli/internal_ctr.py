@@ -20,6 +20,7 @@ def ctr_task(session: Session, group: str | None, request: str) -> None:
         from pcocc.ctr.podgroup import run_member
 
         exit_with(run_member(request, group, session.config))
+        return
     from pcocc.ctr.multinode import run_task
 
     exit_with(run_task(request, session.config, session.notify))
@@ -39,6 +40,7 @@ def ctr_detached(
         from pcocc.ctr.podgroup import supervise_group
 
         exit_with(supervise_group(request, report_fd, session.config, nodes=nodes, tasks=tasks))
+        return
     from pcocc.ctr.detach import supervise
 
     exit_with(supervise(request, report_fd, session.config))

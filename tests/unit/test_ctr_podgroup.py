@@ -215,3 +215,20 @@ def test_follow_reads_every_node_until_the_pod_ended(tmp_path, monkeypatch, caps
 
     assert run_cli(["pod", "logs", "--follow", group.uuid]) == 0
     assert capsys.readouterr().out == "==> n1 <==\none\n==> n2 <==\ntwo\n"
+
+
+@pytest.mark.parametrize("argv", [
+    ["internal", "ctr-task", "--group", M1, "req.json"],
+    ["internal", "ctr-detached", "--report-fd", "9", "--nodes", "2", "req.json"],
+])
+def test_a_member_or_group_that_ends_well_runs_nothing_else(argv, monkeypatch, pcocc_env):
+    """(A member that ended 0 went on to run the request as a plain task, which failed
+    once the request was gone, and srun stopped the other nodes' pods with it.)"""
+    from pcocc.cli.main import run_cli
+    from pcocc.ctr import detach, multinode, podgroup
+
+    monkeypatch.setattr(podgroup, "run_member", lambda *a, **k: 0)
+    monkeypatch.setattr(podgroup, "supervise_group", lambda *a, **k: 0)
+    for mod, name in ((multinode, "run_task"), (detach, "supervise")):
+        monkeypatch.setattr(mod, name, lambda *a, **k: pytest.fail("ran on"))
+    assert run_cli(argv) == 0

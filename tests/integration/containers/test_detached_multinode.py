@@ -109,7 +109,10 @@ def test_detached_pod_on_four_nodes_then_stop(allocation, pcocc_bin):
     assert follow.returncode == 0, err
     for node in NODES:
         assert f"==> {node} <==" in out
-    assert out.count("bye") == 4  # what each app wrote on SIGTERM, on every node
+    logs = pcocc(pcocc_bin, "pod", "logs", uuid, check=0).stdout
+    ends = [(r["task_node"], r["state"], r["apps"][0]["exit_status"]) for r in pods(pcocc_bin)
+            if r["group"] == uuid]
+    assert out.count("bye") == 4, (out, logs, ends)  # each app's SIGTERM trap, on every node
     wait_gone(marker, *(m["uuid"] for m in members))
     recs = {r["uuid"]: r for r in pods(pcocc_bin)}
     assert recs[uuid]["state"] == "exited"
