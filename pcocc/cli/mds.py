@@ -19,20 +19,10 @@ def verify_identity(token: str) -> None:
 
 
 @click.command("mds-serve", hidden=True)
-@click.option("--adopt", multiple=True, metavar="UUID:APP:FD",
-              help="A listening socket that pcocc run bound for an app.")
-def mds_serve(adopt: tuple[str, ...]) -> None:
+@click.option("--adopt-fd", type=int, metavar="FD",
+              help="Read the sockets to serve first (sent by pcocc run) on FD.")
+def mds_serve(adopt_fd: int | None) -> None:
     """Run your metadata service (started on demand by 'pcocc run')."""
-    from pcocc.ctr.mds import parse_adopt
     from pcocc.ctr.mds_server import serve
-    from pcocc.errors import UsageError
 
-    sockets = []
-    for word in adopt:
-        name, _, fd = word.rpartition(":")
-        try:
-            [(uuid, app)] = parse_adopt(name)
-            sockets.append((uuid, app, int(fd)))
-        except ValueError:
-            raise UsageError(f"--adopt '{word}': expected UUID:APP:FD") from None
-    exit_with(serve(sockets))
+    exit_with(serve(adopt_fd))

@@ -271,13 +271,19 @@ def hand_over(root: Path, socks: Mapping[tuple[str, str], socket.socket]) -> boo
 
 
 def start_service(root: Path, socks: Mapping[tuple[str, str], socket.socket]) -> None:
-    """Start the service in the background with ``socks`` to serve (not waited for)."""
+    """Start the service in the background with ``socks`` to serve (not waited for): they
+    go, as an ``adopt`` message, on a socket pair whose other end the service reads first
+    (so that no pod's UUID is in the service's command line)."""
     from pcocc import proc
     from pcocc.selfcmd import module_argv
 
-    adopt = [f"{u}:{a}:{s.fileno()}" for (u, a), s in socks.items()]
-    argv = [*module_argv(), "internal", "mds-serve", *(w for a in adopt for w in ("--adopt", a))]
-    proc.spawn(argv, log_path=root / "service.log", pass_fds=[s.fileno() for s in socks.values()])
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours, theirs:
+        fd = theirs.fileno()
+        proc.spawn([*module_argv(), "internal", "mds-serve", "--adopt-fd", str(fd)],
+                   log_path=root / "service.log", pass_fds=[fd])
+        msg, fds = adopt_message(socks)
+        socket.send_fds(ours, [msg], fds)
 
 
 def unregister_pod(uuid: str) -> None:

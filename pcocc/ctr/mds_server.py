@@ -28,6 +28,7 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pcocc import paths
@@ -245,38 +246,46 @@ class Service:
 
     def _control(self, conn: socket.socket) -> None:
         with conn:
-            conn.settimeout(2.0)
-            try:
-                msg, fds, _, _ = socket.recv_fds(conn, 4096, 64)
-            except OSError:
-                return
-            if msg.startswith(b"adopt "):
-                self._adopt(msg[6:].decode("ascii", "replace"), fds)
-                return
-            for fd in fds:
-                os.close(fd)
-            if msg.startswith(b"sync"):
-                self.stale = True  # read again by the main loop (no answer)
+            if read_control(conn, self._adopt):
+                self.stale = True  # a sync: read again by the main loop (no answer)
 
-    def _adopt(self, text: str, fds: list[int]) -> None:
-        """Keep the listening sockets a ``pcocc run`` handed over until their record is read."""
+    def _adopt(self, key: tuple[str, str], sock: socket.socket) -> None:
+        """Keep a listening socket a ``pcocc run`` handed over until its record is read."""
+        if key in self.listeners or key in self.pending:
+            log.warning("refused socket %s:%s handed over: already served", *key)
+            sock.close()
+        else:
+            self.pending[key] = (sock, time.monotonic())
+
+
+def read_control(
+    conn: socket.socket, adopt: Callable[[tuple[str, str], socket.socket], None]
+) -> bool:
+    """Read one message of the control socket: ``adopt`` each socket of an ``adopt``
+    message (what is not a listening socket is refused); True for a ``sync``."""
+    conn.settimeout(2.0)
+    try:
+        msg, fds, _, _ = socket.recv_fds(conn, 4096, 64)
+    except OSError:
+        return False
+    keys: list[tuple[str, str]] = []
+    if msg.startswith(b"adopt "):
         try:
-            keys = parse_adopt(text)
+            keys = parse_adopt(msg[6:].decode("ascii", "replace"))
             if len(keys) != len(fds):
                 raise ValueError(f"{len(keys)} names for {len(fds)} sockets")
         except ValueError as err:
             log.warning("refused a hand-over: %s", err)
-            for fd in fds:
-                os.close(fd)
-            return
-        for key, fd in zip(keys, fds):
-            sock = listening_socket(fd)
-            if sock is None or key in self.listeners or key in self.pending:
-                log.warning("refused socket %s:%s handed over", *key)
-                if sock is not None:
-                    sock.close()
-                continue
-            self.pending[key] = (sock, time.monotonic())
+            keys = []
+    for i, fd in enumerate(fds):
+        sock = listening_socket(fd) if keys else None
+        if sock is not None:
+            adopt(keys[i], sock)
+        elif keys:
+            log.warning("refused socket %s:%s handed over: not a listening socket", *keys[i])
+        elif fd >= 0:
+            os.close(fd)
+    return msg.startswith(b"sync")
 
 
 def listening_socket(fd: int) -> socket.socket | None:
@@ -294,18 +303,17 @@ def listening_socket(fd: int) -> socket.socket | None:
     return sock
 
 
-def serve(adopt: list[tuple[str, str, int]] | None = None) -> int:
-    """Run the user's service, serving first the sockets ``adopt`` (uuid, app, fd) that
-    ``pcocc run`` bound. If another service holds the lock, hand them to it (or wait for it
-    to exit and serve them) and return."""
+def serve(adopt_fd: int | None = None) -> int:
+    """Run the user's service, serving first the sockets that ``pcocc run`` bound and sent
+    on ``adopt_fd`` (an ``adopt`` message). If another service holds the lock, hand them to
+    it (or wait for it to exit and serve them) and return."""
     root = paths.private_dir(mds_dir(), what="metadata service directory")
     for sub in ("records", "sockets"):
         paths.private_dir(root / sub, what="metadata service directory")
-    pending = {}
-    for uuid, app, fd in adopt or []:
-        sock = listening_socket(fd)
-        if sock is not None:
-            pending[(uuid, app)] = sock
+    pending: dict[tuple[str, str], socket.socket] = {}
+    if adopt_fd is not None:
+        with socket.socket(fileno=adopt_fd) as conn:
+            read_control(conn, pending.__setitem__)
     lock = os.open(root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     deadline = time.monotonic() + 10.0
     while True:

@@ -94,11 +94,49 @@ def test_adopt_names_are_parsed_strictly(text):
         parse_adopt(text)
 
 
-def test_the_service_refuses_what_is_not_a_listening_socket(root):
-    svc = mds_server.Service(root)
+def control_message(text: str, fds: list[int]) -> list:
+    """What the service adopts from one control message (``text`` with ``fds``)."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        socket.send_fds(ours, [text.encode()], fds)
+        got: list = []
+        mds_server.read_control(theirs, lambda key, sock: got.append((key, sock)))
+    return got
+
+
+def test_the_service_refuses_what_is_not_a_listening_socket():
     r, w = os.pipe()
     a, b = socket.socketpair()
-    svc._adopt(f"{UUID}:web {UUID}:db", [r, a.detach()])
-    assert svc.pending == {}
-    svc._adopt(f"{UUID}:web", [w, b.detach()])  # two sockets, one name
-    assert svc.pending == {}
+    with a, b:
+        assert control_message(f"adopt {UUID}:web {UUID}:db", [r, a.fileno()]) == []
+        with socket.socket(socket.AF_UNIX) as listening:
+            listening.bind("\0pcocc-test-" + os.urandom(4).hex())
+            listening.listen()
+            # two sockets for one name
+            assert control_message(f"adopt {UUID}:web", [w, listening.fileno()]) == []
+            [(key, sock)] = control_message(f"adopt {UUID}:web", [listening.fileno()])
+            assert key == (UUID, "web")
+            sock.close()
+    os.close(r)
+    os.close(w)
+
+
+def test_a_service_started_for_a_pod_gets_its_sockets_not_its_uuid_in_argv(root, monkeypatch):
+    """(With the UUID in its command line, the service looked like a process of the pod.)"""
+    from pcocc import proc
+
+    spawned = []
+    monkeypatch.setattr(proc, "spawn", lambda argv, **kw: spawned.append(
+        (argv, os.dup(kw["pass_fds"][0]))))
+    root.mkdir(parents=True, mode=0o700)
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind("\0pcocc-test-" + os.urandom(4).hex())
+        listening.listen()
+        mds.start_service(root, {(UUID, "web"): listening})
+    [(argv, fd)] = spawned
+    assert not any(UUID in str(a) for a in argv)
+    got: list = []
+    with socket.socket(fileno=fd) as conn:
+        mds_server.read_control(conn, lambda key, sock: got.append((key, sock)))
+    assert [key for key, _ in got] == [(UUID, "web")]
+    got[0][1].close()
