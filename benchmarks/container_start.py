@@ -108,6 +108,24 @@ def phase_breakdown(argv: list[str], env: dict[str, str], marks: Path,
     return [(phase, statistics.median(v)) for phase, v in steps.items()]
 
 
+def isolated_env(work: Path) -> dict[str, str]:
+    """Our environment with pcocc's home, runtime and configuration directories in ``work``."""
+    env = dict(os.environ)
+    env.update(
+        HOME=str(work / "home"),
+        XDG_RUNTIME_DIR=str(work / "run"),
+        PCOCC_SYSTEM_CONF_DIR=str(work / "etc"),
+        PCOCC_USER_CONF_DIR=str(work / "home" / ".pcocc"),
+        USER=env.get("USER") or "root",
+        # installed packages have their bytecode: do not time the compiler
+        PYTHONPYCACHEPREFIX=str(work / "pycache"),
+    )
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    for d in ("home", "run", "etc"):
+        (work / d).mkdir(mode=0o700)
+    return env
+
+
 def plain_install(venv: Path) -> str:
     """A venv that imports pcocc from this checkout by a plain path entry, as a regular
     (non-editable) install does, with this venv's dependencies; returns its ``pcocc``.
@@ -143,19 +161,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="pcocc-bench-ctr-"))
     try:
-        env = dict(os.environ)
-        env.update(
-            HOME=str(work / "home"),
-            XDG_RUNTIME_DIR=str(work / "run"),
-            PCOCC_SYSTEM_CONF_DIR=str(work / "etc"),
-            PCOCC_USER_CONF_DIR=str(work / "home" / ".pcocc"),
-            USER=env.get("USER") or "root",
-            # installed packages have their bytecode: do not time the compiler
-            PYTHONPYCACHEPREFIX=str(work / "pycache"),
-        )
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        for d in ("home", "run", "etc"):
-            (work / d).mkdir(mode=0o700)
+        env = isolated_env(work)
         os.environ.update(XDG_RUNTIME_DIR=env["XDG_RUNTIME_DIR"])
         dev_pcocc = shutil.which("pcocc", path=str(Path(sys.executable).parent)) or "pcocc"
         pcocc = plain_install(work / "venv")

@@ -117,6 +117,14 @@ class BatchManager(abc.ABC):
         on that many nodes of the job (None: as many as the tasks need, at most ``ntasks``).
         """
 
+    def run_on_nodes(
+        self, job_id: str, nodes: Sequence[str], argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.Popen:
+        """Run ``argv`` once on each of ``nodes`` of the job, beside the job's other steps
+        (a running multi-node pod holds its CPUs). One host (the default): once here."""
+        return self.launch_tasks(job_id, 1, argv, env)
+
     @abc.abstractmethod
     def job_id_from_env(self, env: Mapping[str, str] | None = None) -> str | None:
         """The id of the job this process runs in, or None outside a job."""

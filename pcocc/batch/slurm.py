@@ -11,7 +11,7 @@ import os
 import re
 import subprocess
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pcocc import proc
 from pcocc import fields
@@ -105,6 +105,18 @@ def srun_one_argv(job_id: str, node: str, argv: Sequence[str]) -> list[str]:
         "srun", f"--jobid={job_id}", "--overlap", "--nodes=1", "--ntasks=1",
         f"--nodelist={node}", "--", *argv,
     ]  # fmt: skip
+
+
+def srun_on_nodes_argv(
+    job_id: str, nodes: Sequence[str], argv: Sequence[str], options: Sequence[str] = ()
+) -> list[str]:
+    """``srun`` running ``argv`` once on each of ``nodes``, sharing the CPUs that other
+    steps of the job hold (``--overlap``)."""
+    return [
+        "srun", f"--jobid={job_id}", "--overlap", f"--nodelist={','.join(nodes)}",
+        f"--nodes={len(nodes)}", f"--ntasks={len(nodes)}", "--ntasks-per-node=1",
+        *options, "--", *argv,
+    ]
 
 
 #: squeue's columns for :func:`parse_squeue`: the fixed ones first, the comment and the
@@ -328,6 +340,13 @@ class SlurmManager(BatchManager):
             stdout=None,
             stderr=None,
         )
+
+    def run_on_nodes(
+        self, job_id: str, nodes: Sequence[str], argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.Popen:
+        return proc.spawn(srun_on_nodes_argv(job_id, nodes, argv, self.srun_options), env=env,
+                          stdout=None, stderr=None)
 
     def job_id_from_env(self, env: Mapping[str, str] | None = None) -> str | None:
         env = os.environ if env is None else env

@@ -16,6 +16,7 @@ from pcocc.cli.output import local_time, print_table
 
 if TYPE_CHECKING:
     from pcocc.ctr.pod import RunRequest
+    from pcocc.ctr.pods import PodRecord
 
 
 class _RunCommand(click.Command):
@@ -156,7 +157,7 @@ def run(
 
     request = RunRequest(_fetched(session, request.apps), request.options)
     if detach:
-        _run_detached(session, request, multi=nodes is not None or tasks is not None)
+        _run_detached(session, request, nodes=nodes, tasks=tasks)
         return
     if nodes is not None or tasks is not None:
         from pcocc.ctr.multinode import run_tasks
@@ -190,17 +191,22 @@ def _fetched(session: Session, apps: list[tuple[str, list[str]]]) -> list[tuple[
              if fetchable(image) else image, args) for image, args in apps]
 
 
-def _run_detached(session: Session, request: RunRequest, *, multi: bool) -> None:
+def _run_detached(
+    session: Session, request: RunRequest, *, nodes: int | None, tasks: int | None
+) -> None:
     from pcocc.errors import UsageError
 
-    if multi:
-        raise UsageError("--detach runs a pod on this node only: -N/-n cannot go with it")
     if request.options.interactive:
         raise UsageError("--detach and --interactive cannot go together: a detached pod "
                          "has no terminal")
+    if nodes is not None or tasks is not None:
+        from pcocc.ctr.podgroup import allocation
+
+        allocation(session.config)  # fails at once outside an allocation
     from pcocc.ctr.detach import run_detached
 
-    click.echo(run_detached(request, session.notify, session.log_args))
+    click.echo(run_detached(request, session.notify, session.log_args, nodes=nodes,
+                            tasks=tasks))
 
 
 def _rerun_argv() -> list[str]:
@@ -229,7 +235,10 @@ def list_(full: bool, no_legend: bool, as_json: bool) -> None:
         click.echo(json.dumps([r.to_json() for r in recs], indent=1))
         return
     rows = []
+    groups = {r.uuid for r in recs if r.nodes}
     for r in recs:
+        if r.group in groups:
+            continue  # shown as its multi-node pod
         for i, app in enumerate(r.apps or [None]):
             first = i == 0
             rows.append(
@@ -238,7 +247,7 @@ def list_(full: bool, no_legend: bool, as_json: bool) -> None:
                     app.name if app else "-",
                     app.image if app else "-",
                     r.state if first else "",
-                    r.node if first else "",
+                    (",".join(dict.fromkeys(r.nodes)) or r.node) if first else "",
                     local_time(r.created) if first else "",
                 )
             )
@@ -262,7 +271,9 @@ def status(wait: bool, uuid: str) -> None:
     click.echo(f"state={rec.state}")
     click.echo(f"pid={rec.pid if running and rec.pid else -1}")
     click.echo(f"exited={'false' if running or rec.state == 'prepared' else 'true'}")
-    click.echo(f"node={rec.node}")
+    click.echo(f"node={','.join(dict.fromkeys(rec.nodes)) or rec.node}")
+    for node, member in zip(rec.nodes, rec.members):
+        click.echo(f"member={node}:{member}")
     for app in rec.apps:
         if app.exit_status is not None:
             click.echo(f"{app.name}={app.exit_status}")
@@ -285,6 +296,7 @@ def enter(
 
     store = PodStore()
     rec = store.resolve(uuid)
+    _one_node(rec, "enter")
     argv = list(command)
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -306,6 +318,17 @@ def logs(app_name: str | None, follow: bool, uuid: str) -> None:
 
     store = PodStore()
     rec = store.resolve(uuid)
+    if rec.nodes:
+        from pcocc.ctr.podgroup import group_logs, member_logs
+
+        if follow:
+            from pcocc.ctr.podctl import follow_files
+
+            follow_files(store, rec.uuid, member_logs(store, rec, app_name), _LogWriter(True))
+            return
+        sys.stdout.buffer.write(group_logs(store, rec, app_name))
+        sys.stdout.flush()
+        return
     if follow:
         from pcocc.ctr.podctl import follow_logs
 
@@ -318,6 +341,16 @@ def logs(app_name: str | None, follow: bool, uuid: str) -> None:
             click.echo(f"==> {name} <==")
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
+
+
+def _one_node(rec: PodRecord, what: str) -> None:
+    """:raise UsageError: ``rec`` is a multi-node pod, which ``pod WHAT`` cannot take"""
+    if rec.nodes:
+        from pcocc.errors import UsageError
+
+        raise UsageError(f"pod {rec.short_id} runs on {len(rec.nodes)} nodes: 'pod {what}' "
+                         "takes one of its members",
+                         hint=f"see the members in 'pcocc pod status {rec.short_id}'")
 
 
 class _LogWriter:
@@ -347,9 +380,12 @@ class _LogWriter:
     help="Seconds the apps get after SIGTERM before SIGKILL.",
 )
 @click.argument("uuids", nargs=-1, required=True)
-def stop(force: bool, timeout_s: float, uuids: tuple[str, ...]) -> None:
-    """Stop running pods: SIGTERM to every app, then SIGKILL after the timeout."""
+@pass_session
+def stop(session: Session, force: bool, timeout_s: float, uuids: tuple[str, ...]) -> None:
+    """Stop running pods (on every node of a multi-node pod): SIGTERM to every app, then
+    SIGKILL after the timeout."""
     from pcocc.ctr.podctl import check_stoppable, stop_pod
+    from pcocc.ctr.podgroup import stop_group
     from pcocc.ctr.pods import PodStore
 
     store = PodStore()
@@ -357,7 +393,10 @@ def stop(force: bool, timeout_s: float, uuids: tuple[str, ...]) -> None:
     for rec in recs:  # every pod checked before any is stopped
         check_stoppable(rec)
     for rec in recs:
-        stop_pod(store, rec, timeout_s=timeout_s, force=force)
+        if rec.nodes:
+            stop_group(store, rec, session.config, timeout_s=timeout_s, force=force)
+        else:
+            stop_pod(store, rec, timeout_s=timeout_s, force=force)
         click.echo(f'Stopped pod "{rec.uuid}"')
 
 
@@ -383,14 +422,14 @@ def gc(grace_period: str) -> None:
 @pod.command("rm")
 @click.argument("uuids", nargs=-1, required=True)
 def rm(uuids: tuple[str, ...]) -> None:
-    """Remove exited pods."""
-    from pcocc.ctr.pods import PodStore, cleanup_containers
+    """Remove exited pods (a multi-node pod with the pods of its nodes)."""
+    from pcocc.ctr.podgroup import remove_pod
+    from pcocc.ctr.pods import PodStore
 
     store = PodStore()
     for u in uuids:
         rec = store.resolve(u)
-        cleanup_containers(rec)
-        store.remove(rec)
+        remove_pod(store, rec)
         click.echo(f'Removed pod "{rec.uuid}"')
 
 

@@ -65,10 +65,11 @@ def setup(action: str, job_id: str, user: str) -> None:
 
 
 # One task of a multi-node `pcocc run` (see pcocc/cli/internal_ctr.py).
-from pcocc.cli.internal_ctr import cache_send, ctr_detached, ctr_task  # noqa: E402
+from pcocc.cli.internal_ctr import cache_send, ctr_detached, ctr_group_stop, ctr_task  # noqa: E402
 
 internal.add_command(ctr_task)
 internal.add_command(ctr_detached)
+internal.add_command(ctr_group_stop)
 internal.add_command(cache_send)
 
 from pcocc.cli.mds import mds_serve  # noqa: E402

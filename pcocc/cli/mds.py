@@ -19,8 +19,10 @@ def verify_identity(token: str) -> None:
 
 
 @click.command("mds-serve", hidden=True)
-def mds_serve() -> None:
+@click.option("--adopt-fd", type=int, metavar="FD",
+              help="Read the sockets to serve first (sent by pcocc run) on FD.")
+def mds_serve(adopt_fd: int | None) -> None:
     """Run your metadata service (started on demand by 'pcocc run')."""
     from pcocc.ctr.mds_server import serve
 
-    exit_with(serve())
+    exit_with(serve(adopt_fd))

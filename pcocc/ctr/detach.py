@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,20 +31,24 @@ if TYPE_CHECKING:
     from pcocc.ctr.pods import PodRecord
 
 
-def supervisor_argv(request: Path, report_fd: int, log_args: Sequence[str] = ()) -> list[str]:
+def supervisor_argv(
+    request: Path, report_fd: int, log_args: Sequence[str] = (), tasks: Sequence[str] = ()
+) -> list[str]:
     from pcocc.selfcmd import pcocc_argv
 
     return [
         *pcocc_argv(), *log_args, "internal", "ctr-detached",
-        "--report-fd", str(report_fd), str(request),
+        "--report-fd", str(report_fd), *tasks, str(request),
     ]
 
 
 def run_detached(
-    request: RunRequest, notify: Notify, log_args: Sequence[str] = ()
+    request: RunRequest, notify: Notify, log_args: Sequence[str] = (), *,
+    nodes: int | None = None, tasks: int | None = None,
 ) -> str:
     """Start the pod of ``request`` under a supervisor of its own; returns its UUID once
-    its apps run.
+    its apps run. With ``nodes``/``tasks``, one pod per task of the current allocation
+    (:mod:`pcocc.ctr.podgroup`), seen as one multi-node pod.
 
     :raise PcoccError: the pod failed to start (with the supervisor's error and status)
     """
@@ -55,7 +59,9 @@ def run_detached(
     path = write_request(replace(request, options=replace(request.options, detach=True)))
     r, w = os.pipe()
     try:
-        proc.spawn(supervisor_argv(path, w, log_args), pass_fds=(w,), new_session=True)
+        counts = [*(["--nodes", str(nodes)] if nodes else []),
+                  *(["--tasks", str(tasks)] if tasks else [])]
+        proc.spawn(supervisor_argv(path, w, log_args, counts), pass_fds=(w,), new_session=True)
     except BaseException:
         os.close(r)
         path.unlink(missing_ok=True)
@@ -140,11 +146,19 @@ def supervise(request_path: str, report_fd: int, config: Config) -> int:
     from pcocc.ctr.multinode import read_request
     from pcocc.ctr.pod import run_request
 
-    reporter = Reporter(report_fd)
-    try:
+    def run(reporter: Reporter) -> int:
         request = read_request(request_path)
         Path(request_path).unlink(missing_ok=True)
-        status = run_request(request, config, reporter.say, on_started=reporter.started)
+        return run_request(request, config, reporter.say, on_started=reporter.started)
+
+    return reporting(report_fd, run)
+
+
+def reporting(report_fd: int, run: Callable[[Reporter], int]) -> int:
+    """``run(reporter)`` with every error reported on ``report_fd`` (once); its status."""
+    reporter = Reporter(report_fd)
+    try:
+        status = run(reporter)
     except PcoccError as err:
         reporter.error(err)
         return err.exit_status

@@ -5,7 +5,8 @@ and gone when no pod of the user is left. Everything lives in the user's private
 directory (:func:`pcocc.paths.runtime_dir`, 0700)::
 
     mds/lock                  flock held by the running service (one per user)
-    mds/control.sock          "sync": the service rereads the records, then answers "ok"
+    mds/control.sock          "adopt UUID:APP..." with the listening sockets of a new pod;
+                              "sync": the service rereads the records (no answer)
     mds/service.log           the service's output
     mds/records/<uuid>.json   a pod's record with its HMAC key (0600, never mounted)
     mds/sockets/<uuid>/<app>/api.sock
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from pcocc import paths
-from pcocc.errors import Corrupt, PcoccError, ServiceUnavailable, UsageError
+from pcocc.errors import Corrupt, PcoccError, UsageError
 from pcocc.fsutil import write_atomic
 
 #: where an app finds its socket: in the container's own /dev tmpfs (every spec has one),
@@ -201,7 +202,13 @@ def register_pod(
     pid: int,
     pid_start: int | None,
 ) -> dict[str, Path]:
-    """Record the pod, make sure the service runs and serves it.
+    """Record the pod and have the service serve it, without waiting for the service.
+
+    The app sockets are bound here, before any app starts, and handed to the service
+    (:func:`hand_over`; started in the background when it does not run): an app that
+    connects before the service took its socket waits in the socket's backlog, never finds
+    it missing. The hand-over goes first, the record second: a service that sees the
+    record has the hand-over queued on its control socket (it reads those first).
 
     :return: app name -> host directory to bind at :data:`CONTAINER_DIR`
     """
@@ -209,25 +216,79 @@ def register_pod(
     for sub in ("records", "sockets"):
         paths.private_dir(root / sub, what="metadata service directory")
     rec = MdsRecord(uuid, os.urandom(32).hex(), list(apps), dict(annotations), pid, pid_start)
-    dirs = {}
+    dirs: dict[str, Path] = {}
+    socks: list[socket.socket] = []
     (root / "sockets" / uuid).mkdir(mode=0o700, exist_ok=True)
-    for app in apps:
-        d = socket_dir(root, uuid, app.name)
-        d.mkdir(mode=0o700, exist_ok=True)
-        dirs[app.name] = d
-    write_atomic(root / "records" / f"{uuid}.json", json.dumps(rec.to_json()), 0o600)
-    sync_service(root, start=True)
-    missing = [d for d in dirs.values() if not (d / SOCKET_NAME).is_socket()]
-    if missing:
-        raise ServiceUnavailable(
-            f"the pcocc metadata service does not serve {missing[0]}",
-            hint=f"see {root / 'service.log'}, or run with --register-mds=false",
-        )
+    try:
+        for app in apps:
+            d = socket_dir(root, uuid, app.name)
+            d.mkdir(mode=0o700, exist_ok=True)
+            (d / SOCKET_NAME).unlink(missing_ok=True)
+            socks.append(unix_socket(d / SOCKET_NAME, listen=True))
+            dirs[app.name] = d
+        if not hand_over(root, {(uuid, a.name): s for a, s in zip(apps, socks)}):
+            start_service(root, {(uuid, a.name): s for a, s in zip(apps, socks)})
+        write_atomic(root / "records" / f"{uuid}.json", json.dumps(rec.to_json()), 0o600,
+                     sync_dir=False)  # the runtime directory does not outlive a boot
+    finally:
+        for sock in socks:
+            sock.close()
     return dirs
 
 
+def adopt_message(socks: Mapping[tuple[str, str], socket.socket]) -> tuple[bytes, list[int]]:
+    """``adopt UUID:APP ...`` and the sockets' descriptors, in the same order."""
+    keys = list(socks)
+    return (("adopt " + " ".join(f"{u}:{a}" for u, a in keys) + "\n").encode(),
+            [socks[k].fileno() for k in keys])
+
+
+def parse_adopt(text: str) -> list[tuple[str, str]]:
+    """(uuid, app) of each ``UUID:APP`` word. :raise ValueError: a word is not one"""
+    keys = []
+    for word in text.split():
+        uuid, _, app = word.partition(":")
+        if not _UUID_RE.match(uuid) or not _NAME_RE.match(app):
+            raise ValueError(f"bad socket name {word[:80]!r}")
+        keys.append((uuid, app))
+    return keys
+
+
+def hand_over(root: Path, socks: Mapping[tuple[str, str], socket.socket]) -> bool:
+    """Send the listening ``socks`` to the running service in one message, without waiting
+    for an answer; False if no service listens."""
+    try:
+        conn = unix_socket(root / "control.sock", timeout_s=5.0)
+    except OSError:
+        return False
+    with conn:
+        msg, fds = adopt_message(socks)
+        try:
+            socket.send_fds(conn, [msg], fds)
+        except OSError:
+            return False
+    return True
+
+
+def start_service(root: Path, socks: Mapping[tuple[str, str], socket.socket]) -> None:
+    """Start the service in the background with ``socks`` to serve (not waited for): they
+    go, as an ``adopt`` message, on a socket pair whose other end the service reads first
+    (so that no pod's UUID is in the service's command line)."""
+    from pcocc import proc
+    from pcocc.selfcmd import module_argv
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours, theirs:
+        fd = theirs.fileno()
+        proc.spawn([*module_argv(), "internal", "mds-serve", "--adopt-fd", str(fd)],
+                   log_path=root / "service.log", pass_fds=[fd])
+        msg, fds = adopt_message(socks)
+        socket.send_fds(ours, [msg], fds)
+
+
 def unregister_pod(uuid: str) -> None:
-    """Forget the pod (its key goes with it); the service notices and closes its sockets."""
+    """Forget the pod (its key goes with it); the service is told to drop its sockets (one
+    write, no answer waited for: it also notices on its next scan)."""
     import shutil
 
     root = mds_dir()
@@ -237,8 +298,9 @@ def unregister_pod(uuid: str) -> None:
         return
     shutil.rmtree(root / "sockets" / uuid, ignore_errors=True)
     try:
-        sync_service(root, start=False)
-    except ServiceUnavailable:
+        with unix_socket(root / "control.sock", timeout_s=1.0) as conn:
+            conn.sendall(b"sync\n")
+    except OSError:
         pass
 
 
@@ -262,38 +324,3 @@ def unix_socket(path: Path, *, listen: bool = False, timeout_s: float | None = N
     finally:
         os.close(dir_fd)
     return sock
-
-
-def _ask(root: Path, timeout_s: float = 5.0) -> bool:
-    try:
-        s = unix_socket(root / "control.sock", timeout_s=timeout_s)
-    except OSError:
-        return False
-    try:
-        s.sendall(b"sync\n")
-        return s.recv(16).startswith(b"ok")
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-def sync_service(root: Path, *, start: bool, timeout_s: float = 10.0) -> None:
-    """Have the service reread the records; start it first if needed and ``start``."""
-    if _ask(root):
-        return
-    if not start:
-        return
-    from pcocc import proc
-    from pcocc.selfcmd import module_argv
-
-    proc.spawn([*module_argv(), "internal", "mds-serve"], log_path=root / "service.log")
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if _ask(root):
-            return
-        time.sleep(0.05)
-    raise ServiceUnavailable(
-        "the pcocc metadata service did not start",
-        hint=f"see {root / 'service.log'}, or run with --register-mds=false",
-    )

@@ -5,6 +5,11 @@ next ``pcocc run`` and serves the pods that still run: it rebinds their sockets 
 directories they have mounted. It drops the record of a pod whose supervisor is gone and
 exits once no record is left for :data:`IDLE_EXIT_S`.
 
+A new pod's sockets are bound by its ``pcocc run`` and handed over (``adopt`` on the control
+socket, or ``--adopt`` when ``run`` starts the service): they wait, *pending*, until the
+pod's record is there. Before it binds a socket of its own, the service takes what waits on
+the control socket, so that it never replaces a socket handed over to it.
+
 HTTP API on an app's socket (GET only; anything else is refused):
 
 - ``/pcocc/v1/pod`` (JSON), ``/pcocc/v1/pod/uuid``, ``/pcocc/v1/pod/annotations``,
@@ -23,11 +28,13 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pcocc import paths
 from pcocc.ctr.mds import (
-    SOCKET_NAME, MdsRecord, load_record, mds_dir, sign_token, socket_dir, unix_socket,
+    SOCKET_NAME, MdsRecord, hand_over, load_record, mds_dir, parse_adopt, sign_token,
+    socket_dir, unix_socket,
 )
 from pcocc.ctr.pods import process_start_ticks
 from pcocc.errors import Corrupt
@@ -36,6 +43,10 @@ log = logging.getLogger(__name__)
 
 IDLE_EXIT_S = 3.0
 RESCAN_S = 1.0
+#: how often the records are read while handed-over sockets wait for theirs
+PENDING_SCAN_S = 0.02
+#: a handed-over socket whose record never came (its run died) is closed after that
+PENDING_MAX_S = 5.0
 MAX_REQUEST = 8192
 CLIENT_TIMEOUT_S = 5.0
 _REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
@@ -118,15 +129,21 @@ def _serve_client(conn: socket.socket, rec: MdsRecord, app: str) -> None:
 
 
 class Service:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, pending: dict[tuple[str, str], socket.socket] | None = None):
         self.root = root
         self.sel = selectors.DefaultSelector()
         #: (uuid, app) -> listening socket
         self.listeners: dict[tuple[str, str], socket.socket] = {}
         self.records: dict[str, MdsRecord] = {}
+        #: (uuid, app) -> (socket handed over, when), until the pod's record is read
+        self.pending = {k: (s, time.monotonic()) for k, s in (pending or {}).items()}
+        self.control: socket.socket | None = None
+        #: a ``sync`` came: read the records again
+        self.stale = False
 
     def rescan(self) -> None:
         """Serve exactly the pods with a record whose supervisor still runs."""
+        self._take_control()
         recs: dict[str, MdsRecord] = {}
         for path in (self.root / "records").glob("*.json"):
             try:
@@ -145,27 +162,53 @@ class Service:
             self.sel.unregister(sock)
             sock.close()
         for uuid, app in wanted - set(self.listeners):
-            d = socket_dir(self.root, uuid, app)
-            path = d / SOCKET_NAME
-            try:
-                path.unlink(missing_ok=True)  # left by a killed service
-                sock = unix_socket(path, listen=True)
-            except OSError as err:
-                log.warning("cannot serve pod %s app %s: %s", uuid, app, err)
-                continue
+            handed = self.pending.pop((uuid, app), None)
+            if handed is not None:
+                sock = handed[0]
+            else:
+                path = socket_dir(self.root, uuid, app) / SOCKET_NAME
+                try:
+                    path.unlink(missing_ok=True)  # left by a killed service
+                    sock = unix_socket(path, listen=True)
+                except OSError as err:
+                    log.warning("cannot serve pod %s app %s: %s", uuid, app, err)
+                    continue
             self.listeners[(uuid, app)] = sock
             self.sel.register(sock, selectors.EVENT_READ, (uuid, app))
+        for key, (sock, since) in list(self.pending.items()):
+            if key in self.listeners or time.monotonic() - since > PENDING_MAX_S:
+                del self.pending[key]
+                sock.close()
 
-    def run(self) -> None:
+    def _bind_control(self) -> None:
         cpath = self.root / "control.sock"
         cpath.unlink(missing_ok=True)
-        control = unix_socket(cpath, listen=True)
-        self.sel.register(control, selectors.EVENT_READ, None)
+        self.control = unix_socket(cpath, listen=True)
+        self.sel.register(self.control, selectors.EVENT_READ, None)
+
+    def _take_control(self) -> None:
+        """Handle every connection that waits on the control socket, without blocking."""
+        if self.control is None:
+            return
+        self.control.setblocking(False)
+        try:
+            while True:
+                try:
+                    conn, _ = self.control.accept()
+                except OSError:  # nothing more waits
+                    return
+                self._control(conn)
+        finally:
+            self.control.setblocking(True)
+
+    def run(self) -> None:
+        self._bind_control()
         self.rescan()
         idle_since = time.monotonic()
         last_scan = time.monotonic()
         while True:
-            for key, _ in self.sel.select(timeout=RESCAN_S):
+            wait = PENDING_SCAN_S if self.pending else RESCAN_S
+            for key, _ in self.sel.select(timeout=wait):
                 try:
                     conn, _ = key.fileobj.accept()  # type: ignore[union-attr]
                 except OSError:
@@ -179,38 +222,111 @@ class Service:
                     conn.close()
                     continue
                 threading.Thread(target=_serve_client, args=(conn, rec, app), daemon=True).start()
-            if time.monotonic() - last_scan >= RESCAN_S:
+            if self.pending or self.stale or time.monotonic() - last_scan >= RESCAN_S:
+                self.stale = False
                 self.rescan()
                 last_scan = time.monotonic()
-            if self.records:
+            if self.records or self.pending:
                 idle_since = time.monotonic()
-            elif time.monotonic() - idle_since >= IDLE_EXIT_S:
+            elif time.monotonic() - idle_since >= IDLE_EXIT_S and self._exit():
                 log.info("no pod left: metadata service exits")
-                cpath.unlink(missing_ok=True)
                 return
+
+    def _exit(self) -> bool:
+        """Stop taking requests; False (and serve on) if a hand-over came in meanwhile."""
+        (self.root / "control.sock").unlink(missing_ok=True)
+        self._take_control()  # what was queued before the unlink
+        if not self.pending:
+            return True
+        assert self.control is not None
+        self.sel.unregister(self.control)
+        self.control.close()
+        self._bind_control()
+        return False
 
     def _control(self, conn: socket.socket) -> None:
         with conn:
-            conn.settimeout(2.0)
-            try:
-                if conn.recv(16).startswith(b"sync"):
-                    self.rescan()
-                    conn.sendall(b"ok\n")
-            except OSError:
-                pass
+            if read_control(conn, self._adopt):
+                self.stale = True  # a sync: read again by the main loop (no answer)
+
+    def _adopt(self, key: tuple[str, str], sock: socket.socket) -> None:
+        """Keep a listening socket a ``pcocc run`` handed over until its record is read."""
+        if key in self.listeners or key in self.pending:
+            log.warning("refused socket %s:%s handed over: already served", *key)
+            sock.close()
+        else:
+            self.pending[key] = (sock, time.monotonic())
 
 
-def serve() -> int:
-    """Run the user's service; exit 0 at once if another one holds the lock."""
+def read_control(
+    conn: socket.socket, adopt: Callable[[tuple[str, str], socket.socket], None]
+) -> bool:
+    """Read one message of the control socket: ``adopt`` each socket of an ``adopt``
+    message (what is not a listening socket is refused); True for a ``sync``."""
+    conn.settimeout(2.0)
+    try:
+        msg, fds, _, _ = socket.recv_fds(conn, 4096, 64)
+    except OSError:
+        return False
+    keys: list[tuple[str, str]] = []
+    if msg.startswith(b"adopt "):
+        try:
+            keys = parse_adopt(msg[6:].decode("ascii", "replace"))
+            if len(keys) != len(fds):
+                raise ValueError(f"{len(keys)} names for {len(fds)} sockets")
+        except ValueError as err:
+            log.warning("refused a hand-over: %s", err)
+            keys = []
+    for i, fd in enumerate(fds):
+        sock = listening_socket(fd) if keys else None
+        if sock is not None:
+            adopt(keys[i], sock)
+        elif keys:
+            log.warning("refused socket %s:%s handed over: not a listening socket", *keys[i])
+        elif fd >= 0:
+            os.close(fd)
+    return msg.startswith(b"sync")
+
+
+def listening_socket(fd: int) -> socket.socket | None:
+    """The socket of ``fd`` if it is a listening unix stream socket, else None (closed)."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        return None
+    listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM or not listening:
+        sock.close()
+        return None
+    sock.set_inheritable(False)
+    return sock
+
+
+def serve(adopt_fd: int | None = None) -> int:
+    """Run the user's service, serving first the sockets that ``pcocc run`` bound and sent
+    on ``adopt_fd`` (an ``adopt`` message). If another service holds the lock, hand them to
+    it (or wait for it to exit and serve them) and return."""
     root = paths.private_dir(mds_dir(), what="metadata service directory")
     for sub in ("records", "sockets"):
         paths.private_dir(root / sub, what="metadata service directory")
+    pending: dict[tuple[str, str], socket.socket] = {}
+    if adopt_fd is not None:
+        with socket.socket(fileno=adopt_fd) as conn:
+            read_control(conn, pending.__setitem__)
     lock = os.open(root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return 0
+    deadline = time.monotonic() + 10.0
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            # another service runs (or is exiting): it takes the sockets, or we do once
+            # it is gone
+            if not pending or hand_over(root, pending) or time.monotonic() > deadline:
+                return 0
+            time.sleep(0.05)
     os.ftruncate(lock, 0)
     os.write(lock, f"{os.getpid()}\n".encode())
-    Service(root).run()
+    Service(root, pending).run()
     return 0

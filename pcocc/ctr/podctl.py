@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import BinaryIO
 
 from pcocc.ctr.pods import PodRecord, PodStore, process_start_ticks
@@ -26,7 +27,7 @@ def check_stoppable(rec: PodRecord) -> None:
             f"pod {rec.uuid} is {rec.state}, not running: nothing to stop",
             hint="see 'pcocc pod status'",
         )
-    if rec.node != os.uname().nodename:
+    if not rec.nodes and rec.node != os.uname().nodename:  # a multi-node pod: any node
         raise PcoccError(
             f"pod {rec.uuid} runs on node {rec.node}", hint="run 'pcocc pod stop' there"
         )
@@ -69,22 +70,37 @@ def follow_logs(
 ) -> None:
     """Copy what the apps ``app_names`` write to their logs to ``write(app, data)``, from
     the start, until the pod is no longer running and every log is read to its end."""
+    logs = {name: store.log_path(rec.uuid, name) for name in app_names}
+    follow_files(store, rec.uuid, logs, write, poll_s=poll_s, sleep=sleep)
+
+
+def follow_files(
+    store: PodStore,
+    uuid: str,
+    logs: Mapping[str, Path],
+    write: Callable[[str, bytes], None],
+    *,
+    poll_s: float = 0.1,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Copy what is appended to the files ``logs`` (label -> path) to ``write(label, data)``,
+    from their start, until the pod ``uuid`` is no longer running and all are read."""
     files: dict[str, BinaryIO] = {}
     try:
         while True:
-            now = store.load(rec.uuid)
+            now = store.load(uuid)
             running = now.state == "running" or (now.state == "prepared" and now.pid is not None)
             got = False
-            for name in app_names:
-                f = files.get(name)
+            for label, path in logs.items():
+                f = files.get(label)
                 if f is None:
                     try:
-                        f = files[name] = open(store.log_path(rec.uuid, name), "rb")  # noqa: SIM115
+                        f = files[label] = open(path, "rb")  # noqa: SIM115
                     except FileNotFoundError:
                         continue
                 data = f.read(65536)
                 if data:
-                    write(name, data)
+                    write(label, data)
                     got = True
             if not got:
                 if not running:

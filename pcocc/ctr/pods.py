@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -102,6 +103,14 @@ class PodRecord:
     detached: bool = False
     apps: list[AppRecord] = field(default_factory=list)
     version: int = RECORD_VERSION
+    #: a multi-node pod (:mod:`pcocc.ctr.podgroup`): its job, and per task the node and
+    #: the UUID of the pod that runs there (a member); ``pid`` is the group's supervisor
+    job_id: str = ""
+    nodes: list[str] = field(default_factory=list)
+    members: list[str] = field(default_factory=list)
+    #: a member: the UUID of its multi-node pod, and the batch node it runs on
+    group: str = ""
+    task_node: str = ""
 
     @property
     def short_id(self) -> str:
@@ -122,6 +131,7 @@ class PodRecord:
             raise Corrupt(f"{where}: bad pod record: {err}") from err
         if rec.state not in STATES:
             raise Corrupt(f"{where}: unknown pod state '{rec.state}'")
+        _check_group_fields(rec, where)
         return rec
 
     def is_alive(self) -> bool:
@@ -131,6 +141,34 @@ class PodRecord:
         if self.node != os.uname().nodename:
             return True  # cannot tell from here; trust the record
         return process_start_ticks(self.pid) == self.pid_start
+
+
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_NODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_JOB_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _check_group_fields(rec: PodRecord, where: str) -> None:
+    """The fields of a multi-node pod reach srun's argv (``pcocc pod stop``): accept only
+    plain node names, job ids and UUIDs."""
+    def bad(what: str) -> Corrupt:
+        return Corrupt(f"{where}: bad pod record: {what}")
+
+    if not isinstance(rec.nodes, list) or not isinstance(rec.members, list):
+        raise bad("nodes and members must be lists")
+    if len(rec.nodes) != len(rec.members):
+        raise bad("as many members as nodes are needed")
+    for name, value, regex in (
+        *(("node", n, _NODE_RE) for n in rec.nodes),
+        *(("member", m, _UUID_RE) for m in rec.members),
+        ("job id", rec.job_id, _JOB_RE),
+        ("group", rec.group, _UUID_RE),
+        ("task node", rec.task_node, _NODE_RE),
+    ):
+        if not isinstance(value, str) or (value and not regex.fullmatch(value)):
+            raise bad(f"invalid {name} {value!r}")
+    if rec.nodes and not (rec.job_id and _UUID_RE.fullmatch(rec.uuid)):
+        raise bad("a multi-node pod needs a job id and a plain UUID")
 
 
 class PodStore:

@@ -94,7 +94,8 @@ def test_a_start_nobody_waits_for_any_more_stops_the_pod(tmp_path):
 
 
 @pytest.mark.parametrize(("opts", "error"), [
-    (["-N", "2"], "--detach runs a pod on this node only"),
+    # a detached multi-node pod lives in an allocation: it cannot make one for itself
+    (["-N", "2"], "--detach must run inside an allocation"),
     (["-i"], "--detach and --interactive cannot go together"),
 ])
 def test_detach_refuses_what_it_cannot_do(opts, error, capsys, pcocc_env):

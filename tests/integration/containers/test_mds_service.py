@@ -143,10 +143,18 @@ def test_service_killed_is_restarted_and_pods_reach_it(env, pcocc_bin, image_dir
             time.sleep(0.05)
         with pytest.raises(OSError):
             get(sock_a, "/pcocc/v1/pod/uuid")
-        # the next run starts the service again; the running pod is served again
+        # the next run starts the service again (in the background: the run does not wait
+        # for it); the running pod is served again
         pcocc(pcocc_bin, "run", "--runtime", crun, image_dir, "--", "true", check=0)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                answer = get(sock_a, "/pcocc/v1/pod/uuid")
+                break
+            except OSError:
+                time.sleep(0.1)
         assert service_pid(runtime_dir) not in (None, pid)
-        assert get(sock_a, "/pcocc/v1/pod/uuid") == (200, uuid_a)
+        assert answer == (200, uuid_a)
         status, token = get(sock_a, "/pcocc/v1/pod/identity")
         assert status == 200
         pcocc(pcocc_bin, "pod", "verify-identity", token, check=0)
