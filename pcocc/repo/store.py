@@ -31,7 +31,7 @@ from pcocc.errors import (
     UsageError,
 )
 from pcocc.fsutil import fsync_dir, os_error, remove_tree, write_atomic
-from pcocc.repo.digest import hash_file
+from pcocc.repo.digest import digest_hex, hash_file
 from pcocc.repo.layout import META_FILE_RE, RepoLayout
 from pcocc.repo.meta import ImageMeta
 
@@ -57,6 +57,11 @@ class BlobSink:
 
     def __call__(self, path: Path, expected_digest: str | None = None) -> str:
         return self._repo.store_blob(path, expected_digest)
+
+    def add_written(self, path: Path, digest: str) -> str:
+        """Store ``path``, which its writer hashed to ``digest`` as it wrote it and fsynced
+        (see :meth:`Repository.store_written_blob`)."""
+        return self._repo.store_written_blob(path, digest)
 
     def has_blob(self, digest: str) -> bool:
         return self._repo.has_blob(digest)
@@ -249,10 +254,25 @@ class Repository:
         path = Path(path)
         try:
             digest = hash_file(path)
-            if expected_digest is not None and digest != expected_digest:
-                path.unlink(missing_ok=True)
-                raise Corrupt(f"{path.name}: content does not match digest {expected_digest} "
-                              f"(got {digest})", hint="the source is damaged or changed")
+        except OSError as err:
+            raise os_error(err, f"cannot store blob in repository '{self.name}'") from err
+        if expected_digest is not None and digest != expected_digest:
+            path.unlink(missing_ok=True)
+            raise Corrupt(f"{path.name}: content does not match digest {expected_digest} "
+                          f"(got {digest})", hint="the source is damaged or changed")
+        return self.store_written_blob(path, digest)
+
+    def store_written_blob(self, path: Path, digest: str) -> str:
+        """Move ``path`` into ``data/`` as the blob ``digest``, without reading it.
+
+        For a file that its writer hashed while writing it, from the bytes it wrote, and
+        fsynced, in a private staging directory of ours (so nobody else changed it since):
+        the digest is then the file's as surely as a hash after the write, without a second
+        read. Deduplicates as :meth:`store_blob` does.
+        """
+        digest_hex(digest)  # a malformed digest would name no blob file
+        path = Path(path)
+        try:
             dst = self.layout.blob_path(digest)
             if not dst.parent.is_dir():
                 dst.parent.mkdir(exist_ok=True)
