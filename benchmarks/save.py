@@ -53,11 +53,21 @@ def run(argv: list[str], env: dict[str, str] | None = None) -> str:
     return res.stdout
 
 
-def timed(argv: list[str]) -> float:
+def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     subprocess.run(["sync"], check=True)
     t0 = time.perf_counter()
-    run(argv)
+    run(argv, env)
     return time.perf_counter() - t0
+
+
+def phases(path: Path) -> dict[str, float]:
+    """Seconds from the start of ``pcocc save`` to each phase it marked ($PCOCC_TIMING)."""
+    stamps = {}
+    for line in path.read_text().splitlines():
+        stamp, _pid, phase = line.split(" ", 2)
+        stamps[phase] = float(stamp)
+    t0 = stamps.pop("save: process started", None)
+    return {} if t0 is None else {k: v - t0 for k, v in stamps.items()}
 
 
 def fsync_file(path: Path) -> None:
@@ -81,7 +91,7 @@ def inner(rounds: int, data_mib: int, out: Path) -> None:
     info = json.loads(run(["qemu-img", "info", "-U", "--output=json", str(overlay)]))
     parent = info["full-backing-filename"]
     copy = out.parent / "baseline.qcow2"
-    ours, base, base_sync = [], [], []
+    ours, base, base_sync, marks = [], [], [], []
     for i in range(rounds):
         copy.unlink(missing_ok=True)
         argv = ["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "qcow2", "-B", parent,
@@ -90,12 +100,15 @@ def inner(rounds: int, data_mib: int, out: Path) -> None:
         fsync_start = time.perf_counter()
         fsync_file(copy)
         base_sync.append(base[-1] + time.perf_counter() - fsync_start)
-        ours.append(timed([PCOCC, "-q", "save", "-d", f"bench{i}", "vm0"]))
+        marks_file = out.parent / f"timing-{i}"
+        ours.append(timed([PCOCC, "-q", "save", "-d", f"bench{i}", "vm0"],
+                          {**os.environ, "PCOCC_TIMING": str(marks_file)}))
+        marks.append(phases(marks_file))
         print(f"round {i + 1}: qemu-img convert {base[-1]:.2f} s (+fsync {base_sync[-1]:.2f} s),"
               f" pcocc save {ours[-1]:.2f} s", flush=True)
     layer_mib = copy.stat().st_size / (1 << 20)
     out.write_text(json.dumps({"ours": ours, "base": base, "base_sync": base_sync,
-                               "layer_mib": layer_mib}))
+                               "layer_mib": layer_mib, "marks": marks}))
 
 
 def main() -> int:
@@ -140,6 +153,12 @@ def main() -> int:
           f" disk); medians over {args.rounds} rounds:")
     print(f"  baseline qemu-img convert -B of the overlay: {b:.2f} s (with fsync {bs:.2f} s)")
     print(f"  pcocc save -d NAME vm0 (freeze, blockdev-backup, store):   {o:.2f} s")
+    marks = [m for m in data["marks"] if m]
+    if marks:
+        print("  where pcocc save's time goes (median seconds since the process started):")
+        for phase in sorted(marks[0], key=lambda k: marks[0][k]):
+            print(f"    {statistics.median(m.get(phase, 0.0) for m in marks):6.3f}  {phase}")
+        print(f"    {o:6.3f}  process ended (metadata committed)")
     verdict = "within" if o <= 1.5 * b else "above"
     print(f"ratio {o / b:.2f}x vs convert ({verdict} the 1.5x target), "
           f"{o / bs:.2f}x vs convert + fsync")

@@ -22,6 +22,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 
+from pcocc import timing
 from pcocc.cluster import vmcontrol
 from pcocc.cluster.lookup import ClusterView
 from pcocc.errors import NotFound, PcoccError, UsageError
@@ -102,6 +103,7 @@ def save_vm(view: ClusterView, vm: str, repos: RepoSet, *, dest: str | None = No
                 "frozen for the save",
                 hint="start qemu-guest-agent in the guest, or pass -s to save without "
                      "freezing (the saved disk may then need a file system check)")
+        timing.mark("save: disk and guest agent checked")
         quiesce = (fsfreeze.frozen(agent, name) if agent is not None
                    else contextlib.nullcontext())
         with dst_repo.staging("save") as staging:
@@ -116,6 +118,7 @@ def save_vm(view: ClusterView, vm: str, repos: RepoSet, *, dest: str | None = No
                    f"(booted from {booted.ref})")
             blockjobs.backup(client, DISK_DEVICE, layer, sync="full" if full else "top",
                              quiesce=quiesce, progress=progress)
+            timing.mark("save: copy done (block job concluded)")
             return ops.commit_saved_disk(
                 src_repo, booted, layer, dst_repo, dst_name, new_image=new_image,
                 full=full, virtual_size=disk.virtual_size, description=description)

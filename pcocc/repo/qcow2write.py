@@ -40,6 +40,7 @@ _HEADER_LENGTH = 104
 _ZERO = bytes(CLUSTER)
 _READ = 4 << 20  # bytes read (and hashed) at a time
 _WRITEBACK = 32 << 20  # start writeback every this many bytes written
+_BUFFERS = 6  # read buffers going round between the writer and the hasher
 
 
 def supported(size: int) -> bool:
@@ -157,53 +158,75 @@ def write(src_fd: int, virtual_size: int, out_fd: int, clusters: list[int],
     """Write the qcow2 of the raw disk ``src_fd`` (whose data ``clusters`` come from
     :func:`data_clusters`) to the empty file ``out_fd`` and fsync it; return the
     ``sha256:<hex>`` of what was written. The hash runs in a thread, next to the reads and
-    writes (hashlib and os calls release the GIL)."""
+    writes (hashlib and os calls release the GIL); a few buffers go round between them."""
     layout = plan(virtual_size, clusters)
-    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+    free: queue.Queue[bytearray] = queue.Queue()
+    for _ in range(_BUFFERS):
+        free.put(bytearray(_READ))
+    full: queue.Queue[tuple[memoryview, bytearray | None] | None] = queue.Queue()
     h = hashlib.sha256()
+    failed: list[BaseException] = []
 
-    def hasher() -> None:
-        while (chunk := chunks.get()) is not None:
-            h.update(chunk)
+    def hasher() -> None:  # never stops early: the writer waits for the buffers it frees
+        while (item := full.get()) is not None:
+            try:
+                if not failed:
+                    h.update(item[0])
+            except BaseException as err:  # noqa: B036 (re-raised by the writer)
+                failed.append(err)
+            if item[1] is not None:
+                free.put(item[1])
 
     thread = threading.Thread(target=hasher, name="pcocc-hash")
     thread.start()
     written = pending = 0
     try:
-        for chunk in _file_chunks(src_fd, virtual_size, layout):
-            _write_all(out_fd, chunk)
-            chunks.put(chunk)
-            written += len(chunk)
-            pending += len(chunk)
+        meta = memoryview(metadata(layout))
+        _write_all(out_fd, meta)
+        full.put((meta, None))
+        written = len(meta)
+        for start, count in _runs(layout.clusters):
+            buf = free.get()
+            view = memoryview(buf)[:count * CLUSTER]
+            _read_exactly(src_fd, view, start, virtual_size)
+            _write_all(out_fd, view)
+            full.put((view, buf))
+            written += len(view)
+            pending += len(view)
             if pending >= _WRITEBACK:
                 _start_writeback(out_fd)
                 pending = 0
             progress(written, layout.file_size)
     finally:
-        chunks.put(None)
+        full.put(None)
         thread.join()
+    if failed:
+        raise failed[0]
     os.fsync(out_fd)
     return PREFIX + h.hexdigest()
 
 
-def _file_chunks(src_fd: int, size: int, layout: Layout) -> Iterator[bytes]:
-    """The bytes of the qcow2 file in order: the metadata, then runs of consecutive data
-    clusters read from the source (at most ``_READ`` bytes each)."""
-    yield metadata(layout)
-    clusters = layout.clusters
-    i = 0
+def _runs(clusters: tuple[int, ...]) -> Iterator[tuple[int, int]]:
+    """``(byte offset, cluster count)`` of the runs of consecutive ``clusters``, each at most
+    one buffer long."""
     per_read = _READ // CLUSTER
+    i = 0
     while i < len(clusters):
         j = i + 1
         while j < len(clusters) and j - i < per_read and clusters[j] == clusters[j - 1] + 1:
             j += 1
-        start = clusters[i] * CLUSTER
-        want = (j - i) * CLUSTER
-        data = os.pread(src_fd, min(want, size - start), start)
-        if len(data) < min(want, size - start):
-            raise OSError(f"the source changed while it was read (short read at {start})")
-        yield data if len(data) == want else data + bytes(want - len(data))
+        yield clusters[i] * CLUSTER, j - i
         i = j
+
+
+def _read_exactly(fd: int, view: memoryview, start: int, size: int) -> None:
+    """Fill ``view`` from byte ``start`` of the disk (zeros past its end)."""
+    want = min(len(view), size - start)
+    got = os.preadv(fd, [view[:want]], start)
+    if got != want:
+        raise OSError(f"the source disk changed while it was read (short read at byte {start})")
+    if want < len(view):
+        view[want:] = bytes(len(view) - want)
 
 
 def _write_all(fd: int, data: bytes) -> None:
