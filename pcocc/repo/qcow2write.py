@@ -28,6 +28,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from pcocc.fsutil import start_writeback
 from pcocc.repo.digest import PREFIX
 from pcocc.repo.model import Progress, no_progress
 
@@ -194,7 +195,7 @@ def write(src_fd: int, virtual_size: int, out_fd: int, clusters: list[int],
             written += len(view)
             pending += len(view)
             if pending >= _WRITEBACK:
-                _start_writeback(out_fd)
+                start_writeback(out_fd)
                 pending = 0
             progress(written, layout.file_size)
     finally:
@@ -233,13 +234,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-def _start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing the dirty pages of ``fd`` out, without waiting."""
-    sync_range = getattr(os, "sync_file_range", None)
-    if sync_range is not None:
-        try:
-            sync_range(fd, 0, 0, os.SYNC_FILE_RANGE_WRITE)
-        except OSError:
-            pass  # only a head start for the fsync

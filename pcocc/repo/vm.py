@@ -161,6 +161,7 @@ def import_vm(path: Path, fmt: str | None, origin: str, staging: Path, add_blob:
         except ToolError as err:
             raise PcoccError(f"cannot read image {path}: {err}") from err
         fmt = resolve_import_format(path, fmt, origin, info)
+        timing.mark("import: source probed (qemu-img info)")
         others = info.other_files()
         if not others:
             opts = qemu_img.image_opts(src.path, fmt, no_backing=True)
