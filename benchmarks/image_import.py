@@ -105,13 +105,17 @@ def vm_import(work: Path, env: dict[str, str], size_mib: int, repeat: int,
     out = work / "baseline.qcow2"
     convert = ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out)]
     times: dict[str, list[float]] = {"convert": [], "fsync": [], "syncfs": [], "pcocc": []}
+    marks: list[dict[str, float]] = []
 
     def run(kind: str, i: int) -> None:
         flush_all()
         t0 = time.perf_counter()
         if kind == "pcocc":
+            stamps = work / f"timing-{size_mib}-{i}"
             subprocess.run([pcocc_bin(), "image", "import", "-t", "raw", str(raw), f"bench{size_mib}-{i}"],
-                           check=True, env=env, stdout=subprocess.DEVNULL)
+                           check=True, env={**env, "PCOCC_TIMING": str(stamps)},
+                           stdout=subprocess.DEVNULL)
+            marks.append(benchlib.phases(stamps, "import: process started"))
         else:
             subprocess.run(convert, check=True)
             if kind == "fsync":  # sync FILE: fsync of the result, the durability pcocc pays
@@ -140,6 +144,7 @@ def vm_import(work: Path, env: dict[str, str], size_mib: int, repeat: int,
         benchlib.point("import_vs_size", series, size_mib, statistics.median(times[kind]),
                        title="VM image import (raw, a quarter data)", xlabel="image size (MiB)",
                        ylabel="seconds (median)")
+    benchlib.print_phases(marks, "pcocc image import")
     print(f"  vs qemu-img convert alone (no durability): "
           f"{ours / statistics.median(times['convert']):.2f}x")
     ok = True

@@ -40,7 +40,6 @@ _COPIED = 1 << 63
 _HEADER_LENGTH = 104
 _ZERO = bytes(CLUSTER)
 _READ = 4 << 20  # bytes read (and hashed) at a time
-_WRITEBACK = 32 << 20  # start writeback every this many bytes written
 _BUFFERS = 6  # read buffers going round between the writer and the hasher
 
 
@@ -180,7 +179,7 @@ def write(src_fd: int, virtual_size: int, out_fd: int, clusters: list[int],
 
     thread = threading.Thread(target=hasher, name="pcocc-hash")
     thread.start()
-    written = pending = 0
+    written = 0
     try:
         meta = memoryview(metadata(layout))
         _write_all(out_fd, meta)
@@ -192,11 +191,8 @@ def write(src_fd: int, virtual_size: int, out_fd: int, clusters: list[int],
             _read_exactly(src_fd, view, start, virtual_size)
             _write_all(out_fd, view)
             full.put((view, buf))
+            start_writeback(out_fd, written, len(view))
             written += len(view)
-            pending += len(view)
-            if pending >= _WRITEBACK:
-                start_writeback(out_fd)
-                pending = 0
             progress(written, layout.file_size)
     finally:
         full.put(None)
