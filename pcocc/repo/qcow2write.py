@@ -20,6 +20,7 @@ Every metadata entry carries the COPIED flag (refcount 1), as QEMU's own images 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import queue
@@ -70,13 +71,15 @@ def data_clusters(fd: int, size: int) -> list[int]:
 
 
 def _extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
-    """``(start, end)`` of the data extents of ``fd`` (the whole file where the file system
-    cannot tell holes apart)."""
+    """``(start, end)`` of the data extents of ``fd`` (the rest of the file where the file
+    system cannot tell holes apart)."""
     pos = 0
     while pos < size:
         try:
             pos = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError:  # ENXIO: only a hole is left
+        except OSError as err:
+            if err.errno != errno.ENXIO:  # not "only a hole is left": read it all
+                yield pos, size
             return
         end = min(os.lseek(fd, pos, os.SEEK_HOLE), size)
         yield pos, end
@@ -142,8 +145,8 @@ def metadata(layout: Layout) -> bytes:
     out[:len(header)] = header  # followed by zeros: the end of the header extensions
     struct.pack_into(f">{layout.refblocks}Q", out, reftable_at * CLUSTER,
                      *((refblocks_at + i) * CLUSTER for i in range(layout.refblocks)))
-    struct.pack_into(f">{layout.total_clusters}H", out, refblocks_at * CLUSTER,
-                     *([1] * layout.total_clusters))
+    at = refblocks_at * CLUSTER
+    out[at:at + 2 * layout.total_clusters] = b"\0\1" * layout.total_clusters  # all 1
     table_of = {idx: l2_at + n for n, idx in enumerate(layout.l2_tables)}
     for idx, at in table_of.items():
         struct.pack_into(">Q", out, l1_at * CLUSTER + 8 * idx, at * CLUSTER | _COPIED)

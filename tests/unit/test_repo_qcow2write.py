@@ -204,3 +204,21 @@ def test_writeback_reaches_the_kernel(tmp_path):
         assert fn(f.fileno(), 0, 0, fsutil._SYNC_FILE_RANGE_WRITE) == 0
         fsutil.start_writeback(f.fileno(), 4096, 8192)
     assert fn(-1, 0, 0, fsutil._SYNC_FILE_RANGE_WRITE) == -1
+
+
+def test_a_file_system_without_hole_search_is_read_whole(tmp_path, monkeypatch):
+    src = tmp_path / "src.raw"
+    make_sparse(src, 8 * CL, {3 * CL: b"x"})
+    real = os.lseek
+
+    def no_seek_data(fd, pos, how):
+        if how in (os.SEEK_DATA, os.SEEK_HOLE):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, pos, how)
+
+    monkeypatch.setattr(qcow2write.os, "lseek", no_seek_data)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        assert qcow2write.data_clusters(fd, 8 * CL) == [3]
+    finally:
+        os.close(fd)
