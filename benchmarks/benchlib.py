@@ -74,3 +74,27 @@ def note(text: str) -> None:
     """A remark for the report (a missing tool, a skipped case); printed as well."""
     print(text, flush=True)
     _emit({"kind": "note", "bench": bench_name(), "text": text})
+
+
+def phases(path: Path, start: str) -> dict[str, float]:
+    """Seconds from the phase ``start`` to each other phase pcocc marked in the
+    ``$PCOCC_TIMING`` file ``path`` (pcocc/timing.py); {} without it. Removes the file."""
+    stamps = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            stamp, _pid, phase = line.split(" ", 2)
+            stamps[phase] = float(stamp)
+        path.unlink()
+    t0 = stamps.pop(start, None)
+    return {} if t0 is None else {k: v - t0 for k, v in stamps.items()}
+
+
+def print_phases(rounds: list[dict[str, float]], what: str) -> None:
+    """The median time of each phase over ``rounds`` (from :func:`phases`), in order."""
+    rounds = [r for r in rounds if r]
+    if not rounds:
+        return
+    print(f"  where {what}'s time goes (median seconds since the process started):")
+    for phase in sorted(rounds[0], key=lambda k: rounds[0][k]):
+        values = sorted(r.get(phase, 0.0) for r in rounds)
+        print(f"    {values[len(values) // 2]:6.3f}  {phase}")

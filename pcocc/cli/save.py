@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from pcocc import timing
+
 from pcocc.cli.context import Session, pass_session
 from pcocc.cli.selection import cluster_selection
 from pcocc.cluster.lookup import ClusterSelection
@@ -32,6 +34,7 @@ def save(session: Session, selection: ClusterSelection, dest: str | None, full: 
     from pcocc.repo.reposet import RepoSet
 
     view = find_cluster(selection, etcd=lambda: session.config.batch.etcd)
+    timing.mark("save: cluster found", started="save: process started")
     with progress_bar("saving", enabled=session.show_progress) as report:
         meta = save_vm(view, vm, RepoSet(session.config.repos), dest=dest, full=full,
                        skip_freeze=skip_freeze, progress=report, notify=session.notify)

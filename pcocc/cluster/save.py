@@ -20,11 +20,13 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
+from pcocc import timing
 from pcocc.cluster import vmcontrol
 from pcocc.cluster.lookup import ClusterView
 from pcocc.errors import NotFound, PcoccError, UsageError
+from pcocc.fsutil import start_writeback
 from pcocc.repo import ops, qemu_img
 from pcocc.repo.digest import HEX_RE
 from pcocc.repo.meta import ImageMeta
@@ -32,6 +34,7 @@ from pcocc.repo.model import Progress, no_progress
 from pcocc.repo.store import Repository
 from pcocc.repo.reposet import RepoSet
 from pcocc.vm import blockjobs, fsfreeze
+from pcocc.vm.agent import GuestAgent
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,17 @@ def _find_booted(repo: Repository, named: ImageMeta, backing: str | None, vm: st
     return booted
 
 
+@contextlib.contextmanager
+def _frozen(agent: GuestAgent, vm: str) -> Iterator[None]:
+    """The guest frozen (see :func:`pcocc.vm.fsfreeze.frozen`), then the agent's kept
+    connection released: the copy goes on without holding it."""
+    try:
+        with fsfreeze.frozen(agent, vm):
+            yield
+    finally:
+        agent.release()
+
+
 def save_vm(view: ClusterView, vm: str, repos: RepoSet, *, dest: str | None = None,
             full: bool = False, skip_freeze: bool = False, description: str = "",
             progress: Progress = no_progress,
@@ -92,7 +106,10 @@ def save_vm(view: ClusterView, vm: str, repos: RepoSet, *, dest: str | None = No
     src_repo, named = repos.resolve(entry.image)
     dst_repo, dst_name, new_image = ops.save_destination(repos, src_repo, named, dest)
     with contextlib.ExitStack() as stack:
-        agent = None if skip_freeze else stack.enter_context(vmcontrol.guest_agent(view, rec.rank))
+        agent = None
+        if not skip_freeze:  # ping, freeze and thaw on one connection
+            agent = stack.enter_context(stack.enter_context(
+                vmcontrol.guest_agent(view, rec.rank)).kept())
         client = stack.enter_context(vmcontrol.qmp_session(view, rec))
         disk = blockjobs.query_disk(client, DISK_DEVICE)
         booted = _find_booted(src_repo, named, disk.backing_filename, name)
@@ -102,8 +119,8 @@ def save_vm(view: ClusterView, vm: str, repos: RepoSet, *, dest: str | None = No
                 "frozen for the save",
                 hint="start qemu-guest-agent in the guest, or pass -s to save without "
                      "freezing (the saved disk may then need a file system check)")
-        quiesce = (fsfreeze.frozen(agent, name) if agent is not None
-                   else contextlib.nullcontext())
+        timing.mark("save: disk and guest agent checked")
+        quiesce = (_frozen(agent, name) if agent is not None else contextlib.nullcontext())
         with dst_repo.staging("save") as staging:
             layer = staging / "layer.qcow2"
             if full:
@@ -114,8 +131,14 @@ def save_vm(view: ClusterView, vm: str, repos: RepoSet, *, dest: str | None = No
                                         disk.virtual_size)
             notify(f"saving the {'whole disk' if full else 'disk changes'} of {name} "
                    f"(booted from {booted.ref})")
-            blockjobs.backup(client, DISK_DEVICE, layer, sync="full" if full else "top",
-                             quiesce=quiesce, progress=progress)
+            with open(layer, "rb") as held:
+                def report(done: int, total: int | None) -> None:
+                    start_writeback(held.fileno())  # the final fsync has less to do
+                    progress(done, total)
+
+                blockjobs.backup(client, DISK_DEVICE, layer, sync="full" if full else "top",
+                                 quiesce=quiesce, progress=report)
+            timing.mark("save: copy done (block job concluded)")
             return ops.commit_saved_disk(
                 src_repo, booted, layer, dst_repo, dst_name, new_image=new_image,
                 full=full, virtual_size=disk.virtual_size, description=description)

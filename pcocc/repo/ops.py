@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pcocc import timing
 from pcocc.errors import (
     AlreadyExists,
     Corrupt,
@@ -342,6 +343,7 @@ def commit_saved_disk(src_repo: Repository, booted: ImageMeta, layer: Path,
                     dst_repo.add_blob(staged, expected_digest=b.digest)
     size = layer.stat().st_size
     top = BlobRef(dst_repo.add_blob(layer), size, vm.QCOW2_MEDIA_TYPE)
+    timing.mark("save: blob hashed, fsynced and stored")
     layers = VmLayers([*lower, top], virtual_size)
     meta = new_meta(name, KIND_VM, layers.layers, description=description or booted.description,
                     source=booted.source, parent=booted.ref, vm=_vm_fields(layers))

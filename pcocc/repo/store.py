@@ -58,6 +58,11 @@ class BlobSink:
     def __call__(self, path: Path, expected_digest: str | None = None) -> str:
         return self._repo.store_blob(path, expected_digest)
 
+    def add_written(self, path: Path, digest: str) -> str:
+        """Store ``path``, which its writer hashed to ``digest`` as it wrote it (see
+        :meth:`Repository.store_hashed_blob`)."""
+        return self._repo.store_hashed_blob(path, digest)
+
     def has_blob(self, digest: str) -> bool:
         return self._repo.has_blob(digest)
 

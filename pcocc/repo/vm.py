@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pcocc import timing
 from pcocc.errors import (
     AlreadyExists,
     NotFound,
@@ -20,8 +21,7 @@ from pcocc.errors import (
     UsageError,
 )
 from pcocc.fsutil import fsync_dir, os_error, tmp_name
-from pcocc import timing
-from pcocc.repo import qcow2hdr, qemu_img
+from pcocc.repo import qcow2hdr, qcow2write, qemu_img
 from pcocc.repo.digest import HEX_RE
 from pcocc.repo.model import AddBlob, BlobRef, Progress, VmLayers, no_progress
 from pcocc.repo.qemu_img import VM_FORMATS
@@ -173,6 +173,13 @@ def import_vm(path: Path, fmt: str | None, origin: str, staging: Path, add_blob:
                 f"{path} is refused: its header names another file, which pcocc would read "
                 f"with your rights: {', '.join(others)}", hint=_SELF_CONTAINED_HINT)
         out = staging / "base.qcow2"
+        add_written = getattr(add_blob, "add_written", None)
+        if (fmt == "raw" and not others and add_written is not None
+                and qcow2write.supported(info.virtual_size)):
+            digest = _write_raw(src, path, info.virtual_size, out, progress)
+            size = out.stat().st_size
+            layer = BlobRef(add_written(out, digest), size, QCOW2_MEDIA_TYPE)
+            return fmt, VmLayers([layer], info.virtual_size)
         try:
             qemu_img.convert(opts, out, "qcow2", progress=progress, what=os.fspath(path),
                              total_bytes=info.virtual_size, pass_fds=src.fds)
@@ -216,6 +223,30 @@ def adopt_base_layer(path: Path, digest: str, store: Callable[[Path, str], str]
     timing.mark("import: header checked (as is: no conversion)")
     stored = store(path, digest)
     return VmLayers([BlobRef(stored, size, QCOW2_MEDIA_TYPE)], info.virtual_size)
+
+
+def _write_raw(src: _Source, path: Path, size: int, out: Path, progress: Progress) -> str:
+    """Write the raw disk ``src`` as the qcow2 ``out`` (see :mod:`pcocc.repo.qcow2write`),
+    hashed as it is written and fsynced; return its digest."""
+    fd = src.fds[0] if src.fds else os.open(src.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        clusters = qcow2write.data_clusters(fd, size)
+        timing.mark("import: source scanned")
+        try:
+            out_fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise os_error(err, f"cannot create {out}") from err
+        try:
+            digest = qcow2write.write(fd, size, out_fd, clusters, progress)
+        finally:
+            os.close(out_fd)
+        timing.mark("import: blob written, hashed and fsynced")
+        return digest
+    except OSError as err:
+        raise os_error(err, f"cannot import {path}") from err
+    finally:
+        if not src.fds:
+            os.close(fd)
 
 
 def _backing_in_repo(path: Path, info: qemu_img.ImageInfo, data_dir: Path) -> list[Path]:

@@ -27,13 +27,35 @@ class AgentError(PcoccError):
 
 
 class GuestAgent:
-    """Talk to the guest agent of one VM; each call opens its own short connection."""
+    """Talk to the guest agent of one VM; each call opens its own short connection, unless
+    inside :meth:`kept`."""
 
     def __init__(self, socket_path: str | os.PathLike, *, label: str | None = None) -> None:
         self.socket_path = Path(socket_path)
         #: how messages name the socket (its real path when ``socket_path`` is a short
         #: /proc/self/fd/N alias)
         self.label = Path(label) if label else self.socket_path
+        self._keep = False
+        self._kept: tuple[socket.socket, AgentSession] | None = None
+
+    @contextlib.contextmanager
+    def kept(self) -> Iterator[GuestAgent]:
+        """Inside, commands share one synchronised connection (each new one costs a
+        synchronisation round trip, long under TCG). A connection on which a command
+        got no answer is out of step: it is closed, and the next command opens a new one."""
+        self._keep = True
+        try:
+            yield self
+        finally:
+            self._keep = False
+            self.release()
+
+    def release(self) -> None:
+        """Close the kept connection now (QEMU serves one client at a time: another
+        program may want the agent); a later command opens a new one."""
+        if self._kept is not None:
+            self._kept[0].close()
+            self._kept = None
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None, *,
                 timeout_s: float = 5.0) -> Any:
@@ -42,8 +64,23 @@ class GuestAgent:
         :raise ServiceUnavailable: the agent did not answer within ``timeout_s``
         :raise AgentError: the agent answered with an error
         """
-        with self.session(timeout_s) as session:
-            return session.execute(command, arguments, timeout_s=timeout_s)
+        if not self._keep:
+            with self.session(timeout_s) as session:
+                return session.execute(command, arguments, timeout_s=timeout_s)
+        if self._kept is None:
+            sock = self._connect(timeout_s)
+            try:
+                self._kept = (sock, AgentSession(sock, self.label, timeout_s))
+            except BaseException:
+                sock.close()
+                raise
+        try:
+            return self._kept[1].execute(command, arguments, timeout_s=timeout_s)
+        except AgentError:
+            raise  # an answer: the connection is still in step
+        except BaseException:
+            self.release()
+            raise
 
     @contextlib.contextmanager
     def session(self, timeout_s: float = 5.0) -> Iterator[AgentSession]:

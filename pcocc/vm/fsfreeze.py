@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from pcocc import timing
 from pcocc.errors import PcoccError
 from pcocc.vm.agent import AgentError
 
@@ -54,10 +55,12 @@ def frozen(agent: Agent, vm: str, *, sleep: Callable[[float], None] = time.sleep
             raise FreezeError(f"cannot freeze the file systems of {vm}: {err}",
                               hint="pass -s to save without freezing them") from err
         raise
+    timing.mark("fsfreeze: frozen")
     try:
         yield
     finally:
         _thaw(agent, vm, sleep)
+        timing.mark("fsfreeze: thawed")
 
 
 def _thaw(agent: Agent, vm: str, sleep: Callable[[float], None]) -> None:

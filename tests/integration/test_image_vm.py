@@ -60,6 +60,29 @@ def test_round_trip_every_format(env, pcocc_bin, src_fmt):
     ok(pcocc_bin, "image", "repo", "fsck")
 
 
+def test_raw_import_written_in_one_pass_is_a_clean_qcow2(env, pcocc_bin):
+    """The raw fast path (pcocc.repo.qcow2write) against qemu-img itself: check finds
+    nothing, compare finds the source, the blob is as small as qemu-img convert's, and the
+    digest is the file's (fsck)."""
+    work = env["work"]
+    raw = make_raw(work / "disk.raw", size=(600 << 20) + 512)  # 2 L2 tables, a short cluster
+    with open(raw, "r+b") as f:  # zeros written as data, and a byte in the last sector
+        f.seek(4 << 20)
+        f.write(bytes(1 << 20))
+        f.seek((600 << 20) + 100)
+        f.write(b"end")
+    ok(pcocc_bin, "image", "import", "-t", "raw", raw, "fast")
+    layer = env["set"].resolve("fast")[1].vm_layers().layers[0]
+    blob = env["repos"]["user"] / "data" / layer.digest[7:9] / layer.digest[7:]
+    subprocess.run(["qemu-img", "check", "-q", "-f", "qcow2", str(blob)], check=True)
+    subprocess.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "qcow2", str(raw),
+                    str(blob)], check=True)
+    assert qemu_img.info(blob).virtual_size == raw.stat().st_size
+    theirs = convert(raw, work / "theirs.qcow2", "qcow2")
+    assert blob.stat().st_size <= theirs.stat().st_size + (64 << 10)
+    ok(pcocc_bin, "image", "repo", "fsck")
+
+
 def test_format_from_option_prefix_and_probe(env, pcocc_bin):
     work = env["work"]
     raw = make_raw(work / "disk")  # no extension: raw needs saying

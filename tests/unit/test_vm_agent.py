@@ -116,3 +116,37 @@ def test_missing_socket_is_service_unavailable(agent_path):
     with pytest.raises(ServiceUnavailable) as info:
         GuestAgent(agent_path).execute("guest-ping", timeout_s=0.5)
     assert str(agent_path) in str(info.value)
+
+
+def test_kept_connection_synchronises_once_and_is_released(agent_path):
+    fake = FakeAgent(agent_path)
+    try:
+        agent = GuestAgent(agent_path)
+        with agent.kept():
+            assert agent.ping()
+            with pytest.raises(AgentError):  # an answer: the connection stays in step
+                agent.execute("guest-nope")
+            assert agent.execute("guest-ping") == {}
+            assert fake.commands == ["guest-sync-delimited", "guest-ping", "guest-nope",
+                                     "guest-ping"]
+            agent.release()  # the next command connects and synchronises again
+            agent.execute("guest-ping")
+            assert fake.commands[-2:] == ["guest-sync-delimited", "guest-ping"]
+        agent.execute("guest-ping")  # outside: one connection per command again
+        agent.execute("guest-ping")
+        assert fake.commands.count("guest-sync-delimited") == 4
+    finally:
+        fake.close()
+
+
+def test_kept_connection_without_answer_is_dropped(agent_path):
+    fake = FakeAgent(agent_path, silent=True)
+    try:
+        agent = GuestAgent(agent_path)
+        with agent.kept():
+            assert agent.ping(timeout_s=0.3) is False
+            assert agent._kept is None  # out of step: not reused
+            fake.silent = False
+            assert agent.ping(timeout_s=2)
+    finally:
+        fake.close()
