@@ -24,6 +24,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import selectors
 import socket
 import threading
@@ -155,6 +156,7 @@ class Service:
                 path.unlink(missing_ok=True)  # its pcocc run died: forget the key
                 continue
             recs[rec.uuid] = rec
+        remove_orphan_temps(self.root / "records")
         self.records = recs
         wanted = {(r.uuid, a.name) for r in recs.values() for a in r.apps}
         for key in set(self.listeners) - wanted:
@@ -301,6 +303,25 @@ def listening_socket(fd: int) -> socket.socket | None:
         return None
     sock.set_inheritable(False)
     return sock
+
+
+#: a record being written by :func:`pcocc.fsutil.write_atomic` (``.NAME.PID.HEX.tmp``)
+_TEMP_RE = re.compile(r"\.[0-9a-f-]{36}\.json\.([0-9]{1,10})\.[0-9a-f]{8}\.tmp")
+
+
+def remove_orphan_temps(records: Path) -> None:
+    """Remove the temporary files of record writers that are gone (a ``pcocc run`` killed
+    with -9 while it wrote its record): nothing else ever would."""
+    for path in records.iterdir():
+        m = _TEMP_RE.fullmatch(path.name)
+        if m is None:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except (ProcessLookupError, OverflowError):  # gone, or never a pid
+            path.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # a live process (of another user, after pid reuse): not known to be gone
 
 
 def serve(adopt_fd: int | None = None) -> int:

@@ -9,7 +9,7 @@ import pytest
 
 from pcocc.ctr import mds
 from pcocc.ctr.mds import MdsApp, MdsRecord, sign_token, verify_identity, verify_token
-from pcocc.ctr.mds_server import MAX_REQUEST, handle, parse_request
+from pcocc.ctr.mds_server import MAX_REQUEST, handle, parse_request, remove_orphan_temps
 from pcocc.errors import Corrupt, PcoccError, UsageError
 
 UUID = "0123abcd-0000-4000-8000-000000000001"
@@ -135,3 +135,19 @@ def test_mds_dir_is_in_the_private_runtime_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(d))
     assert mds.mds_dir() == d / "pcocc" / "mds"
     assert os.stat(d).st_mode & 0o077 == 0
+
+
+def test_temporary_records_of_dead_writers_are_removed(tmp_path):
+    """A ``pcocc run`` killed with -9 while writing its record leaves a temporary file that
+    only the service can reclaim; a live writer's and other files are left alone."""
+    uuid = "1407f5c2-a309-4634-8727-04d061498fe9"
+    dead = tmp_path / f".{uuid}.json.4194399.606e7b9b.tmp"  # above any pid_max
+    gone = tmp_path / f".{uuid}.json.9999999999.606e7b9b.tmp"
+    live = tmp_path / f".{uuid}.json.{os.getpid()}.606e7b9b.tmp"
+    other = tmp_path / f"{uuid}.json"
+    odd = tmp_path / ".notes.4194399.tmp"
+    for f in (dead, gone, live, other, odd):
+        f.write_text("x")
+    remove_orphan_temps(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [live.name, other.name, odd.name])
