@@ -79,6 +79,13 @@ class ClusterDefinition:
         """Some VM wants a whole node: then every VM gets a node of its own."""
         return any(vm.settings.get("full-node") for vm in self.vms)
 
+    @property
+    def node_setup(self) -> bool:
+        """Some VM uses a network that the Slurm plugin sets up as root on the nodes."""
+        from pcocc.net.resolve import needs_node_setup
+
+        return any(needs_node_setup(vm.networks) for vm in self.vms)
+
     def hosts_entries(self) -> dict[str, str]:
         """Hostname -> private address of every VM (goes into each VM's /etc/hosts)."""
         return {vm.name: vm.address for vm in self.vms}
