@@ -16,6 +16,8 @@ networks sorted by name (at most 16 of them).
 from __future__ import annotations
 
 import ipaddress
+import logging
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ from typing import Any
 
 from pcocc.errors import ConfigError
 from pcocc.net.private import mac_address
+
+log = logging.getLogger(__name__)
 
 TYPE = "ethernet"
 MAX_NETWORKS = 16
@@ -169,8 +173,7 @@ def vm_name(rank: int) -> str:
 
 
 # configuration texts -----------------------------------------------------------------------
-def dnsmasq_conf(job: int, net: EthernetNet, ranks: Sequence[int], pid_file: str,
-                 lease_file: str) -> str:
+def dnsmasq_conf(job: int, net: EthernetNet, ranks: Sequence[int], pid_file: str) -> str:
     """dnsmasq's configuration for one network of a job on one node: DHCP with a fixed
     address per VM (by MAC) and DNS for the VMs' names, on the job's bridge only."""
     lines = [
@@ -179,7 +182,7 @@ def dnsmasq_conf(job: int, net: EthernetNet, ranks: Sequence[int], pid_file: str
         "except-interface=lo",
         f"listen-address={net.gateway}",
         f"pid-file={pid_file}",
-        f"dhcp-leasefile={lease_file}",
+        "leasefile-ro",  # every address is fixed: no lease database
         "no-hosts",
         "no-resolv" if not net.allow_outbound else "strict-order",
         f"domain={net.domain}",
@@ -214,6 +217,8 @@ def nft_ruleset(job: int, nets: Sequence[EthernetNet],
                    f" ct status dnat accept")
     for net in nets:
         br = bridge_name(job, net.net_id)
+        if net.reverse_nat:  # VMs without a route out answer through the gateway
+            post.append(f"oifname \"{br}\" ct status dnat masquerade")
         fwd.append(f"iifname \"{br}\" oifname \"{br}\" accept")
         if net.allow_outbound:
             post.append(f"ip saddr {net.cidr} ip daddr != {net.cidr} masquerade")
@@ -222,10 +227,10 @@ def nft_ruleset(job: int, nets: Sequence[EthernetNet],
         fwd.append(f"iifname \"{br}\" drop")
         fwd.append(f"oifname \"{br}\" drop")
     text = [f"table inet {table} {{",
-            f" chain pre {{ type nat hook prerouting priority dstnat; {_rules(pre)} }}",
-            f" chain out {{ type nat hook output priority -100; {_rules(out)} }}",
-            f" chain post {{ type nat hook postrouting priority srcnat; {_rules(post)} }}",
-            f" chain fwd {{ type filter hook forward priority filter; {_rules(fwd)} }}",
+            f" chain job_pre {{ type nat hook prerouting priority dstnat; {_rules(pre)} }}",
+            f" chain job_out {{ type nat hook output priority -100; {_rules(out)} }}",
+            f" chain job_post {{ type nat hook postrouting priority srcnat; {_rules(post)} }}",
+            f" chain job_fwd {{ type filter hook forward priority filter; {_rules(fwd)} }}",
             "}"]
     if vxlans:
         b_in, b_out, b_fwd = [], [], []
@@ -238,15 +243,15 @@ def nft_ruleset(job: int, nets: Sequence[EthernetNet],
             b_fwd += [f"oifname \"{vx}\" arp daddr ip {net.gateway} drop",
                       f"oifname \"{vx}\" udp dport {{ 53, 67 }} drop"]
         text += [f"table bridge {table} {{",
-                 f" chain in {{ type filter hook input priority filter; {_rules(b_in)} }}",
-                 f" chain out {{ type filter hook output priority filter; {_rules(b_out)} }}",
-                 f" chain fwd {{ type filter hook forward priority filter; {_rules(b_fwd)} }}",
+                 f" chain job_in {{ type filter hook input priority filter; {_rules(b_in)} }}",
+                 f" chain job_out {{ type filter hook output priority filter; {_rules(b_out)} }}",
+                 f" chain job_fwd {{ type filter hook forward priority filter; {_rules(b_fwd)} }}",
                  "}"]
     return "\n".join(text) + "\n"
 
 
 def _rules(rules: Sequence[str]) -> str:
-    return "".join(f"{r}; " for r in rules).rstrip()
+    return "".join(f"\n  {r}" for r in rules) + "\n"
 
 
 # the VM's side -----------------------------------------------------------------------------
@@ -261,3 +266,22 @@ def tap_netdev_args(job: int, net: EthernetNet, rank: int, index: int, nic_model
     if net.mtu != 1500:
         device += f",host_mtu={net.mtu}"
     return ["-netdev", netdev, "-device", device]
+
+
+_vhost_said = False
+
+
+def vhost_usable(path: str = "/dev/vhost-net") -> bool:
+    """Whether this user can open vhost-net (in-kernel virtio-net backend for the TAP);
+    says once per process when it cannot and QEMU falls back to its userspace backend."""
+    global _vhost_said
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CLOEXEC))
+        return True
+    except OSError as err:
+        if not _vhost_said:
+            log.warning("%s: %s: ethernet NICs use QEMU's userspace virtio-net backend"
+                        " (slower); an admin can give users access to %s",
+                        path, err.strerror, path)
+            _vhost_said = True
+        return False

@@ -70,14 +70,14 @@ def test_vni_and_mac_are_the_same_on_every_node_and_distinct_per_job_and_vm():
 
 
 def test_dnsmasq_serves_each_vm_its_address_and_name_on_the_bridge_only():
-    text = ethernet.dnsmasq_conf(42, FAST, [0, 1], "/run/x.pid", "/run/x.leases")
+    text = ethernet.dnsmasq_conf(42, FAST, [0, 1], "/run/x.pid")
     lines = text.splitlines()
     assert "interface=pb2a1" in lines and "bind-interfaces" in lines
     assert f"dhcp-host={ethernet.vm_mac(42, FAST, 1)},10.200.0.3,vm1" in lines
     assert "host-record=vm1,vm1.job.local,10.200.0.3" in lines
     assert "dhcp-option=option:router" not in lines  # allow-outbound: the bridge routes
     closed = ethernet.from_config("c", {"cidr": "10.9.0.0/24"}, 0)
-    assert "dhcp-option=option:router" in ethernet.dnsmasq_conf(1, closed, [0], "p", "l")
+    assert "dhcp-option=option:router" in ethernet.dnsmasq_conf(1, closed, [0], "p")
 
 
 def test_nft_ruleset_nats_out_and_forwards_host_ports_to_the_vms():
