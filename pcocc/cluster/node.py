@@ -171,6 +171,11 @@ class NodeProcess:
                     forwards = dict(info.forwards)
                     if not forwards and info.ssh_port is not None:
                         forwards[SSH_PORT] = info.ssh_port
+                    from pcocc.net.jobsetup import vm_forwards
+
+                    for guest, port in vm_forwards(entry.networks, self.s.batchid,
+                                                   self.s.rank, os.environ).items():
+                        forwards.setdefault(guest, port)  # ethernet reverse NAT
                     published = self.s.address or self.s.host
                     for guest, host_port in sorted(forwards.items()):
                         self.kv.put(
