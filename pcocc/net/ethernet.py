@@ -20,7 +20,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pcocc.errors import ConfigError
@@ -60,6 +60,21 @@ class EthernetNet:
     allow_outbound: bool = False
     reverse_nat: ReverseNat | None = None
     domain: str = "pcocc"
+    #: prefix length of the subnet each job gets out of ``cidr``
+    job_prefix: int = 24
+    #: the networks.yaml cidr, when ``cidr`` is a job's subnet of it
+    pool: str | None = None
+
+    def for_job(self, job: int) -> EthernetNet:
+        """The network as job ``job`` sees it: ``cidr`` is the job's subnet, the same on
+        every node (from the job id: jobs whose ids differ by a multiple of the number of
+        subnets share it, which init refuses on a node where both run)."""
+        pool = ipaddress.IPv4Network(self.pool or self.cidr)
+        count = 1 << (self.job_prefix - pool.prefixlen)
+        subnet = ipaddress.IPv4Network(
+            (int(pool.network_address) + (job % count) * (1 << (32 - self.job_prefix)),
+             self.job_prefix))
+        return replace(self, cidr=str(subnet), pool=str(pool))
 
     @property
     def network(self) -> ipaddress.IPv4Network:
@@ -101,8 +116,10 @@ def from_config(name: str, settings: Mapping[str, Any], net_id: int) -> Ethernet
         net = ipaddress.IPv4Network(str(settings["cidr"]))
     except ValueError as err:
         raise ConfigError(f"{where}: cidr: {err}", hint="give a network like 10.200.0.0/16")
-    if net.prefixlen > 29:
-        raise ConfigError(f"{where}: cidr {net} is too small", hint="use /29 or larger")
+    job_prefix = int(settings.get("job-prefix", max(24, net.prefixlen)))
+    if not net.prefixlen <= job_prefix <= 29:
+        raise ConfigError(f"{where}: job-prefix /{job_prefix} does not fit in cidr {net}",
+                          hint=f"use a prefix length from {net.prefixlen} to 29")
     rnat = None
     if settings.get("reverse-nat"):
         conf = settings["reverse-nat"]
@@ -123,7 +140,7 @@ def from_config(name: str, settings: Mapping[str, Any], net_id: int) -> Ethernet
         name=name, net_id=net_id, cidr=str(net),
         mtu=int(settings.get("mtu", 1500)), vxlan_port=int(settings.get("vxlan-port", 4789)),
         host_interface=iface, allow_outbound=bool(settings.get("allow-outbound", False)),
-        reverse_nat=rnat, domain=domain,
+        reverse_nat=rnat, domain=domain, job_prefix=job_prefix,
     )
 
 

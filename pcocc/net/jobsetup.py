@@ -228,6 +228,24 @@ def _ports_in_use(root: Path, node: str) -> set[int]:
     return taken
 
 
+def _check_subnets(root: Path, node: str, job: int, nets: list[EthernetNet]) -> None:
+    """Refuse a job whose subnet another job of this node has (same address on two
+    bridges)."""
+    for entry in os.listdir(node_dir(node, root)):
+        state = read_state(int(entry), node, root) if entry.isdigit() else None
+        if state is None or state.job == job:
+            continue
+        bridges = {r.get("name") for r in state.resources if r["kind"] == "bridge"}
+        for net in nets:
+            if ethernet.bridge_name(state.job, net.net_id) in bridges \
+                    and net.for_job(state.job).cidr == net.cidr:
+                raise PcoccError(
+                    f"network '{net.name}': job {job} would use subnet {net.cidr}, which job"
+                    f" {state.job} uses on this node",
+                    hint="give the network a larger cidr or a longer job-prefix in"
+                         " networks.yaml (more subnets)")
+
+
 def _remove(res: dict[str, Any], state: JobState, root: Path, info_root: Path) -> None:
     kind = res["kind"]
     directory = job_dir(state.job, state.node, root)
@@ -261,7 +279,7 @@ def init(job: int, user: str, networks: Mapping[str, Mapping[str, Any]],
     record of the same job is cleaned up first, so init is safe to repeat."""
     _require_root()
     name, uid = resolve_user(user)
-    nets = ethernet.all_from_config(networks)
+    nets = [n.for_job(job) for n in ethernet.all_from_config(networks)]
     node = slurmjob.this_node(env)
     _prepare(root, node)
     cleanup(job, env, root, info_root)
@@ -277,6 +295,7 @@ def init(job: int, user: str, networks: Mapping[str, Mapping[str, Any]],
         if sjob.ntasks > ethernet.MAX_VMS:
             raise UsageError(f"job {job} has {sjob.ntasks} tasks; ethernet networks support"
                              f" at most {ethernet.MAX_VMS} VMs")
+        _check_subnets(root, node, job, nets)
         forwards = _take_ports(rec, nets, sjob.ntasks, _ports_in_use(root, node))
     try:
         peers = [slurmjob.node_address(n, env) for n in sjob.nodes if n != node]

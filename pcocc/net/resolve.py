@@ -94,6 +94,8 @@ def _build_user(name: str, settings: Mapping[str, Any], index: int, plan: Networ
 def _build_ethernet(name: str, settings: Mapping[str, Any], index: int,
                     plan: NetworkPlan) -> None:
     net = ethernet.from_config(name, settings, int(settings.get("net-id", 0)))
+    if plan.vm is not None:
+        net = net.for_job(plan.vm.job)
     plan.ethernets.append(net)
     if plan.vm is not None:
         net.address(plan.vm.rank)  # the network has room for the VM

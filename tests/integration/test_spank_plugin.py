@@ -1,6 +1,8 @@
 """The pcocc_setup SPANK plugin, built from slurm-plugin/ and loaded by the dev cluster's
-slurmd (each node in its own network namespace): a job with --pcocc-setup gets its bridge on
-its node for its lifetime, whatever way it ends; a job without it gets nothing."""
+slurmd (each node in its own network namespace): a job with --pcocc-setup gets the ethernet
+network of the admin's networks.yaml on its node (bridge, TAP per task owned by the job's
+user, dnsmasq, nftables table, state and forwards files) for its lifetime, whatever way it
+ends; a job without it gets nothing."""
 
 from __future__ import annotations
 
@@ -13,14 +15,18 @@ from pathlib import Path
 
 import devcluster
 import pytest
+import yaml
 
 from pcocc import proc
 from pcocc.batch.base import JobSpec
 from pcocc.batch.slurm import SlurmManager
 from pcocc.errors import ConfigError
-from pcocc.net import jobsetup
+from pcocc.net import ethernet, jobsetup
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: the admin's networks.yaml of the nodes (root's pcocc reads it, never the user's)
+NETWORKS = {"eth": {"type": "ethernet", "cidr": "10.231.0.0/16", "job-prefix": 24, "mtu": 1450,
+                    "reverse-nat": {"vm-port": 22, "host-ports": "21000-21099"}}}
 
 pytestmark = [
     pytest.mark.slow,
@@ -43,8 +49,13 @@ def plugin_cluster():
     proc.run(["make", "-C", build], timeout_s=120)
     proc.run(["make", "-C", build, "install", f"DESTDIR={directory / 'root'}",
               "PLUGINDIR=/lib"], timeout_s=60)
+    etc = directory / "etc"
+    etc.mkdir()
+    (etc / "networks.yaml").write_text(yaml.safe_dump({"networks": NETWORKS}))
     wrapper = directory / "pcocc"
-    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={REPO_ROOT} exec "
+    wrapper.write_text(f"#!/bin/sh\nexport PCOCC_SYSTEM_CONF_DIR={etc}\n"
+                       f"export SLURM_CONF=${{SLURM_CONF:-{directory / 'cluster/slurm.conf'}}}\n"
+                       f"PYTHONPATH={REPO_ROOT} exec "
                        f"{Path(sys.executable).parent / 'pcocc'} \"$@\"\n")
     wrapper.chmod(0o755)
     line = f"required {directory / 'root/lib/pcocc_setup.so'} pcocc={wrapper} timeout=60"
@@ -68,10 +79,42 @@ def _submit(cluster, *opts: str, script: str = "sleep 300") -> str:
     return res.stdout.strip().split(";")[0]
 
 
-def _bridges(cluster, node: str) -> set[str]:
-    out = proc.run(["ip", "-n", cluster.netns.netns_name(node), "-o", "link", "show",
-                    "type", "bridge"], timeout_s=10).stdout
-    return {line.split(": ")[1].split("@")[0] for line in out.splitlines()}
+def _links(cluster, node: str) -> dict[str, int | None]:
+    """Interface name -> owner uid (TAPs; None for other kinds) in the node's namespace."""
+    ns = cluster.netns.netns_name(node)
+    out = proc.run(["ip", "-n", ns, "-o", "link", "show"], timeout_s=10).stdout
+    names = [line.split(": ")[1].split("@")[0] for line in out.splitlines()]
+    owners = proc.run(["ip", "netns", "exec", ns, "sh", "-c",
+                       "for d in /sys/class/net/*; do echo ${d##*/} $(cat $d/owner 2>/dev/null)"
+                       "; done"], timeout_s=10).stdout
+    owner = {w[0]: int(w[1]) for w in (line.split() for line in owners.splitlines())
+             if len(w) == 2 and w[1].lstrip("-").isdigit() and int(w[1]) >= 0}
+    return {n: owner.get(n) for n in names}
+
+
+def _footprint(cluster, node: str, job: str) -> set[str]:
+    """Everything of ``job`` on ``node``: links, nftables tables, dnsmasq, files."""
+    tag = f"{int(job):x}"
+    found = {f"link {n}" for n in _links(cluster, node)
+             if n[:2] in ("pb", "pv", "pt") and n[2:].startswith(tag)}
+    tables = proc.run(["ip", "netns", "exec", cluster.netns.netns_name(node), "nft", "list",
+                       "tables"], timeout_s=10).stdout
+    found |= {f"nft {t}" for t in tables.splitlines() if ethernet.table_name(int(job)) in t}
+    needle = f"/{node}/{job}/dnsmasq".encode()
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and needle in Path(f"/proc/{entry}/cmdline").read_bytes():
+                found.add(f"dnsmasq {entry}")
+        except OSError:
+            pass
+    for path in (jobsetup.job_dir(int(job), node), jobsetup.info_path(int(job), node)):
+        if path.exists():
+            found.add(f"file {path}")
+    return found
+
+
+def _bridge(job: str) -> str:
+    return ethernet.bridge_name(int(job), 0)
 
 
 def _wait(cond, what: str, timeout_s: float = 60) -> None:
@@ -116,55 +159,60 @@ def test_sbatch_knows_the_option(plugin_cluster):
     assert "--pcocc-setup" in out
 
 
-def test_bridge_lives_as_long_as_the_job_and_scancel_removes_it(plugin_cluster):
-    job = _submit(plugin_cluster, "--pcocc-setup")
-    bridge = jobsetup.bridge_name(int(job))
+def test_network_lives_as_long_as_the_job_and_scancel_removes_it(plugin_cluster):
+    job = _submit(plugin_cluster, "--pcocc-setup", "-n", "2")
     _wait(lambda: _launched(plugin_cluster, job), f"job {job} to start")
-    assert bridge in _bridges(plugin_cluster, "n1")
-    assert bridge not in _bridges(plugin_cluster, "n2")  # only where the job runs
-    state = jobsetup.read_state(int(job))
-    assert state is not None and state.resources == [{"kind": "bridge", "name": bridge}]
+    tag = f"{int(job):x}0"
+    links = _links(plugin_cluster, "n1")
+    assert _bridge(job) in links
+    assert links[f"pt{tag}0"] == 0 and links[f"pt{tag}1"] == 0  # a TAP per task, the user's
+    assert f"pv{tag}" not in links  # one node: no tunnel
+    found = _footprint(plugin_cluster, "n1", job)
+    assert {f"nft table inet {ethernet.table_name(int(job))}",
+            f"file {jobsetup.info_path(int(job), 'n1')}"} <= found
+    assert sum(f.startswith("dnsmasq ") for f in found) == 1
+    assert _footprint(plugin_cluster, "n2", job) == set()  # only where the job runs
+    state = jobsetup.read_state(int(job), "n1")
+    assert state is not None and {"kind": "bridge", "name": _bridge(job)} in state.resources
+    assert jobsetup.read_forwards(int(job), "n1") == {"eth": {0: 21000, 1: 21001}}
     proc.run(["scancel", job], env=_env(plugin_cluster), timeout_s=10)
     _wait(lambda: _gone(plugin_cluster, job), f"job {job} to leave the queue")
-    assert bridge not in _bridges(plugin_cluster, "n1")
-    assert not jobsetup.job_dir(int(job)).exists()
+    assert _footprint(plugin_cluster, "n1", job) == set()
     # cleanup is idempotent: a second run (e.g. an epilog retried) succeeds and does nothing
-    res = proc.run([plugin_cluster.directory.parent / "pcocc", "internal", "setup", "cleanup",
-                    "--job", job, "--user", "root"], check=False, timeout_s=60)
+    res = proc.run(["ip", "netns", "exec", plugin_cluster.netns.netns_name("n1"),
+                    "env", "SLURMD_NODENAME=n1", plugin_cluster.directory.parent / "pcocc",
+                    "internal", "setup", "cleanup", "--job", job, "--user", "root"],
+                   check=False, timeout_s=60)
     assert res.returncode == 0, res.stderr
 
 
-def test_normal_end_removes_the_bridge(plugin_cluster):
+def test_normal_end_removes_everything(plugin_cluster):
     job = _submit(plugin_cluster, "--pcocc-setup",
                   script="ip -o link show type bridge; sleep 1")
-    bridge = jobsetup.bridge_name(int(job))
     _wait(lambda: _gone(plugin_cluster, job), f"job {job} to end")
     log = _log(plugin_cluster)
     assert f"setup init done for job {job}" in log
     assert f"setup cleanup done for job {job}" in log
-    assert bridge not in _bridges(plugin_cluster, "n1")
-    assert not jobsetup.job_dir(int(job)).exists()
+    assert _footprint(plugin_cluster, "n1", job) == set()
 
 
 def test_killed_job_processes_still_cleaned_up(plugin_cluster):
     job = _submit(plugin_cluster, "--pcocc-setup")
-    bridge = jobsetup.bridge_name(int(job))
     _wait(lambda: _launched(plugin_cluster, job), f"job {job} to start")
-    assert bridge in _bridges(plugin_cluster, "n1")
+    assert _bridge(job) in _links(plugin_cluster, "n1")
     _wait(lambda: len(_job_processes(job)) >= 2, f"the script and sleep of job {job}")
     for pid in _job_processes(job):  # the batch script and its sleep, not slurmstepd
         os.kill(pid, 9)
     _wait(lambda: _gone(plugin_cluster, job), f"job {job} to end after kill -9")
-    assert bridge not in _bridges(plugin_cluster, "n1")
-    assert not jobsetup.job_dir(int(job)).exists()
+    assert _footprint(plugin_cluster, "n1", job) == set()
 
 
 def test_job_without_the_option_gets_nothing(plugin_cluster):
-    before = _bridges(plugin_cluster, "n1")
+    before = _links(plugin_cluster, "n1")
     job = _submit(plugin_cluster)
     _wait(lambda: _launched(plugin_cluster, job), f"job {job} to start")
-    assert _bridges(plugin_cluster, "n1") == before
-    assert not jobsetup.job_dir(int(job)).exists()
+    assert _links(plugin_cluster, "n1") == before
+    assert _footprint(plugin_cluster, "n1", job) == set()
     log = _log(plugin_cluster)
     assert f"for job {job}" not in log
     proc.run(["scancel", job], env=_env(plugin_cluster), timeout_s=10)
@@ -175,12 +223,11 @@ def test_pcocc_submit_passes_the_option_when_the_job_needs_setup(plugin_cluster)
     spec = JobSpec(ntasks=1, node_setup=True, env=plugin_cluster.env(),
                    options=["-w", "n1", "-o", "/dev/null"])
     job = SlurmManager().submit(spec, "sleep 300")
-    bridge = jobsetup.bridge_name(int(job))
     _wait(lambda: _launched(plugin_cluster, job), f"job {job} to start")
-    assert bridge in _bridges(plugin_cluster, "n1")
+    assert _bridge(job) in _links(plugin_cluster, "n1")
     proc.run(["scancel", job], env=_env(plugin_cluster), timeout_s=10)
     _wait(lambda: _gone(plugin_cluster, job), f"job {job} to leave the queue")
-    assert bridge not in _bridges(plugin_cluster, "n1")
+    assert _footprint(plugin_cluster, "n1", job) == set()
 
 
 def test_without_the_plugin_pcocc_refuses_before_allocating(plugin_cluster, tmp_path):
@@ -197,3 +244,87 @@ def test_without_the_plugin_pcocc_refuses_before_allocating(plugin_cluster, tmp_
     with pytest.raises(ConfigError, match="does not load it"):
         SlurmManager().allocate(spec, ["true"])
     assert proc.run(["squeue", "-h", "-o", "%i"], env=_env(plugin_cluster)).stdout == before
+
+
+#: run as the job's user: open the TAP named by argv[1] as QEMU does (TUNSETIFF, IFF_TAP)
+TUN_OPEN = ("import fcntl, os, struct, sys\n"
+            "fd = os.open('/dev/net/tun', os.O_RDWR)\n"
+            "try:\n"
+            "    fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', sys.argv[1].encode(), 0x1002))\n"
+            "    print(sys.argv[1], 'opened')\n"
+            "except OSError as err:\n"
+            "    print(sys.argv[1], 'refused', err.errno)\n")
+
+
+def test_taps_belong_to_the_jobs_user_and_no_other(plugin_cluster):
+    """A job of nobody gets TAPs nobody opens without privilege; the TAP of a job of root
+    on the same node stays closed to nobody."""
+    other = _submit(plugin_cluster, "--pcocc-setup")
+    _wait(lambda: _launched(plugin_cluster, other), f"job {other} to start")
+    out = Path(tempfile.mkdtemp(prefix="pcocc-tap-"))
+    out.chmod(0o777)
+    try:
+        script = (f"cd {out}; /usr/bin/python3 -c \"$TUN_OPEN\" pt{int(other):x}00 > other;"
+                  f" /usr/bin/python3 -c \"$TUN_OPEN\" pt$(printf %x $SLURM_JOB_ID)00 > own")
+        env = {**_env(plugin_cluster), "TUN_OPEN": TUN_OPEN}
+        res = proc.run(["sbatch", "--parsable", "-N1", "-w", "n1", "-o", "/dev/null",
+                        "--uid", "nobody", "--pcocc-setup", "--export", "ALL",
+                        "--wrap", script], env=env, timeout_s=30)
+        job = res.stdout.strip().split(";")[0]
+        _wait(lambda: _gone(plugin_cluster, job), f"job {job} of nobody to end")
+        assert (out / "own").read_text().split()[1] == "opened"
+        assert (out / "other").read_text().split()[1:] == ["refused", "1"]  # EPERM
+        assert _footprint(plugin_cluster, "n1", job) == set()
+    finally:
+        proc.run(["scancel", other], env=_env(plugin_cluster), timeout_s=10)
+        shutil.rmtree(out, ignore_errors=True)
+    _wait(lambda: _gone(plugin_cluster, other), f"job {other} to leave the queue")
+
+
+def _vm_checks(cluster) -> str:
+    """-E of the VM test: what each node holds during the job, and the VMs' view."""
+    dump = " ".join(f"ip -n {cluster.netns.netns_name(n)} -o link > links-{n}.txt;"
+                    f" ip netns exec {cluster.netns.netns_name(n)} nft list tables > nft-{n}.txt;"
+                    for n in ("n1", "n2"))
+    return ("set -e; " + dump + " echo $SLURM_JOB_ID > job;"
+            " pcocc ssh vm0 'ip -o -4 addr show eth0' > addr0.txt;"
+            " pcocc ssh vm1 'ip -o -4 addr show eth0' > addr1.txt;"
+            " pcocc ssh vm0 'ping -c 1 -W 10 vm1' > ping01.txt;"
+            " pcocc ssh vm1 'ping -c 1 -W 10 vm0.pcocc' > ping10.txt")
+
+
+def test_vms_on_two_nodes_share_an_ethernet_network(plugin_cluster, tmp_path, pcocc_env,
+                                                    pcocc_bin, testvm_artifacts):
+    """testvm:2, one VM per node: addresses by DHCP, names by DNS, pings across the VXLAN,
+    pcocc ssh through the reverse NAT (the VMs have no user network); nothing left after."""
+    from tests.fixtures.cluster import Env, assert_nothing_left
+
+    env = Env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts,
+              {"type": "slurm", "etcd": {"mode": "private"}}, plugin_cluster.env())
+    system = pcocc_env["system"]
+    (system / "networks.yaml").write_text(yaml.safe_dump({"networks": NETWORKS}))
+    (system / "resources.yaml").write_text(yaml.safe_dump(
+        {"resource-sets": {"tiny": {"cores": 1, "memory": "256M", "networks": ["eth"]}}}))
+    templates = yaml.safe_load((system / "templates.yaml").read_text())
+    templates["templates"]["testvm"]["append"] += " testvm.net=dhcp"
+    (system / "templates.yaml").write_text(yaml.safe_dump(templates))
+    res = env.run("alloc", "-N", "2", "--ntasks-per-node", "1", "-E", _vm_checks(plugin_cluster),
+                  "testvm:2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    tmp, job = env.tmp, (env.tmp / "job").read_text().strip()
+    tag = f"{int(job):x}0"
+    for node in ("n1", "n2"):  # every node of the job had the bridge, tunnel and TAPs
+        links = (tmp / f"links-{node}.txt").read_text()
+        for name in (f"pb{tag}", f"pv{tag}", f"pt{tag}0", f"pt{tag}1"):
+            assert f" {name}:" in links or f" {name}@" in links, (node, name, links)
+        assert ethernet.table_name(int(job)) in (tmp / f"nft-{node}.txt").read_text()
+    net = ethernet.from_config("eth", NETWORKS["eth"], 0).for_job(int(job))
+    assert f"inet {net.address(0)}/24" in (tmp / "addr0.txt").read_text()
+    assert f"inet {net.address(1)}/24" in (tmp / "addr1.txt").read_text()
+    assert "1 packets received" in (tmp / "ping01.txt").read_text()
+    assert "1 packets received" in (tmp / "ping10.txt").read_text()
+    assert net.address(1) in (tmp / "ping01.txt").read_text()  # vm1 resolved by dnsmasq
+    env.wait_job_gone(job)
+    for node in ("n1", "n2"):
+        assert _footprint(plugin_cluster, node, job) == set()
+    assert_nothing_left(env)

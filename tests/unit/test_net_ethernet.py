@@ -35,7 +35,7 @@ def test_settings_and_ids():
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"cidr": "10.0.0.0/30"}, "cidr 10.0.0.0/30 is too small"),
+    ({"cidr": "10.0.0.0/30"}, "job-prefix /30 does not fit"),
     ({"cidr": "10.0.0.1/24"}, "cidr: 10.0.0.1/24 has host bits set"),
     ({"cidr": "10.0.0.0/24", "reverse-nat": {"host-ports": "99-100"}}, "reverse-nat.host-ports"),
     ({"cidr": "10.0.0.0/24", "reverse-nat": {"host-ports": "3000-2000"}}, "reverse-nat"),
@@ -45,6 +45,20 @@ def test_settings_and_ids():
 def test_bad_settings_name_the_network(settings, message):
     with pytest.raises(ConfigError, match=f"networks.yaml: network 'x': .*{message}"):
         ethernet.from_config("x", {"type": "ethernet", **settings}, 0)
+
+
+def test_each_job_gets_a_subnet_of_the_pool_the_same_on_every_node():
+    pool = ethernet.from_config("p", {"cidr": "10.8.0.0/16", "job-prefix": 24}, 0)
+    assert pool.for_job(5).cidr == "10.8.5.0/24" == pool.for_job(5 + 256).cidr
+    assert pool.for_job(5).gateway == "10.8.5.1" and pool.for_job(5).address(1) == "10.8.5.3"
+    assert pool.for_job(6).cidr == "10.8.6.0/24"
+    assert FAST.for_job(99).cidr == FAST.cidr  # a /24 pool: one subnet
+    with pytest.raises(ConfigError, match="job-prefix /30 does not fit in cidr 10.8.0.0/16"):
+        ethernet.from_config("p", {"cidr": "10.8.0.0/16", "job-prefix": 30}, 0)
+    nets = resolve_networks("t", "rs", ["pool"], {"pool": {"type": "ethernet",
+                                                            "cidr": "10.8.0.0/16"}})
+    plan = plan_networks(nets, VmContext(job=7, rank=0))
+    assert plan.ethernets[0].cidr == "10.8.7.0/24"
 
 
 def test_device_names_fit_ifnamsiz_and_differ_per_job_network_and_vm():
