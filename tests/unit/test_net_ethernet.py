@@ -137,3 +137,21 @@ def test_a_cluster_with_an_ethernet_network_asks_slurm_for_the_plugin():
     assert slurm.SETUP_OPTION in slurm.sbatch_argv(spec)
     assert slurm.SETUP_OPTION not in slurm.sbatch_argv(adapter._spec(_request(without, [])))
     assert not JobSpec(ntasks=1).node_setup
+
+
+def test_stored_definition_with_an_ethernet_network_passes_the_node_checks():
+    """The node process re-checks the definition against the schemas: the net-id that
+    resolution adds is accepted when it is one, refused otherwise."""
+    import json
+
+    from pcocc.cluster.stored import ClusterDefinition, check_settings
+    from pcocc.errors import Corrupt
+
+    d = build_definition("tpl:2", _templates(["fast"]), networks=NETWORKS)
+    stored = ClusterDefinition.from_json(d.to_json())
+    check_settings(stored)
+    for bad in (16, "1", True, None):
+        data = json.loads(d.to_json())
+        data["vms"][0]["networks"][0]["net-id"] = bad
+        with pytest.raises(Corrupt, match="net-id"):
+            check_settings(ClusterDefinition.from_json(json.dumps(data)))
