@@ -92,8 +92,11 @@ class EthernetNet:
 
     def address(self, rank: int) -> str:
         if not 0 <= rank < min(self.capacity, MAX_VMS):
-            raise ConfigError(f"network '{self.name}' ({self.cidr}) has no address for vm{rank}",
-                              hint="use a larger cidr in networks.yaml")
+            raise ConfigError(f"network '{self.name}' has no address for vm{rank}: a job's"
+                              f" subnet (/{self.network.prefixlen}) has room for"
+                              f" {min(self.capacity, MAX_VMS)} VMs",
+                              hint="ask for fewer VMs, or give the network a shorter"
+                                   " job-prefix in networks.yaml")
         return str(self.network.network_address + 2 + rank)
 
 

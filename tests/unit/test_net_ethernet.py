@@ -30,7 +30,8 @@ def test_settings_and_ids():
     assert FAST.reverse_nat == ethernet.ReverseNat(22, 20000, 20009)
     assert FAST.gateway == "10.200.0.1" and FAST.address(0) == "10.200.0.2"
     assert nets[0].capacity == 5
-    with pytest.raises(ConfigError, match="network 'alpha' .* has no address for vm5"):
+    with pytest.raises(ConfigError, match="network 'alpha' has no address for vm5: .* room"
+                                          " for 5 VMs"):
         nets[0].address(5)
 
 
@@ -155,3 +156,9 @@ def test_stored_definition_with_an_ethernet_network_passes_the_node_checks():
         data["vms"][0]["networks"][0]["net-id"] = bad
         with pytest.raises(Corrupt, match="net-id"):
             check_settings(ClusterDefinition.from_json(json.dumps(data)))
+
+
+def test_a_cluster_larger_than_a_jobs_subnet_is_refused_before_allocating():
+    build_definition("tpl:5", _templates(["alpha"]), networks=NETWORKS)
+    with pytest.raises(ConfigError, match="network 'alpha' has no address for vm5"):
+        build_definition("tpl:6", _templates(["alpha"]), networks=NETWORKS)
