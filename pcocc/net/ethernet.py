@@ -227,7 +227,8 @@ def nft_ruleset(job: int, nets: Sequence[EthernetNet],
     (``forwards``: (network, rank, host port)), and, on the bridges, the gateway kept local
     to each node (ARP for it and DHCP do not cross the VXLAN: every node serves its VMs)."""
     table = table_name(job)
-    pre, out, post, fwd = [], [], [], []
+    # answers of what the rules below let through (reverse NAT, outbound)
+    pre, out, post, fwd = [], [], [], ["ct state established,related accept"]
     for net, rank, port in forwards:
         assert net.reverse_nat is not None
         target = f"{net.address(rank)}:{net.reverse_nat.vm_port}"
@@ -243,7 +244,6 @@ def nft_ruleset(job: int, nets: Sequence[EthernetNet],
         if net.allow_outbound:
             post.append(f"ip saddr {net.cidr} ip daddr != {net.cidr} masquerade")
             fwd.append(f"iifname \"{br}\" ip saddr {net.cidr} accept")
-            fwd.append(f"oifname \"{br}\" ct state established,related accept")
         fwd.append(f"iifname \"{br}\" drop")
         fwd.append(f"oifname \"{br}\" drop")
     text = [f"table inet {table} {{",

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pcocc import proc
+from pcocc.errors import ConfigError
 from pcocc.net import ethernet
 from pcocc.net.ethernet import EthernetNet
 
@@ -28,6 +29,26 @@ def link_exists(name: str) -> bool:
 
 def _ip(*args: str, what: str) -> None:
     proc.run(["ip", *args], what=what, timeout_s=30)
+
+
+def check_forwarding(nets: list[EthernetNet], path: str = "/proc/sys/net/ipv4/ip_forward",
+                     ) -> None:
+    """Reverse NAT and outbound NAT route packets between the node's network and the
+    bridge: the node must forward IPv4 (an admin's choice, which pcocc does not change).
+
+    :raise ConfigError: a network needs it and the node (its network namespace) does not
+    """
+    needing = [n.name for n in nets if n.reverse_nat or n.allow_outbound]
+    if not needing:
+        return
+    with open(path) as f:
+        if f.read().strip() == "1":
+            return
+    raise ConfigError(
+        f"network '{needing[0]}' (networks.yaml) has reverse-nat or allow-outbound, which"
+        " need IPv4 forwarding on the node, and net.ipv4.ip_forward is 0 here",
+        hint="set net.ipv4.ip_forward=1 on the compute nodes (sysctl.d), or remove"
+             " reverse-nat and allow-outbound from the network")
 
 
 def add_bridge(job: int, net: EthernetNet) -> None:

@@ -283,6 +283,7 @@ def init(job: int, user: str, networks: Mapping[str, Mapping[str, Any]],
     node = slurmjob.this_node(env)
     _prepare(root, node)
     cleanup(job, env, root, info_root)
+    ethsetup.check_forwarding(nets)
     sjob = slurmjob.query_job(job, env) if nets else None
     if sjob is not None and sjob.uid != uid:
         raise Corrupt(f"job {job} belongs to uid {sjob.uid} for Slurm, not to {user}")

@@ -162,3 +162,26 @@ def test_a_cluster_larger_than_a_jobs_subnet_is_refused_before_allocating():
     build_definition("tpl:5", _templates(["alpha"]), networks=NETWORKS)
     with pytest.raises(ConfigError, match="network 'alpha' has no address for vm5"):
         build_definition("tpl:6", _templates(["alpha"]), networks=NETWORKS)
+
+
+def test_nat_needs_the_node_to_forward_ipv4(tmp_path):
+    from pcocc.net import ethsetup
+
+    flag = tmp_path / "ip_forward"
+    flag.write_text("0\n")
+    closed = ethernet.from_config("c", {"cidr": "10.9.0.0/24"}, 0)
+    ethsetup.check_forwarding([closed], str(flag))  # no NAT: no need
+    with pytest.raises(ConfigError, match="network 'fast' .* net.ipv4.ip_forward is 0"):
+        ethsetup.check_forwarding([closed, FAST], str(flag))
+    flag.write_text("1\n")
+    ethsetup.check_forwarding([FAST], str(flag))
+
+
+def test_answers_of_reverse_nat_and_outbound_connections_pass_the_bridge_drop():
+    """The VM's answer to a reverse NAT connection enters from the bridge: the table lets
+    established connections through before it drops what enters from the bridge."""
+    closed = ethernet.from_config("c", {"cidr": "10.9.0.0/24",
+                                        "reverse-nat": {"host-ports": "20000-20001"}}, 0)
+    text = ethernet.nft_ruleset(7, [closed], [(closed, 0, 20000)], [])
+    fwd = text.split("chain job_fwd")[1]
+    assert fwd.index("ct state established,related accept") < fwd.index('iifname "pb70" drop')
