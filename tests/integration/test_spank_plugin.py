@@ -7,6 +7,7 @@ ends; a job without it gets nothing."""
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -59,15 +60,40 @@ def plugin_cluster():
                        f"{Path(sys.executable).parent / 'pcocc'} \"$@\"\n")
     wrapper.chmod(0o755)
     line = f"required {directory / 'root/lib/pcocc_setup.so'} pcocc={wrapper} timeout=60"
+    # the nodes' state lives in the host's /run/pcocc/jobs/<node>/<job>: job ids of their
+    # own keep this cluster's jobs apart from those of any other dev cluster of the host
+    first = f"FirstJobId={random.randrange(1000, 1 << 24)}"
     try:
         with devcluster.DevCluster(directory / "cluster", nodes=2, with_etcd=False,
-                                   node_netns=True, plugstack=[line]) as cluster:
+                                   node_netns=True, plugstack=[line],
+                                   extra_conf=[first]) as cluster:
             for node in cluster.nodes:  # the admin's part: reverse NAT needs forwarding
                 proc.run(["ip", "netns", "exec", cluster.netns.netns_name(node), "sysctl",
                           "-qw", "net.ipv4.ip_forward=1"], timeout_s=10)
-            yield cluster
+            try:
+                yield cluster
+            finally:  # the epilogs run before slurmd stops: no network outlives the module
+                _drain(cluster)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_job_left(plugin_cluster):
+    """A test that fails half-way leaves no job holding a node for the next ones."""
+    yield
+    _drain(plugin_cluster)
+
+
+def _drain(cluster) -> None:
+    """Cancel every job of ``cluster`` and wait until they left the queue (a job stays
+    there, COMPLETING, until its epilog, hence the plugin's cleanup, finished)."""
+    queued = lambda: proc.run(["squeue", "-h", "-o", "%i"], env=_env(cluster), check=False,
+                              timeout_s=10).stdout.split()
+    jobs = queued()
+    if jobs:
+        proc.run(["scancel", *jobs], env=_env(cluster), check=False, timeout_s=10)
+        _wait(lambda: not queued(), f"jobs {jobs} to leave the queue", timeout_s=120)
 
 
 def _env(cluster) -> dict[str, str]:
@@ -104,9 +130,11 @@ def _footprint(cluster, node: str, job: str) -> set[str]:
                        "tables"], timeout_s=10).stdout
     found |= {f"nft {t}" for t in tables.splitlines() if ethernet.table_name(int(job)) in t}
     needle = f"/{node}/{job}/dnsmasq".encode()
+    netns = os.stat(f"/run/netns/{cluster.netns.netns_name(node)}").st_ino
     for entry in os.listdir("/proc"):
-        try:
-            if entry.isdigit() and needle in Path(f"/proc/{entry}/cmdline").read_bytes():
+        try:  # a dnsmasq of the job in the node's namespace
+            if (entry.isdigit() and needle in Path(f"/proc/{entry}/cmdline").read_bytes()
+                    and os.stat(f"/proc/{entry}/ns/net").st_ino == netns):
                 found.add(f"dnsmasq {entry}")
         except OSError:
             pass
@@ -177,7 +205,13 @@ def test_network_lives_as_long_as_the_job_and_scancel_removes_it(plugin_cluster)
     assert _footprint(plugin_cluster, "n2", job) == set()  # only where the job runs
     state = jobsetup.read_state(int(job), "n1")
     assert state is not None and {"kind": "bridge", "name": _bridge(job)} in state.resources
-    assert jobsetup.read_forwards(int(job), "n1") == {"eth": {0: 21000, 1: 21001}}
+    # a host port per VM from the range (the lowest ones no other job of the node holds:
+    # jobs of other dev clusters of this host share /run/pcocc), recorded for cleanup
+    forwards = jobsetup.read_forwards(int(job), "n1")
+    assert list(forwards) == ["eth"] and sorted(forwards["eth"]) == [0, 1]
+    ports = [forwards["eth"][0], forwards["eth"][1]]
+    assert ports[0] < ports[1] and all(21000 <= p <= 21099 for p in ports)
+    assert {"kind": "ports", "ports": ports} in state.resources
     proc.run(["scancel", job], env=_env(plugin_cluster), timeout_s=10)
     _wait(lambda: _gone(plugin_cluster, job), f"job {job} to leave the queue")
     assert _footprint(plugin_cluster, "n1", job) == set()
