@@ -61,8 +61,9 @@ def plugin_cluster():
     wrapper.chmod(0o755)
     line = f"required {directory / 'root/lib/pcocc_setup.so'} pcocc={wrapper} timeout=60"
     # the nodes' state lives in the host's /run/pcocc/jobs/<node>/<job>: job ids of their
-    # own keep this cluster's jobs apart from those of any other dev cluster of the host
-    first = f"FirstJobId={random.randrange(1000, 1 << 24)}"
+    # own keep this cluster's jobs apart from those of any other dev cluster of the host,
+    # and from the subnets (job id modulo 256) of those that start at job 1
+    first = f"FirstJobId={256 * random.randrange(4, 60000) + 128}"
     try:
         with devcluster.DevCluster(directory / "cluster", nodes=2, with_etcd=False,
                                    node_netns=True, plugstack=[line],
@@ -94,6 +95,9 @@ def _drain(cluster) -> None:
     if jobs:
         proc.run(["scancel", *jobs], env=_env(cluster), check=False, timeout_s=10)
         _wait(lambda: not queued(), f"jobs {jobs} to leave the queue", timeout_s=120)
+    # a failed prolog drains its node: give it back (an error when none is drained)
+    proc.run(["scontrol", "update", f"NodeName={','.join(cluster.nodes)}", "State=RESUME"],
+             env=_env(cluster), check=False, timeout_s=10)
 
 
 def _env(cluster) -> dict[str, str]:
