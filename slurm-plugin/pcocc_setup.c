@@ -8,7 +8,8 @@
  *   slurm_spank_job_epilog (root, after the job ended, also cancelled or killed):
  *                                                    pcocc internal setup cleanup --job J --user U
  * J and U come from Slurm's spank items (S_JOB_ID, S_JOB_UID), never from the option's value or
- * the user's environment. pcocc runs by fork+exec with a fixed argv and a fixed environment;
+ * the user's environment. pcocc runs by fork+exec with a fixed argv and a fixed environment
+ * (plus SLURMD_NODENAME and SLURM_CONF as slurmd sets them for the prolog and epilog);
  * its output goes to slurmd's log. The only configuration is the plugin's arguments in
  * plugstack.conf (written by the admin):
  *   pcocc=/absolute/path/to/pcocc    (default /usr/bin/pcocc)
@@ -143,8 +144,23 @@ static int run_setup(const char *action, uint32_t job, uid_t uid)
 
 	char *const argv[] = { pcocc_path, "internal", "setup", (char *)action,
 			       "--job", job_s, "--user", user, NULL };
-	char *const envp[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8",
-			       "HOME=/", NULL };
+	char node_env[96] = "", conf_env[4200] = "";
+	char *envp[6] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8", "HOME=/" };
+	int nenv = 3;
+	/* set by slurmd for the prolog and epilog (not by the user): which node this is, and
+	 * where slurm.conf is, for pcocc's scontrol calls */
+	const char *node = getenv("SLURMD_NODENAME");
+	if (node && *node && strlen(node) < 64 && strspn(node, "abcdefghijklmnopqrstuvwxyz"
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == strlen(node)) {
+		snprintf(node_env, sizeof(node_env), "SLURMD_NODENAME=%s", node);
+		envp[nenv++] = node_env;
+	}
+	const char *conf = getenv("SLURM_CONF");
+	if (conf && conf[0] == '/' && strlen(conf) < 4096) {
+		snprintf(conf_env, sizeof(conf_env), "SLURM_CONF=%s", conf);
+		envp[nenv++] = conf_env;
+	}
+	envp[nenv] = NULL;
 	int pipefd[2];
 	if (pipe2(pipefd, O_CLOEXEC) < 0) {
 		slurm_error(PLUGIN ": pipe: %m");

@@ -53,15 +53,22 @@ def vswitch(session: Session, job_id: str, net: str) -> None:
 @click.argument("action", type=click.Choice(["init", "cleanup"]))
 @click.option("--job", "job_id", required=True, help="Slurm job id (from the plugin).")
 @click.option("--user", "user", required=True, help="The job's user, by name or uid.")
-def setup(action: str, job_id: str, user: str) -> None:
-    """As root, from the Slurm plugin: create or remove the job's state on this node."""
+@pass_session
+def setup(session: Session, action: str, job_id: str, user: str) -> None:
+    """As root, from the Slurm plugin: create or remove the job's state on this node.
+
+    Networks come from the system configuration only (never root's or the user's)."""
+    import os
+
+    from pcocc.config import load_config
     from pcocc.net import jobsetup
 
     job = jobsetup.parse_job_id(job_id)
     if action == "init":
-        jobsetup.init(job, user)
+        config = load_config(session.system_dir, "/nonexistent/pcocc-no-user-config")
+        jobsetup.init(job, user, config.networks, os.environ)
     else:
-        jobsetup.cleanup(job)
+        jobsetup.cleanup(job, os.environ)
 
 
 # One task of a multi-node `pcocc run` (see pcocc/cli/internal_ctr.py).

@@ -46,6 +46,7 @@ class BatchAdapter:
             options=tuple(request.extra_args),
             env=dict(env or {}),
             comment=request.comment,
+            node_setup=request.node_setup,
         )
 
     def allocate(

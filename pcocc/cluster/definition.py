@@ -278,7 +278,22 @@ def build_definition(
         networks={name: net.to_dict() for name, net in private.items()},
     )
     _check_storable(definition)
+    _check_ethernet_room(definition)
     return definition
+
+
+def _check_ethernet_room(definition: ClusterDefinition) -> None:
+    """Every VM needs an address in the job's subnet of each ethernet network it uses.
+
+    :raise ConfigError: a job's subnet is too small for the cluster
+    """
+    from pcocc.net import ethernet
+
+    for vm in definition.vms:
+        for net in vm.networks:
+            if net.get("type") == ethernet.TYPE:
+                ethernet.from_config(net["name"], net, int(net["net-id"])).for_job(1).address(
+                    vm.rank)
 
 
 def _check_storable(definition: ClusterDefinition) -> None:

@@ -232,6 +232,7 @@ def _request(
             extra_args=tuple(batch_args),
             one_per_node=True,
             comment=CLUSTER_COMMENT,
+            node_setup=definition.node_setup,
         )
     return AllocRequest(
         ntasks=definition.size,
@@ -239,6 +240,7 @@ def _request(
         job_name=job_name or DEFAULT_JOB_NAME,
         extra_args=tuple(batch_args),
         comment=CLUSTER_COMMENT,
+        node_setup=definition.node_setup,
     )
 
 

@@ -162,8 +162,15 @@ class NodeProcess:
                     for key, value in getattr(vm, "kv_entries", {}).items():
                         self.kv.put(key, value, lease)
                     info = vm.launch()
+                    from pcocc.net.jobsetup import vm_forwards
+
+                    # ethernet reverse NAT: ports that root's setup took for this VM
+                    eth_forwards = vm_forwards(entry.networks, self.s.batchid, self.s.rank,
+                                               os.environ)
                     self.record.pid = info.pid
                     self.record.ssh_port = info.ssh_port
+                    if info.ssh_port is None:
+                        self.record.ssh_port = eth_forwards.get(SSH_PORT)
                     self.record.qmp_socket = info.qmp_socket
                     self.record.console_socket = info.console_socket
                     self.record.console_log = info.console_log
@@ -174,6 +181,8 @@ class NodeProcess:
                     forwards = dict(info.forwards)
                     if not forwards and info.ssh_port is not None:
                         forwards[SSH_PORT] = info.ssh_port
+                    for guest, port in eth_forwards.items():
+                        forwards.setdefault(guest, port)
                     published = self.s.address or self.s.host
                     for guest, host_port in sorted(forwards.items()):
                         self.kv.put(

@@ -78,6 +78,8 @@ class AllocRequest:
     one_per_node: bool = False
     #: the job's comment (``pcocc ps -a`` finds the clusters of other users by it)
     comment: str | None = None
+    #: root setup on the nodes by the pcocc Slurm plugin (ethernet networks)
+    node_setup: bool = False
 
 
 class Batch(Protocol):

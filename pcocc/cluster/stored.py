@@ -79,6 +79,13 @@ class ClusterDefinition:
         """Some VM wants a whole node: then every VM gets a node of its own."""
         return any(vm.settings.get("full-node") for vm in self.vms)
 
+    @property
+    def node_setup(self) -> bool:
+        """Some VM uses a network that the Slurm plugin sets up as root on the nodes."""
+        from pcocc.net.resolve import needs_node_setup
+
+        return any(needs_node_setup(vm.networks) for vm in self.vms)
+
     def hosts_entries(self) -> dict[str, str]:
         """Hostname -> private address of every VM (goes into each VM's /etc/hosts)."""
         return {vm.name: vm.address for vm in self.vms}
@@ -263,6 +270,17 @@ def _parse_private_networks(value: Any) -> dict[str, dict[str, Any]]:
     return result
 
 
+def _net_id_error(net: dict[str, Any]) -> str | None:
+    from pcocc.net.ethernet import MAX_NETWORKS
+
+    if "net-id" not in net:
+        return None
+    value = net["net-id"]
+    if type(value) is not int or not 0 <= value < MAX_NETWORKS or net.get("type") != "ethernet":
+        return f"net-id {value!r} is not the position of an ethernet network"
+    return None
+
+
 def check_settings(definition: ClusterDefinition) -> None:
     """Check the template settings and networks of every VM against the schemas the
     configuration files passed when the definition was built (templates.yaml, the resource
@@ -282,7 +300,9 @@ def check_settings(definition: ClusterDefinition) -> None:
         problem = fragment_error(template, vm.settings)
         if problem is None:
             for net in vm.networks:
-                problem = fragment_error(network, {k: v for k, v in net.items() if k != "name"})
+                # added by resolve_networks: the name, and an ethernet network's position
+                problem = _net_id_error(net) or fragment_error(
+                    network, {k: v for k, v in net.items() if k not in ("name", "net-id")})
                 if problem is not None:
                     problem = f"network {net.get('name')}: {problem}"
                     break

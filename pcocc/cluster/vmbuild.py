@@ -183,7 +183,7 @@ def build_vm(
     :raise ConfigError: a persistent drive that is missing or not of its format, or
         networks this version cannot build
     """
-    from pcocc.net.resolve import plan_networks
+    from pcocc.net.resolve import VmContext, needs_node_setup, plan_networks
 
     pins = Pinning.from_settings(settings)
     fields: dict[str, Any] = {
@@ -196,7 +196,15 @@ def build_vm(
         "disks": persistent_disks(entry.template, settings, probe),
         "disk_model": settings.get("disk-model") or "virtio",
     }
-    plan = plan_networks(entry.networks)
+    context = None
+    if needs_node_setup(entry.networks):
+        from pcocc.net.ethernet import vhost_usable
+
+        if not batchid.isdigit():
+            raise ConfigError(f"{entry.name}: ethernet networks need a Slurm job, not {batchid}")
+        context = VmContext(job=int(batchid), rank=entry.rank, nic_model=nic_model(settings),
+                            vhost=vhost_usable())
+    plan = plan_networks(entry.networks, context)
     fields["user_nets"] = tuple(plan.user_nets)
     fields["extra_netdevs"] = tuple(plan.qemu_args)
     fields["network"] = bool(plan.user_nets)

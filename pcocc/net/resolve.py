@@ -17,17 +17,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pcocc.errors import ConfigError
-from pcocc.net import user
+from pcocc.net import ethernet, user
 
 log = logging.getLogger(__name__)
 
 #: Types refused before allocation, with the reason.
-UNSUPPORTED_TYPES = {
-    "ethernet": "needs the privileged pcocc Slurm plugin, which this version does not provide",
-}
+UNSUPPORTED_TYPES: dict[str, str] = {}
+#: Types set up as root on the job's nodes by the pcocc Slurm plugin (``JobSpec.node_setup``)
+NODE_SETUP_TYPES = frozenset({ethernet.TYPE})
 #: Types built elsewhere: a ``private`` NIC needs the cluster's switch, found through etcd
 #: (:func:`pcocc.net.private.prepare_nics`), so :func:`plan_networks` leaves them out.
 SKIPPED_TYPES = frozenset({"private"})
+
+
+@dataclass(frozen=True)
+class VmContext:
+    """Where the NICs are built: the VM's job (Slurm job id), its rank, its NIC model, and
+    whether it may use vhost-net. Without one (checking a definition before allocating),
+    builders check the settings and add no QEMU arguments."""
+
+    job: int
+    rank: int
+    nic_model: str = "virtio-net-pci"
+    vhost: bool = False
 
 
 @dataclass
@@ -37,6 +49,9 @@ class NetworkPlan:
 
     user_nets: list[user.UserNet] = field(default_factory=list)
     qemu_args: list[str] = field(default_factory=list)
+    vm: VmContext | None = None
+    #: the ethernet networks of the VM, in order
+    ethernets: list[ethernet.EthernetNet] = field(default_factory=list)
 
     @property
     def has_ssh(self) -> bool:
@@ -76,7 +91,24 @@ def _build_user(name: str, settings: Mapping[str, Any], index: int, plan: Networ
     plan.user_nets.append(net)
 
 
-BUILDERS: dict[str, Builder] = {"user": _build_user}
+def _build_ethernet(name: str, settings: Mapping[str, Any], index: int,
+                    plan: NetworkPlan) -> None:
+    net = ethernet.from_config(name, settings, int(settings.get("net-id", 0)))
+    if plan.vm is not None:
+        net = net.for_job(plan.vm.job)
+    plan.ethernets.append(net)
+    if plan.vm is not None:
+        net.address(plan.vm.rank)  # the network has room for the VM
+        plan.qemu_args += ethernet.tap_netdev_args(plan.vm.job, net, plan.vm.rank, index,
+                                                   plan.vm.nic_model, plan.vm.vhost)
+
+
+BUILDERS: dict[str, Builder] = {"user": _build_user, ethernet.TYPE: _build_ethernet}
+
+
+def needs_node_setup(networks: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether resolved network definitions need the Slurm plugin's root setup."""
+    return any(n.get("type") in NODE_SETUP_TYPES for n in networks)
 
 
 def resolve_networks(
@@ -110,18 +142,22 @@ def resolve_networks(
                 f"network '{name}' of {where} has unknown type {kind!r}",
                 hint="known types: " + ", ".join(sorted({*BUILDERS, *SKIPPED_TYPES})),
             )
-        result.append({**settings, "name": name})
+        resolved = {**settings, "name": name}
+        if kind == ethernet.TYPE:
+            resolved["net-id"] = ethernet.ethernet_names(networks).index(name)
+        result.append(resolved)
     plan_networks(result)  # the node would refuse it: say so before allocating
     return result
 
 
-def plan_networks(networks: Sequence[Mapping[str, Any]]) -> NetworkPlan:
+def plan_networks(networks: Sequence[Mapping[str, Any]],
+                  vm: VmContext | None = None) -> NetworkPlan:
     """The NICs for the resolved network definitions of a VM; with none, one user NIC with
     the ssh forward (the behaviour of templates without networks).
 
     :raise ConfigError: a definition this version cannot build
     """
-    plan = NetworkPlan()
+    plan = NetworkPlan(vm=vm)
     if not networks:
         plan.user_nets.append(user.default_net())
         return plan

@@ -1,10 +1,13 @@
 """The pcocc_setup SPANK plugin, built from slurm-plugin/ and loaded by the dev cluster's
-slurmd (each node in its own network namespace): a job with --pcocc-setup gets its bridge on
-its node for its lifetime, whatever way it ends; a job without it gets nothing."""
+slurmd (each node in its own network namespace): a job with --pcocc-setup gets the ethernet
+network of the admin's networks.yaml on its node (bridge, TAP per task owned by the job's
+user, dnsmasq, nftables table, state and forwards files) for its lifetime, whatever way it
+ends; a job without it gets nothing."""
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -13,14 +16,18 @@ from pathlib import Path
 
 import devcluster
 import pytest
+import yaml
 
 from pcocc import proc
 from pcocc.batch.base import JobSpec
 from pcocc.batch.slurm import SlurmManager
 from pcocc.errors import ConfigError
-from pcocc.net import jobsetup
+from pcocc.net import ethernet, jobsetup
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: the admin's networks.yaml of the nodes (root's pcocc reads it, never the user's)
+NETWORKS = {"eth": {"type": "ethernet", "cidr": "10.231.0.0/16", "job-prefix": 24, "mtu": 1450,
+                    "reverse-nat": {"vm-port": 22, "host-ports": "21000-21099"}}}
 
 pytestmark = [
     pytest.mark.slow,
@@ -43,17 +50,54 @@ def plugin_cluster():
     proc.run(["make", "-C", build], timeout_s=120)
     proc.run(["make", "-C", build, "install", f"DESTDIR={directory / 'root'}",
               "PLUGINDIR=/lib"], timeout_s=60)
+    etc = directory / "etc"
+    etc.mkdir()
+    (etc / "networks.yaml").write_text(yaml.safe_dump({"networks": NETWORKS}))
     wrapper = directory / "pcocc"
-    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={REPO_ROOT} exec "
+    wrapper.write_text(f"#!/bin/sh\nexport PCOCC_SYSTEM_CONF_DIR={etc}\n"
+                       f"export SLURM_CONF=${{SLURM_CONF:-{directory / 'cluster/slurm.conf'}}}\n"
+                       f"PYTHONPATH={REPO_ROOT} exec "
                        f"{Path(sys.executable).parent / 'pcocc'} \"$@\"\n")
     wrapper.chmod(0o755)
     line = f"required {directory / 'root/lib/pcocc_setup.so'} pcocc={wrapper} timeout=60"
+    # the nodes' state lives in the host's /run/pcocc/jobs/<node>/<job>: job ids of their
+    # own keep this cluster's jobs apart from those of any other dev cluster of the host,
+    # and from the subnets (job id modulo 256) of those that start at job 1
+    first = f"FirstJobId={256 * random.randrange(4, 60000) + 128}"
     try:
         with devcluster.DevCluster(directory / "cluster", nodes=2, with_etcd=False,
-                                   node_netns=True, plugstack=[line]) as cluster:
-            yield cluster
+                                   node_netns=True, plugstack=[line],
+                                   extra_conf=[first]) as cluster:
+            for node in cluster.nodes:  # the admin's part: reverse NAT needs forwarding
+                proc.run(["ip", "netns", "exec", cluster.netns.netns_name(node), "sysctl",
+                          "-qw", "net.ipv4.ip_forward=1"], timeout_s=10)
+            try:
+                yield cluster
+            finally:  # the epilogs run before slurmd stops: no network outlives the module
+                _drain(cluster)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_job_left(plugin_cluster):
+    """A test that fails half-way leaves no job holding a node for the next ones."""
+    yield
+    _drain(plugin_cluster)
+
+
+def _drain(cluster) -> None:
+    """Cancel every job of ``cluster`` and wait until they left the queue (a job stays
+    there, COMPLETING, until its epilog, hence the plugin's cleanup, finished)."""
+    queued = lambda: proc.run(["squeue", "-h", "-o", "%i"], env=_env(cluster), check=False,
+                              timeout_s=10).stdout.split()
+    jobs = queued()
+    if jobs:
+        proc.run(["scancel", *jobs], env=_env(cluster), check=False, timeout_s=10)
+        _wait(lambda: not queued(), f"jobs {jobs} to leave the queue", timeout_s=120)
+    # a failed prolog drains its node: give it back (an error when none is drained)
+    proc.run(["scontrol", "update", f"NodeName={','.join(cluster.nodes)}", "State=RESUME"],
+             env=_env(cluster), check=False, timeout_s=10)
 
 
 def _env(cluster) -> dict[str, str]:
@@ -68,10 +112,44 @@ def _submit(cluster, *opts: str, script: str = "sleep 300") -> str:
     return res.stdout.strip().split(";")[0]
 
 
-def _bridges(cluster, node: str) -> set[str]:
-    out = proc.run(["ip", "-n", cluster.netns.netns_name(node), "-o", "link", "show",
-                    "type", "bridge"], timeout_s=10).stdout
-    return {line.split(": ")[1].split("@")[0] for line in out.splitlines()}
+def _links(cluster, node: str) -> dict[str, int | None]:
+    """Interface name -> owner uid (TAPs; None for other kinds) in the node's namespace."""
+    ns = cluster.netns.netns_name(node)
+    out = proc.run(["ip", "-n", ns, "-o", "link", "show"], timeout_s=10).stdout
+    names = [line.split(": ")[1].split("@")[0] for line in out.splitlines()]
+    owners = proc.run(["ip", "netns", "exec", ns, "sh", "-c",
+                       "for d in /sys/class/net/*; do echo ${d##*/} $(cat $d/owner 2>/dev/null)"
+                       "; done"], timeout_s=10).stdout
+    owner = {w[0]: int(w[1]) for w in (line.split() for line in owners.splitlines())
+             if len(w) == 2 and w[1].lstrip("-").isdigit() and int(w[1]) >= 0}
+    return {n: owner.get(n) for n in names}
+
+
+def _footprint(cluster, node: str, job: str) -> set[str]:
+    """Everything of ``job`` on ``node``: links, nftables tables, dnsmasq, files."""
+    tag = f"{int(job):x}"
+    found = {f"link {n}" for n in _links(cluster, node)
+             if n[:2] in ("pb", "pv", "pt") and n[2:].startswith(tag)}
+    tables = proc.run(["ip", "netns", "exec", cluster.netns.netns_name(node), "nft", "list",
+                       "tables"], timeout_s=10).stdout
+    found |= {f"nft {t}" for t in tables.splitlines() if ethernet.table_name(int(job)) in t}
+    needle = f"/{node}/{job}/dnsmasq".encode()
+    netns = os.stat(f"/run/netns/{cluster.netns.netns_name(node)}").st_ino
+    for entry in os.listdir("/proc"):
+        try:  # a dnsmasq of the job in the node's namespace
+            if (entry.isdigit() and needle in Path(f"/proc/{entry}/cmdline").read_bytes()
+                    and os.stat(f"/proc/{entry}/ns/net").st_ino == netns):
+                found.add(f"dnsmasq {entry}")
+        except OSError:
+            pass
+    for path in (jobsetup.job_dir(int(job), node), jobsetup.info_path(int(job), node)):
+        if path.exists():
+            found.add(f"file {path}")
+    return found
+
+
+def _bridge(job: str) -> str:
+    return ethernet.bridge_name(int(job), 0)
 
 
 def _wait(cond, what: str, timeout_s: float = 60) -> None:
@@ -116,55 +194,66 @@ def test_sbatch_knows_the_option(plugin_cluster):
     assert "--pcocc-setup" in out
 
 
-def test_bridge_lives_as_long_as_the_job_and_scancel_removes_it(plugin_cluster):
-    job = _submit(plugin_cluster, "--pcocc-setup")
-    bridge = jobsetup.bridge_name(int(job))
+def test_network_lives_as_long_as_the_job_and_scancel_removes_it(plugin_cluster):
+    job = _submit(plugin_cluster, "--pcocc-setup", "-n", "2")
     _wait(lambda: _launched(plugin_cluster, job), f"job {job} to start")
-    assert bridge in _bridges(plugin_cluster, "n1")
-    assert bridge not in _bridges(plugin_cluster, "n2")  # only where the job runs
-    state = jobsetup.read_state(int(job))
-    assert state is not None and state.resources == [{"kind": "bridge", "name": bridge}]
+    tag = f"{int(job):x}0"
+    links = _links(plugin_cluster, "n1")
+    assert _bridge(job) in links
+    assert links[f"pt{tag}0"] == 0 and links[f"pt{tag}1"] == 0  # a TAP per task, the user's
+    assert f"pv{tag}" not in links  # one node: no tunnel
+    found = _footprint(plugin_cluster, "n1", job)
+    assert {f"nft table inet {ethernet.table_name(int(job))}",
+            f"file {jobsetup.info_path(int(job), 'n1')}"} <= found
+    assert sum(f.startswith("dnsmasq ") for f in found) == 1
+    assert _footprint(plugin_cluster, "n2", job) == set()  # only where the job runs
+    state = jobsetup.read_state(int(job), "n1")
+    assert state is not None and {"kind": "bridge", "name": _bridge(job)} in state.resources
+    # a host port per VM from the range (the lowest ones no other job of the node holds:
+    # jobs of other dev clusters of this host share /run/pcocc), recorded for cleanup
+    forwards = jobsetup.read_forwards(int(job), "n1")
+    assert list(forwards) == ["eth"] and sorted(forwards["eth"]) == [0, 1]
+    ports = [forwards["eth"][0], forwards["eth"][1]]
+    assert ports[0] < ports[1] and all(21000 <= p <= 21099 for p in ports)
+    assert {"kind": "ports", "ports": ports} in state.resources
     proc.run(["scancel", job], env=_env(plugin_cluster), timeout_s=10)
     _wait(lambda: _gone(plugin_cluster, job), f"job {job} to leave the queue")
-    assert bridge not in _bridges(plugin_cluster, "n1")
-    assert not jobsetup.job_dir(int(job)).exists()
+    assert _footprint(plugin_cluster, "n1", job) == set()
     # cleanup is idempotent: a second run (e.g. an epilog retried) succeeds and does nothing
-    res = proc.run([plugin_cluster.directory.parent / "pcocc", "internal", "setup", "cleanup",
-                    "--job", job, "--user", "root"], check=False, timeout_s=60)
+    res = proc.run(["ip", "netns", "exec", plugin_cluster.netns.netns_name("n1"),
+                    "env", "SLURMD_NODENAME=n1", plugin_cluster.directory.parent / "pcocc",
+                    "internal", "setup", "cleanup", "--job", job, "--user", "root"],
+                   check=False, timeout_s=60)
     assert res.returncode == 0, res.stderr
 
 
-def test_normal_end_removes_the_bridge(plugin_cluster):
+def test_normal_end_removes_everything(plugin_cluster):
     job = _submit(plugin_cluster, "--pcocc-setup",
                   script="ip -o link show type bridge; sleep 1")
-    bridge = jobsetup.bridge_name(int(job))
     _wait(lambda: _gone(plugin_cluster, job), f"job {job} to end")
     log = _log(plugin_cluster)
     assert f"setup init done for job {job}" in log
     assert f"setup cleanup done for job {job}" in log
-    assert bridge not in _bridges(plugin_cluster, "n1")
-    assert not jobsetup.job_dir(int(job)).exists()
+    assert _footprint(plugin_cluster, "n1", job) == set()
 
 
 def test_killed_job_processes_still_cleaned_up(plugin_cluster):
     job = _submit(plugin_cluster, "--pcocc-setup")
-    bridge = jobsetup.bridge_name(int(job))
     _wait(lambda: _launched(plugin_cluster, job), f"job {job} to start")
-    assert bridge in _bridges(plugin_cluster, "n1")
+    assert _bridge(job) in _links(plugin_cluster, "n1")
     _wait(lambda: len(_job_processes(job)) >= 2, f"the script and sleep of job {job}")
     for pid in _job_processes(job):  # the batch script and its sleep, not slurmstepd
         os.kill(pid, 9)
     _wait(lambda: _gone(plugin_cluster, job), f"job {job} to end after kill -9")
-    assert bridge not in _bridges(plugin_cluster, "n1")
-    assert not jobsetup.job_dir(int(job)).exists()
+    assert _footprint(plugin_cluster, "n1", job) == set()
 
 
 def test_job_without_the_option_gets_nothing(plugin_cluster):
-    before = _bridges(plugin_cluster, "n1")
+    before = _links(plugin_cluster, "n1")
     job = _submit(plugin_cluster)
     _wait(lambda: _launched(plugin_cluster, job), f"job {job} to start")
-    assert _bridges(plugin_cluster, "n1") == before
-    assert not jobsetup.job_dir(int(job)).exists()
+    assert _links(plugin_cluster, "n1") == before
+    assert _footprint(plugin_cluster, "n1", job) == set()
     log = _log(plugin_cluster)
     assert f"for job {job}" not in log
     proc.run(["scancel", job], env=_env(plugin_cluster), timeout_s=10)
@@ -175,12 +264,11 @@ def test_pcocc_submit_passes_the_option_when_the_job_needs_setup(plugin_cluster)
     spec = JobSpec(ntasks=1, node_setup=True, env=plugin_cluster.env(),
                    options=["-w", "n1", "-o", "/dev/null"])
     job = SlurmManager().submit(spec, "sleep 300")
-    bridge = jobsetup.bridge_name(int(job))
     _wait(lambda: _launched(plugin_cluster, job), f"job {job} to start")
-    assert bridge in _bridges(plugin_cluster, "n1")
+    assert _bridge(job) in _links(plugin_cluster, "n1")
     proc.run(["scancel", job], env=_env(plugin_cluster), timeout_s=10)
     _wait(lambda: _gone(plugin_cluster, job), f"job {job} to leave the queue")
-    assert bridge not in _bridges(plugin_cluster, "n1")
+    assert _footprint(plugin_cluster, "n1", job) == set()
 
 
 def test_without_the_plugin_pcocc_refuses_before_allocating(plugin_cluster, tmp_path):
@@ -197,3 +285,90 @@ def test_without_the_plugin_pcocc_refuses_before_allocating(plugin_cluster, tmp_
     with pytest.raises(ConfigError, match="does not load it"):
         SlurmManager().allocate(spec, ["true"])
     assert proc.run(["squeue", "-h", "-o", "%i"], env=_env(plugin_cluster)).stdout == before
+
+
+#: run as the job's user: open the TAP named by argv[1] as QEMU does (TUNSETIFF, IFF_TAP)
+TUN_OPEN = ("import fcntl, os, struct, sys\n"
+            "fd = os.open('/dev/net/tun', os.O_RDWR)\n"
+            "try:\n"
+            "    fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', sys.argv[1].encode(), 0x1002))\n"
+            "    print(sys.argv[1], 'opened')\n"
+            "except OSError as err:\n"
+            "    print(sys.argv[1], 'refused', err.errno)\n")
+
+
+def test_taps_belong_to_the_jobs_user_and_no_other(plugin_cluster):
+    """A job of nobody gets TAPs nobody opens without privilege; the TAP of a job of root
+    on the same node stays closed to nobody."""
+    other = _submit(plugin_cluster, "--pcocc-setup")
+    _wait(lambda: _launched(plugin_cluster, other), f"job {other} to start")
+    out = Path(tempfile.mkdtemp(prefix="pcocc-tap-"))
+    out.chmod(0o777)
+    try:
+        script = (f"cd {out}; /usr/bin/python3 -c \"$TUN_OPEN\" pt{int(other):x}00 > other;"
+                  f" /usr/bin/python3 -c \"$TUN_OPEN\" pt$(printf %x $SLURM_JOB_ID)00 > own")
+        env = {**_env(plugin_cluster), "TUN_OPEN": TUN_OPEN}
+        res = proc.run(["sbatch", "--parsable", "-N1", "-w", "n1", "-o", "/dev/null",
+                        "--uid", "nobody", "--pcocc-setup", "--export", "ALL",
+                        "--wrap", script], env=env, timeout_s=30)
+        job = res.stdout.strip().split(";")[0]
+        _wait(lambda: _gone(plugin_cluster, job), f"job {job} of nobody to end")
+        assert (out / "own").read_text().split()[1] == "opened"
+        assert (out / "other").read_text().split()[1:] == ["refused", "1"]  # EPERM
+        assert _footprint(plugin_cluster, "n1", job) == set()
+    finally:
+        proc.run(["scancel", other], env=_env(plugin_cluster), timeout_s=10)
+        shutil.rmtree(out, ignore_errors=True)
+    _wait(lambda: _gone(plugin_cluster, other), f"job {other} to leave the queue")
+
+
+def _vm_checks(cluster, run_dir: Path) -> str:
+    """-E of the VM test: what each node holds during the job, and the VMs' view (every
+    step runs, so that a failure leaves the rest to look at)."""
+    dump = "".join(
+        f"ip netns exec {cluster.netns.netns_name(n)} sh -c 'ip -o link; ip -o addr;"
+        f" bridge fdb; nft list ruleset; ip neigh' > {n}.txt 2>&1;"
+        for n in ("n1", "n2"))
+    return (dump + " echo $SLURM_JOB_ID > job;"
+            " pcocc ssh vm0 'ip addr show eth0; cat /etc/resolv.conf' > addr0.txt 2>&1;"
+            " pcocc ssh vm0 'ping -c 1 -W 10 vm1' > ping01.txt 2>&1;"
+            " pcocc ssh vm1 'ip addr show eth0' > addr1.txt 2>&1;"
+            " pcocc ssh vm1 'ping -c 1 -W 10 vm0.pcocc' > ping10.txt 2>&1;"
+            f" cp -r {run_dir} runcopy; true")
+
+
+def test_vms_on_two_nodes_share_an_ethernet_network(plugin_cluster, tmp_path, pcocc_env,
+                                                    pcocc_bin, testvm_artifacts):
+    """testvm:2, one VM per node: addresses by DHCP, names by DNS, pings across the VXLAN,
+    pcocc ssh through the reverse NAT (the VMs have no user network); nothing left after."""
+    from tests.fixtures.cluster import Env, assert_nothing_left
+
+    env = Env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts,
+              {"type": "slurm", "etcd": {"mode": "private"}}, plugin_cluster.env())
+    system = pcocc_env["system"]
+    (system / "networks.yaml").write_text(yaml.safe_dump({"networks": NETWORKS}))
+    (system / "resources.yaml").write_text(yaml.safe_dump(
+        {"resource-sets": {"tiny": {"cores": 1, "memory": "256M", "networks": ["eth"]}}}))
+    templates = yaml.safe_load((system / "templates.yaml").read_text())
+    templates["templates"]["testvm"]["append"] += " testvm.net=dhcp"
+    (system / "templates.yaml").write_text(yaml.safe_dump(templates))
+    res = env.run("alloc", "-N", "2", "--ntasks-per-node", "1", "-E",
+                  _vm_checks(plugin_cluster, env.run_dir), "testvm:2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    tmp, job = env.tmp, (env.tmp / "job").read_text().strip()
+    tag = f"{int(job):x}0"
+    for node in ("n1", "n2"):  # every node of the job had the bridge, tunnel and TAPs
+        seen = (tmp / f"{node}.txt").read_text()
+        for name in (f"pb{tag}", f"pv{tag}", f"pt{tag}0", f"pt{tag}1"):
+            assert f" {name}:" in seen, (node, name, seen)
+        assert f"table inet {ethernet.table_name(int(job))}" in seen
+    net = ethernet.from_config("eth", NETWORKS["eth"], 0).for_job(int(job))
+    assert f"inet {net.address(0)}/24" in (tmp / "addr0.txt").read_text()
+    assert f"inet {net.address(1)}/24" in (tmp / "addr1.txt").read_text()
+    assert "1 packets received" in (tmp / "ping01.txt").read_text()
+    assert "1 packets received" in (tmp / "ping10.txt").read_text()
+    assert net.address(1) in (tmp / "ping01.txt").read_text()  # vm1 resolved by dnsmasq
+    env.wait_job_gone(job)
+    for node in ("n1", "n2"):
+        assert _footprint(plugin_cluster, node, job) == set()
+    assert_nothing_left(env)

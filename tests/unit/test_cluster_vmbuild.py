@@ -126,3 +126,35 @@ def test_vm_with_pinning_has_fewer_vcpus_than_cores():
     build = _build(build_definition("t:1", {"t": tpl}))
     assert (build.spec.smp, build.pinning) == (2, Pinning(True, 1))
     assert _build(build_definition("t:1", {"t": {"kernel": "/k"}})).pinning is None
+
+
+def test_vm_on_an_ethernet_network_opens_its_tap(monkeypatch):
+    """The job's TAP of this rank, vhost-net when it opens (said once when it does not)."""
+    from pcocc.net import ethernet
+    from pcocc.vm.qemu import build_argv
+
+    networks = {"eth": {"type": "ethernet", "cidr": "10.8.0.0/16"}}
+    templates = {"t": {"kernel": "/k", "resource-set": "rs",
+                       "resources": {"networks": ["eth"]}}}
+    d = build_definition("t:2", templates, networks=networks)
+    monkeypatch.setattr(ethernet, "vhost_usable", lambda: True)
+    spec = _build(d, 1).spec
+    mac = ethernet.vm_mac(42, ethernet.from_config("eth", networks["eth"], 0), 1)
+    assert spec.user_nets == () and not spec.network
+    argv = build_argv(spec)
+    at = argv.index("-netdev")
+    assert argv[at:at + 4] == [
+        "-netdev", "tap,id=eth0,ifname=pt2a01,script=no,downscript=no,vhost=on",
+        "-device", f"virtio-net-pci,netdev=eth0,mac={mac}"]
+    monkeypatch.setattr(ethernet, "vhost_usable", lambda: False)
+    assert "vhost" not in " ".join(build_argv(_build(d, 1).spec))
+
+
+def test_vhost_fallback_is_said_once(monkeypatch, caplog, tmp_path):
+    from pcocc.net import ethernet
+
+    monkeypatch.setattr(ethernet, "_vhost_said", False)
+    missing = str(tmp_path / "vhost-net")
+    assert not ethernet.vhost_usable(missing) and not ethernet.vhost_usable(missing)
+    said = [r for r in caplog.records if "userspace virtio-net" in r.getMessage()]
+    assert len(said) == 1

@@ -25,20 +25,6 @@ def test_resolve_keeps_order_and_names():
     assert nets[1] == {**NETWORKS["nat"], "name": "nat"}
 
 
-def test_resolve_refuses_ethernet_naming_network_and_resources_yaml():
-    with pytest.raises(ConfigError) as info:
-        resolve_networks("compute-tpl", "compute", ["nat", "cluster"], NETWORKS)
-    message = str(info.value)
-    assert message == (
-        "network 'cluster' of resource set 'compute' (resources.yaml) of template"
-        " 'compute-tpl' has type ethernet, which needs the privileged pcocc Slurm plugin,"
-        " which this version does not provide"
-    )
-    assert "\n" not in message
-    assert info.value.hint == "remove 'cluster' from the networks of 'compute' in resources.yaml"
-    assert info.value.exit_status == 2
-
-
 def test_resolve_refuses_unknown_names_and_types():
     with pytest.raises(ConfigError, match="network 'nope' of resource set 'rs'.* is not defined"):
         resolve_networks("tpl", "rs", ["nope"], NETWORKS)
@@ -123,6 +109,3 @@ def test_definition_without_networks_keeps_the_default():
     assert d.vms[0].networks == []
 
 
-def test_definition_refuses_ethernet_before_anything_else():
-    with pytest.raises(ConfigError, match="network 'cluster' of resource set 'rs'"):
-        build_definition("tpl:1", _templates(["cluster"]), networks=NETWORKS)
