@@ -224,21 +224,13 @@ def _request(
 ) -> AllocRequest:
     """One task per VM; with full-node, one whole node per VM (the node's CPUs go to its
     VM, so the task asks for one CPU and the exclusive allocation brings the rest)."""
-    if definition.full_node:
-        return AllocRequest(
-            ntasks=definition.size,
-            cpus_per_task=1,
-            job_name=job_name or DEFAULT_JOB_NAME,
-            extra_args=tuple(batch_args),
-            one_per_node=True,
-            comment=CLUSTER_COMMENT,
-            node_setup=definition.node_setup,
-        )
+    full = definition.full_node
     return AllocRequest(
         ntasks=definition.size,
-        cpus_per_task=definition.cores,
+        cpus_per_task=1 if full else definition.cores,
         job_name=job_name or DEFAULT_JOB_NAME,
         extra_args=tuple(batch_args),
+        one_per_node=full,
         comment=CLUSTER_COMMENT,
         node_setup=definition.node_setup,
     )
