@@ -154,3 +154,36 @@ def test_only_the_backend_asked_for_is_imported(monkeypatch):
     assert "pcocc.ctr.runtimes.vm" not in sys.modules
     assert base.runtime_class("unshare").name == "unshare"
     assert "pcocc.ctr.runtimes.vm" not in sys.modules
+
+
+class _EndingRuntime:
+    """A runtime process that has ended (or ends when waited for) with ``status``."""
+
+    def __init__(self, status: int, ended: bool):
+        self.status, self.ended = status, ended
+
+    def poll(self):
+        return self.status if self.ended else None
+
+    def wait(self, timeout=None):
+        self.ended = True
+        return self.status
+
+    @property
+    def returncode(self):
+        return self.status if self.ended else None
+
+
+@pytest.mark.parametrize("status, started", [(0, True), (1, False)])
+def test_a_stopped_container_started_only_if_its_runtime_says_so(monkeypatch, status, started):
+    """runc shows a failed exec (no such program) as "stopped" while its own process still
+    runs: the runtime's exit status decides, not the state."""
+    runtime = Runc({})
+    monkeypatch.setattr(runtime, "container_state", lambda cid: {"status": "stopped"})
+    assert runtime.wait_started("c1", _EndingRuntime(status, ended=False)) is started
+
+
+def test_a_running_container_has_started(monkeypatch):
+    runtime = Crun({})
+    monkeypatch.setattr(runtime, "container_state", lambda cid: {"status": "running"})
+    assert runtime.wait_started("c1", _EndingRuntime(0, ended=False)) is True

@@ -162,10 +162,18 @@ class OciRuntime(Runtime):
             if popen.poll() is not None:
                 return popen.returncode == 0
             try:
-                if self.container_state(container_id).get("status") in ("running", "stopped"):
-                    return True
+                status = self.container_state(container_id).get("status")
             except PcoccError:
-                pass  # not created yet
+                status = None  # not created yet
+            if status == "running":
+                return True
+            if status == "stopped":
+                # ended already: ran its program and left, or never got to it (runc shows
+                # a failed exec as "stopped" before its own process ends): its status says
+                try:
+                    return popen.wait(max(0.0, deadline - time.monotonic())) == 0
+                except subprocess.TimeoutExpired:
+                    return True
             time.sleep(0.01)
         return popen.poll() is None or popen.returncode == 0
 
