@@ -285,14 +285,30 @@ class DevCluster:
             self._spawn(name, argv)
         self._wait(self._all_idle, "slurm nodes to be idle", self.log_path("slurmctld"), None)
 
+    def _exited_daemons(self) -> list[str]:
+        """Names of the daemons that exited, in start order (munged, slurmctld, the nodes).
+
+        A bad slurm.conf makes slurmctld and every slurmd exit within moments of each other,
+        in either order: once one is seen gone, the others get a second to settle so the
+        report names the controller first rather than whichever node lost the race.
+        """
+        if all(p.poll() is None for p in self._procs.values()):
+            return []
+        settle = time.monotonic() + 1.0
+        while time.monotonic() < settle and any(p.poll() is None for p in self._procs.values()):
+            time.sleep(0.05)
+        return [name for name, p in self._procs.items() if p.poll() is not None]
+
     def _all_idle(self) -> bool:
-        for name, p in self._procs.items():
-            if p.poll() is not None:
-                log = self.log_path(name if name in ("slurmctld", "munged") else f"slurmd-{name}")
-                raise ServiceUnavailable(
-                    f"{name} exited with status {p.returncode} during start-up",
-                    hint=f"see {log} and {self.log_path(name + '.out')}",
-                )
+        exited = self._exited_daemons()
+        if exited:
+            name, p = exited[0], self._procs[exited[0]]
+            log = self.log_path(name if name in ("slurmctld", "munged") else f"slurmd-{name}")
+            also = f" (also exited: {', '.join(exited[1:])})" if exited[1:] else ""
+            raise ServiceUnavailable(
+                f"{name} exited with status {p.returncode} during start-up{also}",
+                hint=f"see {log} and {self.log_path(name + '.out')}",
+            )
         res = proc.run(
             ["sinfo", "-h", "-N", "-o", "%N %T"], env=self._daemon_env(), check=False, timeout_s=10
         )
