@@ -19,6 +19,11 @@ from pcocc.errors import ToolError, ToolMissing
 
 log = logging.getLogger(__name__)
 
+#: the process handle :func:`spawn` returns and the timeout :meth:`Popen.wait` raises, named
+#: here so that callers need not import subprocess for their annotations and handlers
+Popen = subprocess.Popen
+TimeoutExpired = subprocess.TimeoutExpired
+
 #: Debian package that provides each external program, for ToolMissing hints.
 PACKAGE_OF = {
     "qemu-img": "qemu-utils",

@@ -11,7 +11,6 @@ import abc
 import difflib
 import importlib
 import os
-import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING
 from pcocc.errors import ConfigError, TimedOut, UsageError
 
 if TYPE_CHECKING:
+    from pcocc import proc
     from pcocc.config.model import BatchConfig
 
 #: the job's name, in the environment of a job of the local batch manager
@@ -108,7 +108,7 @@ class BatchManager(abc.ABC):
         *,
         one_per_node: bool = False,
         nodes: int | None = None,
-    ) -> subprocess.Popen:
+    ) -> proc.Popen:
         """Start ``ntasks`` copies of ``argv`` in the job; the Popen ends when all have.
 
         Each task finds its rank with ``task_rank()``. ``env`` replaces the environment
@@ -120,7 +120,7 @@ class BatchManager(abc.ABC):
     def run_on_nodes(
         self, job_id: str, nodes: Sequence[str], argv: Sequence[str],
         env: Mapping[str, str] | None = None,
-    ) -> subprocess.Popen:
+    ) -> proc.Popen:
         """Run ``argv`` once on each of ``nodes`` of the job, beside the job's other steps
         (a running multi-node pod holds its CPUs). One host (the default): once here."""
         return self.launch_tasks(job_id, 1, argv, env)

@@ -17,7 +17,6 @@ import os
 import queue
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -119,7 +118,7 @@ class LocalManager(BatchManager):
             # its cluster down: give it the time to finish, as salloc does, before forcing.
             try:
                 child.wait(timeout=60)
-            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            except (proc.TimeoutExpired, KeyboardInterrupt):
                 proc.stop(child)
             raise
         except BaseException:
@@ -159,7 +158,7 @@ class LocalManager(BatchManager):
         *,
         one_per_node: bool = False,
         nodes: int | None = None,
-    ) -> subprocess.Popen:
+    ) -> proc.Popen:
         # one host only: one_per_node and nodes change nothing (full-node clusters here
         # have one VM)
         self._job_dir(job_id)
@@ -208,7 +207,7 @@ class LocalManager(BatchManager):
 # the task runner ----------------------------------------------------------------------------
 def run_tasks(ntasks: int, argv: Sequence[str]) -> int:
     """Run ``ntasks`` copies of ``argv``; end all when one fails; return the first failure."""
-    children: list[subprocess.Popen] = []
+    children: list[proc.Popen] = []
 
     def forward(signum: int, _frame: Any) -> None:
         for child in children:
@@ -223,8 +222,8 @@ def run_tasks(ntasks: int, argv: Sequence[str]) -> int:
             signal.signal(sig, handler)
 
 
-def _start_and_wait(ntasks: int, argv: Sequence[str], children: list[subprocess.Popen]) -> int:
-    finished: queue.Queue[subprocess.Popen] = queue.Queue()
+def _start_and_wait(ntasks: int, argv: Sequence[str], children: list[proc.Popen]) -> int:
+    finished: queue.Queue[proc.Popen] = queue.Queue()
     for rank in range(ntasks):
         env = dict(os.environ, PCOCC_TASK_RANK=str(rank), PCOCC_NTASKS=str(ntasks))
         child = proc.spawn(argv, env=env, stdin=None, stdout=None, stderr=None, new_session=False)
@@ -243,7 +242,7 @@ def _start_and_wait(ntasks: int, argv: Sequence[str], children: list[subprocess.
     return first_failure
 
 
-def _get(finished: queue.Queue) -> subprocess.Popen:
+def _get(finished: queue.Queue) -> proc.Popen:
     # a timeout keeps the main thread responsive to signals while it waits
     while True:
         try:

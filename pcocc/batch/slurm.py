@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import subprocess
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -101,10 +100,7 @@ def srun_one_argv(job_id: str, node: str, argv: Sequence[str]) -> list[str]:
     """``srun`` starting one task of ``argv`` on ``node``, from inside a running step of job
     ``job_id`` (``--overlap``: it shares the resources that step holds); srun's standard
     input reaches the task."""
-    return [
-        "srun", f"--jobid={job_id}", "--overlap", "--nodes=1", "--ntasks=1",
-        f"--nodelist={node}", "--", *argv,
-    ]  # fmt: skip
+    return srun_on_nodes_argv(job_id, [node], argv)
 
 
 def srun_on_nodes_argv(
@@ -332,7 +328,7 @@ class SlurmManager(BatchManager):
         *,
         one_per_node: bool = False,
         nodes: int | None = None,
-    ) -> subprocess.Popen:
+    ) -> proc.Popen:
         return proc.spawn(
             srun_argv(job_id, ntasks, argv, self.srun_options, one_per_node=one_per_node,
                       nodes=nodes),
@@ -344,7 +340,7 @@ class SlurmManager(BatchManager):
     def run_on_nodes(
         self, job_id: str, nodes: Sequence[str], argv: Sequence[str],
         env: Mapping[str, str] | None = None,
-    ) -> subprocess.Popen:
+    ) -> proc.Popen:
         return proc.spawn(srun_on_nodes_argv(job_id, nodes, argv, self.srun_options), env=env,
                           stdout=None, stderr=None)
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import getpass
 import logging
 import os
-import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pcocc import proc
 from pcocc.cluster.definition import ClusterDefinition, VmEntry
 from pcocc.cluster.ports import MachineInfo
 from pcocc.cluster.vmstate import ACCEL_NOTE
@@ -134,7 +134,7 @@ class MachineVm:
             return None
         try:
             return popen.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
+        except proc.TimeoutExpired:
             return None
 
     def save_checkpoint(self, dest: Path) -> Any:

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,7 @@ if TYPE_CHECKING:
 class PopenTasks:
     """:class:`~pcocc.cluster.ports.TaskGroup` over the Popen that ``launch_tasks`` returns."""
 
-    def __init__(self, popen: subprocess.Popen):
+    def __init__(self, popen: proc.Popen):
         self.popen = popen
 
     def poll(self) -> int | None:

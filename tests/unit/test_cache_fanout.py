@@ -68,8 +68,8 @@ def test_send_argv_targets_one_node_of_the_job_with_the_layers_in_order():
     fan = fanout.Fanout("12", 3, 4, "n[1-4]", ["n1", "n2", "n3", "n4"])
     image = _image([b"a"])
     argv = fanout.send_argv(fan, "n2", "dir", image, [image.manifest["layers"][0]["digest"]])
-    assert argv[:6] == ["srun", "--jobid=12", "--overlap", "--nodes=1", "--ntasks=1",
-                        "--nodelist=n2"]  # fmt: skip
+    assert argv[:7] == ["srun", "--jobid=12", "--overlap", "--nodelist=n2", "--nodes=1", "--ntasks=1",
+                        "--ntasks-per-node=1"]  # fmt: skip
     assert argv[-4:] == ["cache-send", "dir", image.manifest_digest,
                          image.manifest["layers"][0]["digest"]]  # fmt: skip
 
