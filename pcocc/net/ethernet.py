@@ -64,11 +64,12 @@ class EthernetNet:
     job_prefix: int = 24
     #: the networks.yaml cidr, when ``cidr`` is a job's subnet of it
     pool: str | None = None
+    #: the job's VXLAN id, taken in the site etcd (:mod:`pcocc.net.netalloc`)
+    vni: int | None = None
 
     def for_job(self, job: int) -> EthernetNet:
-        """The network as job ``job`` sees it: ``cidr`` is the job's subnet, the same on
-        every node (from the job id: jobs whose ids differ by a multiple of the number of
-        subnets share it, which init refuses on a node where both run)."""
+        """The network with the subnet that job ``job`` tries first (from the job id; the
+        subnet it gets is taken in etcd by :func:`pcocc.net.netalloc.job_network`)."""
         pool = ipaddress.IPv4Network(self.pool or self.cidr)
         count = 1 << (self.job_prefix - pool.prefixlen)
         subnet = ipaddress.IPv4Network(
@@ -179,8 +180,8 @@ def table_name(job: int) -> str:
 
 
 def vni(job: int, net_id: int) -> int:
-    """The VXLAN network id of a job's network: the same on every node without talking to
-    each other; distinct for jobs whose ids are less than 2**20 apart."""
+    """The VXLAN network id that a job's network tries first (the one it gets is taken in
+    etcd by :func:`pcocc.net.netalloc.job_network`)."""
     return ((job << 4 | net_id) % VNI_COUNT) + 1
 
 
