@@ -22,7 +22,9 @@ from pcocc import proc
 from pcocc.batch.base import JobSpec
 from pcocc.batch.slurm import SlurmManager
 from pcocc.errors import ConfigError
-from pcocc.net import ethernet, jobsetup
+from pcocc.kv import keys
+from pcocc.kv.client import KvClient
+from pcocc.net import ethernet, jobsetup, netalloc
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: the admin's networks.yaml of the nodes (root's pcocc reads it, never the user's)
@@ -32,8 +34,8 @@ NETWORKS = {"eth": {"type": "ethernet", "cidr": "10.231.0.0/16", "job-prefix": 2
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0, reason="slurmd runs the plugin as root: needs root"),
-    pytest.mark.skipif(bool(devcluster.missing_binaries(with_etcd=False)),
-                       reason="Slurm/munge programs not installed"),
+    pytest.mark.skipif(bool(devcluster.missing_binaries()),
+                       reason="Slurm/munge/etcd programs not installed"),
     pytest.mark.skipif(not Path("/usr/include/slurm/spank.h").exists() or not shutil.which("make"),
                        reason="libslurm-dev/make not installed (run helpers/setup)"),
 ]
@@ -65,9 +67,12 @@ def plugin_cluster():
     # and from the subnets (job id modulo 256) of those that start at job 1
     first = f"FirstJobId={256 * random.randrange(4, 60000) + 128}"
     try:
-        with devcluster.DevCluster(directory / "cluster", nodes=2, with_etcd=False,
+        with devcluster.DevCluster(directory / "cluster", nodes=2, with_etcd=True,
                                    node_netns=True, plugstack=[line],
                                    extra_conf=[first]) as cluster:
+            # root's setup takes VNIs, subnets and ports in the site etcd: the cluster's
+            (etc / "batch.yaml").write_text(yaml.safe_dump({"type": "slurm", "etcd": {
+                "endpoints": [e.split("://")[-1] for e in cluster.etcd.endpoints]}}))
             for node in cluster.nodes:  # the admin's part: reverse NAT needs forwarding
                 proc.run(["ip", "netns", "exec", cluster.netns.netns_name(node), "sysctl",
                           "-qw", "net.ipv4.ip_forward=1"], timeout_s=10)
@@ -145,6 +150,9 @@ def _footprint(cluster, node: str, job: str) -> set[str]:
     for path in (jobsetup.job_dir(int(job), node), jobsetup.info_path(int(job), node)):
         if path.exists():
             found.add(f"file {path}")
+    with KvClient(cluster.etcd.endpoints) as kv:  # what the job holds in the site etcd
+        found |= {f"etcd {key}" for key in netalloc.held(kv, int(job))
+                  if "/nodes/" not in key or f"/nodes/{node}/" in key}
     return found
 
 
@@ -206,7 +214,9 @@ def test_network_lives_as_long_as_the_job_and_scancel_removes_it(plugin_cluster)
     assert {f"nft table inet {ethernet.table_name(int(job))}",
             f"file {jobsetup.info_path(int(job), 'n1')}"} <= found
     assert sum(f.startswith("dnsmasq ") for f in found) == 1
-    assert _footprint(plugin_cluster, "n2", job) == set()  # only where the job runs
+    # only where the job runs (its VNI and subnet in etcd are the whole job's)
+    assert {f for f in _footprint(plugin_cluster, "n2", job) if not f.startswith("etcd ")} \
+        == set()
     state = jobsetup.read_state(int(job), "n1")
     assert state is not None and {"kind": "bridge", "name": _bridge(job)} in state.resources
     # a host port per VM from the range (the lowest ones no other job of the node holds:
@@ -216,6 +226,10 @@ def test_network_lives_as_long_as_the_job_and_scancel_removes_it(plugin_cluster)
     ports = [forwards["eth"][0], forwards["eth"][1]]
     assert ports[0] < ports[1] and all(21000 <= p <= 21099 for p in ports)
     assert {"kind": "ports", "ports": ports} in state.resources
+    # ... and held in the site etcd by the job, with its subnet and VNI
+    assert {f"etcd {keys.node_allocation('n1', 'rnat-port', p)}" for p in ports} \
+        | {f"etcd {keys.net_job_network(int(job), 'eth')}"} <= found
+    assert sum(f.startswith("etcd /pcocc/net/vni/") for f in found) == 1
     proc.run(["scancel", job], env=_env(plugin_cluster), timeout_s=10)
     _wait(lambda: _gone(plugin_cluster, job), f"job {job} to leave the queue")
     assert _footprint(plugin_cluster, "n1", job) == set()
@@ -344,7 +358,8 @@ def test_vms_on_two_nodes_share_an_ethernet_network(plugin_cluster, tmp_path, pc
     from tests.fixtures.cluster import Env, assert_nothing_left
 
     env = Env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts,
-              {"type": "slurm", "etcd": {"mode": "private"}}, plugin_cluster.env())
+              {"type": "slurm", "etcd": {"mode": "private"}},
+              {"SLURM_CONF": plugin_cluster.env()["SLURM_CONF"]})
     system = pcocc_env["system"]
     (system / "networks.yaml").write_text(yaml.safe_dump({"networks": NETWORKS}))
     (system / "resources.yaml").write_text(yaml.safe_dump(
