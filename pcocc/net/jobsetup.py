@@ -333,7 +333,7 @@ def _setup_nft(rec: _Recorder, nets: list[EthernetNet], forwards: dict[str, dict
                peers: list[str]) -> None:
     by_name = {n.name: n for n in nets}
     text = ethernet.nft_ruleset(rec.state.job, nets, ethsetup.forwards_by_net(forwards, by_name),
-                                nets if peers else [])
+                                nets if peers else [], uid=rec.state.uid, peers=peers)
     path = rec.path.parent / "rules.nft"
     fsutil.write_atomic(path, text, 0o600)
     for family in _FAMILIES[:2 if peers else 1]:
