@@ -64,12 +64,14 @@ def setup(session: Session, action: str, job_id: str, user: str) -> None:
     from pcocc.net import jobsetup
 
     job = jobsetup.parse_job_id(job_id)
+    if action == "cleanup":  # the node's devices go first, whatever the files say
+        jobsetup.cleanup(job, os.environ)
     config = load_config(session.system_dir, "/nonexistent/pcocc-no-user-config")
     kv = jobsetup.site_kv_for(config.networks, config.batch.etcd)
     try:
         if action == "init":
             jobsetup.init(job, user, config.networks, os.environ, kv=kv)
-        else:
+        elif kv is not None:  # then what the job holds in the site etcd
             jobsetup.cleanup(job, os.environ, kv=kv)
     finally:
         if kv is not None:

@@ -4,7 +4,6 @@ transactions of several clients (nodes) at once, and release."""
 from __future__ import annotations
 
 import random
-import threading
 
 import pytest
 
@@ -12,6 +11,7 @@ from pcocc.errors import Busy
 from pcocc.kv import keys
 from pcocc.kv.client import KvClient
 from pcocc.net import ethernet, netalloc
+from tests.fixtures.threads import at_once
 
 NET = ethernet.from_config("eth", {"cidr": "10.77.0.0/16", "job-prefix": 24}, 0)
 
@@ -25,25 +25,6 @@ def clients(etcd_server):
         client.close()
 
 
-def _at_once(calls):
-    barrier, results, errors = threading.Barrier(len(calls), timeout=20), {}, []
-
-    def run(i, call):
-        barrier.wait()
-        try:
-            results[i] = call()
-        except Exception as err:  # noqa: BLE001 - reported below
-            errors.append(err)
-
-    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
-    return [results[i] for i in range(len(calls))]
-
-
 def test_two_jobs_set_up_at_once_on_three_nodes_each_hold_different_values(clients):
     # job ids that try the same subnet first (their id modulo the 256 subnets)
     a = 256 * random.randrange(1000, 100000) + 9
@@ -54,7 +35,7 @@ def test_two_jobs_set_up_at_once_on_three_nodes_each_hold_different_values(clien
         net = netalloc.job_network(kv, job, NET)
         return net.cidr, net.vni, netalloc.take_ports(kv, job, name, 23000, 23010, 2)
 
-    out = _at_once([lambda kv=kv, job=job, n=n: node(kv, job, n)
+    out = at_once([lambda kv=kv, job=job, n=n: node(kv, job, n)
                     for kv, (job, n) in zip(clients, [(a, "n1"), (a, "n2"), (a, "n3"),
                                                       (b, "n1"), (b, "n2"), (b, "n3")])])
     job_a, job_b = {o[:2] for o in out[:3]}, {o[:2] for o in out[3:]}

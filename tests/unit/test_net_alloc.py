@@ -12,6 +12,7 @@ from pcocc.errors import Busy, Corrupt
 from pcocc.kv import keys
 from pcocc.net import ethernet, netalloc
 from tests.fixtures.memkv import MemoryKv
+from tests.fixtures.threads import at_once
 
 NET = ethernet.from_config("eth", {"cidr": "10.9.0.0/16", "job-prefix": 24}, 0)
 #: two subnets only
@@ -34,29 +35,11 @@ class RacingKv(MemoryKv):
         return super().create(key, value, also=also)
 
 
-def _in_threads(*calls):
-    results, errors = [None] * len(calls), []
-
-    def run(i, call):
-        try:
-            results[i] = call()
-        except Exception as err:  # noqa: BLE001 - reported below
-            errors.append(err)
-
-    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(20)
-    assert not errors, errors
-    return results
-
-
 def test_two_jobs_that_prefer_the_same_subnet_at_the_same_instant_get_different_ones():
     kv = RacingKv(2)
     # jobs 7 and 7 + 256 both try subnet 7 first (job id modulo the 256 subnets)
-    a, b = _in_threads(lambda: netalloc.job_network(kv, 7, NET),
-                       lambda: netalloc.job_network(kv, 7 + 256, NET))
+    a, b = at_once([lambda: netalloc.job_network(kv, 7, NET),
+                    lambda: netalloc.job_network(kv, 7 + 256, NET)])
     assert a.cidr != b.cidr and a.vni != b.vni
     assert {a.cidr, b.cidr} == {"10.9.7.0/24", "10.9.8.0/24"}
     assert kv.get(keys.net_subnet("eth", a.network.network_address.exploded)) in ("7", "263")
@@ -67,15 +50,15 @@ def test_two_jobs_racing_for_one_vni_get_different_ones():
     # ids VNI_COUNT apart give the same first VNI: the loser takes the next free one
     job_b = 5 + ethernet.VNI_COUNT
     assert ethernet.vni(5, 0) == ethernet.vni(job_b, 0)
-    a, b = _in_threads(lambda: netalloc.job_network(kv, 5, NET),
-                       lambda: netalloc.job_network(kv, job_b, NET))
+    a, b = at_once([lambda: netalloc.job_network(kv, 5, NET),
+                    lambda: netalloc.job_network(kv, job_b, NET)])
     assert a.vni != b.vni
 
 
 def test_the_nodes_of_one_job_agree_on_its_subnet_and_vni():
     kv = RacingKv(3)
     calls = [lambda: netalloc.job_network(kv, 12, NET)] * 3
-    nets = _in_threads(*calls)
+    nets = at_once(calls)
     assert len({(n.cidr, n.vni) for n in nets}) == 1
     assert len(kv.get_prefix(keys.net_vnis_prefix())) == 1
 
