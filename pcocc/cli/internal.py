@@ -64,11 +64,18 @@ def setup(session: Session, action: str, job_id: str, user: str) -> None:
     from pcocc.net import jobsetup
 
     job = jobsetup.parse_job_id(job_id)
-    if action == "init":
-        config = load_config(session.system_dir, "/nonexistent/pcocc-no-user-config")
-        jobsetup.init(job, user, config.networks, os.environ)
-    else:
+    if action == "cleanup":  # the node's devices go first, whatever the files say
         jobsetup.cleanup(job, os.environ)
+    config = load_config(session.system_dir, "/nonexistent/pcocc-no-user-config")
+    kv = jobsetup.site_kv_for(config.networks, config.batch.etcd)
+    try:
+        if action == "init":
+            jobsetup.init(job, user, config.networks, os.environ, kv=kv)
+        elif kv is not None:  # then what the job holds in the site etcd
+            jobsetup.cleanup(job, os.environ, kv=kv)
+    finally:
+        if kv is not None:
+            kv.close()
 
 
 # One task of a multi-node `pcocc run` (see pcocc/cli/internal_ctr.py).

@@ -304,15 +304,25 @@ class KvClient:
             return int(self._etcd.delete_prefix(prefix).deleted)
 
     # transactions -------------------------------------------------------------------------
-    def create(self, key: str, value: bytes | str, *, lease: KvLease | None = None) -> bool:
-        """Write ``key`` only if it does not exist; True if this call created it."""
-        tx = self._etcd.transactions
+    def create(self, key: str, value: bytes | str, *, lease: KvLease | None = None,
+               also: Mapping[str, bytes | str] | None = None) -> bool:
+        """Write ``key`` (and the keys of ``also``) only if none exists, in one
+        transaction; True if this call created them."""
+        tx, items = self._etcd.transactions, {key: value, **(also or {})}
         with self.errors(f"create {key}"):
             ok, _ = self._etcd.transaction(
-                compare=[tx.create(key) == 0],
-                success=[tx.put(key, value, lease=lease.id if lease else None)],
+                compare=[tx.create(k) == 0 for k in items],
+                success=[tx.put(k, v, lease=lease.id if lease else None) for k, v in items.items()],
                 failure=[],
             )
+        return bool(ok)
+
+    def delete_if(self, key: str, value: bytes | str) -> bool:
+        """Delete ``key`` if it holds ``value``; True if this call deleted it."""
+        tx = self._etcd.transactions
+        with self.errors(f"delete {key}"):
+            ok, _ = self._etcd.transaction(
+                compare=[tx.value(key) == value], success=[tx.delete(key)], failure=[])
         return bool(ok)
 
     def replace(self, key: str, old: bytes | str, new: bytes | str) -> None:

@@ -12,6 +12,11 @@ This module is the only place that builds key names::
     /pcocc/users/<user>/clusters/<batchid>/ckpt/request        a checkpoint asked by 'pcocc ckpt'
     /pcocc/users/<user>/clusters/<batchid>/ckpt/<rank>         the VM's answer to it
     /pcocc/nodes/<host>/<kind>/<item>                           privileged per-node allocations
+                                                               (``rnat-port/<port>``: job id)
+    /pcocc/net/vni/<vni>                                        job id holding a VXLAN id
+    /pcocc/net/subnet/<net>/<address>                           job id holding a subnet of <net>
+    /pcocc/net/jobs/<job>/networks/<net>                        {"vni", "subnet"} of the job
+    /pcocc/net/jobs/<job>/nodes/<host>                          a node of the job set up
 
 Prefixes end with ``/`` so that a prefix read or watch of cluster ``1`` never sees cluster
 ``12``. Segments may not contain ``/`` nor be empty, ``.`` or ``..``.
@@ -126,6 +131,41 @@ def node_allocations_prefix(host: str, kind: str) -> str:
 
 def node_allocation(host: str, kind: str, item: str | int) -> str:
     return f"{node_allocations_prefix(host, kind)}{_segment('allocation item', item)}"
+
+
+# ethernet networks (written by root's node setup, see pcocc.net.netalloc) ---------------
+def net_vnis_prefix() -> str:
+    return f"{ROOT}net/vni/"
+
+
+def net_vni(vni: int) -> str:
+    return f"{net_vnis_prefix()}{vni:d}"
+
+
+def net_subnets_prefix(net: str | None = None) -> str:
+    """The subnets taken in network ``net`` (in every network: None)."""
+    base = f"{ROOT}net/subnet/"
+    return base if net is None else f"{base}{_segment('network name', net)}/"
+
+
+def net_subnet(net: str, address: str) -> str:
+    return f"{net_subnets_prefix(net)}{_segment('subnet address', address)}"
+
+
+def net_job_prefix(job: int) -> str:
+    return f"{ROOT}net/jobs/{job:d}/"
+
+
+def net_job_network(job: int, net: str) -> str:
+    return f"{net_job_prefix(job)}networks/{_segment('network name', net)}"
+
+
+def net_job_nodes_prefix(job: int) -> str:
+    return f"{net_job_prefix(job)}nodes/"
+
+
+def net_job_node(job: int, host: str) -> str:
+    return f"{net_job_nodes_prefix(job)}{_segment('host name', host)}"
 
 
 # parsers ----------------------------------------------------------------------------------

@@ -64,11 +64,12 @@ class EthernetNet:
     job_prefix: int = 24
     #: the networks.yaml cidr, when ``cidr`` is a job's subnet of it
     pool: str | None = None
+    #: the job's VXLAN id, taken in the site etcd (:mod:`pcocc.net.netalloc`)
+    vni: int | None = None
 
     def for_job(self, job: int) -> EthernetNet:
-        """The network as job ``job`` sees it: ``cidr`` is the job's subnet, the same on
-        every node (from the job id: jobs whose ids differ by a multiple of the number of
-        subnets share it, which init refuses on a node where both run)."""
+        """The network with the subnet that job ``job`` tries first (from the job id; the
+        subnet it gets is taken in etcd by :func:`pcocc.net.netalloc.job_network`)."""
         pool = ipaddress.IPv4Network(self.pool or self.cidr)
         count = 1 << (self.job_prefix - pool.prefixlen)
         subnet = ipaddress.IPv4Network(
@@ -179,8 +180,8 @@ def table_name(job: int) -> str:
 
 
 def vni(job: int, net_id: int) -> int:
-    """The VXLAN network id of a job's network: the same on every node without talking to
-    each other; distinct for jobs whose ids are less than 2**20 apart."""
+    """The VXLAN network id that a job's network tries first (the one it gets is taken in
+    etcd by :func:`pcocc.net.netalloc.job_network`)."""
     return ((job << 4 | net_id) % VNI_COUNT) + 1
 
 
@@ -222,18 +223,24 @@ def dnsmasq_conf(job: int, net: EthernetNet, ranks: Sequence[int], pid_file: str
 
 def nft_ruleset(job: int, nets: Sequence[EthernetNet],
                 forwards: Sequence[tuple[EthernetNet, int, int]],
-                vxlans: Sequence[EthernetNet]) -> str:
+                vxlans: Sequence[EthernetNet], *, uid: int, peers: Sequence[str] = ()) -> str:
     """The job's nftables tables: outbound NAT (``allow-outbound``), reverse NAT
-    (``forwards``: (network, rank, host port)), and, on the bridges, the gateway kept local
-    to each node (ARP for it and DHCP do not cross the VXLAN: every node serves its VMs)."""
+    (``forwards``: (network, rank, host port); from this node, only for the job's user
+    ``uid`` and root), and, on the bridges, the gateway kept local to each node (ARP for
+    it and DHCP do not cross the VXLAN: every node serves its VMs). The job's VXLAN
+    packets (by VNI) are taken only from ``peers`` (its other nodes) and may be sent by
+    no user's socket, only by the kernel's tunnel: nobody else puts frames on the job's
+    bridges."""
     table = table_name(job)
     # answers of what the rules below let through (reverse NAT, outbound)
     pre, out, post, fwd = [], [], [], ["ct state established,related accept"]
+    l_in, l_out = [], []
     for net, rank, port in forwards:
         assert net.reverse_nat is not None
         target = f"{net.address(rank)}:{net.reverse_nat.vm_port}"
         pre.append(f"tcp dport {port} fib daddr type local dnat ip to {target}")
-        out.append(f"tcp dport {port} fib daddr type local dnat ip to {target}")
+        out.append(f"tcp dport {port} fib daddr type local meta skuid {{ 0, {uid} }}"
+                   f" dnat ip to {target}")
         fwd.append(f"ip daddr {net.address(rank)} tcp dport {net.reverse_nat.vm_port}"
                    f" ct status dnat accept")
     for net in nets:
@@ -246,11 +253,17 @@ def nft_ruleset(job: int, nets: Sequence[EthernetNet],
             fwd.append(f"iifname \"{br}\" ip saddr {net.cidr} accept")
         fwd.append(f"iifname \"{br}\" drop")
         fwd.append(f"oifname \"{br}\" drop")
+    for net in vxlans:  # the VNI is bits 32-55 of the VXLAN header, after UDP's 8 bytes
+        match = f"udp dport {net.vxlan_port} @th,96,24 {net.vni}"
+        l_in.append(f"{match} ip saddr != {{ {', '.join(peers)} }} drop")
+        l_out.append(f"{match} meta skuid != 0 drop")
     text = [f"table inet {table} {{",
             f" chain job_pre {{ type nat hook prerouting priority dstnat; {_rules(pre)} }}",
             f" chain job_out {{ type nat hook output priority -100; {_rules(out)} }}",
             f" chain job_post {{ type nat hook postrouting priority srcnat; {_rules(post)} }}",
             f" chain job_fwd {{ type filter hook forward priority filter; {_rules(fwd)} }}",
+            f" chain job_lin {{ type filter hook input priority filter; {_rules(l_in)} }}",
+            f" chain job_lout {{ type filter hook output priority filter; {_rules(l_out)} }}",
             "}"]
     if vxlans:
         b_in, b_out, b_fwd = [], [], []

@@ -64,7 +64,9 @@ def add_vxlan(job: int, net: EthernetNet, peers: list[str]) -> None:
     """The job's tunnel to its other nodes: every broadcast goes to each peer (static
     flood list, no multicast), unicast follows what the bridge learns."""
     vx = ethernet.vxlan_name(job, net.net_id)
-    argv = ["link", "add", vx, "type", "vxlan", "id", str(ethernet.vni(job, net.net_id)),
+    if net.vni is None:
+        raise ValueError(f"network '{net.name}' has no VNI allocated")
+    argv = ["link", "add", vx, "type", "vxlan", "id", str(net.vni),
             "dstport", str(net.vxlan_port)]
     if net.host_interface:
         argv += ["dev", net.host_interface]
@@ -139,18 +141,8 @@ def delete_link(name: str) -> None:
         _ip("link", "delete", "dev", name, what=f"delete {name}")
 
 
-def free_ports(low: int, high: int, taken: set[int], count: int) -> list[int]:
-    """``count`` ports of [low, high] not in ``taken`` and not bound on this node now."""
-    found: list[int] = []
-    for port in range(low, high + 1):
-        if len(found) == count:
-            break
-        if port not in taken and _bindable(port):
-            found.append(port)
-    return found
-
-
-def _bindable(port: int) -> bool:
+def bindable(port: int) -> bool:
+    """Whether nothing listens on TCP ``port`` of this node now."""
     import socket
 
     with socket.socket() as sock:

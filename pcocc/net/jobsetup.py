@@ -14,28 +14,27 @@ after a crash half-way through init. The state file is JSON: ``{"version": 2, "j
 "pb2a0"}, ...]}``, ordered by creation and removed in reverse. A reader refuses another
 ``version`` or a kind it does not know rather than guessing, and every name in the file is
 checked against the names the job id gives, so a tampered file cannot make cleanup remove
-another device. The host ports of reverse NAT are taken under a lock from the ports that
-the state files of this node do not hold, and published (root-owned, world-readable) in
-``INFO_ROOT/<node>/<jobid>.json`` for the job's VMs (:func:`read_forwards`).
+another device. VXLAN ids, subnets and the host ports of reverse NAT are taken in the site
+etcd (:mod:`pcocc.net.netalloc`) and released by cleanup; the ports are published
+(root-owned, world-readable) in ``INFO_ROOT/<node>/<jobid>.json`` for the job's VMs
+(:func:`read_forwards`).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import pwd
 import re
 import stat
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pcocc import fsutil
-from pcocc.errors import Corrupt, PcoccError, UsageError
-from pcocc.net import ethernet, ethsetup, slurmjob
+from pcocc.errors import Busy, ConfigError, Corrupt, PcoccError, UsageError
+from pcocc.net import ethernet, ethsetup, netalloc, slurmjob
 from pcocc.net.ethernet import EthernetNet
 
 STATE_ROOT = Path("/run/pcocc/jobs")
@@ -207,45 +206,6 @@ def read_state(job: int, node: str, root: Path = STATE_ROOT) -> JobState | None:
         return JobState.parse(f.read(1 << 20), job, node, str(path))
 
 
-@contextmanager
-def _node_lock(root: Path, node: str) -> Iterator[None]:
-    """Serialise the setups of this node (port allocation reads every job's state)."""
-    fd = os.open(node_dir(node, root) / ".lock",
-                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _ports_in_use(root: Path, node: str) -> set[int]:
-    taken: set[int] = set()
-    for entry in os.listdir(node_dir(node, root)):
-        if entry.isdigit():
-            state = read_state(int(entry), node, root)
-            taken |= state.ports if state else set()
-    return taken
-
-
-def _check_subnets(root: Path, node: str, job: int, nets: list[EthernetNet]) -> None:
-    """Refuse a job whose subnet another job of this node has (same address on two
-    bridges)."""
-    for entry in os.listdir(node_dir(node, root)):
-        state = read_state(int(entry), node, root) if entry.isdigit() else None
-        if state is None or state.job == job:
-            continue
-        bridges = {r.get("name") for r in state.resources if r["kind"] == "bridge"}
-        for net in nets:
-            if ethernet.bridge_name(state.job, net.net_id) in bridges \
-                    and net.for_job(state.job).cidr == net.cidr:
-                raise PcoccError(
-                    f"network '{net.name}': job {job} would use subnet {net.cidr}, which job"
-                    f" {state.job} uses on this node",
-                    hint="give the network a larger cidr or a longer job-prefix in"
-                         " networks.yaml (more subnets)")
-
-
 def _remove(res: dict[str, Any], state: JobState, root: Path, info_root: Path) -> None:
     kind = res["kind"]
     directory = job_dir(state.job, state.node, root)
@@ -273,57 +233,66 @@ class _Recorder:
 
 def init(job: int, user: str, networks: Mapping[str, Mapping[str, Any]],
          env: Mapping[str, str], root: Path = STATE_ROOT, info_root: Path = INFO_ROOT,
-         ) -> JobState:
+         kv: netalloc.AllocKv | None = None) -> JobState:
     """Create the job's node state for the ethernet networks of ``networks`` (the admin's
-    networks.yaml); ``env``: the prolog's (node name, Slurm configuration). A previous
-    record of the same job is cleaned up first, so init is safe to repeat."""
+    networks.yaml); ``env``: the prolog's (node name, Slurm configuration); ``kv``: the
+    site etcd. A previous record of the same job is cleaned up first, so init is safe to
+    repeat."""
     _require_root()
     name, uid = resolve_user(user)
-    nets = [n.for_job(job) for n in ethernet.all_from_config(networks)]
+    nets = ethernet.all_from_config(networks)
     node = slurmjob.this_node(env)
     _prepare(root, node)
-    cleanup(job, env, root, info_root)
+    if nets and kv is None:
+        raise ConfigError("networks.yaml defines ethernet networks, whose VXLAN ids, subnets"
+                          " and ports are taken in the site etcd, but batch.yaml names none",
+                          hint="set etcd.endpoints in the system batch.yaml (admin guide,"
+                               " 'Ethernet networks')")
+    cleanup(job, env, root, info_root, kv, whole_job=False)
     ethsetup.check_forwarding(nets)
     sjob = slurmjob.query_job(job, env) if nets else None
     if sjob is not None and sjob.uid != uid:
         raise Corrupt(f"job {job} belongs to uid {sjob.uid} for Slurm, not to {user}")
-    with _node_lock(root, node):
-        os.mkdir(job_dir(job, node, root), 0o700)
-        rec = _Recorder(JobState(job, node, name, uid), root)
-        rec.add(kind="ports", ports=[])  # the record exists before anything is created
-        if sjob is None:
-            return rec.state
-        if sjob.ntasks > ethernet.MAX_VMS:
-            raise UsageError(f"job {job} has {sjob.ntasks} tasks; ethernet networks support"
-                             f" at most {ethernet.MAX_VMS} VMs")
-        _check_subnets(root, node, job, nets)
-        forwards = _take_ports(rec, nets, sjob.ntasks, _ports_in_use(root, node))
+    os.mkdir(job_dir(job, node, root), 0o700)
+    rec = _Recorder(JobState(job, node, name, uid), root)
+    rec.add(kind="ports", ports=[])  # the record exists before anything is created
+    if sjob is None or kv is None:
+        return rec.state
+    if sjob.ntasks > ethernet.MAX_VMS:
+        raise UsageError(f"job {job} has {sjob.ntasks} tasks; ethernet networks support"
+                         f" at most {ethernet.MAX_VMS} VMs")
     try:
+        netalloc.join(kv, job, node)
+        nets = [netalloc.job_network(kv, job, n) for n in nets]
+        forwards = _take_ports(rec, kv, nets, sjob.ntasks)
         peers = [slurmjob.node_address(n, env) for n in sjob.nodes if n != node]
         _publish(rec, forwards, info_root)
         for net in nets:
             _setup_network(rec, net, sjob, peers)
         _setup_nft(rec, nets, forwards, peers)
     except BaseException:
-        cleanup(job, env, root, info_root)  # nothing half made stays; the epilog may not run
+        # nothing half made stays (the epilog may not run); the job's VNIs and subnets are
+        # released by the cleanup of its last node, as another node may be using them
+        cleanup(job, env, root, info_root, kv, whole_job=False)
         raise
     return rec.state
 
 
-def _take_ports(rec: _Recorder, nets: list[EthernetNet], ntasks: int,
-                taken: set[int]) -> dict[str, dict[int, int]]:
-    """A host port per VM for each network with reverse NAT, recorded in the state."""
+def _take_ports(rec: _Recorder, kv: netalloc.AllocKv, nets: list[EthernetNet],
+                ntasks: int) -> dict[str, dict[int, int]]:
+    """A host port per VM for each network with reverse NAT, taken in etcd, then recorded
+    in the state (cleanup releases them in etcd by the job's id, recorded or not)."""
     forwards: dict[str, dict[int, int]] = {}
     mine: list[int] = []
     for net in nets:
         if net.reverse_nat is None:
             continue
         rnat = net.reverse_nat
-        ports = ethsetup.free_ports(rnat.low, rnat.high, taken | set(mine), ntasks)
-        if len(ports) < ntasks:
-            raise PcoccError(f"network '{net.name}': {ntasks} host ports needed, only"
-                             f" {len(ports)} free in {rnat.low}-{rnat.high} on this node",
-                             hint="widen reverse-nat.host-ports in networks.yaml")
+        try:
+            ports = netalloc.take_ports(kv, rec.state.job, rec.state.node, rnat.low,
+                                        rnat.high, ntasks, ethsetup.bindable)
+        except Busy as err:
+            raise Busy(f"network '{net.name}': {err}", hint=err.hint) from None
         mine += ports
         forwards[net.name] = dict(enumerate(ports))
     rec.state.resources[0]["ports"] = mine
@@ -364,7 +333,7 @@ def _setup_nft(rec: _Recorder, nets: list[EthernetNet], forwards: dict[str, dict
                peers: list[str]) -> None:
     by_name = {n.name: n for n in nets}
     text = ethernet.nft_ruleset(rec.state.job, nets, ethsetup.forwards_by_net(forwards, by_name),
-                                nets if peers else [])
+                                nets if peers else [], uid=rec.state.uid, peers=peers)
     path = rec.path.parent / "rules.nft"
     fsutil.write_atomic(path, text, 0o600)
     for family in _FAMILIES[:2 if peers else 1]:
@@ -373,8 +342,11 @@ def _setup_nft(rec: _Recorder, nets: list[EthernetNet], forwards: dict[str, dict
 
 
 def cleanup(job: int, env: Mapping[str, str], root: Path = STATE_ROOT,
-            info_root: Path = INFO_ROOT) -> JobState | None:
-    """Remove what the job's record names, then the record; nothing recorded: nothing done."""
+            info_root: Path = INFO_ROOT, kv: netalloc.AllocKv | None = None,
+            whole_job: bool = True) -> JobState | None:
+    """Remove what the job's record names, then the record; nothing recorded: nothing done.
+    Then release what the job holds in the site etcd ``kv`` for this node (and, with
+    ``whole_job``, for the job when no other node of it remains set up)."""
     _require_root()
     node = slurmjob.this_node(env)
     state = read_state(job, node, root)
@@ -389,7 +361,15 @@ def cleanup(job: int, env: Mapping[str, str], root: Path = STATE_ROOT,
                 (directory / entry).unlink()
         (directory / STATE_FILE).unlink(missing_ok=True)
         os.rmdir(directory)
+    if kv is not None:
+        netalloc.release(kv, job, node, whole_job)
     return state
+
+
+def site_kv_for(networks: Mapping[str, Mapping[str, Any]], etcd: Any) -> Any:
+    """The site etcd client that setup needs for ``networks`` (None without ethernet
+    networks or without a site etcd in batch.yaml, which ``init`` then refuses)."""
+    return netalloc.site_kv(etcd) if ethernet.ethernet_names(networks) else None
 
 
 def read_forwards(job: int, node: str, info_root: Path = INFO_ROOT) -> dict[str, dict[int, int]]:

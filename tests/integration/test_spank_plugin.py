@@ -7,14 +7,10 @@ ends; a job without it gets nothing."""
 from __future__ import annotations
 
 import os
-import random
 import shutil
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import devcluster
 import pytest
 import yaml
 
@@ -22,61 +18,25 @@ from pcocc import proc
 from pcocc.batch.base import JobSpec
 from pcocc.batch.slurm import SlurmManager
 from pcocc.errors import ConfigError
-from pcocc.net import ethernet, jobsetup
+from pcocc.kv import keys
+from pcocc.kv.client import KvClient
+from pcocc.net import ethernet, jobsetup, netalloc
+from tests.fixtures import spank
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 #: the admin's networks.yaml of the nodes (root's pcocc reads it, never the user's)
 NETWORKS = {"eth": {"type": "ethernet", "cidr": "10.231.0.0/16", "job-prefix": 24, "mtu": 1450,
                     "reverse-nat": {"vm-port": 22, "host-ports": "21000-21099"}}}
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="slurmd runs the plugin as root: needs root"),
-    pytest.mark.skipif(bool(devcluster.missing_binaries(with_etcd=False)),
-                       reason="Slurm/munge programs not installed"),
-    pytest.mark.skipif(not Path("/usr/include/slurm/spank.h").exists() or not shutil.which("make"),
-                       reason="libslurm-dev/make not installed (run helpers/setup)"),
+    pytest.mark.skipif(bool(spank.missing()), reason=str(spank.missing())),
 ]
 
 
 @pytest.fixture(scope="module")
 def plugin_cluster():
-    """A netns dev cluster whose plugstack.conf loads the freshly built plugin; ``pcocc=``
-    points at a wrapper that runs this checkout's pcocc (the plugin clears the environment)."""
-    directory = Path(tempfile.mkdtemp(prefix="pcocc-spank-"))
-    os.chmod(directory, 0o755)
-    build = directory / "build"
-    shutil.copytree(REPO_ROOT / "slurm-plugin", build, ignore=shutil.ignore_patterns("*.so"))
-    proc.run(["make", "-C", build], timeout_s=120)
-    proc.run(["make", "-C", build, "install", f"DESTDIR={directory / 'root'}",
-              "PLUGINDIR=/lib"], timeout_s=60)
-    etc = directory / "etc"
-    etc.mkdir()
-    (etc / "networks.yaml").write_text(yaml.safe_dump({"networks": NETWORKS}))
-    wrapper = directory / "pcocc"
-    wrapper.write_text(f"#!/bin/sh\nexport PCOCC_SYSTEM_CONF_DIR={etc}\n"
-                       f"export SLURM_CONF=${{SLURM_CONF:-{directory / 'cluster/slurm.conf'}}}\n"
-                       f"PYTHONPATH={REPO_ROOT} exec "
-                       f"{Path(sys.executable).parent / 'pcocc'} \"$@\"\n")
-    wrapper.chmod(0o755)
-    line = f"required {directory / 'root/lib/pcocc_setup.so'} pcocc={wrapper} timeout=60"
-    # the nodes' state lives in the host's /run/pcocc/jobs/<node>/<job>: job ids of their
-    # own keep this cluster's jobs apart from those of any other dev cluster of the host,
-    # and from the subnets (job id modulo 256) of those that start at job 1
-    first = f"FirstJobId={256 * random.randrange(4, 60000) + 128}"
-    try:
-        with devcluster.DevCluster(directory / "cluster", nodes=2, with_etcd=False,
-                                   node_netns=True, plugstack=[line],
-                                   extra_conf=[first]) as cluster:
-            for node in cluster.nodes:  # the admin's part: reverse NAT needs forwarding
-                proc.run(["ip", "netns", "exec", cluster.netns.netns_name(node), "sysctl",
-                          "-qw", "net.ipv4.ip_forward=1"], timeout_s=10)
-            try:
-                yield cluster
-            finally:  # the epilogs run before slurmd stops: no network outlives the module
-                _drain(cluster)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    with spank.plugin_cluster(NETWORKS) as cluster:
+        yield cluster
 
 
 @pytest.fixture(autouse=True)
@@ -86,24 +46,7 @@ def _no_job_left(plugin_cluster):
     _drain(plugin_cluster)
 
 
-def _drain(cluster) -> None:
-    """Cancel every job of ``cluster`` and wait until they left the queue (a job stays
-    there, COMPLETING, until its epilog, hence the plugin's cleanup, finished)."""
-    queued = lambda: proc.run(["squeue", "-h", "-o", "%i"], env=_env(cluster), check=False,
-                              timeout_s=10).stdout.split()
-    jobs = queued()
-    if jobs:
-        proc.run(["scancel", *jobs], env=_env(cluster), check=False, timeout_s=10)
-        _wait(lambda: not queued(), f"jobs {jobs} to leave the queue", timeout_s=120)
-    # a failed prolog drains its node: give it back (an error when none is drained)
-    proc.run(["scontrol", "update", f"NodeName={','.join(cluster.nodes)}", "State=RESUME"],
-             env=_env(cluster), check=False, timeout_s=10)
-
-
-def _env(cluster) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))}
-    env.update(cluster.env())
-    return env
+_drain, _env, _wait, _gone = spank.drain, spank.env, spank.wait, spank.gone
 
 
 def _submit(cluster, *opts: str, script: str = "sleep 300") -> str:
@@ -145,26 +88,14 @@ def _footprint(cluster, node: str, job: str) -> set[str]:
     for path in (jobsetup.job_dir(int(job), node), jobsetup.info_path(int(job), node)):
         if path.exists():
             found.add(f"file {path}")
+    with KvClient(cluster.etcd.endpoints) as kv:  # what the job holds in the site etcd
+        found |= {f"etcd {key}" for key in netalloc.held(kv, int(job))
+                  if "/nodes/" not in key or f"/nodes/{node}/" in key}
     return found
 
 
 def _bridge(job: str) -> str:
     return ethernet.bridge_name(int(job), 0)
-
-
-def _wait(cond, what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.3)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def _gone(cluster, job: str) -> bool:
-    out = proc.run(["squeue", "-h", "-j", job, "-o", "%T"], env=_env(cluster), check=False,
-                   timeout_s=10).stdout
-    return not out.strip()
 
 
 def _launched(cluster, job: str) -> bool:
@@ -206,7 +137,9 @@ def test_network_lives_as_long_as_the_job_and_scancel_removes_it(plugin_cluster)
     assert {f"nft table inet {ethernet.table_name(int(job))}",
             f"file {jobsetup.info_path(int(job), 'n1')}"} <= found
     assert sum(f.startswith("dnsmasq ") for f in found) == 1
-    assert _footprint(plugin_cluster, "n2", job) == set()  # only where the job runs
+    # only where the job runs (its VNI and subnet in etcd are the whole job's)
+    assert {f for f in _footprint(plugin_cluster, "n2", job) if not f.startswith("etcd ")} \
+        == set()
     state = jobsetup.read_state(int(job), "n1")
     assert state is not None and {"kind": "bridge", "name": _bridge(job)} in state.resources
     # a host port per VM from the range (the lowest ones no other job of the node holds:
@@ -216,6 +149,10 @@ def test_network_lives_as_long_as_the_job_and_scancel_removes_it(plugin_cluster)
     ports = [forwards["eth"][0], forwards["eth"][1]]
     assert ports[0] < ports[1] and all(21000 <= p <= 21099 for p in ports)
     assert {"kind": "ports", "ports": ports} in state.resources
+    # ... and held in the site etcd by the job, with its subnet and VNI
+    assert {f"etcd {keys.node_allocation('n1', 'rnat-port', p)}" for p in ports} \
+        | {f"etcd {keys.net_job_network(int(job), 'eth')}"} <= found
+    assert sum(f.startswith("etcd /pcocc/net/vni/") for f in found) == 1
     proc.run(["scancel", job], env=_env(plugin_cluster), timeout_s=10)
     _wait(lambda: _gone(plugin_cluster, job), f"job {job} to leave the queue")
     assert _footprint(plugin_cluster, "n1", job) == set()
@@ -344,7 +281,8 @@ def test_vms_on_two_nodes_share_an_ethernet_network(plugin_cluster, tmp_path, pc
     from tests.fixtures.cluster import Env, assert_nothing_left
 
     env = Env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts,
-              {"type": "slurm", "etcd": {"mode": "private"}}, plugin_cluster.env())
+              {"type": "slurm", "etcd": {"mode": "private"}},
+              {"SLURM_CONF": plugin_cluster.env()["SLURM_CONF"]})
     system = pcocc_env["system"]
     (system / "networks.yaml").write_text(yaml.safe_dump({"networks": NETWORKS}))
     (system / "resources.yaml").write_text(yaml.safe_dump(

@@ -3,6 +3,8 @@ resolution that marks a job for the Slurm plugin, and the QEMU arguments of the 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from pcocc.batch import slurm
@@ -96,13 +98,21 @@ def test_dnsmasq_serves_each_vm_its_address_and_name_on_the_bridge_only():
 
 
 def test_nft_ruleset_nats_out_and_forwards_host_ports_to_the_vms():
-    text = ethernet.nft_ruleset(42, [FAST], [(FAST, 1, 20003)], [FAST])
+    fast = replace(FAST, vni=77)
+    text = ethernet.nft_ruleset(42, [fast], [(fast, 1, 20003)], [fast], uid=1234,
+                                peers=["10.0.0.2", "10.0.0.3"])
     assert "table inet pcocc_job_42 {" in text
     assert "tcp dport 20003 fib daddr type local dnat ip to 10.200.0.3:22" in text
+    # from the node itself, only the job's user (and root) reach the VM through its port
+    assert "tcp dport 20003 fib daddr type local meta skuid { 0, 1234 } dnat ip to" \
+           " 10.200.0.3:22" in text
+    # the job's VXLAN: from its other nodes only, and from no user's socket
+    assert "udp dport 4789 @th,96,24 77 ip saddr != { 10.0.0.2, 10.0.0.3 } drop" in text
+    assert "udp dport 4789 @th,96,24 77 meta skuid != 0 drop" in text
     assert "ip saddr 10.200.0.0/24 ip daddr != 10.200.0.0/24 masquerade" in text
     assert 'oifname "pv2a1" arp saddr ip 10.200.0.1 drop' in text  # gateway stays local
     closed = ethernet.from_config("c", {"cidr": "10.9.0.0/24"}, 0)
-    text = ethernet.nft_ruleset(7, [closed], [], [])
+    text = ethernet.nft_ruleset(7, [closed], [], [], uid=1234)
     assert "masquerade" not in text and "table bridge" not in text
     assert 'iifname "pb70" drop' in text
 
@@ -182,6 +192,6 @@ def test_answers_of_reverse_nat_and_outbound_connections_pass_the_bridge_drop():
     established connections through before it drops what enters from the bridge."""
     closed = ethernet.from_config("c", {"cidr": "10.9.0.0/24",
                                         "reverse-nat": {"host-ports": "20000-20001"}}, 0)
-    text = ethernet.nft_ruleset(7, [closed], [(closed, 0, 20000)], [])
+    text = ethernet.nft_ruleset(7, [closed], [(closed, 0, 20000)], [], uid=1234)
     fwd = text.split("chain job_fwd")[1]
     assert fwd.index("ct state established,related accept") < fwd.index('iifname "pb70" drop')

@@ -168,18 +168,3 @@ def test_forwards_files_not_written_by_root_for_this_job_are_refused(tmp_path, t
     _forwards_file(tmp_path, text, mode)
     with pytest.raises(Corrupt):
         jobsetup.read_forwards(42, "n1", tmp_path)
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="the state directories are owned by root")
-def test_a_job_whose_subnet_another_job_of_the_node_uses_is_refused(tmp_path):
-    from pcocc.net import ethernet
-
-    root = tmp_path / "jobs"
-    (root / "n1" / "42").mkdir(parents=True)
-    for d in (root, root / "n1", root / "n1" / "42"):
-        d.chmod(0o700)
-    (root / "n1" / "42" / jobsetup.STATE_FILE).write_text(_state())
-    pool = ethernet.from_config("eth", {"cidr": "10.8.0.0/16", "job-prefix": 24}, 0)
-    jobsetup._check_subnets(root, "n1", 43, [pool.for_job(43)])  # 10.8.43.0/24: free
-    with pytest.raises(PcoccError, match="subnet 10.8.42.0/24, which job 42 uses"):
-        jobsetup._check_subnets(root, "n1", 42 + 256, [pool.for_job(42 + 256)])
