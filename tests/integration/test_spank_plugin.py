@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,10 @@ from tests.fixtures import spank
 
 #: the admin's networks.yaml of the nodes (root's pcocc reads it, never the user's)
 NETWORKS = {"eth": {"type": "ethernet", "cidr": "10.231.0.0/16", "job-prefix": 24, "mtu": 1450,
-                    "reverse-nat": {"vm-port": 22, "host-ports": "21000-21099"}}}
+                    "reverse-nat": {"vm-port": 22, "host-ports": "21000-21099"}},
+            # NAT to the outside (the host, for the node namespaces): the VM test's eth1
+            "out": {"type": "ethernet", "cidr": "10.232.0.0/16", "job-prefix": 24,
+                    "mtu": 1450, "allow-outbound": True}}
 
 pytestmark = [
     pytest.mark.slow,
@@ -136,7 +141,7 @@ def test_network_lives_as_long_as_the_job_and_scancel_removes_it(plugin_cluster)
     found = _footprint(plugin_cluster, "n1", job)
     assert {f"nft table inet {ethernet.table_name(int(job))}",
             f"file {jobsetup.info_path(int(job), 'n1')}"} <= found
-    assert sum(f.startswith("dnsmasq ") for f in found) == 1
+    assert sum(f.startswith("dnsmasq ") for f in found) == len(NETWORKS)  # one per network
     # only where the job runs (its VNI and subnet in etcd are the whole job's)
     assert {f for f in _footprint(plugin_cluster, "n2", job) if not f.startswith("etcd ")} \
         == set()
@@ -152,7 +157,7 @@ def test_network_lives_as_long_as_the_job_and_scancel_removes_it(plugin_cluster)
     # ... and held in the site etcd by the job, with its subnet and VNI
     assert {f"etcd {keys.node_allocation('n1', 'rnat-port', p)}" for p in ports} \
         | {f"etcd {keys.net_job_network(int(job), 'eth')}"} <= found
-    assert sum(f.startswith("etcd /pcocc/net/vni/") for f in found) == 1
+    assert sum(f.startswith("etcd /pcocc/net/vni/") for f in found) == len(NETWORKS)
     proc.run(["scancel", job], env=_env(plugin_cluster), timeout_s=10)
     _wait(lambda: _gone(plugin_cluster, job), f"job {job} to leave the queue")
     assert _footprint(plugin_cluster, "n1", job) == set()
@@ -259,7 +264,58 @@ def test_taps_belong_to_the_jobs_user_and_no_other(plugin_cluster):
     _wait(lambda: _gone(plugin_cluster, other), f"job {other} to leave the queue")
 
 
-def _vm_checks(cluster, run_dir: Path) -> str:
+class _Outside:
+    """The outside of the job's nodes: a TCP listener on the host's address on the dev
+    cluster's bridge (every node namespace routes to it); records (peer address, what it
+    sent) of each connection."""
+
+    def __init__(self, address: str):
+        self.sock = socket.create_server((address, 0))
+        self.sock.settimeout(0.5)
+        self.address, self.port = self.sock.getsockname()[:2]
+        self.seen: list[tuple[str, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, peer = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(10)
+                try:
+                    self.seen.append((peer[0], conn.recv(100).decode(errors="replace").strip()))
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+def _outbound_checks(cluster, outside: _Outside) -> str:
+    """-E steps of the VM test for allow-outbound: vm0's eth1 (network ``out``) takes the
+    default route DHCP announces and reaches the outside; the same packets sent through
+    eth0 (network ``eth``, no allow-outbound) must not get out, although the outside knows
+    the way back to eth's subnet (a host route via n1): only n1's rules keep them in."""
+    host, port = outside.address, outside.port
+    eth_net = "10.231.$((SLURM_JOB_ID % 256))"
+    return (f" ip route add {eth_net}.0/24 via {cluster.node_address('n1')};"
+            " pcocc ssh vm0 'ip link set eth1 up; udhcpc -i eth1 -q -n -t 5"
+            " -s /etc/testvm/udhcpc.script; ip -o -4 addr show eth1; ip route' > out-dhcp.txt 2>&1;"
+            f" pcocc ssh vm0 'ping -c 1 -W 10 {host}; echo via-out | nc -w 10 {host} {port}'"
+            " > out-yes.txt 2>&1;"
+            f" pcocc ssh vm0 'ip route add {host}/32 via '{eth_net}.1' dev eth0; ip route;"
+            f" ping -c 2 -W 3 {host}; echo via-eth | nc -w 5 {host} {port};"
+            f" ip route del {host}/32' > out-no.txt 2>&1;"
+            f" ip route del {eth_net}.0/24;")
+
+
+def _vm_checks(cluster, run_dir: Path, outside: _Outside) -> str:
     """-E of the VM test: what each node holds during the job, and the VMs' view (every
     step runs, so that a failure leaves the rest to look at)."""
     dump = "".join(
@@ -271,13 +327,15 @@ def _vm_checks(cluster, run_dir: Path) -> str:
             " pcocc ssh vm0 'ping -c 1 -W 10 vm1' > ping01.txt 2>&1;"
             " pcocc ssh vm1 'ip addr show eth0' > addr1.txt 2>&1;"
             " pcocc ssh vm1 'ping -c 1 -W 10 vm0.pcocc' > ping10.txt 2>&1;"
+            + _outbound_checks(cluster, outside) +
             f" cp -r {run_dir} runcopy; true")
 
 
 def test_vms_on_two_nodes_share_an_ethernet_network(plugin_cluster, tmp_path, pcocc_env,
                                                     pcocc_bin, testvm_artifacts):
     """testvm:2, one VM per node: addresses by DHCP, names by DNS, pings across the VXLAN,
-    pcocc ssh through the reverse NAT (the VMs have no user network); nothing left after."""
+    pcocc ssh through the reverse NAT (the VMs have no user network), the outside reached
+    through the network with allow-outbound only; nothing left after."""
     from tests.fixtures.cluster import Env, assert_nothing_left
 
     env = Env(tmp_path, pcocc_env, pcocc_bin, testvm_artifacts,
@@ -286,12 +344,17 @@ def test_vms_on_two_nodes_share_an_ethernet_network(plugin_cluster, tmp_path, pc
     system = pcocc_env["system"]
     (system / "networks.yaml").write_text(yaml.safe_dump({"networks": NETWORKS}))
     (system / "resources.yaml").write_text(yaml.safe_dump(
-        {"resource-sets": {"tiny": {"cores": 1, "memory": "256M", "networks": ["eth"]}}}))
+        {"resource-sets": {"tiny": {"cores": 1, "memory": "256M",
+                                    "networks": ["eth", "out"]}}}))
     templates = yaml.safe_load((system / "templates.yaml").read_text())
     templates["templates"]["testvm"]["append"] += " testvm.net=dhcp"
     (system / "templates.yaml").write_text(yaml.safe_dump(templates))
-    res = env.run("alloc", "-N", "2", "--ntasks-per-node", "1", "-E",
-                  _vm_checks(plugin_cluster, env.run_dir), "testvm:2")
+    outside = _Outside(plugin_cluster.netns.host_address)
+    try:
+        res = env.run("alloc", "-N", "2", "--ntasks-per-node", "1", "-E",
+                      _vm_checks(plugin_cluster, env.run_dir, outside), "testvm:2")
+    finally:
+        outside.close()
     assert res.returncode == 0, res.stderr[-3000:]
     tmp, job = env.tmp, (env.tmp / "job").read_text().strip()
     tag = f"{int(job):x}0"
@@ -306,6 +369,17 @@ def test_vms_on_two_nodes_share_an_ethernet_network(plugin_cluster, tmp_path, pc
     assert "1 packets received" in (tmp / "ping01.txt").read_text()
     assert "1 packets received" in (tmp / "ping10.txt").read_text()
     assert net.address(1) in (tmp / "ping01.txt").read_text()  # vm1 resolved by dnsmasq
+    # allow-outbound: a default route by DHCP, masquerading to the outside on n1
+    out = ethernet.from_config("out", NETWORKS["out"], 1).for_job(int(job))
+    dhcp = (tmp / "out-dhcp.txt").read_text()
+    assert f"inet {out.address(0)}/24" in dhcp and f"default via {out.gateway}" in dhcp, dhcp
+    assert "1 packets received" in (tmp / "out-yes.txt").read_text()
+    n1_rules = (tmp / "n1.txt").read_text()
+    assert f"ip saddr {out.cidr} ip daddr != {out.cidr} masquerade" in n1_rules
+    assert f"ip saddr {net.cidr}" not in n1_rules  # eth: no masquerade, no forward out
+    # the outside saw vm0 once, through out, as n1 (masqueraded); never through eth
+    assert outside.seen == [(plugin_cluster.node_address("n1"), "via-out")], outside.seen
+    assert " 0 packets received" in (tmp / "out-no.txt").read_text()
     env.wait_job_gone(job)
     for node in ("n1", "n2"):
         assert _footprint(plugin_cluster, node, job) == set()
