@@ -222,3 +222,40 @@ def test_a_file_system_without_hole_search_is_read_whole(tmp_path, monkeypatch):
         assert qcow2write.data_clusters(fd, 8 * CL) == [3]
     finally:
         os.close(fd)
+
+
+def fsyncs_by_inode(monkeypatch) -> dict[int, int]:
+    """Count the fsyncs of each inode from now on."""
+    real, counts = os.fsync, {}
+
+    def counting(fd):
+        ino = os.fstat(fd).st_ino
+        counts[ino] = counts.get(ino, 0) + 1
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    return counts
+
+
+def test_raw_import_fsyncs_the_blob_once(tmp_path, repos, monkeypatch):
+    """qcow2write fsyncs what it wrote and says so to the store, which does not fsync it
+    a second time."""
+    src = tmp_path / "disk.raw"
+    make_sparse(src, 4 << 20, {CL: os.urandom(2 * CL)})
+    counts = fsyncs_by_inode(monkeypatch)
+    meta = ops.import_image(repos, f"raw:{src}", "img")
+    (layer,) = meta.vm_layers().layers
+    blob = repos.get("user").blob_path(layer.digest)
+    assert counts.get(blob.stat().st_ino) == 1
+
+
+def test_a_written_blob_not_synced_by_its_writer_is_fsynced(tmp_path, repos, monkeypatch):
+    """A download hashed as it arrived (no fsync of its own) is still made durable."""
+    repo = repos.get("user")
+    with repo.staging() as st:
+        f = st / "b"
+        f.write_bytes(b"abc")
+        ino = f.stat().st_ino
+        counts = fsyncs_by_inode(monkeypatch)
+        digest = repo.store_hashed_blob(f, "sha256:" + hashlib.sha256(b"abc").hexdigest())
+    assert counts.get(ino) == 1 and repo.blob_path(digest).read_bytes() == b"abc"
