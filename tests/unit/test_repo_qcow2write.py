@@ -259,3 +259,25 @@ def test_a_written_blob_not_synced_by_its_writer_is_fsynced(tmp_path, repos, mon
         counts = fsyncs_by_inode(monkeypatch)
         digest = repo.store_hashed_blob(f, "sha256:" + hashlib.sha256(b"abc").hexdigest())
     assert counts.get(ino) == 1 and repo.blob_path(digest).read_bytes() == b"abc"
+
+
+def test_the_scan_reads_only_the_start_of_data_clusters(tmp_path, monkeypatch):
+    """Data is read whole once, by the write; the scan that decides the layout reads the
+    start of each cluster, and all of it only when that start is zero."""
+    src = tmp_path / "src.raw"
+    late = bytes(1000) + b"late data"  # its cluster starts with zeros
+    make_sparse(src, 64 * CL, {0: os.urandom(32 * CL), 40 * CL: late, 50 * CL: bytes(CL)})
+    real, read = os.preadv, []
+
+    def counting(fd, buffers, pos):
+        n = real(fd, buffers, pos)
+        read.append(n)
+        return n
+
+    monkeypatch.setattr(qcow2write.os, "preadv", counting)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        assert qcow2write.data_clusters(fd, 64 * CL) == [*range(32), 40]
+    finally:
+        os.close(fd)
+    assert sum(read) <= 32 * 4096 + 2 * CL  # clusters 40 and 50 are read whole
