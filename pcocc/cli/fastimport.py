@@ -14,7 +14,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from pcocc.cli.fastrun import _GLOBAL, _options
+from pcocc.cli.fastrun import _GLOBAL, _options, skip_exit_collection
 
 if TYPE_CHECKING:
     from pcocc.cli.session import Session
@@ -85,4 +85,5 @@ def fast_import(argv: list[str]) -> int | None:
                       verbose=glob.get("verbose", 0))
     run_import(session, opts["source"], opts["dest"], opts.get("fmt"),
                opts.get("description", ""))
+    skip_exit_collection()  # committed: nothing is left open or unwritten
     return 0

@@ -32,10 +32,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def finish(status: int) -> None:
-    """Exit with ``status``. After a ``pcocc run`` (:func:`pcocc.cli.fastrun.skip_exit_collection`),
-    flush the standard streams, run the atexit handlers and ``os._exit``: the interpreter's
-    teardown of every module and object (~10-25 ms of a warm run) is spared. Every file of
-    the pod is closed and its record written before; the runtime has ended."""
+    """Exit with ``status``. After a ``pcocc run`` or a click-free ``image import``
+    (:func:`pcocc.cli.fastrun.skip_exit_collection`), flush the standard streams, run the
+    atexit handlers and ``os._exit``: the interpreter's teardown of every module and object
+    (~10-30 ms) is spared. Every file of the pod is closed and its record written before,
+    the runtime has ended; an import has committed and removed its staging directory."""
     fastrun = sys.modules.get("pcocc.cli.fastrun")
     threading = sys.modules.get("threading")
     if (fastrun is None or not fastrun.exit_collection_skipped()

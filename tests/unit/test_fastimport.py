@@ -3,13 +3,15 @@ command it runs imports a raw image without importing click."""
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import sys
 
 import click
 import pytest
 
-from pcocc.cli import fastimport
+from pcocc.cli import fastimport, fastrun
 from pcocc.cli.app import cli
 from pcocc.cli.image import import_ as import_command
 
@@ -106,8 +108,13 @@ def test_raw_import_runs_without_click(tmp_path, monkeypatch, capsys):
     src.write_bytes(os.urandom(1 << 20))
     for name in [m for m in sys.modules if m == "click" or m.startswith("click.")]:
         monkeypatch.setitem(sys.modules, name, None)  # importing it raises ImportError
+    exit_hooks = []
+    monkeypatch.setattr(fastrun, "_exit_hook", [])
+    monkeypatch.setattr(atexit, "register", exit_hooks.append)
     status = run_cli(["--user-config", str(tmp_path / "conf"), "--system-config",
                       str(tmp_path / "none"), "image", "import", "-t", "raw", str(src), "d"])
     assert status == 0
     assert capsys.readouterr().err.startswith("imported mine:d@0 (")
     assert list((tmp_path / "repo" / "data").rglob("*"))
+    # committed and cleaned up: the interpreter's teardown is skipped (pcocc.cli.main.finish)
+    assert fastrun.exit_collection_skipped() and exit_hooks == [gc.freeze]
