@@ -76,14 +76,9 @@ def fast_import(argv: list[str]) -> int | None:
     if parsed is None:
         return None
     glob, opts = parsed
-    from pcocc.cli.session import Session, config_dirs, setup_logging
+    from pcocc.cli.session import click_free_session
 
-    setup_logging(glob.get("debug", False), glob.get("verbose", 0), glob.get("quiet", False))
-    system_dir, user_dir = config_dirs(glob.get("system_config"), glob.get("user_config"))
-    session = Session(system_dir=system_dir, user_dir=user_dir,
-                      debug=glob.get("debug", False), quiet=glob.get("quiet", False),
-                      verbose=glob.get("verbose", 0))
-    run_import(session, opts["source"], opts["dest"], opts.get("fmt"),
+    run_import(click_free_session(glob), opts["source"], opts["dest"], opts.get("fmt"),
                opts.get("description", ""))
     skip_exit_collection()  # committed: nothing is left open or unwritten
     return 0
