@@ -93,23 +93,14 @@ def fast_fetch(argv: list[str]) -> int | None:
     if parsed is None:
         return None
     glob, opts = parsed
-    from pcocc.cli.session import Session, config_dirs, setup_logging
+    from pcocc.cli.session import click_free_session
 
-    setup_logging(glob.get("debug", False), glob.get("verbose", 0), glob.get("quiet", False))
-    system_dir, user_dir = config_dirs(glob.get("system_config"), glob.get("user_config"))
-    session = Session(
-        system_dir=system_dir,
-        user_dir=user_dir,
-        debug=glob.get("debug", False),
-        quiet=glob.get("quiet", False),
-        verbose=glob.get("verbose", 0),
-        security_args=(
-            (*glob.get("insecure_options", ()),
-             *(("image",) if glob.get("insecure_skip_verify") else ())),
-            glob.get("trust_keys_from_https", False),
-            glob.get("data_dir") or "",
-        ),
-    )
+    session = click_free_session(glob, (
+        (*glob.get("insecure_options", ()),
+         *(("image",) if glob.get("insecure_skip_verify") else ())),
+        glob.get("trust_keys_from_https", False),
+        glob.get("data_dir") or "",
+    ))
     signature = opts.get("signature")
     run_fetch(session, opts["ref"], Path(signature) if signature else None,
               opts.get("labels", ()), opts.get("no_store", False),

@@ -206,23 +206,12 @@ def fast_run(argv: list[str]) -> int | None:
     from pcocc import timing
 
     timing.mark("run: interpreter started, command line parsed")
-    from pcocc.cli.session import Session, config_dirs, setup_logging
+    from pcocc.cli.session import click_free_session
     from pcocc.ctr.pod import run_request
 
     timing.mark("run: imported")
 
-    debug = glob.get("debug", False)
-    verbose = glob.get("verbose", 0)
-    quiet = glob.get("quiet", False)
-    setup_logging(debug, verbose, quiet)
-    system_dir, user_dir = config_dirs(glob.get("system_config"), glob.get("user_config"))
-    session = Session(
-        system_dir=system_dir,
-        user_dir=user_dir,
-        debug=debug,
-        quiet=quiet,
-        verbose=verbose,
-    )
+    session = click_free_session(glob)
     request = build_request(run, run_side=session.security.run_side)
     if any(may_be_remote(image) for image, _ in request.apps):
         return None

@@ -152,21 +152,10 @@ def import_(session: Session, source: str, dest: str, fmt: str | None,
     docker://REGISTRY/NAME[:TAG], docker-archive:FILE, docker-daemon:NAME, oci:DIR[:TAG],
     oci-archive:FILE, dir:DIR, and Singularity images (simg/sif, or a .sif/.simg file).
     """
-    from pcocc import timing
-    from pcocc.cli.progress import progress_bar
-    from pcocc.repo import ops
+    from pcocc.cli.fastimport import run_import
 
-    timing.mark("import: command line parsed", started="import: process started")
-    tls_verify = _tls_verify(insecure_options)
-    with progress_bar("importing", enabled=session.show_progress) as report:
-        meta = ops.import_image(_repos(session), source, dest, fmt=fmt,
-                                description=description, progress=report,
-                                tls_verify=tls_verify,
-                                allow_backing_in_repo=allow_backing_in_repo)
-    timing.mark("import: committed")
-    if not session.quiet:
-        click.echo(f"imported {meta.repo}:{meta.name}@{meta.revision} ({meta.short_id})",
-                   err=True)
+    run_import(session, source, dest, fmt, description, _tls_verify(insecure_options),
+               allow_backing_in_repo)
 
 
 @image.command("export")

@@ -2,10 +2,11 @@
 
 Command groups live in their own modules and are imported only when used (the table is
 :mod:`pcocc.cli.commands`), so that ``pcocc --help`` stays fast; the click group itself lives
-in :mod:`pcocc.cli.app`, imported by :func:`run_cli` only, so that ``pcocc --version`` and
-a warm ``pcocc run`` (:mod:`pcocc.cli.fastrun`) do not even import click. This is the only
-place that turns errors into messages and exit statuses (0 ok, 1 operation failed, 2 usage
-or configuration error, 130 interrupted).
+in :mod:`pcocc.cli.app`, imported by :func:`run_cli` only, so that ``pcocc --version``, a
+warm ``pcocc run`` (:mod:`pcocc.cli.fastrun`), ``pcocc image fetch`` and ``image import``
+(:mod:`pcocc.cli.fastfetch`, :mod:`pcocc.cli.fastimport`) do not even import click. This is
+the only place that turns errors into messages and exit statuses (0 ok, 1 operation failed,
+2 usage or configuration error, 130 interrupted).
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def finish(status: int) -> None:
-    """Exit with ``status``. After a ``pcocc run`` (:func:`pcocc.cli.fastrun.skip_exit_collection`),
-    flush the standard streams, run the atexit handlers and ``os._exit``: the interpreter's
-    teardown of every module and object (~10-25 ms of a warm run) is spared. Every file of
-    the pod is closed and its record written before; the runtime has ended."""
+    """Exit with ``status``. After a ``pcocc run`` or a click-free ``image import``
+    (:func:`pcocc.cli.fastrun.skip_exit_collection`), flush the standard streams, run the
+    atexit handlers and ``os._exit``: the interpreter's teardown of every module and object
+    (~10-30 ms) is spared. Every file of the pod is closed and its record written before,
+    the runtime has ended; an import has committed and removed its staging directory."""
     fastrun = sys.modules.get("pcocc.cli.fastrun")
     threading = sys.modules.get("threading")
     if (fastrun is None or not fastrun.exit_collection_skipped()
@@ -65,6 +67,10 @@ def run_cli(argv: list[str]) -> int:
             from pcocc.cli.fastfetch import fast_fetch
 
             status = fast_fetch(argv)
+        if status is None and "import" in argv:
+            from pcocc.cli.fastimport import fast_import
+
+            status = fast_import(argv)
         return _run_click(argv) if status is None else status
     except PcoccError as e:
         if debug:

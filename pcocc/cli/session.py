@@ -103,3 +103,16 @@ def setup_logging(debug: bool, verbose: int, quiet: bool) -> None:
     root = logging.getLogger("pcocc")
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def click_free_session(glob: dict[str, Any], security_args: tuple[tuple[str, ...], bool, str]
+                       = ((), False, "")) -> Session:
+    """The session of the global options ``glob`` as a click-free path parsed them (the
+    click parameters' names: debug, verbose, quiet, system_config, user_config), with
+    logging set up as the click group does."""
+    debug, verbose, quiet = (glob.get("debug", False), glob.get("verbose", 0),
+                             glob.get("quiet", False))
+    setup_logging(debug, verbose, quiet)
+    system_dir, user_dir = config_dirs(glob.get("system_config"), glob.get("user_config"))
+    return Session(system_dir=system_dir, user_dir=user_dir, debug=debug, quiet=quiet,
+                   verbose=verbose, security_args=security_args)

@@ -41,6 +41,8 @@ _COPIED = 1 << 63
 _HEADER_LENGTH = 104
 _ZERO = bytes(CLUSTER)
 _READ = 4 << 20  # bytes read (and hashed) at a time
+_PROBE = 512  # bytes read first of each cluster by the scan
+_ZERO_PROBE = bytes(_PROBE)
 _BUFFERS = 6  # read buffers going round between the writer and the hasher
 
 
@@ -52,22 +54,32 @@ def supported(size: int) -> bool:
 
 def data_clusters(fd: int, size: int) -> list[int]:
     """Indices of the guest clusters of the raw file ``fd`` (``size`` bytes) that hold a
-    non-zero byte, ascending. Holes are skipped without reading them."""
+    non-zero byte, ascending. Holes are skipped without reading them; in the data extents,
+    the first bytes of each cluster are read, and the rest only when they are all zero (a
+    cluster of data is known by its start, so the scan reads little of it: the whole of it
+    is read once, to be written)."""
     found: list[int] = []
-    buf = bytearray(_READ)
+    probe = bytearray(_PROBE)
+    whole = bytearray(CLUSTER)
     pos = 0
     for start, end in _extents(fd, size):
         pos = max(pos, start - start % CLUSTER)
         stop = min(size, -(-end // CLUSTER) * CLUSTER)
         while pos < stop:
-            n = os.preadv(fd, [memoryview(buf)[:min(_READ, stop - pos)]], pos)
+            n = os.preadv(fd, [probe], pos)
             if n <= 0:
                 raise OSError(f"short read at byte {pos} of a {size}-byte disk")
-            for i in range(0, n, CLUSTER):
-                if not buf.startswith(_ZERO[:min(CLUSTER, n - i)], i):
-                    found.append((pos + i) >> CLUSTER_BITS)
-            pos += n
+            if not probe.startswith(_ZERO_PROBE if n == _PROBE else _ZERO[:n]) or (
+                    n == _PROBE and _has_data(fd, whole, pos, min(CLUSTER, size - pos))):
+                found.append(pos >> CLUSTER_BITS)
+            pos += CLUSTER
     return found
+
+
+def _has_data(fd: int, buf: bytearray, pos: int, length: int) -> bool:
+    """Whether the ``length`` bytes at ``pos`` hold a non-zero byte."""
+    n = os.preadv(fd, [memoryview(buf)[:length]], pos)
+    return not buf.startswith(_ZERO[:n])
 
 
 def _extents(fd: int, size: int) -> Iterator[tuple[int, int]]:

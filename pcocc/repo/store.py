@@ -58,10 +58,10 @@ class BlobSink:
     def __call__(self, path: Path, expected_digest: str | None = None) -> str:
         return self._repo.store_blob(path, expected_digest)
 
-    def add_written(self, path: Path, digest: str) -> str:
+    def add_written(self, path: Path, digest: str, *, synced: bool) -> str:
         """Store ``path``, which its writer hashed to ``digest`` as it wrote it (see
-        :meth:`Repository.store_hashed_blob`)."""
-        return self._repo.store_hashed_blob(path, digest)
+        :meth:`Repository.store_hashed_blob`); ``synced``: the writer fsynced it."""
+        return self._repo.store_hashed_blob(path, digest, synced=synced)
 
     def has_blob(self, digest: str) -> bool:
         return self._repo.has_blob(digest)
@@ -283,11 +283,15 @@ class Repository:
             raise os_error(err, f"cannot store blob in repository '{self.name}'") from err
         return digest
 
-    def store_hashed_blob(self, path: Path, digest: str) -> str:
+    def store_hashed_blob(self, path: Path, digest: str, *, synced: bool = False) -> str:
         """:meth:`store_blob` of a file we wrote ourselves into :meth:`staging` (private:
         nobody else can change it) and hashed while writing it: ``digest`` is taken as its
-        digest, so it is fsynced and moved without being read again."""
+        digest, so it is fsynced and moved without being read again. ``synced``: its writer
+        fsynced it after its last write (the writer says so, nothing here guesses it), so
+        it is only moved."""
         digest_hex(digest)  # Corrupt when malformed
+        if synced:
+            return self._place(path, digest)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:

@@ -178,7 +178,8 @@ def import_vm(path: Path, fmt: str | None, origin: str, staging: Path, add_blob:
                 and qcow2write.supported(info.virtual_size)):
             digest = _write_raw(src, path, info.virtual_size, out, progress)
             size = out.stat().st_size
-            layer = BlobRef(add_written(out, digest), size, QCOW2_MEDIA_TYPE)
+            # qcow2write.write fsyncs what it wrote: the store need not do it again
+            layer = BlobRef(add_written(out, digest, synced=True), size, QCOW2_MEDIA_TYPE)
             return fmt, VmLayers([layer], info.virtual_size)
         try:
             qemu_img.convert(opts, out, "qcow2", progress=progress, what=os.fspath(path),

@@ -222,3 +222,62 @@ def test_a_file_system_without_hole_search_is_read_whole(tmp_path, monkeypatch):
         assert qcow2write.data_clusters(fd, 8 * CL) == [3]
     finally:
         os.close(fd)
+
+
+def fsyncs_by_inode(monkeypatch) -> dict[int, int]:
+    """Count the fsyncs of each inode from now on."""
+    real, counts = os.fsync, {}
+
+    def counting(fd):
+        ino = os.fstat(fd).st_ino
+        counts[ino] = counts.get(ino, 0) + 1
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    return counts
+
+
+def test_raw_import_fsyncs_the_blob_once(tmp_path, repos, monkeypatch):
+    """qcow2write fsyncs what it wrote and says so to the store, which does not fsync it
+    a second time."""
+    src = tmp_path / "disk.raw"
+    make_sparse(src, 4 << 20, {CL: os.urandom(2 * CL)})
+    counts = fsyncs_by_inode(monkeypatch)
+    meta = ops.import_image(repos, f"raw:{src}", "img")
+    (layer,) = meta.vm_layers().layers
+    blob = repos.get("user").blob_path(layer.digest)
+    assert counts.get(blob.stat().st_ino) == 1
+
+
+def test_a_written_blob_not_synced_by_its_writer_is_fsynced(tmp_path, repos, monkeypatch):
+    """A download hashed as it arrived (no fsync of its own) is still made durable."""
+    repo = repos.get("user")
+    with repo.staging() as st:
+        f = st / "b"
+        f.write_bytes(b"abc")
+        ino = f.stat().st_ino
+        counts = fsyncs_by_inode(monkeypatch)
+        digest = repo.store_hashed_blob(f, "sha256:" + hashlib.sha256(b"abc").hexdigest())
+    assert counts.get(ino) == 1 and repo.blob_path(digest).read_bytes() == b"abc"
+
+
+def test_the_scan_reads_only_the_start_of_data_clusters(tmp_path, monkeypatch):
+    """Data is read whole once, by the write; the scan that decides the layout reads the
+    start of each cluster, and all of it only when that start is zero."""
+    src = tmp_path / "src.raw"
+    late = bytes(1000) + b"late data"  # its cluster starts with zeros
+    make_sparse(src, 64 * CL, {0: os.urandom(32 * CL), 40 * CL: late, 50 * CL: bytes(CL)})
+    real, read = os.preadv, []
+
+    def counting(fd, buffers, pos):
+        n = real(fd, buffers, pos)
+        read.append(n)
+        return n
+
+    monkeypatch.setattr(qcow2write.os, "preadv", counting)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        assert qcow2write.data_clusters(fd, 64 * CL) == [*range(32), 40]
+    finally:
+        os.close(fd)
+    assert sum(read) <= 32 * 4096 + 2 * CL  # clusters 40 and 50 are read whole
