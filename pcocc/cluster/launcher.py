@@ -90,6 +90,8 @@ class LaunchSettings:
     switch_argv: list[str] | None = None
     #: how long the teardown waits for the node processes to end on their own
     release_timeout_s: float = 20.0
+    #: variables for the node processes only (the definition), not for the command
+    node_env: dict[str, str] = field(default_factory=dict)
 
 
 class Launcher:
@@ -166,7 +168,7 @@ class Launcher:
         placement = {"one_per_node": True} if self.definition.full_node else {}
         if self._tasks is None:
             self._tasks = self.batch.launch_tasks(
-                self.s.batchid, n, self.s.node_argv, env, **placement
+                self.s.batchid, n, self.s.node_argv, {**env, **self.s.node_env}, **placement
             )
         timing.mark("launcher: node processes spawned")
         self.report(f"booting {n} VM{'s' if n > 1 else ''}")

@@ -198,16 +198,29 @@ class Machine(BootSteps):
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
+    def start(self) -> None:
+        """Prepare the run directory and start QEMU, without waiting for the guest
+        (:meth:`launch` then waits); the caller meanwhile does what the guest needs not."""
+        try:
+            self._prepare()
+            self._start_qemu()
+        except BaseException as err:
+            self._keep_logs = isinstance(err, VmBootError)
+            self.shutdown()
+            raise
+
     def launch(self) -> None:
-        """Prepare the run directory, start QEMU and wait until the guest is up.
+        """Start QEMU (unless :meth:`start` did) and wait until the guest is up.
 
         :raise VmBootError: QEMU failed or the guest did not come up in time; the message
             names the console log and the accelerator
         """
+        if self.process is None:
+            self.start()
         try:
-            self._prepare()
             for attempt in range(PORT_ATTEMPTS):
-                self._start_qemu()
+                if attempt:
+                    self._start_qemu()
                 try:
                     self._wait_until_up()
                     self._pin()
