@@ -61,6 +61,10 @@ def run_cli(argv: list[str]) -> int:
         from pcocc.cli.fastrun import fast_run
 
         status = fast_run(argv)
+        if status is None and argv[:1] == ["ssh"]:
+            from pcocc.cli.fastssh import fast_ssh
+
+            status = fast_ssh(argv)
         if status is None and "fetch" in argv:
             from pcocc.cli.fastfetch import fast_fetch
 

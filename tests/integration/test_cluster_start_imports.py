@@ -40,3 +40,34 @@ def test_the_node_process_reaches_qemu_without_the_etcd_client_or_jsonschema():
     assert {"pcocc.cluster.node", "pcocc.vm.machine", "pcocc.kv.connect"} <= mods
     assert not {m for m in mods if m.split(".")[0] in NODE_LOADS_AFTER_QEMU
                 or m in NODE_LOADS_AFTER_QEMU}
+
+
+def test_ssh_in_the_cluster_job_loads_no_click_config_or_etcd_client(tmp_path):
+    """`pcocc ssh vmN` in the -E command: ssh on the launcher's files (pcocc.cli.fastssh)."""
+    from pcocc.cluster.sshkeys import prepare_ssh_files
+    from pcocc.cluster.vmstate import VmRecord
+
+    import base64
+
+    key = "ssh-ed25519 " + base64.b64encode(b"\0\0\0\x0bssh-ed25519\0\0\0\x20" + b"k" * 32).decode()
+    (tmp_path / "7").mkdir(mode=0o700, parents=True)
+    tmp_path.chmod(0o700)
+    prepare_ssh_files(tmp_path / "7", "7", {0: VmRecord(
+        rank=0, host="n1", status="running", node_pid=1, ssh_port=4022, address="127.0.0.1",
+        host_key=key)})
+    mods = _modules_after(
+        "import os\n"
+        f"os.environ.update(PCOCC_RUN_DIR={str(tmp_path)!r}, PCOCC_JOB_ID='7')\n"
+        "import sys\n"
+        "from pcocc import proc\n"
+        "def exec_ssh(argv):  # what ssh would replace: the modules loaded until then\n"
+        "    print(' '.join(sorted(sys.modules)), flush=True)\n"
+        "    os._exit(0)\n"
+        "proc.replace_process = exec_ssh\n"
+        "from pcocc.cli.main import run_cli\n"
+        "run_cli(['ssh', 'vm0', 'true'])\n"
+    )
+    assert (tmp_path / "7" / "ssh_config").exists() and "pcocc.cli.fastssh" in mods
+    assert not {m for m in mods if m.split(".")[0] in ("click", "yaml", "jsonschema", "etcd3",
+                                                       "grpc", "http")}
+    assert not {m for m in mods if m.startswith(("pcocc.kv", "pcocc.config", "pcocc.cluster"))}
