@@ -26,9 +26,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pcocc import proc, timing
-from pcocc.cluster import checkpoint, ckptrestore, keptlogs, rundir
+from pcocc.cluster import ckptrestore, keptlogs, rundir
 from pcocc.cluster.definition import ClusterDefinition, VmEntry
 from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S
 from pcocc.cluster.ports import Kv, Lease, VmHandle
@@ -253,6 +254,8 @@ class NodeProcess:
     def _supervise(self, vm: VmHandle) -> int:
         """Wait for QEMU to exit or the launcher's definition to vanish; answer the
         checkpoint requests meanwhile."""
+        from pcocc.cluster import checkpoint  # once QEMU runs (issue 18)
+
         user, batchid = self.s.user, self.s.batchid
 
         def check(snapshot: dict[str, str]) -> tuple[str, object] | None:
@@ -285,9 +288,12 @@ class NodeProcess:
         self._report_failure(STOPPED, f"QEMU {proc.ended(status)}")
         return 1
 
-    def _checkpoint(self, vm: VmHandle, request: checkpoint.Request) -> bool:
-        """Save the VM for ``request``, then stop it (True) or resume it, as decided."""
+    def _checkpoint(self, vm: VmHandle, request: Any) -> bool:
+        """Save the VM for ``request`` (a checkpoint.Request), then stop it (True) or resume
+        it, as decided."""
         from dataclasses import replace
+
+        from pcocc.cluster import checkpoint
 
         self._ckpt_done = request.id
         key = keys.ckpt_report(self.s.user, self.s.batchid, self.s.rank)
