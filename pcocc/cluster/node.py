@@ -1,7 +1,7 @@
 """``pcocc internal run``: the node process of one VM.
 
-It reads the cluster definition from etcd, builds and starts the VM of its rank in a private
-run dir, publishes the VM's state under a lease kept alive while QEMU runs (so a dead node
+It takes the cluster definition from the launcher (see :mod:`pcocc.cluster.noderun`; else
+from etcd), builds and starts the VM of its rank in a private run dir, publishes the VM's state under a lease kept alive while QEMU runs (so a dead node
 process makes its VM disappear from etcd), publishes ``address:port`` of each listening
 forward, ssh and public ones (``rnat/<rank>/<guest port>``, on the node's address that the
 other nodes reach, see :func:`pcocc.cluster.noderun.node_address`; private forwards have no
