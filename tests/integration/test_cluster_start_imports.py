@@ -16,6 +16,12 @@ def test_the_cluster_job_module_leaves_the_vm_machinery_unloaded():
     assert not mods & set(LAUNCHER_NEEDS_NOT)
 
 
+def test_resolving_the_networks_of_a_definition_leaves_yaml_unloaded():
+    """alloc resolves the networks of every definition; yaml is for private-network seeds."""
+    mods = _modules_after("import pcocc.net.resolve, pcocc.cluster.jobs")
+    assert "pcocc.net.private" in mods and "yaml" not in mods
+
+
 def test_the_vm_package_still_offers_its_names():
     mods = _modules_after("from pcocc.vm import Machine, SeedSpec, VmSpec; import pcocc.vm as v;"
                           " assert v.build_argv and v.VmBootError and v.HostKey and v.Drive")
