@@ -77,3 +77,24 @@ def test_ssh_in_the_cluster_job_loads_no_click_config_or_etcd_client(tmp_path):
     assert not {m for m in mods if m.split(".")[0] in ("click", "yaml", "jsonschema", "etcd3",
                                                        "grpc", "http")}
     assert not {m for m in mods if m.startswith(("pcocc.kv", "pcocc.config", "pcocc.cluster"))}
+
+
+def test_the_launcher_and_node_processes_start_without_click(tmp_path):
+    """`internal run` / `internal launcher` as pcocc writes them (pcocc.cli.fastinternal)."""
+    for command, target in ((["internal", "run"], "pcocc.cluster.noderun.run_node"),
+                            (["-v", "internal", "launcher", "-E", "true"],
+                             "pcocc.cluster.jobs.run_launcher")):
+        module, _, name = target.rpartition(".")
+        mods = _modules_after(
+            "import os, sys, importlib\n"
+            f"os.environ.update(PCOCC_SYSTEM_CONF_DIR={str(tmp_path)!r},"
+            f" PCOCC_USER_CONF_DIR={str(tmp_path)!r})\n"
+            f"m = importlib.import_module({module!r})\n"
+            "def reached(*args, **kwargs):\n"
+            "    print(' '.join(sorted(sys.modules)), flush=True)\n"
+            "    os._exit(0)\n"
+            f"setattr(m, {name!r}, reached)\n"
+            "from pcocc.cli.main import run_cli\n"
+            f"run_cli({command!r})\n"
+        )
+        assert "pcocc.cli.fastinternal" in mods and "click" not in mods, command
