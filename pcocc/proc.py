@@ -201,6 +201,19 @@ def spawn(
             logf.close()
 
 
+def replace_process(argv: Sequence[str]) -> None:
+    """Run ``argv`` in place of this process (``exec``: its exit status is ours); returns
+    only when the program cannot be started (ToolMissing, ToolError)."""
+    args = _argv(argv)
+    exe = which(args[0]) if os.sep not in args[0] else args[0]
+    log.debug("exec: %s", shlex.join(args))
+    try:
+        os.execv(exe, args)
+    except OSError as err:
+        raise ToolError(f"cannot run {args[0]}: {err.strerror}", argv=args, returncode=-1,
+                        stderr="") from err
+
+
 def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     """Signal the process group that ``spawn``/``run`` created (never our own group)."""
     try:

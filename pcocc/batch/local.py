@@ -7,7 +7,8 @@ holding ``pid``, ``status`` (exit status, once finished), ``cancelled``, ``scrip
 
 Tasks are started by a small runner (``python -m pcocc.batch.local --tasks N -- argv``) that
 plays srun's part: it gives each task ``PCOCC_TASK_RANK``, ends every task as soon as one
-fails, forwards SIGTERM/SIGINT, and exits with the first failing status.
+fails, forwards SIGTERM/SIGINT, and exits with the first failing status. A single task
+needs none of that: it is started directly.
 """
 
 from __future__ import annotations
@@ -164,6 +165,12 @@ class LocalManager(BatchManager):
         self._job_dir(job_id)
         task_env = dict(os.environ if env is None else env)
         task_env[JOB_ID_VAR] = str(job_id)
+        if ntasks == 1:
+            # nothing to coordinate: the task itself, in a session of its own, without the
+            # runner's Python start (a tenth of a second before a cluster's VM starts); a
+            # signalled task's status is negative, as for any Popen
+            task_env.update(PCOCC_TASK_RANK="0", PCOCC_NTASKS="1")
+            return proc.spawn(list(argv), env=task_env, stdout=None, stderr=None)
         runner = [sys.executable, "-m", "pcocc.batch.local", "--tasks", str(ntasks), "--", *argv]
         return proc.spawn(runner, env=task_env, stdout=None, stderr=None)
 

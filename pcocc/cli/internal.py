@@ -33,7 +33,7 @@ def launcher(session: Session, command: str | None, hold: bool) -> None:
 @pass_session
 def run(session: Session, rank: int | None, job_id: str | None, restore: str | None) -> None:
     """Run the VM of one rank until the cluster ends."""
-    from pcocc.cluster.jobs import run_node
+    from pcocc.cluster.noderun import run_node
 
     exit_with(run_node(session.config, rank, job_id, restore))
 

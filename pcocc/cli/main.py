@@ -63,6 +63,14 @@ def run_cli(argv: list[str]) -> int:
         from pcocc.cli.fastrun import fast_run
 
         status = fast_run(argv)
+        if status is None and "internal" in argv[:4]:
+            from pcocc.cli.fastinternal import fast_internal
+
+            status = fast_internal(argv)
+        if status is None and argv[:1] == ["ssh"]:
+            from pcocc.cli.fastssh import fast_ssh
+
+            status = fast_ssh(argv)
         if status is None and "fetch" in argv:
             from pcocc.cli.fastfetch import fast_fetch
 

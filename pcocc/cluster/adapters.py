@@ -110,6 +110,9 @@ class MachineVm:
         #: etcd records the node process publishes under its lease before the launch
         self.kv_entries = dict(nics.kv_entries) if nics is not None else {}
 
+    def start(self) -> None:
+        self.machine.start()
+
     def launch(self) -> MachineInfo:
         self.machine.launch()
         # real paths: the /proc/self/fd/N forms of long ones only work inside this process

@@ -21,7 +21,9 @@ class PopenTasks:
         self.popen = popen
 
     def poll(self) -> int | None:
-        return self.popen.poll()
+        """The exit status, 128+N when signal N ended it (as srun and the runner say)."""
+        status = self.popen.poll()
+        return 128 - status if status is not None and status < 0 else status
 
     def stop(self, timeout_s: float = 10.0) -> None:
         proc.stop(self.popen, timeout_s=timeout_s)

@@ -20,7 +20,7 @@ from pcocc.cluster import adapters, batchadapter, earlynodes, rundir, vmsettings
 from pcocc.cluster.definition import ClusterDefinition, build_definition
 from pcocc.cluster.launcher import Launcher, LaunchSettings
 from pcocc.cluster.lease import lease_ttl_s
-from pcocc.cluster.node import NodeProcess, NodeSettings
+from pcocc.cluster.noderun import DEFINITION_VAR, decode_definition, encode_definition
 from pcocc.cluster.ports import AllocRequest
 from pcocc.cluster.record import MAX_NAME
 from pcocc.cluster.stored import check_settings
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFINITION_VAR = "PCOCC_CLUSTER_DEFINITION"
 #: the checkpoint directory the launcher's VMs restore from (``alloc``/``batch -r DIR``)
 RESTORE_VAR = "PCOCC_RESTORE_CKPT"
 BOOT_TIMEOUT_VAR = "PCOCC_BOOT_TIMEOUT"
@@ -159,20 +158,6 @@ def host_script_command(value: str) -> str:
             " e.g. -E 'hostname -f'",
         )
     return value
-
-
-def encode_definition(definition: ClusterDefinition) -> str:
-    return base64.b64encode(definition.to_json().encode()).decode()
-
-
-def decode_definition(text: str) -> ClusterDefinition:
-    try:
-        raw = base64.b64decode(text.encode(), validate=True).decode()
-    except (ValueError, UnicodeDecodeError) as err:
-        raise UsageError(f"{DEFINITION_VAR} is not a pcocc cluster definition") from err
-    definition = ClusterDefinition.from_json(raw)
-    check_settings(definition)
-    return definition
 
 
 #: ends the here-document that carries a ``batch -b`` script (never a line of base64)
@@ -321,7 +306,7 @@ def run_launcher(
             f"no cluster definition ({DEFINITION_VAR} is not set)",
             hint="'pcocc internal launcher' is started by 'pcocc alloc' or 'pcocc batch'",
         )
-    definition = decode_definition(text)
+    definition = decode_definition(text, check=False)  # checked below, nodes started
     os.umask(0o077)  # run files, sockets, logs, the private etcd: for this user only
     batch = batchadapter.batch_manager(config)
     batchid = batch.job_id_from_env(os.environ)
@@ -332,6 +317,7 @@ def run_launcher(
     cluster_dir = rundir.cluster_dir(batchid)
     env = {k: v for k, v in os.environ.items() if k not in (DEFINITION_VAR, RESTORE_VAR)}
     restore = os.environ.get(RESTORE_VAR)
+    node_env = {DEFINITION_VAR: text}  # QEMU starts before etcd is used (see noderun)
     node_argv = [*selfcmd.module_argv(), *log_args]
     switch_argv = [*node_argv, "internal", "vswitch"]
     node_argv += ["internal", "run", *(["--restore", restore] if restore else [])]
@@ -340,7 +326,8 @@ def run_launcher(
             tasks = None
             if earlynodes.can_start_early(batch, definition, config.batch.etcd, env):
                 tasks = stack.enter_context(earlynodes.early_tasks(
-                    batch, definition, batchid, node_argv, env, cluster_dir))
+                    batch, definition, batchid, node_argv, {**env, **node_env}, cluster_dir))
+            check_settings(definition)  # while the nodes start: they take it from us
             kv_env = stack.enter_context(connect.etcd_for_job(
                 cluster_dir, env, user, config.batch.etcd, batch.controller_hosts))
             env.update(kv_env)
@@ -357,65 +344,12 @@ def run_launcher(
                 remove_run_dir=False,
                 lease_ttl_s=ttl_s,
                 switch_argv=switch_argv,
+                node_env=node_env,
                 job_name=fields.one_line(batch.job_name_from_env(env), MAX_NAME),
             )
             return Launcher(kv, batch, definition, settings, report=report, tasks=tasks).run()
     finally:
         rundir.remove_cluster_dir(batchid)
-
-
-def node_address(endpoints: str, env: Mapping[str, str]) -> str:
-    """The address this node binds the VM's forwards on and publishes: the one it reaches
-    etcd from (the other nodes reach etcd too), or ``$PCOCC_NODE_ADDRESS``."""
-    from pcocc.netaddr import ADDRESS_VAR, reachable_address
-
-    return reachable_address(endpoints.split(","), env.get(ADDRESS_VAR))
-
-
-def run_node(
-    config: Config, rank: int | None, job_id: str | None, restore: str | None = None
-) -> int:
-    """``pcocc internal run``: the node process of one VM (restored from the checkpoint
-    directory ``restore`` when given)."""
-    timing.mark("node: imported, configuration loaded", started="node: process started")
-    from pathlib import Path
-
-    os.umask(0o077)  # the VM's run files, sockets and logs: for this user only
-    rank = rank if rank is not None else batchadapter.task_rank(os.environ)
-    if rank is None:
-        raise UsageError("no VM rank: give --rank or run as a task of the launcher")
-    batchid = job_id or os.environ.get("PCOCC_JOB_ID")
-    if not batchid:
-        raise UsageError("no cluster id: give --job or set PCOCC_JOB_ID")
-    endpoints, early = earlynodes.node_endpoints(config.batch.etcd, batchid)
-    if not endpoints:
-        raise UsageError(
-            f"no etcd to use: {ENDPOINTS_VAR} is not set",
-            hint="'pcocc internal run' is started by 'pcocc internal launcher'",
-        )
-    address = node_address(endpoints, os.environ)
-    # the node processes share the launcher's stderr: their etcd outage lines say who speaks
-    kv = connect.open_kv(endpoints, config.batch.etcd, label=f"vm{rank}")
-    timing.mark("node: etcd client ready (etcd3 imported, logged in)")
-    try:
-        node = NodeProcess(
-            kv,
-            NodeSettings(
-                user=adapters.user_name(),
-                batchid=batchid,
-                rank=rank,
-                lease_ttl_s=lease_ttl_s(os.environ),
-                address=address,
-                restore=Path(restore) if restore else None,
-                definition_wait_s=earlynodes.AWAIT_TIMEOUT_S if early else 0.0,
-            ),
-            adapters.machine_factory(
-                config, batchid, kv, address, restore=Path(restore) if restore else None
-            ),
-        )
-        return node.run()
-    finally:
-        kv.close()
 
 
 def run_vswitch(config: Config, batchid: str, net: str) -> int:

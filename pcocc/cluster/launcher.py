@@ -38,6 +38,7 @@ from pcocc.cluster.failures import (
 from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S
 from pcocc.cluster.ports import Batch, Kv, Lease, TaskGroup
 from pcocc.cluster.record import ClusterRecord
+from pcocc.cluster.sshkeys import prepare_ssh_files
 from pcocc.signals import Interrupted, deferred_signals, raising_on_signals
 from pcocc.cluster.state import ClusterLifecycle, ClusterState
 from pcocc.cluster.vmstate import (
@@ -90,6 +91,8 @@ class LaunchSettings:
     switch_argv: list[str] | None = None
     #: how long the teardown waits for the node processes to end on their own
     release_timeout_s: float = 20.0
+    #: variables for the node processes only (the definition), not for the command
+    node_env: dict[str, str] = field(default_factory=dict)
 
 
 class Launcher:
@@ -166,7 +169,7 @@ class Launcher:
         placement = {"one_per_node": True} if self.definition.full_node else {}
         if self._tasks is None:
             self._tasks = self.batch.launch_tasks(
-                self.s.batchid, n, self.s.node_argv, env, **placement
+                self.s.batchid, n, self.s.node_argv, {**env, **self.s.node_env}, **placement
             )
         timing.mark("launcher: node processes spawned")
         self.report(f"booting {n} VM{'s' if n > 1 else ''}")
@@ -175,7 +178,9 @@ class Launcher:
         self._booted = True
         self.lifecycle.to(ClusterState.RUNNING)
         self._report_notes()
-        self.report(f"cluster {self.s.batchid} is running: " + ", ".join(self._vm_places()))
+        self.report(f"cluster {self.s.batchid} is running: " + ", ".join(
+            f"{rec.name}@{rec.place}" for _, rec in sorted(self._seen.items())))
+        prepare_ssh_files(rundir.cluster_dir(self.s.batchid), self.s.batchid, self._seen)
         return self._run_command(env)
 
     # -- boot -----------------------------------------------------------------------------
@@ -311,9 +316,6 @@ class Launcher:
                 by_note.setdefault(str(note), []).append(rec.name)
         for note, names in by_note.items():
             log.warning("%s: %s", ", ".join(names), note)
-
-    def _vm_places(self) -> list[str]:
-        return [f"{rec.name}@{rec.place}" for _, rec in sorted(self._seen.items())]
 
     # -- the user's command -----------------------------------------------------------------
     def _run_command(self, env: dict[str, str]) -> int:

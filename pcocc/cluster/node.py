@@ -1,10 +1,10 @@
 """``pcocc internal run``: the node process of one VM.
 
-It reads the cluster definition from etcd, builds and starts the VM of its rank in a private
-run dir, publishes the VM's state under a lease kept alive while QEMU runs (so a dead node
+It takes the cluster definition from the launcher (see :mod:`pcocc.cluster.noderun`; else
+from etcd), builds and starts the VM of its rank in a private run dir, publishes the VM's state under a lease kept alive while QEMU runs (so a dead node
 process makes its VM disappear from etcd), publishes ``address:port`` of each listening
 forward, ssh and public ones (``rnat/<rank>/<guest port>``, on the node's address that the
-other nodes reach, see :func:`pcocc.cluster.jobs.node_address`; private forwards have no
+other nodes reach, see :func:`pcocc.cluster.noderun.node_address`; private forwards have no
 listener, see :mod:`pcocc.net.user`), and stops QEMU and cleans up when QEMU exits, when
 the launcher's definition key vanishes, on SIGTERM (srun or scancel stopping the step), or
 when its lease is lost because etcd did not answer for longer than the lease TTL.
@@ -16,6 +16,7 @@ Meanwhile it answers the checkpoint requests of ``pcocc ckpt`` (see
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -25,9 +26,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pcocc import proc, timing
-from pcocc.cluster import checkpoint, ckptrestore, keptlogs, rundir
+from pcocc.cluster import ckptrestore, keptlogs, rundir
 from pcocc.cluster.definition import ClusterDefinition, VmEntry
 from pcocc.cluster.lease import DEFAULT_LEASE_TTL_S
 from pcocc.cluster.ports import Kv, Lease, VmHandle
@@ -85,6 +87,9 @@ class NodeSettings:
     #: how long to wait for the launcher to publish the definition (a node process started
     #: before it: see pcocc.cluster.earlynodes); 0: it must be there
     definition_wait_s: float = 0.0
+    #: the cluster's definition, when the node process got it from the launcher (then QEMU
+    #: starts before etcd is used: see run()); None: read from etcd first
+    definition: ClusterDefinition | None = None
 
 
 def generate_host_key(vm_dir: Path, name: str) -> Path:
@@ -129,6 +134,8 @@ class NodeProcess:
             node=settings.node,
         )
         self._lease: Lease | None = None
+        #: what run() holds until it ends (the lease, once taken)
+        self._held: contextlib.ExitStack | None = None
         self._def_key = keys.cluster_definition(settings.user, settings.batchid)
         #: the id of the last checkpoint request this node answered
         self._ckpt_done: str | None = None
@@ -136,16 +143,21 @@ class NodeProcess:
         self.stop_requested = threading.Event()
 
     def run(self) -> int:
-        """Run the VM until it stops or we are told to; 0 when stopped on request."""
-        definition = self._read_definition()
-        timing.mark("node: definition read from etcd")
+        """Run the VM until it stops or we are told to; 0 when stopped on request.
+
+        With the definition given (``settings.definition``), QEMU starts before etcd is
+        first used (unless the VM registers entries there first: private networks): the
+        etcd client's import and login overlap the guest's boot. The node checks then that
+        the launcher published that very definition, and publishes its record."""
+        given = self.s.definition
+        definition = given or self._read_definition()
+        timing.mark("node: definition read")
         entry = definition.vm(self.s.rank)
         vm_dir = rundir.vm_dir(self.s.batchid, self.s.rank)
         vm: VmHandle | None = None
         try:
-            with raising_on_signals(), self.kv.lease(self.s.lease_ttl_s) as lease:
-                self._lease = lease
-                self._publish()
+            with raising_on_signals(), contextlib.ExitStack() as held:
+                self._held = held
                 try:
                     host_key = None
                     if self.s.restore is not None:
@@ -157,10 +169,16 @@ class NodeProcess:
                     vm = self.make_vm(definition, entry, vm_dir, host_key)
                     timing.mark("node: VM settings built (image, accelerator probe)")
                     self.record.console_log = vm.console_log
-                    self._publish()
                     # e.g. the VM's ports on private networks, registered before QEMU sends
-                    for key, value in getattr(vm, "kv_entries", {}).items():
-                        self.kv.put(key, value, lease)
+                    kv_entries = getattr(vm, "kv_entries", {})
+                    start = getattr(vm, "start", None)
+                    if given is not None and not kv_entries and start is not None:
+                        start()
+                    if given is not None:
+                        self._check_published(given)
+                    self._publish()
+                    for key, value in kv_entries.items():
+                        self.kv.put(key, value, self._lease)
                     info = vm.launch()
                     from pcocc.net.jobsetup import vm_forwards
 
@@ -188,7 +206,7 @@ class NodeProcess:
                         self.kv.put(
                             keys.rnat(self.s.user, self.s.batchid, self.s.rank, guest),
                             f"{published}:{host_port}",
-                            lease,
+                            self._lease,
                         )
                     return self._supervise(vm)
                 except Interrupted as err:
@@ -217,7 +235,7 @@ class NodeProcess:
             rundir.remove_tree(vm_dir)
             rundir.remove_empty_parents(vm_dir)
 
-    def _read_definition(self) -> ClusterDefinition:
+    def _read_definition(self, check: bool = True) -> ClusterDefinition:
         deadline = time.monotonic() + self.s.definition_wait_s
         text = self.kv.get(self._def_key)
         while text is None and time.monotonic() < deadline:
@@ -229,12 +247,15 @@ class NodeProcess:
                 hint="'pcocc internal run' is started by 'pcocc internal launcher'",
             )
         definition = ClusterRecord.from_json(text, self._def_key, self.s.batchid).definition
-        check_settings(definition)  # the validation of the user's configuration files
+        if check:
+            check_settings(definition)  # the validation of the user's configuration files
         return definition
 
     def _supervise(self, vm: VmHandle) -> int:
         """Wait for QEMU to exit or the launcher's definition to vanish; answer the
         checkpoint requests meanwhile."""
+        from pcocc.cluster import checkpoint  # once QEMU runs (issue 18)
+
         user, batchid = self.s.user, self.s.batchid
 
         def check(snapshot: dict[str, str]) -> tuple[str, object] | None:
@@ -267,9 +288,12 @@ class NodeProcess:
         self._report_failure(STOPPED, f"QEMU {proc.ended(status)}")
         return 1
 
-    def _checkpoint(self, vm: VmHandle, request: checkpoint.Request) -> bool:
-        """Save the VM for ``request``, then stop it (True) or resume it, as decided."""
+    def _checkpoint(self, vm: VmHandle, request: Any) -> bool:
+        """Save the VM for ``request`` (a checkpoint.Request), then stop it (True) or resume
+        it, as decided."""
         from dataclasses import replace
+
+        from pcocc.cluster import checkpoint
 
         self._ckpt_done = request.id
         key = keys.ckpt_report(self.s.user, self.s.batchid, self.s.rank)
@@ -355,8 +379,25 @@ class NodeProcess:
             pass
 
     def _publish(self) -> None:
+        """Put this VM's record, under the node's lease (taken on the first publish)."""
+        if self._lease is None:
+            assert self._held is not None, "publish only while run() holds the VM"
+            self._lease = self._held.enter_context(self.kv.lease(self.s.lease_ttl_s))
         self.kv.put(
             keys.vm_state(self.s.user, self.s.batchid, self.s.rank),
             self.record.to_json(),
             self._lease,
         )
+
+    def _check_published(self, definition: ClusterDefinition) -> None:
+        """The launcher published ``definition`` (this node's, from its environment): the
+        cluster lives, and the node builds the VM the others see.
+
+        :raise PcoccError: etcd holds another definition for this cluster
+        """
+        if self._read_definition(check=False).to_json() != definition.to_json():
+            raise PcoccError(
+                f"cluster {self.s.batchid}: the definition in etcd differs from the one"
+                " this node process was started with",
+                hint="is another launcher using this cluster id?",
+            )

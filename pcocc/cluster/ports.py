@@ -127,7 +127,9 @@ class VmHandle(Protocol):
     console_log: str
 
     def launch(self) -> MachineInfo:
-        """Start QEMU and block until the guest answers; raise PcoccError otherwise."""
+        """Start QEMU (unless ``start()`` did) and block until the guest answers; raise
+        PcoccError otherwise. A handle may also have ``start()``: QEMU starts, nothing waits
+        (the node process then does its etcd work while the guest boots)."""
         ...
 
     def wait(self, timeout_s: float | None) -> int | None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from pcocc import fields, proc
 from pcocc.cluster.vmstate import RUNNING, VmRecord
-from pcocc.errors import Corrupt
+from pcocc.errors import Corrupt, PcoccError
 from pcocc.fsutil import write_atomic
+
+log = logging.getLogger(__name__)
 
 
 def user_key_path() -> Path:
@@ -114,6 +117,16 @@ def _ssh_host(host: str) -> str:
     import socket
 
     return "127.0.0.1" if host in (socket.gethostname(), "localhost") else host
+
+
+def prepare_ssh_files(directory: Path, batchid: str, vms: dict[int, VmRecord]) -> None:
+    """The launcher's :func:`write_ssh_files` once every VM runs, so that ``pcocc ssh`` in
+    its command finds them ready (:mod:`pcocc.cli.fastssh`); a problem is left for
+    ``pcocc ssh`` to report, which writes them again from etcd."""
+    try:
+        write_ssh_files(directory, batchid, vms)
+    except (PcoccError, OSError) as err:
+        log.debug("no ssh files prepared for cluster %s: %s", batchid, err)
 
 
 def write_ssh_files(directory: Path, batchid: str, vms: dict[int, VmRecord]) -> Path:

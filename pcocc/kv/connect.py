@@ -88,6 +88,41 @@ class EtcdKv:
         )
 
 
+class LazyKv:
+    """A :class:`~pcocc.cluster.ports.Kv` that connects on first use, through ``opener``.
+
+    A node process starts its QEMU before it needs etcd: the gRPC client's import, the
+    login (and the wait for a private etcd) then overlap the guest's boot."""
+
+    def __init__(self, opener: Callable[[], Any]):
+        self._opener = opener
+        self._kv: Any = None
+        #: why the opener failed: said again at once, not waited for again
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def _client(self) -> Any:
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+            if self._kv is None:
+                try:
+                    self._kv = self._opener()
+                except Exception as err:
+                    self._error = err
+                    raise
+            return self._kv
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._client(), name)
+
+    def close(self) -> None:
+        if self._kv is not None:
+            self._kv.close()
+
+
 def _decoded(raw: Mapping[str, bytes]) -> dict[str, str]:
     # undecodable bytes stay visible (as surrogates) to the record parsers, which refuse
     # them naming the key, instead of failing the whole read

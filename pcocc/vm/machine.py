@@ -44,7 +44,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from pcocc import daemon, fsutil, proc, timing
 from pcocc.vm import display, virtiofs
@@ -54,7 +54,6 @@ from pcocc.vm.agent import GuestAgent
 from pcocc.vm.bootsteps import BootSteps, PortTaken, VmBootError
 from pcocc.vm.pinning import Pinning
 from pcocc.vm.qemu import Drive, VmSpec, build_argv
-from pcocc.vm.qmp import QmpClient
 from pcocc.vm.rundir import (
     AGENT_SOCKET,
     CONSOLE_LOG,
@@ -65,6 +64,9 @@ from pcocc.vm.rundir import (
     SEED,
 )
 from pcocc.vm.seed import SeedSpec, build_seed
+
+if TYPE_CHECKING:  # QMP's client loads asyncio: after QEMU started (issue 18)
+    from pcocc.vm.qmp import QmpClient
 
 log = logging.getLogger(__name__)
 
@@ -198,16 +200,29 @@ class Machine(BootSteps):
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
+    def start(self) -> None:
+        """Prepare the run directory and start QEMU, without waiting for the guest
+        (:meth:`launch` then waits); the caller meanwhile does what the guest needs not."""
+        try:
+            self._prepare()
+            self._start_qemu()
+        except BaseException as err:
+            self._keep_logs = isinstance(err, VmBootError)
+            self.shutdown()
+            raise
+
     def launch(self) -> None:
-        """Prepare the run directory, start QEMU and wait until the guest is up.
+        """Start QEMU (unless :meth:`start` did) and wait until the guest is up.
 
         :raise VmBootError: QEMU failed or the guest did not come up in time; the message
             names the console log and the accelerator
         """
+        if self.process is None:
+            self.start()
         try:
-            self._prepare()
             for attempt in range(PORT_ATTEMPTS):
-                self._start_qemu()
+                if attempt:
+                    self._start_qemu()
                 try:
                     self._wait_until_up()
                     self._pin()
@@ -345,6 +360,8 @@ class Machine(BootSteps):
     # -- use ------------------------------------------------------------------------------
     def qmp(self, timeout_s: float = 10.0) -> QmpClient:
         """A connected QMP client (use it as a context manager)."""
+        from pcocc.vm.qmp import QmpClient
+
         client = QmpClient(self.qmp_socket, name=self.base_spec.name, timeout_s=timeout_s)
         try:
             client.connect()
@@ -383,6 +400,8 @@ class Machine(BootSteps):
         """
         if self.process is not None:
             if self.process.poll() is None:
+                from pcocc.vm.qmp import QmpClient
+
                 try:
                     with QmpClient(self.qmp_socket, timeout_s=min(timeout_s, 3.0)) as qmp:
                         qmp.quit()

@@ -48,3 +48,17 @@ def test_cancel_of_a_finished_job_does_nothing(tmp_path):
     assert manager.wait(job_id, timeout_s=30) == "COMPLETED"
     manager.cancel(job_id)
     assert manager.state(job_id) == "COMPLETED"
+
+
+def test_a_single_task_runs_without_the_runner_as_rank_0(tmp_path):
+    """One task needs no runner: the Popen is the task itself (a Python start less before
+    the VM of a one-VM cluster starts, issue 18), with the rank variables of a task."""
+    manager = LocalManager(tmp_path / "jobs")
+    job = manager.submit(JobSpec(ntasks=1), "sleep 30\n")
+    out = tmp_path / "out"
+    script = (f"import os; open({str(out)!r}, 'w').write("
+              "f\"{os.getpid()} {os.environ['PCOCC_TASK_RANK']} {os.environ['PCOCC_NTASKS']}\")")
+    popen = manager.launch_tasks(job, 1, [sys.executable, "-c", script])
+    assert popen.wait(timeout=30) == 0
+    assert out.read_text() == f"{popen.pid} 0 1"
+    manager.cancel(job)

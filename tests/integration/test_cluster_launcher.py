@@ -11,6 +11,7 @@ import pytest
 from pcocc.cluster.definition import build_definition
 from pcocc.cluster.launcher import ClusterFailed, ClusterStopped
 from pcocc.cluster.node import NodeProcess, NodeSettings
+from pcocc.cluster.noderun import DEFINITION_VAR, encode_definition
 from pcocc.cluster.record import ClusterRecord
 from pcocc.signals import Interrupted
 from pcocc.cluster.vmstate import VmRecord
@@ -347,3 +348,39 @@ def test_node_processes_started_before_the_definition_wait_for_it(run_dir):
     assert sorted(tasks.results.items()) == [(0, 0), (1, 0)]
     assert_all_gone(kv, batch, run_dir)
 
+
+
+def test_node_processes_given_the_definition_start_qemu_before_using_etcd(run_dir):
+    """With the definition from the launcher (run_launcher's node_env), each node process
+    starts its QEMU before its first etcd call: the etcd client's import and login overlap
+    the guest's boot (benchmarks/alloc_ready.py, issue 18)."""
+    kv = MemoryKv()
+    batch = FakeBatch(kv)
+    batch.lazy_kv = True
+    assert make_launcher(kv, batch, n=2, node_definition=True).run() == 0
+    for rank in (0, 1):
+        mine = [what for what, r in batch.events if r == rank]
+        assert mine == ["qemu", "etcd"]
+    assert_all_gone(kv, batch, run_dir)
+
+
+def test_without_the_definition_node_processes_read_it_from_etcd_first(run_dir):
+    kv = MemoryKv()
+    batch = FakeBatch(kv)
+    batch.lazy_kv = True
+    assert make_launcher(kv, batch, n=1).run() == 0
+    assert batch.events == [("etcd", 0)]  # FakeVm.start unused: launch() starts QEMU
+    assert_all_gone(kv, batch, run_dir)
+
+
+def test_a_node_given_another_definition_than_etcd_holds_fails_and_stops_its_vm(run_dir):
+    kv = MemoryKv()
+    batch = FakeBatch(kv)
+    other = build_definition("tpl:2", {"tpl": {"kernel": "/other", "accel": "tcg"}}, owner=USER)
+    tasks = batch.launch_tasks(JOB, 2, ["pcocc", "internal", "run"],
+                               {DEFINITION_VAR: encode_definition(other)})
+    with pytest.raises(ClusterFailed) as exc:
+        make_launcher(kv, batch, n=2, tasks=tasks).run()
+    assert "differs from the one this node process was started with" in str(exc.value)
+    assert all(vm.shut_down for vm in batch.vms.values())
+    assert_all_gone(kv, batch, run_dir)

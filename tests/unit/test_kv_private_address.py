@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pcocc.cluster.jobs import node_address
+from pcocc.cluster.noderun import node_address
 from pcocc.errors import ConfigError
 from pcocc.kv.private import job_address
 from pcocc.kv.server import EtcdServer
