@@ -116,7 +116,7 @@ def fetch(repos: RepoSet, req: FetchRequest, security: Security,
         meta = place.import_(resp.sha256)
         timing.mark("fetch: imported into the repository")
     _write_record(rec_path, {"ref": req.ref, "url": target.url,
-                             "etag": resp.headers.get("ETag") or "",
+                             "etag": resp.header("ETag") or "",
                              "expires": _expires(resp.headers), "repo": meta.repo,
                              "name": meta.name, "revision": meta.revision,
                              "image_id": meta.image_id})

@@ -65,6 +65,11 @@ class Response:
     body: http.client.HTTPResponse | None = field(default=None, repr=False)
     conn: http.client.HTTPConnection | None = field(default=None, repr=False)
 
+    def header(self, name: str) -> str | None:
+        """A header's value, its name in any case."""
+        name = name.lower()
+        return next((v for k, v in self.headers.items() if k.lower() == name), None)
+
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
@@ -186,7 +191,7 @@ def request(url: str, transport: Transport, *, headers: dict[str, str] | None = 
         info.close()
         if resp.status == 304:
             return info
-        location = info.headers.get("Location") or info.headers.get("location")
+        location = info.header("Location")
         if resp.status in _REDIRECTS and location:
             url = urljoin(url, location)
             check_url(url, transport)
