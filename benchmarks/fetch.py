@@ -142,6 +142,9 @@ def main() -> None:
         benchlib.baseline("curl --cacert of image and .asc from the same loopback server, then "
                           "gpgv against the one trusted key, then sync of the image (fsync: "
                           "pcocc's blob is durable too); no import into a repository")
+        print(f"second fetch: `pcocc image fetch URL` answered 304 (one conditional request "
+              f"over a new TLS connection), against `pcocc image list` of the same "
+              f"repository, interleaved, {args.rounds} rounds each, bytecode cached")
         benchlib.figure(f"fetch of a {args.size_mib} MiB signed image / curl + gpgv",
                         m_ours / m_base, "x", "<= 1.3")
         benchlib.figure("fetch again, unchanged ETag / pcocc image list", m_again / m_list, "x",

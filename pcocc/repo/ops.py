@@ -152,6 +152,21 @@ def import_hashed(repos: RepoSet, path: Path, digest: str, fmt: str, dest: str, 
                         new_image=new_image)
 
 
+def import_received(repos: RepoSet, layout: Path, written: dict[str, Path], dest: str, *,
+                    description: str = "", new_image: bool = True) -> ImageMeta:
+    """Import the OCI layout ``layout`` that a download wrote in the staging directory of
+    ``dest``'s repository (:class:`pcocc.repo.ocistream.LayoutReceiver`): its blobs are
+    stored by a rename, ``written`` giving the digest each one hashed to as it arrived."""
+    from pcocc.repo import oci, ocistream
+
+    repo, uri = _dest(repos, dest, new_image)
+    img = oci.ingest_layout(layout, ocistream.WrittenBlobs(repo.add_blob, written),
+                            what=description or str(layout))
+    meta = new_meta(uri.name, KIND_CTR, img.blobs, description=description,
+                    source=f"oci:{layout}", oci=_oci_fields(img))
+    return repo.commit(meta, new_image=new_image)
+
+
 @contextlib.contextmanager
 def staging_for(repos: RepoSet, dest: str):
     """A private directory in the repository ``dest`` ([REPO:]NAME) goes to, removed on

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,9 +29,10 @@ from pcocc.trust.settings import Security
 
 if TYPE_CHECKING:  # the 304 path of a second fetch imports neither the store nor gpg,
     # and a fresh or --store-only one not even urllib and ssl
-    from pcocc.trust import auth, http
     from pcocc.repo.meta import ImageMeta
+    from pcocc.repo.ocistream import LayoutReceiver
     from pcocc.repo.reposet import RepoSet
+    from pcocc.trust import auth, http
     from pcocc.trust.store import TrustStore
 
 log = logging.getLogger(__name__)
@@ -85,54 +85,64 @@ def fetch(repos: RepoSet, req: FetchRequest, security: Security,
     if rec is not None and rec[0].get("expires", 0) > time.time():
         notify(f"{req.ref}: using {rec[1].ref} (still fresh by Cache-Control)")
         return Fetched(rec[1], True)
+    target = _target(req, security, notify)
+    if target.url.startswith("file://"):
+        return _fetch_local(repos, req, target, security, store, notify)
     from pcocc.trust import auth, http
 
-    target = _target(req, security, notify)
     transport = http.Transport(allow_http=security.allows("http"),
                                verify_tls=not security.allows("tls"))
     creds = auth.load(security.dir)
+    etag = rec[0].get("etag") if rec is not None and rec[0].get("url") == target.url else None
+    resp = None
+    if etag:  # ask first: the signature is needed only when the image changed
+        notify(f"fetching image from {target.url}")
+        resp = http.request(target.url, transport, headers={"If-None-Match": etag},
+                            auth=creds.header_for)
+        if resp.status == 304 and rec is not None:
+            timing.mark("fetch: 304 received")
+            _write_record(rec_path, {**rec[0], "expires": _expires(resp.headers)})
+            notify(f"{req.ref}: unchanged on the server (ETag): using {rec[1].ref}")
+            return Fetched(rec[1], True)
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="pcocc-fetch-") as tmp, \
             contextlib.ExitStack() as staged:
-        place = _Placement(repos, req, target, staged)
-        headers = {}
-        etag_known = rec is not None and rec[0].get("url") == target.url and rec[0].get("etag")
-        if etag_known:
-            headers["If-None-Match"] = rec[0]["etag"]
-        local = target.url.startswith("file://")
-        # nothing to ask the server about: gpgv checks the image while it downloads
-        streamed = not local and not etag_known and not security.allows("image")
-        if local:
-            data = _local(target.url)
-            resp = None
-        elif streamed:
-            resp, signer = _download_checked(target, place, Path(tmp), req, store, transport,
-                                             creds, notify)
-        else:
-            notify(f"fetching image from {target.url}")
-            resp, _ = http.download(target.url, place, transport, headers=headers,
-                                    auth=creds.header_for)
-            if resp.status == 304 and rec is not None:
-                timing.mark("fetch: 304 received")
-                _write_record(rec_path, {**rec[0], "expires": _expires(resp.headers)})
-                notify(f"{req.ref}: unchanged on the server (ETag): using {rec[1].ref}")
-                return Fetched(rec[1], True)
         if resp is not None:
-            if resp.path is None:  # a 304 we did not ask for
-                raise PcoccError(f"{target.url}: the server answered {resp.status} "
-                                 "without the image")
-            data = resp.path
-        if not streamed:
-            signer = _check(target, data, Path(tmp), req, security, store, transport, creds,
-                            notify)
-        meta = place.import_(data, resp.sha256 if resp is not None else None)
+            staged.enter_context(resp)
+        place = _Placement(repos, req, target, staged)
+        resp, signer = _receive(target, place, resp, Path(tmp), req, security, store,
+                                transport, creds, notify)
+        meta = place.import_(resp.sha256)
         timing.mark("fetch: imported into the repository")
-    if resp is not None:
-        _write_record(rec_path, {"ref": req.ref, "url": target.url,
-                                 "etag": resp.headers.get("ETag") or "",
-                                 "expires": _expires(resp.headers), "repo": meta.repo,
-                                 "name": meta.name, "revision": meta.revision,
-                                 "image_id": meta.image_id})
+    _write_record(rec_path, {"ref": req.ref, "url": target.url,
+                             "etag": resp.header("ETag") or "",
+                             "expires": _expires(resp.headers), "repo": meta.repo,
+                             "name": meta.name, "revision": meta.revision,
+                             "image_id": meta.image_id})
     timing.mark("fetch: record written")
+    return Fetched(meta, False, signer)
+
+
+def _fetch_local(repos: RepoSet, req: FetchRequest, target: _Target, security: Security,
+                 store: Callable[[], TrustStore], notify: Callable[[str], None]) -> Fetched:
+    """A file:// image, checked and imported where it is."""
+    data = _local(target.url)
+    signer = None
+    if security.allows("image"):
+        notify("warning: image signature verification has been disabled")
+    else:
+        sig = req.signature
+        if sig is None:
+            local_sig = data.with_name(data.name + ".asc")
+            sig = local_sig if local_sig.is_file() else None
+        from pcocc.trust.verify import check_signature
+
+        verdict = check_signature(store(), target.name, data, sig, origin=target.url)
+        notify(f"signature verified: {verdict.signer} ({verdict.key})")
+        signer = verdict.key
+    with contextlib.ExitStack() as staged:
+        meta = _Placement(repos, req, target, staged).import_file(data)
     return Fetched(meta, False, signer)
 
 
@@ -231,43 +241,38 @@ def _signature(target: _Target, tmp: Path, req: FetchRequest, transport: http.Tr
     return sig
 
 
-def _download_checked(target: _Target, data: Callable[[], Path], tmp: Path, req: FetchRequest,
-                      store: Callable[[], TrustStore], transport: http.Transport,
-                      creds: auth.Credentials, notify: Callable[[str], None]
-                      ) -> tuple[http.Response, str]:
-    """Download the image into ``data()`` with gpgv reading along (one pass over the data, no
-    second read); an unsigned image, or one no key is trusted for, is refused first."""
+def _receive(target: _Target, place: _Placement, resp: http.Response | None, tmp: Path,
+             req: FetchRequest, security: Security, store: Callable[[], TrustStore],
+             transport: http.Transport, creds: auth.Credentials,
+             notify: Callable[[str], None]) -> tuple[http.Response, str | None]:
+    """Download the image into ``place`` with gpgv reading along (one pass over the data,
+    no second read). ``resp``: the answer to a conditional request, whose body is still
+    unread; else the image is asked for once its signature is there, so that an
+    unsigned image, or one no key is trusted for, is refused before its download."""
     from pcocc.trust import http
+
+    def get() -> http.Response:
+        notify(f"fetching image from {target.url}")
+        return http.request(target.url, transport, auth=creds.header_for)
+
+    if security.allows("image"):
+        notify("warning: image signature verification has been disabled")
+        resp = resp or get()
+        http.save(resp, place)
+        return resp, None
     from pcocc.trust.verify import streaming_check
 
     http.check_url(target.url, transport)  # a refused URL is said before its signature's
     sig = _signature(target, tmp, req, transport, creds, notify)
     timing.mark("fetch: signature downloaded")
     with streaming_check(store(), target.name, sig, origin=target.url) as (feed, result):
-        notify(f"fetching image from {target.url}")
-        resp, _ = http.download(target.url, data, transport, auth=creds.header_for, tee=feed)
+        resp = resp or get()
+        http.save(resp, place, tee=feed)
         timing.mark("fetch: image downloaded (gpgv reading along)")
         verdict = result()
         timing.mark("fetch: gpgv verdict")
     notify(f"signature verified: {verdict.signer} ({verdict.key})")
     return resp, verdict.key or ""
-
-
-def _check(target: _Target, data: Path, tmp: Path, req: FetchRequest, security: Security,
-           store: Callable[[], TrustStore], transport: http.Transport, creds: auth.Credentials,
-           notify: Callable[[str], None]) -> str | None:
-    if security.allows("image"):
-        notify("warning: image signature verification has been disabled")
-        return None
-    sig = _signature(target, tmp, req, transport, creds, notify)
-    if sig is None and req.signature is None and target.sig_url is None:
-        local_sig = _local(target.url).with_name(_local(target.url).name + ".asc")
-        sig = local_sig if local_sig.is_file() else None
-    from pcocc.trust.verify import check_signature
-
-    verdict = check_signature(store(), target.name, data, sig, origin=target.url)
-    notify(f"signature verified: {verdict.signer} ({verdict.key})")
-    return verdict.key
 
 
 def _format(path: Path) -> str:
@@ -307,6 +312,7 @@ class _Placement:
         self.origin = f"fetched from {target.url}"
         self.dest = req.dest or _local_name(target.name)
         self.again: bool | None = None
+        self.received: Path | LayoutReceiver | None = None
 
     def _resolve(self) -> None:
         if self.again is None:
@@ -318,23 +324,41 @@ class _Placement:
             if self.again:
                 self.dest = f"{existing.repo}:{existing.name}"
 
-    def __call__(self) -> Path:
+    def __call__(self, head: bytes) -> Path | LayoutReceiver:
+        """Where a body starting with ``head`` goes: an OCI archive as a layout whose
+        blobs are hashed as they arrive, anything else into one file."""
+        from pcocc.repo import ops, ocistream
+
+        self._resolve()
+        staging = self.staged.enter_context(ops.staging_for(self.repos, self.dest))
+        if ocistream.is_oci_archive(head):
+            self.received = ocistream.LayoutReceiver(staging / "layout")
+            return self.received
+        self.received = staging / "image"
+        return self.received
+
+    def import_(self, sha256: str | None) -> ImageMeta:
+        """Import what a download wrote (:meth:`__call__`); ``sha256``: the digest of the
+        file, computed while we wrote it in our staging directory."""
         from pcocc.repo import ops
 
         self._resolve()
-        return self.staged.enter_context(ops.staging_for(self.repos, self.dest)) / "image"
+        got = self.received
+        if isinstance(got, Path) and sha256 is not None:
+            return ops.import_hashed(self.repos, got, "sha256:" + sha256, _format(got),
+                                     self.dest, description=self.origin,
+                                     new_image=not self.again)
+        if got is None or isinstance(got, Path):
+            raise PcoccError(f"{self.origin}: nothing was downloaded")
+        return ops.import_received(self.repos, got.root, got.written, self.dest,
+                                   description=self.origin, new_image=not self.again)
 
-    def import_(self, data: Path, sha256: str | None) -> ImageMeta:
-        """Import ``data``; ``sha256``: its digest, computed while we wrote it in our
-        staging directory (a download), else None (a file:// image, read where it is)."""
+    def import_file(self, data: Path) -> ImageMeta:
+        """Import ``data``, a file:// image, read where it is."""
         from pcocc.repo import ops
 
         self._resolve()
-        fmt = _format(data)
-        if sha256 is not None:
-            return ops.import_hashed(self.repos, data, "sha256:" + sha256, fmt, self.dest,
-                                     description=self.origin, new_image=not self.again)
-        return ops.import_image(self.repos, f"{fmt}:{data}", self.dest,
+        return ops.import_image(self.repos, f"{_format(data)}:{data}", self.dest,
                                 description=self.origin, new_image=not self.again)
 
 
