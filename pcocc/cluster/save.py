@@ -25,6 +25,7 @@ answer (unless ``skip_freeze``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -138,6 +139,8 @@ def save_vm(view: ClusterView, vm: str, repos: RepoSet, *, dest: str | None = No
         backing = dst_repo.layout.blob_relpath_from_blob(top)
         with dst_repo.staging("save") as staging:
             layer = staging / "layer.qcow2"
+            # (QEMU runs in the run dir: it may name the overlay relative to it)
+            disk = dataclasses.replace(disk, filename=str(run_dir / disk.filename))
             why = None if full else _unreadable(disk.filename)
             if not full and why is None:
                 notify(f"saving the disk changes of {name} (booted from {booted.ref})")

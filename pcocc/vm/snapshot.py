@@ -144,7 +144,7 @@ def settled(qmp: Qmp, device: str, path: Path) -> DiskState:
     """The disk as :func:`pcocc.vm.blockjobs.query_disk` shows it, after merging back a
     temporary overlay ``path`` that a killed save left on top of it (call it locked)."""
     disk = query_disk(qmp, device)
-    if os.path.abspath(disk.filename) != os.path.abspath(path):
+    if os.path.join(path.parent, disk.filename) != str(path):  # (QEMU runs in the run dir)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # a file QEMU does not use: a save killed before its snapshot
         return disk
