@@ -65,6 +65,10 @@ def run_cli(argv: list[str]) -> int:
             from pcocc.cli.fastfetch import fast_fetch
 
             status = fast_fetch(argv)
+        if status is None and "save" in argv:
+            from pcocc.cli.fastsave import fast_save
+
+            status = fast_save(argv)
         return _run_click(argv) if status is None else status
     except PcoccError as e:
         if debug:

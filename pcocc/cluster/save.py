@@ -29,6 +29,7 @@ import dataclasses
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -95,6 +96,24 @@ def _frozen(agent: GuestAgent, vm: str) -> Iterator[None]:
         agent.release()
 
 
+def _pinging(stack: contextlib.ExitStack, agent: GuestAgent) -> Callable[[], bool]:
+    """Ping ``agent`` in a thread (a few round trips through the guest) while the caller
+    talks to QEMU; return the function that waits for its answer. ``stack`` waits for the
+    thread before it releases the agent."""
+    answer: list[bool] = []
+    thread = threading.Thread(
+        target=lambda: answer.append(agent.ping(timeout_s=AGENT_PING_S)),
+        name="pcocc-agent-ping", daemon=True)
+    thread.start()
+    stack.callback(thread.join)
+
+    def answered() -> bool:
+        thread.join()
+        return answer == [True]
+
+    return answered
+
+
 def save_vm(view: ClusterView, vm: str, repos: RepoSet, *, dest: str | None = None,
             full: bool = False, skip_freeze: bool = False, description: str = "",
             progress: Progress = no_progress,
@@ -120,6 +139,7 @@ def save_vm(view: ClusterView, vm: str, repos: RepoSet, *, dest: str | None = No
         if not skip_freeze:  # ping, freeze and thaw on one connection
             agent = stack.enter_context(stack.enter_context(
                 vmcontrol.guest_agent(view, rec.rank)).kept())
+            answered = _pinging(stack, agent)
         client = stack.enter_context(vmcontrol.qmp_session(view, rec))
         run_dir = Path(vmcontrol.local_path(view, rec, rec.qmp_socket,
                                             "monitor socket")).parent
@@ -127,7 +147,7 @@ def save_vm(view: ClusterView, vm: str, repos: RepoSet, *, dest: str | None = No
         temp = run_dir / snapshot.TEMP_OVERLAY
         disk = snapshot.settled(client, DISK_DEVICE, temp)
         booted = _find_booted(src_repo, named, disk.backing_filename, name)
-        if agent is not None and not agent.ping(timeout_s=AGENT_PING_S):
+        if agent is not None and not answered():
             raise PcoccError(
                 f"the guest agent of {name} does not answer: its file systems cannot be "
                 "frozen for the save",
