@@ -29,8 +29,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from pcocc import fields, proc
 from pcocc.errors import ConfigError, PcoccError, ServiceUnavailable, TimedOut, UsageError
 from pcocc.kv import keys
@@ -203,6 +201,8 @@ def network_config(nics: Sequence[Nic], dhcp_macs: Sequence[str] = ()) -> str:
             "mtu": nic.mtu,
             "dhcp4": False,
         }
+    import yaml  # here: the commands that only look clusters up need no YAML writer
+
     return yaml.safe_dump({"version": 2, "ethernets": ethernets}, sort_keys=False)
 
 
