@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pcocc.cli.fastrun import _GLOBAL, _options
+from pcocc.cli.fastrun import _GLOBAL, _options, session_of
 
 if TYPE_CHECKING:
     from pcocc.cli.session import Session
@@ -93,16 +93,8 @@ def fast_fetch(argv: list[str]) -> int | None:
     if parsed is None:
         return None
     glob, opts = parsed
-    from pcocc.cli.session import Session, config_dirs, setup_logging
-
-    setup_logging(glob.get("debug", False), glob.get("verbose", 0), glob.get("quiet", False))
-    system_dir, user_dir = config_dirs(glob.get("system_config"), glob.get("user_config"))
-    session = Session(
-        system_dir=system_dir,
-        user_dir=user_dir,
-        debug=glob.get("debug", False),
-        quiet=glob.get("quiet", False),
-        verbose=glob.get("verbose", 0),
+    session = session_of(
+        glob,
         security_args=(
             (*glob.get("insecure_options", ()),
              *(("image",) if glob.get("insecure_skip_verify") else ())),

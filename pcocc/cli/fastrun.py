@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pcocc.cli.session import Session
     from pcocc.ctr.pod import RunRequest
 
 APP_SEPARATOR = "---"
@@ -142,6 +143,19 @@ def _options(
             params[param] = True
         i += 1
     return i
+
+
+def session_of(glob: dict[str, Any], **extra: Any) -> Session:
+    """The session of the global options ``glob`` (click's parameter names) that a
+    click-free command parsed, logging set up; ``extra``: more Session fields."""
+    from pcocc.cli.session import Session, config_dirs, setup_logging
+
+    debug, verbose, quiet = (glob.get("debug", False), glob.get("verbose", 0),
+                             glob.get("quiet", False))
+    setup_logging(debug, verbose, quiet)
+    system_dir, user_dir = config_dirs(glob.get("system_config"), glob.get("user_config"))
+    return Session(system_dir=system_dir, user_dir=user_dir, debug=debug, quiet=quiet,
+                   verbose=verbose, **extra)
 
 
 def parse(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]] | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from pcocc.cli.fastrun import _GLOBAL, _options, skip_exit_collection
+from pcocc.cli.fastrun import _GLOBAL, _options, session_of, skip_exit_collection
 
 if TYPE_CHECKING:
     from pcocc.cli.session import Session
@@ -73,14 +73,9 @@ def fast_save(argv: list[str]) -> int | None:
     if parsed is None:
         return None
     glob, opts = parsed
-    from pcocc.cli.session import Session, config_dirs, setup_logging
     from pcocc.cluster.lookup import ClusterSelection
 
-    setup_logging(glob.get("debug", False), glob.get("verbose", 0), glob.get("quiet", False))
-    system_dir, user_dir = config_dirs(glob.get("system_config"), glob.get("user_config"))
-    session = Session(system_dir=system_dir, user_dir=user_dir,
-                      debug=glob.get("debug", False), quiet=glob.get("quiet", False),
-                      verbose=glob.get("verbose", 0))
+    session = session_of(glob)
     run_save(session, ClusterSelection(opts.get("job_id"), opts.get("job_name")),
              opts.get("dest"), opts.get("full", False), opts.get("skip_freeze", False),
              opts["vm"])

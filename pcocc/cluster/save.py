@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 #: the block device of the VM's boot disk (see pcocc.vm.machine: the image's overlay)
 DISK_DEVICE = "disk0"
+#: how long a save waits for another save (or a checkpoint) of the same VM to end
+SAVE_WAIT_S = 600.0
 #: how long the guest agent may take to answer the ping before the freeze
 AGENT_PING_S = 10.0
 
@@ -143,7 +145,7 @@ def save_vm(view: ClusterView, vm: str, repos: RepoSet, *, dest: str | None = No
         client = stack.enter_context(vmcontrol.qmp_session(view, rec))
         run_dir = Path(vmcontrol.local_path(view, rec, rec.qmp_socket,
                                             "monitor socket")).parent
-        stack.enter_context(snapshot.locked(run_dir, name))
+        stack.enter_context(snapshot.locked(run_dir, name, wait_s=SAVE_WAIT_S))
         temp = run_dir / snapshot.TEMP_OVERLAY
         disk = snapshot.settled(client, DISK_DEVICE, temp)
         booted = _find_booted(src_repo, named, disk.backing_filename, name)
