@@ -8,8 +8,10 @@ and QEMU writes 200 MiB of data into its disk (``qemu-io`` through ``pcocc monit
 so the VM's overlay (its top layer) holds 200 MiB. Inside that allocation, rounds alternate:
 
 ours:      ``pcocc save -d benchN vm0`` (CLI start, cluster look-up, guest file systems
-           frozen through the agent, QMP blockdev-backup of the top layer, hash, fsync and
-           commit in the repository), until it returns;
+           frozen through the agent for a temporary QMP snapshot, the frozen top layer
+           copied into the repository's staging area in one pass hashed as written, the
+           snapshot merged back, fsync, the blob moved in and the metadata committed),
+           until it returns;
 baseline:  what a skilled user would run to copy that layer by hand:
            ``qemu-img convert -U -f qcow2 -O qcow2 -B PARENT -F qcow2 OVERLAY OUT`` (only the
            clusters of the top layer, as a qcow2 on the same parent) followed by an fsync of
@@ -17,7 +19,9 @@ baseline:  what a skilled user would run to copy that layer by hand:
            checked against that; convert alone is printed for reference.
 
 With ``$PCOCC_TIMING`` set for each save, the phases pcocc marks are printed: where the
-time goes (start-up and cluster look-up, agent ping, freeze, thaw, copy, hash + fsync).
+time goes (start-up and cluster look-up, QMP and agent, freeze, snapshot and thaw, copy and
+hash, merge, fsync and store, commit), as medians of each phase's own duration, next to
+the baseline's (convert, fsync).
 
 Medians over ``--rounds`` (default 5); the page cache is written back (``sync``) before each
 timed run. Builds the test VM with helpers/build_testvm.py (cached in $PCOCC_TESTVM_DIR).
@@ -100,10 +104,38 @@ def inner(rounds: int, data_mib: int, out: Path) -> None:
                           {**os.environ, "PCOCC_TIMING": str(marks_file)}))
         marks.append(benchlib.phases(marks_file, "save: process started"))
         print(f"round {i + 1}: qemu-img convert {base[-1]:.2f} s (+fsync {base_sync[-1]:.2f} s),"
-              f" pcocc save {ours[-1]:.2f} s", flush=True)
+              f" pcocc save {ours[-1]:.2f} s; load average {os.getloadavg()[0]:.2f}",
+              flush=True)
     layer_mib = copy.stat().st_size / (1 << 20)
     out.write_text(json.dumps({"ours": ours, "base": base, "base_sync": base_sync,
                                "layer_mib": layer_mib, "marks": marks}))
+
+
+#: the phases of a save, as pcocc marks their ends: (label, mark)
+PHASES = [
+    ("CLI start-up, configuration, cluster look-up", "save: cluster found"),
+    ("QMP + agent connections, disk and image checks", "save: disk and guest agent checked"),
+    ("guest file systems frozen", "fsfreeze: frozen"),
+    ("snapshot taken, file systems thawed", "save: snapshot taken"),
+    ("copy of the frozen layer, hashed as written", "save: layer written and hashed"),
+    ("snapshot merged back", "save: snapshot merged back"),
+    ("fsync of the blob, moved into the repository", "save: blob hashed, fsynced and stored"),
+]
+
+
+def print_breakdown(marks: list[dict[str, float]], ours: float, base: float,
+                    base_sync: float) -> None:
+    """The median duration of each phase of a save, beside the baseline's two steps."""
+    rounds = [r for r in marks if all(m in r for _, m in PHASES)]
+    if not rounds:
+        return
+    print("  breakdown (median seconds of each phase):")
+    prev = [0.0] * len(rounds)
+    for label, mark in PHASES:
+        print(f"    {statistics.median(r[mark] - p for r, p in zip(rounds, prev)):6.3f}  {label}")
+        prev = [r[mark] for r in rounds]
+    print(f"    {ours - statistics.median(prev):6.3f}  metadata commit, process exit (and spawn, before its start mark)")
+    print(f"  baseline: {base:.3f} qemu-img convert + {base_sync - base:.3f} fsync")
 
 
 def main() -> int:
@@ -147,9 +179,10 @@ def main() -> int:
     print(f"top layer of {data['layer_mib']:.0f} MiB ({args.data_mib} MiB written by the guest"
           f" disk); medians over {args.rounds} rounds:")
     print(f"  baseline qemu-img convert -B of the overlay: {b:.2f} s (with fsync {bs:.2f} s)")
-    print(f"  pcocc save -d NAME vm0 (freeze, blockdev-backup, store):   {o:.2f} s")
+    print(f"  pcocc save -d NAME vm0 (freeze, snapshot, copy + hash, store):   {o:.2f} s")
     benchlib.print_phases(data["marks"], "pcocc save")
     print(f"    {o:6.3f}  process ended (metadata committed)")
+    print_breakdown(data["marks"], o, b, bs)
     verdict = "within" if o <= 1.5 * bs else "above"
     print(f"ratio {o / bs:.2f}x vs convert + fsync ({verdict} the 1.5x target); "
           f"for reference {o / b:.2f}x vs convert alone (no durability)")

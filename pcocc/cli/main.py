@@ -79,6 +79,10 @@ def run_cli(argv: list[str]) -> int:
             from pcocc.cli.fastimport import fast_import
 
             status = fast_import(argv)
+        if status is None and "save" in argv:
+            from pcocc.cli.fastsave import fast_save
+
+            status = fast_save(argv)
         return _run_click(argv) if status is None else status
     except PcoccError as e:
         if debug:

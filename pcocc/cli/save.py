@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import click
 
-from pcocc import timing
-
 from pcocc.cli.context import Session, pass_session
 from pcocc.cli.selection import cluster_selection
 from pcocc.cluster.lookup import ClusterSelection
@@ -28,14 +26,6 @@ def save(session: Session, selection: ClusterSelection, dest: str | None, full: 
     The VM keeps running; its file systems are frozen through its guest agent for the
     instant the copy starts. Prints the saved revision.
     """
-    from pcocc.cli.progress import progress_bar
-    from pcocc.cluster.access import find_cluster
-    from pcocc.cluster.save import save_vm
-    from pcocc.repo.reposet import RepoSet
+    from pcocc.cli.fastsave import run_save
 
-    view = find_cluster(selection, etcd=lambda: session.config.batch.etcd)
-    timing.mark("save: cluster found", started="save: process started")
-    with progress_bar("saving", enabled=session.show_progress) as report:
-        meta = save_vm(view, vm, RepoSet(session.config.repos), dest=dest, full=full,
-                       skip_freeze=skip_freeze, progress=report, notify=session.notify)
-    click.echo(meta.ref)
+    run_save(session, selection, dest, full, skip_freeze, vm)

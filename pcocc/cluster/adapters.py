@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: how long a checkpoint waits for a save of the same VM to end
+CKPT_SAVE_WAIT_S = 120.0
+
 
 def user_name() -> str:
     """The user whose etcd prefix and run dirs we use."""
@@ -148,15 +151,21 @@ class MachineVm:
         from pcocc.repo.digest import from_hex, hash_file
         from pcocc.vm import migrate
 
+        from pcocc.vm import snapshot
+
         name = self.machine.base_spec.name
-        with self.machine.qmp() as qmp:
+        layer = None
+        # a save's snapshot is merged back first, and none is taken until we are done
+        with snapshot.locked(self.machine.run_dir, name, wait_s=CKPT_SAVE_WAIT_S), \
+                self.machine.qmp() as qmp:
+            if self.machine.overlay is not None:
+                snapshot.settled(qmp, "disk0", self.machine.run_dir / snapshot.TEMP_OVERLAY)
             version = migrate.qemu_version(qmp)
             migrate.save_state(qmp, dest / ckptdir.STATE, name)
-        layer = None
-        if self.machine.overlay is not None:
-            # QEMU flushed and released the disk when the migration completed
-            fsutil.copy_sparse(self.machine.overlay, dest / ckptdir.DISK)
-            layer = from_hex(Path(self.machine.image).name)
+            if self.machine.overlay is not None:
+                # QEMU flushed and released the disk when the migration completed
+                fsutil.copy_sparse(self.machine.overlay, dest / ckptdir.DISK)
+                layer = from_hex(Path(self.machine.image).name)
         if self.host_key is not None:
             fsutil.copy_sparse(self.host_key, dest / ckptdir.HOST_KEY)
         files = {p.name: hash_file(p) for p in sorted(dest.iterdir())}

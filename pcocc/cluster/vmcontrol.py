@@ -11,15 +11,17 @@ import json
 import os
 import socket
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pcocc.cluster import rundir
-from pcocc.cluster.guestexec import ErrorReport, ExecRequest, Output, run_in_vms
 from pcocc.cluster.lookup import ClusterView
 from pcocc.cluster.vmset import check_in_cluster
 from pcocc.cluster.vmstate import VmRecord
 from pcocc.errors import NotFound, PcoccError, UsageError
 from pcocc.vm.agent import GuestAgent
+
+if TYPE_CHECKING:  # (pcocc exec's module: save, reset & co do not load it)
+    from pcocc.cluster.guestexec import ErrorReport, ExecRequest, Output
 
 
 def local_path(
@@ -139,6 +141,8 @@ def guest_agent(view: ClusterView, rank: int) -> Iterator[GuestAgent]:
 def exec_in_vms(view: ClusterView, ranks: Sequence[int], request: ExecRequest,
                 output: Output, on_error: ErrorReport) -> int:
     """``pcocc exec``: :func:`pcocc.cluster.guestexec.run_in_vms` on VMs of ``view``."""
+    from pcocc.cluster.guestexec import run_in_vms
+
     return run_in_vms(lambda rank: guest_agent(view, rank), ranks, request, output, on_error)
 
 

@@ -29,7 +29,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-
 from pcocc import fields, proc
 from pcocc.errors import ConfigError, PcoccError, ServiceUnavailable, TimedOut, UsageError
 from pcocc.kv import keys

@@ -338,8 +338,10 @@ def save_destination(repos: RepoSet, src_repo: Repository, booted: ImageMeta,
 
 def commit_saved_disk(src_repo: Repository, booted: ImageMeta, layer: Path,
                       dst_repo: Repository, name: str, *, new_image: bool, full: bool,
-                      virtual_size: int, description: str) -> ImageMeta:
+                      virtual_size: int, description: str, digest: str | None = None
+                      ) -> ImageMeta:
     """Store ``layer`` (in ``dst_repo``'s staging directory) and commit the revision.
+    ``digest``: the layer's, known from writing it (it is then fsynced, not read again).
 
     ``full``: ``layer`` is a whole disk, the revision's only layer. Otherwise it is a layer
     over the top of ``booted`` (its backing file names that blob by relative path), and the
@@ -357,7 +359,9 @@ def commit_saved_disk(src_repo: Repository, booted: ImageMeta, layer: Path,
                                          layer.parent / digest_hex(b.digest))
                     dst_repo.add_blob(staged, expected_digest=b.digest)
     size = layer.stat().st_size
-    top = BlobRef(dst_repo.add_blob(layer), size, vm.QCOW2_MEDIA_TYPE)
+    stored = (dst_repo.add_blob(layer) if digest is None
+              else dst_repo.store_hashed_blob(layer, digest))
+    top = BlobRef(stored, size, vm.QCOW2_MEDIA_TYPE)
     timing.mark("save: blob hashed, fsynced and stored")
     layers = VmLayers([*lower, top], virtual_size)
     meta = new_meta(name, KIND_VM, layers.layers, description=description or booted.description,

@@ -8,10 +8,16 @@ the file can only be hashed once it is complete. Here the whole layout is decide
 the first byte is written, from a scan of the source (its data extents, then each 64 KiB
 cluster compared with zeros, as ``qemu-img convert`` skips zero clusters too):
 
-    cluster 0           header (no backing file, no extension)
+    cluster 0           header (and, for a layer over a backing file, the backing
+                        format extension and the backing file name)
     refcount table      then the refcount blocks (16-bit refcounts, all 1)
     L1 table            then one L2 table per 512 MiB of guest space that holds data
     data clusters       in guest order; zero clusters are left unallocated (they read as 0)
+
+The same writer copies the clusters of a qcow2 overlay (:mod:`pcocc.repo.qcow2map`) into a
+layer over a backing file: the data then come from the overlay's host offsets, and the
+overlay's zero clusters stay zero clusters (an L2 entry with the zero flag: they hide what
+the backing file holds there).
 
 Every metadata entry carries the COPIED flag (refcount 1), as QEMU's own images do, so
 ``qemu-img check`` finds nothing to say. Writeback starts while we write
@@ -39,6 +45,10 @@ _L2_ENTRIES = CLUSTER // 8
 _REFCOUNTS_PER_BLOCK = CLUSTER // 2  # refcount_order 4: 16-bit refcounts
 _COPIED = 1 << 63
 _HEADER_LENGTH = 104
+_ZERO_FLAG = 1  # an L2 entry reading as zeros, without a cluster (qcow2 version 3)
+_BACKING_FORMAT_EXT = 0xE2792ACA
+#: the longest backing file name QEMU accepts
+MAX_BACKING = 1023
 _ZERO = bytes(CLUSTER)
 _READ = 4 << 20  # bytes read (and hashed) at a time
 _PROBE = 512  # bytes read first of each cluster by the scan
@@ -108,6 +118,8 @@ class Layout:
     refblocks: int
     l1: int
     l2_tables: tuple[int, ...]  # L1 indices that get an L2 table, ascending
+    zeros: tuple[int, ...] = ()  # guest clusters that read as zeros over the backing file
+    backing: bytes = b""  # the backing file name (a qcow2), empty for a standalone image
 
     @property
     def l1_entries(self) -> int:
@@ -126,11 +138,16 @@ class Layout:
         return self.total_clusters * CLUSTER
 
 
-def plan(virtual_size: int, clusters: list[int]) -> Layout:
-    """The layout of a qcow2 of ``virtual_size`` bytes holding the guest ``clusters``."""
+def plan(virtual_size: int, clusters: list[int], zeros: tuple[int, ...] = (),
+         backing: str = "") -> Layout:
+    """The layout of a qcow2 of ``virtual_size`` bytes holding the guest ``clusters``, and
+    (over the backing file ``backing``) reading ``zeros`` as zeros."""
+    name = backing.encode()
+    if len(name) > MAX_BACKING:
+        raise ValueError(f"backing file name longer than {MAX_BACKING} bytes")
     l1_entries = max(1, -(-virtual_size // (CLUSTER * _L2_ENTRIES)))
     l1 = -(-l1_entries * 8 // CLUSTER)
-    l2_tables = tuple(sorted({c // _L2_ENTRIES for c in clusters}))
+    l2_tables = tuple(sorted({c // _L2_ENTRIES for c in (*clusters, *zeros)}))
     fixed = 1 + l1 + len(l2_tables) + len(clusters)
     refblocks = reftable = 0
     while True:  # the refcount structures count themselves
@@ -139,7 +156,8 @@ def plan(virtual_size: int, clusters: list[int]) -> Layout:
         if (blocks, table) == (refblocks, reftable):
             break
         refblocks, reftable = blocks, table
-    return Layout(virtual_size, tuple(clusters), reftable, refblocks, l1, l2_tables)
+    return Layout(virtual_size, tuple(clusters), reftable, refblocks, l1, l2_tables,
+                  tuple(zeros), name)
 
 
 def metadata(layout: Layout) -> bytes:
@@ -149,12 +167,16 @@ def metadata(layout: Layout) -> bytes:
     l1_at = refblocks_at + layout.refblocks
     l2_at = l1_at + layout.l1
     data_at = l2_at + len(layout.l2_tables)
+    backing_at = _HEADER_LENGTH + 16 + 8 if layout.backing else 0  # after the extensions
     header = struct.pack(
-        ">4sIQIIQIIQQIIQQQQII", b"QFI\xfb", 3, 0, 0, CLUSTER_BITS, layout.virtual_size,
-        0, max(1, layout.l1_entries), l1_at * CLUSTER, reftable_at * CLUSTER,
-        layout.reftable, 0, 0, 0, 0, 0, 4, _HEADER_LENGTH)
+        ">4sIQIIQIIQQIIQQQQII", b"QFI\xfb", 3, backing_at, len(layout.backing),
+        CLUSTER_BITS, layout.virtual_size, 0, max(1, layout.l1_entries), l1_at * CLUSTER,
+        reftable_at * CLUSTER, layout.reftable, 0, 0, 0, 0, 0, 4, _HEADER_LENGTH)
     out = bytearray(layout.metadata_clusters * CLUSTER)
     out[:len(header)] = header  # followed by zeros: the end of the header extensions
+    if layout.backing:
+        struct.pack_into(">II8s", out, _HEADER_LENGTH, _BACKING_FORMAT_EXT, 5, b"qcow2")
+        out[backing_at:backing_at + len(layout.backing)] = layout.backing
     struct.pack_into(f">{layout.refblocks}Q", out, reftable_at * CLUSTER,
                      *((refblocks_at + i) * CLUSTER for i in range(layout.refblocks)))
     at = refblocks_at * CLUSTER
@@ -165,16 +187,31 @@ def metadata(layout: Layout) -> bytes:
     for n, guest in enumerate(layout.clusters):
         entry = table_of[guest // _L2_ENTRIES] * CLUSTER + 8 * (guest % _L2_ENTRIES)
         struct.pack_into(">Q", out, entry, (data_at + n) * CLUSTER | _COPIED)
+    for guest in layout.zeros:
+        entry = table_of[guest // _L2_ENTRIES] * CLUSTER + 8 * (guest % _L2_ENTRIES)
+        struct.pack_into(">Q", out, entry, _ZERO_FLAG)
     return bytes(out)
 
 
 def write(src_fd: int, virtual_size: int, out_fd: int, clusters: list[int],
-          progress: Progress = no_progress) -> str:
+          progress: Progress = no_progress, *, offsets: list[int] | None = None,
+          zeros: tuple[int, ...] = (), backing: str = "", fsync: bool = True) -> str:
     """Write the qcow2 of the raw disk ``src_fd`` (whose data ``clusters`` come from
     :func:`data_clusters`) to the empty file ``out_fd`` and fsync it; return the
     ``sha256:<hex>`` of what was written. The hash runs in a thread, next to the reads and
-    writes (hashlib and os calls release the GIL); a few buffers go round between them."""
-    layout = plan(virtual_size, clusters)
+    writes (hashlib and os calls release the GIL); a few buffers go round between them.
+
+    :param offsets: where each of ``clusters`` is in ``src_fd`` (a qcow2 overlay, see the
+        module docstring), instead of at its guest offset (a raw disk)
+    :param zeros: guest clusters that read as zeros over the backing file
+    :param backing: the backing file name of the layer ("": a standalone image)
+    :param fsync: False leaves the fsync to the caller (writeback is started anyway)
+    """
+    layout = plan(virtual_size, clusters, zeros, backing)
+    if offsets is None:
+        offsets, src_size = [c * CLUSTER for c in clusters], virtual_size
+    else:
+        src_size = os.fstat(src_fd).st_size  # a short last cluster reads as zeros
     free: queue.Queue[bytearray] = queue.Queue()
     for _ in range(_BUFFERS):
         free.put(bytearray(_READ))
@@ -200,10 +237,10 @@ def write(src_fd: int, virtual_size: int, out_fd: int, clusters: list[int],
         _write_all(out_fd, meta)
         full.put((meta, None))
         written = len(meta)
-        for start, count in _runs(layout.clusters):
+        for start, count in _runs(offsets):
             buf = free.get()
             view = memoryview(buf)[:count * CLUSTER]
-            _read_exactly(src_fd, view, start, virtual_size)
+            _read_exactly(src_fd, view, start, src_size)
             _write_all(out_fd, view)
             full.put((view, buf))
             start_writeback(out_fd, written, len(view))
@@ -214,20 +251,22 @@ def write(src_fd: int, virtual_size: int, out_fd: int, clusters: list[int],
         thread.join()
     if failed:
         raise failed[0]
-    os.fsync(out_fd)
+    if fsync:
+        os.fsync(out_fd)
     return PREFIX + h.hexdigest()
 
 
-def _runs(clusters: tuple[int, ...]) -> Iterator[tuple[int, int]]:
-    """``(byte offset, cluster count)`` of the runs of consecutive ``clusters``, each at most
-    one buffer long."""
+def _runs(offsets: list[int]) -> Iterator[tuple[int, int]]:
+    """``(byte offset, cluster count)`` of the runs of consecutive clusters at ``offsets``
+    in the source, each at most one buffer long."""
     per_read = _READ // CLUSTER
     i = 0
-    while i < len(clusters):
+    while i < len(offsets):
         j = i + 1
-        while j < len(clusters) and j - i < per_read and clusters[j] == clusters[j - 1] + 1:
+        while (j < len(offsets) and j - i < per_read
+               and offsets[j] == offsets[j - 1] + CLUSTER):
             j += 1
-        yield clusters[i] * CLUSTER, j - i
+        yield offsets[i], j - i
         i = j
 
 

@@ -59,6 +59,11 @@ class JobState:
     def is_concluded(self) -> bool:
         return self.status in ("concluded", "null")
 
+    @property
+    def is_ready(self) -> bool:
+        """A mirror-like job (an active commit) waits for ``job-complete``."""
+        return self.status == "ready"
+
 
 @dataclass(frozen=True)
 class DiskState:
@@ -68,6 +73,8 @@ class DiskState:
     filename: str
     virtual_size: int
     backing_filename: str | None
+    #: node name of the top image (the device's root node)
+    node_name: str | None = None
 
 
 def parse_jobs(reply: object) -> dict[str, JobState]:
@@ -105,7 +112,9 @@ def parse_disk(reply: object, device: str) -> DiskState:
         if (not isinstance(filename, str) or not isinstance(size, int) or size < 0
                 or not (backing_name is None or isinstance(backing_name, str))):
             raise BlockJobError(f"unexpected description of disk {device}: {image!r}")
-        return DiskState(device, filename, size, backing_name)
+        node = (item.get("inserted") or {}).get("node-name")
+        return DiskState(device, filename, size, backing_name,
+                         node if isinstance(node, str) else None)
     raise BlockJobError(f"the VM has no disk {device!r}")
 
 
@@ -117,20 +126,23 @@ def _job_state(qmp: Qmp, job_id: str) -> JobState | None:
     return parse_jobs(qmp.execute("query-jobs")).get(job_id)
 
 
-def _wait(qmp: Qmp, job_id: str, progress: Progress, timeout_s: float | None,
-          sleep: Callable[[float], None]) -> JobState:
-    """Poll until the job concludes; report its progress on the way."""
+def wait_job(qmp: Qmp, job_id: str, progress: Progress, timeout_s: float | None,
+             sleep: Callable[[float], None], *, ready: bool = False) -> JobState:
+    """Poll until the job concludes (or, with ``ready``, is ready to complete); report its
+    progress on the way. The first polls come quickly: a small job ends in milliseconds."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    delay = POLL_S / 8
     while True:
         state = _job_state(qmp, job_id)
         if state is None:
             raise BlockJobError(f"block job {job_id} vanished")
         progress(state.done_bytes, state.total_bytes)
-        if state.is_concluded:
+        if state.is_concluded or (ready and state.is_ready):
             return state
         if deadline is not None and time.monotonic() > deadline:
             raise BlockJobError(f"block job {job_id} did not end in {timeout_s:g} s")
-        sleep(POLL_S)
+        sleep(delay)
+        delay = min(POLL_S, delay * 2)
 
 
 def backup(qmp: Qmp, device: str, target: Path, *, sync: str, job_id: str | None = None,
@@ -162,25 +174,25 @@ def backup(qmp: Qmp, device: str, target: Path, *, sync: str, job_id: str | None
                 "auto-dismiss": False,
             })
             started = True
-        state = _wait(qmp, job_id, progress, None, sleep)
+        state = wait_job(qmp, job_id, progress, None, sleep)
         concluded = True
         if state.error:
             raise BlockJobError(f"copy of disk {device} failed: {state.error}")
     finally:
         if started:
-            _end_job(qmp, job_id, cancel=not concluded, sleep=sleep)
+            end_job(qmp, job_id, cancel=not concluded, sleep=sleep)
         try:
             qmp.execute("blockdev-del", {"node-name": node})
         except PcoccError as err:
             log.warning("cannot remove block node %s: %s", node, err)
 
 
-def _end_job(qmp: Qmp, job_id: str, *, cancel: bool, sleep: Callable[[float], None]) -> None:
+def end_job(qmp: Qmp, job_id: str, *, cancel: bool, sleep: Callable[[float], None]) -> None:
     """Cancel the job if it still runs, wait until it concludes, and dismiss it."""
     try:
         if cancel:
             qmp.execute("job-cancel", {"id": job_id})
-            _wait(qmp, job_id, no_progress, CANCEL_TIMEOUT_S, sleep)
+            wait_job(qmp, job_id, no_progress, CANCEL_TIMEOUT_S, sleep)
         qmp.execute("job-dismiss", {"id": job_id})
     except PcoccError as err:
         log.warning("cannot end block job %s: %s", job_id, err)

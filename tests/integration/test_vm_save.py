@@ -76,9 +76,10 @@ def test_save_while_the_guest_writes(local_env, pcocc_env, testvm_artifacts):
         "pcocc ssh vm0 'echo before-save > /disk/marker && sync'; "
         f"pcocc ssh vm0 'setsid sh -c \"{WRITER}\" > /dev/null 2>&1 < /dev/null &'; "
         "sleep 1; "
-        "pcocc save vm0 > rev.txt; "
+        "PCOCC_TIMING=$PWD/marks pcocc save vm0 > rev.txt; "
         "pcocc save -d user:copy vm0 > copy.txt; "
         "pcocc save --full -d flat vm0 > flat.txt; "
+        "pcocc monitor-cmd vm0 query-block > block.json; "
         # (the writer truncates /disk/count before each number: read until one is there)
         "pcocc ssh vm0 'echo after > /disk/after; sync; "
         "n() { v=; while [ -z \"$v\" ]; do v=$(cat /disk/count); done; echo $v; }; "
@@ -90,6 +91,14 @@ def test_save_while_the_guest_writes(local_env, pcocc_env, testvm_artifacts):
     assert (env.tmp / "copy.txt").read_text().strip() == "user:copy@0"
     assert (env.tmp / "flat.txt").read_text().strip() == "user:flat@0"
     assert (env.tmp / "writing.txt").read_text() == "writing\n"  # the guest is not frozen
+    # the layer was copied by pcocc from a snapshot merged back: the VM's disk is its
+    # overlay again, on the image it booted from
+    marks = (env.tmp / "marks").read_text()
+    assert "save: snapshot taken" in marks and "save: snapshot merged back" in marks
+    (disk,) = [d for d in json.loads((env.tmp / "block.json").read_text())
+               if d["device"] == "disk0"]
+    assert Path(disk["inserted"]["image"]["filename"]).name == "disk0.qcow2", disk
+    assert disk["inserted"]["backing_file_depth"] == 1, disk
     base = layers(repo, "disk", 0)
     assert layers(repo, "disk", 1)[:-1] == base and len(layers(repo, "disk", 1)) == 2
     assert layers(repo, "copy")[:-1] == base
