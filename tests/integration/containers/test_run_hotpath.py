@@ -1,5 +1,7 @@
 """The hot path of ``pcocc run`` (image cached, configuration cache valid, one node) imports
-none of the heavy modules: it must start in about the time of the runtime itself."""
+none of the heavy modules: it must start in about the time of the runtime itself. A run
+replayed from its saved plan (pcocc.ctr.runplan) imports almost nothing, and a plan never
+outlives a change of what it was made from."""
 
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ NOT_WITHOUT_MDS = {"shutil", "zlib", "bz2", "lzma", "hashlib", "_hashlib", "sock
                    "multiprocessing", "tarfile", "zipfile", "pcocc.ctr.mds",
                    "pcocc.ctr.mds_server", "pcocc.cli.app", "pcocc.cli.commands",
                    "pcocc.cli.containers"}
+#: all that a run replayed from its plan may import besides the interpreter's start-up
+PLAN_PATH = {"__future__", "pcocc", "pcocc.cli", "pcocc.cli.main", "pcocc.ctr",
+             "pcocc.ctr.runplan", "pcocc.ctr.planexec", "pcocc.timing", "fcntl", "select"}
 
 
 def imported_modules(importtime_stderr: str) -> set[str]:
@@ -56,13 +61,27 @@ def test_warm_run_imports_no_heavy_module(env, pcocc_bin, busybox_image):
     mods = warm_run_modules(pcocc_bin, argv)
     heavy = sorted(m for m in mods if m.split(".")[0] in HEAVY)
     assert not heavy, f"the warm 'pcocc run' imported {heavy}"
-    mods = warm_run_modules(pcocc_bin, [argv[0], "--register-mds=false", *argv[1:]])
+    no_mds = [argv[0], "--register-mds=false", *argv[1:]]
+    mods = warm_run_modules(pcocc_bin, no_mds)  # saves the plan of this command line
     more = sorted(m for m in mods if m in NOT_WITHOUT_MDS or m.split(".")[0] in HEAVY)
     assert not more, f"the warm 'pcocc run --register-mds=false' imported {more}"
+    assert "pcocc.ctr.planwrite" in mods
+    mods = warm_run_modules(pcocc_bin, no_mds, launcher="pcocc.ctr.planexec")
+    extra = sorted(mods - startup_modules() - PLAN_PATH)
+    assert not extra, f"the run replayed from its plan imported {extra}"
 
 
-def warm_run_modules(pcocc_bin: str, argv: list[str]) -> set[str]:
-    """The modules that ``pcocc *argv`` imports (it must print "yes")."""
+def startup_modules() -> set[str]:
+    """The modules that the interpreter imports before any code of ours."""
+    res = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    return imported_modules(res.stderr)
+
+
+def warm_run_modules(pcocc_bin: str, argv: list[str],
+                     launcher: str = "pcocc.ctr.launch") -> set[str]:
+    """The modules that ``pcocc *argv`` imports (it must print "yes"), through
+    ``launcher``."""
     res = subprocess.run(
         [sys.executable, "-X", "importtime", pcocc_bin, *argv],
         capture_output=True, text=True, timeout=120, check=False,
@@ -70,5 +89,31 @@ def warm_run_modules(pcocc_bin: str, argv: list[str]) -> set[str]:
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip() == "yes"
     mods = imported_modules(res.stderr)
-    assert "pcocc.ctr.launch" in mods  # the run did go through pcocc's launcher
+    assert launcher in mods  # the run did go that way
     return mods
+
+
+@pytest.mark.slow
+def test_a_plan_never_outlives_a_change_of_its_inputs(env, pcocc_bin, busybox_image,
+                                                     multilayer_image):
+    """A changed configuration file reaches the next run; a deleted image is not run from
+    the plan's cache entry; another image imported under the same name is the one run."""
+    if not shutil.which("crun"):
+        pytest.skip("crun is not installed")
+    conf = env["user"] / "containers.yaml"
+    conf.write_text("env:\n  HOTPATH: 'one'\n")
+    pcocc(pcocc_bin, "image", "import", busybox_image.ref, "busy", check=0)
+    argv = ["run", "--register-mds=false", "--runtime", "crun", "busy", "--",
+            "sh", "-c", 'echo "$HOTPATH"; ls /data 2>/dev/null || echo no-data']
+    for _ in range(2):  # the second run is replayed from the plan of the first
+        assert pcocc(pcocc_bin, *argv, check=0).stdout.split() == ["one", "no-data"]
+    assert any(env["home"].glob(".cache/pcocc/run-plans/*"))
+    conf.write_text("env:\n  HOTPATH: 'two'\n")
+    for _ in range(2):
+        assert pcocc(pcocc_bin, *argv, check=0).stdout.split() == ["two", "no-data"]
+    pcocc(pcocc_bin, "image", "delete", "busy", check=0)
+    res = pcocc(pcocc_bin, *argv, check=1)
+    assert "not found" in res.stderr and "two" not in res.stdout
+    pcocc(pcocc_bin, "image", "import", multilayer_image.ref, "busy", check=0)
+    for _ in range(2):
+        assert pcocc(pcocc_bin, *argv, check=0).stdout.split() == ["two", "new", "top"]
