@@ -18,7 +18,7 @@ import _signal
 import os
 import time
 
-from pcocc.ctr.runplan import S, U, stats_hold, value_marker
+from pcocc.ctr.runplan import S, U, remove_tree, stats_hold, value_marker
 
 #: the template markers of a record, with how each value is written
 RECORD_VALUES = ("state", "pid", "pid_start", "created", "started", "exited", "app_pid",
@@ -63,9 +63,11 @@ def start_ticks(pid: int) -> str:
 
 
 def write_record(path: str, text: str) -> None:
-    """As :func:`pcocc.ctr.pods.write_record`: a synced temporary file renamed over it."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
+    """As :func:`pcocc.ctr.pods.write_record`: a synced temporary file (named as
+    :func:`pcocc.fsutil.tmp_name`) renamed over it."""
+    head, name = os.path.split(path)
+    tmp = os.path.join(head, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
                  0o600)
     try:
         data = memoryview(text.encode())
@@ -176,9 +178,13 @@ def execute(plan: dict[str, list[str]]) -> int | None:
             return None
         uuid = new_uuid()
         created = repr(time.time())
+        pod_dir = os.path.join(plan["pods"][0], uuid)
         try:
-            pod_dir, app_dir, argv = prepare(plan, uuid)
-        except FileExistsError:
+            _, app_dir, argv = prepare(plan, uuid)
+            register(plan, uuid)
+        except Exception:  # noqa: BLE001 - the usual way (fast_run) says what is wrong
+            unregister(plan, uuid)
+            remove_tree(pod_dir)
             return None
         record = os.path.join(pod_dir, "pod.json")
         timing.mark("run: pod prepared")
@@ -225,9 +231,36 @@ def _run(plan: dict[str, list[str]], uuid: str, created: str, record: str, app_d
         values["exit_status"] = "null" if status is None else str(status)
         values["state"], values["exited"] = '"exited"', repr(time.time())
         write_record(record, render(template, uuid, values))
+        unregister(plan, uuid)
         timing.mark("run: record saved, pod done")
     assert status is not None
     return status
+
+
+def register(plan: dict[str, list[str]], uuid: str) -> None:
+    """Register the pod with the metadata service, if its plan says so
+    (:mod:`pcocc.ctr.planmds`): the app's socket, handed to the service, then the record."""
+    root, _, template = plan["mds"][0].partition("\0")
+    if not root:
+        return
+    from pcocc.ctr import planmds
+
+    sock = planmds.bind_app(root, uuid, plan["app"][0])
+    try:
+        planmds.hand_over(root, uuid, plan["app"][0], sock)
+        pid = os.getpid()
+        write_record(os.path.join(root, "records", f"{uuid}.json"), render(template, uuid, {
+            "key": f'"{os.urandom(32).hex()}"', "pid": str(pid), "pid_start": start_ticks(pid)}))
+    finally:
+        sock.close()
+
+
+def unregister(plan: dict[str, list[str]], uuid: str) -> None:
+    root = plan["mds"][0].partition("\0")[0]
+    if root:
+        from pcocc.ctr import planmds
+
+        planmds.unregister(root, uuid)
 
 
 def _stop(plan: dict[str, list[str]], uuid: str, pid: int) -> int:

@@ -46,8 +46,7 @@ def eligible(request: RunRequest, config: Config) -> bool:
     if len(request.apps) != 1 or not _IMAGE_RE.fullmatch(request.apps[0][0]):
         return False
     if (opts.private_net or opts.ports or opts.inherit_env or opts.env_files or opts.volumes
-            or opts.mounts or opts.interactive or opts.detach or opts.register_mds
-            or opts.annotations or settings.mounts):
+            or opts.mounts or opts.interactive or opts.detach or settings.mounts):
         return False
     try:
         mod_mounts, _ = select_modules(settings.modules,
@@ -130,8 +129,16 @@ def plan_fields(argv: list[str], request: RunRequest, config: Config, store: Pod
     here = Path(runplan.__file__).resolve().parent.parent
     watched += [here / m for m in SHAPING_MODULES]
     stats = [f"{p}\0{runplan.stat_sig(str(p))}" for p in dict.fromkeys(map(str, watched))]
-    stats += [f"{p}\0{runplan.stat_sig(str(p), dir_only=True)}"
-              for p in (store.root.parent, store.root, cache.root)]
+    private = [store.root.parent, store.root, cache.root]
+    mds = ""
+    if opts.register_mds:
+        from pcocc.ctr.mds import mds_dir
+
+        mds = f"{mds_dir()}\0{_mds_template(rec, meta, opts.annotations, own_host)}"
+        if short in mds:
+            return None
+        private += [mds_dir(), mds_dir() / "records", mds_dir() / "sockets"]
+    stats += [f"{p}\0{runplan.stat_sig(str(p), dir_only=True)}" for p in private]
     return [
         ("argv", "\0".join(argv)),
         ("ids", runplan.ids()),
@@ -149,7 +156,33 @@ def plan_fields(argv: list[str], request: RunRequest, config: Config, store: Pod
         ("spec", spec),
         *(("cmd", a) for a in cmd),
         ("record", record),
+        ("mds", mds),
     ]
+
+
+def _mds_template(rec: PodRecord, meta: Any, annotations: Any, own_host: str | None) -> str:
+    """The pod's record for the metadata service (as :func:`pcocc.ctr.mds.register_pod`
+    writes it), with its key and supervisor as markers."""
+    from pcocc.ctr.images import image_config_from
+    from pcocc.ctr.mds import MdsRecord, parse_annotations
+    from pcocc.ctr.mds_hook import mds_apps
+
+    image_config = image_config_from(meta.oci_image().config, f"image {meta.ref}")
+    marks = {name: f"\0{name}\0" for name in ("key", "pid", "pid_start")}
+    mrec = MdsRecord(rec.uuid, marks["key"], mds_apps(rec, [image_config]),
+                     parse_annotations(annotations), marks["pid"],  # type: ignore[arg-type]
+                     marks["pid_start"])  # type: ignore[arg-type]
+    return _marked(_template(json.dumps(mrec.to_json()), rec.uuid, own_host), marks)
+
+
+def _marked(text: str, marks: dict[str, str]) -> str:
+    """``text`` (JSON) with each value ``marks[name]`` as the value marker of ``name``."""
+    for name, mark in marks.items():
+        quoted = json.dumps(mark)
+        if text.count(quoted) != 1:
+            raise ValueError(f"field {name} is not where expected")
+        text = text.replace(quoted, runplan.value_marker(name))
+    return text
 
 
 def _config_files(system_dir: Path, user_dir: Path, names: tuple[str, ...]) -> list[Path]:
@@ -183,10 +216,4 @@ def _record_template(rec: PodRecord, own_host: str | None) -> str:
         data[name] = marks[name]
     data["apps"][0].update(pid=marks["app_pid"], pid_start=marks["app_pid_start"],
                            exit_status=marks["exit_status"])
-    text = _template(json.dumps(data, indent=1), rec.uuid, own_host)
-    for name, mark in marks.items():
-        quoted = json.dumps(mark)
-        if text.count(quoted) != 1:
-            raise ValueError(f"record field {name} is not where expected")
-        text = text.replace(quoted, runplan.value_marker(name))
-    return text
+    return _marked(_template(json.dumps(data, indent=1), rec.uuid, own_host), marks)

@@ -2,13 +2,15 @@
 
 The first ``pcocc run`` of a command line that qualifies (one app from a repository image
 in a ``dir`` cache, crun or runc, no network, volume, mount, env file, inherited
-environment, terminal or metadata service: :func:`pcocc.ctr.planwrite.eligible`) saves
+environment or terminal: :func:`pcocc.ctr.planwrite.eligible`) saves
 what it resolved: the OCI spec and the runtime's argv of its app, its pod record, with the
 pod's UUID and hostname as markers, and the *key* of all of it. The next identical command
 line reads the plan here, checks the key, and does only what changes from run to run: a new
-pod directory and root layer, the spec and the record written, the runtime spawned, its
-output copied to ours and to the app's log, the record closed. No click, config, repository
-or JSON module is imported: only :mod:`os`, :mod:`fcntl` and :mod:`select`.
+pod directory and root layer, the spec and the record written, the pod registered with the
+metadata service (:mod:`pcocc.ctr.planmds`), the runtime spawned, its output copied to ours
+and to the app's log, the record closed, the pod unregistered. No click, config,
+repository, JSON or :mod:`socket` module is imported: only :mod:`os`, :mod:`fcntl`,
+:mod:`select` (and ``_socket`` for the metadata service).
 
 The key, checked on every use (a plan that misses is ignored, and the run that follows
 writes a new one): the exact command line, uid, gid and groups, a digest of the whole
@@ -39,7 +41,7 @@ HEADER = b"pcocc-run-plan 1\n"
 DIR_NAME = "run-plans"
 #: tags of a plan file, each once, except those of :data:`REPEATED`
 TAGS = ("argv", "ids", "env", "host", "image", "stat", "lease", "touch", "lower", "pods",
-        "app", "runtime", "spec", "cmd", "record")
+        "app", "runtime", "spec", "cmd", "record", "mds")
 #: environment variables that do not change what a run does (diagnostics only)
 #: the stat keys, and the runtime's argv (one argument each)
 REPEATED = ("stat", "cmd")
@@ -195,3 +197,22 @@ def matches(plan: dict[str, list[str]], argv: list[str]) -> bool:
     if os.path.lexists(plan["image"][0]):  # an image file pcocc run would import
         return False
     return stats_hold(plan)
+
+
+def remove_tree(path: str) -> None:
+    """Remove ``path`` and what it holds, as far as possible (best effort, links not
+    followed)."""
+    for top, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            _quietly(os.unlink, os.path.join(top, name))
+        for name in dirs:
+            full = os.path.join(top, name)
+            _quietly(os.unlink if os.path.islink(full) else os.rmdir, full)
+    _quietly(os.rmdir, path)
+
+
+def _quietly(op, path: str) -> None:
+    try:
+        op(path)
+    except OSError:
+        pass

@@ -65,6 +65,7 @@ def fields_for(argv, watched, tmp_path):
         ("cmd", "/usr/bin/crun"),
         ("cmd", "pcocc-\0U\0-busy"),
         ("record", '{"uuid": "\0U\0", "pid": \0pid\0}'),
+        ("mds", ""),
     ]
 
 
