@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> None:
         # click's version option prints the same line; this answers without importing click.
         sys.stdout.write(f"pcocc, version {__version__}\n")
         sys.exit(0)
-    if "run" in argv:  # a plan exists only for a command line that fast_run ran
+    if "run" in argv and os.environ.get("PCOCC_RUN_PLANS") != "0":
+        # a plan exists only for a command line that fast_run ran
         status = run_planned(argv)
         if status is not None:
             os._exit(status)  # nothing buffered: the plan's run writes with os.write

@@ -61,6 +61,8 @@ def save(argv: list[str], request: RunRequest, config: Config, store: PodStore,
          rec: PodRecord) -> None:
     """Write the plan of ``argv``, the command line of the run that made ``rec``, when the
     run is :func:`eligible`."""
+    if os.environ.get("PCOCC_RUN_PLANS") == "0":
+        return
     try:
         if not eligible(request, config):
             return
@@ -126,8 +128,7 @@ def plan_fields(argv: list[str], request: RunRequest, config: Config, store: Pod
     watched += [repo.layout.meta_path(meta.name, meta.revision), entry,
                 entry / "meta.json", entry / "rootfs", probe_cache_path()]
     watched += [Path(a) for a in cmd if a.startswith("/") and os.path.isfile(a)]
-    here = Path(runplan.__file__).resolve().parent.parent
-    watched += [here / m for m in SHAPING_MODULES]
+    watched += [Path(runplan.PACKAGE_DIR, m) for m in SHAPING_MODULES]
     stats = [f"{p}\0{runplan.stat_sig(str(p))}" for p in dict.fromkeys(map(str, watched))]
     private = [store.root.parent, store.root, cache.root]
     mds = ""
@@ -140,7 +141,7 @@ def plan_fields(argv: list[str], request: RunRequest, config: Config, store: Pod
         private += [mds_dir(), mds_dir() / "records", mds_dir() / "sockets"]
     stats += [f"{p}\0{runplan.stat_sig(str(p), dir_only=True)}" for p in private]
     return [
-        ("argv", "\0".join(argv)),
+        ("argv", runplan.line_key(argv)),
         ("ids", runplan.ids()),
         ("env", runplan.env_digest(os.environ)),
         ("host", runplan.host()),

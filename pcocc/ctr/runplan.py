@@ -13,7 +13,7 @@ repository, JSON or :mod:`socket` module is imported: only :mod:`os`, :mod:`fcnt
 :mod:`select` (and ``_socket`` for the metadata service).
 
 The key, checked on every use (a plan that misses is ignored, and the run that follows
-writes a new one): the exact command line, uid, gid and groups, a digest of the whole
+writes a new one): the exact command line and the pcocc installation that runs it, uid, gid and groups, a digest of the whole
 environment (configuration placeholders may read any variable), node and boot, and the
 ``lstat`` of every file the plan was derived from (configuration files and drop-in
 directories of both levels, present or absent; the image's directory and revision file in
@@ -79,11 +79,20 @@ def env_digest(env: dict[str, str] | os._Environ[str]) -> str:
     return digest("\0".join(items).encode("utf-8", "surrogateescape"))
 
 
+#: the pcocc package that runs: each installation keeps plans of its own
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def line_key(argv: list[str]) -> str:
+    """What the ``argv`` field of a plan holds: this pcocc and the command line."""
+    return "\0".join([PACKAGE_DIR, *argv])
+
+
 def plan_path(argv: list[str]) -> str | None:
     d = plan_dir()
     if d is None:
         return None
-    return os.path.join(d, digest("\0".join(argv).encode("utf-8", "surrogateescape")))
+    return os.path.join(d, digest(line_key(argv).encode("utf-8", "surrogateescape")))
 
 
 def stat_sig(path: str, *, dir_only: bool = False) -> str:
@@ -185,7 +194,7 @@ def load(argv: list[str]) -> dict[str, list[str]] | None:
 
 def matches(plan: dict[str, list[str]], argv: list[str]) -> bool:
     """Whether the key of ``plan`` holds now, for ``argv`` (see the module docstring)."""
-    if plan["argv"][0] != "\0".join(argv) or plan["ids"][0] != ids():
+    if plan["argv"][0] != line_key(argv) or plan["ids"][0] != ids():
         return False
     if plan["env"][0] != env_digest(os.environ):
         return False

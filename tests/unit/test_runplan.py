@@ -49,7 +49,7 @@ class World:
 
 def fields_for(argv, watched, tmp_path):
     return [
-        ("argv", "\0".join(argv)),
+        ("argv", runplan.line_key(argv)),
         ("ids", runplan.ids()),
         ("env", runplan.env_digest(os.environ)),
         ("host", runplan.host()),
@@ -210,3 +210,9 @@ def test_the_record_template_marks_every_per_run_value():
     assert (out.uuid, out.state, out.pid, out.hostname) == (new, "running", 11, "pcocc-fedcba98")
     assert (out.apps[0].pid, out.apps[0].container_id) == (13, f"pcocc-{new}-busy")
 
+
+
+def test_a_plan_of_another_pcocc_installation_misses(world, monkeypatch):
+    world.save()
+    monkeypatch.setattr(runplan, "PACKAGE_DIR", "/opt/other-pcocc")
+    assert runplan.load(ARGV) is None
