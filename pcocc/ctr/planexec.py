@@ -19,6 +19,7 @@ import os
 import time
 
 from pcocc.ctr.runplan import S, U, remove_tree, stats_hold, value_marker
+from pcocc.randid import new_uuid
 
 #: the template markers of a record, with how each value is written
 RECORD_VALUES = ("state", "pid", "pid_start", "created", "started", "exited", "app_pid",
@@ -31,15 +32,6 @@ class _Stopped(Exception):
 
 def _on_term(signum: int, frame: object) -> None:
     raise _Stopped(signum)
-
-
-def new_uuid() -> str:
-    """As :func:`pcocc.ctr.pods.new_uuid` (a random version 4 UUID)."""
-    b = bytearray(os.urandom(16))
-    b[6] = (b[6] & 0x0F) | 0x40
-    b[8] = (b[8] & 0x3F) | 0x80
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def render(template: str, uuid: str, values: dict[str, str]) -> str:
@@ -247,7 +239,12 @@ def register(plan: dict[str, list[str]], uuid: str) -> None:
 
     sock = planmds.bind_app(root, uuid, plan["app"][0])
     try:
-        planmds.hand_over(root, uuid, plan["app"][0], sock)
+        if not planmds.hand_over(root, uuid, plan["app"][0], sock):
+            from pathlib import Path
+
+            from pcocc.ctr.mds import start_service
+
+            start_service(Path(root), {(uuid, plan["app"][0]): sock})  # type: ignore[dict-item]
         pid = os.getpid()
         write_record(os.path.join(root, "records", f"{uuid}.json"), render(template, uuid, {
             "key": f'"{os.urandom(32).hex()}"', "pid": str(pid), "pid_start": start_ticks(pid)}))
