@@ -228,8 +228,9 @@ def register_pod(
             dirs[app.name] = d
         if not hand_over(root, {(uuid, a.name): s for a, s in zip(apps, socks)}):
             start_service(root, {(uuid, a.name): s for a, s in zip(apps, socks)})
+        # not synced: the runtime directory does not outlive a boot, nor does the pod
         write_atomic(root / "records" / f"{uuid}.json", json.dumps(rec.to_json()), 0o600,
-                     sync_dir=False)  # the runtime directory does not outlive a boot
+                     durable=False)
     finally:
         for sock in socks:
             sock.close()

@@ -54,9 +54,10 @@ def start_ticks(pid: int) -> str:
         return "null"
 
 
-def write_record(path: str, text: str) -> None:
+def write_record(path: str, text: str, *, durable: bool = True) -> None:
     """As :func:`pcocc.ctr.pods.write_record`: a synced temporary file (named as
-    :func:`pcocc.fsutil.tmp_name`) renamed over it."""
+    :func:`pcocc.fsutil.tmp_name`) renamed over it; not synced without ``durable`` (as
+    :func:`pcocc.fsutil.write_atomic`)."""
     head, name = os.path.split(path)
     tmp = os.path.join(head, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
@@ -65,7 +66,9 @@ def write_record(path: str, text: str) -> None:
         data = memoryview(text.encode())
         while data:
             data = data[os.write(fd, data):]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
+        os.fchmod(fd, 0o600)
     finally:
         os.close(fd)
     os.rename(tmp, path)
@@ -173,13 +176,14 @@ def execute(plan: dict[str, list[str]]) -> int | None:
         pod_dir = os.path.join(plan["pods"][0], uuid)
         try:
             _, app_dir, argv = prepare(plan, uuid)
+            timing.mark("run: pod directory and spec written")
             register(plan, uuid)
         except Exception:  # noqa: BLE001 - the usual way (fast_run) says what is wrong
             unregister(plan, uuid)
             remove_tree(pod_dir)
             return None
         record = os.path.join(pod_dir, "pod.json")
-        timing.mark("run: pod prepared")
+        timing.mark("run: pod prepared (metadata service registration)")
         try:
             os.utime(plan["touch"][0])  # the entry's last use (ContainerCache._touch)
         except OSError:
@@ -247,7 +251,8 @@ def register(plan: dict[str, list[str]], uuid: str) -> None:
             start_service(Path(root), {(uuid, plan["app"][0]): sock})  # type: ignore[dict-item]
         pid = os.getpid()
         write_record(os.path.join(root, "records", f"{uuid}.json"), render(template, uuid, {
-            "key": f'"{os.urandom(32).hex()}"', "pid": str(pid), "pid_start": start_ticks(pid)}))
+            "key": f'"{os.urandom(32).hex()}"', "pid": str(pid), "pid_start": start_ticks(pid)}),
+            durable=False)  # as register_pod: it does not outlive a boot
     finally:
         sock.close()
 
