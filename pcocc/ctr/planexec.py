@@ -178,7 +178,9 @@ def execute(plan: dict[str, list[str]]) -> int | None:
             _, app_dir, argv = prepare(plan, uuid)
             timing.mark("run: pod directory and spec written")
             register(plan, uuid)
-        except Exception:  # noqa: BLE001 - the usual way (fast_run) says what is wrong
+        except Exception as err:  # noqa: BLE001 - the usual way (fast_run) says what is wrong
+            if os.environ.get("PCOCC_DEBUG") == "1":
+                os.write(2, f"pcocc: DEBUG: run plan not used: {err!r}\n".encode())
             unregister(plan, uuid)
             remove_tree(pod_dir)
             return None

@@ -45,7 +45,7 @@ TAGS = ("argv", "ids", "env", "host", "image", "stat", "lease", "touch", "lower"
 #: environment variables that do not change what a run does (diagnostics only)
 #: the stat keys, and the runtime's argv (one argument each)
 REPEATED = ("stat", "cmd")
-IGNORED_ENV = ("PCOCC_TIMING",)
+IGNORED_ENV = ("PCOCC_TIMING", "PCOCC_DEBUG")
 #: a large prime: the environment digest is its bytes as a number, modulo this
 _PRIME = (1 << 255) - 19
 U = "\0U\0"  # the pod's UUID, inside a string or an argument
@@ -112,11 +112,16 @@ def stat_sig(path: str, *, dir_only: bool = False) -> str:
 
 def stats_hold(plan: dict[str, list[str]]) -> bool:
     """Whether every stat key of ``plan`` (``PATH NUL SIGNATURE``) holds now."""
+    return changed(plan) is None
+
+
+def changed(plan: dict[str, list[str]]) -> str | None:
+    """The first path of ``plan``'s stat keys that changed, or None."""
     for entry in plan.get("stat", ()):
         path, _, sig = entry.rpartition("\0")
         if not path or stat_sig(path, dir_only=sig.startswith("d:")) != sig:
-            return False
-    return True
+            return path or "?"
+    return None
 
 
 def boot_id() -> str:
@@ -187,25 +192,32 @@ def load(argv: list[str]) -> dict[str, list[str]] | None:
     finally:
         os.close(fd)
     plan = parse(data)
-    if plan is None or not matches(plan, argv):
+    why = "the file is not a plan" if plan is None else miss(plan, argv)
+    if why is not None:
+        if os.environ.get("PCOCC_DEBUG") == "1":
+            os.write(2, f"pcocc: DEBUG: run plan {path} not used: {why}\n".encode())
         return None
     return plan
 
 
-def matches(plan: dict[str, list[str]], argv: list[str]) -> bool:
-    """Whether the key of ``plan`` holds now, for ``argv`` (see the module docstring)."""
-    if plan["argv"][0] != line_key(argv) or plan["ids"][0] != ids():
-        return False
+def miss(plan: dict[str, list[str]], argv: list[str]) -> str | None:
+    """Why the key of ``plan`` does not hold now for ``argv`` (see the module docstring),
+    or None when it holds."""
+    if plan["argv"][0] != line_key(argv):
+        return "another command line"
+    if plan["ids"][0] != ids():
+        return "another user or groups"
     if plan["env"][0] != env_digest(os.environ):
-        return False
+        return "another environment"
     try:
         if plan["host"][0] != host():
-            return False
+            return "another node or boot"
     except OSError:
-        return False
-    if os.path.lexists(plan["image"][0]):  # an image file pcocc run would import
-        return False
-    return stats_hold(plan)
+        return "no boot id"
+    if os.path.lexists(plan["image"][0]):
+        return "a file of the image's name in the current directory"
+    path = changed(plan)
+    return None if path is None else f"{path} changed"
 
 
 def remove_tree(path: str) -> None:

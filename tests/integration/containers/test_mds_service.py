@@ -181,7 +181,7 @@ def test_a_pod_replayed_from_its_plan_is_served_and_forgotten(env, pcocc_bin, bu
             "sleep", "4"]
     subprocess.run(argv, check=True, capture_output=True, timeout=60)  # saves the plan
     marks = tmp_path / "marks"
-    p = subprocess.Popen(argv, env={**os.environ, "PCOCC_TIMING": str(marks)},
+    p = subprocess.Popen(argv, env={**os.environ, "PCOCC_TIMING": str(marks), "PCOCC_DEBUG": "1"},
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         uuid, sock = container_socket(pcocc_bin, p)
@@ -193,8 +193,9 @@ def test_a_pod_replayed_from_its_plan_is_served_and_forgotten(env, pcocc_bin, bu
         assert f"uuid={uuid}" in pcocc(pcocc_bin, "pod", "verify-identity", token, check=0).stdout
     finally:
         p.wait(timeout=60)
-    assert p.returncode == 0, p.stderr.read()
-    assert "run: plan checked" in marks.read_text()
+    err = p.stderr.read()
+    assert p.returncode == 0, err
+    assert "run: plan checked" in marks.read_text(), err
     assert not list((runtime_dir / "pcocc" / "mds" / "records").iterdir())
     assert not (runtime_dir / "pcocc" / "mds" / "sockets" / uuid).exists()
     pcocc(pcocc_bin, "pod", "verify-identity", token, check=1)

@@ -5,6 +5,7 @@ outlives a change of what it was made from."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,10 @@ NOT_WITHOUT_MDS = {"shutil", "zlib", "bz2", "lzma", "hashlib", "_hashlib", "sock
                    "pcocc.cli.containers"}
 #: all that a run replayed from its plan may import besides the interpreter's start-up
 PLAN_PATH = {"__future__", "pcocc", "pcocc.cli", "pcocc.cli.main", "pcocc.ctr",
-             "pcocc.ctr.runplan", "pcocc.ctr.planexec", "pcocc.timing", "fcntl", "select"}
+             "pcocc.ctr.runplan", "pcocc.ctr.planexec", "pcocc.randid", "pcocc.timing",
+             "fcntl", "select"}
+#: and with the metadata service
+PLAN_MDS = {"pcocc.ctr.planmds", "_socket", "typing"}
 
 
 def imported_modules(importtime_stderr: str) -> set[str]:
@@ -57,18 +61,21 @@ def test_warm_run_imports_no_heavy_module(env, pcocc_bin, busybox_image):
     (env["user"] / "containers.yaml").write_text("env:\n  HOTPATH: 'yes'\n")
     pcocc(pcocc_bin, "image", "import", busybox_image.ref, "busy", check=0)
     argv = ["run", "--runtime", "crun", "busy", "--", "sh", "-c", 'echo "$HOTPATH"']
-    pcocc(pcocc_bin, *argv, check=0)  # fills the container cache and the config cache
-    mods = warm_run_modules(pcocc_bin, argv)
+    pcocc(pcocc_bin, *argv, check=0)  # fills the caches, saves the plan of this line
+    usual = {"PCOCC_RUN_PLANS": "0"}  # the usual path, not the plan's
+    mods = warm_run_modules(pcocc_bin, argv, env=usual)
     heavy = sorted(m for m in mods if m.split(".")[0] in HEAVY)
     assert not heavy, f"the warm 'pcocc run' imported {heavy}"
     no_mds = [argv[0], "--register-mds=false", *argv[1:]]
-    mods = warm_run_modules(pcocc_bin, no_mds)  # saves the plan of this command line
+    mods = warm_run_modules(pcocc_bin, no_mds, env=usual)
     more = sorted(m for m in mods if m in NOT_WITHOUT_MDS or m.split(".")[0] in HEAVY)
     assert not more, f"the warm 'pcocc run --register-mds=false' imported {more}"
-    assert "pcocc.ctr.planwrite" in mods
-    mods = warm_run_modules(pcocc_bin, no_mds, launcher="pcocc.ctr.planexec")
-    extra = sorted(mods - startup_modules() - PLAN_PATH)
-    assert not extra, f"the run replayed from its plan imported {extra}"
+    # replayed from their plans: almost nothing imported
+    assert "pcocc.ctr.planwrite" in warm_run_modules(pcocc_bin, no_mds)  # saves its plan
+    for line, allowed in ((argv, PLAN_PATH | PLAN_MDS), (no_mds, PLAN_PATH)):
+        mods = warm_run_modules(pcocc_bin, line, launcher="pcocc.ctr.planexec")
+        extra = sorted(mods - startup_modules() - allowed)
+        assert not extra, f"'pcocc {' '.join(line)}' replayed from its plan imported {extra}"
 
 
 def startup_modules() -> set[str]:
@@ -78,13 +85,14 @@ def startup_modules() -> set[str]:
     return imported_modules(res.stderr)
 
 
-def warm_run_modules(pcocc_bin: str, argv: list[str],
-                     launcher: str = "pcocc.ctr.launch") -> set[str]:
+def warm_run_modules(pcocc_bin: str, argv: list[str], launcher: str = "pcocc.ctr.launch",
+                     env: dict[str, str] | None = None) -> set[str]:
     """The modules that ``pcocc *argv`` imports (it must print "yes"), through
-    ``launcher``."""
+    ``launcher``, with ``env`` added to the environment."""
     res = subprocess.run(
         [sys.executable, "-X", "importtime", pcocc_bin, *argv],
         capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, **(env or {})},
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip() == "yes"
