@@ -179,7 +179,10 @@ def test_a_pod_replayed_from_its_plan_is_served_and_forgotten(env, pcocc_bin, bu
     pcocc(pcocc_bin, "image", "import", busybox_image.ref, "busy", check=0)
     argv = [pcocc_bin, "run", "--runtime", crun, "--annotation", "team=p", "busy", "--",
             "sleep", "4"]
-    subprocess.run(argv, check=True, capture_output=True, timeout=60)  # saves the plan
+    # os.environ for both runs: a plan is for one environment, and pytest's C-level
+    # environment (inherited by default) may differ from os.environ
+    subprocess.run(argv, check=True, capture_output=True, timeout=60,
+                   env=dict(os.environ))  # saves the plan
     marks = tmp_path / "marks"
     p = subprocess.Popen(argv, env={**os.environ, "PCOCC_TIMING": str(marks), "PCOCC_DEBUG": "1"},
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -61,7 +61,9 @@ def test_warm_run_imports_no_heavy_module(env, pcocc_bin, busybox_image):
     (env["user"] / "containers.yaml").write_text("env:\n  HOTPATH: 'yes'\n")
     pcocc(pcocc_bin, "image", "import", busybox_image.ref, "busy", check=0)
     argv = ["run", "--runtime", "crun", "busy", "--", "sh", "-c", 'echo "$HOTPATH"']
-    pcocc(pcocc_bin, *argv, check=0)  # fills the caches, saves the plan of this line
+    # the environment of os.environ, as warm_run_modules passes it (a plan is for one
+    # environment, and pytest's C-level environment may differ from os.environ)
+    pcocc(pcocc_bin, *argv, check=0, env=dict(os.environ))  # fills the caches, saves a plan
     usual = {"PCOCC_RUN_PLANS": "0"}  # the usual path, not the plan's
     mods = warm_run_modules(pcocc_bin, argv, env=usual)
     heavy = sorted(m for m in mods if m.split(".")[0] in HEAVY)
@@ -73,7 +75,8 @@ def test_warm_run_imports_no_heavy_module(env, pcocc_bin, busybox_image):
     # replayed from their plans: almost nothing imported
     assert "pcocc.ctr.planwrite" in warm_run_modules(pcocc_bin, no_mds)  # saves its plan
     for line, allowed in ((argv, PLAN_PATH | PLAN_MDS), (no_mds, PLAN_PATH)):
-        mods = warm_run_modules(pcocc_bin, line, launcher="pcocc.ctr.planexec")
+        mods = warm_run_modules(pcocc_bin, line, launcher="pcocc.ctr.planexec",
+                                env={"PCOCC_DEBUG": "1"})  # says why a plan is not used
         extra = sorted(mods - startup_modules() - allowed)
         assert not extra, f"'pcocc {' '.join(line)}' replayed from its plan imported {extra}"
 
@@ -95,6 +98,8 @@ def warm_run_modules(pcocc_bin: str, argv: list[str], launcher: str = "pcocc.ctr
         env={**os.environ, **(env or {})},
     )
     assert res.returncode == 0, res.stderr[-2000:]
+    said = [line for line in res.stderr.splitlines() if "run plan" in line]
+    assert not said, said
     assert res.stdout.strip() == "yes"
     mods = imported_modules(res.stderr)
     assert launcher in mods  # the run did go that way
@@ -108,20 +113,34 @@ def test_a_plan_never_outlives_a_change_of_its_inputs(env, pcocc_bin, busybox_im
     the plan's cache entry; another image imported under the same name is the one run."""
     if not shutil.which("crun"):
         pytest.skip("crun is not installed")
+
+    def run(*args, **kw):  # with os.environ, as timed_run (one environment, one plan)
+        return pcocc(pcocc_bin, *args, env=dict(os.environ), **kw)
+
     conf = env["user"] / "containers.yaml"
     conf.write_text("env:\n  HOTPATH: 'one'\n")
-    pcocc(pcocc_bin, "image", "import", busybox_image.ref, "busy", check=0)
+    run("image", "import", busybox_image.ref, "busy", check=0)
     argv = ["run", "--register-mds=false", "--runtime", "crun", "busy", "--",
             "sh", "-c", 'echo "$HOTPATH"; ls /data 2>/dev/null || echo no-data']
     for _ in range(2):  # the second run is replayed from the plan of the first
-        assert pcocc(pcocc_bin, *argv, check=0).stdout.split() == ["one", "no-data"]
+        assert run(*argv, check=0).stdout.split() == ["one", "no-data"]
+    assert "run: plan checked" in timed_run(pcocc_bin, argv, env["home"])
     assert any(env["home"].glob(".cache/pcocc/run-plans/*"))
     conf.write_text("env:\n  HOTPATH: 'two'\n")
     for _ in range(2):
-        assert pcocc(pcocc_bin, *argv, check=0).stdout.split() == ["two", "no-data"]
-    pcocc(pcocc_bin, "image", "delete", "busy", check=0)
-    res = pcocc(pcocc_bin, *argv, check=1)
+        assert run(*argv, check=0).stdout.split() == ["two", "no-data"]
+    run("image", "delete", "busy", check=0)
+    res = run(*argv, check=1)
     assert "not found" in res.stderr and "two" not in res.stdout
-    pcocc(pcocc_bin, "image", "import", multilayer_image.ref, "busy", check=0)
+    run("image", "import", multilayer_image.ref, "busy", check=0)
     for _ in range(2):
-        assert pcocc(pcocc_bin, *argv, check=0).stdout.split() == ["two", "new", "top"]
+        assert run(*argv, check=0).stdout.split() == ["two", "new", "top"]
+
+
+def timed_run(pcocc_bin: str, argv: list[str], where) -> str:
+    """The PCOCC_TIMING marks of ``pcocc *argv`` (run with os.environ)."""
+    marks = where / "marks"
+    marks.unlink(missing_ok=True)
+    subprocess.run([pcocc_bin, *argv], env={**os.environ, "PCOCC_TIMING": str(marks)},
+                   capture_output=True, timeout=120, check=True)
+    return marks.read_text()
