@@ -8,7 +8,6 @@ run yet is started through :mod:`pcocc.ctr.mds` itself (:mod:`pcocc.ctr.planexec
 import _socket
 import os
 import sys
-from typing import Any
 
 from pcocc.ctr.runplan import remove_tree
 
@@ -16,7 +15,7 @@ SOCKET_NAME = "api.sock"  # as pcocc.ctr.mds.SOCKET_NAME
 
 
 def unix_socket(path: str, *, listen: bool = False, timeout_s: float | None = None,
-                sock: Any = None) -> Any:
+                sock: object = None) -> _socket.socket:
     """``sock`` (default: a new ``_socket`` one) connected to, or with ``listen`` bound at,
     ``path``, however long: sockaddr_un holds 108 bytes, so go through a descriptor of the
     directory (:func:`pcocc.ctr.mds.unix_socket` passes a :mod:`socket` one)."""

@@ -31,7 +31,7 @@ PLAN_PATH = {"__future__", "pcocc", "pcocc.cli", "pcocc.cli.main", "pcocc.ctr",
              "pcocc.ctr.runplan", "pcocc.ctr.planexec", "pcocc.randid", "pcocc.timing",
              "fcntl", "select"}
 #: and with the metadata service
-PLAN_MDS = {"pcocc.ctr.planmds", "_socket", "typing"}
+PLAN_MDS = {"pcocc.ctr.planmds", "_socket"}
 
 
 def imported_modules(importtime_stderr: str) -> set[str]:
