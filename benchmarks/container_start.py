@@ -37,6 +37,14 @@ registered does not import the metadata service, shutil and hashlib stay unimpor
 the process ends with ``os._exit`` after the atexit handlers. ``pcocc run, no mds`` is the
 run without the metadata service (whose registration another change works on); the
 breakdown of its phases comes from its ``$PCOCC_TIMING`` marks (:mod:`pcocc.timing`).
+Then (branch warmrun18): run plans (:mod:`pcocc.ctr.runplan`). The warm-up run of each
+command line saves its plan, and the timed runs replay it: no click, config, repository,
+json, signal or subprocess module is imported, and the pod's directory, spec, records and
+metadata service registration are made from templates (``run: plan checked`` in the
+breakdown is the interpreter's start-up plus the key's ~40 ``lstat``). What is left over
+crun direct: the interpreter (~15 ms), the pod directory and root layer, two synced record
+writes, the spawn and the copy of the output, and the app's overlay root layer (crun direct
+runs on the read-only rootfs; namespaces, ids and spec are otherwise the same).
 Then, separately, the cold start: ``pcocc run`` right after ``pcocc image cache delete``
 (the image is unpacked into the cache first). Usage:
 ``benchmarks/container_start.py [-n RUNS] [--cold-runs N] [--runtime crun]``.

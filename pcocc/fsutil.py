@@ -53,17 +53,19 @@ def tmp_name(path: Path) -> Path:
 
 
 def write_atomic(
-    path: str | os.PathLike, data: bytes | str, mode: int = 0o644, *, sync_dir: bool = True
+    path: str | os.PathLike, data: bytes | str, mode: int = 0o644, *, sync_dir: bool = True,
+    durable: bool = True,
 ) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
 
     The data is written to a sibling temporary file, fsynced, renamed over ``path``, and the
     directory is fsynced (unless ``sync_dir`` is false: then a power loss may undo the
     rename, never leave an empty file). A failure (including a full disk) leaves ``path``
-    untouched.
+    untouched. ``durable=False`` syncs nothing, for files that do not outlive a boot (the
+    runtime directory's): running processes still never see half a file.
     """
     view = memoryview(data.encode() if isinstance(data, str) else data)
-    with atomic_fd(path, mode, sync_dir=sync_dir) as fd:
+    with atomic_fd(path, mode, sync_dir=sync_dir and durable, durable=durable) as fd:
         while view:
             view = view[os.write(fd, view):]
 
@@ -84,11 +86,12 @@ def copy_sparse(src: str | os.PathLike, dst: str | os.PathLike, mode: int = 0o60
 
 @contextlib.contextmanager
 def atomic_fd(
-    path: str | os.PathLike, mode: int = 0o600, *, sync_dir: bool = True
+    path: str | os.PathLike, mode: int = 0o600, *, sync_dir: bool = True, durable: bool = True
 ) -> Iterator[int]:
     """A descriptor open for writing on a new hidden sibling of ``path``: when the block
     ends normally, the file is fsynced and renamed to ``path`` (then the directory is
-    fsynced, unless ``sync_dir`` is false); on any error or interruption it is removed.
+    fsynced, unless ``sync_dir`` is false; with ``durable=False``, nothing is fsynced); on
+    any error or interruption it is removed.
     For writers that need a descriptor, e.g. another process that writes the file (QEMU
     through ``getfd``); :func:`write_atomic` for bytes.
 
@@ -105,7 +108,8 @@ def atomic_fd(
     try:
         try:
             yield fd
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
             os.fchmod(fd, mode)  # umask must not change the wanted mode
             os.replace(tmp, path)
         finally:

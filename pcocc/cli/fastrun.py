@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pcocc.ctr.pod import RunRequest
+    from pcocc.ctr.pods import PodRecord, PodStore
 
 APP_SEPARATOR = "---"
 
@@ -218,4 +219,11 @@ def fast_run(argv: list[str]) -> int | None:
     config = session.config
     timing.mark("run: configuration loaded")
     skip_exit_collection()
-    return run_request(request, config, session.notify)
+
+    def save_plan(store: PodStore, rec: PodRecord) -> None:
+        """The next identical run replays this one (:mod:`pcocc.ctr.runplan`)."""
+        from pcocc.ctr.planwrite import save
+
+        save(argv, request, config, store, rec)
+
+    return run_request(request, config, session.notify, on_done=save_plan)

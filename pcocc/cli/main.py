@@ -28,7 +28,28 @@ def main(argv: list[str] | None = None) -> None:
         # click's version option prints the same line; this answers without importing click.
         sys.stdout.write(f"pcocc, version {__version__}\n")
         sys.exit(0)
+    if "run" in argv and os.environ.get("PCOCC_RUN_PLANS") != "0":
+        # a plan exists only for a command line that fast_run ran
+        status = run_planned(argv)
+        if status is not None:
+            os._exit(status)  # nothing buffered: the plan's run writes with os.write
     finish(run_cli(argv))
+
+
+def run_planned(argv: list[str]) -> int | None:
+    """A warm ``pcocc run`` from its saved plan (:mod:`pcocc.ctr.runplan`), before anything
+    else is imported: its exit status, or None when ``argv`` has no valid plan."""
+    from pcocc.ctr.runplan import load
+
+    try:
+        plan = load(argv)
+        if plan is None:
+            return None
+        from pcocc.ctr.planexec import execute
+
+        return execute(plan)
+    except BaseException as err:  # noqa: BLE001 - reported as run_cli reports it
+        return report(err, _debug_requested(argv))
 
 
 def finish(status: int) -> None:
@@ -56,9 +77,6 @@ def finish(status: int) -> None:
 def run_cli(argv: list[str]) -> int:
     """Run ``argv``, the warm ``pcocc run`` without click (:mod:`pcocc.cli.fastrun`), and
     turn every error into a message and pcocc's exit status."""
-    from pcocc.errors import PcoccError
-
-    debug = _debug_requested(argv)
     try:
         from pcocc.cli.fastrun import fast_run
 
@@ -84,6 +102,17 @@ def run_cli(argv: list[str]) -> int:
 
             status = fast_save(argv)
         return _run_click(argv) if status is None else status
+    except BaseException as e:  # noqa: BLE001 - SystemExit goes on in report()
+        return report(e, _debug_requested(argv))
+
+
+def report(e: BaseException, debug: bool) -> int:
+    """Say what ``e`` means to the user; the exit status (pcocc's convention). Exceptions
+    that are not errors (SystemExit) go on."""
+    from pcocc.errors import PcoccError
+
+    try:
+        raise e
     except PcoccError as e:
         if debug:
             import traceback

@@ -228,8 +228,9 @@ def register_pod(
             dirs[app.name] = d
         if not hand_over(root, {(uuid, a.name): s for a, s in zip(apps, socks)}):
             start_service(root, {(uuid, a.name): s for a, s in zip(apps, socks)})
+        # not synced: the runtime directory does not outlive a boot, nor does the pod
         write_atomic(root / "records" / f"{uuid}.json", json.dumps(rec.to_json()), 0o600,
-                     sync_dir=False)  # the runtime directory does not outlive a boot
+                     durable=False)
     finally:
         for sock in socks:
             sock.close()
@@ -306,21 +307,9 @@ def unregister_pod(uuid: str) -> None:
 
 def unix_socket(path: Path, *, listen: bool = False, timeout_s: float | None = None
                 ) -> socket.socket:
-    """A socket connected to (or, with ``listen``, bound at) ``path``, however long:
-    sockaddr_un holds 108 bytes, so go through a descriptor of the directory."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout_s)
-    dir_fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        short = f"/proc/self/fd/{dir_fd}/{path.name}"
-        if listen:
-            sock.bind(short)
-            sock.listen(16)
-        else:
-            sock.connect(short)
-    except BaseException:
-        sock.close()
-        raise
-    finally:
-        os.close(dir_fd)
-    return sock
+    """A socket connected to (or, with ``listen``, bound at) ``path``, however long
+    (:func:`pcocc.ctr.planmds.unix_socket`)."""
+    from pcocc.ctr.planmds import unix_socket as reach
+
+    return reach(str(path), listen=listen, timeout_s=timeout_s,
+                 sock=socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))

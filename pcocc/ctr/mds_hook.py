@@ -17,18 +17,26 @@ if TYPE_CHECKING:
 def register_mds(rec: PodRecord, apps: Sequence[Any], opts: Any) -> dict[str, Path]:
     """Register ``rec`` (its apps are the ``AppSpec`` of ``apps``), supervised by this
     process; returns app name -> socket directory."""
-    from pcocc.ctr.mds import MdsApp, image_id, parse_annotations, register_pod
+    from pcocc.ctr.mds import parse_annotations, register_pod
     from pcocc.ctr.pods import process_start_ticks
 
-    annotations = parse_annotations(opts.annotations)
-    mds_apps = []
-    for app, spec in zip(rec.apps, apps):
-        labels = spec.image_config.get("Labels") or {}
-        mds_apps.append(MdsApp(app.name, app.image, image_id(spec.image_config),
-                               {str(k): str(v) for k, v in labels.items()}))
     pid = os.getpid()
-    return register_pod(rec.uuid, mds_apps, annotations, pid=pid,
+    return register_pod(rec.uuid, mds_apps(rec, [a.image_config for a in apps]),
+                        parse_annotations(opts.annotations), pid=pid,
                         pid_start=process_start_ticks(pid))
+
+
+def mds_apps(rec: PodRecord, image_configs: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """The :class:`~pcocc.ctr.mds.MdsApp` of each app of ``rec``, whose image configs (as
+    ``AppSpec.image_config``) are ``image_configs``."""
+    from pcocc.ctr.mds import MdsApp, image_id
+
+    out = []
+    for app, config in zip(rec.apps, image_configs):
+        labels = config.get("Labels") or {}
+        out.append(MdsApp(app.name, app.image, image_id(config),
+                          {str(k): str(v) for k, v in labels.items()}))
+    return out
 
 
 def mds_mounts(dirs: Mapping[str, Path], app: str) -> list[Mount]:

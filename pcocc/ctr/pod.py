@@ -17,7 +17,7 @@ from pcocc.ctr.launch import RunOptions
 if TYPE_CHECKING:
     from pcocc.config import Config
     from pcocc.ctr.fanout import Fanout
-    from pcocc.ctr.pods import PodRecord
+    from pcocc.ctr.pods import PodRecord, PodStore
 
 #: one-line messages about slow steps (an import, a first preparation in the cache)
 Notify = Callable[[str], None]
@@ -37,12 +37,15 @@ def run_request(
     notify: Notify,
     on_started: Callable[[PodRecord], None] | None = None,
     fanout: Fanout | None = None,
+    on_done: Callable[[PodStore, PodRecord], None] | None = None,
 ) -> int:
     """Run the pod of ``request`` on this node; returns its exit status.
 
     :param on_started: called once the apps run (see :func:`pcocc.ctr.launch.start_pod`)
     :param fanout: this task's place among the nodes of a multi-node run, which copy cold
         images to each other (:mod:`pcocc.ctr.fanout`)
+    :param on_done: called with the pod's store and record once it has ended (the cache
+        leases still held), e.g. to save its plan (:mod:`pcocc.ctr.planwrite`)
     """
     from pcocc.ctr.images import resolve_image
     from pcocc.ctr.launch import AppSpec, run_pod
@@ -57,7 +60,10 @@ def run_request(
             )
             specs.append(AppSpec(image, str(rootfs), image_config, args, image_ref))
         timing.mark("run: images resolved")
-        _, status = run_pod(
-            PodStore(), specs, request.options, config.containers, on_started=on_started
+        store = PodStore()
+        rec, status = run_pod(
+            store, specs, request.options, config.containers, on_started=on_started
         )
+        if on_done is not None:
+            on_done(store, rec)
     return status

@@ -29,6 +29,7 @@ from pcocc import paths
 from pcocc.ctr import host
 from pcocc.errors import Corrupt, NotFound, PcoccError, TimedOut, UsageError
 from pcocc.fsutil import remove_tree, write_atomic
+from pcocc.randid import new_uuid
 
 RECORD_VERSION = 1
 STATES = ("prepared", "running", "exited", "garbage")
@@ -48,15 +49,6 @@ def write_record(path: Path, text: str) -> None:
     so that the record kept is never an empty file.
     """
     write_atomic(path, text, 0o600, sync_dir=False)
-
-
-def new_uuid() -> str:
-    """A random (version 4) UUID, without the import cost of :mod:`uuid`."""
-    b = bytearray(os.urandom(16))
-    b[6] = (b[6] & 0x0F) | 0x40
-    b[8] = (b[8] & 0x3F) | 0x80
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def process_start_ticks(pid: int) -> int | None:

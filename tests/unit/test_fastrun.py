@@ -92,7 +92,7 @@ def test_steps_aside(argv):
 def test_config_dirs_from_environment(monkeypatch, tmp_path):
     seen = {}
 
-    def fake_run_request(request, config, notify):
+    def fake_run_request(request, config, notify, **_):
         seen["apps"], seen["config"] = request.apps, config
         return 5
 
@@ -121,7 +121,7 @@ def test_trust_yaml_run_side_values_reach_the_fast_path(monkeypatch, tmp_path):
     monkeypatch.setenv("PCOCC_SYSTEM_CONF_DIR", str(system))
     monkeypatch.setenv("PCOCC_USER_CONF_DIR", str(user))
     monkeypatch.setattr("pcocc.ctr.pod.run_request",
-                        lambda request, config, notify: seen.append(request) or 0)
+                        lambda request, config, notify, **_: seen.append(request) or 0)
     monkeypatch.setattr("pcocc.cli.session.Session.config", property(lambda s: None))
     monkeypatch.setattr(fastrun, "skip_exit_collection", lambda: None)
     assert fastrun.fast_run(["run", "--insecure-options", "paths", "img"]) == 0

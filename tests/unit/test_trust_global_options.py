@@ -13,7 +13,7 @@ def captured(monkeypatch, pcocc_env):
     seen = []
     import pcocc.ctr.pod as pod
 
-    monkeypatch.setattr(pod, "run_request", lambda req, cfg, notify: seen.append(req) or 0)
+    monkeypatch.setattr(pod, "run_request", lambda req, cfg, notify, **_: seen.append(req) or 0)
     return seen
 
 

@@ -169,3 +169,36 @@ def test_register_mds_false_gives_no_socket(env, pcocc_bin, image_dir, crun, run
     assert res.stdout.strip() == "absent"
     res = pcocc(pcocc_bin, "run", "--runtime", crun, image_dir, "--", "sh", "-c", probe, check=0)
     assert res.stdout.strip() == "present"
+
+
+def test_a_pod_replayed_from_its_plan_is_served_and_forgotten(env, pcocc_bin, busybox_image,
+                                                             crun, runtime_dir, tmp_path):
+    """The second identical ``pcocc run`` of a repository image is replayed from the plan
+    of the first (pcocc.ctr.runplan): its pod is registered and served as any other, and
+    forgotten when it ends."""
+    pcocc(pcocc_bin, "image", "import", busybox_image.ref, "busy", check=0)
+    argv = [pcocc_bin, "run", "--runtime", crun, "--annotation", "team=p", "busy", "--",
+            "sleep", "4"]
+    # os.environ for both runs: a plan is for one environment, and pytest's C-level
+    # environment (inherited by default) may differ from os.environ
+    subprocess.run(argv, check=True, capture_output=True, timeout=60,
+                   env=dict(os.environ))  # saves the plan
+    marks = tmp_path / "marks"
+    p = subprocess.Popen(argv, env={**os.environ, "PCOCC_TIMING": str(marks), "PCOCC_DEBUG": "1"},
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        uuid, sock = container_socket(pcocc_bin, p)
+        assert get(sock, "/pcocc/v1/pod/uuid") == (200, uuid)
+        assert get(sock, "/pcocc/v1/app/name") == (200, "busy")
+        assert get(sock, "/pcocc/v1/pod/annotations/team") == (200, "p")
+        status, token = get(sock, "/pcocc/v1/pod/identity")
+        assert status == 200
+        assert f"uuid={uuid}" in pcocc(pcocc_bin, "pod", "verify-identity", token, check=0).stdout
+    finally:
+        p.wait(timeout=60)
+    err = p.stderr.read()
+    assert p.returncode == 0, err
+    assert "run: plan checked" in marks.read_text(), err
+    assert not list((runtime_dir / "pcocc" / "mds" / "records").iterdir())
+    assert not (runtime_dir / "pcocc" / "mds" / "sockets" / uuid).exists()
+    pcocc(pcocc_bin, "pod", "verify-identity", token, check=1)
