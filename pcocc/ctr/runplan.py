@@ -35,7 +35,6 @@ argument can hold otherwise.
 from __future__ import annotations
 
 import os
-import sys
 
 HEADER = b"pcocc-run-plan 1\n"
 DIR_NAME = "run-plans"
