@@ -8,6 +8,7 @@ import pytest
 from pcocc.cli import fastfetch
 from pcocc.cli.app import cli
 from pcocc.cli.image_fetch import fetch as fetch_command
+from tests.fixtures.clickparity import assert_table_matches_click
 
 AGREE = [
     ["image", "fetch", "https://h/app.qcow2"],
@@ -63,12 +64,7 @@ def test_same_options_as_click(argv):
 
 
 def test_every_known_option_is_one_of_click():
-    params = {p.name: p for p in fetch_command.params if isinstance(p, click.Option)}
-    for opt, (name, takes_value, repeatable) in fastfetch.FETCH.items():
-        p = params[name]
-        assert opt in p.opts + p.secondary_opts
-        assert takes_value == (not p.is_flag)
-        assert repeatable == p.multiple
+    assert_table_matches_click(fetch_command, fastfetch.FETCH)
     glob = {p.name: p for p in cli.params if isinstance(p, click.Option)}
     for opt, (name, takes_value, *rest) in fastfetch.GLOBAL.items():
         assert opt in glob[name].opts + glob[name].secondary_opts

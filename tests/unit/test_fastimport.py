@@ -8,12 +8,12 @@ import gc
 import os
 import sys
 
-import click
 import pytest
 
 from pcocc.cli import fastimport, fastrun
 from pcocc.cli.app import cli
 from pcocc.cli.image import import_ as import_command
+from tests.fixtures.clickparity import assert_table_matches_click
 
 AGREE = [
     ["image", "import", "raw:/d/disk.raw", "disk"],
@@ -72,12 +72,7 @@ def test_same_options_as_click(argv):
 
 
 def test_every_known_option_is_one_of_click():
-    params = {p.name: p for p in import_command.params if isinstance(p, click.Option)}
-    for opt, (name, takes_value, repeatable) in fastimport.IMPORT.items():
-        p = params[name]
-        assert opt in p.opts + p.secondary_opts
-        assert takes_value == (not p.is_flag)
-        assert repeatable == p.multiple
+    assert_table_matches_click(import_command, fastimport.IMPORT)
 
 
 @pytest.mark.parametrize("argv", STEP_ASIDE, ids=lambda a: " ".join(a) or "(none)")

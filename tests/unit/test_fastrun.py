@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import click
 import pytest
 
 from pcocc.cli import fastrun
 from pcocc.cli.app import cli
 from pcocc.cli.containers import run as run_command
+from tests.fixtures.clickparity import assert_table_matches_click
 
 AGREE = [
     ["run", "busy"],
@@ -76,12 +76,7 @@ def test_same_request_as_click(argv, monkeypatch):
 
 
 def test_every_known_option_is_one_of_click():
-    params = {p.name: p for p in run_command.params if isinstance(p, click.Option)}
-    for opt, (name, takes_value, repeatable) in fastrun._RUN.items():
-        p = params[name]
-        assert opt in p.opts + p.secondary_opts
-        assert takes_value == (not p.is_flag)
-        assert repeatable == p.multiple
+    assert_table_matches_click(run_command, fastrun._RUN)
 
 
 @pytest.mark.parametrize("argv", STEP_ASIDE, ids=lambda a: " ".join(a) or "(none)")

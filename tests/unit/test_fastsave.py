@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import click
 import pytest
 
 from pcocc.cli import fastsave
 from pcocc.cli.app import cli
 from pcocc.cli.save import save as save_command
+from tests.fixtures.clickparity import assert_table_matches_click
 
 AGREE = [
     ["save"],
@@ -57,12 +57,7 @@ def test_same_options_as_click(argv):
 
 
 def test_every_known_option_is_one_of_click():
-    params = {p.name: p for p in save_command.params if isinstance(p, click.Option)}
-    for opt, (name, takes_value, repeatable) in fastsave.SAVE.items():
-        p = params[name]
-        assert opt in p.opts + p.secondary_opts
-        assert takes_value == (not p.is_flag)
-        assert repeatable == p.multiple
+    assert_table_matches_click(save_command, fastsave.SAVE)
 
 
 @pytest.mark.parametrize("argv", STEP_ASIDE, ids=lambda a: " ".join(a) or "(none)")
