@@ -114,5 +114,7 @@ class WrittenBlobs:
     def __call__(self, path: Path, expected_digest: str | None = None) -> str:
         if expected_digest is not None and self._written.get(expected_digest) == path:
             digest_hex(expected_digest)
-            return self._sink.add_written(path, expected_digest)  # type: ignore[attr-defined]
+            # received unsynced: the store fsyncs it before the rename
+            add_written = self._sink.add_written  # type: ignore[attr-defined]
+            return add_written(path, expected_digest, synced=False)
         return self._sink(path, expected_digest)

@@ -53,10 +53,15 @@ def test_lost_etcd_ends_the_cluster_naming_etcd(run_dir):
     kv = LosableKv()
     batch = FakeBatch(kv)
     launcher = make_launcher(kv, batch, command="sleep 30")
-    state_key = keys.vm_state(USER, JOB, 1)
+    state_keys = [keys.vm_state(USER, JOB, rank) for rank in (0, 1)]
+
+    def all_running(snapshot):
+        return True if all('"running"' in snapshot.get(k, "") for k in state_keys) else None
 
     def lose_when_running():
-        kv.wait_for(state_key, lambda s: True if '"running"' in s.get(state_key, "") else None, 10)
+        # every node holds its lease once its VM runs (a node takes it with its first record,
+        # so losing etcd as soon as one VM runs could miss the other's lease)
+        kv.wait_for(keys.cluster_prefix(USER, JOB), all_running, 10)
         kv.lose_etcd()
 
     threading.Thread(target=lose_when_running, daemon=True).start()

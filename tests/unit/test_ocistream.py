@@ -95,8 +95,8 @@ def test_written_blobs_are_stored_by_rename_and_others_hashed(tmp_path):
             calls.append(("hash", path))
             return expected_digest
 
-        def add_written(self, path, digest):
-            calls.append(("rename", path))
+        def add_written(self, path, digest, *, synced):
+            calls.append(("rename", path, synced))
             return digest
 
     a, b = tmp_path / "a", tmp_path / "b"
@@ -104,7 +104,7 @@ def test_written_blobs_are_stored_by_rename_and_others_hashed(tmp_path):
     add(a, "sha256:" + "a" * 64)
     add(b, "sha256:" + "b" * 64)
     add(b, "sha256:" + "a" * 64)  # not the file that was written for that digest
-    assert calls == [("rename", a), ("hash", b), ("hash", b)]
+    assert calls == [("rename", a, False), ("hash", b), ("hash", b)]
 
 
 class _Body:
