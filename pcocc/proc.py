@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 #: here so that callers need not import subprocess for their annotations and handlers
 Popen = subprocess.Popen
 TimeoutExpired = subprocess.TimeoutExpired
+#: the stream settings of :func:`spawn`'s stdin/stdout/stderr
+PIPE = subprocess.PIPE
+DEVNULL = subprocess.DEVNULL
 
 #: Debian package that provides each external program, for ToolMissing hints.
 PACKAGE_OF = {

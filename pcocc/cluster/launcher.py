@@ -18,7 +18,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -115,8 +114,8 @@ class Launcher:
         self.prefix = keys.cluster_prefix(settings.user, settings.batchid)
         self._lease: Lease | None = None
         self._tasks = tasks
-        self._command: subprocess.Popen | None = None
-        self._switches: list[subprocess.Popen] = []
+        self._command: proc.Popen | None = None
+        self._switches: list[proc.Popen] = []
         self._seen: dict[int, VmRecord] = {}
         #: etcd is known to be gone: the teardown does not wait for it
         self._etcd_lost = False

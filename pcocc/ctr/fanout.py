@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -151,7 +150,7 @@ def _pull(argv: list[str], image: OciImage, dest: Path, label: str) -> float:
     listener = Listener(receiver_address())
     try:
         with tempfile.TemporaryFile() as errors:
-            p = proc.spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
+            p = proc.spawn(argv, stdin=proc.PIPE, stdout=proc.DEVNULL, stderr=errors)
             assert p.stdin is not None
             try:
                 p.stdin.write(listener.offer())

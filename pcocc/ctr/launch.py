@@ -14,7 +14,6 @@ import os
 import re
 import selectors
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -228,7 +227,7 @@ def start_pod(
     rec.pid_start = process_start_ticks(rec.pid)
     rec.started = time.time()
     rec.state = "running"
-    popens: list[subprocess.Popen] = []
+    popens: list[proc.Popen] = []
     logs: list[BinaryIO] = []
     old_term = signal.signal(signal.SIGTERM, _on_term)
     ns_fds: dict[str, int] = {}
@@ -254,7 +253,7 @@ def start_pod(
             if interactive:
                 p = proc.spawn(argv, stdin=None, stdout=None, stderr=None, new_session=False)
             else:
-                p = proc.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                p = proc.spawn(argv, stdout=proc.PIPE, stderr=proc.PIPE)
             popens.append(p)
             logs.append(open(bundle / "log", "ab", buffering=0))  # noqa: SIM115
             app.pid, app.pid_start = p.pid, process_start_ticks(p.pid)
@@ -303,7 +302,7 @@ def start_pod(
 
 
 def _check_started(
-    runtime: Any, rec: PodRecord, popens: Sequence[subprocess.Popen], logs: Sequence[BinaryIO]
+    runtime: Any, rec: PodRecord, popens: Sequence[proc.Popen], logs: Sequence[BinaryIO]
 ) -> None:
     """:raise PcoccError: an app's runtime ended with an error before running its program"""
     for app, p, log in zip(rec.apps, popens, logs):
@@ -317,7 +316,7 @@ def _check_started(
         )
 
 
-def _drain(p: subprocess.Popen, log: BinaryIO) -> bytes:
+def _drain(p: proc.Popen, log: BinaryIO) -> bytes:
     """What an ended app's pipes hold now (without waiting), also written to its log."""
     data = b""
     for pipe in (p.stdout, p.stderr):
@@ -361,7 +360,7 @@ def _share_with(bundle: Path, ns_fds: Mapping[str, int]) -> None:
 
 
 def _pump(
-    popens: Sequence[subprocess.Popen], logs: Sequence[BinaryIO], out: BinaryIO, err: BinaryIO
+    popens: Sequence[proc.Popen], logs: Sequence[BinaryIO], out: BinaryIO, err: BinaryIO
 ) -> None:
     """Copy every app's stdout/stderr to ours and to its log until all pipes close."""
     sel = selectors.DefaultSelector()

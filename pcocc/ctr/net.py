@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -226,7 +225,7 @@ class PodNetwork:
         self.api_path = api_path if plan.ports else None
         self.log_path = log_path
         self._listener: socket.socket | None = None
-        self._slirp: subprocess.Popen | None = None
+        self._slirp: proc.Popen | None = None
         self._exit_w: int | None = None
 
     def open_gate(self) -> None:
@@ -243,7 +242,7 @@ class PodNetwork:
             raise PcoccError(f"cannot listen on {self.gate_path}: {err.strerror}") from err
         self._listener = sock
 
-    def connect(self, app: subprocess.Popen, timeout_s: float = GATE_TIMEOUT_S) -> None:
+    def connect(self, app: proc.Popen, timeout_s: float = GATE_TIMEOUT_S) -> None:
         """Wait for the first app at the gate, start slirp4netns, then let the app go.
 
         :raise PcoccError: the app ended or never came, or slirp4netns failed (with the
@@ -261,7 +260,7 @@ class PodNetwork:
             conn.close()
             self._close_gate()
 
-    def _accept(self, app: subprocess.Popen, timeout_s: float) -> socket.socket:
+    def _accept(self, app: proc.Popen, timeout_s: float) -> socket.socket:
         import select
 
         deadline = time.monotonic() + timeout_s
@@ -383,7 +382,7 @@ class PodNetwork:
         if self._slirp is not None:
             try:
                 self._slirp.wait(timeout=5)
-            except subprocess.TimeoutExpired:
+            except proc.TimeoutExpired:
                 proc.stop(self._slirp)
             self._slirp = None
         if self.api_path is not None:

@@ -21,13 +21,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pcocc import proc
 from pcocc.ctr.detach import Reporter, parse_report, reporting
 from pcocc.ctr.pods import AppRecord, PodRecord, PodStore, process_start_ticks
 from pcocc.errors import PcoccError, TimedOut, UsageError
@@ -131,7 +131,7 @@ def _stdio(stdout_fd: int, log_path: Path) -> Iterator[None]:
 
 def _collect_starts(
     group: PodRecord, store: PodStore, reporter: Reporter, reports, ntasks: int,
-    launcher: subprocess.Popen, log_path: Path,
+    launcher: proc.Popen, log_path: Path,
 ) -> None:
     """Read the tasks' reports until all have started; then record and report the group.
     On the first error (or tasks that end without reporting), report it and stop them."""
@@ -176,13 +176,13 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
-def _stop_launcher(launcher: subprocess.Popen) -> None:
+def _stop_launcher(launcher: proc.Popen) -> None:
     """Stop every task: the launcher (srun) passes SIGTERM on to them."""
     if launcher.poll() is None:
         launcher.send_signal(signal.SIGTERM)
     try:
         launcher.wait(STOP_WAIT_S)
-    except subprocess.TimeoutExpired:
+    except proc.TimeoutExpired:
         launcher.kill()
         launcher.wait()
 

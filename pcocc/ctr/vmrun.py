@@ -23,7 +23,6 @@ import logging
 import os
 import selectors
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -201,9 +200,9 @@ def run_bundle(bundle: Path, name: str | None = None) -> int:
 
 
 def _start_shares(binary: str, shares: Sequence[virtiofs.Share],
-                  tmp: Path) -> list[subprocess.Popen]:
+                  tmp: Path) -> list[proc.Popen]:
     """A virtiofsd per share, on ``fsN.sock`` of ``tmp``, in our process group."""
-    servers: list[subprocess.Popen] = []
+    servers: list[proc.Popen] = []
     dir_fd = os.open(tmp, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for index, share in enumerate(shares):
@@ -232,7 +231,7 @@ def _run_qemu(argv: list[str], copies: dict[int, int], child_fds: Sequence[int],
     if setpriv:  # QEMU dies with us even if we are killed alone (SIGKILL, OOM killer)
         argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
     try:
-        qemu = proc.spawn(argv, stdin=subprocess.DEVNULL, stdout=None, stderr=None,
+        qemu = proc.spawn(argv, stdin=proc.DEVNULL, stdout=None, stderr=None,
                           new_session=False, pass_fds=child_fds, cwd=cwd)
     finally:
         for fd in child_fds:

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -338,13 +337,13 @@ def start_switches(
     batchid: str,
     nets: Sequence[str],
     timeout_s: float = SWITCH_WAIT_S,
-) -> list[subprocess.Popen]:
+) -> list[proc.Popen]:
     """Start one switch per network (``argv`` + ``--network NAME``) and wait until each
     has published its address. On failure, stops those already started.
 
     :raise ServiceUnavailable: a switch exited or did not publish in time
     """
-    started: list[subprocess.Popen] = []
+    started: list[proc.Popen] = []
     try:
         for name in nets:
             popen = proc.spawn(
@@ -381,7 +380,7 @@ def start_switches(
     return started
 
 
-def stop_switches(switches: Sequence[subprocess.Popen]) -> None:
+def stop_switches(switches: Sequence[proc.Popen]) -> None:
     for popen in switches:
         try:
             proc.stop(popen, timeout_s=5)

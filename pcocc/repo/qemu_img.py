@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess  # only for the PIPE constant: pcocc.proc starts the programs
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -183,7 +182,7 @@ def is_consistent(path: str | os.PathLike) -> bool:
 def _run_with_progress(argv: list[str], total_bytes: int, progress: Progress, what: str,
                        pass_fds: Sequence[int] = ()) -> None:
     """Run a qemu-img command given ``-p`` and turn its percentages into byte counts."""
-    child = proc.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds)
+    child = proc.spawn(argv, stdout=proc.PIPE, stderr=proc.PIPE, pass_fds=pass_fds)
     try:
         assert child.stdout is not None and child.stderr is not None
         buf = b""

@@ -33,7 +33,6 @@ import logging
 import os
 import shutil
 import stat
-import subprocess
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -153,7 +152,7 @@ def _zstd_reader(f: IO[bytes], label: str) -> Iterator[IO[bytes]]:
             yield io.BufferedReader(reader)
         return
     os.lseek(f.fileno(), 0, os.SEEK_SET)  # the buffered reader may have read ahead
-    child = proc.spawn(["zstd", "-dc"], stdin=f.fileno(), stdout=subprocess.PIPE)
+    child = proc.spawn(["zstd", "-dc"], stdin=f.fileno(), stdout=proc.PIPE)
     assert child.stdout is not None
     try:
         yield child.stdout
@@ -166,7 +165,7 @@ def _zstd_reader(f: IO[bytes], label: str) -> Iterator[IO[bytes]]:
     child.stdout.close()
     try:
         status = child.wait(timeout=60)
-    except subprocess.TimeoutExpired:
+    except proc.TimeoutExpired:
         status = proc.stop(child, timeout_s=5.0)
     if status != 0:
         raise Corrupt(f"{label}: zstd could not decompress the layer (exit status {status})")

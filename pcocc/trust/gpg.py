@@ -195,11 +195,10 @@ def streaming_verify(keyrings: Sequence[Path], signature: Path
     """:func:`verify` of data given chunk by chunk (gpgv reads it on its stdin while it is
     downloaded): yields ``(feed, result)``; ``result()`` ends the input and gives the
     verdict. Leaving the block without ``result()`` kills gpgv."""
-    import subprocess
 
     with scratch_home() as home:
-        child = proc.spawn(_gpgv_argv(home, keyrings, signature, "-"), stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE)
+        child = proc.spawn(_gpgv_argv(home, keyrings, signature, "-"), stdin=proc.PIPE,
+                           stdout=proc.PIPE)
         assert child.stdin is not None and child.stdout is not None
         broken: list[bool] = []
 

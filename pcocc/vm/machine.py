@@ -41,7 +41,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
@@ -139,10 +138,10 @@ class Machine(BootSteps):
             virtiofs.check_tag(share.tag)
         for share in self.shares:
             virtiofs.check_tag(share.tag)
-        self.fs_processes: list[subprocess.Popen | None] = [None] * len(self.shares)
+        self.fs_processes: list[proc.Popen | None] = [None] * len(self.shares)
         self.base_spec = spec
         self.spec: VmSpec | None = None
-        self.process: subprocess.Popen | None = None
+        self.process: proc.Popen | None = None
         self.ssh_port: int | None = None
         #: guest port -> host port of every forward, once QEMU runs
         self.forwards: dict[int, int] = {}
@@ -406,7 +405,7 @@ class Machine(BootSteps):
                     with QmpClient(self.qmp_socket, timeout_s=min(timeout_s, 3.0)) as qmp:
                         qmp.quit()
                     self.process.wait(timeout=timeout_s)
-                except (PcoccError, subprocess.TimeoutExpired) as err:
+                except (PcoccError, proc.TimeoutExpired) as err:
                     log.debug("VM %s: QMP quit failed (%s); killing QEMU",
                               self.base_spec.name, err)
             proc.stop(self.process, timeout_s=timeout_s)

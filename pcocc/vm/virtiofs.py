@@ -24,7 +24,6 @@ import getpass
 import os
 import shutil
 import socket
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,7 +143,7 @@ def start_virtiofsd(
     log_path: str | os.PathLike,
     *,
     new_session: bool = True,
-) -> subprocess.Popen:
+) -> proc.Popen:
     """Listen on ``socket_path`` (made 0600) and start virtiofsd serving ``share`` on it.
 
     The socket exists and listens when this returns, so QEMU may connect at once.

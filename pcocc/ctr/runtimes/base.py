@@ -8,7 +8,6 @@ the vm backend).
 from __future__ import annotations
 
 import importlib
-import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -86,15 +85,15 @@ class Runtime(ABC):
     def cleanup(self, container_id: str) -> None:
         """Forget a container that is gone (best effort)."""
 
-    def namespace_holder(self, container_id: str, popen: subprocess.Popen) -> int | None:
+    def namespace_holder(self, container_id: str, popen: proc.Popen) -> int | None:
         """A pid whose namespaces the next apps of the pod may join, or None (no sharing)."""
         return None
 
-    def kill(self, container_id: str, popen: subprocess.Popen | None) -> None:
+    def kill(self, container_id: str, popen: proc.Popen | None) -> None:
         if popen is not None:
             proc.kill_group(popen)
 
-    def wait_started(self, container_id: str, popen: subprocess.Popen) -> bool:
+    def wait_started(self, container_id: str, popen: proc.Popen) -> bool:
         """Wait until the app runs its own program; False if it failed to get there (the
         runtime process ended with a non-zero status first)."""
         return popen.poll() is None or popen.returncode == 0

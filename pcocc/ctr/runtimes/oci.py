@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -122,7 +121,7 @@ class OciRuntime(Runtime):
             *argv,
         ], None
 
-    def namespace_holder(self, container_id: str, popen: subprocess.Popen) -> int | None:
+    def namespace_holder(self, container_id: str, popen: proc.Popen) -> int | None:
         if self.wrapped() and host.is_rootless():
             return None  # each app's wrapper is its own user namespace: nothing to join
         deadline = time.monotonic() + 10.0
@@ -154,7 +153,7 @@ class OciRuntime(Runtime):
         except (ValueError, KeyError, TypeError) as err:
             raise PcoccError(f"{self.name} state {container_id}: no pid in its output") from err
 
-    def wait_started(self, container_id: str, popen: subprocess.Popen) -> bool:
+    def wait_started(self, container_id: str, popen: proc.Popen) -> bool:
         # "created" until the runtime has run the app's program; a failure to start it
         # (no such executable...) ends the runtime process with an error instead
         deadline = time.monotonic() + 30.0
@@ -172,7 +171,7 @@ class OciRuntime(Runtime):
                 # a failed exec as "stopped" before its own process ends): its status says
                 try:
                     return popen.wait(max(0.0, deadline - time.monotonic())) == 0
-                except subprocess.TimeoutExpired:
+                except proc.TimeoutExpired:
                     return True
             time.sleep(0.01)
         return popen.poll() is None or popen.returncode == 0
@@ -190,7 +189,7 @@ class OciRuntime(Runtime):
         argv = [*self.wrapper(), *self.global_args(), "delete", "--force", container_id]
         proc.run(argv, check=False, timeout_s=10)
 
-    def kill(self, container_id: str, popen: subprocess.Popen | None) -> None:
+    def kill(self, container_id: str, popen: proc.Popen | None) -> None:
         argv = [*self.wrapper(), *self.global_args(), "kill", container_id, "KILL"]
         proc.run(argv, check=False, timeout_s=10)
         super().kill(container_id, popen)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -56,14 +55,14 @@ class VmRuntime(Runtime):
     def run_argv(self, bundle: Path, container_id: str) -> list[str]:
         return [sys.executable, "-I", "-m", "pcocc.ctr.vmrun", str(bundle), container_id]
 
-    def kill(self, container_id: str, popen: subprocess.Popen | None) -> None:
+    def kill(self, container_id: str, popen: proc.Popen | None) -> None:
         """SIGTERM first: the host side then stops QEMU and removes its files."""
         if popen is None:
             return
         proc.kill_group(popen, signal.SIGTERM)
         try:
             popen.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+        except proc.TimeoutExpired:
             proc.kill_group(popen)
 
     def exec_argv(self, container_id, argv, *, record, tty=False):
